@@ -1,0 +1,73 @@
+//! Who is calling: the token from the `token` cookie or an `Authorization: Bearer` header.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::cookie::{time, Cookie};
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use application::Authenticated;
+
+use crate::error::ApiError;
+use crate::state::{AppState, CookieSettings, SameSite};
+
+pub const COOKIE_NAME: &str = "token";
+
+/// The token a request carries: the header first (explicit), then the cookie.
+pub fn request_token(req: &HttpRequest) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        })
+        .filter(|t| !t.is_empty());
+    bearer.or_else(|| {
+        req.cookie(COOKIE_NAME)
+            .map(|c| c.value().to_owned())
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// An authenticated caller; a handler taking it answers 401 without a valid token.
+pub struct CurrentUser(pub Authenticated);
+
+impl FromRequest for CurrentUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = request_token(req);
+        Box::pin(async move {
+            let (Some(state), Some(token)) = (state, token) else {
+                return Err(ApiError::unauthenticated());
+            };
+            Ok(CurrentUser(state.accounts.authenticate(&token).await?))
+        })
+    }
+}
+
+/// The `token` cookie carrying `value` (empty and expired to clear it).
+pub fn token_cookie(settings: &CookieSettings, value: &str, clear: bool) -> Cookie<'static> {
+    let same_site = match settings.same_site {
+        SameSite::Strict => actix_web::cookie::SameSite::Strict,
+        SameSite::Lax => actix_web::cookie::SameSite::Lax,
+        SameSite::None => actix_web::cookie::SameSite::None,
+    };
+    let max_age = if clear {
+        time::Duration::ZERO
+    } else {
+        time::Duration::try_from(settings.max_age).unwrap_or(time::Duration::days(7))
+    };
+    Cookie::build(COOKIE_NAME, value.to_owned())
+        .http_only(true)
+        .path("/")
+        .same_site(same_site)
+        // Browsers drop `SameSite=None` cookies that are not `Secure`.
+        .secure(settings.secure || settings.same_site == SameSite::None)
+        .max_age(max_age)
+        .finish()
+}

@@ -1,0 +1,137 @@
+//! The error envelope: every failure leaves as
+//! `{"success": false, "errMessage": …, "code": …}` with a fitting status, mapped here once.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use application::{AccountError, MessagingError};
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// The request field at fault, for forms that show errors next to the field.
+    field: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    success: bool,
+    err_message: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION", message)
+    }
+
+    pub fn invalid_field(field: &'static str, message: impl std::fmt::Display) -> Self {
+        Self { field: Some(field), ..Self::validation(format!("{field} {message}")) }
+    }
+
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "authentication required")
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    pub fn unavailable(cause: &anyhow::Error) -> Self {
+        tracing::warn!(error = ?cause, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the service is temporarily unavailable, try again shortly",
+        )
+    }
+
+    pub fn internal(cause: &anyhow::Error) -> Self {
+        // The cause chain goes to the log, once; the client learns nothing of it.
+        tracing::error!(error = ?cause, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal server error")
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "2"));
+        }
+        response.json(ErrorBody {
+            success: false,
+            err_message: &self.message,
+            code: self.code,
+            field: self.field,
+        })
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::Invalid { field, message } => Self::invalid_field(field, message),
+            AccountError::UsernameTaken => {
+                Self { field: Some("username"), ..Self::new(StatusCode::CONFLICT, "CONFLICT", "username is already taken") }
+            }
+            AccountError::InvalidCredentials => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "invalid username or password",
+            ),
+            AccountError::Unauthenticated => Self::unauthenticated(),
+            AccountError::Unavailable(cause) => Self::unavailable(&cause),
+            AccountError::Unexpected(cause) => Self::internal(&cause),
+        }
+    }
+}
+
+impl From<MessagingError> for ApiError {
+    fn from(error: MessagingError) -> Self {
+        match error {
+            MessagingError::Invalid { field, message } => Self::invalid_field(field, message),
+            MessagingError::UserNotFound => Self::not_found("user not found"),
+            MessagingError::SelfConversation => {
+                Self::validation("you cannot send messages to yourself")
+            }
+            MessagingError::Unavailable(cause) => Self::unavailable(&cause),
+            MessagingError::Unexpected(cause) => Self::internal(&cause),
+        }
+    }
+}

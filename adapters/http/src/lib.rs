@@ -1,0 +1,16 @@
+//! The HTTP side of the server: actix-web handlers for every route of API.md, the auth
+//! extractor (cookie or Bearer), the error envelope, request limits, CORS, security headers,
+//! health probes and the `/ws` upgrade.
+//!
+//! Wire types live here (and, for events, in `ws-notifier::wire`). Handlers call the
+//! application's services; they never touch a repository or a driver.
+
+mod auth;
+mod dto;
+mod error;
+mod routes;
+mod state;
+
+pub use error::ApiError;
+pub use routes::app;
+pub use state::{AppState, CookieSettings, HttpSettings, SameSite};

@@ -1,0 +1,159 @@
+//! The route table and the middleware around it.
+
+mod health;
+mod message;
+mod user;
+mod ws;
+
+use std::time::Instant;
+
+use actix_cors::Cors;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::middleware::{self, DefaultHeaders, Next};
+use actix_web::{web, App, HttpRequest, HttpResponse, Resource, ResponseError as _};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole HTTP application over `state`, ready for `HttpServer::new`.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let body_limit = state.settings.body_limit;
+    let cors = cors(&state.settings.cors_origins);
+    App::new()
+        .app_data(state)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(body_limit)
+                // Front ends of the original app don't always label their JSON.
+                .content_type_required(false)
+                .error_handler(move |error, _| json_error(error, body_limit).into()),
+        )
+        .app_data(web::PayloadConfig::default().limit(body_limit))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| query_error(error).into()))
+        .app_data(web::PathConfig::default().error_handler(|error, _| path_error(error).into()))
+        .wrap(middleware::from_fn(access_log))
+        .wrap(cors)
+        .wrap(
+            DefaultHeaders::new()
+                .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .add((header::X_FRAME_OPTIONS, "DENY"))
+                .add((header::REFERRER_POLICY, "no-referrer"))
+                .add((header::CACHE_CONTROL, "no-store")),
+        )
+        .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/ws").route(web::get().to(ws::upgrade)))
+        .service(
+            web::scope("/api/v1")
+                .service(
+                    web::scope("/user")
+                        .service(resource("/register").route(web::post().to(user::register)))
+                        .service(resource("/login").route(web::post().to(user::login)))
+                        .service(resource("/logout").route(web::post().to(user::logout)))
+                        .service(resource("/get-profile").route(web::get().to(user::profile)))
+                        .service(
+                            resource("/get-other-users").route(web::get().to(user::other_users)),
+                        ),
+                )
+                .service(
+                    web::scope("/message")
+                        .service(resource("/send/{receiver_id}").route(web::post().to(message::send)))
+                        .service(
+                            resource("/get-messages/{other_id}")
+                                .route(web::get().to(message::history)),
+                        )
+                        .service(
+                            resource("/conversations").route(web::get().to(message::conversations)),
+                        ),
+                ),
+        )
+        .default_service(web::to(not_found))
+}
+
+/// A resource that answers other methods with the envelope rather than a bare 405.
+fn resource(path: &str) -> Resource {
+    web::resource(path)
+        .default_service(web::to(|| async { ApiError::method_not_allowed().error_response() }))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+fn cors(origins: &[String]) -> Cors {
+    // Closed by default: without configured origins, browsers on other origins get nothing.
+    origins.iter().fold(
+        Cors::default()
+            .allowed_methods(["GET", "POST", "OPTIONS"])
+            .allowed_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+            .supports_credentials()
+            .max_age(3600),
+        |cors, origin| cors.allowed_origin(origin),
+    )
+}
+
+/// One line per request. The query string is left out: it may carry a token.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = next.call(req).await;
+    let status = match &response {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn json_error(error: JsonPayloadError, limit: usize) -> ApiError {
+    match error {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::payload_too_large(limit)
+        }
+        JsonPayloadError::Deserialize(e) => ApiError::validation(format!("invalid JSON body: {e}")),
+        JsonPayloadError::ContentType => ApiError::validation("body must be JSON"),
+        _ => ApiError::validation("invalid JSON body"),
+    }
+}
+
+fn query_error(error: QueryPayloadError) -> ApiError {
+    match error {
+        QueryPayloadError::Deserialize(e) => ApiError::validation(format!("invalid query: {e}")),
+        _ => ApiError::validation("invalid query"),
+    }
+}
+
+fn path_error(error: PathError) -> ApiError {
+    match error {
+        PathError::Deserialize(e) => ApiError::validation(format!("invalid path: {e}")),
+        _ => ApiError::validation("invalid path"),
+    }
+}
+
+/// A required body field, or the 400 naming it.
+fn required<'a>(value: &'a Option<String>, field: &'static str) -> Result<&'a str, ApiError> {
+    value.as_deref().ok_or_else(|| ApiError::invalid_field(field, "is required"))
+}

@@ -1,0 +1,83 @@
+use actix_web::{web, HttpResponse};
+use application::NewAccount;
+
+use super::required;
+use crate::auth::{token_cookie, CurrentUser};
+use crate::dto::{Envelope, LoggedInDto, LoginRequest, RegisterRequest, RegisteredDto, UserDto, UsersQuery};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn register(
+    state: web::Data<AppState>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let account = NewAccount {
+        full_name: required(&body.full_name, "fullName")?.to_owned(),
+        username: required(&body.username, "username")?.to_owned(),
+        password: required(&body.password, "password")?.to_owned(),
+        gender: body.gender.filter(|g| !g.is_empty()),
+        avatar: body.avatar,
+    };
+    if body.confirm_password.as_ref().is_some_and(|c| *c != account.password) {
+        return Err(ApiError::invalid_field("confirmPassword", "does not match password"));
+    }
+    let (user, token) = state.accounts.register(account).await?;
+    Ok(HttpResponse::Created()
+        .cookie(token_cookie(&state.settings.cookie, &token.token, false))
+        .json(Envelope::with_message(
+            "user registered",
+            RegisteredDto { new_user: UserDto::from(&user), token: token.token },
+        )))
+}
+
+pub async fn login(
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let username = required(&body.username, "username")?;
+    let password = required(&body.password, "password")?;
+    let (user, token) = state.accounts.login(username, password).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(token_cookie(&state.settings.cookie, &token.token, false))
+        .json(Envelope::with_message(
+            "logged in",
+            LoggedInDto { user: UserDto::from(&user), token: token.token },
+        )))
+}
+
+pub async fn logout(
+    state: web::Data<AppState>,
+    CurrentUser(session): CurrentUser,
+) -> Result<HttpResponse, ApiError> {
+    state.accounts.logout(&session).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(token_cookie(&state.settings.cookie, "", true))
+        .json(Envelope::with_message("logged out", ())))
+}
+
+pub async fn profile(
+    state: web::Data<AppState>,
+    CurrentUser(session): CurrentUser,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.accounts.profile(session.user_id()).await?;
+    Ok(HttpResponse::Ok().json(Envelope::data(UserDto::from(&user))))
+}
+
+/// Everyone but me, by username. The next page's cursor, if any, is in `X-Next-Cursor`.
+pub async fn other_users(
+    state: web::Data<AppState>,
+    CurrentUser(session): CurrentUser,
+    query: web::Query<UsersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = state
+        .accounts
+        .list_users(session.user_id(), query.search.as_deref(), query.limit, query.cursor.as_deref())
+        .await?;
+    let mut response = HttpResponse::Ok();
+    if let Some(cursor) = &page.next_cursor {
+        response.insert_header(("X-Next-Cursor", cursor.as_str()));
+    }
+    let users: Vec<UserDto> = page.users.iter().map(UserDto::from).collect();
+    Ok(response.json(Envelope::data(users)))
+}

@@ -1,0 +1,46 @@
+//! Everything the handlers share, registered once as `web::Data<AppState>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use application::ports::HealthCheck;
+use application::{AccountService, MessagingService, RealtimeService};
+use ws_notifier::{ConnectionRegistry, WsSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// Adds `Secure`: the cookie then travels over HTTPS only.
+    pub secure: bool,
+    pub same_site: SameSite,
+    /// The cookie's `Max-Age`, normally the token's lifetime.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub cookie: CookieSettings,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub body_limit: usize,
+    /// Origins allowed to call the API from a browser, with credentials. Empty: none.
+    pub cors_origins: Vec<String>,
+    pub ws: WsSettings,
+    /// How long `/readyz` waits for each dependency.
+    pub readiness_timeout: Duration,
+}
+
+pub struct AppState {
+    pub accounts: Arc<AccountService>,
+    pub messaging: Arc<MessagingService>,
+    pub realtime: Arc<RealtimeService>,
+    pub registry: Arc<ConnectionRegistry>,
+    /// Every dependency `/readyz` must hear from, by name.
+    pub health: Vec<(&'static str, Arc<dyn HealthCheck>)>,
+    pub settings: HttpSettings,
+}

@@ -1,0 +1,17 @@
+//! Relational storage on sqlx: SQLite (embedded, the default) and PostgreSQL.
+//!
+//! Both engines run the same SQL text for every repository port (the statements use only
+//! what the two share: `$n` parameters, `ON CONFLICT`, `LIMIT`), so the port implementations
+//! are written once in [`repositories`] and instantiated for each store. Schemas differ
+//! only in column types and live in one migrations folder per engine.
+//!
+//! This crate implements the application's ports; it must not know about HTTP or sockets.
+
+mod error;
+mod postgres;
+mod repositories;
+mod rows;
+mod sqlite;
+
+pub use postgres::{PgOptions, PgStore};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};

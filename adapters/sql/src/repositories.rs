@@ -1,0 +1,264 @@
+//! The repository ports, written once for both engines.
+//!
+//! The SQL is identical for SQLite and PostgreSQL, but sqlx's types are per engine, so the
+//! implementations are stamped out by a macro for each store rather than made generic over
+//! `sqlx::Database` (whose trait bounds would drown the queries).
+
+/// SELECT list of a user row.
+pub(crate) const USER_COLUMNS: &str =
+    "id, username, full_name, gender, avatar, password_hash, created_at, updated_at";
+
+pub(crate) const INSERT_USER: &str = "INSERT INTO users \
+    (id, username, username_lower, full_name, full_name_lower, gender, avatar, password_hash, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(crate) const LIST_USERS: &str = "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
+    FROM users \
+    WHERE id <> $1 \
+      AND ($2 = '' OR username_lower LIKE $2 ESCAPE '\\' OR full_name_lower LIKE $2 ESCAPE '\\') \
+      AND username_lower > $3 \
+    ORDER BY username_lower LIMIT $4";
+pub(crate) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
+    (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (participant_a, participant_b) DO NOTHING";
+pub(crate) const FIND_CONVERSATION: &str = "SELECT id, participant_a, participant_b, created_at, updated_at \
+    FROM conversations WHERE participant_a = $1 AND participant_b = $2";
+pub(crate) const TOUCH_CONVERSATION: &str =
+    "UPDATE conversations SET updated_at = $2 WHERE id = $1 AND updated_at < $2";
+pub(crate) const LIST_CONVERSATIONS: &str = "SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
+    m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, m.created_at AS m_created_at \
+    FROM conversations c \
+    LEFT JOIN messages m ON m.id = \
+        (SELECT id FROM messages WHERE conversation_id = c.id ORDER BY id DESC LIMIT 1) \
+    WHERE c.participant_a = $1 OR c.participant_b = $1 \
+    ORDER BY c.updated_at DESC, c.id DESC";
+pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO messages \
+    (id, conversation_id, sender_id, receiver_id, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const LIST_MESSAGES: &str = "SELECT * FROM (\
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at FROM messages \
+    WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
+pub(crate) const LIST_MESSAGES_BEFORE: &str = "SELECT * FROM (\
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at FROM messages \
+    WHERE conversation_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
+pub(crate) const REVOKE_TOKEN: &str = "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) \
+    ON CONFLICT (token_id) DO NOTHING";
+
+macro_rules! impl_repositories {
+    ($store:ty) => {
+        const _: () = {
+            use application::ports::{
+                ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
+                RepoResult, RevokedTokenRepository, UserQuery, UserRepository,
+            };
+            use async_trait::async_trait;
+            use domain::{
+                Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp,
+                User, UserId, Username,
+            };
+            use $crate::error::repo_error;
+            use $crate::repositories::*;
+            use $crate::rows::{contains_pattern, ConversationRow, MessageRow, SummaryRow, UserRow};
+
+            #[async_trait]
+            impl UserRepository for $store {
+                async fn insert(&self, user: &User) -> RepoResult<()> {
+                    sqlx::query(INSERT_USER)
+                        .bind(user.id.as_str())
+                        .bind(user.username.as_str())
+                        .bind(user.username.normalized())
+                        .bind(user.full_name.as_str())
+                        .bind(user.full_name.as_str().to_lowercase())
+                        .bind(user.gender.map(|g| g.as_str()))
+                        .bind(user.avatar.as_str())
+                        .bind(user.password_hash.as_str())
+                        .bind(user.created_at)
+                        .bind(user.updated_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("inserting a user"))?;
+                    Ok(())
+                }
+
+                async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>> {
+                    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(id.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a user by id"))?
+                        .map(User::try_from)
+                        .transpose()
+                }
+
+                async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
+                    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_lower = $1");
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(username.normalized())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a user by username"))?
+                        .map(User::try_from)
+                        .transpose()
+                }
+
+                async fn list(&self, query: &UserQuery) -> RepoResult<Vec<User>> {
+                    let pattern = query.search.as_deref().map(contains_pattern).unwrap_or_default();
+                    sqlx::query_as::<_, UserRow>(LIST_USERS)
+                        .bind(query.exclude.as_str())
+                        .bind(pattern)
+                        .bind(query.after_username.as_deref().unwrap_or(""))
+                        .bind(i64::from(query.limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("listing users"))?
+                        .into_iter()
+                        .map(User::try_from)
+                        .collect()
+                }
+            }
+
+            #[async_trait]
+            impl ConversationRepository for $store {
+                async fn find_or_insert(&self, candidate: &Conversation) -> RepoResult<Conversation> {
+                    // Insert-if-absent, then read whichever row won: the unique pair index
+                    // settles a race between both users' first messages.
+                    let pair = &candidate.participants;
+                    sqlx::query(INSERT_CONVERSATION)
+                        .bind(candidate.id.as_str())
+                        .bind(pair.first().as_str())
+                        .bind(pair.second().as_str())
+                        .bind(candidate.created_at)
+                        .bind(candidate.updated_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("inserting a conversation"))?;
+                    self.find_by_participants(pair).await?.ok_or_else(|| {
+                        application::ports::RepoError::Unexpected(anyhow::anyhow!(
+                            "conversation vanished right after its insert"
+                        ))
+                    })
+                }
+
+                async fn find_by_participants(
+                    &self,
+                    pair: &ParticipantPair,
+                ) -> RepoResult<Option<Conversation>> {
+                    sqlx::query_as::<_, ConversationRow>(FIND_CONVERSATION)
+                        .bind(pair.first().as_str())
+                        .bind(pair.second().as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a conversation"))?
+                        .map(Conversation::try_from)
+                        .transpose()
+                }
+
+                async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
+                    sqlx::query(TOUCH_CONVERSATION)
+                        .bind(id.as_str())
+                        .bind(at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("touching a conversation"))?;
+                    Ok(())
+                }
+
+                async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
+                    sqlx::query_as::<_, SummaryRow>(LIST_CONVERSATIONS)
+                        .bind(user.as_str())
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("listing conversations"))?
+                        .into_iter()
+                        .map(ConversationSummary::try_from)
+                        .collect()
+                }
+            }
+
+            #[async_trait]
+            impl MessageRepository for $store {
+                async fn insert(&self, message: &Message) -> RepoResult<()> {
+                    sqlx::query(INSERT_MESSAGE)
+                        .bind(message.id.as_str())
+                        .bind(message.conversation_id.as_str())
+                        .bind(message.sender_id.as_str())
+                        .bind(message.receiver_id.as_str())
+                        .bind(message.body.as_str())
+                        .bind(message.created_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("inserting a message"))?;
+                    Ok(())
+                }
+
+                async fn list_by_conversation(
+                    &self,
+                    conversation: &ConversationId,
+                    before: Option<MessageId>,
+                    limit: u32,
+                ) -> RepoResult<Vec<Message>> {
+                    let query = match &before {
+                        None => sqlx::query_as::<_, MessageRow>(LIST_MESSAGES)
+                            .bind(conversation.as_str())
+                            .bind(i64::from(limit)),
+                        Some(before) => sqlx::query_as::<_, MessageRow>(LIST_MESSAGES_BEFORE)
+                            .bind(conversation.as_str())
+                            .bind(i64::from(limit))
+                            .bind(before.as_str()),
+                    };
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("listing messages"))?
+                        .into_iter()
+                        .map(Message::try_from)
+                        .collect()
+                }
+            }
+
+            #[async_trait]
+            impl RevokedTokenRepository for $store {
+                async fn revoke(&self, token_id: &str, expires_at: Timestamp) -> RepoResult<()> {
+                    sqlx::query(REVOKE_TOKEN)
+                        .bind(token_id)
+                        .bind(expires_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("revoking a token"))?;
+                    Ok(())
+                }
+
+                async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
+                    let found: Option<(i32,)> =
+                        sqlx::query_as("SELECT 1 FROM revoked_tokens WHERE token_id = $1")
+                            .bind(token_id)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(repo_error("checking a token's revocation"))?;
+                    Ok(found.is_some())
+                }
+
+                async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {
+                    let done = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("purging expired revocations"))?;
+                    Ok(done.rows_affected())
+                }
+            }
+
+            #[async_trait]
+            impl HealthCheck for $store {
+                async fn ping(&self) -> RepoResult<()> {
+                    sqlx::query("SELECT 1")
+                        .execute(&self.pool)
+                        .await
+                        .map_err(repo_error("pinging the database"))?;
+                    Ok(())
+                }
+            }
+        };
+    };
+}
+
+pub(crate) use impl_repositories;

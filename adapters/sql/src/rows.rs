@@ -1,0 +1,147 @@
+//! Rows as the two engines return them, and their conversion into domain values.
+
+use application::ports::{ConversationSummary, RepoError};
+use chrono::{DateTime, Utc};
+use domain::{
+    Avatar, Conversation, ConversationId, FullName, Message, MessageBody, MessageId,
+    ParticipantPair, PasswordHash, User, UserId, Username,
+};
+
+use crate::error::corrupt;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub full_name: String,
+    pub gender: Option<String>,
+    pub avatar: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = RepoError;
+    fn try_from(row: UserRow) -> Result<Self, RepoError> {
+        Ok(User {
+            id: UserId::parse(&row.id).map_err(|e| corrupt("user id", e))?,
+            username: Username::parse(&row.username).map_err(|e| corrupt("username", e))?,
+            full_name: FullName::parse(&row.full_name).map_err(|e| corrupt("full name", e))?,
+            gender: row
+                .gender
+                .map(|g| g.parse())
+                .transpose()
+                .map_err(|e| corrupt("gender", e))?,
+            avatar: Avatar::parse(&row.avatar).map_err(|e| corrupt("avatar", e))?,
+            password_hash: PasswordHash::new(row.password_hash),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ConversationRow {
+    pub id: String,
+    pub participant_a: String,
+    pub participant_b: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<ConversationRow> for Conversation {
+    type Error = RepoError;
+    fn try_from(row: ConversationRow) -> Result<Self, RepoError> {
+        let a = UserId::parse(&row.participant_a).map_err(|e| corrupt("participant", e))?;
+        let b = UserId::parse(&row.participant_b).map_err(|e| corrupt("participant", e))?;
+        Ok(Conversation {
+            id: ConversationId::parse(&row.id).map_err(|e| corrupt("conversation id", e))?,
+            participants: ParticipantPair::new(a, b).map_err(|e| corrupt("participants", e))?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct MessageRow {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub receiver_id: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = RepoError;
+    fn try_from(row: MessageRow) -> Result<Self, RepoError> {
+        Ok(Message {
+            id: MessageId::parse(&row.id).map_err(|e| corrupt("message id", e))?,
+            conversation_id: ConversationId::parse(&row.conversation_id)
+                .map_err(|e| corrupt("conversation id", e))?,
+            sender_id: UserId::parse(&row.sender_id).map_err(|e| corrupt("sender id", e))?,
+            receiver_id: UserId::parse(&row.receiver_id).map_err(|e| corrupt("receiver id", e))?,
+            body: MessageBody::parse(&row.body).map_err(|e| corrupt("message body", e))?,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A conversation joined with its last message (all message columns null when it has none).
+#[derive(sqlx::FromRow)]
+pub(crate) struct SummaryRow {
+    #[sqlx(flatten)]
+    pub conversation: ConversationRow,
+    pub m_id: Option<String>,
+    pub m_sender_id: Option<String>,
+    pub m_receiver_id: Option<String>,
+    pub m_body: Option<String>,
+    pub m_created_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<SummaryRow> for ConversationSummary {
+    type Error = RepoError;
+    fn try_from(row: SummaryRow) -> Result<Self, RepoError> {
+        let conversation_id = row.conversation.id.clone();
+        let last_message = match (row.m_id, row.m_sender_id, row.m_receiver_id, row.m_body, row.m_created_at) {
+            (Some(id), Some(sender_id), Some(receiver_id), Some(body), Some(created_at)) => {
+                Some(Message::try_from(MessageRow {
+                    id,
+                    conversation_id,
+                    sender_id,
+                    receiver_id,
+                    body,
+                    created_at,
+                })?)
+            }
+            _ => None,
+        };
+        Ok(ConversationSummary { conversation: row.conversation.try_into()?, last_message })
+    }
+}
+
+/// A `LIKE` pattern matching `needle` literally anywhere, lower-cased like the `*_lower` columns.
+pub(crate) fn contains_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn like_wildcards_are_matched_literally() {
+        assert_eq!(contains_pattern("A_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+}

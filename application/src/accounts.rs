@@ -1,0 +1,573 @@
+//! Accounts: register, log in and out, authenticate a token, read profiles, list users.
+
+use std::sync::{Arc, OnceLock};
+
+use domain::{Avatar, FullName, Gender, Password, PasswordHash, User, UserId, Username};
+
+use crate::paging;
+use crate::ports::{
+    Clock, HashError, IssuedToken, PasswordHasher, RepoError, RevokedTokenRepository,
+    TokenClaims, TokenError, TokenService, UserQuery, UserRepository,
+};
+
+/// What a caller of the account use cases can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{field} {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// One answer for an unknown user and a wrong password, so accounts can't be probed.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("storage is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error(transparent)]
+    Unexpected(anyhow::Error),
+}
+
+impl AccountError {
+    fn invalid(field: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Invalid { field, message: error.to_string() }
+    }
+}
+
+impl From<RepoError> for AccountError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Unavailable(e) => Self::Unavailable(e),
+            RepoError::Conflict => Self::Unexpected(anyhow::anyhow!("unexpected conflict")),
+            RepoError::Unexpected(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl From<HashError> for AccountError {
+    fn from(error: HashError) -> Self {
+        Self::Unexpected(anyhow::Error::new(error))
+    }
+}
+
+/// The fields of a registration, as the client sent them.
+#[derive(Debug, Clone, Default)]
+pub struct NewAccount {
+    pub full_name: String,
+    pub username: String,
+    pub password: String,
+    pub gender: Option<String>,
+    pub avatar: Option<String>,
+}
+
+/// A verified, unrevoked token and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub claims: TokenClaims,
+}
+
+impl Authenticated {
+    pub fn user_id(&self) -> &UserId {
+        &self.claims.user_id
+    }
+}
+
+/// A page of the user list.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub struct AccountService {
+    users: Arc<dyn UserRepository>,
+    revoked: Arc<dyn RevokedTokenRepository>,
+    hasher: Arc<dyn PasswordHasher>,
+    tokens: Arc<dyn TokenService>,
+    clock: Arc<dyn Clock>,
+    /// A real hash to verify against when the user is unknown, so that a login for an
+    /// unknown name costs as much time as one with a wrong password.
+    decoy_hash: OnceLock<PasswordHash>,
+}
+
+impl AccountService {
+    pub const MAX_SEARCH: usize = 64;
+
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        revoked: Arc<dyn RevokedTokenRepository>,
+        hasher: Arc<dyn PasswordHasher>,
+        tokens: Arc<dyn TokenService>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { users, revoked, hasher, tokens, clock, decoy_hash: OnceLock::new() }
+    }
+
+    pub async fn register(&self, input: NewAccount) -> Result<(User, IssuedToken), AccountError> {
+        let full_name =
+            FullName::parse(&input.full_name).map_err(|e| AccountError::invalid("fullName", e))?;
+        let username =
+            Username::parse(&input.username).map_err(|e| AccountError::invalid("username", e))?;
+        let password =
+            Password::parse(&input.password).map_err(|e| AccountError::invalid("password", e))?;
+        let gender = input
+            .gender
+            .as_deref()
+            .map(str::parse::<Gender>)
+            .transpose()
+            .map_err(|e| AccountError::invalid("gender", e))?;
+        let avatar = match input.avatar.as_deref().map(str::trim) {
+            Some(raw) if !raw.is_empty() => {
+                Avatar::parse(raw).map_err(|e| AccountError::invalid("avatar", e))?
+            }
+            _ => Avatar::default_for(&username, gender),
+        };
+
+        // Fail fast on a taken name before paying for a hash; the unique index still
+        // decides races below.
+        if self.users.find_by_username(&username).await?.is_some() {
+            return Err(AccountError::UsernameTaken);
+        }
+        let password_hash = self.hasher.hash(&password).await?;
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::generate(),
+            full_name,
+            username,
+            gender,
+            avatar,
+            password_hash,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.users.insert(&user).await {
+            Ok(()) => {}
+            Err(RepoError::Conflict) => return Err(AccountError::UsernameTaken),
+            Err(e) => return Err(e.into()),
+        }
+        let token = self.issue(&user.id)?;
+        Ok((user, token))
+    }
+
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(User, IssuedToken), AccountError> {
+        let password =
+            Password::for_login(password).map_err(|_| AccountError::InvalidCredentials)?;
+        let user = match Username::parse(username) {
+            Ok(name) => self.users.find_by_username(&name).await?,
+            Err(_) => None,
+        };
+        let Some(user) = user else {
+            let decoy = self.decoy_hash().await?;
+            // The outcome is known; the verification only spends the same time.
+            let _ = self.hasher.verify(&password, &decoy).await;
+            return Err(AccountError::InvalidCredentials);
+        };
+        if !self.hasher.verify(&password, &user.password_hash).await? {
+            return Err(AccountError::InvalidCredentials);
+        }
+        let token = self.issue(&user.id)?;
+        Ok((user, token))
+    }
+
+    /// Revokes the token for good, on every instance sharing the store.
+    pub async fn logout(&self, session: &Authenticated) -> Result<(), AccountError> {
+        self.revoked
+            .revoke(&session.claims.token_id, session.claims.expires_at)
+            .await?;
+        Ok(())
+    }
+
+    /// Accepts a token that is well signed, unexpired and not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AccountError> {
+        let claims = self
+            .tokens
+            .verify(token, self.clock.now())
+            .map_err(|_| AccountError::Unauthenticated)?;
+        if self.revoked.is_revoked(&claims.token_id).await? {
+            return Err(AccountError::Unauthenticated);
+        }
+        Ok(Authenticated { claims })
+    }
+
+    pub async fn profile(&self, user: &UserId) -> Result<User, AccountError> {
+        // A valid token of a user that no longer exists is as good as no token.
+        self.users.find_by_id(user).await?.ok_or(AccountError::Unauthenticated)
+    }
+
+    /// Everyone but `me`, by username, `limit` at a time after `cursor`.
+    pub async fn list_users(
+        &self,
+        me: &UserId,
+        search: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<UserPage, AccountError> {
+        let search = search.map(str::trim).filter(|s| !s.is_empty());
+        if search.is_some_and(|s| s.chars().count() > Self::MAX_SEARCH) {
+            return Err(AccountError::invalid(
+                "search",
+                format!("must be at most {} characters", Self::MAX_SEARCH),
+            ));
+        }
+        let after_username = cursor
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                Username::parse(c)
+                    .map(|name| name.normalized())
+                    .map_err(|_| AccountError::invalid("cursor", "is not a valid cursor"))
+            })
+            .transpose()?;
+        let limit = paging::clamp(limit);
+        let query = UserQuery {
+            exclude: me.clone(),
+            search: search.map(str::to_owned),
+            after_username,
+            limit,
+        };
+        let users = self.users.list(&query).await?;
+        let next_cursor = (users.len() == limit as usize)
+            .then(|| users.last().map(|u| u.username.normalized()))
+            .flatten();
+        Ok(UserPage { users, next_cursor })
+    }
+
+    fn issue(&self, user: &UserId) -> Result<IssuedToken, AccountError> {
+        self.tokens.issue(user, self.clock.now()).map_err(|e: TokenError| {
+            AccountError::Unexpected(anyhow::Error::new(e).context("issuing a token"))
+        })
+    }
+
+    async fn decoy_hash(&self) -> Result<PasswordHash, AccountError> {
+        if let Some(hash) = self.decoy_hash.get() {
+            return Ok(hash.clone());
+        }
+        let decoy = Password::parse("decoy-password-never-matches")
+            .expect("the decoy literal satisfies the password rules");
+        let hash = self.hasher.hash(&decoy).await?;
+        Ok(self.decoy_hash.get_or_init(|| hash).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{
+        MockClock, MockPasswordHasher, MockRevokedTokenRepository, MockTokenService,
+        MockUserRepository,
+    };
+    use chrono::{TimeZone, Utc};
+    use mockall::predicate::*;
+
+    fn now() -> domain::Timestamp {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    struct Mocks {
+        users: MockUserRepository,
+        revoked: MockRevokedTokenRepository,
+        hasher: MockPasswordHasher,
+        tokens: MockTokenService,
+    }
+
+    impl Mocks {
+        fn new() -> Self {
+            Self {
+                users: MockUserRepository::new(),
+                revoked: MockRevokedTokenRepository::new(),
+                hasher: MockPasswordHasher::new(),
+                tokens: MockTokenService::new(),
+            }
+        }
+
+        fn service(self) -> AccountService {
+            let mut clock = MockClock::new();
+            clock.expect_now().returning(now);
+            AccountService::new(
+                Arc::new(self.users),
+                Arc::new(self.revoked),
+                Arc::new(self.hasher),
+                Arc::new(self.tokens),
+                Arc::new(clock),
+            )
+        }
+    }
+
+    fn claims_for(user: &UserId) -> TokenClaims {
+        TokenClaims { user_id: user.clone(), token_id: "jti-1".into(), expires_at: now() }
+    }
+
+    fn issued(user: &UserId) -> IssuedToken {
+        IssuedToken { token: "signed.jwt.token".into(), claims: claims_for(user) }
+    }
+
+    fn user(name: &str) -> User {
+        let username = Username::parse(name).unwrap();
+        User {
+            id: UserId::generate(),
+            full_name: FullName::parse("Some One").unwrap(),
+            avatar: Avatar::default_for(&username, None),
+            username,
+            gender: None,
+            password_hash: PasswordHash::new("stored-hash".into()),
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    fn registration() -> NewAccount {
+        NewAccount {
+            full_name: "  Alice Liddell ".into(),
+            username: "Alice".into(),
+            password: "correct horse".into(),
+            gender: Some("female".into()),
+            avatar: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn register_stores_a_hashed_user_and_issues_a_token() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(None));
+        m.hasher
+            .expect_hash()
+            .withf(|p| p.expose() == "correct horse")
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("hashed".into())));
+        m.users
+            .expect_insert()
+            .withf(|u| {
+                u.username.as_str() == "Alice"
+                    && u.full_name.as_str() == "Alice Liddell"
+                    && u.password_hash.as_str() == "hashed"
+                    && u.gender == Some(Gender::Female)
+                    && u.avatar.as_str().contains("girl?username=Alice")
+                    && u.created_at == now()
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        m.tokens.expect_issue().times(1).returning(|id, _| Ok(issued(id)));
+
+        let (user, token) = m.service().register(registration()).await.unwrap();
+        assert_eq!(token.claims.user_id, user.id);
+    }
+
+    #[tokio::test]
+    async fn register_keeps_a_given_avatar() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(None));
+        m.hasher.expect_hash().returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users
+            .expect_insert()
+            .withf(|u| u.avatar.as_str() == "https://example.com/me.png")
+            .returning(|_| Ok(()));
+        m.tokens.expect_issue().returning(|id, _| Ok(issued(id)));
+        let input =
+            NewAccount { avatar: Some("https://example.com/me.png".into()), ..registration() };
+        assert!(m.service().register(input).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn register_rejects_invalid_fields_before_touching_storage() {
+        let cases = [
+            (NewAccount { full_name: " ".into(), ..registration() }, "fullName"),
+            (NewAccount { username: "a b".into(), ..registration() }, "username"),
+            (NewAccount { password: "short".into(), ..registration() }, "password"),
+            (NewAccount { gender: Some("robot".into()), ..registration() }, "gender"),
+            (NewAccount { avatar: Some("ftp://x".into()), ..registration() }, "avatar"),
+        ];
+        for (input, expected) in cases {
+            // No expectations: any storage or hasher call would panic.
+            let err = Mocks::new().service().register(input).await.unwrap_err();
+            assert!(
+                matches!(err, AccountError::Invalid { field, .. } if field == expected),
+                "{expected}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn register_with_a_taken_name_does_not_hash() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(Some(user("alice"))));
+        let err = m.service().register(registration()).await.unwrap_err();
+        assert!(matches!(err, AccountError::UsernameTaken));
+    }
+
+    #[tokio::test]
+    async fn register_losing_an_insert_race_reports_the_name_taken() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(None));
+        m.hasher.expect_hash().returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users.expect_insert().returning(|_| Err(RepoError::Conflict));
+        m.tokens.expect_issue().never();
+        let err = m.service().register(registration()).await.unwrap_err();
+        assert!(matches!(err, AccountError::UsernameTaken));
+    }
+
+    #[tokio::test]
+    async fn register_reports_storage_outage_as_unavailable() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_by_username()
+            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let err = m.service().register(registration()).await.unwrap_err();
+        assert!(matches!(err, AccountError::Unavailable(_)));
+    }
+
+    #[tokio::test]
+    async fn login_with_the_right_password_issues_a_token() {
+        let mut m = Mocks::new();
+        let stored = user("alice");
+        let id = stored.id.clone();
+        m.users
+            .expect_find_by_username()
+            .withf(|name| name.as_str() == "ALICE")
+            .returning(move |_| Ok(Some(stored.clone())));
+        m.hasher
+            .expect_verify()
+            .withf(|p, h| p.expose() == "pw-123456" && h.as_str() == "stored-hash")
+            .returning(|_, _| Ok(true));
+        m.tokens.expect_issue().times(1).returning(|id, _| Ok(issued(id)));
+        let (user, token) = m.service().login("ALICE", "pw-123456").await.unwrap();
+        assert_eq!(user.id, id);
+        assert_eq!(token.claims.user_id, id);
+    }
+
+    #[tokio::test]
+    async fn login_with_a_wrong_password_is_refused() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(Some(user("alice"))));
+        m.hasher.expect_verify().returning(|_, _| Ok(false));
+        m.tokens.expect_issue().never();
+        let err = m.service().login("alice", "wrong-password").await.unwrap_err();
+        assert!(matches!(err, AccountError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn login_of_an_unknown_user_still_spends_a_verification() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(None));
+        m.hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("decoy".into())));
+        m.hasher
+            .expect_verify()
+            .withf(|_, h| h.as_str() == "decoy")
+            .times(2)
+            .returning(|_, _| Ok(true));
+        m.tokens.expect_issue().never();
+        let service = m.service();
+        for _ in 0..2 {
+            let err = service.login("nobody", "whatever-pw").await.unwrap_err();
+            assert!(matches!(err, AccountError::InvalidCredentials));
+        }
+    }
+
+    #[tokio::test]
+    async fn login_with_an_impossible_username_answers_like_an_unknown_one() {
+        let mut m = Mocks::new();
+        m.hasher.expect_hash().returning(|_| Ok(PasswordHash::new("decoy".into())));
+        m.hasher.expect_verify().times(1).returning(|_, _| Ok(false));
+        let err = m.service().login("$gt", "whatever-pw").await.unwrap_err();
+        assert!(matches!(err, AccountError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn logout_revokes_the_token_until_it_expires() {
+        let mut m = Mocks::new();
+        let id = UserId::generate();
+        m.revoked
+            .expect_revoke()
+            .with(eq("jti-1"), eq(now()))
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let session = Authenticated { claims: claims_for(&id) };
+        m.service().logout(&session).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn authenticate_accepts_a_valid_unrevoked_token() {
+        let mut m = Mocks::new();
+        let id = UserId::generate();
+        let claims = claims_for(&id);
+        m.tokens
+            .expect_verify()
+            .with(eq("tok"), eq(now()))
+            .returning(move |_, _| Ok(claims.clone()));
+        m.revoked.expect_is_revoked().with(eq("jti-1")).returning(|_| Ok(false));
+        let session = m.service().authenticate("tok").await.unwrap();
+        assert_eq!(session.user_id(), &id);
+    }
+
+    #[tokio::test]
+    async fn authenticate_refuses_a_revoked_token() {
+        let mut m = Mocks::new();
+        let id = UserId::generate();
+        let claims = claims_for(&id);
+        m.tokens.expect_verify().returning(move |_, _| Ok(claims.clone()));
+        m.revoked.expect_is_revoked().returning(|_| Ok(true));
+        let err = m.service().authenticate("tok").await.unwrap_err();
+        assert!(matches!(err, AccountError::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn authenticate_refuses_an_invalid_token_without_a_lookup() {
+        let mut m = Mocks::new();
+        m.tokens.expect_verify().returning(|_, _| Err(TokenError::Invalid));
+        m.revoked.expect_is_revoked().never();
+        let err = m.service().authenticate("garbage").await.unwrap_err();
+        assert!(matches!(err, AccountError::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn profile_of_a_vanished_user_is_unauthenticated() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_id().returning(|_| Ok(None));
+        let err = m.service().profile(&UserId::generate()).await.unwrap_err();
+        assert!(matches!(err, AccountError::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn list_users_excludes_me_and_pages_by_username() {
+        let mut m = Mocks::new();
+        let me = UserId::generate();
+        let expected_me = me.clone();
+        m.users
+            .expect_list()
+            .withf(move |q| {
+                q.exclude == expected_me
+                    && q.search.as_deref() == Some("ali")
+                    && q.after_username.as_deref() == Some("bob")
+                    && q.limit == 2
+            })
+            .returning(|_| Ok(vec![user("Carol"), user("Dave")]));
+        let page = m.service().list_users(&me, Some(" ali "), Some(2), Some("Bob")).await.unwrap();
+        assert_eq!(page.users.len(), 2);
+        assert_eq!(page.next_cursor.as_deref(), Some("dave"));
+    }
+
+    #[tokio::test]
+    async fn list_users_caps_the_limit_and_ends_without_a_cursor() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_list()
+            .withf(|q| q.limit == paging::MAX_LIMIT && q.search.is_none())
+            .returning(|_| Ok(vec![user("carol")]));
+        let page =
+            m.service().list_users(&UserId::generate(), Some("  "), Some(10_000), None).await.unwrap();
+        assert_eq!(page.next_cursor, None);
+    }
+
+    #[tokio::test]
+    async fn list_users_rejects_a_malformed_cursor() {
+        let err = Mocks::new()
+            .service()
+            .list_users(&UserId::generate(), None, None, Some("{$gt: ''}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AccountError::Invalid { field: "cursor", .. }));
+    }
+}

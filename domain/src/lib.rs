@@ -1,0 +1,20 @@
+//! The chat domain: entities (users, conversations, messages) and the validated value
+//! types they are made of.
+//!
+//! Constructors validate, so a value that exists is a valid one. This crate does no IO and
+//! knows no runtime, database or web framework: it must not import tokio, actix, sqlx,
+//! mongodb or anything that talks to the outside world.
+
+mod ids;
+mod message;
+mod user;
+
+pub use ids::{ConversationId, IdError, MessageId, UserId};
+pub use message::{Conversation, Message, MessageBody, MessageBodyError, ParticipantPair, PairError};
+pub use user::{
+    Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError,
+    PasswordHash, User, Username, UsernameError,
+};
+
+/// Instants are UTC everywhere in the domain.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

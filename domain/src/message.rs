@@ -1,0 +1,168 @@
+//! Conversations between two users and the messages in them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConversationId, MessageId, Timestamp, UserId};
+
+/// The text of a message: 1–5000 characters once trimmed, kept exactly as sent (no escaping:
+/// rendering safely is the client's job, and the original text must survive a round trip).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageBody(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageBodyError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+}
+
+impl MessageBody {
+    pub const MAX: usize = 5000;
+
+    pub fn parse(raw: &str) -> Result<Self, MessageBodyError> {
+        // Surrounding white space counts against nothing, but a body padded far beyond the
+        // limit is refused too: what is stored must stay bounded.
+        if raw.len() > Self::MAX * 4 {
+            return Err(MessageBodyError::TooLong { max: Self::MAX });
+        }
+        match raw.trim().chars().count() {
+            0 => Err(MessageBodyError::Empty),
+            n if n > Self::MAX => Err(MessageBodyError::TooLong { max: Self::MAX }),
+            _ => Ok(Self(raw.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MessageBody {
+    type Error = MessageBodyError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<MessageBody> for String {
+    fn from(body: MessageBody) -> String {
+        body.0
+    }
+}
+
+/// The two distinct users of a conversation, in a canonical order, so that (a, b) and (b, a)
+/// are the same pair and a storage backend can enforce one conversation per pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParticipantPair {
+    first: UserId,
+    second: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a conversation needs two different users")]
+pub struct PairError;
+
+impl ParticipantPair {
+    pub fn new(a: UserId, b: UserId) -> Result<Self, PairError> {
+        match a.cmp(&b) {
+            std::cmp::Ordering::Less => Ok(Self { first: a, second: b }),
+            std::cmp::Ordering::Greater => Ok(Self { first: b, second: a }),
+            std::cmp::Ordering::Equal => Err(PairError),
+        }
+    }
+
+    pub fn first(&self) -> &UserId {
+        &self.first
+    }
+
+    pub fn second(&self) -> &UserId {
+        &self.second
+    }
+
+    pub fn contains(&self, user: &UserId) -> bool {
+        &self.first == user || &self.second == user
+    }
+
+    /// The unique key storage indexes: the same for both orders of the pair.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.first, self.second)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub participants: ParticipantPair,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Conversation {
+    /// A conversation that starts now between the pair.
+    pub fn start(participants: ParticipantPair, now: Timestamp) -> Self {
+        Self { id: ConversationId::generate(), participants, created_at: now, updated_at: now }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub receiver_id: UserId,
+    pub body: MessageBody,
+    pub created_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn body_is_stored_exactly_as_sent() {
+        let raw = "  <b>hi</b> & bye \n";
+        assert_eq!(MessageBody::parse(raw).unwrap().as_str(), raw);
+    }
+
+    #[test]
+    fn blank_bodies_are_rejected() {
+        assert_eq!(MessageBody::parse(""), Err(MessageBodyError::Empty));
+        assert_eq!(MessageBody::parse(" \n\t "), Err(MessageBodyError::Empty));
+    }
+
+    #[test]
+    fn body_limit_counts_characters_after_trimming() {
+        assert!(MessageBody::parse(&format!("  {}  ", "ü".repeat(5000))).is_ok());
+        assert_eq!(
+            MessageBody::parse(&"a".repeat(5001)),
+            Err(MessageBodyError::TooLong { max: 5000 })
+        );
+    }
+
+    #[test]
+    fn pair_is_the_same_in_both_orders() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let ab = ParticipantPair::new(a.clone(), b.clone()).unwrap();
+        let ba = ParticipantPair::new(b.clone(), a.clone()).unwrap();
+        assert_eq!(ab, ba);
+        assert_eq!(ab.key(), ba.key());
+        assert!(ab.contains(&a) && ab.contains(&b));
+    }
+
+    #[test]
+    fn pair_with_oneself_is_refused() {
+        let a = UserId::generate();
+        assert_eq!(ParticipantPair::new(a.clone(), a), Err(PairError));
+    }
+
+    proptest! {
+        #[test]
+        fn body_parse_accepts_exactly_1_to_5000_trimmed_characters(raw in "\\PC{0,6}") {
+            let n = raw.trim().chars().count();
+            prop_assert_eq!(MessageBody::parse(&raw).is_ok(), (1..=5000).contains(&n));
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Users and the value types a user is made of.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Timestamp, UserId};
+
+/// A login name: 3–32 characters of `[A-Za-z0-9_.-]`, stored as given and unique
+/// case-insensitively (see [`Username::normalized`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Username(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernameError {
+    #[error("must be at least {min} characters")]
+    TooShort { min: usize },
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+    #[error("may contain only letters, digits, '_', '.' and '-'")]
+    InvalidCharacter,
+}
+
+impl Username {
+    pub const MIN: usize = 3;
+    pub const MAX: usize = 32;
+
+    pub fn parse(raw: &str) -> Result<Self, UsernameError> {
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(UsernameError::InvalidCharacter);
+        }
+        // All accepted characters are ASCII, so bytes are characters from here on.
+        match raw.len() {
+            n if n < Self::MIN => Err(UsernameError::TooShort { min: Self::MIN }),
+            n if n > Self::MAX => Err(UsernameError::TooLong { max: Self::MAX }),
+            _ => Ok(Self(raw.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form uniqueness and look-ups use: `Alice` and `alice` are the same user.
+    pub fn normalized(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl TryFrom<String> for Username {
+    type Error = UsernameError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Username> for String {
+    fn from(name: Username) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: 1–64 characters once surrounding white space is trimmed off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FullName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FullNameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+}
+
+impl FullName {
+    pub const MAX: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, FullNameError> {
+        let trimmed = raw.trim();
+        match trimmed.chars().count() {
+            0 => Err(FullNameError::Empty),
+            n if n > Self::MAX => Err(FullNameError::TooLong { max: Self::MAX }),
+            _ => Ok(Self(trimmed.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FullName {
+    type Error = FullNameError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<FullName> for String {
+    fn from(name: FullName) -> String {
+        name.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gender {
+    Male,
+    Female,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be one of \"male\", \"female\", \"other\"")]
+pub struct GenderError;
+
+impl Gender {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gender::Male => "male",
+            Gender::Female => "female",
+            Gender::Other => "other",
+        }
+    }
+}
+
+impl FromStr for Gender {
+    type Err = GenderError;
+    fn from_str(raw: &str) -> Result<Self, GenderError> {
+        match raw {
+            "male" => Ok(Gender::Male),
+            "female" => Ok(Gender::Female),
+            "other" => Ok(Gender::Other),
+            _ => Err(GenderError),
+        }
+    }
+}
+
+/// A picture URL (`http` or `https`), at most 2048 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Avatar(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AvatarError {
+    #[error("must be an http(s) URL")]
+    NotAUrl,
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+}
+
+impl Avatar {
+    pub const MAX: usize = 2048;
+
+    pub fn parse(raw: &str) -> Result<Self, AvatarError> {
+        let raw = raw.trim();
+        if raw.len() > Self::MAX {
+            return Err(AvatarError::TooLong { max: Self::MAX });
+        }
+        let rest = raw
+            .strip_prefix("https://")
+            .or_else(|| raw.strip_prefix("http://"))
+            .ok_or(AvatarError::NotAUrl)?;
+        let host_ok = rest
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|host| !host.is_empty());
+        if !host_ok || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AvatarError::NotAUrl);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The picture a user gets when they choose none: deterministic per username, in the
+    /// style of the original app (a boy/girl picture by gender, initials otherwise).
+    pub fn default_for(username: &Username, gender: Option<Gender>) -> Self {
+        let name = username.as_str();
+        let url = match gender {
+            Some(Gender::Male) => format!("https://avatar.iran.liara.run/public/boy?username={name}"),
+            Some(Gender::Female) => {
+                format!("https://avatar.iran.liara.run/public/girl?username={name}")
+            }
+            Some(Gender::Other) | None => {
+                format!("https://avatar.iran.liara.run/username?username={name}")
+            }
+        };
+        Self(url)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Avatar {
+    type Error = AvatarError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Avatar> for String {
+    fn from(avatar: Avatar) -> String {
+        avatar.0
+    }
+}
+
+/// A plain-text password on its way to the hasher: 8–72 bytes (bcrypt ignores bytes past 72,
+/// so a longer one would be silently truncated). It never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("must be at least {min} bytes")]
+    TooShort { min: usize },
+    #[error("must be at most {max} bytes")]
+    TooLong { max: usize },
+}
+
+impl Password {
+    pub const MIN_BYTES: usize = 8;
+    pub const MAX_BYTES: usize = 72;
+
+    pub fn parse(raw: &str) -> Result<Self, PasswordError> {
+        match raw.len() {
+            n if n < Self::MIN_BYTES => Err(PasswordError::TooShort { min: Self::MIN_BYTES }),
+            n if n > Self::MAX_BYTES => Err(PasswordError::TooLong { max: Self::MAX_BYTES }),
+            _ => Ok(Self(raw.to_owned())),
+        }
+    }
+
+    /// A password checked only for bcrypt's byte limit, for login: an account must not become
+    /// unreachable because the length rules changed after it was made.
+    pub fn for_login(raw: &str) -> Result<Self, PasswordError> {
+        if raw.len() > Self::MAX_BYTES {
+            return Err(PasswordError::TooLong { max: Self::MAX_BYTES });
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A password hash in the hasher's own encoding (a bcrypt string). It never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    pub fn new(encoded: String) -> Self {
+        Self(encoded)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    pub full_name: FullName,
+    pub username: Username,
+    pub gender: Option<Gender>,
+    pub avatar: Avatar,
+    pub password_hash: PasswordHash,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn username_keeps_its_case_but_normalizes_to_lower_case() {
+        let name = Username::parse("Alice_B.c-9").unwrap();
+        assert_eq!(name.as_str(), "Alice_B.c-9");
+        assert_eq!(name.normalized(), "alice_b.c-9");
+    }
+
+    #[test]
+    fn username_length_limits_are_inclusive() {
+        assert!(Username::parse("abc").is_ok());
+        assert!(Username::parse(&"a".repeat(32)).is_ok());
+        assert_eq!(Username::parse("ab"), Err(UsernameError::TooShort { min: 3 }));
+        assert_eq!(Username::parse(&"a".repeat(33)), Err(UsernameError::TooLong { max: 32 }));
+    }
+
+    #[test]
+    fn username_rejects_spaces_operators_and_non_ascii() {
+        for bad in ["a b c", "$gt", "{\"$ne\":1}", "josé", "ab\0c", "a/b/c"] {
+            assert_eq!(Username::parse(bad), Err(UsernameError::InvalidCharacter), "{bad}");
+        }
+    }
+
+    #[test]
+    fn full_name_is_trimmed_and_bounded() {
+        assert_eq!(FullName::parse("  Ada Lovelace ").unwrap().as_str(), "Ada Lovelace");
+        assert_eq!(FullName::parse("   "), Err(FullNameError::Empty));
+        assert!(FullName::parse(&"é".repeat(64)).is_ok());
+        assert_eq!(FullName::parse(&"é".repeat(65)), Err(FullNameError::TooLong { max: 64 }));
+    }
+
+    #[test]
+    fn password_limits_count_bytes_not_characters() {
+        assert!(Password::parse("12345678").is_ok());
+        assert_eq!(Password::parse("1234567"), Err(PasswordError::TooShort { min: 8 }));
+        // 24 three-byte characters are 72 bytes: allowed; one more byte is not.
+        assert!(Password::parse(&"€".repeat(24)).is_ok());
+        assert_eq!(
+            Password::parse(&format!("{}a", "€".repeat(24))),
+            Err(PasswordError::TooLong { max: 72 })
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let password = Password::parse("hunter22hunter22").unwrap();
+        assert!(!format!("{password:?}").contains("hunter22"));
+        let hash = PasswordHash::new("$2b$10$abcdefghijklmnopqrstuv".into());
+        assert!(!format!("{hash:?}").contains("abcdefgh"));
+    }
+
+    #[test]
+    fn gender_accepts_only_the_three_values() {
+        assert_eq!("female".parse(), Ok(Gender::Female));
+        assert_eq!("Female".parse::<Gender>(), Err(GenderError));
+        assert_eq!("".parse::<Gender>(), Err(GenderError));
+    }
+
+    #[test]
+    fn avatar_must_be_an_http_url() {
+        assert!(Avatar::parse("https://example.com/a.png").is_ok());
+        assert!(Avatar::parse("http://example.com").is_ok());
+        assert_eq!(Avatar::parse("javascript:alert(1)"), Err(AvatarError::NotAUrl));
+        assert_eq!(Avatar::parse("https://"), Err(AvatarError::NotAUrl));
+        assert_eq!(Avatar::parse("https://a b.com"), Err(AvatarError::NotAUrl));
+    }
+
+    #[test]
+    fn default_avatar_is_deterministic_per_username() {
+        let name = Username::parse("bob").unwrap();
+        let a = Avatar::default_for(&name, Some(Gender::Male));
+        assert_eq!(a, Avatar::default_for(&name, Some(Gender::Male)));
+        assert!(Avatar::parse(a.as_str()).is_ok());
+        assert_ne!(a, Avatar::default_for(&Username::parse("carol").unwrap(), Some(Gender::Male)));
+    }
+
+    proptest! {
+        #[test]
+        fn valid_usernames_are_accepted(raw in "[A-Za-z0-9_.-]{3,32}") {
+            let name = Username::parse(&raw).unwrap();
+            prop_assert_eq!(name.as_str(), raw.as_str());
+        }
+
+        #[test]
+        fn username_parse_accepts_exactly_the_documented_language(raw in "\\PC{0,40}") {
+            let expected = (3..=32).contains(&raw.chars().count())
+                && raw.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            prop_assert_eq!(Username::parse(&raw).is_ok(), expected);
+        }
+
+        #[test]
+        fn password_parse_accepts_exactly_8_to_72_bytes(raw in "\\PC{0,80}") {
+            prop_assert_eq!(Password::parse(&raw).is_ok(), (8..=72).contains(&raw.len()));
+        }
+
+        #[test]
+        fn full_name_parse_is_trimmed_and_bounded(raw in "\\PC{0,80}") {
+            match FullName::parse(&raw) {
+                Ok(name) => {
+                    prop_assert_eq!(name.as_str(), raw.trim());
+                    prop_assert!((1..=64).contains(&name.as_str().chars().count()));
+                }
+                Err(_) => {
+                    let n = raw.trim().chars().count();
+                    prop_assert!(n == 0 || n > 64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The composition root: reads the configuration, builds the adapters it names, wires them
+//! into the application services and serves them over HTTP. The only crate that knows every
+//! adapter; everything else sees ports.
+
+pub mod settings;
+mod telemetry;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use application::ports::{
+    Clock, ConversationRepository, HealthCheck, MessageRepository, Notifier, Presence,
+    RevokedTokenRepository, SystemClock, UserRepository,
+};
+use application::{AccountService, MessagingService, RealtimeService};
+use secrecy::{ExposeSecret, SecretString};
+use ws_notifier::{ConnectionRegistry, InMemoryPresence, WsSettings};
+
+pub use settings::Settings;
+use settings::{FanoutSettings, SameSite, SqliteSynchronous, StorageSettings};
+pub use telemetry::init_logging;
+
+/// The repositories of one store, as ports.
+pub struct Storage {
+    pub users: Arc<dyn UserRepository>,
+    pub conversations: Arc<dyn ConversationRepository>,
+    pub messages: Arc<dyn MessageRepository>,
+    pub revoked: Arc<dyn RevokedTokenRepository>,
+    pub health: Arc<dyn HealthCheck>,
+}
+
+impl Storage {
+    fn from_store<S>(store: Arc<S>) -> Self
+    where
+        S: UserRepository
+            + ConversationRepository
+            + MessageRepository
+            + RevokedTokenRepository
+            + HealthCheck
+            + 'static,
+    {
+        Self {
+            users: store.clone(),
+            conversations: store.clone(),
+            messages: store.clone(),
+            revoked: store.clone(),
+            health: store,
+        }
+    }
+}
+
+/// Opens the store the settings name: connects and applies migrations.
+pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage> {
+    match settings {
+        StorageSettings::Sqlite { url, max_connections, acquire_timeout_ms, synchronous } => {
+            let store = sql_store::SqliteStore::connect(&sql_store::SqliteOptions {
+                url: url.clone(),
+                max_connections: *max_connections,
+                acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
+                synchronous: match synchronous {
+                    SqliteSynchronous::Full => sql_store::Synchronous::Full,
+                    SqliteSynchronous::Normal => sql_store::Synchronous::Normal,
+                },
+            })
+            .await?;
+            Ok(Storage::from_store(Arc::new(store)))
+        }
+        StorageSettings::Postgres { url, max_connections, acquire_timeout_ms, run_migrations } => {
+            let store = sql_store::PgStore::connect(&sql_store::PgOptions {
+                url: url.expose_secret().to_owned(),
+                max_connections: *max_connections,
+                acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
+                run_migrations: *run_migrations,
+            })
+            .await?;
+            Ok(Storage::from_store(Arc::new(store)))
+        }
+        StorageSettings::Mongodb { .. } => {
+            anyhow::bail!("storage.backend \"mongodb\" is not supported by this build yet")
+        }
+    }
+}
+
+/// A built server, bound to its port, not yet running.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    registry: Arc<ConnectionRegistry>,
+    purge: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, then stops gracefully: sockets get a close frame and
+    /// in-flight requests finish (within `server.shutdown_timeout`).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            registry.shut_down();
+            handle.stop(true).await;
+        });
+        let result = self.server.await;
+        self.purge.abort();
+        result
+    }
+}
+
+/// Builds every adapter the settings name and binds the listener.
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    let storage = open_storage(&settings.storage).await?;
+    build_with_storage(settings, storage).await
+}
+
+pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Application> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let secret = jwt_secret(&settings);
+    let tokens = Arc::new(jwt_tokens::JwtTokenService::new(&secret, settings.auth.token_ttl()));
+    let hasher = Arc::new(bcrypt_hasher::BcryptHasher::new(settings.auth.bcrypt_cost, None));
+
+    let registry = ConnectionRegistry::new(settings.websocket.queue_capacity);
+    let (notifier, presence): (Arc<dyn Notifier>, Arc<dyn Presence>) = match &settings.fanout {
+        FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new())),
+        FanoutSettings::Redis { .. } => {
+            anyhow::bail!("fanout.backend \"redis\" is not supported by this build yet")
+        }
+    };
+
+    let accounts = Arc::new(AccountService::new(
+        storage.users.clone(),
+        storage.revoked.clone(),
+        hasher,
+        tokens,
+        clock.clone(),
+    ));
+    let messaging = Arc::new(MessagingService::new(
+        storage.users.clone(),
+        storage.conversations.clone(),
+        storage.messages.clone(),
+        notifier.clone(),
+        clock.clone(),
+    ));
+    let realtime = Arc::new(RealtimeService::new(presence, notifier));
+
+    let ttl = settings.auth.token_ttl();
+    let state = actix_web::web::Data::new(http_api::AppState {
+        accounts,
+        messaging,
+        realtime,
+        registry: registry.clone(),
+        health: vec![("storage", storage.health.clone())],
+        settings: http_api::HttpSettings {
+            cookie: http_api::CookieSettings {
+                secure: settings.cookie.secure,
+                same_site: match settings.cookie.same_site {
+                    SameSite::Strict => http_api::SameSite::Strict,
+                    SameSite::Lax => http_api::SameSite::Lax,
+                    SameSite::None => http_api::SameSite::None,
+                },
+                max_age: ttl,
+            },
+            body_limit: settings.http.body_limit,
+            cors_origins: settings.cors.allowed_origins.clone(),
+            ws: WsSettings {
+                ping_interval: Duration::from_secs(settings.websocket.ping_interval),
+                ping_timeout: Duration::from_secs(settings.websocket.ping_timeout),
+                max_frame_bytes: settings.websocket.max_frame_bytes,
+            },
+            readiness_timeout: Duration::from_millis(2000),
+        },
+    });
+
+    let address = format!("{}:{}", settings.server.host, settings.server.port);
+    let listener = TcpListener::bind(&address).with_context(|| format!("cannot listen on {address}"))?;
+    let port = listener.local_addr()?.port();
+    let mut server = actix_web::HttpServer::new(move || http_api::app(state.clone()))
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout);
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    let server = server.listen(listener)?.run();
+    tracing::info!(
+        address = %address,
+        port,
+        storage = settings.storage.backend_name(),
+        environment = settings.environment.as_str(),
+        "listening"
+    );
+
+    let purge = tokio::spawn(purge_revocations(storage.revoked.clone(), clock));
+    Ok(Application { port, server, registry, purge })
+}
+
+fn jwt_secret(settings: &Settings) -> SecretString {
+    let configured = &settings.auth.jwt_secret;
+    if !configured.expose_secret().is_empty() {
+        return configured.clone();
+    }
+    // Production refuses to start without a secret (checked when settings load).
+    tracing::warn!(
+        "auth.jwt_secret is not set: using a random secret; tokens will not survive a restart \
+         (set CHAT__AUTH__JWT_SECRET)"
+    );
+    let bytes: [u8; 32] = rand::random();
+    SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Forgets revocations of tokens that have expired anyway, hourly.
+async fn purge_revocations(revoked: Arc<dyn RevokedTokenRepository>, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match revoked.purge_expired(clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
+            Err(error) => tracing::warn!(error = %error, "purging expired revocations failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler only fails outside a runtime");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,257 @@
+//! Configuration: built-in defaults, then `config/default.toml`, then `config/{env}.toml`,
+//! then `CHAT__SECTION__KEY` environment variables; later layers win.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary runs from any folder.
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+
+    fn from_env() -> anyhow::Result<Self> {
+        let raw = std::env::var("APP_ENV")
+            .or_else(|_| std::env::var("CHAT_ENV"))
+            .unwrap_or_else(|_| "development".into());
+        match raw.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "production" | "prod" => Ok(Self::Production),
+            other => anyhow::bail!(
+                "unknown environment {other:?} in APP_ENV/CHAT_ENV: use development, test or production"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(skip, default = "default_environment")]
+    pub environment: Environment,
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+    pub cookie: CookieSettings,
+    pub cors: CorsSettings,
+    pub http: HttpLimits,
+    pub websocket: WebSocketSettings,
+    pub fanout: FanoutSettings,
+    pub log: LogSettings,
+}
+
+fn default_environment() -> Environment {
+    Environment::Development
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub shutdown_timeout: u64,
+}
+
+/// Which store, with only the fields that store understands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum StorageSettings {
+    Sqlite {
+        url: String,
+        max_connections: u32,
+        acquire_timeout_ms: u64,
+        synchronous: SqliteSynchronous,
+    },
+    Postgres {
+        url: SecretString,
+        max_connections: u32,
+        acquire_timeout_ms: u64,
+        run_migrations: bool,
+    },
+    Mongodb {
+        url: SecretString,
+        acquire_timeout_ms: u64,
+    },
+}
+
+impl StorageSettings {
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            StorageSettings::Sqlite { .. } => "sqlite",
+            StorageSettings::Postgres { .. } => "postgres",
+            StorageSettings::Mongodb { .. } => "mongodb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    pub token_ttl: u64,
+    pub bcrypt_cost: u32,
+}
+
+impl AuthSettings {
+    pub const MIN_SECRET_BYTES: usize = 32;
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CookieSettings {
+    pub secure: bool,
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CorsSettings {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpLimits {
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSocketSettings {
+    pub ping_interval: u64,
+    pub ping_timeout: u64,
+    pub max_frame_bytes: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum FanoutSettings {
+    Local {},
+    Redis { redis_url: SecretString },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the layers for the environment named by `APP_ENV`/`CHAT_ENV`, from `config/`
+    /// (or `CHAT_CONFIG_DIR`), and checks what can be checked before anything starts.
+    pub fn load() -> anyhow::Result<Self> {
+        let dir = std::env::var_os("CHAT_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        Self::load_from(&dir, Environment::from_env()?)
+    }
+
+    pub fn load_from(dir: &Path, environment: Environment) -> anyhow::Result<Self> {
+        let layered = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(dir.join("default.toml")).required(false))
+            .add_source(config::File::from(dir.join(environment.as_str()).with_extension("toml")).required(false))
+            .add_source(
+                config::Environment::with_prefix("CHAT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("cors.allowed_origins"),
+            )
+            .build()
+            .context("cannot read the configuration")?;
+        let mut settings: Settings = layered
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.environment = environment;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let secret_len = self.auth.jwt_secret.expose_secret().len();
+        if self.environment == Environment::Production && secret_len < AuthSettings::MIN_SECRET_BYTES {
+            anyhow::bail!(
+                "auth.jwt_secret must be set to at least {} bytes in production (CHAT__AUTH__JWT_SECRET)",
+                AuthSettings::MIN_SECRET_BYTES
+            );
+        }
+        if secret_len > 0 && secret_len < AuthSettings::MIN_SECRET_BYTES {
+            anyhow::bail!("auth.jwt_secret is shorter than {} bytes", AuthSettings::MIN_SECRET_BYTES);
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            anyhow::bail!("auth.bcrypt_cost must be between 4 and 31");
+        }
+        if self.auth.token_ttl == 0 {
+            anyhow::bail!("auth.token_ttl must be a positive number of seconds");
+        }
+        if self.websocket.ping_interval == 0 || self.websocket.ping_timeout == 0 {
+            anyhow::bail!("websocket.ping_interval and websocket.ping_timeout must be positive");
+        }
+        if self.http.body_limit < 1024 {
+            anyhow::bail!("http.body_limit must be at least 1024 bytes");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")
+    }
+
+    #[test]
+    fn defaults_load_for_every_environment_but_production_without_a_secret() {
+        for env in [Environment::Development, Environment::Test] {
+            let settings = Settings::load_from(&dir(), env).unwrap();
+            assert_eq!(settings.storage.backend_name(), "sqlite");
+            assert!(matches!(settings.fanout, FanoutSettings::Local {}));
+        }
+        let error = Settings::load_from(&dir(), Environment::Production).unwrap_err();
+        assert!(error.to_string().contains("jwt_secret"), "{error}");
+    }
+}
