@@ -1,1 +1,138 @@
-//! Black-box tests live in tests/.
+//! Shared fixtures of the test suites: a fresh database per test on any backend.
+//!
+//! The backend comes from `CHAT_TEST_BACKEND` (`sqlite`, the default, `postgres` or
+//! `mongodb`). A backend that can't be reached fails the test with a message saying how to
+//! start it: there are no silent skips.
+
+use secrecy::SecretString;
+use server::settings::{SqliteSynchronous, StorageSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mongodb,
+}
+
+impl Backend {
+    pub fn from_env() -> Self {
+        match std::env::var("CHAT_TEST_BACKEND").as_deref() {
+            Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+            Ok("postgres") => Backend::Postgres,
+            Ok("mongodb") => Backend::Mongodb,
+            Ok(other) => panic!("CHAT_TEST_BACKEND={other:?}: use sqlite, postgres or mongodb"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mongodb => "mongodb",
+        }
+    }
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CHAT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The MongoDB server tests create their databases on.
+pub fn mongodb_url() -> String {
+    std::env::var("CHAT_TEST_MONGODB_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?retryWrites=false".into())
+}
+
+/// A database of its own for one test, removed by [`TestDatabase::remove`].
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub settings: StorageSettings,
+    name: String,
+    sqlite_dir: Option<std::path::PathBuf>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("creating a temporary folder");
+                let settings = StorageSettings::Sqlite {
+                    url: format!("sqlite://{}", dir.join("chat.db").display()),
+                    max_connections: 8,
+                    acquire_timeout_ms: 5000,
+                    synchronous: SqliteSynchronous::Normal,
+                };
+                Self { backend, settings, name, sqlite_dir: Some(dir) }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin().await;
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&admin)
+                    .await
+                    .expect("creating a PostgreSQL test database");
+                admin.close().await;
+                let url = postgres_url_for(&name);
+                let settings = StorageSettings::Postgres {
+                    url: SecretString::from(url),
+                    max_connections: 10,
+                    acquire_timeout_ms: 5000,
+                    run_migrations: true,
+                };
+                Self { backend, settings, name, sqlite_dir: None }
+            }
+            Backend::Mongodb => {
+                panic!("MongoDB test databases are not wired yet")
+            }
+        }
+    }
+
+    /// The database's own name (a fresh one per test).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn remove(self) {
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some(dir) = self.sqlite_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin().await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            }
+            Backend::Mongodb => {}
+        }
+    }
+}
+
+async fn postgres_admin() -> sqlx::PgPool {
+    let url = postgres_admin_url();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {url} ({e}). Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 or point CHAT_TEST_POSTGRES_URL at a server"
+            )
+        })
+}
+
+fn postgres_url_for(database: &str) -> String {
+    let admin = postgres_admin_url();
+    let base = admin.split('?').next().unwrap_or(&admin);
+    let server = base.rsplit_once('/').map(|(server, _)| server).unwrap_or(base);
+    format!("{server}/{database}")
+}
