@@ -9,10 +9,12 @@ pub mod accounts;
 pub mod messaging;
 pub mod ports;
 pub mod realtime;
+pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
 pub use messaging::{ConversationView, MessagingError, MessagingService};
 pub use realtime::RealtimeService;
+pub use transfer::{Record, TransferError, TransferService, TransferStats};
 
 /// The limits a caller may ask for in one page, shared by every listing.
 pub mod paging {

@@ -165,12 +165,14 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
 }
 
-/// The wall clock.
+/// The wall clock, to the millisecond: the precision every store keeps and the API shows,
+/// so a value read back equals the value written, on any backend.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        chrono::Utc::now()
+        use chrono::SubsecRound as _;
+        chrono::Utc::now().trunc_subsecs(3)
     }
 }
 

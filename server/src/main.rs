@@ -1,16 +1,29 @@
-//! `server`: runs the chat server (the default), with the configuration of `config/` and
-//! `CHAT__*` environment variables.
+//! `server`: runs the chat server (the default), or moves its data in and out of the
+//! configured store. Configuration: `config/` and `CHAT__*` environment variables.
 
+use std::io::{BufReader, BufWriter};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: server [serve]\n\n\
-  serve    run the chat server (default)\n\n\
-Configuration: config/default.toml, config/$APP_ENV.toml, CHAT__SECTION__KEY env vars.";
+const USAGE: &str = "usage: server [serve | export | import]\n\n\
+  serve    run the chat server (default)\n\
+  export   write every user, conversation and message of the configured store to stdout\n\
+           as newline-delimited JSON\n\
+  import   read such a dump from stdin into the configured store (records already\n\
+           present are skipped)\n\n\
+Configuration: config/default.toml, config/$APP_ENV.toml, CHAT__SECTION__KEY env vars,\n\
+e.g. CHAT__STORAGE__BACKEND=postgres CHAT__STORAGE__URL=postgres://... server import < dump.ndjson";
+
+enum Command {
+    Serve,
+    Export,
+    Import,
+}
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    match command.as_deref() {
-        None | Some("serve") => {}
+    let command = match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => Command::Serve,
+        Some("export") => Command::Export,
+        Some("import") => Command::Import,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -19,7 +32,7 @@ fn main() -> ExitCode {
             eprintln!("error: unknown command {other:?}\n\n{USAGE}");
             return ExitCode::from(2);
         }
-    }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -27,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line, the whole cause chain, no backtrace.
@@ -37,10 +50,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<()> {
     let settings = server::Settings::load()?;
     server::init_logging(&settings.log);
-    let app = server::build(settings).await?;
-    app.run_until_stopped().await?;
+    match command {
+        Command::Serve => {
+            let app = server::build(settings).await?;
+            app.run_until_stopped().await?;
+        }
+        Command::Export => {
+            let storage = server::open_storage(&settings.storage).await?;
+            let mut out = BufWriter::new(std::io::stdout());
+            let stats = server::transfer::export(&storage, &mut out).await?;
+            eprintln!(
+                "exported {} users, {} conversations, {} messages",
+                stats.users, stats.conversations, stats.messages
+            );
+        }
+        Command::Import => {
+            let storage = server::open_storage(&settings.storage).await?;
+            let stats = server::transfer::import(&storage, BufReader::new(std::io::stdin())).await?;
+            eprintln!(
+                "imported {} users, {} conversations, {} messages ({} already present)",
+                stats.users, stats.conversations, stats.messages, stats.skipped
+            );
+        }
+    }
     Ok(())
 }

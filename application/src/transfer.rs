@@ -1,0 +1,302 @@
+//! Moving a deployment's data between stores: export every user, conversation and message
+//! through the ports, and import them into another store with ids, hashes and timestamps
+//! intact. Works between any two backends because it only speaks the ports.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use domain::{Conversation, Message, User, UserId};
+
+use crate::ports::{
+    ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
+};
+
+/// One exported record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    User(User),
+    Conversation(Conversation),
+    Message(Message),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("storage failed while {context}")]
+    Storage {
+        context: &'static str,
+        #[source]
+        source: RepoError,
+    },
+    #[error("the sink refused a record")]
+    Sink(#[source] anyhow::Error),
+    /// The target already holds a different conversation for the same pair of users.
+    #[error("conversation {imported} clashes with existing conversation {existing} of the same users")]
+    ConversationClash { imported: String, existing: String },
+}
+
+/// What an import did: records stored, and records already present (skipped, so an import
+/// can be re-run after an interruption).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransferStats {
+    pub users: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    pub skipped: u64,
+}
+
+pub struct TransferService {
+    users: Arc<dyn UserRepository>,
+    conversations: Arc<dyn ConversationRepository>,
+    messages: Arc<dyn MessageRepository>,
+}
+
+const PAGE: u32 = 200;
+
+fn storage(context: &'static str) -> impl FnOnce(RepoError) -> TransferError {
+    move |source| TransferError::Storage { context, source }
+}
+
+impl TransferService {
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        conversations: Arc<dyn ConversationRepository>,
+        messages: Arc<dyn MessageRepository>,
+    ) -> Self {
+        Self { users, conversations, messages }
+    }
+
+    /// Hands every record to `sink`: all users, then each conversation followed by its
+    /// messages (newest page first; order in the stream carries no meaning, ids do).
+    pub async fn export(
+        &self,
+        sink: &mut (dyn FnMut(Record) -> anyhow::Result<()> + Send),
+    ) -> Result<TransferStats, TransferError> {
+        let mut stats = TransferStats::default();
+        let mut user_ids = Vec::new();
+        let mut after_username = None;
+        // An id no stored user has: the listing excludes nobody.
+        let nobody = UserId::generate();
+        loop {
+            let query = UserQuery {
+                exclude: nobody.clone(),
+                search: None,
+                after_username: after_username.clone(),
+                limit: PAGE,
+            };
+            let page = self.users.list(&query).await.map_err(storage("listing users"))?;
+            let full = page.len() == PAGE as usize;
+            after_username = page.last().map(|u| u.username.normalized());
+            for user in page {
+                user_ids.push(user.id.clone());
+                sink(Record::User(user)).map_err(TransferError::Sink)?;
+                stats.users += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+
+        let mut seen = HashSet::new();
+        for user in &user_ids {
+            let summaries = self
+                .conversations
+                .list_for_user(user)
+                .await
+                .map_err(storage("listing conversations"))?;
+            for summary in summaries {
+                let conversation = summary.conversation;
+                if !seen.insert(conversation.id.clone()) {
+                    continue;
+                }
+                let id = conversation.id.clone();
+                sink(Record::Conversation(conversation)).map_err(TransferError::Sink)?;
+                stats.conversations += 1;
+                let mut before = None;
+                loop {
+                    let page = self
+                        .messages
+                        .list_by_conversation(&id, before.clone(), PAGE)
+                        .await
+                        .map_err(storage("listing messages"))?;
+                    let full = page.len() == PAGE as usize;
+                    before = page.first().map(|m| m.id.clone());
+                    for message in page {
+                        sink(Record::Message(message)).map_err(TransferError::Sink)?;
+                        stats.messages += 1;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Stores one record as it is. A record already present is counted as skipped; users must
+    /// come before their conversations, and conversations before their messages.
+    pub async fn import(&self, record: Record, stats: &mut TransferStats) -> Result<(), TransferError> {
+        let stored = match record {
+            Record::User(user) => {
+                let stored = self.users.insert(&user).await;
+                skip_conflict(stored, &mut stats.users, &mut stats.skipped, "importing a user")?;
+                return Ok(());
+            }
+            Record::Conversation(conversation) => {
+                let existing = self
+                    .conversations
+                    .find_or_insert(&conversation)
+                    .await
+                    .map_err(storage("importing a conversation"))?;
+                if existing.id != conversation.id {
+                    return Err(TransferError::ConversationClash {
+                        imported: conversation.id.to_string(),
+                        existing: existing.id.to_string(),
+                    });
+                }
+                stats.conversations += 1;
+                return Ok(());
+            }
+            Record::Message(message) => self.messages.insert(&message).await,
+        };
+        skip_conflict(stored, &mut stats.messages, &mut stats.skipped, "importing a message")
+    }
+}
+
+fn skip_conflict(
+    result: Result<(), RepoError>,
+    stored: &mut u64,
+    skipped: &mut u64,
+    context: &'static str,
+) -> Result<(), TransferError> {
+    match result {
+        Ok(()) => *stored += 1,
+        Err(RepoError::Conflict) => *skipped += 1,
+        Err(source) => return Err(TransferError::Storage { context, source }),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{
+        ConversationSummary, MockConversationRepository, MockMessageRepository,
+        MockUserRepository,
+    };
+    use chrono::Utc;
+    use domain::{
+        Avatar, ConversationId, FullName, MessageBody, MessageId, ParticipantPair, PasswordHash,
+        Username,
+    };
+
+    fn user(name: &str) -> User {
+        let username = Username::parse(name).unwrap();
+        User {
+            id: UserId::generate(),
+            full_name: FullName::parse(name).unwrap(),
+            avatar: Avatar::default_for(&username, None),
+            username,
+            gender: None,
+            password_hash: PasswordHash::new("$2b$04$hash".into()),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn message(conversation: &ConversationId, from: &User, to: &User) -> Message {
+        Message {
+            id: MessageId::generate(),
+            conversation_id: conversation.clone(),
+            sender_id: from.id.clone(),
+            receiver_id: to.id.clone(),
+            body: MessageBody::parse("hello").unwrap(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn export_emits_every_user_each_conversation_once_and_all_messages() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let conversation = Conversation::start(
+            ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap(),
+            Utc::now(),
+        );
+        let sent = message(&conversation.id, &alice, &bob);
+
+        let mut users = MockUserRepository::new();
+        let listed = vec![alice.clone(), bob.clone()];
+        users.expect_list().times(1).returning(move |_| Ok(listed.clone()));
+        let mut conversations = MockConversationRepository::new();
+        let summary = ConversationSummary { conversation: conversation.clone(), last_message: None };
+        conversations
+            .expect_list_for_user()
+            .times(2)
+            .returning(move |_| Ok(vec![summary.clone()]));
+        let mut messages = MockMessageRepository::new();
+        let page = vec![sent.clone()];
+        messages
+            .expect_list_by_conversation()
+            .times(1)
+            .returning(move |_, _, _| Ok(page.clone()));
+
+        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages));
+        let mut records = Vec::new();
+        let stats = service
+            .export(&mut |r| {
+                records.push(r);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(stats, TransferStats { users: 2, conversations: 1, messages: 1, skipped: 0 });
+        assert_eq!(
+            records,
+            vec![
+                Record::User(alice),
+                Record::User(bob),
+                Record::Conversation(conversation),
+                Record::Message(sent)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn import_counts_existing_records_as_skipped() {
+        let mut users = MockUserRepository::new();
+        users.expect_insert().times(1).returning(|_| Err(RepoError::Conflict));
+        let mut messages = MockMessageRepository::new();
+        messages.expect_insert().times(1).returning(|_| Ok(()));
+        let service = TransferService::new(
+            Arc::new(users),
+            Arc::new(MockConversationRepository::new()),
+            Arc::new(messages),
+        );
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut stats = TransferStats::default();
+        service.import(Record::User(alice.clone()), &mut stats).await.unwrap();
+        let m = message(&ConversationId::generate(), &alice, &bob);
+        service.import(Record::Message(m), &mut stats).await.unwrap();
+        assert_eq!(stats, TransferStats { users: 0, conversations: 0, messages: 1, skipped: 1 });
+    }
+
+    #[tokio::test]
+    async fn import_refuses_a_second_conversation_for_the_same_pair() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let pair = ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap();
+        let existing = Conversation::start(pair.clone(), Utc::now());
+        let imported = Conversation::start(pair, Utc::now());
+        let mut conversations = MockConversationRepository::new();
+        conversations.expect_find_or_insert().returning(move |_| Ok(existing.clone()));
+        let service = TransferService::new(
+            Arc::new(MockUserRepository::new()),
+            Arc::new(conversations),
+            Arc::new(MockMessageRepository::new()),
+        );
+        let err = service
+            .import(Record::Conversation(imported), &mut TransferStats::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::ConversationClash { .. }));
+    }
+}

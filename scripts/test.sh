@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the project: unit tests, the storage contract suite on SQLite,
+# PostgreSQL and MongoDB, and the black-box suites against the real server on each backend.
+# Starts the services it needs first (see scripts/start-services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/start-services.sh
+
+# Everything once, black-box suites on the default backend (SQLite).
+cargo test --workspace --all-targets
+
+# The black-box HTTP/WebSocket suite again on the other backends.
+for backend in postgres mongodb; do
+  echo "== black-box suite on $backend"
+  CHAT_TEST_BACKEND=$backend cargo test -p tests --test api
+done
