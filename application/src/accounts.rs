@@ -208,6 +208,9 @@ impl AccountService {
         cursor: Option<&str>,
     ) -> Result<UserPage, AccountError> {
         let search = search.map(str::trim).filter(|s| !s.is_empty());
+        if search.is_some_and(|s| s.contains('\0')) {
+            return Err(AccountError::invalid("search", "must not contain NUL characters"));
+        }
         if search.is_some_and(|s| s.chars().count() > Self::MAX_SEARCH) {
             return Err(AccountError::invalid(
                 "search",

@@ -16,6 +16,9 @@ pub enum MessageBodyError {
     Empty,
     #[error("must be at most {max} characters")]
     TooLong { max: usize },
+    /// NUL is no text to a reader, and PostgreSQL cannot store it.
+    #[error("must not contain NUL characters")]
+    Nul,
 }
 
 impl MessageBody {
@@ -26,6 +29,9 @@ impl MessageBody {
         // limit is refused too: what is stored must stay bounded.
         if raw.len() > Self::MAX * 4 {
             return Err(MessageBodyError::TooLong { max: Self::MAX });
+        }
+        if raw.contains('\0') {
+            return Err(MessageBodyError::Nul);
         }
         match raw.trim().chars().count() {
             0 => Err(MessageBodyError::Empty),
@@ -131,6 +137,11 @@ mod tests {
     fn blank_bodies_are_rejected() {
         assert_eq!(MessageBody::parse(""), Err(MessageBodyError::Empty));
         assert_eq!(MessageBody::parse(" \n\t "), Err(MessageBodyError::Empty));
+    }
+
+    #[test]
+    fn bodies_with_a_nul_character_are_rejected() {
+        assert_eq!(MessageBody::parse("a\0b"), Err(MessageBodyError::Nul));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum FullNameError {
     Empty,
     #[error("must be at most {max} characters")]
     TooLong { max: usize },
+    #[error("must not contain control characters")]
+    ControlCharacter,
 }
 
 impl FullName {
@@ -89,6 +91,9 @@ impl FullName {
 
     pub fn parse(raw: &str) -> Result<Self, FullNameError> {
         let trimmed = raw.trim();
+        if trimmed.chars().any(char::is_control) {
+            return Err(FullNameError::ControlCharacter);
+        }
         match trimmed.chars().count() {
             0 => Err(FullNameError::Empty),
             n if n > Self::MAX => Err(FullNameError::TooLong { max: Self::MAX }),
@@ -327,6 +332,13 @@ mod tests {
         assert_eq!(FullName::parse("   "), Err(FullNameError::Empty));
         assert!(FullName::parse(&"é".repeat(64)).is_ok());
         assert_eq!(FullName::parse(&"é".repeat(65)), Err(FullNameError::TooLong { max: 64 }));
+    }
+
+    #[test]
+    fn full_name_with_control_characters_is_rejected() {
+        for raw in ["Ada\0", "Ada\nLovelace", "\u{7}Ada"] {
+            assert_eq!(FullName::parse(raw), Err(FullNameError::ControlCharacter), "{raw:?}");
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! into the application services and serves them over HTTP. The only crate that knows every
 //! adapter; everything else sees ports.
 
+mod bounded;
 pub mod settings;
 mod telemetry;
+pub mod transfer;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -77,8 +79,13 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
             .await?;
             Ok(Storage::from_store(Arc::new(store)))
         }
-        StorageSettings::Mongodb { .. } => {
-            anyhow::bail!("storage.backend \"mongodb\" is not supported by this build yet")
+        StorageSettings::Mongodb { url, acquire_timeout_ms } => {
+            let store = mongo_store::MongoStore::connect(&mongo_store::MongoOptions {
+                url: url.expose_secret().to_owned(),
+                acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
+            })
+            .await?;
+            Ok(Storage::from_store(Arc::new(store)))
         }
     }
 }
@@ -116,6 +123,7 @@ impl Application {
 /// Builds every adapter the settings name and binds the listener.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let storage = open_storage(&settings.storage).await?;
+    let storage = bounded::bounded(storage, settings.storage.deadline());
     build_with_storage(settings, storage).await
 }
 
@@ -126,10 +134,21 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let hasher = Arc::new(bcrypt_hasher::BcryptHasher::new(settings.auth.bcrypt_cost, None));
 
     let registry = ConnectionRegistry::new(settings.websocket.queue_capacity);
+    let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
     let (notifier, presence): (Arc<dyn Notifier>, Arc<dyn Presence>) = match &settings.fanout {
         FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new())),
-        FanoutSettings::Redis { .. } => {
-            anyhow::bail!("fanout.backend \"redis\" is not supported by this build yet")
+        FanoutSettings::Redis { redis_url, prefix, presence_ttl } => {
+            let fanout = redis_fanout::RedisFanout::start(
+                redis_fanout::FanoutOptions {
+                    url: redis_url.expose_secret().to_owned(),
+                    prefix: prefix.clone(),
+                    presence_ttl: Duration::from_secs(*presence_ttl),
+                },
+                registry.clone(),
+            )
+            .context("invalid fanout settings")?;
+            health.push(("fanout", fanout.clone()));
+            (fanout.clone(), fanout)
         }
     };
 
@@ -149,13 +168,26 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     ));
     let realtime = Arc::new(RealtimeService::new(presence, notifier));
 
+    let socketio = socketio::Engine::new(
+        socketio::EngineSettings::new(
+            Duration::from_secs(settings.websocket.ping_interval),
+            Duration::from_secs(settings.websocket.ping_timeout),
+            settings.websocket.max_frame_bytes,
+            settings.websocket.queue_capacity,
+        ),
+        accounts.clone(),
+        realtime.clone(),
+        registry.clone(),
+    );
+
     let ttl = settings.auth.token_ttl();
     let state = actix_web::web::Data::new(http_api::AppState {
         accounts,
         messaging,
         realtime,
         registry: registry.clone(),
-        health: vec![("storage", storage.health.clone())],
+        socketio,
+        health,
         settings: http_api::HttpSettings {
             cookie: http_api::CookieSettings {
                 secure: settings.cookie.secure,
@@ -174,6 +206,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
                 max_frame_bytes: settings.websocket.max_frame_bytes,
             },
             readiness_timeout: Duration::from_millis(2000),
+            web_client: settings.web.enabled,
         },
     });
 

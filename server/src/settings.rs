@@ -56,6 +56,7 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub fanout: FanoutSettings,
     pub log: LogSettings,
+    pub web: WebSettings,
 }
 
 fn default_environment() -> Environment {
@@ -93,6 +94,16 @@ pub enum StorageSettings {
 }
 
 impl StorageSettings {
+    /// How long one storage call may take before the request is answered 503.
+    pub fn deadline(&self) -> Duration {
+        let ms = match self {
+            StorageSettings::Sqlite { acquire_timeout_ms, .. }
+            | StorageSettings::Postgres { acquire_timeout_ms, .. }
+            | StorageSettings::Mongodb { acquire_timeout_ms, .. } => *acquire_timeout_ms,
+        };
+        Duration::from_millis(ms)
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self {
             StorageSettings::Sqlite { .. } => "sqlite",
@@ -160,13 +171,25 @@ pub struct WebSocketSettings {
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum FanoutSettings {
     Local {},
-    Redis { redis_url: SecretString },
+    Redis {
+        redis_url: SecretString,
+        /// Starts every Redis key and channel name of this deployment.
+        prefix: String,
+        /// Seconds a crashed instance's users stay online.
+        presence_ttl: u64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+}
+
+/// The built-in web client at `/`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSettings {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -232,6 +255,14 @@ impl Settings {
         if self.http.body_limit < 1024 {
             anyhow::bail!("http.body_limit must be at least 1024 bytes");
         }
+        if let FanoutSettings::Redis { prefix, presence_ttl, .. } = &self.fanout {
+            if prefix.is_empty() || prefix.chars().any(char::is_whitespace) {
+                anyhow::bail!("fanout.prefix must be non-empty and without white space");
+            }
+            if *presence_ttl == 0 {
+                anyhow::bail!("fanout.presence_ttl must be a positive number of seconds");
+            }
+        }
         Ok(())
     }
 }
@@ -253,5 +284,21 @@ mod tests {
         }
         let error = Settings::load_from(&dir(), Environment::Production).unwrap_err();
         assert!(error.to_string().contains("jwt_secret"), "{error}");
+    }
+
+    #[test]
+    fn the_cluster_example_selects_redis_fanout() {
+        let folder = std::env::temp_dir().join(format!("chat-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(dir().join("cluster.toml"), folder.join("development.toml")).unwrap();
+        let settings = Settings::load_from(&folder, Environment::Development);
+        let _ = std::fs::remove_dir_all(&folder);
+        match settings.unwrap().fanout {
+            FanoutSettings::Redis { prefix, presence_ttl, .. } => {
+                assert_eq!(prefix, "chat");
+                assert_eq!(presence_ttl, 15);
+            }
+            other => panic!("expected the Redis fan-out, got {other:?}"),
+        }
     }
 }

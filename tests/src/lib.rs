@@ -85,7 +85,14 @@ impl TestDatabase {
                 Self { backend, settings, name, sqlite_dir: None }
             }
             Backend::Mongodb => {
-                panic!("MongoDB test databases are not wired yet")
+                // MongoDB creates the database on its first write; this checks the server
+                // answers, so that an unreachable one fails here with the remedy.
+                mongodb_admin().await;
+                let settings = StorageSettings::Mongodb {
+                    url: SecretString::from(mongodb_url_for(&name)),
+                    acquire_timeout_ms: 5000,
+                };
+                Self { backend, settings, name, sqlite_dir: None }
             }
         }
     }
@@ -109,7 +116,11 @@ impl TestDatabase {
                     .await;
                 admin.close().await;
             }
-            Backend::Mongodb => {}
+            Backend::Mongodb => {
+                let admin = mongodb_admin().await;
+                let _ = admin.database(&self.name).drop().await;
+                admin.shutdown().await;
+            }
         }
     }
 }
@@ -135,4 +146,38 @@ fn postgres_url_for(database: &str) -> String {
     let base = admin.split('?').next().unwrap_or(&admin);
     let server = base.rsplit_once('/').map(|(server, _)| server).unwrap_or(base);
     format!("{server}/{database}")
+}
+
+async fn mongodb_admin() -> mongodb::Client {
+    let url = mongodb_url();
+    let unreachable = |e: &dyn std::fmt::Display| -> ! {
+        panic!(
+            "MongoDB is not reachable at {url} ({e}). Start it with `scripts/start-mongodb.sh` \
+             or point CHAT_TEST_MONGODB_URL at a server"
+        )
+    };
+    let mut options = mongodb::options::ClientOptions::parse(&url)
+        .await
+        .unwrap_or_else(|e| unreachable(&e));
+    options.server_selection_timeout = Some(std::time::Duration::from_secs(3));
+    let client = mongodb::Client::with_options(options).unwrap_or_else(|e| unreachable(&e));
+    if let Err(e) = client.database("admin").run_command(mongodb::bson::doc! { "ping": 1 }).await {
+        unreachable(&e);
+    }
+    client
+}
+
+/// [`mongodb_url`] with `database` as the URL's database, its options kept.
+fn mongodb_url_for(database: &str) -> String {
+    let url = mongodb_url();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url.as_str(), None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("mongodb", base));
+    let hosts = rest.split('/').next().unwrap_or(rest);
+    match query {
+        Some(query) => format!("{scheme}://{hosts}/{database}?{query}"),
+        None => format!("{scheme}://{hosts}/{database}"),
+    }
 }

@@ -4,32 +4,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::cookie::{time, Cookie};
-use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use application::Authenticated;
 
 use crate::error::ApiError;
 use crate::state::{AppState, CookieSettings, SameSite};
 
-pub const COOKIE_NAME: &str = "token";
-
-/// The token a request carries: the header first (explicit), then the cookie.
-pub fn request_token(req: &HttpRequest) -> Option<String> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-        })
-        .filter(|t| !t.is_empty());
-    bearer.or_else(|| {
-        req.cookie(COOKIE_NAME)
-            .map(|c| c.value().to_owned())
-            .filter(|t| !t.is_empty())
-    })
-}
+pub use ws_notifier::auth::{request_token, COOKIE_NAME};
 
 /// An authenticated caller; a handler taking it answers 401 without a valid token.
 pub struct CurrentUser(pub Authenticated);

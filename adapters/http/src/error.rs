@@ -13,6 +13,8 @@ pub struct ApiError {
     message: String,
     /// The request field at fault, for forms that show errors next to the field.
     field: Option<&'static str>,
+    /// Seconds before a retry can succeed, sent as `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -27,7 +29,7 @@ struct ErrorBody<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, retry_after: None }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -58,13 +60,27 @@ impl ApiError {
         )
     }
 
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("too many requests, retry in {retry_after_secs} s"),
+            )
+        }
+    }
+
     pub fn unavailable(cause: &anyhow::Error) -> Self {
         tracing::warn!(error = ?cause, "dependency unavailable");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "the service is temporarily unavailable, try again shortly",
-        )
+        Self {
+            retry_after: Some(2),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the service is temporarily unavailable, try again shortly",
+            )
+        }
     }
 
     pub fn internal(cause: &anyhow::Error) -> Self {
@@ -91,8 +107,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "2"));
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.json(ErrorBody {
             success: false,

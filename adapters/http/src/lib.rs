@@ -1,6 +1,7 @@
 //! The HTTP side of the server: actix-web handlers for every route of API.md, the auth
 //! extractor (cookie or Bearer), the error envelope, request limits, CORS, security headers,
-//! health probes and the `/ws` upgrade.
+//! health probes, the `/ws` upgrade, the mounting of `/socket.io/` and the built-in web
+//! client.
 //!
 //! Wire types live here (and, for events, in `ws-notifier::wire`). Handlers call the
 //! application's services; they never touch a repository or a driver.
@@ -10,6 +11,7 @@ mod dto;
 mod error;
 mod routes;
 mod state;
+mod web;
 
 pub use error::ApiError;
 pub use routes::app;

@@ -33,6 +33,8 @@ pub struct HttpSettings {
     pub ws: WsSettings,
     /// How long `/readyz` waits for each dependency.
     pub readiness_timeout: Duration,
+    /// Serves the built-in web client at `/`.
+    pub web_client: bool,
 }
 
 pub struct AppState {
@@ -40,6 +42,8 @@ pub struct AppState {
     pub messaging: Arc<MessagingService>,
     pub realtime: Arc<RealtimeService>,
     pub registry: Arc<ConnectionRegistry>,
+    /// The `/socket.io/` endpoint's sessions, shared by every worker.
+    pub socketio: Arc<socketio::Engine>,
     /// Every dependency `/readyz` must hear from, by name.
     pub health: Vec<(&'static str, Arc<dyn HealthCheck>)>,
     pub settings: HttpSettings,

@@ -1,1 +1,148 @@
-//! Not built yet.
+//! Document storage on MongoDB (a standalone mongod, a replica set or Atlas), through the
+//! official driver.
+//!
+//! Every repository port is implemented with the behaviour of the SQL store: the same
+//! uniqueness rules, orderings and paging. The domain's string ids are stored as `_id`, so
+//! both stores hold the same ids. Nothing here needs a multi-document transaction (a
+//! standalone mongod has none): uniqueness is left to unique indexes and creation races to
+//! upserts. `bson` and driver types stay inside this crate.
+//!
+//! This crate implements the application's ports; it must not know about HTTP or sockets.
+
+mod documents;
+mod error;
+mod repositories;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mongodb::bson::{doc, Document};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use documents::{ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
+
+/// The database used when the URL names none.
+pub const DEFAULT_DATABASE: &str = "chat";
+
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// `mongodb://[user:password@]host[:port][,host...]/[database][?options]` or
+    /// `mongodb+srv://...`; driver options come from the query string, the database from
+    /// the path ([`DEFAULT_DATABASE`] when empty).
+    pub url: String,
+    /// How long an operation waits for a usable server before it is answered "unavailable".
+    pub acquire_timeout: Duration,
+}
+
+pub struct MongoStore {
+    database: Database,
+    pub(crate) users: Collection<UserDoc>,
+    pub(crate) conversations: Collection<ConversationDoc>,
+    pub(crate) messages: Collection<MessageDoc>,
+    pub(crate) revoked: Collection<RevokedTokenDoc>,
+}
+
+impl MongoStore {
+    /// Connects, checks that the server answers, and creates the indexes the ports rely on.
+    pub async fn connect(options: &MongoOptions) -> anyhow::Result<Self> {
+        // The driver's parse errors never echo the URL, which may hold a password.
+        let mut client_options = ClientOptions::parse(&options.url).await.context("invalid MongoDB URL")?;
+        client_options.server_selection_timeout = Some(options.acquire_timeout);
+        if client_options.app_name.is_none() {
+            client_options.app_name = Some("chat-server".into());
+        }
+        if client_options.write_concern.is_none() {
+            // A stored message must survive a crash (the MessageRepository contract): wait for
+            // the journal of a majority. This is the server default since MongoDB 5.0; saying
+            // it keeps older servers and changed cluster defaults from weakening it.
+            client_options.write_concern =
+                Some(WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build());
+        }
+        let name = client_options
+            .default_database
+            .clone()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let client = Client::with_options(client_options).context("invalid MongoDB client options")?;
+        let database = client.database(&name);
+        database.run_command(doc! { "ping": 1 }).await.with_context(|| {
+            format!(
+                "cannot reach MongoDB (database {name:?}) within {} ms",
+                options.acquire_timeout.as_millis()
+            )
+        })?;
+        let store = Self {
+            users: database.collection("users"),
+            conversations: database.collection("conversations"),
+            messages: database.collection("messages"),
+            revoked: database.collection("revoked_tokens"),
+            database,
+        };
+        store.create_indexes().await.context("cannot create the MongoDB indexes")?;
+        Ok(store)
+    }
+
+    /// Creates the indexes if missing (a no-op when they exist with the same definition).
+    async fn create_indexes(&self) -> mongodb::error::Result<()> {
+        self.users.create_index(index(doc! { "usernameLower": 1 }, "username_lower", true)).await?;
+        self.conversations
+            .create_indexes([
+                // One conversation per pair: the key is the same for both orders of the pair.
+                index(doc! { "pairKey": 1 }, "pair_key", true),
+                // A user's conversations, most recently updated first.
+                index(
+                    doc! { "participants": 1, "updatedAt": -1, "_id": -1 },
+                    "participants_updated_at",
+                    false,
+                ),
+            ])
+            .await?;
+        self.messages
+            .create_index(index(doc! { "conversationId": 1, "_id": 1 }, "conversation_history", false))
+            .await?;
+        // A plain index rather than a TTL one: revocations are forgotten by `purge_expired`,
+        // which reports how many it removed; a TTL monitor deleting the same documents behind
+        // its back would make that count (and `is_revoked` right after expiry) differ from
+        // the SQL store's.
+        self.revoked.create_index(index(doc! { "expiresAt": 1 }, "expires_at", false)).await?;
+        Ok(())
+    }
+
+    /// The database this store works in.
+    pub fn database_name(&self) -> &str {
+        self.database.name()
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.database
+    }
+}
+
+fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
+    let options = IndexOptions::builder().name(name.to_owned()).unique(unique.then_some(true)).build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_fails_connect_with_a_clear_error() {
+        let options = MongoOptions {
+            url: "mongodb://127.0.0.1:9/chat_unreachable?connectTimeoutMS=200".into(),
+            acquire_timeout: Duration::from_millis(300),
+        };
+        let error = MongoStore::connect(&options).await.err().expect("nothing listens on port 9");
+        assert!(error.to_string().contains("cannot reach MongoDB"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_before_connecting() {
+        let options =
+            MongoOptions { url: "postgres://x/y".into(), acquire_timeout: Duration::from_millis(100) };
+        let error = MongoStore::connect(&options).await.err().expect("not a MongoDB URL");
+        assert!(error.to_string().contains("invalid MongoDB URL"), "{error:#}");
+    }
+}

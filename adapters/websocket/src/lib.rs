@@ -5,10 +5,12 @@
 //! bounded channel. [`session`] serves the native WebSocket endpoint (`/ws`) on actix-ws.
 //! [`InMemoryPresence`] is the single-instance `Presence`. [`wire`] holds the JSON shapes
 //! events are sent in, which the HTTP adapter reuses so both speak the same objects.
+//! [`auth::request_token`] reads a handshake's token the same way for every endpoint.
 //!
 //! This crate knows nothing of storage; it reaches the core only through the ports and
 //! the `RealtimeService`.
 
+pub mod auth;
 mod presence;
 mod registry;
 pub mod session;

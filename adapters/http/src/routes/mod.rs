@@ -31,7 +31,9 @@ pub fn app(
     >,
 > {
     let body_limit = state.settings.body_limit;
+    let web_client = state.settings.web_client;
     let cors = cors(&state.settings.cors_origins);
+    let socketio = state.socketio.clone();
     App::new()
         .app_data(state)
         .app_data(
@@ -56,6 +58,13 @@ pub fn app(
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(resource("/ws").route(web::get().to(ws::upgrade)))
+        .configure(|config| {
+            if web_client {
+                crate::web::configure(config);
+            }
+        })
+        // Engine.IO answers every method and error in its own terms, inside the same CORS.
+        .service(socketio::service(socketio))
         .service(
             web::scope("/api/v1")
                 .service(

@@ -1,0 +1,221 @@
+//! The documents as stored, and their conversion from and into domain values.
+//!
+//! Field names are camelCase like the documents of the original Mongoose app. Timestamps are
+//! BSON dates, which hold milliseconds: sub-millisecond digits are dropped on the way in
+//! (the SQL stores keep microseconds). The API shows milliseconds, so clients see no
+//! difference.
+
+use application::ports::RepoError;
+use chrono::{DateTime, Utc};
+use domain::{
+    Avatar, Conversation, ConversationId, FullName, Message, MessageBody, MessageId, ParticipantPair,
+    PasswordHash, Timestamp, User, UserId, Username,
+};
+use mongodb::bson;
+use serde::{Deserialize, Serialize};
+
+use crate::error::corrupt;
+
+/// A domain instant as a BSON date (milliseconds, rounded down).
+pub(crate) fn to_bson(at: Timestamp) -> bson::DateTime {
+    bson::DateTime::from_millis(at.timestamp_millis())
+}
+
+fn from_bson(at: bson::DateTime) -> Result<Timestamp, RepoError> {
+    DateTime::<Utc>::from_timestamp_millis(at.timestamp_millis())
+        .ok_or_else(|| corrupt("timestamp", "out of range"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub username: String,
+    /// What uniqueness, look-ups, ordering and cursors use.
+    pub username_lower: String,
+    pub full_name: String,
+    /// What the search matches, so that it needs no case-insensitive regex.
+    pub full_name_lower: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    pub avatar: String,
+    pub password_hash: String,
+    pub created_at: bson::DateTime,
+    pub updated_at: bson::DateTime,
+}
+
+impl From<&User> for UserDoc {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id.as_str().to_owned(),
+            username: user.username.as_str().to_owned(),
+            username_lower: user.username.normalized(),
+            full_name: user.full_name.as_str().to_owned(),
+            full_name_lower: user.full_name.as_str().to_lowercase(),
+            gender: user.gender.map(|g| g.as_str().to_owned()),
+            avatar: user.avatar.as_str().to_owned(),
+            password_hash: user.password_hash.as_str().to_owned(),
+            created_at: to_bson(user.created_at),
+            updated_at: to_bson(user.updated_at),
+        }
+    }
+}
+
+impl TryFrom<UserDoc> for User {
+    type Error = RepoError;
+    fn try_from(doc: UserDoc) -> Result<Self, RepoError> {
+        Ok(User {
+            id: UserId::parse(&doc.id).map_err(|e| corrupt("user id", e))?,
+            username: Username::parse(&doc.username).map_err(|e| corrupt("username", e))?,
+            full_name: FullName::parse(&doc.full_name).map_err(|e| corrupt("full name", e))?,
+            gender: doc.gender.map(|g| g.parse()).transpose().map_err(|e| corrupt("gender", e))?,
+            avatar: Avatar::parse(&doc.avatar).map_err(|e| corrupt("avatar", e))?,
+            password_hash: PasswordHash::new(doc.password_hash),
+            created_at: from_bson(doc.created_at)?,
+            updated_at: from_bson(doc.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConversationDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The pair in canonical order; a user's conversations are found through this array.
+    pub participants: Vec<String>,
+    /// [`ParticipantPair::key`], unique: one conversation per pair.
+    pub pair_key: String,
+    pub created_at: bson::DateTime,
+    pub updated_at: bson::DateTime,
+}
+
+impl From<&Conversation> for ConversationDoc {
+    fn from(conversation: &Conversation) -> Self {
+        let pair = &conversation.participants;
+        Self {
+            id: conversation.id.as_str().to_owned(),
+            participants: vec![pair.first().as_str().to_owned(), pair.second().as_str().to_owned()],
+            pair_key: pair.key(),
+            created_at: to_bson(conversation.created_at),
+            updated_at: to_bson(conversation.updated_at),
+        }
+    }
+}
+
+impl TryFrom<ConversationDoc> for Conversation {
+    type Error = RepoError;
+    fn try_from(doc: ConversationDoc) -> Result<Self, RepoError> {
+        let [a, b]: [String; 2] = doc
+            .participants
+            .try_into()
+            .map_err(|p: Vec<String>| corrupt("participants", format!("{} instead of 2", p.len())))?;
+        let a = UserId::parse(&a).map_err(|e| corrupt("participant", e))?;
+        let b = UserId::parse(&b).map_err(|e| corrupt("participant", e))?;
+        Ok(Conversation {
+            id: ConversationId::parse(&doc.id).map_err(|e| corrupt("conversation id", e))?,
+            participants: ParticipantPair::new(a, b).map_err(|e| corrupt("participants", e))?,
+            created_at: from_bson(doc.created_at)?,
+            updated_at: from_bson(doc.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageDoc {
+    /// UUIDv7 text: sorting by `_id` is sorting by creation.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub receiver_id: String,
+    /// The body, named as in the original app's documents.
+    pub message: String,
+    pub created_at: bson::DateTime,
+}
+
+impl From<&Message> for MessageDoc {
+    fn from(message: &Message) -> Self {
+        Self {
+            id: message.id.as_str().to_owned(),
+            conversation_id: message.conversation_id.as_str().to_owned(),
+            sender_id: message.sender_id.as_str().to_owned(),
+            receiver_id: message.receiver_id.as_str().to_owned(),
+            message: message.body.as_str().to_owned(),
+            created_at: to_bson(message.created_at),
+        }
+    }
+}
+
+impl TryFrom<MessageDoc> for Message {
+    type Error = RepoError;
+    fn try_from(doc: MessageDoc) -> Result<Self, RepoError> {
+        Ok(Message {
+            id: MessageId::parse(&doc.id).map_err(|e| corrupt("message id", e))?,
+            conversation_id: ConversationId::parse(&doc.conversation_id)
+                .map_err(|e| corrupt("conversation id", e))?,
+            sender_id: UserId::parse(&doc.sender_id).map_err(|e| corrupt("sender id", e))?,
+            receiver_id: UserId::parse(&doc.receiver_id).map_err(|e| corrupt("receiver id", e))?,
+            body: MessageBody::parse(&doc.message).map_err(|e| corrupt("message body", e))?,
+            created_at: from_bson(doc.created_at)?,
+        })
+    }
+}
+
+/// A revoked token, by its `jti`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RevokedTokenDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub expires_at: bson::DateTime,
+}
+
+/// A `$regex` pattern matching `needle` literally anywhere.
+///
+/// Every ASCII character that is not a letter or digit is escaped (PCRE reads a backslash
+/// before any such character as that character), control characters as `\xHH`; other
+/// characters are literals already.
+pub(crate) fn literal_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() * 2);
+    for c in needle.chars() {
+        if c.is_ascii_control() {
+            pattern.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            pattern.push('\\');
+            pattern.push(c);
+        } else {
+            pattern.push(c);
+        }
+    }
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regex_metacharacters_are_escaped() {
+        assert_eq!(literal_pattern("a.b*c"), "a\\.b\\*c");
+        assert_eq!(literal_pattern("^(x|y)+$"), "\\^\\(x\\|y\\)\\+\\$");
+        assert_eq!(literal_pattern("[a]{2}?\\"), "\\[a\\]\\{2\\}\\?\\\\");
+        assert_eq!(literal_pattern("%_ #-"), "\\%\\_\\ \\#\\-");
+    }
+
+    #[test]
+    fn control_characters_become_hex_escapes_and_other_text_stays() {
+        assert_eq!(literal_pattern("a\0b\n"), "a\\x00b\\x0a");
+        assert_eq!(literal_pattern("zoë 名"), "zoë\\ 名");
+    }
+
+    #[test]
+    fn timestamps_keep_their_milliseconds() {
+        let at = DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let back = from_bson(to_bson(at)).unwrap();
+        assert_eq!(back.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(back.timestamp_subsec_micros(), 123_000);
+    }
+}

@@ -1,0 +1,266 @@
+//! The repository ports on MongoDB.
+//!
+//! Every filter is built with `doc!` from typed values (validated ids, lower-cased and
+//! escaped text, timestamps): client text only ever lands in a value position, never where
+//! it could be read as an operator or an unescaped pattern.
+
+use application::ports::{
+    ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError, RepoResult,
+    RevokedTokenRepository, UserQuery, UserRepository,
+};
+use async_trait::async_trait;
+use domain::{
+    Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username,
+};
+use futures_util::TryStreamExt as _;
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::options::ReturnDocument;
+
+use crate::documents::{literal_pattern, to_bson, ConversationDoc, MessageDoc, UserDoc};
+use crate::error::{corrupt, repo_error};
+use crate::MongoStore;
+
+#[async_trait]
+impl UserRepository for MongoStore {
+    async fn insert(&self, user: &User) -> RepoResult<()> {
+        // A taken `_id` or lower-cased username is refused by a unique index, also when two
+        // inserts race.
+        self.users.insert_one(UserDoc::from(user)).await.map_err(repo_error("inserting a user"))?;
+        Ok(())
+    }
+
+    async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>> {
+        self.users
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(repo_error("finding a user by id"))?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
+        self.users
+            .find_one(doc! { "usernameLower": username.normalized() })
+            .await
+            .map_err(repo_error("finding a user by username"))?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn list(&self, query: &UserQuery) -> RepoResult<Vec<User>> {
+        // The driver reads a limit of 0 as "no limit".
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {
+            "_id": { "$ne": query.exclude.as_str() },
+            "usernameLower": { "$gt": query.after_username.as_deref().unwrap_or("") },
+        };
+        if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
+            let pattern = literal_pattern(&search.to_lowercase());
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "usernameLower": { "$regex": &pattern } },
+                    doc! { "fullNameLower": { "$regex": &pattern } },
+                ],
+            );
+        }
+        self.users
+            .find(filter)
+            .sort(doc! { "usernameLower": 1 })
+            .limit(i64::from(query.limit))
+            .await
+            .map_err(repo_error("listing users"))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(repo_error("listing users"))?
+            .into_iter()
+            .map(User::try_from)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ConversationRepository for MongoStore {
+    async fn find_or_insert(&self, candidate: &Conversation) -> RepoResult<Conversation> {
+        // Insert-if-absent on the unique pair key and read back whichever document won, in
+        // one round trip and without a transaction.
+        let pair = &candidate.participants;
+        let mut fields = bson::to_document(&ConversationDoc::from(candidate))
+            .map_err(|e| RepoError::Unexpected(anyhow::Error::new(e).context("encoding a conversation")))?;
+        // The upsert copies the filter's equality into the new document.
+        fields.remove("pairKey");
+        let upserted = self
+            .conversations
+            .find_one_and_update(doc! { "pairKey": pair.key() }, doc! { "$setOnInsert": fields })
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match upserted {
+            Ok(Some(found)) => found.try_into(),
+            // Two upserts of a new pair raced and this one lost on the unique index (servers
+            // before 4.2 don't retry that themselves), or the candidate's id is taken by
+            // another pair: the pair's conversation, if there is one now, is the answer.
+            Err(error) if crate::error::is_duplicate_key(&error) => {
+                self.find_by_participants(pair).await?.ok_or(RepoError::Conflict)
+            }
+            Err(error) => Err(repo_error("inserting a conversation")(error)),
+            // MongoDB always returns the document of an upsert asked for the new version; a
+            // look-up makes this safe on wire-compatible servers that answer `null` to the
+            // loser of a race instead (SecantusDB does).
+            Ok(None) => self.find_by_participants(pair).await?.ok_or_else(|| {
+                RepoError::Unexpected(anyhow::anyhow!("conversation vanished right after its upsert"))
+            }),
+        }
+    }
+
+    async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>> {
+        self.conversations
+            .find_one(doc! { "pairKey": pair.key() })
+            .await
+            .map_err(repo_error("finding a conversation"))?
+            .map(Conversation::try_from)
+            .transpose()
+    }
+
+    async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
+        // `$max` only ever moves the date forward, atomically.
+        self.conversations
+            .update_one(doc! { "_id": id.as_str() }, doc! { "$max": { "updatedAt": to_bson(at) } })
+            .await
+            .map_err(repo_error("touching a conversation"))?;
+        Ok(())
+    }
+
+    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
+        let pipeline = [
+            doc! { "$match": { "participants": user.as_str() } },
+            doc! { "$sort": { "updatedAt": -1, "_id": -1 } },
+            // The newest message of each conversation, through the history index.
+            doc! { "$lookup": {
+                "from": self.messages.name(),
+                "let": { "conversation": "$_id" },
+                "pipeline": [
+                    { "$match": { "$expr": { "$eq": ["$conversationId", "$$conversation"] } } },
+                    { "$sort": { "_id": -1 } },
+                    { "$limit": 1 },
+                ],
+                "as": "lastMessage",
+            } },
+        ];
+        let rows: Vec<Document> = self
+            .conversations
+            .aggregate(pipeline)
+            .await
+            .map_err(repo_error("listing conversations"))?
+            .try_collect()
+            .await
+            .map_err(repo_error("listing conversations"))?;
+        rows.into_iter().map(summary).collect()
+    }
+}
+
+/// A conversation document with its `lastMessage` array (empty or one message).
+fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
+    let last = match row.remove("lastMessage") {
+        Some(Bson::Array(messages)) => messages.into_iter().next(),
+        _ => None,
+    };
+    let conversation: ConversationDoc = bson::from_document(row).map_err(|e| corrupt("conversation", e))?;
+    let last_message = last
+        .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| corrupt("message", e)))
+        .transpose()?
+        .map(Message::try_from)
+        .transpose()?;
+    Ok(ConversationSummary { conversation: conversation.try_into()?, last_message })
+}
+
+#[async_trait]
+impl MessageRepository for MongoStore {
+    async fn insert(&self, message: &Message) -> RepoResult<()> {
+        // Durable once acknowledged: the client's write concern waits for the journal.
+        self.messages
+            .insert_one(MessageDoc::from(message))
+            .await
+            .map_err(repo_error("inserting a message"))?;
+        Ok(())
+    }
+
+    async fn list_by_conversation(
+        &self,
+        conversation: &ConversationId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> RepoResult<Vec<Message>> {
+        // The driver reads a limit of 0 as "no limit".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! { "conversationId": conversation.as_str() };
+        if let Some(before) = &before {
+            filter.insert("_id", doc! { "$lt": before.as_str() });
+        }
+        // Newest first to take the page, then turned oldest first.
+        let mut page = self
+            .messages
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(limit))
+            .await
+            .map_err(repo_error("listing messages"))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(repo_error("listing messages"))?;
+        page.reverse();
+        page.into_iter().map(Message::try_from).collect()
+    }
+}
+
+#[async_trait]
+impl RevokedTokenRepository for MongoStore {
+    async fn revoke(&self, token_id: &str, expires_at: Timestamp) -> RepoResult<()> {
+        // Revoking twice keeps the first record, like the SQL store's `ON CONFLICT DO NOTHING`.
+        let done = self
+            .revoked
+            .update_one(
+                doc! { "_id": token_id },
+                doc! { "$setOnInsert": { "expiresAt": to_bson(expires_at) } },
+            )
+            .upsert(true)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            // Two revocations of one token raced: it is revoked, which is all that was asked.
+            Err(error) if crate::error::is_duplicate_key(&error) => Ok(()),
+            Err(error) => Err(repo_error("revoking a token")(error)),
+        }
+    }
+
+    async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
+        let found = self
+            .revoked
+            .count_documents(doc! { "_id": token_id })
+            .limit(1)
+            .await
+            .map_err(repo_error("checking a token's revocation"))?;
+        Ok(found > 0)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {
+        let done = self
+            .revoked
+            .delete_many(doc! { "expiresAt": { "$lt": to_bson(now) } })
+            .await
+            .map_err(repo_error("purging expired revocations"))?;
+        Ok(done.deleted_count)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for MongoStore {
+    async fn ping(&self) -> RepoResult<()> {
+        self.database().run_command(doc! { "ping": 1 }).await.map_err(repo_error("pinging the database"))?;
+        Ok(())
+    }
+}

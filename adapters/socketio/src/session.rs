@@ -1,0 +1,249 @@
+//! One Engine.IO session and the Socket.IO socket it carries: a single task with one
+//! `select!` over the client's packets, the socket's event queue from the registry, the
+//! heartbeat and the connect deadline. It only `try_send`s into the bounded outbox: a client
+//! that doesn't take its packets is closed rather than buffered for.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use application::ports::Event;
+use application::AccountError;
+use domain::UserId;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use ws_notifier::wire::{self, names};
+use ws_notifier::{ConnectionGuard, Outbound, Receiver};
+
+use crate::engine::{random_id, Engine, Inbound};
+use crate::packet::{self, EnginePacket, SocketPacket, MAIN_NAMESPACE};
+
+/// Why a session ended, for the log.
+type Reason = &'static str;
+
+/// The socket joined to the main namespace: registered for delivery.
+struct Socket {
+    guard: ConnectionGuard,
+    queue: Receiver,
+    sid: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypingIn {
+    to: String,
+    #[serde(default)]
+    is_typing: bool,
+}
+
+struct Session {
+    engine: Arc<Engine>,
+    handshake_token: Option<String>,
+    outbox: mpsc::Sender<String>,
+    socket: Option<Socket>,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+    connect_deadline: Instant,
+}
+
+pub(crate) async fn run(
+    engine: Arc<Engine>,
+    sid: String,
+    handshake_token: Option<String>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    outbox: mpsc::Sender<String>,
+) {
+    let now = Instant::now();
+    let mut session = Session {
+        next_ping: now + engine.settings.ping_interval,
+        connect_deadline: now + engine.settings.connect_timeout,
+        pong_deadline: None,
+        socket: None,
+        engine,
+        handshake_token,
+        outbox,
+    };
+    let reason = session.serve(&mut inbound).await;
+    tracing::debug!(reason, "socket.io session ended");
+    session.engine.remove(&sid);
+    // Tells a pending poll, or the WebSocket, that the session is over.
+    let _ = session.outbox.try_send(packet::CLOSE.to_owned());
+    session.leave().await;
+}
+
+impl Session {
+    /// Runs until the session ends, and says why.
+    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> Reason {
+        match self.serve_packets(inbound).await {
+            Err(reason) => reason,
+        }
+    }
+
+    async fn serve_packets(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> Result<Infallible, Reason> {
+        loop {
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                message = inbound.recv() => match message {
+                    Some(Inbound::Packet(text)) => self.on_packet(&text).await?,
+                    Some(Inbound::Probe) => self.push(packet::NOOP.to_owned())?,
+                    Some(Inbound::Closed(reason)) => return Err(reason),
+                    None => return Err("transport gone"),
+                },
+                event = next_event(&mut self.socket) => match event {
+                    Some(Outbound { name, data }) => self.push(packet::event(name, &data))?,
+                    None => {
+                        let evicted = self.socket.as_ref().is_some_and(|s| s.guard.was_evicted());
+                        return Err(if evicted {
+                            "too slow: events were not read in time"
+                        } else {
+                            "server shutting down"
+                        });
+                    }
+                },
+                _ = sleep_until(self.next_ping), if self.pong_deadline.is_none() => {
+                    self.push(packet::PING.to_owned())?;
+                    self.pong_deadline = Some(Instant::now() + self.engine.settings.ping_timeout);
+                }
+                _ = sleep_until(self.pong_deadline.unwrap_or(far)), if self.pong_deadline.is_some() => {
+                    return Err("heartbeat timeout");
+                }
+                _ = sleep_until(self.connect_deadline), if self.socket.is_none() => {
+                    return Err("no namespace joined in time");
+                }
+            }
+        }
+    }
+
+    /// Queues a packet for the client; a full queue means the client stopped reading.
+    fn push(&self, packet: String) -> Result<(), Reason> {
+        self.outbox.try_send(packet).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => "too slow: packets were not read in time",
+            mpsc::error::TrySendError::Closed(_) => "transport gone",
+        })
+    }
+
+    async fn on_packet(&mut self, text: &str) -> Result<(), Reason> {
+        match packet::decode_engine(text) {
+            Ok(EnginePacket::Message(data)) => self.on_socket_packet(data).await,
+            Ok(EnginePacket::Pong(_)) => {
+                self.pong_deadline = None;
+                self.next_ping = Instant::now() + self.engine.settings.ping_interval;
+                Ok(())
+            }
+            Ok(EnginePacket::Ping(data)) => self.push(packet::pong(data)),
+            Ok(EnginePacket::Noop) => Ok(()),
+            Ok(EnginePacket::Close) => Err("closed by the client"),
+            Ok(EnginePacket::Open | EnginePacket::Upgrade) => Err("unexpected engine.io packet"),
+            Err(error) => {
+                tracing::debug!(%error, "malformed engine.io packet");
+                Err("malformed engine.io packet")
+            }
+        }
+    }
+
+    async fn on_socket_packet(&mut self, data: &str) -> Result<(), Reason> {
+        let packet = match packet::decode_socket(data) {
+            Ok(packet) => packet,
+            Err(error) => {
+                tracing::debug!(%error, "malformed socket.io packet");
+                return Err("malformed socket.io packet");
+            }
+        };
+        if packet.namespace() != MAIN_NAMESPACE {
+            return match packet {
+                SocketPacket::Connect { namespace, .. } => {
+                    self.push(packet::connect_error(namespace, "Invalid namespace"))
+                }
+                // Nothing else can address a namespace that was never joined.
+                _ => Ok(()),
+            };
+        }
+        match packet {
+            SocketPacket::Connect { token, .. } => self.connect(token).await,
+            SocketPacket::Disconnect { .. } => {
+                self.leave().await;
+                self.connect_deadline = Instant::now() + self.engine.settings.connect_timeout;
+                Ok(())
+            }
+            SocketPacket::Event { name, data, .. } => {
+                // Acks are not requested of the server by this API's events: an ack id is
+                // accepted and left unanswered, as the original server does.
+                if let Some(socket) = &self.socket {
+                    if name == names::TYPING {
+                        let user = socket.guard.user().clone();
+                        match data.map(serde_json::from_value::<TypingIn>) {
+                            Some(Ok(typing)) => {
+                                self.engine.realtime.typing(&user, &typing.to, typing.is_typing).await
+                            }
+                            _ => tracing::debug!("typing event without {{to, isTyping}}"),
+                        }
+                    }
+                }
+                Ok(())
+            }
+            SocketPacket::Ack { .. } => Ok(()),
+        }
+    }
+
+    /// Joins the main namespace: the CONNECT packet's token first, then the handshake's.
+    async fn connect(&mut self, token: Option<String>) -> Result<(), Reason> {
+        if let Some(socket) = &self.socket {
+            return self.push(packet::connect_ok(&socket.sid));
+        }
+        let refuse = |message| packet::connect_error(MAIN_NAMESPACE, message);
+        let Some(token) = token.or_else(|| self.handshake_token.clone()) else {
+            return self
+                .push(refuse("Authentication required: pass auth.token, a token cookie or a Bearer header"));
+        };
+        let user = match self.engine.accounts.authenticate(&token).await {
+            Ok(session) => session.user_id().clone(),
+            Err(AccountError::Unauthenticated) => return self.push(refuse("Invalid or expired token")),
+            Err(error) => {
+                tracing::warn!(error = %error, "socket.io authentication failed");
+                return self.push(refuse("Service unavailable, retry later"));
+            }
+        };
+        let Some((guard, queue)) = self.engine.registry.register(&user) else {
+            let _ = self.push(refuse("Server shutting down"));
+            return Err("server shutting down");
+        };
+        let sid = random_id();
+        // The reply goes out before anything the registry delivers to the new socket.
+        self.push(packet::connect_ok(&sid))?;
+        self.socket = Some(Socket { guard, queue, sid });
+        self.opened(&user).await
+    }
+
+    /// Presence, as the native session does: a first connection is announced to everyone
+    /// (this one included, through the registry); another one gets the list for itself.
+    async fn opened(&mut self, user: &UserId) -> Result<(), Reason> {
+        match self.engine.realtime.connection_opened(user).await {
+            Ok(Some(online)) => {
+                for (name, data) in wire::encode_event(&Event::OnlineUsers(online)) {
+                    self.push(packet::event(name, &data))?;
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(error = %error, "presence unavailable for a new connection"),
+        }
+        Ok(())
+    }
+
+    /// Leaves the namespace, if joined: unregisters and updates presence.
+    async fn leave(&mut self) {
+        let Some(socket) = self.socket.take() else { return };
+        let user = socket.guard.user().clone();
+        drop(socket);
+        if let Err(error) = self.engine.realtime.connection_closed(&user).await {
+            tracing::warn!(error = %error, "presence not updated for a closed connection");
+        }
+    }
+}
+
+async fn next_event(socket: &mut Option<Socket>) -> Option<Outbound> {
+    match socket {
+        Some(socket) => socket.queue.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,267 @@
+//! The `/socket.io/` route: the Engine.IO handshake, HTTP long-polling (GET to receive,
+//! POST to send) and the WebSocket transport, direct or upgraded from polling.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use ws_notifier::auth::request_token;
+
+use crate::engine::{Engine, Inbound, SessionHandle, Transport};
+use crate::packet::{self, SEPARATOR};
+
+#[derive(Deserialize)]
+struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+    token: Option<String>,
+}
+
+/// Engine.IO's error answers, with its codes and messages, which clients recognise.
+#[derive(Debug, Clone, Copy)]
+enum EngineError {
+    UnknownTransport,
+    UnknownSid,
+    BadHandshakeMethod,
+    BadRequest,
+    UnsupportedProtocolVersion,
+}
+
+impl EngineError {
+    fn response(self) -> HttpResponse {
+        let (code, message) = match self {
+            EngineError::UnknownTransport => (0, "Transport unknown"),
+            EngineError::UnknownSid => (1, "Session ID unknown"),
+            EngineError::BadHandshakeMethod => (2, "Bad handshake method"),
+            EngineError::BadRequest => (3, "Bad request"),
+            EngineError::UnsupportedProtocolVersion => (5, "Unsupported protocol version"),
+        };
+        HttpResponse::BadRequest().json(serde_json::json!({ "code": code, "message": message }))
+    }
+}
+
+/// Every request to `/socket.io/`, whatever its method: Engine.IO answers in its own terms.
+pub(crate) async fn endpoint(
+    req: HttpRequest,
+    body: web::Payload,
+    engine: web::Data<Engine>,
+) -> HttpResponse {
+    let Ok(query) = web::Query::<EngineQuery>::from_query(req.query_string()) else {
+        return EngineError::BadRequest.response();
+    };
+    let query = query.into_inner();
+    if query.eio.as_deref() != Some("4") {
+        return EngineError::UnsupportedProtocolVersion.response();
+    }
+    let transport = match query.transport.as_deref() {
+        Some("polling") => Transport::Polling,
+        Some("websocket") => Transport::WebSocket,
+        _ => return EngineError::UnknownTransport.response(),
+    };
+    let engine = engine.into_inner();
+    let Some(sid) = query.sid else {
+        if req.method() != Method::GET {
+            return EngineError::BadHandshakeMethod.response();
+        }
+        let token = request_token(&req).or_else(|| query.token.filter(|t| !t.is_empty()));
+        return match transport {
+            Transport::Polling => poll(&engine, &engine.open_session(token, transport)).await,
+            Transport::WebSocket => websocket(&req, body, &engine, None, token),
+        };
+    };
+    let Some(handle) = engine.session(&sid) else {
+        return EngineError::UnknownSid.response();
+    };
+    match (transport, req.method()) {
+        (Transport::Polling, &Method::GET) => poll(&engine, &handle).await,
+        (Transport::Polling, &Method::POST) => post(&engine, &handle, body).await,
+        (Transport::WebSocket, &Method::GET) => websocket(&req, body, &engine, Some(handle), None),
+        _ => EngineError::BadRequest.response(),
+    }
+}
+
+/// A long-polling GET: everything queued for the client, waiting for the first packet.
+async fn poll(engine: &Engine, handle: &SessionHandle) -> HttpResponse {
+    if handle.upgraded.load(Ordering::Acquire) {
+        return EngineError::BadRequest.response();
+    }
+    let Ok(mut outbox) = handle.outbox.try_lock() else {
+        // Engine.IO allows one pending GET per session; a second one is a broken client,
+        // unless the WebSocket just took over.
+        if !handle.upgraded.load(Ordering::Acquire) {
+            let _ = handle.inbound.try_send(Inbound::Closed("overlapping polls"));
+        }
+        return EngineError::BadRequest.response();
+    };
+    let body =
+        outbox.next_batch(engine.settings.max_payload).await.unwrap_or_else(|| packet::CLOSE.to_owned());
+    HttpResponse::Ok().content_type("text/plain; charset=UTF-8").body(body)
+}
+
+/// A long-polling POST: packets from the client, separated by `\x1e`.
+async fn post(engine: &Engine, handle: &SessionHandle, mut body: web::Payload) -> HttpResponse {
+    if handle.upgraded.load(Ordering::Acquire) {
+        return EngineError::BadRequest.response();
+    }
+    let limit = engine.settings.max_payload;
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return EngineError::BadRequest.response();
+        };
+        if bytes.len() + chunk.len() > limit {
+            let _ = handle.inbound.try_send(Inbound::Closed("payload too large"));
+            return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE)
+                .json(serde_json::json!({ "code": 3, "message": "Payload too large" }));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        let _ = handle.inbound.try_send(Inbound::Closed("payload is not UTF-8"));
+        return EngineError::BadRequest.response();
+    };
+    for packet in text.split(SEPARATOR) {
+        if handle.inbound.send(Inbound::Packet(packet.to_owned())).await.is_err() {
+            return EngineError::UnknownSid.response();
+        }
+    }
+    HttpResponse::Ok().content_type("text/html").body("ok")
+}
+
+/// The WebSocket transport: a new session (`handle` is `None`) or an upgrade of a polling
+/// one. The connection runs on this worker (actix-ws's stream is not `Send`).
+fn websocket(
+    req: &HttpRequest,
+    body: web::Payload,
+    engine: &Arc<Engine>,
+    handle: Option<Arc<SessionHandle>>,
+    token: Option<String>,
+) -> HttpResponse {
+    if let Some(handle) = &handle {
+        if handle.upgraded.load(Ordering::Acquire) || handle.upgrading.swap(true, Ordering::AcqRel) {
+            return EngineError::BadRequest.response();
+        }
+    }
+    let (response, session, stream) = match actix_ws::handle(req, body) {
+        Ok(parts) => parts,
+        Err(_) => {
+            if let Some(handle) = &handle {
+                handle.upgrading.store(false, Ordering::Release);
+            }
+            return EngineError::BadRequest.response();
+        }
+    };
+    let stream = stream.max_frame_size(engine.settings.max_payload);
+    let upgrade = handle.is_some();
+    let handle = handle.unwrap_or_else(|| engine.open_session(token, Transport::WebSocket));
+    actix_web::rt::spawn(carry(engine.clone(), handle, session, stream, upgrade));
+    response
+}
+
+/// Moves packets between one WebSocket and its session until either ends.
+async fn carry(
+    engine: Arc<Engine>,
+    handle: Arc<SessionHandle>,
+    mut session: Session,
+    mut stream: MessageStream,
+    upgrade: bool,
+) {
+    let timeout = engine.settings.upgrade_timeout;
+    if upgrade {
+        let probed = tokio::time::timeout(timeout, probe(&mut session, &mut stream, &handle)).await;
+        if !matches!(probed, Ok(true)) {
+            // The session goes on over polling.
+            handle.upgrading.store(false, Ordering::Release);
+            let _ = tokio::time::timeout(timeout, session.close(None)).await;
+            return;
+        }
+        handle.upgraded.store(true, Ordering::Release);
+    }
+    // The pending poll, if any, was released by the probe's noop and returns at once.
+    let Ok(mut outbox) = tokio::time::timeout(timeout, handle.outbox.lock()).await else {
+        let _ = handle.inbound.try_send(Inbound::Closed("upgrade stalled"));
+        let _ = tokio::time::timeout(timeout, session.close(None)).await;
+        return;
+    };
+
+    let close = loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    if handle.inbound.send(Inbound::Packet(text.to_string())).await.is_err() {
+                        break Some(CloseReason { code: CloseCode::Normal, description: None });
+                    }
+                }
+                Some(Ok(Message::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Pong(_) | Message::Nop)) => {}
+                Some(Ok(Message::Binary(_) | Message::Continuation(_))) => {
+                    let _ = handle.inbound.send(Inbound::Closed("binary frame")).await;
+                    break Some(CloseReason {
+                        code: CloseCode::Unsupported,
+                        description: Some("binary data is not supported".into()),
+                    });
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                    break None;
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(error = %error, "socket.io websocket protocol error");
+                    let _ = handle.inbound.send(Inbound::Closed("websocket protocol error")).await;
+                    break Some(CloseReason {
+                        code: CloseCode::Size,
+                        description: Some("frame too large or malformed".into()),
+                    });
+                }
+            },
+            packet = outbox.next() => match packet {
+                Some(packet) => {
+                    if session.text(packet).await.is_err() {
+                        let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                        break None;
+                    }
+                }
+                None => break Some(CloseReason { code: CloseCode::Normal, description: None }),
+            },
+        }
+    };
+    if let Some(reason) = close {
+        // A client that doesn't read may never take the close frame either.
+        let _ = tokio::time::timeout(timeout, session.close(Some(reason))).await;
+    }
+}
+
+/// The upgrade handshake: `2probe` answered with `3probe`, then the client's `5`.
+async fn probe(session: &mut Session, stream: &mut MessageStream, handle: &SessionHandle) -> bool {
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(Message::Text(text)) if &*text == packet::PROBE_PING => {
+                if session.text(packet::PROBE_PONG).await.is_err()
+                    || handle.inbound.send(Inbound::Probe).await.is_err()
+                {
+                    return false;
+                }
+            }
+            Ok(Message::Text(text)) if &*text == packet::UPGRADE => return true,
+            Ok(Message::Ping(bytes)) => {
+                if session.pong(&bytes).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(Message::Pong(_) | Message::Nop) => {}
+            _ => return false,
+        }
+    }
+    false
+}

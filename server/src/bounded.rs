@@ -1,0 +1,160 @@
+//! A deadline on every storage call, whatever the backend.
+//!
+//! Pool and server-selection timeouts only cover getting a connection. A connection that
+//! was fine and then stops answering (a cut network, a stalled server) would hold a request
+//! until TCP gives up, minutes later. Wrapping each port call in a deadline turns that into
+//! `Unavailable` (503) within a bounded time; the driver drops the abandoned connection and
+//! the pool opens fresh ones when the database is back, so the server recovers by itself.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use application::ports::{
+    ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError,
+    RepoResult, RevokedTokenRepository, UserQuery, UserRepository,
+};
+use async_trait::async_trait;
+use domain::{
+    Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp, User, UserId,
+    Username,
+};
+
+use crate::Storage;
+
+/// Delegates to the inner store, failing with `Unavailable` past the deadline.
+pub struct Bounded<T: ?Sized> {
+    inner: Arc<T>,
+    deadline: Duration,
+}
+
+impl<T: ?Sized> Bounded<T> {
+    async fn run<R>(&self, what: &'static str, call: impl Future<Output = RepoResult<R>>) -> RepoResult<R> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RepoError::Unavailable(anyhow::anyhow!(
+                "{what} took longer than {} ms",
+                self.deadline.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Puts every port of `storage` behind the same deadline.
+pub fn bounded(storage: Storage, deadline: Duration) -> Storage {
+    fn wrap<T: ?Sized>(inner: Arc<T>, deadline: Duration) -> Arc<Bounded<T>> {
+        Arc::new(Bounded { inner, deadline })
+    }
+    Storage {
+        users: wrap(storage.users, deadline),
+        conversations: wrap(storage.conversations, deadline),
+        messages: wrap(storage.messages, deadline),
+        revoked: wrap(storage.revoked, deadline),
+        health: wrap(storage.health, deadline),
+    }
+}
+
+#[async_trait]
+impl UserRepository for Bounded<dyn UserRepository> {
+    async fn insert(&self, user: &User) -> RepoResult<()> {
+        self.run("inserting a user", self.inner.insert(user)).await
+    }
+    async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>> {
+        self.run("finding a user", self.inner.find_by_id(id)).await
+    }
+    async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
+        self.run("finding a user", self.inner.find_by_username(username)).await
+    }
+    async fn list(&self, query: &UserQuery) -> RepoResult<Vec<User>> {
+        self.run("listing users", self.inner.list(query)).await
+    }
+}
+
+#[async_trait]
+impl ConversationRepository for Bounded<dyn ConversationRepository> {
+    async fn find_or_insert(&self, candidate: &Conversation) -> RepoResult<Conversation> {
+        self.run("storing a conversation", self.inner.find_or_insert(candidate)).await
+    }
+    async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>> {
+        self.run("finding a conversation", self.inner.find_by_participants(pair)).await
+    }
+    async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
+        self.run("touching a conversation", self.inner.touch(id, at)).await
+    }
+    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
+        self.run("listing conversations", self.inner.list_for_user(user)).await
+    }
+}
+
+#[async_trait]
+impl MessageRepository for Bounded<dyn MessageRepository> {
+    async fn insert(&self, message: &Message) -> RepoResult<()> {
+        self.run("inserting a message", self.inner.insert(message)).await
+    }
+    async fn list_by_conversation(
+        &self,
+        conversation: &ConversationId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> RepoResult<Vec<Message>> {
+        self.run("listing messages", self.inner.list_by_conversation(conversation, before, limit))
+            .await
+    }
+}
+
+#[async_trait]
+impl RevokedTokenRepository for Bounded<dyn RevokedTokenRepository> {
+    async fn revoke(&self, token_id: &str, expires_at: Timestamp) -> RepoResult<()> {
+        self.run("revoking a token", self.inner.revoke(token_id, expires_at)).await
+    }
+    async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
+        self.run("checking a revocation", self.inner.is_revoked(token_id)).await
+    }
+    async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {
+        self.run("purging revocations", self.inner.purge_expired(now)).await
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Bounded<dyn HealthCheck> {
+    async fn ping(&self) -> RepoResult<()> {
+        self.run("pinging the store", self.inner.ping()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Stalled;
+
+    #[async_trait]
+    impl HealthCheck for Stalled {
+        async fn ping(&self) -> RepoResult<()> {
+            std::future::pending().await
+        }
+    }
+
+    struct Quick;
+
+    #[async_trait]
+    impl HealthCheck for Quick {
+        async fn ping(&self) -> RepoResult<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_deadline_is_unavailable() {
+        let stalled: Arc<dyn HealthCheck> = Arc::new(Stalled);
+        let bounded = Bounded { inner: stalled, deadline: Duration::from_millis(50) };
+        assert!(matches!(bounded.ping().await, Err(RepoError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn a_call_within_the_deadline_passes_through() {
+        let quick: Arc<dyn HealthCheck> = Arc::new(Quick);
+        let bounded = Bounded { inner: quick, deadline: Duration::from_millis(50) };
+        assert!(bounded.ping().await.is_ok());
+    }
+}

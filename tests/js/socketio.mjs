@@ -1,0 +1,291 @@
+// Drives the server's /socket.io/ endpoint with the published socket.io-client v4, the way
+// a front end of the original app does. Run by tests/tests/socketio.rs:
+//
+//   CHAT_BASE_URL=http://127.0.0.1:PORT CHAT_USERS='[{"id":..,"token":..},x3]' \
+//     node tests/js/socketio.mjs <scenario> <mode>
+//
+// <mode> is the client's transport choice: "default" (polling, then upgrade), "websocket"
+// (transports: ["websocket"]) or "polling" (transports: ["polling"]). Prints one TAP-like
+// line, `ok - ...` or `not ok - ...`, and exits 0 or 1.
+
+import { io } from "socket.io-client";
+
+const BASE = process.env.CHAT_BASE_URL;
+const USERS = JSON.parse(process.env.CHAT_USERS ?? "[]");
+const [scenarioName, mode = "default"] = process.argv.slice(2);
+const WAIT_MS = 5000;
+const QUIET_MS = 400;
+
+const transportsFor = (m) =>
+  ({ default: undefined, websocket: ["websocket"], polling: ["polling"] })[m];
+
+/** A socket whose every event is recorded, so a wait never misses an early one. */
+class Client {
+  constructor(user, options = {}, { mode: m = mode, namespace = "" } = {}) {
+    const transports = transportsFor(m);
+    this.log = [];
+    this.waiters = [];
+    this.socket = io(BASE + namespace, {
+      forceNew: true,
+      reconnection: false,
+      ...(transports ? { transports } : {}),
+      ...(user ? { auth: { token: user.token } } : {}),
+      ...options,
+    });
+    const record = (event, args) => {
+      this.log.push({ event, args });
+      this.waiters = this.waiters.filter((w) => !w.offer(this.log.length - 1));
+    };
+    this.socket.onAny((event, ...args) => record(event, args));
+    for (const reserved of ["connect", "connect_error", "disconnect"]) {
+      this.socket.on(reserved, (...args) => record(reserved, args));
+    }
+  }
+
+  /** Index to pass as `from` to wait only for what comes later. */
+  mark() {
+    return this.log.length;
+  }
+
+  waitFor(event, predicate = () => true, { from = 0, ms = WAIT_MS } = {}) {
+    return new Promise((resolve, reject) => {
+      const matches = (i) => {
+        const entry = this.log[i];
+        return i >= from && entry.event === event && predicate(...entry.args);
+      };
+      for (let i = from; i < this.log.length; i++) {
+        if (matches(i)) return resolve(this.log[i].args[0]);
+      }
+      const timer = setTimeout(() => {
+        const seen = this.log.map((e) => e.event).join(", ") || "nothing";
+        reject(new Error(`no matching "${event}" within ${ms} ms (saw: ${seen})`));
+      }, ms);
+      this.waiters.push({
+        offer: (i) => {
+          if (!matches(i)) return false;
+          clearTimeout(timer);
+          resolve(this.log[i].args[0]);
+          return true;
+        },
+      });
+    });
+  }
+
+  async connected() {
+    const outcome = await Promise.race([
+      this.waitFor("connect").then(() => null),
+      this.waitFor("connect_error").then((e) => e),
+    ]);
+    if (outcome) throw new Error(`connect_error: ${outcome.message}`);
+    return this;
+  }
+
+  count(event, from = 0) {
+    return this.log.slice(from).filter((e) => e.event === event).length;
+  }
+
+  get transport() {
+    return this.socket.io.engine?.transport?.name;
+  }
+
+  async upgraded() {
+    if (this.transport === "websocket") return;
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("no upgrade to websocket")), WAIT_MS);
+      this.socket.io.engine.once("upgrade", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  close() {
+    this.socket.disconnect();
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const otherMode = mode === "websocket" ? "default" : "websocket";
+const opened = [];
+const client = (...args) => {
+  const c = new Client(...args);
+  opened.push(c);
+  return c;
+};
+
+/** The transport the mode should end on, once connected. */
+async function settled(c) {
+  if (mode === "default") await c.upgraded();
+  const expected = mode === "polling" ? "polling" : "websocket";
+  assert(c.transport === expected, `expected the ${expected} transport, got ${c.transport}`);
+}
+
+async function sendMessage(from, to, text) {
+  const response = await fetch(`${BASE}/api/v1/message/send/${to.id}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${from.token}` },
+    body: JSON.stringify({ message: text }),
+  });
+  assert(response.status === 201, `sending a message answered ${response.status}`);
+  return (await response.json()).responseData;
+}
+
+const scenarios = {
+  // The receiver's devices and the sender's other device get newMessage; a third user doesn't.
+  async delivery() {
+    const [alice, bob, carol] = USERS;
+    const bobHere = client(bob);
+    const bobElsewhere = client(bob, {}, { mode: otherMode });
+    const aliceElsewhere = client(alice);
+    const carolHere = client(carol);
+    await Promise.all([bobHere, bobElsewhere, aliceElsewhere, carolHere].map((c) => c.connected()));
+    await settled(bobHere);
+
+    const sent = await sendMessage(alice, bob, "hello over socket.io <b>&</b>");
+    for (const c of [bobHere, bobElsewhere, aliceElsewhere]) {
+      const got = await c.waitFor("newMessage", (m) => m._id === sent._id);
+      assert(got.message === "hello over socket.io <b>&</b>", `message body ${JSON.stringify(got)}`);
+      assert(got.senderId === alice.id && got.receiverId === bob.id, "sender and receiver ids");
+      assert(got.conversationId === sent.conversationId && got.createdAt === sent.createdAt, "fields");
+    }
+    await sleep(QUIET_MS);
+    assert(carolHere.count("newMessage") === 0, "a third user received the message");
+    await settled(bobHere);
+  },
+
+  // No token, a bad token, and a namespace that doesn't exist: connect_error, no connection.
+  async unauthenticated() {
+    const [alice] = USERS;
+    const anonymous = client(null);
+    const error = await anonymous.waitFor("connect_error");
+    assert(/authentication required/i.test(error.message), `message: ${error.message}`);
+    const forged = client({ token: "not.a.jwt" });
+    const forgedError = await forged.waitFor("connect_error");
+    assert(/invalid or expired token/i.test(forgedError.message), `message: ${forgedError.message}`);
+    const elsewhere = client(alice, {}, { namespace: "/admin" });
+    const nspError = await elsewhere.waitFor("connect_error");
+    assert(/invalid namespace/i.test(nspError.message), `message: ${nspError.message}`);
+    await sleep(QUIET_MS);
+    for (const c of [anonymous, forged, elsewhere]) {
+      assert(!c.socket.connected && c.count("connect") === 0, "a refused client got connected");
+    }
+  },
+
+  // The token also travels as a Bearer header, a cookie or ?token=, like the native /ws.
+  async "auth-sources"() {
+    const [alice, bob, carol] = USERS;
+    const viaHeader = client(null, { extraHeaders: { Authorization: `Bearer ${alice.token}` } });
+    // Node's XMLHttpRequest refuses to set a Cookie header: the cookie rides the WebSocket
+    // handshake here, and a raw polling handshake in tests/tests/socketio.rs.
+    const viaCookie = client(
+      null,
+      { extraHeaders: { Cookie: `token=${bob.token}` } },
+      { mode: "websocket" },
+    );
+    const viaQuery = client(null, { query: { token: carol.token } });
+    await Promise.all([viaHeader, viaCookie, viaQuery].map((c) => c.connected()));
+    await viaHeader.waitFor("onlineUsers", (list) => list.includes(alice.id));
+    await viaCookie.waitFor("onlineUsers", (list) => list.includes(bob.id));
+    await viaQuery.waitFor("onlineUsers", (list) => list.includes(carol.id));
+    // The auth packet's token wins over the others.
+    const both = client(alice, { query: { token: "not.a.jwt" } });
+    await both.connected();
+  },
+
+  // onlineUsers / getOnlineUsers on connect, and to everyone when a user goes away.
+  async presence() {
+    const [alice, bob] = USERS;
+    const a = client(alice);
+    await a.connected();
+    const first = await a.waitFor("onlineUsers", (l) => l.includes(alice.id));
+    assert(Array.isArray(first), "onlineUsers is an array");
+    await a.waitFor("getOnlineUsers", (l) => l.includes(alice.id));
+
+    const b = client(bob, {}, { mode: otherMode });
+    await b.connected();
+    await a.waitFor("getOnlineUsers", (l) => l.includes(bob.id) && l.includes(alice.id));
+    await b.waitFor("onlineUsers", (l) => l.includes(bob.id) && l.includes(alice.id));
+    await settled(a);
+
+    const before = a.mark();
+    b.close();
+    const after = await a.waitFor("getOnlineUsers", (l) => !l.includes(bob.id), { from: before });
+    assert(after.includes(alice.id), "alice is still online");
+    await a.waitFor("onlineUsers", (l) => !l.includes(bob.id), { from: before });
+  },
+
+  // typing {to, isTyping} reaches the target only, as {from, to, isTyping}; acks are tolerated.
+  async typing() {
+    const [alice, bob, carol] = USERS;
+    const a = client(alice);
+    const b = client(bob);
+    const c = client(carol);
+    await Promise.all([a, b, c].map((x) => x.connected()));
+    await settled(a);
+
+    a.socket.emit("typing", { to: bob.id, isTyping: true });
+    const started = await b.waitFor("typing", (t) => t.from === alice.id && t.isTyping === true);
+    assert(started.to === bob.id, `typing payload ${JSON.stringify(started)}`);
+
+    // An emit asking for an ack must not break anything.
+    a.socket.emit("typing", { to: bob.id, isTyping: false }, () => {});
+    await b.waitFor("typing", (t) => t.from === alice.id && t.isTyping === false);
+    // Garbage event data is ignored, not fatal.
+    const mark = b.mark();
+    a.socket.emit("typing", "nonsense");
+    a.socket.emit("unknownEvent", { x: 1 });
+    a.socket.emit("typing", { to: bob.id, isTyping: true });
+    await b.waitFor("typing", (t) => t.isTyping === true, { from: mark });
+
+    await sleep(QUIET_MS);
+    assert(c.count("typing") === 0, "a third user saw the typing notice");
+    assert(a.socket.connected && a.count("disconnect") === 0, "the sender was disconnected");
+  },
+
+  // Over several ping intervals (1 s in the test server) the client stays connected.
+  async heartbeat() {
+    const [alice, bob] = USERS;
+    const a = client(alice);
+    const b = client(bob);
+    await Promise.all([a, b].map((x) => x.connected()));
+    await sleep(3500);
+    for (const x of [a, b]) {
+      assert(x.socket.connected && x.count("disconnect") === 0, `disconnected: ${JSON.stringify(x.log.filter((e) => e.event === "disconnect"))}`);
+    }
+    await settled(a);
+    const sent = await sendMessage(bob, alice, "still there?");
+    await a.waitFor("newMessage", (m) => m._id === sent._id);
+  },
+};
+
+async function main() {
+  const scenario = scenarios[scenarioName];
+  if (!BASE || USERS.length < 3 || !scenario || !(mode in { default: 1, websocket: 1, polling: 1 })) {
+    console.log(`not ok - usage: scenario one of ${Object.keys(scenarios).join(", ")}; CHAT_BASE_URL and 3 CHAT_USERS`);
+    process.exit(2);
+  }
+  const label = `${scenarioName} (${mode})`;
+  const deadline = setTimeout(() => {
+    console.log(`not ok - ${label}: timed out`);
+    process.exit(1);
+  }, 30000);
+  try {
+    await scenario();
+    console.log(`ok - ${label}`);
+    process.exitCode = 0;
+  } catch (error) {
+    console.log(`not ok - ${label}: ${error.message}`);
+    process.exitCode = 1;
+  } finally {
+    clearTimeout(deadline);
+    for (const c of opened) c.close();
+  }
+}
+
+await main();
+// Sockets closed; give the last packets a moment, then leave even if a handle lingers.
+setTimeout(() => process.exit(), 200).unref();

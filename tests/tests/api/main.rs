@@ -1,0 +1,10 @@
+//! The server from the outside: real HTTP and WebSocket clients against a server on a free
+//! port, over a fresh database of the backend named by `CHAT_TEST_BACKEND`.
+
+mod concurrency;
+mod errors;
+mod health;
+mod helpers;
+mod messages;
+mod users;
+mod websocket;

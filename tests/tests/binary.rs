@@ -1,0 +1,320 @@
+//! The compiled `server` binary as an operator runs it: configuration from files and
+//! `CHAT__*` variables, start-up errors, and a graceful stop on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+const SECRET: &str = "binary-test-secret-0123456789-abcdefghijkl";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `server` executable, built up to date once per run with the cargo running this test
+/// (so it lands in the same target directory and profile, whatever they are).
+fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .current_dir(workspace_dir())
+            .args(["build", "-p", "server", "--bin", "server", "--message-format=json"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building the server binary failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "server")
+            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.contains(&json!("bin"))))
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the server executable")
+    })
+}
+
+/// A folder of its own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("chat_binary_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The server with nothing but `env` (and the project's config folder) around it, in `dir`.
+fn server_command(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(server_binary());
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+struct Finished {
+    status: ExitStatus,
+    stderr: String,
+}
+
+/// Runs a server that must stop by itself (a start-up error), within the deadline.
+async fn run_to_exit(mut command: Command) -> Finished {
+    let child = command.spawn().expect("the server starts");
+    match tokio::time::timeout(DEADLINE, child.wait_with_output()).await {
+        Ok(output) => {
+            let output = output.expect("the server's output is readable");
+            Finished {
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        }
+        Err(_) => panic!("the server kept running: it should have refused to start"),
+    }
+}
+
+#[track_caller]
+fn assert_one_line_error(finished: &Finished, mentions: &str) {
+    assert!(!finished.status.success(), "exit status {:?}", finished.status);
+    assert!(finished.status.code().is_some(), "an exit, not a signal: {:?}", finished.status);
+    let lines: Vec<&str> = finished.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {:?}", finished.stderr);
+    let line = lines[0];
+    assert!(line.starts_with("error:"), "{line}");
+    assert!(line.contains(mentions), "the error names {mentions:?}: {line}");
+    for noise in ["panicked", "RUST_BACKTRACE", "stack backtrace", "src/"] {
+        assert!(!finished.stderr.contains(noise), "{noise:?} on stderr: {}", finished.stderr);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_storage_backend_is_a_one_line_error() {
+    let dir = TempDir::new();
+    let command = server_command(
+        &dir.0,
+        &[
+            ("APP_ENV", "test"),
+            ("CHAT__STORAGE__BACKEND", "cassandra"),
+            ("CHAT__SERVER__PORT", "0"),
+        ],
+    );
+
+    let finished = run_to_exit(command).await;
+
+    assert_one_line_error(&finished, "cassandra");
+}
+
+#[tokio::test]
+async fn production_without_a_secret_refuses_to_start() {
+    let dir = TempDir::new();
+    let storage = format!("sqlite://{}/chat.db", dir.0.display());
+    let common = [
+        ("APP_ENV", "production"),
+        ("CHAT__SERVER__PORT", "0"),
+        ("CHAT__STORAGE__URL", storage.as_str()),
+    ];
+
+    let unset = run_to_exit(server_command(&dir.0, &common)).await;
+    assert_one_line_error(&unset, "jwt_secret");
+
+    let mut short = common.to_vec();
+    short.push(("CHAT__AUTH__JWT_SECRET", "too-short"));
+    let short = run_to_exit(server_command(&dir.0, &short)).await;
+    assert_one_line_error(&short, "jwt_secret");
+    assert!(!short.stderr.contains("too-short"), "the secret is never printed: {}", short.stderr);
+}
+
+/// A running server: its process, its port and what it logged.
+struct Running {
+    child: Child,
+    port: u16,
+    _stderr: tokio::task::JoinHandle<String>,
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the server on `port` with its SQLite file under `data`, and waits for it to say
+/// it is listening.
+async fn start(dir: &Path, port: u16, data: &Path) -> Running {
+    let port_text = port.to_string();
+    let storage = format!("sqlite://{}", data.join("chat.db").display());
+    let mut child = server_command(
+        dir,
+        &[
+            ("APP_ENV", "test"),
+            ("CHAT__SERVER__PORT", &port_text),
+            ("CHAT__STORAGE__URL", &storage),
+            ("CHAT__AUTH__JWT_SECRET", SECRET),
+            ("CHAT__LOG__LEVEL", "info"),
+            ("CHAT__LOG__FORMAT", "json"),
+            ("CHAT__SERVER__SHUTDOWN_TIMEOUT", "2"),
+        ],
+    )
+    .spawn()
+    .expect("the server starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (log, stderr) = wait_until_listening(stderr).await;
+    // Keep reading, so that logging never blocks on a full pipe.
+    let task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = log;
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    Running { child, port, _stderr: task }
+}
+
+async fn wait_until_listening(stderr: ChildStderr) -> (String, ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut log = String::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return false;
+            }
+            log.push_str(&line);
+            if line.contains("listening") {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(found, Ok(true)), "the server never said it was listening; it logged:\n{log}");
+    (log, reader.into_inner())
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().expect("the server is still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+async fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    match tokio::time::timeout(DEADLINE, child.wait()).await {
+        Ok(status) => status.expect("the exit status is readable"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("the server did not stop after SIGTERM");
+        }
+    }
+}
+
+#[tokio::test]
+async fn port_and_storage_come_from_the_environment() {
+    let dir = TempDir::new();
+    let data = dir.0.join("nested").join("data");
+    let port = free_port();
+
+    let mut server = start(&dir.0, port, &data).await;
+
+    assert_eq!(server.port, port);
+    let client = reqwest::Client::new();
+    let health = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["success"], true);
+    let ready = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(data.join("chat.db").is_file(), "the SQLite file is created under {}", data.display());
+    assert!(!dir.0.join("data").exists(), "nothing is written to the default place");
+
+    terminate(&server.child);
+    assert!(wait_for_exit(&mut server.child).await.success());
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_and_exits_cleanly() {
+    let dir = TempDir::new();
+    let port = free_port();
+    let mut server = start(&dir.0, port, &dir.0).await;
+    let client = reqwest::Client::new();
+    let registered: Value = client
+        .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))
+        .json(&json!({ "fullName": "Ada", "username": "ada", "password": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["responseData"]["token"].as_str().expect("a token").to_owned();
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token={token}"))
+            .await
+            .expect("the handshake succeeds");
+    // Registered for events once the presence list has come in.
+    let first = tokio::time::timeout(DEADLINE, socket.next()).await.expect("a first frame");
+    let first: Value = match first {
+        Some(Ok(Frame::Text(text))) => serde_json::from_str(text.as_str()).unwrap(),
+        other => panic!("expected the online users, got {other:?}"),
+    };
+    assert_eq!(first["event"], "onlineUsers");
+
+    terminate(&server.child);
+
+    let close = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Frame::Close(frame))) => return Some(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends within the deadline");
+    let close = close.expect("a close frame, not a dropped connection");
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001), "closed as going away");
+    let _ = socket.close(None).await;
+    let status = wait_for_exit(&mut server.child).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn an_unknown_subcommand_is_refused_with_usage() {
+    let output = std::process::Command::new(server_binary())
+        .arg("frobnicate")
+        .env_clear()
+        .output()
+        .expect("the server runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    assert!(stderr.contains("usage"), "{stderr}");
+}

@@ -1,0 +1,470 @@
+//! The `/socket.io/` endpoint from the outside.
+//!
+//! Two kinds of clients against a real server on a free port: the published
+//! `socket.io-client` v4 (`tests/js/socketio.mjs`, run with Node, one scenario per test), and
+//! raw Engine.IO requests for what a well-behaved client never does (unknown sessions,
+//! malformed and binary packets, oversized bodies) and for CORS.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::header;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use server::settings::Environment;
+use tests::{Backend, TestDatabase};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const JWT_SECRET: &str = "socket.io test secret, long enough for HS256 use";
+const ALLOWED_ORIGIN: &str = "http://localhost:5173";
+const MAX_PAYLOAD: usize = 16 * 1024;
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct User {
+    id: String,
+    token: String,
+}
+
+struct TestServer {
+    base: String,
+    port: u16,
+    http: reqwest::Client,
+    users: Vec<User>,
+    database: TestDatabase,
+}
+
+impl TestServer {
+    /// A server with a 1 s ping interval, so heartbeats happen within a test, and three users.
+    async fn spawn() -> Self {
+        let database = TestDatabase::create(Backend::from_env()).await;
+        let mut settings = server::Settings::load_from(&workspace_dir().join("config"), Environment::Test)
+            .expect("the test configuration loads");
+        settings.storage = database.settings.clone();
+        settings.server.host = "127.0.0.1".into();
+        settings.server.port = 0;
+        // Two workers: polling requests and the upgrade of one session land on either.
+        settings.server.workers = 2;
+        settings.server.shutdown_timeout = 1;
+        settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
+        settings.auth.bcrypt_cost = 4;
+        settings.websocket.ping_interval = 1;
+        settings.websocket.ping_timeout = 2;
+        settings.websocket.max_frame_bytes = MAX_PAYLOAD;
+        settings.cors.allowed_origins = vec![ALLOWED_ORIGIN.into()];
+        let app = server::build(settings).await.expect("the server starts");
+        let port = app.port();
+        tokio::spawn(app.run_until_stopped());
+
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+        let mut server =
+            Self { base: format!("http://127.0.0.1:{port}"), port, http, users: vec![], database };
+        for name in ["alice", "bob", "carol"] {
+            let user = server.register(name).await;
+            server.users.push(user);
+        }
+        server
+    }
+
+    async fn register(&self, name: &str) -> User {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/user/register", self.base))
+            .json(&json!({ "fullName": name, "username": name, "password": "correct horse battery" }))
+            .send()
+            .await
+            .expect("register answers");
+        assert_eq!(response.status(), 201, "registering {name}");
+        let body: Value = response.json().await.expect("a JSON body");
+        User {
+            id: body["responseData"]["newUser"]["_id"].as_str().expect("an id").to_owned(),
+            token: body["responseData"]["token"].as_str().expect("a token").to_owned(),
+        }
+    }
+
+    async fn send_message(&self, from: &User, to: &User, text: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/message/send/{}", self.base, to.id))
+            .bearer_auth(&from.token)
+            .json(&json!({ "message": text }))
+            .send()
+            .await
+            .expect("send answers");
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.expect("a JSON body")["responseData"].clone()
+    }
+
+    fn engine_url(&self, query: &str) -> String {
+        format!("{}/socket.io/?EIO=4&{query}", self.base)
+    }
+
+    /// Runs one scenario of `tests/js/socketio.mjs` and fails with its output unless it passed.
+    async fn run_client(&self, scenario: &str, mode: &str) {
+        install_node_packages();
+        let users: Vec<Value> = self.users.iter().map(|u| json!({ "id": u.id, "token": u.token })).collect();
+        let script = workspace_dir().join("tests/js/socketio.mjs");
+        let run = tokio::process::Command::new("node")
+            .arg(&script)
+            .args([scenario, mode])
+            .env("CHAT_BASE_URL", &self.base)
+            .env("CHAT_USERS", Value::Array(users).to_string())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("{scenario} ({mode}) did not finish within 60 s"))
+            .expect("node runs (Node 18+ must be installed)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.lines().any(|l| l == format!("ok - {scenario} ({mode})")),
+            "socket.io-client scenario {scenario} ({mode}) failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        );
+    }
+
+    /// A raw polling session: handshake (with `cookie` as the `token` cookie if given), then
+    /// CONNECT with `auth_token` if given. Returns the session id.
+    async fn raw_session(&self, cookie: Option<&str>, auth_token: Option<&str>) -> String {
+        let mut request = self.http.get(self.engine_url("transport=polling"));
+        if let Some(token) = cookie {
+            request = request.header(header::COOKIE, format!("token={token}"));
+        }
+        let response = request.send().await.expect("the handshake answers");
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+        let sid = open["sid"].as_str().expect("a sid").to_owned();
+        let connect = match auth_token {
+            Some(token) => format!("40{}", json!({ "token": token })),
+            None => "40".to_owned(),
+        };
+        assert_eq!(self.post_packets(&sid, &connect).await, 200);
+        sid
+    }
+
+    async fn post_packets(&self, sid: &str, body: &str) -> u16 {
+        self.http
+            .post(self.engine_url(&format!("transport=polling&sid={sid}")))
+            .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the POST answers")
+            .status()
+            .as_u16()
+    }
+
+    /// Polls until a packet satisfies `wanted`, answering pings; `None` once the session is
+    /// gone (a close packet or an unknown sid).
+    async fn poll_until(&self, sid: &str, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        poll_until(&self.http, &self.base, sid, wanted, Duration::from_secs(8)).await
+    }
+
+    async fn stop(self) {
+        self.database.remove().await;
+    }
+}
+
+async fn poll_until(
+    http: &reqwest::Client,
+    base: &str,
+    sid: &str,
+    wanted: impl Fn(&str) -> bool,
+    within: Duration,
+) -> Option<String> {
+    let url = format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let response = http.get(&url).send().await.expect("the poll answers");
+        if response.status() == 400 {
+            return None;
+        }
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        for packet in body.split('\u{1e}') {
+            if wanted(packet) {
+                return Some(packet.to_owned());
+            }
+            match packet {
+                "1" => return None,
+                "2" => {
+                    let pong = http.post(&url).body("3").send().await.expect("the pong is taken");
+                    assert_eq!(pong.status(), 200);
+                }
+                _ => {}
+            }
+            seen.push(packet.to_owned());
+        }
+    }
+    panic!("no wanted packet within {within:?}; saw {seen:?}");
+}
+
+/// `scripts/install-test-deps.sh`, once per test binary (the script itself is idempotent).
+fn install_node_packages() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let status = std::process::Command::new("bash")
+            .arg(workspace_dir().join("scripts/install-test-deps.sh"))
+            .status()
+            .expect("bash runs scripts/install-test-deps.sh");
+        assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
+    });
+}
+
+macro_rules! client_scenarios {
+    ($($name:ident => $scenario:literal, $mode:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let server = TestServer::spawn().await;
+            server.run_client($scenario, $mode).await;
+            server.stop().await;
+        }
+    )*};
+}
+
+client_scenarios! {
+    receiver_and_senders_other_devices_get_new_message_after_an_upgrade => "delivery", "default";
+    receiver_and_senders_other_devices_get_new_message_over_websocket => "delivery", "websocket";
+    receiver_and_senders_other_devices_get_new_message_over_long_polling => "delivery", "polling";
+    unauthenticated_clients_get_connect_error_over_polling => "unauthenticated", "default";
+    unauthenticated_clients_get_connect_error_over_websocket => "unauthenticated", "websocket";
+    the_token_is_read_from_header_cookie_and_query_over_polling => "auth-sources", "default";
+    the_token_is_read_from_header_cookie_and_query_over_websocket => "auth-sources", "websocket";
+    online_users_update_when_a_user_disconnects_after_an_upgrade => "presence", "default";
+    online_users_update_when_a_user_disconnects_over_websocket => "presence", "websocket";
+    typing_reaches_the_target_only_after_an_upgrade => "typing", "default";
+    typing_reaches_the_target_only_over_websocket => "typing", "websocket";
+    clients_stay_connected_across_heartbeats_after_an_upgrade => "heartbeat", "default";
+    clients_stay_connected_across_heartbeats_over_long_polling => "heartbeat", "polling";
+}
+
+#[tokio::test]
+async fn the_handshake_opens_a_session_with_the_configured_heartbeat() {
+    let server = TestServer::spawn().await;
+    for path in ["/socket.io/", "/socket.io"] {
+        let response = server
+            .http
+            .get(format!("{}{path}?EIO=4&transport=polling&t=abc", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        let body = response.text().await.unwrap();
+        let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap()).unwrap();
+        assert_eq!(open["upgrades"], json!(["websocket"]));
+        assert_eq!(open["pingInterval"], 1000);
+        assert_eq!(open["pingTimeout"], 2000);
+        assert_eq!(open["maxPayload"], MAX_PAYLOAD);
+        assert!(open["sid"].as_str().unwrap().len() >= 20, "an unguessable sid");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn engine_io_errors_have_its_codes_and_messages() {
+    let server = TestServer::spawn().await;
+    let cases = [
+        ("GET", "transport=polling&sid=nope", 1, "Session ID unknown"),
+        ("POST", "transport=polling&sid=nope", 1, "Session ID unknown"),
+        ("GET", "transport=websocket&sid=nope", 1, "Session ID unknown"),
+        ("GET", "transport=carrier-pigeon", 0, "Transport unknown"),
+        ("POST", "transport=polling", 2, "Bad handshake method"),
+    ];
+    for (method, query, code, message) in cases {
+        let request = match method {
+            "GET" => server.http.get(server.engine_url(query)),
+            _ => server.http.post(server.engine_url(query)).body("40"),
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "{method} {query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({ "code": code, "message": message }), "{method} {query}");
+    }
+    let old =
+        server.http.get(format!("{}/socket.io/?EIO=3&transport=polling", server.base)).send().await.unwrap();
+    assert_eq!(old.status(), 400);
+    assert_eq!(old.json::<Value>().await.unwrap()["code"], 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_polling_session_authenticated_by_cookie_receives_events() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (&server.users[0], &server.users[1]);
+    let sid = server.raw_session(Some(&bob.token), None).await;
+    // The CONNECT reply, then the online list, possibly in one response.
+    let seen = std::sync::Mutex::new(Vec::new());
+    server
+        .poll_until(&sid, |p| {
+            seen.lock().unwrap().push(p.to_owned());
+            p.starts_with("42[\"onlineUsers\"") && p.contains(&bob.id)
+        })
+        .await
+        .expect("the online list");
+    let seen = seen.into_inner().unwrap();
+    let reply: Value = serde_json::from_str(&seen[0][2..]).expect("the CONNECT reply comes first");
+    assert!(seen[0].starts_with("40") && reply["sid"].is_string(), "{seen:?}");
+
+    let sent = server.send_message(alice, bob, "over raw polling").await;
+    let event = server.poll_until(&sid, |p| p.starts_with("42[\"newMessage\"")).await.unwrap();
+    let event: Value = serde_json::from_str(&event[2..]).unwrap();
+    assert_eq!(event[1]["_id"], sent["_id"]);
+    assert_eq!(event[1]["message"], "over raw polling");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_in_the_connect_packet_is_refused_with_connect_error() {
+    let server = TestServer::spawn().await;
+    let sid = server.raw_session(None, Some("forged")).await;
+    let refusal = server.poll_until(&sid, |p| p.starts_with("44")).await.expect("a refusal");
+    let refusal: Value = serde_json::from_str(&refusal[2..]).unwrap();
+    assert!(refusal["message"].as_str().unwrap().contains("Invalid or expired token"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_packet_closes_that_session_only() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (&server.users[0], &server.users[1]);
+    let bystander = server.raw_session(None, Some(&bob.token)).await;
+    server.poll_until(&bystander, |p| p.starts_with("40")).await.unwrap();
+    // Kept polling (and answering pings) meanwhile, until the message sent at the end.
+    let (http, base, sid) = (server.http.clone(), server.base.clone(), bystander.clone());
+    let bystander_sees = tokio::spawn(async move {
+        poll_until(&http, &base, &sid, |p| p.contains("still here"), Duration::from_secs(60)).await
+    });
+
+    let malformed = [
+        "",
+        "9",
+        "4",
+        "4x",
+        "42",
+        "42[\"typing\"",
+        "42{\"not\":\"an array\"}",
+        "42[1,2]",
+        "451-[\"upload\",{\"_placeholder\":true,\"num\":0}]",
+        "461-3[{\"_placeholder\":true,\"num\":0}]",
+        "bAQIDBA==",
+        "44{\"message\":\"from a client\"}",
+        "40/\u{1e},",
+        "429999999999999999999[\"typing\",{}]",
+    ];
+    for packet in malformed {
+        let sid = server.raw_session(None, Some(&alice.token)).await;
+        server.poll_until(&sid, |p| p.starts_with("40")).await.unwrap();
+        let status = server.post_packets(&sid, packet).await;
+        assert!(status == 200 || status == 400, "{packet:?}: {status}");
+        let after = server.poll_until(&sid, |_| false).await;
+        assert_eq!(after, None, "{packet:?} left the session open");
+    }
+
+    // The other session still works and the server is alive.
+    server.send_message(alice, bob, "still here").await;
+    let seen = bystander_sees.await.expect("the bystander's poller ran");
+    assert!(seen.is_some(), "the bystander's session was closed too");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_polling_body_over_max_payload_is_refused_and_closes_the_session() {
+    let server = TestServer::spawn().await;
+    let sid = server.raw_session(None, Some(&server.users[0].token)).await;
+    let huge = format!("42[\"typing\",\"{}\"]", "x".repeat(MAX_PAYLOAD));
+    assert_eq!(server.post_packets(&sid, &huge).await, 413);
+    assert_eq!(server.poll_until(&sid, |_| false).await, None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_binary_and_oversized_frames_close_that_connection() {
+    let server = TestServer::spawn().await;
+    let token = &server.users[0].token;
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
+
+    let frames =
+        [WsMessage::Binary(vec![1, 2, 3].into()), WsMessage::Text("x".repeat(MAX_PAYLOAD + 1).into())];
+    for frame in frames {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("the upgrade succeeds");
+        let open = next_text(&mut ws).await.expect("an open packet");
+        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        assert_eq!(open["upgrades"], json!([]));
+        ws.send(WsMessage::Text("40".into())).await.unwrap();
+        assert!(next_text(&mut ws).await.unwrap().starts_with("40{\"sid\""));
+        let _ = ws.send(frame).await;
+        // Whatever was queued may still arrive; then the connection ends.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection stayed open");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn polling_requests_from_allowed_origins_get_cors_with_credentials() {
+    let server = TestServer::spawn().await;
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.engine_url("transport=polling"))
+        .header(header::ORIGIN, ALLOWED_ORIGIN)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "preflight: {}", preflight.status());
+    assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], ALLOWED_ORIGIN);
+    assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+
+    let handshake = server
+        .http
+        .get(server.engine_url("transport=polling"))
+        .header(header::ORIGIN, ALLOWED_ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handshake.status(), 200);
+    assert_eq!(handshake.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], ALLOWED_ORIGIN);
+    assert_eq!(handshake.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+
+    let stranger = server
+        .http
+        .get(server.engine_url("transport=polling"))
+        .header(header::ORIGIN, "http://elsewhere.invalid")
+        .send()
+        .await
+        .unwrap();
+    assert!(!stranger.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    server.stop().await;
+}
+
+async fn next_text<S>(ws: &mut S) -> Option<String>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let WsMessage::Text(text) = message {
+                return Some(text.to_string());
+            }
+        }
+        None
+    });
+    next.await.ok().flatten()
+}

@@ -1,0 +1,670 @@
+//! The storage contract: every repository behaviour is written once, over the ports, and run
+//! against every backend on a database of its own.
+//!
+//! `contract!` turns each behaviour `b` into `sqlite::b`, `postgres::b` and `mongodb::b`, so
+//! `cargo test -p tests --test storage_contract mongodb::` runs one backend. The backends'
+//! servers must be running: PostgreSQL (see `tests::postgres_admin_url`) and MongoDB
+//! (`scripts/start-mongodb.sh`).
+//!
+//! Timestamps are built with millisecond precision: that is what every backend keeps (MongoDB
+//! dates hold milliseconds; the SQL stores keep more).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use application::ports::{ConversationSummary, RepoError, UserQuery};
+use chrono::{DateTime, Duration, Utc};
+use domain::{
+    Avatar, Conversation, ConversationId, FullName, Gender, Message, MessageBody, MessageId, ParticipantPair,
+    PasswordHash, Timestamp, User, UserId, Username,
+};
+use server::Storage;
+
+/// One `#[tokio::test]` per behaviour per backend, each on a fresh database that is removed
+/// afterwards, also when the behaviour fails.
+macro_rules! contract {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sqlite {
+            contract!(@backend Sqlite; $($behaviour),*);
+        }
+        mod postgres {
+            contract!(@backend Postgres; $($behaviour),*);
+        }
+        mod mongodb {
+            contract!(@backend Mongodb; $($behaviour),*);
+        }
+    };
+    (@backend $backend:ident; $($behaviour:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() {
+                super::run(tests::Backend::$backend, |storage| Box::pin(super::$behaviour(storage))).await;
+            }
+        )*
+    };
+}
+
+type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+async fn run(backend: tests::Backend, behaviour: for<'a> fn(&'a Storage) -> BoxFuture<'a>) {
+    use futures_util::FutureExt as _;
+
+    let database = tests::TestDatabase::create(backend).await;
+    let storage = server::open_storage(&database.settings)
+        .await
+        .unwrap_or_else(|e| panic!("opening the {} store: {e:#}", backend.name()));
+    let outcome = std::panic::AssertUnwindSafe(behaviour(&storage)).catch_unwind().await;
+    drop(storage);
+    database.remove().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+contract!(
+    user_insert_then_find_by_id_round_trips_every_field,
+    user_find_by_id_of_an_unknown_id_is_none,
+    user_find_by_username_ignores_case,
+    user_timestamps_keep_at_least_milliseconds,
+    user_insert_of_a_taken_username_in_any_case_is_a_conflict,
+    user_insert_of_a_taken_id_is_a_conflict,
+    user_list_excludes_the_caller_and_orders_by_lower_cased_username,
+    user_list_pages_with_the_after_cursor_and_limit,
+    user_list_search_is_case_insensitive_on_username_and_full_name,
+    user_list_search_matches_wildcards_and_regex_metacharacters_literally,
+    user_concurrent_inserts_of_one_username_let_exactly_one_win,
+    conversation_find_or_insert_stores_the_candidate,
+    conversation_find_or_insert_returns_the_existing_one_for_both_orders,
+    conversation_find_by_participants_of_an_unknown_pair_is_none,
+    conversation_find_or_insert_with_a_taken_id_for_another_pair_is_a_conflict,
+    conversation_concurrent_find_or_insert_from_both_sides_yields_one_conversation,
+    conversation_touch_never_moves_updated_at_backwards,
+    conversation_list_for_user_is_most_recent_first_with_the_last_message,
+    conversation_list_for_user_without_conversations_is_empty,
+    message_insert_then_list_round_trips_every_field,
+    message_insert_of_a_taken_id_is_a_conflict,
+    message_list_pages_backwards_and_returns_each_page_oldest_first,
+    message_list_edges,
+    revoke_twice_is_fine_and_the_token_is_revoked,
+    is_revoked_of_an_unknown_token_is_false,
+    purge_expired_removes_and_counts_only_expired_revocations,
+    health_ping_succeeds,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// Now, with millisecond precision.
+fn now() -> Timestamp {
+    at_millis(Utc::now().timestamp_millis())
+}
+
+fn at_millis(ms: i64) -> Timestamp {
+    DateTime::from_timestamp_millis(ms).expect("a timestamp in range")
+}
+
+fn user_named(username: &str) -> User {
+    user_with(username, "Test User")
+}
+
+fn user_with(username: &str, full_name: &str) -> User {
+    let username = Username::parse(username).expect("a valid username");
+    let at = now();
+    User {
+        id: UserId::generate(),
+        avatar: Avatar::default_for(&username, Some(Gender::Female)),
+        full_name: FullName::parse(full_name).expect("a valid full name"),
+        username,
+        gender: Some(Gender::Female),
+        password_hash: PasswordHash::new("$2b$10$abcdefghijklmnopqrstuvCDEFGHIJKLMNOPQRSTUVWXYZ01234".into()),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn insert_user(storage: &Storage, username: &str) -> User {
+    let user = user_named(username);
+    storage.users.insert(&user).await.expect("inserting a user");
+    user
+}
+
+fn pair(a: &User, b: &User) -> ParticipantPair {
+    ParticipantPair::new(a.id.clone(), b.id.clone()).expect("two different users")
+}
+
+async fn conversation_between(storage: &Storage, a: &User, b: &User, at: Timestamp) -> Conversation {
+    storage
+        .conversations
+        .find_or_insert(&Conversation::start(pair(a, b), at))
+        .await
+        .expect("creating a conversation")
+}
+
+fn message_in(conversation: &Conversation, from: &User, to: &User, body: &str, at: Timestamp) -> Message {
+    Message {
+        id: MessageId::generate(),
+        conversation_id: conversation.id.clone(),
+        sender_id: from.id.clone(),
+        receiver_id: to.id.clone(),
+        body: MessageBody::parse(body).expect("a valid body"),
+        created_at: at,
+    }
+}
+
+async fn send(storage: &Storage, conversation: &Conversation, from: &User, to: &User, body: &str) -> Message {
+    let message = message_in(conversation, from, to, body, now());
+    storage.messages.insert(&message).await.expect("inserting a message");
+    message
+}
+
+fn query(exclude: &User) -> UserQuery {
+    UserQuery { exclude: exclude.id.clone(), search: None, after_username: None, limit: 50 }
+}
+
+fn usernames(users: &[User]) -> Vec<&str> {
+    users.iter().map(|u| u.username.as_str()).collect()
+}
+
+fn bodies(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.body.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+
+async fn user_insert_then_find_by_id_round_trips_every_field(storage: &Storage) {
+    let mut user = user_with("Ada.Lovelace-1", "Ada Lovelace ✓");
+    user.updated_at = user.created_at + Duration::milliseconds(1500);
+    storage.users.insert(&user).await.unwrap();
+    let mut genderless = user_named("nobody");
+    genderless.gender = None;
+    storage.users.insert(&genderless).await.unwrap();
+
+    assert_eq!(storage.users.find_by_id(&user.id).await.unwrap(), Some(user));
+    assert_eq!(storage.users.find_by_id(&genderless.id).await.unwrap(), Some(genderless));
+}
+
+async fn user_find_by_id_of_an_unknown_id_is_none(storage: &Storage) {
+    insert_user(storage, "someone").await;
+    assert_eq!(storage.users.find_by_id(&UserId::generate()).await.unwrap(), None);
+}
+
+async fn user_find_by_username_ignores_case(storage: &Storage) {
+    let alice = insert_user(storage, "Alice").await;
+    for spelling in ["Alice", "alice", "ALICE", "aLiCe"] {
+        let found = storage.users.find_by_username(&Username::parse(spelling).unwrap()).await.unwrap();
+        assert_eq!(found.as_ref(), Some(&alice), "{spelling}");
+    }
+    let nobody = storage.users.find_by_username(&Username::parse("alicia").unwrap()).await.unwrap();
+    assert_eq!(nobody, None);
+}
+
+async fn user_timestamps_keep_at_least_milliseconds(storage: &Storage) {
+    let mut user = user_named("precise");
+    user.created_at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+    user.updated_at = DateTime::from_timestamp_micros(1_700_000_001_999_999).unwrap();
+    storage.users.insert(&user).await.unwrap();
+
+    let found = storage.users.find_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(found.created_at.timestamp_millis(), user.created_at.timestamp_millis());
+    assert_eq!(found.updated_at.timestamp_millis(), user.updated_at.timestamp_millis());
+    // Whatever finer digits a backend keeps are exact, never rounded up into the next millisecond.
+    assert!(found.created_at <= user.created_at && found.updated_at <= user.updated_at);
+}
+
+async fn user_insert_of_a_taken_username_in_any_case_is_a_conflict(storage: &Storage) {
+    let first = insert_user(storage, "Carol").await;
+    for spelling in ["Carol", "carol", "CAROL"] {
+        let result = storage.users.insert(&user_named(spelling)).await;
+        assert!(matches!(result, Err(RepoError::Conflict)), "{spelling}: {result:?}");
+    }
+    let found = storage.users.find_by_username(&first.username).await.unwrap();
+    assert_eq!(found.map(|u| u.id), Some(first.id));
+}
+
+async fn user_insert_of_a_taken_id_is_a_conflict(storage: &Storage) {
+    let first = insert_user(storage, "dave").await;
+    let mut same_id = user_named("someone_else");
+    same_id.id = first.id.clone();
+
+    let result = storage.users.insert(&same_id).await;
+    assert!(matches!(result, Err(RepoError::Conflict)), "{result:?}");
+    assert_eq!(storage.users.find_by_id(&first.id).await.unwrap(), Some(first));
+    assert_eq!(storage.users.find_by_username(&same_id.username).await.unwrap(), None);
+}
+
+async fn user_list_excludes_the_caller_and_orders_by_lower_cased_username(storage: &Storage) {
+    let me = insert_user(storage, "alice").await;
+    for name in ["charlie", "Bob", "dave", "Ant", "ZED", "b.c", "b-c", "b_c", "b00"] {
+        insert_user(storage, name).await;
+    }
+    let listed = storage.users.list(&query(&me)).await.unwrap();
+    // Byte order of the lower-cased names: '-' < '.' < '0' < '_' < letters.
+    assert_eq!(usernames(&listed), ["Ant", "b-c", "b.c", "b00", "b_c", "Bob", "charlie", "dave", "ZED"]);
+}
+
+async fn user_list_pages_with_the_after_cursor_and_limit(storage: &Storage) {
+    let me = insert_user(storage, "me_myself").await;
+    for name in ["Echo", "alpha", "Delta", "charlie", "bravo"] {
+        insert_user(storage, name).await;
+    }
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = storage
+            .users
+            .list(&UserQuery { after_username: after.clone(), limit: 2, ..query(&me) })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|u| u.username.normalized());
+        pages.push(usernames(&page).join(","));
+    }
+    assert_eq!(pages, ["alpha,bravo", "charlie,Delta", "Echo"]);
+
+    let after_delta = UserQuery { after_username: Some("delta".into()), limit: 200, ..query(&me) };
+    assert_eq!(usernames(&storage.users.list(&after_delta).await.unwrap()), ["Echo"]);
+    let larger_than_count = UserQuery { limit: 200, ..query(&me) };
+    assert_eq!(storage.users.list(&larger_than_count).await.unwrap().len(), 5);
+    let nothing = UserQuery { limit: 0, ..query(&me) };
+    assert_eq!(storage.users.list(&nothing).await.unwrap(), []);
+}
+
+async fn user_list_search_is_case_insensitive_on_username_and_full_name(storage: &Storage) {
+    let me = user_with("searcher", "Sam Searcher");
+    storage.users.insert(&me).await.unwrap();
+    for (username, full_name) in [
+        ("MaryAnn", "Mary Ann Evans"),
+        ("george", "George Eliot"),
+        ("annie", "Annie Ernaux"),
+        ("zoe", "Zoë Ännchen"),
+        ("bob", "Robert Brown"),
+    ] {
+        storage.users.insert(&user_with(username, full_name)).await.unwrap();
+    }
+    let search = |text: &str| UserQuery { search: Some(text.into()), ..query(&me) };
+
+    let found = storage.users.list(&search("ANN")).await.unwrap();
+    assert_eq!(usernames(&found), ["annie", "MaryAnn"]);
+    let found = storage.users.list(&search("eliot")).await.unwrap();
+    assert_eq!(usernames(&found), ["george"]);
+    let found = storage.users.list(&search("ÄNNCHEN")).await.unwrap();
+    assert_eq!(usernames(&found), ["zoe"]);
+    let found = storage.users.list(&search("sam")).await.unwrap();
+    assert_eq!(usernames(&found), Vec::<&str>::new(), "the caller is never listed");
+    let found = storage.users.list(&search("")).await.unwrap();
+    assert_eq!(found.len(), 5, "an empty search matches everyone");
+    let found = storage
+        .users
+        .list(&UserQuery { limit: 1, after_username: Some("annie".into()), ..search("ann") })
+        .await
+        .unwrap();
+    assert_eq!(usernames(&found), ["MaryAnn"]);
+}
+
+async fn user_list_search_matches_wildcards_and_regex_metacharacters_literally(storage: &Storage) {
+    let me = insert_user(storage, "searcher").await;
+    let people = [
+        ("a_b", "Plain One"),
+        ("axb", "Plain Two"),
+        ("a.c", "Plain Three"),
+        ("abc", "Plain Four"),
+        ("pct", "Hundred % Sure"),
+        ("paren", "Name (x)"),
+        ("bracket", "Name [y]"),
+        ("plus", "A+B"),
+        ("star", "Star*"),
+        ("anchors", "^$"),
+        ("pipe", "x|y"),
+        ("slash", "back\\slash"),
+        ("brace", "a{2}"),
+        ("qmark", "why?"),
+    ];
+    for (username, full_name) in people {
+        storage.users.insert(&user_with(username, full_name)).await.unwrap();
+    }
+    let search = |text: &str| UserQuery { search: Some(text.into()), ..query(&me) };
+    let cases: [(&str, &[&str]); 17] = [
+        ("_", &["a_b"]),
+        ("a_b", &["a_b"]),
+        ("%", &["pct"]),
+        ("% sure", &["pct"]),
+        (".", &["a.c"]),
+        ("a.c", &["a.c"]),
+        ("(x)", &["paren"]),
+        ("[y]", &["bracket"]),
+        ("a+b", &["plus"]),
+        ("*", &["star"]),
+        ("^", &["anchors"]),
+        ("$", &["anchors"]),
+        ("|", &["pipe"]),
+        ("\\", &["slash"]),
+        ("{2}", &["brace"]),
+        ("?", &["qmark"]),
+        (".*", &[]),
+    ];
+    for (text, expected) in cases {
+        let found = storage.users.list(&search(text)).await.unwrap();
+        assert_eq!(usernames(&found), expected, "search {text:?}");
+    }
+}
+
+async fn user_concurrent_inserts_of_one_username_let_exactly_one_win(storage: &Storage) {
+    let users = storage.users.clone();
+    let spellings = ["racer", "Racer", "RACER", "rAcEr"];
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let users = users.clone();
+            let user = user_named(spellings[i % spellings.len()]);
+            tokio::spawn(async move { users.insert(&user).await.map(|()| user.id) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(id) => winners.push(id),
+            Err(RepoError::Conflict) => conflicts += 1,
+            Err(other) => panic!("an insert failed otherwise than with a conflict: {other:?}"),
+        }
+    }
+    assert_eq!((winners.len(), conflicts), (1, 19));
+    let stored = users.find_by_username(&Username::parse("racer").unwrap()).await.unwrap();
+    assert_eq!(stored.map(|u| u.id), winners.pop());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversations
+
+async fn conversation_find_or_insert_stores_the_candidate(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let candidate = Conversation::start(pair(&a, &b), now());
+
+    let stored = storage.conversations.find_or_insert(&candidate).await.unwrap();
+    assert_eq!(stored, candidate);
+    let found = storage.conversations.find_by_participants(&pair(&b, &a)).await.unwrap();
+    assert_eq!(found, Some(candidate));
+}
+
+async fn conversation_find_or_insert_returns_the_existing_one_for_both_orders(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let first = conversation_between(storage, &a, &b, at_millis(1_700_000_000_000)).await;
+
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let later = Conversation::start(pair(x, y), at_millis(1_700_000_500_000));
+        let got = storage.conversations.find_or_insert(&later).await.unwrap();
+        assert_eq!(got, first);
+    }
+    assert_eq!(storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap(), Some(first.clone()));
+    assert_eq!(storage.conversations.list_for_user(&a.id).await.unwrap().len(), 1);
+}
+
+async fn conversation_find_by_participants_of_an_unknown_pair_is_none(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    conversation_between(storage, &a, &b, now()).await;
+    assert_eq!(storage.conversations.find_by_participants(&pair(&a, &c)).await.unwrap(), None);
+}
+
+async fn conversation_find_or_insert_with_a_taken_id_for_another_pair_is_a_conflict(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let first = conversation_between(storage, &a, &b, now()).await;
+    let mut clash = Conversation::start(pair(&a, &c), now());
+    clash.id = first.id.clone();
+
+    let result = storage.conversations.find_or_insert(&clash).await;
+    assert!(matches!(result, Err(RepoError::Conflict)), "{result:?}");
+    assert_eq!(storage.conversations.find_by_participants(&pair(&a, &c)).await.unwrap(), None);
+}
+
+async fn conversation_concurrent_find_or_insert_from_both_sides_yields_one_conversation(storage: &Storage) {
+    for round in 0..10 {
+        let a = insert_user(storage, &format!("left{round}")).await;
+        let b = insert_user(storage, &format!("right{round}")).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let conversations = storage.conversations.clone();
+                let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let candidate = Conversation::start(pair(from, to), now());
+                tokio::spawn(async move { conversations.find_or_insert(&candidate).await })
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for task in tasks {
+            let conversation = task.await.unwrap().expect("find_or_insert never fails on a race");
+            ids.insert(conversation.id);
+        }
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+        let stored = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+        assert!(ids.contains(&stored.id));
+        assert_eq!(storage.conversations.list_for_user(&a.id).await.unwrap().len(), 1);
+    }
+}
+
+async fn conversation_touch_never_moves_updated_at_backwards(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let start = at_millis(1_700_000_000_000);
+    let conversation = conversation_between(storage, &a, &b, start).await;
+    let updated_at = || async {
+        storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap().updated_at
+    };
+
+    let later = start + Duration::seconds(30);
+    storage.conversations.touch(&conversation.id, later).await.unwrap();
+    assert_eq!(updated_at().await, later);
+
+    storage.conversations.touch(&conversation.id, start + Duration::seconds(10)).await.unwrap();
+    assert_eq!(updated_at().await, later, "an earlier touch changes nothing");
+    storage.conversations.touch(&conversation.id, later).await.unwrap();
+    assert_eq!(updated_at().await, later);
+
+    let latest = later + Duration::milliseconds(1);
+    storage.conversations.touch(&conversation.id, latest).await.unwrap();
+    let stored = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+    assert_eq!((stored.created_at, stored.updated_at), (start, latest));
+
+    storage.conversations.touch(&ConversationId::generate(), latest).await.expect("touching nothing is fine");
+}
+
+async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(storage: &Storage) {
+    let me = insert_user(storage, "me_myself").await;
+    let [b, c, d, e] = [
+        insert_user(storage, "bea").await,
+        insert_user(storage, "cyd").await,
+        insert_user(storage, "dee").await,
+        insert_user(storage, "eve").await,
+    ];
+    let t0 = at_millis(1_700_000_000_000);
+    let with_b = conversation_between(storage, &me, &b, t0).await;
+    let with_c = conversation_between(storage, &c, &me, t0).await;
+    let with_d = conversation_between(storage, &me, &d, t0).await;
+    let with_e = conversation_between(storage, &e, &me, t0).await;
+    let not_mine = conversation_between(storage, &b, &c, t0).await;
+
+    send(storage, &with_b, &me, &b, "b1").await;
+    let last_b = send(storage, &with_b, &b, &me, "b2").await;
+    let last_c = send(storage, &with_c, &c, &me, "c1").await;
+    send(storage, &not_mine, &b, &c, "elsewhere").await;
+    storage.conversations.touch(&with_b.id, t0 + Duration::seconds(20)).await.unwrap();
+    storage.conversations.touch(&with_c.id, t0 + Duration::seconds(30)).await.unwrap();
+    // `with_d` and `with_e` tie on updatedAt: the greater id comes first.
+
+    let listed = storage.conversations.list_for_user(&me.id).await.unwrap();
+    let mut tied = [with_d.id.clone(), with_e.id.clone()];
+    tied.sort_by(|x, y| y.cmp(x));
+    let expected_ids = [vec![with_c.id.clone(), with_b.id.clone()], tied.to_vec()].concat();
+    assert_eq!(listed.iter().map(|s| s.conversation.id.clone()).collect::<Vec<_>>(), expected_ids);
+
+    assert_eq!(
+        listed[0],
+        ConversationSummary {
+            conversation: Conversation { updated_at: t0 + Duration::seconds(30), ..with_c.clone() },
+            last_message: Some(last_c),
+        }
+    );
+    assert_eq!(listed[1].last_message, Some(last_b));
+    assert_eq!(listed[1].conversation.updated_at, t0 + Duration::seconds(20));
+    assert_eq!((&listed[2].last_message, &listed[3].last_message), (&None, &None));
+
+    let theirs = storage.conversations.list_for_user(&c.id).await.unwrap();
+    let ids: Vec<_> = theirs.iter().map(|s| s.conversation.id.clone()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&with_c.id) && ids.contains(&not_mine.id));
+    let elsewhere = theirs.iter().find(|s| s.conversation.id == not_mine.id).unwrap();
+    assert_eq!(elsewhere.last_message.as_ref().map(|m| m.body.as_str()), Some("elsewhere"));
+}
+
+async fn conversation_list_for_user_without_conversations_is_empty(storage: &Storage) {
+    let (a, b, loner) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "loner").await,
+    );
+    conversation_between(storage, &a, &b, now()).await;
+    assert_eq!(storage.conversations.list_for_user(&loner.id).await.unwrap(), []);
+    assert_eq!(storage.conversations.list_for_user(&UserId::generate()).await.unwrap(), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+async fn message_insert_then_list_round_trips_every_field(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let conversation = conversation_between(storage, &a, &b, now()).await;
+    let message =
+        message_in(&conversation, &a, &b, "  <b>hi</b> & \"bye\" \u{1F600}\n", at_millis(1_700_000_000_007));
+    storage.messages.insert(&message).await.unwrap();
+
+    let listed = storage.messages.list_by_conversation(&conversation.id, None, 50).await.unwrap();
+    assert_eq!(listed, [message]);
+}
+
+async fn message_insert_of_a_taken_id_is_a_conflict(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let conversation = conversation_between(storage, &a, &b, now()).await;
+    let first = send(storage, &conversation, &a, &b, "first").await;
+    let mut again = message_in(&conversation, &b, &a, "second", now());
+    again.id = first.id.clone();
+
+    let result = storage.messages.insert(&again).await;
+    assert!(matches!(result, Err(RepoError::Conflict)), "{result:?}");
+    assert_eq!(storage.messages.list_by_conversation(&conversation.id, None, 50).await.unwrap(), [first]);
+}
+
+async fn message_list_pages_backwards_and_returns_each_page_oldest_first(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let conversation = conversation_between(storage, &a, &b, now()).await;
+    let other = conversation_between(storage, &a, &c, now()).await;
+    let mut sent = Vec::new();
+    for i in 1..=5 {
+        let (from, to) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
+        sent.push(send(storage, &conversation, from, to, &format!("m{i}")).await);
+        send(storage, &other, &c, &a, &format!("other{i}")).await;
+    }
+    let page = |before: Option<&Message>, limit: u32| {
+        let before = before.map(|m| m.id.clone());
+        let id = conversation.id.clone();
+        async move { storage.messages.list_by_conversation(&id, before, limit).await.unwrap() }
+    };
+
+    assert_eq!(bodies(&page(None, 2).await), ["m4", "m5"]);
+    assert_eq!(bodies(&page(Some(&sent[3]), 2).await), ["m2", "m3"]);
+    assert_eq!(bodies(&page(Some(&sent[1]), 2).await), ["m1"]);
+    assert_eq!(bodies(&page(Some(&sent[4]), 50).await), ["m1", "m2", "m3", "m4"]);
+    assert_eq!(page(None, 50).await, sent);
+}
+
+async fn message_list_edges(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let conversation = conversation_between(storage, &a, &b, now()).await;
+    let list = |before: Option<MessageId>, limit: u32| {
+        let id = conversation.id.clone();
+        async move { storage.messages.list_by_conversation(&id, before, limit).await.unwrap() }
+    };
+
+    assert_eq!(list(None, 50).await, [], "a conversation without messages");
+    assert_eq!(list(None, 50).await, []);
+    let unknown = ConversationId::generate();
+    assert_eq!(storage.messages.list_by_conversation(&unknown, None, 50).await.unwrap(), []);
+
+    let first = send(storage, &conversation, &a, &b, "first").await;
+    let second = send(storage, &conversation, &b, &a, "second").await;
+    assert_eq!(list(Some(first.id.clone()), 50).await, [], "before the first message");
+    assert_eq!(list(None, 200).await, [first.clone(), second.clone()], "limit larger than count");
+    assert_eq!(list(None, 1).await, std::slice::from_ref(&second));
+    assert_eq!(list(None, 0).await, [], "a limit of zero");
+    // A cursor that names no stored message still pages by id order.
+    assert_eq!(list(Some(MessageId::generate()), 50).await, [first, second]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocations
+
+async fn revoke_twice_is_fine_and_the_token_is_revoked(storage: &Storage) {
+    let expires = now() + Duration::days(7);
+    storage.revoked.revoke("token-1", expires).await.unwrap();
+    storage.revoked.revoke("token-1", expires + Duration::days(1)).await.expect("revoking twice");
+    assert!(storage.revoked.is_revoked("token-1").await.unwrap());
+    assert!(!storage.revoked.is_revoked("token-2").await.unwrap());
+
+    let revocations = Arc::clone(&storage.revoked);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let revocations = revocations.clone();
+            tokio::spawn(async move { revocations.revoke("raced", expires).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("concurrent revocations of one token");
+    }
+    assert!(storage.revoked.is_revoked("raced").await.unwrap());
+}
+
+async fn is_revoked_of_an_unknown_token_is_false(storage: &Storage) {
+    assert!(!storage.revoked.is_revoked("never-revoked").await.unwrap());
+    assert!(!storage.revoked.is_revoked("{\"$ne\":null}").await.unwrap());
+    assert!(!storage.revoked.is_revoked("").await.unwrap());
+}
+
+async fn purge_expired_removes_and_counts_only_expired_revocations(storage: &Storage) {
+    let now = now();
+    let tokens = [
+        ("long-gone", now - Duration::days(2)),
+        ("just-gone", now - Duration::milliseconds(1)),
+        ("expires-now", now),
+        ("still-valid", now + Duration::hours(1)),
+    ];
+    for (id, expires) in tokens {
+        storage.revoked.revoke(id, expires).await.unwrap();
+    }
+
+    assert_eq!(storage.revoked.purge_expired(now).await.unwrap(), 2);
+    let revoked = |id: &'static str| async move { storage.revoked.is_revoked(id).await.unwrap() };
+    assert!(!revoked("long-gone").await);
+    assert!(!revoked("just-gone").await);
+    assert!(revoked("expires-now").await, "a token expiring exactly now is kept");
+    assert!(revoked("still-valid").await);
+    assert_eq!(storage.revoked.purge_expired(now).await.unwrap(), 0);
+    assert_eq!(storage.revoked.purge_expired(now + Duration::hours(2)).await.unwrap(), 2);
+    assert!(!revoked("still-valid").await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+
+async fn health_ping_succeeds(storage: &Storage) {
+    storage.health.ping().await.expect("the store answers");
+}
