@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure every service the test suites talk to is up, starting what is missing:
 # PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379), a MongoDB-compatible server
-# (127.0.0.1:27017) and the Node packages of the client tests. Safe to run again.
+# (127.0.0.1:27017), the Node packages of the client tests and Chromium for the browser
+# tests. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,10 +29,7 @@ if ! port_open 6379; then
   wait_port 6379 Redis
 fi
 
-if [ -x scripts/start-mongodb.sh ]; then
-  scripts/start-mongodb.sh
-fi
+scripts/start-mongodb.sh
 
-if [ -x scripts/install-test-deps.sh ]; then
-  scripts/install-test-deps.sh
-fi
+scripts/install-test-deps.sh
+scripts/install-browser-deps.sh
