@@ -133,7 +133,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let tokens = Arc::new(jwt_tokens::JwtTokenService::new(&secret, settings.auth.token_ttl()));
     let hasher = Arc::new(bcrypt_hasher::BcryptHasher::new(settings.auth.bcrypt_cost, None));
 
-    let registry = ConnectionRegistry::new(settings.websocket.queue_capacity);
+    let registry =
+        ConnectionRegistry::new(settings.websocket.queue_capacity, settings.limits.sockets_per_user);
     let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
     let (notifier, presence): (Arc<dyn Notifier>, Arc<dyn Presence>) = match &settings.fanout {
         FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new())),
@@ -186,6 +187,14 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         messaging,
         realtime,
         registry: registry.clone(),
+        limits: http_api::RateLimits::new(&http_api::LimitSettings {
+            login_per_minute_per_ip: settings.limits.login_per_minute_per_ip,
+            login_per_minute_per_username: settings.limits.login_per_minute_per_username,
+            register_per_hour_per_ip: settings.limits.register_per_hour_per_ip,
+            sends_per_second_per_user: settings.limits.sends_per_second_per_user,
+            socket_connects_per_minute_per_user: settings.limits.socket_connects_per_minute_per_user,
+            trust_forwarded_for: settings.limits.trust_forwarded_for,
+        }),
         socketio,
         health,
         settings: http_api::HttpSettings {
@@ -204,6 +213,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
                 ping_interval: Duration::from_secs(settings.websocket.ping_interval),
                 ping_timeout: Duration::from_secs(settings.websocket.ping_timeout),
                 max_frame_bytes: settings.websocket.max_frame_bytes,
+                max_frames_per_second: settings.limits.socket_frames_per_second,
             },
             readiness_timeout: Duration::from_millis(2000),
             web_client: settings.web.enabled,

@@ -54,6 +54,7 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub http: HttpLimits,
     pub websocket: WebSocketSettings,
+    pub limits: LimitSettings,
     pub fanout: FanoutSettings,
     pub log: LogSettings,
     pub web: WebSettings,
@@ -157,6 +158,19 @@ pub struct CorsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpLimits {
     pub body_limit: usize,
+}
+
+/// Rate and size limits on what clients repeat; 0 switches one off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub login_per_minute_per_ip: u32,
+    pub login_per_minute_per_username: u32,
+    pub register_per_hour_per_ip: u32,
+    pub sends_per_second_per_user: u32,
+    pub socket_connects_per_minute_per_user: u32,
+    pub sockets_per_user: usize,
+    pub socket_frames_per_second: u32,
+    pub trust_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

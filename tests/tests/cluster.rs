@@ -112,7 +112,16 @@ impl OwnRedis {
 
     fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -351,10 +360,22 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// After a failure: the processes are killed and the database dropped all the same;
+    /// the logs stay for reading.
     fn drop(&mut self) {
-        if self.database.is_some() {
-            eprintln!("instance logs kept in {}", self.logs.display());
+        let Some(database) = self.database.take() else { return };
+        for instance in &mut self.instances {
+            instance.kill();
         }
+        // Drop runs inside the test's runtime, which can't be blocked on: use another.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(database.remove());
+            }
+        })
+        .join();
+        eprintln!("instance logs kept in {}", self.logs.display());
     }
 }
 
@@ -371,7 +392,12 @@ struct Socket {
 
 impl Socket {
     /// Reads until an event satisfies `wanted`; panics at the timeout.
-    async fn wait_for(&mut self, what: &str, timeout: Duration, mut wanted: impl FnMut(&str, &Value) -> bool) -> Value {
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut wanted: impl FnMut(&str, &Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.stream.next()).await {
@@ -392,8 +418,10 @@ impl Socket {
     }
 
     async fn message(&mut self, id: &str) -> Value {
-        self.wait_for(&format!("message {id}"), EVENT_TIMEOUT, |name, data| name == "newMessage" && data["_id"] == id)
-            .await
+        self.wait_for(&format!("message {id}"), EVENT_TIMEOUT, |name, data| {
+            name == "newMessage" && data["_id"] == id
+        })
+        .await
     }
 
     /// The online list this connection was shown last, once it satisfies `wanted`.
@@ -406,12 +434,15 @@ impl Socket {
         timeout: Duration,
         wanted: impl Fn(&BTreeSet<String>) -> bool,
     ) -> BTreeSet<String> {
-        let shown = self.received.iter().rev().find(|(name, _)| name == "onlineUsers").map(|(_, data)| ids(data));
+        let shown =
+            self.received.iter().rev().find(|(name, _)| name == "onlineUsers").map(|(_, data)| ids(data));
         if let Some(shown) = shown.filter(|shown| wanted(shown)) {
             return shown;
         }
         let data = self
-            .wait_for("an onlineUsers list", timeout, |name, data| name == "onlineUsers" && wanted(&ids(data)))
+            .wait_for("an onlineUsers list", timeout, |name, data| {
+                name == "onlineUsers" && wanted(&ids(data))
+            })
             .await;
         ids(&data)
     }
@@ -432,7 +463,10 @@ impl Socket {
 
     async fn close(mut self) {
         let _ = self.stream.close(None).await;
-        let _ = tokio::time::timeout(EVENT_TIMEOUT, async { while let Some(Ok(_)) = self.stream.next().await {} }).await;
+        let _ = tokio::time::timeout(EVENT_TIMEOUT, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
     }
 }
 
@@ -472,13 +506,15 @@ async fn a_message_reaches_every_connection_of_both_users_exactly_once_and_nobod
     // Typing notices cross instances too, to the target only.
     bob_3.emit("typing", json!({ "to": alice.id, "isTyping": true })).await;
     let typing = alice_1
-        .wait_for("bob's typing notice", EVENT_TIMEOUT, |name, data| name == "typing" && data["from"] == bob.id)
+        .wait_for("bob's typing notice", EVENT_TIMEOUT, |name, data| {
+            name == "typing" && data["from"] == bob.id
+        })
         .await;
     assert_eq!(typing["isTyping"], true);
 
     let to_carol = cluster.send(1, &alice, &carol, "only for carol").await;
     carol_2.message(&to_carol).await;
-    assert_eq!(carol_2.messages(), [to_carol.clone()], "carol got nothing of alice and bob's");
+    assert_eq!(carol_2.messages(), std::slice::from_ref(&to_carol), "carol got nothing of alice and bob's");
     assert!(carol_2.received.iter().all(|(name, _)| name != "typing"));
     alice_1.message(&to_carol).await;
     assert_eq!(bob_2.messages().len(), 3);
@@ -542,7 +578,9 @@ async fn a_token_revoked_on_one_instance_is_refused_on_another() {
     let url = format!("ws://127.0.0.1:{}/ws?token={}", cluster.instances[1].port, alice.token);
     let handshake = tokio::time::timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(url)).await.unwrap();
     match handshake {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 401),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
         Err(other) => panic!("the handshake failed otherwise: {other}"),
         Ok(_) => panic!("a revoked token opened a socket on the other instance"),
     }
@@ -574,7 +612,11 @@ async fn delivery_resumes_after_redis_restarts_without_restarting_any_instance()
     let after = cluster.send(0, &alice, &bob, "after the restart").await;
     bob_2.message(&after).await;
     alice_1.message(&after).await;
-    assert_eq!(bob_2.messages(), [before.clone(), after.clone()], "what was sent during the outage is in the history");
+    assert_eq!(
+        bob_2.messages(),
+        [before.clone(), after.clone()],
+        "what was sent during the outage is in the history"
+    );
     assert_eq!(alice_1.messages(), [before, during, after]);
 
     // Presence is rebuilt from the instances' memory: both are shown online again.
@@ -590,4 +632,3 @@ async fn delivery_resumes_after_redis_restarts_without_restarting_any_instance()
 
     cluster.stop().await;
 }
-

@@ -9,10 +9,12 @@
 mod auth;
 mod dto;
 mod error;
+mod limits;
 mod routes;
 mod state;
 mod web;
 
 pub use error::ApiError;
+pub use limits::{LimitSettings, RateLimits};
 pub use routes::app;
 pub use state::{AppState, CookieSettings, HttpSettings, SameSite};

@@ -7,6 +7,8 @@ use application::ports::HealthCheck;
 use application::{AccountService, MessagingService, RealtimeService};
 use ws_notifier::{ConnectionRegistry, WsSettings};
 
+use crate::limits::RateLimits;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
     Strict,
@@ -42,6 +44,7 @@ pub struct AppState {
     pub messaging: Arc<MessagingService>,
     pub realtime: Arc<RealtimeService>,
     pub registry: Arc<ConnectionRegistry>,
+    pub limits: RateLimits,
     /// The `/socket.io/` endpoint's sessions, shared by every worker.
     pub socketio: Arc<socketio::Engine>,
     /// Every dependency `/readyz` must hear from, by name.

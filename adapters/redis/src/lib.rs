@@ -56,15 +56,26 @@ end
 return 0
 ";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FanoutOptions {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Starts every key and channel name, so that several deployments can share a Redis.
     pub prefix: String,
     /// How long an instance's users stay online after it stops refreshing them (a crash).
     /// It refreshes every third of this.
     pub presence_ttl: Duration,
+}
+
+impl std::fmt::Debug for FanoutOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("FanoutOptions")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish()
+    }
 }
 
 /// The Redis names one deployment uses.
@@ -143,10 +154,7 @@ impl RedisFanout {
             forget_if_gone: redis::Script::new(FORGET_IF_GONE),
         });
         tracing::info!(instance = %shared.instance, prefix = %options.prefix, "fan-out through Redis");
-        let tasks = vec![
-            tokio::spawn(subscribe(shared.clone())),
-            tokio::spawn(maintain(shared.clone())),
-        ];
+        let tasks = vec![tokio::spawn(subscribe(shared.clone())), tokio::spawn(maintain(shared.clone()))];
         Ok(Arc::new(Self { shared, tasks }))
     }
 
@@ -226,11 +234,10 @@ impl Shared {
         }
         let payload = bus::encode(&self.instance, to, event);
         let mut connection = self.connection()?;
-        let _: i64 = timed(
-            redis::cmd("PUBLISH").arg(&self.keys.channel).arg(payload).query_async(&mut connection),
-        )
-        .await
-        .context("publishing an event")?;
+        let _: i64 =
+            timed(redis::cmd("PUBLISH").arg(&self.keys.channel).arg(payload).query_async(&mut connection))
+                .await
+                .context("publishing an event")?;
         Ok(())
     }
 
@@ -298,11 +305,10 @@ impl Shared {
     /// The online users of the cluster, and the instances whose hash is gone.
     async fn cluster_view(&self) -> anyhow::Result<(Vec<UserId>, Vec<String>)> {
         let mut connection = self.connection()?;
-        let instances: Vec<String> = timed(
-            redis::cmd("SMEMBERS").arg(&self.keys.instances).query_async(&mut connection),
-        )
-        .await
-        .context("listing instances")?;
+        let instances: Vec<String> =
+            timed(redis::cmd("SMEMBERS").arg(&self.keys.instances).query_async(&mut connection))
+                .await
+                .context("listing instances")?;
         let others: Vec<String> = instances.into_iter().filter(|id| *id != self.instance).collect();
         let mut pipe = redis::pipe();
         for id in &others {
@@ -382,7 +388,10 @@ async fn subscribe(shared: Arc<Shared>) {
                     }
                 };
                 shared.subscribed.store(false, Ordering::Release);
-                tracing::warn!(error = format!("{why:#}"), "lost the fan-out bus; delivering locally until it is back");
+                tracing::warn!(
+                    error = format!("{why:#}"),
+                    "lost the fan-out bus; delivering locally until it is back"
+                );
             }
             Err(error) if !reported => {
                 reported = true;
@@ -395,7 +404,9 @@ async fn subscribe(shared: Arc<Shared>) {
     }
 }
 
-async fn open_subscription(shared: &Shared) -> anyhow::Result<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+async fn open_subscription(
+    shared: &Shared,
+) -> anyhow::Result<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let pubsub = timed(shared.client.get_async_pubsub()).await.context("connecting to Redis")?;
     let (mut sink, stream) = pubsub.split();
     timed(sink.subscribe(&shared.keys.channel)).await.context("subscribing")?;
@@ -467,11 +478,7 @@ impl Presence for RedisFanout {
     }
 
     async fn online(&self) -> RepoResult<Vec<UserId>> {
-        self.shared
-            .cluster_view()
-            .await
-            .map(|(online, _)| online)
-            .map_err(RepoError::Unavailable)
+        self.shared.cluster_view().await.map(|(online, _)| online).map_err(RepoError::Unavailable)
     }
 }
 
@@ -482,9 +489,8 @@ impl HealthCheck for RedisFanout {
             return Err(RepoError::Unavailable(anyhow!("not subscribed to the fan-out bus")));
         }
         let mut connection = self.shared.connection().map_err(RepoError::Unavailable)?;
-        let _: String = timed(redis::cmd("PING").query_async(&mut connection))
-            .await
-            .map_err(RepoError::Unavailable)?;
+        let _: String =
+            timed(redis::cmd("PING").query_async(&mut connection)).await.map_err(RepoError::Unavailable)?;
         Ok(())
     }
 }
@@ -511,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_options_are_refused_at_start() {
-        let registry = ConnectionRegistry::new(4);
+        let registry = ConnectionRegistry::new(4, 0);
         let options = |url: &str, prefix: &str, ttl: u64| FanoutOptions {
             url: url.into(),
             prefix: prefix.into(),

@@ -219,10 +219,7 @@ mod tests {
     #[test]
     fn the_cluster_view_merges_local_and_remote_users_once_each() {
         let (a, b, c) = (UserId::generate(), UserId::generate(), UserId::generate());
-        let view = cluster_view(
-            [&a, &b],
-            [b.to_string(), c.to_string(), "garbage".to_owned()],
-        );
+        let view = cluster_view([&a, &b], [b.to_string(), c.to_string(), "garbage".to_owned()]);
         let mut expected = vec![a, b, c];
         expected.sort();
         assert_eq!(view, expected);

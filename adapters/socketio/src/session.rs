@@ -204,9 +204,15 @@ impl Session {
                 return self.push(refuse("Service unavailable, retry later"));
             }
         };
-        let Some((guard, queue)) = self.engine.registry.register(&user) else {
-            let _ = self.push(refuse("Server shutting down"));
-            return Err("server shutting down");
+        let (guard, queue) = match self.engine.registry.register(&user) {
+            Ok(registered) => registered,
+            Err(ws_notifier::Refusal::ShuttingDown) => {
+                let _ = self.push(refuse("Server shutting down"));
+                return Err("server shutting down");
+            }
+            Err(refusal @ ws_notifier::Refusal::TooManyConnections { .. }) => {
+                return self.push(refuse(&refusal.to_string()));
+            }
         };
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.

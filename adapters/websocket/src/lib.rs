@@ -17,5 +17,5 @@ pub mod session;
 pub mod wire;
 
 pub use presence::InMemoryPresence;
-pub use registry::{ConnectionGuard, ConnectionRegistry, Outbound, Receiver};
+pub use registry::{ConnectionGuard, ConnectionRegistry, Outbound, Receiver, Refusal};
 pub use session::{serve, WsSettings};

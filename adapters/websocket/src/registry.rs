@@ -35,6 +35,7 @@ pub struct ConnectionRegistry {
     connections: RwLock<HashMap<UserId, Vec<Connection>>>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    max_per_user: usize,
     shutting_down: AtomicBool,
     evicted: RwLock<std::collections::HashSet<u64>>,
 }
@@ -65,32 +66,48 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Why a connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("server shutting down")]
+    ShuttingDown,
+    #[error("too many open connections for this user (at most {max})")]
+    TooManyConnections { max: usize },
+}
+
 impl ConnectionRegistry {
-    /// `queue_capacity` events may wait for a connection before it counts as stalled.
-    pub fn new(queue_capacity: usize) -> Arc<Self> {
+    /// `queue_capacity` events may wait for a connection before it counts as stalled; a user
+    /// may hold at most `max_per_user` connections on this instance (0: no limit).
+    pub fn new(queue_capacity: usize, max_per_user: usize) -> Arc<Self> {
         Arc::new(Self {
             connections: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            max_per_user: if max_per_user == 0 { usize::MAX } else { max_per_user },
             shutting_down: AtomicBool::new(false),
             evicted: RwLock::new(Default::default()),
         })
     }
 
     /// Adds a connection of `user`; events for them arrive on the returned receiver until
-    /// the guard is dropped. `None` once the server is shutting down.
-    pub fn register(self: &Arc<Self>, user: &UserId) -> Option<(ConnectionGuard, Receiver)> {
+    /// the guard is dropped. Refused once the server is shutting down, or when the user
+    /// already holds the most connections allowed.
+    pub fn register(self: &Arc<Self>, user: &UserId) -> Result<(ConnectionGuard, Receiver), Refusal> {
         if self.shutting_down.load(Ordering::Acquire) {
-            return None;
+            return Err(Refusal::ShuttingDown);
         }
         let (sender, receiver) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.write()
-            .entry(user.clone())
-            .or_default()
-            .push(Connection { id, sender });
+        {
+            let mut connections = self.write();
+            let list = connections.entry(user.clone()).or_default();
+            if list.len() >= self.max_per_user {
+                return Err(Refusal::TooManyConnections { max: self.max_per_user });
+            }
+            list.push(Connection { id, sender });
+        }
         let guard = ConnectionGuard { registry: Arc::clone(self), user: user.clone(), id };
-        Some((guard, receiver))
+        Ok((guard, receiver))
     }
 
     /// Closes every connection's queue: each session then sends its client a close frame.
@@ -201,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_connection_of_a_user_gets_the_event_and_nobody_else() {
-        let registry = ConnectionRegistry::new(8);
+        let registry = ConnectionRegistry::new(8, 0);
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let (_g1, mut tab1) = registry.register(&alice).unwrap();
         let (_g2, mut tab2) = registry.register(&alice).unwrap();
@@ -216,7 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn broadcast_reaches_everyone() {
-        let registry = ConnectionRegistry::new(8);
+        let registry = ConnectionRegistry::new(8, 0);
         let (_a, mut a) = registry.register(&UserId::generate()).unwrap();
         let (_b, mut b) = registry.register(&UserId::generate()).unwrap();
         registry.broadcast(&Event::OnlineUsers(vec![])).await.unwrap();
@@ -228,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_connection_is_evicted_without_blocking_others() {
-        let registry = ConnectionRegistry::new(2);
+        let registry = ConnectionRegistry::new(2, 0);
         let user = UserId::generate();
         let (slow_guard, mut slow) = registry.register(&user).unwrap();
         let (_fast_guard, mut fast) = registry.register(&user).unwrap();
@@ -247,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_guard_unregisters() {
-        let registry = ConnectionRegistry::new(4);
+        let registry = ConnectionRegistry::new(4, 0);
         let (guard, _rx) = registry.register(&UserId::generate()).unwrap();
         assert_eq!(registry.connection_count(), 1);
         drop(guard);
@@ -256,11 +273,26 @@ mod tests {
 
     #[tokio::test]
     async fn shutting_down_closes_every_queue_and_refuses_new_ones() {
-        let registry = ConnectionRegistry::new(4);
+        let registry = ConnectionRegistry::new(4, 0);
         let (guard, mut rx) = registry.register(&UserId::generate()).unwrap();
         registry.shut_down();
         assert!(rx.recv().await.is_none());
         assert!(!guard.was_evicted());
-        assert!(registry.register(&UserId::generate()).is_none());
+        assert_eq!(registry.register(&UserId::generate()).err(), Some(Refusal::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn a_user_holds_at_most_the_allowed_connections() {
+        let registry = ConnectionRegistry::new(4, 2);
+        let user = UserId::generate();
+        let first = registry.register(&user).unwrap();
+        let _second = registry.register(&user).unwrap();
+        assert_eq!(
+            registry.register(&user).err(),
+            Some(Refusal::TooManyConnections { max: 2 })
+        );
+        assert!(registry.register(&UserId::generate()).is_ok(), "others are not affected");
+        drop(first);
+        assert!(registry.register(&user).is_ok(), "a closed connection frees its place");
     }
 }

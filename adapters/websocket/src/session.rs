@@ -14,7 +14,7 @@ use domain::UserId;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound};
+use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound, Refusal};
 use crate::wire::{self, names};
 
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct WsSettings {
     pub ping_timeout: Duration,
     /// Largest frame (and reassembled message) a client may send.
     pub max_frame_bytes: usize,
+    /// Frames per second a client may send (averaged over a burst of as many); 0: no limit.
+    pub max_frames_per_second: u32,
 }
 
 /// A client frame. Unknown events are ignored, so clients can be newer than the server.
@@ -55,9 +57,17 @@ pub fn serve(
     let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
     actix_web::rt::spawn(async move {
-        let Some((guard, queue)) = registry.register(&user) else {
-            let _ = session.close(Some(going_away())).await;
-            return;
+        let (guard, queue) = match registry.register(&user) {
+            Ok(registered) => registered,
+            Err(refusal) => {
+                let code = match refusal {
+                    Refusal::ShuttingDown => CloseCode::Away,
+                    Refusal::TooManyConnections { .. } => CloseCode::Policy,
+                };
+                let reason = CloseReason { code, description: Some(refusal.to_string()) };
+                let _ = session.close(Some(reason)).await;
+                return;
+            }
         };
         run(session, stream, guard, queue, realtime, settings).await;
     });
@@ -89,11 +99,18 @@ async fn run(
     let mut heartbeat = tokio::time::interval(settings.ping_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut budget = FrameBudget::new(settings.max_frames_per_second);
 
     let close = loop {
         tokio::select! {
             incoming = stream.next() => {
                 last_heard = Instant::now();
+                if !budget.take(last_heard) {
+                    break Some(CloseReason {
+                        code: CloseCode::Policy,
+                        description: Some("too many frames per second".into()),
+                    });
+                }
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(reply) = handle_text(&text, &user, &realtime).await {
@@ -179,6 +196,57 @@ fn error_frame(message: &str) -> String {
     wire::native_frame("error", &data.to_string())
 }
 
+/// A token bucket of client frames: `rate` per second, bursts of up to `rate`.
+struct FrameBudget {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    fn new(rate: u32) -> Self {
+        let rate = if rate == 0 { f64::INFINITY } else { f64::from(rate) };
+        Self { rate, tokens: rate, refilled: Instant::now() }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate.is_infinite() {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn going_away() -> CloseReason {
     CloseReason { code: CloseCode::Away, description: Some("server shutting down".into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameBudget;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_burst_beyond_the_rate_is_refused_then_allowed_again() {
+        let mut budget = FrameBudget::new(5);
+        let start = Instant::now();
+        assert!((0..5).all(|_| budget.take(start)));
+        assert!(!budget.take(start));
+        assert!(budget.take(start + Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let mut budget = FrameBudget::new(0);
+        let now = Instant::now();
+        assert!((0..10_000).all(|_| budget.take(now)));
+    }
 }

@@ -14,6 +14,7 @@ pub async fn send(
     body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let text = required(&body.message, "message")?;
+    state.limits.send(session.user_id().as_str())?;
     let message = state.messaging.send(session.user_id(), &receiver, text).await?;
     Ok(HttpResponse::Created().json(Envelope::data(MessageDto::from(&message))))
 }

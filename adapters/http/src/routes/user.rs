@@ -1,4 +1,4 @@
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use application::NewAccount;
 
 use super::required;
@@ -8,9 +8,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn register(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.register(&req)?;
     let body = body.into_inner();
     let account = NewAccount {
         full_name: required(&body.full_name, "fullName")?.to_owned(),
@@ -32,11 +34,13 @@ pub async fn register(
 }
 
 pub async fn login(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let username = required(&body.username, "username")?;
     let password = required(&body.password, "password")?;
+    state.limits.login(&req, username)?;
     let (user, token) = state.accounts.login(username, password).await?;
     Ok(HttpResponse::Ok()
         .cookie(token_cookie(&state.settings.cookie, &token.token, false))

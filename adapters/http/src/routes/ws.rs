@@ -17,6 +17,7 @@ pub async fn upgrade(
         .or_else(|| query.into_inner().token.filter(|t| !t.is_empty()))
         .ok_or_else(ApiError::unauthenticated)?;
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
+    state.limits.socket_connect(session.user_id().as_str())?;
     ws_notifier::serve(
         &req,
         body,

@@ -1,0 +1,106 @@
+//! Latency histograms and the two outputs of a run: a human summary and one JSON line.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+
+/// Latencies in microseconds, 1 µs to 10 min, 3 significant figures.
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new_with_bounds(1, 600_000_000, 3).expect("these bounds are valid"))
+    }
+}
+
+impl Latency {
+    pub fn record(&mut self, elapsed: Duration) {
+        let micros = (elapsed.as_micros() as u64).clamp(1, 600_000_000);
+        self.0.saturating_record(micros);
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so adding can't fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        round(self.0.value_at_quantile(quantile) as f64 / 1000.0)
+    }
+
+    /// `{"p50","p90","p99","max","count"}` in milliseconds.
+    pub fn json(&self) -> Value {
+        json!({
+            "p50_ms": self.ms(0.50),
+            "p90_ms": self.ms(0.90),
+            "p99_ms": self.ms(0.99),
+            "max_ms": if self.0.is_empty() { 0.0 } else { round(self.0.max() as f64 / 1000.0) },
+            "count": self.count(),
+        })
+    }
+
+    pub fn human(&self) -> String {
+        format!(
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={})",
+            self.ms(0.50),
+            self.ms(0.90),
+            self.ms(0.99),
+            if self.0.is_empty() { 0.0 } else { self.0.max() as f64 / 1000.0 },
+            self.count()
+        )
+    }
+}
+
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// What a scenario found: lines for people, fields for machines.
+pub struct Report {
+    scenario: &'static str,
+    lines: Vec<String>,
+    fields: Map<String, Value>,
+}
+
+impl Report {
+    pub fn new(scenario: &'static str) -> Self {
+        Self { scenario, lines: Vec::new(), fields: Map::new() }
+    }
+
+    pub fn line(&mut self, line: impl Into<String>) -> &mut Self {
+        self.lines.push(line.into());
+        self
+    }
+
+    pub fn field(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
+        self.fields.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn print(&self) {
+        println!("== loadgen {}", self.scenario);
+        for line in &self.lines {
+            println!("  {line}");
+        }
+        let mut fields = self.fields.clone();
+        fields.insert("scenario".into(), self.scenario.into());
+        println!("{}", Value::Object(fields));
+    }
+}
+
+/// Resident set size of a process in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}

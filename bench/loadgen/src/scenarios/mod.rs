@@ -1,0 +1,22 @@
+//! One module per subcommand. `send` also holds the sender/receiver pair machinery that
+//! `connect` reuses for its live pairs.
+
+pub mod connect;
+pub mod history;
+pub mod login;
+pub mod send;
+
+use std::time::Duration;
+
+use crate::api::Api;
+
+/// Waits (bounded) for the server to answer `/readyz`.
+pub async fn wait_ready(api: &Api) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if api.ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the server did not answer /readyz with 200 within 10 s")
+}

@@ -1,0 +1,100 @@
+//! The load generator against a real server for a few seconds, on both real-time endpoints:
+//! every accepted message is delivered exactly once. No timing is asserted; this keeps the
+//! benchmark tool honest (a tool that miscounts would make every figure wrong).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use server::settings::Environment;
+use tests::{Backend, TestDatabase};
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `loadgen` executable, built once per run with the cargo running this test.
+fn loadgen_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .current_dir(workspace_dir())
+            .args(["build", "-p", "loadgen", "--bin", "loadgen", "--message-format=json"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building loadgen failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "loadgen")
+            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.contains(&json!("bin"))))
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the loadgen executable")
+    })
+}
+
+/// Runs `loadgen send` for a few seconds against a fresh server; returns its JSON line.
+async fn send_smoke(transport: &str) -> Value {
+    let database = TestDatabase::create(Backend::from_env()).await;
+    let mut settings = server::Settings::load_from(&workspace_dir().join("config"), Environment::Test)
+        .expect("the test configuration loads");
+    settings.storage = database.settings.clone();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.server.workers = 2;
+    settings.server.shutdown_timeout = 1;
+    settings.auth.jwt_secret = SecretString::from("loadgen-smoke-secret-0123456789-abcdefghij");
+    settings.auth.bcrypt_cost = 4;
+    let app = server::build(settings).await.expect("the server builds");
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let binary = loadgen_binary();
+    // Paced well under the default per-user send limit: 4 senders at 10 sends/s each.
+    let run = tokio::process::Command::new(binary)
+        .args(["--url", &url, "--transport", transport, "--setup-concurrency", "2"])
+        .args(["send", "--pairs", "4", "--duration", "3", "--rate", "40", "--grace", "5"])
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("loadgen finishes within a minute")
+        .expect("loadgen runs");
+    server.abort();
+    database.remove().await;
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed:\n{stdout}");
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("loadgen prints a JSON line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[track_caller]
+fn assert_every_message_delivered_once(report: &Value) {
+    assert_eq!(report["scenario"], "send", "{report}");
+    let accepted = report["accepted"].as_u64().expect("accepted is a count");
+    assert!(accepted > 0, "no send was accepted: {report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    assert_eq!(report["delivered"].as_u64(), Some(accepted), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_send_over_the_native_websocket_loses_nothing() {
+    assert_every_message_delivered_once(&send_smoke("ws").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_send_over_socketio_loses_nothing() {
+    assert_every_message_delivered_once(&send_smoke("socketio").await);
+}
