@@ -52,7 +52,7 @@ async fn the_token_may_come_in_the_query_a_bearer_header_or_the_cookie() {
         .expect("the cookie is accepted");
     for socket in [&mut by_query, &mut by_header, &mut by_cookie] {
         let online = socket.next_event("onlineUsers", EVENT_TIMEOUT).await;
-        assert_eq!(ids(&online), [ada.id.clone()]);
+        assert_eq!(ids(&online), [ada.id.as_str()]);
     }
 
     // Each of them is Ada's: her messages reach all three.
@@ -113,7 +113,7 @@ async fn everyone_hears_when_a_user_comes_online_and_goes_offline() {
     let online = ada_socket
         .next_event_matching("onlineUsers", |d| !ids(d).contains(&bob.id), EVENT_TIMEOUT)
         .await;
-    assert_eq!(ids(&online), [ada.id.clone()]);
+    assert_eq!(ids(&online), [ada.id.as_str()]);
 }
 
 #[tokio::test]
