@@ -152,6 +152,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             (fanout.clone(), fanout)
         }
     };
+    let metrics = Arc::new(http_api::Metrics::new());
+    let notifier: Arc<dyn Notifier> = Arc::new(http_api::CountingNotifier::new(notifier, metrics.clone()));
 
     let accounts = Arc::new(AccountService::new(
         storage.users.clone(),
@@ -187,6 +189,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         messaging,
         realtime,
         registry: registry.clone(),
+        metrics,
         limits: http_api::RateLimits::new(&http_api::LimitSettings {
             login_per_minute_per_ip: settings.limits.login_per_minute_per_ip,
             login_per_minute_per_username: settings.limits.login_per_minute_per_username,

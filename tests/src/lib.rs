@@ -4,6 +4,10 @@
 //! `mongodb`). A backend that can't be reached fails the test with a message saying how to
 //! start it: there are no silent skips.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
 use secrecy::SecretString;
 use server::settings::{SqliteSynchronous, StorageSettings};
 
@@ -180,4 +184,43 @@ fn mongodb_url_for(database: &str) -> String {
         Some(query) => format!("{scheme}://{hosts}/{database}?{query}"),
         None => format!("{scheme}://{hosts}/{database}"),
     }
+}
+
+/// The workspace folder (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `server` executable for tests that run it as an operator would: `CHAT_SERVER_BIN`
+/// when set, otherwise built once per test run by the cargo running the tests (so it is up
+/// to date and in the same target folder and profile).
+pub fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace_dir())
+            .args(["build", "-p", "server", "--bin", "server", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let output = build.output().expect("cargo runs");
+        assert!(output.status.success(), "`cargo build -p server` failed");
+        // Cargo names the executable it built: no guessing at target folders.
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "server")
+            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reports the server executable")
+    })
 }

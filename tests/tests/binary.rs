@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use tests::{server_binary, workspace_dir};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -15,35 +15,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 const SECRET: &str = "binary-test-secret-0123456789-abcdefghijkl";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
 
-/// The `server` executable, built up to date once per run with the cargo running this test
-/// (so it lands in the same target directory and profile, whatever they are).
-fn server_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = std::process::Command::new(cargo)
-            .current_dir(workspace_dir())
-            .args(["build", "-p", "server", "--bin", "server", "--message-format=json"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(output.status.success(), "building the server binary failed");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "server")
-            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.contains(&json!("bin"))))
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the server executable")
-    })
-}
 
 /// A folder of its own, removed on drop.
 struct TempDir(PathBuf);

@@ -13,7 +13,6 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -21,7 +20,7 @@ use reqwest::StatusCode;
 use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
 use server::settings::StorageSettings;
-use tests::{Backend, TestDatabase};
+use tests::{server_binary, workspace_dir, Backend, TestDatabase};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -36,38 +35,7 @@ const PRESENCE_TTL: u64 = 3;
 const SECRET: &str = "cluster-test-secret-of-at-least-32-bytes!";
 const PASSWORD: &str = "correct horse battery";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_owned()
-}
 
-/// The `server` executable, built once per test run in the profile of this test binary.
-fn server_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
-            return PathBuf::from(path);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "server", "--bin", "server", "--message-format=json-render-diagnostics"])
-            .arg("--manifest-path")
-            .arg(workspace_root().join("Cargo.toml"))
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let output = build.output().expect("cargo runs");
-        assert!(output.status.success(), "`cargo build -p server` failed");
-        // Cargo names the executable it built: no guessing at target folders.
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "server")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the server executable")
-    })
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -231,10 +199,10 @@ impl Cluster {
         let log = self.logs.join(format!("instance-{}.log", self.instances.len() + 1));
         let output = std::fs::File::create(&log).expect("a log file");
         let child = Command::new(binary)
-            .current_dir(workspace_root())
+            .current_dir(workspace_dir())
             .env_remove("RUST_LOG")
             .env("APP_ENV", "test")
-            .env("CHAT_CONFIG_DIR", workspace_root().join("config"))
+            .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
             .env("CHAT__SERVER__HOST", "127.0.0.1")
             .env("CHAT__SERVER__PORT", port.to_string())
             .env("CHAT__SERVER__WORKERS", "1")

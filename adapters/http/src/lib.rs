@@ -10,11 +10,13 @@ mod auth;
 mod dto;
 mod error;
 mod limits;
+pub mod metrics;
 mod routes;
 mod state;
 mod web;
 
 pub use error::ApiError;
 pub use limits::{LimitSettings, RateLimits};
+pub use metrics::{CountingNotifier, Metrics};
 pub use routes::app;
 pub use state::{AppState, CookieSettings, HttpSettings, SameSite};

@@ -45,6 +45,8 @@ pub struct AppState {
     pub realtime: Arc<RealtimeService>,
     pub registry: Arc<ConnectionRegistry>,
     pub limits: RateLimits,
+    /// Served at `/metrics`; shared by every worker.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The `/socket.io/` endpoint's sessions, shared by every worker.
     pub socketio: Arc<socketio::Engine>,
     /// Every dependency `/readyz` must hear from, by name.

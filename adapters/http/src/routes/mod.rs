@@ -47,6 +47,7 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(|error, _| query_error(error).into()))
         .app_data(web::PathConfig::default().error_handler(|error, _| path_error(error).into()))
         .wrap(middleware::from_fn(access_log))
+        .wrap(middleware::from_fn(crate::metrics::track))
         .wrap(cors)
         .wrap(
             DefaultHeaders::new()
@@ -57,6 +58,7 @@ pub fn app(
         )
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
         .service(resource("/ws").route(web::get().to(ws::upgrade)))
         .configure(|config| {
             if web_client {

@@ -1,0 +1,168 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition format: requests and
+//! their latency per route, open real-time connections, and events handed to the notifier.
+//!
+//! One [`Metrics`] per server (its own registry, so several servers in one process, as in
+//! the tests, don't share counters), built in the composition root and shared by every
+//! worker through [`AppState`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use application::ports::{Event, Notifier, NotifyError};
+use async_trait::async_trait;
+use domain::UserId;
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::state::AppState;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    connections: IntGauge,
+    events: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered, by route pattern"),
+            &["method", "route", "status"],
+        )
+        .expect("a valid, constant metric definition");
+        let latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "Time to answer an HTTP request")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["method", "route"],
+        )
+        .expect("a valid, constant metric definition");
+        let connections = IntGauge::new(
+            "realtime_open_connections",
+            "Open /ws and Socket.IO connections on this instance",
+        )
+        .expect("a valid, constant metric definition");
+        let events = IntCounterVec::new(
+            Opts::new("realtime_events_total", "Events handed to the notifier, by outcome"),
+            &["event", "outcome"],
+        )
+        .expect("a valid, constant metric definition");
+        let registry = Registry::new();
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(connections.clone()),
+            Box::new(events.clone()),
+        ] {
+            registry.register(collector).expect("each metric is registered once");
+        }
+        Self { registry, requests, latency, connections, events }
+    }
+
+    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.requests.with_label_values(&[method, route, status.as_str()]).inc();
+        self.latency.with_label_values(&[method, route]).observe(seconds);
+    }
+
+    fn event(&self, event: &Event, delivered: bool) {
+        let name = match event {
+            Event::NewMessage(_) => "newMessage",
+            Event::OnlineUsers(_) => "onlineUsers",
+            Event::Typing { .. } => "typing",
+        };
+        let outcome = if delivered { "delivered" } else { "dropped" };
+        self.events.with_label_values(&[name, outcome]).inc();
+    }
+
+    fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into memory fails only on invalid metric names, which are constants here.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Middleware: counts and times every request under its route pattern (so ids in paths
+/// don't create new series); requests that match no route share `unmatched`.
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let metrics = req.app_data::<web::Data<AppState>>().map(|state| state.metrics.clone());
+    let started = Instant::now();
+    let method = req.method().clone();
+    let response = next.call(req).await;
+    if let Some(metrics) = metrics {
+        let (route, status) = match &response {
+            Ok(r) => (r.request().match_pattern(), r.status().as_u16()),
+            Err(e) => (None, e.as_response_error().status_code().as_u16()),
+        };
+        let route = route.unwrap_or_else(|| "unmatched".to_owned());
+        metrics.observe(method.as_str(), &route, status, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// `GET /metrics`.
+pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.connections.set(state.registry.connection_count() as i64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// A [`Notifier`] that counts what passes through it on the way to the real one.
+pub struct CountingNotifier {
+    inner: Arc<dyn Notifier>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingNotifier {
+    pub fn new(inner: Arc<dyn Notifier>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl Notifier for CountingNotifier {
+    async fn notify(&self, users: &[UserId], event: &Event) -> Result<(), NotifyError> {
+        let result = self.inner.notify(users, event).await;
+        self.metrics.event(event, result.is_ok());
+        result
+    }
+
+    async fn broadcast(&self, event: &Event) -> Result<(), NotifyError> {
+        let result = self.inner.broadcast(event).await;
+        self.metrics.event(event, result.is_ok());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_lists_requests_by_route_and_events_by_outcome() {
+        let metrics = Metrics::new();
+        metrics.observe("POST", "/api/v1/message/send/{receiver_id}", 201, 0.002);
+        metrics.event(&Event::OnlineUsers(vec![]), false);
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"http_requests_total{method="POST",route="/api/v1/message/send/{receiver_id}",status="201"} 1"#
+        ));
+        assert!(text.contains("http_request_duration_seconds_bucket"));
+        assert!(text.contains(r#"realtime_events_total{event="onlineUsers",outcome="dropped"} 1"#));
+        assert!(text.contains("realtime_open_connections 0"));
+    }
+}
