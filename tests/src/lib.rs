@@ -224,3 +224,36 @@ pub fn server_binary() -> &'static Path {
             .expect("cargo reports the server executable")
     })
 }
+
+/// The HS256 secret of in-process test servers.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The test profile's settings on `database`: a free port on 127.0.0.1, two workers, a fixed
+/// secret, cheap hashing, a quick stop. Suites adjust them before [`start_server`].
+pub fn test_settings(database: &TestDatabase) -> server::Settings {
+    let mut settings = server::Settings::load_from(
+        &workspace_dir().join("config"),
+        server::settings::Environment::Test,
+    )
+    .expect("the test configuration loads");
+    settings.storage = database.settings.clone();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    // Two workers, so that requests of one client may land on either.
+    settings.server.workers = 2;
+    settings.server.shutdown_timeout = 1;
+    settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
+    settings.auth.bcrypt_cost = 4;
+    if std::env::var_os("TEST_LOG").is_some() {
+        server::init_logging(&settings.log);
+    }
+    settings
+}
+
+/// Builds the real server in this process and serves it in the background; returns its port.
+pub async fn start_server(settings: server::Settings) -> u16 {
+    let app = server::build(settings).await.expect("the server starts");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    port
+}

@@ -2,14 +2,10 @@
 //! and used by two people in headless Chromium (`tests/browser/chat.test.mjs`, driven by
 //! playwright-core against Debian's Chromium; `scripts/install-browser-deps.sh` installs both).
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::header;
-use secrecy::SecretString;
-use server::settings::Environment;
-use server::Settings;
 use tests::{Backend, TestDatabase};
 
 /// Longer than the scenario's own limit, so that its report, not this one, says what hung.
@@ -18,42 +14,24 @@ const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(300);
 struct RunningServer {
     base_url: String,
     database: TestDatabase,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl RunningServer {
     async fn start(web_client: bool) -> Self {
-        let mut settings = Settings::load_from(&workspace().join("config"), Environment::Test)
-            .expect("the test configuration loads");
         let database = TestDatabase::create(Backend::from_env()).await;
-        settings.storage = database.settings.clone();
-        settings.server.host = "127.0.0.1".into();
-        settings.server.port = 0;
-        settings.server.workers = 2;
-        settings.auth.jwt_secret =
-            SecretString::from("a-fixed-secret-for-the-browser-tests-0123456789".to_owned());
+        let mut settings = tests::test_settings(&database);
         settings.web.enabled = web_client;
-        let app = server::build(settings).await.expect("the server starts");
-        let base_url = format!("http://127.0.0.1:{}", app.port());
-        let server = tokio::spawn(app.run_until_stopped());
-        Self { base_url, database, server }
+        let port = tests::start_server(settings).await;
+        Self { base_url: format!("http://127.0.0.1:{port}"), database }
     }
 
     async fn stop(self) {
-        self.server.abort();
         self.database.remove().await;
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
         reqwest::get(format!("{}{path}", self.base_url)).await.expect("the server answers")
     }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
 }
 
 fn header_of(response: &reqwest::Response, name: header::HeaderName) -> String {
@@ -127,7 +105,7 @@ async fn with_the_web_client_off_the_root_is_a_404_envelope() {
 
 #[tokio::test]
 async fn two_people_chat_in_headless_chromium() {
-    let root = workspace();
+    let root = tests::workspace_dir();
     let install = tokio::process::Command::new("bash")
         .arg(root.join("scripts/install-browser-deps.sh"))
         .current_dir(&root)

@@ -5,25 +5,17 @@
 //! raw Engine.IO requests for what a well-behaved client never does (unknown sessions,
 //! malformed and binary packets, oversized bodies) and for CORS.
 
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header;
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use server::settings::Environment;
 use tests::{Backend, TestDatabase};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-const JWT_SECRET: &str = "socket.io test secret, long enough for HS256 use";
 const ALLOWED_ORIGIN: &str = "http://localhost:5173";
 const MAX_PAYLOAD: usize = 16 * 1024;
-
-fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 struct User {
     id: String,
@@ -42,23 +34,14 @@ impl TestServer {
     /// A server with a 1 s ping interval, so heartbeats happen within a test, and three users.
     async fn spawn() -> Self {
         let database = TestDatabase::create(Backend::from_env()).await;
-        let mut settings = server::Settings::load_from(&workspace_dir().join("config"), Environment::Test)
-            .expect("the test configuration loads");
-        settings.storage = database.settings.clone();
-        settings.server.host = "127.0.0.1".into();
-        settings.server.port = 0;
-        // Two workers: polling requests and the upgrade of one session land on either.
-        settings.server.workers = 2;
-        settings.server.shutdown_timeout = 1;
-        settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
-        settings.auth.bcrypt_cost = 4;
+        // Two workers (the default here): polling requests and the upgrade of one session
+        // land on either.
+        let mut settings = tests::test_settings(&database);
         settings.websocket.ping_interval = 1;
         settings.websocket.ping_timeout = 2;
         settings.websocket.max_frame_bytes = MAX_PAYLOAD;
         settings.cors.allowed_origins = vec![ALLOWED_ORIGIN.into()];
-        let app = server::build(settings).await.expect("the server starts");
-        let port = app.port();
-        tokio::spawn(app.run_until_stopped());
+        let port = tests::start_server(settings).await;
 
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
@@ -108,7 +91,7 @@ impl TestServer {
     async fn run_client(&self, scenario: &str, mode: &str) {
         install_node_packages();
         let users: Vec<Value> = self.users.iter().map(|u| json!({ "id": u.id, "token": u.token })).collect();
-        let script = workspace_dir().join("tests/js/socketio.mjs");
+        let script = tests::workspace_dir().join("tests/js/socketio.mjs");
         let run = tokio::process::Command::new("node")
             .arg(&script)
             .args([scenario, mode])
@@ -212,7 +195,7 @@ fn install_node_packages() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let status = std::process::Command::new("bash")
-            .arg(workspace_dir().join("scripts/install-test-deps.sh"))
+            .arg(tests::workspace_dir().join("scripts/install-test-deps.sh"))
             .status()
             .expect("bash runs scripts/install-test-deps.sh");
         assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");

@@ -2,24 +2,12 @@
 //! SQLite -> MongoDB -> PostgreSQL, then the users log in on PostgreSQL with their passwords
 //! and see their conversations exactly as before.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
-use server::settings::Environment;
 use tests::{Backend, TestDatabase};
 
-const SECRET: &str = "transfer-test-secret-transfer-test-secret";
-
 async fn start(db: &TestDatabase) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
-    let mut settings = server::Settings::load_from(&dir, Environment::Test).expect("test settings");
-    settings.storage = db.settings.clone();
-    settings.server.port = 0;
-    settings.auth.jwt_secret = SECRET.to_owned().into();
-    let app = server::build(settings).await.expect("server starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
-    base
+    let port = tests::start_server(tests::test_settings(db)).await;
+    format!("http://127.0.0.1:{port}")
 }
 
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {

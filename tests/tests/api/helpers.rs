@@ -1,16 +1,13 @@
 //! A real server on a free port over a fresh database, and clients for it: one method per
 //! route, plus a WebSocket client that waits for events with a deadline.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use server::settings::Environment;
 use tests::{Backend, TestDatabase};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -19,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The signing secret of every test server, so tests can forge tokens with it.
-pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+pub use tests::JWT_SECRET;
 /// The token lifetime of `config/default.toml`, which the cookie's `Max-Age` follows.
 pub const TOKEN_TTL_SECS: u64 = 604_800;
 /// The password every [`TestApp::create_user`] account gets.
@@ -131,32 +128,11 @@ pub fn parse_cookie(header: &str) -> (String, Vec<(String, String)>) {
     (value, attributes)
 }
 
-pub fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
 pub async fn spawn_app() -> TestApp {
     let database = TestDatabase::create(Backend::from_env()).await;
-    let mut settings =
-        server::Settings::load_from(&workspace_dir().join("config"), Environment::Test)
-            .expect("the test configuration loads");
-    settings.storage = database.settings.clone();
-    settings.server.host = "127.0.0.1".into();
-    settings.server.port = 0;
-    settings.server.workers = 2;
-    settings.server.shutdown_timeout = 1;
-    settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
-    settings.auth.bcrypt_cost = 4;
+    let mut settings = tests::test_settings(&database);
     settings.auth.token_ttl = TOKEN_TTL_SECS;
-    if std::env::var_os("TEST_LOG").is_some() {
-        server::init_logging(&settings.log);
-    }
-    let app = server::build(settings).await.expect("the server builds");
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
+    let port = tests::start_server(settings).await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
