@@ -13,5 +13,6 @@ cargo test --workspace --all-targets
 # The black-box HTTP/WebSocket suite again on the other backends.
 for backend in postgres mongodb; do
   echo "== black-box suite on $backend"
-  CHAT_TEST_BACKEND=$backend cargo test -p tests --test api
+  # --workspace keeps the feature selection, and so the build, of the run above.
+  CHAT_TEST_BACKEND=$backend cargo test --workspace --test api
 done

@@ -15,7 +15,9 @@ use actix_web::{web, HttpResponse};
 use application::ports::{Event, Notifier, NotifyError};
 use async_trait::async_trait;
 use domain::UserId;
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::state::AppState;
 
@@ -40,11 +42,9 @@ impl Metrics {
             &["method", "route"],
         )
         .expect("a valid, constant metric definition");
-        let connections = IntGauge::new(
-            "realtime_open_connections",
-            "Open /ws and Socket.IO connections on this instance",
-        )
-        .expect("a valid, constant metric definition");
+        let connections =
+            IntGauge::new("realtime_open_connections", "Open /ws and Socket.IO connections on this instance")
+                .expect("a valid, constant metric definition");
         let events = IntCounterVec::new(
             Opts::new("realtime_events_total", "Events handed to the notifier, by outcome"),
             &["event", "outcome"],
@@ -116,9 +116,7 @@ pub async fn track(
 /// `GET /metrics`.
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     state.metrics.connections.set(state.registry.connection_count() as i64);
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 
 /// A [`Notifier`] that counts what passes through it on the way to the real one.

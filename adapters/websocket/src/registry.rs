@@ -38,6 +38,8 @@ pub struct ConnectionRegistry {
     max_per_user: usize,
     shutting_down: AtomicBool,
     evicted: RwLock<std::collections::HashSet<u64>>,
+    /// Wakes sessions blocked on a client that stopped reading when any connection is evicted.
+    eviction: tokio::sync::Notify,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -56,6 +58,21 @@ impl ConnectionGuard {
     /// is shutting down (`false`).
     pub fn was_evicted(&self) -> bool {
         self.registry.evicted_read().contains(&self.id)
+    }
+
+    /// Completes once this connection is evicted. A session waiting to hand a frame to a
+    /// client that stopped reading never sees its queue close; it races this instead.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.registry.eviction.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an eviction in between is not missed.
+            notified.as_mut().enable();
+            if self.was_evicted() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -86,6 +103,7 @@ impl ConnectionRegistry {
             max_per_user: if max_per_user == 0 { usize::MAX } else { max_per_user },
             shutting_down: AtomicBool::new(false),
             evicted: RwLock::new(Default::default()),
+            eviction: tokio::sync::Notify::new(),
         })
     }
 
@@ -161,6 +179,7 @@ impl ConnectionRegistry {
             tracing::info!(user = %user, connection = id, "closing a connection whose queue is full");
             self.evicted_write().insert(id);
             self.remove(&user, id);
+            self.eviction.notify_waiters();
         }
         delivered
     }
@@ -260,6 +279,21 @@ mod tests {
         assert!(slow.recv().await.is_some());
         assert!(slow.recv().await.is_some());
         assert!(slow.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_blocked_on_its_client_learns_of_its_eviction() {
+        let registry = ConnectionRegistry::new(1, 0);
+        let user = UserId::generate();
+        let (guard, _unread) = registry.register(&user).unwrap();
+        let waiting = tokio::spawn(async move { guard.evicted().await });
+        for _ in 0..2 {
+            registry.notify(&[user.clone()], &typing(&user)).await.unwrap();
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("the eviction wakes the waiting session")
+            .unwrap();
     }
 
     #[tokio::test]

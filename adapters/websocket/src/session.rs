@@ -139,12 +139,16 @@ async fn run(
             }
             outbound = queue.recv() => match outbound {
                 Some(Outbound { name, data }) => {
-                    if session.text(wire::native_frame(name, &data)).await.is_err() { break None; }
+                    // A client that stops reading blocks this send for good; its queue then
+                    // fills and the registry evicts it, which ends the wait.
+                    tokio::select! {
+                        sent = session.text(wire::native_frame(name, &data)) => {
+                            if sent.is_err() { break None; }
+                        }
+                        () = guard.evicted() => break Some(too_slow()),
+                    }
                 }
-                None if guard.was_evicted() => break Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("too slow: events were not read in time".into()),
-                }),
+                None if guard.was_evicted() => break Some(too_slow()),
                 None => break Some(going_away()),
             },
             _ = heartbeat.tick() => {
@@ -223,6 +227,10 @@ impl FrameBudget {
             false
         }
     }
+}
+
+fn too_slow() -> CloseReason {
+    CloseReason { code: CloseCode::Policy, description: Some("too slow: events were not read in time".into()) }
 }
 
 fn going_away() -> CloseReason {

@@ -1,8 +1,6 @@
 //! The REST calls of docs/API.md, tolerant of the small differences of the original app
 //! (the token may come only as a cookie; the user may sit directly in `responseData`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -103,7 +101,12 @@ impl Api {
     }
 
     /// Sends `text` to `to`; the stored message's id on success.
-    pub async fn send(&self, token: &str, to: &str, text: &str) -> anyhow::Result<(StatusCode, Option<String>)> {
+    pub async fn send(
+        &self,
+        token: &str,
+        to: &str,
+        text: &str,
+    ) -> anyhow::Result<(StatusCode, Option<String>)> {
         let request = self
             .authed(self.http.post(self.url(&format!("/api/v1/message/send/{to}"))), token)
             .json(&json!({ "message": text }));
@@ -156,22 +159,12 @@ impl Api {
         password: &str,
         concurrency: usize,
     ) -> anyhow::Result<Vec<User>> {
-        let done = Arc::new(AtomicUsize::new(0));
         let results: Vec<anyhow::Result<User>> = stream::iter(0..count)
-            .map(|i| {
-                let done = done.clone();
-                async move {
-                    let user = self.register(&format!("{prefix}{i}"), password).await;
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n % 1000 == 0 {
-                        eprintln!("  registered {n}/{count}");
-                    }
-                    user
-                }
-            })
+            .map(|i| async move { self.register(&format!("{prefix}{i}"), password).await })
             .buffered(concurrency.max(1))
             .collect()
             .await;
+        eprintln!("  registered {count} users");
         results.into_iter().collect()
     }
 }
@@ -193,10 +186,7 @@ async fn user_from(username: &str, response: reqwest::Response) -> anyhow::Resul
         .or(cookie_token)
         .with_context(|| format!("no token for {username} in the body or a cookie"))?;
     let user = data.get("newUser").or_else(|| data.get("user")).unwrap_or(data);
-    let id = user
-        .get("_id")
-        .and_then(id_string)
-        .with_context(|| format!("no user _id for {username}"))?;
+    let id = user.get("_id").and_then(id_string).with_context(|| format!("no user _id for {username}"))?;
     Ok(User { id, username: username.to_owned(), token })
 }
 

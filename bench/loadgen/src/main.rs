@@ -78,10 +78,8 @@ enum Scenario {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     check_loopback(&cli.target.url)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let report = runtime.block_on(async move {
         let target = cli.target;
         match cli.scenario {
@@ -100,9 +98,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The load generator only ever talks to this machine.
 fn check_loopback(url: &str) -> anyhow::Result<()> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("--url must start with http:// (loopback only)")?;
+    let rest = url.strip_prefix("http://").context("--url must start with http:// (loopback only)")?;
     let authority = rest.split('/').next().unwrap_or_default();
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),

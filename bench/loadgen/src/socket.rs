@@ -24,10 +24,13 @@ pub struct Socket {
 }
 
 /// Opens and authenticates a connection; returns once the server accepted it.
-pub async fn connect(ws_base: &str, transport: Transport, token: &str, timeout: Duration) -> anyhow::Result<Socket> {
-    tokio::time::timeout(timeout, open(ws_base, transport, token))
-        .await
-        .context("connecting timed out")?
+pub async fn connect(
+    ws_base: &str,
+    transport: Transport,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<Socket> {
+    tokio::time::timeout(timeout, open(ws_base, transport, token)).await.context("connecting timed out")?
 }
 
 async fn open(ws_base: &str, transport: Transport, token: &str) -> anyhow::Result<Socket> {
@@ -39,7 +42,8 @@ async fn open(ws_base: &str, transport: Transport, token: &str) -> anyhow::Resul
         }
         Transport::Socketio => {
             let url = format!("{ws_base}/socket.io/?EIO=4&transport=websocket");
-            let (mut stream, _) = tokio_tungstenite::connect_async(url).await.context("opening /socket.io/")?;
+            let (mut stream, _) =
+                tokio_tungstenite::connect_async(url).await.context("opening /socket.io/")?;
             let open = next_text(&mut stream).await?;
             if !open.starts_with('0') {
                 bail!("expected the Engine.IO open packet, got {open:?}");

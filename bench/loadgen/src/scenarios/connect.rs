@@ -51,7 +51,12 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
     super::wait_ready(&api).await?;
     let prefix = run_prefix("c");
     let users = api
-        .register_many(&format!("{prefix}i"), args.users.clamp(1, args.sockets.max(1)), &target.password, target.setup_concurrency)
+        .register_many(
+            &format!("{prefix}i"),
+            args.users.clamp(1, args.sockets.max(1)),
+            &target.password,
+            target.setup_concurrency,
+        )
         .await?;
     let pairs = setup_pairs(&api, target, args.live_pairs.max(1), &format!("{prefix}p")).await?;
 
@@ -69,19 +74,21 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
         let slot = slots.clone().acquire_owned().await?;
         let token = users[i % users.len()].token.clone();
         let (ws_base, transport) = (ws_base.clone(), target.transport);
-        let (opened, failed, dropped, stopped) = (opened.clone(), failed.clone(), dropped.clone(), stopped.clone());
+        let (opened, failed, dropped, stopped) =
+            (opened.clone(), failed.clone(), dropped.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             let socket = socket::connect(&ws_base, transport, &token, timeout).await;
-            drop(slot);
             match socket {
                 Ok(socket) => {
                     opened.fetch_add(1, Ordering::Relaxed);
+                    drop(slot);
                     // Reads (and so answers pings) without decoding anything.
                     if let Ended::Lost(_) = socket.run(stopped, "\u{1}", |_, _| {}).await {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(error) => {
+                    drop(slot);
                     if failed.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("  connection failed: {error:#}");
                     }

@@ -57,7 +57,8 @@ pub async fn run(target: &Target, args: HistoryArgs) -> anyhow::Result<Report> {
         .buffer_unordered(args.seed_concurrency.max(1))
         .collect()
         .await;
-    let stored = results.into_iter().collect::<anyhow::Result<Vec<bool>>>()?.into_iter().filter(|ok| *ok).count();
+    let stored =
+        results.into_iter().collect::<anyhow::Result<Vec<bool>>>()?.into_iter().filter(|ok| *ok).count();
     if stored < args.messages {
         bail!("seeding stored only {stored} of {} messages", args.messages);
     }

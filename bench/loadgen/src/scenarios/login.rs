@@ -80,7 +80,12 @@ pub async fn run(target: &Target, args: LoginArgs) -> anyhow::Result<Report> {
     let api = Api::new(target)?;
     super::wait_ready(&api).await?;
     let users = api
-        .register_many(&run_prefix("l"), args.concurrency.max(1) + 1, &target.password, target.setup_concurrency)
+        .register_many(
+            &run_prefix("l"),
+            args.concurrency.max(1) + 1,
+            &target.password,
+            target.setup_concurrency,
+        )
         .await?;
     let (prober, loggers) = users.split_last().expect("at least two users were registered");
 

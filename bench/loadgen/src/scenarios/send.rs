@@ -66,7 +66,12 @@ pub async fn run(target: &Target, args: SendArgs) -> anyhow::Result<Report> {
     let outcome = run_pairs(&api, target, &pairs, &phase).await?;
     let mut report = Report::new("send");
     report
-        .line(format!("transport {}, {} pairs, target rate {}", target.transport.name(), pairs.len(), rate_text(args.rate)))
+        .line(format!(
+            "transport {}, {} pairs, target rate {}",
+            target.transport.name(),
+            pairs.len(),
+            rate_text(args.rate)
+        ))
         .field("transport", target.transport.name())
         .field("pairs", pairs.len() as u64)
         .field("target_rate", args.rate.map(Value::from).unwrap_or(Value::Null));
@@ -128,7 +133,12 @@ impl Outcome {
             .line(format!("delivery latency       {}", self.delivery.human()))
             .line(format!(
                 "delivered {}, lost {}, duplicated {}, out of order {}, unexpected {}, sockets lost {}",
-                self.delivered, self.lost, self.duplicated, self.out_of_order, self.unexpected, self.sockets_lost
+                self.delivered,
+                self.lost,
+                self.duplicated,
+                self.out_of_order,
+                self.unexpected,
+                self.sockets_lost
             ))
             .field("elapsed_s", round(self.elapsed.as_secs_f64()))
             .field("accepted", self.accepted)
@@ -176,6 +186,9 @@ pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Each receiver coming online is announced to every open socket; let that settle so the
+    // phase measures sending, not the announcements (which `connect` reports on its own).
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (stop, stopped) = watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(0));
@@ -212,7 +225,9 @@ pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase
                         rx.out_of_order += 1;
                     }
                     rx.max_seq = rx.max_seq.max(seq);
-                    if let Some(at) = sent_at.lock().expect("never poisoned: no panics while held").remove(&seq) {
+                    if let Some(at) =
+                        sent_at.lock().expect("never poisoned: no panics while held").remove(&seq)
+                    {
                         rx.delivery.record(now - at);
                     }
                     delivered.fetch_add(1, Ordering::Relaxed);
