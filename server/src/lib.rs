@@ -190,14 +190,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         realtime,
         registry: registry.clone(),
         metrics,
-        limits: http_api::RateLimits::new(&http_api::LimitSettings {
-            login_per_minute_per_ip: settings.limits.login_per_minute_per_ip,
-            login_per_minute_per_username: settings.limits.login_per_minute_per_username,
-            register_per_hour_per_ip: settings.limits.register_per_hour_per_ip,
-            sends_per_second_per_user: settings.limits.sends_per_second_per_user,
-            socket_connects_per_minute_per_user: settings.limits.socket_connects_per_minute_per_user,
-            trust_forwarded_for: settings.limits.trust_forwarded_for,
-        }),
+        limits: http_api::RateLimits::new(&settings.limits.requests),
         socketio,
         health,
         settings: http_api::HttpSettings {

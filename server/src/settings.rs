@@ -163,14 +163,11 @@ pub struct HttpLimits {
 /// Rate and size limits on what clients repeat; 0 switches one off.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
-    pub login_per_minute_per_ip: u32,
-    pub login_per_minute_per_username: u32,
-    pub register_per_hour_per_ip: u32,
-    pub sends_per_second_per_user: u32,
-    pub socket_connects_per_minute_per_user: u32,
+    /// The HTTP side's request-rate limits, in the same `[limits]` table.
+    #[serde(flatten)]
+    pub requests: http_api::LimitSettings,
     pub sockets_per_user: usize,
     pub socket_frames_per_second: u32,
-    pub trust_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

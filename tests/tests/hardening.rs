@@ -338,7 +338,7 @@ async fn close_frame(ws: &mut Ws, timeout: Duration) -> (CloseCode, String) {
 
 #[tokio::test]
 async fn logins_for_one_username_are_rate_limited() {
-    let app = spawn(|s| s.limits.login_per_minute_per_username = 3).await;
+    let app = spawn(|s| s.limits.requests.login_per_minute_per_username = 3).await;
     let api = app.api();
     let user = api.create_user(&unique("victim")).await;
 
@@ -363,7 +363,7 @@ async fn logins_for_one_username_are_rate_limited() {
 
 #[tokio::test]
 async fn logins_from_one_address_are_rate_limited() {
-    let app = spawn(|s| s.limits.login_per_minute_per_ip = 3).await;
+    let app = spawn(|s| s.limits.requests.login_per_minute_per_ip = 3).await;
     let api = app.api();
     for _ in 0..3 {
         api.login(&unique("nobody"), "wrong password")
@@ -377,7 +377,7 @@ async fn logins_from_one_address_are_rate_limited() {
 
 #[tokio::test]
 async fn message_sends_are_rate_limited_per_user() {
-    let app = spawn(|s| s.limits.sends_per_second_per_user = 2).await;
+    let app = spawn(|s| s.limits.requests.sends_per_second_per_user = 2).await;
     let api = app.api();
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
@@ -412,7 +412,7 @@ async fn message_sends_are_rate_limited_per_user() {
 
 #[tokio::test]
 async fn socket_connects_are_rate_limited_per_user() {
-    let app = spawn(|s| s.limits.socket_connects_per_minute_per_user = 2).await;
+    let app = spawn(|s| s.limits.requests.socket_connects_per_minute_per_user = 2).await;
     let api = app.api();
     let user = api.create_user(&unique("sockets")).await;
     let _first = api.ws(&user.token).await;

@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::error::ApiError;
 
 /// Allowances; 0 switches a limit off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct LimitSettings {
     pub login_per_minute_per_ip: u32,
     pub login_per_minute_per_username: u32,
