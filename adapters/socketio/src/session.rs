@@ -10,10 +10,9 @@ use std::time::Duration;
 use application::ports::Event;
 use application::AccountError;
 use domain::UserId;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use ws_notifier::wire::{self, names};
+use ws_notifier::wire::{self, names, TypingIn};
 use ws_notifier::{ConnectionGuard, Outbound, Receiver};
 
 use crate::engine::{random_id, Engine, Inbound};
@@ -27,14 +26,6 @@ struct Socket {
     guard: ConnectionGuard,
     queue: Receiver,
     sid: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypingIn {
-    to: String,
-    #[serde(default)]
-    is_typing: bool,
 }
 
 struct Session {

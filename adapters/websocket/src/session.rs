@@ -15,7 +15,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound, Refusal};
-use crate::wire::{self, names};
+use crate::wire::{self, names, TypingIn};
 
 #[derive(Debug, Clone)]
 pub struct WsSettings {
@@ -35,14 +35,6 @@ struct Incoming {
     event: String,
     #[serde(default)]
     data: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypingIn {
-    to: String,
-    #[serde(default)]
-    is_typing: bool,
 }
 
 /// Upgrades the request and serves the connection of `user` in the background.

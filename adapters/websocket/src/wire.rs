@@ -43,6 +43,15 @@ pub struct TypingDto {
     pub is_typing: bool,
 }
 
+/// The data of a client's `typing` event, on every transport.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingIn {
+    pub to: String,
+    #[serde(default)]
+    pub is_typing: bool,
+}
+
 /// Event names on the wire, the same on every transport.
 pub mod names {
     pub const NEW_MESSAGE: &str = "newMessage";
