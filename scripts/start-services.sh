@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure every service the test suites talk to is up, starting what is missing:
 # PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379), a MongoDB-compatible server
-# (127.0.0.1:27017), the Node packages of the client tests and Chromium for the browser
-# tests. Safe to run again.
+# (127.0.0.1:27017), the Node packages of the client tests, Chromium for the browser
+# tests and Schemathesis for the OpenAPI fuzz test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +33,4 @@ scripts/start-mongodb.sh
 
 scripts/install-test-deps.sh
 scripts/install-browser-deps.sh
+scripts/install-schemathesis.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: unit tests, the storage contract suite on SQLite,
-# PostgreSQL and MongoDB, and the black-box suites against the real server on each backend.
+# PostgreSQL and MongoDB, and the black-box suites (API, sync stress) against the real server
+# on each backend.
 # Starts the services it needs first (see scripts/start-services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,9 @@ scripts/start-services.sh
 # Everything once, black-box suites on the default backend (SQLite).
 cargo test --workspace --all-targets
 
-# The black-box HTTP/WebSocket suite again on the other backends.
+# The black-box HTTP/WebSocket suite and the sync stress test again on the other backends.
 for backend in postgres mongodb; do
-  echo "== black-box suite on $backend"
+  echo "== black-box suites on $backend"
   # --workspace keeps the feature selection, and so the build, of the run above.
-  CHAT_TEST_BACKEND=$backend cargo test --workspace --test api
+  CHAT_TEST_BACKEND=$backend cargo test --workspace --test api --test sync
 done

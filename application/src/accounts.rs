@@ -217,14 +217,7 @@ impl AccountService {
                 format!("must be at most {} characters", Self::MAX_SEARCH),
             ));
         }
-        let after_username = cursor
-            .filter(|c| !c.is_empty())
-            .map(|c| {
-                Username::parse(c)
-                    .map(|name| name.normalized())
-                    .map_err(|_| AccountError::invalid("cursor", "is not a valid cursor"))
-            })
-            .transpose()?;
+        let after_username = cursor.map(user_cursor::decode).transpose()?.flatten();
         let limit = paging::clamp(limit);
         let query = UserQuery {
             exclude: me.clone(),
@@ -234,7 +227,7 @@ impl AccountService {
         };
         let users = self.users.list(&query).await?;
         let next_cursor = (users.len() == limit as usize)
-            .then(|| users.last().map(|u| u.username.normalized()))
+            .then(|| users.last().map(|u| user_cursor::encode(&u.username)))
             .flatten();
         Ok(UserPage { users, next_cursor })
     }
@@ -253,6 +246,32 @@ impl AccountService {
             .expect("the decoy literal satisfies the password rules");
         let hash = self.hasher.hash(&decoy).await?;
         Ok(self.decoy_hash.get_or_init(|| hash).clone())
+    }
+}
+
+/// The cursor of the user list (`X-Next-Cursor`, then `cursor`): the lower-cased username
+/// of the last user of a page. Users are listed by lower-cased username, so the cursor says
+/// exactly where the next page starts, stays valid while users come and go, and sorts like
+/// the list. It is a username, so anything else is refused before storage sees it.
+pub mod user_cursor {
+    use domain::Username;
+
+    use super::AccountError;
+
+    /// The cursor that continues the list after `last`.
+    pub fn encode(last: &Username) -> String {
+        last.normalized()
+    }
+
+    /// The lower-cased username to list after, `None` for the first page (an empty cursor),
+    /// or the `Invalid { field: "cursor" }` error.
+    pub fn decode(raw: &str) -> Result<Option<String>, AccountError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        Username::parse(raw)
+            .map(|name| Some(name.normalized()))
+            .map_err(|_| AccountError::invalid("cursor", "is not a valid cursor"))
     }
 }
 
@@ -572,5 +591,132 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AccountError::Invalid { field: "cursor", .. }));
+    }
+
+    /// Properties of the user-list cursor, alone and through `list_users` over an in-memory
+    /// store that lists like the real ones (by lower-cased username, after the cursor).
+    mod cursor_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn username() -> impl Strategy<Value = Username> {
+            "[A-Za-z0-9_.-]{3,32}".prop_map(|raw| Username::parse(&raw).unwrap())
+        }
+
+        /// Anything a client could send: short, long, unicode, NUL, JSON, injection attempts.
+        fn arbitrary_cursor() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[ -~]{0,40}",
+                "[A-Za-z0-9_.-]{0,40}",
+                Just("{$gt: ''}".to_owned()),
+                Just("' OR 1=1 --".to_owned()),
+                Just("\0abc".to_owned()),
+            ]
+        }
+
+        fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+            tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+        }
+
+        /// A service whose store holds `names` (and me, whom it never lists).
+        fn service_over(names: Vec<Username>) -> (AccountService, UserId) {
+            let me = UserId::generate();
+            let stored: Vec<User> = names.iter().map(|n| user(n.as_str())).collect();
+            let mut m = Mocks::new();
+            m.users.expect_list().returning(move |q| {
+                let mut page: Vec<User> = stored
+                    .iter()
+                    .filter(|u| q.after_username.as_deref().is_none_or(|a| u.username.normalized().as_str() > a))
+                    .cloned()
+                    .collect();
+                page.sort_by_key(|u| u.username.normalized());
+                page.truncate(q.limit as usize);
+                Ok(page)
+            });
+            (m.service(), me)
+        }
+
+        proptest! {
+            #[test]
+            fn a_cursor_decodes_to_where_it_was_made(name in username()) {
+                let cursor = user_cursor::encode(&name);
+                prop_assert_eq!(user_cursor::decode(&cursor).unwrap(), Some(name.normalized()));
+                // The cursor is itself a username: it survives a second trip unchanged.
+                let again = Username::parse(&cursor).unwrap();
+                prop_assert_eq!(user_cursor::encode(&again), cursor);
+            }
+
+            #[test]
+            fn cursors_sort_like_the_list(a in username(), b in username()) {
+                let (ca, cb) = (user_cursor::encode(&a), user_cursor::encode(&b));
+                prop_assert_eq!(ca.cmp(&cb), a.normalized().cmp(&b.normalized()));
+                // Names that differ only in case are one name, with one cursor.
+                prop_assert_eq!(ca == cb, a.as_str().eq_ignore_ascii_case(b.as_str()));
+            }
+
+            #[test]
+            fn decoding_never_panics_and_accepts_only_usernames(raw in arbitrary_cursor()) {
+                match user_cursor::decode(&raw) {
+                    Ok(None) => prop_assert!(raw.is_empty()),
+                    Ok(Some(after)) => {
+                        prop_assert!(Username::parse(&raw).is_ok());
+                        prop_assert_eq!(after, raw.to_ascii_lowercase());
+                    }
+                    Err(AccountError::Invalid { field, message }) => {
+                        prop_assert!(Username::parse(&raw).is_err());
+                        prop_assert_eq!(field, "cursor");
+                        prop_assert_eq!(message, "is not a valid cursor");
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn list_users_refuses_an_invalid_cursor_before_storage(raw in arbitrary_cursor()) {
+                prop_assume!(!raw.is_empty() && Username::parse(&raw).is_err());
+                // No expectations: a storage call would panic.
+                let err = block_on(Mocks::new().service().list_users(&UserId::generate(), None, None, Some(&raw)))
+                    .unwrap_err();
+                prop_assert!(matches!(err, AccountError::Invalid { field: "cursor", .. }), "{err:?}");
+                prop_assert_eq!(err.to_string(), "cursor is not a valid cursor");
+            }
+
+            #[test]
+            fn following_the_cursors_lists_everyone_once_in_order(
+                names in prop::collection::vec(username(), 0..40),
+                limit in 1u32..8,
+            ) {
+                // One account per case-insensitive name, as registration guarantees.
+                let mut unique: Vec<Username> = Vec::new();
+                for name in names {
+                    if !unique.iter().any(|u| u.normalized() == name.normalized()) {
+                        unique.push(name);
+                    }
+                }
+                let mut expected: Vec<String> = unique.iter().map(Username::normalized).collect();
+                expected.sort();
+                let (service, me) = service_over(unique);
+
+                let mut seen = Vec::new();
+                let mut cursor: Option<String> = None;
+                for _ in 0..=expected.len() + 1 {
+                    let page = block_on(service.list_users(&me, None, Some(limit), cursor.as_deref())).unwrap();
+                    prop_assert!(page.users.len() <= limit as usize);
+                    seen.extend(page.users.iter().map(|u| u.username.normalized()));
+                    match page.next_cursor {
+                        Some(next) => {
+                            // A next page is announced only after a full one, and starts after
+                            // its last user.
+                            prop_assert_eq!(page.users.len(), limit as usize);
+                            prop_assert_eq!(Some(&next), seen.last());
+                            cursor = Some(next);
+                        }
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(seen, expected);
+            }
+        }
     }
 }

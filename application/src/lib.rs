@@ -9,11 +9,13 @@ pub mod accounts;
 pub mod messaging;
 pub mod ports;
 pub mod realtime;
+pub mod stream;
 pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
-pub use messaging::{ConversationView, MessagingError, MessagingService};
+pub use messaging::{ConversationView, MessagingError, MessagingService, Sent, SyncPage};
 pub use realtime::RealtimeService;
+pub use stream::{Admission, FollowError, StreamFollower};
 pub use transfer::{Record, TransferError, TransferService, TransferStats};
 
 /// The limits a caller may ask for in one page, shared by every listing.

@@ -1,13 +1,17 @@
-//! Messaging: send a message, read a conversation's history, list conversations.
+//! Messaging: send a message, read a conversation's history, list conversations, and
+//! catch up on one's message stream.
 
 use std::sync::Arc;
 
-use domain::{Conversation, Message, MessageBody, MessageId, ParticipantPair, UserId};
+use domain::{
+    ClientMessageId, Conversation, Cursor, Message, MessageBody, MessageId, ParticipantPair,
+    UserId,
+};
 
 use crate::paging;
 use crate::ports::{
-    Clock, ConversationRepository, ConversationSummary, Event, MessageRepository, Notifier,
-    RepoError, UserRepository,
+    Appended, Clock, ConversationRepository, ConversationSummary, Event, MessageRepository,
+    Notifier, RepoError, StreamItem, UserRepository,
 };
 
 /// What a caller of the messaging use cases can act on.
@@ -19,6 +23,9 @@ pub enum MessagingError {
     UserNotFound,
     #[error("you cannot send messages to yourself")]
     SelfConversation,
+    /// A send reused a client message id of an earlier, different message.
+    #[error("this client message id was already used for a different message")]
+    ClientIdReused,
     #[error("storage is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
@@ -42,6 +49,25 @@ pub struct ConversationView {
     pub messages: Vec<Message>,
 }
 
+/// The outcome of a send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub message: Message,
+    /// `false` when this was a retry of an earlier send with the same client message id:
+    /// the earlier message is returned and nothing new was stored or announced.
+    pub created: bool,
+}
+
+/// One page of a user's message stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncPage {
+    pub items: Vec<StreamItem>,
+    /// Where the next page starts: the last item's cursor, or the requested one when empty.
+    pub next: Cursor,
+    /// Whether more messages were already stored after this page.
+    pub has_more: bool,
+}
+
 pub struct MessagingService {
     users: Arc<dyn UserRepository>,
     conversations: Arc<dyn ConversationRepository>,
@@ -61,30 +87,41 @@ impl MessagingService {
         Self { users, conversations, messages, notifier, clock }
     }
 
-    /// Stores the message, then announces it to the receiver's and the sender's connections.
-    /// The announcement never happens for a message that was not stored, and a failed
-    /// announcement does not fail the send: the message is in the history either way.
+    /// Stores the message, then announces it to the receiver's and the sender's connections,
+    /// each with the message's position in their own stream. The announcement never happens
+    /// for a message that was not stored, and a failed announcement does not fail the send:
+    /// the message is in the history and the streams either way.
+    ///
+    /// With a `client_id`, a retry of the same send (same sender, same id) returns the
+    /// message stored first and announces nothing; reusing the id for a different receiver
+    /// or text is refused.
     pub async fn send(
         &self,
         sender: &UserId,
         receiver: &str,
         body: &str,
-    ) -> Result<Message, MessagingError> {
+        client_id: Option<&str>,
+    ) -> Result<Sent, MessagingError> {
         let pair = self.pair_with(sender, receiver)?;
         let body = MessageBody::parse(body).map_err(|e| MessagingError::Invalid {
             field: "message",
             message: e.to_string(),
         })?;
+        let client_id = client_id
+            .map(|raw| {
+                ClientMessageId::parse(raw).map_err(|e| MessagingError::Invalid {
+                    field: "clientMessageId",
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
         let receiver = other_of(&pair, sender);
         if self.users.find_by_id(&receiver).await?.is_none() {
             return Err(MessagingError::UserNotFound);
         }
 
         let now = self.clock.now();
-        let conversation = self
-            .conversations
-            .find_or_insert(&Conversation::start(pair, now))
-            .await?;
+        let conversation = Conversation::start(pair, now);
         let message = Message {
             id: MessageId::generate(),
             conversation_id: conversation.id.clone(),
@@ -92,15 +129,68 @@ impl MessagingService {
             receiver_id: receiver.clone(),
             body,
             created_at: now,
+            client_id,
         };
-        self.messages.insert(&message).await?;
-        self.conversations.touch(&conversation.id, now).await?;
+        let stored = match self.messages.append(&conversation, &message).await? {
+            Appended::Created(stored) => stored,
+            Appended::Existing(earlier) => {
+                return if earlier.message.same_content(&message.receiver_id, &message.body) {
+                    Ok(Sent { message: earlier.message, created: false })
+                } else {
+                    Err(MessagingError::ClientIdReused)
+                };
+            }
+        };
 
-        let event = Event::NewMessage(message.clone());
-        if let Err(error) = self.notifier.notify(&[receiver, sender.clone()], &event).await {
-            tracing::warn!(error = %error, message_id = %message.id, "new message stored but not announced");
+        for (user, cursor) in [(receiver, stored.receiver_cursor), (sender.clone(), stored.sender_cursor)] {
+            let event = Event::NewMessage { message: stored.message.clone(), cursor };
+            if let Err(error) = self.notifier.notify(&[user], &event).await {
+                tracing::warn!(error = %error, message_id = %stored.message.id, "new message stored but not announced");
+            }
         }
-        Ok(message)
+        Ok(Sent { message: stored.message, created: true })
+    }
+
+    /// The messages of my conversations stored after `since` (from the beginning when
+    /// absent), oldest first, at most `limit`.
+    pub async fn sync(
+        &self,
+        me: &UserId,
+        since: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<SyncPage, MessagingError> {
+        let since = match since.filter(|s| !s.is_empty()) {
+            None => Cursor::START,
+            Some(raw) => Cursor::parse(raw).map_err(|e| MessagingError::Invalid {
+                field: "since",
+                message: e.to_string(),
+            })?,
+        };
+        let page = self.stream_page(me, since, paging::clamp(limit)).await?;
+        // Nothing after `since`: make sure the stream ever got that far (cursors are per
+        // database, and one from elsewhere would hide every message up to it).
+        if page.items.is_empty() && since > self.messages.stream_head(me).await? {
+            return Err(MessagingError::Invalid {
+                field: "since",
+                message: "is beyond the end of your message stream; sync from the start".into(),
+            });
+        }
+        Ok(page)
+    }
+
+    /// Up to `limit` messages of `me`'s stream after `after`.
+    pub async fn stream_page(&self, me: &UserId, after: Cursor, limit: u32) -> Result<SyncPage, RepoError> {
+        let mut items = self.messages.stream(me, after, limit.saturating_add(1)).await?;
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = items.last().map_or(after, |item| item.cursor);
+        Ok(SyncPage { items, next, has_more })
+    }
+
+    /// The last position of `me`'s stream: where a client that wants only what comes next
+    /// starts.
+    pub async fn stream_head(&self, me: &UserId) -> Result<Cursor, RepoError> {
+        self.messages.stream_head(me).await
     }
 
     /// The newest `limit` messages before `before` with `other`, oldest first.
@@ -159,10 +249,10 @@ mod tests {
     use super::*;
     use crate::ports::{
         MockClock, MockConversationRepository, MockMessageRepository, MockNotifier,
-        MockUserRepository, NotifyError,
+        MockUserRepository, NotifyError, StoredMessage,
     };
     use chrono::{TimeZone, Utc};
-    use domain::{Avatar, FullName, PasswordHash, User, Username};
+    use domain::{Avatar, ConversationId, FullName, PasswordHash, User, Username};
 
     fn now() -> domain::Timestamp {
         Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
@@ -179,6 +269,18 @@ mod tests {
             password_hash: PasswordHash::new("h".into()),
             created_at: now(),
             updated_at: now(),
+        }
+    }
+
+    fn message_to(user: &UserId) -> Message {
+        Message {
+            id: MessageId::generate(),
+            conversation_id: ConversationId::generate(),
+            sender_id: UserId::generate(),
+            receiver_id: user.clone(),
+            body: MessageBody::parse("hi").unwrap(),
+            created_at: now(),
+            client_id: None,
         }
     }
 
@@ -203,10 +305,6 @@ mod tests {
             self.users.expect_find_by_id().returning(|id| Ok(Some(user(id))));
         }
 
-        fn conversation_is_found_or_made(&mut self) {
-            self.conversations.expect_find_or_insert().returning(|c| Ok(c.clone()));
-        }
-
         fn service(self) -> MessagingService {
             let mut clock = MockClock::new();
             clock.expect_now().returning(now);
@@ -220,55 +318,127 @@ mod tests {
         }
     }
 
+    fn cursor(n: u64) -> Cursor {
+        Cursor::new(n).unwrap()
+    }
+
+    /// Stores whatever is appended, at positions 7 (sender) and 3 (receiver).
+    fn stored(message: &Message) -> StoredMessage {
+        StoredMessage { message: message.clone(), sender_cursor: cursor(7), receiver_cursor: cursor(3) }
+    }
+
     #[tokio::test]
-    async fn send_stores_then_announces_to_both_sides() {
+    async fn send_stores_then_announces_to_each_side_with_its_own_cursor() {
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let mut m = Mocks::new();
         m.receiver_exists();
-        m.conversation_is_found_or_made();
         let mut seq = mockall::Sequence::new();
         let (a, b) = (alice.clone(), bob.clone());
         m.messages
-            .expect_insert()
-            .withf(move |msg| {
-                msg.sender_id == a && msg.receiver_id == b && msg.body.as_str() == " hi "
+            .expect_append()
+            .withf(move |conversation, msg| {
+                msg.sender_id == a
+                    && msg.receiver_id == b
+                    && msg.body.as_str() == " hi "
+                    && msg.conversation_id == conversation.id
+                    && conversation.participants.contains(&a)
+                    && conversation.participants.contains(&b)
+                    && msg.client_id.is_none()
             })
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_| Ok(()));
-        m.conversations
-            .expect_touch()
-            .withf(|_, at| *at == now())
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_, _| Ok(()));
-        let (a, b) = (alice.clone(), bob.clone());
-        m.notifier
-            .expect_notify()
-            .withf(move |users, event| {
-                users.len() == 2
-                    && users.contains(&a)
-                    && users.contains(&b)
-                    && matches!(event, Event::NewMessage(msg) if msg.body.as_str() == " hi ")
-            })
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_, _| Ok(()));
+            .returning(|_, msg| Ok(Appended::Created(stored(msg))));
+        for (user, position) in [(bob.clone(), 3), (alice.clone(), 7)] {
+            m.notifier
+                .expect_notify()
+                .withf(move |users, event| {
+                    users == [user.clone()]
+                        && matches!(event, Event::NewMessage { message, cursor: c }
+                            if message.body.as_str() == " hi " && *c == cursor(position))
+                })
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(|_, _| Ok(()));
+        }
 
-        let message = m.service().send(&alice, bob.as_str(), " hi ").await.unwrap();
-        assert_eq!(message.created_at, now());
+        let sent = m.service().send(&alice, bob.as_str(), " hi ", None).await.unwrap();
+        assert!(sent.created);
+        assert_eq!(sent.message.created_at, now());
+    }
+
+    #[tokio::test]
+    async fn send_with_a_client_id_passes_it_to_the_store() {
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        m.messages
+            .expect_append()
+            .withf(|_, msg| msg.client_id.as_ref().map(ClientMessageId::as_str) == Some("key-1"))
+            .times(1)
+            .returning(|_, msg| Ok(Appended::Created(stored(msg))));
+        m.notifier.expect_notify().times(2).returning(|_, _| Ok(()));
+        let sent = m
+            .service()
+            .send(&UserId::generate(), UserId::generate().as_str(), "hi", Some("key-1"))
+            .await
+            .unwrap();
+        assert_eq!(sent.message.client_id.unwrap().as_str(), "key-1");
+    }
+
+    #[tokio::test]
+    async fn a_retried_send_returns_the_first_message_and_announces_nothing() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        m.messages.expect_append().times(1).returning(|_, retry| {
+            let mut first = retry.clone();
+            first.id = MessageId::generate();
+            Ok(Appended::Existing(stored(&first)))
+        });
+        m.notifier.expect_notify().never();
+        let sent = m.service().send(&alice, bob.as_str(), "hi", Some("key-1")).await.unwrap();
+        assert!(!sent.created);
+        assert_eq!(sent.message.body.as_str(), "hi");
+    }
+
+    #[tokio::test]
+    async fn a_client_id_reused_for_another_text_is_refused() {
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        m.messages.expect_append().returning(|_, retry| {
+            let mut first = retry.clone();
+            first.body = MessageBody::parse("something else").unwrap();
+            Ok(Appended::Existing(stored(&first)))
+        });
+        m.notifier.expect_notify().never();
+        let err = m
+            .service()
+            .send(&UserId::generate(), UserId::generate().as_str(), "hi", Some("key-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::ClientIdReused));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_client_id_is_invalid_and_nothing_is_stored() {
+        let mut m = Mocks::new();
+        m.messages.expect_append().never();
+        let err = m
+            .service()
+            .send(&UserId::generate(), UserId::generate().as_str(), "hi", Some("has space"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::Invalid { field: "clientMessageId", .. }));
     }
 
     #[tokio::test]
     async fn send_to_an_unknown_receiver_stores_and_announces_nothing() {
         let mut m = Mocks::new();
         m.users.expect_find_by_id().returning(|_| Ok(None));
-        m.conversations.expect_find_or_insert().never();
-        m.messages.expect_insert().never();
+        m.messages.expect_append().never();
         m.notifier.expect_notify().never();
         let err = m
             .service()
-            .send(&UserId::generate(), UserId::generate().as_str(), "hi")
+            .send(&UserId::generate(), UserId::generate().as_str(), "hi", None)
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::UserNotFound));
@@ -278,7 +448,7 @@ mod tests {
     async fn send_to_a_malformed_id_is_an_unknown_receiver() {
         let err = Mocks::new()
             .service()
-            .send(&UserId::generate(), "{\"$gt\":\"\"}", "hi")
+            .send(&UserId::generate(), "{\"$gt\":\"\"}", "hi", None)
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::UserNotFound));
@@ -287,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn send_to_oneself_is_refused() {
         let me = UserId::generate();
-        let err = Mocks::new().service().send(&me, me.as_str(), "hi").await.unwrap_err();
+        let err = Mocks::new().service().send(&me, me.as_str(), "hi", None).await.unwrap_err();
         assert!(matches!(err, MessagingError::SelfConversation));
     }
 
@@ -295,7 +465,7 @@ mod tests {
     async fn send_of_a_blank_message_is_invalid() {
         let err = Mocks::new()
             .service()
-            .send(&UserId::generate(), UserId::generate().as_str(), "   ")
+            .send(&UserId::generate(), UserId::generate().as_str(), "   ", None)
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::Invalid { field: "message", .. }));
@@ -305,14 +475,13 @@ mod tests {
     async fn send_is_not_announced_when_storing_fails() {
         let mut m = Mocks::new();
         m.receiver_exists();
-        m.conversation_is_found_or_made();
         m.messages
-            .expect_insert()
-            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("disk gone"))));
+            .expect_append()
+            .returning(|_, _| Err(RepoError::Unavailable(anyhow::anyhow!("disk gone"))));
         m.notifier.expect_notify().never();
         let err = m
             .service()
-            .send(&UserId::generate(), UserId::generate().as_str(), "hi")
+            .send(&UserId::generate(), UserId::generate().as_str(), "hi", None)
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::Unavailable(_)));
@@ -322,34 +491,77 @@ mod tests {
     async fn send_succeeds_even_when_the_announcement_fails() {
         let mut m = Mocks::new();
         m.receiver_exists();
-        m.conversation_is_found_or_made();
-        m.messages.expect_insert().returning(|_| Ok(()));
-        m.conversations.expect_touch().returning(|_, _| Ok(()));
+        m.messages.expect_append().returning(|_, msg| Ok(Appended::Created(stored(msg))));
         m.notifier
             .expect_notify()
-            .times(1)
+            .times(2)
             .returning(|_, _| Err(NotifyError(anyhow::anyhow!("bus down"))));
-        let sent = m.service().send(&UserId::generate(), UserId::generate().as_str(), "hi").await;
+        let sent = m.service().send(&UserId::generate(), UserId::generate().as_str(), "hi", None).await;
         assert!(sent.is_ok());
     }
 
     #[tokio::test]
-    async fn send_uses_the_existing_conversation_of_the_pair() {
-        let (alice, bob) = (UserId::generate(), UserId::generate());
-        let existing = Conversation::start(ParticipantPair::new(alice.clone(), bob.clone()).unwrap(), now());
-        let existing_id = existing.id.clone();
+    async fn send_returns_the_message_as_stored_in_the_pairs_conversation() {
+        let existing = ConversationId::generate();
+        let expected = existing.clone();
         let mut m = Mocks::new();
         m.receiver_exists();
-        m.conversations.expect_find_or_insert().returning(move |_| Ok(existing.clone()));
-        let id = existing_id.clone();
-        m.messages
-            .expect_insert()
-            .withf(move |msg| msg.conversation_id == id)
-            .returning(|_| Ok(()));
-        m.conversations.expect_touch().returning(|_, _| Ok(()));
+        m.messages.expect_append().returning(move |_, msg| {
+            let mut joined = msg.clone();
+            joined.conversation_id = existing.clone();
+            Ok(Appended::Created(stored(&joined)))
+        });
         m.notifier.expect_notify().returning(|_, _| Ok(()));
-        let message = m.service().send(&alice, bob.as_str(), "again").await.unwrap();
-        assert_eq!(message.conversation_id, existing_id);
+        let sent = m.service().send(&UserId::generate(), UserId::generate().as_str(), "again", None).await.unwrap();
+        assert_eq!(sent.message.conversation_id, expected);
+    }
+
+    #[tokio::test]
+    async fn sync_reads_one_more_than_the_limit_to_tell_whether_more_follow() {
+        let me = UserId::generate();
+        let expected = me.clone();
+        let mut m = Mocks::new();
+        m.messages
+            .expect_stream()
+            .withf(move |user, after, limit| *user == expected && *after == cursor(41) && *limit == 3)
+            .returning(|user, _, _| {
+                Ok((42..=44)
+                    .map(|n| StreamItem { cursor: cursor(n), message: message_to(user) })
+                    .collect())
+            });
+        let page = m.service().sync(&me, Some("41"), Some(2)).await.unwrap();
+        assert_eq!(page.items.iter().map(|i| i.cursor).collect::<Vec<_>>(), [cursor(42), cursor(43)]);
+        assert_eq!(page.next, cursor(43));
+        assert!(page.has_more);
+    }
+
+    #[tokio::test]
+    async fn sync_from_the_start_when_caught_up_keeps_the_cursor() {
+        let mut m = Mocks::new();
+        m.messages
+            .expect_stream()
+            .withf(|_, after, limit| *after == Cursor::START && *limit == paging::DEFAULT_LIMIT + 1)
+            .returning(|_, _, _| Ok(vec![]));
+        m.messages.expect_stream_head().returning(|_| Ok(Cursor::START));
+        let page = m.service().sync(&UserId::generate(), None, None).await.unwrap();
+        assert_eq!(page, SyncPage { items: vec![], next: Cursor::START, has_more: false });
+    }
+
+    #[tokio::test]
+    async fn sync_beyond_the_end_of_the_stream_is_refused() {
+        let mut m = Mocks::new();
+        m.messages.expect_stream().returning(|_, _, _| Ok(vec![]));
+        m.messages.expect_stream_head().returning(|_| Ok(cursor(3)));
+        let err = m.service().sync(&UserId::generate(), Some("4"), None).await.unwrap_err();
+        assert!(matches!(err, MessagingError::Invalid { field: "since", .. }));
+    }
+
+    #[tokio::test]
+    async fn sync_rejects_a_malformed_cursor() {
+        for raw in ["-1", "abc", "01", "1e3"] {
+            let err = Mocks::new().service().sync(&UserId::generate(), Some(raw), None).await.unwrap_err();
+            assert!(matches!(err, MessagingError::Invalid { field: "since", .. }), "{raw}");
+        }
     }
 
     #[tokio::test]

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Message, MessageId, ParticipantPair, Password, PasswordHash,
-    Timestamp, User, UserId, Username,
+    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Password,
+    PasswordHash, Timestamp, User, UserId, Username,
 };
 
 /// What a repository call can end in besides success.
@@ -68,19 +68,86 @@ pub trait ConversationRepository: Send + Sync {
 
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>>;
 
-    /// Moves the conversation's `updated_at` forward to `at` (never backwards).
-    async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()>;
-
     /// The user's conversations with their last message, most recently updated first.
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>>;
+}
+
+/// A stored message with its positions in both participants' streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub message: Message,
+    pub sender_cursor: Cursor,
+    pub receiver_cursor: Cursor,
+}
+
+impl StoredMessage {
+    /// The message's position in `user`'s stream, if `user` is one of its participants.
+    pub fn cursor_for(&self, user: &UserId) -> Option<Cursor> {
+        if user == &self.message.sender_id {
+            Some(self.sender_cursor)
+        } else if user == &self.message.receiver_id {
+            Some(self.receiver_cursor)
+        } else {
+            None
+        }
+    }
+}
+
+/// What [`MessageRepository::append`] ended in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// The message is stored now.
+    Created(StoredMessage),
+    /// The sender had already stored a message with the same client id: nothing was stored,
+    /// this is the earlier message, unchanged.
+    Existing(StoredMessage),
+}
+
+/// One message of a user's stream, at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamItem {
+    pub cursor: Cursor,
+    pub message: Message,
+}
+
+/// The leading run of `items` (sorted by cursor) at consecutive positions right after
+/// `after`: what a [`MessageRepository::stream`] may return. Streams have no holes, so this
+/// cuts nothing from a correct store; it keeps a broken one from making a client skip.
+pub fn consecutive_after(after: Cursor, mut items: Vec<StreamItem>) -> Vec<StreamItem> {
+    let mut expected = after.next();
+    let run = items
+        .iter()
+        .take_while(|item| {
+            let next = item.cursor == expected;
+            expected = expected.next();
+            next
+        })
+        .count();
+    if run < items.len() {
+        tracing::error!(after = %after, "message stream has a hole; reading stops before it");
+        items.truncate(run);
+    }
+    items
 }
 
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait MessageRepository: Send + Sync {
-    /// Stores a message durably: when this returns `Ok`, the message survives a crash.
-    /// Returns `Conflict` if the id exists.
-    async fn insert(&self, message: &Message) -> RepoResult<()>;
+    /// Stores `message` durably (when this returns `Ok`, it survives a crash), in one atomic
+    /// step with:
+    /// - its conversation: if the pair has none, `conversation` is stored and the message
+    ///   joins it; otherwise the message joins the pair's conversation (its
+    ///   `conversation_id` is replaced) and the conversation's `updated_at` moves forward to
+    ///   the message's `created_at`;
+    /// - the next position in the sender's stream and in the receiver's stream. A position
+    ///   becomes readable only after every earlier position of the same stream is readable
+    ///   (a transaction that commits later never holds an earlier position), so streams
+    ///   have no holes, ever, for any reader.
+    ///
+    /// If the message has a client id and its sender already stored a message with the same
+    /// one, nothing is stored and that message is returned as [`Appended::Existing`] (also
+    /// when both appends race). Returns `Conflict` if the message id exists.
+    async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended>;
 
     /// The newest `limit` messages of the conversation with an id below `before` (all when
     /// `None`), returned oldest first.
@@ -90,6 +157,13 @@ pub trait MessageRepository: Send + Sync {
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Vec<Message>>;
+
+    /// Up to `limit` messages of `user`'s stream after position `after`, in stream order:
+    /// consecutive positions starting right after `after`.
+    async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>>;
+
+    /// The last position of `user`'s stream (`Cursor::START` while it is empty).
+    async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor>;
 }
 
 /// Revoked tokens, by their unique id (`jti`), kept until the token would have expired anyway.
@@ -179,7 +253,9 @@ impl Clock for SystemClock {
 /// A real-time event for users' open connections.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    NewMessage(Message),
+    /// A new message, for one of its participants: `cursor` is its position in that
+    /// participant's stream.
+    NewMessage { message: Message, cursor: Cursor },
     OnlineUsers(Vec<UserId>),
     Typing { from: UserId, to: UserId, is_typing: bool },
 }
@@ -213,4 +289,43 @@ pub trait Presence: Send + Sync {
 
     /// Every online user, in no particular order.
     async fn online(&self) -> RepoResult<Vec<UserId>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use domain::{MessageBody, MessageId};
+
+    fn item(position: u64) -> StreamItem {
+        StreamItem {
+            cursor: Cursor::new(position).unwrap(),
+            message: Message {
+                id: MessageId::generate(),
+                conversation_id: ConversationId::generate(),
+                sender_id: UserId::generate(),
+                receiver_id: UserId::generate(),
+                body: MessageBody::parse("hi").unwrap(),
+                created_at: Utc::now(),
+                client_id: None,
+            },
+        }
+    }
+
+    fn positions(items: &[StreamItem]) -> Vec<u64> {
+        items.iter().map(|i| i.cursor.position()).collect()
+    }
+
+    #[test]
+    fn a_consecutive_run_is_kept_whole() {
+        let kept = consecutive_after(Cursor::new(4).unwrap(), vec![item(5), item(6), item(7)]);
+        assert_eq!(positions(&kept), [5, 6, 7]);
+    }
+
+    #[test]
+    fn reading_stops_before_a_hole() {
+        let kept = consecutive_after(Cursor::new(4).unwrap(), vec![item(5), item(7), item(8)]);
+        assert_eq!(positions(&kept), [5]);
+        assert!(consecutive_after(Cursor::START, vec![item(2)]).is_empty());
+    }
 }

@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use domain::{Conversation, Message, User, UserId};
+use domain::{Conversation, Message, ParticipantPair, User, UserId};
 
 use crate::ports::{
-    ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
+    Appended, ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
 };
 
 /// One exported record.
@@ -157,9 +157,29 @@ impl TransferService {
                 stats.conversations += 1;
                 return Ok(());
             }
-            Record::Message(message) => self.messages.insert(&message).await,
+            // Each message takes the next position in both participants' streams of the
+            // target store, in import order: cursors are per store.
+            Record::Message(message) => match self.append_imported(&message).await {
+                Ok(Appended::Created(_)) => Ok(()),
+                Ok(Appended::Existing(_)) => Err(RepoError::Conflict),
+                Err(error) => Err(error),
+            },
         };
         skip_conflict(stored, &mut stats.messages, &mut stats.skipped, "importing a message")
+    }
+
+    async fn append_imported(&self, message: &Message) -> Result<Appended, RepoError> {
+        let pair = ParticipantPair::new(message.sender_id.clone(), message.receiver_id.clone())
+            .map_err(|e| RepoError::Unexpected(anyhow::anyhow!("message {}: {e}", message.id)))?;
+        // The conversation was imported before its messages; this stands in for it only if
+        // the dump lacks it.
+        let conversation = Conversation {
+            id: message.conversation_id.clone(),
+            participants: pair,
+            created_at: message.created_at,
+            updated_at: message.created_at,
+        };
+        self.messages.append(&conversation, message).await
     }
 }
 
@@ -212,6 +232,7 @@ mod tests {
             receiver_id: to.id.clone(),
             body: MessageBody::parse("hello").unwrap(),
             created_at: Utc::now(),
+            client_id: None,
         }
     }
 
@@ -266,7 +287,13 @@ mod tests {
         let mut users = MockUserRepository::new();
         users.expect_insert().times(1).returning(|_| Err(RepoError::Conflict));
         let mut messages = MockMessageRepository::new();
-        messages.expect_insert().times(1).returning(|_| Ok(()));
+        messages.expect_append().times(1).returning(|_, m| {
+            Ok(Appended::Created(crate::ports::StoredMessage {
+                message: m.clone(),
+                sender_cursor: domain::Cursor::START.next(),
+                receiver_cursor: domain::Cursor::START.next(),
+            }))
+        });
         let service = TransferService::new(
             Arc::new(users),
             Arc::new(MockConversationRepository::new()),

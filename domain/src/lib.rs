@@ -7,10 +7,12 @@
 
 mod ids;
 mod message;
+mod stream;
 mod user;
 
 pub use ids::{ConversationId, IdError, MessageId, UserId};
 pub use message::{Conversation, Message, MessageBody, MessageBodyError, ParticipantPair, PairError};
+pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError};
 pub use user::{
     Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError,
     PasswordHash, User, Username, UsernameError,

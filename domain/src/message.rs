@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConversationId, MessageId, Timestamp, UserId};
+use crate::{ClientMessageId, ConversationId, MessageId, Timestamp, UserId};
 
 /// The text of a message: 1–5000 characters once trimmed, kept exactly as sent (no escaping:
 /// rendering safely is the client's job, and the original text must survive a round trip).
@@ -120,6 +120,16 @@ pub struct Message {
     pub receiver_id: UserId,
     pub body: MessageBody,
     pub created_at: Timestamp,
+    /// The sender's key for this message, when the send carried one.
+    pub client_id: Option<ClientMessageId>,
+}
+
+impl Message {
+    /// Whether this message says `body` to `receiver`: what a retried send with the same
+    /// client message id must match.
+    pub fn same_content(&self, receiver: &UserId, body: &MessageBody) -> bool {
+        &self.receiver_id == receiver && &self.body == body
+    }
 }
 
 #[cfg(test)]

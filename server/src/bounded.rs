@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{
-    ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError,
-    RepoResult, RevokedTokenRepository, UserQuery, UserRepository,
+    Appended, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
+    RepoError, RepoResult, RevokedTokenRepository, StreamItem, UserQuery, UserRepository,
 };
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp, User, UserId,
-    Username,
+    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Timestamp, User,
+    UserId, Username,
 };
 
 use crate::Storage;
@@ -78,9 +78,6 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>> {
         self.run("finding a conversation", self.inner.find_by_participants(pair)).await
     }
-    async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
-        self.run("touching a conversation", self.inner.touch(id, at)).await
-    }
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
         self.run("listing conversations", self.inner.list_for_user(user)).await
     }
@@ -88,8 +85,8 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
 
 #[async_trait]
 impl MessageRepository for Bounded<dyn MessageRepository> {
-    async fn insert(&self, message: &Message) -> RepoResult<()> {
-        self.run("inserting a message", self.inner.insert(message)).await
+    async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
+        self.run("storing a message", self.inner.append(conversation, message)).await
     }
     async fn list_by_conversation(
         &self,
@@ -99,6 +96,12 @@ impl MessageRepository for Bounded<dyn MessageRepository> {
     ) -> RepoResult<Vec<Message>> {
         self.run("listing messages", self.inner.list_by_conversation(conversation, before, limit))
             .await
+    }
+    async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
+        self.run("reading a message stream", self.inner.stream(user, after, limit)).await
+    }
+    async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
+        self.run("reading a stream head", self.inner.stream_head(user)).await
     }
 }
 

@@ -171,16 +171,22 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     ));
     let realtime = Arc::new(RealtimeService::new(presence, notifier));
 
+    let limits = Arc::new(http_api::RateLimits::new(&settings.limits.requests));
+    let socketio_limits = limits.clone();
     let socketio = socketio::Engine::new(
         socketio::EngineSettings::new(
             Duration::from_secs(settings.websocket.ping_interval),
             Duration::from_secs(settings.websocket.ping_timeout),
             settings.websocket.max_frame_bytes,
             settings.websocket.queue_capacity,
+            settings.limits.socket_frames_per_second,
         ),
         accounts.clone(),
         realtime.clone(),
+        messaging.clone(),
         registry.clone(),
+        // One connect budget per user for both socket endpoints.
+        Box::new(move |user| socketio_limits.socket_connect(user.as_str()).map_err(|e| e.to_string())),
     );
 
     let ttl = settings.auth.token_ttl();
@@ -190,7 +196,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         realtime,
         registry: registry.clone(),
         metrics,
-        limits: http_api::RateLimits::new(&settings.limits.requests),
+        limits,
         socketio,
         health,
         settings: http_api::HttpSettings {
@@ -213,6 +219,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             },
             readiness_timeout: Duration::from_millis(2000),
             web_client: settings.web.enabled,
+            metrics: settings.metrics.enabled,
         },
     });
 

@@ -58,6 +58,7 @@ pub struct Settings {
     pub fanout: FanoutSettings,
     pub log: LogSettings,
     pub web: WebSettings,
+    pub metrics: MetricsSettings,
 }
 
 fn default_environment() -> Environment {
@@ -200,6 +201,12 @@ pub struct LogSettings {
 /// The built-in web client at `/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebSettings {
+    pub enabled: bool,
+}
+
+/// Prometheus metrics at `/metrics`, unauthenticated: off answers 404.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
     pub enabled: bool,
 }
 

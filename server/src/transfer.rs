@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use application::{Record, TransferService, TransferStats};
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{
-    Avatar, Conversation, ConversationId, FullName, Gender, Message, MessageBody, MessageId,
+    Avatar, ClientMessageId, Conversation, ConversationId, FullName, Gender, Message, MessageBody, MessageId,
     ParticipantPair, PasswordHash, User, UserId, Username,
 };
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,8 @@ enum Line {
         receiver_id: String,
         message: String,
         created_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
     },
 }
 
@@ -84,6 +86,7 @@ impl From<Record> for Line {
                 receiver_id: m.receiver_id.into(),
                 message: m.body.into(),
                 created_at: time(&m.created_at),
+                client_message_id: m.client_id.map(Into::into),
             },
         }
     }
@@ -116,7 +119,7 @@ impl TryFrom<Line> for Record {
                     updated_at: parse_time(&updated_at)?,
                 })
             }
-            Line::Message { id, conversation_id, sender_id, receiver_id, message, created_at } => {
+            Line::Message { id, conversation_id, sender_id, receiver_id, message, created_at, client_message_id } => {
                 Record::Message(Message {
                     id: MessageId::parse(&id).context("message id")?,
                     conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
@@ -124,6 +127,10 @@ impl TryFrom<Line> for Record {
                     receiver_id: UserId::parse(&receiver_id).context("receiverId")?,
                     body: MessageBody::parse(&message).context("message")?,
                     created_at: parse_time(&created_at)?,
+                    client_id: client_message_id
+                        .map(|id| ClientMessageId::parse(&id))
+                        .transpose()
+                        .context("clientMessageId")?,
                 })
             }
         })

@@ -124,6 +124,21 @@ async function settled(c) {
   assert(c.transport === expected, `expected the ${expected} transport, got ${c.transport}`);
 }
 
+/** The newMessage payloads a client received, in order (from `from` on). */
+function newMessages(c, from = 0) {
+  return c.log.slice(from).filter((e) => e.event === "newMessage").map((e) => e.args[0]);
+}
+
+/** Cursors are decimal strings: each one right after the one before, starting after `since`. */
+function assertConsecutive(messages, since) {
+  let expected = BigInt(since) + 1n;
+  for (const m of messages) {
+    assert(typeof m.cursor === "string" && /^(0|[1-9][0-9]*)$/.test(m.cursor), `cursor ${JSON.stringify(m)}`);
+    assert(BigInt(m.cursor) === expected, `expected cursor ${expected}, got ${m.cursor} (all: ${messages.map((x) => x.cursor)})`);
+    expected += 1n;
+  }
+}
+
 async function sendMessage(from, to, text) {
   const response = await fetch(`${BASE}/api/v1/message/send/${to.id}`, {
     method: "POST",
@@ -151,6 +166,7 @@ const scenarios = {
       assert(got.message === "hello over socket.io <b>&</b>", `message body ${JSON.stringify(got)}`);
       assert(got.senderId === alice.id && got.receiverId === bob.id, "sender and receiver ids");
       assert(got.conversationId === sent.conversationId && got.createdAt === sent.createdAt, "fields");
+      assert(/^[1-9][0-9]*$/.test(got.cursor), `a cursor in ${JSON.stringify(got)}`);
     }
     await sleep(QUIET_MS);
     assert(carolHere.count("newMessage") === 0, "a third user received the message");
@@ -244,6 +260,95 @@ const scenarios = {
     await sleep(QUIET_MS);
     assert(c.count("typing") === 0, "a third user saw the typing notice");
     assert(a.socket.connected && a.count("disconnect") === 0, "the sender was disconnected");
+  },
+
+  // auth.since: what was stored after the cursor is replayed in order, then live messages follow,
+  // with messages sent during the reconnect on either side of the seam: consecutive cursors,
+  // none missing, none twice.
+  async resume() {
+    const [alice, bob] = USERS;
+    const first = client(bob);
+    await first.connected();
+    await settled(first);
+    const early = [];
+    for (let i = 1; i <= 3; i++) early.push(await sendMessage(alice, bob, `early ${i}`));
+    await first.waitFor("newMessage", (m) => m._id === early[2]._id);
+    const seen = newMessages(first);
+    assert(seen.map((m) => m._id).join() === early.map((m) => m._id).join(), "live messages in order");
+    assertConsecutive(seen, "0");
+    const since = seen[seen.length - 1].cursor;
+    first.close();
+
+    const missed = [];
+    for (let i = 1; i <= 4; i++) missed.push(await sendMessage(alice, bob, `missed ${i}`));
+    const second = client(bob, { auth: { token: bob.token, since } });
+    const during = Promise.all([1, 2, 3, 4, 5].map((i) => sendMessage(alice, bob, `during ${i}`)));
+    await second.connected();
+    const duringSent = await during;
+    await settled(second);
+    const after = await sendMessage(alice, bob, "after");
+    await second.waitFor("newMessage", (m) => m._id === after._id);
+    await sleep(QUIET_MS);
+
+    const resumed = newMessages(second);
+    assertConsecutive(resumed, since);
+    const expected = [...missed, ...duringSent, after].map((m) => m._id).sort();
+    assert(
+      resumed.map((m) => m._id).sort().join() === expected.join(),
+      `replayed and live: ${resumed.map((m) => m.message)}`,
+    );
+    // The missed ones come first, in the order they were sent, as complete messages.
+    assert(resumed.slice(0, 4).map((m) => m._id).join() === missed.map((m) => m._id).join(), "replay order");
+    assert(resumed[0].message === "missed 1" && resumed[0].senderId === alice.id, "a replayed message");
+    assert(resumed[resumed.length - 1]._id === after._id, "the live message comes last");
+
+    // The sender's own device resumes its own stream: the same messages at the sender's cursors.
+    const aliceBack = client(alice, { auth: { token: alice.token, since: "0" } });
+    await aliceBack.connected();
+    await aliceBack.waitFor("newMessage", (m) => m._id === after._id);
+    await sleep(QUIET_MS);
+    const own = newMessages(aliceBack);
+    assertConsecutive(own, "0");
+    assert(own.length === 3 + expected.length, `alice's stream has ${own.length} messages`);
+  },
+
+  // `?since=` on the Engine.IO handshake works like auth.since; the packet's value wins.
+  async "resume-query"() {
+    const [alice, bob] = USERS;
+    const sent = [];
+    for (let i = 1; i <= 3; i++) sent.push(await sendMessage(alice, bob, `stored ${i}`));
+    const viaQuery = client(bob, { query: { since: "1" } });
+    const packetWins = client(bob, { auth: { token: bob.token, since: "2" }, query: { since: "abc" } });
+    await Promise.all([viaQuery, packetWins].map((c) => c.connected()));
+    await viaQuery.waitFor("newMessage", (m) => m._id === sent[2]._id);
+    await packetWins.waitFor("newMessage", (m) => m._id === sent[2]._id);
+    await sleep(QUIET_MS);
+    assert(newMessages(viaQuery).map((m) => m.cursor).join() === "2,3", "query since 1");
+    assert(newMessages(packetWins).map((m) => m.cursor).join() === "3", "auth since 2");
+    // Without since: only what is stored from now on.
+    const fresh = client(bob);
+    await fresh.connected();
+    await settled(fresh);
+    const later = await sendMessage(alice, bob, "later");
+    await fresh.waitFor("newMessage", (m) => m._id === later._id);
+    await sleep(QUIET_MS);
+    assert(newMessages(fresh).map((m) => m.cursor).join() === "4", "from now on");
+  },
+
+  // A since that is not a cursor is refused with connect_error, whichever way it comes.
+  async "bad-since"() {
+    const [alice, bob, carol] = USERS;
+    const cases = [
+      client(alice, { auth: { token: alice.token, since: "abc" } }),
+      client(bob, { auth: { token: bob.token, since: 42 } }),
+      client(carol, { query: { since: "-1" } }),
+    ];
+    for (const c of cases) {
+      const error = await c.waitFor("connect_error");
+      assert(error.message === "since is not a valid cursor", `message: ${error.message}`);
+    }
+    await sleep(QUIET_MS);
+    for (const c of cases) assert(c.count("connect") === 0, "connected despite a bad since");
   },
 
   // Over several ping intervals (1 s in the test server) the client stays connected.

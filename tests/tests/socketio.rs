@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const ALLOWED_ORIGIN: &str = "http://localhost:5173";
 const MAX_PAYLOAD: usize = 16 * 1024;
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct User {
     id: String,
@@ -33,14 +35,20 @@ struct TestServer {
 impl TestServer {
     /// A server with a 1 s ping interval, so heartbeats happen within a test, and three users.
     async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// [`TestServer::spawn`], with settings changed by `configure` last.
+    async fn spawn_with(configure: impl FnOnce(&mut server::Settings)) -> Self {
         let database = TestDatabase::create(Backend::from_env()).await;
         // Two workers (the default here): polling requests and the upgrade of one session
         // land on either.
         let mut settings = tests::test_settings(&database);
-        settings.websocket.ping_interval = 1;
-        settings.websocket.ping_timeout = 2;
+        settings.websocket.ping_interval = PING_INTERVAL.as_secs();
+        settings.websocket.ping_timeout = PING_TIMEOUT.as_secs();
         settings.websocket.max_frame_bytes = MAX_PAYLOAD;
         settings.cors.allowed_origins = vec![ALLOWED_ORIGIN.into()];
+        configure(&mut settings);
         let port = tests::start_server(settings).await;
 
         let http =
@@ -227,6 +235,12 @@ client_scenarios! {
     typing_reaches_the_target_only_over_websocket => "typing", "websocket";
     clients_stay_connected_across_heartbeats_after_an_upgrade => "heartbeat", "default";
     clients_stay_connected_across_heartbeats_over_long_polling => "heartbeat", "polling";
+    auth_since_replays_what_was_missed_then_live_messages_after_an_upgrade => "resume", "default";
+    auth_since_replays_what_was_missed_then_live_messages_over_websocket => "resume", "websocket";
+    auth_since_replays_what_was_missed_then_live_messages_over_long_polling => "resume", "polling";
+    since_is_also_read_from_the_handshake_query_over_polling => "resume-query", "default";
+    since_is_also_read_from_the_handshake_query_over_websocket => "resume-query", "websocket";
+    a_malformed_since_is_refused_with_connect_error => "bad-since", "default";
 }
 
 #[tokio::test]
@@ -316,6 +330,27 @@ async fn a_bad_token_in_the_connect_packet_is_refused_with_connect_error() {
 }
 
 #[tokio::test]
+async fn socket_connects_share_the_per_user_rate_limit() {
+    let server =
+        TestServer::spawn_with(|settings| settings.limits.requests.socket_connects_per_minute_per_user = 2).await;
+    let alice = &server.users[0];
+    for _ in 0..2 {
+        let sid = server.raw_session(None, Some(&alice.token)).await;
+        let reply = server.poll_until(&sid, |p| p.starts_with("40") || p.starts_with("44")).await;
+        assert!(reply.expect("a CONNECT reply").starts_with("40"), "the first connects pass");
+    }
+    let sid = server.raw_session(None, Some(&alice.token)).await;
+    let refusal = server.poll_until(&sid, |p| p.starts_with("44")).await.expect("a refusal");
+    let refusal: Value = serde_json::from_str(&refusal[2..]).unwrap();
+    assert!(refusal["message"].as_str().unwrap().contains("RATE_LIMITED"), "{refusal}");
+    // Another user has an allowance of their own.
+    let bob = &server.users[1];
+    let sid = server.raw_session(None, Some(&bob.token)).await;
+    assert!(server.poll_until(&sid, |p| p.starts_with("40")).await.is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_malformed_packet_closes_that_session_only() {
     let server = TestServer::spawn().await;
     let (alice, bob) = (&server.users[0], &server.users[1]);
@@ -395,6 +430,104 @@ async fn websocket_binary_and_oversized_frames_close_that_connection() {
         })
         .await;
         assert!(closed.is_ok(), "the connection stayed open");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_polling_client_that_stops_answering_pings_is_closed_after_interval_plus_timeout() {
+    let server = TestServer::spawn().await;
+    let opened = tokio::time::Instant::now();
+    let sid = server.raw_session(None, Some(&server.users[0].token)).await;
+    // The first ping comes one interval after the handshake (after the CONNECT reply); it
+    // goes unanswered.
+    server.poll_until(&sid, |p| p == "2").await.expect("a ping");
+    let url = server.engine_url(&format!("transport=polling&sid={sid}"));
+    let closed = loop {
+        let response = server.http.get(&url).send().await.expect("the poll answers");
+        if response.status() == 400 {
+            break tokio::time::Instant::now();
+        }
+        let body = response.text().await.unwrap();
+        if body.split('\u{1e}').any(|p| p == "1") {
+            break tokio::time::Instant::now();
+        }
+    };
+    let lived = closed - opened;
+    let deadline = PING_INTERVAL + PING_TIMEOUT;
+    assert!(lived >= deadline - Duration::from_millis(200), "closed after {lived:?}, before {deadline:?}");
+    assert!(lived <= deadline + Duration::from_secs(2), "still open after {lived:?}");
+    let after = server.http.get(&url).send().await.unwrap();
+    assert_eq!(after.status(), 400, "the session is gone");
+    assert_eq!(after.json::<Value>().await.unwrap()["message"], "Session ID unknown");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_answering_pings_is_closed_after_interval_plus_timeout() {
+    let server = TestServer::spawn().await;
+    let token = &server.users[0].token;
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
+    let opened = tokio::time::Instant::now();
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("the upgrade succeeds");
+    assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
+    ws.send(WsMessage::Text("40".into())).await.unwrap();
+    let mut pinged = false;
+    // Reads everything (tungstenite answers WebSocket pings itself), answers no Engine.IO ping.
+    let closed = tokio::time::timeout(PING_INTERVAL + PING_TIMEOUT + Duration::from_secs(3), async {
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                WsMessage::Text(text) if text.as_str() == "2" => pinged = true,
+                WsMessage::Text(text) if text.as_str() == "1" => return tokio::time::Instant::now(),
+                WsMessage::Close(_) => return tokio::time::Instant::now(),
+                _ => {}
+            }
+        }
+        tokio::time::Instant::now()
+    })
+    .await
+    .expect("closed within the heartbeat deadline and some slack");
+    assert!(pinged, "the server pinged first");
+    let lived = closed - opened;
+    assert!(lived >= PING_INTERVAL + PING_TIMEOUT - Duration::from_millis(200), "closed after {lived:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_sending_too_many_packets_per_second_is_closed() {
+    let server = TestServer::spawn_with(|settings| settings.limits.socket_frames_per_second = 5).await;
+    let token = &server.users[0].token;
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
+
+    // Within the budget: connected, events answered.
+    let (mut calm, _) = tokio_tungstenite::connect_async(&url).await.expect("the upgrade succeeds");
+    assert!(next_text(&mut calm).await.unwrap().starts_with('0'));
+    calm.send(WsMessage::Text("40".into())).await.unwrap();
+    assert!(next_text(&mut calm).await.unwrap().starts_with("40{\"sid\""));
+
+    let (mut flood, _) = tokio_tungstenite::connect_async(&url).await.expect("the upgrade succeeds");
+    assert!(next_text(&mut flood).await.unwrap().starts_with('0'));
+    flood.send(WsMessage::Text("40".into())).await.unwrap();
+    for _ in 0..50 {
+        if flood.send(WsMessage::Text(r#"42["typing",{}]"#.into())).await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = flood.next().await {
+            if message.is_close() || matches!(&message, WsMessage::Text(t) if t.as_str() == "1") {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(matches!(closed, Ok(true)), "the flooding client stayed connected");
+
+    // The calm one is still served: it keeps being pinged, and answers.
+    for _ in 0..2 {
+        while next_text(&mut calm).await.expect("the calm client is still connected") != "2" {}
+        calm.send(WsMessage::Text("3".into())).await.unwrap();
     }
     server.stop().await;
 }

@@ -12,11 +12,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use application::ports::{ConversationSummary, RepoError, UserQuery};
+use application::ports::{Appended, ConversationSummary, RepoError, StoredMessage, StreamItem, UserQuery};
 use chrono::{DateTime, Duration, Utc};
 use domain::{
-    Avatar, Conversation, ConversationId, FullName, Gender, Message, MessageBody, MessageId, ParticipantPair,
-    PasswordHash, Timestamp, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Gender, Message, MessageBody,
+    MessageId, ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
 };
 use server::Storage;
 
@@ -78,13 +78,22 @@ contract!(
     conversation_find_by_participants_of_an_unknown_pair_is_none,
     conversation_find_or_insert_with_a_taken_id_for_another_pair_is_a_conflict,
     conversation_concurrent_find_or_insert_from_both_sides_yields_one_conversation,
-    conversation_touch_never_moves_updated_at_backwards,
     conversation_list_for_user_is_most_recent_first_with_the_last_message,
     conversation_list_for_user_without_conversations_is_empty,
-    message_insert_then_list_round_trips_every_field,
-    message_insert_of_a_taken_id_is_a_conflict,
+    message_append_then_list_round_trips_every_field,
+    message_append_stores_the_candidate_conversation_when_the_pair_has_none,
+    message_append_joins_the_pairs_conversation_from_either_side,
+    message_append_moves_updated_at_forward_never_back,
+    message_append_of_a_taken_id_is_a_conflict_and_stores_nothing,
     message_list_pages_backwards_and_returns_each_page_oldest_first,
     message_list_edges,
+    stream_positions_start_at_one_and_are_consecutive_per_user_across_both_roles,
+    stream_reads_after_a_cursor_in_order_with_a_limit,
+    stream_of_a_user_without_messages_is_empty_at_start,
+    client_id_retry_returns_the_first_message_and_stores_nothing,
+    client_id_of_another_sender_is_another_message,
+    concurrent_appends_leave_every_stream_gap_free_and_complete,
+    concurrent_retries_with_one_client_id_store_one_message,
     revoke_twice_is_fine_and_the_token_is_revoked,
     is_revoked_of_an_unknown_token_is_false,
     purge_expired_removes_and_counts_only_expired_revocations,
@@ -140,21 +149,77 @@ async fn conversation_between(storage: &Storage, a: &User, b: &User, at: Timesta
         .expect("creating a conversation")
 }
 
-fn message_in(conversation: &Conversation, from: &User, to: &User, body: &str, at: Timestamp) -> Message {
-    Message {
+/// A send as the messaging use case builds it: a new conversation for the pair, in case it
+/// has none yet, and the message in it.
+fn draft(from: &User, to: &User, body: &str, at: Timestamp) -> (Conversation, Message) {
+    let conversation = Conversation::start(pair(from, to), at);
+    let message = Message {
         id: MessageId::generate(),
         conversation_id: conversation.id.clone(),
         sender_id: from.id.clone(),
         receiver_id: to.id.clone(),
         body: MessageBody::parse(body).expect("a valid body"),
         created_at: at,
+        client_id: None,
+    };
+    (conversation, message)
+}
+
+fn client_id(raw: &str) -> Option<ClientMessageId> {
+    Some(ClientMessageId::parse(raw).expect("a valid client message id"))
+}
+
+fn created(appended: Appended) -> StoredMessage {
+    match appended {
+        Appended::Created(stored) => stored,
+        Appended::Existing(earlier) => panic!("expected a new message, got the earlier {earlier:?}"),
     }
 }
 
-async fn send(storage: &Storage, conversation: &Conversation, from: &User, to: &User, body: &str) -> Message {
-    let message = message_in(conversation, from, to, body, now());
-    storage.messages.insert(&message).await.expect("inserting a message");
-    message
+fn existing(appended: Appended) -> StoredMessage {
+    match appended {
+        Appended::Existing(earlier) => earlier,
+        Appended::Created(stored) => panic!("expected the earlier message, a new one was stored: {stored:?}"),
+    }
+}
+
+/// Appends a message from `from` to `to` at `at`; returns it as stored, with its cursors.
+async fn send_at(storage: &Storage, from: &User, to: &User, body: &str, at: Timestamp) -> StoredMessage {
+    let (conversation, message) = draft(from, to, body, at);
+    created(storage.messages.append(&conversation, &message).await.expect("appending a message"))
+}
+
+/// Appends a message from `from` to `to`, now; returns it as stored.
+async fn send(storage: &Storage, from: &User, to: &User, body: &str) -> Message {
+    send_at(storage, from, to, body, now()).await.message
+}
+
+async fn history(storage: &Storage, a: &User, b: &User) -> Vec<Message> {
+    let Some(conversation) = storage.conversations.find_by_participants(&pair(a, b)).await.unwrap() else {
+        return Vec::new();
+    };
+    storage.messages.list_by_conversation(&conversation.id, None, 200).await.unwrap()
+}
+
+fn cursor(position: u64) -> Cursor {
+    Cursor::new(position).expect("a valid position")
+}
+
+fn positions(items: &[StreamItem]) -> Vec<u64> {
+    items.iter().map(|item| item.cursor.position()).collect()
+}
+
+/// The whole stream of `user`, read in pages of `page`.
+async fn whole_stream(storage: &Storage, user: &User, page: u32) -> Vec<StreamItem> {
+    let mut items: Vec<StreamItem> = Vec::new();
+    loop {
+        let after = items.last().map_or(Cursor::START, |item| item.cursor);
+        let next = storage.messages.stream(&user.id, after, page).await.unwrap();
+        if next.is_empty() {
+            return items;
+        }
+        items.extend(next);
+    }
 }
 
 fn query(exclude: &User) -> UserQuery {
@@ -450,31 +515,6 @@ async fn conversation_concurrent_find_or_insert_from_both_sides_yields_one_conve
     }
 }
 
-async fn conversation_touch_never_moves_updated_at_backwards(storage: &Storage) {
-    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
-    let start = at_millis(1_700_000_000_000);
-    let conversation = conversation_between(storage, &a, &b, start).await;
-    let updated_at = || async {
-        storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap().updated_at
-    };
-
-    let later = start + Duration::seconds(30);
-    storage.conversations.touch(&conversation.id, later).await.unwrap();
-    assert_eq!(updated_at().await, later);
-
-    storage.conversations.touch(&conversation.id, start + Duration::seconds(10)).await.unwrap();
-    assert_eq!(updated_at().await, later, "an earlier touch changes nothing");
-    storage.conversations.touch(&conversation.id, later).await.unwrap();
-    assert_eq!(updated_at().await, later);
-
-    let latest = later + Duration::milliseconds(1);
-    storage.conversations.touch(&conversation.id, latest).await.unwrap();
-    let stored = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
-    assert_eq!((stored.created_at, stored.updated_at), (start, latest));
-
-    storage.conversations.touch(&ConversationId::generate(), latest).await.expect("touching nothing is fine");
-}
-
 async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(storage: &Storage) {
     let me = insert_user(storage, "me_myself").await;
     let [b, c, d, e] = [
@@ -490,12 +530,10 @@ async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(s
     let with_e = conversation_between(storage, &e, &me, t0).await;
     let not_mine = conversation_between(storage, &b, &c, t0).await;
 
-    send(storage, &with_b, &me, &b, "b1").await;
-    let last_b = send(storage, &with_b, &b, &me, "b2").await;
-    let last_c = send(storage, &with_c, &c, &me, "c1").await;
-    send(storage, &not_mine, &b, &c, "elsewhere").await;
-    storage.conversations.touch(&with_b.id, t0 + Duration::seconds(20)).await.unwrap();
-    storage.conversations.touch(&with_c.id, t0 + Duration::seconds(30)).await.unwrap();
+    send_at(storage, &me, &b, "b1", t0 + Duration::seconds(10)).await;
+    let last_b = send_at(storage, &b, &me, "b2", t0 + Duration::seconds(20)).await.message;
+    let last_c = send_at(storage, &c, &me, "c1", t0 + Duration::seconds(30)).await.message;
+    send_at(storage, &b, &c, "elsewhere", t0 + Duration::seconds(40)).await;
     // `with_d` and `with_e` tie on updatedAt: the greater id comes first.
 
     let listed = storage.conversations.list_for_user(&me.id).await.unwrap();
@@ -521,6 +559,7 @@ async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(s
     assert!(ids.contains(&with_c.id) && ids.contains(&not_mine.id));
     let elsewhere = theirs.iter().find(|s| s.conversation.id == not_mine.id).unwrap();
     assert_eq!(elsewhere.last_message.as_ref().map(|m| m.body.as_str()), Some("elsewhere"));
+    assert_eq!(elsewhere.conversation.updated_at, t0 + Duration::seconds(40));
 }
 
 async fn conversation_list_for_user_without_conversations_is_empty(storage: &Storage) {
@@ -537,27 +576,128 @@ async fn conversation_list_for_user_without_conversations_is_empty(storage: &Sto
 // ---------------------------------------------------------------------------------------------
 // Messages
 
-async fn message_insert_then_list_round_trips_every_field(storage: &Storage) {
+async fn message_append_then_list_round_trips_every_field(storage: &Storage) {
     let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
     let conversation = conversation_between(storage, &a, &b, now()).await;
-    let message =
-        message_in(&conversation, &a, &b, "  <b>hi</b> & \"bye\" \u{1F600}\n", at_millis(1_700_000_000_007));
-    storage.messages.insert(&message).await.unwrap();
+    let (candidate, mut message) =
+        draft(&a, &b, "  <b>hi</b> & \"bye\" \u{1F600}\n", at_millis(1_700_000_000_007));
+    message.conversation_id = conversation.id.clone();
+    message.client_id = client_id("0b7e6d3c-5f0e-4d53-9f4e-3d2c1b0a9e8f");
+    let without_key = Message { id: MessageId::generate(), client_id: None, ..message.clone() };
+
+    let stored = created(storage.messages.append(&candidate, &message).await.unwrap());
+    assert_eq!(
+        stored,
+        StoredMessage { message: message.clone(), sender_cursor: cursor(1), receiver_cursor: cursor(1) }
+    );
+    created(storage.messages.append(&candidate, &without_key).await.unwrap());
 
     let listed = storage.messages.list_by_conversation(&conversation.id, None, 50).await.unwrap();
-    assert_eq!(listed, [message]);
+    assert_eq!(listed, [message.clone(), without_key.clone()]);
+    let summary = storage.conversations.list_for_user(&b.id).await.unwrap();
+    assert_eq!(summary[0].last_message.as_ref(), Some(&without_key));
+    let streamed = storage.messages.stream(&b.id, Cursor::START, 50).await.unwrap();
+    assert_eq!(
+        streamed,
+        [
+            StreamItem { cursor: cursor(1), message: message.clone() },
+            StreamItem { cursor: cursor(2), message: without_key },
+        ]
+    );
 }
 
-async fn message_insert_of_a_taken_id_is_a_conflict(storage: &Storage) {
+async fn message_append_stores_the_candidate_conversation_when_the_pair_has_none(storage: &Storage) {
     let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
-    let conversation = conversation_between(storage, &a, &b, now()).await;
-    let first = send(storage, &conversation, &a, &b, "first").await;
-    let mut again = message_in(&conversation, &b, &a, "second", now());
-    again.id = first.id.clone();
+    let at = at_millis(1_700_000_000_000);
+    let (candidate, message) = draft(&a, &b, "hello", at);
 
-    let result = storage.messages.insert(&again).await;
-    assert!(matches!(result, Err(RepoError::Conflict)), "{result:?}");
-    assert_eq!(storage.messages.list_by_conversation(&conversation.id, None, 50).await.unwrap(), [first]);
+    let stored = created(storage.messages.append(&candidate, &message).await.unwrap());
+    assert_eq!(stored.message, message);
+    assert_eq!(
+        storage.conversations.find_by_participants(&pair(&b, &a)).await.unwrap(),
+        Some(candidate.clone())
+    );
+    assert_eq!(storage.messages.list_by_conversation(&candidate.id, None, 50).await.unwrap(), [message]);
+    assert_eq!(storage.conversations.list_for_user(&a.id).await.unwrap().len(), 1);
+}
+
+async fn message_append_joins_the_pairs_conversation_from_either_side(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let first = send(storage, &a, &b, "first").await;
+    let conversation = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+    assert_eq!(first.conversation_id, conversation.id);
+
+    let mut sent = vec![first];
+    for (from, to, body) in [(&b, &a, "reply"), (&a, &b, "again")] {
+        let (candidate, message) = draft(from, to, body, now());
+        assert_ne!(candidate.id, conversation.id);
+        let stored = created(storage.messages.append(&candidate, &message).await.unwrap());
+        assert_eq!(stored.message, Message { conversation_id: conversation.id.clone(), ..message });
+        assert_eq!(
+            storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().map(|c| c.id),
+            Some(conversation.id.clone()),
+            "the candidate is not stored"
+        );
+        sent.push(stored.message);
+    }
+    assert_eq!(storage.messages.list_by_conversation(&conversation.id, None, 50).await.unwrap(), sent);
+    assert_eq!(storage.conversations.list_for_user(&b.id).await.unwrap().len(), 1);
+}
+
+async fn message_append_moves_updated_at_forward_never_back(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let start = at_millis(1_700_000_000_000);
+    let conversation = conversation_between(storage, &a, &b, start).await;
+    let updated_at = || async {
+        storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap().updated_at
+    };
+
+    let later = start + Duration::seconds(30);
+    send_at(storage, &a, &b, "later", later).await;
+    assert_eq!(updated_at().await, later);
+
+    let earlier = send_at(storage, &b, &a, "earlier", start + Duration::seconds(10)).await;
+    assert_eq!(updated_at().await, later, "an earlier message leaves updatedAt alone");
+    assert_eq!(earlier.message.conversation_id, conversation.id, "but joins the conversation");
+    send_at(storage, &a, &b, "same time", later).await;
+    assert_eq!(updated_at().await, later);
+
+    let latest = later + Duration::milliseconds(1);
+    send_at(storage, &b, &a, "latest", latest).await;
+    let stored = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+    assert_eq!(stored, Conversation { updated_at: latest, ..conversation });
+}
+
+async fn message_append_of_a_taken_id_is_a_conflict_and_stores_nothing(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let first = send(storage, &a, &b, "first").await;
+    let heads = || async {
+        let mut heads = Vec::new();
+        for user in [&a, &b, &c] {
+            heads.push(storage.messages.stream_head(&user.id).await.unwrap());
+        }
+        heads
+    };
+    let before = heads().await;
+
+    for (from, to) in [(&b, &a), (&a, &c)] {
+        let (candidate, mut again) = draft(from, to, "second", now());
+        again.id = first.id.clone();
+        again.client_id = client_id("fresh-key");
+        let result = storage.messages.append(&candidate, &again).await;
+        assert!(matches!(result, Err(RepoError::Conflict)), "{result:?}");
+    }
+    assert_eq!(history(storage, &a, &b).await, [first]);
+    assert_eq!(history(storage, &a, &c).await, [], "no message, and no conversation either");
+    assert_eq!(storage.conversations.find_by_participants(&pair(&a, &c)).await.unwrap(), None);
+    assert_eq!(heads().await, before, "no stream position was taken");
+    let (candidate, mut retry) = draft(&a, &c, "second", now());
+    retry.client_id = client_id("fresh-key");
+    created(storage.messages.append(&candidate, &retry).await.expect("the client id was not used up"));
 }
 
 async fn message_list_pages_backwards_and_returns_each_page_oldest_first(storage: &Storage) {
@@ -567,12 +707,11 @@ async fn message_list_pages_backwards_and_returns_each_page_oldest_first(storage
         insert_user(storage, "cat").await,
     );
     let conversation = conversation_between(storage, &a, &b, now()).await;
-    let other = conversation_between(storage, &a, &c, now()).await;
     let mut sent = Vec::new();
     for i in 1..=5 {
         let (from, to) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
-        sent.push(send(storage, &conversation, from, to, &format!("m{i}")).await);
-        send(storage, &other, &c, &a, &format!("other{i}")).await;
+        sent.push(send(storage, from, to, &format!("m{i}")).await);
+        send(storage, &c, &a, &format!("other{i}")).await;
     }
     let page = |before: Option<&Message>, limit: u32| {
         let before = before.map(|m| m.id.clone());
@@ -600,14 +739,336 @@ async fn message_list_edges(storage: &Storage) {
     let unknown = ConversationId::generate();
     assert_eq!(storage.messages.list_by_conversation(&unknown, None, 50).await.unwrap(), []);
 
-    let first = send(storage, &conversation, &a, &b, "first").await;
-    let second = send(storage, &conversation, &b, &a, "second").await;
+    let first = send(storage, &a, &b, "first").await;
+    let second = send(storage, &b, &a, "second").await;
     assert_eq!(list(Some(first.id.clone()), 50).await, [], "before the first message");
     assert_eq!(list(None, 200).await, [first.clone(), second.clone()], "limit larger than count");
     assert_eq!(list(None, 1).await, std::slice::from_ref(&second));
     assert_eq!(list(None, 0).await, [], "a limit of zero");
     // A cursor that names no stored message still pages by id order.
     assert_eq!(list(Some(MessageId::generate()), 50).await, [first, second]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams and idempotent sends
+
+async fn stream_positions_start_at_one_and_are_consecutive_per_user_across_both_roles(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    // (from, to, expected sender cursor, expected receiver cursor)
+    let sends = [
+        (&a, &b, 1, 1),
+        (&b, &a, 2, 2),
+        (&a, &c, 3, 1),
+        (&c, &b, 2, 3),
+        (&b, &c, 4, 3),
+        (&a, &b, 4, 5),
+        (&c, &a, 4, 5),
+    ];
+    let mut stored = Vec::new();
+    for (i, (from, to, sender_position, receiver_position)) in sends.into_iter().enumerate() {
+        let message = send_at(storage, from, to, &format!("m{i}"), now()).await;
+        assert_eq!(
+            (message.sender_cursor, message.receiver_cursor),
+            (cursor(sender_position), cursor(receiver_position)),
+            "send {i}"
+        );
+        assert_eq!(message.cursor_for(&from.id), Some(cursor(sender_position)));
+        stored.push(message);
+    }
+
+    for (user, expected) in [
+        (&a, ["m0", "m1", "m2", "m5", "m6"].as_slice()),
+        (&b, &["m0", "m1", "m3", "m4", "m5"]),
+        (&c, &["m2", "m3", "m4", "m6"]),
+    ] {
+        let stream = storage.messages.stream(&user.id, Cursor::START, 50).await.unwrap();
+        assert_eq!(
+            positions(&stream),
+            (1..=expected.len() as u64).collect::<Vec<_>>(),
+            "{}",
+            user.username.as_str()
+        );
+        let messages: Vec<Message> = stream.iter().map(|item| item.message.clone()).collect();
+        assert_eq!(bodies(&messages), expected, "{}", user.username.as_str());
+        for item in &stream {
+            let original = stored.iter().find(|s| s.message.id == item.message.id).unwrap();
+            assert_eq!(item.message, original.message);
+            assert_eq!(original.cursor_for(&user.id), Some(item.cursor));
+        }
+        assert_eq!(storage.messages.stream_head(&user.id).await.unwrap(), cursor(expected.len() as u64));
+    }
+}
+
+async fn stream_reads_after_a_cursor_in_order_with_a_limit(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let mut mine = Vec::new();
+    for i in 1..=9 {
+        let message = match i % 3 {
+            0 => send(storage, &a, &b, &format!("m{i}")).await,
+            1 => send(storage, &b, &a, &format!("m{i}")).await,
+            _ => send(storage, &c, &a, &format!("m{i}")).await,
+        };
+        mine.push(message);
+        send(storage, &b, &c, &format!("not mine {i}")).await;
+    }
+    let read = |after: u64, limit: u32| {
+        let id = a.id.clone();
+        async move { storage.messages.stream(&id, cursor(after), limit).await.unwrap() }
+    };
+    let messages = |items: Vec<StreamItem>| items.into_iter().map(|item| item.message).collect::<Vec<_>>();
+
+    assert_eq!(messages(read(0, 50).await), mine);
+    assert_eq!(positions(&read(0, 4).await), [1, 2, 3, 4]);
+    assert_eq!(positions(&read(4, 4).await), [5, 6, 7, 8]);
+    assert_eq!(positions(&read(8, 4).await), [9]);
+    assert_eq!(messages(read(2, 3).await), &mine[2..5]);
+    assert_eq!(read(9, 50).await, []);
+    assert_eq!(read(100, 50).await, [], "after a position beyond the head");
+    assert_eq!(read(0, 0).await, [], "a limit of zero");
+    assert_eq!(whole_stream(storage, &a, 2).await.len(), 9);
+    assert_eq!(storage.messages.stream_head(&a.id).await.unwrap(), cursor(9));
+    assert_eq!(storage.messages.stream_head(&b.id).await.unwrap(), cursor(15));
+    assert_eq!(storage.messages.stream_head(&c.id).await.unwrap(), cursor(12));
+}
+
+async fn stream_of_a_user_without_messages_is_empty_at_start(storage: &Storage) {
+    let (a, b, loner) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "loner").await,
+    );
+    send(storage, &a, &b, "hi").await;
+    for user in [&loner.id, &UserId::generate()] {
+        assert_eq!(storage.messages.stream(user, Cursor::START, 50).await.unwrap(), []);
+        assert_eq!(storage.messages.stream_head(user).await.unwrap(), Cursor::START);
+    }
+}
+
+async fn client_id_retry_returns_the_first_message_and_stores_nothing(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    send(storage, &b, &a, "before").await;
+    let (candidate, mut message) = draft(&a, &b, "once", now());
+    message.client_id = client_id("key-1");
+    let first = created(storage.messages.append(&candidate, &message).await.unwrap());
+    assert_eq!((first.sender_cursor, first.receiver_cursor), (cursor(2), cursor(2)));
+    let heads = || async {
+        (
+            storage.messages.stream_head(&a.id).await.unwrap(),
+            storage.messages.stream_head(&b.id).await.unwrap(),
+            storage.messages.stream_head(&c.id).await.unwrap(),
+        )
+    };
+    let heads_before = heads().await;
+
+    // The same send again (a new id, as a retrying client's server generates), then the same
+    // key with other content and to someone else: the sender's key names the first message.
+    let (retry_candidate, mut retry) = draft(&a, &b, "once", now() + Duration::seconds(1));
+    retry.client_id = client_id("key-1");
+    let (_, mut other_text) = draft(&a, &b, "something else", now());
+    other_text.client_id = client_id("key-1");
+    let (other_candidate, mut other_receiver) = draft(&a, &c, "once", now());
+    other_receiver.client_id = client_id("key-1");
+    for (candidate, attempt) in
+        [(&retry_candidate, &retry), (&retry_candidate, &other_text), (&other_candidate, &other_receiver)]
+    {
+        let earlier = existing(storage.messages.append(candidate, attempt).await.unwrap());
+        assert_eq!(earlier, first, "{}", attempt.body.as_str());
+    }
+
+    assert_eq!(heads().await, heads_before, "no position was taken");
+    assert_eq!(bodies(&history(storage, &a, &b).await), ["before", "once"]);
+    assert_eq!(storage.conversations.find_by_participants(&pair(&a, &c)).await.unwrap(), None);
+    let conversation = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+    assert_eq!(conversation.updated_at, first.message.created_at, "the retry's later date is not applied");
+    assert_eq!(positions(&storage.messages.stream(&a.id, Cursor::START, 50).await.unwrap()), [1, 2]);
+}
+
+async fn client_id_of_another_sender_is_another_message(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let mut ids = HashSet::new();
+    for (from, to) in [(&a, &b), (&b, &a), (&c, &b)] {
+        let (candidate, mut message) = draft(from, to, "same key", now());
+        message.client_id = client_id("shared-key");
+        let stored = created(storage.messages.append(&candidate, &message).await.unwrap());
+        assert_eq!(stored.message.client_id, client_id("shared-key"));
+        ids.insert(stored.message.id);
+    }
+    assert_eq!(ids.len(), 3);
+    assert_eq!(history(storage, &a, &b).await.len(), 2);
+    assert_eq!(storage.messages.stream_head(&b.id).await.unwrap(), cursor(3));
+    // Each sender's key still names their own message.
+    let (candidate, mut retry) = draft(&b, &a, "same key", now());
+    retry.client_id = client_id("shared-key");
+    let earlier = existing(storage.messages.append(&candidate, &retry).await.unwrap());
+    assert_eq!((earlier.message.sender_id, earlier.message.receiver_id), (b.id.clone(), a.id.clone()));
+}
+
+/// How long the concurrency behaviours may take on any backend before they count as stuck.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn concurrent_appends_leave_every_stream_gap_free_and_complete(storage: &Storage) {
+    const WRITERS: usize = 8;
+    const SENDS: usize = 25;
+    let hub = insert_user(storage, "hub").await;
+    let mut senders = Vec::new();
+    for i in 0..WRITERS {
+        senders.push(insert_user(storage, &format!("writer{i}")).await);
+    }
+    // Writer i mostly writes to the hub; every 5th send goes to the next writer instead, and
+    // every 7th comes from the hub to writer i, so that streams grow in both roles at once.
+    let plan = |i: usize, j: usize| -> (User, User) {
+        if j % 5 == 4 {
+            (senders[i].clone(), senders[(i + 1) % WRITERS].clone())
+        } else if j % 7 == 3 {
+            (hub.clone(), senders[i].clone())
+        } else {
+            (senders[i].clone(), hub.clone())
+        }
+    };
+    let hub_total = (0..WRITERS)
+        .flat_map(|i| (0..SENDS).map(move |j| (i, j)))
+        .filter(|&(i, j)| {
+            let (from, to) = plan(i, j);
+            from.id == hub.id || to.id == hub.id
+        })
+        .count();
+
+    // A reader follows the hub's stream while the writers run, always after the last
+    // position it saw, as a syncing client does.
+    let messages = Arc::clone(&storage.messages);
+    let hub_id = hub.id.clone();
+    let reader = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut seen: Vec<StreamItem> = Vec::new();
+        while seen.len() < hub_total {
+            assert!(started.elapsed() < PATIENCE, "the reader saw {} of {hub_total} messages", seen.len());
+            let after = seen.last().map_or(Cursor::START, |item| item.cursor);
+            let page = messages.stream(&hub_id, after, 7).await.expect("reading the stream");
+            assert!(page.len() <= 7);
+            for (k, item) in page.iter().enumerate() {
+                assert_eq!(
+                    item.cursor,
+                    cursor(after.position() + 1 + k as u64),
+                    "a stream read skipped a position"
+                );
+            }
+            if page.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            seen.extend(page);
+        }
+        seen
+    });
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let messages = Arc::clone(&storage.messages);
+            let sends: Vec<(User, User)> = (0..SENDS).map(|j| plan(i, j)).collect();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for (j, (from, to)) in sends.iter().enumerate() {
+                    let (candidate, message) = draft(from, to, &format!("w{i}-{j}"), now());
+                    let appended =
+                        created(messages.append(&candidate, &message).await.expect("a concurrent append"));
+                    // Once stored, the message is readable at its positions, and so is every
+                    // position before them (what a client told of it by an event reads next).
+                    for user in [&from.id, &to.id] {
+                        let position = appended.cursor_for(user).unwrap().position();
+                        let after = position.saturating_sub(4);
+                        let window =
+                            messages.stream(user, cursor(after), (position - after) as u32).await.unwrap();
+                        assert_eq!(
+                            positions(&window),
+                            (after + 1..=position).collect::<Vec<_>>(),
+                            "right after a send"
+                        );
+                        assert_eq!(window.last().map(|item| &item.message), Some(&appended.message));
+                    }
+                    stored.push(appended);
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for writer in writers {
+        stored.extend(tokio::time::timeout(PATIENCE, writer).await.expect("the writers finish").unwrap());
+    }
+    let seen = tokio::time::timeout(PATIENCE, reader).await.expect("the reader finishes").unwrap();
+    assert_eq!(stored.len(), WRITERS * SENDS);
+
+    // Every user's stream: positions 1..=n, each of their messages exactly once, at the
+    // cursor its append returned.
+    for user in senders.iter().chain([&hub]) {
+        let stream = whole_stream(storage, user, 40).await;
+        let mine: Vec<&StoredMessage> = stored.iter().filter(|s| s.cursor_for(&user.id).is_some()).collect();
+        assert_eq!(
+            positions(&stream),
+            (1..=mine.len() as u64).collect::<Vec<_>>(),
+            "{}",
+            user.username.as_str()
+        );
+        for item in &stream {
+            let original =
+                mine.iter().find(|s| s.message.id == item.message.id).expect("a message of the user");
+            assert_eq!(original.cursor_for(&user.id), Some(item.cursor));
+            assert_eq!(item.message, original.message);
+        }
+        assert_eq!(storage.messages.stream_head(&user.id).await.unwrap(), cursor(mine.len() as u64));
+    }
+    // What the reader saw while the writers ran is exactly the final stream: nothing
+    // appeared later below a position it had already read past.
+    assert_eq!(seen, whole_stream(storage, &hub, 200).await);
+    assert_eq!(seen.iter().map(|item| &item.message.id).collect::<HashSet<_>>().len(), hub_total);
+}
+
+async fn concurrent_retries_with_one_client_id_store_one_message(storage: &Storage) {
+    for round in 0..3 {
+        let a = insert_user(storage, &format!("sender{round}")).await;
+        let b = insert_user(storage, &format!("receiver{round}")).await;
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let messages = Arc::clone(&storage.messages);
+                let (candidate, mut message) = draft(&a, &b, "only once", now());
+                message.client_id = client_id("retried-key");
+                tokio::spawn(async move { messages.append(&candidate, &message).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut earlier = Vec::new();
+        for task in tasks {
+            match tokio::time::timeout(PATIENCE, task).await.expect("the appends finish").unwrap() {
+                Ok(Appended::Created(stored)) => winners.push(stored),
+                Ok(Appended::Existing(stored)) => earlier.push(stored),
+                Err(error) => panic!("round {round}: a racing retry failed: {error:?}"),
+            }
+        }
+        assert_eq!((winners.len(), earlier.len()), (1, 9), "round {round}");
+        let winner = winners.pop().unwrap();
+        assert!(earlier.iter().all(|e| *e == winner), "round {round}: {earlier:?}");
+        assert_eq!((winner.sender_cursor, winner.receiver_cursor), (cursor(1), cursor(1)));
+        assert_eq!(history(storage, &a, &b).await, std::slice::from_ref(&winner.message));
+        assert_eq!(storage.messages.stream_head(&a.id).await.unwrap(), cursor(1));
+        assert_eq!(storage.messages.stream_head(&b.id).await.unwrap(), cursor(1));
+        let stream = storage.messages.stream(&b.id, Cursor::START, 50).await.unwrap();
+        assert_eq!(stream, [StreamItem { cursor: cursor(1), message: winner.message }]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,17 +1,26 @@
-//! Request and response bodies of API.md.
+//! Request and response bodies of API.md, with their JSON schemas for the OpenAPI document
+//! (`crate::openapi`): the request schemas state exactly what the handlers accept, so that
+//! the schema-driven fuzz test (tests/tests/openapi.rs) can tell a wrong answer from a right one.
 
 use application::ports::ConversationSummary;
-use application::ConversationView;
+use application::{ConversationView, SyncPage};
 use domain::{User, UserId};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use ws_notifier::wire::{timestamp, MessageDto};
 
+use crate::openapi::fields;
+
 /// The success envelope.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Envelope<T> {
+    /// Always `true`.
+    #[schema(schema_with = fields::always_true)]
     pub success: bool,
+    /// A short note on what was done (register, login, logout).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false)]
     pub message: Option<&'static str>,
     pub response_data: T,
 }
@@ -26,17 +35,46 @@ impl<T> Envelope<T> {
     }
 }
 
-/// A user as the world sees it: never the password or its hash.
+/// `null`, as JSON: the data of an answer that has none (logout).
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+pub struct Null;
+
+impl utoipa::PartialSchema for Null {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Null)
+            .into()
+    }
+}
+
+impl ToSchema for Null {}
+
+/// `{"status": …}`: what the health probes answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusDto {
+    /// `up` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(value_type = String, example = "up")]
+    pub status: &'static str,
+}
+
+/// A user as the world sees it: never the password or its hash.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = User)]
 pub struct UserDto {
     #[serde(rename = "_id")]
     pub id: String,
     pub full_name: String,
+    /// As registered (unique case-insensitively).
     pub username: String,
+    #[schema(value_type = Option<fields::Gender>)]
     pub gender: Option<&'static str>,
+    /// A picture URL: the one given at registration, or a generated default.
     pub avatar: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -54,29 +92,43 @@ impl From<&User> for UserDto {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Registered)]
 pub struct RegisteredDto {
     pub new_user: UserDto,
+    /// The session token (JWT), also set as the `token` cookie.
     pub token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = LoggedIn)]
 pub struct LoggedInDto {
     pub user: UserDto,
+    /// The session token (JWT), also set as the `token` cookie.
     pub token: String,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A conversation with one page of its messages. Before the first message there is no
+/// conversation yet: no `_id`, no timestamps, and `messages: []`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Conversation)]
 pub struct ConversationDto {
     #[serde(rename = "_id", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub id: Option<String>,
+    /// The two user ids.
+    #[schema(min_items = 2, max_items = 2)]
     pub participants: [String; 2],
+    /// Oldest first.
     pub messages: Vec<MessageDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
     pub created_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
     pub updated_at: Option<String>,
 }
 
@@ -102,13 +154,18 @@ impl ConversationDto {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One of my conversations, with its last message.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ConversationSummary)]
 pub struct ConversationSummaryDto {
     #[serde(rename = "_id")]
     pub id: String,
+    /// The two user ids.
+    #[schema(min_items = 2, max_items = 2)]
     pub participants: [String; 2],
     pub last_message: Option<MessageDto>,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -126,41 +183,112 @@ impl From<&ConversationSummary> for ConversationSummaryDto {
 
 // Request bodies: every field optional so that a missing one gets a precise message rather
 // than serde's; a wrong type (an object where a string belongs) is still refused by serde.
+// Their schemas say what is required and what passes validation; unknown fields are ignored.
 
-#[derive(Deserialize)]
+/// A new account. The original app's sign-up form also sends `confirmPassword`, which is
+/// accepted and, when present, must equal `password` (400 otherwise).
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RegisterRequest)]
 pub struct RegisterRequest {
+    #[schema(required = true, schema_with = fields::full_name)]
     pub full_name: Option<String>,
+    #[schema(required = true, schema_with = fields::username)]
     pub username: Option<String>,
+    #[schema(required = true, schema_with = fields::new_password)]
     pub password: Option<String>,
     /// Sent by the original app's sign-up form; checked when present.
+    // Left out of the schema: a cross-field rule (equal to `password`) no schema can state.
+    #[schema(ignore)]
     pub confirm_password: Option<String>,
+    #[schema(schema_with = fields::gender_in)]
     pub gender: Option<String>,
+    #[schema(schema_with = fields::avatar)]
     pub avatar: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = LoginRequest)]
 pub struct LoginRequest {
+    /// Any string; an unknown or impossible name is answered like a wrong password (401).
+    #[schema(required = true, nullable = false)]
     pub username: Option<String>,
+    #[schema(required = true, nullable = false)]
     pub password: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SendRequest)]
 pub struct SendRequest {
+    #[schema(required = true, schema_with = fields::message_text)]
     pub message: Option<String>,
+    /// The sender's key for this message (1–255 visible ASCII characters, e.g. a UUID): a
+    /// retry with the same key returns the message stored first (200) instead of storing it
+    /// again. The `Idempotency-Key` header does the same.
+    #[serde(rename = "clientMessageId")]
+    // Nullable: `null` is taken as no key.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
+    pub client_message_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
+    /// Case-insensitive part of a username or full name, matched literally (white space
+    /// around it is ignored; at most 64 characters, no NUL).
+    #[param(schema_with = fields::search)]
     pub search: Option<String>,
+    /// Users per page: default 50, at most 200 (larger values are capped, 0 counts as 1).
+    #[param(schema_with = fields::page_limit)]
     pub limit: Option<u32>,
+    /// The `X-Next-Cursor` of the previous page; empty or absent for the first page.
+    #[param(schema_with = fields::user_cursor)]
     pub cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Messages per page: default 50, at most 200 (larger values are capped, 0 counts as 1).
+    #[param(schema_with = fields::page_limit)]
     pub limit: Option<u32>,
+    /// A message id: only messages older than it (empty or absent: the newest).
+    #[param(schema_with = fields::message_id_or_empty)]
     pub before: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SyncQuery {
+    /// The last cursor the client processed (a `newMessage` event's or a previous page's
+    /// `nextCursor`); empty or absent: from the first message.
+    #[param(schema_with = fields::stream_cursor_or_empty)]
+    pub since: Option<String>,
+    /// Messages per page: default 50, at most 200 (larger values are capped, 0 counts as 1).
+    #[param(schema_with = fields::page_limit)]
+    pub limit: Option<u32>,
+}
+
+/// One page of the caller's message stream.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncPageDto {
+    /// Messages after `since`, oldest first, each with its `cursor`.
+    pub messages: Vec<MessageDto>,
+    /// The cursor to sync from next: the last message's, or `since` when there is none.
+    pub next_cursor: String,
+    /// Whether more messages were already stored after this page.
+    pub has_more: bool,
+}
+
+impl From<&SyncPage> for SyncPageDto {
+    fn from(page: &SyncPage) -> Self {
+        Self {
+            messages: page.items.iter().map(|item| MessageDto::at(&item.message, item.cursor)).collect(),
+            next_cursor: page.next.to_string(),
+            has_more: page.has_more,
+        }
+    }
 }
 
 #[derive(Deserialize)]

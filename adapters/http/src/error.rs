@@ -146,6 +146,11 @@ impl From<MessagingError> for ApiError {
             MessagingError::SelfConversation => {
                 Self::validation("you cannot send messages to yourself")
             }
+            MessagingError::ClientIdReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                error.to_string(),
+            ),
             MessagingError::Unavailable(cause) => Self::unavailable(&cause),
             MessagingError::Unexpected(cause) => Self::internal(&cause),
         }

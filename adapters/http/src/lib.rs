@@ -11,6 +11,7 @@ mod dto;
 mod error;
 mod limits;
 pub mod metrics;
+pub mod openapi;
 mod routes;
 mod state;
 mod web;

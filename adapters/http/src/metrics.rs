@@ -70,7 +70,7 @@ impl Metrics {
 
     fn event(&self, event: &Event, delivered: bool) {
         let name = match event {
-            Event::NewMessage(_) => "newMessage",
+            Event::NewMessage { .. } => "newMessage",
             Event::OnlineUsers(_) => "onlineUsers",
             Event::Typing { .. } => "typing",
         };

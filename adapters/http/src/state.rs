@@ -37,6 +37,9 @@ pub struct HttpSettings {
     pub readiness_timeout: Duration,
     /// Serves the built-in web client at `/`.
     pub web_client: bool,
+    /// Serves Prometheus metrics at `/metrics` (off: 404). The endpoint is unauthenticated:
+    /// restrict it at the proxy (deploy/nginx.conf) or switch it off.
+    pub metrics: bool,
 }
 
 pub struct AppState {
@@ -44,7 +47,7 @@ pub struct AppState {
     pub messaging: Arc<MessagingService>,
     pub realtime: Arc<RealtimeService>,
     pub registry: Arc<ConnectionRegistry>,
-    pub limits: RateLimits,
+    pub limits: Arc<RateLimits>,
     /// Served at `/metrics`; shared by every worker.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The `/socket.io/` endpoint's sessions, shared by every worker.

@@ -5,11 +5,11 @@
 //! (the SQL stores keep microseconds). The API shows milliseconds, so clients see no
 //! difference.
 
-use application::ports::RepoError;
+use application::ports::{RepoError, StoredMessage};
 use chrono::{DateTime, Utc};
 use domain::{
-    Avatar, Conversation, ConversationId, FullName, Message, MessageBody, MessageId, ParticipantPair,
-    PasswordHash, Timestamp, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
+    ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
 };
 use mongodb::bson;
 use serde::{Deserialize, Serialize};
@@ -134,17 +134,38 @@ pub(crate) struct MessageDoc {
     /// The body, named as in the original app's documents.
     pub message: String,
     pub created_at: bson::DateTime,
+    /// The sender's idempotency key; absent when the send carried none (a unique partial
+    /// index covers only the documents that have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
+    /// The message's positions in the sender's and the receiver's streams. Every message
+    /// stored by `append` has both; documents written before streams existed get them when
+    /// the store connects (see `messages::backfill_stream_positions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_position: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_position: Option<i64>,
 }
 
-impl From<&Message> for MessageDoc {
-    fn from(message: &Message) -> Self {
+impl MessageDoc {
+    /// `message` as stored by `append`: in conversation `conversation_id`, at the given
+    /// positions of both streams.
+    pub fn stored(
+        message: &Message,
+        conversation_id: &str,
+        sender_position: i64,
+        receiver_position: i64,
+    ) -> Self {
         Self {
             id: message.id.as_str().to_owned(),
-            conversation_id: message.conversation_id.as_str().to_owned(),
+            conversation_id: conversation_id.to_owned(),
             sender_id: message.sender_id.as_str().to_owned(),
             receiver_id: message.receiver_id.as_str().to_owned(),
             message: message.body.as_str().to_owned(),
             created_at: to_bson(message.created_at),
+            client_message_id: message.client_id.as_ref().map(|id| id.as_str().to_owned()),
+            sender_position: Some(sender_position),
+            receiver_position: Some(receiver_position),
         }
     }
 }
@@ -160,8 +181,37 @@ impl TryFrom<MessageDoc> for Message {
             receiver_id: UserId::parse(&doc.receiver_id).map_err(|e| corrupt("receiver id", e))?,
             body: MessageBody::parse(&doc.message).map_err(|e| corrupt("message body", e))?,
             created_at: from_bson(doc.created_at)?,
+            client_id: doc
+                .client_message_id
+                .as_deref()
+                .map(ClientMessageId::parse)
+                .transpose()
+                .map_err(|e| corrupt("client message id", e))?,
         })
     }
+}
+
+impl TryFrom<MessageDoc> for StoredMessage {
+    type Error = RepoError;
+    fn try_from(mut doc: MessageDoc) -> Result<Self, RepoError> {
+        let sender_cursor = position(doc.sender_position.take())?;
+        let receiver_cursor = position(doc.receiver_position.take())?;
+        Ok(StoredMessage { message: doc.try_into()?, sender_cursor, receiver_cursor })
+    }
+}
+
+/// A stored stream position as a cursor.
+pub(crate) fn position(stored: Option<i64>) -> Result<Cursor, RepoError> {
+    let stored = stored.ok_or_else(|| corrupt("stream position", "missing"))?;
+    Cursor::try_from(stored).map_err(|e| corrupt("stream position", e))
+}
+
+/// The last position taken in one user's stream, keyed by the user's id.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StreamHeadDoc {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    pub position: i64,
 }
 
 /// A revoked token, by its `jti`.

@@ -1,16 +1,19 @@
-//! Document storage on MongoDB (a standalone mongod, a replica set or Atlas), through the
-//! official driver.
+//! Document storage on MongoDB (a replica set, a single-node one included, or Atlas),
+//! through the official driver.
 //!
 //! Every repository port is implemented with the behaviour of the SQL store: the same
 //! uniqueness rules, orderings and paging. The domain's string ids are stored as `_id`, so
-//! both stores hold the same ids. Nothing here needs a multi-document transaction (a
-//! standalone mongod has none): uniqueness is left to unique indexes and creation races to
-//! upserts. `bson` and driver types stay inside this crate.
+//! both stores hold the same ids. Uniqueness is left to unique indexes and creation races to
+//! upserts; a sent message is stored with its conversation and its positions in both users'
+//! streams in one multi-document transaction (see `messages`), which MongoDB offers on
+//! replica sets and sharded clusters only: `connect` refuses a standalone server. `bson` and
+//! driver types stay inside this crate.
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
 mod documents;
 mod error;
+mod messages;
 mod repositories;
 
 use std::time::Duration;
@@ -20,7 +23,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use documents::{ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
+use documents::{ConversationDoc, MessageDoc, RevokedTokenDoc, StreamHeadDoc, UserDoc};
 
 /// The database used when the URL names none.
 pub const DEFAULT_DATABASE: &str = "chat";
@@ -40,11 +43,14 @@ pub struct MongoStore {
     pub(crate) users: Collection<UserDoc>,
     pub(crate) conversations: Collection<ConversationDoc>,
     pub(crate) messages: Collection<MessageDoc>,
+    /// Each user's last stream position, by user id.
+    pub(crate) heads: Collection<StreamHeadDoc>,
     pub(crate) revoked: Collection<RevokedTokenDoc>,
 }
 
 impl MongoStore {
-    /// Connects, checks that the server answers, and creates the indexes the ports rely on.
+    /// Connects, checks that the server answers and offers transactions, creates the indexes
+    /// the ports rely on, and gives messages stored before streams existed their positions.
     pub async fn connect(options: &MongoOptions) -> anyhow::Result<Self> {
         // The driver's parse errors never echo the URL, which may hold a password.
         let mut client_options = ClientOptions::parse(&options.url).await.context("invalid MongoDB URL")?;
@@ -72,14 +78,34 @@ impl MongoStore {
                 options.acquire_timeout.as_millis()
             )
         })?;
+        let hello = match database.run_command(doc! { "hello": 1 }).await {
+            Ok(hello) => hello,
+            // Servers before 4.4.2 know the command by its old name.
+            Err(_) => database
+                .run_command(doc! { "isMaster": 1 })
+                .await
+                .context("cannot ask MongoDB for its topology")?,
+        };
+        if !supports_transactions(&hello) {
+            anyhow::bail!(
+                "MongoDB must run as a replica set (a single-node one is fine: start mongod with \
+                 `--replSet rs0`, then run `rs.initiate()` once), because sends are stored in \
+                 multi-document transactions"
+            );
+        }
         let store = Self {
             users: database.collection("users"),
             conversations: database.collection("conversations"),
             messages: database.collection("messages"),
+            heads: database.collection("streamHeads"),
             revoked: database.collection("revoked_tokens"),
             database,
         };
         store.create_indexes().await.context("cannot create the MongoDB indexes")?;
+        store
+            .backfill_stream_positions()
+            .await
+            .context("cannot give the messages stored before message streams their positions")?;
         Ok(store)
     }
 
@@ -99,7 +125,28 @@ impl MongoStore {
             ])
             .await?;
         self.messages
-            .create_index(index(doc! { "conversationId": 1, "_id": 1 }, "conversation_history", false))
+            .create_indexes([
+                index(doc! { "conversationId": 1, "_id": 1 }, "conversation_history", false),
+                // Each user's stream, one index per role: a position is taken once per user.
+                // Partial, so that messages stored before streams existed (without positions
+                // until the backfill reaches them) don't collide on a missing key.
+                partial_unique(
+                    doc! { "senderId": 1, "senderPosition": 1 },
+                    "sender_stream",
+                    doc! { "senderPosition": { "$exists": true } },
+                ),
+                partial_unique(
+                    doc! { "receiverId": 1, "receiverPosition": 1 },
+                    "receiver_stream",
+                    doc! { "receiverPosition": { "$exists": true } },
+                ),
+                // A sender's client id names one message; sends without one are not indexed.
+                partial_unique(
+                    doc! { "senderId": 1, "clientMessageId": 1 },
+                    "sender_client_id",
+                    doc! { "clientMessageId": { "$exists": true } },
+                ),
+            ])
             .await?;
         // A plain index rather than a TTL one: revocations are forgotten by `purge_expired`,
         // which reports how many it removed; a TTL monitor deleting the same documents behind
@@ -124,9 +171,29 @@ fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
     IndexModel::builder().keys(keys).options(options).build()
 }
 
+fn partial_unique(keys: Document, name: &str, filter: Document) -> IndexModel {
+    let options =
+        IndexOptions::builder().name(name.to_owned()).unique(true).partial_filter_expression(filter).build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// Whether a `hello` answer comes from a deployment with multi-document transactions: a
+/// replica set member (`setName`) or a sharded cluster's router. SecantusDB, the stand-in
+/// the tests run on, answers as the primary of a one-member set named `secantus`.
+fn supports_transactions(hello: &Document) -> bool {
+    hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_replica_sets_and_sharded_clusters_support_transactions() {
+        assert!(supports_transactions(&doc! { "isWritablePrimary": true, "setName": "rs0" }));
+        assert!(supports_transactions(&doc! { "isWritablePrimary": true, "msg": "isdbgrid" }));
+        assert!(!supports_transactions(&doc! { "isWritablePrimary": true, "maxWireVersion": 21 }));
+    }
 
     #[tokio::test]
     async fn an_unreachable_server_fails_connect_with_a_clear_error() {

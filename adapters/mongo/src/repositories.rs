@@ -5,13 +5,11 @@
 //! it could be read as an operator or an unescaped pattern.
 
 use application::ports::{
-    ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError, RepoResult,
-    RevokedTokenRepository, UserQuery, UserRepository,
+    ConversationRepository, ConversationSummary, HealthCheck, RepoError, RepoResult, RevokedTokenRepository,
+    UserQuery, UserRepository,
 };
 use async_trait::async_trait;
-use domain::{
-    Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username,
-};
+use domain::{Conversation, Message, ParticipantPair, Timestamp, User, UserId, Username};
 use futures_util::TryStreamExt as _;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
@@ -124,15 +122,6 @@ impl ConversationRepository for MongoStore {
             .transpose()
     }
 
-    async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
-        // `$max` only ever moves the date forward, atomically.
-        self.conversations
-            .update_one(doc! { "_id": id.as_str() }, doc! { "$max": { "updatedAt": to_bson(at) } })
-            .await
-            .map_err(repo_error("touching a conversation"))?;
-        Ok(())
-    }
-
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
         let pipeline = [
             doc! { "$match": { "participants": user.as_str() } },
@@ -174,47 +163,6 @@ fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
         .map(Message::try_from)
         .transpose()?;
     Ok(ConversationSummary { conversation: conversation.try_into()?, last_message })
-}
-
-#[async_trait]
-impl MessageRepository for MongoStore {
-    async fn insert(&self, message: &Message) -> RepoResult<()> {
-        // Durable once acknowledged: the client's write concern waits for the journal.
-        self.messages
-            .insert_one(MessageDoc::from(message))
-            .await
-            .map_err(repo_error("inserting a message"))?;
-        Ok(())
-    }
-
-    async fn list_by_conversation(
-        &self,
-        conversation: &ConversationId,
-        before: Option<MessageId>,
-        limit: u32,
-    ) -> RepoResult<Vec<Message>> {
-        // The driver reads a limit of 0 as "no limit".
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut filter = doc! { "conversationId": conversation.as_str() };
-        if let Some(before) = &before {
-            filter.insert("_id", doc! { "$lt": before.as_str() });
-        }
-        // Newest first to take the page, then turned oldest first.
-        let mut page = self
-            .messages
-            .find(filter)
-            .sort(doc! { "_id": -1 })
-            .limit(i64::from(limit))
-            .await
-            .map_err(repo_error("listing messages"))?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(repo_error("listing messages"))?;
-        page.reverse();
-        page.into_iter().map(Message::try_from).collect()
-    }
 }
 
 #[async_trait]

@@ -11,11 +11,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use application::{AccountService, RealtimeService};
+use application::{AccountService, MessagingService, RealtimeService};
 use tokio::sync::mpsc;
 use ws_notifier::ConnectionRegistry;
 
-use crate::packet::{self, SEPARATOR};
+use crate::packet::{self, SinceArg, SEPARATOR};
 
 /// Packets a transport may hand a session before it waits for the session to catch up.
 const INBOUND_CAPACITY: usize = 32;
@@ -35,6 +35,9 @@ pub struct EngineSettings {
     pub connect_timeout: Duration,
     /// How long a WebSocket probe may take to complete the upgrade.
     pub upgrade_timeout: Duration,
+    /// Engine.IO packets per second a client may send (averaged over a burst of as many),
+    /// whatever the transport; 0: no limit. The same budget as `/ws` frames.
+    pub max_packets_per_second: u32,
 }
 
 impl EngineSettings {
@@ -44,6 +47,7 @@ impl EngineSettings {
         ping_timeout: Duration,
         max_payload: usize,
         queue_capacity: usize,
+        max_packets_per_second: u32,
     ) -> Self {
         Self {
             ping_interval,
@@ -52,6 +56,7 @@ impl EngineSettings {
             queue_capacity: queue_capacity.max(8),
             connect_timeout: Duration::from_secs(45),
             upgrade_timeout: Duration::from_secs(10),
+            max_packets_per_second,
         }
     }
 }
@@ -115,12 +120,19 @@ pub(crate) enum Transport {
     WebSocket,
 }
 
+/// Decides whether a user may connect a socket now (the per-user connect rate, shared with
+/// the other socket endpoint); `Err` carries the refusal the client is told.
+pub type ConnectGate = Box<dyn Fn(&domain::UserId) -> Result<(), String> + Send + Sync>;
+
 /// The Socket.IO endpoint's state, shared by every worker.
 pub struct Engine {
     pub(crate) settings: EngineSettings,
     pub(crate) accounts: Arc<AccountService>,
     pub(crate) realtime: Arc<RealtimeService>,
+    /// Reads each socket's message stream: the replay after `since`, and gaps.
+    pub(crate) messaging: Arc<MessagingService>,
     pub(crate) registry: Arc<ConnectionRegistry>,
+    pub(crate) connect_gate: ConnectGate,
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
 }
 
@@ -129,9 +141,19 @@ impl Engine {
         settings: EngineSettings,
         accounts: Arc<AccountService>,
         realtime: Arc<RealtimeService>,
+        messaging: Arc<MessagingService>,
         registry: Arc<ConnectionRegistry>,
+        connect_gate: ConnectGate,
     ) -> Arc<Self> {
-        Arc::new(Self { settings, accounts, realtime, registry, sessions: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            settings,
+            accounts,
+            realtime,
+            messaging,
+            registry,
+            connect_gate,
+            sessions: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Open Engine.IO sessions, joined to the namespace or not.
@@ -139,11 +161,13 @@ impl Engine {
         self.sessions().len()
     }
 
-    /// Starts a session whose handshake carried `token` (header, cookie or query), with the
-    /// open packet already queued, and runs it on the current worker.
+    /// Starts a session whose handshake carried `token` (header, cookie or query) and
+    /// `since` (query), with the open packet already queued, and runs it on the current
+    /// worker.
     pub(crate) fn open_session(
         self: &Arc<Self>,
         token: Option<String>,
+        since: SinceArg,
         transport: Transport,
     ) -> Arc<SessionHandle> {
         let sid = random_id();
@@ -169,7 +193,8 @@ impl Engine {
             upgraded: AtomicBool::new(transport == Transport::WebSocket),
         });
         self.sessions().insert(sid.clone(), handle.clone());
-        actix_web::rt::spawn(crate::session::run(self.clone(), sid, token, inbound_rx, outbox));
+        let handshake = crate::session::Handshake { token, since };
+        actix_web::rt::spawn(crate::session::run(self.clone(), sid, handshake, inbound_rx, outbox));
         handle
     }
 

@@ -6,8 +6,9 @@
 //! `ConnectionRegistry`, so the `Notifier` port and presence treat it like a native `/ws`
 //! connection. [`service`] mounts the route on an actix-web `App`.
 //!
-//! This crate reaches the core only through `AccountService` (the handshake's token) and
-//! `RealtimeService`; it must not import storage or the HTTP adapter.
+//! This crate reaches the core only through `AccountService` (the handshake's token),
+//! `RealtimeService` and `MessagingService` (each socket's message stream, driven by
+//! `ws_notifier::Follow` as on `/ws`); it must not import storage or the HTTP adapter.
 
 mod engine;
 pub mod packet;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-pub use engine::{Engine, EngineSettings};
+pub use engine::{ConnectGate, Engine, EngineSettings};
 
 /// The `/socket.io/` route (with or without the trailing slash), every method, over `engine`.
 pub fn service(engine: Arc<Engine>) -> actix_web::Scope {

@@ -8,6 +8,7 @@
 //! Only what a JSON-only, single-namespace server needs is decoded; binary packets are
 //! recognised so they can be refused.
 
+use domain::{Cursor, CursorError};
 use serde_json::Value;
 
 /// Joins packets in one HTTP long-polling body.
@@ -79,13 +80,24 @@ pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
     }
 }
 
+/// A cursor a client handed back: `None` when it gave none (absent, `null` or `""`), an
+/// error when what it gave is not a cursor.
+pub type SinceArg = Option<Result<Cursor, CursorError>>;
+
+/// Reads a `since` given as text (a query parameter).
+pub fn since_text(raw: Option<&str>) -> SinceArg {
+    raw.filter(|s| !s.is_empty()).map(Cursor::parse)
+}
+
 /// A Socket.IO packet as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SocketPacket<'a> {
-    /// `auth.token` of the client's options, when it sent one as a string.
+    /// `auth.token` of the client's options, when it sent one as a string, and `auth.since`,
+    /// where its message stream resumes (cursors are strings: anything else is an error).
     Connect {
         namespace: &'a str,
         token: Option<String>,
+        since: SinceArg,
     },
     Disconnect {
         namespace: &'a str,
@@ -149,17 +161,25 @@ pub fn decode_socket(text: &str) -> Result<SocketPacket<'_>, PacketError> {
             if ack.is_some() {
                 return Err(PacketError::BadPayload);
             }
-            let token = match payload {
-                "" => None,
+            let (token, since) = match payload {
+                "" => (None, None),
                 json => match serde_json::from_str::<Value>(json) {
-                    Ok(Value::Object(auth)) => match auth.get("token") {
-                        Some(Value::String(token)) if !token.is_empty() => Some(token.clone()),
-                        _ => None,
-                    },
+                    Ok(Value::Object(auth)) => {
+                        let token = match auth.get("token") {
+                            Some(Value::String(token)) if !token.is_empty() => Some(token.clone()),
+                            _ => None,
+                        };
+                        let since = match auth.get("since") {
+                            None | Some(Value::Null) => None,
+                            Some(Value::String(since)) => since_text(Some(since)),
+                            Some(_) => Some(Err(CursorError)),
+                        };
+                        (token, since)
+                    }
                     _ => return Err(PacketError::BadPayload),
                 },
             };
-            Ok(SocketPacket::Connect { namespace, token })
+            Ok(SocketPacket::Connect { namespace, token, since })
         }
         b'1' => Ok(SocketPacket::Disconnect { namespace }),
         b'2' => {
@@ -260,19 +280,43 @@ mod tests {
 
     #[test]
     fn a_bare_connect_has_no_token() {
-        assert_eq!(decode_socket("0"), Ok(SocketPacket::Connect { namespace: "/", token: None }));
+        assert_eq!(decode_socket("0"), Ok(SocketPacket::Connect { namespace: "/", token: None, since: None }));
     }
 
     #[test]
     fn a_connect_carries_the_auth_token() {
         assert_eq!(
             decode_socket(r#"0{"token":"abc","other":1}"#),
-            Ok(SocketPacket::Connect { namespace: "/", token: Some("abc".into()) })
+            Ok(SocketPacket::Connect { namespace: "/", token: Some("abc".into()), since: None })
         );
         // A token that is not a non-empty string is no token.
         for auth in [r#"0{"token":42}"#, r#"0{"token":""}"#, r#"0{}"#] {
-            assert_eq!(decode_socket(auth), Ok(SocketPacket::Connect { namespace: "/", token: None }));
+            let expected = SocketPacket::Connect { namespace: "/", token: None, since: None };
+            assert_eq!(decode_socket(auth), Ok(expected));
         }
+    }
+
+    #[test]
+    fn a_connect_carries_where_the_stream_resumes() {
+        let since = |packet| match decode_socket(packet) {
+            Ok(SocketPacket::Connect { since, .. }) => since,
+            other => panic!("{packet}: {other:?}"),
+        };
+        assert_eq!(since(r#"0{"token":"t","since":"42"}"#), Some(Ok(Cursor::new(42).unwrap())));
+        assert_eq!(since(r#"0{"since":"0"}"#), Some(Ok(Cursor::START)));
+        // Not given.
+        for packet in [r#"0{"token":"t"}"#, r#"0{"since":null}"#, r#"0{"since":""}"#] {
+            assert_eq!(since(packet), None, "{packet}");
+        }
+        // Given, but not a cursor: cursors are canonical decimal strings.
+        let malformed =
+            [r#"0{"since":42}"#, r#"0{"since":"abc"}"#, r#"0{"since":"-1"}"#, r#"0{"since":"007"}"#, r#"0{"since":["1"]}"#];
+        for packet in malformed {
+            assert_eq!(since(packet), Some(Err(CursorError)), "{packet}");
+        }
+        assert_eq!(since_text(Some("7")), Some(Ok(Cursor::new(7).unwrap())));
+        assert_eq!(since_text(Some("")), None);
+        assert_eq!(since_text(Some("x")), Some(Err(CursorError)));
     }
 
     #[test]
@@ -284,10 +328,13 @@ mod tests {
 
     #[test]
     fn namespaces_end_at_a_comma_or_the_end() {
-        assert_eq!(decode_socket("0/admin,"), Ok(SocketPacket::Connect { namespace: "/admin", token: None }));
+        assert_eq!(
+            decode_socket("0/admin,"),
+            Ok(SocketPacket::Connect { namespace: "/admin", token: None, since: None })
+        );
         assert_eq!(
             decode_socket(r#"0/admin,{"token":"t"}"#),
-            Ok(SocketPacket::Connect { namespace: "/admin", token: Some("t".into()) })
+            Ok(SocketPacket::Connect { namespace: "/admin", token: Some("t".into()), since: None })
         );
         assert_eq!(decode_socket("1/admin"), Ok(SocketPacket::Disconnect { namespace: "/admin" }));
         let event = decode_socket(r#"2/chat,["hi"]"#).unwrap();

@@ -1,8 +1,12 @@
 //! One Engine.IO session and the Socket.IO socket it carries: a single task with one
-//! `select!` over the client's packets, the socket's event queue from the registry, the
-//! heartbeat and the connect deadline. It only `try_send`s into the bounded outbox: a client
-//! that doesn't take its packets is closed rather than buffered for.
+//! `select!` over the client's packets, the socket's next step (room in the outbox for a
+//! frame due, a replay page to read, an event from the registry queue), the heartbeat and
+//! the connect deadline. It never waits to queue a packet for the client: frames of the
+//! socket's message stream wait for room in the bounded outbox (keeping a little of it free
+//! for the heartbeat), everything else is `try_send`, and a client that doesn't take its
+//! packets is closed rather than buffered for.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,35 +17,65 @@ use domain::UserId;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use ws_notifier::wire::{self, names, TypingIn};
-use ws_notifier::{ConnectionGuard, Outbound, Receiver};
+use ws_notifier::{ConnectionGuard, Follow, FrameBudget, Outbound, Receiver, Stop};
 
 use crate::engine::{random_id, Engine, Inbound};
-use crate::packet::{self, EnginePacket, SocketPacket, MAIN_NAMESPACE};
+use crate::packet::{self, EnginePacket, SinceArg, SocketPacket, MAIN_NAMESPACE};
 
 /// Why a session ended, for the log.
 type Reason = &'static str;
+
+/// Outbox places frames of the stream leave free: for a ping, and replies to the client.
+const OUTBOX_HEADROOM: usize = 4;
+
+/// What the Engine.IO handshake carried, for the CONNECT packets that don't say.
+pub(crate) struct Handshake {
+    pub(crate) token: Option<String>,
+    pub(crate) since: SinceArg,
+}
 
 /// The socket joined to the main namespace: registered for delivery.
 struct Socket {
     guard: ConnectionGuard,
     queue: Receiver,
     sid: String,
+    follow: Follow,
+    /// Frames due to the client, in order, waiting for room in the outbox: replay pages and
+    /// what [`Follow::admit`] made of queued events. Once the replay is over, the queue is
+    /// read only when this is empty, so a client that falls behind fills its registry queue
+    /// and is evicted, as on `/ws`.
+    pending: VecDeque<Outbound>,
 }
 
 struct Session {
     engine: Arc<Engine>,
-    handshake_token: Option<String>,
+    handshake: Handshake,
     outbox: mpsc::Sender<String>,
     socket: Option<Socket>,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
     connect_deadline: Instant,
+    budget: FrameBudget,
+}
+
+/// What the socket did or is ready for next.
+enum Step {
+    /// The first pending frame went to the outbox.
+    Sent,
+    /// The outbox is gone with the transport.
+    OutboxClosed,
+    /// Time to read the next page of the replay.
+    Replay,
+    /// An event from the registry queue; `None` once the queue is closed.
+    Event(Option<Outbound>),
+    /// The registry dropped the socket: it fell too far behind.
+    Evicted,
 }
 
 pub(crate) async fn run(
     engine: Arc<Engine>,
     sid: String,
-    handshake_token: Option<String>,
+    handshake: Handshake,
     mut inbound: mpsc::Receiver<Inbound>,
     outbox: mpsc::Sender<String>,
 ) {
@@ -51,8 +85,9 @@ pub(crate) async fn run(
         connect_deadline: now + engine.settings.connect_timeout,
         pong_deadline: None,
         socket: None,
+        budget: FrameBudget::new(engine.settings.max_packets_per_second),
         engine,
-        handshake_token,
+        handshake,
         outbox,
     };
     let reason = session.serve(&mut inbound).await;
@@ -76,14 +111,30 @@ impl Session {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 message = inbound.recv() => match message {
-                    Some(Inbound::Packet(text)) => self.on_packet(&text).await?,
+                    Some(Inbound::Packet(text)) => {
+                        if !self.budget.take(std::time::Instant::now()) {
+                            return Err("too many packets per second");
+                        }
+                        self.on_packet(&text).await?
+                    }
                     Some(Inbound::Probe) => self.push(packet::NOOP.to_owned())?,
                     Some(Inbound::Closed(reason)) => return Err(reason),
                     None => return Err("transport gone"),
                 },
-                event = next_event(&mut self.socket) => match event {
-                    Some(Outbound { name, data }) => self.push(packet::event(name, &data))?,
-                    None => {
+                step = next_step(&mut self.socket, &self.outbox) => match step {
+                    Step::Sent => {}
+                    Step::OutboxClosed => return Err("transport gone"),
+                    Step::Replay => {
+                        let socket = self.socket.as_mut().expect("a step of a joined socket");
+                        let frames = socket.follow.replay().await.map_err(stopped)?;
+                        socket.pending.extend(frames);
+                    }
+                    Step::Event(Some(outbound)) => {
+                        let socket = self.socket.as_mut().expect("a step of a joined socket");
+                        let frames = socket.follow.admit(outbound).await.map_err(stopped)?;
+                        socket.pending.extend(frames);
+                    }
+                    Step::Event(None) => {
                         let evicted = self.socket.as_ref().is_some_and(|s| s.guard.was_evicted());
                         return Err(if evicted {
                             "too slow: events were not read in time"
@@ -91,6 +142,7 @@ impl Session {
                             "server shutting down"
                         });
                     }
+                    Step::Evicted => return Err("too slow: events were not read in time"),
                 },
                 _ = sleep_until(self.next_ping), if self.pong_deadline.is_none() => {
                     self.push(packet::PING.to_owned())?;
@@ -151,7 +203,7 @@ impl Session {
             };
         }
         match packet {
-            SocketPacket::Connect { token, .. } => self.connect(token).await,
+            SocketPacket::Connect { token, since, .. } => self.connect(token, since).await,
             SocketPacket::Disconnect { .. } => {
                 self.leave().await;
                 self.connect_deadline = Instant::now() + self.engine.settings.connect_timeout;
@@ -177,13 +229,14 @@ impl Session {
         }
     }
 
-    /// Joins the main namespace: the CONNECT packet's token first, then the handshake's.
-    async fn connect(&mut self, token: Option<String>) -> Result<(), Reason> {
+    /// Joins the main namespace: the CONNECT packet's token and `since` first, then the
+    /// handshake's. The stream is started before the registration, and replayed after it.
+    async fn connect(&mut self, token: Option<String>, since: SinceArg) -> Result<(), Reason> {
         if let Some(socket) = &self.socket {
             return self.push(packet::connect_ok(&socket.sid));
         }
         let refuse = |message| packet::connect_error(MAIN_NAMESPACE, message);
-        let Some(token) = token.or_else(|| self.handshake_token.clone()) else {
+        let Some(token) = token.or_else(|| self.handshake.token.clone()) else {
             return self
                 .push(refuse("Authentication required: pass auth.token, a token cookie or a Bearer header"));
         };
@@ -192,6 +245,22 @@ impl Session {
             Err(AccountError::Unauthenticated) => return self.push(refuse("Invalid or expired token")),
             Err(error) => {
                 tracing::warn!(error = %error, "socket.io authentication failed");
+                return self.push(refuse("Service unavailable, retry later"));
+            }
+        };
+        if let Err(refusal) = (self.engine.connect_gate)(&user) {
+            return self.push(refuse(&refusal));
+        }
+        let since = match since.or_else(|| self.handshake.since.clone()) {
+            None => None,
+            Some(Ok(since)) => Some(since),
+            Some(Err(_)) => return self.push(refuse("since is not a valid cursor")),
+        };
+        let follow = match Follow::start(self.engine.messaging.clone(), user.clone(), since).await {
+            Ok(follow) => follow,
+            Err(stop @ Stop::Ahead { .. }) => return self.push(refuse(stop.reason())),
+            Err(stop) => {
+                tracing::warn!(error = %stop, "a socket's stream could not be started");
                 return self.push(refuse("Service unavailable, retry later"));
             }
         };
@@ -208,7 +277,7 @@ impl Session {
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.
         self.push(packet::connect_ok(&sid))?;
-        self.socket = Some(Socket { guard, queue, sid });
+        self.socket = Some(Socket { guard, queue, sid, follow, pending: VecDeque::new() });
         self.opened(&user).await
     }
 
@@ -238,9 +307,45 @@ impl Session {
     }
 }
 
-async fn next_event(socket: &mut Option<Socket>) -> Option<Outbound> {
-    match socket {
-        Some(socket) => socket.queue.recv().await,
-        None => std::future::pending().await,
+/// The socket's next step; never completes without a joined socket.
+///
+/// Cancel safe, as a `select!` branch must be: reading the queue and reserving room either
+/// complete or leave nothing behind (a frame is taken from `pending` only once its place is
+/// reserved). The steps that read the store (a replay page, an admission that fills a gap)
+/// are only announced here and run by the caller to the end.
+async fn next_step(socket: &mut Option<Socket>, outbox: &mpsc::Sender<String>) -> Step {
+    let Some(socket) = socket else { return std::future::pending().await };
+    let replaying = socket.follow.replaying();
+    if replaying && socket.pending.is_empty() {
+        return Step::Replay;
     }
+    // During the replay the queue is read on (see `Follow`), so it does not fill meanwhile.
+    let read_queue = replaying || socket.pending.is_empty();
+    let send = !socket.pending.is_empty();
+    tokio::select! {
+        room = outbox.reserve_many(OUTBOX_HEADROOM + 1), if send => match room {
+            Ok(mut room) => {
+                if let (Some(place), Some(Outbound { name, data, .. })) = (room.next(), socket.pending.pop_front()) {
+                    place.send(packet::event(name, &data));
+                }
+                Step::Sent
+            }
+            Err(_) => Step::OutboxClosed,
+        },
+        event = socket.queue.recv(), if read_queue => Step::Event(event),
+        () = socket.guard.evicted() => Step::Evicted,
+    }
+}
+
+/// The socket can't follow its stream without a gap: the session ends, the client
+/// reconnects (with `auth.since` set to the last cursor it processed, if it keeps one).
+fn stopped(stop: Stop) -> Reason {
+    match &stop {
+        Stop::Storage(error) => tracing::warn!(error = %error, "a socket's stream could not be read"),
+        Stop::Resync { announced } => {
+            tracing::info!(%announced, "closing a socket that cannot follow its stream")
+        }
+        Stop::Ahead { .. } => {}
+    }
+    stop.reason()
 }

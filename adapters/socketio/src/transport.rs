@@ -12,7 +12,7 @@ use serde::Deserialize;
 use ws_notifier::auth::request_token;
 
 use crate::engine::{Engine, Inbound, SessionHandle, Transport};
-use crate::packet::{self, SEPARATOR};
+use crate::packet::{self, SinceArg, SEPARATOR};
 
 #[derive(Deserialize)]
 struct EngineQuery {
@@ -21,6 +21,8 @@ struct EngineQuery {
     transport: Option<String>,
     sid: Option<String>,
     token: Option<String>,
+    /// Where the socket's message stream resumes, unless the CONNECT packet says.
+    since: Option<String>,
 }
 
 /// Engine.IO's error answers, with its codes and messages, which clients recognise.
@@ -70,9 +72,10 @@ pub(crate) async fn endpoint(
             return EngineError::BadHandshakeMethod.response();
         }
         let token = request_token(&req).or_else(|| query.token.filter(|t| !t.is_empty()));
+        let since = packet::since_text(query.since.as_deref());
         return match transport {
-            Transport::Polling => poll(&engine, &engine.open_session(token, transport)).await,
-            Transport::WebSocket => websocket(&req, body, &engine, None, token),
+            Transport::Polling => poll(&engine, &engine.open_session(token, since, transport)).await,
+            Transport::WebSocket => websocket(&req, body, &engine, None, (token, since)),
         };
     };
     let Some(handle) = engine.session(&sid) else {
@@ -81,7 +84,7 @@ pub(crate) async fn endpoint(
     match (transport, req.method()) {
         (Transport::Polling, &Method::GET) => poll(&engine, &handle).await,
         (Transport::Polling, &Method::POST) => post(&engine, &handle, body).await,
-        (Transport::WebSocket, &Method::GET) => websocket(&req, body, &engine, Some(handle), None),
+        (Transport::WebSocket, &Method::GET) => websocket(&req, body, &engine, Some(handle), (None, None)),
         _ => EngineError::BadRequest.response(),
     }
 }
@@ -134,14 +137,15 @@ async fn post(engine: &Engine, handle: &SessionHandle, mut body: web::Payload) -
     HttpResponse::Ok().content_type("text/html").body("ok")
 }
 
-/// The WebSocket transport: a new session (`handle` is `None`) or an upgrade of a polling
-/// one. The connection runs on this worker (actix-ws's stream is not `Send`).
+/// The WebSocket transport: a new session (`handle` is `None`) whose handshake carried
+/// `(token, since)`, or an upgrade of a polling one. The connection runs on this worker
+/// (actix-ws's stream is not `Send`).
 fn websocket(
     req: &HttpRequest,
     body: web::Payload,
     engine: &Arc<Engine>,
     handle: Option<Arc<SessionHandle>>,
-    token: Option<String>,
+    (token, since): (Option<String>, SinceArg),
 ) -> HttpResponse {
     if let Some(handle) = &handle {
         if handle.upgraded.load(Ordering::Acquire) || handle.upgrading.swap(true, Ordering::AcqRel) {
@@ -159,7 +163,7 @@ fn websocket(
     };
     let stream = stream.max_frame_size(engine.settings.max_payload);
     let upgrade = handle.is_some();
-    let handle = handle.unwrap_or_else(|| engine.open_session(token, Transport::WebSocket));
+    let handle = handle.unwrap_or_else(|| engine.open_session(token, since, Transport::WebSocket));
     actix_web::rt::spawn(carry(engine.clone(), handle, session, stream, upgrade));
     response
 }

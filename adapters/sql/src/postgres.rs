@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use crate::error::repo_error;
 use crate::repositories::impl_repositories;
 
 #[derive(Debug, Clone)]
@@ -48,4 +49,22 @@ impl PgStore {
     }
 }
 
-impl_repositories!(PgStore);
+impl PgStore {
+    /// One transaction per message: concurrent sends commit in parallel, ordered per user by
+    /// the stream heads' row locks.
+    async fn append_new(
+        &self,
+        conversation: &domain::Conversation,
+        message: &domain::Message,
+    ) -> application::ports::RepoResult<Option<application::ports::StoredMessage>> {
+        let mut tx = self.pool.begin().await.map_err(repo_error("starting a send"))?;
+        let stored = Self::append_in(&mut tx, conversation, message).await?;
+        if stored.is_some() {
+            tx.commit().await.map_err(repo_error("committing a message"))?;
+        }
+        // Dropping an uncommitted transaction rolls it back.
+        Ok(stored)
+    }
+}
+
+impl_repositories!(PgStore, sqlx::PgConnection);

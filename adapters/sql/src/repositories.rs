@@ -22,41 +22,72 @@ pub(crate) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
     ON CONFLICT (participant_a, participant_b) DO NOTHING";
 pub(crate) const FIND_CONVERSATION: &str = "SELECT id, participant_a, participant_b, created_at, updated_at \
     FROM conversations WHERE participant_a = $1 AND participant_b = $2";
-pub(crate) const TOUCH_CONVERSATION: &str =
-    "UPDATE conversations SET updated_at = $2 WHERE id = $1 AND updated_at < $2";
 pub(crate) const LIST_CONVERSATIONS: &str = "SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
-    m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, m.created_at AS m_created_at \
+    m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, m.created_at AS m_created_at, \
+    m.client_message_id AS m_client_message_id \
     FROM conversations c \
     LEFT JOIN messages m ON m.id = \
         (SELECT id FROM messages WHERE conversation_id = c.id ORDER BY id DESC LIMIT 1) \
     WHERE c.participant_a = $1 OR c.participant_b = $1 \
     ORDER BY c.updated_at DESC, c.id DESC";
+/// Stores the pair's conversation if it has none, otherwise moves its `updated_at` forward;
+/// either way returns the pair's conversation id and keeps its row locked until commit.
+pub(crate) const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
+    (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (participant_a, participant_b) DO UPDATE SET updated_at = \
+        CASE WHEN conversations.updated_at < excluded.updated_at \
+             THEN excluded.updated_at ELSE conversations.updated_at END \
+    RETURNING id";
+/// Takes the next position of both users' streams. Rows are locked in the order given: the
+/// caller passes the pair in its canonical order, so two sends never wait on each other in
+/// a cycle.
+pub(crate) const NEXT_POSITIONS: &str = "INSERT INTO stream_heads (user_id, position) \
+    VALUES ($1, 1), ($2, 1) \
+    ON CONFLICT (user_id) DO UPDATE SET position = stream_heads.position + 1 \
+    RETURNING user_id, position";
 pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO messages \
-    (id, conversation_id, sender_id, receiver_id, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    (id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING";
+pub(crate) const FIND_BY_CLIENT_ID: &str = "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
+    client_message_id, sender_position, receiver_position \
+    FROM messages WHERE sender_id = $1 AND client_message_id = $2";
 pub(crate) const LIST_MESSAGES: &str = "SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at FROM messages \
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
     WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
 pub(crate) const LIST_MESSAGES_BEFORE: &str = "SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at FROM messages \
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
     WHERE conversation_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
+/// The user's stream after a position: the messages they sent merged with those they
+/// received, each side read through its own index and cut to the limit before the merge.
+pub(crate) const STREAM: &str = "SELECT * FROM (\
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position AS position \
+    FROM messages WHERE sender_id = $1 AND sender_position > $2 ORDER BY sender_position LIMIT $3) AS sent \
+    UNION ALL SELECT * FROM (\
+    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, receiver_position AS position \
+    FROM messages WHERE receiver_id = $1 AND receiver_position > $2 ORDER BY receiver_position LIMIT $3) AS received \
+    ORDER BY position LIMIT $3";
 pub(crate) const REVOKE_TOKEN: &str = "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) \
     ON CONFLICT (token_id) DO NOTHING";
 
 macro_rules! impl_repositories {
-    ($store:ty) => {
+    ($store:ty, $connection:ty) => {
         const _: () = {
             use application::ports::{
-                ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
-                RepoResult, RevokedTokenRepository, UserQuery, UserRepository,
+                Appended, ConversationRepository, ConversationSummary, HealthCheck,
+                MessageRepository, RepoError, RepoResult, RevokedTokenRepository, StoredMessage,
+                StreamItem, UserQuery, UserRepository,
             };
             use async_trait::async_trait;
             use domain::{
-                Conversation, ConversationId, Message, MessageId, ParticipantPair, Timestamp,
-                User, UserId, Username,
+                Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair,
+                Timestamp, User, UserId, Username,
             };
             use $crate::error::repo_error;
             use $crate::repositories::*;
-            use $crate::rows::{contains_pattern, ConversationRow, MessageRow, SummaryRow, UserRow};
+            use $crate::rows::{
+                contains_pattern, ConversationRow, MessageRow, StoredRow, StreamRow, SummaryRow, UserRow,
+            };
 
             #[async_trait]
             impl UserRepository for $store {
@@ -152,16 +183,6 @@ macro_rules! impl_repositories {
                         .transpose()
                 }
 
-                async fn touch(&self, id: &ConversationId, at: Timestamp) -> RepoResult<()> {
-                    sqlx::query(TOUCH_CONVERSATION)
-                        .bind(id.as_str())
-                        .bind(at)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(repo_error("touching a conversation"))?;
-                    Ok(())
-                }
-
                 async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
                     sqlx::query_as::<_, SummaryRow>(LIST_CONVERSATIONS)
                         .bind(user.as_str())
@@ -176,18 +197,21 @@ macro_rules! impl_repositories {
 
             #[async_trait]
             impl MessageRepository for $store {
-                async fn insert(&self, message: &Message) -> RepoResult<()> {
-                    sqlx::query(INSERT_MESSAGE)
-                        .bind(message.id.as_str())
-                        .bind(message.conversation_id.as_str())
-                        .bind(message.sender_id.as_str())
-                        .bind(message.receiver_id.as_str())
-                        .bind(message.body.as_str())
-                        .bind(message.created_at)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(repo_error("inserting a message"))?;
-                    Ok(())
+                async fn append(
+                    &self,
+                    conversation: &Conversation,
+                    message: &Message,
+                ) -> RepoResult<Appended> {
+                    if let Some(earlier) = self.find_by_client_id(message).await? {
+                        return Ok(Appended::Existing(earlier));
+                    }
+                    match self.append_new(conversation, message).await? {
+                        Some(stored) => Ok(Appended::Created(stored)),
+                        // A racing retry with the same client id committed first.
+                        None => self.find_by_client_id(message).await?.map(Appended::Existing).ok_or_else(|| {
+                            RepoError::Unexpected(anyhow::anyhow!("client message id clashed but is not stored"))
+                        }),
+                    }
                 }
 
                 async fn list_by_conversation(
@@ -212,6 +236,106 @@ macro_rules! impl_repositories {
                         .into_iter()
                         .map(Message::try_from)
                         .collect()
+                }
+
+                async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
+                    let rows = sqlx::query_as::<_, StreamRow>(STREAM)
+                        .bind(user.as_str())
+                        .bind(i64::from(after))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("reading a message stream"))?;
+                    let items = rows.into_iter().map(StreamItem::try_from).collect::<RepoResult<Vec<_>>>()?;
+                    Ok(application::ports::consecutive_after(after, items))
+                }
+
+                async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
+                    let head: Option<(i64,)> = sqlx::query_as("SELECT position FROM stream_heads WHERE user_id = $1")
+                        .bind(user.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("reading a stream head"))?;
+                    head.map_or(Ok(Cursor::START), |(position,)| {
+                        Cursor::try_from(position).map_err(|e| $crate::error::corrupt("stream position", e))
+                    })
+                }
+            }
+
+            impl $store {
+                /// Stores a new message inside the caller's transaction (see
+                /// `MessageRepository::append`); `None` when the sender already stored one
+                /// with the same client id, in which case the caller must roll back.
+                /// Writes only, from the first statement on: SQLite takes its write lock at
+                /// once instead of upgrading a read lock (which could fail without waiting).
+                pub(crate) async fn append_in(
+                    connection: &mut $connection,
+                    conversation: &Conversation,
+                    message: &Message,
+                ) -> RepoResult<Option<StoredMessage>> {
+                    let pair = &conversation.participants;
+                    let (conversation_id,): (String,) = sqlx::query_as(UPSERT_CONVERSATION)
+                        .bind(conversation.id.as_str())
+                        .bind(pair.first().as_str())
+                        .bind(pair.second().as_str())
+                        .bind(conversation.created_at)
+                        .bind(message.created_at)
+                        .fetch_one(&mut *connection)
+                        .await
+                        .map_err(repo_error("storing a message's conversation"))?;
+                    let heads: Vec<(String, i64)> = sqlx::query_as(NEXT_POSITIONS)
+                        .bind(pair.first().as_str())
+                        .bind(pair.second().as_str())
+                        .fetch_all(&mut *connection)
+                        .await
+                        .map_err(repo_error("taking stream positions"))?;
+                    let position_of = |user: &UserId| -> RepoResult<i64> {
+                        heads.iter().find(|(id, _)| id == user.as_str()).map(|(_, p)| *p).ok_or_else(|| {
+                            RepoError::Unexpected(anyhow::anyhow!("no stream position returned for {user}"))
+                        })
+                    };
+                    let sender_position = position_of(&message.sender_id)?;
+                    let receiver_position = position_of(&message.receiver_id)?;
+                    let inserted = sqlx::query(INSERT_MESSAGE)
+                        .bind(message.id.as_str())
+                        .bind(&conversation_id)
+                        .bind(message.sender_id.as_str())
+                        .bind(message.receiver_id.as_str())
+                        .bind(message.body.as_str())
+                        .bind(message.created_at)
+                        .bind(message.client_id.as_ref().map(|id| id.as_str()))
+                        .bind(sender_position)
+                        .bind(receiver_position)
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(repo_error("inserting a message"))?;
+                    if inserted.rows_affected() == 0 {
+                        return Ok(None);
+                    }
+                    let mut stored = message.clone();
+                    stored.conversation_id = ConversationId::parse(&conversation_id)
+                        .map_err(|e| $crate::error::corrupt("conversation id", e))?;
+                    let cursor = |position: i64| {
+                        Cursor::try_from(position).map_err(|e| $crate::error::corrupt("stream position", e))
+                    };
+                    Ok(Some(StoredMessage {
+                        message: stored,
+                        sender_cursor: cursor(sender_position)?,
+                        receiver_cursor: cursor(receiver_position)?,
+                    }))
+                }
+
+                /// The sender's earlier message with the same client id, if any.
+                async fn find_by_client_id(&self, message: &Message) -> RepoResult<Option<StoredMessage>> {
+                    let Some(client_id) = &message.client_id else { return Ok(None) };
+                    sqlx::query_as::<_, StoredRow>(FIND_BY_CLIENT_ID)
+                        .bind(message.sender_id.as_str())
+                        .bind(client_id.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a message by client id"))?
+                        .map(StoredMessage::try_from)
+                        .transpose()
                 }
             }
 

@@ -1,10 +1,10 @@
 //! Rows as the two engines return them, and their conversion into domain values.
 
-use application::ports::{ConversationSummary, RepoError};
+use application::ports::{ConversationSummary, RepoError, StoredMessage, StreamItem};
 use chrono::{DateTime, Utc};
 use domain::{
-    Avatar, Conversation, ConversationId, FullName, Message, MessageBody, MessageId,
-    ParticipantPair, PasswordHash, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody,
+    MessageId, ParticipantPair, PasswordHash, User, UserId, Username,
 };
 
 use crate::error::corrupt;
@@ -72,6 +72,7 @@ pub(crate) struct MessageRow {
     pub receiver_id: String,
     pub body: String,
     pub created_at: DateTime<Utc>,
+    pub client_message_id: Option<String>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -85,7 +86,51 @@ impl TryFrom<MessageRow> for Message {
             receiver_id: UserId::parse(&row.receiver_id).map_err(|e| corrupt("receiver id", e))?,
             body: MessageBody::parse(&row.body).map_err(|e| corrupt("message body", e))?,
             created_at: row.created_at,
+            client_id: row
+                .client_message_id
+                .map(|id| ClientMessageId::parse(&id))
+                .transpose()
+                .map_err(|e| corrupt("client message id", e))?,
         })
+    }
+}
+
+fn cursor(position: i64) -> Result<Cursor, RepoError> {
+    Cursor::try_from(position).map_err(|e| corrupt("stream position", e))
+}
+
+/// A message with its positions in both participants' streams.
+#[derive(sqlx::FromRow)]
+pub(crate) struct StoredRow {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    pub sender_position: i64,
+    pub receiver_position: i64,
+}
+
+impl TryFrom<StoredRow> for StoredMessage {
+    type Error = RepoError;
+    fn try_from(row: StoredRow) -> Result<Self, RepoError> {
+        Ok(StoredMessage {
+            message: row.message.try_into()?,
+            sender_cursor: cursor(row.sender_position)?,
+            receiver_cursor: cursor(row.receiver_position)?,
+        })
+    }
+}
+
+/// A message at its position in one user's stream.
+#[derive(sqlx::FromRow)]
+pub(crate) struct StreamRow {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    pub position: i64,
+}
+
+impl TryFrom<StreamRow> for StreamItem {
+    type Error = RepoError;
+    fn try_from(row: StreamRow) -> Result<Self, RepoError> {
+        Ok(StreamItem { cursor: cursor(row.position)?, message: row.message.try_into()? })
     }
 }
 
@@ -99,6 +144,7 @@ pub(crate) struct SummaryRow {
     pub m_receiver_id: Option<String>,
     pub m_body: Option<String>,
     pub m_created_at: Option<DateTime<Utc>>,
+    pub m_client_message_id: Option<String>,
 }
 
 impl TryFrom<SummaryRow> for ConversationSummary {
@@ -114,6 +160,7 @@ impl TryFrom<SummaryRow> for ConversationSummary {
                     receiver_id,
                     body,
                     created_at,
+                    client_message_id: row.m_client_message_id,
                 })?)
             }
             _ => None,

@@ -6,16 +6,23 @@
 //! [`InMemoryPresence`] is the single-instance `Presence`. [`wire`] holds the JSON shapes
 //! events are sent in, which the HTTP adapter reuses so both speak the same objects.
 //! [`auth::request_token`] reads a handshake's token the same way for every endpoint.
+//! [`follow`] drives a connection's message stream (replay on connect, then live events
+//! without gap or repeat) for every transport, and [`FrameBudget`] limits every client's
+//! frame rate.
 //!
-//! This crate knows nothing of storage; it reaches the core only through the ports and
-//! the `RealtimeService`.
+//! This crate knows nothing of storage; it reaches the core only through the ports, the
+//! `RealtimeService` and the `MessagingService` (for a connection's stream).
 
 pub mod auth;
+mod budget;
+pub mod follow;
 mod presence;
 mod registry;
 pub mod session;
 pub mod wire;
 
+pub use budget::FrameBudget;
+pub use follow::{Follow, Stop};
 pub use presence::InMemoryPresence;
 pub use registry::{ConnectionGuard, ConnectionRegistry, Outbound, Receiver, Refusal};
-pub use session::{serve, WsSettings};
+pub use session::{serve, Handshake, WsSettings};

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use application::ports::{Event, Notifier, NotifyError};
 use async_trait::async_trait;
-use domain::UserId;
+use domain::{Cursor, UserId};
 use tokio::sync::mpsc;
 
 use crate::wire::encode_event;
@@ -17,6 +17,24 @@ use crate::wire::encode_event;
 pub struct Outbound {
     pub name: &'static str,
     pub data: Arc<str>,
+    /// For a `newMessage` event, the message's position in the stream of the user whose
+    /// connections it goes to: sessions pass it through their
+    /// [`StreamFollower`](application::StreamFollower) (see [`crate::follow`]).
+    pub cursor: Option<Cursor>,
+}
+
+impl Outbound {
+    /// The frames one event becomes, each payload serialized once.
+    pub fn encode(event: &Event) -> Vec<Outbound> {
+        let cursor = match event {
+            Event::NewMessage { cursor, .. } => Some(*cursor),
+            _ => None,
+        };
+        encode_event(event)
+            .into_iter()
+            .map(|(name, data)| Outbound { name, data: data.into(), cursor })
+            .collect()
+    }
 }
 
 pub type Receiver = mpsc::Receiver<Outbound>;
@@ -140,12 +158,10 @@ impl ConnectionRegistry {
     }
 
     /// Queues `event` for every local connection of `users` (all users when `None`).
-    /// Returns how many connections it was queued for.
+    /// Returns how many connections it was queued for. A `newMessage` carries a cursor of
+    /// one user's stream: it goes to that one user.
     pub fn deliver(&self, users: Option<&[UserId]>, event: &Event) -> usize {
-        let frames: Vec<Outbound> = encode_event(event)
-            .into_iter()
-            .map(|(name, data)| Outbound { name, data: data.into() })
-            .collect();
+        let frames = Outbound::encode(event);
         let mut stalled = Vec::new();
         let mut delivered = 0;
         {
@@ -248,6 +264,31 @@ mod tests {
         assert_eq!(tab1.try_recv().unwrap().name, "typing");
         assert_eq!(tab2.try_recv().unwrap().name, "typing");
         assert!(other.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_new_message_goes_out_with_the_receivers_cursor() {
+        use domain::{ConversationId, Message, MessageBody, MessageId};
+        let registry = ConnectionRegistry::new(8, 0);
+        let user = UserId::generate();
+        let (_guard, mut rx) = registry.register(&user).unwrap();
+        let message = Message {
+            id: MessageId::generate(),
+            conversation_id: ConversationId::generate(),
+            sender_id: UserId::generate(),
+            receiver_id: user.clone(),
+            body: MessageBody::parse("hi").unwrap(),
+            created_at: chrono::Utc::now(),
+            client_id: None,
+        };
+        let cursor = Cursor::new(5).unwrap();
+        registry.notify(std::slice::from_ref(&user), &Event::NewMessage { message, cursor }).await.unwrap();
+        let outbound = rx.try_recv().unwrap();
+        assert_eq!((outbound.name, outbound.cursor), ("newMessage", Some(cursor)));
+        assert!(outbound.data.contains("\"cursor\":\"5\""), "{}", outbound.data);
+
+        registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
+        assert_eq!(rx.try_recv().unwrap().cursor, None, "other events have none");
     }
 
     #[tokio::test]

@@ -1,32 +1,49 @@
 //! The native WebSocket endpoint: JSON text frames `{"event": name, "data": payload}`.
 //!
 //! Each connection is one task on the actix worker that accepted it (actix-ws's stream is
-//! not `Send`), running one `select!` over the client's frames, its own event queue and a
-//! heartbeat tick.
+//! not `Send`), running one `select!` over the client's frames, its own event queue, the
+//! replay of its message stream and a heartbeat tick.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
-use application::RealtimeService;
-use domain::UserId;
+use application::{MessagingService, RealtimeService};
+use domain::{Cursor, UserId};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
+use crate::budget::FrameBudget;
+use crate::follow::{Follow, Stop};
 use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound, Refusal};
 use crate::wire::{self, names, TypingIn};
+
+/// The close code telling a client its stream must be resumed: reconnect with `since` set
+/// to the last cursor processed.
+pub const RESYNC_CLOSE_CODE: u16 = 4000;
+/// Close code when `since` lies beyond the end of the user's stream: start over from 0.
+pub const AHEAD_CLOSE_CODE: u16 = 4001;
 
 #[derive(Debug, Clone)]
 pub struct WsSettings {
     /// How often the server pings.
     pub ping_interval: Duration,
-    /// A client silent for this long (no frame, no pong) is disconnected.
+    /// A client silent for this long (no frame, no pong) is disconnected; so is one that
+    /// takes no frame for this long.
     pub ping_timeout: Duration,
     /// Largest frame (and reassembled message) a client may send.
     pub max_frame_bytes: usize,
     /// Frames per second a client may send (averaged over a burst of as many); 0: no limit.
     pub max_frames_per_second: u32,
+}
+
+/// Who connects, authenticated by the caller, and where their stream resumes: after
+/// `since`, or from now on without it.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub user: UserId,
+    pub since: Option<Cursor>,
 }
 
 /// A client frame. Unknown events are ignored, so clients can be newer than the server.
@@ -37,18 +54,29 @@ struct Incoming {
     data: serde_json::Value,
 }
 
-/// Upgrades the request and serves the connection of `user` in the background.
+/// Upgrades the request and serves the connection in the background: the stored messages
+/// of the user's stream after `since` first, then live events.
 pub fn serve(
     req: &HttpRequest,
     body: actix_web::web::Payload,
-    user: UserId,
+    handshake: Handshake,
     registry: Arc<ConnectionRegistry>,
     realtime: Arc<RealtimeService>,
+    messaging: Arc<MessagingService>,
     settings: WsSettings,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
     actix_web::rt::spawn(async move {
+        let Handshake { user, since } = handshake;
+        // Before the registration: whatever is stored from here on reaches the replay.
+        let follow = match Follow::start(messaging, user.clone(), since).await {
+            Ok(follow) => follow,
+            Err(stop) => {
+                tracing::warn!(error = %stop, "a connection's stream could not be started");
+                return close_now(session, stop_reason(&stop)).await;
+            }
+        };
         let (guard, queue) = match registry.register(&user) {
             Ok(registered) => registered,
             Err(refusal) => {
@@ -57,13 +85,16 @@ pub fn serve(
                     Refusal::TooManyConnections { .. } => CloseCode::Policy,
                 };
                 let reason = CloseReason { code, description: Some(refusal.to_string()) };
-                let _ = session.close(Some(reason)).await;
-                return;
+                return close_now(session, reason).await;
             }
         };
-        run(session, stream, guard, queue, realtime, settings).await;
+        run(session, stream, guard, queue, follow, realtime, settings).await;
     });
     Ok(response)
+}
+
+async fn close_now(session: Session, reason: CloseReason) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
 }
 
 async fn run(
@@ -71,6 +102,7 @@ async fn run(
     mut stream: MessageStream,
     guard: ConnectionGuard,
     mut queue: crate::Receiver,
+    mut follow: Follow,
     realtime: Arc<RealtimeService>,
     settings: WsSettings,
 ) {
@@ -129,16 +161,22 @@ async fn run(
                     }
                 }
             }
+            // One page of the replay per turn, so the client's frames and the queue are
+            // served in between.
+            () = std::future::ready(()), if follow.replaying() => {
+                let sent = match follow.replay().await {
+                    Ok(frames) => send_all(&mut session, &guard, frames, settings.ping_timeout).await,
+                    Err(stop) => Err(stopped(&stop)),
+                };
+                if let Err(close) = sent { break close; }
+            }
             outbound = queue.recv() => match outbound {
-                Some(Outbound { name, data }) => {
-                    // A client that stops reading blocks this send for good; its queue then
-                    // fills and the registry evicts it, which ends the wait.
-                    tokio::select! {
-                        sent = session.text(wire::native_frame(name, &data)) => {
-                            if sent.is_err() { break None; }
-                        }
-                        () = guard.evicted() => break Some(too_slow()),
-                    }
+                Some(outbound) => {
+                    let sent = match follow.admit(outbound).await {
+                        Ok(frames) => send_all(&mut session, &guard, frames, settings.ping_timeout).await,
+                        Err(stop) => Err(stopped(&stop)),
+                    };
+                    if let Err(close) = sent { break close; }
                 }
                 None if guard.was_evicted() => break Some(too_slow()),
                 None => break Some(going_away()),
@@ -159,6 +197,51 @@ async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
     }
     finish(guard, &realtime).await;
+}
+
+/// Sends `frames` in order. `Err(None)`: the connection is gone; `Err(Some(_))`: close it.
+async fn send_all(
+    session: &mut Session,
+    guard: &ConnectionGuard,
+    frames: Vec<Outbound>,
+    stall: Duration,
+) -> Result<(), Option<CloseReason>> {
+    for Outbound { name, data, .. } in frames {
+        // A client that stops reading blocks this send: its queue then fills and the
+        // registry evicts it, which ends the wait; without events to fill it, the wait ends
+        // after `stall`.
+        tokio::select! {
+            sent = tokio::time::timeout(stall, session.text(wire::native_frame(name, &data))) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => return Err(None),
+                Err(_stalled) => return Err(Some(too_slow())),
+            },
+            () = guard.evicted() => return Err(Some(too_slow())),
+        }
+    }
+    Ok(())
+}
+
+fn stopped(stop: &Stop) -> Option<CloseReason> {
+    match stop {
+        Stop::Storage(error) => tracing::warn!(error = %error, "a connection's stream could not be read"),
+        Stop::Resync { announced } => {
+            tracing::info!(%announced, "closing a connection that cannot follow its stream")
+        }
+        Stop::Ahead { .. } => tracing::info!(error = %stop, "refusing a resume beyond the stream"),
+    }
+    Some(stop_reason(stop))
+}
+
+/// 1011 when the store failed, [`RESYNC_CLOSE_CODE`] when the stream must be resumed,
+/// [`AHEAD_CLOSE_CODE`] when it must be started over.
+fn stop_reason(stop: &Stop) -> CloseReason {
+    let code = match stop {
+        Stop::Storage(_) => CloseCode::Error,
+        Stop::Resync { .. } => CloseCode::Other(RESYNC_CLOSE_CODE),
+        Stop::Ahead { .. } => CloseCode::Other(AHEAD_CLOSE_CODE),
+    };
+    CloseReason { code, description: Some(stop.reason().into()) }
 }
 
 async fn finish(guard: ConnectionGuard, realtime: &RealtimeService) {
@@ -192,61 +275,10 @@ fn error_frame(message: &str) -> String {
     wire::native_frame("error", &data.to_string())
 }
 
-/// A token bucket of client frames: `rate` per second, bursts of up to `rate`.
-struct FrameBudget {
-    rate: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl FrameBudget {
-    fn new(rate: u32) -> Self {
-        let rate = if rate == 0 { f64::INFINITY } else { f64::from(rate) };
-        Self { rate, tokens: rate, refilled: Instant::now() }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate.is_infinite() {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 fn too_slow() -> CloseReason {
     CloseReason { code: CloseCode::Policy, description: Some("too slow: events were not read in time".into()) }
 }
 
 fn going_away() -> CloseReason {
     CloseReason { code: CloseCode::Away, description: Some("server shutting down".into()) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FrameBudget;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn a_burst_beyond_the_rate_is_refused_then_allowed_again() {
-        let mut budget = FrameBudget::new(5);
-        let start = Instant::now();
-        assert!((0..5).all(|_| budget.take(start)));
-        assert!(!budget.take(start));
-        assert!(budget.take(start + Duration::from_millis(250)));
-    }
-
-    #[test]
-    fn zero_means_no_limit() {
-        let mut budget = FrameBudget::new(0);
-        let now = Instant::now();
-        assert!((0..10_000).all(|_| budget.take(now)));
-    }
 }

@@ -5,6 +5,8 @@ mod concurrency;
 mod errors;
 mod health;
 mod helpers;
+mod idempotency;
+mod message_stream;
 mod messages;
 mod users;
 mod websocket;

@@ -1,15 +1,33 @@
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
-use crate::dto::Envelope;
+use crate::dto::{Envelope, StatusDto};
 use crate::error::ApiError;
+use crate::openapi::Unavailable;
 use crate::state::AppState;
 
+/// Liveness: 200 while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "Up: `{\"status\": \"up\"}`", body = Envelope<StatusDto>)),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(Envelope::data(json!({ "status": "up" })))
+    HttpResponse::Ok().json(Envelope::data(StatusDto { status: "up" }))
 }
 
 /// 200 when every dependency answers within the readiness timeout; 503 naming those that don't.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = Envelope<StatusDto>),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let timeout = state.settings.readiness_timeout;
     let mut down = Vec::new();
@@ -20,7 +38,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         }
     }
     if down.is_empty() {
-        Ok(HttpResponse::Ok().json(Envelope::data(json!({ "status": "ready" }))))
+        Ok(HttpResponse::Ok().json(Envelope::data(StatusDto { status: "ready" })))
     } else {
         Err(ApiError::unavailable(&anyhow::anyhow!("not ready: {}", down.join(", "))))
     }

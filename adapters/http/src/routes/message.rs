@@ -1,24 +1,148 @@
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use ws_notifier::wire::MessageDto;
 
 use super::required;
 use crate::auth::CurrentUser;
-use crate::dto::{ConversationDto, ConversationSummaryDto, Envelope, HistoryQuery, SendRequest};
+use crate::dto::{
+    ConversationDto, ConversationSummaryDto, Envelope, HistoryQuery, SendRequest, SyncPageDto,
+    SyncQuery,
+};
 use crate::error::ApiError;
+use crate::openapi::{
+    IdempotencyKeyReused, NotFound, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable,
+    Validation,
+};
 use crate::state::AppState;
 
+/// The request header that carries a send's idempotency key (IETF draft
+/// `draft-ietf-httpapi-idempotency-key-header`).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Sends a message; it is announced to the receiver's and my connections.
+///
+/// 400 for a missing or invalid `message` and for a message to oneself; 404 when the
+/// receiver is no user.
+#[utoipa::path(
+    post,
+    path = "/api/v1/message/send/{receiverId}",
+    tag = "message",
+    operation_id = "sendMessage",
+    params(
+        ("receiverId" = String, Path, description = "The receiver's user id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key as the body's \
+            `clientMessageId` (either, or both when equal: 400 otherwise), optionally in double \
+            quotes (an RFC 8941 string)"),
+    ),
+    request_body = SendRequest,
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 201, description = "Stored (and announced)", body = Envelope<MessageDto>),
+        (status = 200, description = "A retry of an earlier send with the same key: the message \
+            stored first, unchanged; nothing new stored or announced", body = Envelope<MessageDto>),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = IdempotencyKeyReused),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn send(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,
     receiver: web::Path<String>,
+    request: HttpRequest,
     body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let text = required(&body.message, "message")?;
+    let client_id = client_message_id(&request, body.client_message_id.as_deref())?;
     state.limits.send(session.user_id().as_str())?;
-    let message = state.messaging.send(session.user_id(), &receiver, text).await?;
-    Ok(HttpResponse::Created().json(Envelope::data(MessageDto::from(&message))))
+    let sent = state.messaging.send(session.user_id(), &receiver, text, client_id).await?;
+    let mut response = if sent.created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.json(Envelope::data(MessageDto::from(&sent.message))))
 }
 
+/// The send's idempotency key: the body's `clientMessageId` or the `Idempotency-Key` header
+/// (an RFC 8941 string, so surrounding quotes are dropped); both must agree when both are given.
+fn client_message_id<'a>(
+    request: &'a HttpRequest,
+    in_body: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    let header = match request.headers().get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::invalid_field("clientMessageId", "must be visible ASCII"))?
+                .trim();
+            let unquoted = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some(unquoted)
+        }
+    };
+    match (header, in_body) {
+        (Some(header), Some(body)) if header != body => Err(ApiError::invalid_field(
+            "clientMessageId",
+            "differs from the Idempotency-Key header",
+        )),
+        (header, body) => Ok(body.or(header)),
+    }
+}
+
+/// The messages of my conversations stored after a cursor, oldest first: what a client
+/// missed while it was away. Keep the last cursor processed and sync from it: no message is
+/// missed, none comes twice.
+///
+/// 400 for a malformed `since`, or one beyond the end of my stream (a cursor from another
+/// database).
+#[utoipa::path(
+    get,
+    path = "/api/v1/message/sync",
+    tag = "message",
+    operation_id = "syncMessages",
+    params(SyncQuery),
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "The next page of my message stream", body = Envelope<SyncPageDto>),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub async fn sync(
+    state: web::Data<AppState>,
+    CurrentUser(session): CurrentUser,
+    query: web::Query<SyncQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = state
+        .messaging
+        .sync(session.user_id(), query.since.as_deref(), query.limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::data(SyncPageDto::from(&page))))
+}
+
+/// One page of my conversation with another user, oldest message first.
+///
+/// 400 for an invalid `limit` or `before` and for oneself as the other participant; 404 when
+/// the other participant is no user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/message/get-messages/{otherId}",
+    tag = "message",
+    operation_id = "getMessages",
+    params(("otherId" = String, Path, description = "The other participant's user id"), HistoryQuery),
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "The newest `limit` messages before `before`", body = Envelope<ConversationDto>),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn history(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,
@@ -33,6 +157,19 @@ pub async fn history(
     Ok(HttpResponse::Ok().json(Envelope::data(ConversationDto::new(&view, me, &other))))
 }
 
+/// My conversations, most recently updated first, each with its last message.
+#[utoipa::path(
+    get,
+    path = "/api/v1/message/conversations",
+    tag = "message",
+    operation_id = "listConversations",
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "My conversations", body = Envelope<Vec<ConversationSummaryDto>>),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn conversations(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,

@@ -1,8 +1,8 @@
 //! The route table and the middleware around it.
 
-mod health;
-mod message;
-mod user;
+pub(crate) mod health;
+pub(crate) mod message;
+pub(crate) mod user;
 mod ws;
 
 use std::time::Instant;
@@ -11,7 +11,7 @@ use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{self, DefaultHeaders, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, Resource, ResponseError as _};
 
@@ -32,6 +32,7 @@ pub fn app(
 > {
     let body_limit = state.settings.body_limit;
     let web_client = state.settings.web_client;
+    let metrics = state.settings.metrics;
     let cors = cors(&state.settings.cors_origins);
     let socketio = state.socketio.clone();
     App::new()
@@ -56,10 +57,24 @@ pub fn app(
                 .add((header::REFERRER_POLICY, "no-referrer"))
                 .add((header::CACHE_CONTROL, "no-store")),
         )
-        .service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
-        .service(resource("/ws").route(web::get().to(ws::upgrade)))
+        .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+        .configure(|config| {
+            // Off: `/metrics` is an unknown path (404) like any other.
+            if metrics {
+                config.service(
+                    resource("/metrics", "GET").route(web::get().to(crate::metrics::render)),
+                );
+            }
+        })
+        .service(resource("/ws", "GET").route(web::get().to(ws::upgrade)))
+        // The OpenAPI document of the routes below, and a page rendering it.
+        .service(
+            resource("/api-docs/openapi.json", "GET")
+                .route(web::get().to(crate::openapi::serve_document)),
+        )
+        .service(resource("/api-docs/", "GET").route(web::get().to(crate::openapi::serve_page)))
+        .service(resource("/api-docs", "GET").route(web::get().to(crate::openapi::serve_page)))
         .configure(|config| {
             if web_client {
                 crate::web::configure(config);
@@ -71,33 +86,38 @@ pub fn app(
             web::scope("/api/v1")
                 .service(
                     web::scope("/user")
-                        .service(resource("/register").route(web::post().to(user::register)))
-                        .service(resource("/login").route(web::post().to(user::login)))
-                        .service(resource("/logout").route(web::post().to(user::logout)))
-                        .service(resource("/get-profile").route(web::get().to(user::profile)))
+                        .service(resource("/register", "POST").route(web::post().to(user::register)))
+                        .service(resource("/login", "POST").route(web::post().to(user::login)))
+                        .service(resource("/logout", "POST").route(web::post().to(user::logout)))
+                        .service(resource("/get-profile", "GET").route(web::get().to(user::profile)))
                         .service(
-                            resource("/get-other-users").route(web::get().to(user::other_users)),
+                            resource("/get-other-users", "GET").route(web::get().to(user::other_users)),
                         ),
                 )
                 .service(
                     web::scope("/message")
-                        .service(resource("/send/{receiver_id}").route(web::post().to(message::send)))
+                        .service(resource("/send/{receiver_id}", "POST").route(web::post().to(message::send)))
                         .service(
-                            resource("/get-messages/{other_id}")
+                            resource("/get-messages/{other_id}", "GET")
                                 .route(web::get().to(message::history)),
                         )
                         .service(
-                            resource("/conversations").route(web::get().to(message::conversations)),
-                        ),
+                            resource("/conversations", "GET").route(web::get().to(message::conversations)),
+                        )
+                        .service(resource("/sync", "GET").route(web::get().to(message::sync))),
                 ),
         )
         .default_service(web::to(not_found))
 }
 
-/// A resource that answers other methods with the envelope rather than a bare 405.
-fn resource(path: &str) -> Resource {
-    web::resource(path)
-        .default_service(web::to(|| async { ApiError::method_not_allowed().error_response() }))
+/// A resource that answers methods other than `allow` (its routes' methods, comma-separated)
+/// with the envelope and an `Allow` header (RFC 9110) rather than a bare 405.
+fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = ApiError::method_not_allowed().error_response();
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        response
+    }))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -109,7 +129,12 @@ fn cors(origins: &[String]) -> Cors {
     origins.iter().fold(
         Cors::default()
             .allowed_methods(["GET", "POST", "OPTIONS"])
-            .allowed_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+            .allowed_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                header::HeaderName::from_static(message::IDEMPOTENCY_KEY),
+            ])
             .supports_credentials()
             .max_age(3600),
         |cors, origin| cors.allowed_origin(origin),

@@ -3,10 +3,29 @@ use application::NewAccount;
 
 use super::required;
 use crate::auth::{token_cookie, CurrentUser};
-use crate::dto::{Envelope, LoggedInDto, LoginRequest, RegisterRequest, RegisteredDto, UserDto, UsersQuery};
+use crate::dto::{Envelope, LoggedInDto, LoginRequest, Null, RegisterRequest, RegisteredDto, UserDto, UsersQuery};
 use crate::error::ApiError;
+use crate::openapi::{Conflict, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable, Validation};
 use crate::state::AppState;
 
+/// Creates an account and logs it in.
+#[utoipa::path(
+    post,
+    path = "/api/v1/user/register",
+    tag = "user",
+    operation_id = "register",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered and logged in; the `token` cookie is set",
+            body = Envelope<RegisteredDto>,
+            headers(("Set-Cookie" = String, description = "`token=<jwt>; HttpOnly; Path=/; SameSite=…; Max-Age=…`"))),
+        (status = 400, response = Validation),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -33,6 +52,26 @@ pub async fn register(
         )))
 }
 
+/// Logs in with a username (any case) and password.
+///
+/// An unknown user and a wrong password get the same 401, so that accounts can't be probed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/user/login",
+    tag = "user",
+    operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in; the `token` cookie is set",
+            body = Envelope<LoggedInDto>,
+            headers(("Set-Cookie" = String, description = "`token=<jwt>; HttpOnly; Path=/; SameSite=…; Max-Age=…`"))),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -50,6 +89,21 @@ pub async fn login(
         )))
 }
 
+/// Revokes the token (cookie or header alike) and clears the cookie.
+#[utoipa::path(
+    post,
+    path = "/api/v1/user/logout",
+    tag = "user",
+    operation_id = "logout",
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "Logged out: the token is refused from now on",
+            body = Envelope<Null>,
+            headers(("Set-Cookie" = String, description = "`token=; Max-Age=0`: clears the cookie"))),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn logout(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,
@@ -57,9 +111,22 @@ pub async fn logout(
     state.accounts.logout(&session).await?;
     Ok(HttpResponse::Ok()
         .cookie(token_cookie(&state.settings.cookie, "", true))
-        .json(Envelope::with_message("logged out", ())))
+        .json(Envelope::with_message("logged out", Null)))
 }
 
+/// My own user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/get-profile",
+    tag = "user",
+    operation_id = "getProfile",
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "The caller", body = Envelope<UserDto>),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn profile(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,
@@ -69,6 +136,23 @@ pub async fn profile(
 }
 
 /// Everyone but me, by username. The next page's cursor, if any, is in `X-Next-Cursor`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/get-other-users",
+    tag = "user",
+    operation_id = "getOtherUsers",
+    params(UsersQuery),
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "One page of users, ordered by lower-cased username",
+            body = Envelope<Vec<UserDto>>,
+            headers(("X-Next-Cursor" = String,
+                description = "Present when more users may follow: the `cursor` of the next page"))),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn other_users(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,

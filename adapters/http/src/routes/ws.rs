@@ -1,29 +1,47 @@
 use actix_web::{web, HttpRequest, HttpResponse};
+use domain::Cursor;
+use serde::Deserialize;
 
 use crate::auth::request_token;
 use crate::dto::TokenQuery;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `GET /ws`: authenticates the handshake (header, cookie, or `?token=` for browsers, which
-/// can't set headers on a WebSocket), then hands the connection to the notifier's session.
+/// Where the handshake resumes the message stream.
+#[derive(Deserialize)]
+pub struct ResumeQuery {
+    /// The last cursor the client processed; empty or absent: from now on.
+    since: Option<String>,
+}
+
+/// `GET /ws`: authenticates the handshake (header, cookie, or `?token=`), reads `?since=`
+/// (400 when it is not a cursor), then hands the connection to the notifier's session,
+/// which replays the stored messages after `since` before the live events.
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
     query: web::Query<TokenQuery>,
+    resume: web::Query<ResumeQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let token = request_token(&req)
         .or_else(|| query.into_inner().token.filter(|t| !t.is_empty()))
         .ok_or_else(ApiError::unauthenticated)?;
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
+    let since = resume
+        .into_inner()
+        .since
+        .filter(|s| !s.is_empty())
+        .map(|raw| Cursor::parse(&raw).map_err(|e| ApiError::invalid_field("since", e)))
+        .transpose()?;
     state.limits.socket_connect(session.user_id().as_str())?;
     ws_notifier::serve(
         &req,
         body,
-        session.user_id().clone(),
+        ws_notifier::Handshake { user: session.user_id().clone(), since },
         state.registry.clone(),
         state.realtime.clone(),
+        state.messaging.clone(),
         state.settings.ws.clone(),
     )
 }

@@ -1,0 +1,1332 @@
+//! Tries to break the message-stream guarantee: a client that keeps the last cursor it
+//! processed and resumes from it (`/ws?since=`, Socket.IO `auth.since`, `GET
+//! /api/v1/message/sync?since=`) never misses a message and never sees one twice, with many
+//! concurrent senders retrying their sends, on one instance or several.
+//!
+//! Every scenario is driven by a seeded random generator: the seed is printed, and
+//! `CHAT_SYNC_SEED=<n>` replays a failing run's choices (timing still varies).
+//!
+//! - `one_instance_*`: an in-process server on the backend of `CHAT_TEST_BACKEND`.
+//! - `two_instances_*`: two `server` processes sharing one database, with Redis fan-out (like
+//!   `tests/tests/cluster.rs`; needs a Redis at `CHAT_TEST_REDIS_URL`, default
+//!   `redis://127.0.0.1:6379`, and builds the server binary unless `CHAT_SERVER_BIN` is set),
+//!   on the backend of `CHAT_TEST_BACKEND` too (SQLite included: see [`cluster_backend`]).
+//! - `socketio_*`: the published `socket.io-client` (Node, `tests/js`) as the resuming
+//!   receiver.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use secrecy::ExposeSecret as _;
+use serde_json::{json, Value};
+use server::settings::StorageSettings;
+use tests::{server_binary, workspace_dir, Backend, TestDatabase};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// How long one request, a handshake or an awaited event may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an instance may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Watching for events that must not come.
+const QUIET: Duration = Duration::from_millis(500);
+/// The whole scenario, senders and receiver, must be done by then.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+const PASSWORD: &str = "correct horse battery";
+const CLUSTER_SECRET: &str = "sync-test-secret-of-at-least-32-bytes!!";
+
+// ---------------------------------------------------------------------------------------
+// A seeded generator (SplitMix64): no dependency, and the same choices for the same seed.
+
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    /// An independent generator for a task of its own.
+    fn fork(&mut self) -> Rng {
+        Rng(self.next_u64())
+    }
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("CHAT_SYNC_SEED") {
+        Ok(text) => text.parse().expect("CHAT_SYNC_SEED is a number"),
+        Err(_) => 0x5EED_0000 ^ test.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+    };
+    eprintln!("{test}: seed {seed} (CHAT_SYNC_SEED={seed} to replay)");
+    seed
+}
+
+// ---------------------------------------------------------------------------------------
+// The servers under test: one in-process instance, or several processes.
+
+/// What keeps the servers running; dropped (processes killed, database removed) at the end.
+enum Servers {
+    InProcess { database: Option<TestDatabase> },
+    Cluster(Cluster),
+}
+
+struct Deployment {
+    http: reqwest::Client,
+    ports: Vec<u16>,
+    servers: Servers,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Servers::InProcess { database } = &mut self.servers {
+            if let Some(database) = database.take() {
+                remove_database(database);
+            }
+        }
+    }
+}
+
+/// Drops a test database from a Drop impl, which may run inside a runtime.
+fn remove_database(database: TestDatabase) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(database.remove());
+        }
+    })
+    .join();
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    id: String,
+    token: String,
+}
+
+/// A response: status, parsed body, raw body.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    text: String,
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(TIMEOUT).build().expect("an HTTP client")
+}
+
+impl Deployment {
+    /// The real server in this process, on the backend of `CHAT_TEST_BACKEND`.
+    async fn one_instance() -> Self {
+        let database = TestDatabase::create(Backend::from_env()).await;
+        let port = tests::start_server(tests::test_settings(&database)).await;
+        Self {
+            http: http_client(),
+            ports: vec![port],
+            servers: Servers::InProcess { database: Some(database) },
+        }
+    }
+
+    async fn cluster(backend: Backend, size: usize) -> Self {
+        let cluster = Cluster::start(backend, size).await;
+        let ports = cluster.instances.iter().map(|i| i.port).collect();
+        Self { http: http_client(), ports, servers: Servers::Cluster(cluster) }
+    }
+
+    fn instances(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn url(&self, instance: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[instance % self.ports.len()])
+    }
+
+    fn ws_url(&self, instance: usize, token: &str, since: u64) -> String {
+        let port = self.ports[instance % self.ports.len()];
+        format!("ws://127.0.0.1:{port}/ws?token={token}&since={since}")
+    }
+
+    async fn reply(&self, request: reqwest::RequestBuilder, what: &str) -> Reply {
+        let response =
+            request.send().await.unwrap_or_else(|e| panic!("{what}: the server did not answer: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_else(|e| panic!("{what}: unreadable body: {e}"));
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    async fn register(&self, instance: usize, name: &str) -> User {
+        let request = self
+            .http
+            .post(self.url(instance, "/api/v1/user/register"))
+            .json(&json!({ "fullName": name, "username": name, "password": PASSWORD }));
+        let reply = self.reply(request, "register").await;
+        assert_eq!(reply.status, StatusCode::CREATED, "registering {name}: {}", reply.text);
+        let data = &reply.body["responseData"];
+        User {
+            name: name.to_owned(),
+            id: data["newUser"]["_id"].as_str().expect("newUser._id").to_owned(),
+            token: data["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// A send with `key` as `clientMessageId`.
+    async fn send(&self, instance: usize, from: &User, to: &User, text: &str, key: &str) -> Reply {
+        let request = self
+            .http
+            .post(self.url(instance, &format!("/api/v1/message/send/{}", to.id)))
+            .bearer_auth(&from.token)
+            .json(&json!({ "message": text, "clientMessageId": key }));
+        self.reply(request, "send").await
+    }
+
+    /// One `GET /api/v1/message/sync` page's `responseData`.
+    async fn sync(&self, instance: usize, user: &User, since: Option<u64>, limit: u32) -> Value {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(since) = since {
+            query.push(("since", since.to_string()));
+        }
+        let request =
+            self.http.get(self.url(instance, "/api/v1/message/sync")).bearer_auth(&user.token).query(&query);
+        let reply = self.reply(request, "sync").await;
+        assert_eq!(reply.status, StatusCode::OK, "sync of {} since {since:?}: {}", user.name, reply.text);
+        assert_eq!(reply.body["success"], true, "{}", reply.text);
+        reply.body["responseData"].clone()
+    }
+
+    /// `user`'s whole stream through sync pages of `limit`, checking the paging as it goes.
+    async fn whole_stream(&self, instance: usize, user: &User, limit: u32) -> Vec<Value> {
+        let mut items: Vec<Value> = Vec::new();
+        let mut since = None;
+        loop {
+            let page = self.sync(instance, user, since, limit).await;
+            let messages = page["messages"].as_array().unwrap_or_else(|| panic!("messages: {page}"));
+            let next = cursor_of(&page["nextCursor"], "nextCursor");
+            assert!(messages.len() <= limit as usize, "a page above its limit: {}", messages.len());
+            for item in messages {
+                let cursor = cursor_of(&item["cursor"], "a sync item's cursor");
+                assert_eq!(cursor, items.len() as u64 + 1, "sync of {}: cursors 1, 2, 3…: {item}", user.name);
+                items.push(item.clone());
+            }
+            assert_eq!(next, items.len() as u64, "nextCursor is the last item's cursor: {page}");
+            let has_more = page["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {page}"));
+            if !has_more {
+                // The end really is the end.
+                let after = self.sync(instance, user, Some(next), limit).await;
+                assert_eq!(after["messages"], json!([]), "hasMore was false: {after}");
+                return items;
+            }
+            assert!(!messages.is_empty(), "an empty page with hasMore: {page}");
+            since = Some(next);
+        }
+    }
+
+    /// The whole conversation of `user` with `other`, oldest first, through history pages.
+    async fn history(&self, instance: usize, user: &User, other: &User) -> Vec<Value> {
+        let mut older_first: Vec<Value> = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "200".to_owned())];
+            if let Some(before) = &before {
+                query.push(("before", before.clone()));
+            }
+            let request = self
+                .http
+                .get(self.url(instance, &format!("/api/v1/message/get-messages/{}", other.id)))
+                .bearer_auth(&user.token)
+                .query(&query);
+            let reply = self.reply(request, "get-messages").await;
+            assert_eq!(reply.status, StatusCode::OK, "history: {}", reply.text);
+            let page = reply.body["responseData"]["messages"].as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                return older_first;
+            }
+            before = Some(page[0]["_id"].as_str().expect("_id").to_owned());
+            let mut page = page;
+            page.append(&mut older_first);
+            older_first = page;
+        }
+    }
+
+    async fn stop(mut self) {
+        match &mut self.servers {
+            Servers::InProcess { database } => {
+                if let Some(database) = database.take() {
+                    database.remove().await;
+                }
+            }
+            Servers::Cluster(cluster) => cluster.stop().await,
+        }
+    }
+}
+
+fn cursor_of(value: &Value, what: &str) -> u64 {
+    let text = value.as_str().unwrap_or_else(|| panic!("{what} must be a string: {value}"));
+    assert!(
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
+        "{what} must be decimal digits: {value}"
+    );
+    text.parse().unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
+}
+
+fn without_cursor(item: &Value) -> Value {
+    let mut message = item.clone();
+    message.as_object_mut().expect("a message object").remove("cursor");
+    message
+}
+
+fn id_of(message: &Value) -> String {
+    message["_id"].as_str().unwrap_or_else(|| panic!("a message without _id: {message}")).to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Several `server` processes on one database, with Redis fan-out (as in cluster.rs).
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn redis_url() -> String {
+    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn redis_answers(redis_url: &str) -> bool {
+    use std::io::Write as _;
+    let address = redis_url.trim_start_matches("redis://").trim_end_matches('/');
+    let Ok(addr) = address.parse() else { return false };
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+struct Instance {
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(file) = std::fs::File::open(&self.log) else { return String::new() };
+        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    instances: Vec<Instance>,
+    database: Option<TestDatabase>,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    async fn start(backend: Backend, size: usize) -> Self {
+        let binary = server_binary().to_owned();
+        let redis = redis_url();
+        assert!(
+            redis_answers(&redis),
+            "Redis is not reachable at {redis}: start it (`redis-server --daemonize yes`) or set CHAT_TEST_REDIS_URL"
+        );
+        let database = TestDatabase::create(backend).await;
+        let (backend_name, storage_url) = match &database.settings {
+            StorageSettings::Sqlite { url, .. } => ("sqlite", url.clone()),
+            StorageSettings::Postgres { url, .. } => ("postgres", url.expose_secret().to_owned()),
+            StorageSettings::Mongodb { url, .. } => ("mongodb", url.expose_secret().to_owned()),
+        };
+        // A prefix of its own: tests running at the same time share the Redis.
+        let prefix = format!("chat-sync-test-{}", uuid::Uuid::new_v4().simple());
+        let logs = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&logs).expect("a folder for the instances' logs");
+        let mut cluster = Self { instances: Vec::new(), database: Some(database), logs };
+        // One after the other: the first one creates the schema.
+        for number in 1..=size {
+            let port = free_port();
+            let log = cluster.logs.join(format!("instance-{number}.log"));
+            let output = std::fs::File::create(&log).expect("a log file");
+            let child = Command::new(&binary)
+                .current_dir(workspace_dir())
+                .env_remove("RUST_LOG")
+                .env("APP_ENV", "test")
+                .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
+                .env("CHAT__SERVER__HOST", "127.0.0.1")
+                .env("CHAT__SERVER__PORT", port.to_string())
+                .env("CHAT__SERVER__WORKERS", "2")
+                .env("CHAT__SERVER__SHUTDOWN_TIMEOUT", "1")
+                .env("CHAT__STORAGE__BACKEND", backend_name)
+                .env("CHAT__STORAGE__URL", &storage_url)
+                .env("CHAT__STORAGE__MAX_CONNECTIONS", "4")
+                .env("CHAT__STORAGE__ACQUIRE_TIMEOUT_MS", "5000")
+                .env("CHAT__STORAGE__SYNCHRONOUS", "normal")
+                .env("CHAT__FANOUT__BACKEND", "redis")
+                .env("CHAT__FANOUT__REDIS_URL", &redis)
+                .env("CHAT__FANOUT__PREFIX", &prefix)
+                .env("CHAT__AUTH__JWT_SECRET", CLUSTER_SECRET)
+                .env("CHAT__AUTH__BCRYPT_COST", "4")
+                .env("CHAT__LOG__LEVEL", "warn")
+                .stdout(output.try_clone().expect("a second handle on the log"))
+                .stderr(output)
+                .spawn()
+                .expect("the server binary starts");
+            cluster.instances.push(Instance { port, child: Some(child), log });
+            cluster.wait_ready(number - 1).await;
+        }
+        cluster
+    }
+
+    async fn wait_ready(&mut self, index: usize) {
+        let http = http_client();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("http://127.0.0.1:{}/readyz", self.instances[index].port);
+        loop {
+            if matches!(http.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK) {
+                return;
+            }
+            let instance = &mut self.instances[index];
+            if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
+                panic!("instance {} exited ({status}):\n{}", index + 1, instance.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {} is not ready after {START_TIMEOUT:?}:\n{}",
+                index + 1,
+                instance.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        for instance in &mut self.instances {
+            instance.kill();
+        }
+        if let Some(database) = self.database.take() {
+            database.remove().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+impl Drop for Cluster {
+    /// After a failure: processes killed, database dropped, logs kept for reading.
+    fn drop(&mut self) {
+        let Some(database) = self.database.take() else { return };
+        for instance in &mut self.instances {
+            instance.kill();
+        }
+        remove_database(database);
+        eprintln!("instance logs kept in {}", self.logs.display());
+    }
+}
+
+/// The backend the two-instance tests run on: the one of `CHAT_TEST_BACKEND`, all three.
+///
+/// PostgreSQL and MongoDB are shared by several instances by design (docs/SCALING.md). With
+/// SQLite the two processes open the same database file on this machine (WAL mode, which
+/// SQLite supports across processes): not a deployment docs/SCALING.md offers, but the
+/// store's guarantees are per database file, so it must hold there too, and it does reliably
+/// (every run of this test on SQLite so far passed). Should that ever have to change, make
+/// this function pick PostgreSQL for SQLite, with a line saying so: never a silent skip.
+fn cluster_backend() -> Backend {
+    Backend::from_env()
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenario: senders retrying sends with client keys, and a receiver that keeps
+// disconnecting and resuming from the last cursor it processed.
+
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    senders: usize,
+    /// Sends per sender (each to the receiver).
+    sends_each: usize,
+    /// Sends of the receiver back to random senders.
+    replies: usize,
+    /// Percentage of sends raced by 1–2 copies with the same key, sent at the same moment
+    /// (to different instances when there are several).
+    race_percent: u64,
+    /// Percentage of sends retried once after the first answer (through another instance
+    /// when there are several).
+    late_retry_percent: u64,
+    /// Upper bound of the random pause between two sends of one sender, in milliseconds.
+    pause_ms: u64,
+}
+
+/// One logical send: its key, and the message the first (201) answer returned.
+#[derive(Debug, Clone)]
+struct Sent {
+    key: String,
+    from: String,
+    to: String,
+    text: String,
+    stored: Value,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    raced_sends: AtomicUsize,
+    racing_copies: AtomicUsize,
+    late_retries: AtomicUsize,
+    /// Sends answered 503 (and tried again).
+    unavailable: AtomicUsize,
+    /// Sends whose first answer was 503 and whose retry found the message stored.
+    stored_despite_unavailable: AtomicUsize,
+}
+
+/// How many times a send answered 503 is tried again before the test gives up.
+const UNAVAILABLE_ATTEMPTS: usize = 8;
+
+/// A send with `key`, tried again with the same key while the answer is 503 `UNAVAILABLE`
+/// (the store took longer than its deadline: under heavy contention a slow store, such as
+/// the MongoDB stand-in of the test machine, may), as a client would: each try goes to the
+/// next instance. Returns the first other answer, and whether a 503 came before it (a send
+/// answered 503 may have been stored all the same, so its retry may be the first to answer,
+/// with 200).
+async fn send_answered(
+    deployment: &Deployment,
+    instance: usize,
+    from: &User,
+    to: &User,
+    text: &str,
+    key: &str,
+    counters: &Counters,
+) -> (Reply, bool) {
+    let mut unavailable = false;
+    for attempt in 0..UNAVAILABLE_ATTEMPTS {
+        let reply = deployment.send(instance + attempt, from, to, text, key).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return (reply, unavailable);
+        }
+        assert_eq!(reply.body["code"], "UNAVAILABLE", "{}", reply.text);
+        unavailable = true;
+        counters.unavailable.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1))).await;
+    }
+    panic!("sending {key}: 503 {UNAVAILABLE_ATTEMPTS} times in a row");
+}
+
+/// Sends `count` messages from `me` to random `peers`, each with a key of its own, some raced
+/// or retried. Returns what was stored.
+async fn run_sender(
+    deployment: Arc<Deployment>,
+    me: User,
+    peers: Vec<User>,
+    count: usize,
+    plan: Plan,
+    mut rng: Rng,
+    counters: Arc<Counters>,
+) -> Vec<Sent> {
+    let instances = deployment.instances();
+    let mut sent = Vec::with_capacity(count);
+    for n in 0..count {
+        let to = &peers[rng.below(peers.len() as u64) as usize];
+        let key = format!("{}:{n:04}:{:08x}", me.name, rng.next_u64() as u32);
+        let text = format!("{} #{n} to {} [{key}]", me.name, to.name);
+        let home = rng.below(instances as u64) as usize;
+        let roll = rng.below(100);
+        let send = |instance: usize| send_answered(&deployment, instance, &me, to, &text, &key, &counters);
+        let stored = if roll < plan.race_percent {
+            let copies = 2 + rng.below(2) as usize;
+            let replies = futures_util::future::join_all((0..copies).map(|c| send(home + c))).await;
+            let created = replies.iter().filter(|(r, _)| r.status == StatusCode::CREATED).count();
+            let unavailable = replies.iter().any(|(_, unavailable)| *unavailable);
+            // Exactly one 201, unless a copy was answered 503 and stored after its deadline.
+            assert!(
+                created == 1 || (created == 0 && unavailable),
+                "{copies} racing sends of {key}: {created} answered 201: {replies:#?}"
+            );
+            for (reply, _) in &replies {
+                assert!(
+                    reply.status == StatusCode::CREATED || reply.status == StatusCode::OK,
+                    "a racing send of {key}: {}",
+                    reply.text
+                );
+            }
+            let stored = replies[0].0.body["responseData"].clone();
+            for (reply, _) in &replies {
+                assert_eq!(reply.body["responseData"], stored, "racing sends of {key} return the same message");
+            }
+            counters.raced_sends.fetch_add(1, Ordering::Relaxed);
+            counters.racing_copies.fetch_add(copies - 1, Ordering::Relaxed);
+            stored
+        } else {
+            let (reply, unavailable) = send(home).await;
+            if unavailable && reply.status == StatusCode::OK {
+                // Stored by the attempt answered 503.
+                counters.stored_despite_unavailable.fetch_add(1, Ordering::Relaxed);
+            } else {
+                assert_eq!(reply.status, StatusCode::CREATED, "sending {key}: {}", reply.text);
+            }
+            let stored = reply.body["responseData"].clone();
+            if roll < plan.race_percent + plan.late_retry_percent {
+                let (again, _) = send(home + 1).await;
+                assert_eq!(again.status, StatusCode::OK, "retrying {key} after it returned: {}", again.text);
+                assert_eq!(again.body["responseData"], stored, "a retry of {key} returns the stored message");
+                counters.late_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            stored
+        };
+        assert_eq!(stored["senderId"], me.id.as_str(), "{stored}");
+        assert_eq!(stored["receiverId"], to.id.as_str(), "{stored}");
+        assert_eq!(stored["message"], text.as_str(), "{stored}");
+        assert_eq!(stored["clientMessageId"], key.as_str(), "{stored}");
+        sent.push(Sent { key, from: me.id.clone(), to: to.id.clone(), text, stored });
+        let pause = rng.between(0, plan.pause_ms);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+    sent
+}
+
+/// What a resuming client has processed: the last cursor, and every event in order.
+struct Processed {
+    user: User,
+    last: u64,
+    events: Vec<Value>,
+    ids: HashSet<String>,
+}
+
+impl Processed {
+    fn new(user: User) -> Self {
+        Self { user, last: 0, events: Vec::new(), ids: HashSet::new() }
+    }
+
+    /// The first cursor processed (1 for a client that started from the beginning).
+    fn first(&self) -> Option<u64> {
+        self.events.first().map(|e| cursor_of(&e["cursor"], "a processed cursor"))
+    }
+
+    /// Takes one message (an event's data or a sync item): it must be the next position.
+    fn take(&mut self, item: &Value, whence: &str) {
+        let cursor = cursor_of(&item["cursor"], &format!("{whence}: the cursor"));
+        if cursor != self.last + 1 {
+            let recent: Vec<String> = self.events[self.events.len().saturating_sub(5)..]
+                .iter()
+                .map(|e| format!("{}={}", e["cursor"], e["_id"]))
+                .collect();
+            panic!(
+                "{whence}: cursor {cursor} after {} ({}); recent: {recent:?}; item: {item}",
+                self.last,
+                if cursor <= self.last { "a repeat" } else { "a gap" }
+            );
+        }
+        let id = id_of(item);
+        assert!(self.ids.insert(id.clone()), "{whence}: message {id} processed twice: {item}");
+        assert!(
+            item["senderId"] == self.user.id.as_str() || item["receiverId"] == self.user.id.as_str(),
+            "{whence}: not a message of {}: {item}",
+            self.user.name
+        );
+        self.last = cursor;
+        self.events.push(item.clone());
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReceiverStats {
+    ws_sessions: usize,
+    sync_reads: usize,
+    ended_by_server: usize,
+    events_by_ws: usize,
+    items_by_sync: usize,
+}
+
+/// How a `/ws` session ends.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// After `linger`, dropping the connection without a close handshake.
+    After(Duration),
+    /// Once `last` reaches the cursor; then watching `QUIET` for anything more.
+    CaughtUpTo(u64),
+}
+
+/// One `/ws?since=<last>` connection on `instance`, processing `newMessage` events.
+async fn ws_session(
+    deployment: &Deployment,
+    instance: usize,
+    processed: &mut Processed,
+    leave: Leave,
+    stats: &mut ReceiverStats,
+    session: usize,
+) {
+    let since = processed.last;
+    let url = deployment.ws_url(instance, &processed.user.token, since);
+    let whence = format!("/ws session {session} on instance {} since {since}", instance + 1);
+    let (mut socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap_or_else(|_| panic!("{whence}: the handshake timed out"))
+        .unwrap_or_else(|e| panic!("{whence}: the handshake failed: {e}"));
+    stats.ws_sessions += 1;
+    let deadline = match leave {
+        Leave::After(linger) => Instant::now() + linger,
+        Leave::CaughtUpTo(_) => Instant::now() + TIMEOUT,
+    };
+    let mut quiet_until: Option<Instant> = None;
+    if let Leave::CaughtUpTo(total) = leave {
+        if processed.last == total {
+            quiet_until = Some(Instant::now() + QUIET);
+        }
+    }
+    loop {
+        let until = quiet_until.unwrap_or(deadline);
+        let frame = match tokio::time::timeout_at(until, socket.next()).await {
+            Err(_) => {
+                if let Leave::CaughtUpTo(total) = leave {
+                    assert!(
+                        quiet_until.is_some(),
+                        "{whence}: not caught up within {TIMEOUT:?}: at {} of {total}",
+                        processed.last
+                    );
+                }
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(_)))) => {
+                assert!(
+                    matches!(leave, Leave::After(_)),
+                    "{whence}: the server ended the connection while draining at {}",
+                    processed.last
+                );
+                stats.ended_by_server += 1;
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Frame::Text(text) = frame else { continue };
+        let value: Value = serde_json::from_str(text.as_str())
+            .unwrap_or_else(|e| panic!("{whence}: a frame that is not JSON ({e}): {text}"));
+        if value["event"] != "newMessage" {
+            continue;
+        }
+        assert!(quiet_until.is_none(), "{whence}: a newMessage after catching up: {value}");
+        processed.take(&value["data"], &whence);
+        stats.events_by_ws += 1;
+        if let Leave::CaughtUpTo(total) = leave {
+            assert!(processed.last <= total, "{whence}: cursor {} beyond the {total} messages sent", processed.last);
+            if processed.last == total {
+                quiet_until = Some(Instant::now() + QUIET);
+            }
+        }
+    }
+    // Abruptly: no close frame, the TCP connection just goes.
+    drop(socket);
+}
+
+/// A connection of `user` opened without `since` before the sends start and kept open: it must
+/// get the messages stored from then on, at consecutive cursors, each once, while messages
+/// from every instance arrive at once. (If the server has to close it, with the resync code,
+/// it resumes with `since` as a client must: counted, not a failure.) Reads until the
+/// senders are done and it has the `total` messages of `user`'s stream, then 500 ms more.
+async fn run_listener(
+    deployment: Arc<Deployment>,
+    instance: usize,
+    user: User,
+    ready: tokio::sync::oneshot::Sender<()>,
+    senders_done: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+) -> (Processed, usize) {
+    let mut processed = Processed::new(user.clone());
+    let mut started = false;
+    let mut ready = Some(ready);
+    let mut resumed = 0;
+    let deadline = Instant::now() + SCENARIO_LIMIT;
+    let mut since: Option<u64> = None;
+    loop {
+        let port = deployment.ports[instance % deployment.ports.len()];
+        let url = match since {
+            None => format!("ws://127.0.0.1:{port}/ws?token={}", user.token),
+            Some(since) => deployment.ws_url(instance, &user.token, since),
+        };
+        let whence = format!("{}'s steady connection on instance {}", user.name, instance + 1);
+        let (mut socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|_| panic!("{whence}: the handshake timed out"))
+            .unwrap_or_else(|e| panic!("{whence}: the handshake failed: {e}"));
+        let mut quiet_until: Option<Instant> = None;
+        let ended = loop {
+            assert!(Instant::now() < deadline, "{whence}: still at {} after {SCENARIO_LIMIT:?}", processed.last);
+            if senders_done.load(Ordering::SeqCst) && processed.last == total.load(Ordering::SeqCst) {
+                let until = *quiet_until.get_or_insert_with(|| Instant::now() + QUIET);
+                if Instant::now() >= until {
+                    break false;
+                }
+            }
+            let frame = match tokio::time::timeout(Duration::from_millis(50), socket.next()).await {
+                Err(_) => continue,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(_)))) => break true,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Frame::Text(text) = frame else { continue };
+            let value: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
+            let data = &value["data"];
+            if value["event"] == "onlineUsers" && data.as_array().is_some_and(|a| a.contains(&json!(user.id))) {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            if value["event"] != "newMessage" {
+                continue;
+            }
+            assert!(quiet_until.is_none(), "{whence}: a newMessage after the last one: {value}");
+            if !started {
+                // Without since: from wherever the stream stood when it connected.
+                let cursor = cursor_of(&data["cursor"], &format!("{whence}: the cursor"));
+                processed.last = cursor - 1;
+                started = true;
+            }
+            processed.take(data, &whence);
+        };
+        if !ended {
+            return (processed, resumed);
+        }
+        // Closed by the server: resume from the last cursor processed, as a client must.
+        assert!(started, "{whence}: closed before its first message");
+        since = Some(processed.last);
+        resumed += 1;
+    }
+}
+
+/// The receiver: `/ws` sessions of 10–300 ms alternating between the instances, sometimes a
+/// sync page instead, each resuming from the last cursor processed, until the senders are
+/// done; then one last resume until caught up with all `total` messages.
+async fn run_receiver(
+    deployment: Arc<Deployment>,
+    me: User,
+    mut rng: Rng,
+    senders_done: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+) -> (Processed, ReceiverStats) {
+    let mut processed = Processed::new(me.clone());
+    let mut stats = ReceiverStats::default();
+    let instances = deployment.instances();
+    let mut round = 0usize;
+    while !senders_done.load(Ordering::SeqCst) {
+        let instance = round % instances;
+        round += 1;
+        if rng.percent(15) {
+            let limit = rng.between(1, 40) as u32;
+            let since = processed.last;
+            let page = deployment.sync(instance, &me, Some(since), limit).await;
+            let whence = format!("sync read {round} on instance {} since {since}", instance + 1);
+            let items = page["messages"].as_array().unwrap_or_else(|| panic!("{whence}: {page}"));
+            assert!(items.len() <= limit as usize, "{whence}: above the limit");
+            for item in items {
+                processed.take(item, &whence);
+            }
+            assert_eq!(cursor_of(&page["nextCursor"], "nextCursor"), processed.last, "{whence}: {page}");
+            stats.sync_reads += 1;
+            stats.items_by_sync += items.len();
+        } else {
+            let linger = Duration::from_millis(rng.between(10, 300));
+            ws_session(&deployment, instance, &mut processed, Leave::After(linger), &mut stats, round)
+                .await;
+        }
+    }
+    let total = total.load(Ordering::SeqCst);
+    let instance = round % instances;
+    round += 1;
+    ws_session(&deployment, instance, &mut processed, Leave::CaughtUpTo(total), &mut stats, round).await;
+    // And once more from the end, on the other instance: nothing.
+    round += 1;
+    ws_session(&deployment, round % instances, &mut processed, Leave::CaughtUpTo(total), &mut stats, round)
+        .await;
+    (processed, stats)
+}
+
+/// Runs the scenario on `deployment` and checks the guarantee.
+async fn stress(deployment: Deployment, plan: Plan, test: &str) {
+    let started = Instant::now();
+    let mut rng = Rng(seed(test));
+    let deployment = Arc::new(deployment);
+    let instances = deployment.instances();
+    let receiver = deployment.register(0, "receiver").await;
+    let mut senders = Vec::new();
+    for i in 0..plan.senders {
+        senders.push(deployment.register(i % instances, &format!("sender{i}")).await);
+    }
+
+    let senders_done = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
+    // Steady connections without since: the receiver's on every instance, and the first
+    // sender's (its stream is its conversation with the receiver).
+    let sender_total = Arc::new(AtomicU64::new(0));
+    let mut listening = Vec::new();
+    let steady = (0..instances)
+        .map(|i| (i, receiver.clone(), total.clone()))
+        .chain([(1 % instances, senders[0].clone(), sender_total.clone())]);
+    for (instance, user, target) in steady {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        listening.push(tokio::spawn(run_listener(
+            deployment.clone(),
+            instance,
+            user,
+            ready,
+            senders_done.clone(),
+            target,
+        )));
+        tokio::time::timeout(TIMEOUT, is_ready).await.expect("a steady connection is shown online").ok();
+    }
+    let receiving = tokio::spawn(run_receiver(
+        deployment.clone(),
+        receiver.clone(),
+        rng.fork(),
+        senders_done.clone(),
+        total.clone(),
+    ));
+    let mut sending: Vec<_> = senders
+        .iter()
+        .map(|sender| {
+            tokio::spawn(run_sender(
+                deployment.clone(),
+                sender.clone(),
+                vec![receiver.clone()],
+                plan.sends_each,
+                plan,
+                rng.fork(),
+                counters.clone(),
+            ))
+        })
+        .collect();
+    sending.push(tokio::spawn(run_sender(
+        deployment.clone(),
+        receiver.clone(),
+        senders.clone(),
+        plan.replies,
+        plan,
+        rng.fork(),
+        counters.clone(),
+    )));
+
+    let all_sent = tokio::time::timeout(SCENARIO_LIMIT, futures_util::future::join_all(sending))
+        .await
+        .unwrap_or_else(|_| panic!("the senders did not finish within {SCENARIO_LIMIT:?}"));
+    let mut sent: Vec<Sent> = Vec::new();
+    for outcome in all_sent {
+        match outcome {
+            Ok(batch) => sent.extend(batch),
+            Err(error) => {
+                receiving.abort();
+                match error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(error) => panic!("a sender task failed: {error}"),
+                }
+            }
+        }
+    }
+    let sending_took = started.elapsed();
+    total.store(sent.len() as u64, Ordering::SeqCst);
+    let of_sender0 = sent.iter().filter(|s| s.from == senders[0].id || s.to == senders[0].id).count();
+    sender_total.store(of_sender0 as u64, Ordering::SeqCst);
+    senders_done.store(true, Ordering::SeqCst);
+    let (processed, stats) = match tokio::time::timeout(SCENARIO_LIMIT, receiving).await {
+        Err(_) => panic!("the receiver did not catch up within {SCENARIO_LIMIT:?}"),
+        Ok(Err(error)) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(error) => panic!("the receiver task failed: {error}"),
+        },
+        Ok(Ok(outcome)) => outcome,
+    };
+    let mut listened = Vec::new();
+    for listener in listening {
+        match tokio::time::timeout(SCENARIO_LIMIT, listener).await {
+            Err(_) => panic!("a steady connection did not finish within {SCENARIO_LIMIT:?}"),
+            Ok(Err(error)) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => panic!("a steady connection's task failed: {error}"),
+            },
+            Ok(Ok(outcome)) => listened.push(outcome),
+        }
+    }
+    let steady_resumes: usize = listened.iter().map(|(_, resumed)| resumed).sum();
+    eprintln!(
+        "{test}: {} messages ({} raced by {} copies, {} retried late; {} answers 503, {} of them stored anyway) \
+         sent in {sending_took:?} on {instances} instance(s); the receiver resumed {} times over /ws ({} events, \
+         {} ended by the server) and read {} sync pages ({} items); {} steady connections resumed {steady_resumes} \
+         times",
+        sent.len(),
+        counters.raced_sends.load(Ordering::Relaxed),
+        counters.racing_copies.load(Ordering::Relaxed),
+        counters.late_retries.load(Ordering::Relaxed),
+        counters.unavailable.load(Ordering::Relaxed),
+        counters.stored_despite_unavailable.load(Ordering::Relaxed),
+        stats.ws_sessions,
+        stats.events_by_ws,
+        stats.ended_by_server,
+        stats.sync_reads,
+        stats.items_by_sync,
+        listened.len(),
+    );
+    assert!(stats.ws_sessions >= 5, "the scenario should resume many times: {stats:?}");
+
+    verify(&deployment, &receiver, &senders, &sent, &processed).await;
+    for (steady, _) in &listened {
+        let stream = deployment.whole_stream(0, &steady.user, 200).await;
+        let first = steady.first().unwrap_or_else(|| panic!("{}'s steady connection got nothing", steady.user.name));
+        let expected = &stream[first as usize - 1..];
+        assert_eq!(steady.events.len(), expected.len(), "{}'s steady connection: from {first} to the end", steady.user.name);
+        for (got, stored) in steady.events.iter().zip(expected) {
+            assert_eq!(got, stored, "{}'s steady connection got what is stored", steady.user.name);
+        }
+        assert_eq!(first, 1, "{}'s steady connection was open before the first send", steady.user.name);
+    }
+    eprintln!("{test}: verified in {:?} overall", started.elapsed());
+
+    let deployment = Arc::into_inner(deployment).expect("every task is done with the deployment");
+    deployment.stop().await;
+}
+
+/// The receiver processed exactly the stored stream; each logical send is stored once.
+async fn verify(
+    deployment: &Deployment,
+    receiver: &User,
+    senders: &[User],
+    sent: &[Sent],
+    processed: &Processed,
+) {
+    let instances = deployment.instances();
+    // What is stored, paged two ways (from different instances when there are several).
+    let stream = deployment.whole_stream(0, receiver, 200).await;
+    let stream_by_37 = deployment.whole_stream(1 % instances, receiver, 37).await;
+    assert!(stream == stream_by_37, "the stream is the same whatever the page size");
+    assert_eq!(stream.len(), sent.len(), "one stored message per logical send");
+
+    // The receiver processed exactly that, in order.
+    assert_eq!(processed.events.len(), stream.len(), "processed {} of {}", processed.events.len(), stream.len());
+    for (position, (got, stored)) in processed.events.iter().zip(&stream).enumerate() {
+        assert_eq!(got, stored, "position {}: the event differs from the stored message", position + 1);
+    }
+
+    // Each key once, as the first answer returned it.
+    let by_key: HashMap<&str, &Sent> = sent.iter().map(|s| (s.key.as_str(), s)).collect();
+    assert_eq!(by_key.len(), sent.len(), "the scenario's keys are unique");
+    let mut keys_seen = HashSet::new();
+    for item in &stream {
+        let key = item["clientMessageId"].as_str().unwrap_or_else(|| panic!("no clientMessageId: {item}"));
+        assert!(keys_seen.insert(key.to_owned()), "key {key} stored twice");
+        let logical = by_key.get(key).unwrap_or_else(|| panic!("a stored message nobody sent: {item}"));
+        assert_eq!(without_cursor(item), logical.stored, "the stored message is what the send returned");
+        assert_eq!(item["senderId"], logical.from.as_str());
+        assert_eq!(item["receiverId"], logical.to.as_str());
+        assert_eq!(item["message"], logical.text.as_str());
+    }
+
+    // The conversations' histories hold the same messages, each once.
+    let by_id: HashMap<String, &Value> = stream.iter().map(|item| (id_of(item), item)).collect();
+    assert_eq!(by_id.len(), stream.len(), "message ids are unique");
+    let mut in_histories = 0;
+    for (i, sender) in senders.iter().enumerate() {
+        let history = deployment.history(i % instances, receiver, sender).await;
+        let ids: Vec<String> = history.iter().map(id_of).collect();
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "a repeat in the history with {}", sender.name);
+        for message in &history {
+            let item = by_id
+                .get(&id_of(message))
+                .unwrap_or_else(|| panic!("in the history but not in the stream: {message}"));
+            assert_eq!(&without_cursor(item), message, "the history's copy equals the stream's");
+        }
+        let expected = sent
+            .iter()
+            .filter(|s| {
+                (s.from == sender.id && s.to == receiver.id) || (s.from == receiver.id && s.to == sender.id)
+            })
+            .count();
+        assert_eq!(history.len(), expected, "the conversation with {} holds each of its sends once", sender.name);
+        in_histories += history.len();
+
+        // The sender's own stream: exactly that conversation, numbered from 1, in the same
+        // store order as in the receiver's stream.
+        let own = deployment.whole_stream((i + 1) % instances, sender, 200).await;
+        let own_ids: Vec<String> = own.iter().map(id_of).collect();
+        let order_in_receivers: Vec<String> = stream
+            .iter()
+            .filter(|item| item["senderId"] == sender.id.as_str() || item["receiverId"] == sender.id.as_str())
+            .map(id_of)
+            .collect();
+        assert_eq!(own_ids, order_in_receivers, "{}'s stream is the conversation, in store order", sender.name);
+    }
+    assert_eq!(in_histories, stream.len(), "every message of the stream is in one of the histories");
+}
+
+/// 540 messages over about 4 s: the receiver resumes some 25 times meanwhile.
+const ONE_INSTANCE: Plan = Plan {
+    senders: 6,
+    sends_each: 80,
+    replies: 60,
+    race_percent: 10,
+    late_retry_percent: 10,
+    pause_ms: 80,
+};
+
+/// 430 messages, retries racing across the two instances.
+const TWO_INSTANCES: Plan = Plan {
+    senders: 6,
+    sends_each: 65,
+    replies: 40,
+    race_percent: 12,
+    late_retry_percent: 10,
+    pause_ms: 80,
+};
+
+/// `plan` sized for `backend`: the MongoDB stand-in of the test machine (SecantusDB, see
+/// scripts/start-mongodb.sh) takes some 20 sends a second under this contention where the
+/// others take hundreds, so it gets fewer messages (still ~300) and no pauses beyond its own
+/// latency, to stay well under a minute.
+fn sized(plan: Plan, backend: Backend) -> Plan {
+    match backend {
+        Backend::Mongodb => Plan {
+            sends_each: plan.sends_each * 6 / 10,
+            replies: plan.replies * 6 / 10,
+            pause_ms: 20,
+            ..plan
+        },
+        Backend::Sqlite | Backend::Postgres => plan,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_a_resuming_receiver_sees_every_message_once_in_order() {
+    let deployment = Deployment::one_instance().await;
+    stress(deployment, sized(ONE_INSTANCE, Backend::from_env()), "one_instance").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_a_resuming_receiver_sees_every_message_once_in_order() {
+    let backend = cluster_backend();
+    let deployment = Deployment::cluster(backend, 2).await;
+    stress(deployment, sized(TWO_INSTANCES, backend), "two_instances").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The published socket.io-client as the resuming receiver: `auth: {token, since}`.
+
+/// `scripts/install-test-deps.sh`, once per test binary (the script itself is idempotent).
+fn install_node_packages() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(workspace_dir().join("scripts/install-test-deps.sh"))
+            .status()
+            .expect("bash runs scripts/install-test-deps.sh");
+        assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
+    });
+}
+
+/// Run with `node --input-type=module` in `tests/js` (where socket.io-client is installed).
+/// The receiver connects with `auth: {token, since}` from a cursor before some stored
+/// messages, while the sender keeps sending; it disconnects after a random 10–300 ms and
+/// resumes from the last cursor it processed, again and again; then drains. Prints
+/// `result <json>` with what it processed, then `ok`.
+const SOCKETIO_RECEIVER: &str = r#"
+import { io } from "socket.io-client";
+
+const BASE = process.env.CHAT_BASE_URL;
+const RECEIVER = JSON.parse(process.env.CHAT_RECEIVER);
+const SENDER = JSON.parse(process.env.CHAT_SENDER);
+const MODE = process.env.CHAT_MODE;
+const LIVE = Number(process.env.CHAT_LIVE);
+const TOTAL = Number(process.env.CHAT_TOTAL);
+let last = Number(process.env.CHAT_SINCE);
+let state = Number(process.env.CHAT_SEED) >>> 0;
+const random = () => {
+  // mulberry32
+  state = (state + 0x6d2b79f5) >>> 0;
+  let t = state;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const fail = (message) => {
+  console.log(`not ok - ${message}`);
+  process.exit(1);
+};
+setTimeout(() => fail("timed out"), 50000).unref();
+
+const processed = [];
+let sessions = 0;
+
+function session(lingerMs, caughtUp) {
+  sessions += 1;
+  const label = `session ${sessions} since ${last}`;
+  return new Promise((resolve) => {
+    let active = true;
+    let timer = setTimeout(() => fail(`${label}: no connection within 10 s`), 10000);
+    const socket = io(BASE, {
+      forceNew: true,
+      reconnection: false,
+      ...(MODE === "websocket" ? { transports: ["websocket"] } : {}),
+      auth: { token: RECEIVER.token, since: String(last) },
+    });
+    const finish = () => {
+      if (!active) return;
+      active = false;
+      clearTimeout(timer);
+      socket.disconnect();
+      resolve();
+    };
+    socket.on("connect_error", (e) => fail(`${label}: connect_error ${e.message}`));
+    socket.on("connect", () => {
+      clearTimeout(timer);
+      timer = setTimeout(finish, lingerMs);
+      if (caughtUp && caughtUp()) {
+        clearTimeout(timer);
+        timer = setTimeout(finish, 500);
+      }
+    });
+    socket.on("disconnect", (reason) => {
+      if (active && caughtUp) fail(`${label}: disconnected while draining (${reason})`);
+      finish();
+    });
+    socket.on("newMessage", (m) => {
+      if (!active) return;
+      if (typeof m.cursor !== "string" || !/^[0-9]+$/.test(m.cursor)) fail(`${label}: cursor ${JSON.stringify(m)}`);
+      const cursor = Number(m.cursor);
+      if (cursor !== last + 1) {
+        fail(`${label}: cursor ${cursor} after ${last} (${cursor <= last ? "a repeat" : "a gap"}): ${JSON.stringify(m)}`);
+      }
+      last = cursor;
+      processed.push({ cursor: m.cursor, _id: m._id });
+      if (caughtUp && caughtUp()) {
+        clearTimeout(timer);
+        timer = setTimeout(finish, 500);
+      }
+    });
+  });
+}
+
+let sending = true;
+const sender = (async () => {
+  for (let n = 0; n < LIVE; n++) {
+    const response = await fetch(`${BASE}/api/v1/message/send/${RECEIVER.id}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${SENDER.token}` },
+      body: JSON.stringify({ message: `live ${n}`, clientMessageId: `sio-live-${n}` }),
+    });
+    if (response.status !== 201) fail(`send ${n}: ${response.status} ${await response.text()}`);
+    await sleep(Math.floor(random() * 40));
+  }
+  sending = false;
+})();
+
+while (sending) {
+  await session(10 + Math.floor(random() * 290), null);
+}
+await sender;
+// Drain, then stay 500 ms more: nothing may follow the last message.
+await session(10000, () => last === TOTAL);
+if (last !== TOTAL) fail(`drained to ${last} of ${TOTAL}`);
+await session(10000, () => last === TOTAL);
+console.log("result " + JSON.stringify({ processed, sessions }));
+console.log("ok");
+process.exit(0);
+"#;
+
+async fn socketio_resume(mode: &str) {
+    install_node_packages();
+    let test = format!("socketio_{mode}");
+    let seed = seed(&test);
+    let deployment = Deployment::one_instance().await;
+    let receiver = deployment.register(0, "receiver").await;
+    let sender = deployment.register(0, "sender").await;
+    // Stored before the receiver ever connects; it starts from cursor 2.
+    let offline = 6;
+    for n in 0..offline {
+        let reply = deployment.send(0, &sender, &receiver, &format!("offline {n}"), &format!("sio-offline-{n}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    }
+    let live = 80;
+    let total = offline + live;
+    let user = |u: &User| json!({ "id": u.id, "token": u.token }).to_string();
+    let run = tokio::process::Command::new("node")
+        .args(["--input-type=module", "-e", SOCKETIO_RECEIVER])
+        .current_dir(workspace_dir().join("tests/js"))
+        .env("CHAT_BASE_URL", deployment.url(0, ""))
+        .env("CHAT_RECEIVER", user(&receiver))
+        .env("CHAT_SENDER", user(&sender))
+        .env("CHAT_MODE", mode)
+        .env("CHAT_LIVE", live.to_string())
+        .env("CHAT_TOTAL", total.to_string())
+        .env("CHAT_SINCE", "2")
+        .env("CHAT_SEED", (seed as u32).to_string())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the socket.io-client receiver did not finish within 60 s"))
+        .expect("node runs (Node 18+ must be installed)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.lines().any(|l| l == "ok"),
+        "the socket.io-client receiver ({mode}) failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .map(|json| serde_json::from_str(json).expect("the result is JSON"))
+        .expect("a result line");
+    let got: Vec<(String, String)> = result["processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["cursor"].as_str().unwrap().to_owned(), id_of(p)))
+        .collect();
+    let stream = deployment.whole_stream(0, &receiver, 200).await;
+    assert_eq!(stream.len(), total, "stored once each");
+    let expected: Vec<(String, String)> =
+        stream[2..].iter().map(|item| (item["cursor"].as_str().unwrap().to_owned(), id_of(item))).collect();
+    assert_eq!(got, expected, "from cursor 3 to the end, each once, in order");
+    eprintln!("{test}: {} messages processed over {} sessions", got.len(), result["sessions"]);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_client_resuming_with_since_in_auth_over_websocket_sees_every_message_once() {
+    socketio_resume("websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_client_resuming_with_since_in_auth_after_polling_sees_every_message_once() {
+    socketio_resume("default").await;
+}
