@@ -30,25 +30,6 @@ pub(crate) const LIST_CONVERSATIONS: &str = "SELECT c.id, c.participant_a, c.par
         (SELECT id FROM messages WHERE conversation_id = c.id ORDER BY id DESC LIMIT 1) \
     WHERE c.participant_a = $1 OR c.participant_b = $1 \
     ORDER BY c.updated_at DESC, c.id DESC";
-/// Stores the pair's conversation if it has none, otherwise moves its `updated_at` forward;
-/// either way returns the pair's conversation id and keeps its row locked until commit.
-pub(crate) const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
-    (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
-    ON CONFLICT (participant_a, participant_b) DO UPDATE SET updated_at = \
-        CASE WHEN conversations.updated_at < excluded.updated_at \
-             THEN excluded.updated_at ELSE conversations.updated_at END \
-    RETURNING id";
-/// Takes the next position of both users' streams. Rows are locked in the order given: the
-/// caller passes the pair in its canonical order, so two sends never wait on each other in
-/// a cycle.
-pub(crate) const NEXT_POSITIONS: &str = "INSERT INTO stream_heads (user_id, position) \
-    VALUES ($1, 1), ($2, 1) \
-    ON CONFLICT (user_id) DO UPDATE SET position = stream_heads.position + 1 \
-    RETURNING user_id, position";
-pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO messages \
-    (id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-    ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING";
 pub(crate) const FIND_BY_CLIENT_ID: &str = "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
     client_message_id, sender_position, receiver_position \
     FROM messages WHERE sender_id = $1 AND client_message_id = $2";
@@ -71,7 +52,7 @@ pub(crate) const REVOKE_TOKEN: &str = "INSERT INTO revoked_tokens (token_id, exp
     ON CONFLICT (token_id) DO NOTHING";
 
 macro_rules! impl_repositories {
-    ($store:ty, $connection:ty) => {
+    ($store:ty) => {
         const _: () = {
             use application::ports::{
                 Appended, ConversationRepository, ConversationSummary, HealthCheck,
@@ -263,68 +244,6 @@ macro_rules! impl_repositories {
             }
 
             impl $store {
-                /// Stores a new message inside the caller's transaction (see
-                /// `MessageRepository::append`); `None` when the sender already stored one
-                /// with the same client id, in which case the caller must roll back.
-                /// Writes only, from the first statement on: SQLite takes its write lock at
-                /// once instead of upgrading a read lock (which could fail without waiting).
-                pub(crate) async fn append_in(
-                    connection: &mut $connection,
-                    conversation: &Conversation,
-                    message: &Message,
-                ) -> RepoResult<Option<StoredMessage>> {
-                    let pair = &conversation.participants;
-                    let (conversation_id,): (String,) = sqlx::query_as(UPSERT_CONVERSATION)
-                        .bind(conversation.id.as_str())
-                        .bind(pair.first().as_str())
-                        .bind(pair.second().as_str())
-                        .bind(conversation.created_at)
-                        .bind(message.created_at)
-                        .fetch_one(&mut *connection)
-                        .await
-                        .map_err(repo_error("storing a message's conversation"))?;
-                    let heads: Vec<(String, i64)> = sqlx::query_as(NEXT_POSITIONS)
-                        .bind(pair.first().as_str())
-                        .bind(pair.second().as_str())
-                        .fetch_all(&mut *connection)
-                        .await
-                        .map_err(repo_error("taking stream positions"))?;
-                    let position_of = |user: &UserId| -> RepoResult<i64> {
-                        heads.iter().find(|(id, _)| id == user.as_str()).map(|(_, p)| *p).ok_or_else(|| {
-                            RepoError::Unexpected(anyhow::anyhow!("no stream position returned for {user}"))
-                        })
-                    };
-                    let sender_position = position_of(&message.sender_id)?;
-                    let receiver_position = position_of(&message.receiver_id)?;
-                    let inserted = sqlx::query(INSERT_MESSAGE)
-                        .bind(message.id.as_str())
-                        .bind(&conversation_id)
-                        .bind(message.sender_id.as_str())
-                        .bind(message.receiver_id.as_str())
-                        .bind(message.body.as_str())
-                        .bind(message.created_at)
-                        .bind(message.client_id.as_ref().map(|id| id.as_str()))
-                        .bind(sender_position)
-                        .bind(receiver_position)
-                        .execute(&mut *connection)
-                        .await
-                        .map_err(repo_error("inserting a message"))?;
-                    if inserted.rows_affected() == 0 {
-                        return Ok(None);
-                    }
-                    let mut stored = message.clone();
-                    stored.conversation_id = ConversationId::parse(&conversation_id)
-                        .map_err(|e| $crate::error::corrupt("conversation id", e))?;
-                    let cursor = |position: i64| {
-                        Cursor::try_from(position).map_err(|e| $crate::error::corrupt("stream position", e))
-                    };
-                    Ok(Some(StoredMessage {
-                        message: stored,
-                        sender_cursor: cursor(sender_position)?,
-                        receiver_cursor: cursor(receiver_position)?,
-                    }))
-                }
-
                 /// The sender's earlier message with the same client id, if any.
                 async fn find_by_client_id(&self, message: &Message) -> RepoResult<Option<StoredMessage>> {
                     let Some(client_id) = &message.client_id else { return Ok(None) };

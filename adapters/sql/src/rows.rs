@@ -99,6 +99,23 @@ fn cursor(position: i64) -> Result<Cursor, RepoError> {
     Cursor::try_from(position).map_err(|e| corrupt("stream position", e))
 }
 
+/// `message` as just stored in `conversation_id`, at the given stream positions.
+pub(crate) fn stored_message(
+    message: &Message,
+    conversation_id: &str,
+    sender_position: i64,
+    receiver_position: i64,
+) -> Result<StoredMessage, RepoError> {
+    let mut stored = message.clone();
+    stored.conversation_id =
+        ConversationId::parse(conversation_id).map_err(|e| corrupt("conversation id", e))?;
+    Ok(StoredMessage {
+        message: stored,
+        sender_cursor: cursor(sender_position)?,
+        receiver_cursor: cursor(receiver_position)?,
+    })
+}
+
 /// A message with its positions in both participants' streams.
 #[derive(sqlx::FromRow)]
 pub(crate) struct StoredRow {

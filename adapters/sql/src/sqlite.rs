@@ -8,11 +8,13 @@ use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use application::ports::{RepoError, RepoResult, StoredMessage};
-use domain::{Conversation, Message};
+use domain::{Conversation, Message, UserId};
+use sqlx::SqliteConnection;
 use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::repo_error;
+use crate::rows::stored_message;
 use crate::repositories::impl_repositories;
 
 /// How hard a commit waits for the disk.
@@ -101,6 +103,74 @@ impl SqliteStore {
     }
 }
 
+/// Stores the pair's conversation if it has none, otherwise moves its `updated_at` forward;
+/// either way returns the pair's conversation id.
+const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
+    (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (participant_a, participant_b) DO UPDATE SET updated_at = \
+        MAX(conversations.updated_at, excluded.updated_at) \
+    RETURNING id";
+/// Takes the next position of both users' streams.
+const NEXT_POSITIONS: &str = "INSERT INTO stream_heads (user_id, position) \
+    VALUES ($1, 1), ($2, 1) \
+    ON CONFLICT (user_id) DO UPDATE SET position = stream_heads.position + 1 \
+    RETURNING user_id, position";
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
+    (id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING";
+
+/// Stores a new message inside the writer's transaction (see `MessageRepository::append`);
+/// `None` when the sender already stored one with the same client id, in which case the
+/// caller rolls its savepoint back. Writes only, from the first statement on: SQLite takes
+/// its write lock at once instead of upgrading a read lock (which could fail without waiting).
+async fn append_in(
+    connection: &mut SqliteConnection,
+    conversation: &Conversation,
+    message: &Message,
+) -> AppendOutcome {
+    let pair = &conversation.participants;
+    let (conversation_id,): (String,) = sqlx::query_as(UPSERT_CONVERSATION)
+        .bind(conversation.id.as_str())
+        .bind(pair.first().as_str())
+        .bind(pair.second().as_str())
+        .bind(conversation.created_at)
+        .bind(message.created_at)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(repo_error("storing a message's conversation"))?;
+    let heads: Vec<(String, i64)> = sqlx::query_as(NEXT_POSITIONS)
+        .bind(pair.first().as_str())
+        .bind(pair.second().as_str())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(repo_error("taking stream positions"))?;
+    let position_of = |user: &UserId| -> RepoResult<i64> {
+        heads.iter().find(|(id, _)| id == user.as_str()).map(|(_, p)| *p).ok_or_else(|| {
+            RepoError::Unexpected(anyhow::anyhow!("no stream position returned for {user}"))
+        })
+    };
+    let sender_position = position_of(&message.sender_id)?;
+    let receiver_position = position_of(&message.receiver_id)?;
+    let inserted = sqlx::query(INSERT_MESSAGE)
+        .bind(message.id.as_str())
+        .bind(&conversation_id)
+        .bind(message.sender_id.as_str())
+        .bind(message.receiver_id.as_str())
+        .bind(message.body.as_str())
+        .bind(message.created_at)
+        .bind(message.client_id.as_ref().map(|id| id.as_str()))
+        .bind(sender_position)
+        .bind(receiver_position)
+        .execute(&mut *connection)
+        .await
+        .map_err(repo_error("inserting a message"))?;
+    if inserted.rows_affected() == 0 {
+        return Ok(None);
+    }
+    stored_message(message, &conversation_id, sender_position, receiver_position).map(Some)
+}
+
 /// Group commit. SQLite runs one write transaction at a time and a durable commit waits for
 /// the disk, so committing each send on its own caps sends per second at the disk's syncs per
 /// second. Instead one task takes every send waiting at that moment (up to [`MAX_BATCH`]),
@@ -133,7 +203,7 @@ async fn commit_batch(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutco
             Ok(savepoint) => savepoint,
             Err(error) => return fail_all(batch.len(), &repo_error("starting a send")(error)),
         };
-        let outcome = SqliteStore::append_in(&mut savepoint, &job.conversation, &job.message).await;
+        let outcome = append_in(&mut savepoint, &job.conversation, &job.message).await;
         let ended = match &outcome {
             Ok(Some(_)) => savepoint.commit().await,
             Ok(None) | Err(_) => savepoint.rollback().await,
@@ -162,4 +232,4 @@ fn fail_all(count: usize, error: &RepoError) -> Vec<AppendOutcome> {
         .collect()
 }
 
-impl_repositories!(SqliteStore, sqlx::SqliteConnection);
+impl_repositories!(SqliteStore);
