@@ -78,7 +78,12 @@ impl Rng {
 fn seed(test: &str) -> u64 {
     let seed = match std::env::var("CHAT_SYNC_SEED") {
         Ok(text) => text.parse().expect("CHAT_SYNC_SEED is a number"),
-        Err(_) => 0x5EED_0000 ^ test.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+        Err(_) => {
+            0x5EED_0000
+                ^ test
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        }
     };
     eprintln!("{test}: seed {seed} (CHAT_SYNC_SEED={seed} to replay)");
     seed
@@ -112,7 +117,9 @@ impl Drop for Deployment {
 /// Drops a test database from a Drop impl, which may run inside a runtime.
 fn remove_database(database: TestDatabase) {
     let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
         if let Ok(runtime) = runtime {
             runtime.block_on(database.remove());
         }
@@ -136,7 +143,10 @@ struct Reply {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(TIMEOUT).build().expect("an HTTP client")
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .expect("an HTTP client")
 }
 
 impl Deployment {
@@ -147,14 +157,20 @@ impl Deployment {
         Self {
             http: http_client(),
             ports: vec![port],
-            servers: Servers::InProcess { database: Some(database) },
+            servers: Servers::InProcess {
+                database: Some(database),
+            },
         }
     }
 
     async fn cluster(backend: Backend, size: usize) -> Self {
         let cluster = Cluster::start(backend, size).await;
         let ports = cluster.instances.iter().map(|i| i.port).collect();
-        Self { http: http_client(), ports, servers: Servers::Cluster(cluster) }
+        Self {
+            http: http_client(),
+            ports,
+            servers: Servers::Cluster(cluster),
+        }
     }
 
     fn instances(&self) -> usize {
@@ -162,7 +178,10 @@ impl Deployment {
     }
 
     fn url(&self, instance: usize, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports[instance % self.ports.len()])
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.ports[instance % self.ports.len()]
+        )
     }
 
     fn ws_url(&self, instance: usize, token: &str, since: u64) -> String {
@@ -171,10 +190,15 @@ impl Deployment {
     }
 
     async fn reply(&self, request: reqwest::RequestBuilder, what: &str) -> Reply {
-        let response =
-            request.send().await.unwrap_or_else(|e| panic!("{what}: the server did not answer: {e}"));
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the server did not answer: {e}"));
         let status = response.status();
-        let text = response.text().await.unwrap_or_else(|e| panic!("{what}: unreadable body: {e}"));
+        let text = response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: unreadable body: {e}"));
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Reply { status, body, text }
     }
@@ -185,11 +209,19 @@ impl Deployment {
             .post(self.url(instance, "/api/v1/user/register"))
             .json(&json!({ "fullName": name, "username": name, "password": PASSWORD }));
         let reply = self.reply(request, "register").await;
-        assert_eq!(reply.status, StatusCode::CREATED, "registering {name}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "registering {name}: {}",
+            reply.text
+        );
         let data = &reply.body["responseData"];
         User {
             name: name.to_owned(),
-            id: data["newUser"]["_id"].as_str().expect("newUser._id").to_owned(),
+            id: data["newUser"]["_id"]
+                .as_str()
+                .expect("newUser._id")
+                .to_owned(),
             token: data["token"].as_str().expect("token").to_owned(),
         }
     }
@@ -210,10 +242,19 @@ impl Deployment {
         if let Some(since) = since {
             query.push(("since", since.to_string()));
         }
-        let request =
-            self.http.get(self.url(instance, "/api/v1/message/sync")).bearer_auth(&user.token).query(&query);
+        let request = self
+            .http
+            .get(self.url(instance, "/api/v1/message/sync"))
+            .bearer_auth(&user.token)
+            .query(&query);
         let reply = self.reply(request, "sync").await;
-        assert_eq!(reply.status, StatusCode::OK, "sync of {} since {since:?}: {}", user.name, reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "sync of {} since {since:?}: {}",
+            user.name,
+            reply.text
+        );
         assert_eq!(reply.body["success"], true, "{}", reply.text);
         reply.body["responseData"].clone()
     }
@@ -224,16 +265,33 @@ impl Deployment {
         let mut since = None;
         loop {
             let page = self.sync(instance, user, since, limit).await;
-            let messages = page["messages"].as_array().unwrap_or_else(|| panic!("messages: {page}"));
+            let messages = page["messages"]
+                .as_array()
+                .unwrap_or_else(|| panic!("messages: {page}"));
             let next = cursor_of(&page["nextCursor"], "nextCursor");
-            assert!(messages.len() <= limit as usize, "a page above its limit: {}", messages.len());
+            assert!(
+                messages.len() <= limit as usize,
+                "a page above its limit: {}",
+                messages.len()
+            );
             for item in messages {
                 let cursor = cursor_of(&item["cursor"], "a sync item's cursor");
-                assert_eq!(cursor, items.len() as u64 + 1, "sync of {}: cursors 1, 2, 3…: {item}", user.name);
+                assert_eq!(
+                    cursor,
+                    items.len() as u64 + 1,
+                    "sync of {}: cursors 1, 2, 3…: {item}",
+                    user.name
+                );
                 items.push(item.clone());
             }
-            assert_eq!(next, items.len() as u64, "nextCursor is the last item's cursor: {page}");
-            let has_more = page["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {page}"));
+            assert_eq!(
+                next,
+                items.len() as u64,
+                "nextCursor is the last item's cursor: {page}"
+            );
+            let has_more = page["hasMore"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("hasMore: {page}"));
             if !has_more {
                 // The end really is the end.
                 let after = self.sync(instance, user, Some(next), limit).await;
@@ -256,12 +314,18 @@ impl Deployment {
             }
             let request = self
                 .http
-                .get(self.url(instance, &format!("/api/v1/message/get-messages/{}", other.id)))
+                .get(self.url(
+                    instance,
+                    &format!("/api/v1/message/get-messages/{}", other.id),
+                ))
                 .bearer_auth(&user.token)
                 .query(&query);
             let reply = self.reply(request, "get-messages").await;
             assert_eq!(reply.status, StatusCode::OK, "history: {}", reply.text);
-            let page = reply.body["responseData"]["messages"].as_array().cloned().unwrap_or_default();
+            let page = reply.body["responseData"]["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if page.is_empty() {
                 return older_first;
             }
@@ -285,29 +349,42 @@ impl Deployment {
 }
 
 fn cursor_of(value: &Value, what: &str) -> u64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("{what} must be a string: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} must be a string: {value}"));
     assert!(
         !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
         "{what} must be decimal digits: {value}"
     );
-    text.parse().unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
+    text.parse()
+        .unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
 }
 
 fn without_cursor(item: &Value) -> Value {
     let mut message = item.clone();
-    message.as_object_mut().expect("a message object").remove("cursor");
+    message
+        .as_object_mut()
+        .expect("a message object")
+        .remove("cursor");
     message
 }
 
 fn id_of(message: &Value) -> String {
-    message["_id"].as_str().unwrap_or_else(|| panic!("a message without _id: {message}")).to_owned()
+    message["_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a message without _id: {message}"))
+        .to_owned()
 }
 
 // ---------------------------------------------------------------------------------------
 // Several `server` processes on one database, with Redis fan-out (as in cluster.rs).
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn redis_url() -> String {
@@ -316,14 +393,21 @@ fn redis_url() -> String {
 
 fn redis_answers(redis_url: &str) -> bool {
     use std::io::Write as _;
-    let address = redis_url.trim_start_matches("redis://").trim_end_matches('/');
-    let Ok(addr) = address.parse() else { return false };
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+    let address = redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let Ok(addr) = address.parse() else {
+        return false;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }
 
 struct Instance {
@@ -341,7 +425,9 @@ impl Instance {
     }
 
     fn log_tail(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else { return String::new() };
+        let Ok(file) = std::fs::File::open(&self.log) else {
+            return String::new();
+        };
         let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
@@ -377,7 +463,11 @@ impl Cluster {
         let prefix = format!("chat-sync-test-{}", uuid::Uuid::new_v4().simple());
         let logs = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&logs).expect("a folder for the instances' logs");
-        let mut cluster = Self { instances: Vec::new(), database: Some(database), logs };
+        let mut cluster = Self {
+            instances: Vec::new(),
+            database: Some(database),
+            logs,
+        };
         // One after the other: the first one creates the schema.
         for number in 1..=size {
             let port = free_port();
@@ -407,7 +497,11 @@ impl Cluster {
                 .stderr(output)
                 .spawn()
                 .expect("the server binary starts");
-            cluster.instances.push(Instance { port, child: Some(child), log });
+            cluster.instances.push(Instance {
+                port,
+                child: Some(child),
+                log,
+            });
             cluster.wait_ready(number - 1).await;
         }
         cluster
@@ -423,7 +517,11 @@ impl Cluster {
             }
             let instance = &mut self.instances[index];
             if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
-                panic!("instance {} exited ({status}):\n{}", index + 1, instance.log_tail());
+                panic!(
+                    "instance {} exited ({status}):\n{}",
+                    index + 1,
+                    instance.log_tail()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -449,7 +547,9 @@ impl Cluster {
 impl Drop for Cluster {
     /// After a failure: processes killed, database dropped, logs kept for reading.
     fn drop(&mut self) {
-        let Some(database) = self.database.take() else { return };
+        let Some(database) = self.database.take() else {
+            return;
+        };
         for instance in &mut self.instances {
             instance.kill();
         }
@@ -532,7 +632,9 @@ async fn send_answered(
 ) -> (Reply, bool) {
     let mut unavailable = false;
     for attempt in 0..UNAVAILABLE_ATTEMPTS {
-        let reply = deployment.send(instance + attempt, from, to, text, key).await;
+        let reply = deployment
+            .send(instance + attempt, from, to, text, key)
+            .await;
         if reply.status != StatusCode::SERVICE_UNAVAILABLE {
             return (reply, unavailable);
         }
@@ -563,11 +665,15 @@ async fn run_sender(
         let text = format!("{} #{n} to {} [{key}]", me.name, to.name);
         let home = rng.below(instances as u64) as usize;
         let roll = rng.below(100);
-        let send = |instance: usize| send_answered(&deployment, instance, &me, to, &text, &key, &counters);
+        let send =
+            |instance: usize| send_answered(&deployment, instance, &me, to, &text, &key, &counters);
         let stored = if roll < plan.race_percent {
             let copies = 2 + rng.below(2) as usize;
             let replies = futures_util::future::join_all((0..copies).map(|c| send(home + c))).await;
-            let created = replies.iter().filter(|(r, _)| r.status == StatusCode::CREATED).count();
+            let created = replies
+                .iter()
+                .filter(|(r, _)| r.status == StatusCode::CREATED)
+                .count();
             let unavailable = replies.iter().any(|(_, unavailable)| *unavailable);
             // Exactly one 201, unless a copy was answered 503 and stored after its deadline.
             assert!(
@@ -583,24 +689,44 @@ async fn run_sender(
             }
             let stored = replies[0].0.body["responseData"].clone();
             for (reply, _) in &replies {
-                assert_eq!(reply.body["responseData"], stored, "racing sends of {key} return the same message");
+                assert_eq!(
+                    reply.body["responseData"], stored,
+                    "racing sends of {key} return the same message"
+                );
             }
             counters.raced_sends.fetch_add(1, Ordering::Relaxed);
-            counters.racing_copies.fetch_add(copies - 1, Ordering::Relaxed);
+            counters
+                .racing_copies
+                .fetch_add(copies - 1, Ordering::Relaxed);
             stored
         } else {
             let (reply, unavailable) = send(home).await;
             if unavailable && reply.status == StatusCode::OK {
                 // Stored by the attempt answered 503.
-                counters.stored_despite_unavailable.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .stored_despite_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
             } else {
-                assert_eq!(reply.status, StatusCode::CREATED, "sending {key}: {}", reply.text);
+                assert_eq!(
+                    reply.status,
+                    StatusCode::CREATED,
+                    "sending {key}: {}",
+                    reply.text
+                );
             }
             let stored = reply.body["responseData"].clone();
             if roll < plan.race_percent + plan.late_retry_percent {
                 let (again, _) = send(home + 1).await;
-                assert_eq!(again.status, StatusCode::OK, "retrying {key} after it returned: {}", again.text);
-                assert_eq!(again.body["responseData"], stored, "a retry of {key} returns the stored message");
+                assert_eq!(
+                    again.status,
+                    StatusCode::OK,
+                    "retrying {key} after it returned: {}",
+                    again.text
+                );
+                assert_eq!(
+                    again.body["responseData"], stored,
+                    "a retry of {key} returns the stored message"
+                );
                 counters.late_retries.fetch_add(1, Ordering::Relaxed);
             }
             stored
@@ -609,7 +735,13 @@ async fn run_sender(
         assert_eq!(stored["receiverId"], to.id.as_str(), "{stored}");
         assert_eq!(stored["message"], text.as_str(), "{stored}");
         assert_eq!(stored["clientMessageId"], key.as_str(), "{stored}");
-        sent.push(Sent { key, from: me.id.clone(), to: to.id.clone(), text, stored });
+        sent.push(Sent {
+            key,
+            from: me.id.clone(),
+            to: to.id.clone(),
+            text,
+            stored,
+        });
         let pause = rng.between(0, plan.pause_ms);
         if pause > 0 {
             tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -628,12 +760,19 @@ struct Processed {
 
 impl Processed {
     fn new(user: User) -> Self {
-        Self { user, last: 0, events: Vec::new(), ids: HashSet::new() }
+        Self {
+            user,
+            last: 0,
+            events: Vec::new(),
+            ids: HashSet::new(),
+        }
     }
 
     /// The first cursor processed (1 for a client that started from the beginning).
     fn first(&self) -> Option<u64> {
-        self.events.first().map(|e| cursor_of(&e["cursor"], "a processed cursor"))
+        self.events
+            .first()
+            .map(|e| cursor_of(&e["cursor"], "a processed cursor"))
     }
 
     /// Takes one message (an event's data or a sync item): it must be the next position.
@@ -647,13 +786,21 @@ impl Processed {
             panic!(
                 "{whence}: cursor {cursor} after {} ({}); recent: {recent:?}; item: {item}",
                 self.last,
-                if cursor <= self.last { "a repeat" } else { "a gap" }
+                if cursor <= self.last {
+                    "a repeat"
+                } else {
+                    "a gap"
+                }
             );
         }
         let id = id_of(item);
-        assert!(self.ids.insert(id.clone()), "{whence}: message {id} processed twice: {item}");
         assert!(
-            item["senderId"] == self.user.id.as_str() || item["receiverId"] == self.user.id.as_str(),
+            self.ids.insert(id.clone()),
+            "{whence}: message {id} processed twice: {item}"
+        );
+        assert!(
+            item["senderId"] == self.user.id.as_str()
+                || item["receiverId"] == self.user.id.as_str(),
             "{whence}: not a message of {}: {item}",
             self.user.name
         );
@@ -691,11 +838,16 @@ async fn ws_session(
 ) {
     let since = processed.last;
     let url = deployment.ws_url(instance, &processed.user.token, since);
-    let whence = format!("/ws session {session} on instance {} since {since}", instance + 1);
-    let (mut socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap_or_else(|_| panic!("{whence}: the handshake timed out"))
-        .unwrap_or_else(|e| panic!("{whence}: the handshake failed: {e}"));
+    let whence = format!(
+        "/ws session {session} on instance {} since {since}",
+        instance + 1
+    );
+    let mut socket =
+        match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+            Err(_) => panic!("{whence}: the handshake timed out"),
+            Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
+            Ok(Ok((socket, _))) => socket,
+        };
     stats.ws_sessions += 1;
     let deadline = match leave {
         Leave::After(linger) => Instant::now() + linger,
@@ -737,11 +889,18 @@ async fn ws_session(
         if value["event"] != "newMessage" {
             continue;
         }
-        assert!(quiet_until.is_none(), "{whence}: a newMessage after catching up: {value}");
+        assert!(
+            quiet_until.is_none(),
+            "{whence}: a newMessage after catching up: {value}"
+        );
         processed.take(&value["data"], &whence);
         stats.events_by_ws += 1;
         if let Leave::CaughtUpTo(total) = leave {
-            assert!(processed.last <= total, "{whence}: cursor {} beyond the {total} messages sent", processed.last);
+            assert!(
+                processed.last <= total,
+                "{whence}: cursor {} beyond the {total} messages sent",
+                processed.last
+            );
             if processed.last == total {
                 quiet_until = Some(Instant::now() + QUIET);
             }
@@ -776,15 +935,26 @@ async fn run_listener(
             None => format!("ws://127.0.0.1:{port}/ws?token={}", user.token),
             Some(since) => deployment.ws_url(instance, &user.token, since),
         };
-        let whence = format!("{}'s steady connection on instance {}", user.name, instance + 1);
-        let (mut socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap_or_else(|_| panic!("{whence}: the handshake timed out"))
-            .unwrap_or_else(|e| panic!("{whence}: the handshake failed: {e}"));
+        let whence = format!(
+            "{}'s steady connection on instance {}",
+            user.name,
+            instance + 1
+        );
+        let mut socket =
+            match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+                Err(_) => panic!("{whence}: the handshake timed out"),
+                Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
+                Ok(Ok((socket, _))) => socket,
+            };
         let mut quiet_until: Option<Instant> = None;
         let ended = loop {
-            assert!(Instant::now() < deadline, "{whence}: still at {} after {SCENARIO_LIMIT:?}", processed.last);
-            if senders_done.load(Ordering::SeqCst) && processed.last == total.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "{whence}: still at {} after {SCENARIO_LIMIT:?}",
+                processed.last
+            );
+            if senders_done.load(Ordering::SeqCst) && processed.last == total.load(Ordering::SeqCst)
+            {
                 let until = *quiet_until.get_or_insert_with(|| Instant::now() + QUIET);
                 if Instant::now() >= until {
                     break false;
@@ -798,7 +968,9 @@ async fn run_listener(
             let Frame::Text(text) = frame else { continue };
             let value: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
             let data = &value["data"];
-            if value["event"] == "onlineUsers" && data.as_array().is_some_and(|a| a.contains(&json!(user.id))) {
+            if value["event"] == "onlineUsers"
+                && data.as_array().is_some_and(|a| a.contains(&json!(user.id)))
+            {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
@@ -806,7 +978,10 @@ async fn run_listener(
             if value["event"] != "newMessage" {
                 continue;
             }
-            assert!(quiet_until.is_none(), "{whence}: a newMessage after the last one: {value}");
+            assert!(
+                quiet_until.is_none(),
+                "{whence}: a newMessage after the last one: {value}"
+            );
             if !started {
                 // Without since: from wherever the stream stood when it connected.
                 let cursor = cursor_of(&data["cursor"], &format!("{whence}: the cursor"));
@@ -846,29 +1021,60 @@ async fn run_receiver(
             let limit = rng.between(1, 40) as u32;
             let since = processed.last;
             let page = deployment.sync(instance, &me, Some(since), limit).await;
-            let whence = format!("sync read {round} on instance {} since {since}", instance + 1);
-            let items = page["messages"].as_array().unwrap_or_else(|| panic!("{whence}: {page}"));
+            let whence = format!(
+                "sync read {round} on instance {} since {since}",
+                instance + 1
+            );
+            let items = page["messages"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{whence}: {page}"));
             assert!(items.len() <= limit as usize, "{whence}: above the limit");
             for item in items {
                 processed.take(item, &whence);
             }
-            assert_eq!(cursor_of(&page["nextCursor"], "nextCursor"), processed.last, "{whence}: {page}");
+            assert_eq!(
+                cursor_of(&page["nextCursor"], "nextCursor"),
+                processed.last,
+                "{whence}: {page}"
+            );
             stats.sync_reads += 1;
             stats.items_by_sync += items.len();
         } else {
             let linger = Duration::from_millis(rng.between(10, 300));
-            ws_session(&deployment, instance, &mut processed, Leave::After(linger), &mut stats, round)
-                .await;
+            ws_session(
+                &deployment,
+                instance,
+                &mut processed,
+                Leave::After(linger),
+                &mut stats,
+                round,
+            )
+            .await;
         }
     }
     let total = total.load(Ordering::SeqCst);
     let instance = round % instances;
     round += 1;
-    ws_session(&deployment, instance, &mut processed, Leave::CaughtUpTo(total), &mut stats, round).await;
+    ws_session(
+        &deployment,
+        instance,
+        &mut processed,
+        Leave::CaughtUpTo(total),
+        &mut stats,
+        round,
+    )
+    .await;
     // And once more from the end, on the other instance: nothing.
     round += 1;
-    ws_session(&deployment, round % instances, &mut processed, Leave::CaughtUpTo(total), &mut stats, round)
-        .await;
+    ws_session(
+        &deployment,
+        round % instances,
+        &mut processed,
+        Leave::CaughtUpTo(total),
+        &mut stats,
+        round,
+    )
+    .await;
     (processed, stats)
 }
 
@@ -881,7 +1087,11 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     let receiver = deployment.register(0, "receiver").await;
     let mut senders = Vec::new();
     for i in 0..plan.senders {
-        senders.push(deployment.register(i % instances, &format!("sender{i}")).await);
+        senders.push(
+            deployment
+                .register(i % instances, &format!("sender{i}"))
+                .await,
+        );
     }
 
     let senders_done = Arc::new(AtomicBool::new(false));
@@ -904,7 +1114,10 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
             senders_done.clone(),
             target,
         )));
-        tokio::time::timeout(TIMEOUT, is_ready).await.expect("a steady connection is shown online").ok();
+        tokio::time::timeout(TIMEOUT, is_ready)
+            .await
+            .expect("a steady connection is shown online")
+            .ok();
     }
     let receiving = tokio::spawn(run_receiver(
         deployment.clone(),
@@ -955,7 +1168,10 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     }
     let sending_took = started.elapsed();
     total.store(sent.len() as u64, Ordering::SeqCst);
-    let of_sender0 = sent.iter().filter(|s| s.from == senders[0].id || s.to == senders[0].id).count();
+    let of_sender0 = sent
+        .iter()
+        .filter(|s| s.from == senders[0].id || s.to == senders[0].id)
+        .count();
     sender_total.store(of_sender0 as u64, Ordering::SeqCst);
     senders_done.store(true, Ordering::SeqCst);
     let (processed, stats) = match tokio::time::timeout(SCENARIO_LIMIT, receiving).await {
@@ -996,18 +1212,36 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
         stats.items_by_sync,
         listened.len(),
     );
-    assert!(stats.ws_sessions >= 5, "the scenario should resume many times: {stats:?}");
+    assert!(
+        stats.ws_sessions >= 5,
+        "the scenario should resume many times: {stats:?}"
+    );
 
     verify(&deployment, &receiver, &senders, &sent, &processed).await;
     for (steady, _) in &listened {
         let stream = deployment.whole_stream(0, &steady.user, 200).await;
-        let first = steady.first().unwrap_or_else(|| panic!("{}'s steady connection got nothing", steady.user.name));
+        let first = steady
+            .first()
+            .unwrap_or_else(|| panic!("{}'s steady connection got nothing", steady.user.name));
         let expected = &stream[first as usize - 1..];
-        assert_eq!(steady.events.len(), expected.len(), "{}'s steady connection: from {first} to the end", steady.user.name);
+        assert_eq!(
+            steady.events.len(),
+            expected.len(),
+            "{}'s steady connection: from {first} to the end",
+            steady.user.name
+        );
         for (got, stored) in steady.events.iter().zip(expected) {
-            assert_eq!(got, stored, "{}'s steady connection got what is stored", steady.user.name);
+            assert_eq!(
+                got, stored,
+                "{}'s steady connection got what is stored",
+                steady.user.name
+            );
         }
-        assert_eq!(first, 1, "{}'s steady connection was open before the first send", steady.user.name);
+        assert_eq!(
+            first, 1,
+            "{}'s steady connection was open before the first send",
+            steady.user.name
+        );
     }
     eprintln!("{test}: verified in {:?} overall", started.elapsed());
 
@@ -1027,13 +1261,31 @@ async fn verify(
     // What is stored, paged two ways (from different instances when there are several).
     let stream = deployment.whole_stream(0, receiver, 200).await;
     let stream_by_37 = deployment.whole_stream(1 % instances, receiver, 37).await;
-    assert!(stream == stream_by_37, "the stream is the same whatever the page size");
-    assert_eq!(stream.len(), sent.len(), "one stored message per logical send");
+    assert!(
+        stream == stream_by_37,
+        "the stream is the same whatever the page size"
+    );
+    assert_eq!(
+        stream.len(),
+        sent.len(),
+        "one stored message per logical send"
+    );
 
     // The receiver processed exactly that, in order.
-    assert_eq!(processed.events.len(), stream.len(), "processed {} of {}", processed.events.len(), stream.len());
+    assert_eq!(
+        processed.events.len(),
+        stream.len(),
+        "processed {} of {}",
+        processed.events.len(),
+        stream.len()
+    );
     for (position, (got, stored)) in processed.events.iter().zip(&stream).enumerate() {
-        assert_eq!(got, stored, "position {}: the event differs from the stored message", position + 1);
+        assert_eq!(
+            got,
+            stored,
+            "position {}: the event differs from the stored message",
+            position + 1
+        );
     }
 
     // Each key once, as the first answer returned it.
@@ -1041,10 +1293,18 @@ async fn verify(
     assert_eq!(by_key.len(), sent.len(), "the scenario's keys are unique");
     let mut keys_seen = HashSet::new();
     for item in &stream {
-        let key = item["clientMessageId"].as_str().unwrap_or_else(|| panic!("no clientMessageId: {item}"));
+        let key = item["clientMessageId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no clientMessageId: {item}"));
         assert!(keys_seen.insert(key.to_owned()), "key {key} stored twice");
-        let logical = by_key.get(key).unwrap_or_else(|| panic!("a stored message nobody sent: {item}"));
-        assert_eq!(without_cursor(item), logical.stored, "the stored message is what the send returned");
+        let logical = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("a stored message nobody sent: {item}"));
+        assert_eq!(
+            without_cursor(item),
+            logical.stored,
+            "the stored message is what the send returned"
+        );
         assert_eq!(item["senderId"], logical.from.as_str());
         assert_eq!(item["receiverId"], logical.to.as_str());
         assert_eq!(item["message"], logical.text.as_str());
@@ -1057,34 +1317,61 @@ async fn verify(
     for (i, sender) in senders.iter().enumerate() {
         let history = deployment.history(i % instances, receiver, sender).await;
         let ids: Vec<String> = history.iter().map(id_of).collect();
-        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "a repeat in the history with {}", sender.name);
+        assert_eq!(
+            ids.iter().collect::<HashSet<_>>().len(),
+            ids.len(),
+            "a repeat in the history with {}",
+            sender.name
+        );
         for message in &history {
             let item = by_id
                 .get(&id_of(message))
                 .unwrap_or_else(|| panic!("in the history but not in the stream: {message}"));
-            assert_eq!(&without_cursor(item), message, "the history's copy equals the stream's");
+            assert_eq!(
+                &without_cursor(item),
+                message,
+                "the history's copy equals the stream's"
+            );
         }
         let expected = sent
             .iter()
             .filter(|s| {
-                (s.from == sender.id && s.to == receiver.id) || (s.from == receiver.id && s.to == sender.id)
+                (s.from == sender.id && s.to == receiver.id)
+                    || (s.from == receiver.id && s.to == sender.id)
             })
             .count();
-        assert_eq!(history.len(), expected, "the conversation with {} holds each of its sends once", sender.name);
+        assert_eq!(
+            history.len(),
+            expected,
+            "the conversation with {} holds each of its sends once",
+            sender.name
+        );
         in_histories += history.len();
 
         // The sender's own stream: exactly that conversation, numbered from 1, in the same
         // store order as in the receiver's stream.
-        let own = deployment.whole_stream((i + 1) % instances, sender, 200).await;
+        let own = deployment
+            .whole_stream((i + 1) % instances, sender, 200)
+            .await;
         let own_ids: Vec<String> = own.iter().map(id_of).collect();
         let order_in_receivers: Vec<String> = stream
             .iter()
-            .filter(|item| item["senderId"] == sender.id.as_str() || item["receiverId"] == sender.id.as_str())
+            .filter(|item| {
+                item["senderId"] == sender.id.as_str() || item["receiverId"] == sender.id.as_str()
+            })
             .map(id_of)
             .collect();
-        assert_eq!(own_ids, order_in_receivers, "{}'s stream is the conversation, in store order", sender.name);
+        assert_eq!(
+            own_ids, order_in_receivers,
+            "{}'s stream is the conversation, in store order",
+            sender.name
+        );
     }
-    assert_eq!(in_histories, stream.len(), "every message of the stream is in one of the histories");
+    assert_eq!(
+        in_histories,
+        stream.len(),
+        "every message of the stream is in one of the histories"
+    );
 }
 
 /// 540 messages over about 4 s: the receiver resumes some 25 times meanwhile.
@@ -1126,7 +1413,12 @@ fn sized(plan: Plan, backend: Backend) -> Plan {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_instance_a_resuming_receiver_sees_every_message_once_in_order() {
     let deployment = Deployment::one_instance().await;
-    stress(deployment, sized(ONE_INSTANCE, Backend::from_env()), "one_instance").await;
+    stress(
+        deployment,
+        sized(ONE_INSTANCE, Backend::from_env()),
+        "one_instance",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1147,7 +1439,10 @@ fn install_node_packages() {
             .arg(workspace_dir().join("scripts/install-test-deps.sh"))
             .status()
             .expect("bash runs scripts/install-test-deps.sh");
-        assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
+        assert!(
+            status.success(),
+            "scripts/install-test-deps.sh failed: {status}"
+        );
     });
 }
 
@@ -1184,6 +1479,24 @@ setTimeout(() => fail("timed out"), 50000).unref();
 
 const processed = [];
 let sessions = 0;
+
+// A malformed since is refused with connect_error.
+await new Promise((resolve) => {
+  const socket = io(BASE, {
+    forceNew: true,
+    reconnection: false,
+    ...(MODE === "websocket" ? { transports: ["websocket"] } : {}),
+    auth: { token: RECEIVER.token, since: "not-a-cursor" },
+  });
+  const timer = setTimeout(() => fail("no connect_error for a malformed since"), 10000);
+  socket.on("connect", () => fail("a malformed since was accepted"));
+  socket.on("connect_error", (e) => {
+    if (!/since is not a valid cursor/.test(e.message)) fail(`connect_error ${e.message}`);
+    clearTimeout(timer);
+    socket.disconnect();
+    resolve();
+  });
+});
 
 function session(lingerMs, caughtUp) {
   sessions += 1;
@@ -1271,7 +1584,15 @@ async fn socketio_resume(mode: &str) {
     // Stored before the receiver ever connects; it starts from cursor 2.
     let offline = 6;
     for n in 0..offline {
-        let reply = deployment.send(0, &sender, &receiver, &format!("offline {n}"), &format!("sio-offline-{n}")).await;
+        let reply = deployment
+            .send(
+                0,
+                &sender,
+                &receiver,
+                &format!("offline {n}"),
+                &format!("sio-offline-{n}"),
+            )
+            .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     }
     let live = 80;
@@ -1314,10 +1635,19 @@ async fn socketio_resume(mode: &str) {
         .collect();
     let stream = deployment.whole_stream(0, &receiver, 200).await;
     assert_eq!(stream.len(), total, "stored once each");
-    let expected: Vec<(String, String)> =
-        stream[2..].iter().map(|item| (item["cursor"].as_str().unwrap().to_owned(), id_of(item))).collect();
-    assert_eq!(got, expected, "from cursor 3 to the end, each once, in order");
-    eprintln!("{test}: {} messages processed over {} sessions", got.len(), result["sessions"]);
+    let expected: Vec<(String, String)> = stream[2..]
+        .iter()
+        .map(|item| (item["cursor"].as_str().unwrap().to_owned(), id_of(item)))
+        .collect();
+    assert_eq!(
+        got, expected,
+        "from cursor 3 to the end, each once, in order"
+    );
+    eprintln!(
+        "{test}: {} messages processed over {} sessions",
+        got.len(),
+        result["sessions"]
+    );
     deployment.stop().await;
 }
 
