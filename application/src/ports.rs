@@ -111,8 +111,9 @@ pub struct StreamItem {
 }
 
 /// The leading run of `items` (sorted by cursor) at consecutive positions right after
-/// `after`: what a [`MessageRepository::stream`] may return. Streams have no holes, so this
-/// cuts nothing from a correct store; it keeps a broken one from making a client skip.
+/// `after`: what a [`MessageRepository::stream`] may return. Streams have no holes, so on a
+/// store that reads a stream in one snapshot this cuts nothing; it keeps a broken store from
+/// making a client skip a message.
 pub fn consecutive_after(after: Cursor, mut items: Vec<StreamItem>) -> Vec<StreamItem> {
     let mut expected = after.next();
     let run = items
@@ -123,10 +124,7 @@ pub fn consecutive_after(after: Cursor, mut items: Vec<StreamItem>) -> Vec<Strea
             next
         })
         .count();
-    if run < items.len() {
-        tracing::error!(after = %after, "message stream has a hole; reading stops before it");
-        items.truncate(run);
-    }
+    items.truncate(run);
     items
 }
 
@@ -327,5 +325,8 @@ mod tests {
         let kept = consecutive_after(Cursor::new(4).unwrap(), vec![item(5), item(7), item(8)]);
         assert_eq!(positions(&kept), [5]);
         assert!(consecutive_after(Cursor::START, vec![item(2)]).is_empty());
+        assert!(consecutive_after(Cursor::START, Vec::new()).is_empty());
+        let repeated = consecutive_after(Cursor::new(4).unwrap(), vec![item(5), item(5)]);
+        assert_eq!(positions(&repeated), [5]);
     }
 }

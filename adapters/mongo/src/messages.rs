@@ -128,7 +128,9 @@ impl MessageRepository for MongoStore {
         items.extend(received);
         items.sort_by_key(|item| item.cursor);
         items.truncate(limit as usize);
-        Ok(leading_run(after, items))
+        // The two reads are not one snapshot: a send committing between them can leave a
+        // hole, which the next read fills (see the module documentation).
+        Ok(application::ports::consecutive_after(after, items))
     }
 
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
@@ -155,25 +157,6 @@ impl Role {
             Role::Receiver => ("receiverId", "receiverPosition"),
         }
     }
-}
-
-/// The items of `items` (sorted by cursor) at consecutive positions right after `after`.
-///
-/// A healthy store cuts something here only when a send committed between the two queries of
-/// a stream read (see the module documentation): that is expected, and the cut part is read
-/// by the next call. It also keeps a broken store from making a client skip a message.
-fn leading_run(after: Cursor, mut items: Vec<StreamItem>) -> Vec<StreamItem> {
-    let mut expected = after.next();
-    let run = items
-        .iter()
-        .take_while(|item| {
-            let next = item.cursor == expected;
-            expected = expected.next();
-            next
-        })
-        .count();
-    items.truncate(run);
-    items
 }
 
 /// The message `append` stored, as the port returns it: in the pair's conversation.
@@ -470,35 +453,3 @@ fn legacy_participants(message: &Document) -> Option<(&str, UserId, UserId)> {
     (sender != receiver).then_some((id, sender, receiver))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use domain::MessageBody;
-
-    fn item(position: u64) -> StreamItem {
-        let message = Message {
-            id: MessageId::generate(),
-            conversation_id: ConversationId::generate(),
-            sender_id: UserId::generate(),
-            receiver_id: UserId::generate(),
-            body: MessageBody::parse("hi").unwrap(),
-            created_at: chrono::Utc::now(),
-            client_id: None,
-        };
-        StreamItem { cursor: Cursor::new(position).unwrap(), message }
-    }
-
-    fn positions(items: &[StreamItem]) -> Vec<u64> {
-        items.iter().map(|item| item.cursor.position()).collect()
-    }
-
-    #[test]
-    fn the_leading_run_stops_at_the_first_hole() {
-        let after = Cursor::new(4).unwrap();
-        assert_eq!(positions(&leading_run(after, vec![item(5), item(6), item(8), item(9)])), [5, 6]);
-        assert_eq!(positions(&leading_run(after, vec![item(6), item(7)])), Vec::<u64>::new());
-        assert_eq!(positions(&leading_run(after, vec![item(5), item(5)])), [5]);
-        assert_eq!(positions(&leading_run(Cursor::START, vec![item(1), item(2), item(3)])), [1, 2, 3]);
-        assert_eq!(positions(&leading_run(after, Vec::new())), Vec::<u64>::new());
-    }
-}

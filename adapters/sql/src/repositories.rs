@@ -228,7 +228,13 @@ macro_rules! impl_repositories {
                         .await
                         .map_err(repo_error("reading a message stream"))?;
                     let items = rows.into_iter().map(StreamItem::try_from).collect::<RepoResult<Vec<_>>>()?;
-                    Ok(application::ports::consecutive_after(after, items))
+                    let read = items.len();
+                    let run = application::ports::consecutive_after(after, items);
+                    if run.len() < read {
+                        // One statement, one snapshot: a hole here is a broken store.
+                        tracing::error!(user = %user, after = %after, "message stream has a hole; reading stops before it");
+                    }
+                    Ok(run)
                 }
 
                 async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
