@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use secrecy::SecretString;
 use server::settings::{SqliteSynchronous, StorageSettings};
 
+pub mod cluster;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -127,6 +129,47 @@ impl TestDatabase {
             }
         }
     }
+
+    /// [`TestDatabase::remove`] from a `Drop` impl, which can't await and may run inside the
+    /// test's runtime (which can't be blocked on): on a runtime and a thread of its own.
+    pub fn remove_blocking(self) {
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| runtime.block_on(self.remove()))
+        })
+        .join();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A folder of its own under the system's temporary folder, removed when dropped (also when
+/// the test fails).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh folder, `chat_{label}_` and a unique suffix.
+    pub fn new(label: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("chat_{label}_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn postgres_admin() -> sqlx::PgPool {
@@ -223,6 +266,19 @@ pub fn server_binary() -> &'static Path {
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo reports the server executable")
     })
+}
+
+/// `scripts/install-test-deps.sh` (the Node packages of `tests/js`), once per test binary
+/// (the script itself is idempotent).
+pub fn install_node_packages() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(workspace_dir().join("scripts/install-test-deps.sh"))
+            .status()
+            .expect("bash runs scripts/install-test-deps.sh");
+        assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
+    });
 }
 
 /// The HS256 secret of in-process test servers.

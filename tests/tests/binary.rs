@@ -1,9 +1,9 @@
 //! The compiled `server` binary as an operator runs it: configuration from files and
 //! `CHAT__*` variables, start-up errors, and a graceful stop on SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use tests::{server_binary, workspace_dir};
+use tests::{free_port, server_binary, workspace_dir, TempDir};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -16,24 +16,6 @@ const SECRET: &str = "binary-test-secret-0123456789-abcdefghijkl";
 const DEADLINE: Duration = Duration::from_secs(20);
 
 
-
-/// A folder of its own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("chat_binary_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The server with nothing but `env` (and the project's config folder) around it, in `dir`.
 fn server_command(dir: &Path, env: &[(&str, &str)]) -> Command {
@@ -86,9 +68,9 @@ fn assert_one_line_error(finished: &Finished, mentions: &str) {
 
 #[tokio::test]
 async fn an_unknown_storage_backend_is_a_one_line_error() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("binary");
     let command = server_command(
-        &dir.0,
+        dir.path(),
         &[
             ("APP_ENV", "test"),
             ("CHAT__STORAGE__BACKEND", "cassandra"),
@@ -103,20 +85,20 @@ async fn an_unknown_storage_backend_is_a_one_line_error() {
 
 #[tokio::test]
 async fn production_without_a_secret_refuses_to_start() {
-    let dir = TempDir::new();
-    let storage = format!("sqlite://{}/chat.db", dir.0.display());
+    let dir = TempDir::new("binary");
+    let storage = format!("sqlite://{}/chat.db", dir.path().display());
     let common = [
         ("APP_ENV", "production"),
         ("CHAT__SERVER__PORT", "0"),
         ("CHAT__STORAGE__URL", storage.as_str()),
     ];
 
-    let unset = run_to_exit(server_command(&dir.0, &common)).await;
+    let unset = run_to_exit(server_command(dir.path(), &common)).await;
     assert_one_line_error(&unset, "jwt_secret");
 
     let mut short = common.to_vec();
     short.push(("CHAT__AUTH__JWT_SECRET", "too-short"));
-    let short = run_to_exit(server_command(&dir.0, &short)).await;
+    let short = run_to_exit(server_command(dir.path(), &short)).await;
     assert_one_line_error(&short, "jwt_secret");
     assert!(!short.stderr.contains("too-short"), "the secret is never printed: {}", short.stderr);
 }
@@ -126,11 +108,6 @@ struct Running {
     child: Child,
     port: u16,
     _stderr: tokio::task::JoinHandle<String>,
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts the server on `port` with its SQLite file under `data`, and waits for it to say
@@ -209,11 +186,11 @@ async fn wait_for_exit(child: &mut Child) -> ExitStatus {
 
 #[tokio::test]
 async fn port_and_storage_come_from_the_environment() {
-    let dir = TempDir::new();
-    let data = dir.0.join("nested").join("data");
+    let dir = TempDir::new("binary");
+    let data = dir.path().join("nested").join("data");
     let port = free_port();
 
-    let mut server = start(&dir.0, port, &data).await;
+    let mut server = start(dir.path(), port, &data).await;
 
     assert_eq!(server.port, port);
     let client = reqwest::Client::new();
@@ -224,7 +201,7 @@ async fn port_and_storage_come_from_the_environment() {
     let ready = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert!(data.join("chat.db").is_file(), "the SQLite file is created under {}", data.display());
-    assert!(!dir.0.join("data").exists(), "nothing is written to the default place");
+    assert!(!dir.path().join("data").exists(), "nothing is written to the default place");
 
     terminate(&server.child);
     assert!(wait_for_exit(&mut server.child).await.success());
@@ -232,9 +209,9 @@ async fn port_and_storage_come_from_the_environment() {
 
 #[tokio::test]
 async fn sigterm_closes_websockets_and_exits_cleanly() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("binary");
     let port = free_port();
-    let mut server = start(&dir.0, port, &dir.0).await;
+    let mut server = start(dir.path(), port, dir.path()).await;
     let client = reqwest::Client::new();
     let registered: Value = client
         .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))

@@ -9,18 +9,15 @@
 //! The server binary is built with `cargo build -p server` unless `CHAT_SERVER_BIN` names one.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::TcpStream as StdTcpStream;
-use std::path::{Path, PathBuf};
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
-use server::settings::StorageSettings;
-use tests::{server_binary, workspace_dir, Backend, TestDatabase};
+use tests::cluster::{redis_answers, system_redis_url, ClusterConfig, START_TIMEOUT};
+use tests::{free_port, Backend};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -28,38 +25,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a frame or a state change may take to show up in normal operation.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an instance may take to start and report ready.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The presence expiry the instances run with, in seconds: short, so a crash shows quickly.
 const PRESENCE_TTL: u64 = 3;
 const SECRET: &str = "cluster-test-secret-of-at-least-32-bytes!";
 const PASSWORD: &str = "correct horse battery";
-
-
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn system_redis_url() -> String {
-    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Whether something answers Redis's `PING` at `host:port`.
-fn redis_answers(address: &str) -> bool {
-    use std::io::Write as _;
-    let Ok(addr) = address.parse() else { return false };
-    let Ok(mut stream) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
-}
-
-fn address_of(redis_url: &str) -> String {
-    redis_url.trim_start_matches("redis://").trim_end_matches('/').to_owned()
-}
 
 /// A `redis-server` of this test's own, so that it can be stopped and started again.
 struct OwnRedis {
@@ -96,7 +65,7 @@ impl OwnRedis {
             .expect("redis-server is installed and on the PATH");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + START_TIMEOUT;
-        while !redis_answers(&format!("127.0.0.1:{}", self.port)) {
+        while !redis_answers(&self.url()) {
             assert!(std::time::Instant::now() < deadline, "the test's redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -117,150 +86,42 @@ impl Drop for OwnRedis {
     }
 }
 
-/// One `server` process; killed when dropped, whatever the test's outcome.
-struct Instance {
-    port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
+/// The shared [`tests::cluster::Cluster`] with this suite's settings, and the chat calls
+/// of its tests.
+struct Cluster(tests::cluster::Cluster);
 
-impl Instance {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
+impl Deref for Cluster {
+    type Target = tests::cluster::Cluster;
 
-    /// `kill -9`: the instance gets no chance to clean up after itself.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else { return String::new() };
-        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
-}
-
-struct Cluster {
-    instances: Vec<Instance>,
-    http: reqwest::Client,
-    database: Option<TestDatabase>,
-    storage_url: String,
-    redis_url: String,
-    prefix: String,
-    logs: PathBuf,
 }
 
 impl Cluster {
     /// `size` instances on one fresh PostgreSQL database and the Redis at `redis_url`,
     /// each ready (storage and bus) when this returns.
     async fn start(size: usize, redis_url: String) -> Self {
-        let binary = server_binary().to_owned();
-        assert!(
-            redis_answers(&address_of(&redis_url)),
-            "Redis is not reachable at {redis_url}: start it (`redis-server --daemonize yes`) or set CHAT_TEST_REDIS_URL"
-        );
-        let database = TestDatabase::create(Backend::Postgres).await;
-        let StorageSettings::Postgres { url, .. } = &database.settings else {
-            unreachable!("a PostgreSQL database was asked for")
-        };
-        let prefix = format!("chat-test-{}", uuid::Uuid::new_v4().simple());
-        let logs = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&logs).expect("a folder for the instances' logs");
-        let mut cluster = Self {
-            instances: Vec::new(),
-            http: reqwest::Client::builder().timeout(EVENT_TIMEOUT).build().unwrap(),
-            storage_url: url.expose_secret().to_owned(),
-            database: Some(database),
+        let presence_ttl = PRESENCE_TTL.to_string();
+        let config = ClusterConfig {
+            backend: Backend::Postgres,
             redis_url,
-            prefix,
-            logs,
+            prefix: "chat-test",
+            request_timeout: EVENT_TIMEOUT,
+            env: &[
+                ("CHAT__SERVER__WORKERS", "1"),
+                ("CHAT__FANOUT__PRESENCE_TTL", &presence_ttl),
+                ("CHAT__AUTH__JWT_SECRET", SECRET),
+                ("CHAT__LOG__LEVEL", "info"),
+            ],
         };
-        // One after the other: the first applies the migrations.
-        for _ in 0..size {
-            let instance = cluster.spawn(&binary);
-            cluster.instances.push(instance);
-            cluster.wait_ready(cluster.instances.len() - 1).await;
-        }
-        cluster
-    }
-
-    fn spawn(&self, binary: &Path) -> Instance {
-        let port = free_port();
-        let log = self.logs.join(format!("instance-{}.log", self.instances.len() + 1));
-        let output = std::fs::File::create(&log).expect("a log file");
-        let child = Command::new(binary)
-            .current_dir(workspace_dir())
-            .env_remove("RUST_LOG")
-            .env("APP_ENV", "test")
-            .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
-            .env("CHAT__SERVER__HOST", "127.0.0.1")
-            .env("CHAT__SERVER__PORT", port.to_string())
-            .env("CHAT__SERVER__WORKERS", "1")
-            .env("CHAT__SERVER__SHUTDOWN_TIMEOUT", "1")
-            .env("CHAT__STORAGE__BACKEND", "postgres")
-            .env("CHAT__STORAGE__URL", &self.storage_url)
-            .env("CHAT__STORAGE__MAX_CONNECTIONS", "4")
-            .env("CHAT__FANOUT__BACKEND", "redis")
-            .env("CHAT__FANOUT__REDIS_URL", &self.redis_url)
-            .env("CHAT__FANOUT__PREFIX", &self.prefix)
-            .env("CHAT__FANOUT__PRESENCE_TTL", PRESENCE_TTL.to_string())
-            .env("CHAT__AUTH__JWT_SECRET", SECRET)
-            .env("CHAT__LOG__LEVEL", "info")
-            .stdout(output.try_clone().expect("a second handle on the log"))
-            .stderr(output)
-            .spawn()
-            .expect("the server binary starts");
-        Instance { port, child: Some(child), log }
-    }
-
-    async fn wait_ready(&mut self, index: usize) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self.ready(index).await {
-                return;
-            }
-            let instance = &mut self.instances[index];
-            if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
-                panic!("instance {} exited ({status}):\n{}", index + 1, instance.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {} is not ready after {START_TIMEOUT:?}:\n{}",
-                index + 1,
-                instance.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn ready(&self, index: usize) -> bool {
-        let url = self.instances[index].url("/readyz");
-        matches!(self.http.get(url).send().await, Ok(r) if r.status() == StatusCode::OK)
-    }
-
-    /// Polls `/readyz` of instance `index` until it says `ready` (or not), up to the deadline.
-    async fn wait_readiness(&self, index: usize, ready: bool, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.ready(index).await != ready {
-            assert!(
-                Instant::now() < deadline,
-                "instance {} did not become {} within {within:?}:\n{}",
-                index + 1,
-                if ready { "ready" } else { "unready" },
-                self.instances[index].log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Self(tests::cluster::Cluster::start(config, size).await)
     }
 
     async fn register(&self, index: usize, username: &str) -> User {
@@ -312,38 +173,8 @@ impl Cluster {
         socket
     }
 
-    fn kill(&mut self, index: usize) {
-        self.instances[index].kill();
-    }
-
     async fn stop(mut self) {
-        for instance in &mut self.instances {
-            instance.kill();
-        }
-        if let Some(database) = self.database.take() {
-            database.remove().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.logs);
-    }
-}
-
-impl Drop for Cluster {
-    /// After a failure: the processes are killed and the database dropped all the same;
-    /// the logs stay for reading.
-    fn drop(&mut self) {
-        let Some(database) = self.database.take() else { return };
-        for instance in &mut self.instances {
-            instance.kill();
-        }
-        // Drop runs inside the test's runtime, which can't be blocked on: use another.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(database.remove());
-            }
-        })
-        .join();
-        eprintln!("instance logs kept in {}", self.logs.display());
+        self.0.stop().await;
     }
 }
 

@@ -6,7 +6,6 @@
 //! Most tests run the server in process (`server::build`) with explicit settings; the log
 //! and crash tests run the compiled `server` binary.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use server::settings::{Environment, SameSite, StorageSettings};
 use server::Settings;
-use tests::{Backend, TestDatabase};
+use tests::{Backend, TempDir, TestDatabase};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -77,13 +76,7 @@ impl Drop for App {
         let Some(database) = self.database.take() else {
             return;
         };
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|runtime| runtime.block_on(database.remove()))
-        })
-        .join();
+        database.remove_blocking();
     }
 }
 
@@ -919,31 +912,13 @@ fn port_in(line: &str) -> Option<u16> {
     digits.parse().ok().filter(|p| *p != 0)
 }
 
-/// A folder of its own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("chat_hardening_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // 5. Secrets never reach the log.
 
 #[tokio::test]
 async fn passwords_tokens_and_hashes_never_reach_the_log() {
-    let dir = TempDir::new();
-    let storage = format!("sqlite://{}", dir.0.join("chat.db").display());
+    let dir = TempDir::new("hardening");
+    let storage = format!("sqlite://{}", dir.path().join("chat.db").display());
     let mut process =
         Process::start(&[("CHAT__STORAGE__URL", &storage), ("RUST_LOG", "debug")]).await;
     let api = process.api();
@@ -1344,8 +1319,8 @@ async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
 
 #[tokio::test]
 async fn acknowledged_messages_survive_kill_9_on_sqlite() {
-    let dir = TempDir::new();
-    let storage = format!("sqlite://{}", dir.0.join("chat.db").display());
+    let dir = TempDir::new("hardening");
+    let storage = format!("sqlite://{}", dir.path().join("chat.db").display());
     acknowledged_messages_survive_kill_9(&[
         ("CHAT__STORAGE__URL", &storage),
         ("CHAT__STORAGE__SYNCHRONOUS", "full"),

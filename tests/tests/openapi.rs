@@ -26,7 +26,7 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tests::{Backend, TestDatabase};
+use tests::{Backend, TempDir, TestDatabase};
 
 const PASSWORD: &str = "correct horse battery";
 /// Cases per operation and phase; enough to reach every branch of the validation, small
@@ -131,13 +131,7 @@ impl Drop for Server {
         let Some(database) = self.database.take() else {
             return;
         };
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|runtime| runtime.block_on(database.remove()))
-        })
-        .join();
+        database.remove_blocking();
     }
 }
 
@@ -274,8 +268,8 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     let message_id = sent["responseData"]["_id"].as_str().unwrap().to_owned();
 
-    let dir = TempDir::new();
-    let config = write_config(&dir.0, &peer_id, &message_id);
+    let dir = TempDir::new("openapi");
+    let config = write_config(dir.path(), &peer_id, &message_id);
 
     // Everything but logout, which would revoke the token the other operations run with.
     let all_but_logout = ["--exclude-operation-id", "logout"];
@@ -300,24 +294,6 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
     .await;
 
     server.stop().await;
-}
-
-/// A folder of its own, removed when dropped (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("chat-openapi-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[tokio::test]

@@ -5,13 +5,12 @@
 //! raw Engine.IO requests for what a well-behaved client never does (unknown sessions,
 //! malformed and binary packets, oversized bodies) and for CORS.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header;
 use serde_json::{json, Value};
-use tests::{Backend, TestDatabase};
+use tests::{install_node_packages, Backend, TestDatabase};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const ALLOWED_ORIGIN: &str = "http://localhost:5173";
@@ -196,18 +195,6 @@ async fn poll_until(
         }
     }
     panic!("no wanted packet within {within:?}; saw {seen:?}");
-}
-
-/// `scripts/install-test-deps.sh`, once per test binary (the script itself is idempotent).
-fn install_node_packages() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let status = std::process::Command::new("bash")
-            .arg(tests::workspace_dir().join("scripts/install-test-deps.sh"))
-            .status()
-            .expect("bash runs scripts/install-test-deps.sh");
-        assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
-    });
 }
 
 macro_rules! client_scenarios {

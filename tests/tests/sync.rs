@@ -15,26 +15,21 @@
 //!   receiver.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
-use server::settings::StorageSettings;
-use tests::{server_binary, workspace_dir, Backend, TestDatabase};
+use tests::cluster::{system_redis_url, Cluster, ClusterConfig};
+use tests::{install_node_packages, workspace_dir, Backend, TestDatabase};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long one request, a handshake or an awaited event may take.
 const TIMEOUT: Duration = Duration::from_secs(20);
-/// How long an instance may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Watching for events that must not come.
 const QUIET: Duration = Duration::from_millis(500);
 /// The whole scenario, senders and receiver, must be done by then.
@@ -108,23 +103,10 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         if let Servers::InProcess { database } = &mut self.servers {
             if let Some(database) = database.take() {
-                remove_database(database);
+                database.remove_blocking();
             }
         }
     }
-}
-
-/// Drops a test database from a Drop impl, which may run inside a runtime.
-fn remove_database(database: TestDatabase) {
-    let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(runtime) = runtime {
-            runtime.block_on(database.remove());
-        }
-    })
-    .join();
 }
 
 #[derive(Debug, Clone)]
@@ -164,7 +146,21 @@ impl Deployment {
     }
 
     async fn cluster(backend: Backend, size: usize) -> Self {
-        let cluster = Cluster::start(backend, size).await;
+        let config = ClusterConfig {
+            backend,
+            redis_url: system_redis_url(),
+            prefix: "chat-sync-test",
+            request_timeout: TIMEOUT,
+            env: &[
+                ("CHAT__SERVER__WORKERS", "2"),
+                ("CHAT__STORAGE__ACQUIRE_TIMEOUT_MS", "5000"),
+                ("CHAT__STORAGE__SYNCHRONOUS", "normal"),
+                ("CHAT__AUTH__JWT_SECRET", CLUSTER_SECRET),
+                ("CHAT__AUTH__BCRYPT_COST", "4"),
+                ("CHAT__LOG__LEVEL", "warn"),
+            ],
+        };
+        let cluster = Cluster::start(config, size).await;
         let ports = cluster.instances.iter().map(|i| i.port).collect();
         Self {
             http: http_client(),
@@ -377,186 +373,8 @@ fn id_of(message: &Value) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Several `server` processes on one database, with Redis fan-out (as in cluster.rs).
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_url() -> String {
-    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn redis_answers(redis_url: &str) -> bool {
-    use std::io::Write as _;
-    let address = redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/');
-    let Ok(addr) = address.parse() else {
-        return false;
-    };
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
-}
-
-struct Instance {
-    port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Instance {
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else {
-            return String::new();
-        };
-        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Cluster {
-    instances: Vec<Instance>,
-    database: Option<TestDatabase>,
-    logs: PathBuf,
-}
-
-impl Cluster {
-    async fn start(backend: Backend, size: usize) -> Self {
-        let binary = server_binary().to_owned();
-        let redis = redis_url();
-        assert!(
-            redis_answers(&redis),
-            "Redis is not reachable at {redis}: start it (`redis-server --daemonize yes`) or set CHAT_TEST_REDIS_URL"
-        );
-        let database = TestDatabase::create(backend).await;
-        let (backend_name, storage_url) = match &database.settings {
-            StorageSettings::Sqlite { url, .. } => ("sqlite", url.clone()),
-            StorageSettings::Postgres { url, .. } => ("postgres", url.expose_secret().to_owned()),
-            StorageSettings::Mongodb { url, .. } => ("mongodb", url.expose_secret().to_owned()),
-        };
-        // A prefix of its own: tests running at the same time share the Redis.
-        let prefix = format!("chat-sync-test-{}", uuid::Uuid::new_v4().simple());
-        let logs = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&logs).expect("a folder for the instances' logs");
-        let mut cluster = Self {
-            instances: Vec::new(),
-            database: Some(database),
-            logs,
-        };
-        // One after the other: the first one creates the schema.
-        for number in 1..=size {
-            let port = free_port();
-            let log = cluster.logs.join(format!("instance-{number}.log"));
-            let output = std::fs::File::create(&log).expect("a log file");
-            let child = Command::new(&binary)
-                .current_dir(workspace_dir())
-                .env_remove("RUST_LOG")
-                .env("APP_ENV", "test")
-                .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
-                .env("CHAT__SERVER__HOST", "127.0.0.1")
-                .env("CHAT__SERVER__PORT", port.to_string())
-                .env("CHAT__SERVER__WORKERS", "2")
-                .env("CHAT__SERVER__SHUTDOWN_TIMEOUT", "1")
-                .env("CHAT__STORAGE__BACKEND", backend_name)
-                .env("CHAT__STORAGE__URL", &storage_url)
-                .env("CHAT__STORAGE__MAX_CONNECTIONS", "4")
-                .env("CHAT__STORAGE__ACQUIRE_TIMEOUT_MS", "5000")
-                .env("CHAT__STORAGE__SYNCHRONOUS", "normal")
-                .env("CHAT__FANOUT__BACKEND", "redis")
-                .env("CHAT__FANOUT__REDIS_URL", &redis)
-                .env("CHAT__FANOUT__PREFIX", &prefix)
-                .env("CHAT__AUTH__JWT_SECRET", CLUSTER_SECRET)
-                .env("CHAT__AUTH__BCRYPT_COST", "4")
-                .env("CHAT__LOG__LEVEL", "warn")
-                .stdout(output.try_clone().expect("a second handle on the log"))
-                .stderr(output)
-                .spawn()
-                .expect("the server binary starts");
-            cluster.instances.push(Instance {
-                port,
-                child: Some(child),
-                log,
-            });
-            cluster.wait_ready(number - 1).await;
-        }
-        cluster
-    }
-
-    async fn wait_ready(&mut self, index: usize) {
-        let http = http_client();
-        let deadline = Instant::now() + START_TIMEOUT;
-        let url = format!("http://127.0.0.1:{}/readyz", self.instances[index].port);
-        loop {
-            if matches!(http.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK) {
-                return;
-            }
-            let instance = &mut self.instances[index];
-            if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
-                panic!(
-                    "instance {} exited ({status}):\n{}",
-                    index + 1,
-                    instance.log_tail()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {} is not ready after {START_TIMEOUT:?}:\n{}",
-                index + 1,
-                instance.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        for instance in &mut self.instances {
-            instance.kill();
-        }
-        if let Some(database) = self.database.take() {
-            database.remove().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.logs);
-    }
-}
-
-impl Drop for Cluster {
-    /// After a failure: processes killed, database dropped, logs kept for reading.
-    fn drop(&mut self) {
-        let Some(database) = self.database.take() else {
-            return;
-        };
-        for instance in &mut self.instances {
-            instance.kill();
-        }
-        remove_database(database);
-        eprintln!("instance logs kept in {}", self.logs.display());
-    }
-}
+// Several `server` processes on one database, with Redis fan-out (`tests::cluster`, as in
+// cluster.rs).
 
 /// The backend the two-instance tests run on: the one of `CHAT_TEST_BACKEND`, all three.
 ///
@@ -827,6 +645,18 @@ enum Leave {
     CaughtUpTo(u64),
 }
 
+/// A `/ws` connection to `url` within the timeout; `whence` names it in failures.
+async fn open_ws(
+    url: String,
+    whence: &str,
+) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+        Err(_) => panic!("{whence}: the handshake timed out"),
+        Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
+        Ok(Ok((socket, _))) => socket,
+    }
+}
+
 /// One `/ws?since=<last>` connection on `instance`, processing `newMessage` events.
 async fn ws_session(
     deployment: &Deployment,
@@ -842,12 +672,7 @@ async fn ws_session(
         "/ws session {session} on instance {} since {since}",
         instance + 1
     );
-    let mut socket =
-        match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-            Err(_) => panic!("{whence}: the handshake timed out"),
-            Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
-            Ok(Ok((socket, _))) => socket,
-        };
+    let mut socket = open_ws(url, &whence).await;
     stats.ws_sessions += 1;
     let deadline = match leave {
         Leave::After(linger) => Instant::now() + linger,
@@ -940,12 +765,7 @@ async fn run_listener(
             user.name,
             instance + 1
         );
-        let mut socket =
-            match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-                Err(_) => panic!("{whence}: the handshake timed out"),
-                Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
-                Ok(Ok((socket, _))) => socket,
-            };
+        let mut socket = open_ws(url, &whence).await;
         let mut quiet_until: Option<Instant> = None;
         let ended = loop {
             assert!(
@@ -1430,21 +1250,6 @@ async fn two_instances_a_resuming_receiver_sees_every_message_once_in_order() {
 
 // ---------------------------------------------------------------------------------------
 // The published socket.io-client as the resuming receiver: `auth: {token, since}`.
-
-/// `scripts/install-test-deps.sh`, once per test binary (the script itself is idempotent).
-fn install_node_packages() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let status = Command::new("bash")
-            .arg(workspace_dir().join("scripts/install-test-deps.sh"))
-            .status()
-            .expect("bash runs scripts/install-test-deps.sh");
-        assert!(
-            status.success(),
-            "scripts/install-test-deps.sh failed: {status}"
-        );
-    });
-}
 
 /// Run with `node --input-type=module` in `tests/js` (where socket.io-client is installed).
 /// The receiver connects with `auth: {token, since}` from a cursor before some stored

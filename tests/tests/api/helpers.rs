@@ -148,14 +148,7 @@ pub async fn spawn_app() -> TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let Some(database) = self.database.take() else { return };
-        // The removal is async and Drop is not: run it on a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|runtime| runtime.block_on(database.remove()))
-        })
-        .join();
+        database.remove_blocking();
     }
 }
 
