@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 
 scripts/start-services.sh
 
+# Every target once, with one feature set; the black-box tests then run these executables
+# instead of building the server and the load generator again with another one (which would
+# rebuild the workspace back and forth).
+cargo build --workspace --all-targets
+export CHAT_SERVER_BIN="$PWD/target/debug/server" CHAT_LOADGEN_BIN="$PWD/target/debug/loadgen"
+
 # Everything once, black-box suites on the default backend (SQLite).
 cargo test --workspace --all-targets
 

@@ -242,30 +242,35 @@ pub fn workspace_dir() -> PathBuf {
 /// to date and in the same target folder and profile).
 pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
-            return PathBuf::from(path);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(workspace_dir())
-            .args(["build", "-p", "server", "--bin", "server", "--message-format=json-render-diagnostics"])
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let output = build.output().expect("cargo runs");
-        assert!(output.status.success(), "`cargo build -p server` failed");
-        // Cargo names the executable it built: no guessing at target folders.
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "server")
-            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the server executable")
-    })
+    BINARY.get_or_init(|| workspace_binary("server", "CHAT_SERVER_BIN"))
+}
+
+/// The executable `name` of the workspace package of the same name: the one `env_var`
+/// names when set (scripts/test.sh builds every target first and points there, so that no
+/// test runs a cargo of its own), otherwise built by the cargo running the tests.
+pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(workspace_dir())
+        .args(["build", "-p", name, "--bin", name, "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit());
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let output = build.output().expect("cargo runs");
+    assert!(output.status.success(), "`cargo build -p {name}` failed");
+    // Cargo names the executable it built: no guessing at target folders.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reports the {name} executable"))
 }
 
 /// `scripts/install-test-deps.sh` (the Node packages of `tests/js`), once per test binary

@@ -3,42 +3,19 @@
 //! benchmark tool honest (a tool that miscounts would make every figure wrong).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
+use std::process::Stdio;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde_json::Value;
 use server::settings::Environment;
-use tests::{Backend, TestDatabase};
+use tests::{workspace_dir, Backend, TestDatabase};
 
-fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
-/// The `loadgen` executable, built once per run with the cargo running this test.
+/// The `loadgen` executable: `CHAT_LOADGEN_BIN`, or built once per run.
 fn loadgen_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = std::process::Command::new(cargo)
-            .current_dir(workspace_dir())
-            .args(["build", "-p", "loadgen", "--bin", "loadgen", "--message-format=json"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(output.status.success(), "building loadgen failed");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "loadgen")
-            .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.contains(&json!("bin"))))
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the loadgen executable")
-    })
+    BINARY.get_or_init(|| tests::workspace_binary("loadgen", "CHAT_LOADGEN_BIN"))
 }
 
 /// Runs `loadgen send` for a few seconds against a fresh server; returns its JSON line.
