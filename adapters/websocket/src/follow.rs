@@ -87,11 +87,6 @@ impl Follow {
         self.replaying
     }
 
-    /// The last position the connection was given (or the starting one).
-    pub fn last(&self) -> Cursor {
-        self.follower.last()
-    }
-
     /// The next page of stored messages the connection has not had, as `newMessage` frames.
     /// Once the store has no more, the replay is over: what is returned then is at most the
     /// outcome of the event held back meanwhile (see the module's documentation).
