@@ -6,6 +6,7 @@
 //! or a transport: those are adapters' business.
 
 pub mod accounts;
+mod known_users;
 pub mod messaging;
 pub mod ports;
 pub mod realtime;

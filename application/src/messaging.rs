@@ -8,6 +8,7 @@ use domain::{
     UserId,
 };
 
+use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
     Appended, Clock, ConversationRepository, ConversationSummary, Event, MessageRepository,
@@ -69,7 +70,7 @@ pub struct SyncPage {
 }
 
 pub struct MessagingService {
-    users: Arc<dyn UserRepository>,
+    users: KnownUsers,
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
     notifier: Arc<dyn Notifier>,
@@ -84,7 +85,7 @@ impl MessagingService {
         notifier: Arc<dyn Notifier>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { users, conversations, messages, notifier, clock }
+        Self { users: KnownUsers::new(users), conversations, messages, notifier, clock }
     }
 
     /// Stores the message, then announces it to the receiver's and the sender's connections,
@@ -116,7 +117,7 @@ impl MessagingService {
             })
             .transpose()?;
         let receiver = other_of(&pair, sender);
-        if self.users.find_by_id(&receiver).await?.is_none() {
+        if !self.users.exists(&receiver).await? {
             return Err(MessagingError::UserNotFound);
         }
 
@@ -214,7 +215,7 @@ impl MessagingService {
         // A conversation exists only between two users (users are never deleted), so only
         // a pair without one needs the other user looked up, for a 404.
         let Some(conversation) = self.conversations.find_by_participants(&pair).await? else {
-            if self.users.find_by_id(&other_of(&pair, me)).await?.is_none() {
+            if !self.users.exists(&other_of(&pair, me)).await? {
                 return Err(MessagingError::UserNotFound);
             }
             return Ok(ConversationView { conversation: None, messages: Vec::new() });

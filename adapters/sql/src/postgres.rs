@@ -34,6 +34,9 @@ impl PgStore {
             .parse()
             .context("invalid PostgreSQL URL")?;
         let pool = PgPoolOptions::new()
+            // No ping before every query: a broken connection fails its query (answered
+            // "unavailable") and is dropped, which costs less than a round trip per query.
+            .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)

@@ -75,6 +75,9 @@ impl SqliteStore {
             }
         }
         let pool = SqlitePoolOptions::new()
+            // No ping before every query: a broken connection fails its query (answered
+            // "unavailable") and is dropped, which costs less than a round trip per query.
+            .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
