@@ -6,9 +6,10 @@ use domain::{Avatar, FullName, Gender, Password, PasswordHash, User, UserId, Use
 
 use crate::paging;
 use crate::ports::{
-    Clock, HashError, IssuedToken, PasswordHasher, RepoError, RevokedTokenRepository,
-    TokenClaims, TokenError, TokenService, UserQuery, UserRepository,
+    Clock, HashError, IssuedToken, PasswordHasher, RepoError, Revocation, TokenClaims, TokenError,
+    TokenService, UserQuery, UserRepository,
 };
+use crate::revocations::Revocations;
 
 /// What a caller of the account use cases can act on.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +83,7 @@ pub struct UserPage {
 
 pub struct AccountService {
     users: Arc<dyn UserRepository>,
-    revoked: Arc<dyn RevokedTokenRepository>,
+    revocations: Arc<Revocations>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn TokenService>,
     clock: Arc<dyn Clock>,
@@ -96,12 +97,12 @@ impl AccountService {
 
     pub fn new(
         users: Arc<dyn UserRepository>,
-        revoked: Arc<dyn RevokedTokenRepository>,
+        revocations: Arc<Revocations>,
         hasher: Arc<dyn PasswordHasher>,
         tokens: Arc<dyn TokenService>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { users, revoked, hasher, tokens, clock, decoy_hash: OnceLock::new() }
+        Self { users, revocations, hasher, tokens, clock, decoy_hash: OnceLock::new() }
     }
 
     pub async fn register(&self, input: NewAccount) -> Result<(User, IssuedToken), AccountError> {
@@ -176,8 +177,11 @@ impl AccountService {
 
     /// Revokes the token for good, on every instance sharing the store.
     pub async fn logout(&self, session: &Authenticated) -> Result<(), AccountError> {
-        self.revoked
-            .revoke(&session.claims.token_id, session.claims.expires_at)
+        self.revocations
+            .revoke(Revocation {
+                token_id: session.claims.token_id.clone(),
+                expires_at: session.claims.expires_at,
+            })
             .await?;
         Ok(())
     }
@@ -188,7 +192,7 @@ impl AccountService {
             .tokens
             .verify(token, self.clock.now())
             .map_err(|_| AccountError::Unauthenticated)?;
-        if self.revoked.is_revoked(&claims.token_id).await? {
+        if self.revocations.is_revoked(&claims.token_id).await? {
             return Err(AccountError::Unauthenticated);
         }
         Ok(Authenticated { claims })
@@ -311,7 +315,7 @@ mod tests {
             clock.expect_now().returning(now);
             AccountService::new(
                 Arc::new(self.users),
-                Arc::new(self.revoked),
+                Revocations::new(Arc::new(self.revoked), None),
                 Arc::new(self.hasher),
                 Arc::new(self.tokens),
                 Arc::new(clock),

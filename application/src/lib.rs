@@ -10,12 +10,14 @@ mod known_users;
 pub mod messaging;
 pub mod ports;
 pub mod realtime;
+pub mod revocations;
 pub mod stream;
 pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
 pub use messaging::{ConversationView, MessagingError, MessagingService, Sent, SyncPage};
 pub use realtime::RealtimeService;
+pub use revocations::Revocations;
 pub use stream::{Admission, FollowError, StreamFollower};
 pub use transfer::{Record, TransferError, TransferService, TransferStats};
 

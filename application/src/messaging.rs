@@ -214,17 +214,13 @@ impl MessagingService {
             .transpose()?;
         // A conversation exists only between two users (users are never deleted), so only
         // a pair without one needs the other user looked up, for a 404.
-        let Some(conversation) = self.conversations.find_by_participants(&pair).await? else {
-            if !self.users.exists(&other_of(&pair, me)).await? {
-                return Err(MessagingError::UserNotFound);
+        match self.conversations.page(&pair, before, paging::clamp(limit)).await? {
+            Some(page) => Ok(ConversationView { conversation: Some(page.conversation), messages: page.messages }),
+            None if self.users.exists(&other_of(&pair, me)).await? => {
+                Ok(ConversationView { conversation: None, messages: Vec::new() })
             }
-            return Ok(ConversationView { conversation: None, messages: Vec::new() });
-        };
-        let messages = self
-            .messages
-            .list_by_conversation(&conversation.id, before, paging::clamp(limit))
-            .await?;
-        Ok(ConversationView { conversation: Some(conversation), messages })
+            None => Err(MessagingError::UserNotFound),
+        }
     }
 
     /// My conversations with their last message, most recent first.
@@ -250,7 +246,7 @@ fn other_of(pair: &ParticipantPair, me: &UserId) -> UserId {
 mod tests {
     use super::*;
     use crate::ports::{
-        MockClock, MockConversationRepository, MockMessageRepository, MockNotifier,
+        ConversationPage, MockClock, MockConversationRepository, MockMessageRepository, MockNotifier,
         MockUserRepository, NotifyError, StoredMessage,
     };
     use chrono::{TimeZone, Utc};
@@ -570,8 +566,7 @@ mod tests {
     async fn history_without_a_conversation_is_empty() {
         let mut m = Mocks::new();
         m.receiver_exists();
-        m.conversations.expect_find_by_participants().returning(|_| Ok(None));
-        m.messages.expect_list_by_conversation().never();
+        m.conversations.expect_page().returning(|_, _, _| Ok(None));
         let view = m
             .service()
             .history(&UserId::generate(), UserId::generate().as_str(), None, None)
@@ -583,28 +578,25 @@ mod tests {
     #[tokio::test]
     async fn history_pages_before_a_message_with_a_capped_limit() {
         let (alice, bob) = (UserId::generate(), UserId::generate());
-        let conversation = Conversation::start(ParticipantPair::new(alice.clone(), bob.clone()).unwrap(), now());
-        let conversation_id = conversation.id.clone();
+        let pair = ParticipantPair::new(alice.clone(), bob.clone()).unwrap();
+        let conversation = Conversation::start(pair.clone(), now());
+        let page = ConversationPage { conversation: conversation.clone(), messages: vec![message_to(&bob)] };
         let before = MessageId::generate();
         let expected_before = before.clone();
         let mut m = Mocks::new();
         // The pair's conversation vouches for the other user: no lookup.
         m.users.expect_find_by_id().never();
         m.conversations
-            .expect_find_by_participants()
-            .returning(move |_| Ok(Some(conversation.clone())));
-        m.messages
-            .expect_list_by_conversation()
-            .withf(move |id, b, limit| {
-                *id == conversation_id && *b == Some(expected_before.clone()) && *limit == 200
-            })
-            .returning(|_, _, _| Ok(vec![]));
+            .expect_page()
+            .withf(move |p, b, limit| *p == pair && *b == Some(expected_before.clone()) && *limit == 200)
+            .returning(move |_, _, _| Ok(Some(page.clone())));
         let view = m
             .service()
             .history(&alice, bob.as_str(), Some(before.as_str()), Some(5000))
             .await
             .unwrap();
-        assert!(view.conversation.is_some());
+        assert_eq!(view.conversation, Some(conversation));
+        assert_eq!(view.messages.len(), 1);
     }
 
     #[tokio::test]
@@ -620,7 +612,7 @@ mod tests {
     #[tokio::test]
     async fn history_with_an_unknown_user_is_not_found() {
         let mut m = Mocks::new();
-        m.conversations.expect_find_by_participants().returning(|_| Ok(None));
+        m.conversations.expect_page().returning(|_, _, _| Ok(None));
         m.users.expect_find_by_id().returning(|_| Ok(None));
         let err = m
             .service()

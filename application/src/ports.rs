@@ -68,8 +68,26 @@ pub trait ConversationRepository: Send + Sync {
 
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>>;
 
+    /// The pair's conversation with its newest `limit` messages with an id below `before`
+    /// (all when `None`), oldest first; `None` while the pair has no conversation. The
+    /// conversation and its messages are read together (one query where the store can),
+    /// since a history page is the hottest read of all.
+    async fn page(
+        &self,
+        pair: &ParticipantPair,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> RepoResult<Option<ConversationPage>>;
+
     /// The user's conversations with their last message, most recently updated first.
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>>;
+}
+
+/// A conversation with one page of its messages, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationPage {
+    pub conversation: Conversation,
+    pub messages: Vec<Message>,
 }
 
 /// A stored message with its positions in both participants' streams.
@@ -164,6 +182,13 @@ pub trait MessageRepository: Send + Sync {
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor>;
 }
 
+/// A revoked token: its unique id (`jti`) and when it would have expired anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub token_id: String,
+    pub expires_at: Timestamp,
+}
+
 /// Revoked tokens, by their unique id (`jti`), kept until the token would have expired anyway.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -172,6 +197,9 @@ pub trait RevokedTokenRepository: Send + Sync {
     async fn revoke(&self, token_id: &str, expires_at: Timestamp) -> RepoResult<()>;
 
     async fn is_revoked(&self, token_id: &str) -> RepoResult<bool>;
+
+    /// Every revocation of a token that has not expired at `now`.
+    async fn active(&self, now: Timestamp) -> RepoResult<Vec<Revocation>>;
 
     /// Forgets revocations of tokens that expired before `now`; returns how many.
     async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64>;
@@ -273,6 +301,34 @@ pub trait Notifier: Send + Sync {
 
     /// To every connection of every user.
     async fn broadcast(&self, event: &Event) -> Result<(), NotifyError>;
+}
+
+/// Carries revocations between the instances of a cluster, so that each can answer "is
+/// this token revoked?" from memory.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait RevocationFeed: Send + Sync {
+    /// Tells the other instances about a revocation made here (already stored). When the
+    /// feed cannot pass it on now, it keeps trying in the background and says so.
+    async fn announce(&self, revocation: &Revocation) -> Result<(), NotifyError>;
+
+    /// From now on, reports to `listener` the revocations made on other instances and
+    /// whether the feed is live (at once, if it is live already).
+    fn listen(&self, listener: std::sync::Arc<dyn RevocationListener>);
+}
+
+/// What a [`RevocationFeed`] reports to.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait RevocationListener: Send + Sync {
+    /// Another instance revoked a token.
+    fn revoked_elsewhere(&self, revocation: Revocation);
+
+    /// The feed is live: every revocation made elsewhere from now on will be reported.
+    fn feed_live(&self);
+
+    /// The feed was cut: revocations made elsewhere may go unreported until it is live
+    /// again.
+    fn feed_lost(&self);
 }
 
 /// Who is online: a user is online while at least one of their connections is open.

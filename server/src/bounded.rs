@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{
-    Appended, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
-    RepoError, RepoResult, RevokedTokenRepository, StreamItem, UserQuery, UserRepository,
+    Appended, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
+    MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem,
+    UserQuery, UserRepository,
 };
 use async_trait::async_trait;
 use domain::{
@@ -78,6 +79,14 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>> {
         self.run("finding a conversation", self.inner.find_by_participants(pair)).await
     }
+    async fn page(
+        &self,
+        pair: &ParticipantPair,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> RepoResult<Option<ConversationPage>> {
+        self.run("reading a conversation page", self.inner.page(pair, before, limit)).await
+    }
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
         self.run("listing conversations", self.inner.list_for_user(user)).await
     }
@@ -112,6 +121,9 @@ impl RevokedTokenRepository for Bounded<dyn RevokedTokenRepository> {
     }
     async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
         self.run("checking a revocation", self.inner.is_revoked(token_id)).await
+    }
+    async fn active(&self, now: Timestamp) -> RepoResult<Vec<Revocation>> {
+        self.run("listing revocations", self.inner.active(now)).await
     }
     async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {
         self.run("purging revocations", self.inner.purge_expired(now)).await

@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use application::ports::{
     Clock, ConversationRepository, HealthCheck, MessageRepository, Notifier, Presence,
-    RevokedTokenRepository, SystemClock, UserRepository,
+    RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
 };
-use application::{AccountService, MessagingService, RealtimeService};
+use application::{AccountService, MessagingService, RealtimeService, Revocations};
 use secrecy::{ExposeSecret, SecretString};
 use ws_notifier::{ConnectionRegistry, InMemoryPresence, WsSettings};
 
@@ -95,7 +95,7 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     registry: Arc<ConnectionRegistry>,
-    purge: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -115,7 +115,7 @@ impl Application {
             handle.stop(true).await;
         });
         let result = self.server.await;
-        self.purge.abort();
+        self.upkeep.abort();
         result
     }
 }
@@ -136,8 +136,13 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let registry =
         ConnectionRegistry::new(settings.websocket.queue_capacity, settings.limits.sockets_per_user);
     let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
-    let (notifier, presence): (Arc<dyn Notifier>, Arc<dyn Presence>) = match &settings.fanout {
-        FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new())),
+    // With local fan-out this instance is the only one: every logout happens here.
+    let (notifier, presence, revocation_feed): (
+        Arc<dyn Notifier>,
+        Arc<dyn Presence>,
+        Option<Arc<dyn RevocationFeed>>,
+    ) = match &settings.fanout {
+        FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new()), None),
         FanoutSettings::Redis { redis_url, prefix, presence_ttl } => {
             let fanout = redis_fanout::RedisFanout::start(
                 redis_fanout::FanoutOptions {
@@ -149,15 +154,19 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             )
             .context("invalid fanout settings")?;
             health.push(("fanout", fanout.clone()));
-            (fanout.clone(), fanout)
+            (fanout.clone(), fanout.clone(), Some(fanout))
         }
     };
     let metrics = Arc::new(http_api::Metrics::new());
     let notifier: Arc<dyn Notifier> = Arc::new(http_api::CountingNotifier::new(notifier, metrics.clone()));
 
+    let revocations = Revocations::new(storage.revoked.clone(), revocation_feed);
+    if let Err(error) = revocations.load(clock.now()).await {
+        tracing::warn!(error = %error, "revocations not loaded yet; asking the store until they are");
+    }
     let accounts = Arc::new(AccountService::new(
         storage.users.clone(),
-        storage.revoked.clone(),
+        revocations.clone(),
         hasher,
         tokens,
         clock.clone(),
@@ -241,8 +250,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         "listening"
     );
 
-    let purge = tokio::spawn(purge_revocations(storage.revoked.clone(), clock));
-    Ok(Application { port, server, registry, purge })
+    let upkeep = tokio::spawn(keep_revocations(revocations, clock));
+    Ok(Application { port, server, registry, upkeep })
 }
 
 fn jwt_secret(settings: &Settings) -> SecretString {
@@ -259,15 +268,33 @@ fn jwt_secret(settings: &Settings) -> SecretString {
     SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-/// Forgets revocations of tokens that have expired anyway, hourly.
-async fn purge_revocations(revoked: Arc<dyn RevokedTokenRepository>, clock: Arc<dyn Clock>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+/// Keeps the revocations in memory complete (loading them again after the fan-out bus was
+/// cut, within a quarter of a second of its return) and forgets those of tokens that have
+/// expired anyway, hourly.
+async fn keep_revocations(revocations: Arc<Revocations>, clock: Arc<dyn Clock>) {
+    const LOAD_CHECK: Duration = Duration::from_millis(250);
+    const PURGE: Duration = Duration::from_secs(3600);
+    let mut tick = tokio::time::interval(LOAD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge: Option<tokio::time::Instant> = None;
+    let mut load_failed = false;
     loop {
         tick.tick().await;
-        match revoked.purge_expired(clock.now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
-            Err(error) => tracing::warn!(error = %error, "purging expired revocations failed"),
+        match revocations.load(clock.now()).await {
+            Ok(()) => load_failed = false,
+            Err(error) if !load_failed => {
+                load_failed = true;
+                tracing::warn!(error = %error, "loading revocations failed; asking the store until it works");
+            }
+            Err(_) => {}
+        }
+        if last_purge.is_none_or(|at| at.elapsed() >= PURGE) {
+            last_purge = Some(tokio::time::Instant::now());
+            match revocations.purge_expired(clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
+                Err(error) => tracing::warn!(error = %error, "purging expired revocations failed"),
+            }
         }
     }
 }

@@ -255,6 +255,41 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
+#[tokio::test]
+async fn a_logout_still_holds_after_a_restart() {
+    let dir = TempDir::new("binary");
+    let port = free_port();
+    let profile = format!("http://127.0.0.1:{port}/api/v1/user/get-profile");
+    let client = reqwest::Client::new();
+    let mut server = start(dir.path(), port, dir.path()).await;
+    let registered: Value = client
+        .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))
+        .json(&json!({ "fullName": "Ada", "username": "ada", "password": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["responseData"]["token"].as_str().expect("a token").to_owned();
+    let logout = client
+        .post(format!("http://127.0.0.1:{port}/api/v1/user/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 200);
+    terminate(&server.child);
+    assert!(wait_for_exit(&mut server.child).await.success());
+
+    // The revocations held in memory are read back from the database at start.
+    let mut server = start(dir.path(), port, dir.path()).await;
+    let refused = client.get(&profile).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "a token logged out before the restart is refused after it");
+    terminate(&server.child);
+    assert!(wait_for_exit(&mut server.child).await.success());
+}
+
 #[test]
 fn an_unknown_subcommand_is_refused_with_usage() {
     let output = std::process::Command::new(server_binary())

@@ -155,6 +155,46 @@ impl Cluster {
         body["responseData"]["_id"].as_str().expect("the message id").to_owned()
     }
 
+    /// Logs in through instance `index`; returns the new token.
+    async fn login(&self, index: usize, username: &str) -> String {
+        let response = self
+            .http
+            .post(self.instances[index].url("/api/v1/user/login"))
+            .json(&json!({ "username": username, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("login answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["responseData"]["token"].as_str().expect("a token").to_owned()
+    }
+
+    async fn logout(&self, index: usize, token: &str) {
+        let response = self
+            .http
+            .post(self.instances[index].url("/api/v1/user/logout"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("logout answers");
+        assert_eq!(response.status(), StatusCode::OK, "logging out through instance {}", index + 1);
+    }
+
+    /// Waits until instance `index` refuses `token`: a revocation made on another
+    /// instance arrives with the bus, within moments.
+    async fn wait_refused(&self, index: usize, token: &str) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.get(index, "/api/v1/user/get-profile", token).await {
+                StatusCode::UNAUTHORIZED => return,
+                StatusCode::OK if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => panic!("instance {} still answers {other} to a revoked token", index + 1),
+            }
+        }
+    }
+
     async fn get(&self, index: usize, path: &str, token: &str) -> StatusCode {
         let response = self.http.get(self.instances[index].url(path)).bearer_auth(token).send().await;
         response.expect("the instance answers").status()
@@ -364,16 +404,12 @@ async fn a_token_revoked_on_one_instance_is_refused_on_another() {
     let alice = cluster.register(0, "alice").await;
     assert_eq!(cluster.get(1, "/api/v1/user/get-profile", &alice.token).await, StatusCode::OK);
 
-    let logout = cluster
-        .http
-        .post(cluster.instances[0].url("/api/v1/user/logout"))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logout.status(), StatusCode::OK);
+    cluster.logout(0, &alice.token).await;
 
-    assert_eq!(cluster.get(1, "/api/v1/user/get-profile", &alice.token).await, StatusCode::UNAUTHORIZED);
+    // At once on the instance that revoked it; on the other as soon as the bus brings the
+    // revocation (instances answer from memory).
+    assert_eq!(cluster.get(0, "/api/v1/user/get-profile", &alice.token).await, StatusCode::UNAUTHORIZED);
+    cluster.wait_refused(1, &alice.token).await;
     let url = format!("ws://127.0.0.1:{}/ws?token={}", cluster.instances[1].port, alice.token);
     let handshake = tokio::time::timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(url)).await.unwrap();
     match handshake {
@@ -383,6 +419,36 @@ async fn a_token_revoked_on_one_instance_is_refused_on_another() {
         Err(other) => panic!("the handshake failed otherwise: {other}"),
         Ok(_) => panic!("a revoked token opened a socket on the other instance"),
     }
+
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_revoked_while_the_bus_is_down_is_refused_everywhere() {
+    let mut redis = OwnRedis::start();
+    let cluster = Cluster::start(2, redis.url()).await;
+    let alice = cluster.register(0, "alice").await;
+    let other_token = cluster.login(1, "alice").await;
+    assert_eq!(cluster.get(1, "/api/v1/user/get-profile", &alice.token).await, StatusCode::OK);
+
+    redis.kill();
+    cluster.wait_readiness(0, false, EVENT_TIMEOUT).await;
+    cluster.wait_readiness(1, false, EVENT_TIMEOUT).await;
+    // The revocation cannot travel on the bus: the other instance asks the store instead.
+    cluster.logout(0, &alice.token).await;
+    assert_eq!(cluster.get(1, "/api/v1/user/get-profile", &alice.token).await, StatusCode::UNAUTHORIZED);
+
+    redis.restart();
+    cluster.wait_readiness(0, true, Duration::from_secs(30)).await;
+    cluster.wait_readiness(1, true, Duration::from_secs(30)).await;
+    // Back on the bus, instance 1 answers from memory again, with what it missed loaded.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(cluster.get(1, "/api/v1/user/get-profile", &alice.token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(cluster.get(0, "/api/v1/user/get-profile", &alice.token).await, StatusCode::UNAUTHORIZED);
+    // Another token of the same user is untouched, and its logout travels on the bus again.
+    assert_eq!(cluster.get(0, "/api/v1/user/get-profile", &other_token).await, StatusCode::OK);
+    cluster.logout(1, &other_token).await;
+    cluster.wait_refused(0, &other_token).await;
 
     cluster.stop().await;
 }

@@ -12,7 +12,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use application::ports::{Appended, ConversationSummary, RepoError, StoredMessage, StreamItem, UserQuery};
+use application::ports::{
+    Appended, ConversationPage, ConversationSummary, RepoError, Revocation, StoredMessage, StreamItem, UserQuery,
+};
 use chrono::{DateTime, Duration, Utc};
 use domain::{
     Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Gender, Message, MessageBody,
@@ -80,6 +82,9 @@ contract!(
     conversation_concurrent_find_or_insert_from_both_sides_yields_one_conversation,
     conversation_list_for_user_is_most_recent_first_with_the_last_message,
     conversation_list_for_user_without_conversations_is_empty,
+    conversation_page_of_a_pair_without_a_conversation_is_none,
+    conversation_page_is_the_conversation_with_what_list_by_conversation_returns,
+    conversation_page_of_a_conversation_without_messages_has_no_messages,
     message_append_then_list_round_trips_every_field,
     message_append_stores_the_candidate_conversation_when_the_pair_has_none,
     message_append_joins_the_pairs_conversation_from_either_side,
@@ -97,6 +102,7 @@ contract!(
     revoke_twice_is_fine_and_the_token_is_revoked,
     is_revoked_of_an_unknown_token_is_false,
     purge_expired_removes_and_counts_only_expired_revocations,
+    active_lists_every_unexpired_revocation_once,
     health_ping_succeeds,
 );
 
@@ -535,12 +541,22 @@ async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(s
     let last_c = send_at(storage, &c, &me, "c1", t0 + Duration::seconds(30)).await.message;
     send_at(storage, &b, &c, "elsewhere", t0 + Duration::seconds(40)).await;
     // `with_d` and `with_e` tie on updatedAt: the greater id comes first.
+    // `with_f` and `with_g` tie on updatedAt too (two messages in one millisecond): the
+    // one with the later message comes first, though its conversation is the older.
+    let (f, g) = (insert_user(storage, "fay").await, insert_user(storage, "gus").await);
+    let with_f = conversation_between(storage, &me, &f, t0).await;
+    let with_g = conversation_between(storage, &me, &g, t0).await;
+    let same_millisecond = t0 + Duration::seconds(50);
+    send_at(storage, &g, &me, "g1", same_millisecond).await;
+    send_at(storage, &f, &me, "f1", same_millisecond).await;
 
     let listed = storage.conversations.list_for_user(&me.id).await.unwrap();
     let mut tied = [with_d.id.clone(), with_e.id.clone()];
     tied.sort_by(|x, y| y.cmp(x));
-    let expected_ids = [vec![with_c.id.clone(), with_b.id.clone()], tied.to_vec()].concat();
+    let expected_ids =
+        [vec![with_f.id.clone(), with_g.id.clone(), with_c.id.clone(), with_b.id.clone()], tied.to_vec()].concat();
     assert_eq!(listed.iter().map(|s| s.conversation.id.clone()).collect::<Vec<_>>(), expected_ids);
+    let listed = &listed[2..];
 
     assert_eq!(
         listed[0],
@@ -571,6 +587,84 @@ async fn conversation_list_for_user_without_conversations_is_empty(storage: &Sto
     conversation_between(storage, &a, &b, now()).await;
     assert_eq!(storage.conversations.list_for_user(&loner.id).await.unwrap(), []);
     assert_eq!(storage.conversations.list_for_user(&UserId::generate()).await.unwrap(), []);
+}
+
+async fn conversation_page_of_a_pair_without_a_conversation_is_none(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let sent = send(storage, &a, &b, "hi").await;
+    let strangers = ParticipantPair::new(UserId::generate(), UserId::generate()).unwrap();
+    for pair in [pair(&a, &c), pair(&c, &b), strangers] {
+        for (before, limit) in [(None, 50), (None, 1), (None, 0), (Some(sent.id.clone()), 50)] {
+            let page = storage.conversations.page(&pair, before.clone(), limit).await.unwrap();
+            assert_eq!(page, None, "before {before:?}, limit {limit}");
+        }
+    }
+}
+
+async fn conversation_page_is_the_conversation_with_what_list_by_conversation_returns(storage: &Storage) {
+    let (a, b, c) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+    );
+    let t0 = at_millis(1_700_000_000_000);
+    let mut sent = Vec::new();
+    for i in 1..=5 {
+        let (from, to) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
+        sent.push(send_at(storage, from, to, &format!("m{i}"), t0 + Duration::seconds(i)).await.message);
+        // Messages of the participants' other conversations stay out of the pair's pages.
+        send_at(storage, &c, &a, &format!("other{i}"), t0 + Duration::seconds(i)).await;
+        send_at(storage, &b, &c, &format!("else{i}"), t0 + Duration::seconds(i)).await;
+    }
+    let conversation = storage.conversations.find_by_participants(&pair(&a, &b)).await.unwrap().unwrap();
+    // The pair from the other side: it names the same conversation.
+    let page = |before: Option<MessageId>, limit: u32| {
+        let pair = pair(&b, &a);
+        async move { storage.conversations.page(&pair, before, limit).await.unwrap() }
+    };
+
+    let mut befores: Vec<Option<MessageId>> = vec![None, Some(MessageId::generate())];
+    befores.extend(sent.iter().map(|m| Some(m.id.clone())));
+    for before in befores {
+        for limit in [0, 1, 2, 3, 5, 50] {
+            let listed =
+                storage.messages.list_by_conversation(&conversation.id, before.clone(), limit).await.unwrap();
+            assert_eq!(
+                page(before.clone(), limit).await,
+                Some(ConversationPage { conversation: conversation.clone(), messages: listed }),
+                "before {before:?}, limit {limit}"
+            );
+        }
+    }
+
+    // The same pages, spelled out.
+    let whole = page(None, 50).await.unwrap();
+    assert_eq!(whole.conversation, Conversation { updated_at: t0 + Duration::seconds(5), ..conversation.clone() });
+    assert_eq!(whole.messages, sent);
+    assert_eq!(page(None, 1).await.unwrap().messages, &sent[4..]);
+    assert_eq!(bodies(&page(Some(sent[3].id.clone()), 2).await.unwrap().messages), ["m2", "m3"]);
+    assert_eq!(page(Some(sent[1].id.clone()), 1).await.unwrap().messages, &sent[..1]);
+    assert_eq!(page(Some(sent[1].id.clone()), 50).await.unwrap().messages, &sent[..1]);
+    assert_eq!(
+        page(Some(sent[0].id.clone()), 50).await,
+        Some(ConversationPage { conversation: conversation.clone(), messages: Vec::new() }),
+        "before the oldest message"
+    );
+    assert_eq!(page(None, 0).await.map(|p| p.messages), Some(Vec::new()), "a limit of zero");
+}
+
+async fn conversation_page_of_a_conversation_without_messages_has_no_messages(storage: &Storage) {
+    let (a, b) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let conversation = conversation_between(storage, &a, &b, now()).await;
+    let empty = Some(ConversationPage { conversation, messages: Vec::new() });
+    for (before, limit) in [(None, 50), (None, 1), (Some(MessageId::generate()), 50)] {
+        let page = storage.conversations.page(&pair(&a, &b), before.clone(), limit).await.unwrap();
+        assert_eq!(page, empty, "before {before:?}, limit {limit}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1121,6 +1215,42 @@ async fn purge_expired_removes_and_counts_only_expired_revocations(storage: &Sto
     assert_eq!(storage.revoked.purge_expired(now).await.unwrap(), 0);
     assert_eq!(storage.revoked.purge_expired(now + Duration::hours(2)).await.unwrap(), 2);
     assert!(!revoked("still-valid").await);
+}
+
+async fn active_lists_every_unexpired_revocation_once(storage: &Storage) {
+    let now = now();
+    assert_eq!(storage.revoked.active(now).await.unwrap(), []);
+    let tokens = [
+        ("long-gone", now - Duration::days(2)),
+        ("just-gone", now - Duration::milliseconds(1)),
+        ("expires-now", now),
+        ("soon", now + Duration::milliseconds(1)),
+        ("still-valid", now + Duration::hours(1)),
+    ];
+    for (id, expires) in tokens {
+        storage.revoked.revoke(id, expires).await.unwrap();
+    }
+    storage.revoked.revoke("still-valid", now + Duration::hours(1)).await.expect("revoking twice");
+    let active = |at: Timestamp| async move {
+        let mut active = storage.revoked.active(at).await.unwrap();
+        active.sort_by(|x, y| x.token_id.cmp(&y.token_id));
+        active
+    };
+    let revocation = |token_id: &str, expires_at: Timestamp| Revocation { token_id: token_id.into(), expires_at };
+
+    let expected = [
+        revocation("expires-now", now),
+        revocation("soon", now + Duration::milliseconds(1)),
+        revocation("still-valid", now + Duration::hours(1)),
+    ];
+    assert_eq!(active(now).await, expected, "a token expiring exactly now is still active");
+    assert_eq!(active(now + Duration::milliseconds(1)).await, expected[1..]);
+    assert_eq!(active(now - Duration::days(3)).await.len(), tokens.len(), "all, before any expired");
+    assert_eq!(active(now + Duration::hours(2)).await, []);
+    // Purging at `now` removes exactly what `active(now)` leaves out.
+    storage.revoked.purge_expired(now).await.unwrap();
+    assert_eq!(active(now).await, expected);
+    assert_eq!(active(now - Duration::days(3)).await, expected);
 }
 
 // ---------------------------------------------------------------------------------------------

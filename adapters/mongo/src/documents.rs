@@ -5,7 +5,7 @@
 //! (the SQL stores keep microseconds). The API shows milliseconds, so clients see no
 //! difference.
 
-use application::ports::{RepoError, StoredMessage};
+use application::ports::{RepoError, Revocation, StoredMessage};
 use chrono::{DateTime, Utc};
 use domain::{
     Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
@@ -221,6 +221,13 @@ pub(crate) struct RevokedTokenDoc {
     #[serde(rename = "_id")]
     pub id: String,
     pub expires_at: bson::DateTime,
+}
+
+impl TryFrom<RevokedTokenDoc> for Revocation {
+    type Error = RepoError;
+    fn try_from(doc: RevokedTokenDoc) -> Result<Self, RepoError> {
+        Ok(Revocation { token_id: doc.id, expires_at: from_bson(doc.expires_at)? })
+    }
 }
 
 /// A `$regex` pattern matching `needle` literally anywhere.

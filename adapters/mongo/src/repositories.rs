@@ -5,16 +5,16 @@
 //! it could be read as an operator or an unescaped pattern.
 
 use application::ports::{
-    ConversationRepository, ConversationSummary, HealthCheck, RepoError, RepoResult, RevokedTokenRepository,
-    UserQuery, UserRepository,
+    ConversationPage, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError,
+    RepoResult, Revocation, RevokedTokenRepository, UserQuery, UserRepository,
 };
 use async_trait::async_trait;
-use domain::{Conversation, Message, ParticipantPair, Timestamp, User, UserId, Username};
+use domain::{Conversation, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username};
 use futures_util::TryStreamExt as _;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 
-use crate::documents::{literal_pattern, to_bson, ConversationDoc, MessageDoc, UserDoc};
+use crate::documents::{literal_pattern, to_bson, ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
 use crate::error::{corrupt, repo_error};
 use crate::MongoStore;
 
@@ -122,10 +122,23 @@ impl ConversationRepository for MongoStore {
             .transpose()
     }
 
+    async fn page(
+        &self,
+        pair: &ParticipantPair,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> RepoResult<Option<ConversationPage>> {
+        // Two reads, each through its index (`pair_key`, then `conversation_history`), and not
+        // one snapshot: a message sent in between may be listed with the conversation's
+        // earlier `updatedAt`.
+        let Some(conversation) = self.find_by_participants(pair).await? else { return Ok(None) };
+        let messages = self.list_by_conversation(&conversation.id, before, limit).await?;
+        Ok(Some(ConversationPage { conversation, messages }))
+    }
+
     async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
         let pipeline = [
             doc! { "$match": { "participants": user.as_str() } },
-            doc! { "$sort": { "updatedAt": -1, "_id": -1 } },
             // The newest message of each conversation, through the history index.
             doc! { "$lookup": {
                 "from": self.messages.name(),
@@ -137,6 +150,8 @@ impl ConversationRepository for MongoStore {
                 ],
                 "as": "lastMessage",
             } },
+            // Two conversations updated in the same millisecond: the later message first.
+            doc! { "$sort": { "updatedAt": -1, "lastMessage._id": -1, "_id": -1 } },
         ];
         let rows: Vec<Document> = self
             .conversations
@@ -193,6 +208,18 @@ impl RevokedTokenRepository for MongoStore {
             .await
             .map_err(repo_error("checking a token's revocation"))?;
         Ok(found > 0)
+    }
+
+    async fn active(&self, now: Timestamp) -> RepoResult<Vec<Revocation>> {
+        let docs: Vec<RevokedTokenDoc> = self
+            .revoked
+            .find(doc! { "expiresAt": { "$gte": to_bson(now) } })
+            .await
+            .map_err(repo_error("listing active revocations"))?
+            .try_collect()
+            .await
+            .map_err(repo_error("listing active revocations"))?;
+        docs.into_iter().map(Revocation::try_from).collect()
     }
 
     async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {

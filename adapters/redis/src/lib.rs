@@ -1,7 +1,7 @@
 //! Fan-out across server instances through Redis, for running several instances behind a
 //! load balancer.
 //!
-//! [`RedisFanout`] implements three ports:
+//! [`RedisFanout`] implements four ports:
 //! - `Notifier`: an event is delivered to this instance's own connections at once, then
 //!   published on one Redis channel; every other instance delivers what it receives to its
 //!   connections through the [`ConnectionRegistry`], whatever their transport. An instance
@@ -12,25 +12,38 @@
 //!   online list is this instance's users plus those in live instances' hashes, so a
 //!   crashed instance's users drop out once its hash expires; a periodic sweep notices and
 //!   tells local connections. See [`presence`] for how repeats are avoided.
+//! - `RevocationFeed`: a revocation made here is published on a channel of its own
+//!   (`{prefix}:revocations`), subscribed on the same connection as the events, so the feed
+//!   is live exactly while the subscription is: the listener hears `feed_live` when it
+//!   registers while the subscription is live and each time it is (re)established, and
+//!   `feed_lost` each time it is cut. An instance skips its own announcements. One that
+//!   cannot go out now is held back and published again by the heartbeat until it goes out
+//!   or its token expires.
 //! - `HealthCheck`: the bus is ready when the subscription is live and Redis answers.
 //!
-//! When Redis is unreachable, local delivery goes on, `notify` returns an error (the use
-//! cases log it and carry on), and both connections come back by themselves with backoff;
-//! presence is rewritten and re-swept once the subscription is back.
+//! When Redis is unreachable, local delivery goes on, `notify` and `announce` return an
+//! error (the use cases log it and carry on), and both connections come back by themselves
+//! with backoff; presence is rewritten and re-swept, and held-back revocations published,
+//! once the subscription is back.
 //!
 //! This crate sees the core through the ports only, and the clients through the registry.
 
 mod bus;
 mod presence;
+mod revocation;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use application::ports::{Event, HealthCheck, Notifier, NotifyError, Presence, RepoError, RepoResult};
+use application::ports::{
+    Event, HealthCheck, Notifier, NotifyError, Presence, RepoError, RepoResult, Revocation, RevocationFeed,
+    RevocationListener,
+};
 use async_trait::async_trait;
-use domain::UserId;
+use domain::{Timestamp, UserId};
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
@@ -82,6 +95,7 @@ impl std::fmt::Debug for FanoutOptions {
 #[derive(Debug, Clone)]
 struct Keys {
     channel: String,
+    revocations: String,
     instances: String,
     presence_prefix: String,
 }
@@ -90,6 +104,7 @@ impl Keys {
     fn new(prefix: &str) -> Self {
         Self {
             channel: format!("{prefix}:events"),
+            revocations: format!("{prefix}:revocations"),
             instances: format!("{prefix}:instances"),
             presence_prefix: format!("{prefix}:presence:"),
         }
@@ -118,12 +133,23 @@ struct Shared {
     /// Presence writes go out one at a time, each with the counts current when it starts,
     /// so the last write always leaves Redis matching memory.
     writing: tokio::sync::Mutex<()>,
-    /// The subscription is live: events from other instances are arriving.
+    /// The subscription is live: events and revocations from other instances are arriving.
+    /// Changes only under the `listener` lock, see [`Shared::set_subscribed`].
     subscribed: AtomicBool,
+    /// Who hears about revocations made elsewhere; held weakly (see [`RevocationFeed::listen`]).
+    listener: Mutex<Option<Weak<dyn RevocationListener>>>,
+    /// Revocations made here that did not go out yet, by token id.
+    held_back: Mutex<HashMap<String, HeldBack>>,
     /// Wakes the maintenance task for a full rewrite and sweep (after a resubscription).
     resync: Notify,
     presence_ttl: Duration,
     forget_if_gone: redis::Script,
+}
+
+/// A revocation waiting to be published again.
+struct HeldBack {
+    expires_at: Timestamp,
+    payload: String,
 }
 
 impl RedisFanout {
@@ -149,6 +175,8 @@ impl RedisFanout {
             book: Mutex::new(PresenceBook::new()),
             writing: tokio::sync::Mutex::new(()),
             subscribed: AtomicBool::new(false),
+            listener: Mutex::new(None),
+            held_back: Mutex::new(HashMap::new()),
             resync: Notify::new(),
             presence_ttl: options.presence_ttl,
             forget_if_gone: redis::Script::new(FORGET_IF_GONE),
@@ -209,6 +237,31 @@ impl Shared {
         self.subscribed.load(Ordering::Acquire)
     }
 
+    fn listener_slot(&self) -> MutexGuard<'_, Option<Weak<dyn RevocationListener>>> {
+        // Only ever replaced whole: a panic elsewhere leaves it whole.
+        self.listener.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held_back(&self) -> MutexGuard<'_, HashMap<String, HeldBack>> {
+        self.held_back.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records whether the subscription is live and tells the listener, both under the lock
+    /// that [`RevocationFeed::listen`] takes: a listener registered at the same moment either
+    /// hears this change or, when registered, finds the state it led to. Either way its last
+    /// word is the truth.
+    fn set_subscribed(&self, live: bool) {
+        let slot = self.listener_slot();
+        self.subscribed.store(live, Ordering::Release);
+        if let Some(listener) = slot.as_ref().and_then(Weak::upgrade) {
+            if live {
+                listener.feed_live();
+            } else {
+                listener.feed_lost();
+            }
+        }
+    }
+
     /// Delivers to this instance's connections. An online list goes out only if it differs
     /// from the one they were shown last.
     fn deliver_local(&self, to: Option<&[UserId]>, event: &Event) {
@@ -233,19 +286,84 @@ impl Shared {
             anyhow::bail!("the fan-out bus is down: delivered on this instance only");
         }
         let payload = bus::encode(&self.instance, to, event);
-        let mut connection = self.connection()?;
-        let _: i64 =
-            timed(redis::cmd("PUBLISH").arg(&self.keys.channel).arg(payload).query_async(&mut connection))
-                .await
-                .context("publishing an event")?;
-        Ok(())
+        self.publish_on(&self.keys.channel, &payload).await.context("publishing an event")
     }
 
-    fn receive(&self, payload: &[u8]) {
+    async fn publish_on(&self, channel: &str, payload: &str) -> anyhow::Result<()> {
+        let mut connection = self.connection()?;
+        publish_with(&mut connection, channel, payload).await
+    }
+
+    /// Publishes an encoded revocation, failing fast while the bus is down. The subscription
+    /// may be live before the heartbeat has made the command connection: then this makes it
+    /// (Redis just answered, so that is quick; it is bounded by [`OPERATION_TIMEOUT`] anyway),
+    /// rather than failing the first logouts after a start.
+    async fn publish_revocation(&self, payload: &str) -> anyhow::Result<()> {
+        if !self.bus_up() {
+            anyhow::bail!("the fan-out bus is down");
+        }
+        let mut connection = self.ensure_connection().await?;
+        publish_with(&mut connection, &self.keys.revocations, payload)
+            .await
+            .context("publishing a revocation")
+    }
+
+    /// Publishes the revocations held back, forgetting those whose token has expired
+    /// meanwhile; stops at the first failure (the next heartbeat tries again).
+    async fn announce_held_back(&self) {
+        let now = chrono::Utc::now();
+        let due: Vec<(String, String)> = {
+            let mut held = self.held_back();
+            held.retain(|_, held| held.expires_at >= now);
+            held.iter().map(|(token_id, held)| (token_id.clone(), held.payload.clone())).collect()
+        };
+        let mut sent = 0;
+        for (token_id, payload) in &due {
+            if let Err(error) = self.publish_revocation(payload).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    held_back = due.len() - sent,
+                    "revocations still not announced; retrying shortly"
+                );
+                break;
+            }
+            self.held_back().remove(token_id);
+            sent += 1;
+        }
+        if sent > 0 {
+            tracing::info!(count = sent, "announced the revocations held back");
+        }
+    }
+
+    /// Handles a message of the subscription, by its channel.
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        if channel == self.keys.channel {
+            self.receive_event(payload);
+        } else if channel == self.keys.revocations {
+            self.receive_revocation(payload);
+        } else {
+            tracing::warn!(channel, "skipping a message of an unexpected channel");
+        }
+    }
+
+    fn receive_event(&self, payload: &[u8]) {
         match bus::decode(payload) {
             Ok(message) if message.origin == self.instance => {}
             Ok(message) => self.deliver_local(message.to.as_deref(), &message.event),
             Err(error) => tracing::warn!(error = %error, "skipping a bus message"),
+        }
+    }
+
+    fn receive_revocation(&self, payload: &[u8]) {
+        match revocation::decode(payload) {
+            Ok(message) if message.origin == self.instance => {}
+            Ok(message) => {
+                let listener = self.listener_slot().as_ref().and_then(Weak::upgrade);
+                if let Some(listener) = listener {
+                    listener.revoked_elsewhere(message.revocation);
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "skipping a revocation message"),
         }
     }
 
@@ -351,6 +469,11 @@ impl Shared {
     }
 }
 
+async fn publish_with(connection: &mut ConnectionManager, channel: &str, payload: &str) -> anyhow::Result<()> {
+    let _: i64 = timed(redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(connection)).await?;
+    Ok(())
+}
+
 /// Runs a Redis call with [`OPERATION_TIMEOUT`].
 async fn timed<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
     match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
@@ -359,7 +482,8 @@ async fn timed<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>
     }
 }
 
-/// Keeps a subscription to the bus channel, re-establishing it with backoff when lost.
+/// Keeps a subscription to the bus channels, re-establishing it with backoff when lost, and
+/// tells the revocation listener each time it goes live or is lost.
 async fn subscribe(shared: Arc<Shared>) {
     let (first_delay, max_delay) = RESUBSCRIBE_BACKOFF;
     let mut delay = first_delay;
@@ -369,7 +493,7 @@ async fn subscribe(shared: Arc<Shared>) {
             Ok((mut sink, mut stream)) => {
                 delay = first_delay;
                 reported = false;
-                shared.subscribed.store(true, Ordering::Release);
+                shared.set_subscribed(true);
                 tracing::info!("subscribed to the fan-out bus");
                 shared.resync.notify_one();
                 let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
@@ -377,7 +501,9 @@ async fn subscribe(shared: Arc<Shared>) {
                 let why = loop {
                     tokio::select! {
                         message = stream.next() => match message {
-                            Some(message) => shared.receive(message.get_payload_bytes()),
+                            Some(message) => {
+                                shared.receive(message.get_channel_name(), message.get_payload_bytes());
+                            }
                             None => break anyhow!("the connection closed"),
                         },
                         _ = ping.tick() => {
@@ -387,7 +513,7 @@ async fn subscribe(shared: Arc<Shared>) {
                         }
                     }
                 };
-                shared.subscribed.store(false, Ordering::Release);
+                shared.set_subscribed(false);
                 tracing::warn!(
                     error = format!("{why:#}"),
                     "lost the fan-out bus; delivering locally until it is back"
@@ -409,7 +535,10 @@ async fn open_subscription(
 ) -> anyhow::Result<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let pubsub = timed(shared.client.get_async_pubsub()).await.context("connecting to Redis")?;
     let (mut sink, stream) = pubsub.split();
-    timed(sink.subscribe(&shared.keys.channel)).await.context("subscribing")?;
+    // One command for both channels: Redis runs it whole before answering, so once the first
+    // confirmation is back, both channels are subscribed (the client drops the second one).
+    let channels = [shared.keys.channel.as_str(), shared.keys.revocations.as_str()];
+    timed(sink.subscribe(&channels)).await.context("subscribing")?;
     Ok((sink, stream))
 }
 
@@ -418,8 +547,9 @@ fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.5..=1.0))
 }
 
-/// The heartbeat: connects the command connection, rewrites this instance's presence and
-/// sweeps every third of the expiry, and at once after a resubscription.
+/// The heartbeat: connects the command connection, publishes the revocations held back,
+/// rewrites this instance's presence and sweeps every third of the expiry, and at once after
+/// a resubscription.
 async fn maintain(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.presence_ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,6 +569,7 @@ async fn maintain(shared: Arc<Shared>) {
         if !shared.bus_up() {
             continue;
         }
+        shared.announce_held_back().await;
         shared.book().rewrite_all();
         shared.write_presence().await;
         if let Err(error) = shared.sweep().await {
@@ -483,6 +614,46 @@ impl Presence for RedisFanout {
 }
 
 #[async_trait]
+impl RevocationFeed for RedisFanout {
+    /// Publishes the revocation, waiting a second at most to connect and another to publish,
+    /// and not at all while the subscription is down. When the bus is down or the publish
+    /// fails, the revocation is held back and the heartbeat publishes it again once the bus
+    /// is up (until it goes out or its token expires); the error says so. A token id that no
+    /// instance would accept (empty, or over 200 characters) is refused, and not retried.
+    async fn announce(&self, revocation: &Revocation) -> Result<(), NotifyError> {
+        let payload = revocation::encode(&self.shared.instance, revocation)
+            .map_err(|error| NotifyError(anyhow!(error).context("the revocation cannot be announced")))?;
+        let Err(error) = self.shared.publish_revocation(&payload).await else {
+            return Ok(());
+        };
+        let held = HeldBack { expires_at: revocation.expires_at, payload };
+        self.shared.held_back().insert(revocation.token_id.clone(), held);
+        Err(NotifyError(error.context("revocation held back: it goes out once the bus is up")))
+    }
+
+    /// Keeps `listener`, and tells it `feed_live` at once if the subscription is live.
+    ///
+    /// One listener at a time: a second call replaces the first, which is told `feed_lost`
+    /// (it will hear nothing more). The listener is held weakly: the feed does not keep it
+    /// alive (so a listener holding the feed makes no cycle), and once its owners have dropped
+    /// it, it hears nothing.
+    ///
+    /// `feed_live` and `feed_lost` are called under the lock that this call takes, so a
+    /// listener registered while the subscription goes up or down ends up told the state
+    /// the subscription is really in; callbacks must not call `listen`. All calls come from
+    /// the subscription task, except the ones made here.
+    fn listen(&self, listener: Arc<dyn RevocationListener>) {
+        let mut slot = self.shared.listener_slot();
+        if let Some(previous) = slot.replace(Arc::downgrade(&listener)).as_ref().and_then(Weak::upgrade) {
+            previous.feed_lost();
+        }
+        if self.shared.bus_up() {
+            listener.feed_live();
+        }
+    }
+}
+
+#[async_trait]
 impl HealthCheck for RedisFanout {
     async fn ping(&self) -> RepoResult<()> {
         if !self.shared.bus_up() {
@@ -503,6 +674,7 @@ mod tests {
     fn every_name_starts_with_the_prefix() {
         let keys = Keys::new("chat-eu");
         assert_eq!(keys.channel, "chat-eu:events");
+        assert_eq!(keys.revocations, "chat-eu:revocations");
         assert_eq!(keys.instances, "chat-eu:instances");
         assert_eq!(keys.presence("abc"), "chat-eu:presence:abc");
     }
@@ -513,6 +685,123 @@ mod tests {
             let d = jittered(Duration::from_millis(1000));
             assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000), "{d:?}");
         }
+    }
+
+    /// Writes down what it hears.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Recorder {
+        fn heard(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl RevocationListener for Recorder {
+        fn revoked_elsewhere(&self, revocation: Revocation) {
+            self.0.lock().unwrap().push(format!("revoked {}", revocation.token_id));
+        }
+        fn feed_live(&self) {
+            self.0.lock().unwrap().push("live".into());
+        }
+        fn feed_lost(&self) {
+            self.0.lock().unwrap().push("lost".into());
+        }
+    }
+
+    /// A fan-out whose Redis never answers: its bus stays down unless a test says otherwise.
+    fn unreachable() -> Arc<RedisFanout> {
+        let options = FanoutOptions {
+            url: "redis://127.0.0.1:1".into(),
+            prefix: "unit".into(),
+            presence_ttl: Duration::from_secs(15),
+        };
+        RedisFanout::start(options, ConnectionRegistry::new(4, 0)).unwrap()
+    }
+
+    fn revocation(token_id: &str, expires_in: chrono::Duration) -> Revocation {
+        Revocation { token_id: token_id.into(), expires_at: chrono::Utc::now() + expires_in }
+    }
+
+    #[tokio::test]
+    async fn a_listener_hears_the_state_of_the_subscription_from_registration_on() {
+        let fanout = unreachable();
+        let recorder = Arc::new(Recorder::default());
+        fanout.listen(recorder.clone());
+        assert!(recorder.heard().is_empty(), "the bus is down: nothing to report yet");
+        fanout.shared.set_subscribed(true);
+        fanout.shared.set_subscribed(false);
+        assert_eq!(recorder.heard(), ["live", "lost"]);
+
+        fanout.shared.set_subscribed(true);
+        let late = Arc::new(Recorder::default());
+        fanout.listen(late.clone());
+        assert_eq!(late.heard(), ["live"], "registered while live: told at once");
+        assert_eq!(recorder.heard(), ["live", "lost"], "the replaced listener hears nothing more");
+        fanout.shared.set_subscribed(false);
+        assert_eq!(late.heard(), ["lost"]);
+        assert!(recorder.heard().is_empty());
+    }
+
+    #[tokio::test]
+    async fn revocations_reach_the_listener_except_this_instance_own() {
+        let fanout = unreachable();
+        let recorder = Arc::new(Recorder::default());
+        fanout.listen(recorder.clone());
+        let shared = &fanout.shared;
+        let elsewhere = revocation::encode("other", &revocation("t-1", chrono::Duration::hours(1))).unwrap();
+        let here = revocation::encode(&shared.instance, &revocation("t-2", chrono::Duration::hours(1))).unwrap();
+        shared.receive(&shared.keys.revocations, elsewhere.as_bytes());
+        shared.receive(&shared.keys.revocations, here.as_bytes());
+        shared.receive(&shared.keys.revocations, b"{\"v\":1}");
+        // A revocation on the events channel is no event, and no revocation either.
+        shared.receive(&shared.keys.channel, elsewhere.as_bytes());
+        shared.receive("unit:elsewhere", elsewhere.as_bytes());
+        assert_eq!(recorder.heard(), ["revoked t-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_listener_hears_nothing_and_keeps_nothing_alive() {
+        let fanout = unreachable();
+        let recorder = Arc::new(Recorder::default());
+        fanout.listen(recorder.clone());
+        let weak = Arc::downgrade(&recorder);
+        drop(recorder);
+        assert!(weak.upgrade().is_none());
+        fanout.shared.set_subscribed(true);
+        let payload = revocation::encode("other", &revocation("t", chrono::Duration::hours(1))).unwrap();
+        fanout.shared.receive(&fanout.shared.keys.revocations, payload.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn an_announcement_that_cannot_go_out_is_held_back_until_its_token_expires() {
+        let fanout = unreachable();
+        let error = fanout.announce(&revocation("t-1", chrono::Duration::hours(1))).await.unwrap_err();
+        assert!(format!("{:#}", error.0).contains("held back"), "{:#}", error.0);
+        fanout.announce(&revocation("t-1", chrono::Duration::hours(1))).await.unwrap_err();
+        fanout.announce(&revocation("t-2", chrono::Duration::milliseconds(-1))).await.unwrap_err();
+        let held = |fanout: &RedisFanout| {
+            let mut held: Vec<String> = fanout.shared.held_back().keys().cloned().collect();
+            held.sort();
+            held
+        };
+        assert_eq!(held(&fanout), ["t-1", "t-2"], "once per token");
+        // The bus is still down: the retry keeps what has not expired.
+        fanout.shared.announce_held_back().await;
+        assert_eq!(held(&fanout), ["t-1"]);
+        // It says the bus is up, but there is no connection: still held back.
+        fanout.shared.subscribed.store(true, Ordering::Release);
+        fanout.shared.announce_held_back().await;
+        assert_eq!(held(&fanout), ["t-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_token_id_no_instance_would_accept_is_refused_not_held_back() {
+        let fanout = unreachable();
+        let too_long = "a".repeat(revocation::MAX_TOKEN_ID_CHARS + 1);
+        let error = fanout.announce(&revocation(&too_long, chrono::Duration::hours(1))).await.unwrap_err();
+        assert!(format!("{:#}", error.0).contains("token id"), "{:#}", error.0);
+        assert!(fanout.shared.held_back().is_empty());
     }
 
     #[tokio::test]

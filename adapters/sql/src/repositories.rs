@@ -29,7 +29,36 @@ pub(crate) const LIST_CONVERSATIONS: &str = "SELECT c.id, c.participant_a, c.par
     LEFT JOIN messages m ON m.id = \
         (SELECT id FROM messages WHERE conversation_id = c.id ORDER BY id DESC LIMIT 1) \
     WHERE c.participant_a = $1 OR c.participant_b = $1 \
-    ORDER BY c.updated_at DESC, c.id DESC";
+    ORDER BY c.updated_at DESC, m.id DESC NULLS LAST, c.id DESC";
+/// One history page in one statement (see `ConversationRepository::page`): the pair's
+/// conversation, found through `conversations_pair`, left-joined with its newest `$3`
+/// messages, taken newest first through `messages_conversation_id` and returned oldest
+/// first. One row per message, or a single row with null message columns when the page is
+/// empty; no row when the pair has no conversation. SQLite has no `LATERAL`, so the messages
+/// find the conversation's id through the CTE rather than through the join (PostgreSQL
+/// reads the CTE once; SQLite inlines it, probing the pair index twice). `$4`, the
+/// `before` cursor, gets a text of its own: `($4 IS NULL OR id < $4)` would leave
+/// PostgreSQL's generic plan of the prepared statement scanning the conversation from its
+/// newest message down to the cursor, instead of starting there.
+macro_rules! page_sql {
+    ($before:literal) => {
+        concat!(
+            "WITH c AS (SELECT id, participant_a, participant_b, created_at, updated_at \
+                FROM conversations WHERE participant_a = $1 AND participant_b = $2) \
+            SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
+            m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, \
+            m.created_at AS m_created_at, m.client_message_id AS m_client_message_id \
+            FROM c LEFT JOIN (\
+                SELECT id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
+                WHERE conversation_id = (SELECT id FROM c)",
+            $before,
+            " ORDER BY id DESC LIMIT $3) AS m ON TRUE \
+            ORDER BY m.id"
+        )
+    };
+}
+pub(crate) const PAGE: &str = page_sql!("");
+pub(crate) const PAGE_BEFORE: &str = page_sql!(" AND id < $4");
 pub(crate) const FIND_BY_CLIENT_ID: &str = "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
     client_message_id, sender_position, receiver_position \
     FROM messages WHERE sender_id = $1 AND client_message_id = $2";
@@ -55,9 +84,9 @@ macro_rules! impl_repositories {
     ($store:ty) => {
         const _: () = {
             use application::ports::{
-                Appended, ConversationRepository, ConversationSummary, HealthCheck,
-                MessageRepository, RepoError, RepoResult, RevokedTokenRepository, StoredMessage,
-                StreamItem, UserQuery, UserRepository,
+                Appended, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
+                MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository,
+                StoredMessage, StreamItem, UserQuery, UserRepository,
             };
             use async_trait::async_trait;
             use domain::{
@@ -67,7 +96,8 @@ macro_rules! impl_repositories {
             use $crate::error::repo_error;
             use $crate::repositories::*;
             use $crate::rows::{
-                contains_pattern, ConversationRow, MessageRow, StoredRow, StreamRow, SummaryRow, UserRow,
+                contains_pattern, conversation_page, ConversationMessageRow, ConversationRow, MessageRow,
+                StoredRow, StreamRow, UserRow,
             };
 
             #[async_trait]
@@ -164,8 +194,32 @@ macro_rules! impl_repositories {
                         .transpose()
                 }
 
+                async fn page(
+                    &self,
+                    pair: &ParticipantPair,
+                    before: Option<MessageId>,
+                    limit: u32,
+                ) -> RepoResult<Option<ConversationPage>> {
+                    let query = match &before {
+                        None => sqlx::query_as::<_, ConversationMessageRow>(PAGE)
+                            .bind(pair.first().as_str())
+                            .bind(pair.second().as_str())
+                            .bind(i64::from(limit)),
+                        Some(before) => sqlx::query_as::<_, ConversationMessageRow>(PAGE_BEFORE)
+                            .bind(pair.first().as_str())
+                            .bind(pair.second().as_str())
+                            .bind(i64::from(limit))
+                            .bind(before.as_str()),
+                    };
+                    let rows = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("reading a conversation page"))?;
+                    conversation_page(rows)
+                }
+
                 async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
-                    sqlx::query_as::<_, SummaryRow>(LIST_CONVERSATIONS)
+                    sqlx::query_as::<_, ConversationMessageRow>(LIST_CONVERSATIONS)
                         .bind(user.as_str())
                         .fetch_all(&self.pool)
                         .await
@@ -284,6 +338,19 @@ macro_rules! impl_repositories {
                             .await
                             .map_err(repo_error("checking a token's revocation"))?;
                     Ok(found.is_some())
+                }
+
+                async fn active(&self, now: Timestamp) -> RepoResult<Vec<Revocation>> {
+                    let rows: Vec<(String, Timestamp)> =
+                        sqlx::query_as("SELECT token_id, expires_at FROM revoked_tokens WHERE expires_at >= $1")
+                            .bind(now)
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(repo_error("listing active revocations"))?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(token_id, expires_at)| Revocation { token_id, expires_at })
+                        .collect())
                 }
 
                 async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {

@@ -1,6 +1,6 @@
 //! Rows as the two engines return them, and their conversion into domain values.
 
-use application::ports::{ConversationSummary, RepoError, StoredMessage, StreamItem};
+use application::ports::{ConversationPage, ConversationSummary, RepoError, StoredMessage, StreamItem};
 use chrono::{DateTime, Utc};
 use domain::{
     Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody,
@@ -151,9 +151,10 @@ impl TryFrom<StreamRow> for StreamItem {
     }
 }
 
-/// A conversation joined with its last message (all message columns null when it has none).
+/// A conversation joined with one of its messages, all message columns null when there is
+/// none: a conversation with its last message, or one row of a history page.
 #[derive(sqlx::FromRow)]
-pub(crate) struct SummaryRow {
+pub(crate) struct ConversationMessageRow {
     #[sqlx(flatten)]
     pub conversation: ConversationRow,
     pub m_id: Option<String>,
@@ -164,26 +165,51 @@ pub(crate) struct SummaryRow {
     pub m_client_message_id: Option<String>,
 }
 
-impl TryFrom<SummaryRow> for ConversationSummary {
-    type Error = RepoError;
-    fn try_from(row: SummaryRow) -> Result<Self, RepoError> {
-        let conversation_id = row.conversation.id.clone();
-        let last_message = match (row.m_id, row.m_sender_id, row.m_receiver_id, row.m_body, row.m_created_at) {
+impl ConversationMessageRow {
+    /// The conversation's columns, and the message if the row has one.
+    fn split(self) -> Result<(ConversationRow, Option<Message>), RepoError> {
+        let message = match (self.m_id, self.m_sender_id, self.m_receiver_id, self.m_body, self.m_created_at) {
             (Some(id), Some(sender_id), Some(receiver_id), Some(body), Some(created_at)) => {
                 Some(Message::try_from(MessageRow {
                     id,
-                    conversation_id,
+                    conversation_id: self.conversation.id.clone(),
                     sender_id,
                     receiver_id,
                     body,
                     created_at,
-                    client_message_id: row.m_client_message_id,
+                    client_message_id: self.m_client_message_id,
                 })?)
             }
             _ => None,
         };
-        Ok(ConversationSummary { conversation: row.conversation.try_into()?, last_message })
+        Ok((self.conversation, message))
     }
+}
+
+impl TryFrom<ConversationMessageRow> for ConversationSummary {
+    type Error = RepoError;
+    fn try_from(row: ConversationMessageRow) -> Result<Self, RepoError> {
+        let (conversation, last_message) = row.split()?;
+        Ok(ConversationSummary { conversation: conversation.try_into()?, last_message })
+    }
+}
+
+/// The rows of a history page as the page: one row per message, oldest first, or a single
+/// row without a message when the page is empty; no row at all when the pair has no
+/// conversation.
+pub(crate) fn conversation_page(
+    rows: Vec<ConversationMessageRow>,
+) -> Result<Option<ConversationPage>, RepoError> {
+    let mut conversation = None;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (columns, message) = row.split()?;
+        conversation.get_or_insert(columns);
+        messages.extend(message);
+    }
+    conversation
+        .map(|columns| Ok(ConversationPage { conversation: columns.try_into()?, messages }))
+        .transpose()
 }
 
 /// A `LIKE` pattern matching `needle` literally anywhere, lower-cased like the `*_lower` columns.
