@@ -177,8 +177,9 @@ async fn append_in(
 /// Group commit. SQLite runs one write transaction at a time and a durable commit waits for
 /// the disk, so committing each send on its own caps sends per second at the disk's syncs per
 /// second. Instead one task takes every send waiting at that moment (up to [`MAX_BATCH`]),
-/// stores each inside its own savepoint (a failing one is rolled back alone) and commits them
-/// with one sync; nobody is answered before that commit. Positions are still taken in commit
+/// stores them in one transaction and commits them with one sync; nobody is answered before
+/// that commit. Should one of them not be stored as new, the batch is stored again with each
+/// send in its own savepoint, so that only that one is rolled back. Positions are still taken in commit
 /// order, as there is one writer.
 async fn write_batches(pool: SqlitePool, mut jobs: mpsc::Receiver<AppendJob>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -196,6 +197,39 @@ async fn commit_batch(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutco
     if batch.is_empty() {
         return Vec::new();
     }
+    match commit_all(pool, batch).await {
+        Some(outcomes) => outcomes,
+        None => commit_each(pool, batch).await,
+    }
+}
+
+/// The common case, every send of the batch stored: one transaction without savepoints (two
+/// statements less per send). `None`, with nothing stored, as soon as one send is not
+/// stored as new (a repeated client id, an error): the caller then goes through
+/// [`commit_each`], which stores every other send all the same.
+async fn commit_all(pool: &SqlitePool, batch: &[AppendJob]) -> Option<Vec<AppendOutcome>> {
+    let mut tx = pool.begin().await.ok()?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        match append_in(&mut tx, &job.conversation, &job.message).await {
+            Ok(Some(stored)) => outcomes.push(Ok(Some(stored))),
+            Ok(None) | Err(_) => {
+                // Rolled back now, not when the connection is next used: until then it would
+                // hold the write lock that the second pass needs.
+                let _ = tx.rollback().await;
+                return None;
+            }
+        }
+    }
+    Some(match tx.commit().await {
+        Ok(()) => outcomes,
+        Err(error) => fail_all(batch.len(), &repo_error("committing messages")(error)),
+    })
+}
+
+/// Each send in its own savepoint of one transaction, so a send that is not stored as new
+/// is rolled back alone.
+async fn commit_each(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutcome> {
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(error) => return fail_all(batch.len(), &repo_error("starting a send")(error)),

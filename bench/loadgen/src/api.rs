@@ -1,11 +1,13 @@
 //! The REST calls of docs/API.md, tolerant of the small differences of the original app
 //! (the token may come only as a cookie; the user may sit directly in `responseData`).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures_util::stream::{self, StreamExt as _};
 use reqwest::{header, Client, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::Target;
@@ -116,9 +118,9 @@ impl Api {
         if !status.is_success() {
             return Ok((status, None));
         }
-        let id = serde_json::from_slice::<Value>(&bytes)
+        let id = serde_json::from_slice::<Enveloped<Identified>>(&bytes)
             .ok()
-            .and_then(|v| v.get("responseData").and_then(|d| d.get("_id")).and_then(id_string));
+            .map(|sent| sent.response_data.id.to_string());
         Ok((status, id))
     }
 
@@ -141,13 +143,10 @@ impl Api {
         if !status.is_success() {
             return Ok((status, Vec::new()));
         }
-        let value: Value = serde_json::from_slice(&bytes).context("history body is not JSON")?;
-        let ids = value
-            .get("responseData")
-            .and_then(|d| d.get("messages"))
-            .and_then(Value::as_array)
-            .map(|messages| messages.iter().filter_map(|m| m.get("_id").and_then(id_string)).collect())
-            .unwrap_or_default();
+        // Only the ids are read (into borrowed strings), so that parsing a page costs the load
+        // generator little next to the server it measures.
+        let page: Enveloped<HistoryPage> = serde_json::from_slice(&bytes).context("history body is not JSON")?;
+        let ids = page.response_data.messages.iter().map(|m| m.id.to_string()).collect();
         Ok((status, ids))
     }
 
@@ -190,6 +189,45 @@ async fn user_from(username: &str, response: reqwest::Response) -> anyhow::Resul
     Ok(User { id, username: username.to_owned(), token })
 }
 
+/// `{"responseData": ...}`: the part of an answer the load generator reads.
+#[derive(Deserialize)]
+struct Enveloped<T> {
+    #[serde(rename = "responseData")]
+    response_data: T,
+}
+
+#[derive(Deserialize)]
+struct HistoryPage<'a> {
+    #[serde(borrow)]
+    messages: Vec<Identified<'a>>,
+}
+
+/// Anything with an `_id`; every other field is skipped unread.
+#[derive(Deserialize)]
+struct Identified<'a> {
+    #[serde(rename = "_id", borrow)]
+    id: IdRef<'a>,
+}
+
+/// An id as a string, or as `{"$oid": ...}` as some stores serialise it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdRef<'a> {
+    Plain(#[serde(borrow)] Cow<'a, str>),
+    Object {
+        #[serde(rename = "$oid", borrow)]
+        oid: Cow<'a, str>,
+    },
+}
+
+impl std::fmt::Display for IdRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdRef::Plain(id) | IdRef::Object { oid: id } => f.write_str(id),
+        }
+    }
+}
+
 /// Ids are strings here; some stores serialise them as `{"$oid": ...}`.
 fn id_string(value: &Value) -> Option<String> {
     match value {
@@ -203,4 +241,25 @@ fn id_string(value: &Value) -> Option<String> {
 pub fn run_prefix(scenario: &str) -> String {
     let tag: u32 = rand::random::<u32>() % 1_000_000;
     format!("lg{scenario}{tag}_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_page_yields_its_ids_in_either_form() {
+        let body = br#"{"success":true,"responseData":{"_id":"c","participants":["a","b"],
+            "messages":[{"_id":"m1","message":"hi \"there\""},{"_id":{"$oid":"m2"},"senderId":"a"}]}}"#;
+        let page: Enveloped<HistoryPage> = serde_json::from_slice(body).unwrap();
+        let ids: Vec<String> = page.response_data.messages.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(ids, ["m1", "m2"]);
+    }
+
+    #[test]
+    fn a_sent_message_yields_its_id() {
+        let body = br#"{"success":true,"responseData":{"_id":"m9","message":"x"}}"#;
+        let sent: Enveloped<Identified> = serde_json::from_slice(body).unwrap();
+        assert_eq!(sent.response_data.id.to_string(), "m9");
+    }
 }
