@@ -1,5 +1,6 @@
 //! The embedded SQLite store: one file, WAL journal, no server to run.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -113,49 +114,71 @@ const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
     ON CONFLICT (participant_a, participant_b) DO UPDATE SET updated_at = \
         MAX(conversations.updated_at, excluded.updated_at) \
     RETURNING id";
-/// Takes the next position of both users' streams.
-const NEXT_POSITIONS: &str = "INSERT INTO stream_heads (user_id, position) \
-    VALUES ($1, 1), ($2, 1) \
-    ON CONFLICT (user_id) DO UPDATE SET position = stream_heads.position + 1 \
-    RETURNING user_id, position";
+/// Inserts the message at the next position of both users' streams; the trigger of
+/// migration 0003 moves the heads and the conversation's `updated_at` in the same statement.
+/// No row comes back when the sender already stored a message with the same client id.
 const INSERT_MESSAGE: &str = "INSERT INTO messages \
     (id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-    ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, \
+        COALESCE((SELECT position FROM stream_heads WHERE user_id = $3), 0) + 1, \
+        COALESCE((SELECT position FROM stream_heads WHERE user_id = $4), 0) + 1) \
+    ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING \
+    RETURNING sender_position, receiver_position";
+
+/// The conversation id of every pair the writer has stored a message of: conversations are
+/// never deleted and keep their id, so a pair found here needs no conversation statement
+/// (the trigger moves `updated_at`). Filled only after a commit, so it never names a
+/// conversation that was rolled back; forgotten wholesale when it grows past a bound.
+#[derive(Default)]
+struct KnownConversations(HashMap<(UserId, UserId), String>);
+
+impl KnownConversations {
+    const CAPACITY: usize = 100_000;
+
+    fn get(&self, conversation: &Conversation) -> Option<&str> {
+        self.0.get(&Self::key(conversation)).map(String::as_str)
+    }
+
+    fn remember(&mut self, conversation: &Conversation, id: &str) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(Self::key(conversation), id.to_owned());
+    }
+
+    fn key(conversation: &Conversation) -> (UserId, UserId) {
+        let pair = &conversation.participants;
+        (pair.first().clone(), pair.second().clone())
+    }
+}
 
 /// Stores a new message inside the writer's transaction (see `MessageRepository::append`);
-/// `None` when the sender already stored one with the same client id, in which case the
-/// caller rolls its savepoint back. Writes only, from the first statement on: SQLite takes
-/// its write lock at once instead of upgrading a read lock (which could fail without waiting).
+/// `None`, with nothing written, when the sender already stored one with the same client id.
+/// Writes only, from the first statement on: SQLite takes its write lock at once instead of
+/// upgrading a read lock (which could fail without waiting).
 async fn append_in(
     connection: &mut SqliteConnection,
+    known: &KnownConversations,
     conversation: &Conversation,
     message: &Message,
 ) -> AppendOutcome {
-    let pair = &conversation.participants;
-    let (conversation_id,): (String,) = sqlx::query_as(UPSERT_CONVERSATION)
-        .bind(conversation.id.as_str())
-        .bind(pair.first().as_str())
-        .bind(pair.second().as_str())
-        .bind(conversation.created_at)
-        .bind(message.created_at)
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(repo_error("storing a message's conversation"))?;
-    let heads: Vec<(String, i64)> = sqlx::query_as(NEXT_POSITIONS)
-        .bind(pair.first().as_str())
-        .bind(pair.second().as_str())
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(repo_error("taking stream positions"))?;
-    let position_of = |user: &UserId| -> RepoResult<i64> {
-        heads.iter().find(|(id, _)| id == user.as_str()).map(|(_, p)| *p).ok_or_else(|| {
-            RepoError::Unexpected(anyhow::anyhow!("no stream position returned for {user}"))
-        })
+    let conversation_id = match known.get(conversation) {
+        Some(id) => id.to_owned(),
+        None => {
+            let pair = &conversation.participants;
+            let (id,): (String,) = sqlx::query_as(UPSERT_CONVERSATION)
+                .bind(conversation.id.as_str())
+                .bind(pair.first().as_str())
+                .bind(pair.second().as_str())
+                .bind(conversation.created_at)
+                .bind(message.created_at)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(repo_error("storing a message's conversation"))?;
+            id
+        }
     };
-    let sender_position = position_of(&message.sender_id)?;
-    let receiver_position = position_of(&message.receiver_id)?;
-    let inserted = sqlx::query(INSERT_MESSAGE)
+    let positions: Option<(i64, i64)> = sqlx::query_as(INSERT_MESSAGE)
         .bind(message.id.as_str())
         .bind(&conversation_id)
         .bind(message.sender_id.as_str())
@@ -163,14 +186,12 @@ async fn append_in(
         .bind(message.body.as_str())
         .bind(message.created_at)
         .bind(message.client_id.as_ref().map(|id| id.as_str()))
-        .bind(sender_position)
-        .bind(receiver_position)
-        .execute(&mut *connection)
+        .fetch_optional(&mut *connection)
         .await
         .map_err(repo_error("inserting a message"))?;
-    if inserted.rows_affected() == 0 {
+    let Some((sender_position, receiver_position)) = positions else {
         return Ok(None);
-    }
+    };
     stored_message(message, &conversation_id, sender_position, receiver_position).map(Some)
 }
 
@@ -183,23 +204,27 @@ async fn append_in(
 /// order, as there is one writer.
 async fn write_batches(pool: SqlitePool, mut jobs: mpsc::Receiver<AppendJob>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut known = KnownConversations::default();
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // A sender that gave up (its deadline passed) gets nothing stored behind its back.
         batch.retain(|job| !job.reply.is_closed());
-        let outcomes = commit_batch(&pool, &batch).await;
+        let outcomes = commit_batch(&pool, &known, &batch).await;
         for (job, outcome) in batch.drain(..).zip(outcomes) {
+            if let Ok(Some(stored)) = &outcome {
+                known.remember(&job.conversation, stored.message.conversation_id.as_str());
+            }
             let _ = job.reply.send(outcome);
         }
     }
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutcome> {
+async fn commit_batch(pool: &SqlitePool, known: &KnownConversations, batch: &[AppendJob]) -> Vec<AppendOutcome> {
     if batch.is_empty() {
         return Vec::new();
     }
-    match commit_all(pool, batch).await {
+    match commit_all(pool, known, batch).await {
         Some(outcomes) => outcomes,
-        None => commit_each(pool, batch).await,
+        None => commit_each(pool, known, batch).await,
     }
 }
 
@@ -207,11 +232,15 @@ async fn commit_batch(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutco
 /// statements less per send). `None`, with nothing stored, as soon as one send is not
 /// stored as new (a repeated client id, an error): the caller then goes through
 /// [`commit_each`], which stores every other send all the same.
-async fn commit_all(pool: &SqlitePool, batch: &[AppendJob]) -> Option<Vec<AppendOutcome>> {
+async fn commit_all(
+    pool: &SqlitePool,
+    known: &KnownConversations,
+    batch: &[AppendJob],
+) -> Option<Vec<AppendOutcome>> {
     let mut tx = pool.begin().await.ok()?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        match append_in(&mut tx, &job.conversation, &job.message).await {
+        match append_in(&mut tx, known, &job.conversation, &job.message).await {
             Ok(Some(stored)) => outcomes.push(Ok(Some(stored))),
             Ok(None) | Err(_) => {
                 // Rolled back now, not when the connection is next used: until then it would
@@ -229,7 +258,7 @@ async fn commit_all(pool: &SqlitePool, batch: &[AppendJob]) -> Option<Vec<Append
 
 /// Each send in its own savepoint of one transaction, so a send that is not stored as new
 /// is rolled back alone.
-async fn commit_each(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutcome> {
+async fn commit_each(pool: &SqlitePool, known: &KnownConversations, batch: &[AppendJob]) -> Vec<AppendOutcome> {
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(error) => return fail_all(batch.len(), &repo_error("starting a send")(error)),
@@ -240,7 +269,7 @@ async fn commit_each(pool: &SqlitePool, batch: &[AppendJob]) -> Vec<AppendOutcom
             Ok(savepoint) => savepoint,
             Err(error) => return fail_all(batch.len(), &repo_error("starting a send")(error)),
         };
-        let outcome = append_in(&mut savepoint, &job.conversation, &job.message).await;
+        let outcome = append_in(&mut savepoint, known, &job.conversation, &job.message).await;
         let ended = match &outcome {
             Ok(Some(_)) => savepoint.commit().await,
             Ok(None) | Err(_) => savepoint.rollback().await,
