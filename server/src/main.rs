@@ -4,6 +4,12 @@
 use std::io::{BufReader, BufWriter};
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers across threads, where glibc's allocator spent about a tenth of the server's time
+/// (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: server [serve | export | import]\n\n\
   serve    run the chat server (default)\n\
   export   write every user, conversation and message of the configured store to stdout\n\
