@@ -12,7 +12,7 @@
 # other against that one server. For PostgreSQL, `pgbench` runs a single-row INSERT at the
 # same concurrency (64) as the ceiling the send figure is compared with.
 #
-# The machine is shared and noisy, so the unpaced send and the history scenario run
+# The machine is shared and noisy, so the unpaced send, history and login scenarios run
 # --rounds times (3 by default), for PostgreSQL each send round right after its own pgbench
 # round; the summary quotes the median of each and the ratio of the medians.
 #
@@ -237,8 +237,13 @@ if has history; then
   done
 fi
 
+LOGIN_ROUNDS=()
 if has login; then
-  "${LG[@]}" login --concurrency 8 --duration "$DURATION" --cost 10 --server-pid "$SERVER_PID" | record
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "== login round $round of $ROUNDS"
+    "${LG[@]}" login --concurrency 8 --duration "$DURATION" --cost 10 --server-pid "$SERVER_PID" | record
+    LOGIN_ROUNDS+=("$(last_field ratio_to_ceiling)")
+  done
 fi
 
 if has connect; then
@@ -254,6 +259,7 @@ summary() { # label values...
 summary "pgbench TPS" "${TPS_ROUNDS[@]}"
 summary "unpaced sends/s" "${SEND_ROUNDS[@]}"
 summary "history pages/s" "${HISTORY_ROUNDS[@]}"
+summary "login ratio to the bcrypt ceiling" "${LOGIN_ROUNDS[@]}"
 if [ "${#TPS_ROUNDS[@]}" -gt 0 ] && [ "${#SEND_ROUNDS[@]}" -gt 0 ]; then
   RATIO="$(awk -v s="$(median "${SEND_ROUNDS[@]}")" -v t="$(median "${TPS_ROUNDS[@]}")" 'BEGIN { printf "%.1f", 100 * s / t }')"
   echo "bench: median sends/s = ${RATIO} % of median pgbench TPS"
