@@ -40,20 +40,9 @@ mod tests {
     use super::*;
     use crate::ports::{MockUserRepository, RepoError};
     use chrono::Utc;
-    use domain::{Avatar, FullName, PasswordHash, User, Username};
 
-    fn user(id: &UserId) -> User {
-        let username = Username::parse("someone").unwrap();
-        User {
-            id: id.clone(),
-            full_name: FullName::parse("Some One").unwrap(),
-            avatar: Avatar::default_for(&username, None),
-            username,
-            gender: None,
-            password_hash: PasswordHash::new("h".into()),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+    fn user(id: &UserId) -> domain::User {
+        crate::fixtures::user_with_id(id, Utc::now())
     }
 
     #[tokio::test]

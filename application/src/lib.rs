@@ -6,6 +6,8 @@
 //! or a transport: those are adapters' business.
 
 pub mod accounts;
+#[cfg(test)]
+mod fixtures;
 mod known_users;
 pub mod messaging;
 pub mod ports;

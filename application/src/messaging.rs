@@ -250,24 +250,14 @@ mod tests {
         MockUserRepository, NotifyError, StoredMessage,
     };
     use chrono::{TimeZone, Utc};
-    use domain::{Avatar, ConversationId, FullName, PasswordHash, User, Username};
+    use domain::{ConversationId, User};
 
     fn now() -> domain::Timestamp {
         Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
     }
 
     fn user(id: &UserId) -> User {
-        let username = Username::parse("someone").unwrap();
-        User {
-            id: id.clone(),
-            full_name: FullName::parse("Some One").unwrap(),
-            avatar: Avatar::default_for(&username, None),
-            username,
-            gender: None,
-            password_hash: PasswordHash::new("h".into()),
-            created_at: now(),
-            updated_at: now(),
-        }
+        crate::fixtures::user_with_id(id, now())
     }
 
     fn message_to(user: &UserId) -> Message {

@@ -207,12 +207,8 @@ async fn port_and_storage_come_from_the_environment() {
     assert!(wait_for_exit(&mut server.child).await.success());
 }
 
-#[tokio::test]
-async fn sigterm_closes_websockets_and_exits_cleanly() {
-    let dir = TempDir::new("binary");
-    let port = free_port();
-    let mut server = start(dir.path(), port, dir.path()).await;
-    let client = reqwest::Client::new();
+/// Registers a user on the server at `port`; returns the token.
+async fn register_ada(client: &reqwest::Client, port: u16) -> String {
     let registered: Value = client
         .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))
         .json(&json!({ "fullName": "Ada", "username": "ada", "password": "correct horse battery" }))
@@ -222,7 +218,16 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
         .json()
         .await
         .unwrap();
-    let token = registered["responseData"]["token"].as_str().expect("a token").to_owned();
+    registered["responseData"]["token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_and_exits_cleanly() {
+    let dir = TempDir::new("binary");
+    let port = free_port();
+    let mut server = start(dir.path(), port, dir.path()).await;
+    let client = reqwest::Client::new();
+    let token = register_ada(&client, port).await;
     let (mut socket, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token={token}"))
             .await
@@ -262,16 +267,7 @@ async fn a_logout_still_holds_after_a_restart() {
     let profile = format!("http://127.0.0.1:{port}/api/v1/user/get-profile");
     let client = reqwest::Client::new();
     let mut server = start(dir.path(), port, dir.path()).await;
-    let registered: Value = client
-        .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))
-        .json(&json!({ "fullName": "Ada", "username": "ada", "password": "correct horse battery" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["responseData"]["token"].as_str().expect("a token").to_owned();
+    let token = register_ada(&client, port).await;
     let logout = client
         .post(format!("http://127.0.0.1:{port}/api/v1/user/logout"))
         .bearer_auth(&token)

@@ -124,12 +124,17 @@ pub fn encode(origin: &str, to: Option<&[UserId]>, event: &Event) -> String {
     serde_json::to_string(&envelope).expect("bus messages serialize")
 }
 
-pub fn decode(payload: &[u8]) -> Result<BusMessage, DecodeError> {
+/// The format version a message says it is in (its `v` field).
+pub(crate) fn version_of(payload: &[u8]) -> Result<u8, serde_json::Error> {
     #[derive(Deserialize)]
     struct Versioned {
         v: u8,
     }
-    let Versioned { v } = serde_json::from_slice(payload)?;
+    serde_json::from_slice::<Versioned>(payload).map(|versioned| versioned.v)
+}
+
+pub fn decode(payload: &[u8]) -> Result<BusMessage, DecodeError> {
+    let v = version_of(payload)?;
     if v != VERSION {
         return Err(DecodeError::Version(v));
     }

@@ -67,11 +67,7 @@ pub fn encode(origin: &str, revocation: &Revocation) -> Result<String, InvalidTo
 }
 
 pub fn decode(payload: &[u8]) -> Result<Announcement, DecodeError> {
-    #[derive(Deserialize)]
-    struct Versioned {
-        v: u8,
-    }
-    let Versioned { v } = serde_json::from_slice(payload)?;
+    let v = crate::bus::version_of(payload)?;
     if v != VERSION {
         return Err(DecodeError::Version(v));
     }
