@@ -72,7 +72,9 @@ impl ApiError {
     }
 
     pub fn unavailable(cause: &anyhow::Error) -> Self {
-        tracing::warn!(error = ?cause, "dependency unavailable");
+        // An expected condition (a database or bus that is down or slow): one line with the
+        // cause chain, without the backtrace `?` would add when RUST_BACKTRACE is set.
+        tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
         Self {
             retry_after: Some(2),
             ..Self::new(
