@@ -58,7 +58,8 @@ impl Revocations {
     }
 
     /// Whether the copy in memory is complete, so that questions need no store.
-    pub fn is_complete(&self) -> bool {
+    #[cfg(test)]
+    fn is_complete(&self) -> bool {
         self.state().complete
     }
 
@@ -84,12 +85,6 @@ impl Revocations {
             tracing::debug!(revoked = state.revoked.len(), "revocations held in memory");
         }
         Ok(())
-    }
-
-    /// Forgets the revocations of tokens that expired before `now` (they fail verification
-    /// anyway).
-    pub fn forget_expired(&self, now: Timestamp) {
-        self.state().revoked.retain(|_, expires_at| *expires_at >= now);
     }
 
     pub async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
@@ -120,9 +115,10 @@ impl Revocations {
         Ok(())
     }
 
-    /// Forgets expired revocations in the store and here; returns how many the store purged.
+    /// Forgets expired revocations (their tokens fail verification anyway) in the store and
+    /// here; returns how many the store purged.
     pub async fn purge_expired(&self, now: Timestamp) -> RepoResult<u64> {
-        self.forget_expired(now);
+        self.state().revoked.retain(|_, expires_at| *expires_at >= now);
         self.store.purge_expired(now).await
     }
 }
