@@ -8,8 +8,10 @@
 //!
 //! This crate reaches the core only through `AccountService` (the handshake's token),
 //! `RealtimeService` and `MessagingService` (each socket's message stream, driven by
-//! `ws_notifier::Follow` as on `/ws`); it must not import storage or the HTTP adapter.
+//! `ws_notifier::Follow` as on `/ws`); it must not import storage or the HTTP adapter (the
+//! client address rule for the per-address limits is passed in: [`ClientAddress`]).
 
+mod admission;
 mod engine;
 pub mod packet;
 mod session;
@@ -19,7 +21,8 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-pub use engine::{ConnectGate, Engine, EngineSettings};
+pub use admission::SessionLimits;
+pub use engine::{ClientAddress, ConnectGate, Engine, EngineSettings};
 
 /// The `/socket.io/` route (with or without the trailing slash), every method, over `engine`.
 pub fn service(engine: Arc<Engine>) -> actix_web::Scope {

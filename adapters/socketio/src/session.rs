@@ -205,8 +205,12 @@ impl Session {
         match packet {
             SocketPacket::Connect { token, since, .. } => self.connect(token, since).await,
             SocketPacket::Disconnect { .. } => {
-                self.leave().await;
-                self.connect_deadline = Instant::now() + self.engine.settings.connect_timeout;
+                // Only a socket that joined earns a new deadline: a session that never
+                // completed a CONNECT keeps its first one, whatever it sends.
+                if self.socket.is_some() {
+                    self.leave().await;
+                    self.connect_deadline = Instant::now() + self.engine.settings.connect_timeout;
+                }
                 Ok(())
             }
             SocketPacket::Event { name, data, .. } => {

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
@@ -11,6 +13,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use ws_notifier::auth::request_token;
 
+use crate::admission::{Address, Refusal};
 use crate::engine::{Engine, Inbound, SessionHandle, Transport};
 use crate::packet::{self, SinceArg, SEPARATOR};
 
@@ -48,6 +51,36 @@ impl EngineError {
     }
 }
 
+/// A handshake refused by the session limits. The body is Engine.IO's, with code 4
+/// (`Forbidden`) and a message saying why, as engine.io answers a request its server
+/// refuses; the status says whose the limit is (429: this address, 503: the whole server)
+/// and `Retry-After` when to come back: when the bucket has a handshake again, or, for a
+/// cap, after the connect timeout, the longest a session that never joins keeps its place.
+fn refused(refusal: Refusal, connect_timeout: Duration) -> HttpResponse {
+    let (status, message, retry_after) = match refusal {
+        Refusal::HandshakeRate { retry_after } => {
+            (StatusCode::TOO_MANY_REQUESTS, "Too many handshakes from this address", retry_after)
+        }
+        Refusal::AddressFull => {
+            (StatusCode::TOO_MANY_REQUESTS, "Too many sessions from this address", connect_timeout)
+        }
+        Refusal::ServerFull => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Too many sessions on this server", connect_timeout)
+        }
+    };
+    tracing::debug!(?refusal, "socket.io handshake refused");
+    HttpResponse::build(status)
+        .insert_header((RETRY_AFTER, retry_after.as_millis().div_ceil(1000).max(1).to_string()))
+        .json(serde_json::json!({ "code": 4, "message": message }))
+}
+
+/// What a WebSocket request carries: a new session, or the upgrade of a polling one.
+enum Carried {
+    /// A handshake from the client `address`, with its `token` and `since`.
+    New { address: Address, token: Option<String>, since: SinceArg },
+    Upgrade(Arc<SessionHandle>),
+}
+
 /// Every request to `/socket.io/`, whatever its method: Engine.IO answers in its own terms.
 pub(crate) async fn endpoint(
     req: HttpRequest,
@@ -71,11 +104,15 @@ pub(crate) async fn endpoint(
         if req.method() != Method::GET {
             return EngineError::BadHandshakeMethod.response();
         }
+        let address = engine.client_address(&req);
         let token = request_token(&req).or_else(|| query.token.filter(|t| !t.is_empty()));
         let since = packet::since_text(query.since.as_deref());
         return match transport {
-            Transport::Polling => poll(&engine, &engine.open_session(token, since, transport)).await,
-            Transport::WebSocket => websocket(&req, body, &engine, None, (token, since)),
+            Transport::Polling => match engine.open_session(address, token, since, transport) {
+                Ok(handle) => poll(&engine, &handle).await,
+                Err(refusal) => refused(refusal, engine.settings.connect_timeout),
+            },
+            Transport::WebSocket => websocket(&req, body, &engine, Carried::New { address, token, since }),
         };
     };
     let Some(handle) = engine.session(&sid) else {
@@ -84,7 +121,7 @@ pub(crate) async fn endpoint(
     match (transport, req.method()) {
         (Transport::Polling, &Method::GET) => poll(&engine, &handle).await,
         (Transport::Polling, &Method::POST) => post(&engine, &handle, body).await,
-        (Transport::WebSocket, &Method::GET) => websocket(&req, body, &engine, Some(handle), (None, None)),
+        (Transport::WebSocket, &Method::GET) => websocket(&req, body, &engine, Carried::Upgrade(handle)),
         _ => EngineError::BadRequest.response(),
     }
 }
@@ -137,17 +174,10 @@ async fn post(engine: &Engine, handle: &SessionHandle, mut body: web::Payload) -
     HttpResponse::Ok().content_type("text/html").body("ok")
 }
 
-/// The WebSocket transport: a new session (`handle` is `None`) whose handshake carried
-/// `(token, since)`, or an upgrade of a polling one. The connection runs on this worker
-/// (actix-ws's stream is not `Send`).
-fn websocket(
-    req: &HttpRequest,
-    body: web::Payload,
-    engine: &Arc<Engine>,
-    handle: Option<Arc<SessionHandle>>,
-    (token, since): (Option<String>, SinceArg),
-) -> HttpResponse {
-    if let Some(handle) = &handle {
+/// The WebSocket transport: a new session or the upgrade of a polling one. The connection
+/// runs on this worker (actix-ws's stream is not `Send`).
+fn websocket(req: &HttpRequest, body: web::Payload, engine: &Arc<Engine>, carried: Carried) -> HttpResponse {
+    if let Carried::Upgrade(handle) = &carried {
         if handle.upgraded.load(Ordering::Acquire) || handle.upgrading.swap(true, Ordering::AcqRel) {
             return EngineError::BadRequest.response();
         }
@@ -155,15 +185,23 @@ fn websocket(
     let (response, session, stream) = match actix_ws::handle(req, body) {
         Ok(parts) => parts,
         Err(_) => {
-            if let Some(handle) = &handle {
+            if let Carried::Upgrade(handle) = &carried {
                 handle.upgrading.store(false, Ordering::Release);
             }
             return EngineError::BadRequest.response();
         }
     };
     let stream = stream.max_frame_size(engine.settings.max_payload);
-    let upgrade = handle.is_some();
-    let handle = handle.unwrap_or_else(|| engine.open_session(token, since, Transport::WebSocket));
+    // A refused handshake answers before the switch of protocols: the 101 is not sent.
+    let (handle, upgrade) = match carried {
+        Carried::Upgrade(handle) => (handle, true),
+        Carried::New { address, token, since } => {
+            match engine.open_session(address, token, since, Transport::WebSocket) {
+                Ok(handle) => (handle, false),
+                Err(refusal) => return refused(refusal, engine.settings.connect_timeout),
+            }
+        }
+    };
     actix_web::rt::spawn(carry(engine.clone(), handle, session, stream, upgrade));
     response
 }
