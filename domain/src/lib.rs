@@ -8,6 +8,7 @@
 mod ids;
 mod message;
 mod stream;
+pub mod text;
 mod user;
 
 pub use ids::{ConversationId, IdError, MessageId, UserId};
@@ -15,7 +16,7 @@ pub use message::{Conversation, Message, MessageBody, MessageBodyError, Particip
 pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError};
 pub use user::{
     Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError,
-    PasswordHash, User, Username, UsernameError,
+    PasswordHash, PasswordHashError, User, Username, UsernameError,
 };
 
 /// Instants are UTC everywhere in the domain.

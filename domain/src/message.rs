@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientMessageId, ConversationId, MessageId, Timestamp, UserId};
+use crate::{text, ClientMessageId, ConversationId, MessageId, Timestamp, UserId};
 
-/// The text of a message: 1–5000 characters once trimmed, kept exactly as sent (no escaping:
+/// The text of a message: 1–5000 characters once trimmed, at least one of them visible (a
+/// message of zero-width or format characters looks empty), kept exactly as sent (no escaping:
 /// rendering safely is the client's job, and the original text must survive a round trip).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -19,12 +20,26 @@ pub enum MessageBodyError {
     /// NUL is no text to a reader, and PostgreSQL cannot store it.
     #[error("must not contain NUL characters")]
     Nul,
+    #[error("must contain a visible character")]
+    Invisible,
 }
 
 impl MessageBody {
     pub const MAX: usize = 5000;
 
     pub fn parse(raw: &str) -> Result<Self, MessageBodyError> {
+        let body = Self::stored(raw)?;
+        if !body.0.chars().any(text::is_visible) {
+            return Err(MessageBodyError::Invisible);
+        }
+        Ok(body)
+    }
+
+    /// A message accepted earlier (read from a store, or from a dump of one), checked by the
+    /// rules it was sent under — 1–5000 characters once trimmed, no NUL — but not for a
+    /// visible character, a rule of [`MessageBody::parse`] that came later: history kept
+    /// from before stays readable and moves between stores.
+    pub fn stored(raw: &str) -> Result<Self, MessageBodyError> {
         // Surrounding white space counts against nothing, but a body padded far beyond the
         // limit is refused too: what is stored must stay bounded.
         if raw.len() > Self::MAX * 4 {
@@ -150,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn bodies_without_a_visible_character_are_rejected() {
+        for raw in ["\u{200B}", " \u{200B}\u{200D}\u{FEFF} ", "\u{202E}\u{2066}", "\u{1}\u{7f}", "\u{E0041}", "\u{2800}\u{3164}"] {
+            assert_eq!(MessageBody::parse(raw), Err(MessageBodyError::Invisible), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_body_need_not_be_visible() {
+        assert_eq!(MessageBody::stored("\u{200B}").map(String::from), Ok("\u{200B}".to_owned()));
+        assert_eq!(MessageBody::stored(" "), Err(MessageBodyError::Empty));
+        assert_eq!(MessageBody::stored("a\0"), Err(MessageBodyError::Nul));
+    }
+
+    #[test]
+    fn bodies_with_emoji_sequences_and_any_script_are_kept() {
+        for raw in ["👩\u{200D}👩\u{200D}👧", "❤\u{FE0F}", "\u{200F}שלום", "می\u{200C}خواهم", "日本語", "ok\u{200B}"] {
+            assert_eq!(MessageBody::parse(raw).map(String::from), Ok(raw.to_owned()), "{raw:?}");
+        }
+    }
+
+    #[test]
     fn bodies_with_a_nul_character_are_rejected() {
         assert_eq!(MessageBody::parse("a\0b"), Err(MessageBodyError::Nul));
     }
@@ -181,9 +217,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn body_parse_accepts_exactly_1_to_5000_trimmed_characters(raw in "\\PC{0,6}") {
+        fn body_parse_accepts_exactly_1_to_5000_trimmed_characters_with_one_visible(
+            raw in "\\PC{0,6}|[ \u{200B}-\u{200F}\u{2066}\u{FE0F}a👩]{0,6}"
+        ) {
             let n = raw.trim().chars().count();
-            prop_assert_eq!(MessageBody::parse(&raw).is_ok(), (1..=5000).contains(&n));
+            let visible = raw.chars().any(text::is_visible);
+            prop_assert_eq!(MessageBody::parse(&raw).is_ok(), (1..=5000).contains(&n) && visible);
         }
     }
 }

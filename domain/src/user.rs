@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Timestamp, UserId};
+use crate::{text, Timestamp, UserId};
 
 /// A login name: 3–32 characters of `[A-Za-z0-9_.-]`, stored as given and unique
 /// case-insensitively (see [`Username::normalized`]).
@@ -71,7 +71,10 @@ impl fmt::Display for Username {
     }
 }
 
-/// A display name: 1–64 characters once surrounding white space is trimmed off.
+/// A display name: 1–64 characters once surrounding white space is trimmed off, starting
+/// with a visible one. Control, text-direction and other invisible characters are refused
+/// (they let a name pose as another or look empty); joiners that emoji sequences and some
+/// scripts need are kept (see [`crate::text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FullName(String);
@@ -84,12 +87,32 @@ pub enum FullNameError {
     TooLong { max: usize },
     #[error("must not contain control characters")]
     ControlCharacter,
+    #[error("must not contain invisible or text-direction characters")]
+    InvisibleCharacter,
+    #[error("must start with a visible character")]
+    InvisibleStart,
 }
 
 impl FullName {
     pub const MAX: usize = 64;
 
     pub fn parse(raw: &str) -> Result<Self, FullNameError> {
+        let name = Self::stored(raw)?;
+        if name.0.chars().any(text::is_hidden) {
+            return Err(FullNameError::InvisibleCharacter);
+        }
+        // A joiner first would make a name of nothing but joiners possible.
+        if name.0.chars().next().is_some_and(|c| !text::is_visible(c)) {
+            return Err(FullNameError::InvisibleStart);
+        }
+        Ok(name)
+    }
+
+    /// A name accepted earlier (read from a store, or from a dump of one), checked by the
+    /// rules it was made under — trimmed, 1–64 characters, no control characters — but not
+    /// by the visibility rules of [`FullName::parse`], which came later: names kept from
+    /// before stay readable and move between stores.
+    pub fn stored(raw: &str) -> Result<Self, FullNameError> {
         let trimmed = raw.trim();
         if trimmed.chars().any(char::is_control) {
             return Err(FullNameError::ControlCharacter);
@@ -271,13 +294,49 @@ impl fmt::Debug for Password {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash(String);
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordHashError {
+    #[error("is not a bcrypt hash ($2a$, $2b$ or $2y$, a two-digit cost, 53 characters of salt and hash)")]
+    NotBcrypt,
+    #[error("has cost {cost}, outside bcrypt's {min}..={max}")]
+    CostOutOfRange { cost: u32, min: u32, max: u32 },
+}
+
 impl PasswordHash {
+    /// The work factors bcrypt defines.
+    pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+
+    /// A hash as the hasher made it or the store kept it; one from elsewhere (an import) is
+    /// checked with [`PasswordHash::bcrypt_cost`].
     pub fn new(encoded: String) -> Self {
         Self(encoded)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The work factor of a well-formed bcrypt hash: `$2a$`, `$2b$` or `$2y$`, two digits of
+    /// cost, `$`, then 22 characters of salt and 31 of hash in bcrypt's base64 (`./A-Za-z0-9`).
+    pub fn bcrypt_cost(&self) -> Result<u32, PasswordHashError> {
+        let rest = ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .find_map(|prefix| self.0.strip_prefix(prefix))
+            .ok_or(PasswordHashError::NotBcrypt)?;
+        let (cost, encoded) = rest.split_once('$').ok_or(PasswordHashError::NotBcrypt)?;
+        let well_formed = cost.len() == 2
+            && cost.bytes().all(|b| b.is_ascii_digit())
+            && encoded.len() == 53
+            && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+        if !well_formed {
+            return Err(PasswordHashError::NotBcrypt);
+        }
+        let cost: u32 = cost.parse().map_err(|_| PasswordHashError::NotBcrypt)?;
+        if !Self::BCRYPT_COSTS.contains(&cost) {
+            let (min, max) = (*Self::BCRYPT_COSTS.start(), *Self::BCRYPT_COSTS.end());
+            return Err(PasswordHashError::CostOutOfRange { cost, min, max });
+        }
+        Ok(cost)
     }
 }
 
@@ -342,6 +401,57 @@ mod tests {
     }
 
     #[test]
+    fn full_name_with_text_direction_or_invisible_characters_is_rejected() {
+        for raw in [
+            "Ada\u{202E}ecalevol",
+            "\u{2067}Ada\u{2069}",
+            "Ada\u{200F}",
+            "Ada\u{061C}",
+            "A\u{200B}da",
+            "Ada\u{FEFF}",
+            "Ada\u{E0041}\u{E0042}",
+            "\u{3164}",
+            "\u{2800}",
+        ] {
+            assert_eq!(FullName::parse(raw), Err(FullNameError::InvisibleCharacter), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_full_name_is_held_to_the_rules_it_was_made_under() {
+        assert_eq!(FullName::stored(" Ada\u{202E} ").unwrap().as_str(), "Ada\u{202E}");
+        assert_eq!(FullName::stored("\u{200D}").unwrap().as_str(), "\u{200D}");
+        assert_eq!(FullName::stored("Ada\n"), Ok(FullName("Ada".into())));
+        assert_eq!(FullName::stored("A\nda"), Err(FullNameError::ControlCharacter));
+        assert_eq!(FullName::stored(" "), Err(FullNameError::Empty));
+    }
+
+    #[test]
+    fn full_name_must_start_with_a_visible_character() {
+        for raw in ["\u{200D}", "\u{200D}Ada", " \u{FE0F} Ada", "\u{200C}\u{200D}"] {
+            assert_eq!(FullName::parse(raw), Err(FullNameError::InvisibleStart), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn full_name_keeps_emoji_sequences_and_every_script() {
+        for raw in [
+            "👩\u{200D}👩\u{200D}👧 family",
+            "Ada ❤\u{FE0F}",
+            "👍🏽",
+            "می\u{200C}خواهم",
+            "Zoë Ñúñez",
+            "محمد",
+            "דוד",
+            "山田 太郎",
+            "Ελένη",
+            "देवनागरी",
+        ] {
+            assert_eq!(FullName::parse(raw).map(|n| n.as_str().to_owned()), Ok(raw.to_owned()), "{raw:?}");
+        }
+    }
+
+    #[test]
     fn password_limits_count_bytes_not_characters() {
         assert!(Password::parse("12345678").is_ok());
         assert_eq!(Password::parse("1234567"), Err(PasswordError::TooShort { min: 8 }));
@@ -359,6 +469,38 @@ mod tests {
         assert!(!format!("{password:?}").contains("hunter22"));
         let hash = PasswordHash::new("$2b$10$abcdefghijklmnopqrstuv".into());
         assert!(!format!("{hash:?}").contains("abcdefgh"));
+    }
+
+    const HASH_BODY: &str = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+
+    #[test]
+    fn bcrypt_hashes_of_every_variant_give_their_cost() {
+        for (raw, cost) in [("$2a$04$", 4), ("$2b$10$", 10), ("$2y$31$", 31)] {
+            let hash = PasswordHash::new(format!("{raw}{HASH_BODY}"));
+            assert_eq!(hash.bcrypt_cost(), Ok(cost), "{raw}");
+        }
+    }
+
+    #[test]
+    fn malformed_bcrypt_hashes_are_told_apart() {
+        for raw in [
+            String::new(),
+            "not a hash".to_owned(),
+            format!("$2x$10${HASH_BODY}"),
+            format!("$1$10${HASH_BODY}"),
+            format!("$2b$1${HASH_BODY}"),
+            format!("$2b$+1${HASH_BODY}"),
+            format!("$2b$10${}", &HASH_BODY[1..]),
+            format!("$2b$10${HASH_BODY}x"),
+            format!("$2b$10${}!", &HASH_BODY[1..]),
+            format!("$2b$10$${}", &HASH_BODY[1..]),
+        ] {
+            assert_eq!(PasswordHash::new(raw.clone()).bcrypt_cost(), Err(PasswordHashError::NotBcrypt), "{raw}");
+        }
+        for cost in ["00", "03", "32", "99"] {
+            let hash = PasswordHash::new(format!("$2b${cost}${HASH_BODY}"));
+            assert!(matches!(hash.bcrypt_cost(), Err(PasswordHashError::CostOutOfRange { .. })), "{cost}");
+        }
     }
 
     #[test]
@@ -416,6 +558,14 @@ mod tests {
                     let n = raw.trim().chars().count();
                     prop_assert!(n == 0 || n > 64);
                 }
+            }
+        }
+
+        #[test]
+        fn accepted_full_names_show_something_and_hide_nothing(raw in "\\PC{0,8}|[\u{200B}-\u{200F}\u{202A}-\u{202E}\u{2066}-\u{2069}\u{FE0F}a-z👩]{0,8}") {
+            if let Ok(name) = FullName::parse(&raw) {
+                prop_assert!(name.as_str().chars().next().is_some_and(text::is_visible));
+                prop_assert!(!name.as_str().chars().any(|c| c.is_control() || text::is_hidden(c)));
             }
         }
     }
