@@ -4,10 +4,11 @@ use std::sync::{Arc, OnceLock};
 
 use domain::{Avatar, FullName, Gender, Password, PasswordHash, User, UserId, Username};
 
+use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
-    Clock, HashError, IssuedToken, PasswordHasher, RepoError, Revocation, TokenClaims, TokenError,
-    TokenService, UserQuery, UserRepository,
+    Clock, HashError, IssuedToken, PasswordHasher, RepoError, Revocation, SearchPrefix, TokenClaims,
+    TokenError, TokenService, UserQuery, UserRepository,
 };
 use crate::revocations::Revocations;
 
@@ -83,6 +84,9 @@ pub struct UserPage {
 
 pub struct AccountService {
     users: Arc<dyn UserRepository>,
+    /// Whose tokens are still good: a token signed for a user that no longer exists (a
+    /// database reset or restore under the same secret) is no token.
+    known: KnownUsers,
     revocations: Arc<Revocations>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn TokenService>,
@@ -102,7 +106,8 @@ impl AccountService {
         tokens: Arc<dyn TokenService>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { users, revocations, hasher, tokens, clock, decoy_hash: OnceLock::new() }
+        let known = KnownUsers::new(users.clone());
+        Self { users, known, revocations, hasher, tokens, clock, decoy_hash: OnceLock::new() }
     }
 
     pub async fn register(&self, input: NewAccount) -> Result<(User, IssuedToken), AccountError> {
@@ -168,8 +173,15 @@ impl AccountService {
             let _ = self.hasher.verify(&password, &decoy).await;
             return Err(AccountError::InvalidCredentials);
         };
-        if !self.hasher.verify(&password, &user.password_hash).await? {
-            return Err(AccountError::InvalidCredentials);
+        match self.hasher.verify(&password, &user.password_hash).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AccountError::InvalidCredentials),
+            // A stored hash the hasher can't use (imported or edited in the store) matches
+            // no password: the account can't log in, and the client learns no more than 401.
+            Err(error) => {
+                tracing::error!(user_id = %user.id, error = format!("{error:#}"), "stored password hash is unusable");
+                return Err(AccountError::InvalidCredentials);
+            }
         }
         let token = self.issue(&user.id)?;
         Ok((user, token))
@@ -186,13 +198,17 @@ impl AccountService {
         Ok(())
     }
 
-    /// Accepts a token that is well signed, unexpired and not revoked.
+    /// Accepts a token that is well signed, unexpired, not revoked and names a user that
+    /// exists (answered from memory once the user was seen).
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AccountError> {
         let claims = self
             .tokens
             .verify(token, self.clock.now())
             .map_err(|_| AccountError::Unauthenticated)?;
         if self.revocations.is_revoked(&claims.token_id).await? {
+            return Err(AccountError::Unauthenticated);
+        }
+        if !self.known.exists(&claims.user_id).await? {
             return Err(AccountError::Unauthenticated);
         }
         Ok(Authenticated { claims })
@@ -203,7 +219,9 @@ impl AccountService {
         self.users.find_by_id(user).await?.ok_or(AccountError::Unauthenticated)
     }
 
-    /// Everyone but `me`, by username, `limit` at a time after `cursor`.
+    /// Everyone but `me`, by username, `limit` at a time after `cursor`; with `search`, only
+    /// those whose username, full name or a word of it starts with `search` (ignoring case).
+    /// A prefix rather than any substring, so that every store answers from an index.
     pub async fn list_users(
         &self,
         me: &UserId,
@@ -225,7 +243,7 @@ impl AccountService {
         let limit = paging::clamp(limit);
         let query = UserQuery {
             exclude: me.clone(),
-            search: search.map(str::to_owned),
+            search: search.map(SearchPrefix::new),
             after_username,
             limit,
         };
@@ -475,6 +493,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn login_against_an_unusable_stored_hash_is_refused_like_a_wrong_password() {
+        let mut m = Mocks::new();
+        m.users.expect_find_by_username().returning(|_| Ok(Some(user("alice"))));
+        m.hasher
+            .expect_verify()
+            .returning(|_, _| Err(HashError(anyhow::anyhow!("invalid hash"))));
+        m.tokens.expect_issue().never();
+        let err = m.service().login("alice", "whatever-password").await.unwrap_err();
+        assert!(matches!(err, AccountError::InvalidCredentials), "{err:?}");
+    }
+
+    #[tokio::test]
     async fn login_of_an_unknown_user_still_spends_a_verification() {
         let mut m = Mocks::new();
         m.users.expect_find_by_username().returning(|_| Ok(None));
@@ -524,8 +554,28 @@ mod tests {
             .with(eq("tok"), eq(now()))
             .returning(move |_, _| Ok(claims.clone()));
         m.revoked.expect_is_revoked().with(eq("jti-1")).returning(|_| Ok(false));
-        let session = m.service().authenticate("tok").await.unwrap();
+        let found = id.clone();
+        m.users
+            .expect_find_by_id()
+            .withf(move |asked| *asked == found)
+            .times(1)
+            .returning(|id| Ok(Some(crate::fixtures::user_with_id(id, now()))));
+        let service = m.service();
+        let session = service.authenticate("tok").await.unwrap();
         assert_eq!(session.user_id(), &id);
+        // The user is remembered: the second request costs no lookup (times(1) above).
+        service.authenticate("tok").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn authenticate_refuses_the_token_of_a_user_that_does_not_exist() {
+        let mut m = Mocks::new();
+        let claims = claims_for(&UserId::generate());
+        m.tokens.expect_verify().returning(move |_, _| Ok(claims.clone()));
+        m.revoked.expect_is_revoked().returning(|_| Ok(false));
+        m.users.expect_find_by_id().returning(|_| Ok(None));
+        let err = m.service().authenticate("tok").await.unwrap_err();
+        assert!(matches!(err, AccountError::Unauthenticated));
     }
 
     #[tokio::test]
@@ -565,12 +615,12 @@ mod tests {
             .expect_list()
             .withf(move |q| {
                 q.exclude == expected_me
-                    && q.search.as_deref() == Some("ali")
+                    && q.search == Some(SearchPrefix::new("ali"))
                     && q.after_username.as_deref() == Some("bob")
                     && q.limit == 2
             })
             .returning(|_| Ok(vec![user("Carol"), user("Dave")]));
-        let page = m.service().list_users(&me, Some(" ali "), Some(2), Some("Bob")).await.unwrap();
+        let page = m.service().list_users(&me, Some(" Ali "), Some(2), Some("Bob")).await.unwrap();
         assert_eq!(page.users.len(), 2);
         assert_eq!(page.next_cursor.as_deref(), Some("dave"));
     }

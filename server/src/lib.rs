@@ -160,7 +160,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let metrics = Arc::new(http_api::Metrics::new());
     let notifier: Arc<dyn Notifier> = Arc::new(http_api::CountingNotifier::new(notifier, metrics.clone()));
 
-    let revocations = Revocations::new(storage.revoked.clone(), revocation_feed);
+    // A revocation (here, from another instance, or found by a reload) ends the sockets of its token.
+    let revocations = Revocations::ending_connections(storage.revoked.clone(), revocation_feed, registry.clone());
     if let Err(error) = revocations.load(clock.now()).await {
         tracing::warn!(error = %error, "revocations not loaded yet; asking the store until they are");
     }
@@ -178,24 +179,34 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         notifier.clone(),
         clock.clone(),
     ));
-    let realtime = Arc::new(RealtimeService::new(presence, notifier));
+    let realtime = Arc::new(RealtimeService::new(presence, notifier, storage.conversations.clone()));
 
     let limits = Arc::new(http_api::RateLimits::new(&settings.limits.requests));
     let socketio_limits = limits.clone();
     let socketio = socketio::Engine::new(
-        socketio::EngineSettings::new(
-            Duration::from_secs(settings.websocket.ping_interval),
-            Duration::from_secs(settings.websocket.ping_timeout),
-            settings.websocket.max_frame_bytes,
-            settings.websocket.queue_capacity,
-            settings.limits.socket_frames_per_second,
-        ),
+        socketio::EngineSettings {
+            connect_timeout: Duration::from_secs(settings.socketio.connect_timeout),
+            limits: socketio::SessionLimits {
+                max_sessions: settings.limits.socketio_sessions,
+                max_sessions_per_address: settings.limits.socketio_sessions_per_ip,
+                handshakes_per_minute_per_address: settings.limits.socketio_handshakes_per_minute_per_ip,
+            },
+            ..socketio::EngineSettings::new(
+                Duration::from_secs(settings.websocket.ping_interval),
+                Duration::from_secs(settings.websocket.ping_timeout),
+                settings.websocket.max_frame_bytes,
+                settings.websocket.queue_capacity,
+                settings.limits.socket_frames_per_second,
+            )
+        },
         accounts.clone(),
         realtime.clone(),
         messaging.clone(),
         registry.clone(),
         // One connect budget per user for both socket endpoints.
         Box::new(move |user| socketio_limits.socket_connect(user.as_str()).map_err(|e| e.to_string())),
+        // The per-address limits read the client address as the HTTP ones do.
+        http_api::client_ip,
     );
 
     let ttl = settings.auth.token_ttl();
@@ -219,6 +230,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
                 max_age: ttl,
             },
             body_limit: settings.http.body_limit,
+            body_timeout: Duration::from_secs(settings.http.body_timeout),
             cors_origins: settings.cors.allowed_origins.clone(),
             ws: WsSettings {
                 ping_interval: Duration::from_secs(settings.websocket.ping_interval),
@@ -235,12 +247,26 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let address = format!("{}:{}", settings.server.host, settings.server.port);
     let listener = TcpListener::bind(&address).with_context(|| format!("cannot listen on {address}"))?;
     let port = listener.local_addr()?.port();
-    let mut server = actix_web::HttpServer::new(move || http_api::app(state.clone()))
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // Descriptors beyond the connections: the store's pool, Redis, logs, the listener.
+    let max_connections = http_api::connection_budget(settings.server.max_connections, 256);
+    // Behind a trusted proxy every connection comes from the proxy: the proxy caps per client.
+    let per_address = if settings.limits.requests.trust_forwarded_for {
+        0
+    } else {
+        settings.server.max_connections_per_address
+    };
+    let connections = Arc::new(http_api::ConnectionLimiter::new(per_address));
+    let server = actix_web::HttpServer::new(move || http_api::app(state.clone()))
+        .on_connect(move |connection, extensions| connections.on_connect(connection, extensions))
+        .workers(workers)
+        // actix counts per worker; accepting pauses at the cap and resumes below it.
+        .max_connections(max_connections.div_ceil(workers))
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_timeout);
-    if settings.server.workers > 0 {
-        server = server.workers(settings.server.workers);
-    }
     let server = server.listen(listener)?.run();
     tracing::info!(
         address = %address,

@@ -55,6 +55,7 @@ pub struct Settings {
     pub http: HttpLimits,
     pub websocket: WebSocketSettings,
     pub limits: LimitSettings,
+    pub socketio: SocketIoSettings,
     pub fanout: FanoutSettings,
     pub log: LogSettings,
     pub web: WebSettings,
@@ -71,6 +72,10 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub shutdown_timeout: u64,
+    /// Open connections the instance holds at most (within the open files limit).
+    pub max_connections: usize,
+    /// Open connections one client address may hold; 0: no cap.
+    pub max_connections_per_address: usize,
 }
 
 /// Which store, with only the fields that store understands.
@@ -159,6 +164,8 @@ pub struct CorsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpLimits {
     pub body_limit: usize,
+    /// Seconds a request body has to arrive in full.
+    pub body_timeout: u64,
 }
 
 /// Rate and size limits on what clients repeat; 0 switches one off.
@@ -169,6 +176,19 @@ pub struct LimitSettings {
     pub requests: http_api::LimitSettings,
     pub sockets_per_user: usize,
     pub socket_frames_per_second: u32,
+    /// Engine.IO sessions this instance holds, joined or not.
+    pub socketio_sessions: usize,
+    /// Engine.IO sessions per client address.
+    pub socketio_sessions_per_ip: usize,
+    /// Engine.IO handshakes per client address per minute.
+    pub socketio_handshakes_per_minute_per_ip: u32,
+}
+
+/// The Socket.IO endpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SocketIoSettings {
+    /// Seconds a session may stay without a successful CONNECT.
+    pub connect_timeout: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +289,18 @@ impl Settings {
         }
         if self.websocket.ping_interval == 0 || self.websocket.ping_timeout == 0 {
             anyhow::bail!("websocket.ping_interval and websocket.ping_timeout must be positive");
+        }
+        if self.socketio.connect_timeout == 0 {
+            anyhow::bail!("socketio.connect_timeout must be a positive number of seconds");
+        }
+        if self.http.body_timeout == 0 {
+            anyhow::bail!("http.body_timeout must be a positive number of seconds");
+        }
+        if self.server.max_connections == 0 {
+            anyhow::bail!("server.max_connections must be positive");
+        }
+        if self.limits.requests.trust_forwarded_for && self.limits.requests.trusted_proxies == 0 {
+            anyhow::bail!("limits.trusted_proxies must be at least 1 when limits.trust_forwarded_for is on");
         }
         if self.http.body_limit < 1024 {
             anyhow::bail!("http.body_limit must be at least 1024 bytes");

@@ -12,6 +12,8 @@ import { io } from "socket.io-client";
 
 const BASE = process.env.CHAT_BASE_URL;
 const USERS = JSON.parse(process.env.CHAT_USERS ?? "[]");
+// An origin the server lists in cors.allowed_origins (the browser page of a front end).
+const ALLOWED_ORIGIN = process.env.CHAT_ALLOWED_ORIGIN;
 const [scenarioName, mode = "default"] = process.argv.slice(2);
 const WAIT_MS = 5000;
 const QUIET_MS = 400;
@@ -210,6 +212,24 @@ const scenarios = {
     // The auth packet's token wins over the others.
     const both = client(alice, { query: { token: "not.a.jwt" } });
     await both.connected();
+  },
+
+  // A front end on an allowed origin connects with its cookie (withCredentials); a page of
+  // any other origin gets a connect_error: its handshake is refused before the upgrade.
+  async origins() {
+    const [alice] = USERS;
+    const fromPage = (origin) =>
+      client(null, {
+        withCredentials: true,
+        extraHeaders: { Cookie: `token=${alice.token}`, Origin: origin },
+      });
+    const allowed = fromPage(ALLOWED_ORIGIN);
+    await allowed.connected();
+    await allowed.waitFor("onlineUsers", (list) => list.includes(alice.id));
+    const foreign = fromPage("https://evil.example");
+    await foreign.waitFor("connect_error");
+    await sleep(QUIET_MS);
+    assert(!foreign.socket.connected && foreign.count("connect") === 0, "a foreign page got connected");
   },
 
   // onlineUsers / getOnlineUsers on connect, and to everyone when a user goes away.

@@ -104,6 +104,7 @@ impl TestServer {
             .args([scenario, mode])
             .env("CHAT_BASE_URL", &self.base)
             .env("CHAT_USERS", Value::Array(users).to_string())
+            .env("CHAT_ALLOWED_ORIGIN", ALLOWED_ORIGIN)
             .kill_on_drop(true)
             .output();
         let output = tokio::time::timeout(Duration::from_secs(60), run)
@@ -216,6 +217,7 @@ client_scenarios! {
     unauthenticated_clients_get_connect_error_over_websocket => "unauthenticated", "websocket";
     the_token_is_read_from_header_cookie_and_query_over_polling => "auth-sources", "default";
     the_token_is_read_from_header_cookie_and_query_over_websocket => "auth-sources", "websocket";
+    an_allowed_origin_connects_with_its_cookie_and_a_foreign_one_is_refused => "origins", "websocket";
     online_users_update_when_a_user_disconnects_after_an_upgrade => "presence", "default";
     online_users_update_when_a_user_disconnects_over_websocket => "presence", "websocket";
     typing_reaches_the_target_only_after_an_upgrade => "typing", "default";

@@ -7,17 +7,20 @@
 //! application's services; they never touch a repository or a driver.
 
 mod auth;
+mod connections;
 mod dto;
 mod error;
 mod limits;
 pub mod metrics;
 pub mod openapi;
+mod origin;
 mod routes;
 mod state;
 mod web;
 
+pub use connections::{connection_budget, ConnectionLimiter};
 pub use error::ApiError;
-pub use limits::{LimitSettings, RateLimits};
+pub use limits::{client_ip, LimitSettings, RateLimits};
 pub use metrics::{CountingNotifier, Metrics};
 pub use routes::app;
 pub use state::{AppState, CookieSettings, HttpSettings, SameSite};

@@ -11,6 +11,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use application::ports::{Event, Notifier, NotifyError};
 use async_trait::async_trait;
@@ -62,7 +63,8 @@ impl Metrics {
         Self { registry, requests, latency, connections, events }
     }
 
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn observe(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+        let method = method_label(method);
         let status = status.to_string();
         self.requests.with_label_values(&[method, route, status.as_str()]).inc();
         self.latency.with_label_values(&[method, route]).observe(seconds);
@@ -92,6 +94,21 @@ impl Default for Metrics {
     }
 }
 
+/// The label of a request method: one of a fixed set, so that clients can't make new series
+/// (each a few hundred bytes kept for good) by sending made-up methods.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware: counts and times every request under its route pattern (so ids in paths
 /// don't create new series); requests that match no route share `unmatched`.
 pub async fn track(
@@ -108,7 +125,7 @@ pub async fn track(
             Err(e) => (None, e.as_response_error().status_code().as_u16()),
         };
         let route = route.unwrap_or_else(|| "unmatched".to_owned());
-        metrics.observe(method.as_str(), &route, status, started.elapsed().as_secs_f64());
+        metrics.observe(&method, &route, status, started.elapsed().as_secs_f64());
     }
     response
 }
@@ -153,7 +170,7 @@ mod tests {
     #[test]
     fn rendering_lists_requests_by_route_and_events_by_outcome() {
         let metrics = Metrics::new();
-        metrics.observe("POST", "/api/v1/message/send/{receiver_id}", 201, 0.002);
+        metrics.observe(&Method::POST, "/api/v1/message/send/{receiver_id}", 201, 0.002);
         metrics.event(&Event::OnlineUsers(vec![]), false);
         let text = metrics.render();
         assert!(text.contains(
@@ -162,5 +179,17 @@ mod tests {
         assert!(text.contains("http_request_duration_seconds_bucket"));
         assert!(text.contains(r#"realtime_events_total{event="onlineUsers",outcome="dropped"} 1"#));
         assert!(text.contains("realtime_open_connections 0"));
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        let metrics = Metrics::new();
+        for name in ["XQWE", "BREW", &"M".repeat(3000)] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            metrics.observe(&method, "unmatched", 405, 0.001);
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="405"} 3"#), "{text}");
+        assert!(!text.contains("XQWE") && !text.contains("BREW"));
     }
 }

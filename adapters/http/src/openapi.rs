@@ -64,6 +64,8 @@ pub const BEARER_AUTH: &str = "bearerAuth";
             NotFound,
             Conflict,
             PayloadTooLarge,
+            UnsupportedMediaType,
+            ForeignOrigin,
             IdempotencyKeyReused,
             RateLimited,
             Unavailable,
@@ -95,8 +97,12 @@ pub async fn serve_document() -> HttpResponse {
         .body(document())
 }
 
-/// Redoc, pinned and checked by its hash (Subresource Integrity): the page runs no other
-/// script, and a changed file on the CDN is refused by the browser rather than run.
+/// Redoc's standalone bundle, served from the binary (its MIT license is beside it in
+/// `docs-page/`), so that the page works offline and runs no script from elsewhere. The
+/// version is in the path: browsers may keep it for good.
+const REDOC_PATH: &str = "/api-docs/redoc-3.0.1.standalone.js";
+const REDOC: &[u8] = include_bytes!("../docs-page/redoc-3.0.1.standalone.js");
+
 const DOCS_PAGE: &str = r#"<!doctype html>
 <html lang="en">
 <head>
@@ -107,18 +113,19 @@ const DOCS_PAGE: &str = r#"<!doctype html>
 <body>
 <redoc spec-url="/api-docs/openapi.json" disable-telemetry="true"></redoc>
 <noscript>This page needs JavaScript; the document itself is at <a href="/api-docs/openapi.json">/api-docs/openapi.json</a>.</noscript>
-<script type="module" src="https://cdn.jsdelivr.net/npm/redoc@3.0.1/bundles/redoc.standalone.js" integrity="sha384-j07qRKHNNmcwU1/Y1elJc7pDLHXP/QfbQXTtSkbOJ7uYGJikqAzsFVbY2zR9FqOT" crossorigin="anonymous"></script>
+<script type="module" src="/api-docs/redoc-3.0.1.standalone.js"></script>
 </body>
 </html>
 "#;
 
-/// The docs page's own policy: the pinned script from the CDN, its injected styles, and
-/// requests to this origin only (the document); nothing else loads, nothing frames it.
+/// The docs page's own policy: scripts from this server only, Redoc's injected styles and
+/// its search worker (a `blob:`), requests to this origin only (the document); nothing else
+/// loads, nothing frames it.
 pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src https://cdn.jsdelivr.net; style-src 'unsafe-inline'; img-src 'self' data: https:; \
+    script-src 'self'; worker-src blob:; style-src 'unsafe-inline'; img-src 'self' data:; \
     font-src data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-/// `GET /api-docs/`: a reference page rendering the document (needs the CDN in the browser).
+/// `GET /api-docs/`: a reference page rendering the document.
 pub async fn serve_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -127,6 +134,19 @@ pub async fn serve_page() -> HttpResponse {
             DOCS_CONTENT_SECURITY_POLICY,
         ))
         .body(DOCS_PAGE)
+}
+
+/// Registers the page's script.
+pub fn configure_assets(config: &mut actix_web::web::ServiceConfig) {
+    config.route(
+        REDOC_PATH,
+        actix_web::web::get().to(|| async {
+            HttpResponse::Ok()
+                .content_type("text/javascript; charset=utf-8")
+                .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+                .body(REDOC)
+        }),
+    );
 }
 
 /// Prometheus metrics in the text exposition format.
@@ -280,6 +300,10 @@ error_responses! {
     Conflict => "CONFLICT", false, "`CONFLICT`: the username is taken (`field`: `username`)";
     PayloadTooLarge => "PAYLOAD_TOO_LARGE", false,
         "`PAYLOAD_TOO_LARGE`: the body is larger than `http.body_limit`";
+    UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE", false,
+        "`UNSUPPORTED_MEDIA_TYPE`: the body is not sent as `application/json`";
+    ForeignOrigin => "FORBIDDEN", false,
+        "`FORBIDDEN`: sent by a browser page of an origin that is neither this server's nor allowed";
     IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED", false,
         "`IDEMPOTENCY_KEY_REUSED`: the key was used before for another receiver or text";
     RateLimited => "RATE_LIMITED", true, "`RATE_LIMITED`: too many attempts; retry after `Retry-After` seconds";
@@ -308,6 +332,12 @@ pub mod fields {
     /// A stream cursor (`domain::Cursor`) or nothing. Cursors of 19 digits up to `i64::MAX`
     /// parse too, but no stream gets that long: they are beyond every stream's end (400).
     pub const STREAM_CURSOR_OR_EMPTY: &str = r"^(?:0|[1-9][0-9]{0,17})?$";
+    /// A conversation-list cursor (`application::messaging::conversation_cursor`) or nothing.
+    pub const CONVERSATION_CURSOR: &str = concat!(
+        r"^(?:(?:0|[1-9][0-9]{0,15})\.",
+        r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?\.",
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
+    );
     pub const ID_OR_EMPTY: &str =
         r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
 
@@ -455,8 +485,8 @@ pub mod fields {
     pub fn search() -> Schema {
         string()
             .description(Some(
-                "Part of a username or full name, case-insensitive and literal; white space \
-                 around it is ignored; at most 64 characters, no NUL",
+                "The start of a username, a full name or a word of it, case-insensitive and \
+                 literal; white space around it is ignored; at most 64 characters, no NUL",
             ))
             .pattern(Some(search_pattern()))
             .into()
@@ -468,6 +498,29 @@ pub mod fields {
                 "The `X-Next-Cursor` of the previous page; empty or absent for the first page",
             ))
             .pattern(Some(USER_CURSOR))
+            .into()
+    }
+
+    pub fn conversation_cursor() -> Schema {
+        string()
+            .description(Some(
+                "The `X-Next-Cursor` of the previous page (opaque); empty or absent for the \
+                 first page",
+            ))
+            .pattern(Some(CONVERSATION_CURSOR))
+            .into()
+    }
+
+    /// Any `u32`: default and at most 200 (capped), 0 counts as 1.
+    pub fn conversation_page_limit() -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .description(Some(
+                "Conversations per page: default and at most 200 (larger values are capped, 0 \
+                 counts as 1)",
+            ))
+            .minimum(Some(0))
+            .maximum(Some(u32::MAX))
             .into()
     }
 
@@ -672,8 +725,28 @@ mod tests {
             ]
         }
 
+        /// Cursors and near misses: the three parts, each well-formed or slightly off.
+        fn conversation_cursor_text() -> impl Strategy<Value = String> {
+            const UUID: &str = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+            let time = prop_oneof!["0|[1-9][0-9]{0,15}", "[0-9]{0,18}", "-?[0-9a-z ]{0,4}"];
+            let id = prop_oneof![UUID, "[0-9a-fA-F-]{30,38}", Just(String::new()), ".{0,6}"];
+            prop_oneof![
+                (time, id.clone(), id).prop_map(|(t, m, c)| format!("{t}.{m}.{c}")),
+                (".{0,80}", ".{0,3}").prop_map(|(a, b)| format!("{a}.{b}")),
+                ".{0,90}",
+            ]
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn the_conversation_cursor_pattern_is_the_parser(s in conversation_cursor_text()) {
+                use application::messaging::conversation_cursor;
+                // Empty means the first page, as the handler reads it.
+                let accepted = s.is_empty() || conversation_cursor::decode(&s).is_ok();
+                prop_assert_eq!(regex(CONVERSATION_CURSOR).is_match(&s), accepted, "{:?}", s);
+            }
 
             #[test]
             fn the_username_pattern_is_the_parser(s in text(Username::MAX)) {

@@ -30,6 +30,8 @@ pub struct HttpSettings {
     pub cookie: CookieSettings,
     /// Largest request body accepted, in bytes (413 above it).
     pub body_limit: usize,
+    /// Time a request body has to arrive in full (408 and the connection closed after it).
+    pub body_timeout: Duration,
     /// Origins allowed to call the API from a browser, with credentials. Empty: none.
     pub cors_origins: Vec<String>,
     pub ws: WsSettings,

@@ -8,14 +8,16 @@ mod ws;
 use std::time::Instant;
 
 use actix_cors::Cors;
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::{self, DefaultHeaders, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, Resource, ResponseError as _};
 
 use crate::error::ApiError;
+use crate::origin::OriginPolicy;
 use crate::state::AppState;
 
 /// The whole HTTP application over `state`, ready for `HttpServer::new`.
@@ -34,21 +36,27 @@ pub fn app(
     let web_client = state.settings.web_client;
     let metrics = state.settings.metrics;
     let cors = cors(&state.settings.cors_origins);
+    let origins = web::Data::new(OriginPolicy::new(&state.settings.cors_origins));
     let socketio = state.socketio.clone();
     App::new()
         .app_data(state)
+        .app_data(origins)
         .app_data(
             web::JsonConfig::default()
                 .limit(body_limit)
-                // Front ends of the original app don't always label their JSON.
-                .content_type_required(false)
+                // A body an HTML form can send cross-site (text/plain, form encodings) or one
+                // without a type is refused: only a script allowed by CORS can send JSON.
+                .content_type_required(true)
                 .error_handler(move |error, _| json_error(error, body_limit).into()),
         )
         .app_data(web::PayloadConfig::default().limit(body_limit))
         .app_data(web::QueryConfig::default().error_handler(|error, _| query_error(error).into()))
         .app_data(web::PathConfig::default().error_handler(|error, _| path_error(error).into()))
+        .wrap(middleware::from_fn(crate::connections::body_deadline))
+        .wrap(middleware::from_fn(crate::origin::guard))
         .wrap(middleware::from_fn(access_log))
-        .wrap(middleware::from_fn(crate::metrics::track))
+        .wrap(middleware::Condition::new(metrics, middleware::from_fn(crate::metrics::track)))
+        .wrap(middleware::from_fn(known_methods))
         .wrap(cors)
         .wrap(
             DefaultHeaders::new()
@@ -74,6 +82,7 @@ pub fn app(
                 .route(web::get().to(crate::openapi::serve_document)),
         )
         .service(resource("/api-docs/", "GET").route(web::get().to(crate::openapi::serve_page)))
+        .configure(crate::openapi::configure_assets)
         .service(resource("/api-docs", "GET").route(web::get().to(crate::openapi::serve_page)))
         .configure(|config| {
             if web_client {
@@ -141,6 +150,26 @@ fn cors(origins: &[String]) -> Cors {
     )
 }
 
+/// The methods any route answers; any other is refused here, before a log line or a metric
+/// label is made of an arbitrary (and arbitrarily long) method name.
+fn known_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// Middleware: answers requests with an extension method (`XQWE /healthz`) `405` at once.
+async fn known_methods(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if !known_method(req.method()) {
+        return Ok(req.error_response(ApiError::method_not_allowed()).map_into_right_body());
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}
+
 /// One line per request. The query string is left out: it may carry a token.
 async fn access_log(
     req: ServiceRequest,
@@ -169,8 +198,9 @@ fn json_error(error: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
             ApiError::payload_too_large(limit)
         }
+        JsonPayloadError::Payload(e) if crate::connections::is_body_timeout(&e) => ApiError::request_timeout(),
         JsonPayloadError::Deserialize(e) => ApiError::validation(format!("invalid JSON body: {e}")),
-        JsonPayloadError::ContentType => ApiError::validation("body must be JSON"),
+        JsonPayloadError::ContentType => ApiError::unsupported_media_type(),
         _ => ApiError::validation("invalid JSON body"),
     }
 }
@@ -189,7 +219,7 @@ fn path_error(error: PathError) -> ApiError {
     }
 }
 
-/// A required body field, or the 400 naming it.
+/// A required body field, or the 400 naming it: an empty string is as missing as no field.
 fn required<'a>(value: &'a Option<String>, field: &'static str) -> Result<&'a str, ApiError> {
-    value.as_deref().ok_or_else(|| ApiError::invalid_field(field, "is required"))
+    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| ApiError::invalid_field(field, "is required"))
 }
