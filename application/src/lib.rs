@@ -10,6 +10,7 @@ pub mod accounts;
 mod fixtures;
 mod known_users;
 pub mod messaging;
+mod partners;
 pub mod ports;
 pub mod realtime;
 pub mod revocations;

@@ -331,6 +331,16 @@ pub trait RevocationListener: Send + Sync {
     fn feed_lost(&self);
 }
 
+/// The live connections (sockets) of this instance, by the token each was opened with: a
+/// socket authenticates once, at its handshake, so a revocation must reach it this way.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait TokenConnections: Send + Sync {
+    /// Ends every connection of this instance opened with one of `token_ids`, now revoked,
+    /// telling its client why, and refuses them to connections still being opened. Never
+    /// waits: the connections close on their own tasks.
+    fn end_revoked(&self, token_ids: &[String]);
+}
+
 /// Who is online: a user is online while at least one of their connections is open.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]

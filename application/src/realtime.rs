@@ -1,33 +1,66 @@
 //! Real-time: presence of connections and typing notices. Transports (the native WebSocket,
 //! Socket.IO) call these when a connection opens, closes or sends an event.
+//!
+//! The online list goes to every connection whenever it changes, so its cost grows with the
+//! square of the connections: N clients coming online one by one would be N broadcasts of up
+//! to N ids to N connections. Changes are therefore announced by one background task, at
+//! most once per [`ANNOUNCE_WINDOW`], with the list current when the broadcast goes out (the
+//! last state is always sent, a window after the change at most); and one user's changes
+//! claim a broadcast at most once per [`CHURN_INTERVAL`], so a client flapping online and
+//! offline cannot keep everyone busy.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use domain::UserId;
+use domain::{ParticipantPair, UserId};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::ports::{Event, Notifier, Presence, RepoError};
+use crate::partners::Partners;
+use crate::ports::{ConversationRepository, Event, Notifier, Presence, RepoError};
+
+/// The shortest time between two broadcasts of the online list.
+pub const ANNOUNCE_WINDOW: Duration = Duration::from_millis(250);
+/// The shortest time between two broadcasts that changes of one user may claim; changes
+/// inside it are announced at its end (or with a broadcast others claimed earlier).
+pub const CHURN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct RealtimeService {
     presence: Arc<dyn Presence>,
     notifier: Arc<dyn Notifier>,
-    /// A broadcast of the online list is under way.
-    announcing: AtomicBool,
-    /// The online set changed since the running broadcast read it.
-    changed: AtomicBool,
+    partners: Partners,
+    schedule: Arc<Schedule>,
+    announcer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RealtimeService {
+    fn drop(&mut self) {
+        self.announcer.abort();
+    }
 }
 
 impl RealtimeService {
-    pub fn new(presence: Arc<dyn Presence>, notifier: Arc<dyn Notifier>) -> Self {
-        Self { presence, notifier, announcing: AtomicBool::new(false), changed: AtomicBool::new(false) }
+    /// Starts the task that announces the online list: must be called within a Tokio
+    /// runtime. Typing notices are relayed between users who share a conversation in
+    /// `conversations`.
+    pub fn new(
+        presence: Arc<dyn Presence>,
+        notifier: Arc<dyn Notifier>,
+        conversations: Arc<dyn ConversationRepository>,
+    ) -> Self {
+        let schedule = Arc::new(Schedule::default());
+        let announcer = tokio::spawn(announce(schedule.clone(), presence.clone(), notifier.clone()));
+        Self { presence, notifier, partners: Partners::new(conversations), schedule, announcer }
     }
 
     /// Call once a connection is registered for delivery. When the user just came online,
-    /// everyone (this connection included) is told through a broadcast and `None` is
-    /// returned; otherwise the current online list is returned for this connection alone.
+    /// everyone (this connection included) is told through a broadcast, within
+    /// [`ANNOUNCE_WINDOW`] or [`CHURN_INTERVAL`], and `None` is returned; otherwise the
+    /// current online list is returned for this connection alone.
     pub async fn connection_opened(&self, user: &UserId) -> Result<Option<Vec<UserId>>, RepoError> {
         if self.presence.connected(user).await? {
-            self.broadcast_online().await?;
+            self.schedule.changed(user);
             Ok(None)
         } else {
             Ok(Some(self.presence.online().await?))
@@ -37,7 +70,7 @@ impl RealtimeService {
     /// Call once per closed connection; tells everyone when the user went offline.
     pub async fn connection_closed(&self, user: &UserId) -> Result<(), RepoError> {
         if self.presence.disconnected(user).await? {
-            self.broadcast_online().await?;
+            self.schedule.changed(user);
         }
         Ok(())
     }
@@ -46,196 +79,338 @@ impl RealtimeService {
         self.presence.online().await
     }
 
-    /// Relays a typing notice to the target's connections only. Notices about oneself or to
-    /// an id that is not one of ours are dropped.
+    /// Relays a typing notice to the target's connections only, if the two share a
+    /// conversation (at least one message between them): nobody can pester strangers.
+    /// Notices about oneself, to an id that is not one of ours, or that can't be checked
+    /// now (the store is down) are dropped.
     pub async fn typing(&self, from: &UserId, to: &str, is_typing: bool) {
         let Ok(to) = UserId::parse(to) else { return };
-        if &to == from {
-            return;
+        let Ok(pair) = ParticipantPair::new(from.clone(), to.clone()) else { return };
+        match self.partners.share_conversation(&pair).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::debug!(error = %error, "typing notice dropped: conversation not checked");
+                return;
+            }
         }
         let event = Event::Typing { from: from.clone(), to: to.clone(), is_typing };
         if let Err(error) = self.notifier.notify(&[to], &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }
     }
+}
 
-    /// Tells everyone the online list after a change. Changes that happen while a broadcast
-    /// is under way are folded into one more broadcast of the then current list, by the
-    /// task already broadcasting: when K users come online at once, every connection gets
-    /// a few lists, not K (which would be K² frames in all).
-    async fn broadcast_online(&self) -> Result<(), RepoError> {
-        self.changed.store(true, Ordering::SeqCst);
+/// When the online list is due to go out next, shared by the callers that change presence
+/// and the announcing task. The lock is held for a few map operations, never across an
+/// await.
+#[derive(Default)]
+struct Schedule {
+    state: Mutex<Due>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Due {
+    /// The earliest moment a change asks to be announced; `None`: nothing to announce.
+    at: Option<Instant>,
+    /// Per user who changed lately: until when their changes are paid for. A change before
+    /// this moment rides on the broadcast already due then; one within a [`CHURN_INTERVAL`]
+    /// after it claims the broadcast at the end of that interval; a later one claims a
+    /// broadcast now. Entries older than an interval are pruned at each broadcast.
+    paid_until: HashMap<UserId, Instant>,
+}
+
+impl Schedule {
+    fn state(&self) -> MutexGuard<'_, Due> {
+        // Every change of the state is a few assignments: a panic elsewhere leaves it whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `user` came online or went offline.
+    fn changed(&self, user: &UserId) {
+        let now = Instant::now();
+        {
+            let mut state = self.state();
+            let at = match state.paid_until.get(user) {
+                Some(&paid) if now < paid => paid,
+                Some(&paid) if now < paid + CHURN_INTERVAL => paid + CHURN_INTERVAL,
+                _ => now,
+            };
+            state.paid_until.insert(user.clone(), at);
+            state.at = Some(state.at.map_or(at, |due| due.min(at)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits until a broadcast is due and at least [`ANNOUNCE_WINDOW`] has passed since
+    /// `last`, then marks everything announced (changes from now on wait for the next one).
+    async fn next(&self, last: Option<Instant>) {
         loop {
-            if self.announcing.swap(true, Ordering::SeqCst) {
-                // The running broadcast sees `changed` and goes round once more.
-                return Ok(());
+            let due = self.state().at;
+            let Some(due) = due else {
+                self.wake.notified().await;
+                continue;
+            };
+            let at = last.map_or(due, |last| due.max(last + ANNOUNCE_WINDOW));
+            if at <= Instant::now() {
+                let mut state = self.state();
+                state.at = None;
+                let now = Instant::now();
+                state.paid_until.retain(|_, paid| *paid + CHURN_INTERVAL > now);
+                return;
             }
-            let announced = self.announce_changes().await;
-            self.announcing.store(false, Ordering::SeqCst);
-            // A change flagged after the last round's check but before `announcing` was
-            // cleared would otherwise wait for the next change.
-            if announced.is_err() || !self.changed.load(Ordering::SeqCst) {
-                return announced;
+            // An earlier change may come meanwhile: look again when one does.
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = self.wake.notified() => {}
             }
         }
     }
+}
 
-    /// Broadcasts the current list until no change arrived meanwhile.
-    async fn announce_changes(&self) -> Result<(), RepoError> {
-        while self.changed.swap(false, Ordering::SeqCst) {
-            let online = self.presence.online().await?;
-            if let Err(error) = self.notifier.broadcast(&Event::OnlineUsers(online)).await {
-                tracing::warn!(error = %error, "online users not announced");
+/// The announcing task: broadcasts the online list as it is when each broadcast is due.
+async fn announce(schedule: Arc<Schedule>, presence: Arc<dyn Presence>, notifier: Arc<dyn Notifier>) {
+    let mut last = None;
+    loop {
+        schedule.next(last).await;
+        last = Some(Instant::now());
+        match presence.online().await {
+            Ok(online) => {
+                if let Err(error) = notifier.broadcast(&Event::OnlineUsers(online)).await {
+                    tracing::warn!(error = %error, "online users not announced");
+                }
             }
+            Err(error) => tracing::warn!(error = %error, "online users not announced: presence unavailable"),
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{MockNotifier, MockPresence};
+    use crate::ports::{MockConversationRepository, MockNotifier, MockPresence};
+    use domain::Conversation;
 
     fn service(presence: MockPresence, notifier: MockNotifier) -> RealtimeService {
-        RealtimeService::new(Arc::new(presence), Arc::new(notifier))
+        service_with(presence, notifier, MockConversationRepository::new())
     }
 
-    #[tokio::test]
-    async fn first_connection_broadcasts_the_new_online_list() {
-        let user = UserId::generate();
-        let online = vec![user.clone()];
+    fn service_with(
+        presence: MockPresence,
+        notifier: MockNotifier,
+        conversations: MockConversationRepository,
+    ) -> RealtimeService {
+        RealtimeService::new(Arc::new(presence), Arc::new(notifier), Arc::new(conversations))
+    }
+
+    /// A presence that keeps the online set in memory, as the adapters do.
+    fn presence(online: Arc<Mutex<Vec<UserId>>>) -> MockPresence {
         let mut presence = MockPresence::new();
-        presence.expect_connected().returning(|_| Ok(true));
-        let listed = online.clone();
-        presence.expect_online().returning(move || Ok(listed.clone()));
-        let mut notifier = MockNotifier::new();
-        notifier
-            .expect_broadcast()
-            .withf(move |e| *e == Event::OnlineUsers(online.clone()))
-            .times(1)
-            .returning(|_| Ok(()));
-        assert_eq!(service(presence, notifier).connection_opened(&user).await.unwrap(), None);
+        let joined = online.clone();
+        presence.expect_connected().returning(move |user| {
+            let mut online = joined.lock().unwrap();
+            let first = !online.contains(user);
+            if first {
+                online.push(user.clone());
+            }
+            Ok(first)
+        });
+        let left = online.clone();
+        presence.expect_disconnected().returning(move |user| {
+            let mut online = left.lock().unwrap();
+            let before = online.len();
+            online.retain(|u| u != user);
+            Ok(online.len() < before)
+        });
+        presence.expect_online().returning(move || Ok(online.lock().unwrap().clone()));
+        presence
     }
 
-    #[tokio::test]
+    /// A notifier that records every list broadcast.
+    fn recorder(lists: Arc<Mutex<Vec<Vec<UserId>>>>) -> MockNotifier {
+        let mut notifier = MockNotifier::new();
+        notifier.expect_broadcast().returning(move |event| {
+            let Event::OnlineUsers(list) = event else { panic!("only online lists are broadcast") };
+            lists.lock().unwrap().push(list.clone());
+            Ok(())
+        });
+        notifier
+    }
+
+    /// Lets the announcing task run for `time` (paused clock: advanced as needed).
+    async fn run_for(time: Duration) {
+        tokio::time::sleep(time).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_connection_is_announced_at_once() {
+        let (online, lists) = (Arc::default(), Arc::default());
+        let service = service(presence(online), recorder(Arc::clone(&lists)));
+        let user = UserId::generate();
+        assert_eq!(service.connection_opened(&user).await.unwrap(), None);
+        run_for(Duration::from_millis(1)).await;
+        assert_eq!(*lists.lock().unwrap(), vec![vec![user]]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn another_device_gets_the_list_without_a_broadcast() {
         let user = UserId::generate();
-        let online = vec![user.clone()];
-        let mut presence = MockPresence::new();
-        presence.expect_connected().returning(|_| Ok(false));
-        let listed = online.clone();
-        presence.expect_online().returning(move || Ok(listed.clone()));
+        let online = Arc::new(Mutex::new(vec![user.clone()]));
         let mut notifier = MockNotifier::new();
         notifier.expect_broadcast().never();
-        let snapshot = service(presence, notifier).connection_opened(&user).await.unwrap();
-        assert_eq!(snapshot, Some(online));
+        let service = service(presence(online), notifier);
+        let snapshot = service.connection_opened(&user).await.unwrap();
+        assert_eq!(snapshot, Some(vec![user]));
+        run_for(Duration::from_secs(2)).await;
     }
 
-    #[tokio::test]
-    async fn last_connection_closing_broadcasts() {
+    #[tokio::test(start_paused = true)]
+    async fn the_last_connection_closing_is_announced_and_one_of_several_is_not() {
+        let user = UserId::generate();
+        let online = Arc::new(Mutex::new(vec![user.clone()]));
+        let lists = Arc::default();
+        let service = service(presence(online), recorder(Arc::clone(&lists)));
+        service.connection_closed(&user).await.unwrap();
+        run_for(Duration::from_secs(2)).await;
+        assert_eq!(*lists.lock().unwrap(), vec![Vec::<UserId>::new()]);
+        service.connection_closed(&user).await.unwrap();
+        run_for(Duration::from_secs(2)).await;
+        assert_eq!(lists.lock().unwrap().len(), 1, "nobody went offline the second time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_within_a_window_go_out_as_one_trailing_broadcast_of_the_latest_list() {
+        let (online, lists) = (Arc::default(), Arc::default());
+        let service = service(presence(online), recorder(Arc::clone(&lists)));
+        let users: Vec<UserId> = (0..20).map(|_| UserId::generate()).collect();
+        for user in &users {
+            service.connection_opened(user).await.unwrap();
+            run_for(Duration::from_millis(5)).await;
+        }
+        // 20 users in 100 ms: the first announced at once, the others a window later.
+        run_for(ANNOUNCE_WINDOW).await;
+        assert_eq!(*lists.lock().unwrap(), vec![users[..1].to_vec(), users.clone()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_user_claims_one_broadcast_per_interval_and_the_last_state_goes_out() {
+        let (online, lists) = (Arc::default(), Arc::<Mutex<Vec<Vec<UserId>>>>::default());
+        let service = service(presence(online), recorder(Arc::clone(&lists)));
+        let user = UserId::generate();
+        let started = Instant::now();
+        // Online and offline 100 times a second, for 3 seconds.
+        for _ in 0..300 {
+            service.connection_opened(&user).await.unwrap();
+            service.connection_closed(&user).await.unwrap();
+            run_for(Duration::from_millis(10)).await;
+        }
+        let flapped = started.elapsed();
+        run_for(CHURN_INTERVAL + ANNOUNCE_WINDOW).await;
+        let lists = lists.lock().unwrap();
+        // One at the start, then one per interval while it lasts, then the trailing one.
+        let bound = 2 + (flapped.as_millis() / CHURN_INTERVAL.as_millis()) as usize;
+        assert!(lists.len() <= bound, "{} broadcasts for 600 changes (at most {bound})", lists.len());
+        assert_eq!(lists.last(), Some(&Vec::new()), "the last state, offline, was announced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_user_does_not_delay_anyone_else() {
+        let (online, lists) = (Arc::default(), Arc::<Mutex<Vec<Vec<UserId>>>>::default());
+        let service = service(presence(online), recorder(Arc::clone(&lists)));
+        let (flapper, newcomer) = (UserId::generate(), UserId::generate());
+        for _ in 0..20 {
+            service.connection_opened(&flapper).await.unwrap();
+            service.connection_closed(&flapper).await.unwrap();
+            run_for(Duration::from_millis(10)).await;
+        }
+        let before = lists.lock().unwrap().len();
+        service.connection_opened(&newcomer).await.unwrap();
+        run_for(ANNOUNCE_WINDOW).await;
+        let lists = lists.lock().unwrap();
+        assert_eq!(lists.len(), before + 1);
+        assert_eq!(lists.last(), Some(&vec![newcomer]), "within a window, not at the flapper's pace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_presence_announces_nothing_and_the_task_goes_on() {
         let mut presence = MockPresence::new();
-        presence.expect_disconnected().returning(|_| Ok(true));
-        presence.expect_online().returning(|| Ok(vec![]));
-        let mut notifier = MockNotifier::new();
-        notifier
-            .expect_broadcast()
-            .withf(|e| *e == Event::OnlineUsers(vec![]))
-            .times(1)
-            .returning(|_| Ok(()));
-        service(presence, notifier).connection_closed(&UserId::generate()).await.unwrap();
+        presence.expect_connected().returning(|_| Ok(true));
+        let mut calls = 0;
+        presence.expect_online().returning(move || {
+            calls += 1;
+            if calls == 1 {
+                Err(RepoError::Unavailable(anyhow::anyhow!("down")))
+            } else {
+                Ok(Vec::new())
+            }
+        });
+        let lists = Arc::<Mutex<Vec<Vec<UserId>>>>::default();
+        let service = service(presence, recorder(Arc::clone(&lists)));
+        service.connection_opened(&UserId::generate()).await.unwrap();
+        run_for(Duration::from_secs(2)).await;
+        assert!(lists.lock().unwrap().is_empty());
+        service.connection_opened(&UserId::generate()).await.unwrap();
+        run_for(Duration::from_secs(2)).await;
+        assert_eq!(lists.lock().unwrap().len(), 1);
+    }
+
+    fn conversations(shared: bool, lookups: usize) -> MockConversationRepository {
+        let mut conversations = MockConversationRepository::new();
+        conversations.expect_find_by_participants().times(lookups).returning(move |pair| {
+            Ok(shared.then(|| Conversation::start(pair.clone(), chrono::Utc::now())))
+        });
+        conversations
     }
 
     #[tokio::test]
-    async fn closing_one_of_several_connections_is_silent() {
-        let mut presence = MockPresence::new();
-        presence.expect_disconnected().returning(|_| Ok(false));
-        let mut notifier = MockNotifier::new();
-        notifier.expect_broadcast().never();
-        service(presence, notifier).connection_closed(&UserId::generate()).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn typing_goes_to_the_target_only() {
+    async fn typing_goes_to_a_conversation_partner_only() {
         let (from, to) = (UserId::generate(), UserId::generate());
         let mut notifier = MockNotifier::new();
         let (f, t) = (from.clone(), to.clone());
         notifier
             .expect_notify()
             .withf(move |users, e| {
-                users == [t.clone()]
-                    && *e == Event::Typing { from: f.clone(), to: t.clone(), is_typing: true }
+                users == [t.clone()] && *e == Event::Typing { from: f.clone(), to: t.clone(), is_typing: true }
             })
-            .times(1)
+            .times(3)
             .returning(|_, _| Ok(()));
-        service(MockPresence::new(), notifier).typing(&from, to.as_str(), true).await;
-    }
-
-    /// A notifier whose first broadcast waits for `release`, recording every broadcast.
-    struct GatedNotifier {
-        release: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
-        started: tokio::sync::Notify,
-        lists: std::sync::Mutex<Vec<Vec<UserId>>>,
-    }
-
-    #[async_trait::async_trait]
-    impl Notifier for GatedNotifier {
-        async fn notify(&self, _: &[UserId], _: &Event) -> Result<(), crate::ports::NotifyError> {
-            Ok(())
-        }
-        async fn broadcast(&self, event: &Event) -> Result<(), crate::ports::NotifyError> {
-            let Event::OnlineUsers(list) = event else { panic!("only online lists are broadcast") };
-            self.lists.lock().unwrap().push(list.clone());
-            self.started.notify_one();
-            if let Some(gate) = self.release.lock().await.take() {
-                let _ = gate.await;
-            }
-            Ok(())
+        // Three notices, one lookup.
+        let service = service_with(MockPresence::new(), notifier, conversations(true, 1));
+        for _ in 0..3 {
+            service.typing(&from, to.as_str(), true).await;
         }
     }
 
     #[tokio::test]
-    async fn changes_during_a_broadcast_are_folded_into_one_more_with_the_latest_list() {
-        let online = Arc::new(std::sync::Mutex::new(Vec::<UserId>::new()));
-        let mut presence = MockPresence::new();
-        let joined = online.clone();
-        presence.expect_connected().returning(move |user| {
-            joined.lock().unwrap().push(user.clone());
-            Ok(true)
-        });
-        let listed = online.clone();
-        presence.expect_online().returning(move || Ok(listed.lock().unwrap().clone()));
-        let (release, gate) = tokio::sync::oneshot::channel();
-        let notifier = Arc::new(GatedNotifier {
-            release: tokio::sync::Mutex::new(Some(gate)),
-            started: tokio::sync::Notify::new(),
-            lists: std::sync::Mutex::new(Vec::new()),
-        });
-        let service = Arc::new(RealtimeService::new(Arc::new(presence), notifier.clone()));
-
-        let users: Vec<UserId> = (0..4).map(|_| UserId::generate()).collect();
-        let first = {
-            let (service, user) = (service.clone(), users[0].clone());
-            tokio::spawn(async move { service.connection_opened(&user).await })
-        };
-        notifier.started.notified().await;
-        // Three more users come online while the first broadcast is blocked.
-        for user in &users[1..] {
-            assert_eq!(service.connection_opened(user).await.unwrap(), None);
+    async fn typing_to_a_stranger_is_dropped_and_checked_once() {
+        let mut notifier = MockNotifier::new();
+        notifier.expect_notify().never();
+        let service = service_with(MockPresence::new(), notifier, conversations(false, 1));
+        let (me, stranger) = (UserId::generate(), UserId::generate());
+        for _ in 0..50 {
+            service.typing(&me, stranger.as_str(), true).await;
         }
-        release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-
-        let lists = notifier.lists.lock().unwrap().clone();
-        assert_eq!(lists, vec![users[..1].to_vec(), users.clone()], "one list, then one with everyone");
     }
 
     #[tokio::test]
-    async fn typing_to_oneself_or_nobody_is_dropped() {
+    async fn typing_is_dropped_when_the_conversation_cannot_be_checked() {
+        let mut conversations = MockConversationRepository::new();
+        conversations
+            .expect_find_by_participants()
+            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let mut notifier = MockNotifier::new();
+        notifier.expect_notify().never();
+        let service = service_with(MockPresence::new(), notifier, conversations);
+        service.typing(&UserId::generate(), UserId::generate().as_str(), true).await;
+    }
+
+    #[tokio::test]
+    async fn typing_to_oneself_or_nobody_is_dropped_without_a_lookup() {
         let me = UserId::generate();
         let mut notifier = MockNotifier::new();
         notifier.expect_notify().never();
-        let service = service(MockPresence::new(), notifier);
+        let service = service_with(MockPresence::new(), notifier, conversations(true, 0));
         service.typing(&me, me.as_str(), true).await;
         service.typing(&me, "not-an-id", true).await;
     }

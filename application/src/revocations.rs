@@ -14,17 +14,26 @@
 //!
 //! Across instances a logout takes effect as soon as the feed brings it (a Redis publish:
 //! well under a millisecond on a healthy network), not in the same instant.
+//!
+//! Sockets authenticate once, at their handshake: every revocation this learns of (made
+//! here, reported by the feed, or found in the store by a load after a cut) ends the
+//! connections opened with that token, through the [`TokenConnections`] port.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use domain::Timestamp;
 
-use crate::ports::{RepoResult, Revocation, RevocationFeed, RevocationListener, RevokedTokenRepository};
+use crate::ports::{
+    RepoResult, Revocation, RevocationFeed, RevocationListener, RevokedTokenRepository, TokenConnections,
+};
 
 pub struct Revocations {
     store: Arc<dyn RevokedTokenRepository>,
     feed: Option<Arc<dyn RevocationFeed>>,
+    /// Where the sockets opened with a token are ended once it is revoked; `None` where
+    /// no socket is ever opened.
+    connections: Option<Arc<dyn TokenConnections>>,
     state: Mutex<State>,
 }
 
@@ -44,8 +53,26 @@ struct State {
 impl Revocations {
     /// `feed` is `None` for a single instance: every revocation is then made here.
     pub fn new(store: Arc<dyn RevokedTokenRepository>, feed: Option<Arc<dyn RevocationFeed>>) -> Arc<Self> {
+        Self::build(store, feed, None)
+    }
+
+    /// As [`Revocations::new`], for a server that holds sockets: each revocation also ends
+    /// the `connections` opened with the token.
+    pub fn ending_connections(
+        store: Arc<dyn RevokedTokenRepository>,
+        feed: Option<Arc<dyn RevocationFeed>>,
+        connections: Arc<dyn TokenConnections>,
+    ) -> Arc<Self> {
+        Self::build(store, feed, Some(connections))
+    }
+
+    fn build(
+        store: Arc<dyn RevokedTokenRepository>,
+        feed: Option<Arc<dyn RevocationFeed>>,
+        connections: Option<Arc<dyn TokenConnections>>,
+    ) -> Arc<Self> {
         let state = State { feed_live: feed.is_none(), ..State::default() };
-        let revocations = Arc::new(Self { store, feed: feed.clone(), state: Mutex::new(state) });
+        let revocations = Arc::new(Self { store, feed: feed.clone(), connections, state: Mutex::new(state) });
         if let Some(feed) = feed {
             feed.listen(revocations.clone());
         }
@@ -75,16 +102,31 @@ impl Revocations {
             state.epoch
         };
         let active = self.store.active(now).await?;
-        let mut state = self.state();
-        for revocation in active {
-            state.revoked.insert(revocation.token_id, revocation.expires_at);
+        // Those not held yet may have been made elsewhere while the feed was cut: their
+        // sockets here are still open.
+        let mut learned = Vec::new();
+        {
+            let mut state = self.state();
+            for revocation in active {
+                if state.revoked.insert(revocation.token_id.clone(), revocation.expires_at).is_none() {
+                    learned.push(revocation.token_id);
+                }
+            }
+            // Whatever was revoked elsewhere after the feed went live arrived through it.
+            if state.feed_live && state.epoch == epoch {
+                state.complete = true;
+                tracing::debug!(revoked = state.revoked.len(), "revocations held in memory");
+            }
         }
-        // Whatever was revoked elsewhere after the feed went live arrived through it.
-        if state.feed_live && state.epoch == epoch {
-            state.complete = true;
-            tracing::debug!(revoked = state.revoked.len(), "revocations held in memory");
-        }
+        self.end_connections(&learned);
         Ok(())
+    }
+
+    /// Ends the sockets opened with these tokens (called outside the state lock).
+    fn end_connections(&self, token_ids: &[String]) {
+        if let (Some(connections), false) = (&self.connections, token_ids.is_empty()) {
+            connections.end_revoked(token_ids);
+        }
     }
 
     pub async fn is_revoked(&self, token_id: &str) -> RepoResult<bool> {
@@ -107,6 +149,7 @@ impl Revocations {
     pub async fn revoke(&self, revocation: Revocation) -> RepoResult<()> {
         self.store.revoke(&revocation.token_id, revocation.expires_at).await?;
         self.state().revoked.insert(revocation.token_id.clone(), revocation.expires_at);
+        self.end_connections(std::slice::from_ref(&revocation.token_id));
         if let Some(feed) = &self.feed {
             if let Err(error) = feed.announce(&revocation).await {
                 tracing::warn!(error = %error, "revocation stored but not yet announced to the other instances");
@@ -125,7 +168,8 @@ impl Revocations {
 
 impl RevocationListener for Revocations {
     fn revoked_elsewhere(&self, revocation: Revocation) {
-        self.state().revoked.insert(revocation.token_id, revocation.expires_at);
+        self.state().revoked.insert(revocation.token_id.clone(), revocation.expires_at);
+        self.end_connections(&[revocation.token_id]);
     }
 
     fn feed_live(&self) {
@@ -144,7 +188,7 @@ impl RevocationListener for Revocations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{MockRevocationFeed, MockRevokedTokenRepository, NotifyError};
+    use crate::ports::{MockRevocationFeed, MockRevokedTokenRepository, MockTokenConnections, NotifyError};
     use chrono::{Duration, TimeZone, Utc};
     use mockall::predicate::eq;
 
@@ -274,6 +318,61 @@ mod tests {
         let revocations = Revocations::new(Arc::new(store), Some(Arc::new(feed)));
         revocations.revoke(revocation("t1")).await.unwrap();
         assert!(revocations.is_revoked("t1").await.unwrap());
+    }
+
+    /// Connections that expect to be ended for exactly `expected`, in that order.
+    fn connections(expected: &[&[&str]]) -> MockTokenConnections {
+        let mut connections = MockTokenConnections::new();
+        let mut sequence = mockall::Sequence::new();
+        for ids in expected {
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            connections
+                .expect_end_revoked()
+                .withf(move |ended| ended == ids.as_slice())
+                .times(1)
+                .in_sequence(&mut sequence)
+                .return_const(());
+        }
+        connections
+    }
+
+    #[tokio::test]
+    async fn a_revocation_made_here_ends_the_sockets_of_the_token_after_storing_it() {
+        let mut store = store(Vec::new(), &[]);
+        store.expect_revoke().times(1).returning(|_, _| Ok(()));
+        let revocations = Revocations::ending_connections(Arc::new(store), None, Arc::new(connections(&[&["t1"]])));
+        revocations.revoke(revocation("t1")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revocation_that_failed_to_store_ends_nothing() {
+        let mut store = store(Vec::new(), &[]);
+        store.expect_revoke().returning(|_, _| Err(crate::ports::RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let revocations = Revocations::ending_connections(Arc::new(store), None, Arc::new(connections(&[])));
+        assert!(revocations.revoke(revocation("t1")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn revocations_from_the_feed_and_those_a_load_finds_after_a_cut_end_their_sockets() {
+        let listener = Arc::new(Mutex::new(None));
+        // The store holds "old" from the start, and "missed" once the feed was cut.
+        let active = Arc::new(Mutex::new(vec![revocation("old")]));
+        let mut store = MockRevokedTokenRepository::new();
+        let listed = active.clone();
+        store.expect_active().returning(move |_| Ok(listed.lock().unwrap().clone()));
+        let ended = connections(&[&["old"], &["elsewhere"], &["missed"]]);
+        let revocations =
+            Revocations::ending_connections(Arc::new(store), Some(Arc::new(feed(listener.clone()))), Arc::new(ended));
+        let listener = listener.lock().unwrap().clone().expect("registered with the feed");
+        listener.feed_live();
+        revocations.load(now()).await.unwrap();
+        listener.revoked_elsewhere(revocation("elsewhere"));
+
+        listener.feed_lost();
+        active.lock().unwrap().push(revocation("missed"));
+        listener.feed_live();
+        // Only what was not held yet: "old" and "elsewhere" were ended already.
+        revocations.load(now()).await.unwrap();
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! One Engine.IO session and the Socket.IO socket it carries: a single task with one
 //! `select!` over the client's packets, the socket's next step (room in the outbox for a
 //! frame due, a replay page to read, an event from the registry queue), the heartbeat and
-//! the connect deadline. It never waits to queue a packet for the client: frames of the
+//! the connect deadline, the expiry of the socket's token. It never waits to queue a packet
+//! for the client: frames of the
 //! socket's message stream wait for room in the bounded outbox (keeping a little of it free
 //! for the heartbeat), everything else is `try_send`, and a client that doesn't take its
 //! packets is closed rather than buffered for.
@@ -17,7 +18,7 @@ use domain::UserId;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use ws_notifier::wire::{self, names, TypingIn};
-use ws_notifier::{ConnectionGuard, Follow, FrameBudget, Outbound, Receiver, Stop};
+use ws_notifier::{ConnectionGuard, Ended, Follow, FrameBudget, Outbound, Receiver, SessionToken, Stop};
 
 use crate::engine::{random_id, Engine, Inbound};
 use crate::packet::{self, EnginePacket, SinceArg, SocketPacket, MAIN_NAMESPACE};
@@ -27,6 +28,14 @@ type Reason = &'static str;
 
 /// Outbox places frames of the stream leave free: for a ping, and replies to the client.
 const OUTBOX_HEADROOM: usize = 4;
+
+/// The Socket.IO DISCONNECT packet of the main namespace, in an Engine.IO message: the
+/// server ended the socket, and the client does not reconnect by itself.
+const DISCONNECT: &str = "41";
+/// The event that tells a client why the server ended its socket, before [`DISCONNECT`]
+/// (which carries no reason): `{"reason": text}`.
+const SESSION_ENDED: &str = "sessionEnded";
+const EXPIRED: Reason = "session ended: the token expired";
 
 /// What the Engine.IO handshake carried, for the CONNECT packets that don't say.
 pub(crate) struct Handshake {
@@ -45,6 +54,8 @@ struct Socket {
     /// read only when this is empty, so a client that falls behind fills its registry queue
     /// and is evicted, as on `/ws`.
     pending: VecDeque<Outbound>,
+    /// When the token the socket joined with expires: the socket ends then.
+    expiry: Instant,
 }
 
 struct Session {
@@ -68,8 +79,8 @@ enum Step {
     Replay,
     /// An event from the registry queue; `None` once the queue is closed.
     Event(Option<Outbound>),
-    /// The registry dropped the socket: it fell too far behind.
-    Evicted,
+    /// The registry dropped the socket: it fell too far behind, or its token was revoked.
+    Ended(Ended),
 }
 
 pub(crate) async fn run(
@@ -109,6 +120,7 @@ impl Session {
     async fn serve_packets(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> Result<Infallible, Reason> {
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
+            let expiry = self.socket.as_ref().map(|s| s.expiry);
             tokio::select! {
                 message = inbound.recv() => match message {
                     Some(Inbound::Packet(text)) => {
@@ -135,15 +147,16 @@ impl Session {
                         socket.pending.extend(frames);
                     }
                     Step::Event(None) => {
-                        let evicted = self.socket.as_ref().is_some_and(|s| s.guard.was_evicted());
-                        return Err(if evicted {
-                            "too slow: events were not read in time"
-                        } else {
-                            "server shutting down"
+                        return Err(match self.socket.as_ref().and_then(|s| s.guard.end()) {
+                            Some(why) => self.ended(why),
+                            None => "server shutting down",
                         });
                     }
-                    Step::Evicted => return Err("too slow: events were not read in time"),
+                    Step::Ended(why) => return Err(self.ended(why)),
                 },
+                _ = sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
+                    return Err(self.disconnect(EXPIRED));
+                }
                 _ = sleep_until(self.next_ping), if self.pong_deadline.is_none() => {
                     self.push(packet::PING.to_owned())?;
                     self.pong_deadline = Some(Instant::now() + self.engine.settings.ping_timeout);
@@ -156,6 +169,24 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The registry ended the socket: a revoked token is told why and disconnected for good;
+    /// a client too slow to read gets nothing more (it reconnects, and resumes its stream).
+    fn ended(&self, why: Ended) -> Reason {
+        match why {
+            Ended::Revoked => self.disconnect(why.reason()),
+            Ended::TooSlow => why.reason(),
+        }
+    }
+
+    /// Tells the client why its socket ends, then disconnects it (best effort: a client that
+    /// stopped reading may not get either).
+    fn disconnect(&self, reason: Reason) -> Reason {
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        let _ = self.push(packet::event(SESSION_ENDED, &data));
+        let _ = self.push(DISCONNECT.to_owned());
+        reason
     }
 
     /// Queues a packet for the client; a full queue means the client stopped reading.
@@ -244,8 +275,11 @@ impl Session {
             return self
                 .push(refuse("Authentication required: pass auth.token, a token cookie or a Bearer header"));
         };
-        let user = match self.engine.accounts.authenticate(&token).await {
-            Ok(session) => session.user_id().clone(),
+        let (user, token) = match self.engine.accounts.authenticate(&token).await {
+            Ok(session) => (
+                session.user_id().clone(),
+                SessionToken { id: session.claims.token_id, expires_at: session.claims.expires_at },
+            ),
             Err(AccountError::Unauthenticated) => return self.push(refuse("Invalid or expired token")),
             Err(error) => {
                 tracing::warn!(error = %error, "socket.io authentication failed");
@@ -268,7 +302,7 @@ impl Session {
                 return self.push(refuse("Service unavailable, retry later"));
             }
         };
-        let (guard, queue) = match self.engine.registry.register(&user) {
+        let (guard, queue) = match self.engine.registry.register(&user, &token) {
             Ok(registered) => registered,
             Err(ws_notifier::Refusal::ShuttingDown) => {
                 let _ = self.push(refuse("Server shutting down"));
@@ -277,11 +311,13 @@ impl Session {
             Err(refusal @ ws_notifier::Refusal::TooManyConnections { .. }) => {
                 return self.push(refuse(&refusal.to_string()));
             }
+            Err(ws_notifier::Refusal::Revoked) => return self.push(refuse("Invalid or expired token")),
         };
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.
         self.push(packet::connect_ok(&sid))?;
-        self.socket = Some(Socket { guard, queue, sid, follow, pending: VecDeque::new() });
+        let expiry = token.deadline();
+        self.socket = Some(Socket { guard, queue, sid, follow, pending: VecDeque::new(), expiry });
         self.opened(&user).await
     }
 
@@ -337,7 +373,7 @@ async fn next_step(socket: &mut Option<Socket>, outbox: &mpsc::Sender<String>) -
             Err(_) => Step::OutboxClosed,
         },
         event = socket.queue.recv(), if read_queue => Step::Event(event),
-        () = socket.guard.evicted() => Step::Evicted,
+        why = socket.guard.ended() => Step::Ended(why),
     }
 }
 

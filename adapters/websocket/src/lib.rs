@@ -24,5 +24,5 @@ pub mod wire;
 pub use budget::FrameBudget;
 pub use follow::{Follow, Stop};
 pub use presence::InMemoryPresence;
-pub use registry::{ConnectionGuard, ConnectionRegistry, Outbound, Receiver, Refusal};
+pub use registry::{ConnectionGuard, ConnectionRegistry, Ended, Outbound, Receiver, Refusal, SessionToken};
 pub use session::{serve, Handshake, WsSettings};

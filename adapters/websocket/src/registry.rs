@@ -1,13 +1,16 @@
-//! Which connections each user has open on this instance, and delivery to them.
+//! Which connections each user has open on this instance, with the token each was opened
+//! with, and delivery to them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use application::ports::{Event, Notifier, NotifyError};
+use application::ports::{Event, Notifier, NotifyError, TokenConnections};
 use async_trait::async_trait;
-use domain::{Cursor, UserId};
+use domain::{Cursor, Timestamp, UserId};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::wire::encode_event;
 
@@ -39,8 +42,50 @@ impl Outbound {
 
 pub type Receiver = mpsc::Receiver<Outbound>;
 
+/// The token a connection was opened with: the connection ends when it is revoked (see
+/// [`TokenConnections`]) or expires (each session watches [`SessionToken::deadline`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionToken {
+    /// The token's unique id (`jti`).
+    pub id: String,
+    pub expires_at: Timestamp,
+}
+
+impl SessionToken {
+    /// When the token expires, on the runtime's clock (now, if it has already).
+    pub fn deadline(&self) -> Instant {
+        let left = (self.expires_at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    }
+}
+
+/// Why the registry dropped a connection before its session ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its queue was full: the client fell too far behind.
+    TooSlow,
+    /// The token it was opened with was revoked (a logout).
+    Revoked,
+}
+
+impl Ended {
+    /// What the client is told.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ended::TooSlow => "too slow: events were not read in time",
+            Ended::Revoked => "session ended: the token was revoked (logged out)",
+        }
+    }
+}
+
+/// How long a revoked token id is remembered, to refuse it to a connection whose handshake
+/// was authenticated just before the revocation and registers just after: far longer than
+/// the time between the two (a read of the store, within its deadline).
+const REMEMBER_REVOKED: Duration = Duration::from_secs(60);
+
 struct Connection {
     id: u64,
+    token_id: String,
     sender: mpsc::Sender<Outbound>,
 }
 
@@ -48,16 +93,20 @@ struct Connection {
 ///
 /// The lock is held only for map look-ups and `try_send`s, never across an await, so a slow
 /// connection can't hold up delivery to anyone else: when its queue is full it is dropped
-/// from the registry, which ends its session (see [`ConnectionRegistry::was_evicted`]).
+/// from the registry, which ends its session (see [`ConnectionGuard::ended`]); so is a
+/// connection whose token is revoked.
 pub struct ConnectionRegistry {
     connections: RwLock<HashMap<UserId, Vec<Connection>>>,
     next_id: AtomicU64,
     queue_capacity: usize,
     max_per_user: usize,
     shutting_down: AtomicBool,
-    evicted: RwLock<std::collections::HashSet<u64>>,
-    /// Wakes sessions blocked on a client that stopped reading when any connection is evicted.
-    eviction: tokio::sync::Notify,
+    /// Connections dropped by the registry, and why, until their guard is dropped.
+    ended: RwLock<HashMap<u64, Ended>>,
+    /// Wakes sessions blocked on a client that stopped reading when any connection is ended.
+    ending: tokio::sync::Notify,
+    /// Token ids revoked lately, and when (see [`REMEMBER_REVOKED`]).
+    revoked: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -72,22 +121,22 @@ impl ConnectionGuard {
         &self.user
     }
 
-    /// Why the queue closed: the connection fell too far behind (`true`), or the server
-    /// is shutting down (`false`).
-    pub fn was_evicted(&self) -> bool {
-        self.registry.evicted_read().contains(&self.id)
+    /// Why the queue closed: the registry ended the connection (`Some`), or the server is
+    /// shutting down (`None`).
+    pub fn end(&self) -> Option<Ended> {
+        self.registry.ended_read().get(&self.id).copied()
     }
 
-    /// Completes once this connection is evicted. A session waiting to hand a frame to a
-    /// client that stopped reading never sees its queue close; it races this instead.
-    pub async fn evicted(&self) {
+    /// Completes once the registry ends this connection. A session waiting to hand a frame
+    /// to a client that stopped reading never sees its queue close; it races this instead.
+    pub async fn ended(&self) -> Ended {
         loop {
-            let notified = self.registry.eviction.notified();
+            let notified = self.registry.ending.notified();
             tokio::pin!(notified);
-            // Registered before the check, so an eviction in between is not missed.
+            // Registered before the check, so an ending in between is not missed.
             notified.as_mut().enable();
-            if self.was_evicted() {
-                return;
+            if let Some(ended) = self.end() {
+                return ended;
             }
             notified.await;
         }
@@ -97,7 +146,7 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.registry.remove(&self.user, self.id);
-        self.registry.evicted_write().remove(&self.id);
+        self.registry.ended_write().remove(&self.id);
     }
 }
 
@@ -108,6 +157,8 @@ pub enum Refusal {
     ShuttingDown,
     #[error("too many open connections for this user (at most {max})")]
     TooManyConnections { max: usize },
+    #[error("the token was revoked (logged out)")]
+    Revoked,
 }
 
 impl ConnectionRegistry {
@@ -120,27 +171,38 @@ impl ConnectionRegistry {
             queue_capacity: queue_capacity.max(1),
             max_per_user: if max_per_user == 0 { usize::MAX } else { max_per_user },
             shutting_down: AtomicBool::new(false),
-            evicted: RwLock::new(Default::default()),
-            eviction: tokio::sync::Notify::new(),
+            ended: RwLock::new(HashMap::new()),
+            ending: tokio::sync::Notify::new(),
+            revoked: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Adds a connection of `user`; events for them arrive on the returned receiver until
-    /// the guard is dropped. Refused once the server is shutting down, or when the user
-    /// already holds the most connections allowed.
-    pub fn register(self: &Arc<Self>, user: &UserId) -> Result<(ConnectionGuard, Receiver), Refusal> {
+    /// Adds a connection of `user` opened with `token`; events for them arrive on the
+    /// returned receiver until the guard is dropped. Refused once the server is shutting
+    /// down, when the user already holds the most connections allowed, or when the token
+    /// was revoked since the handshake checked it.
+    pub fn register(
+        self: &Arc<Self>,
+        user: &UserId,
+        token: &SessionToken,
+    ) -> Result<(ConnectionGuard, Receiver), Refusal> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Refusal::ShuttingDown);
         }
         let (sender, receiver) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
+            // Checked under the connections lock, which `end_revoked` holds while it
+            // records a revocation: a connection is either refused here or ended there.
             let mut connections = self.write();
+            if self.revoked_lately().contains_key(&token.id) {
+                return Err(Refusal::Revoked);
+            }
             let list = connections.entry(user.clone()).or_default();
             if list.len() >= self.max_per_user {
                 return Err(Refusal::TooManyConnections { max: self.max_per_user });
             }
-            list.push(Connection { id, sender });
+            list.push(Connection { id, token_id: token.id.clone(), sender });
         }
         let guard = ConnectionGuard { registry: Arc::clone(self), user: user.clone(), id };
         Ok((guard, receiver))
@@ -193,9 +255,9 @@ impl ConnectionRegistry {
         }
         for (user, id) in stalled {
             tracing::info!(user = %user, connection = id, "closing a connection whose queue is full");
-            self.evicted_write().insert(id);
+            self.ended_write().insert(id, Ended::TooSlow);
             self.remove(&user, id);
-            self.eviction.notify_waiters();
+            self.ending.notify_waiters();
         }
         delivered
     }
@@ -220,12 +282,54 @@ impl ConnectionRegistry {
         self.connections.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn evicted_read(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashSet<u64>> {
-        self.evicted.read().unwrap_or_else(|p| p.into_inner())
+    fn ended_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Ended>> {
+        self.ended.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn evicted_write(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashSet<u64>> {
-        self.evicted.write().unwrap_or_else(|p| p.into_inner())
+    fn ended_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Ended>> {
+        self.ended.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revoked_lately(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Revocations end connections: their sessions see their queue closed (or, blocked on a
+/// client that stopped reading, are woken) and close them with [`Ended::Revoked`].
+impl TokenConnections for ConnectionRegistry {
+    fn end_revoked(&self, token_ids: &[String]) {
+        let revoked: HashSet<&str> = token_ids.iter().map(String::as_str).collect();
+        let mut connections = self.write();
+        let now = std::time::Instant::now();
+        {
+            let mut lately = self.revoked_lately();
+            lately.retain(|_, at| now.duration_since(*at) < REMEMBER_REVOKED);
+            lately.extend(token_ids.iter().map(|id| (id.clone(), now)));
+        }
+        let ended: Vec<(UserId, u64)> = connections
+            .iter()
+            .flat_map(|(user, list)| list.iter().map(move |connection| (user, connection)))
+            .filter(|(_, connection)| revoked.contains(connection.token_id.as_str()))
+            .map(|(user, connection)| (user.clone(), connection.id))
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        // Marked before their queues close, so that their sessions read why.
+        {
+            let mut marks = self.ended_write();
+            for (user, id) in &ended {
+                tracing::info!(user = %user, connection = id, "closing a connection whose token was revoked");
+                marks.insert(*id, Ended::Revoked);
+            }
+        }
+        connections.retain(|_, list| {
+            list.retain(|connection| !revoked.contains(connection.token_id.as_str()));
+            !list.is_empty()
+        });
+        drop(connections);
+        self.ending.notify_waiters();
     }
 }
 
@@ -247,6 +351,14 @@ impl Notifier for ConnectionRegistry {
 mod tests {
     use super::*;
 
+    fn token() -> SessionToken {
+        token_with_id(UserId::generate().as_str())
+    }
+
+    fn token_with_id(id: &str) -> SessionToken {
+        SessionToken { id: id.into(), expires_at: chrono::Utc::now() + chrono::Duration::hours(1) }
+    }
+
     fn typing(to: &UserId) -> Event {
         Event::Typing { from: UserId::generate(), to: to.clone(), is_typing: true }
     }
@@ -255,9 +367,9 @@ mod tests {
     async fn every_connection_of_a_user_gets_the_event_and_nobody_else() {
         let registry = ConnectionRegistry::new(8, 0);
         let (alice, bob) = (UserId::generate(), UserId::generate());
-        let (_g1, mut tab1) = registry.register(&alice).unwrap();
-        let (_g2, mut tab2) = registry.register(&alice).unwrap();
-        let (_g3, mut other) = registry.register(&bob).unwrap();
+        let (_g1, mut tab1) = registry.register(&alice, &token()).unwrap();
+        let (_g2, mut tab2) = registry.register(&alice, &token()).unwrap();
+        let (_g3, mut other) = registry.register(&bob, &token()).unwrap();
 
         registry.notify(&[alice.clone()], &typing(&alice)).await.unwrap();
 
@@ -271,7 +383,7 @@ mod tests {
         use domain::{ConversationId, Message, MessageBody, MessageId};
         let registry = ConnectionRegistry::new(8, 0);
         let user = UserId::generate();
-        let (_guard, mut rx) = registry.register(&user).unwrap();
+        let (_guard, mut rx) = registry.register(&user, &token()).unwrap();
         let message = Message {
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
@@ -294,8 +406,8 @@ mod tests {
     #[tokio::test]
     async fn broadcast_reaches_everyone() {
         let registry = ConnectionRegistry::new(8, 0);
-        let (_a, mut a) = registry.register(&UserId::generate()).unwrap();
-        let (_b, mut b) = registry.register(&UserId::generate()).unwrap();
+        let (_a, mut a) = registry.register(&UserId::generate(), &token()).unwrap();
+        let (_b, mut b) = registry.register(&UserId::generate(), &token()).unwrap();
         registry.broadcast(&Event::OnlineUsers(vec![])).await.unwrap();
         for rx in [&mut a, &mut b] {
             assert_eq!(rx.try_recv().unwrap().name, "onlineUsers");
@@ -307,14 +419,14 @@ mod tests {
     async fn a_stalled_connection_is_evicted_without_blocking_others() {
         let registry = ConnectionRegistry::new(2, 0);
         let user = UserId::generate();
-        let (slow_guard, mut slow) = registry.register(&user).unwrap();
-        let (_fast_guard, mut fast) = registry.register(&user).unwrap();
+        let (slow_guard, mut slow) = registry.register(&user, &token()).unwrap();
+        let (_fast_guard, mut fast) = registry.register(&user, &token()).unwrap();
         for _ in 0..3 {
             registry.notify(&[user.clone()], &typing(&user)).await.unwrap();
             // The live connection keeps reading.
             assert!(fast.try_recv().is_ok());
         }
-        assert!(slow_guard.was_evicted());
+        assert_eq!(slow_guard.end(), Some(Ended::TooSlow));
         assert_eq!(registry.connection_count(), 1);
         // The stalled one gets what was queued, then sees its queue closed.
         assert!(slow.recv().await.is_some());
@@ -326,8 +438,8 @@ mod tests {
     async fn a_session_blocked_on_its_client_learns_of_its_eviction() {
         let registry = ConnectionRegistry::new(1, 0);
         let user = UserId::generate();
-        let (guard, _unread) = registry.register(&user).unwrap();
-        let waiting = tokio::spawn(async move { guard.evicted().await });
+        let (guard, _unread) = registry.register(&user, &token()).unwrap();
+        let waiting = tokio::spawn(async move { guard.ended().await });
         for _ in 0..2 {
             registry.notify(&[user.clone()], &typing(&user)).await.unwrap();
         }
@@ -338,9 +450,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_revoked_token_ends_the_connections_opened_with_it_and_no_other() {
+        let registry = ConnectionRegistry::new(4, 0);
+        let user = UserId::generate();
+        let (phone, laptop) = (token_with_id("phone"), token_with_id("laptop"));
+        let (revoked_guard, mut revoked) = registry.register(&user, &phone).unwrap();
+        let (_kept_guard, mut kept) = registry.register(&user, &laptop).unwrap();
+        let waiting = {
+            let registry = registry.clone();
+            let (guard, _queue) = registry.register(&user, &phone).unwrap();
+            tokio::spawn(async move { guard.ended().await })
+        };
+        registry.end_revoked(&["phone".into(), "unknown".into()]);
+
+        assert_eq!(revoked_guard.end(), Some(Ended::Revoked));
+        assert!(revoked.recv().await.is_none(), "its queue is closed");
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(1), waiting).await;
+        assert_eq!(woken.expect("a session blocked on its client is woken").unwrap(), Ended::Revoked);
+        assert_eq!(registry.connection_count(), 1);
+        registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
+        assert!(kept.try_recv().is_ok(), "the other device stays connected");
+    }
+
+    #[tokio::test]
+    async fn a_token_revoked_while_its_handshake_was_under_way_is_refused() {
+        let registry = ConnectionRegistry::new(4, 0);
+        registry.end_revoked(&["t1".into()]);
+        let user = UserId::generate();
+        assert_eq!(registry.register(&user, &token_with_id("t1")).err(), Some(Refusal::Revoked));
+        assert!(registry.register(&user, &token_with_id("t2")).is_ok());
+    }
+
+    #[test]
+    fn a_session_deadline_is_the_token_expiry() {
+        let expired = SessionToken { id: "t".into(), expires_at: chrono::Utc::now() - chrono::Duration::hours(1) };
+        assert!(expired.deadline() <= Instant::now());
+        let later = SessionToken { id: "t".into(), expires_at: chrono::Utc::now() + chrono::Duration::seconds(60) };
+        let left = later.deadline() - Instant::now();
+        assert!(left > std::time::Duration::from_secs(58) && left <= std::time::Duration::from_secs(60), "{left:?}");
+    }
+
+    #[tokio::test]
     async fn dropping_the_guard_unregisters() {
         let registry = ConnectionRegistry::new(4, 0);
-        let (guard, _rx) = registry.register(&UserId::generate()).unwrap();
+        let (guard, _rx) = registry.register(&UserId::generate(), &token()).unwrap();
         assert_eq!(registry.connection_count(), 1);
         drop(guard);
         assert_eq!(registry.connection_count(), 0);
@@ -349,25 +502,25 @@ mod tests {
     #[tokio::test]
     async fn shutting_down_closes_every_queue_and_refuses_new_ones() {
         let registry = ConnectionRegistry::new(4, 0);
-        let (guard, mut rx) = registry.register(&UserId::generate()).unwrap();
+        let (guard, mut rx) = registry.register(&UserId::generate(), &token()).unwrap();
         registry.shut_down();
         assert!(rx.recv().await.is_none());
-        assert!(!guard.was_evicted());
-        assert_eq!(registry.register(&UserId::generate()).err(), Some(Refusal::ShuttingDown));
+        assert_eq!(guard.end(), None);
+        assert_eq!(registry.register(&UserId::generate(), &token()).err(), Some(Refusal::ShuttingDown));
     }
 
     #[tokio::test]
     async fn a_user_holds_at_most_the_allowed_connections() {
         let registry = ConnectionRegistry::new(4, 2);
         let user = UserId::generate();
-        let first = registry.register(&user).unwrap();
-        let _second = registry.register(&user).unwrap();
+        let first = registry.register(&user, &token()).unwrap();
+        let _second = registry.register(&user, &token()).unwrap();
         assert_eq!(
-            registry.register(&user).err(),
+            registry.register(&user, &token()).err(),
             Some(Refusal::TooManyConnections { max: 2 })
         );
-        assert!(registry.register(&UserId::generate()).is_ok(), "others are not affected");
+        assert!(registry.register(&UserId::generate(), &token()).is_ok(), "others are not affected");
         drop(first);
-        assert!(registry.register(&user).is_ok(), "a closed connection frees its place");
+        assert!(registry.register(&user, &token()).is_ok(), "a closed connection frees its place");
     }
 }

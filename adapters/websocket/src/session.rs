@@ -2,7 +2,8 @@
 //!
 //! Each connection is one task on the actix worker that accepted it (actix-ws's stream is
 //! not `Send`), running one `select!` over the client's frames, its own event queue, the
-//! replay of its message stream and a heartbeat tick.
+//! replay of its message stream, a heartbeat tick and its token's expiry. A revoked token
+//! ends it through the registry (see [`crate::registry::Ended`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use serde::Deserialize;
 
 use crate::budget::FrameBudget;
 use crate::follow::{Follow, Stop};
-use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound, Refusal};
+use crate::registry::{ConnectionGuard, ConnectionRegistry, Ended, Outbound, Refusal, SessionToken};
 use crate::wire::{self, names, TypingIn};
 
 /// The close code telling a client its stream must be resumed: reconnect with `since` set
@@ -38,11 +39,12 @@ pub struct WsSettings {
     pub max_frames_per_second: u32,
 }
 
-/// Who connects, authenticated by the caller, and where their stream resumes: after
-/// `since`, or from now on without it.
+/// Who connects, authenticated by the caller with `token`, and where their stream resumes:
+/// after `since`, or from now on without it.
 #[derive(Debug, Clone)]
 pub struct Handshake {
     pub user: UserId,
+    pub token: SessionToken,
     pub since: Option<Cursor>,
 }
 
@@ -68,7 +70,7 @@ pub fn serve(
     let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
     actix_web::rt::spawn(async move {
-        let Handshake { user, since } = handshake;
+        let Handshake { user, token, since } = handshake;
         // Before the registration: whatever is stored from here on reaches the replay.
         let follow = match Follow::start(messaging, user.clone(), since).await {
             Ok(follow) => follow,
@@ -77,18 +79,18 @@ pub fn serve(
                 return close_now(session, stop_reason(&stop)).await;
             }
         };
-        let (guard, queue) = match registry.register(&user) {
+        let (guard, queue) = match registry.register(&user, &token) {
             Ok(registered) => registered,
             Err(refusal) => {
-                let code = match refusal {
-                    Refusal::ShuttingDown => CloseCode::Away,
-                    Refusal::TooManyConnections { .. } => CloseCode::Policy,
+                let reason = match refusal {
+                    Refusal::ShuttingDown => going_away(),
+                    Refusal::TooManyConnections { .. } => policy(refusal.to_string()),
+                    Refusal::Revoked => ended(Ended::Revoked),
                 };
-                let reason = CloseReason { code, description: Some(refusal.to_string()) };
                 return close_now(session, reason).await;
             }
         };
-        run(session, stream, guard, queue, follow, realtime, settings).await;
+        run(session, stream, guard, queue, follow, realtime, settings, token.deadline()).await;
     });
     Ok(response)
 }
@@ -97,6 +99,7 @@ async fn close_now(session: Session, reason: CloseReason) {
     let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
 }
 
+#[allow(clippy::too_many_arguments)] // one connection's parts, each used once
 async fn run(
     mut session: Session,
     mut stream: MessageStream,
@@ -105,6 +108,7 @@ async fn run(
     mut follow: Follow,
     realtime: Arc<RealtimeService>,
     settings: WsSettings,
+    expiry: tokio::time::Instant,
 ) {
     let user = guard.user().clone();
     match realtime.connection_opened(&user).await {
@@ -178,9 +182,9 @@ async fn run(
                     };
                     if let Err(close) = sent { break close; }
                 }
-                None if guard.was_evicted() => break Some(too_slow()),
-                None => break Some(going_away()),
+                None => break Some(guard.end().map_or_else(going_away, ended)),
             },
+            () = tokio::time::sleep_until(expiry) => break Some(expired()),
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > settings.ping_timeout {
                     break Some(CloseReason {
@@ -208,15 +212,15 @@ async fn send_all(
 ) -> Result<(), Option<CloseReason>> {
     for Outbound { name, data, .. } in frames {
         // A client that stops reading blocks this send: its queue then fills and the
-        // registry evicts it, which ends the wait; without events to fill it, the wait ends
-        // after `stall`.
+        // registry evicts it, which ends the wait (as does a revocation); without events to
+        // fill it, the wait ends after `stall`.
         tokio::select! {
             sent = tokio::time::timeout(stall, session.text(wire::native_frame(name, &data))) => match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(_closed)) => return Err(None),
-                Err(_stalled) => return Err(Some(too_slow())),
+                Err(_stalled) => return Err(Some(ended(Ended::TooSlow))),
             },
-            () = guard.evicted() => return Err(Some(too_slow())),
+            why = guard.ended() => return Err(Some(ended(why))),
         }
     }
     Ok(())
@@ -275,8 +279,18 @@ fn error_frame(message: &str) -> String {
     wire::native_frame("error", &data.to_string())
 }
 
-fn too_slow() -> CloseReason {
-    CloseReason { code: CloseCode::Policy, description: Some("too slow: events were not read in time".into()) }
+/// 1008 (policy) with `why`.
+fn policy(why: String) -> CloseReason {
+    CloseReason { code: CloseCode::Policy, description: Some(why) }
+}
+
+/// The registry ended the connection: 1008 with the reason.
+fn ended(why: Ended) -> CloseReason {
+    policy(why.reason().into())
+}
+
+fn expired() -> CloseReason {
+    policy("session ended: the token expired".into())
 }
 
 fn going_away() -> CloseReason {

@@ -38,7 +38,15 @@ pub async fn upgrade(
     ws_notifier::serve(
         &req,
         body,
-        ws_notifier::Handshake { user: session.user_id().clone(), since },
+        ws_notifier::Handshake {
+            user: session.user_id().clone(),
+            // The connection ends when this token is revoked or expires.
+            token: ws_notifier::SessionToken {
+                id: session.claims.token_id.clone(),
+                expires_at: session.claims.expires_at,
+            },
+            since,
+        },
         state.registry.clone(),
         state.realtime.clone(),
         state.messaging.clone(),
