@@ -1,11 +1,15 @@
 //! Moving a deployment's data between stores: export every user, conversation and message
 //! through the ports, and import them into another store with ids, hashes and timestamps
 //! intact. Works between any two backends because it only speaks the ports.
+//!
+//! A dump is data from outside: a password hash that is no bcrypt hash, or one so costly
+//! that a login would tie up a core, is refused with its user, and so are that user's
+//! conversations and messages (they could not be stored without the user anyway).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use domain::{Conversation, Message, ParticipantPair, User, UserId};
+use domain::{Conversation, Message, ParticipantPair, User, UserId, Username};
 
 use crate::ports::{
     Appended, ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
@@ -34,21 +38,39 @@ pub enum TransferError {
     ConversationClash { imported: String, existing: String },
 }
 
-/// What an import did: records stored, and records already present (skipped, so an import
-/// can be re-run after an interruption).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What an import did: records stored, records already present (skipped, so an import
+/// can be re-run after an interruption), and records refused.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TransferStats {
     pub users: u64,
     pub conversations: u64,
     pub messages: u64,
     pub skipped: u64,
+    /// Users not imported, by id, with why.
+    pub rejected_users: BTreeMap<UserId, RejectedUser>,
+    /// Conversations and messages not imported because one of their users was rejected.
+    pub rejected_with_users: u64,
+}
+
+/// A user an import refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedUser {
+    pub username: Username,
+    pub reason: String,
 }
 
 pub struct TransferService {
     users: Arc<dyn UserRepository>,
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
+    /// The highest bcrypt cost an imported hash may have.
+    max_hash_cost: u32,
 }
+
+/// How far above the configured `auth.bcrypt_cost` an imported hash may be: each step
+/// doubles the work of a login, so 2 allows 4 times the configured cost (a deployment that
+/// lowered its cost keeps its users), not an account whose login takes minutes.
+pub const HASH_COST_MARGIN: u32 = 2;
 
 const PAGE: u32 = 200;
 
@@ -57,12 +79,15 @@ fn storage(context: &'static str) -> impl FnOnce(RepoError) -> TransferError {
 }
 
 impl TransferService {
+    /// `hash_cost` is the cost new hashes get (`auth.bcrypt_cost`); imported ones may be up
+    /// to [`HASH_COST_MARGIN`] above it.
     pub fn new(
         users: Arc<dyn UserRepository>,
         conversations: Arc<dyn ConversationRepository>,
         messages: Arc<dyn MessageRepository>,
+        hash_cost: u32,
     ) -> Self {
-        Self { users, conversations, messages }
+        Self { users, conversations, messages, max_hash_cost: hash_cost.saturating_add(HASH_COST_MARGIN) }
     }
 
     /// Hands every record to `sink`: all users, then each conversation followed by its
@@ -134,10 +159,26 @@ impl TransferService {
     }
 
     /// Stores one record as it is. A record already present is counted as skipped; users must
-    /// come before their conversations, and conversations before their messages.
+    /// come before their conversations, and conversations before their messages. A user with
+    /// an unusable password hash is not stored but listed in `stats.rejected_users`, and the
+    /// records of a rejected user are counted in `stats.rejected_with_users`.
     pub async fn import(&self, record: Record, stats: &mut TransferStats) -> Result<(), TransferError> {
+        let of_rejected = |ids: [&UserId; 2]| ids.iter().any(|id| stats.rejected_users.contains_key(id));
+        let with_rejected = match &record {
+            Record::User(_) => false,
+            Record::Conversation(c) => of_rejected([c.participants.first(), c.participants.second()]),
+            Record::Message(m) => of_rejected([&m.sender_id, &m.receiver_id]),
+        };
+        if with_rejected {
+            stats.rejected_with_users += 1;
+            return Ok(());
+        }
         let stored = match record {
             Record::User(user) => {
+                if let Err(reason) = self.check_hash(&user) {
+                    stats.rejected_users.insert(user.id, RejectedUser { username: user.username, reason });
+                    return Ok(());
+                }
                 let stored = self.users.insert(&user).await;
                 skip_conflict(stored, &mut stats.users, &mut stats.skipped, "importing a user")?;
                 return Ok(());
@@ -166,6 +207,18 @@ impl TransferService {
             },
         };
         skip_conflict(stored, &mut stats.messages, &mut stats.skipped, "importing a message")
+    }
+
+    /// Why `user`'s password hash can't be imported, if it can't.
+    fn check_hash(&self, user: &User) -> Result<(), String> {
+        let cost = user.password_hash.bcrypt_cost().map_err(|e| format!("password hash {e}"))?;
+        if cost > self.max_hash_cost {
+            return Err(format!(
+                "password hash has cost {cost}, above {} (auth.bcrypt_cost + {HASH_COST_MARGIN})",
+                self.max_hash_cost
+            ));
+        }
+        Ok(())
     }
 
     async fn append_imported(&self, message: &Message) -> Result<Appended, RepoError> {
@@ -210,6 +263,9 @@ mod tests {
         Username,
     };
 
+    /// Salt and hash of a bcrypt string, after `$2b$<cost>$`.
+    const HASH_BODY: &str = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+
     fn user(name: &str) -> User {
         let username = Username::parse(name).unwrap();
         User {
@@ -218,7 +274,7 @@ mod tests {
             avatar: Avatar::default_for(&username, None),
             username,
             gender: None,
-            password_hash: PasswordHash::new("$2b$04$hash".into()),
+            password_hash: PasswordHash::new(format!("$2b$04${HASH_BODY}")),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -261,7 +317,7 @@ mod tests {
             .times(1)
             .returning(move |_, _, _| Ok(page.clone()));
 
-        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages));
+        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
         let mut records = Vec::new();
         let stats = service
             .export(&mut |r| {
@@ -270,7 +326,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(stats, TransferStats { users: 2, conversations: 1, messages: 1, skipped: 0 });
+        assert_eq!(stats, TransferStats { users: 2, conversations: 1, messages: 1, ..Default::default() });
         assert_eq!(
             records,
             vec![
@@ -298,13 +354,14 @@ mod tests {
             Arc::new(users),
             Arc::new(MockConversationRepository::new()),
             Arc::new(messages),
+            10,
         );
         let (alice, bob) = (user("alice"), user("bob"));
         let mut stats = TransferStats::default();
         service.import(Record::User(alice.clone()), &mut stats).await.unwrap();
         let m = message(&ConversationId::generate(), &alice, &bob);
         service.import(Record::Message(m), &mut stats).await.unwrap();
-        assert_eq!(stats, TransferStats { users: 0, conversations: 0, messages: 1, skipped: 1 });
+        assert_eq!(stats, TransferStats { messages: 1, skipped: 1, ..Default::default() });
     }
 
     #[tokio::test]
@@ -319,11 +376,47 @@ mod tests {
             Arc::new(MockUserRepository::new()),
             Arc::new(conversations),
             Arc::new(MockMessageRepository::new()),
+            10,
         );
         let err = service
             .import(Record::Conversation(imported), &mut TransferStats::default())
             .await
             .unwrap_err();
         assert!(matches!(err, TransferError::ConversationClash { .. }));
+    }
+    #[tokio::test]
+    async fn import_rejects_unusable_hashes_with_the_records_of_their_users() {
+        let mut users = MockUserRepository::new();
+        // Only the user with a usable hash reaches the store.
+        users.expect_insert().times(1).returning(|_| Ok(()));
+        let mut conversations = MockConversationRepository::new();
+        conversations.expect_find_or_insert().never();
+        let mut messages = MockMessageRepository::new();
+        messages.expect_append().never();
+        let service =
+            TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
+
+        let good = User { password_hash: PasswordHash::new(format!("$2y$12${HASH_BODY}")), ..user("good") };
+        let malformed = User { password_hash: PasswordHash::new("not-a-hash".into()), ..user("malformed") };
+        let costly = User { password_hash: PasswordHash::new(format!("$2b$13${HASH_BODY}")), ..user("costly") };
+        let mut stats = TransferStats::default();
+        for record in [Record::User(good.clone()), Record::User(malformed.clone()), Record::User(costly.clone())] {
+            service.import(record, &mut stats).await.unwrap();
+        }
+        let pair = ParticipantPair::new(good.id.clone(), malformed.id.clone()).unwrap();
+        let conversation = Conversation::start(pair, Utc::now());
+        service.import(Record::Conversation(conversation.clone()), &mut stats).await.unwrap();
+        let m = message(&conversation.id, &good, &costly);
+        service.import(Record::Message(m), &mut stats).await.unwrap();
+
+        assert_eq!((stats.users, stats.conversations, stats.messages, stats.skipped), (1, 0, 0, 0));
+        assert_eq!(stats.rejected_with_users, 2);
+        let rejected: Vec<(&UserId, &str)> =
+            stats.rejected_users.iter().map(|(id, r)| (id, r.username.as_str())).collect();
+        let mut expected = vec![(&malformed.id, "malformed"), (&costly.id, "costly")];
+        expected.sort();
+        assert_eq!(rejected, expected);
+        assert!(stats.rejected_users[&malformed.id].reason.contains("not a bcrypt hash"));
+        assert!(stats.rejected_users[&costly.id].reason.contains("cost 13, above 12"));
     }
 }

@@ -75,10 +75,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Import => {
             let storage = server::open_storage(&settings.storage).await?;
-            let stats = server::transfer::import(&storage, BufReader::new(std::io::stdin())).await?;
+            let stdin = BufReader::new(std::io::stdin());
+            let stats = server::transfer::import(&storage, settings.auth.bcrypt_cost, stdin).await?;
             eprintln!(
-                "imported {} users, {} conversations, {} messages ({} already present)",
-                stats.users, stats.conversations, stats.messages, stats.skipped
+                "imported {} users, {} conversations, {} messages ({} already present); \
+                 rejected {} users (listed above) and {} of their conversations and messages",
+                stats.users,
+                stats.conversations,
+                stats.messages,
+                stats.skipped,
+                stats.rejected_users.len(),
+                stats.rejected_with_users
             );
         }
     }

@@ -100,7 +100,8 @@ impl TryFrom<Line> for Record {
                 Record::User(User {
                     id: UserId::parse(&id).context("user id")?,
                     username: Username::parse(&username).context("username")?,
-                    full_name: FullName::parse(&full_name).context("fullName")?,
+                    // Names and messages are taken under the rules they were made with.
+                    full_name: FullName::stored(&full_name).context("fullName")?,
                     gender,
                     avatar: Avatar::parse(&avatar).context("avatar")?,
                     password_hash: PasswordHash::new(password_hash),
@@ -125,7 +126,7 @@ impl TryFrom<Line> for Record {
                     conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
                     sender_id: UserId::parse(&sender_id).context("senderId")?,
                     receiver_id: UserId::parse(&receiver_id).context("receiverId")?,
-                    body: MessageBody::parse(&message).context("message")?,
+                    body: MessageBody::stored(&message).context("message")?,
                     created_at: parse_time(&created_at)?,
                     client_id: client_message_id
                         .map(|id| ClientMessageId::parse(&id))
@@ -137,17 +138,20 @@ impl TryFrom<Line> for Record {
     }
 }
 
-fn service(storage: &Storage) -> TransferService {
+/// `hash_cost` is `auth.bcrypt_cost`: imported password hashes may cost a little more.
+fn service(storage: &Storage, hash_cost: u32) -> TransferService {
     TransferService::new(
         storage.users.clone(),
         storage.conversations.clone(),
         storage.messages.clone(),
+        hash_cost,
     )
 }
 
 /// Writes every record of `storage` to `out`, one JSON object per line.
 pub async fn export(storage: &Storage, out: &mut (dyn Write + Send)) -> anyhow::Result<TransferStats> {
-    let stats = service(storage)
+    // Export checks no hash: the cost limit of imports plays no part.
+    let stats = service(storage, *PasswordHash::BCRYPT_COSTS.end())
         .export(&mut |record| {
             serde_json::to_writer(&mut *out, &Line::from(record))?;
             out.write_all(b"\n")?;
@@ -159,9 +163,11 @@ pub async fn export(storage: &Storage, out: &mut (dyn Write + Send)) -> anyhow::
 }
 
 /// Reads a dump from `input` into `storage`. Records already present are skipped, so an
-/// interrupted import can be run again.
-pub async fn import(storage: &Storage, input: impl BufRead) -> anyhow::Result<TransferStats> {
-    let service = service(storage);
+/// interrupted import can be run again. Users whose password hash is no bcrypt hash or costs
+/// more than `hash_cost` (`auth.bcrypt_cost`) + 2 are refused with their conversations and
+/// messages: each is named on stderr, and all are in the returned stats.
+pub async fn import(storage: &Storage, hash_cost: u32, input: impl BufRead) -> anyhow::Result<TransferStats> {
+    let service = service(storage, hash_cost);
     let mut stats = TransferStats::default();
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
@@ -172,10 +178,17 @@ pub async fn import(storage: &Storage, input: impl BufRead) -> anyhow::Result<Tr
         let parsed: Line =
             serde_json::from_str(&line).with_context(|| format!("line {number} is not a dump record"))?;
         let record = Record::try_from(parsed).with_context(|| format!("line {number} is invalid"))?;
+        let user = match &record {
+            Record::User(user) => Some(user.id.clone()),
+            _ => None,
+        };
         service
             .import(record, &mut stats)
             .await
             .with_context(|| format!("importing line {number}"))?;
+        if let Some((id, rejected)) = user.and_then(|id| stats.rejected_users.get(&id).map(|r| (id, r))) {
+            eprintln!("line {number}: user {id} ({}) not imported: {}", rejected.username, rejected.reason);
+        }
     }
     Ok(stats)
 }

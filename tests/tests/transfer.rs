@@ -35,7 +35,8 @@ async fn dump(db: &TestDatabase) -> Vec<u8> {
 
 async fn load(db: &TestDatabase, dump: &[u8]) -> application::TransferStats {
     let storage = server::open_storage(&db.settings).await.expect("store opens");
-    server::transfer::import(&storage, dump).await.expect("import")
+    let cost = tests::test_settings(db).auth.bcrypt_cost;
+    server::transfer::import(&storage, cost, dump).await.expect("import")
 }
 
 #[tokio::test]
@@ -100,5 +101,80 @@ async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
 
     source.remove().await;
     middle.remove().await;
+    target.remove().await;
+}
+
+/// A dump line of a user with `hash` as the password hash.
+fn user_line(id: &str, username: &str, hash: &str) -> String {
+    json!({
+        "type": "user", "id": id, "username": username, "fullName": "Imported User", "gender": null,
+        "avatar": "https://example.com/a.png", "passwordHash": hash,
+        "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z",
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fail() {
+    let client = reqwest::Client::new();
+    let target = TestDatabase::create(Backend::Sqlite).await;
+    // "password-1" at cost 4, the test configuration's cost, then the same at cost 31.
+    let good = "$2b$04$zFv3MVfKoGdVaVhtiGcVhOGP/mEhIBa8FiFjfycMWcsuzsDy5LfyC";
+    let extreme = good.replace("$04$", "$31$");
+    let ids: Vec<String> = (0..3).map(|_| domain::UserId::generate().to_string()).collect();
+    let message = json!({
+        "type": "message", "id": domain::MessageId::generate().to_string(),
+        "conversationId": domain::ConversationId::generate().to_string(),
+        "senderId": ids[1], "receiverId": ids[0], "message": "hi", "createdAt": "2024-01-01T00:00:01Z",
+    });
+    let dump = [
+        user_line(&ids[0], "kept", good),
+        user_line(&ids[1], "malformed", "$2b$10$tooshort"),
+        user_line(&ids[2], "extreme", &extreme),
+        message.to_string(),
+    ]
+    .join("\n");
+
+    let stats = load(&target, dump.as_bytes()).await;
+    assert_eq!((stats.users, stats.messages, stats.rejected_with_users), (1, 0, 1));
+    let rejected: Vec<(String, String)> = stats
+        .rejected_users
+        .iter()
+        .map(|(id, user)| (id.to_string(), user.username.to_string()))
+        .collect();
+    let mut expected = vec![(ids[1].clone(), "malformed".to_owned()), (ids[2].clone(), "extreme".to_owned())];
+    expected.sort();
+    assert_eq!(rejected, expected);
+
+    // A malformed hash that reached the store some other way: the login is refused, not a 500.
+    let storage = server::open_storage(&target.settings).await.expect("store opens");
+    let planted = domain::Username::parse("planted").unwrap();
+    storage
+        .users
+        .insert(&domain::User {
+            id: domain::UserId::generate(),
+            full_name: domain::FullName::parse("Planted").unwrap(),
+            avatar: domain::Avatar::default_for(&planted, None),
+            username: planted,
+            gender: None,
+            password_hash: domain::PasswordHash::new("$2b$10$not-a-real-hash".into()),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        })
+        .await
+        .expect("insert");
+
+    let base = start(&target).await;
+    let login = |username: &str| {
+        client
+            .post(format!("{base}/api/v1/user/login"))
+            .json(&json!({ "username": username, "password": "password-1" }))
+            .send()
+    };
+    assert_eq!(login("kept").await.unwrap().status(), 200);
+    let refused = login("planted").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED");
     target.remove().await;
 }

@@ -1,11 +1,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
-use application::NewAccount;
+use application::{AccountError, NewAccount};
 
 use super::required;
 use crate::auth::{token_cookie, CurrentUser};
 use crate::dto::{Envelope, LoggedInDto, LoginRequest, Null, RegisterRequest, RegisteredDto, UserDto, UsersQuery};
 use crate::error::ApiError;
-use crate::openapi::{Conflict, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable, Validation};
+use crate::openapi::{Conflict, ForeignOrigin, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unauthenticated, Unavailable, Validation};
 use crate::state::AppState;
 
 /// Creates an account and logs it in.
@@ -21,7 +21,9 @@ use crate::state::AppState;
             headers(("Set-Cookie" = String, description = "`token=<jwt>; HttpOnly; Path=/; SameSite=…; Max-Age=…`"))),
         (status = 400, response = Validation),
         (status = 409, response = Conflict),
+        (status = 403, response = ForeignOrigin),
         (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
@@ -67,7 +69,9 @@ pub async fn register(
             headers(("Set-Cookie" = String, description = "`token=<jwt>; HttpOnly; Path=/; SameSite=…; Max-Age=…`"))),
         (status = 400, response = Validation),
         (status = 401, response = Unauthenticated),
+        (status = 403, response = ForeignOrigin),
         (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
@@ -79,8 +83,13 @@ pub async fn login(
 ) -> Result<HttpResponse, ApiError> {
     let username = required(&body.username, "username")?;
     let password = required(&body.password, "password")?;
-    state.limits.login(&req, username)?;
-    let (user, token) = state.accounts.login(username, password).await?;
+    let attempt = state.limits.login(&req, username)?;
+    let outcome = state.accounts.login(username, password).await;
+    if matches!(outcome, Err(AccountError::InvalidCredentials)) {
+        // Past the username's allowance of failures a wrong password is a 429, not a 401.
+        attempt.failed()?;
+    }
+    let (user, token) = outcome?;
     Ok(HttpResponse::Ok()
         .cookie(token_cookie(&state.settings.cookie, &token.token, false))
         .json(Envelope::with_message(
@@ -101,6 +110,7 @@ pub async fn login(
             body = Envelope<Null>,
             headers(("Set-Cookie" = String, description = "`token=; Max-Age=0`: clears the cookie"))),
         (status = 401, response = Unauthenticated),
+        (status = 403, response = ForeignOrigin),
         (status = 503, response = Unavailable),
     ),
 )]
@@ -136,6 +146,7 @@ pub async fn profile(
 }
 
 /// Everyone but me, by username. The next page's cursor, if any, is in `X-Next-Cursor`.
+/// Searches (a non-blank `search`) are rate limited per user; plain listing is not.
 #[utoipa::path(
     get,
     path = "/api/v1/user/get-other-users",
@@ -150,6 +161,7 @@ pub async fn profile(
                 description = "Present when more users may follow: the `cursor` of the next page"))),
         (status = 400, response = Validation),
         (status = 401, response = Unauthenticated),
+        (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
 )]
@@ -158,6 +170,9 @@ pub async fn other_users(
     CurrentUser(session): CurrentUser,
     query: web::Query<UsersQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    if query.search.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+        state.limits.search(session.user_id().as_str())?;
+    }
     let page = state
         .accounts
         .list_users(session.user_id(), query.search.as_deref(), query.limit, query.cursor.as_deref())
