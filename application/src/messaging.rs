@@ -11,8 +11,8 @@ use domain::{
 use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
-    Appended, Clock, ConversationRepository, ConversationSummary, Event, MessageRepository,
-    Notifier, RepoError, StreamItem, UserRepository,
+    Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event,
+    MessageRepository, Notifier, RepoError, StreamItem, UserRepository,
 };
 
 /// What a caller of the messaging use cases can act on.
@@ -67,6 +67,14 @@ pub struct SyncPage {
     pub next: Cursor,
     /// Whether more messages were already stored after this page.
     pub has_more: bool,
+}
+
+/// One page of my conversation list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+    /// Pass as `cursor` for the next page; `None` when no conversation follows.
+    pub next_cursor: Option<String>,
 }
 
 pub struct MessagingService {
@@ -223,12 +231,32 @@ impl MessagingService {
         }
     }
 
-    /// My conversations with their last message, most recent first.
+    /// My conversations with their last message, most recent first, `limit` at a time
+    /// (default and at most [`paging::MAX_LIMIT`], so that an old client that never pages
+    /// gets every conversation of a list of that size, as it always did) after `cursor`.
+    ///
+    /// A walk from the first page never returns a conversation twice and always ends: each
+    /// page holds only conversations whose [`ConversationKey`] is below the cursor, and keys
+    /// never decrease. A conversation that gets a message during a walk moves to the front:
+    /// if the walk had passed it, it is not repeated; if not, the walk skips it (the
+    /// `newMessage` event, or the next walk, brings it).
     pub async fn conversations(
         &self,
         me: &UserId,
-    ) -> Result<Vec<ConversationSummary>, MessagingError> {
-        Ok(self.conversations.list_for_user(me).await?)
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<ConversationList, MessagingError> {
+        let after = cursor.filter(|c| !c.is_empty()).map(conversation_cursor::decode).transpose()?;
+        let limit = limit.unwrap_or(paging::MAX_LIMIT).clamp(1, paging::MAX_LIMIT);
+        // One more than asked, to tell whether another page follows.
+        let mut conversations = self.conversations.page_for_user(me, after, limit + 1).await?;
+        let more = conversations.len() > limit as usize;
+        conversations.truncate(limit as usize);
+        let next_cursor = conversations
+            .last()
+            .filter(|_| more)
+            .map(|last| conversation_cursor::encode(&last.key()));
+        Ok(ConversationList { conversations, next_cursor })
     }
 
     fn pair_with(&self, me: &UserId, other: &str) -> Result<ParticipantPair, MessagingError> {
@@ -240,6 +268,53 @@ impl MessagingService {
 
 fn other_of(pair: &ParticipantPair, me: &UserId) -> UserId {
     if pair.first() == me { pair.second() } else { pair.first() }.clone()
+}
+
+/// The cursor of the conversation list (`X-Next-Cursor`, then `cursor`): the
+/// [`ConversationKey`] of the last conversation of a page, as
+/// `<updatedAt in microseconds since 1970>.<last message id, or nothing>.<conversation id>`.
+/// Clients treat it as opaque. Every part is parsed strictly before storage sees it, and
+/// any well-formed cursor is only a position in the caller's own list, so a forged one can
+/// reach nothing it should not.
+pub mod conversation_cursor {
+    use domain::{ConversationId, MessageId};
+
+    use super::{ConversationKey, MessagingError};
+
+    /// Most digits of the time: up to the year 2286, and every such number is a valid time.
+    const MAX_DIGITS: usize = 16;
+
+    pub fn encode(key: &ConversationKey) -> String {
+        let last = key.last_message.as_ref().map_or("", MessageId::as_str);
+        format!("{}.{last}.{}", key.updated_at.timestamp_micros(), key.id)
+    }
+
+    /// The key to list after, or the `Invalid { field: "cursor" }` error.
+    pub fn decode(raw: &str) -> Result<ConversationKey, MessagingError> {
+        parse(raw).ok_or_else(|| MessagingError::Invalid {
+            field: "cursor",
+            message: "is not a valid cursor".into(),
+        })
+    }
+
+    fn parse(raw: &str) -> Option<ConversationKey> {
+        let mut parts = raw.split('.');
+        let (micros, last, id) = (parts.next()?, parts.next()?, parts.next()?);
+        let canonical_number = micros.len() <= MAX_DIGITS
+            && micros.bytes().all(|b| b.is_ascii_digit())
+            && (micros == "0" || !micros.starts_with('0'));
+        if parts.next().is_some() || !canonical_number {
+            return None;
+        }
+        Some(ConversationKey {
+            updated_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            last_message: match last {
+                "" => None,
+                last => Some(MessageId::parse(last).ok()?),
+            },
+            id: ConversationId::parse(id).ok()?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -612,15 +687,92 @@ mod tests {
         assert!(matches!(err, MessagingError::UserNotFound));
     }
 
+    /// A conversation of `me` updated at `micros` past the epoch, with a message or none.
+    fn summary(me: &UserId, micros: i64, with_message: bool) -> ConversationSummary {
+        let at = chrono::DateTime::from_timestamp_micros(micros).unwrap();
+        let pair = ParticipantPair::new(me.clone(), UserId::generate()).unwrap();
+        let conversation = Conversation::start(pair, at);
+        let last_message = with_message.then(|| Message {
+            conversation_id: conversation.id.clone(),
+            created_at: at,
+            ..message_to(me)
+        });
+        ConversationSummary { conversation, last_message }
+    }
+
     #[tokio::test]
-    async fn conversations_lists_mine() {
+    async fn conversations_without_a_limit_are_a_full_page_and_ask_for_one_more() {
         let me = UserId::generate();
         let expected = me.clone();
         let mut m = Mocks::new();
         m.conversations
-            .expect_list_for_user()
-            .withf(move |u| *u == expected)
-            .returning(|_| Ok(vec![]));
-        assert!(m.service().conversations(&me).await.unwrap().is_empty());
+            .expect_page_for_user()
+            .withf(move |u, after, limit| *u == expected && after.is_none() && *limit == paging::MAX_LIMIT + 1)
+            .times(1)
+            .returning(|u, _, _| Ok(vec![summary(u, 5, true), summary(u, 4, false)]));
+        let list = m.service().conversations(&me, None, None).await.unwrap();
+        assert_eq!(list.conversations.len(), 2);
+        assert_eq!(list.next_cursor, None, "nothing follows a short page");
+    }
+
+    #[tokio::test]
+    async fn conversations_continue_after_the_cursor_of_the_last_one_listed() {
+        let me = UserId::generate();
+        let first = vec![summary(&me, 1_700_000_000_123_000, true), summary(&me, 1_700_000_000_000_000, false), summary(&me, 9, true)];
+        let last_key = first[1].key();
+        let mut m = Mocks::new();
+        let page = first.clone();
+        m.conversations
+            .expect_page_for_user()
+            .withf(|_, after, limit| after.is_none() && *limit == 3)
+            .returning(move |_, _, _| Ok(page.clone()));
+        let expected = last_key.clone();
+        m.conversations
+            .expect_page_for_user()
+            .withf(move |_, after, limit| after.as_ref() == Some(&expected) && *limit == 3)
+            .returning(|_, _, _| Ok(vec![]));
+        let service = m.service();
+
+        let list = service.conversations(&me, Some(2), Some("")).await.unwrap();
+        assert_eq!(list.conversations, first[..2]);
+        let cursor = list.next_cursor.expect("a third conversation follows");
+        assert_eq!(conversation_cursor::decode(&cursor).unwrap(), last_key);
+
+        let rest = service.conversations(&me, Some(2), Some(&cursor)).await.unwrap();
+        assert!(rest.conversations.is_empty());
+        assert_eq!(rest.next_cursor, None);
+    }
+
+    #[tokio::test]
+    async fn conversations_refuse_a_forged_cursor_before_storage() {
+        let id = ConversationId::generate();
+        let message = MessageId::generate();
+        for forged in [
+            "garbage".to_owned(),
+            format!("1.{message}"),
+            format!("01.{message}.{id}"),
+            format!("-1.{message}.{id}"),
+            format!("1.{message}.{id}.1"),
+            format!("12345678901234567.{message}.{id}"),
+            format!("1.{}.{id}", message.as_str().to_uppercase()),
+            format!("1.{message}.{}", &id.as_str()[1..]),
+            format!("1 .{message}.{id}"),
+            "{\"$gt\":\"\"}".to_owned(),
+        ] {
+            // No expectations: a storage call would panic.
+            let err = Mocks::new().service().conversations(&UserId::generate(), None, Some(&forged)).await.unwrap_err();
+            assert!(matches!(err, MessagingError::Invalid { field: "cursor", .. }), "{forged}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_conversation_cursor_is_its_key_and_sorts_no_message_below_any() {
+        let me = UserId::generate();
+        for summary in [summary(&me, 0, true), summary(&me, 1_767_323_045_123_456, false)] {
+            let key = summary.key();
+            assert_eq!(conversation_cursor::decode(&conversation_cursor::encode(&key)).unwrap(), key);
+        }
+        let (with, without) = (summary(&me, 7, true).key(), summary(&me, 7, false).key());
+        assert!(ConversationKey { id: with.id.clone(), ..without } < with);
     }
 }

@@ -28,11 +28,64 @@ pub type RepoResult<T> = Result<T, RepoError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserQuery {
     pub exclude: UserId,
-    /// Case-insensitive substring of the username or full name; matched literally.
-    pub search: Option<String>,
+    /// Only users whose lower-cased username, or one of whose [`name_words`], starts with it.
+    pub search: Option<SearchPrefix>,
     /// Only users whose lower-cased username sorts after this one.
     pub after_username: Option<String>,
     pub limit: u32,
+}
+
+/// A lower-cased search text, matched as a prefix: as the range `[from, to)` of the strings
+/// that start with it (in code point order, which is byte order in UTF-8), so that a store
+/// answers it with a range scan of an index instead of a scan of every user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPrefix {
+    pub from: String,
+    /// The least string above every string that starts with `from`; `None` when there is
+    /// none (every character of `from` is the last code point).
+    pub to: Option<String>,
+}
+
+impl SearchPrefix {
+    /// The prefix `text`, lower-cased.
+    pub fn new(text: &str) -> Self {
+        let from = text.to_lowercase();
+        // The successor of the prefix: its last character that can grow, grown by one.
+        let mut to: Vec<char> = from.chars().collect();
+        let to = loop {
+            match to.pop() {
+                None => break None,
+                Some(last) => {
+                    let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+                    if let Some(next) = next {
+                        to.push(next);
+                        break Some(to.into_iter().collect());
+                    }
+                }
+            }
+        };
+        Self { from, to }
+    }
+
+    /// Whether `text` (lower-cased already) starts with the prefix.
+    pub fn matches(&self, text: &str) -> bool {
+        text.starts_with(&self.from)
+    }
+}
+
+/// What of a full name a search matches the start of, lower-cased: the whole name and each
+/// of its words (separated by spaces), each once. Stores index them (SQL: the
+/// `user_name_words` table, MongoDB: the `nameWords` array), so that "dra" and "bobbie d"
+/// both find "Bobbie Draper".
+pub fn name_words(full_name: &str) -> Vec<String> {
+    let lower = full_name.to_lowercase();
+    let mut words = vec![lower.clone()];
+    for word in lower.split(' ').filter(|w| !w.is_empty()) {
+        if !words.iter().any(|w| w == word) {
+            words.push(word.to_owned());
+        }
+    }
+    words
 }
 
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -79,8 +132,55 @@ pub trait ConversationRepository: Send + Sync {
         limit: u32,
     ) -> RepoResult<Option<ConversationPage>>;
 
-    /// The user's conversations with their last message, most recently updated first.
-    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>>;
+    /// Up to `limit` of the user's conversations with their last message, in
+    /// [`ConversationKey`] order (most recently updated first), after `after` (from the
+    /// first when `None`).
+    async fn page_for_user(
+        &self,
+        user: &UserId,
+        after: Option<ConversationKey>,
+        limit: u32,
+    ) -> RepoResult<Vec<ConversationSummary>>;
+
+    /// All of the user's conversations, in [`ConversationKey`] order, read page by page.
+    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
+        const PAGE: u32 = 500;
+        let mut all: Vec<ConversationSummary> = Vec::new();
+        loop {
+            let after = all.last().map(ConversationSummary::key);
+            let page = self.page_for_user(user, after, PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+/// Where a conversation stands in its participants' lists, which are ordered by this key,
+/// descending: the last update first; of two updated in the same instant, the one with the
+/// later last message (a conversation without messages after those with); then the greater
+/// id. A key never decreases (`updated_at` and the last message only move forward), which
+/// is what makes paging by key safe while messages arrive: see `ConversationSummary::key`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConversationKey {
+    pub updated_at: Timestamp,
+    /// `None` for a conversation without messages: it sorts below every message id.
+    pub last_message: Option<MessageId>,
+    pub id: ConversationId,
+}
+
+impl ConversationSummary {
+    /// The conversation's position in the list: a page after it holds only conversations
+    /// with a smaller key.
+    pub fn key(&self) -> ConversationKey {
+        ConversationKey {
+            updated_at: self.conversation.updated_at,
+            last_message: self.last_message.as_ref().map(|m| m.id.clone()),
+            id: self.conversation.id.clone(),
+        }
+    }
 }
 
 /// A conversation with one page of its messages, oldest first.
@@ -384,6 +484,36 @@ mod tests {
     fn a_consecutive_run_is_kept_whole() {
         let kept = consecutive_after(Cursor::new(4).unwrap(), vec![item(5), item(6), item(7)]);
         assert_eq!(positions(&kept), [5, 6, 7]);
+    }
+
+    #[test]
+    fn a_search_prefix_is_lower_cased_and_bounded_by_its_successor() {
+        assert_eq!(SearchPrefix::new("Bob"), SearchPrefix { from: "bob".into(), to: Some("boc".into()) });
+        // The successor skips what is no character (the surrogates) and carries past the last one.
+        assert_eq!(SearchPrefix::new("a\u{d7ff}").to.as_deref(), Some("a\u{e000}"));
+        assert_eq!(SearchPrefix::new("a\u{10ffff}").to.as_deref(), Some("b"));
+        assert_eq!(SearchPrefix::new("\u{10ffff}").to, None);
+    }
+
+    #[test]
+    fn name_words_are_the_whole_name_and_each_word_once() {
+        assert_eq!(name_words("Bobbie  Draper bobbie"), ["bobbie  draper bobbie", "bobbie", "draper"]);
+        assert_eq!(name_words("Zoë"), ["zoë"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_prefix_range_holds_exactly_the_texts_that_start_with_it(
+            prefix in "(.|\u{10ffff}){0,3}",
+            rest in "(.|\u{10ffff}){0,3}",
+            other in ".{0,6}",
+        ) {
+            let search = SearchPrefix::new(&prefix);
+            for text in [format!("{}{rest}", prefix.to_lowercase()), other.to_lowercase()] {
+                let in_range = text >= search.from && search.to.as_ref().is_none_or(|to| &text < to);
+                proptest::prop_assert_eq!(in_range, search.matches(&text), "{:?} in {:?}", text, search);
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{
-    Appended, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
+    Appended, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
     MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem,
     UserQuery, UserRepository,
 };
@@ -87,8 +87,13 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
     ) -> RepoResult<Option<ConversationPage>> {
         self.run("reading a conversation page", self.inner.page(pair, before, limit)).await
     }
-    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
-        self.run("listing conversations", self.inner.list_for_user(user)).await
+    async fn page_for_user(
+        &self,
+        user: &UserId,
+        after: Option<ConversationKey>,
+        limit: u32,
+    ) -> RepoResult<Vec<ConversationSummary>> {
+        self.run("listing conversations", self.inner.page_for_user(user, after, limit)).await
     }
 }
 

@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use application::ports::{
-    Appended, ConversationPage, ConversationSummary, RepoError, Revocation, StoredMessage, StreamItem, UserQuery,
+    Appended, ConversationKey, ConversationPage, ConversationSummary, RepoError, Revocation, SearchPrefix, StoredMessage,
+    StreamItem, UserQuery,
 };
 use chrono::{DateTime, Duration, Utc};
 use domain::{
@@ -72,7 +73,7 @@ contract!(
     user_insert_of_a_taken_id_is_a_conflict,
     user_list_excludes_the_caller_and_orders_by_lower_cased_username,
     user_list_pages_with_the_after_cursor_and_limit,
-    user_list_search_is_case_insensitive_on_username_and_full_name,
+    user_list_search_matches_the_start_of_the_username_full_name_or_a_word_ignoring_case,
     user_list_search_matches_wildcards_and_regex_metacharacters_literally,
     user_concurrent_inserts_of_one_username_let_exactly_one_win,
     conversation_find_or_insert_stores_the_candidate,
@@ -82,6 +83,8 @@ contract!(
     conversation_concurrent_find_or_insert_from_both_sides_yields_one_conversation,
     conversation_list_for_user_is_most_recent_first_with_the_last_message,
     conversation_list_for_user_without_conversations_is_empty,
+    conversation_pages_for_user_walk_the_list_in_order_each_once,
+    conversation_pages_for_user_stay_exact_while_messages_arrive,
     conversation_page_of_a_pair_without_a_conversation_is_none,
     conversation_page_is_the_conversation_with_what_list_by_conversation_returns,
     conversation_page_of_a_conversation_without_messages_has_no_messages,
@@ -343,7 +346,7 @@ async fn user_list_pages_with_the_after_cursor_and_limit(storage: &Storage) {
     assert_eq!(storage.users.list(&nothing).await.unwrap(), []);
 }
 
-async fn user_list_search_is_case_insensitive_on_username_and_full_name(storage: &Storage) {
+async fn user_list_search_matches_the_start_of_the_username_full_name_or_a_word_ignoring_case(storage: &Storage) {
     let me = user_with("searcher", "Sam Searcher");
     storage.users.insert(&me).await.unwrap();
     for (username, full_name) in [
@@ -352,27 +355,38 @@ async fn user_list_search_is_case_insensitive_on_username_and_full_name(storage:
         ("annie", "Annie Ernaux"),
         ("zoe", "Zoë Ännchen"),
         ("bob", "Robert Brown"),
+        ("joanna", "Jo Bloggs"),
     ] {
         storage.users.insert(&user_with(username, full_name)).await.unwrap();
     }
-    let search = |text: &str| UserQuery { search: Some(text.into()), ..query(&me) };
-
-    let found = storage.users.list(&search("ANN")).await.unwrap();
-    assert_eq!(usernames(&found), ["annie", "MaryAnn"]);
-    let found = storage.users.list(&search("eliot")).await.unwrap();
-    assert_eq!(usernames(&found), ["george"]);
-    let found = storage.users.list(&search("ÄNNCHEN")).await.unwrap();
-    assert_eq!(usernames(&found), ["zoe"]);
-    let found = storage.users.list(&search("sam")).await.unwrap();
-    assert_eq!(usernames(&found), Vec::<&str>::new(), "the caller is never listed");
-    let found = storage.users.list(&search("")).await.unwrap();
-    assert_eq!(found.len(), 5, "an empty search matches everyone");
+    let search = |text: &str| UserQuery { search: Some(SearchPrefix::new(text)), ..query(&me) };
+    let cases: [(&str, &[&str]); 11] = [
+        // A word of the full name ("Ann"), and the start of a username ("annie").
+        ("ANN", &["annie", "MaryAnn"]),
+        ("eliot", &["george"]),
+        ("ÄNNCHEN", &["zoe"]),
+        ("zoë ä", &["zoe"]),
+        ("mary ann e", &["MaryAnn"]),
+        // Inside a word or a username is no match: "joanna" holds "ann", "Robert" holds "ber".
+        ("nna", &[]),
+        ("ber", &[]),
+        ("ann evans", &[]),
+        ("jo", &["joanna"]),
+        ("b", &["bob", "joanna"]),
+        ("sam", &[]),
+    ];
+    for (text, expected) in cases {
+        let found = storage.users.list(&search(text)).await.unwrap();
+        assert_eq!(usernames(&found), expected, "search {text:?} (the caller is never listed)");
+    }
     let found = storage
         .users
         .list(&UserQuery { limit: 1, after_username: Some("annie".into()), ..search("ann") })
         .await
         .unwrap();
     assert_eq!(usernames(&found), ["MaryAnn"]);
+    let found = storage.users.list(&UserQuery { limit: 1, ..search("b") }).await.unwrap();
+    assert_eq!(usernames(&found), ["bob"]);
 }
 
 async fn user_list_search_matches_wildcards_and_regex_metacharacters_literally(storage: &Storage) {
@@ -382,7 +396,7 @@ async fn user_list_search_matches_wildcards_and_regex_metacharacters_literally(s
         ("axb", "Plain Two"),
         ("a.c", "Plain Three"),
         ("abc", "Plain Four"),
-        ("pct", "Hundred % Sure"),
+        ("pct", "Hundred %Sure"),
         ("paren", "Name (x)"),
         ("bracket", "Name [y]"),
         ("plus", "A+B"),
@@ -392,29 +406,33 @@ async fn user_list_search_matches_wildcards_and_regex_metacharacters_literally(s
         ("slash", "back\\slash"),
         ("brace", "a{2}"),
         ("qmark", "why?"),
+        ("maxchar", "\u{10ffff}\u{10ffff}x"),
     ];
     for (username, full_name) in people {
         storage.users.insert(&user_with(username, full_name)).await.unwrap();
     }
-    let search = |text: &str| UserQuery { search: Some(text.into()), ..query(&me) };
-    let cases: [(&str, &[&str]); 17] = [
-        ("_", &["a_b"]),
-        ("a_b", &["a_b"]),
+    let search = |text: &str| UserQuery { search: Some(SearchPrefix::new(text)), ..query(&me) };
+    let cases: [(&str, &[&str]); 19] = [
+        ("_", &[]),
+        ("a_", &["a_b"]),
         ("%", &["pct"]),
-        ("% sure", &["pct"]),
-        (".", &["a.c"]),
+        ("%s", &["pct"]),
+        ("hundred %", &["pct"]),
+        ("a.", &["a.c"]),
         ("a.c", &["a.c"]),
         ("(x)", &["paren"]),
         ("[y]", &["bracket"]),
         ("a+b", &["plus"]),
-        ("*", &["star"]),
+        ("star*", &["star"]),
         ("^", &["anchors"]),
-        ("$", &["anchors"]),
-        ("|", &["pipe"]),
-        ("\\", &["slash"]),
-        ("{2}", &["brace"]),
-        ("?", &["qmark"]),
+        ("^$", &["anchors"]),
+        ("x|", &["pipe"]),
+        ("back\\", &["slash"]),
+        ("a{", &["brace"]),
+        ("why?", &["qmark"]),
         (".*", &[]),
+        // A prefix with no upper bound in code point order.
+        ("\u{10ffff}", &["maxchar"]),
     ];
     for (text, expected) in cases {
         let found = storage.users.list(&search(text)).await.unwrap();
@@ -587,6 +605,109 @@ async fn conversation_list_for_user_without_conversations_is_empty(storage: &Sto
     conversation_between(storage, &a, &b, now()).await;
     assert_eq!(storage.conversations.list_for_user(&loner.id).await.unwrap(), []);
     assert_eq!(storage.conversations.list_for_user(&UserId::generate()).await.unwrap(), []);
+}
+
+/// Every conversation of `user`, read with `page_for_user` in pages of `page`, following the
+/// last key of each page; fails if the walk does not end.
+async fn walk_conversations(storage: &Storage, user: &User, page: u32) -> Vec<ConversationSummary> {
+    let mut all: Vec<ConversationSummary> = Vec::new();
+    for _ in 0..1000 {
+        let after = all.last().map(ConversationSummary::key);
+        let next = storage.conversations.page_for_user(&user.id, after, page).await.unwrap();
+        assert!(next.len() <= page as usize);
+        let done = next.len() < page as usize;
+        all.extend(next);
+        if done {
+            return all;
+        }
+    }
+    panic!("the walk does not end");
+}
+
+fn conversation_ids(list: &[ConversationSummary]) -> Vec<ConversationId> {
+    list.iter().map(|s| s.conversation.id.clone()).collect()
+}
+
+async fn conversation_pages_for_user_walk_the_list_in_order_each_once(storage: &Storage) {
+    let t0 = at_millis(1_700_000_000_000);
+    // Twelve partners: four conversations without messages (tied on updatedAt), and
+    // messages in pairs of one millisecond, so that every tie-break is crossed by a page edge.
+    // Ids are time-ordered: half the partners sort before me (I am the pair's second), half
+    // after (I am its first), mixed across the ties.
+    let mut partners = Vec::new();
+    for i in 0..6 {
+        partners.push(insert_user(storage, &format!("partner{i:02}")).await);
+    }
+    let me = insert_user(storage, "me_myself").await;
+    for i in 6..12 {
+        partners.push(insert_user(storage, &format!("partner{i:02}")).await);
+    }
+    partners.swap(1, 7);
+    partners.swap(4, 10);
+    for partner in &partners[..4] {
+        conversation_between(storage, &me, partner, t0).await;
+    }
+    for (i, partner) in partners[4..].iter().enumerate() {
+        let at = t0 + Duration::seconds(1 + i as i64 / 2);
+        if i % 3 == 0 {
+            send_at(storage, partner, &me, "hi", at).await;
+        } else {
+            send_at(storage, &me, partner, "hi", at).await;
+        }
+    }
+    let bystander = insert_user(storage, "bystander").await;
+    send_at(storage, &bystander, &partners[0], "not yours", t0 + Duration::seconds(99)).await;
+
+    let whole = storage.conversations.page_for_user(&me.id, None, 200).await.unwrap();
+    assert_eq!(whole.len(), 12);
+    let keys: Vec<ConversationKey> = whole.iter().map(ConversationSummary::key).collect();
+    assert!(keys.windows(2).all(|w| w[0] > w[1]), "strictly descending keys: {keys:#?}");
+    assert!(whole[..8].iter().all(|s| s.last_message.is_some()) && whole[8..].iter().all(|s| s.last_message.is_none()));
+    assert_eq!(storage.conversations.list_for_user(&me.id).await.unwrap(), whole);
+    for page in [1, 2, 3, 5, 11, 12, 13] {
+        assert_eq!(conversation_ids(&walk_conversations(storage, &me, page).await), conversation_ids(&whole), "pages of {page}");
+    }
+    let after_last = storage.conversations.page_for_user(&me.id, keys.last().cloned(), 5).await.unwrap();
+    assert_eq!(after_last, []);
+    // A key that is no conversation's still says where to go on: below it in key order.
+    let between = ConversationKey { id: ConversationId::generate(), ..keys[3].clone() };
+    let expected_after = if between < keys[3] { &whole[4..] } else { &whole[3..] };
+    let after_between = storage.conversations.page_for_user(&me.id, Some(between), 200).await.unwrap();
+    assert_eq!(conversation_ids(&after_between), conversation_ids(expected_after));
+}
+
+async fn conversation_pages_for_user_stay_exact_while_messages_arrive(storage: &Storage) {
+    let me = insert_user(storage, "me_myself").await;
+    let t0 = at_millis(1_700_000_000_000);
+    let mut partners = Vec::new();
+    for i in 0..6 {
+        let partner = insert_user(storage, &format!("partner{i}")).await;
+        send_at(storage, &partner, &me, "hi", t0 + Duration::seconds(i)).await;
+        partners.push(partner);
+    }
+    // Newest first: partner5, partner4, ..., partner0.
+    let first = storage.conversations.page_for_user(&me.id, None, 2).await.unwrap();
+    assert_eq!(first.iter().map(|s| s.last_message.as_ref().unwrap().sender_id.clone()).collect::<Vec<_>>(),
+        [partners[5].id.clone(), partners[4].id.clone()]);
+    // Both a conversation already listed and one not reached yet get a message.
+    send_at(storage, &me, &partners[5], "again", t0 + Duration::seconds(60)).await;
+    send_at(storage, &partners[1], &me, "again", t0 + Duration::seconds(61)).await;
+    let mut walked = first.clone();
+    loop {
+        let next = storage.conversations.page_for_user(&me.id, walked.last().map(ConversationSummary::key), 2).await.unwrap();
+        if next.is_empty() {
+            break;
+        }
+        walked.extend(next);
+    }
+    let senders: Vec<UserId> =
+        walked.iter().map(|s| s.last_message.as_ref().unwrap().sender_id.clone()).collect();
+    // Nothing twice; the one that moved to the front after the walk passed its place is
+    // skipped, everything else is there in order.
+    assert_eq!(senders, [&partners[5], &partners[4], &partners[3], &partners[2], &partners[0]].map(|p| p.id.clone()));
+    let now_first = storage.conversations.page_for_user(&me.id, None, 2).await.unwrap();
+    assert_eq!(now_first[0].last_message.as_ref().unwrap().sender_id, partners[1].id);
+    assert_eq!(now_first[1].last_message.as_ref().unwrap().body.as_str(), "again");
 }
 
 async fn conversation_page_of_a_pair_without_a_conversation_is_none(storage: &Storage) {

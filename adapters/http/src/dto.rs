@@ -234,8 +234,9 @@ pub struct SendRequest {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsersQuery {
-    /// Case-insensitive part of a username or full name, matched literally (white space
-    /// around it is ignored; at most 64 characters, no NUL).
+    /// The start of a username, of a full name or of a word of a full name, matched
+    /// case-insensitively and literally (white space around it is ignored; at most 64
+    /// characters, no NUL). Searches are rate limited per user.
     #[param(schema_with = fields::search)]
     pub search: Option<String>,
     /// Users per page: default 50, at most 200 (larger values are capped, 0 counts as 1).
@@ -243,6 +244,18 @@ pub struct UsersQuery {
     pub limit: Option<u32>,
     /// The `X-Next-Cursor` of the previous page; empty or absent for the first page.
     #[param(schema_with = fields::user_cursor)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationsQuery {
+    /// Conversations per page: default and at most 200 (larger values are capped, 0 counts
+    /// as 1).
+    #[param(schema_with = fields::conversation_page_limit)]
+    pub limit: Option<u32>,
+    /// The `X-Next-Cursor` of the previous page; empty or absent for the first page.
+    #[param(schema_with = fields::conversation_cursor)]
     pub cursor: Option<String>,
 }
 

@@ -5,7 +5,7 @@
 //! (the SQL stores keep microseconds). The API shows milliseconds, so clients see no
 //! difference.
 
-use application::ports::{RepoError, Revocation, StoredMessage};
+use application::ports::{name_words, RepoError, Revocation, StoredMessage};
 use chrono::{DateTime, Utc};
 use domain::{
     Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
@@ -35,8 +35,11 @@ pub(crate) struct UserDoc {
     /// What uniqueness, look-ups, ordering and cursors use.
     pub username_lower: String,
     pub full_name: String,
-    /// What the search matches, so that it needs no case-insensitive regex.
     pub full_name_lower: String,
+    /// What a search matches the start of besides `usernameLower`: [`name_words`], indexed.
+    /// Missing only on users stored before searches used it, until the store's first start.
+    #[serde(default)]
+    pub name_words: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gender: Option<String>,
     pub avatar: String,
@@ -53,6 +56,7 @@ impl From<&User> for UserDoc {
             username_lower: user.username.normalized(),
             full_name: user.full_name.as_str().to_owned(),
             full_name_lower: user.full_name.as_str().to_lowercase(),
+            name_words: name_words(user.full_name.as_str()),
             gender: user.gender.map(|g| g.as_str().to_owned()),
             avatar: user.avatar.as_str().to_owned(),
             password_hash: user.password_hash.as_str().to_owned(),
@@ -89,6 +93,11 @@ pub(crate) struct ConversationDoc {
     pub pair_key: String,
     pub created_at: bson::DateTime,
     pub updated_at: bson::DateTime,
+    /// The id of the newest message, `""` while there is none: with `updatedAt` and `_id`,
+    /// the order of a user's conversation list (`ConversationKey`), indexed. A send moves it
+    /// forward; missing only on conversations stored before, until the store's first start.
+    #[serde(default)]
+    pub last_message_id: String,
 }
 
 impl From<&Conversation> for ConversationDoc {
@@ -100,6 +109,7 @@ impl From<&Conversation> for ConversationDoc {
             pair_key: pair.key(),
             created_at: to_bson(conversation.created_at),
             updated_at: to_bson(conversation.updated_at),
+            last_message_id: String::new(),
         }
     }
 }
@@ -230,43 +240,9 @@ impl TryFrom<RevokedTokenDoc> for Revocation {
     }
 }
 
-/// A `$regex` pattern matching `needle` literally anywhere.
-///
-/// Every ASCII character that is not a letter or digit is escaped (PCRE reads a backslash
-/// before any such character as that character), control characters as `\xHH`; other
-/// characters are literals already.
-pub(crate) fn literal_pattern(needle: &str) -> String {
-    let mut pattern = String::with_capacity(needle.len() * 2);
-    for c in needle.chars() {
-        if c.is_ascii_control() {
-            pattern.push_str(&format!("\\x{:02x}", u32::from(c)));
-        } else if c.is_ascii() && !c.is_ascii_alphanumeric() {
-            pattern.push('\\');
-            pattern.push(c);
-        } else {
-            pattern.push(c);
-        }
-    }
-    pattern
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regex_metacharacters_are_escaped() {
-        assert_eq!(literal_pattern("a.b*c"), "a\\.b\\*c");
-        assert_eq!(literal_pattern("^(x|y)+$"), "\\^\\(x\\|y\\)\\+\\$");
-        assert_eq!(literal_pattern("[a]{2}?\\"), "\\[a\\]\\{2\\}\\?\\\\");
-        assert_eq!(literal_pattern("%_ #-"), "\\%\\_\\ \\#\\-");
-    }
-
-    #[test]
-    fn control_characters_become_hex_escapes_and_other_text_stays() {
-        assert_eq!(literal_pattern("a\0b\n"), "a\\x00b\\x0a");
-        assert_eq!(literal_pattern("zoë 名"), "zoë\\ 名");
-    }
 
     #[test]
     fn timestamps_keep_their_milliseconds() {

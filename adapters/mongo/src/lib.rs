@@ -50,7 +50,8 @@ pub struct MongoStore {
 
 impl MongoStore {
     /// Connects, checks that the server answers and offers transactions, creates the indexes
-    /// the ports rely on, and gives messages stored before streams existed their positions.
+    /// the ports rely on, gives messages stored before streams existed their positions, and
+    /// users and conversations stored before indexed reads their keys.
     pub async fn connect(options: &MongoOptions) -> anyhow::Result<Self> {
         // The driver's parse errors never echo the URL, which may hold a password.
         let mut client_options = ClientOptions::parse(&options.url).await.context("invalid MongoDB URL")?;
@@ -106,24 +107,40 @@ impl MongoStore {
             .backfill_stream_positions()
             .await
             .context("cannot give the messages stored before message streams their positions")?;
+        store
+            .backfill_read_keys()
+            .await
+            .context("cannot give the users and conversations stored before indexed reads their keys")?;
         Ok(store)
     }
 
     /// Creates the indexes if missing (a no-op when they exist with the same definition).
     async fn create_indexes(&self) -> mongodb::error::Result<()> {
-        self.users.create_index(index(doc! { "usernameLower": 1 }, "username_lower", true)).await?;
+        self.users
+            .create_indexes([
+                index(doc! { "usernameLower": 1 }, "username_lower", true),
+                // Searches by the start of the full name or of one of its words.
+                index(doc! { "nameWords": 1 }, "name_words", false),
+            ])
+            .await?;
         self.conversations
             .create_indexes([
                 // One conversation per pair: the key is the same for both orders of the pair.
                 index(doc! { "pairKey": 1 }, "pair_key", true),
-                // A user's conversations, most recently updated first.
+                // A user's conversations in list order (`ConversationKey`), from any cursor on.
                 index(
-                    doc! { "participants": 1, "updatedAt": -1, "_id": -1 },
-                    "participants_updated_at",
+                    doc! { "participants": 1, "updatedAt": -1, "lastMessageId": -1, "_id": -1 },
+                    "participants_recent",
                     false,
                 ),
             ])
             .await?;
+        // The list index of earlier versions, a prefix of the one above.
+        if let Err(error) = self.conversations.drop_index("participants_updated_at").await {
+            if !is_index_not_found(&error) {
+                return Err(error);
+            }
+        }
         self.messages
             .create_indexes([
                 index(doc! { "conversationId": 1, "_id": 1 }, "conversation_history", false),
@@ -164,6 +181,11 @@ impl MongoStore {
     pub(crate) fn database(&self) -> &Database {
         &self.database
     }
+}
+
+/// `IndexNotFound` (27): nothing to drop.
+fn is_index_not_found(error: &mongodb::error::Error) -> bool {
+    matches!(error.kind.as_ref(), mongodb::error::ErrorKind::Command(e) if e.code == 27)
 }
 
 fn index(keys: Document, name: &str, unique: bool) -> IndexModel {

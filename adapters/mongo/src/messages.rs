@@ -250,8 +250,8 @@ impl MongoStore {
     }
 
     /// Stores `candidate` if the pair has no conversation, and moves the pair's
-    /// conversation's `updatedAt` forward to the message's date (never backwards); returns
-    /// the pair's conversation id.
+    /// conversation's `updatedAt` forward to the message's date and its `lastMessageId` to
+    /// the message's id (never backwards); returns the pair's conversation id.
     async fn join_conversation(
         &self,
         session: &mut ClientSession,
@@ -261,9 +261,10 @@ impl MongoStore {
         let pair = &candidate.participants;
         let mut fields = bson::to_document(&ConversationDoc::from(candidate)).map_err(Error::custom)?;
         // The upsert copies the filter's equality into a new document, and `$max` sets the
-        // date of a new one (a field may not be named by two operators).
+        // date and last message of a new one (a field may not be named by two operators).
         fields.remove("pairKey");
         fields.remove("updatedAt");
+        fields.remove("lastMessageId");
         let filter = doc! { "pairKey": pair.key() };
         let conversations = self.conversations.clone_with_type::<Document>();
         let upserted = conversations
@@ -271,7 +272,7 @@ impl MongoStore {
                 filter.clone(),
                 doc! {
                     "$setOnInsert": fields,
-                    "$max": { "updatedAt": to_bson(message.created_at) },
+                    "$max": { "updatedAt": to_bson(message.created_at), "lastMessageId": message.id.as_str() },
                 },
             )
             .upsert(true)

@@ -1,12 +1,12 @@
 //! The repository ports on MongoDB.
 //!
-//! Every filter is built with `doc!` from typed values (validated ids, lower-cased and
-//! escaped text, timestamps): client text only ever lands in a value position, never where
-//! it could be read as an operator or an unescaped pattern.
+//! Every filter is built with `doc!` from typed values (validated ids, lower-cased text,
+//! timestamps): client text only ever lands in a value position, never where it could be
+//! read as an operator or a pattern.
 
 use application::ports::{
-    ConversationPage, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository, RepoError,
-    RepoResult, Revocation, RevokedTokenRepository, UserQuery, UserRepository,
+    ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
+    name_words, RepoError, RepoResult, Revocation, RevokedTokenRepository, SearchPrefix, UserQuery, UserRepository,
 };
 use async_trait::async_trait;
 use domain::{Conversation, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username};
@@ -14,7 +14,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 
-use crate::documents::{literal_pattern, to_bson, ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
+use crate::documents::{to_bson, ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
 use crate::error::{corrupt, repo_error};
 use crate::MongoStore;
 
@@ -54,13 +54,15 @@ impl UserRepository for MongoStore {
             "_id": { "$ne": query.exclude.as_str() },
             "usernameLower": { "$gt": query.after_username.as_deref().unwrap_or("") },
         };
-        if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
-            let pattern = literal_pattern(&search.to_lowercase());
+        if let Some(prefix) = &query.search {
+            // Each side one range of its index (`username_lower`, `name_words`); `$elemMatch`
+            // so that one word must lie in the whole range, not one word above its start and
+            // another below its end.
             filter.insert(
                 "$or",
                 vec![
-                    doc! { "usernameLower": { "$regex": &pattern } },
-                    doc! { "fullNameLower": { "$regex": &pattern } },
+                    doc! { "usernameLower": prefix_range(prefix) },
+                    doc! { "nameWords": { "$elemMatch": prefix_range(prefix) } },
                 ],
             );
         }
@@ -136,22 +138,46 @@ impl ConversationRepository for MongoStore {
         Ok(Some(ConversationPage { conversation, messages }))
     }
 
-    async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
+    async fn page_for_user(
+        &self,
+        user: &UserId,
+        after: Option<ConversationKey>,
+        limit: u32,
+    ) -> RepoResult<Vec<ConversationSummary>> {
+        // The driver reads a limit of 0 as "no limit".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! { "participants": user.as_str() };
+        if let Some(after) = after {
+            // Below the key, in key order; the bound on `updatedAt` alone is what the index
+            // range is made of, the `$or` settles ties within one millisecond.
+            let (at, last) = (to_bson(after.updated_at), after.last_message.as_ref().map_or("", |m| m.as_str()));
+            filter.insert("updatedAt", doc! { "$lte": at });
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "updatedAt": { "$lt": at } },
+                    doc! { "updatedAt": at, "lastMessageId": { "$lt": last } },
+                    doc! { "updatedAt": at, "lastMessageId": last, "_id": { "$lt": after.id.as_str() } },
+                ],
+            );
+        }
+        let order = doc! { "updatedAt": -1, "lastMessageId": -1, "_id": -1 };
         let pipeline = [
-            doc! { "$match": { "participants": user.as_str() } },
-            // The newest message of each conversation, through the history index.
+            doc! { "$match": filter },
+            // Along the `participants_recent` index.
+            doc! { "$sort": order.clone() },
+            doc! { "$limit": i64::from(limit) },
+            // The last message, by its id.
             doc! { "$lookup": {
                 "from": self.messages.name(),
-                "let": { "conversation": "$_id" },
-                "pipeline": [
-                    { "$match": { "$expr": { "$eq": ["$conversationId", "$$conversation"] } } },
-                    { "$sort": { "_id": -1 } },
-                    { "$limit": 1 },
-                ],
+                "localField": "lastMessageId",
+                "foreignField": "_id",
                 "as": "lastMessage",
             } },
-            // Two conversations updated in the same millisecond: the later message first.
-            doc! { "$sort": { "updatedAt": -1, "lastMessage._id": -1, "_id": -1 } },
+            // A join need not keep the order; sorting the page again costs nothing.
+            doc! { "$sort": order },
         ];
         let rows: Vec<Document> = self
             .conversations
@@ -163,6 +189,15 @@ impl ConversationRepository for MongoStore {
             .map_err(repo_error("listing conversations"))?;
         rows.into_iter().map(summary).collect()
     }
+}
+
+/// The range of the strings that start with `prefix`.
+fn prefix_range(prefix: &SearchPrefix) -> Document {
+    let mut range = doc! { "$gte": prefix.from.as_str() };
+    if let Some(to) = &prefix.to {
+        range.insert("$lt", to.as_str());
+    }
+    range
 }
 
 /// A conversation document with its `lastMessage` array (empty or one message).
@@ -178,6 +213,63 @@ fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
         .map(Message::try_from)
         .transpose()?;
     Ok(ConversationSummary { conversation: conversation.try_into()?, last_message })
+}
+
+/// The `migrations` document that records a finished [`MongoStore::backfill_read_keys`].
+const READ_KEYS_MARKER: &str = "indexedReads";
+
+impl MongoStore {
+    /// Gives users stored before searches went through `nameWords` their words, and
+    /// conversations stored before the list went through `lastMessageId` their last
+    /// message's id. Runs once per database: a `migrations` document records that it
+    /// finished. Safe next to sends and other servers doing the same: every write sets what
+    /// any of them would set, and `$max` never moves a last message back.
+    pub(crate) async fn backfill_read_keys(&self) -> mongodb::error::Result<()> {
+        let migrations = self.database().collection::<Document>("migrations");
+        if migrations.find_one(doc! { "_id": READ_KEYS_MARKER }).await?.is_some() {
+            return Ok(());
+        }
+        let users = self.users.clone_with_type::<Document>();
+        let mut legacy = users
+            .find(doc! { "nameWords": { "$exists": false } })
+            .projection(doc! { "_id": 1, "fullName": 1 })
+            .await?;
+        while let Some(user) = legacy.try_next().await? {
+            // A document this store could not read anyway is left as it is.
+            let (Ok(id), Ok(full_name)) = (user.get_str("_id"), user.get_str("fullName")) else { continue };
+            users
+                .update_one(doc! { "_id": id }, doc! { "$set": { "nameWords": name_words(full_name) } })
+                .await?;
+        }
+        let conversations = self.conversations.clone_with_type::<Document>();
+        let messages = self.messages.clone_with_type::<Document>();
+        let mut legacy = conversations
+            .find(doc! { "lastMessageId": { "$exists": false } })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        while let Some(conversation) = legacy.try_next().await? {
+            let Ok(id) = conversation.get_str("_id") else { continue };
+            let last = messages
+                .find_one(doc! { "conversationId": id })
+                .sort(doc! { "_id": -1 })
+                .projection(doc! { "_id": 1 })
+                .await?;
+            let last = last.as_ref().and_then(|m| m.get_str("_id").ok()).unwrap_or("");
+            conversations.update_one(doc! { "_id": id }, doc! { "$max": { "lastMessageId": last } }).await?;
+        }
+        let done = migrations
+            .update_one(
+                doc! { "_id": READ_KEYS_MARKER },
+                doc! { "$setOnInsert": { "completedAt": bson::DateTime::now() } },
+            )
+            .upsert(true)
+            .await;
+        match done {
+            // Another server finished at the same time.
+            Err(error) if crate::error::is_duplicate_key(&error) => Ok(()),
+            other => other.map(drop),
+        }
+    }
 }
 
 #[async_trait]

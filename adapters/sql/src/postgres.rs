@@ -57,16 +57,18 @@ impl PgStore {
 }
 
 /// A whole send in one statement, so one round trip and one implicit transaction: upsert the
-/// pair's conversation, take the next position of both users' streams, insert the message.
+/// pair's conversation (moving its `updated_at` and last message forward), take the next
+/// position of both users' streams, insert the message.
 /// The heads are row-locked until the statement commits, which orders commits by position
 /// per user (docs/SYNC.md). Two sends share at most one head unless they are of the same
 /// pair, and those run the same plan, so locks are never taken in a cycle. A clash on the
 /// sender's client message id fails the statement, undoing the positions with it.
 const APPEND: &str = "WITH conversation AS (\
-        INSERT INTO conversations (id, participant_a, participant_b, created_at, updated_at) \
-        VALUES ($1, $2, $3, $4, $5) \
+        INSERT INTO conversations (id, participant_a, participant_b, created_at, updated_at, last_message_id) \
+        VALUES ($1, $2, $3, $4, $5, $6) \
         ON CONFLICT (participant_a, participant_b) \
-        DO UPDATE SET updated_at = GREATEST(conversations.updated_at, excluded.updated_at) \
+        DO UPDATE SET updated_at = GREATEST(conversations.updated_at, excluded.updated_at), \
+            last_message_id = GREATEST(conversations.last_message_id, excluded.last_message_id) \
         RETURNING id), \
     heads AS (\
         INSERT INTO stream_heads (user_id, position) VALUES ($2, 1), ($3, 1) \

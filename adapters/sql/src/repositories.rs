@@ -11,25 +11,67 @@ pub(crate) const USER_COLUMNS: &str =
 pub(crate) const INSERT_USER: &str = "INSERT INTO users \
     (id, username, username_lower, full_name, full_name_lower, gender, avatar, password_hash, created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(crate) const INSERT_NAME_WORD: &str = "INSERT INTO user_name_words (word, user_id) VALUES ($1, $2)";
 pub(crate) const LIST_USERS: &str = "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
-    FROM users \
-    WHERE id <> $1 \
-      AND ($2 = '' OR username_lower LIKE $2 ESCAPE '\\' OR full_name_lower LIKE $2 ESCAPE '\\') \
-      AND username_lower > $3 \
-    ORDER BY username_lower LIMIT $4";
+    FROM users WHERE id <> $1 AND username_lower > $2 \
+    ORDER BY username_lower LIMIT $3";
+/// The users whose lower-cased username, or one of whose name words, lies in the prefix's
+/// range [`$3`, `$5`): each side one range of its index (`users_username_lower`, the
+/// primary key of `user_name_words`), the matches then sorted by username. A prefix without
+/// an upper bound gets a text of its own rather than `($5 IS NULL OR ...)`, which would keep
+/// PostgreSQL's generic plan from using the range.
+macro_rules! search_users_sql {
+    ($username_below:literal, $word_below:literal) => {
+        concat!(
+            "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
+            FROM users WHERE id IN (\
+                SELECT id FROM users WHERE username_lower >= $3",
+            $username_below,
+            " UNION SELECT user_id FROM user_name_words WHERE word >= $3",
+            $word_below,
+            ") AND id <> $1 AND username_lower > $2 \
+            ORDER BY username_lower LIMIT $4"
+        )
+    };
+}
+pub(crate) const SEARCH_USERS: &str = search_users_sql!(" AND username_lower < $5", " AND word < $5");
+pub(crate) const SEARCH_USERS_UNBOUNDED: &str = search_users_sql!("", "");
 pub(crate) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
     (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
     ON CONFLICT (participant_a, participant_b) DO NOTHING";
 pub(crate) const FIND_CONVERSATION: &str = "SELECT id, participant_a, participant_b, created_at, updated_at \
     FROM conversations WHERE participant_a = $1 AND participant_b = $2";
-pub(crate) const LIST_CONVERSATIONS: &str = "SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
-    m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, m.created_at AS m_created_at, \
-    m.client_message_id AS m_client_message_id \
-    FROM conversations c \
-    LEFT JOIN messages m ON m.id = \
-        (SELECT id FROM messages WHERE conversation_id = c.id ORDER BY id DESC LIMIT 1) \
-    WHERE c.participant_a = $1 OR c.participant_b = $1 \
-    ORDER BY c.updated_at DESC, m.id DESC NULLS LAST, c.id DESC";
+/// One page of a user's conversations (see `ConversationRepository::page_for_user`) with
+/// their last messages: the first `$2` in key order of each side of the pair (`$1` as
+/// `participant_a`, then as `participant_b`), each read backwards along its index
+/// (`conversations_a_recent`, `conversations_b_recent`) from the cursor `($3, $4, $5)` on,
+/// merged and cut to `$2`, then joined with their last message by id. The first page gets a
+/// text without the cursor.
+macro_rules! conversations_sql {
+    ($after:literal) => {
+        concat!(
+            "SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
+            m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, \
+            m.created_at AS m_created_at, m.client_message_id AS m_client_message_id \
+            FROM (\
+                SELECT * FROM (SELECT id, participant_a, participant_b, created_at, updated_at, last_message_id \
+                    FROM conversations WHERE participant_a = $1",
+            $after,
+            " ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS a \
+                UNION ALL \
+                SELECT * FROM (SELECT id, participant_a, participant_b, created_at, updated_at, last_message_id \
+                    FROM conversations WHERE participant_b = $1",
+            $after,
+            " ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS b \
+                ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS c \
+            LEFT JOIN messages m ON m.id = c.last_message_id \
+            ORDER BY c.updated_at DESC, c.last_message_id DESC, c.id DESC"
+        )
+    };
+}
+pub(crate) const CONVERSATIONS: &str = conversations_sql!("");
+pub(crate) const CONVERSATIONS_AFTER: &str =
+    conversations_sql!(" AND (updated_at, last_message_id, id) < ($3, $4, $5)");
 /// One history page in one statement (see `ConversationRepository::page`): the pair's
 /// conversation, found through `conversations_pair`, left-joined with its newest `$3`
 /// messages, taken newest first through `messages_conversation_id` and returned oldest
@@ -84,9 +126,9 @@ macro_rules! impl_repositories {
     ($store:ty) => {
         const _: () = {
             use application::ports::{
-                Appended, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
-                MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository,
-                StoredMessage, StreamItem, UserQuery, UserRepository,
+                name_words, Appended, ConversationKey, ConversationPage, ConversationRepository,
+                ConversationSummary, HealthCheck, MessageRepository, RepoError, RepoResult, Revocation,
+                RevokedTokenRepository, StoredMessage, StreamItem, UserQuery, UserRepository,
             };
             use async_trait::async_trait;
             use domain::{
@@ -96,13 +138,15 @@ macro_rules! impl_repositories {
             use $crate::error::repo_error;
             use $crate::repositories::*;
             use $crate::rows::{
-                contains_pattern, conversation_page, ConversationMessageRow, ConversationRow, MessageRow,
-                StoredRow, StreamRow, UserRow,
+                conversation_page, ConversationMessageRow, ConversationRow, MessageRow, StoredRow,
+                StreamRow, UserRow,
             };
 
             #[async_trait]
             impl UserRepository for $store {
                 async fn insert(&self, user: &User) -> RepoResult<()> {
+                    // The user and the name words a search finds them by, together.
+                    let mut tx = self.pool.begin().await.map_err(repo_error("inserting a user"))?;
                     sqlx::query(INSERT_USER)
                         .bind(user.id.as_str())
                         .bind(user.username.as_str())
@@ -114,9 +158,18 @@ macro_rules! impl_repositories {
                         .bind(user.password_hash.as_str())
                         .bind(user.created_at)
                         .bind(user.updated_at)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await
                         .map_err(repo_error("inserting a user"))?;
+                    for word in name_words(user.full_name.as_str()) {
+                        sqlx::query(INSERT_NAME_WORD)
+                            .bind(word)
+                            .bind(user.id.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(repo_error("inserting a user's name words"))?;
+                    }
+                    tx.commit().await.map_err(repo_error("inserting a user"))?;
                     Ok(())
                 }
 
@@ -143,12 +196,29 @@ macro_rules! impl_repositories {
                 }
 
                 async fn list(&self, query: &UserQuery) -> RepoResult<Vec<User>> {
-                    let pattern = query.search.as_deref().map(contains_pattern).unwrap_or_default();
-                    sqlx::query_as::<_, UserRow>(LIST_USERS)
-                        .bind(query.exclude.as_str())
-                        .bind(pattern)
-                        .bind(query.after_username.as_deref().unwrap_or(""))
-                        .bind(i64::from(query.limit))
+                    let after = query.after_username.as_deref().unwrap_or("");
+                    let limit = i64::from(query.limit);
+                    let statement = match &query.search {
+                        None => sqlx::query_as::<_, UserRow>(LIST_USERS)
+                            .bind(query.exclude.as_str())
+                            .bind(after)
+                            .bind(limit),
+                        Some(prefix) => {
+                            let statement = sqlx::query_as::<_, UserRow>(match prefix.to {
+                                Some(_) => SEARCH_USERS,
+                                None => SEARCH_USERS_UNBOUNDED,
+                            })
+                            .bind(query.exclude.as_str())
+                            .bind(after)
+                            .bind(prefix.from.as_str())
+                            .bind(limit);
+                            match &prefix.to {
+                                Some(to) => statement.bind(to.as_str()),
+                                None => statement,
+                            }
+                        }
+                    };
+                    statement
                         .fetch_all(&self.pool)
                         .await
                         .map_err(repo_error("listing users"))?
@@ -218,9 +288,25 @@ macro_rules! impl_repositories {
                     conversation_page(rows)
                 }
 
-                async fn list_for_user(&self, user: &UserId) -> RepoResult<Vec<ConversationSummary>> {
-                    sqlx::query_as::<_, ConversationMessageRow>(LIST_CONVERSATIONS)
-                        .bind(user.as_str())
+                async fn page_for_user(
+                    &self,
+                    user: &UserId,
+                    after: Option<ConversationKey>,
+                    limit: u32,
+                ) -> RepoResult<Vec<ConversationSummary>> {
+                    let statement = match &after {
+                        None => sqlx::query_as::<_, ConversationMessageRow>(CONVERSATIONS)
+                            .bind(user.as_str())
+                            .bind(i64::from(limit)),
+                        Some(after) => sqlx::query_as::<_, ConversationMessageRow>(CONVERSATIONS_AFTER)
+                            .bind(user.as_str())
+                            .bind(i64::from(limit))
+                            .bind(after.updated_at)
+                            // '' stands for "no message" in the table too.
+                            .bind(after.last_message.as_ref().map_or("", MessageId::as_str))
+                            .bind(after.id.as_str()),
+                    };
+                    statement
                         .fetch_all(&self.pool)
                         .await
                         .map_err(repo_error("listing conversations"))?

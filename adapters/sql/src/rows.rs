@@ -211,27 +211,3 @@ pub(crate) fn conversation_page(
         .map(|columns| Ok(ConversationPage { conversation: columns.try_into()?, messages }))
         .transpose()
 }
-
-/// A `LIKE` pattern matching `needle` literally anywhere, lower-cased like the `*_lower` columns.
-pub(crate) fn contains_pattern(needle: &str) -> String {
-    let mut pattern = String::with_capacity(needle.len() + 2);
-    pattern.push('%');
-    for c in needle.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
-#[cfg(test)]
-mod tests {
-    use super::contains_pattern;
-
-    #[test]
-    fn like_wildcards_are_matched_literally() {
-        assert_eq!(contains_pattern("A_b%c\\"), "%a\\_b\\%c\\\\%");
-    }
-}

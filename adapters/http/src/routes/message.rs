@@ -4,8 +4,8 @@ use ws_notifier::wire::MessageDto;
 use super::required;
 use crate::auth::CurrentUser;
 use crate::dto::{
-    ConversationDto, ConversationSummaryDto, Envelope, HistoryQuery, SendRequest, SyncPageDto,
-    SyncQuery,
+    ConversationDto, ConversationSummaryDto, ConversationsQuery, Envelope, HistoryQuery, SendRequest,
+    SyncPageDto, SyncQuery,
 };
 use crate::error::ApiError;
 use crate::openapi::{
@@ -157,15 +157,25 @@ pub async fn history(
     Ok(HttpResponse::Ok().json(Envelope::data(ConversationDto::new(&view, me, &other))))
 }
 
-/// My conversations, most recently updated first, each with its last message.
+/// My conversations, most recently updated first, each with its last message, up to 200 a
+/// page. The next page's cursor, if any, is in `X-Next-Cursor`: a client that never pages
+/// gets what it always got as long as it has at most 200 conversations.
+///
+/// A walk through the pages returns no conversation twice and ends; one that gets a message
+/// meanwhile moves to the front and is skipped if the walk had not reached it yet.
 #[utoipa::path(
     get,
     path = "/api/v1/message/conversations",
     tag = "message",
     operation_id = "listConversations",
+    params(ConversationsQuery),
     security(("bearerAuth" = []), ("cookieAuth" = [])),
     responses(
-        (status = 200, description = "My conversations", body = Envelope<Vec<ConversationSummaryDto>>),
+        (status = 200, description = "One page of my conversations",
+            body = Envelope<Vec<ConversationSummaryDto>>,
+            headers(("X-Next-Cursor" = String,
+                description = "Present when more conversations follow: the `cursor` of the next page"))),
+        (status = 400, response = Validation),
         (status = 401, response = Unauthenticated),
         (status = 503, response = Unavailable),
     ),
@@ -173,8 +183,16 @@ pub async fn history(
 pub async fn conversations(
     state: web::Data<AppState>,
     CurrentUser(session): CurrentUser,
+    query: web::Query<ConversationsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let list = state.messaging.conversations(session.user_id()).await?;
-    let list: Vec<ConversationSummaryDto> = list.iter().map(ConversationSummaryDto::from).collect();
-    Ok(HttpResponse::Ok().json(Envelope::data(list)))
+    let page = state
+        .messaging
+        .conversations(session.user_id(), query.limit, query.cursor.as_deref())
+        .await?;
+    let mut response = HttpResponse::Ok();
+    if let Some(cursor) = &page.next_cursor {
+        response.insert_header(("X-Next-Cursor", cursor.as_str()));
+    }
+    let list: Vec<ConversationSummaryDto> = page.conversations.iter().map(ConversationSummaryDto::from).collect();
+    Ok(response.json(Envelope::data(list)))
 }
