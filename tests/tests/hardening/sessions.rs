@@ -1,0 +1,247 @@
+//! Sockets end with the token they were opened with (logout, on any instance, or expiry);
+//! presence churn and typing notices cost what they should.
+
+use super::*;
+
+/// How soon a revocation must close the token's sockets.
+const REVOKED_WITHIN: Duration = Duration::from_secs(1);
+
+async fn logout(api: &Api, token: &str) {
+    api.post("/api/v1/user/logout", &json!({}), Some(token))
+        .await
+        .data(StatusCode::OK);
+}
+
+/// A Socket.IO socket over the WebSocket transport, joined to the main namespace.
+async fn socketio(api: &Api, token: &str) -> Ws {
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}",
+        api.port
+    );
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the handshake answers")
+        .expect("the handshake succeeds");
+    let open = next_text(&mut ws, WAIT).await;
+    assert!(open.starts_with('0'), "{open}");
+    ws.send(Frame::text("40")).await.unwrap();
+    loop {
+        let packet = next_text(&mut ws, WAIT).await;
+        if packet.starts_with("40") {
+            return ws;
+        }
+        assert!(!packet.starts_with("44"), "CONNECT refused: {packet}");
+    }
+}
+
+/// The next text frame; panics at the deadline or if the socket ends.
+async fn next_text(ws: &mut Ws, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no frame within {timeout:?}"),
+            Ok(Some(Ok(Frame::Text(text)))) => return text.to_string(),
+            Ok(Some(Ok(Frame::Close(reason)))) => panic!("closed: {reason:?}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(error))) => panic!("socket failed: {error}"),
+            Ok(None) => panic!("socket ended"),
+        }
+    }
+}
+
+/// Waits for the server to end a Socket.IO socket: the reason it gives (`sessionEnded`),
+/// then the DISCONNECT packet.
+async fn socketio_ended(ws: &mut Ws, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut reason = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let packet = next_text(ws, left).await;
+        if let Some(event) = packet.strip_prefix("42") {
+            let event: Value = serde_json::from_str(event).expect("an event array");
+            if event[0] == "sessionEnded" {
+                reason = event[1]["reason"].as_str().map(str::to_owned);
+            }
+        } else if packet == "41" {
+            return reason.expect("the reason comes before the DISCONNECT");
+        }
+    }
+}
+
+#[tokio::test]
+async fn logout_closes_the_sockets_opened_with_the_token_and_only_those() {
+    let app = spawn(|_| {}).await;
+    let api = app.api();
+    let alice = api.create_user(&unique("alice")).await;
+    let bob = api.create_user(&unique("bob")).await;
+    let other_device = api.login(&alice.username, PASSWORD).await.data(StatusCode::OK)["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let mut ws = api.ws(&alice.token).await;
+    let mut sio = socketio(&api, &alice.token).await;
+    let mut kept = api.ws(&other_device).await;
+
+    let started = Instant::now();
+    logout(&api, &alice.token).await;
+    let (code, reason) = close_frame(&mut ws, REVOKED_WITHIN).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("revoked"), "{reason}");
+    let reason = socketio_ended(&mut sio, REVOKED_WITHIN.saturating_sub(started.elapsed())).await;
+    assert!(reason.contains("revoked"), "{reason}");
+
+    // The other device's token was not revoked: its socket still gets the user's messages.
+    api.send(&bob, &alice, "still here?").await.data(StatusCode::CREATED);
+    let message = next_event(&mut kept, "newMessage", WAIT).await;
+    assert_eq!(message["message"], "still here?");
+}
+
+#[tokio::test]
+async fn a_socket_ends_when_its_token_expires() {
+    let app = spawn(|s| s.auth.token_ttl = 2).await;
+    let api = app.api();
+    let user = api.create_user(&unique("brief")).await;
+    let mut ws = api.ws(&user.token).await;
+    let mut sio = socketio(&api, &user.token).await;
+
+    let (code, reason) = close_frame(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("expired"), "{reason}");
+    let reason = socketio_ended(&mut sio, Duration::from_secs(2)).await;
+    assert!(reason.contains("expired"), "{reason}");
+}
+
+/// Two in-process instances on one PostgreSQL database and the test Redis.
+async fn cluster_of_two() -> (App, App) {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let prefix = unique("sessions");
+    let start = |database: &TestDatabase| {
+        let mut settings = tests::test_settings(database);
+        settings.fanout = server::settings::FanoutSettings::Redis {
+            redis_url: SecretString::from(tests::cluster::system_redis_url()),
+            prefix: prefix.clone(),
+            presence_ttl: 15,
+        };
+        async move {
+            let app = server::build(settings).await.expect("the server builds");
+            (app.port(), tokio::spawn(app.run_until_stopped()))
+        }
+    };
+    let (first_port, first_server) = start(&database).await;
+    let (second_port, second_server) = start(&database).await;
+    let first = App { port: first_port, client: http_client(), database: Some(database), server: first_server };
+    let second = App { port: second_port, client: http_client(), database: None, server: second_server };
+    for app in [&first, &second] {
+        let deadline = Instant::now() + WAIT;
+        while app.api().get("/readyz", None).await.status != StatusCode::OK {
+            assert!(Instant::now() < deadline, "an instance is not ready (is Redis running?)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (first, second)
+}
+
+#[tokio::test]
+async fn a_logout_on_one_instance_closes_the_sockets_on_another() {
+    let (first, second) = cluster_of_two().await;
+    let user = first.api().create_user(&unique("roaming")).await;
+    let mut ws = second.api().ws(&user.token).await;
+    let mut sio = socketio(&second.api(), &user.token).await;
+
+    let started = Instant::now();
+    logout(&first.api(), &user.token).await;
+    let (code, reason) = close_frame(&mut ws, REVOKED_WITHIN).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("revoked"), "{reason}");
+    let reason = socketio_ended(&mut sio, REVOKED_WITHIN.saturating_sub(started.elapsed())).await;
+    assert!(reason.contains("revoked"), "{reason}");
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_user_flapping_online_and_offline_costs_idle_clients_a_bounded_number_of_lists() {
+    let app = spawn(|_| {}).await;
+    let api = app.api();
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        let user = api.create_user(&unique("idle")).await;
+        idle.push(api.ws(&user.token).await);
+    }
+    let flapper = api.create_user(&unique("flapper")).await;
+    // The lists the idle clients' own arrivals caused go out within a window.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counters: Vec<Arc<Mutex<usize>>> = idle.iter().map(|_| Arc::default()).collect();
+    let readers: Vec<_> = idle
+        .into_iter()
+        .zip(&counters)
+        .map(|(mut ws, count)| {
+            let count = count.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = ws.next().await {
+                    if let Frame::Text(text) = frame {
+                        let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                        if value["event"] == "onlineUsers" {
+                            *count.lock().unwrap() += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the reader tasks take what was already queued, then count from zero.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for count in &counters {
+        *count.lock().unwrap() = 0;
+    }
+
+    let started = Instant::now();
+    let cycles = 40;
+    for _ in 0..cycles {
+        let mut ws = api.try_ws(&flapper.token).await.expect("the handshake succeeds");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = ws.close(None).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flapped = started.elapsed();
+    // The last state goes out within a second of the last change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for reader in readers {
+        reader.abort();
+    }
+    // One list at the first change, one per second of flapping, one trailing.
+    let bound = 2 + flapped.as_secs() as usize + 1;
+    for count in &counters {
+        let lists = *count.lock().unwrap();
+        assert!(lists >= 1, "the flapper's changes were never announced");
+        assert!(
+            lists <= bound,
+            "an idle client got {lists} online lists for {cycles} connect/disconnect cycles in {flapped:?} (at most {bound})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn typing_reaches_a_conversation_partner_but_not_a_stranger() {
+    let app = spawn(|_| {}).await;
+    let api = app.api();
+    let alice = api.create_user(&unique("alice")).await;
+    let bob = api.create_user(&unique("bob")).await;
+    let stranger = api.create_user(&unique("stranger")).await;
+    api.send(&bob, &alice, "hello").await.data(StatusCode::CREATED);
+    let mut alice_ws = api.ws(&alice.token).await;
+    let mut bob_ws = api.ws(&bob.token).await;
+    let mut stranger_ws = api.ws(&stranger.token).await;
+
+    let typing = json!({ "event": "typing", "data": { "to": alice.id, "isTyping": true } }).to_string();
+    for _ in 0..5 {
+        stranger_ws.send(Frame::text(typing.clone())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob_ws.send(Frame::text(typing.clone())).await.unwrap();
+
+    let notice = next_event(&mut alice_ws, "typing", WAIT).await;
+    assert_eq!(notice["from"], json!(bob.id), "the first notice is the partner's: {notice}");
+    // Nothing else follows: the stranger's notices were dropped, not delayed.
+    let more = tokio::time::timeout(Duration::from_millis(500), next_event(&mut alice_ws, "typing", WAIT)).await;
+    assert!(more.is_err(), "another typing notice arrived: {more:?}");
+}
