@@ -319,13 +319,45 @@ error_responses! {
 /// stated as character counts, exact for ASCII; the unit tests below check every pattern
 /// against the parser it describes.
 pub mod fields {
-    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
 
     /// Rust's `char::is_whitespace` (Unicode `White_Space`): what `str::trim` removes.
     pub const WHITESPACE: &str =
         r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
     /// Rust's `char::is_control` (general category `Cc`).
     pub const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
+
+    /// `ranges` inside a character class. Characters beyond the BMP are written as themselves:
+    /// no escape for them is common to ECMA-262, Python and Rust; ECMA-262 then reads them as
+    /// one character each with the `u` flag, which JSON Schema 2020-12 asks validators to use.
+    fn class_of(ranges: &[std::ops::RangeInclusive<char>]) -> String {
+        let one = |c: char| match u16::try_from(u32::from(c)) {
+            Ok(unit) => format!(r"\u{unit:04x}"),
+            Err(_) => c.to_string(),
+        };
+        ranges
+            .iter()
+            .map(|r| match r.start() == r.end() {
+                true => one(*r.start()),
+                false => format!("{}-{}", one(*r.start()), one(*r.end())),
+            })
+            .collect()
+    }
+
+    /// `domain::text::HIDDEN` (text-direction, zero-width and other invisible characters).
+    fn hidden() -> String {
+        class_of(domain::text::HIDDEN)
+    }
+
+    /// `domain::text::JOINERS` (of emoji sequences and scripts; invisible by themselves).
+    fn joiners() -> String {
+        class_of(domain::text::JOINERS)
+    }
+
+    /// Contains a visible character (`domain::text::is_visible`); not anchored.
+    pub fn visible_pattern() -> String {
+        format!("[^{CONTROL}{WHITESPACE}{}{}]", hidden(), joiners())
+    }
 
     pub const USERNAME: &str = r"^[A-Za-z0-9_.-]{3,32}$";
     pub const USER_CURSOR: &str = r"^(?:[A-Za-z0-9_.-]{3,32})?$";
@@ -364,13 +396,12 @@ pub mod fields {
     }
 
     pub fn full_name_pattern() -> String {
-        let (ws, cc) = (WHITESPACE, CONTROL);
-        trimmed(
-            &format!("[^{cc}{ws}]"),
-            &format!("[^{cc}]"),
-            domain::FullName::MAX,
-            false,
-        )
+        let (ws, cc, hidden, joiners) = (WHITESPACE, CONTROL, hidden(), joiners());
+        // A visible character first; joiners after it; control and hidden ones nowhere.
+        let first = format!("[^{cc}{ws}{hidden}{joiners}]");
+        let (inner, last) = (format!("[^{cc}{hidden}]"), format!("[^{cc}{ws}{hidden}]"));
+        let more = domain::FullName::MAX - 2;
+        format!("^[{ws}]*{first}(?:{inner}{{0,{more}}}{last})?[{ws}]*$")
     }
 
     pub fn search_pattern() -> String {
@@ -422,7 +453,9 @@ pub mod fields {
     pub fn full_name() -> Schema {
         string()
             .description(Some(
-                "1–64 characters once white space around it is trimmed, no control characters",
+                "1–64 characters once white space around it is trimmed, starting with a visible \
+                 one; no control, text-direction or invisible characters (joiners of emoji \
+                 sequences and scripts, and variation selectors, are kept)",
             ))
             .pattern(Some(full_name_pattern()))
             .examples(["Alice Liddell"])
@@ -470,14 +503,19 @@ pub mod fields {
             .into()
     }
 
+    /// Two patterns, as one can't both bound the length and require a visible character.
     pub fn message_text() -> Schema {
-        string()
+        let length = string()
+            .pattern(Some(message_pattern()))
+            .max_length(Some(domain::MessageBody::MAX * 4));
+        AllOfBuilder::new()
             .description(Some(
                 "The text, stored exactly as sent: 1–5000 characters once white space around \
-                 it is trimmed, no NUL, at most 20000 bytes in all",
+                 it is trimmed, at least one of them visible (not only white space, zero-width, \
+                 format or control characters), no NUL, at most 20000 bytes in all",
             ))
-            .pattern(Some(message_pattern()))
-            .max_length(Some(domain::MessageBody::MAX * 4))
+            .item(length)
+            .item(string().pattern(Some(visible_pattern())))
             .examples(["Hello!"])
             .into()
     }
@@ -696,6 +734,12 @@ mod tests {
                 Just('\u{3000}'),
                 Just('\u{1c}'),
                 Just('\u{85}'),
+                // Invisible: zero-width, text direction, joiner, variation selector, tag.
+                Just('\u{200b}'),
+                Just('\u{202e}'),
+                Just('\u{200d}'),
+                Just('\u{fe0f}'),
+                Just('\u{e0041}'),
                 Just('\0'),
                 Just('\u{7f}'),
                 Just('/'),
@@ -760,7 +804,9 @@ mod tests {
 
             #[test]
             fn the_message_pattern_is_the_parser(s in text(MessageBody::MAX)) {
-                let schema_valid = regex(&message_pattern()).is_match(&s) && s.chars().count() <= MessageBody::MAX * 4;
+                let schema_valid = regex(&message_pattern()).is_match(&s)
+                    && regex(&visible_pattern()).is_match(&s)
+                    && s.chars().count() <= MessageBody::MAX * 4;
                 // Exact for ASCII; beyond it the byte limit can refuse a few more.
                 if s.is_ascii() || !schema_valid {
                     prop_assert_eq!(schema_valid, MessageBody::parse(&s).is_ok(), "{:?}", s);
