@@ -53,6 +53,9 @@ impl PasswordHasher for BcryptHasher {
     }
 
     async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool, HashError> {
+        // A malformed hash (from an import or an edited store) is refused here, before it
+        // takes a place in the pool.
+        hash.bcrypt_cost().map_err(|e| HashError(anyhow::Error::new(e).context("stored password hash")))?;
         let plain = password.expose().to_owned();
         let encoded = hash.as_str().to_owned();
         self.run(move || bcrypt::verify(plain, &encoded)).await
@@ -88,7 +91,19 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_hash_is_an_error_not_a_match() {
         let hasher = BcryptHasher::new(4, None);
-        let corrupt = PasswordHash::new("not a bcrypt hash".into());
-        assert!(hasher.verify(&password("whatever1"), &corrupt).await.is_err());
+        let good = hasher.hash(&password("whatever1")).await.unwrap();
+        let body = &good.as_str()[7..];
+        for corrupt in [
+            "not a bcrypt hash".to_owned(),
+            String::new(),
+            format!("$2b$99${body}"),
+            format!("$2b$03${body}"),
+            format!("$2x$04${body}"),
+            format!("$2b$04${}", &body[1..]),
+            format!("$2b$04${}!", &body[1..]),
+        ] {
+            let corrupt = PasswordHash::new(corrupt);
+            assert!(hasher.verify(&password("whatever1"), &corrupt).await.is_err(), "{:?}", corrupt.as_str());
+        }
     }
 }
