@@ -337,6 +337,17 @@ mod tests {
     }
 
     #[test]
+    fn trusting_forwarded_for_needs_at_least_one_trusted_proxy() {
+        let mut settings = Settings::load_from(&dir(), Environment::Test).unwrap();
+        assert_eq!(settings.limits.requests.trusted_proxies, 1, "the default");
+        settings.limits.requests.trust_forwarded_for = true;
+        settings.validate().unwrap();
+        settings.limits.requests.trusted_proxies = 0;
+        let error = settings.validate().unwrap_err();
+        assert!(error.to_string().contains("limits.trusted_proxies"), "{error}");
+    }
+
+    #[test]
     fn the_cluster_example_selects_redis_fanout() {
         let folder = std::env::temp_dir().join(format!("chat-settings-{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();
