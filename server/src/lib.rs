@@ -260,8 +260,12 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         settings.server.max_connections_per_address
     };
     let connections = Arc::new(http_api::ConnectionLimiter::new(per_address));
+    let write_timeout = Duration::from_secs(settings.http.write_timeout);
     let server = actix_web::HttpServer::new(move || http_api::app(state.clone()))
-        .on_connect(move |connection, extensions| connections.on_connect(connection, extensions))
+        .on_connect(move |connection, extensions| {
+            connections.on_connect(connection, extensions);
+            ws_notifier::set_write_deadline(connection, write_timeout);
+        })
         .workers(workers)
         // actix counts per worker; accepting pauses at the cap and resumes below it.
         .max_connections(max_connections.div_ceil(workers))

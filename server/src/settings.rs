@@ -166,6 +166,9 @@ pub struct HttpLimits {
     pub body_limit: usize,
     /// Seconds a request body has to arrive in full.
     pub body_timeout: u64,
+    /// Seconds written data may wait for the client to take it before the connection is
+    /// dropped.
+    pub write_timeout: u64,
 }
 
 /// Rate and size limits on what clients repeat; 0 switches one off.
@@ -292,6 +295,9 @@ impl Settings {
         }
         if self.socketio.connect_timeout == 0 {
             anyhow::bail!("socketio.connect_timeout must be a positive number of seconds");
+        }
+        if self.http.write_timeout == 0 {
+            anyhow::bail!("http.write_timeout must be a positive number of seconds");
         }
         if self.http.body_timeout == 0 {
             anyhow::bail!("http.body_timeout must be a positive number of seconds");

@@ -6,7 +6,8 @@
 //! [`InMemoryPresence`] is the single-instance `Presence`. [`wire`] holds the JSON shapes
 //! events are sent in, which the HTTP adapter reuses so both speak the same objects.
 //! [`auth::request_token`] reads a handshake's token the same way for every endpoint.
-//! [`follow`] drives a connection's message stream (replay on connect, then live events
+//! [`set_write_deadline`] drops connections whose client stops reading, even once their
+//! session has ended. [`follow`] drives a connection's message stream (replay on connect, then live events
 //! without gap or repeat) for every transport, and [`FrameBudget`] limits every client's
 //! frame rate.
 //!
@@ -20,9 +21,11 @@ mod presence;
 mod registry;
 pub mod session;
 pub mod wire;
+mod write_deadline;
 
 pub use budget::FrameBudget;
 pub use follow::{Follow, Stop};
 pub use presence::InMemoryPresence;
 pub use registry::{ConnectionGuard, ConnectionRegistry, Ended, Outbound, Receiver, Refusal, SessionToken};
 pub use session::{serve, Handshake, WsSettings};
+pub use write_deadline::set_write_deadline;

@@ -245,3 +245,49 @@ async fn typing_reaches_a_conversation_partner_but_not_a_stranger() {
     let more = tokio::time::timeout(Duration::from_millis(500), next_event(&mut alice_ws, "typing", WAIT)).await;
     assert!(more.is_err(), "another typing notice arrived: {more:?}");
 }
+
+/// Whether the server holds its end of the TCP connection from `client_port` open: an
+/// ESTABLISHED (`01`) entry from `server_port` to it in the kernel's table.
+fn server_end_established(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("the kernel's TCP table");
+    let (local, remote) = (format!(":{server_port:04X}"), format!(":{client_port:04X}"));
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1].ends_with(&local) && fields[2].ends_with(&remote) && fields[3] == "01"
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
+    let app = spawn(|s| {
+        s.websocket.queue_capacity = 8;
+        s.http.write_timeout = 2;
+    })
+    .await;
+    let api = app.api();
+    let stalled = api.create_user(&unique("stalled")).await;
+    let sender = api.create_user(&unique("sender")).await;
+    // A small receive buffer, never read from: the server's writes back up at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(format!("127.0.0.1:{}", api.port).parse().unwrap()).await.unwrap();
+    let client_port = stream.local_addr().unwrap().port();
+    let (_ws, _) = tokio_tungstenite::client_async(api.ws_url(&stalled.token), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("the handshake succeeds");
+    assert!(server_end_established(api.port, client_port));
+
+    // 20 kB a message: far more than every buffer and the queue hold, so it is evicted.
+    let text = "\u{1F600}".repeat(5000);
+    for _ in 0..60 {
+        api.send(&sender, &stalled, &text).await.data(StatusCode::CREATED);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_end_established(api.port, client_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the connection of a client that never reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
