@@ -132,6 +132,8 @@ pub async fn spawn_app() -> TestApp {
     let database = TestDatabase::create(Backend::from_env()).await;
     let mut settings = tests::test_settings(&database);
     settings.auth.token_ttl = TOKEN_TTL_SECS;
+    // The suite searches in bursts; the search limit has tests of its own (hardening).
+    settings.limits.requests.searches_per_second_per_user = 0;
     let port = tests::start_server(settings).await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
