@@ -214,15 +214,14 @@ const scenarios = {
     await both.connected();
   },
 
-  // A front end on an allowed origin connects with its cookie (withCredentials); a page of
-  // any other origin gets a connect_error: its handshake is refused before the upgrade.
+  // A front end on an allowed origin connects with withCredentials; a page of any other
+  // origin gets a connect_error: its handshake is refused before the upgrade. (In Node,
+  // withCredentials keeps a cookie jar of its own that replaces a Cookie header, so the
+  // token rides the auth packet here; tests/tests/hardening/origins.rs sends the cookie.)
   async origins() {
     const [alice] = USERS;
     const fromPage = (origin) =>
-      client(null, {
-        withCredentials: true,
-        extraHeaders: { Cookie: `token=${alice.token}`, Origin: origin },
-      });
+      client(alice, { withCredentials: true, extraHeaders: { Origin: origin } });
     const allowed = fromPage(ALLOWED_ORIGIN);
     await allowed.connected();
     await allowed.waitFor("onlineUsers", (list) => list.includes(alice.id));

@@ -217,7 +217,7 @@ client_scenarios! {
     unauthenticated_clients_get_connect_error_over_websocket => "unauthenticated", "websocket";
     the_token_is_read_from_header_cookie_and_query_over_polling => "auth-sources", "default";
     the_token_is_read_from_header_cookie_and_query_over_websocket => "auth-sources", "websocket";
-    an_allowed_origin_connects_with_its_cookie_and_a_foreign_one_is_refused => "origins", "websocket";
+    an_allowed_origin_connects_with_credentials_and_a_foreign_one_is_refused => "origins", "websocket";
     online_users_update_when_a_user_disconnects_after_an_upgrade => "presence", "default";
     online_users_update_when_a_user_disconnects_over_websocket => "presence", "websocket";
     typing_reaches_the_target_only_after_an_upgrade => "typing", "default";
