@@ -119,6 +119,8 @@ export CHAT__LIMITS__SOCKETS_PER_USER=0
 export CHAT__LIMITS__SOCKET_FRAMES_PER_SECOND=0
 # The idle-sockets scenario holds thousands of connections from 127.0.0.1.
 export CHAT__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
+export CHAT__LIMITS__SOCKETIO_SESSIONS_PER_IP=0
+export CHAT__LIMITS__SOCKETIO_HANDSHAKES_PER_MINUTE_PER_IP=0
 export CHAT_CONFIG_DIR="$PWD/config"
 
 record() { # scenario output -> terminal, JSON line -> results
