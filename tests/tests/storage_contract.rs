@@ -74,6 +74,7 @@ contract!(
     user_list_excludes_the_caller_and_orders_by_lower_cased_username,
     user_list_pages_with_the_after_cursor_and_limit,
     user_list_search_matches_the_start_of_the_username_full_name_or_a_word_ignoring_case,
+    user_list_search_pages_are_full_when_one_user_matches_many_times_or_is_the_caller,
     user_list_search_matches_wildcards_and_regex_metacharacters_literally,
     user_concurrent_inserts_of_one_username_let_exactly_one_win,
     conversation_find_or_insert_stores_the_candidate,
@@ -387,6 +388,20 @@ async fn user_list_search_matches_the_start_of_the_username_full_name_or_a_word_
     assert_eq!(usernames(&found), ["MaryAnn"]);
     let found = storage.users.list(&UserQuery { limit: 1, ..search("b") }).await.unwrap();
     assert_eq!(usernames(&found), ["bob"]);
+}
+
+async fn user_list_search_pages_are_full_when_one_user_matches_many_times_or_is_the_caller(storage: &Storage) {
+    // Matches by name words only; "aaa" matches with four of them, the caller sorts between.
+    let me = user_with("aab", "Quill Quo");
+    storage.users.insert(&me).await.unwrap();
+    for (username, full_name) in [("aaa", "Quo Quoll Quokka"), ("aac", "Quo X"), ("aad", "Y Quorum")] {
+        storage.users.insert(&user_with(username, full_name)).await.unwrap();
+    }
+    let search = UserQuery { search: Some(SearchPrefix::new("qu")), limit: 2, ..query(&me) };
+    let first = storage.users.list(&search).await.unwrap();
+    assert_eq!(usernames(&first), ["aaa", "aac"], "a full page: a user once, the caller never");
+    let next = UserQuery { after_username: Some("aac".into()), ..search };
+    assert_eq!(usernames(&storage.users.list(&next).await.unwrap()), ["aad"]);
 }
 
 async fn user_list_search_matches_wildcards_and_regex_metacharacters_literally(storage: &Storage) {

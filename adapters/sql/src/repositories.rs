@@ -11,25 +11,33 @@ pub(crate) const USER_COLUMNS: &str =
 pub(crate) const INSERT_USER: &str = "INSERT INTO users \
     (id, username, username_lower, full_name, full_name_lower, gender, avatar, password_hash, created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-pub(crate) const INSERT_NAME_WORD: &str = "INSERT INTO user_name_words (word, user_id) VALUES ($1, $2)";
+pub(crate) const INSERT_NAME_WORD: &str =
+    "INSERT INTO user_name_words (word, username_lower, user_id) VALUES ($1, $2, $3)";
 pub(crate) const LIST_USERS: &str = "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
     FROM users WHERE id <> $1 AND username_lower > $2 \
     ORDER BY username_lower LIMIT $3";
-/// The users whose lower-cased username, or one of whose name words, lies in the prefix's
-/// range [`$3`, `$5`): each side one range of its index (`users_username_lower`, the
-/// primary key of `user_name_words`), the matches then sorted by username. A prefix without
-/// an upper bound gets a text of its own rather than `($5 IS NULL OR ...)`, which would keep
+/// One page of the users whose lower-cased username, or one of whose name words, lies in the
+/// prefix's range [`$3`, `$5`), after `$2`, without `$1`: the first `$4` by username of each
+/// side, each read from one range of its index (`users_username_lower`; the primary key of
+/// `user_name_words`, which holds the username, so that the words side is ordered and cut
+/// without reading user rows), merged, and the page's rows read by id. So a prefix costs the
+/// index entries it matches at most, never a scan of every user. A prefix without an upper
+/// bound gets a text of its own rather than `($5 IS NULL OR ...)`, which would keep
 /// PostgreSQL's generic plan from using the range.
 macro_rules! search_users_sql {
     ($username_below:literal, $word_below:literal) => {
         concat!(
             "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
             FROM users WHERE id IN (\
-                SELECT id FROM users WHERE username_lower >= $3",
+                SELECT id FROM (SELECT username_lower, id FROM users \
+                    WHERE username_lower >= $3",
             $username_below,
-            " UNION SELECT user_id FROM user_name_words WHERE word >= $3",
+            " AND username_lower > $2 AND id <> $1 ORDER BY username_lower LIMIT $4) AS by_username \
+                UNION \
+                SELECT user_id FROM (SELECT DISTINCT username_lower, user_id FROM user_name_words \
+                    WHERE word >= $3",
             $word_below,
-            ") AND id <> $1 AND username_lower > $2 \
+            " AND username_lower > $2 AND user_id <> $1 ORDER BY username_lower LIMIT $4) AS by_word) \
             ORDER BY username_lower LIMIT $4"
         )
     };
@@ -164,6 +172,7 @@ macro_rules! impl_repositories {
                     for word in name_words(user.full_name.as_str()) {
                         sqlx::query(INSERT_NAME_WORD)
                             .bind(word)
+                            .bind(user.username.normalized())
                             .bind(user.id.as_str())
                             .execute(&mut *tx)
                             .await

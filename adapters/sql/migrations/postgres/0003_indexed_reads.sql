@@ -2,16 +2,19 @@
 --
 -- 1. User search matches the start of the lower-cased username (through users_username_lower)
 -- or of the lower-cased full name or one of its words (space-separated), through this table
--- of every user's name words (`application::ports::name_words`), written with the user.
--- Byte order (COLLATE "C"), so that a prefix is one range of the index.
+-- of every user's name words (`application::ports::name_words`), written with the user. It
+-- carries the lower-cased username (which never changes), so that the matches of a prefix
+-- are ordered and cut to a page from the index alone (an index-only scan), without reading
+-- a user row. Byte order (COLLATE "C"), so that a prefix is one range of the index.
 CREATE TABLE user_name_words (
-    word    TEXT COLLATE "C" NOT NULL,
-    user_id TEXT COLLATE "C" NOT NULL REFERENCES users (id),
-    PRIMARY KEY (word, user_id)
+    word           TEXT COLLATE "C" NOT NULL,
+    username_lower TEXT COLLATE "C" NOT NULL,
+    user_id        TEXT COLLATE "C" NOT NULL REFERENCES users (id),
+    PRIMARY KEY (word, username_lower) INCLUDE (user_id)
 );
 
-INSERT INTO user_name_words (word, user_id)
-SELECT DISTINCT words.word, users.id
+INSERT INTO user_name_words (word, username_lower, user_id)
+SELECT DISTINCT words.word, users.username_lower, users.id
 FROM users, LATERAL (
     SELECT users.full_name_lower
     UNION

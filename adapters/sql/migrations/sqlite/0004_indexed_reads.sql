@@ -2,21 +2,24 @@
 --
 -- 1. User search matches the start of the lower-cased username (through users_username_lower)
 -- or of the lower-cased full name or one of its words (space-separated), through this table
--- of every user's name words (`application::ports::name_words`), written with the user.
+-- of every user's name words (`application::ports::name_words`), written with the user. It
+-- carries the lower-cased username (which never changes), so that the matches of a prefix
+-- are ordered and cut to a page from this table alone, without reading a user row.
 CREATE TABLE user_name_words (
-    word    TEXT NOT NULL,
-    user_id TEXT NOT NULL REFERENCES users (id),
-    PRIMARY KEY (word, user_id)
+    word           TEXT NOT NULL,
+    username_lower TEXT NOT NULL,
+    user_id        TEXT NOT NULL REFERENCES users (id),
+    PRIMARY KEY (word, username_lower)
 ) WITHOUT ROWID;
 
-WITH RECURSIVE split (user_id, word, rest) AS (
-    SELECT id, full_name_lower, full_name_lower || ' ' FROM users
+WITH RECURSIVE split (user_id, username_lower, word, rest) AS (
+    SELECT id, username_lower, full_name_lower, full_name_lower || ' ' FROM users
     UNION ALL
-    SELECT user_id, substr(rest, 1, instr(rest, ' ') - 1), substr(rest, instr(rest, ' ') + 1)
+    SELECT user_id, username_lower, substr(rest, 1, instr(rest, ' ') - 1), substr(rest, instr(rest, ' ') + 1)
     FROM split WHERE rest <> ''
 )
-INSERT OR IGNORE INTO user_name_words (word, user_id)
-SELECT word, user_id FROM split WHERE word <> '';
+INSERT OR IGNORE INTO user_name_words (word, username_lower, user_id)
+SELECT word, username_lower, user_id FROM split WHERE word <> '';
 
 -- 2. A user's conversation list is read in pages, in the order of
 -- `application::ports::ConversationKey`: updated_at, then the last message's id, then the
