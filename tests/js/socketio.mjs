@@ -256,6 +256,8 @@ const scenarios = {
   // typing {to, isTyping} reaches the target only, as {from, to, isTyping}; acks are tolerated.
   async typing() {
     const [alice, bob, carol] = USERS;
+    // Typing reaches only someone you share a conversation with.
+    await sendMessage(alice, bob, "hi");
     const a = client(alice);
     const b = client(bob);
     const c = client(carol);

@@ -67,6 +67,7 @@ async fn run(backend: tests::Backend, behaviour: for<'a> fn(&'a Storage) -> BoxF
 contract!(
     user_insert_then_find_by_id_round_trips_every_field,
     user_find_by_id_of_an_unknown_id_is_none,
+    names_and_messages_stored_under_earlier_rules_stay_readable,
     user_find_by_username_ignores_case,
     user_timestamps_keep_at_least_milliseconds,
     user_insert_of_a_taken_username_in_any_case_is_a_conflict,
@@ -262,6 +263,22 @@ async fn user_insert_then_find_by_id_round_trips_every_field(storage: &Storage) 
 async fn user_find_by_id_of_an_unknown_id_is_none(storage: &Storage) {
     insert_user(storage, "someone").await;
     assert_eq!(storage.users.find_by_id(&UserId::generate()).await.unwrap(), None);
+}
+
+/// Rules for new names and messages tightened (no invisible or bidi characters in names, a
+/// visible character in every message); what was stored before must still read back.
+async fn names_and_messages_stored_under_earlier_rules_stay_readable(storage: &Storage) {
+    let mut earlier = user_named("earlier");
+    earlier.full_name = FullName::stored("Ali\u{200F}ce").expect("valid under the earlier rules");
+    assert!(FullName::parse("Ali\u{200F}ce").is_err(), "refused for new names");
+    storage.users.insert(&earlier).await.unwrap();
+    assert_eq!(storage.users.find_by_id(&earlier.id).await.unwrap(), Some(earlier.clone()));
+
+    let other = insert_user(storage, "other").await;
+    let (conversation, mut message) = draft(&earlier, &other, "placeholder", now());
+    message.body = MessageBody::stored("\u{200B}").expect("valid under the earlier rules");
+    created(storage.messages.append(&conversation, &message).await.unwrap());
+    assert_eq!(history(storage, &earlier, &other).await, vec![message]);
 }
 
 async fn user_find_by_username_ignores_case(storage: &Storage) {

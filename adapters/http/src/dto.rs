@@ -210,10 +210,11 @@ pub struct RegisterRequest {
 #[derive(Deserialize, ToSchema)]
 #[schema(as = LoginRequest)]
 pub struct LoginRequest {
-    /// Any string; an unknown or impossible name is answered like a wrong password (401).
-    #[schema(required = true, nullable = false)]
+    /// Any non-empty string; an unknown or impossible name is answered like a wrong
+    /// password (401), an empty one is 400.
+    #[schema(required = true, nullable = false, min_length = 1)]
     pub username: Option<String>,
-    #[schema(required = true, nullable = false)]
+    #[schema(required = true, nullable = false, min_length = 1)]
     pub password: Option<String>,
 }
 

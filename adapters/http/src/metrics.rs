@@ -105,6 +105,8 @@ fn method_label(method: &Method) -> &'static str {
         Method::PATCH => "PATCH",
         Method::DELETE => "DELETE",
         Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
         _ => "OTHER",
     }
 }
@@ -186,10 +188,10 @@ mod tests {
         let metrics = Metrics::new();
         for name in ["XQWE", "BREW", &"M".repeat(3000)] {
             let method = Method::from_bytes(name.as_bytes()).unwrap();
-            metrics.observe(&method, "unmatched", 405, 0.001);
+            metrics.observe(&method, "unmatched", 501, 0.001);
         }
         let text = metrics.render();
-        assert!(text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="405"} 3"#), "{text}");
+        assert!(text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="501"} 3"#), "{text}");
         assert!(!text.contains("XQWE") && !text.contains("BREW"));
     }
 }

@@ -72,7 +72,7 @@ impl TryFrom<UserDoc> for User {
         Ok(User {
             id: UserId::parse(&doc.id).map_err(|e| corrupt("user id", e))?,
             username: Username::parse(&doc.username).map_err(|e| corrupt("username", e))?,
-            full_name: FullName::parse(&doc.full_name).map_err(|e| corrupt("full name", e))?,
+            full_name: FullName::stored(&doc.full_name).map_err(|e| corrupt("full name", e))?,
             gender: doc.gender.map(|g| g.parse()).transpose().map_err(|e| corrupt("gender", e))?,
             avatar: Avatar::parse(&doc.avatar).map_err(|e| corrupt("avatar", e))?,
             password_hash: PasswordHash::new(doc.password_hash),
@@ -189,7 +189,7 @@ impl TryFrom<MessageDoc> for Message {
                 .map_err(|e| corrupt("conversation id", e))?,
             sender_id: UserId::parse(&doc.sender_id).map_err(|e| corrupt("sender id", e))?,
             receiver_id: UserId::parse(&doc.receiver_id).map_err(|e| corrupt("receiver id", e))?,
-            body: MessageBody::parse(&doc.message).map_err(|e| corrupt("message body", e))?,
+            body: MessageBody::stored(&doc.message).map_err(|e| corrupt("message body", e))?,
             created_at: from_bson(doc.created_at)?,
             client_id: doc
                 .client_message_id

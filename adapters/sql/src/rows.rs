@@ -27,7 +27,7 @@ impl TryFrom<UserRow> for User {
         Ok(User {
             id: UserId::parse(&row.id).map_err(|e| corrupt("user id", e))?,
             username: Username::parse(&row.username).map_err(|e| corrupt("username", e))?,
-            full_name: FullName::parse(&row.full_name).map_err(|e| corrupt("full name", e))?,
+            full_name: FullName::stored(&row.full_name).map_err(|e| corrupt("full name", e))?,
             gender: row
                 .gender
                 .map(|g| g.parse())
@@ -84,7 +84,7 @@ impl TryFrom<MessageRow> for Message {
                 .map_err(|e| corrupt("conversation id", e))?,
             sender_id: UserId::parse(&row.sender_id).map_err(|e| corrupt("sender id", e))?,
             receiver_id: UserId::parse(&row.receiver_id).map_err(|e| corrupt("receiver id", e))?,
-            body: MessageBody::parse(&row.body).map_err(|e| corrupt("message body", e))?,
+            body: MessageBody::stored(&row.body).map_err(|e| corrupt("message body", e))?,
             created_at: row.created_at,
             client_id: row
                 .client_message_id

@@ -29,13 +29,18 @@ async fn malformed_json_is_a_validation_error() {
 }
 
 #[tokio::test]
-async fn json_without_a_content_type_is_still_read() {
+async fn a_body_without_a_json_content_type_is_415_and_nothing_is_done() {
     let app = spawn_app().await;
     let body = json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD }).to_string();
 
-    let response = app.execute(app.client.post(app.url("/api/v1/user/register")).body(body)).await;
+    // What an HTML form on another site could send: never acted on (docs/SECURITY.md).
+    let response =
+        app.execute(app.client.post(app.url("/api/v1/user/register")).body(body.clone())).await;
+    response.error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
 
-    response.data(StatusCode::CREATED);
+    // The same body labelled as JSON registers: the name was still free.
+    let labelled = app.client.post(app.url("/api/v1/user/register")).header(CONTENT_TYPE, "application/json");
+    app.execute(labelled.body(body)).await.data(StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -122,6 +122,10 @@ async fn a_new_message_reaches_every_device_of_both_users_and_nobody_else() {
     let ada = app.create_user("ada").await;
     let bob = app.create_user("bob").await;
     let cat = app.create_user("cat").await;
+    // Typing reaches only someone you share a conversation with.
+    for (from, to) in [(&ada, &bob), (&cat, &ada), (&bob, &cat)] {
+        app.send_ok(from, to, "hi").await;
+    }
     let mut ada_phone = app.connect_ws(&ada.token).await;
     let mut ada_laptop = app.connect_ws(&ada.token).await;
     let mut bob_phone = app.connect_ws(&bob.token).await;
@@ -154,6 +158,10 @@ async fn typing_is_relayed_to_the_target_only() {
     let ada = app.create_user("ada").await;
     let bob = app.create_user("bob").await;
     let cat = app.create_user("cat").await;
+    // Typing reaches only someone you share a conversation with.
+    for (from, to) in [(&ada, &bob), (&cat, &ada), (&bob, &cat)] {
+        app.send_ok(from, to, "hi").await;
+    }
     let mut ada_phone = app.connect_ws(&ada.token).await;
     let mut ada_laptop = app.connect_ws(&ada.token).await;
     let mut bob_phone = app.connect_ws(&bob.token).await;
@@ -194,6 +202,7 @@ async fn the_sender_cannot_be_spoofed_in_a_typing_notice() {
     let ada = app.create_user("ada").await;
     let bob = app.create_user("bob").await;
     let cat = app.create_user("cat").await;
+    app.send_ok(&ada, &bob, "hi").await;
     let mut ada_socket = app.connect_ws(&ada.token).await;
     let mut bob_socket = app.connect_ws(&bob.token).await;
 
@@ -208,6 +217,7 @@ async fn a_malformed_frame_gets_an_error_frame_and_the_connection_stays_usable()
     let app = spawn_app().await;
     let ada = app.create_user("ada").await;
     let bob = app.create_user("bob").await;
+    app.send_ok(&ada, &bob, "hi").await;
     let mut ada_socket = app.connect_ws(&ada.token).await;
     let mut bob_socket = app.connect_ws(&bob.token).await;
 

@@ -16,7 +16,8 @@ async fn logins_for_one_username_are_rate_limited() {
     api.login(&user.username, "wrong password")
         .await
         .rate_limited();
-    // Even the right password waits: the limit is on attempts, not on failures.
+    // The address that failed waits, even with the right password, unchecked (the owner on
+    // another address is not locked out: accounts::failed_logins_by_a_stranger_do_not_lock_the_owner_out).
     api.login(&user.username.to_uppercase(), PASSWORD)
         .await
         .rate_limited();

@@ -9,7 +9,7 @@ use crate::dto::{
 };
 use crate::error::ApiError;
 use crate::openapi::{
-    IdempotencyKeyReused, NotFound, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable,
+    ForeignOrigin, IdempotencyKeyReused, NotFound, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unauthenticated, Unavailable,
     Validation,
 };
 use crate::state::AppState;
@@ -41,8 +41,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
             stored first, unchanged; nothing new stored or announced", body = Envelope<MessageDto>),
         (status = 400, response = Validation),
         (status = 401, response = Unauthenticated),
+        (status = 403, response = ForeignOrigin),
         (status = 404, response = NotFound),
         (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = IdempotencyKeyReused),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),

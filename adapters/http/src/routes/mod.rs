@@ -150,22 +150,32 @@ fn cors(origins: &[String]) -> Cors {
     )
 }
 
-/// The methods any route answers; any other is refused here, before a log line or a metric
-/// label is made of an arbitrary (and arbitrarily long) method name.
+/// The methods of HTTP itself (RFC 9110, and PATCH); an extension method is refused here,
+/// before a log line or a metric label is made of an arbitrary (and arbitrarily long) name.
+/// The standard ones go on to their route, which answers 405 with `Allow` where it must.
 fn known_method(method: &Method) -> bool {
     matches!(
         *method,
-        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::OPTIONS
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
     )
 }
 
-/// Middleware: answers requests with an extension method (`XQWE /healthz`) `405` at once.
+/// Middleware: answers a request with an extension method (`XQWE /healthz`) `501` at once,
+/// as RFC 9110 has it for a method the server does not recognize.
 async fn known_methods(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if !known_method(req.method()) {
-        return Ok(req.error_response(ApiError::method_not_allowed()).map_into_right_body());
+        return Ok(req.error_response(ApiError::method_not_implemented()).map_into_right_body());
     }
     next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
