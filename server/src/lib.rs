@@ -18,7 +18,7 @@ use application::ports::{
 };
 use application::{AccountService, MessagingService, RealtimeService, Revocations};
 use secrecy::{ExposeSecret, SecretString};
-use ws_notifier::{ConnectionRegistry, InMemoryPresence, WsSettings};
+use chat_websocket::{ConnectionRegistry, InMemoryPresence, WsSettings};
 
 pub use settings::Settings;
 use settings::{FanoutSettings, SameSite, SqliteSynchronous, StorageSettings};
@@ -57,20 +57,20 @@ impl Storage {
 pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage> {
     match settings {
         StorageSettings::Sqlite { url, max_connections, acquire_timeout_ms, synchronous } => {
-            let store = sql_store::SqliteStore::connect(&sql_store::SqliteOptions {
+            let store = chat_sql::SqliteStore::connect(&chat_sql::SqliteOptions {
                 url: url.clone(),
                 max_connections: *max_connections,
                 acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
                 synchronous: match synchronous {
-                    SqliteSynchronous::Full => sql_store::Synchronous::Full,
-                    SqliteSynchronous::Normal => sql_store::Synchronous::Normal,
+                    SqliteSynchronous::Full => chat_sql::Synchronous::Full,
+                    SqliteSynchronous::Normal => chat_sql::Synchronous::Normal,
                 },
             })
             .await?;
             Ok(Storage::from_store(Arc::new(store)))
         }
         StorageSettings::Postgres { url, max_connections, acquire_timeout_ms, run_migrations } => {
-            let store = sql_store::PgStore::connect(&sql_store::PgOptions {
+            let store = chat_sql::PgStore::connect(&chat_sql::PgOptions {
                 url: url.expose_secret().to_owned(),
                 max_connections: *max_connections,
                 acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
@@ -80,7 +80,7 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
             Ok(Storage::from_store(Arc::new(store)))
         }
         StorageSettings::Mongodb { url, acquire_timeout_ms } => {
-            let store = mongo_store::MongoStore::connect(&mongo_store::MongoOptions {
+            let store = chat_mongo::MongoStore::connect(&chat_mongo::MongoOptions {
                 url: url.expose_secret().to_owned(),
                 acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
             })
@@ -130,8 +130,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Application> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secret = jwt_secret(&settings);
-    let tokens = Arc::new(jwt_tokens::JwtTokenService::new(&secret, settings.auth.token_ttl()));
-    let hasher = Arc::new(bcrypt_hasher::BcryptHasher::new(settings.auth.bcrypt_cost, None));
+    let tokens = Arc::new(chat_jwt::JwtTokenService::new(&secret, settings.auth.token_ttl()));
+    let hasher = Arc::new(chat_bcrypt::BcryptHasher::new(settings.auth.bcrypt_cost, None));
 
     let registry =
         ConnectionRegistry::new(settings.websocket.queue_capacity, settings.limits.sockets_per_user);
@@ -144,8 +144,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     ) = match &settings.fanout {
         FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new()), None),
         FanoutSettings::Redis { redis_url, prefix, presence_ttl } => {
-            let fanout = redis_fanout::RedisFanout::start(
-                redis_fanout::FanoutOptions {
+            let fanout = chat_redis::RedisFanout::start(
+                chat_redis::FanoutOptions {
                     url: redis_url.expose_secret().to_owned(),
                     prefix: prefix.clone(),
                     presence_ttl: Duration::from_secs(*presence_ttl),
@@ -157,8 +157,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             (fanout.clone(), fanout.clone(), Some(fanout))
         }
     };
-    let metrics = Arc::new(http_api::Metrics::new());
-    let notifier: Arc<dyn Notifier> = Arc::new(http_api::CountingNotifier::new(notifier, metrics.clone()));
+    let metrics = Arc::new(chat_http::Metrics::new());
+    let notifier: Arc<dyn Notifier> = Arc::new(chat_http::CountingNotifier::new(notifier, metrics.clone()));
 
     // A revocation (here, from another instance, or found by a reload) ends the sockets of its token.
     let revocations = Revocations::ending_connections(storage.revoked.clone(), revocation_feed, registry.clone());
@@ -181,17 +181,17 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     ));
     let realtime = Arc::new(RealtimeService::new(presence, notifier, storage.conversations.clone()));
 
-    let limits = Arc::new(http_api::RateLimits::new(&settings.limits.requests));
+    let limits = Arc::new(chat_http::RateLimits::new(&settings.limits.requests));
     let socketio_limits = limits.clone();
-    let socketio = socketio::Engine::new(
-        socketio::EngineSettings {
+    let socketio = chat_socketio::Engine::new(
+        chat_socketio::EngineSettings {
             connect_timeout: Duration::from_secs(settings.socketio.connect_timeout),
-            limits: socketio::SessionLimits {
+            limits: chat_socketio::SessionLimits {
                 max_sessions: settings.limits.socketio_sessions,
                 max_sessions_per_address: settings.limits.socketio_sessions_per_ip,
                 handshakes_per_minute_per_address: settings.limits.socketio_handshakes_per_minute_per_ip,
             },
-            ..socketio::EngineSettings::new(
+            ..chat_socketio::EngineSettings::new(
                 Duration::from_secs(settings.websocket.ping_interval),
                 Duration::from_secs(settings.websocket.ping_timeout),
                 settings.websocket.max_frame_bytes,
@@ -206,11 +206,11 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         // One connect budget per user for both socket endpoints.
         Box::new(move |user| socketio_limits.socket_connect(user.as_str()).map_err(|e| e.to_string())),
         // The per-address limits read the client address as the HTTP ones do.
-        http_api::client_ip,
+        chat_http::client_ip,
     );
 
     let ttl = settings.auth.token_ttl();
-    let state = actix_web::web::Data::new(http_api::AppState {
+    let state = actix_web::web::Data::new(chat_http::AppState {
         accounts,
         messaging,
         realtime,
@@ -219,13 +219,13 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         limits,
         socketio,
         health,
-        settings: http_api::HttpSettings {
-            cookie: http_api::CookieSettings {
+        settings: chat_http::HttpSettings {
+            cookie: chat_http::CookieSettings {
                 secure: settings.cookie.secure,
                 same_site: match settings.cookie.same_site {
-                    SameSite::Strict => http_api::SameSite::Strict,
-                    SameSite::Lax => http_api::SameSite::Lax,
-                    SameSite::None => http_api::SameSite::None,
+                    SameSite::Strict => chat_http::SameSite::Strict,
+                    SameSite::Lax => chat_http::SameSite::Lax,
+                    SameSite::None => chat_http::SameSite::None,
                 },
                 max_age: ttl,
             },
@@ -252,19 +252,19 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         n => n,
     };
     // Descriptors beyond the connections: the store's pool, Redis, logs, the listener.
-    let max_connections = http_api::connection_budget(settings.server.max_connections, 256);
+    let max_connections = chat_http::connection_budget(settings.server.max_connections, 256);
     // Behind a trusted proxy every connection comes from the proxy: the proxy caps per client.
     let per_address = if settings.limits.requests.trust_forwarded_for {
         0
     } else {
         settings.server.max_connections_per_address
     };
-    let connections = Arc::new(http_api::ConnectionLimiter::new(per_address));
+    let connections = Arc::new(chat_http::ConnectionLimiter::new(per_address));
     let write_timeout = Duration::from_secs(settings.http.write_timeout);
-    let server = actix_web::HttpServer::new(move || http_api::app(state.clone()))
+    let server = actix_web::HttpServer::new(move || chat_http::app(state.clone()))
         .on_connect(move |connection, extensions| {
             connections.on_connect(connection, extensions);
-            ws_notifier::set_write_deadline(connection, write_timeout);
+            chat_websocket::set_write_deadline(connection, write_timeout);
         })
         .workers(workers)
         // actix counts per worker; accepting pauses at the cap and resumes below it.

@@ -176,7 +176,7 @@ pub struct HttpLimits {
 pub struct LimitSettings {
     /// The HTTP side's request-rate limits, in the same `[limits]` table.
     #[serde(flatten)]
-    pub requests: http_api::LimitSettings,
+    pub requests: chat_http::LimitSettings,
     pub sockets_per_user: usize,
     pub socket_frames_per_second: u32,
     /// Engine.IO sessions this instance holds, joined or not.

@@ -10,7 +10,7 @@ use application::Authenticated;
 use crate::error::ApiError;
 use crate::state::{AppState, CookieSettings, SameSite};
 
-pub use ws_notifier::auth::{request_token, COOKIE_NAME};
+pub use chat_websocket::auth::{request_token, COOKIE_NAME};
 
 /// An authenticated caller; a handler taking it answers 401 without a valid token.
 pub struct CurrentUser(pub Authenticated);

@@ -3,7 +3,7 @@
 //! health probes, the `/ws` upgrade, the mounting of `/socket.io/` and the built-in web
 //! client.
 //!
-//! Wire types live here (and, for events, in `ws-notifier::wire`). Handlers call the
+//! Wire types live here (and, for events, in `chat_websocket::wire`). Handlers call the
 //! application's services; they never touch a repository or a driver.
 
 mod auth;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use application::ports::HealthCheck;
 use application::{AccountService, MessagingService, RealtimeService};
-use ws_notifier::{ConnectionRegistry, WsSettings};
+use chat_websocket::{ConnectionRegistry, WsSettings};
 
 use crate::limits::RateLimits;
 
@@ -53,7 +53,7 @@ pub struct AppState {
     /// Served at `/metrics`; shared by every worker.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The `/socket.io/` endpoint's sessions, shared by every worker.
-    pub socketio: Arc<socketio::Engine>,
+    pub socketio: Arc<chat_socketio::Engine>,
     /// Every dependency `/readyz` must hear from, by name.
     pub health: Vec<(&'static str, Arc<dyn HealthCheck>)>,
     pub settings: HttpSettings,

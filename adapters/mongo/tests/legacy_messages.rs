@@ -10,7 +10,7 @@ use application::ports::{Appended, MessageRepository};
 use domain::{
     Conversation, ConversationId, Cursor, Message, MessageBody, MessageId, ParticipantPair, UserId,
 };
-use mongo_store::{MongoOptions, MongoStore};
+use chat_mongo::{MongoOptions, MongoStore};
 use mongodb::bson::{doc, Document};
 
 fn server_url() -> String {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{Revocation, RevocationFeed as _, RevocationListener};
-use redis_fanout::{FanoutOptions, RedisFanout};
+use chat_redis::{FanoutOptions, RedisFanout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use ws_notifier::ConnectionRegistry;
+use chat_websocket::ConnectionRegistry;
 
 /// How long a state change or an announcement may take to show up.
 const TIMEOUT: Duration = Duration::from_secs(10);

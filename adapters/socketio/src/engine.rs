@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix_web::HttpRequest;
 use application::{AccountService, MessagingService, RealtimeService};
 use tokio::sync::mpsc;
-use ws_notifier::ConnectionRegistry;
+use chat_websocket::ConnectionRegistry;
 
 use crate::admission::{Address, HandshakeRate, Occupancy, Refusal, SessionLimits};
 use crate::packet::{self, SinceArg, SEPARATOR};

@@ -8,7 +8,7 @@
 //!
 //! This crate reaches the core only through `AccountService` (the handshake's token),
 //! `RealtimeService` and `MessagingService` (each socket's message stream, driven by
-//! `ws_notifier::Follow` as on `/ws`); it must not import storage or the HTTP adapter (the
+//! `chat_websocket::Follow` as on `/ws`); it must not import storage or the HTTP adapter (the
 //! client address rule for the per-address limits is passed in: [`ClientAddress`]).
 
 mod admission;

@@ -17,8 +17,8 @@ use application::AccountError;
 use domain::UserId;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use ws_notifier::wire::{self, names, TypingIn};
-use ws_notifier::{ConnectionGuard, Ended, Follow, FrameBudget, Outbound, Receiver, SessionToken, Stop};
+use chat_websocket::wire::{self, names, TypingIn};
+use chat_websocket::{ConnectionGuard, Ended, Follow, FrameBudget, Outbound, Receiver, SessionToken, Stop};
 
 use crate::engine::{random_id, Engine, Inbound};
 use crate::packet::{self, EnginePacket, SinceArg, SocketPacket, MAIN_NAMESPACE};
@@ -304,14 +304,14 @@ impl Session {
         };
         let (guard, queue) = match self.engine.registry.register(&user, &token) {
             Ok(registered) => registered,
-            Err(ws_notifier::Refusal::ShuttingDown) => {
+            Err(chat_websocket::Refusal::ShuttingDown) => {
                 let _ = self.push(refuse("Server shutting down"));
                 return Err("server shutting down");
             }
-            Err(refusal @ ws_notifier::Refusal::TooManyConnections { .. }) => {
+            Err(refusal @ chat_websocket::Refusal::TooManyConnections { .. }) => {
                 return self.push(refuse(&refusal.to_string()));
             }
-            Err(ws_notifier::Refusal::Revoked) => return self.push(refuse("Invalid or expired token")),
+            Err(chat_websocket::Refusal::Revoked) => return self.push(refuse("Invalid or expired token")),
         };
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.

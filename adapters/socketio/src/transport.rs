@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
-use ws_notifier::auth::request_token;
+use chat_websocket::auth::request_token;
 
 use crate::admission::{Address, Refusal};
 use crate::engine::{Engine, Inbound, SessionHandle, Transport};

@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 
 use futures_util::StreamExt as _;
-use jwt_tokens::JwtTokenService;
+use chat_jwt::JwtTokenService;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};

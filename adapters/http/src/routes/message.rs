@@ -1,5 +1,5 @@
 use actix_web::{web, HttpRequest, HttpResponse};
-use ws_notifier::wire::MessageDto;
+use chat_websocket::wire::MessageDto;
 
 use super::required;
 use crate::auth::CurrentUser;

@@ -90,7 +90,7 @@ pub fn app(
             }
         })
         // Engine.IO answers every method and error in its own terms, inside the same CORS.
-        .service(socketio::service(socketio))
+        .service(chat_socketio::service(socketio))
         .service(
             web::scope("/api/v1")
                 .service(

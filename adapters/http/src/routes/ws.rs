@@ -35,13 +35,13 @@ pub async fn upgrade(
         .map(|raw| Cursor::parse(&raw).map_err(|e| ApiError::invalid_field("since", e)))
         .transpose()?;
     state.limits.socket_connect(session.user_id().as_str())?;
-    ws_notifier::serve(
+    chat_websocket::serve(
         &req,
         body,
-        ws_notifier::Handshake {
+        chat_websocket::Handshake {
             user: session.user_id().clone(),
             // The connection ends when this token is revoked or expires.
-            token: ws_notifier::SessionToken {
+            token: chat_websocket::SessionToken {
                 id: session.claims.token_id.clone(),
                 expires_at: session.claims.expires_at,
             },
