@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use domain::{Avatar, FullName, Gender, Password, PasswordHash, User, UserId, Username};
 
+use crate::error::{embeds_application_error, ApplicationError};
 use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
@@ -15,8 +16,6 @@ use crate::revocations::Revocations;
 /// What a caller of the account use cases can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("{field} {message}")]
-    Invalid { field: &'static str, message: String },
     #[error("username is already taken")]
     UsernameTaken,
     /// One answer for an unknown user and a wrong password, so accounts can't be probed.
@@ -24,42 +23,21 @@ pub enum AccountError {
     InvalidCredentials,
     #[error("authentication required")]
     Unauthenticated,
-    #[error("storage is unavailable")]
-    Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
-    Unexpected(anyhow::Error),
+    Failed(#[from] ApplicationError),
 }
 
-impl AccountError {
-    fn invalid(field: &'static str, error: impl std::fmt::Display) -> Self {
-        Self::Invalid { field, message: error.to_string() }
-    }
-}
+embeds_application_error!(AccountError: RepoError, HashError);
 
-impl From<RepoError> for AccountError {
-    fn from(error: RepoError) -> Self {
-        match error {
-            RepoError::Unavailable(e) => Self::Unavailable(e),
-            RepoError::Conflict => Self::Unexpected(anyhow::anyhow!("unexpected conflict")),
-            RepoError::Unexpected(e) => Self::Unexpected(e),
-        }
-    }
-}
-
-impl From<HashError> for AccountError {
-    fn from(error: HashError) -> Self {
-        Self::Unexpected(anyhow::Error::new(error))
-    }
-}
-
-/// The fields of a registration, as the client sent them.
-#[derive(Debug, Clone, Default)]
+/// A registration, its fields already valid: the adapter that received it parsed them.
+#[derive(Debug, Clone)]
 pub struct NewAccount {
-    pub full_name: String,
-    pub username: String,
-    pub password: String,
-    pub gender: Option<String>,
-    pub avatar: Option<String>,
+    pub full_name: FullName,
+    pub username: Username,
+    pub password: Password,
+    pub gender: Option<Gender>,
+    /// `None`: a default picture made from the username and gender.
+    pub avatar: Option<Avatar>,
 }
 
 /// A verified, unrevoked token and whose it is.
@@ -97,8 +75,6 @@ pub struct AccountService {
 }
 
 impl AccountService {
-    pub const MAX_SEARCH: usize = 64;
-
     pub fn new(
         users: Arc<dyn UserRepository>,
         revocations: Arc<Revocations>,
@@ -111,24 +87,8 @@ impl AccountService {
     }
 
     pub async fn register(&self, input: NewAccount) -> Result<(User, IssuedToken), AccountError> {
-        let full_name =
-            FullName::parse(&input.full_name).map_err(|e| AccountError::invalid("fullName", e))?;
-        let username =
-            Username::parse(&input.username).map_err(|e| AccountError::invalid("username", e))?;
-        let password =
-            Password::parse(&input.password).map_err(|e| AccountError::invalid("password", e))?;
-        let gender = input
-            .gender
-            .as_deref()
-            .map(str::parse::<Gender>)
-            .transpose()
-            .map_err(|e| AccountError::invalid("gender", e))?;
-        let avatar = match input.avatar.as_deref().map(str::trim) {
-            Some(raw) if !raw.is_empty() => {
-                Avatar::parse(raw).map_err(|e| AccountError::invalid("avatar", e))?
-            }
-            _ => Avatar::default_for(&username, gender),
-        };
+        let NewAccount { full_name, username, password, gender, avatar } = input;
+        let avatar = avatar.unwrap_or_else(|| Avatar::default_for(&username, gender));
 
         // Fail fast on a taken name before paying for a hash; the unique index still
         // decides races below.
@@ -156,6 +116,9 @@ impl AccountService {
         Ok((user, token))
     }
 
+    /// Takes the username and password as typed: any text may be a credential, and a name
+    /// no account could have is answered like an unknown one, after the same time, so the
+    /// edge has nothing to parse here.
     pub async fn login(
         &self,
         username: &str,
@@ -219,32 +182,21 @@ impl AccountService {
         self.users.find_by_id(user).await?.ok_or(AccountError::Unauthenticated)
     }
 
-    /// Everyone but `me`, by username, `limit` at a time after `cursor`; with `search`, only
-    /// those whose username, full name or a word of it starts with `search` (ignoring case).
-    /// A prefix rather than any substring, so that every store answers from an index.
+    /// Everyone but `me`, by username, `limit` at a time after the username `after` (a
+    /// decoded [`user_cursor`]); with `search`, only those whose username, full name or a
+    /// word of it starts with it (ignoring case; see [`user_search`]).
     pub async fn list_users(
         &self,
         me: &UserId,
-        search: Option<&str>,
+        search: Option<SearchPrefix>,
         limit: Option<u32>,
-        cursor: Option<&str>,
+        after: Option<&Username>,
     ) -> Result<UserPage, AccountError> {
-        let search = search.map(str::trim).filter(|s| !s.is_empty());
-        if search.is_some_and(|s| s.contains('\0')) {
-            return Err(AccountError::invalid("search", "must not contain NUL characters"));
-        }
-        if search.is_some_and(|s| s.chars().count() > Self::MAX_SEARCH) {
-            return Err(AccountError::invalid(
-                "search",
-                format!("must be at most {} characters", Self::MAX_SEARCH),
-            ));
-        }
-        let after_username = cursor.map(user_cursor::decode).transpose()?.flatten();
         let limit = paging::clamp(limit);
         let query = UserQuery {
             exclude: me.clone(),
-            search: search.map(SearchPrefix::new),
-            after_username,
+            search,
+            after_username: after.map(Username::normalized),
             limit,
         };
         let users = self.users.list(&query).await?;
@@ -256,7 +208,7 @@ impl AccountService {
 
     fn issue(&self, user: &UserId) -> Result<IssuedToken, AccountError> {
         self.tokens.issue(user, self.clock.now()).map_err(|e: TokenError| {
-            AccountError::Unexpected(anyhow::Error::new(e).context("issuing a token"))
+            ApplicationError::Unexpected(anyhow::Error::new(e).context("issuing a token")).into()
         })
     }
 
@@ -271,6 +223,40 @@ impl AccountService {
     }
 }
 
+/// The search of the user list: a prefix rather than any substring, so that every store
+/// answers from an index.
+pub mod user_search {
+    use crate::ports::SearchPrefix;
+
+    /// Longest search, in characters.
+    pub const MAX_CHARS: usize = 64;
+
+    /// Why a search text is refused.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum SearchError {
+        #[error("must not contain NUL characters")]
+        Nul,
+        #[error("must be at most {max} characters")]
+        TooLong { max: usize },
+    }
+
+    /// The prefix to search for, `None` for blank text (list everyone); white space around
+    /// it does not count.
+    pub fn parse(raw: &str) -> Result<Option<SearchPrefix>, SearchError> {
+        let text = raw.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if text.contains('\0') {
+            return Err(SearchError::Nul);
+        }
+        if text.chars().count() > MAX_CHARS {
+            return Err(SearchError::TooLong { max: MAX_CHARS });
+        }
+        Ok(Some(SearchPrefix::new(text)))
+    }
+}
+
 /// The cursor of the user list (`X-Next-Cursor`, then `cursor`): the lower-cased username
 /// of the last user of a page. Users are listed by lower-cased username, so the cursor says
 /// exactly where the next page starts, stays valid while users come and go, and sorts like
@@ -278,28 +264,26 @@ impl AccountService {
 pub mod user_cursor {
     use domain::Username;
 
-    use super::AccountError;
+    use crate::paging::InvalidCursor;
 
     /// The cursor that continues the list after `last`.
     pub fn encode(last: &Username) -> String {
         last.normalized()
     }
 
-    /// The lower-cased username to list after, `None` for the first page (an empty cursor),
-    /// or the `Invalid { field: "cursor" }` error.
-    pub fn decode(raw: &str) -> Result<Option<String>, AccountError> {
+    /// The username to list after, `None` for the first page (an empty cursor).
+    pub fn decode(raw: &str) -> Result<Option<Username>, InvalidCursor> {
         if raw.is_empty() {
             return Ok(None);
         }
-        Username::parse(raw)
-            .map(|name| Some(name.normalized()))
-            .map_err(|_| AccountError::invalid("cursor", "is not a valid cursor"))
+        Username::parse(raw).map(Some).map_err(|_| InvalidCursor)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paging::InvalidCursor;
     use crate::ports::{
         MockClock, MockPasswordHasher, MockRevokedTokenRepository, MockTokenService,
         MockUserRepository,
@@ -365,10 +349,10 @@ mod tests {
 
     fn registration() -> NewAccount {
         NewAccount {
-            full_name: "  Alice Liddell ".into(),
-            username: "Alice".into(),
-            password: "correct horse".into(),
-            gender: Some("female".into()),
+            full_name: FullName::parse("  Alice Liddell ").unwrap(),
+            username: Username::parse("Alice").unwrap(),
+            password: Password::parse("correct horse").unwrap(),
+            gender: Some(Gender::Female),
             avatar: None,
         }
     }
@@ -410,28 +394,9 @@ mod tests {
             .withf(|u| u.avatar.as_str() == "https://example.com/me.png")
             .returning(|_| Ok(()));
         m.tokens.expect_issue().returning(|id, _| Ok(issued(id)));
-        let input =
-            NewAccount { avatar: Some("https://example.com/me.png".into()), ..registration() };
+        let avatar = Avatar::parse("https://example.com/me.png").unwrap();
+        let input = NewAccount { avatar: Some(avatar), ..registration() };
         assert!(m.service().register(input).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn register_rejects_invalid_fields_before_touching_storage() {
-        let cases = [
-            (NewAccount { full_name: " ".into(), ..registration() }, "fullName"),
-            (NewAccount { username: "a b".into(), ..registration() }, "username"),
-            (NewAccount { password: "short".into(), ..registration() }, "password"),
-            (NewAccount { gender: Some("robot".into()), ..registration() }, "gender"),
-            (NewAccount { avatar: Some("ftp://x".into()), ..registration() }, "avatar"),
-        ];
-        for (input, expected) in cases {
-            // No expectations: any storage or hasher call would panic.
-            let err = Mocks::new().service().register(input).await.unwrap_err();
-            assert!(
-                matches!(err, AccountError::Invalid { field, .. } if field == expected),
-                "{expected}: {err:?}"
-            );
-        }
     }
 
     #[tokio::test]
@@ -460,7 +425,7 @@ mod tests {
             .expect_find_by_username()
             .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let err = m.service().register(registration()).await.unwrap_err();
-        assert!(matches!(err, AccountError::Unavailable(_)));
+        assert!(matches!(err, AccountError::Failed(ApplicationError::Unavailable(_))));
     }
 
     #[tokio::test]
@@ -620,7 +585,9 @@ mod tests {
                     && q.limit == 2
             })
             .returning(|_| Ok(vec![user("Carol"), user("Dave")]));
-        let page = m.service().list_users(&me, Some(" Ali "), Some(2), Some("Bob")).await.unwrap();
+        let search = user_search::parse(" Ali ").unwrap();
+        let after = Username::parse("Bob").unwrap();
+        let page = m.service().list_users(&me, search, Some(2), Some(&after)).await.unwrap();
         assert_eq!(page.users.len(), 2);
         assert_eq!(page.next_cursor.as_deref(), Some("dave"));
     }
@@ -632,19 +599,31 @@ mod tests {
             .expect_list()
             .withf(|q| q.limit == paging::MAX_LIMIT && q.search.is_none())
             .returning(|_| Ok(vec![user("carol")]));
-        let page =
-            m.service().list_users(&UserId::generate(), Some("  "), Some(10_000), None).await.unwrap();
+        let page = m.service().list_users(&UserId::generate(), None, Some(10_000), None).await.unwrap();
         assert_eq!(page.next_cursor, None);
     }
 
-    #[tokio::test]
-    async fn list_users_rejects_a_malformed_cursor() {
-        let err = Mocks::new()
-            .service()
-            .list_users(&UserId::generate(), None, None, Some("{$gt: ''}"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AccountError::Invalid { field: "cursor", .. }));
+    #[test]
+    fn a_search_is_a_trimmed_lower_cased_prefix_and_blank_is_none() {
+        assert_eq!(user_search::parse(" Ali "), Ok(Some(SearchPrefix::new("ali"))));
+        assert_eq!(user_search::parse(" \t "), Ok(None));
+        assert_eq!(user_search::parse(""), Ok(None));
+    }
+
+    #[test]
+    fn a_search_refuses_nul_and_more_than_its_length_in_characters() {
+        assert_eq!(user_search::parse("a\0b"), Err(user_search::SearchError::Nul));
+        let longest = "é".repeat(user_search::MAX_CHARS);
+        assert!(user_search::parse(&format!(" {longest} ")).unwrap().is_some());
+        assert_eq!(
+            user_search::parse(&format!("{longest}e")),
+            Err(user_search::SearchError::TooLong { max: user_search::MAX_CHARS })
+        );
+    }
+
+    #[test]
+    fn a_malformed_user_cursor_is_refused() {
+        assert_eq!(user_cursor::decode("{$gt: ''}"), Err(InvalidCursor));
     }
 
     /// Properties of the user-list cursor, alone and through `list_users` over an in-memory
@@ -695,7 +674,8 @@ mod tests {
             #[test]
             fn a_cursor_decodes_to_where_it_was_made(name in username()) {
                 let cursor = user_cursor::encode(&name);
-                prop_assert_eq!(user_cursor::decode(&cursor).unwrap(), Some(name.normalized()));
+                let decoded = user_cursor::decode(&cursor).unwrap().map(|after| after.normalized());
+                prop_assert_eq!(decoded, Some(name.normalized()));
                 // The cursor is itself a username: it survives a second trip unchanged.
                 let again = Username::parse(&cursor).unwrap();
                 prop_assert_eq!(user_cursor::encode(&again), cursor);
@@ -715,25 +695,10 @@ mod tests {
                     Ok(None) => prop_assert!(raw.is_empty()),
                     Ok(Some(after)) => {
                         prop_assert!(Username::parse(&raw).is_ok());
-                        prop_assert_eq!(after, raw.to_ascii_lowercase());
+                        prop_assert_eq!(after.normalized(), raw.to_ascii_lowercase());
                     }
-                    Err(AccountError::Invalid { field, message }) => {
-                        prop_assert!(Username::parse(&raw).is_err());
-                        prop_assert_eq!(field, "cursor");
-                        prop_assert_eq!(message, "is not a valid cursor");
-                    }
-                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                    Err(InvalidCursor) => prop_assert!(Username::parse(&raw).is_err()),
                 }
-            }
-
-            #[test]
-            fn list_users_refuses_an_invalid_cursor_before_storage(raw in arbitrary_cursor()) {
-                prop_assume!(!raw.is_empty() && Username::parse(&raw).is_err());
-                // No expectations: a storage call would panic.
-                let err = block_on(Mocks::new().service().list_users(&UserId::generate(), None, None, Some(&raw)))
-                    .unwrap_err();
-                prop_assert!(matches!(err, AccountError::Invalid { field: "cursor", .. }), "{err:?}");
-                prop_assert_eq!(err.to_string(), "cursor is not a valid cursor");
             }
 
             #[test]
@@ -755,7 +720,8 @@ mod tests {
                 let mut seen = Vec::new();
                 let mut cursor: Option<String> = None;
                 for _ in 0..=expected.len() + 1 {
-                    let page = block_on(service.list_users(&me, None, Some(limit), cursor.as_deref())).unwrap();
+                    let after = cursor.as_deref().map(user_cursor::decode).transpose().unwrap().flatten();
+                    let page = block_on(service.list_users(&me, None, Some(limit), after.as_ref())).unwrap();
                     prop_assert!(page.users.len() <= limit as usize);
                     seen.extend(page.users.iter().map(|u| u.username.normalized()));
                     match page.next_cursor {

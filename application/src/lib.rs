@@ -6,10 +6,12 @@
 //! or a transport: those are adapters' business.
 
 pub mod accounts;
+mod error;
 #[cfg(test)]
 mod fixtures;
 mod known_users;
 pub mod messaging;
+pub mod paging;
 mod partners;
 pub mod ports;
 pub mod realtime;
@@ -18,19 +20,9 @@ pub mod stream;
 pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
+pub use error::ApplicationError;
 pub use messaging::{ConversationView, MessagingError, MessagingService, Sent, SyncPage};
 pub use realtime::RealtimeService;
 pub use revocations::Revocations;
 pub use stream::{Admission, FollowError, StreamFollower};
 pub use transfer::{Record, TransferError, TransferService, TransferStats};
-
-/// The limits a caller may ask for in one page, shared by every listing.
-pub mod paging {
-    pub const DEFAULT_LIMIT: u32 = 50;
-    pub const MAX_LIMIT: u32 = 200;
-
-    /// `None` means the default; anything above the maximum is capped, zero is one.
-    pub fn clamp(limit: Option<u32>) -> u32 {
-        limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
-    }
-}

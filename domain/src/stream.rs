@@ -46,6 +46,14 @@ impl Cursor {
         raw.parse::<u64>().map_err(|_| CursorError).and_then(Self::new)
     }
 
+    /// Parses the resume point a client may leave out (`since` of `/ws`, Socket.IO and
+    /// sync): absent or empty text is no cursor, since a query string can't tell an empty
+    /// value from none; anything else must be a cursor. Every transport reads `since` here,
+    /// so they all agree on what resumes and what is refused.
+    pub fn parse_optional(raw: Option<&str>) -> Result<Option<Self>, CursorError> {
+        raw.filter(|raw| !raw.is_empty()).map(Self::parse).transpose()
+    }
+
     pub fn position(self) -> u64 {
         self.0
     }
@@ -152,6 +160,16 @@ mod tests {
         }
         assert_eq!(Cursor::parse("0"), Ok(Cursor::START));
         assert_eq!(Cursor::parse("9223372036854775807").map(Cursor::position), Ok(i64::MAX as u64));
+    }
+
+    #[test]
+    fn a_cursor_left_out_or_empty_is_none_and_anything_else_must_parse() {
+        assert_eq!(Cursor::parse_optional(None), Ok(None));
+        assert_eq!(Cursor::parse_optional(Some("")), Ok(None));
+        assert_eq!(Cursor::parse_optional(Some("42")), Ok(Some(Cursor(42))));
+        for raw in [" ", "01", "-1", "abc"] {
+            assert_eq!(Cursor::parse_optional(Some(raw)), Err(CursorError), "{raw:?}");
+        }
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub struct ConversationDto {
 }
 
 impl ConversationDto {
-    pub fn new(view: &ConversationView, me: &UserId, other: &str) -> Self {
+    pub fn new(view: &ConversationView, me: &UserId, other: &UserId) -> Self {
         let messages = view.messages.iter().map(MessageDto::from).collect();
         match &view.conversation {
             Some(c) => Self {
@@ -145,7 +145,7 @@ impl ConversationDto {
             },
             None => Self {
                 id: None,
-                participants: [me.to_string(), other.to_owned()],
+                participants: [me.to_string(), other.to_string()],
                 messages,
                 created_at: None,
                 updated_at: None,

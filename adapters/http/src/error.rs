@@ -3,7 +3,13 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use application::{AccountError, MessagingError};
+use application::accounts::user_search::SearchError;
+use application::paging::InvalidCursor;
+use application::{AccountError, ApplicationError, MessagingError};
+use domain::{
+    AvatarError, ClientMessageIdError, CursorError, FullNameError, GenderError, MessageBodyError,
+    PasswordError, UsernameError,
+};
 use serde::Serialize;
 
 #[derive(Debug)]
@@ -141,10 +147,49 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The request field each parsing error is about, as clients see it in `field`: the one
+/// place where field names of error bodies come from. A handler parses with `?` and the
+/// error names its field; the message is the field and the domain's rule
+/// (`"fullName must not be empty"`).
+macro_rules! invalid_fields {
+    ($($error:ty => $field:literal),+ $(,)?) => {
+        $(
+            impl From<$error> for ApiError {
+                fn from(error: $error) -> Self {
+                    Self::invalid_field($field, error)
+                }
+            }
+        )+
+    };
+}
+
+invalid_fields! {
+    FullNameError => "fullName",
+    UsernameError => "username",
+    PasswordError => "password",
+    GenderError => "gender",
+    AvatarError => "avatar",
+    MessageBodyError => "message",
+    ClientMessageIdError => "clientMessageId",
+    // Stream cursors arrive as `since` wherever a client resumes.
+    CursorError => "since",
+    // Page cursors of the user and conversation lists arrive as `cursor`.
+    InvalidCursor => "cursor",
+    SearchError => "search",
+}
+
+impl From<ApplicationError> for ApiError {
+    fn from(error: ApplicationError) -> Self {
+        match error {
+            ApplicationError::Unavailable(cause) => Self::unavailable(&cause),
+            ApplicationError::Unexpected(cause) => Self::internal(&cause),
+        }
+    }
+}
+
 impl From<AccountError> for ApiError {
     fn from(error: AccountError) -> Self {
         match error {
-            AccountError::Invalid { field, message } => Self::invalid_field(field, message),
             AccountError::UsernameTaken => {
                 Self { field: Some("username"), ..Self::new(StatusCode::CONFLICT, "CONFLICT", "username is already taken") }
             }
@@ -154,8 +199,7 @@ impl From<AccountError> for ApiError {
                 "invalid username or password",
             ),
             AccountError::Unauthenticated => Self::unauthenticated(),
-            AccountError::Unavailable(cause) => Self::unavailable(&cause),
-            AccountError::Unexpected(cause) => Self::internal(&cause),
+            AccountError::Failed(error) => error.into(),
         }
     }
 }
@@ -163,7 +207,6 @@ impl From<AccountError> for ApiError {
 impl From<MessagingError> for ApiError {
     fn from(error: MessagingError) -> Self {
         match error {
-            MessagingError::Invalid { field, message } => Self::invalid_field(field, message),
             MessagingError::UserNotFound => Self::not_found("user not found"),
             MessagingError::SelfConversation => {
                 Self::validation("you cannot send messages to yourself")
@@ -173,8 +216,11 @@ impl From<MessagingError> for ApiError {
                 "IDEMPOTENCY_KEY_REUSED",
                 error.to_string(),
             ),
-            MessagingError::Unavailable(cause) => Self::unavailable(&cause),
-            MessagingError::Unexpected(cause) => Self::internal(&cause),
+            MessagingError::BeyondStream => Self::invalid_field(
+                "since",
+                "is beyond the end of your message stream; sync from the start",
+            ),
+            MessagingError::Failed(error) => error.into(),
         }
     }
 }

@@ -406,7 +406,7 @@ pub mod fields {
 
     pub fn search_pattern() -> String {
         let ws = WHITESPACE;
-        let max = application::AccountService::MAX_SEARCH;
+        let max = application::accounts::user_search::MAX_CHARS;
         trimmed(&format!(r"[^\x00{ws}]"), r"[^\x00]", max, true)
     }
 
@@ -787,8 +787,8 @@ mod tests {
             #[test]
             fn the_conversation_cursor_pattern_is_the_parser(s in conversation_cursor_text()) {
                 use application::messaging::conversation_cursor;
-                // Empty means the first page, as the handler reads it.
-                let accepted = s.is_empty() || conversation_cursor::decode(&s).is_ok();
+                // Empty is the first page.
+                let accepted = conversation_cursor::decode(&s).is_ok();
                 prop_assert_eq!(regex(CONVERSATION_CURSOR).is_match(&s), accepted, "{:?}", s);
             }
 
@@ -826,14 +826,13 @@ mod tests {
 
             #[test]
             fn the_stream_cursor_pattern_is_the_parser(s in prop_oneof![text(20), "[0-9]{0,20}"]) {
-                let accepted = s.is_empty() || domain::Cursor::parse(&s).is_ok_and(|_| s.len() <= 18);
+                let accepted = domain::Cursor::parse_optional(Some(&s)).is_ok_and(|_| s.len() <= 18);
                 prop_assert_eq!(regex(STREAM_CURSOR_OR_EMPTY).is_match(&s), accepted, "{:?}", s);
             }
 
             #[test]
-            fn the_search_pattern_is_the_rule(s in text(64)) {
-                let trimmed = s.trim();
-                let accepted = !trimmed.contains('\0') && trimmed.chars().count() <= 64;
+            fn the_search_pattern_is_the_parser(s in text(64)) {
+                let accepted = application::accounts::user_search::parse(&s).is_ok();
                 prop_assert_eq!(regex(&search_pattern()).is_match(&s), accepted, "{:?}", s);
             }
         }

@@ -84,9 +84,9 @@ pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
 /// error when what it gave is not a cursor.
 pub type SinceArg = Option<Result<Cursor, CursorError>>;
 
-/// Reads a `since` given as text (a query parameter).
+/// Reads a `since` given as text (a query parameter), by the rule every transport shares.
 pub fn since_text(raw: Option<&str>) -> SinceArg {
-    raw.filter(|s| !s.is_empty()).map(Cursor::parse)
+    Cursor::parse_optional(raw).transpose()
 }
 
 /// A Socket.IO packet as a client sends it.

@@ -1,5 +1,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
+use application::messaging::conversation_cursor;
+use application::MessagingError;
 use chat_websocket::wire::MessageDto;
+use domain::{ClientMessageId, Cursor, MessageBody, MessageId, UserId};
 
 use super::required;
 use crate::auth::CurrentUser;
@@ -59,10 +62,20 @@ pub async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let text = required(&body.message, "message")?;
     let client_id = client_message_id(&request, body.client_message_id.as_deref())?;
+    // Counted before the values are checked, so that invalid sends spend the allowance too.
     state.limits.send(session.user_id().as_str())?;
+    let receiver = path_user(&receiver)?;
+    let text = MessageBody::parse(text)?;
+    let client_id = client_id.map(ClientMessageId::parse).transpose()?;
     let sent = state.messaging.send(session.user_id(), &receiver, text, client_id).await?;
     let mut response = if sent.created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.json(Envelope::data(MessageDto::from(&sent.message))))
+}
+
+/// The user a path names: an id that is not one of ours names nobody, so it is the 404 of
+/// an unknown user rather than a 400.
+fn path_user(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|_| MessagingError::UserNotFound.into())
 }
 
 /// The send's idempotency key: the body's `clientMessageId` or the `Idempotency-Key` header
@@ -119,10 +132,8 @@ pub async fn sync(
     CurrentUser(session): CurrentUser,
     query: web::Query<SyncQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = state
-        .messaging
-        .sync(session.user_id(), query.since.as_deref(), query.limit)
-        .await?;
+    let since = Cursor::parse_optional(query.since.as_deref())?.unwrap_or(Cursor::START);
+    let page = state.messaging.sync(session.user_id(), since, query.limit).await?;
     Ok(HttpResponse::Ok().json(Envelope::data(SyncPageDto::from(&page))))
 }
 
@@ -152,10 +163,15 @@ pub async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let me = session.user_id();
-    let view = state
-        .messaging
-        .history(me, &other, query.before.as_deref(), query.limit)
-        .await?;
+    let other = path_user(&other)?;
+    let before = query
+        .before
+        .as_deref()
+        .filter(|b| !b.is_empty())
+        .map(MessageId::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("before", e))?;
+    let view = state.messaging.history(me, &other, before, query.limit).await?;
     Ok(HttpResponse::Ok().json(Envelope::data(ConversationDto::new(&view, me, &other))))
 }
 
@@ -187,10 +203,8 @@ pub async fn conversations(
     CurrentUser(session): CurrentUser,
     query: web::Query<ConversationsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = state
-        .messaging
-        .conversations(session.user_id(), query.limit, query.cursor.as_deref())
-        .await?;
+    let after = query.cursor.as_deref().map(conversation_cursor::decode).transpose()?.flatten();
+    let page = state.messaging.conversations(session.user_id(), query.limit, after).await?;
     let mut response = HttpResponse::Ok();
     if let Some(cursor) = &page.next_cursor {
         response.insert_header(("X-Next-Cursor", cursor.as_str()));

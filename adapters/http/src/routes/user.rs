@@ -1,5 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
+use application::accounts::{user_cursor, user_search};
 use application::{AccountError, NewAccount};
+use domain::{Avatar, FullName, Password, Username};
 
 use super::required;
 use crate::auth::{token_cookie, CurrentUser};
@@ -34,17 +36,7 @@ pub async fn register(
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.register(&req)?;
-    let body = body.into_inner();
-    let account = NewAccount {
-        full_name: required(&body.full_name, "fullName")?.to_owned(),
-        username: required(&body.username, "username")?.to_owned(),
-        password: required(&body.password, "password")?.to_owned(),
-        gender: body.gender.filter(|g| !g.is_empty()),
-        avatar: body.avatar,
-    };
-    if body.confirm_password.as_ref().is_some_and(|c| *c != account.password) {
-        return Err(ApiError::invalid_field("confirmPassword", "does not match password"));
-    }
+    let account = NewAccount::try_from(body.into_inner())?;
     let (user, token) = state.accounts.register(account).await?;
     Ok(HttpResponse::Created()
         .cookie(token_cookie(&state.settings.cookie, &token.token, false))
@@ -52,6 +44,29 @@ pub async fn register(
             "user registered",
             RegisteredDto { new_user: UserDto::from(&user), token: token.token },
         )))
+}
+
+/// A registration as the sign-up form sends it, checked field by field in the form's
+/// order: the required fields first, then whether the confirmation matches, then each
+/// value's rules. An empty `gender` or a blank `avatar` is as good as none.
+impl TryFrom<RegisterRequest> for NewAccount {
+    type Error = ApiError;
+
+    fn try_from(body: RegisterRequest) -> Result<Self, ApiError> {
+        let full_name = required(&body.full_name, "fullName")?;
+        let username = required(&body.username, "username")?;
+        let password = required(&body.password, "password")?;
+        if body.confirm_password.as_deref().is_some_and(|c| c != password) {
+            return Err(ApiError::invalid_field("confirmPassword", "does not match password"));
+        }
+        Ok(Self {
+            full_name: FullName::parse(full_name)?,
+            username: Username::parse(username)?,
+            password: Password::parse(password)?,
+            gender: body.gender.as_deref().filter(|g| !g.is_empty()).map(str::parse).transpose()?,
+            avatar: body.avatar.as_deref().map(str::trim).filter(|a| !a.is_empty()).map(Avatar::parse).transpose()?,
+        })
+    }
 }
 
 /// Logs in with a username (any case) and password.
@@ -173,10 +188,9 @@ pub async fn other_users(
     if query.search.as_deref().is_some_and(|s| !s.trim().is_empty()) {
         state.limits.search(session.user_id().as_str())?;
     }
-    let page = state
-        .accounts
-        .list_users(session.user_id(), query.search.as_deref(), query.limit, query.cursor.as_deref())
-        .await?;
+    let search = query.search.as_deref().map(user_search::parse).transpose()?.flatten();
+    let after = query.cursor.as_deref().map(user_cursor::decode).transpose()?.flatten();
+    let page = state.accounts.list_users(session.user_id(), search, query.limit, after.as_ref()).await?;
     let mut response = HttpResponse::Ok();
     if let Some(cursor) = &page.next_cursor {
         response.insert_header(("X-Next-Cursor", cursor.as_str()));

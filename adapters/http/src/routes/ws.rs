@@ -28,12 +28,7 @@ pub async fn upgrade(
         .or_else(|| query.into_inner().token.filter(|t| !t.is_empty()))
         .ok_or_else(ApiError::unauthenticated)?;
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
-    let since = resume
-        .into_inner()
-        .since
-        .filter(|s| !s.is_empty())
-        .map(|raw| Cursor::parse(&raw).map_err(|e| ApiError::invalid_field("since", e)))
-        .transpose()?;
+    let since = Cursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
     state.limits.socket_connect(session.user_id().as_str())?;
     chat_websocket::serve(
         &req,
