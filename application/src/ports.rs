@@ -22,7 +22,18 @@ pub enum RepoError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl RepoError {
+    /// A stored value that does not parse back into the domain (`what` names it): corrupt
+    /// data, never a client's fault.
+    pub fn corrupt(what: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Unexpected(anyhow::anyhow!("stored {what} is invalid: {error}"))
+    }
+}
+
 pub type RepoResult<T> = Result<T, RepoError>;
+
+mod records;
+pub use records::{stored_cursor, ConversationRecord, MessageRecord, UserRecord};
 
 /// Which users a listing returns: everyone but `exclude`, ordered by lower-cased username.
 #[derive(Debug, Clone, PartialEq, Eq)]

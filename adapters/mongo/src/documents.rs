@@ -5,16 +5,13 @@
 //! (the SQL stores keep microseconds). The API shows milliseconds, so clients see no
 //! difference.
 
-use application::ports::{name_words, RepoError, Revocation, StoredMessage};
-use chrono::{DateTime, Utc};
-use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
-    ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
+use application::ports::{
+    name_words, ConversationRecord, MessageRecord, RepoError, Revocation, StoredMessage, UserRecord,
 };
+use chrono::{DateTime, Utc};
+use domain::{Conversation, Message, Timestamp, User};
 use mongodb::bson;
 use serde::{Deserialize, Serialize};
-
-use crate::error::corrupt;
 
 /// A domain instant as a BSON date (milliseconds, rounded down).
 pub(crate) fn to_bson(at: Timestamp) -> bson::DateTime {
@@ -23,7 +20,7 @@ pub(crate) fn to_bson(at: Timestamp) -> bson::DateTime {
 
 fn from_bson(at: bson::DateTime) -> Result<Timestamp, RepoError> {
     DateTime::<Utc>::from_timestamp_millis(at.timestamp_millis())
-        .ok_or_else(|| corrupt("timestamp", "out of range"))
+        .ok_or_else(|| RepoError::corrupt("timestamp", "out of range"))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,16 +66,17 @@ impl From<&User> for UserDoc {
 impl TryFrom<UserDoc> for User {
     type Error = RepoError;
     fn try_from(doc: UserDoc) -> Result<Self, RepoError> {
-        Ok(User {
-            id: UserId::parse(&doc.id).map_err(|e| corrupt("user id", e))?,
-            username: Username::parse(&doc.username).map_err(|e| corrupt("username", e))?,
-            full_name: FullName::stored(&doc.full_name).map_err(|e| corrupt("full name", e))?,
-            gender: doc.gender.map(|g| g.parse()).transpose().map_err(|e| corrupt("gender", e))?,
-            avatar: Avatar::parse(&doc.avatar).map_err(|e| corrupt("avatar", e))?,
-            password_hash: PasswordHash::new(doc.password_hash),
+        UserRecord {
+            id: doc.id,
+            username: doc.username,
+            full_name: doc.full_name,
+            gender: doc.gender,
+            avatar: doc.avatar,
+            password_hash: doc.password_hash,
             created_at: from_bson(doc.created_at)?,
             updated_at: from_bson(doc.updated_at)?,
-        })
+        }
+        .try_into()
     }
 }
 
@@ -117,18 +115,17 @@ impl From<&Conversation> for ConversationDoc {
 impl TryFrom<ConversationDoc> for Conversation {
     type Error = RepoError;
     fn try_from(doc: ConversationDoc) -> Result<Self, RepoError> {
-        let [a, b]: [String; 2] = doc
+        let participants: [String; 2] = doc
             .participants
             .try_into()
-            .map_err(|p: Vec<String>| corrupt("participants", format!("{} instead of 2", p.len())))?;
-        let a = UserId::parse(&a).map_err(|e| corrupt("participant", e))?;
-        let b = UserId::parse(&b).map_err(|e| corrupt("participant", e))?;
-        Ok(Conversation {
-            id: ConversationId::parse(&doc.id).map_err(|e| corrupt("conversation id", e))?,
-            participants: ParticipantPair::new(a, b).map_err(|e| corrupt("participants", e))?,
+            .map_err(|p: Vec<String>| RepoError::corrupt("participants", format!("{} instead of 2", p.len())))?;
+        ConversationRecord {
+            id: doc.id,
+            participants,
             created_at: from_bson(doc.created_at)?,
             updated_at: from_bson(doc.updated_at)?,
-        })
+        }
+        .try_into()
     }
 }
 
@@ -183,37 +180,31 @@ impl MessageDoc {
 impl TryFrom<MessageDoc> for Message {
     type Error = RepoError;
     fn try_from(doc: MessageDoc) -> Result<Self, RepoError> {
-        Ok(Message {
-            id: MessageId::parse(&doc.id).map_err(|e| corrupt("message id", e))?,
-            conversation_id: ConversationId::parse(&doc.conversation_id)
-                .map_err(|e| corrupt("conversation id", e))?,
-            sender_id: UserId::parse(&doc.sender_id).map_err(|e| corrupt("sender id", e))?,
-            receiver_id: UserId::parse(&doc.receiver_id).map_err(|e| corrupt("receiver id", e))?,
-            body: MessageBody::stored(&doc.message).map_err(|e| corrupt("message body", e))?,
+        MessageRecord {
+            id: doc.id,
+            conversation_id: doc.conversation_id,
+            sender_id: doc.sender_id,
+            receiver_id: doc.receiver_id,
+            body: doc.message,
             created_at: from_bson(doc.created_at)?,
-            client_id: doc
-                .client_message_id
-                .as_deref()
-                .map(ClientMessageId::parse)
-                .transpose()
-                .map_err(|e| corrupt("client message id", e))?,
-        })
+            client_id: doc.client_message_id,
+        }
+        .try_into()
     }
 }
 
 impl TryFrom<MessageDoc> for StoredMessage {
     type Error = RepoError;
     fn try_from(mut doc: MessageDoc) -> Result<Self, RepoError> {
-        let sender_cursor = position(doc.sender_position.take())?;
-        let receiver_cursor = position(doc.receiver_position.take())?;
-        Ok(StoredMessage { message: doc.try_into()?, sender_cursor, receiver_cursor })
+        let sender_position = position(doc.sender_position.take())?;
+        let receiver_position = position(doc.receiver_position.take())?;
+        StoredMessage::from_positions(doc.try_into()?, sender_position, receiver_position)
     }
 }
 
-/// A stored stream position as a cursor.
-pub(crate) fn position(stored: Option<i64>) -> Result<Cursor, RepoError> {
-    let stored = stored.ok_or_else(|| corrupt("stream position", "missing"))?;
-    Cursor::try_from(stored).map_err(|e| corrupt("stream position", e))
+/// A stream position every message stored by `append` has.
+pub(crate) fn position(stored: Option<i64>) -> Result<i64, RepoError> {
+    stored.ok_or_else(|| RepoError::corrupt("stream position", "missing"))
 }
 
 /// The last position taken in one user's stream, keyed by the user's id.

@@ -97,11 +97,6 @@ fn codes(error: &Error) -> Vec<i32> {
     }
 }
 
-/// A stored value that does not parse back into the domain: corrupt data, never a client's fault.
-pub(crate) fn corrupt(what: &'static str, error: impl std::fmt::Display) -> RepoError {
-    RepoError::Unexpected(anyhow::anyhow!("stored {what} is invalid: {error}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

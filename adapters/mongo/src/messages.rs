@@ -20,7 +20,9 @@
 //! its first hole; what is returned is always a run of consecutive positions right after
 //! the cursor, and the rest is read by the client's next call.
 
-use application::ports::{Appended, MessageRepository, RepoError, RepoResult, StoredMessage, StreamItem};
+use application::ports::{
+    stored_cursor, Appended, MessageRepository, RepoError, RepoResult, StoredMessage, StreamItem,
+};
 use async_trait::async_trait;
 use domain::{Conversation, ConversationId, Cursor, Message, MessageId, UserId};
 use futures_util::{FutureExt as _, TryStreamExt as _};
@@ -30,7 +32,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
 use crate::documents::{position, to_bson, ConversationDoc, MessageDoc};
-use crate::error::{corrupt, is_duplicate_key, repo_error};
+use crate::error::{is_duplicate_key, repo_error};
 use crate::MongoStore;
 
 /// How often an append starts over after a duplicate key that a new attempt gets past: a
@@ -64,7 +66,10 @@ impl MessageRepository for MongoStore {
         }
         for _ in 0..DUPLICATE_KEY_ATTEMPTS {
             match self.append_once(conversation, message).await {
-                Ok(placed) => return placed_message(message, placed).map(Appended::Created),
+                Ok(Placed { conversation_id, sender_position, receiver_position }) => {
+                    return StoredMessage::placed(message, &conversation_id, sender_position, receiver_position)
+                        .map(Appended::Created);
+                }
                 Err(error) if is_duplicate_key(&error) => {}
                 Err(error) => return Err(append_error(error)),
             }
@@ -139,7 +144,7 @@ impl MessageRepository for MongoStore {
             .find_one(doc! { "_id": user.as_str() })
             .await
             .map_err(repo_error("reading a stream head"))?;
-        head.map_or(Ok(Cursor::START), |head| position(Some(head.position)))
+        head.map_or(Ok(Cursor::START), |head| stored_cursor(head.position))
     }
 }
 
@@ -157,18 +162,6 @@ impl Role {
             Role::Receiver => ("receiverId", "receiverPosition"),
         }
     }
-}
-
-/// The message `append` stored, as the port returns it: in the pair's conversation.
-fn placed_message(message: &Message, placed: Placed) -> RepoResult<StoredMessage> {
-    let mut stored = message.clone();
-    stored.conversation_id =
-        ConversationId::parse(&placed.conversation_id).map_err(|e| corrupt("conversation id", e))?;
-    Ok(StoredMessage {
-        message: stored,
-        sender_cursor: position(Some(placed.sender_position))?,
-        receiver_cursor: position(Some(placed.receiver_position))?,
-    })
 }
 
 fn append_error(error: Error) -> RepoError {
@@ -359,7 +352,7 @@ impl MongoStore {
                     Role::Sender => doc.sender_position.take(),
                     Role::Receiver => doc.receiver_position.take(),
                 };
-                Ok(StreamItem { cursor: position(stored)?, message: doc.try_into()? })
+                StreamItem::at_position(position(stored)?, doc.try_into()?)
             })
             .collect()
     }

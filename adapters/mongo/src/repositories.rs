@@ -15,7 +15,7 @@ use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 
 use crate::documents::{to_bson, ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
-use crate::error::{corrupt, repo_error};
+use crate::error::repo_error;
 use crate::MongoStore;
 
 #[async_trait]
@@ -206,9 +206,9 @@ fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
         Some(Bson::Array(messages)) => messages.into_iter().next(),
         _ => None,
     };
-    let conversation: ConversationDoc = bson::from_document(row).map_err(|e| corrupt("conversation", e))?;
+    let conversation: ConversationDoc = bson::from_document(row).map_err(|e| RepoError::corrupt("conversation", e))?;
     let last_message = last
-        .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| corrupt("message", e)))
+        .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| RepoError::corrupt("message", e)))
         .transpose()?
         .map(Message::try_from)
         .transpose()?;

@@ -32,11 +32,6 @@ fn is_transient(code: Option<&str>) -> bool {
     }
 }
 
-/// A stored value that does not parse back into the domain: corrupt data, never a client's fault.
-pub(crate) fn corrupt(what: &'static str, error: impl std::fmt::Display) -> RepoError {
-    RepoError::Unexpected(anyhow::anyhow!("stored {what} is invalid: {error}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::is_transient;

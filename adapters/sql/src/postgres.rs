@@ -9,7 +9,6 @@ use application::ports::{RepoResult, StoredMessage};
 use domain::{Conversation, Message};
 
 use crate::error::repo_error;
-use crate::rows::stored_message;
 use crate::repositories::impl_repositories;
 
 #[derive(Debug, Clone)]
@@ -103,7 +102,7 @@ impl PgStore {
             .await;
         match row {
             Ok((conversation_id, sender_position, receiver_position)) => {
-                stored_message(message, &conversation_id, sender_position, receiver_position).map(Some)
+                StoredMessage::placed(message, &conversation_id, sender_position, receiver_position).map(Some)
             }
             Err(sqlx::Error::Database(db)) if db.constraint() == Some(CLIENT_ID_INDEX) => Ok(None),
             Err(error) => Err(repo_error("storing a message")(error)),

@@ -392,9 +392,7 @@ macro_rules! impl_repositories {
                         .fetch_optional(&self.pool)
                         .await
                         .map_err(repo_error("reading a stream head"))?;
-                    head.map_or(Ok(Cursor::START), |(position,)| {
-                        Cursor::try_from(position).map_err(|e| $crate::error::corrupt("stream position", e))
-                    })
+                    head.map_or(Ok(Cursor::START), |(position,)| application::ports::stored_cursor(position))
                 }
             }
 

@@ -1,13 +1,11 @@
 //! Rows as the two engines return them, and their conversion into domain values.
 
-use application::ports::{ConversationPage, ConversationSummary, RepoError, StoredMessage, StreamItem};
-use chrono::{DateTime, Utc};
-use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody,
-    MessageId, ParticipantPair, PasswordHash, User, UserId, Username,
+use application::ports::{
+    ConversationPage, ConversationRecord, ConversationSummary, MessageRecord, RepoError, StoredMessage, StreamItem,
+    UserRecord,
 };
-
-use crate::error::corrupt;
+use chrono::{DateTime, Utc};
+use domain::{Conversation, Message, User};
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct UserRow {
@@ -24,20 +22,17 @@ pub(crate) struct UserRow {
 impl TryFrom<UserRow> for User {
     type Error = RepoError;
     fn try_from(row: UserRow) -> Result<Self, RepoError> {
-        Ok(User {
-            id: UserId::parse(&row.id).map_err(|e| corrupt("user id", e))?,
-            username: Username::parse(&row.username).map_err(|e| corrupt("username", e))?,
-            full_name: FullName::stored(&row.full_name).map_err(|e| corrupt("full name", e))?,
-            gender: row
-                .gender
-                .map(|g| g.parse())
-                .transpose()
-                .map_err(|e| corrupt("gender", e))?,
-            avatar: Avatar::parse(&row.avatar).map_err(|e| corrupt("avatar", e))?,
-            password_hash: PasswordHash::new(row.password_hash),
+        UserRecord {
+            id: row.id,
+            username: row.username,
+            full_name: row.full_name,
+            gender: row.gender,
+            avatar: row.avatar,
+            password_hash: row.password_hash,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        })
+        }
+        .try_into()
     }
 }
 
@@ -53,14 +48,13 @@ pub(crate) struct ConversationRow {
 impl TryFrom<ConversationRow> for Conversation {
     type Error = RepoError;
     fn try_from(row: ConversationRow) -> Result<Self, RepoError> {
-        let a = UserId::parse(&row.participant_a).map_err(|e| corrupt("participant", e))?;
-        let b = UserId::parse(&row.participant_b).map_err(|e| corrupt("participant", e))?;
-        Ok(Conversation {
-            id: ConversationId::parse(&row.id).map_err(|e| corrupt("conversation id", e))?,
-            participants: ParticipantPair::new(a, b).map_err(|e| corrupt("participants", e))?,
+        ConversationRecord {
+            id: row.id,
+            participants: [row.participant_a, row.participant_b],
             created_at: row.created_at,
             updated_at: row.updated_at,
-        })
+        }
+        .try_into()
     }
 }
 
@@ -78,42 +72,17 @@ pub(crate) struct MessageRow {
 impl TryFrom<MessageRow> for Message {
     type Error = RepoError;
     fn try_from(row: MessageRow) -> Result<Self, RepoError> {
-        Ok(Message {
-            id: MessageId::parse(&row.id).map_err(|e| corrupt("message id", e))?,
-            conversation_id: ConversationId::parse(&row.conversation_id)
-                .map_err(|e| corrupt("conversation id", e))?,
-            sender_id: UserId::parse(&row.sender_id).map_err(|e| corrupt("sender id", e))?,
-            receiver_id: UserId::parse(&row.receiver_id).map_err(|e| corrupt("receiver id", e))?,
-            body: MessageBody::stored(&row.body).map_err(|e| corrupt("message body", e))?,
+        MessageRecord {
+            id: row.id,
+            conversation_id: row.conversation_id,
+            sender_id: row.sender_id,
+            receiver_id: row.receiver_id,
+            body: row.body,
             created_at: row.created_at,
-            client_id: row
-                .client_message_id
-                .map(|id| ClientMessageId::parse(&id))
-                .transpose()
-                .map_err(|e| corrupt("client message id", e))?,
-        })
+            client_id: row.client_message_id,
+        }
+        .try_into()
     }
-}
-
-fn cursor(position: i64) -> Result<Cursor, RepoError> {
-    Cursor::try_from(position).map_err(|e| corrupt("stream position", e))
-}
-
-/// `message` as just stored in `conversation_id`, at the given stream positions.
-pub(crate) fn stored_message(
-    message: &Message,
-    conversation_id: &str,
-    sender_position: i64,
-    receiver_position: i64,
-) -> Result<StoredMessage, RepoError> {
-    let mut stored = message.clone();
-    stored.conversation_id =
-        ConversationId::parse(conversation_id).map_err(|e| corrupt("conversation id", e))?;
-    Ok(StoredMessage {
-        message: stored,
-        sender_cursor: cursor(sender_position)?,
-        receiver_cursor: cursor(receiver_position)?,
-    })
 }
 
 /// A message with its positions in both participants' streams.
@@ -128,11 +97,7 @@ pub(crate) struct StoredRow {
 impl TryFrom<StoredRow> for StoredMessage {
     type Error = RepoError;
     fn try_from(row: StoredRow) -> Result<Self, RepoError> {
-        Ok(StoredMessage {
-            message: row.message.try_into()?,
-            sender_cursor: cursor(row.sender_position)?,
-            receiver_cursor: cursor(row.receiver_position)?,
-        })
+        StoredMessage::from_positions(row.message.try_into()?, row.sender_position, row.receiver_position)
     }
 }
 
@@ -147,7 +112,7 @@ pub(crate) struct StreamRow {
 impl TryFrom<StreamRow> for StreamItem {
     type Error = RepoError;
     fn try_from(row: StreamRow) -> Result<Self, RepoError> {
-        Ok(StreamItem { cursor: cursor(row.position)?, message: row.message.try_into()? })
+        StreamItem::at_position(row.position, row.message.try_into()?)
     }
 }
 
@@ -170,14 +135,14 @@ impl ConversationMessageRow {
     fn split(self) -> Result<(ConversationRow, Option<Message>), RepoError> {
         let message = match (self.m_id, self.m_sender_id, self.m_receiver_id, self.m_body, self.m_created_at) {
             (Some(id), Some(sender_id), Some(receiver_id), Some(body), Some(created_at)) => {
-                Some(Message::try_from(MessageRow {
+                Some(Message::try_from(MessageRecord {
                     id,
                     conversation_id: self.conversation.id.clone(),
                     sender_id,
                     receiver_id,
                     body,
                     created_at,
-                    client_message_id: self.m_client_message_id,
+                    client_id: self.m_client_message_id,
                 })?)
             }
             _ => None,

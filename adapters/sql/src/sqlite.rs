@@ -15,7 +15,6 @@ use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::repo_error;
-use crate::rows::stored_message;
 use crate::repositories::impl_repositories;
 
 /// How hard a commit waits for the disk.
@@ -192,7 +191,7 @@ async fn append_in(
     let Some((sender_position, receiver_position)) = positions else {
         return Ok(None);
     };
-    stored_message(message, &conversation_id, sender_position, receiver_position).map(Some)
+    StoredMessage::placed(message, &conversation_id, sender_position, receiver_position).map(Some)
 }
 
 /// Group commit. SQLite runs one write transaction at a time and a durable commit waits for

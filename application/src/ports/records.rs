@@ -1,0 +1,171 @@
+//! Domain values as the stores keep them (ids, names and bodies as text, positions as
+//! integers) and their way back into the domain, written once for every store.
+//!
+//! A store reads its rows or documents into these records and converts them here, so that
+//! every store reads a value back under the same rules: names and bodies under the rules
+//! they were written with (`FullName::stored`, `MessageBody::stored`), and a value that does
+//! not convert is corrupt data ([`RepoError::corrupt`]), never a client's fault.
+
+use domain::{
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody,
+    MessageId, ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
+};
+
+use super::{RepoError, RepoResult, StoredMessage, StreamItem};
+
+/// A stored user.
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    pub full_name: String,
+    pub gender: Option<String>,
+    pub avatar: String,
+    pub password_hash: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl TryFrom<UserRecord> for User {
+    type Error = RepoError;
+    fn try_from(record: UserRecord) -> RepoResult<Self> {
+        Ok(User {
+            id: UserId::parse(&record.id).map_err(|e| RepoError::corrupt("user id", e))?,
+            username: Username::parse(&record.username).map_err(|e| RepoError::corrupt("username", e))?,
+            full_name: FullName::stored(&record.full_name).map_err(|e| RepoError::corrupt("full name", e))?,
+            gender: record.gender.map(|g| g.parse()).transpose().map_err(|e| RepoError::corrupt("gender", e))?,
+            avatar: Avatar::parse(&record.avatar).map_err(|e| RepoError::corrupt("avatar", e))?,
+            password_hash: PasswordHash::new(record.password_hash),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        })
+    }
+}
+
+/// A stored conversation; the participants in any order.
+pub struct ConversationRecord {
+    pub id: String,
+    pub participants: [String; 2],
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl TryFrom<ConversationRecord> for Conversation {
+    type Error = RepoError;
+    fn try_from(record: ConversationRecord) -> RepoResult<Self> {
+        let [a, b] = record.participants;
+        let a = UserId::parse(&a).map_err(|e| RepoError::corrupt("participant", e))?;
+        let b = UserId::parse(&b).map_err(|e| RepoError::corrupt("participant", e))?;
+        Ok(Conversation {
+            id: ConversationId::parse(&record.id).map_err(|e| RepoError::corrupt("conversation id", e))?,
+            participants: ParticipantPair::new(a, b).map_err(|e| RepoError::corrupt("participants", e))?,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        })
+    }
+}
+
+/// A stored message.
+pub struct MessageRecord {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub receiver_id: String,
+    pub body: String,
+    pub created_at: Timestamp,
+    pub client_id: Option<String>,
+}
+
+impl TryFrom<MessageRecord> for Message {
+    type Error = RepoError;
+    fn try_from(record: MessageRecord) -> RepoResult<Self> {
+        Ok(Message {
+            id: MessageId::parse(&record.id).map_err(|e| RepoError::corrupt("message id", e))?,
+            conversation_id: conversation_id(&record.conversation_id)?,
+            sender_id: UserId::parse(&record.sender_id).map_err(|e| RepoError::corrupt("sender id", e))?,
+            receiver_id: UserId::parse(&record.receiver_id).map_err(|e| RepoError::corrupt("receiver id", e))?,
+            body: MessageBody::stored(&record.body).map_err(|e| RepoError::corrupt("message body", e))?,
+            created_at: record.created_at,
+            client_id: record
+                .client_id
+                .as_deref()
+                .map(ClientMessageId::parse)
+                .transpose()
+                .map_err(|e| RepoError::corrupt("client message id", e))?,
+        })
+    }
+}
+
+fn conversation_id(stored: &str) -> RepoResult<ConversationId> {
+    ConversationId::parse(stored).map_err(|e| RepoError::corrupt("conversation id", e))
+}
+
+/// A stored stream position as a cursor.
+pub fn stored_cursor(position: i64) -> RepoResult<Cursor> {
+    Cursor::try_from(position).map_err(|e| RepoError::corrupt("stream position", e))
+}
+
+impl StoredMessage {
+    /// A message read back with its stored positions in the sender's and the receiver's
+    /// streams.
+    pub fn from_positions(message: Message, sender_position: i64, receiver_position: i64) -> RepoResult<Self> {
+        Ok(Self {
+            message,
+            sender_cursor: stored_cursor(sender_position)?,
+            receiver_cursor: stored_cursor(receiver_position)?,
+        })
+    }
+
+    /// `message` as an append just stored it: in the pair's conversation `conversation_id`
+    /// (the candidate's, or the one the pair already had), at the positions it took.
+    pub fn placed(
+        message: &Message,
+        conversation_id: &str,
+        sender_position: i64,
+        receiver_position: i64,
+    ) -> RepoResult<Self> {
+        let message = Message { conversation_id: self::conversation_id(conversation_id)?, ..message.clone() };
+        Self::from_positions(message, sender_position, receiver_position)
+    }
+}
+
+impl StreamItem {
+    /// A message read back at its stored position in one user's stream.
+    pub fn at_position(position: i64, message: Message) -> RepoResult<Self> {
+        Ok(Self { cursor: stored_cursor(position)?, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> MessageRecord {
+        MessageRecord {
+            id: MessageId::generate().as_str().to_owned(),
+            conversation_id: ConversationId::generate().as_str().to_owned(),
+            sender_id: UserId::generate().as_str().to_owned(),
+            receiver_id: UserId::generate().as_str().to_owned(),
+            body: "hi".into(),
+            created_at: chrono::Utc::now(),
+            client_id: None,
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_back_is_corrupt_data_naming_the_field() {
+        let error = Message::try_from(MessageRecord { sender_id: "not-an-id".into(), ..record() }).unwrap_err();
+        assert!(matches!(&error, RepoError::Unexpected(_)), "{error:?}");
+        assert!(error.to_string().contains("stored sender id is invalid"), "{error}");
+    }
+
+    #[test]
+    fn a_placed_message_joins_the_given_conversation_at_its_positions() {
+        let message = Message::try_from(record()).unwrap();
+        let conversation = ConversationId::generate();
+        let placed = StoredMessage::placed(&message, conversation.as_str(), 3, 7).unwrap();
+        assert_eq!(placed.message, Message { conversation_id: conversation, ..message.clone() });
+        assert_eq!((placed.sender_cursor.position(), placed.receiver_cursor.position()), (3, 7));
+        assert!(StoredMessage::placed(&message, "nope", 1, 1).is_err());
+        assert!(StoredMessage::from_positions(message, -1, 1).is_err(), "no position is negative");
+    }
+}
