@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use domain::{Cursor, UserId};
 
-use crate::messaging::MessagingService;
-use crate::ports::{RepoError, StreamItem};
+use crate::ports::{MessageRepository, RepoError, StreamItem};
 
 /// Messages read from the store per round trip while catching up.
 const PAGE: u32 = 200;
@@ -48,8 +47,10 @@ pub enum Admission {
     Fill(Vec<StreamItem>),
 }
 
+/// One connection's position in its user's stream. It reads the stream through the message
+/// port alone: `stream` and `stream_head`.
 pub struct StreamFollower {
-    messaging: Arc<MessagingService>,
+    messages: Arc<dyn MessageRepository>,
     user: UserId,
     last: Cursor,
 }
@@ -60,17 +61,17 @@ impl StreamFollower {
     /// registered for live events, then [`catch_up`](Self::catch_up) once it is: messages
     /// stored in between are read then, and nothing falls in the seam.
     pub async fn start(
-        messaging: Arc<MessagingService>,
+        messages: Arc<dyn MessageRepository>,
         user: UserId,
         since: Option<Cursor>,
     ) -> Result<Self, FollowError> {
-        let head = messaging.stream_head(&user).await?;
+        let head = messages.stream_head(&user).await?;
         let last = match since {
             Some(since) if since > head => return Err(FollowError::Ahead { since, head }),
             Some(since) => since,
             None => head,
         };
-        Ok(Self { messaging, user, last })
+        Ok(Self { messages, user, last })
     }
 
     /// The last position delivered (or the starting one).
@@ -81,9 +82,11 @@ impl StreamFollower {
     /// The next page of stored messages the connection has not had; empty once caught up.
     /// Call it until it returns an empty page, delivering each page in order.
     pub async fn catch_up(&mut self) -> Result<Vec<StreamItem>, RepoError> {
-        let page = self.messaging.stream_page(&self.user, self.last, PAGE).await?;
-        self.last = page.next;
-        Ok(page.items)
+        let page = self.messages.stream(&self.user, self.last, PAGE).await?;
+        if let Some(item) = page.last() {
+            self.last = item.cursor;
+        }
+        Ok(page)
     }
 
     /// Decides about a live event at `cursor`; see [`Admission`].
@@ -113,9 +116,7 @@ impl StreamFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{
-        MockClock, MockConversationRepository, MockMessageRepository, MockNotifier, MockUserRepository,
-    };
+    use crate::ports::MockMessageRepository;
     use chrono::{TimeZone, Utc};
     use domain::{ConversationId, Message, MessageBody, MessageId};
 
@@ -145,16 +146,6 @@ mod tests {
         });
     }
 
-    fn messaging(messages: MockMessageRepository) -> Arc<MessagingService> {
-        Arc::new(MessagingService::new(
-            Arc::new(MockUserRepository::new()),
-            Arc::new(MockConversationRepository::new()),
-            Arc::new(messages),
-            Arc::new(MockNotifier::new()),
-            Arc::new(MockClock::new()),
-        ))
-    }
-
     fn positions(items: &[StreamItem]) -> Vec<u64> {
         items.iter().map(|i| i.cursor.position()).collect()
     }
@@ -170,7 +161,7 @@ mod tests {
             .times(1)
             .returning(|_| Ok(cursor(17)));
         messages.expect_stream().never();
-        let follower = StreamFollower::start(messaging(messages), user, None).await.unwrap();
+        let follower = StreamFollower::start(Arc::new(messages), user, None).await.unwrap();
         assert_eq!(follower.last(), cursor(17));
     }
 
@@ -180,7 +171,7 @@ mod tests {
         messages.expect_stream_head().times(1).returning(|_| Ok(cursor(9)));
         messages.expect_stream().never();
         let follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(5))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(5))).await.unwrap();
         assert_eq!(follower.last(), cursor(5));
     }
 
@@ -188,7 +179,7 @@ mod tests {
     async fn start_beyond_the_stream_head_is_refused() {
         let mut messages = MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Ok(cursor(9)));
-        let started = StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(10))).await;
+        let started = StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(10))).await;
         assert!(matches!(started, Err(FollowError::Ahead { since, head }) if since == cursor(10) && head == cursor(9)));
     }
 
@@ -198,7 +189,7 @@ mod tests {
         messages
             .expect_stream_head()
             .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
-        let started = StreamFollower::start(messaging(messages), UserId::generate(), None).await;
+        let started = StreamFollower::start(Arc::new(messages), UserId::generate(), None).await;
         assert!(matches!(started, Err(FollowError::Storage(RepoError::Unavailable(_)))));
     }
 
@@ -210,19 +201,18 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         let stored = u64::from(PAGE) + 50;
         let mut seq = mockall::Sequence::new();
-        // Each page asks one more than it keeps, to know whether more follow.
         for after in [3, 3 + u64::from(PAGE), stored] {
             let user = expected.clone();
             messages
                 .expect_stream()
-                .withf(move |u, a, limit| *u == user && *a == cursor(after) && *limit == PAGE + 1)
+                .withf(move |u, a, limit| *u == user && *a == cursor(after) && *limit == PAGE)
                 .times(1)
                 .in_sequence(&mut seq)
                 .returning(move |user, after, limit| {
                     Ok((after.position() + 1..=stored).take(limit as usize).map(|n| item(user, n)).collect())
                 });
         }
-        let mut follower = StreamFollower::start(messaging(messages), user, Some(cursor(3))).await.unwrap();
+        let mut follower = StreamFollower::start(Arc::new(messages), user, Some(cursor(3))).await.unwrap();
 
         let first = follower.catch_up().await.unwrap();
         assert_eq!(positions(&first), (4..=3 + u64::from(PAGE)).collect::<Vec<_>>());
@@ -238,7 +228,7 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         messages.expect_stream().never();
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
         assert_eq!(follower.admit(cursor(9)).await.unwrap(), Admission::Deliver);
         assert_eq!(follower.last(), cursor(9));
         assert_eq!(follower.admit(cursor(10)).await.unwrap(), Admission::Deliver);
@@ -250,7 +240,7 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         messages.expect_stream().never();
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
         assert_eq!(follower.admit(cursor(8)).await.unwrap(), Admission::Repeat);
         assert_eq!(follower.admit(cursor(2)).await.unwrap(), Admission::Repeat);
         assert_eq!(follower.last(), cursor(8), "a repeat moves nothing");
@@ -262,7 +252,7 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         stored_up_to(&mut messages, 12);
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
         let Admission::Fill(items) = follower.admit(cursor(11)).await.unwrap() else {
             panic!("a gap is filled");
         };
@@ -280,7 +270,7 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         stored_up_to(&mut messages, stored);
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(0))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(0))).await.unwrap();
         let Admission::Fill(items) = follower.admit(cursor(stored)).await.unwrap() else {
             panic!("a gap is filled");
         };
@@ -293,7 +283,7 @@ mod tests {
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
         stored_up_to(&mut messages, 10);
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
         let error = follower.admit(cursor(14)).await.unwrap_err();
         assert!(matches!(error, FollowError::Unreadable { announced } if announced == cursor(14)), "{error}");
     }
@@ -306,7 +296,7 @@ mod tests {
             .expect_stream()
             .returning(|_, _, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let mut follower =
-            StreamFollower::start(messaging(messages), UserId::generate(), Some(cursor(1))).await.unwrap();
+            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(1))).await.unwrap();
         let error = follower.admit(cursor(5)).await.unwrap_err();
         assert!(matches!(error, FollowError::Storage(RepoError::Unavailable(_))));
     }

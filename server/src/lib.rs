@@ -17,8 +17,9 @@ use application::ports::{
     RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
 };
 use application::{AccountService, MessagingService, RealtimeService, Revocations};
+use chat_realtime::{ConnectionRegistry, Hub, InMemoryPresence};
+use chat_websocket::WsSettings;
 use secrecy::{ExposeSecret, SecretString};
-use chat_websocket::{ConnectionRegistry, InMemoryPresence, WsSettings};
 
 pub use settings::Settings;
 use settings::{FanoutSettings, SameSite, SqliteSynchronous, StorageSettings};
@@ -180,6 +181,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         clock.clone(),
     ));
     let realtime = Arc::new(RealtimeService::new(presence, notifier, storage.conversations.clone()));
+    let hub = Hub::new(registry.clone(), realtime.clone(), storage.messages.clone());
 
     let limits = Arc::new(chat_http::RateLimits::new(&settings.limits.requests));
     let socketio_limits = limits.clone();
@@ -200,15 +202,28 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             )
         },
         accounts.clone(),
-        realtime.clone(),
-        messaging.clone(),
-        registry.clone(),
+        hub.clone(),
         // One connect budget per user for both socket endpoints.
         Box::new(move |user| socketio_limits.socket_connect(user.as_str()).map_err(|e| e.to_string())),
         // The per-address limits read the client address as the HTTP ones do.
         chat_http::client_ip,
     );
 
+    let ws_settings = WsSettings {
+        ping_interval: Duration::from_secs(settings.websocket.ping_interval),
+        ping_timeout: Duration::from_secs(settings.websocket.ping_timeout),
+        max_frame_bytes: settings.websocket.max_frame_bytes,
+        max_frames_per_second: settings.limits.socket_frames_per_second,
+    };
+    // The HTTP adapter authenticates `/ws` handshakes and mounts both endpoints here.
+    let transports = chat_http::Transports {
+        ws: Box::new(move |req, body, handshake| {
+            chat_websocket::serve(req, body, handshake, hub.clone(), ws_settings.clone())
+        }),
+        socketio: Box::new(move |config| {
+            config.service(chat_socketio::service(socketio.clone()));
+        }),
+    };
     let ttl = settings.auth.token_ttl();
     let state = actix_web::web::Data::new(chat_http::AppState {
         accounts,
@@ -217,7 +232,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         registry: registry.clone(),
         metrics,
         limits,
-        socketio,
+        transports,
         health,
         settings: chat_http::HttpSettings {
             cookie: chat_http::CookieSettings {
@@ -232,12 +247,6 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             body_limit: settings.http.body_limit,
             body_timeout: Duration::from_secs(settings.http.body_timeout),
             cors_origins: settings.cors.allowed_origins.clone(),
-            ws: WsSettings {
-                ping_interval: Duration::from_secs(settings.websocket.ping_interval),
-                ping_timeout: Duration::from_secs(settings.websocket.ping_timeout),
-                max_frame_bytes: settings.websocket.max_frame_bytes,
-                max_frames_per_second: settings.limits.socket_frames_per_second,
-            },
             readiness_timeout: Duration::from_millis(2000),
             web_client: settings.web.enabled,
             metrics: settings.metrics.enabled,
@@ -264,7 +273,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let server = actix_web::HttpServer::new(move || chat_http::app(state.clone()))
         .on_connect(move |connection, extensions| {
             connections.on_connect(connection, extensions);
-            chat_websocket::set_write_deadline(connection, write_timeout);
+            chat_http::set_write_deadline(connection, write_timeout);
         })
         .workers(workers)
         // actix counts per worker; accepting pauses at the cap and resumes below it.

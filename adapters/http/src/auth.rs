@@ -4,13 +4,21 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::cookie::{time, Cookie};
+use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use application::Authenticated;
+use chat_realtime::handshake::{presented_token, COOKIE_NAME};
 
 use crate::error::ApiError;
 use crate::state::{AppState, CookieSettings, SameSite};
 
-pub use chat_websocket::auth::{request_token, COOKIE_NAME};
+/// The token a request carries in its `Authorization: Bearer` header or its cookie, as every
+/// endpoint reads it (see [`presented_token`]). Query strings are left to the endpoints
+/// that accept them.
+pub fn request_token(req: &HttpRequest) -> Option<String> {
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    presented_token(authorization, req.cookie(COOKIE_NAME).as_ref().map(|c| c.value()), None)
+}
 
 /// An authenticated caller; a handler taking it answers 401 without a valid token.
 pub struct CurrentUser(pub Authenticated);

@@ -7,7 +7,7 @@ use application::{ConversationView, SyncPage};
 use domain::{User, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use chat_websocket::wire::{timestamp, MessageDto};
+use chat_realtime::wire::{timestamp, MessageDto};
 
 use crate::openapi::fields;
 

@@ -1,10 +1,11 @@
 //! The HTTP side of the server: actix-web handlers for every route of API.md, the auth
 //! extractor (cookie or Bearer), the error envelope, request limits, CORS, security headers,
-//! health probes, the `/ws` upgrade, the mounting of `/socket.io/` and the built-in web
-//! client.
+//! health probes, the authentication of `/ws` handshakes, the built-in web client, and the
+//! connections' own limits (per-address cap, body and write deadlines).
 //!
-//! Wire types live here (and, for events, in `chat_websocket::wire`). Handlers call the
-//! application's services; they never touch a repository or a driver.
+//! Wire types live here (and, for events, in `chat_realtime::wire`). Handlers call the
+//! application's services; they never touch a repository or a driver. The socket transports
+//! are plugged in by the composition root ([`Transports`]): this crate does not depend on them.
 
 mod auth;
 mod connections;
@@ -17,10 +18,12 @@ mod origin;
 mod routes;
 mod state;
 mod web;
+mod write_deadline;
 
 pub use connections::{connection_budget, ConnectionLimiter};
 pub use error::ApiError;
 pub use limits::{client_ip, LimitSettings, RateLimits};
 pub use metrics::{CountingNotifier, Metrics};
 pub use routes::app;
-pub use state::{AppState, CookieSettings, HttpSettings, SameSite};
+pub use state::{AppState, CookieSettings, HttpSettings, SameSite, Transports};
+pub use write_deadline::set_write_deadline;

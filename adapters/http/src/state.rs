@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::{web, HttpRequest, HttpResponse};
 use application::ports::HealthCheck;
 use application::{AccountService, MessagingService, RealtimeService};
-use chat_websocket::{ConnectionRegistry, WsSettings};
+use chat_realtime::{ConnectionRegistry, Handshake};
 
 use crate::limits::RateLimits;
 
@@ -34,7 +35,6 @@ pub struct HttpSettings {
     pub body_timeout: Duration,
     /// Origins allowed to call the API from a browser, with credentials. Empty: none.
     pub cors_origins: Vec<String>,
-    pub ws: WsSettings,
     /// How long `/readyz` waits for each dependency.
     pub readiness_timeout: Duration,
     /// Serves the built-in web client at `/`.
@@ -52,9 +52,19 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Served at `/metrics`; shared by every worker.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// The `/socket.io/` endpoint's sessions, shared by every worker.
-    pub socketio: Arc<chat_socketio::Engine>,
+    /// The socket endpoints, shared by every worker.
+    pub transports: Transports,
     /// Every dependency `/readyz` must hear from, by name.
     pub health: Vec<(&'static str, Arc<dyn HealthCheck>)>,
     pub settings: HttpSettings,
+}
+
+/// The socket transports, plugged in by the composition root so that this adapter does not
+/// depend on them: it authenticates `/ws` handshakes (with the API's error answers) and
+/// leaves the rest to the transport.
+pub struct Transports {
+    /// Serves an authenticated `/ws` handshake: upgrades the request and runs the connection.
+    pub ws: Box<dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync>,
+    /// Mounts the `/socket.io/` endpoint, which answers every request under it itself.
+    pub socketio: Box<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
 }

@@ -48,7 +48,7 @@ use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use chat_websocket::ConnectionRegistry;
+use chat_realtime::ConnectionRegistry;
 
 use presence::{Changes, PresenceBook};
 

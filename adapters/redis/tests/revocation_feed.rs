@@ -11,7 +11,7 @@ use std::time::Duration;
 use application::ports::{Revocation, RevocationFeed as _, RevocationListener};
 use chat_redis::{FanoutOptions, RedisFanout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use chat_websocket::ConnectionRegistry;
+use chat_realtime::ConnectionRegistry;
 
 /// How long a state change or an announcement may take to show up.
 const TIMEOUT: Duration = Duration::from_secs(10);

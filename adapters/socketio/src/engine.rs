@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::HttpRequest;
-use application::{AccountService, MessagingService, RealtimeService};
+use application::AccountService;
+use chat_realtime::Hub;
 use tokio::sync::mpsc;
-use chat_websocket::ConnectionRegistry;
 
 use crate::admission::{Address, HandshakeRate, Occupancy, Refusal, SessionLimits};
 use crate::packet::{self, SinceArg, SEPARATOR};
@@ -154,10 +154,8 @@ struct Sessions {
 pub struct Engine {
     pub(crate) settings: EngineSettings,
     pub(crate) accounts: Arc<AccountService>,
-    pub(crate) realtime: Arc<RealtimeService>,
-    /// Reads each socket's message stream: the replay after `since`, and gaps.
-    pub(crate) messaging: Arc<MessagingService>,
-    pub(crate) registry: Arc<ConnectionRegistry>,
+    /// Registers each socket, follows its message stream, presence and client events.
+    pub(crate) hub: Arc<Hub>,
     pub(crate) connect_gate: ConnectGate,
     client_address: ClientAddress,
     handshakes: HandshakeRate,
@@ -168,9 +166,7 @@ impl Engine {
     pub fn new(
         settings: EngineSettings,
         accounts: Arc<AccountService>,
-        realtime: Arc<RealtimeService>,
-        messaging: Arc<MessagingService>,
-        registry: Arc<ConnectionRegistry>,
+        hub: Arc<Hub>,
         connect_gate: ConnectGate,
         client_address: ClientAddress,
     ) -> Arc<Self> {
@@ -178,9 +174,7 @@ impl Engine {
             handshakes: HandshakeRate::new(settings.limits.handshakes_per_minute_per_address),
             settings,
             accounts,
-            realtime,
-            messaging,
-            registry,
+            hub,
             connect_gate,
             client_address,
             sessions: Mutex::new(Sessions::default()),
@@ -308,30 +302,27 @@ mod tests {
     /// the namespace, so they never reach the core.
     fn engine(limits: SessionLimits) -> Arc<Engine> {
         use application::ports::{
-            Clock, MockClock, MockConversationRepository, MockMessageRepository, MockNotifier,
-            MockPasswordHasher, MockPresence, MockRevokedTokenRepository, MockTokenService,
-            MockUserRepository, Notifier, UserRepository,
+            MockClock, MockConversationRepository, MockMessageRepository, MockNotifier, MockPasswordHasher,
+            MockPresence, MockRevokedTokenRepository, MockTokenService, MockUserRepository,
         };
-        let clock: Arc<dyn Clock> = Arc::new(MockClock::new());
-        let notifier: Arc<dyn Notifier> = Arc::new(MockNotifier::new());
-        let users: Arc<dyn UserRepository> = Arc::new(MockUserRepository::new());
         let revocations = application::Revocations::new(Arc::new(MockRevokedTokenRepository::new()), None);
         let accounts = AccountService::new(
-            users.clone(),
+            Arc::new(MockUserRepository::new()),
             revocations,
             Arc::new(MockPasswordHasher::new()),
             Arc::new(MockTokenService::new()),
-            clock.clone(),
+            Arc::new(MockClock::new()),
         );
-        let messaging = MessagingService::new(
-            users,
+        let realtime = application::RealtimeService::new(
+            Arc::new(MockPresence::new()),
+            Arc::new(MockNotifier::new()),
             Arc::new(MockConversationRepository::new()),
-            Arc::new(MockMessageRepository::new()),
-            notifier.clone(),
-            clock,
         );
-        let realtime =
-            RealtimeService::new(Arc::new(MockPresence::new()), notifier, Arc::new(MockConversationRepository::new()));
+        let hub = Hub::new(
+            chat_realtime::ConnectionRegistry::new(8, 0),
+            Arc::new(realtime),
+            Arc::new(MockMessageRepository::new()),
+        );
         let settings = EngineSettings {
             limits,
             ..EngineSettings::new(Duration::from_secs(25), Duration::from_secs(20), 1024, 16, 0)
@@ -339,9 +330,7 @@ mod tests {
         Engine::new(
             settings,
             Arc::new(accounts),
-            Arc::new(realtime),
-            Arc::new(messaging),
-            ConnectionRegistry::new(8, 0),
+            hub,
             Box::new(|_| Ok(())),
             |_| None,
         )

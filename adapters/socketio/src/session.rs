@@ -12,13 +12,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use application::ports::Event;
-use application::AccountError;
-use domain::UserId;
+use application::{AccountError, FollowError};
+use chat_realtime::{log_stop, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Refusal, Refused};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use chat_websocket::wire::{self, names, TypingIn};
-use chat_websocket::{ConnectionGuard, Ended, Follow, FrameBudget, Outbound, Receiver, SessionToken, Stop};
 
 use crate::engine::{random_id, Engine, Inbound};
 use crate::packet::{self, EnginePacket, SinceArg, SocketPacket, MAIN_NAMESPACE};
@@ -35,7 +32,6 @@ const DISCONNECT: &str = "41";
 /// The event that tells a client why the server ended its socket, before [`DISCONNECT`]
 /// (which carries no reason): `{"reason": text}`.
 const SESSION_ENDED: &str = "sessionEnded";
-const EXPIRED: Reason = "session ended: the token expired";
 
 /// What the Engine.IO handshake carried, for the CONNECT packets that don't say.
 pub(crate) struct Handshake {
@@ -45,17 +41,13 @@ pub(crate) struct Handshake {
 
 /// The socket joined to the main namespace: registered for delivery.
 struct Socket {
-    guard: ConnectionGuard,
-    queue: Receiver,
+    live: Live,
     sid: String,
-    follow: Follow,
     /// Frames due to the client, in order, waiting for room in the outbox: replay pages and
-    /// what [`Follow::admit`] made of queued events. Once the replay is over, the queue is
+    /// what `Follow::admit` made of queued events. Once the replay is over, the queue is
     /// read only when this is empty, so a client that falls behind fills its registry queue
     /// and is evicted, as on `/ws`.
     pending: VecDeque<Outbound>,
-    /// When the token the socket joined with expires: the socket ends then.
-    expiry: Instant,
 }
 
 struct Session {
@@ -120,7 +112,7 @@ impl Session {
     async fn serve_packets(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> Result<Infallible, Reason> {
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
-            let expiry = self.socket.as_ref().map(|s| s.expiry);
+            let expiry = self.socket.as_ref().map(|s| s.live.expiry);
             tokio::select! {
                 message = inbound.recv() => match message {
                     Some(Inbound::Packet(text)) => {
@@ -138,24 +130,22 @@ impl Session {
                     Step::OutboxClosed => return Err("transport gone"),
                     Step::Replay => {
                         let socket = self.socket.as_mut().expect("a step of a joined socket");
-                        let frames = socket.follow.replay().await.map_err(stopped)?;
+                        let frames = socket.live.follow.replay().await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
                     Step::Event(Some(outbound)) => {
                         let socket = self.socket.as_mut().expect("a step of a joined socket");
-                        let frames = socket.follow.admit(outbound).await.map_err(stopped)?;
+                        let frames = socket.live.follow.admit(outbound).await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
                     Step::Event(None) => {
-                        return Err(match self.socket.as_ref().and_then(|s| s.guard.end()) {
-                            Some(why) => self.ended(why),
-                            None => "server shutting down",
-                        });
+                        let why = self.socket.as_ref().map_or(Ended::ShuttingDown, |s| s.live.guard.end());
+                        return Err(self.ended(why));
                     }
                     Step::Ended(why) => return Err(self.ended(why)),
                 },
                 _ = sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
-                    return Err(self.disconnect(EXPIRED));
+                    return Err(self.ended(Ended::Expired));
                 }
                 _ = sleep_until(self.next_ping), if self.pong_deadline.is_none() => {
                     self.push(packet::PING.to_owned())?;
@@ -171,12 +161,13 @@ impl Session {
         }
     }
 
-    /// The registry ended the socket: a revoked token is told why and disconnected for good;
-    /// a client too slow to read gets nothing more (it reconnects, and resumes its stream).
+    /// The server ends the socket: a revoked or expired token is told why and disconnected
+    /// for good; a client too slow to read gets nothing more (it reconnects, and resumes its
+    /// stream), nor does one of a server shutting down.
     fn ended(&self, why: Ended) -> Reason {
         match why {
-            Ended::Revoked => self.disconnect(why.reason()),
-            Ended::TooSlow => why.reason(),
+            Ended::Revoked | Ended::Expired => self.disconnect(why.reason()),
+            Ended::TooSlow | Ended::ShuttingDown => why.reason(),
         }
     }
 
@@ -248,14 +239,10 @@ impl Session {
                 // Acks are not requested of the server by this API's events: an ack id is
                 // accepted and left unanswered, as the original server does.
                 if let Some(socket) = &self.socket {
-                    if name == names::TYPING {
-                        let user = socket.guard.user().clone();
-                        match data.map(serde_json::from_value::<TypingIn>) {
-                            Some(Ok(typing)) => {
-                                self.engine.realtime.typing(&user, &typing.to, typing.is_typing).await
-                            }
-                            _ => tracing::debug!("typing event without {{to, isTyping}}"),
-                        }
+                    let user = socket.live.guard.user();
+                    let data = data.unwrap_or(serde_json::Value::Null);
+                    if let Err(invalid) = self.engine.hub.client_event(user, &name, data).await {
+                        tracing::debug!(%invalid, "socket.io event not understood");
                     }
                 }
                 Ok(())
@@ -275,17 +262,15 @@ impl Session {
             return self
                 .push(refuse("Authentication required: pass auth.token, a token cookie or a Bearer header"));
         };
-        let (user, token) = match self.engine.accounts.authenticate(&token).await {
-            Ok(session) => (
-                session.user_id().clone(),
-                SessionToken { id: session.claims.token_id, expires_at: session.claims.expires_at },
-            ),
+        let session = match self.engine.accounts.authenticate(&token).await {
+            Ok(session) => session,
             Err(AccountError::Unauthenticated) => return self.push(refuse("Invalid or expired token")),
             Err(error) => {
                 tracing::warn!(error = %error, "socket.io authentication failed");
                 return self.push(refuse("Service unavailable, retry later"));
             }
         };
+        let user = session.user_id().clone();
         if let Err(refusal) = (self.engine.connect_gate)(&user) {
             return self.push(refuse(&refusal));
         }
@@ -294,44 +279,32 @@ impl Session {
             Some(Ok(since)) => Some(since),
             Some(Err(_)) => return self.push(refuse("since is not a valid cursor")),
         };
-        let follow = match Follow::start(self.engine.messaging.clone(), user.clone(), since).await {
-            Ok(follow) => follow,
-            Err(stop @ Stop::Ahead { .. }) => return self.push(refuse(stop.reason())),
-            Err(stop) => {
-                tracing::warn!(error = %stop, "a socket's stream could not be started");
-                return self.push(refuse("Service unavailable, retry later"));
+        let live = match self.engine.hub.connect(Joining::new(&session, since)).await {
+            Ok(live) => live,
+            Err(Refused::Stream(stop)) => {
+                log_stop(&stop);
+                return match stop {
+                    FollowError::Ahead { .. } => self.push(refuse(stop_reason(&stop))),
+                    _ => self.push(refuse("Service unavailable, retry later")),
+                };
             }
-        };
-        let (guard, queue) = match self.engine.registry.register(&user, &token) {
-            Ok(registered) => registered,
-            Err(chat_websocket::Refusal::ShuttingDown) => {
+            Err(Refused::Registry(Refusal::ShuttingDown)) => {
                 let _ = self.push(refuse("Server shutting down"));
-                return Err("server shutting down");
+                return Err(Ended::ShuttingDown.reason());
             }
-            Err(refusal @ chat_websocket::Refusal::TooManyConnections { .. }) => {
+            Err(Refused::Registry(refusal @ Refusal::TooManyConnections { .. })) => {
                 return self.push(refuse(&refusal.to_string()));
             }
-            Err(chat_websocket::Refusal::Revoked) => return self.push(refuse("Invalid or expired token")),
+            Err(Refused::Registry(Refusal::Revoked)) => return self.push(refuse("Invalid or expired token")),
         };
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.
         self.push(packet::connect_ok(&sid))?;
-        let expiry = token.deadline();
-        self.socket = Some(Socket { guard, queue, sid, follow, pending: VecDeque::new(), expiry });
-        self.opened(&user).await
-    }
-
-    /// Presence, as the native session does: a first connection is announced to everyone
-    /// (this one included, through the registry); another one gets the list for itself.
-    async fn opened(&mut self, user: &UserId) -> Result<(), Reason> {
-        match self.engine.realtime.connection_opened(user).await {
-            Ok(Some(online)) => {
-                for (name, data) in wire::encode_event(&Event::OnlineUsers(online)) {
-                    self.push(packet::event(name, &data))?;
-                }
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(error = %error, "presence unavailable for a new connection"),
+        self.socket = Some(Socket { live, sid, pending: VecDeque::new() });
+        // Presence, as on `/ws`: a first connection is announced to everyone (this one
+        // included, through the registry); another one gets the list for itself.
+        for Outbound { name, data, .. } in self.engine.hub.opened(&user).await {
+            self.push(packet::event(name, &data))?;
         }
         Ok(())
     }
@@ -339,11 +312,7 @@ impl Session {
     /// Leaves the namespace, if joined: unregisters and updates presence.
     async fn leave(&mut self) {
         let Some(socket) = self.socket.take() else { return };
-        let user = socket.guard.user().clone();
-        drop(socket);
-        if let Err(error) = self.engine.realtime.connection_closed(&user).await {
-            tracing::warn!(error = %error, "presence not updated for a closed connection");
-        }
+        self.engine.hub.closed(socket.live.guard).await;
     }
 }
 
@@ -354,38 +323,32 @@ impl Session {
 /// reserved). The steps that read the store (a replay page, an admission that fills a gap)
 /// are only announced here and run by the caller to the end.
 async fn next_step(socket: &mut Option<Socket>, outbox: &mpsc::Sender<String>) -> Step {
-    let Some(socket) = socket else { return std::future::pending().await };
-    let replaying = socket.follow.replaying();
-    if replaying && socket.pending.is_empty() {
+    let Some(Socket { live, pending, .. }) = socket else { return std::future::pending().await };
+    let replaying = live.follow.replaying();
+    if replaying && pending.is_empty() {
         return Step::Replay;
     }
     // During the replay the queue is read on (see `Follow`), so it does not fill meanwhile.
-    let read_queue = replaying || socket.pending.is_empty();
-    let send = !socket.pending.is_empty();
+    let read_queue = replaying || pending.is_empty();
+    let send = !pending.is_empty();
     tokio::select! {
         room = outbox.reserve_many(OUTBOX_HEADROOM + 1), if send => match room {
             Ok(mut room) => {
-                if let (Some(place), Some(Outbound { name, data, .. })) = (room.next(), socket.pending.pop_front()) {
+                if let (Some(place), Some(Outbound { name, data, .. })) = (room.next(), pending.pop_front()) {
                     place.send(packet::event(name, &data));
                 }
                 Step::Sent
             }
             Err(_) => Step::OutboxClosed,
         },
-        event = socket.queue.recv(), if read_queue => Step::Event(event),
-        why = socket.guard.ended() => Step::Ended(why),
+        event = live.queue.recv(), if read_queue => Step::Event(event),
+        why = live.guard.ended() => Step::Ended(why),
     }
 }
 
 /// The socket can't follow its stream without a gap: the session ends, the client
 /// reconnects (with `auth.since` set to the last cursor it processed, if it keeps one).
-fn stopped(stop: Stop) -> Reason {
-    match &stop {
-        Stop::Storage(error) => tracing::warn!(error = %error, "a socket's stream could not be read"),
-        Stop::Resync { announced } => {
-            tracing::info!(%announced, "closing a socket that cannot follow its stream")
-        }
-        Stop::Ahead { .. } => {}
-    }
-    stop.reason()
+fn stopped(stop: FollowError) -> Reason {
+    log_stop(&stop);
+    stop_reason(&stop)
 }

@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::header::{AUTHORIZATION, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt as _;
+use chat_realtime::handshake::{presented_token, COOKIE_NAME};
 use serde::Deserialize;
-use chat_websocket::auth::request_token;
 
 use crate::admission::{Address, Refusal};
 use crate::engine::{Engine, Inbound, SessionHandle, Transport};
@@ -105,7 +105,11 @@ pub(crate) async fn endpoint(
             return EngineError::BadHandshakeMethod.response();
         }
         let address = engine.client_address(&req);
-        let token = request_token(&req).or_else(|| query.token.filter(|t| !t.is_empty()));
+        let token = presented_token(
+            req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+            req.cookie(COOKIE_NAME).as_ref().map(|c| c.value()),
+            query.token.as_deref(),
+        );
         let since = packet::since_text(query.since.as_deref());
         return match transport {
             Transport::Polling => match engine.open_session(address, token, since, transport) {

@@ -1,7 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use application::messaging::conversation_cursor;
 use application::MessagingError;
-use chat_websocket::wire::MessageDto;
+use chat_realtime::wire::MessageDto;
 use domain::{ClientMessageId, Cursor, MessageBody, MessageId, UserId};
 
 use super::required;

@@ -37,7 +37,7 @@ pub fn app(
     let metrics = state.settings.metrics;
     let cors = cors(&state.settings.cors_origins);
     let origins = web::Data::new(OriginPolicy::new(&state.settings.cors_origins));
-    let socketio = state.socketio.clone();
+    let transports = state.clone();
     App::new()
         .app_data(state)
         .app_data(origins)
@@ -90,7 +90,7 @@ pub fn app(
             }
         })
         // Engine.IO answers every method and error in its own terms, inside the same CORS.
-        .service(chat_socketio::service(socketio))
+        .configure(|config| (transports.transports.socketio)(config))
         .service(
             web::scope("/api/v1")
                 .service(

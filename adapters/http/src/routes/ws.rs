@@ -1,4 +1,5 @@
 use actix_web::{web, HttpRequest, HttpResponse};
+use chat_realtime::Handshake;
 use domain::Cursor;
 use serde::Deserialize;
 
@@ -15,7 +16,7 @@ pub struct ResumeQuery {
 }
 
 /// `GET /ws`: authenticates the handshake (header, cookie, or `?token=`), reads `?since=`
-/// (400 when it is not a cursor), then hands the connection to the notifier's session,
+/// (400 when it is not a cursor), then hands the connection to the WebSocket transport,
 /// which replays the stored messages after `since` before the live events.
 pub async fn upgrade(
     req: HttpRequest,
@@ -30,21 +31,5 @@ pub async fn upgrade(
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
     let since = Cursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
     state.limits.socket_connect(session.user_id().as_str())?;
-    chat_websocket::serve(
-        &req,
-        body,
-        chat_websocket::Handshake {
-            user: session.user_id().clone(),
-            // The connection ends when this token is revoked or expires.
-            token: chat_websocket::SessionToken {
-                id: session.claims.token_id.clone(),
-                expires_at: session.claims.expires_at,
-            },
-            since,
-        },
-        state.registry.clone(),
-        state.realtime.clone(),
-        state.messaging.clone(),
-        state.settings.ws.clone(),
-    )
+    (state.transports.ws)(&req, body, Handshake::new(&session, since))
 }

@@ -59,13 +59,18 @@ impl SessionToken {
     }
 }
 
-/// Why the registry dropped a connection before its session ended it.
+/// Why the server ends a live connection, on every transport. The registry drops a
+/// connection for the first two; its session ends it for the other two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// Its queue was full: the client fell too far behind.
     TooSlow,
     /// The token it was opened with was revoked (a logout).
     Revoked,
+    /// The token it was opened with expired (see [`SessionToken::deadline`]).
+    Expired,
+    /// The server is shutting down.
+    ShuttingDown,
 }
 
 impl Ended {
@@ -74,6 +79,8 @@ impl Ended {
         match self {
             Ended::TooSlow => "too slow: events were not read in time",
             Ended::Revoked => "session ended: the token was revoked (logged out)",
+            Ended::Expired => "session ended: the token expired",
+            Ended::ShuttingDown => "server shutting down",
         }
     }
 }
@@ -121,9 +128,14 @@ impl ConnectionGuard {
         &self.user
     }
 
-    /// Why the queue closed: the registry ended the connection (`Some`), or the server is
-    /// shutting down (`None`).
-    pub fn end(&self) -> Option<Ended> {
+    /// Why the queue closed: the registry ended the connection ([`Ended::TooSlow`] or
+    /// [`Ended::Revoked`]), or the server is shutting down.
+    pub fn end(&self) -> Ended {
+        self.dropped().unwrap_or(Ended::ShuttingDown)
+    }
+
+    /// Why the registry dropped this connection, if it did.
+    fn dropped(&self) -> Option<Ended> {
         self.registry.ended_read().get(&self.id).copied()
     }
 
@@ -135,7 +147,7 @@ impl ConnectionGuard {
             tokio::pin!(notified);
             // Registered before the check, so an ending in between is not missed.
             notified.as_mut().enable();
-            if let Some(ended) = self.end() {
+            if let Some(ended) = self.dropped() {
                 return ended;
             }
             notified.await;
@@ -426,7 +438,7 @@ mod tests {
             // The live connection keeps reading.
             assert!(fast.try_recv().is_ok());
         }
-        assert_eq!(slow_guard.end(), Some(Ended::TooSlow));
+        assert_eq!(slow_guard.end(), Ended::TooSlow);
         assert_eq!(registry.connection_count(), 1);
         // The stalled one gets what was queued, then sees its queue closed.
         assert!(slow.recv().await.is_some());
@@ -463,7 +475,7 @@ mod tests {
         };
         registry.end_revoked(&["phone".into(), "unknown".into()]);
 
-        assert_eq!(revoked_guard.end(), Some(Ended::Revoked));
+        assert_eq!(revoked_guard.end(), Ended::Revoked);
         assert!(revoked.recv().await.is_none(), "its queue is closed");
         let woken = tokio::time::timeout(std::time::Duration::from_secs(1), waiting).await;
         assert_eq!(woken.expect("a session blocked on its client is woken").unwrap(), Ended::Revoked);
@@ -505,7 +517,7 @@ mod tests {
         let (guard, mut rx) = registry.register(&UserId::generate(), &token()).unwrap();
         registry.shut_down();
         assert!(rx.recv().await.is_none());
-        assert_eq!(guard.end(), None);
+        assert_eq!(guard.end(), Ended::ShuttingDown);
         assert_eq!(registry.register(&UserId::generate(), &token()).err(), Some(Refusal::ShuttingDown));
     }
 

@@ -9,8 +9,8 @@
 //!    the frames it returns, in order (none for a repeat; the stored run of messages when
 //!    live events were overtaken or lost).
 //!
-//! On a [`Stop`] the session closes the connection with a reason: the client reconnects with
-//! `since` set to the last cursor it processed and loses nothing.
+//! On a [`FollowError`] the session closes the connection with a reason ([`stop_reason`]):
+//! the client reconnects with `since` set to the last cursor it processed and loses nothing.
 //!
 //! The queue must be read during the replay too (events other than `newMessage` go out at
 //! once), or a long replay would fill it and get the connection evicted. A `newMessage`
@@ -21,44 +21,30 @@
 
 use std::sync::Arc;
 
-use application::ports::{Event, RepoError, StreamItem};
-use application::{Admission, FollowError, MessagingService, StreamFollower};
+use application::ports::{Event, MessageRepository, StreamItem};
+use application::{Admission, FollowError, StreamFollower};
 use domain::{Cursor, UserId};
 
 use crate::registry::Outbound;
 
-/// Why a connection cannot go on following its stream without a gap.
-#[derive(Debug, thiserror::Error)]
-pub enum Stop {
-    /// The store failed while reading the stream.
-    #[error("the message stream could not be read")]
-    Storage(#[source] RepoError),
-    /// The client resumed after a position its stream never reached.
-    #[error("since {since} is beyond the end of the stream ({head})")]
-    Ahead { since: Cursor, head: Cursor },
-    /// An event announced a position the store does not hold (yet).
-    #[error("stream position {announced} was announced but is not readable")]
-    Resync { announced: Cursor },
-}
-
-impl Stop {
-    /// What the client is told when its connection is closed for this reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Stop::Storage(_) => "server error: reconnect with since",
-            Stop::Resync { .. } => "resync: reconnect with since",
-            Stop::Ahead { .. } => "since is beyond the end of your message stream: start over from 0",
-        }
+/// What a connection is told when it cannot go on following its stream without a gap,
+/// and is closed: resume with `since`, or start over.
+pub fn stop_reason(error: &FollowError) -> &'static str {
+    match error {
+        FollowError::Storage(_) => "server error: reconnect with since",
+        FollowError::Unreadable { .. } => "resync: reconnect with since",
+        FollowError::Ahead { .. } => "since is beyond the end of your message stream: start over from 0",
     }
 }
 
-impl From<FollowError> for Stop {
-    fn from(error: FollowError) -> Self {
-        match error {
-            FollowError::Storage(error) => Stop::Storage(error),
-            FollowError::Unreadable { announced } => Stop::Resync { announced },
-            FollowError::Ahead { since, head } => Stop::Ahead { since, head },
+/// Logs why a connection stops following its stream, once for every transport.
+pub fn log_stop(error: &FollowError) {
+    match error {
+        FollowError::Storage(error) => tracing::warn!(error = %error, "a connection's stream could not be read"),
+        FollowError::Unreadable { announced } => {
+            tracing::info!(%announced, "closing a connection that cannot follow its stream")
         }
+        FollowError::Ahead { .. } => tracing::info!(error = %error, "refusing a resume beyond the stream"),
     }
 }
 
@@ -74,11 +60,11 @@ impl Follow {
     /// Starts after `since`, or at the current end of `user`'s stream without it. Call it
     /// before the connection is registered for live events.
     pub async fn start(
-        messaging: Arc<MessagingService>,
+        messages: Arc<dyn MessageRepository>,
         user: UserId,
         since: Option<Cursor>,
-    ) -> Result<Self, Stop> {
-        let follower = StreamFollower::start(messaging, user, since).await?;
+    ) -> Result<Self, FollowError> {
+        let follower = StreamFollower::start(messages, user, since).await?;
         Ok(Self { follower, replaying: true, held: None })
     }
 
@@ -90,11 +76,11 @@ impl Follow {
     /// The next page of stored messages the connection has not had, as `newMessage` frames.
     /// Once the store has no more, the replay is over: what is returned then is at most the
     /// outcome of the event held back meanwhile (see the module's documentation).
-    pub async fn replay(&mut self) -> Result<Vec<Outbound>, Stop> {
+    pub async fn replay(&mut self) -> Result<Vec<Outbound>, FollowError> {
         if !self.replaying {
             return Ok(Vec::new());
         }
-        let page = self.follower.catch_up().await.map_err(Stop::Storage)?;
+        let page = self.follower.catch_up().await?;
         if !page.is_empty() {
             return Ok(frames(page));
         }
@@ -108,7 +94,7 @@ impl Follow {
     /// The frames to send for one event from the registry queue, in order: the event
     /// itself, nothing (a repeat, or a message the replay will reach), or the stored run of
     /// messages that ends with it.
-    pub async fn admit(&mut self, outbound: Outbound) -> Result<Vec<Outbound>, Stop> {
+    pub async fn admit(&mut self, outbound: Outbound) -> Result<Vec<Outbound>, FollowError> {
         let Some(cursor) = outbound.cursor else {
             return Ok(vec![outbound]);
         };
@@ -121,7 +107,7 @@ impl Follow {
         self.live(cursor, outbound).await
     }
 
-    async fn live(&mut self, cursor: Cursor, outbound: Outbound) -> Result<Vec<Outbound>, Stop> {
+    async fn live(&mut self, cursor: Cursor, outbound: Outbound) -> Result<Vec<Outbound>, FollowError> {
         Ok(match self.follower.admit(cursor).await? {
             Admission::Deliver => vec![outbound],
             Admission::Repeat => Vec::new(),
@@ -141,9 +127,7 @@ fn frames(items: Vec<StreamItem>) -> Vec<Outbound> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use application::ports::{
-        MockClock, MockConversationRepository, MockMessageRepository, MockNotifier, MockUserRepository,
-    };
+    use application::ports::{MockMessageRepository, RepoError};
     use domain::{ConversationId, Message, MessageBody, MessageId};
     use std::sync::Mutex;
 
@@ -164,7 +148,7 @@ mod tests {
     }
 
     /// A stream whose stored length is whatever `stored` holds at each read.
-    fn messaging(head: u64, stored: Arc<Mutex<u64>>) -> Arc<MessagingService> {
+    fn stream(head: u64, stored: Arc<Mutex<u64>>) -> Arc<dyn MessageRepository> {
         let mut messages = MockMessageRepository::new();
         messages.expect_stream_head().returning(move |_| Ok(cursor(head)));
         messages.expect_stream().returning(move |user, after, limit| {
@@ -174,13 +158,7 @@ mod tests {
                 .map(|n| StreamItem { cursor: cursor(n), message: message(user, n) })
                 .collect())
         });
-        Arc::new(MessagingService::new(
-            Arc::new(MockUserRepository::new()),
-            Arc::new(MockConversationRepository::new()),
-            Arc::new(messages),
-            Arc::new(MockNotifier::new()),
-            Arc::new(MockClock::new()),
-        ))
+        Arc::new(messages)
     }
 
     fn live(user: &UserId, n: u64) -> Outbound {
@@ -203,7 +181,7 @@ mod tests {
     async fn the_replay_sends_what_follows_since_then_live_events_go_through() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(5));
-        let mut follow = Follow::start(messaging(5, stored.clone()), user.clone(), Some(cursor(2)))
+        let mut follow = Follow::start(stream(5, stored.clone()), user.clone(), Some(cursor(2)))
             .await
             .unwrap();
         let replayed = replay_all(&mut follow).await;
@@ -222,7 +200,7 @@ mod tests {
         let user = UserId::generate();
         // Stored between `start` (head 9) and the registration.
         let stored = Arc::new(Mutex::new(10));
-        let mut follow = Follow::start(messaging(9, stored), user.clone(), None).await.unwrap();
+        let mut follow = Follow::start(stream(9, stored), user.clone(), None).await.unwrap();
         assert_eq!(cursors(&replay_all(&mut follow).await), [10]);
     }
 
@@ -230,7 +208,7 @@ mod tests {
     async fn a_live_event_ahead_of_the_last_one_sent_brings_the_missed_ones_first() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(3));
-        let mut follow = Follow::start(messaging(3, stored.clone()), user.clone(), None).await.unwrap();
+        let mut follow = Follow::start(stream(3, stored.clone()), user.clone(), None).await.unwrap();
         assert!(replay_all(&mut follow).await.is_empty());
         *stored.lock().unwrap() = 6;
         assert_eq!(cursors(&follow.admit(live(&user, 6)).await.unwrap()), [4, 5, 6]);
@@ -240,7 +218,7 @@ mod tests {
     async fn new_messages_taken_during_the_replay_are_not_sent_twice() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(2));
-        let mut follow = Follow::start(messaging(0, stored.clone()), user.clone(), Some(cursor(0)))
+        let mut follow = Follow::start(stream(0, stored.clone()), user.clone(), Some(cursor(0)))
             .await
             .unwrap();
         // Announced while the replay is going on.
@@ -256,11 +234,11 @@ mod tests {
     async fn an_announced_message_the_store_does_not_hold_stops_the_connection() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(1));
-        let mut follow = Follow::start(messaging(1, stored), user.clone(), None).await.unwrap();
+        let mut follow = Follow::start(stream(1, stored), user.clone(), None).await.unwrap();
         replay_all(&mut follow).await;
         let stop = follow.admit(live(&user, 4)).await.unwrap_err();
-        assert!(matches!(stop, Stop::Resync { announced } if announced == cursor(4)));
-        assert_eq!(stop.reason(), "resync: reconnect with since");
+        assert!(matches!(stop, FollowError::Unreadable { announced } if announced == cursor(4)));
+        assert_eq!(stop_reason(&stop), "resync: reconnect with since");
     }
 
     #[tokio::test]
@@ -268,12 +246,12 @@ mod tests {
         let user = UserId::generate();
         // The store answers short: position 5 was announced, only 2 are readable.
         let stored = Arc::new(Mutex::new(2));
-        let mut follow = Follow::start(messaging(0, stored), user.clone(), Some(cursor(0)))
+        let mut follow = Follow::start(stream(0, stored), user.clone(), Some(cursor(0)))
             .await
             .unwrap();
         assert!(follow.admit(live(&user, 5)).await.unwrap().is_empty());
         assert_eq!(cursors(&follow.replay().await.unwrap()), [1, 2]);
-        assert!(matches!(follow.replay().await, Err(Stop::Resync { .. })));
+        assert!(matches!(follow.replay().await, Err(FollowError::Unreadable { .. })));
     }
 
     #[tokio::test]
@@ -282,15 +260,8 @@ mod tests {
         messages
             .expect_stream_head()
             .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
-        let messaging = Arc::new(MessagingService::new(
-            Arc::new(MockUserRepository::new()),
-            Arc::new(MockConversationRepository::new()),
-            Arc::new(messages),
-            Arc::new(MockNotifier::new()),
-            Arc::new(MockClock::new()),
-        ));
-        let stop = Follow::start(messaging, UserId::generate(), None).await.err().unwrap();
-        assert!(matches!(stop, Stop::Storage(_)));
-        assert_eq!(stop.reason(), "server error: reconnect with since");
+        let stop = Follow::start(Arc::new(messages), UserId::generate(), None).await.err().unwrap();
+        assert!(matches!(stop, FollowError::Storage(_)));
+        assert_eq!(stop_reason(&stop), "server error: reconnect with since");
     }
 }
