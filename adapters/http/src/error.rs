@@ -224,3 +224,63 @@ impl From<MessagingError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use application::accounts::user_search;
+    use domain::{Cursor, MessageBody};
+
+    /// The status and the JSON body a client gets for `error`.
+    async fn answer(error: impl Into<ApiError>) -> (StatusCode, serde_json::Value) {
+        let response = error.into().error_response();
+        let status = response.status();
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    async fn invalid(error: impl Into<ApiError>) -> (String, String) {
+        let (status, body) = answer(error).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("VALIDATION")));
+        (body["field"].as_str().unwrap().to_owned(), body["errMessage"].as_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_parse_error_names_its_field_and_the_rule() {
+        let (field, message) = invalid(MessageBody::parse(" ").unwrap_err()).await;
+        assert_eq!((field.as_str(), message.as_str()), ("message", "message must not be empty"));
+    }
+
+    #[tokio::test]
+    async fn stream_cursors_are_since_and_page_cursors_are_cursor() {
+        assert_eq!(invalid(Cursor::parse("01").unwrap_err()).await.0, "since");
+        let (field, message) = invalid(InvalidCursor).await;
+        assert_eq!((field.as_str(), message.as_str()), ("cursor", "cursor is not a valid cursor"));
+    }
+
+    #[tokio::test]
+    async fn a_search_error_is_about_search() {
+        let (field, message) = invalid(user_search::parse("a\0").unwrap_err()).await;
+        assert_eq!((field.as_str(), message.as_str()), ("search", "search must not contain NUL characters"));
+    }
+
+    #[tokio::test]
+    async fn a_sync_beyond_the_stream_is_about_since() {
+        let (field, message) = invalid(MessagingError::BeyondStream).await;
+        assert_eq!(field, "since");
+        assert_eq!(message, "since is beyond the end of your message stream; sync from the start");
+    }
+
+    #[tokio::test]
+    async fn the_shared_failures_answer_alike_from_every_use_case() {
+        let down = || ApplicationError::Unavailable(anyhow::anyhow!("store down"));
+        for (status, body) in [answer(AccountError::Failed(down())).await, answer(MessagingError::Failed(down())).await] {
+            assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE")));
+        }
+        let bug = || ApplicationError::Unexpected(anyhow::anyhow!("secret detail"));
+        for (status, body) in [answer(AccountError::Failed(bug())).await, answer(MessagingError::Failed(bug())).await] {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(body["errMessage"], "internal server error");
+        }
+    }
+}

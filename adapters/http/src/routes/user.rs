@@ -198,3 +198,67 @@ pub async fn other_users(
     let users: Vec<UserDto> = page.users.iter().map(UserDto::from).collect();
     Ok(response.json(Envelope::data(users)))
 }
+
+#[cfg(test)]
+mod tests {
+    use domain::Gender;
+
+    use super::*;
+
+    fn form() -> RegisterRequest {
+        RegisterRequest {
+            full_name: Some("  Alice Liddell ".into()),
+            username: Some("Alice".into()),
+            password: Some("correct horse".into()),
+            confirm_password: Some("correct horse".into()),
+            gender: Some("female".into()),
+            avatar: Some(" https://example.com/me.png ".into()),
+        }
+    }
+
+    /// The refusal as `CODE message`; the message starts with the field.
+    fn refusal(form: RegisterRequest) -> String {
+        NewAccount::try_from(form).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_valid_form_becomes_a_new_account_of_parsed_values() {
+        let account = NewAccount::try_from(form()).unwrap();
+        assert_eq!(account.full_name.as_str(), "Alice Liddell");
+        assert_eq!(account.username.as_str(), "Alice");
+        assert_eq!(account.password.expose(), "correct horse");
+        assert_eq!(account.gender, Some(Gender::Female));
+        assert_eq!(account.avatar.map(|a| a.as_str().to_owned()).as_deref(), Some("https://example.com/me.png"));
+    }
+
+    #[test]
+    fn an_empty_gender_and_a_blank_avatar_are_left_to_the_defaults() {
+        let account =
+            NewAccount::try_from(RegisterRequest { gender: Some(String::new()), avatar: Some("  ".into()), ..form() })
+                .unwrap();
+        assert_eq!((account.gender, account.avatar.is_none()), (None, true));
+    }
+
+    #[test]
+    fn each_invalid_value_is_refused_naming_its_field() {
+        let cases = [
+            (RegisterRequest { full_name: Some(" ".into()), ..form() }, "fullName"),
+            (RegisterRequest { username: Some("a b".into()), ..form() }, "username"),
+            (RegisterRequest { password: Some("short".into()), confirm_password: None, ..form() }, "password"),
+            (RegisterRequest { gender: Some("robot".into()), ..form() }, "gender"),
+            (RegisterRequest { avatar: Some("ftp://x".into()), ..form() }, "avatar"),
+            (RegisterRequest { confirm_password: Some("other".into()), ..form() }, "confirmPassword"),
+        ];
+        for (form, field) in cases {
+            assert!(refusal(form).starts_with(&format!("VALIDATION {field} ")), "{field}");
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_reported_before_any_rule() {
+        let no_password = RegisterRequest { full_name: Some(" ".into()), password: None, ..form() };
+        assert_eq!(refusal(no_password), "VALIDATION password is required");
+        let mismatch = RegisterRequest { username: Some("a b".into()), confirm_password: Some("x".into()), ..form() };
+        assert_eq!(refusal(mismatch), "VALIDATION confirmPassword does not match password");
+    }
+}
