@@ -2,48 +2,38 @@
 //! (a client may send dozens a second), and the store should not be asked each time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use domain::ParticipantPair;
 
 use crate::ports::{ConversationRepository, RepoResult};
 
-/// Looks pairs up through the repository. A pair found sharing a conversation is
-/// remembered for good (conversations are never deleted); a pair found without one only
-/// for [`Partners::UNKNOWN_FOR`], so that a first message lets typing through soon after,
-/// while a client aiming notices at strangers costs one lookup per pair in that time.
+/// Looks pairs up through the repository and remembers those that share a conversation
+/// (conversations are never deleted). A pair without one is asked again at its next notice:
+/// its first message may come at any moment, on this instance or another, and typing must
+/// work right after it. That costs a stranger's notices one indexed lookup each, which the
+/// per-socket frame budget bounds (a notice aimed at random ids would cost as much anyway).
 pub(crate) struct Partners {
     conversations: Arc<dyn ConversationRepository>,
-    known: moka::sync::Cache<ParticipantPair, bool>,
-}
-
-/// Positive answers never expire, negative ones after [`Partners::UNKNOWN_FOR`].
-struct AnswerExpiry;
-
-impl moka::Expiry<ParticipantPair, bool> for AnswerExpiry {
-    fn expire_after_create(&self, _: &ParticipantPair, share: &bool, _: Instant) -> Option<Duration> {
-        (!share).then_some(Partners::UNKNOWN_FOR)
-    }
+    known: moka::sync::Cache<ParticipantPair, ()>,
 }
 
 impl Partners {
     /// How many pairs are remembered at most; the least used are forgotten first.
     const CAPACITY: u64 = 100_000;
-    /// How long a pair without a conversation is taken to still have none.
-    const UNKNOWN_FOR: Duration = Duration::from_secs(3);
 
     pub(crate) fn new(conversations: Arc<dyn ConversationRepository>) -> Self {
-        let known = moka::sync::Cache::builder().max_capacity(Self::CAPACITY).expire_after(AnswerExpiry).build();
-        Self { conversations, known }
+        Self { conversations, known: moka::sync::Cache::new(Self::CAPACITY) }
     }
 
     /// Whether the pair has a conversation, that is at least one message between them.
     pub(crate) async fn share_conversation(&self, pair: &ParticipantPair) -> RepoResult<bool> {
-        if let Some(share) = self.known.get(pair) {
-            return Ok(share);
+        if self.known.contains_key(pair) {
+            return Ok(true);
         }
         let share = self.conversations.find_by_participants(pair).await?.is_some();
-        self.known.insert(pair.clone(), share);
+        if share {
+            self.known.insert(pair.clone(), ());
+        }
         Ok(share)
     }
 }
@@ -73,14 +63,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn strangers_are_remembered_too_so_repeated_notices_cost_one_lookup() {
+    async fn strangers_are_asked_again_so_a_first_message_lets_typing_through_at_once() {
         let mut conversations = MockConversationRepository::new();
-        conversations.expect_find_by_participants().times(1).returning(|_| Ok(None));
+        let mut calls = 0;
+        conversations.expect_find_by_participants().times(3).returning(move |pair| {
+            calls += 1;
+            // The first message between them arrives before the third notice.
+            Ok((calls == 3).then(|| Conversation::start(pair.clone(), chrono::Utc::now())))
+        });
         let partners = Partners::new(Arc::new(conversations));
         let pair = pair();
-        for _ in 0..50 {
-            assert!(!partners.share_conversation(&pair).await.unwrap());
-        }
+        assert!(!partners.share_conversation(&pair).await.unwrap());
+        assert!(!partners.share_conversation(&pair).await.unwrap());
+        assert!(partners.share_conversation(&pair).await.unwrap());
+        assert!(partners.share_conversation(&pair).await.unwrap(), "remembered from now on");
     }
 
     #[tokio::test]
