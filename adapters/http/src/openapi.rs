@@ -762,9 +762,9 @@ mod tests {
                 )
                     .prop_map(|(p, c)| format!("{p}{}", c.into_iter().collect::<String>())),
                 (1..max + 3, piece.clone())
-                    .prop_map(|(n, c)| std::iter::repeat('x').take(n).chain([c]).collect()),
+                    .prop_map(|(n, c)| std::iter::repeat_n('x', n).chain([c]).collect()),
                 (1..max + 3, piece).prop_map(|(n, c)| std::iter::once(c)
-                    .chain(std::iter::repeat('x').take(n))
+                    .chain(std::iter::repeat_n('x', n))
                     .collect()),
             ]
         }
