@@ -212,3 +212,17 @@ pub async fn conversations(
     let list: Vec<ConversationSummaryDto> = page.conversations.iter().map(ConversationSummaryDto::from).collect();
     Ok(response.json(Envelope::data(list)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_id_that_is_no_user_id_is_an_unknown_user() {
+        let id = UserId::generate();
+        assert_eq!(path_user(id.as_str()).unwrap(), id);
+        for raw in ["{\"$gt\":\"\"}", "", &id.as_str().to_uppercase()] {
+            assert_eq!(path_user(raw).unwrap_err().to_string(), "NOT_FOUND user not found", "{raw}");
+        }
+    }
+}
