@@ -1,0 +1,175 @@
+//! Presence across instances: this instance's connection counts ([`PresenceBook`]) mirrored
+//! into a hash of its own that expires unless refreshed, and the sweep that notices when
+//! another instance's hash is gone.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use application::ports::{Event, Presence, RepoError, RepoResult};
+use async_trait::async_trait;
+use domain::UserId;
+
+use crate::connection::timed;
+use crate::presence::{self, Changes, PresenceBook};
+use crate::{RedisFanout, Shared};
+
+/// Removes an instance from the set of instances unless its presence hash still exists, in
+/// one step, so that an instance writing its hash at the same moment is never forgotten.
+const FORGET_IF_GONE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.call('SREM', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+pub(crate) struct PresenceSync {
+    book: Mutex<PresenceBook>,
+    /// Presence writes go out one at a time, each with the counts current when it starts,
+    /// so the last write always leaves Redis matching memory.
+    writing: tokio::sync::Mutex<()>,
+    /// How long this instance's hash lives unless refreshed.
+    pub(crate) ttl: Duration,
+    forget_if_gone: redis::Script,
+}
+
+impl PresenceSync {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            book: Mutex::new(PresenceBook::new()),
+            writing: tokio::sync::Mutex::new(()),
+            ttl,
+            forget_if_gone: redis::Script::new(FORGET_IF_GONE),
+        }
+    }
+
+    pub(crate) fn book(&self) -> MutexGuard<'_, PresenceBook> {
+        // Every mutation of the book is a single call: a panic elsewhere leaves it whole.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Shared {
+    /// Writes what changed in the local counts (everything after [`PresenceBook::rewrite_all`]).
+    /// A failed write is retried whole by the next heartbeat.
+    pub(crate) async fn write_presence(&self) {
+        if !self.bus.up() {
+            self.presence.book().rewrite_all();
+            return;
+        }
+        let _one_at_a_time = self.presence.writing.lock().await;
+        let changes = self.presence.book().take_changes();
+        if let Err(error) = self.write_changes(changes).await {
+            tracing::warn!(error = format!("{error:#}"), "presence not written; retrying shortly");
+            self.presence.book().rewrite_all();
+        }
+    }
+
+    async fn write_changes(&self, changes: Changes) -> anyhow::Result<()> {
+        let key = self.keys.presence(&self.instance);
+        let ttl_ms = u64::try_from(self.presence.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match changes {
+            Changes::None => return Ok(()),
+            Changes::Some(counts) => {
+                for (user, count) in &counts {
+                    if *count > 0 {
+                        pipe.cmd("HSET").arg(&key).arg(user.as_str()).arg(*count).ignore();
+                    } else {
+                        pipe.cmd("HDEL").arg(&key).arg(user.as_str()).ignore();
+                    }
+                }
+            }
+            Changes::All(counts) => {
+                pipe.cmd("DEL").arg(&key).ignore();
+                if !counts.is_empty() {
+                    let hset = pipe.cmd("HSET").arg(&key);
+                    for (user, count) in &counts {
+                        hset.arg(user.as_str()).arg(*count);
+                    }
+                    hset.ignore();
+                }
+            }
+        }
+        // An empty hash no longer exists in Redis: there is nothing to keep alive.
+        let any_local = self.presence.book().local_users().next().is_some();
+        if any_local {
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+            pipe.cmd("SADD").arg(&self.keys.instances).arg(&self.instance).ignore();
+        }
+        let mut connection = self.redis.get()?;
+        let () = timed(pipe.query_async(&mut connection)).await.context("writing presence")?;
+        Ok(())
+    }
+
+    /// The online users of the cluster, and the instances whose hash is gone.
+    async fn cluster_view(&self) -> anyhow::Result<(Vec<UserId>, Vec<String>)> {
+        let mut connection = self.redis.get()?;
+        let instances: Vec<String> =
+            timed(redis::cmd("SMEMBERS").arg(&self.keys.instances).query_async(&mut connection))
+                .await
+                .context("listing instances")?;
+        let others: Vec<String> = instances.into_iter().filter(|id| *id != self.instance).collect();
+        let mut pipe = redis::pipe();
+        for id in &others {
+            pipe.cmd("HKEYS").arg(self.keys.presence(id));
+        }
+        let users: Vec<Vec<String>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            timed(pipe.query_async(&mut connection)).await.context("reading presence")?
+        };
+        let gone = others
+            .iter()
+            .zip(&users)
+            .filter(|(_, users)| users.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let book = self.presence.book();
+        let online = presence::cluster_view(book.local_users(), users.into_iter().flatten());
+        Ok((online, gone))
+    }
+
+    /// Compares the cluster's online list with the one last shown here and shows the new
+    /// one if they differ: this is how a crashed instance's users go offline.
+    pub(crate) async fn sweep(&self) -> anyhow::Result<()> {
+        let generation = self.presence.book().generation();
+        let (online, gone) = self.cluster_view().await?;
+        let mut connection = self.redis.get()?;
+        for id in gone {
+            let mut invocation = self.presence.forget_if_gone.key(&self.keys.instances);
+            invocation.key(self.keys.presence(&id)).arg(&id);
+            if let Ok(1) = timed(invocation.invoke_async::<i64>(&mut connection)).await {
+                tracing::info!(instance = %id, "an instance stopped refreshing its presence");
+            }
+        }
+        let mut book = self.presence.book();
+        if book.announce_if_unchanged(generation, &online) {
+            self.registry.deliver(None, &Event::OnlineUsers(online));
+        }
+        Ok(())
+    }
+}
+
+/// Counts change in memory at once; Redis follows before the call returns when it can (so
+/// that other instances' sweeps agree with the list announced next), or with the next
+/// heartbeat once it is back.
+#[async_trait]
+impl Presence for RedisFanout {
+    async fn connected(&self, user: &UserId) -> RepoResult<bool> {
+        let first = self.shared.presence.book().connected(user);
+        self.shared.write_presence().await;
+        Ok(first)
+    }
+
+    async fn disconnected(&self, user: &UserId) -> RepoResult<bool> {
+        let last = self.shared.presence.book().disconnected(user);
+        self.shared.write_presence().await;
+        Ok(last)
+    }
+
+    async fn online(&self) -> RepoResult<Vec<UserId>> {
+        self.shared.cluster_view().await.map(|(online, _)| online).map_err(RepoError::Unavailable)
+    }
+}
