@@ -88,6 +88,13 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
             .await?;
             Ok(Storage::from_store(Arc::new(store)))
         }
+        StorageSettings::Memory {} => {
+            tracing::warn!(
+                "storage.backend is \"memory\": nothing is kept when the server stops, and other \
+                 instances do not see this one's data (for demos and tests)"
+            );
+            Ok(Storage::from_store(Arc::new(chat_memory::MemoryStore::new())))
+        }
     }
 }
 
@@ -124,7 +131,10 @@ impl Application {
 /// Builds every adapter the settings name and binds the listener.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let storage = open_storage(&settings.storage).await?;
-    let storage = bounded::bounded(storage, settings.storage.deadline());
+    let storage = match settings.storage.deadline() {
+        Some(deadline) => bounded::bounded(storage, deadline),
+        None => storage,
+    };
     build_with_storage(settings, storage).await
 }
 

@@ -98,17 +98,22 @@ pub enum StorageSettings {
         url: SecretString,
         acquire_timeout_ms: u64,
     },
+    /// The in-memory reference store, for demos and fast tests: not durable (everything is
+    /// lost when the server stops) and for a single instance only.
+    Memory {},
 }
 
 impl StorageSettings {
-    /// How long one storage call may take before the request is answered 503.
-    pub fn deadline(&self) -> Duration {
+    /// How long one storage call may take before the request is answered 503; `None` for
+    /// the memory store, whose calls wait on nothing outside the process.
+    pub fn deadline(&self) -> Option<Duration> {
         let ms = match self {
             StorageSettings::Sqlite { acquire_timeout_ms, .. }
             | StorageSettings::Postgres { acquire_timeout_ms, .. }
             | StorageSettings::Mongodb { acquire_timeout_ms, .. } => *acquire_timeout_ms,
+            StorageSettings::Memory {} => return None,
         };
-        Duration::from_millis(ms)
+        Some(Duration::from_millis(ms))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -116,6 +121,7 @@ impl StorageSettings {
             StorageSettings::Sqlite { .. } => "sqlite",
             StorageSettings::Postgres { .. } => "postgres",
             StorageSettings::Mongodb { .. } => "mongodb",
+            StorageSettings::Memory {} => "memory",
         }
     }
 }
@@ -351,6 +357,20 @@ mod tests {
         settings.limits.requests.trusted_proxies = 0;
         let error = settings.validate().unwrap_err();
         assert!(error.to_string().contains("limits.trusted_proxies"), "{error}");
+    }
+
+    #[test]
+    fn the_memory_backend_loads_without_the_other_stores_fields_or_a_deadline() {
+        let folder = std::env::temp_dir().join(format!("chat-settings-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        // The defaults' url, pool and SQLite fields are still there underneath: ignored.
+        std::fs::write(folder.join("development.toml"), "[storage]\nbackend = \"memory\"\n").unwrap();
+        let settings = Settings::load_from(&folder, Environment::Development);
+        let _ = std::fs::remove_dir_all(&folder);
+        let storage = settings.unwrap().storage;
+        assert!(matches!(storage, StorageSettings::Memory {}), "{storage:?}");
+        assert_eq!(storage.backend_name(), "memory");
+        assert_eq!(storage.deadline(), None);
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Cluster {
             StorageSettings::Postgres { url, .. } | StorageSettings::Mongodb { url, .. } => {
                 url.expose_secret().to_owned()
             }
+            StorageSettings::Memory {} => panic!("a cluster shares one store; each memory store lives in one instance"),
         };
         let prefix = format!("{}-{}", config.prefix, uuid::Uuid::new_v4().simple());
         let logs = std::env::temp_dir().join(&prefix);

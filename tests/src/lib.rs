@@ -1,7 +1,7 @@
 //! Shared fixtures of the test suites: a fresh database per test on any backend.
 //!
-//! The backend comes from `CHAT_TEST_BACKEND` (`sqlite`, the default, `postgres` or
-//! `mongodb`). A backend that can't be reached fails the test with a message saying how to
+//! The backend comes from `CHAT_TEST_BACKEND` (`sqlite`, the default, `postgres`,
+//! `mongodb`, or `memory`: the in-memory reference store of the server under test). A backend that can't be reached fails the test with a message saying how to
 //! start it: there are no silent skips.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ pub enum Backend {
     Sqlite,
     Postgres,
     Mongodb,
+    /// The in-memory reference store: nothing to create or remove, each server holds its own.
+    Memory,
 }
 
 impl Backend {
@@ -26,7 +28,8 @@ impl Backend {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
             Ok("postgres") => Backend::Postgres,
             Ok("mongodb") => Backend::Mongodb,
-            Ok(other) => panic!("CHAT_TEST_BACKEND={other:?}: use sqlite, postgres or mongodb"),
+            Ok("memory") => Backend::Memory,
+            Ok(other) => panic!("CHAT_TEST_BACKEND={other:?}: use sqlite, postgres, mongodb or memory"),
         }
     }
 
@@ -35,6 +38,7 @@ impl Backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
             Backend::Mongodb => "mongodb",
+            Backend::Memory => "memory",
         }
     }
 }
@@ -100,6 +104,7 @@ impl TestDatabase {
                 };
                 Self { backend, settings, name, sqlite_dir: None }
             }
+            Backend::Memory => Self { backend, settings: StorageSettings::Memory {}, name, sqlite_dir: None },
         }
     }
 
@@ -127,6 +132,8 @@ impl TestDatabase {
                 let _ = admin.database(&self.name).drop().await;
                 admin.shutdown().await;
             }
+            // The store goes with the server that holds it.
+            Backend::Memory => {}
         }
     }
 

@@ -1,7 +1,8 @@
 //! The storage contract: every repository behaviour is written once, over the ports, and run
 //! against every backend on a database of its own.
 //!
-//! `contract!` turns each behaviour `b` into `sqlite::b`, `postgres::b` and `mongodb::b`, so
+//! `contract!` turns each behaviour `b` into `sqlite::b`, `postgres::b`, `mongodb::b` and
+//! `memory::b` (the in-memory reference store), so
 //! `cargo test -p tests --test storage_contract mongodb::` runs one backend. The backends'
 //! servers must be running: PostgreSQL (see `tests::postgres_admin_url`) and MongoDB
 //! (`scripts/start-mongodb.sh`).
@@ -35,6 +36,9 @@ macro_rules! contract {
         }
         mod mongodb {
             contract!(@backend Mongodb; $($behaviour),*);
+        }
+        mod memory {
+            contract!(@backend Memory; $($behaviour),*);
         }
     };
     (@backend $backend:ident; $($behaviour:ident),*) => {

@@ -1226,7 +1226,7 @@ fn sized(plan: Plan, backend: Backend) -> Plan {
             pause_ms: 20,
             ..plan
         },
-        Backend::Sqlite | Backend::Postgres => plan,
+        Backend::Sqlite | Backend::Postgres | Backend::Memory => plan,
     }
 }
 

@@ -109,7 +109,7 @@ async fn outage_and_recovery(backend: Backend) {
     let target = match backend {
         Backend::Postgres => "127.0.0.1:5432",
         Backend::Mongodb => "127.0.0.1:27017",
-        Backend::Sqlite => unreachable!("SQLite has no network"),
+        Backend::Sqlite | Backend::Memory => unreachable!("SQLite and the memory store have no network"),
     };
     let proxy = Proxy::start(target).await;
     let proxied = |url: &str| {
