@@ -157,19 +157,14 @@ impl MessagingService {
         Ok(page)
     }
 
-    /// Up to `limit` messages of `me`'s stream after `after`.
-    pub async fn stream_page(&self, me: &UserId, after: Cursor, limit: u32) -> Result<SyncPage, RepoError> {
+    /// Up to `limit` messages of `me`'s stream after `after`, and whether more follow (live
+    /// connections read the stream through `StreamFollower`).
+    async fn stream_page(&self, me: &UserId, after: Cursor, limit: u32) -> Result<SyncPage, RepoError> {
         let mut items = self.messages.stream(me, after, limit.saturating_add(1)).await?;
         let has_more = items.len() > limit as usize;
         items.truncate(limit as usize);
         let next = items.last().map_or(after, |item| item.cursor);
         Ok(SyncPage { items, next, has_more })
-    }
-
-    /// The last position of `me`'s stream: where a client that wants only what comes next
-    /// starts.
-    pub async fn stream_head(&self, me: &UserId) -> Result<Cursor, RepoError> {
-        self.messages.stream_head(me).await
     }
 
     /// The newest `limit` messages before `before` with `other`, oldest first.
