@@ -383,7 +383,7 @@ mod tests {
         let (_g2, mut tab2) = registry.register(&alice, &token()).unwrap();
         let (_g3, mut other) = registry.register(&bob, &token()).unwrap();
 
-        registry.notify(&[alice.clone()], &typing(&alice)).await.unwrap();
+        registry.notify(std::slice::from_ref(&alice), &typing(&alice)).await.unwrap();
 
         assert_eq!(tab1.try_recv().unwrap().name, "typing");
         assert_eq!(tab2.try_recv().unwrap().name, "typing");
@@ -434,7 +434,7 @@ mod tests {
         let (slow_guard, mut slow) = registry.register(&user, &token()).unwrap();
         let (_fast_guard, mut fast) = registry.register(&user, &token()).unwrap();
         for _ in 0..3 {
-            registry.notify(&[user.clone()], &typing(&user)).await.unwrap();
+            registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
             // The live connection keeps reading.
             assert!(fast.try_recv().is_ok());
         }
@@ -453,7 +453,7 @@ mod tests {
         let (guard, _unread) = registry.register(&user, &token()).unwrap();
         let waiting = tokio::spawn(async move { guard.ended().await });
         for _ in 0..2 {
-            registry.notify(&[user.clone()], &typing(&user)).await.unwrap();
+            registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
         }
         tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
             .await

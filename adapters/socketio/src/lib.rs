@@ -2,14 +2,14 @@
 //! protocol v5), so that front ends using the stock `socket.io-client` work unchanged.
 //!
 //! [`packet`] holds both wire formats as pure functions; [`Engine`] keeps the sessions of
-//! this instance; each session is one task that registers its socket in the shared
-//! `ConnectionRegistry`, so the `Notifier` port and presence treat it like a native `/ws`
-//! connection. [`service`] mounts the route on an actix-web `App`.
+//! this instance; each session is one task that opens, serves and closes its socket through
+//! the realtime layer's `chat_realtime::Hub`, as `/ws` does, so the `Notifier` port,
+//! presence and the message stream treat it like a native `/ws` connection. [`service`]
+//! mounts the route on an actix-web `App`.
 //!
-//! This crate reaches the core only through `AccountService` (the handshake's token),
-//! `RealtimeService` and `MessagingService` (each socket's message stream, driven by
-//! `chat_websocket::Follow` as on `/ws`); it must not import storage or the HTTP adapter (the
-//! client address rule for the per-address limits is passed in: [`ClientAddress`]).
+//! This crate reaches the core only through `AccountService` (the handshake's token) and the
+//! `Hub`; it must not import storage, the HTTP adapter or the other transport (the client
+//! address rule for the per-address limits is passed in: [`ClientAddress`]).
 
 mod admission;
 mod engine;
