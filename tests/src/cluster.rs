@@ -14,6 +14,7 @@ use secrecy::ExposeSecret as _;
 use server::settings::StorageSettings;
 use tokio::time::Instant;
 
+use crate::api::Api;
 use crate::{free_port, server_binary, workspace_dir, Backend, TestDatabase};
 
 /// How long an instance (or a test's own `redis-server`) may take to start and report ready.
@@ -182,6 +183,11 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A client of instance `index`, with [`ClusterConfig::request_timeout`].
+    pub fn api(&self, index: usize) -> Api {
+        Api::with_client(self.instances[index].port, self.http.clone())
     }
 
     /// Whether instance `index`'s `/readyz` answers 200.

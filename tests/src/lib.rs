@@ -1,4 +1,7 @@
-//! Shared fixtures of the test suites: a fresh database per test on any backend.
+//! The test library every suite builds on: a fresh database per test on any backend
+//! ([`TestDatabase`]), the server under test ([`TestApp`] in this process, [`ServerProcess`]
+//! as a compiled binary, [`cluster::Cluster`] as several), and one client for all of them
+//! ([`Api`]: a method per route, user helpers, typed [`Reply`], [`WsClient`]).
 //!
 //! The backend comes from `CHAT_TEST_BACKEND` (`sqlite`, the default, `postgres`,
 //! `mongodb`, or `memory`: the in-memory reference store of the server under test). A backend that can't be reached fails the test with a message saying how to
@@ -11,7 +14,16 @@ use std::sync::OnceLock;
 use secrecy::SecretString;
 use server::settings::{SqliteSynchronous, StorageSettings};
 
+pub mod api;
+pub mod app;
 pub mod cluster;
+pub mod process;
+pub mod ws;
+
+pub use api::{Api, Reply, TestUser, PASSWORD};
+pub use app::TestApp;
+pub use process::ServerProcess;
+pub use ws::{WsClient, WsRefused, EVENT_TIMEOUT, QUIET_PERIOD};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -297,7 +309,7 @@ pub fn install_node_packages() {
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 /// The test profile's settings on `database`: a free port on 127.0.0.1, two workers, a fixed
-/// secret, cheap hashing, a quick stop. Suites adjust them before [`start_server`].
+/// secret, cheap hashing, a quick stop. Suites adjust them in [`TestApp::spawn_with`].
 pub fn test_settings(database: &TestDatabase) -> server::Settings {
     let mut settings = server::Settings::load_from(
         &workspace_dir().join("config"),
@@ -316,12 +328,4 @@ pub fn test_settings(database: &TestDatabase) -> server::Settings {
         server::init_logging(&settings.log);
     }
     settings
-}
-
-/// Builds the real server in this process and serves it in the background; returns its port.
-pub async fn start_server(settings: server::Settings) -> u16 {
-    let app = server::build(settings).await.expect("the server starts");
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
-    port
 }

@@ -2,35 +2,18 @@
 //! `CHAT__*` variables, start-up errors, and a graceful stop on SIGTERM.
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use tests::{free_port, server_binary, workspace_dir, TempDir};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
+use tests::process::server_command;
+use tests::{free_port, server_binary, Api, ServerProcess, TempDir, PASSWORD};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 const SECRET: &str = "binary-test-secret-0123456789-abcdefghijkl";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-
-
-/// The server with nothing but `env` (and the project's config folder) around it, in `dir`.
-fn server_command(dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(server_binary());
-    command
-        .current_dir(dir)
-        .env_clear()
-        .env("CHAT_CONFIG_DIR", workspace_dir().join("config"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
 
 struct Finished {
     status: ExitStatus,
@@ -103,19 +86,12 @@ async fn production_without_a_secret_refuses_to_start() {
     assert!(!short.stderr.contains("too-short"), "the secret is never printed: {}", short.stderr);
 }
 
-/// A running server: its process, its port and what it logged.
-struct Running {
-    child: Child,
-    port: u16,
-    _stderr: tokio::task::JoinHandle<String>,
-}
-
 /// Starts the server on `port` with its SQLite file under `data`, and waits for it to say
 /// it is listening.
-async fn start(dir: &Path, port: u16, data: &Path) -> Running {
+async fn start(dir: &Path, port: u16, data: &Path) -> ServerProcess {
     let port_text = port.to_string();
     let storage = format!("sqlite://{}", data.join("chat.db").display());
-    let mut child = server_command(
+    ServerProcess::spawn(server_command(
         dir,
         &[
             ("APP_ENV", "test"),
@@ -126,62 +102,8 @@ async fn start(dir: &Path, port: u16, data: &Path) -> Running {
             ("CHAT__LOG__FORMAT", "json"),
             ("CHAT__SERVER__SHUTDOWN_TIMEOUT", "2"),
         ],
-    )
-    .spawn()
-    .expect("the server starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (log, stderr) = wait_until_listening(stderr).await;
-    // Keep reading, so that logging never blocks on a full pipe.
-    let task = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut log = log;
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    Running { child, port, _stderr: task }
-}
-
-async fn wait_until_listening(stderr: ChildStderr) -> (String, ChildStderr) {
-    let mut reader = BufReader::new(stderr);
-    let mut log = String::new();
-    let found = tokio::time::timeout(DEADLINE, async {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return false;
-            }
-            log.push_str(&line);
-            if line.contains("listening") {
-                return true;
-            }
-        }
-    })
-    .await;
-    assert!(matches!(found, Ok(true)), "the server never said it was listening; it logged:\n{log}");
-    (log, reader.into_inner())
-}
-
-fn terminate(child: &Child) {
-    let pid = child.id().expect("the server is still running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-async fn wait_for_exit(child: &mut Child) -> ExitStatus {
-    match tokio::time::timeout(DEADLINE, child.wait()).await {
-        Ok(status) => status.expect("the exit status is readable"),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!("the server did not stop after SIGTERM");
-        }
-    }
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -193,32 +115,24 @@ async fn port_and_storage_come_from_the_environment() {
     let mut server = start(dir.path(), port, &data).await;
 
     assert_eq!(server.port, port);
-    let client = reqwest::Client::new();
-    let health = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let body: Value = health.json().await.unwrap();
-    assert_eq!(body["success"], true);
-    let ready = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    let api = server.api();
+    let health = api.get("/healthz", None).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["success"], true);
+    assert_eq!(api.get("/readyz", None).await.status, 200);
     assert!(data.join("chat.db").is_file(), "the SQLite file is created under {}", data.display());
     assert!(!dir.path().join("data").exists(), "nothing is written to the default place");
 
-    terminate(&server.child);
-    assert!(wait_for_exit(&mut server.child).await.success());
+    server.terminate();
+    assert!(server.wait_for_exit().await.success());
 }
 
-/// Registers a user on the server at `port`; returns the token.
-async fn register_ada(client: &reqwest::Client, port: u16) -> String {
-    let registered: Value = client
-        .post(format!("http://127.0.0.1:{port}/api/v1/user/register"))
-        .json(&json!({ "fullName": "Ada", "username": "ada", "password": "correct horse battery" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    registered["responseData"]["token"].as_str().expect("a token").to_owned()
+/// Registers Ada; returns her token.
+async fn register_ada(api: &Api) -> String {
+    let registered = api
+        .register(&json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD }))
+        .await;
+    registered.body["responseData"]["token"].as_str().expect("a token").to_owned()
 }
 
 #[tokio::test]
@@ -226,12 +140,9 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     let dir = TempDir::new("binary");
     let port = free_port();
     let mut server = start(dir.path(), port, dir.path()).await;
-    let client = reqwest::Client::new();
-    let token = register_ada(&client, port).await;
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token={token}"))
-            .await
-            .expect("the handshake succeeds");
+    let api = server.api();
+    let token = register_ada(&api).await;
+    let mut socket = api.connect_ws_with_query(&token).await.stream;
     // Registered for events once the presence list has come in.
     let first = tokio::time::timeout(DEADLINE, socket.next()).await.expect("a first frame");
     let first: Value = match first {
@@ -240,7 +151,7 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     };
     assert_eq!(first["event"], "onlineUsers");
 
-    terminate(&server.child);
+    server.terminate();
 
     let close = tokio::time::timeout(DEADLINE, async {
         loop {
@@ -256,7 +167,7 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     let close = close.expect("a close frame, not a dropped connection");
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001), "closed as going away");
     let _ = socket.close(None).await;
-    let status = wait_for_exit(&mut server.child).await;
+    let status = server.wait_for_exit().await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
@@ -264,26 +175,19 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
 async fn a_logout_still_holds_after_a_restart() {
     let dir = TempDir::new("binary");
     let port = free_port();
-    let profile = format!("http://127.0.0.1:{port}/api/v1/user/get-profile");
-    let client = reqwest::Client::new();
     let mut server = start(dir.path(), port, dir.path()).await;
-    let token = register_ada(&client, port).await;
-    let logout = client
-        .post(format!("http://127.0.0.1:{port}/api/v1/user/logout"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logout.status(), 200);
-    terminate(&server.child);
-    assert!(wait_for_exit(&mut server.child).await.success());
+    let token = register_ada(&server.api()).await;
+    let logout = server.api().logout(&token).await;
+    assert_eq!(logout.status, 200);
+    server.terminate();
+    assert!(server.wait_for_exit().await.success());
 
     // The revocations held in memory are read back from the database at start.
     let mut server = start(dir.path(), port, dir.path()).await;
-    let refused = client.get(&profile).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(refused.status(), 401, "a token logged out before the restart is refused after it");
-    terminate(&server.child);
-    assert!(wait_for_exit(&mut server.child).await.success());
+    let refused = server.api().profile(&token).await;
+    assert_eq!(refused.status, 401, "a token logged out before the restart is refused after it");
+    server.terminate();
+    assert!(server.wait_for_exit().await.success());
 }
 
 #[test]

@@ -6,49 +6,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::header;
-use tests::{Backend, TestDatabase};
+use tests::{Backend, Reply, TestApp};
 
 /// Longer than the scenario's own limit, so that its report, not this one, says what hung.
 const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(300);
 
-struct RunningServer {
-    base_url: String,
-    database: TestDatabase,
+/// A server with the web client on or off.
+async fn start(web_client: bool) -> TestApp {
+    TestApp::spawn_with(Backend::from_env(), |settings| settings.web.enabled = web_client).await
 }
 
-impl RunningServer {
-    async fn start(web_client: bool) -> Self {
-        let database = TestDatabase::create(Backend::from_env()).await;
-        let mut settings = tests::test_settings(&database);
-        settings.web.enabled = web_client;
-        let port = tests::start_server(settings).await;
-        Self { base_url: format!("http://127.0.0.1:{port}"), database }
-    }
-
-    async fn stop(self) {
-        self.database.remove().await;
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(format!("{}{path}", self.base_url)).await.expect("the server answers")
-    }
-}
-
-fn header_of(response: &reqwest::Response, name: header::HeaderName) -> String {
-    response
-        .headers()
-        .get(&name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_owned()
+fn header_of(reply: &Reply, name: header::HeaderName) -> String {
+    reply.header(name.as_str()).unwrap_or_else(|| panic!("no {name} header")).to_owned()
 }
 
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_with_their_types_and_a_strict_policy() {
-    let app = RunningServer::start(true).await;
+    let app = start(true).await;
 
-    let page = app.get("/").await;
-    assert_eq!(page.status(), 200);
+    let page = app.get("/", None).await;
+    assert_eq!(page.status, 200);
     assert_eq!(header_of(&page, header::CONTENT_TYPE), "text/html; charset=utf-8");
     let policy = header_of(&page, header::CONTENT_SECURITY_POLICY);
     for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
@@ -57,10 +34,11 @@ async fn the_page_and_its_assets_are_served_with_their_types_and_a_strict_policy
     assert!(!policy.contains("unsafe-inline"), "{policy}");
     assert_eq!(header_of(&page, header::CACHE_CONTROL), "no-cache");
     let etag = header_of(&page, header::ETAG);
-    assert!(page.text().await.unwrap().contains("<script src=\"/assets/app.js\" defer></script>"));
+    assert!(page.text.contains("<script src=\"/assets/app.js\" defer></script>"));
 
-    let revalidated = reqwest::Client::new()
-        .get(format!("{}/", app.base_url))
+    let revalidated = app
+        .client
+        .get(app.url("/"))
         .header(header::IF_NONE_MATCH, &etag)
         .send()
         .await
@@ -72,33 +50,31 @@ async fn the_page_and_its_assets_are_served_with_their_types_and_a_strict_policy
         ("/assets/app.css", "text/css; charset=utf-8"),
         ("/assets/icon.svg", "image/svg+xml"),
     ] {
-        let asset = app.get(path).await;
-        assert_eq!(asset.status(), 200, "{path}");
+        let asset = app.get(path, None).await;
+        assert_eq!(asset.status, 200, "{path}");
         assert_eq!(header_of(&asset, header::CONTENT_TYPE), content_type, "{path}");
         assert_eq!(header_of(&asset, header::X_CONTENT_TYPE_OPTIONS), "nosniff", "{path}");
-        assert!(!asset.bytes().await.unwrap().is_empty(), "{path} is empty");
+        assert!(!asset.text.is_empty(), "{path} is empty");
     }
 
-    let missing = app.get("/assets/missing.js").await;
-    assert_eq!(missing.status(), 404);
-    let body: serde_json::Value = missing.json().await.unwrap();
-    assert_eq!(body["code"], "NOT_FOUND");
+    let missing = app.get("/assets/missing.js", None).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["code"], "NOT_FOUND");
 
     app.stop().await;
 }
 
 #[tokio::test]
 async fn with_the_web_client_off_the_root_is_a_404_envelope() {
-    let app = RunningServer::start(false).await;
+    let app = start(false).await;
 
     for path in ["/", "/assets/app.js"] {
-        let response = app.get(path).await;
-        assert_eq!(response.status(), 404, "{path}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["success"], false, "{path}");
-        assert_eq!(body["code"], "NOT_FOUND", "{path}");
+        let response = app.get(path, None).await;
+        assert_eq!(response.status, 404, "{path}");
+        assert_eq!(response.body["success"], false, "{path}");
+        assert_eq!(response.body["code"], "NOT_FOUND", "{path}");
     }
-    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/healthz", None).await.status, 200);
 
     app.stop().await;
 }
@@ -114,13 +90,13 @@ async fn two_people_chat_in_headless_chromium() {
         .expect("running scripts/install-browser-deps.sh");
     assert!(install.success(), "scripts/install-browser-deps.sh failed: {install}");
 
-    let app = RunningServer::start(true).await;
+    let app = start(true).await;
     let artifacts = root.join("tests/artifacts/browser");
     // Stale screenshots of an earlier run must not pass for this one's.
     let _ = std::fs::remove_dir_all(&artifacts);
     let run = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/chat.test.mjs"))
-        .arg(&app.base_url)
+        .arg(app.base_url())
         .arg(&artifacts)
         .current_dir(&root)
         .stdin(Stdio::null())

@@ -3,14 +3,12 @@
 //! benchmark tool honest (a tool that miscounts would make every figure wrong).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde_json::Value;
-use server::settings::Environment;
-use tests::{workspace_dir, Backend, TestDatabase};
+use tests::TestApp;
 
 /// The `loadgen` executable: `CHAT_LOADGEN_BIN`, or built once per run.
 fn loadgen_binary() -> &'static Path {
@@ -20,19 +18,8 @@ fn loadgen_binary() -> &'static Path {
 
 /// Runs `loadgen send` for a few seconds against a fresh server; returns its JSON line.
 async fn send_smoke(transport: &str) -> Value {
-    let database = TestDatabase::create(Backend::from_env()).await;
-    let mut settings = server::Settings::load_from(&workspace_dir().join("config"), Environment::Test)
-        .expect("the test configuration loads");
-    settings.storage = database.settings.clone();
-    settings.server.host = "127.0.0.1".into();
-    settings.server.port = 0;
-    settings.server.workers = 2;
-    settings.server.shutdown_timeout = 1;
-    settings.auth.jwt_secret = SecretString::from("loadgen-smoke-secret-0123456789-abcdefghij");
-    settings.auth.bcrypt_cost = 4;
-    let app = server::build(settings).await.expect("the server builds");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    let server = tokio::spawn(app.run_until_stopped());
+    let app = TestApp::spawn().await;
+    let url = app.base_url();
 
     let binary = loadgen_binary();
     // Paced well under the default per-user send limit: 4 senders at 10 sends/s each.
@@ -46,8 +33,7 @@ async fn send_smoke(transport: &str) -> Value {
         .await
         .expect("loadgen finishes within a minute")
         .expect("loadgen runs");
-    server.abort();
-    database.remove().await;
+    app.stop().await;
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "loadgen failed:\n{stdout}");

@@ -23,12 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use tests::{Backend, TempDir, TestDatabase};
+use serde_json::Value;
+use tests::{Backend, TempDir, TestApp, PASSWORD};
 
-const PASSWORD: &str = "correct horse battery";
 /// Cases per operation and phase; enough to reach every branch of the validation, small
 /// enough to stay well under a minute.
 const DEFAULT_EXAMPLES: &str = "50";
@@ -48,91 +47,6 @@ fn schemathesis() -> PathBuf {
         path.display()
     );
     path
-}
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    database: Option<TestDatabase>,
-}
-
-impl Server {
-    async fn start(adjust: impl FnOnce(&mut server::Settings)) -> Self {
-        let database = TestDatabase::create(Backend::from_env()).await;
-        let mut settings = tests::test_settings(&database);
-        adjust(&mut settings);
-        let port = tests::start_server(settings).await;
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        Self {
-            base: format!("http://127.0.0.1:{port}"),
-            client,
-            database: Some(database),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let mut request = self.client.post(self.url(path)).json(&body);
-        if let Some(token) = token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Registers `username`: its id and token.
-    async fn register(&self, username: &str) -> (String, String) {
-        let (status, body) = self
-            .post(
-                "/api/v1/user/register",
-                None,
-                json!({ "fullName": "Fuzz Target", "username": username, "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let data = &body["responseData"];
-        (
-            data["newUser"]["_id"].as_str().unwrap().to_owned(),
-            data["token"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    async fn login(&self, username: &str) -> String {
-        let (status, body) = self
-            .post(
-                "/api/v1/user/login",
-                None,
-                json!({ "username": username, "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["responseData"]["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn stop(mut self) {
-        if let Some(database) = self.database.take() {
-            database.remove().await;
-        }
-    }
-}
-
-impl Drop for Server {
-    /// A failed test still removes its database (on a runtime of its own: this one may be
-    /// unwinding).
-    fn drop(&mut self) {
-        let Some(database) = self.database.take() else {
-            return;
-        };
-        database.remove_blocking();
-    }
 }
 
 /// The Schemathesis configuration of the runs: which values to try for ids and cursors (real
@@ -193,7 +107,7 @@ enum Strings {
 
 /// Runs Schemathesis on the server's document with `token`, limited to `operations`
 /// (`--include-…`/`--exclude-…` arguments); panics with its report unless it passed.
-async fn fuzz(server: &Server, config: &Path, token: &str, strings: Strings, operations: &[&str]) {
+async fn fuzz(server: &TestApp, config: &Path, token: &str, strings: Strings, operations: &[&str]) {
     let examples = std::env::var("CHAT_FUZZ_EXAMPLES").unwrap_or_else(|_| DEFAULT_EXAMPLES.into());
     let seed = std::env::var("CHAT_FUZZ_SEED").unwrap_or_else(|_| DEFAULT_SEED.into());
     let dir = config.parent().unwrap();
@@ -254,19 +168,13 @@ async fn fuzz(server: &Server, config: &Path, token: &str, strings: Strings, ope
 async fn the_server_keeps_the_contract_of_its_openapi_document() {
     // Before anything starts: a missing fuzzer fails here, with the remedy.
     schemathesis();
-    let server = Server::start(|_| {}).await;
-    let (_, me_token) = server.register("fuzz_me").await;
-    let (peer_id, _) = server.register("fuzz_peer").await;
+    let server = TestApp::spawn().await;
+    let me = server.create_user("fuzz_me").await;
+    let peer = server.create_user("fuzz_peer").await;
     // A conversation to page through, and a real `before`.
-    let (status, sent) = server
-        .post(
-            &format!("/api/v1/message/send/{peer_id}"),
-            Some(&me_token),
-            json!({ "message": "hello" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
-    let message_id = sent["responseData"]["_id"].as_str().unwrap().to_owned();
+    let sent = server.send_ok(&me, &peer, "hello").await;
+    let (me_token, peer_id) = (me.token, peer.id);
+    let message_id = sent["_id"].as_str().unwrap().to_owned();
 
     let dir = TempDir::new("openapi");
     let config = write_config(dir.path(), &peer_id, &message_id);
@@ -283,7 +191,10 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
     )
     .await;
     // Logout on its own session: the first call revokes it, the rest are 401s.
-    let logout_token = server.login("fuzz_me").await;
+    let logout_token = server.login("fuzz_me", PASSWORD).await.data(StatusCode::OK)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     fuzz(
         &server,
         &config,
@@ -298,7 +209,7 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
 
 #[tokio::test]
 async fn the_document_and_its_page_are_served_to_anyone() {
-    let server = Server::start(|_| {}).await;
+    let server = TestApp::spawn().await;
     let response = server
         .client
         .get(server.url("/api-docs/openapi.json"))
@@ -357,7 +268,7 @@ async fn the_document_and_its_page_are_served_to_anyone() {
 
 #[tokio::test]
 async fn a_refused_method_names_the_allowed_ones() {
-    let server = Server::start(|_| {}).await;
+    let server = TestApp::spawn().await;
     for (method, path, allow) in [
         (reqwest::Method::GET, "/api/v1/user/register", "POST"),
         (reqwest::Method::DELETE, "/api/v1/user/get-profile", "GET"),
@@ -383,7 +294,7 @@ async fn a_refused_method_names_the_allowed_ones() {
 
 #[tokio::test]
 async fn metrics_are_served_by_default_and_can_be_switched_off() {
-    let on = Server::start(|_| {}).await;
+    let on = TestApp::spawn().await;
     on.client.get(on.url("/healthz")).send().await.unwrap();
     let response = on.client.get(on.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -394,7 +305,7 @@ async fn metrics_are_served_by_default_and_can_be_switched_off() {
     );
     on.stop().await;
 
-    let off = Server::start(|settings| settings.metrics.enabled = false).await;
+    let off = TestApp::spawn_with(Backend::from_env(), |settings| settings.metrics.enabled = false).await;
     let response = off.client.get(off.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: Value = response.json().await.unwrap();

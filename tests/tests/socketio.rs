@@ -5,12 +5,13 @@
 //! raw Engine.IO requests for what a well-behaved client never does (unknown sessions,
 //! malformed and binary packets, oversized bodies) and for CORS.
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header;
 use serde_json::{json, Value};
-use tests::{install_node_packages, Backend, TestDatabase};
+use tests::{install_node_packages, Api, Backend, TestApp, TestUser};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const ALLOWED_ORIGIN: &str = "http://localhost:5173";
@@ -18,80 +19,47 @@ const MAX_PAYLOAD: usize = 16 * 1024;
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct User {
-    id: String,
-    token: String,
+/// This suite's server (a 1 s ping interval, so heartbeats happen within a test; a small
+/// payload limit; one allowed origin) and three users on it.
+struct Fixture {
+    app: TestApp,
+    users: Vec<TestUser>,
 }
 
-struct TestServer {
-    base: String,
-    port: u16,
-    http: reqwest::Client,
-    users: Vec<User>,
-    database: TestDatabase,
+impl Deref for Fixture {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
-impl TestServer {
-    /// A server with a 1 s ping interval, so heartbeats happen within a test, and three users.
+impl Fixture {
     async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
-    /// [`TestServer::spawn`], with settings changed by `configure` last.
+    /// [`Fixture::spawn`], with settings changed by `configure` last.
     async fn spawn_with(configure: impl FnOnce(&mut server::Settings)) -> Self {
-        let database = TestDatabase::create(Backend::from_env()).await;
-        // Two workers (the default here): polling requests and the upgrade of one session
+        // Two workers (the test profile's): polling requests and the upgrade of one session
         // land on either.
-        let mut settings = tests::test_settings(&database);
-        settings.websocket.ping_interval = PING_INTERVAL.as_secs();
-        settings.websocket.ping_timeout = PING_TIMEOUT.as_secs();
-        settings.websocket.max_frame_bytes = MAX_PAYLOAD;
-        settings.cors.allowed_origins = vec![ALLOWED_ORIGIN.into()];
-        configure(&mut settings);
-        let port = tests::start_server(settings).await;
-
-        let http =
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
-        let mut server =
-            Self { base: format!("http://127.0.0.1:{port}"), port, http, users: vec![], database };
+        let app = TestApp::spawn_with(Backend::from_env(), |settings| {
+            settings.websocket.ping_interval = PING_INTERVAL.as_secs();
+            settings.websocket.ping_timeout = PING_TIMEOUT.as_secs();
+            settings.websocket.max_frame_bytes = MAX_PAYLOAD;
+            settings.cors.allowed_origins = vec![ALLOWED_ORIGIN.into()];
+            configure(settings);
+        })
+        .await;
+        let mut users = Vec::new();
         for name in ["alice", "bob", "carol"] {
-            let user = server.register(name).await;
-            server.users.push(user);
+            users.push(app.create_user(name).await);
         }
-        server
-    }
-
-    async fn register(&self, name: &str) -> User {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/user/register", self.base))
-            .json(&json!({ "fullName": name, "username": name, "password": "correct horse battery" }))
-            .send()
-            .await
-            .expect("register answers");
-        assert_eq!(response.status(), 201, "registering {name}");
-        let body: Value = response.json().await.expect("a JSON body");
-        User {
-            id: body["responseData"]["newUser"]["_id"].as_str().expect("an id").to_owned(),
-            token: body["responseData"]["token"].as_str().expect("a token").to_owned(),
-        }
-    }
-
-    async fn send_message(&self, from: &User, to: &User, text: &str) -> Value {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/message/send/{}", self.base, to.id))
-            .bearer_auth(&from.token)
-            .json(&json!({ "message": text }))
-            .send()
-            .await
-            .expect("send answers");
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.expect("a JSON body")["responseData"].clone()
+        Self { app, users }
     }
 
     fn engine_url(&self, query: &str) -> String {
-        format!("{}/socket.io/?EIO=4&{query}", self.base)
+        self.url(&format!("/socket.io/?EIO=4&{query}"))
     }
 
     /// Runs one scenario of `tests/js/socketio.mjs` and fails with its output unless it passed.
@@ -102,7 +70,7 @@ impl TestServer {
         let run = tokio::process::Command::new("node")
             .arg(&script)
             .args([scenario, mode])
-            .env("CHAT_BASE_URL", &self.base)
+            .env("CHAT_BASE_URL", self.base_url())
             .env("CHAT_USERS", Value::Array(users).to_string())
             .env("CHAT_ALLOWED_ORIGIN", ALLOWED_ORIGIN)
             .kill_on_drop(true)
@@ -123,7 +91,7 @@ impl TestServer {
     /// A raw polling session: handshake (with `cookie` as the `token` cookie if given), then
     /// CONNECT with `auth_token` if given. Returns the session id.
     async fn raw_session(&self, cookie: Option<&str>, auth_token: Option<&str>) -> String {
-        let mut request = self.http.get(self.engine_url("transport=polling"));
+        let mut request = self.client.get(self.engine_url("transport=polling"));
         if let Some(token) = cookie {
             request = request.header(header::COOKIE, format!("token={token}"));
         }
@@ -141,7 +109,7 @@ impl TestServer {
     }
 
     async fn post_packets(&self, sid: &str, body: &str) -> u16 {
-        self.http
+        self.client
             .post(self.engine_url(&format!("transport=polling&sid={sid}")))
             .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8")
             .body(body.to_owned())
@@ -155,26 +123,21 @@ impl TestServer {
     /// Polls until a packet satisfies `wanted`, answering pings; `None` once the session is
     /// gone (a close packet or an unknown sid).
     async fn poll_until(&self, sid: &str, wanted: impl Fn(&str) -> bool) -> Option<String> {
-        poll_until(&self.http, &self.base, sid, wanted, Duration::from_secs(8)).await
-    }
-
-    async fn stop(self) {
-        self.database.remove().await;
+        poll_until(&self.api(), sid, wanted, Duration::from_secs(8)).await
     }
 }
 
 async fn poll_until(
-    http: &reqwest::Client,
-    base: &str,
+    api: &Api,
     sid: &str,
     wanted: impl Fn(&str) -> bool,
     within: Duration,
 ) -> Option<String> {
-    let url = format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let url = api.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
     let deadline = tokio::time::Instant::now() + within;
     let mut seen = Vec::new();
     while tokio::time::Instant::now() < deadline {
-        let response = http.get(&url).send().await.expect("the poll answers");
+        let response = api.client.get(&url).send().await.expect("the poll answers");
         if response.status() == 400 {
             return None;
         }
@@ -187,7 +150,7 @@ async fn poll_until(
             match packet {
                 "1" => return None,
                 "2" => {
-                    let pong = http.post(&url).body("3").send().await.expect("the pong is taken");
+                    let pong = api.client.post(&url).body("3").send().await.expect("the pong is taken");
                     assert_eq!(pong.status(), 200);
                 }
                 _ => {}
@@ -202,9 +165,9 @@ macro_rules! client_scenarios {
     ($($name:ident => $scenario:literal, $mode:literal;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let server = TestServer::spawn().await;
+            let server = Fixture::spawn().await;
             server.run_client($scenario, $mode).await;
-            server.stop().await;
+            server.app.stop().await;
         }
     )*};
 }
@@ -234,11 +197,11 @@ client_scenarios! {
 
 #[tokio::test]
 async fn the_handshake_opens_a_session_with_the_configured_heartbeat() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     for path in ["/socket.io/", "/socket.io"] {
         let response = server
-            .http
-            .get(format!("{}{path}?EIO=4&transport=polling&t=abc", server.base))
+            .client
+            .get(server.url(&format!("{path}?EIO=4&transport=polling&t=abc")))
             .send()
             .await
             .unwrap();
@@ -252,12 +215,12 @@ async fn the_handshake_opens_a_session_with_the_configured_heartbeat() {
         assert_eq!(open["maxPayload"], MAX_PAYLOAD);
         assert!(open["sid"].as_str().unwrap().len() >= 20, "an unguessable sid");
     }
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn engine_io_errors_have_its_codes_and_messages() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let cases = [
         ("GET", "transport=polling&sid=nope", 1, "Session ID unknown"),
         ("POST", "transport=polling&sid=nope", 1, "Session ID unknown"),
@@ -267,8 +230,8 @@ async fn engine_io_errors_have_its_codes_and_messages() {
     ];
     for (method, query, code, message) in cases {
         let request = match method {
-            "GET" => server.http.get(server.engine_url(query)),
-            _ => server.http.post(server.engine_url(query)).body("40"),
+            "GET" => server.client.get(server.engine_url(query)),
+            _ => server.client.post(server.engine_url(query)).body("40"),
         };
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 400, "{method} {query}");
@@ -276,15 +239,15 @@ async fn engine_io_errors_have_its_codes_and_messages() {
         assert_eq!(body, json!({ "code": code, "message": message }), "{method} {query}");
     }
     let old =
-        server.http.get(format!("{}/socket.io/?EIO=3&transport=polling", server.base)).send().await.unwrap();
+        server.client.get(server.url("/socket.io/?EIO=3&transport=polling")).send().await.unwrap();
     assert_eq!(old.status(), 400);
     assert_eq!(old.json::<Value>().await.unwrap()["code"], 5);
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_raw_polling_session_authenticated_by_cookie_receives_events() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let (alice, bob) = (&server.users[0], &server.users[1]);
     let sid = server.raw_session(Some(&bob.token), None).await;
     // The CONNECT reply, then the online list, possibly in one response.
@@ -300,28 +263,28 @@ async fn a_raw_polling_session_authenticated_by_cookie_receives_events() {
     let reply: Value = serde_json::from_str(&seen[0][2..]).expect("the CONNECT reply comes first");
     assert!(seen[0].starts_with("40") && reply["sid"].is_string(), "{seen:?}");
 
-    let sent = server.send_message(alice, bob, "over raw polling").await;
+    let sent = server.send_ok(alice, bob, "over raw polling").await;
     let event = server.poll_until(&sid, |p| p.starts_with("42[\"newMessage\"")).await.unwrap();
     let event: Value = serde_json::from_str(&event[2..]).unwrap();
     assert_eq!(event[1]["_id"], sent["_id"]);
     assert_eq!(event[1]["message"], "over raw polling");
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_bad_token_in_the_connect_packet_is_refused_with_connect_error() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let sid = server.raw_session(None, Some("forged")).await;
     let refusal = server.poll_until(&sid, |p| p.starts_with("44")).await.expect("a refusal");
     let refusal: Value = serde_json::from_str(&refusal[2..]).unwrap();
     assert!(refusal["message"].as_str().unwrap().contains("Invalid or expired token"));
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn socket_connects_share_the_per_user_rate_limit() {
     let server =
-        TestServer::spawn_with(|settings| settings.limits.requests.socket_connects_per_minute_per_user = 2).await;
+        Fixture::spawn_with(|settings| settings.limits.requests.socket_connects_per_minute_per_user = 2).await;
     let alice = &server.users[0];
     for _ in 0..2 {
         let sid = server.raw_session(None, Some(&alice.token)).await;
@@ -336,19 +299,19 @@ async fn socket_connects_share_the_per_user_rate_limit() {
     let bob = &server.users[1];
     let sid = server.raw_session(None, Some(&bob.token)).await;
     assert!(server.poll_until(&sid, |p| p.starts_with("40")).await.is_some());
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_malformed_packet_closes_that_session_only() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let (alice, bob) = (&server.users[0], &server.users[1]);
     let bystander = server.raw_session(None, Some(&bob.token)).await;
     server.poll_until(&bystander, |p| p.starts_with("40")).await.unwrap();
     // Kept polling (and answering pings) meanwhile, until the message sent at the end.
-    let (http, base, sid) = (server.http.clone(), server.base.clone(), bystander.clone());
+    let (api, sid) = (server.api(), bystander.clone());
     let bystander_sees = tokio::spawn(async move {
-        poll_until(&http, &base, &sid, |p| p.contains("still here"), Duration::from_secs(60)).await
+        poll_until(&api, &sid, |p| p.contains("still here"), Duration::from_secs(60)).await
     });
 
     let malformed = [
@@ -377,25 +340,25 @@ async fn a_malformed_packet_closes_that_session_only() {
     }
 
     // The other session still works and the server is alive.
-    server.send_message(alice, bob, "still here").await;
+    server.send_ok(alice, bob, "still here").await;
     let seen = bystander_sees.await.expect("the bystander's poller ran");
     assert!(seen.is_some(), "the bystander's session was closed too");
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_polling_body_over_max_payload_is_refused_and_closes_the_session() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let sid = server.raw_session(None, Some(&server.users[0].token)).await;
     let huge = format!("42[\"typing\",\"{}\"]", "x".repeat(MAX_PAYLOAD));
     assert_eq!(server.post_packets(&sid, &huge).await, 413);
     assert_eq!(server.poll_until(&sid, |_| false).await, None);
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn websocket_binary_and_oversized_frames_close_that_connection() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let token = &server.users[0].token;
     let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
 
@@ -420,12 +383,12 @@ async fn websocket_binary_and_oversized_frames_close_that_connection() {
         .await;
         assert!(closed.is_ok(), "the connection stayed open");
     }
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_polling_client_that_stops_answering_pings_is_closed_after_interval_plus_timeout() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let opened = tokio::time::Instant::now();
     let sid = server.raw_session(None, Some(&server.users[0].token)).await;
     // The first ping comes one interval after the handshake (after the CONNECT reply); it
@@ -433,7 +396,7 @@ async fn a_polling_client_that_stops_answering_pings_is_closed_after_interval_pl
     server.poll_until(&sid, |p| p == "2").await.expect("a ping");
     let url = server.engine_url(&format!("transport=polling&sid={sid}"));
     let closed = loop {
-        let response = server.http.get(&url).send().await.expect("the poll answers");
+        let response = server.client.get(&url).send().await.expect("the poll answers");
         if response.status() == 400 {
             break tokio::time::Instant::now();
         }
@@ -446,15 +409,15 @@ async fn a_polling_client_that_stops_answering_pings_is_closed_after_interval_pl
     let deadline = PING_INTERVAL + PING_TIMEOUT;
     assert!(lived >= deadline - Duration::from_millis(200), "closed after {lived:?}, before {deadline:?}");
     assert!(lived <= deadline + Duration::from_secs(2), "still open after {lived:?}");
-    let after = server.http.get(&url).send().await.unwrap();
+    let after = server.client.get(&url).send().await.unwrap();
     assert_eq!(after.status(), 400, "the session is gone");
     assert_eq!(after.json::<Value>().await.unwrap()["message"], "Session ID unknown");
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_websocket_client_that_stops_answering_pings_is_closed_after_interval_plus_timeout() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let token = &server.users[0].token;
     let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
     let opened = tokio::time::Instant::now();
@@ -479,12 +442,12 @@ async fn a_websocket_client_that_stops_answering_pings_is_closed_after_interval_
     assert!(pinged, "the server pinged first");
     let lived = closed - opened;
     assert!(lived >= PING_INTERVAL + PING_TIMEOUT - Duration::from_millis(200), "closed after {lived:?}");
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_client_sending_too_many_packets_per_second_is_closed() {
-    let server = TestServer::spawn_with(|settings| settings.limits.socket_frames_per_second = 5).await;
+    let server = Fixture::spawn_with(|settings| settings.limits.socket_frames_per_second = 5).await;
     let token = &server.users[0].token;
     let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", server.port);
 
@@ -518,14 +481,14 @@ async fn a_client_sending_too_many_packets_per_second_is_closed() {
         while next_text(&mut calm).await.expect("the calm client is still connected") != "2" {}
         calm.send(WsMessage::Text("3".into())).await.unwrap();
     }
-    server.stop().await;
+    server.app.stop().await;
 }
 
 #[tokio::test]
 async fn polling_requests_from_allowed_origins_get_cors_with_credentials() {
-    let server = TestServer::spawn().await;
+    let server = Fixture::spawn().await;
     let preflight = server
-        .http
+        .client
         .request(reqwest::Method::OPTIONS, server.engine_url("transport=polling"))
         .header(header::ORIGIN, ALLOWED_ORIGIN)
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
@@ -538,7 +501,7 @@ async fn polling_requests_from_allowed_origins_get_cors_with_credentials() {
     assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
 
     let handshake = server
-        .http
+        .client
         .get(server.engine_url("transport=polling"))
         .header(header::ORIGIN, ALLOWED_ORIGIN)
         .send()
@@ -549,14 +512,14 @@ async fn polling_requests_from_allowed_origins_get_cors_with_credentials() {
     assert_eq!(handshake.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
 
     let stranger = server
-        .http
+        .client
         .get(server.engine_url("transport=polling"))
         .header(header::ORIGIN, "http://elsewhere.invalid")
         .send()
         .await
         .unwrap();
     assert!(!stranger.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
-    server.stop().await;
+    server.app.stop().await;
 }
 
 async fn next_text<S>(ws: &mut S) -> Option<String>

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tests::cluster::{system_redis_url, Cluster, ClusterConfig};
-use tests::{install_node_packages, workspace_dir, Backend, TestDatabase};
+use tests::{install_node_packages, workspace_dir, Api, Backend, Reply, TestApp, TestUser};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -34,7 +34,6 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(500);
 /// The whole scenario, senders and receiver, must be done by then.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
-const PASSWORD: &str = "correct horse battery";
 const CLUSTER_SECRET: &str = "sync-test-secret-of-at-least-32-bytes!!";
 
 // ---------------------------------------------------------------------------------------
@@ -89,60 +88,21 @@ fn seed(test: &str) -> u64 {
 
 /// What keeps the servers running; dropped (processes killed, database removed) at the end.
 enum Servers {
-    InProcess { database: Option<TestDatabase> },
+    InProcess(TestApp),
     Cluster(Cluster),
 }
 
 struct Deployment {
-    http: reqwest::Client,
-    ports: Vec<u16>,
+    /// A client per instance.
+    apis: Vec<Api>,
     servers: Servers,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        if let Servers::InProcess { database } = &mut self.servers {
-            if let Some(database) = database.take() {
-                database.remove_blocking();
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct User {
-    name: String,
-    id: String,
-    token: String,
-}
-
-/// A response: status, parsed body, raw body.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
-}
-
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .expect("an HTTP client")
 }
 
 impl Deployment {
     /// The real server in this process, on the backend of `CHAT_TEST_BACKEND`.
     async fn one_instance() -> Self {
-        let database = TestDatabase::create(Backend::from_env()).await;
-        let port = tests::start_server(tests::test_settings(&database)).await;
-        Self {
-            http: http_client(),
-            ports: vec![port],
-            servers: Servers::InProcess {
-                database: Some(database),
-            },
-        }
+        let app = TestApp::spawn().await;
+        Self { apis: vec![app.api()], servers: Servers::InProcess(app) }
     }
 
     async fn cluster(backend: Backend, size: usize) -> Self {
@@ -161,94 +121,44 @@ impl Deployment {
             ],
         };
         let cluster = Cluster::start(config, size).await;
-        let ports = cluster.instances.iter().map(|i| i.port).collect();
-        Self {
-            http: http_client(),
-            ports,
-            servers: Servers::Cluster(cluster),
-        }
+        let apis = (0..size).map(|index| cluster.api(index)).collect();
+        Self { apis, servers: Servers::Cluster(cluster) }
     }
 
     fn instances(&self) -> usize {
-        self.ports.len()
+        self.apis.len()
     }
 
-    fn url(&self, instance: usize, path: &str) -> String {
-        format!(
-            "http://127.0.0.1:{}{path}",
-            self.ports[instance % self.ports.len()]
-        )
+    /// The client of `instance`, counted round the instances.
+    fn api(&self, instance: usize) -> &Api {
+        &self.apis[instance % self.apis.len()]
     }
 
     fn ws_url(&self, instance: usize, token: &str, since: u64) -> String {
-        let port = self.ports[instance % self.ports.len()];
-        format!("ws://127.0.0.1:{port}/ws?token={token}&since={since}")
-    }
-
-    async fn reply(&self, request: reqwest::RequestBuilder, what: &str) -> Reply {
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: the server did not answer: {e}"));
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: unreadable body: {e}"));
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, body, text }
-    }
-
-    async fn register(&self, instance: usize, name: &str) -> User {
-        let request = self
-            .http
-            .post(self.url(instance, "/api/v1/user/register"))
-            .json(&json!({ "fullName": name, "username": name, "password": PASSWORD }));
-        let reply = self.reply(request, "register").await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "registering {name}: {}",
-            reply.text
-        );
-        let data = &reply.body["responseData"];
-        User {
-            name: name.to_owned(),
-            id: data["newUser"]["_id"]
-                .as_str()
-                .expect("newUser._id")
-                .to_owned(),
-            token: data["token"].as_str().expect("token").to_owned(),
-        }
+        format!("{}?token={token}&since={since}", self.api(instance).ws_url())
     }
 
     /// A send with `key` as `clientMessageId`.
-    async fn send(&self, instance: usize, from: &User, to: &User, text: &str, key: &str) -> Reply {
-        let request = self
-            .http
-            .post(self.url(instance, &format!("/api/v1/message/send/{}", to.id)))
-            .bearer_auth(&from.token)
-            .json(&json!({ "message": text, "clientMessageId": key }));
-        self.reply(request, "send").await
+    async fn send(&self, instance: usize, from: &TestUser, to: &TestUser, text: &str, key: &str) -> Reply {
+        let body = json!({ "message": text, "clientMessageId": key });
+        self.api(instance).post_json(&format!("/api/v1/message/send/{}", to.id), &body, Some(&from.token)).await
     }
 
     /// One `GET /api/v1/message/sync` page's `responseData`.
-    async fn sync(&self, instance: usize, user: &User, since: Option<u64>, limit: u32) -> Value {
+    async fn sync(&self, instance: usize, user: &TestUser, since: Option<u64>, limit: u32) -> Value {
         let mut query = vec![("limit", limit.to_string())];
         if let Some(since) = since {
             query.push(("since", since.to_string()));
         }
-        let request = self
-            .http
-            .get(self.url(instance, "/api/v1/message/sync"))
-            .bearer_auth(&user.token)
-            .query(&query);
-        let reply = self.reply(request, "sync").await;
+        let api = self.api(instance);
+        let reply = api
+            .execute(api.request(Method::GET, "/api/v1/message/sync", Some(&user.token)).query(&query))
+            .await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
             "sync of {} since {since:?}: {}",
-            user.name,
+            user.username,
             reply.text
         );
         assert_eq!(reply.body["success"], true, "{}", reply.text);
@@ -256,7 +166,7 @@ impl Deployment {
     }
 
     /// `user`'s whole stream through sync pages of `limit`, checking the paging as it goes.
-    async fn whole_stream(&self, instance: usize, user: &User, limit: u32) -> Vec<Value> {
+    async fn whole_stream(&self, instance: usize, user: &TestUser, limit: u32) -> Vec<Value> {
         let mut items: Vec<Value> = Vec::new();
         let mut since = None;
         loop {
@@ -276,7 +186,7 @@ impl Deployment {
                     cursor,
                     items.len() as u64 + 1,
                     "sync of {}: cursors 1, 2, 3…: {item}",
-                    user.name
+                    user.username
                 );
                 items.push(item.clone());
             }
@@ -300,23 +210,15 @@ impl Deployment {
     }
 
     /// The whole conversation of `user` with `other`, oldest first, through history pages.
-    async fn history(&self, instance: usize, user: &User, other: &User) -> Vec<Value> {
+    async fn history(&self, instance: usize, user: &TestUser, other: &TestUser) -> Vec<Value> {
         let mut older_first: Vec<Value> = Vec::new();
         let mut before: Option<String> = None;
         loop {
-            let mut query = vec![("limit", "200".to_owned())];
+            let mut query = vec![("limit", "200")];
             if let Some(before) = &before {
-                query.push(("before", before.clone()));
+                query.push(("before", before));
             }
-            let request = self
-                .http
-                .get(self.url(
-                    instance,
-                    &format!("/api/v1/message/get-messages/{}", other.id),
-                ))
-                .bearer_auth(&user.token)
-                .query(&query);
-            let reply = self.reply(request, "get-messages").await;
+            let reply = self.api(instance).get_messages(&user.token, &other.id, &query).await;
             assert_eq!(reply.status, StatusCode::OK, "history: {}", reply.text);
             let page = reply.body["responseData"]["messages"]
                 .as_array()
@@ -332,14 +234,10 @@ impl Deployment {
         }
     }
 
-    async fn stop(mut self) {
-        match &mut self.servers {
-            Servers::InProcess { database } => {
-                if let Some(database) = database.take() {
-                    database.remove().await;
-                }
-            }
-            Servers::Cluster(cluster) => cluster.stop().await,
+    async fn stop(self) {
+        match self.servers {
+            Servers::InProcess(app) => app.stop().await,
+            Servers::Cluster(mut cluster) => cluster.stop().await,
         }
     }
 }
@@ -442,8 +340,8 @@ const UNAVAILABLE_ATTEMPTS: usize = 8;
 async fn send_answered(
     deployment: &Deployment,
     instance: usize,
-    from: &User,
-    to: &User,
+    from: &TestUser,
+    to: &TestUser,
     text: &str,
     key: &str,
     counters: &Counters,
@@ -468,8 +366,8 @@ async fn send_answered(
 /// or retried. Returns what was stored.
 async fn run_sender(
     deployment: Arc<Deployment>,
-    me: User,
-    peers: Vec<User>,
+    me: TestUser,
+    peers: Vec<TestUser>,
     count: usize,
     plan: Plan,
     mut rng: Rng,
@@ -479,8 +377,8 @@ async fn run_sender(
     let mut sent = Vec::with_capacity(count);
     for n in 0..count {
         let to = &peers[rng.below(peers.len() as u64) as usize];
-        let key = format!("{}:{n:04}:{:08x}", me.name, rng.next_u64() as u32);
-        let text = format!("{} #{n} to {} [{key}]", me.name, to.name);
+        let key = format!("{}:{n:04}:{:08x}", me.username, rng.next_u64() as u32);
+        let text = format!("{} #{n} to {} [{key}]", me.username, to.username);
         let home = rng.below(instances as u64) as usize;
         let roll = rng.below(100);
         let send =
@@ -570,14 +468,14 @@ async fn run_sender(
 
 /// What a resuming client has processed: the last cursor, and every event in order.
 struct Processed {
-    user: User,
+    user: TestUser,
     last: u64,
     events: Vec<Value>,
     ids: HashSet<String>,
 }
 
 impl Processed {
-    fn new(user: User) -> Self {
+    fn new(user: TestUser) -> Self {
         Self {
             user,
             last: 0,
@@ -620,7 +518,7 @@ impl Processed {
             item["senderId"] == self.user.id.as_str()
                 || item["receiverId"] == self.user.id.as_str(),
             "{whence}: not a message of {}: {item}",
-            self.user.name
+            self.user.username
         );
         self.last = cursor;
         self.events.push(item.clone());
@@ -743,7 +641,7 @@ async fn ws_session(
 async fn run_listener(
     deployment: Arc<Deployment>,
     instance: usize,
-    user: User,
+    user: TestUser,
     ready: tokio::sync::oneshot::Sender<()>,
     senders_done: Arc<AtomicBool>,
     total: Arc<AtomicU64>,
@@ -755,14 +653,13 @@ async fn run_listener(
     let deadline = Instant::now() + SCENARIO_LIMIT;
     let mut since: Option<u64> = None;
     loop {
-        let port = deployment.ports[instance % deployment.ports.len()];
         let url = match since {
-            None => format!("ws://127.0.0.1:{port}/ws?token={}", user.token),
+            None => format!("{}?token={}", deployment.api(instance).ws_url(), user.token),
             Some(since) => deployment.ws_url(instance, &user.token, since),
         };
         let whence = format!(
             "{}'s steady connection on instance {}",
-            user.name,
+            user.username,
             instance + 1
         );
         let mut socket = open_ws(url, &whence).await;
@@ -825,7 +722,7 @@ async fn run_listener(
 /// done; then one last resume until caught up with all `total` messages.
 async fn run_receiver(
     deployment: Arc<Deployment>,
-    me: User,
+    me: TestUser,
     mut rng: Rng,
     senders_done: Arc<AtomicBool>,
     total: Arc<AtomicU64>,
@@ -904,12 +801,13 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     let mut rng = Rng(seed(test));
     let deployment = Arc::new(deployment);
     let instances = deployment.instances();
-    let receiver = deployment.register(0, "receiver").await;
+    let receiver = deployment.api(0).create_user("receiver").await;
     let mut senders = Vec::new();
     for i in 0..plan.senders {
         senders.push(
             deployment
-                .register(i % instances, &format!("sender{i}"))
+                .api(i % instances)
+                .create_user(&format!("sender{i}"))
                 .await,
         );
     }
@@ -1042,25 +940,25 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
         let stream = deployment.whole_stream(0, &steady.user, 200).await;
         let first = steady
             .first()
-            .unwrap_or_else(|| panic!("{}'s steady connection got nothing", steady.user.name));
+            .unwrap_or_else(|| panic!("{}'s steady connection got nothing", steady.user.username));
         let expected = &stream[first as usize - 1..];
         assert_eq!(
             steady.events.len(),
             expected.len(),
             "{}'s steady connection: from {first} to the end",
-            steady.user.name
+            steady.user.username
         );
         for (got, stored) in steady.events.iter().zip(expected) {
             assert_eq!(
                 got, stored,
                 "{}'s steady connection got what is stored",
-                steady.user.name
+                steady.user.username
             );
         }
         assert_eq!(
             first, 1,
             "{}'s steady connection was open before the first send",
-            steady.user.name
+            steady.user.username
         );
     }
     eprintln!("{test}: verified in {:?} overall", started.elapsed());
@@ -1072,8 +970,8 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
 /// The receiver processed exactly the stored stream; each logical send is stored once.
 async fn verify(
     deployment: &Deployment,
-    receiver: &User,
-    senders: &[User],
+    receiver: &TestUser,
+    senders: &[TestUser],
     sent: &[Sent],
     processed: &Processed,
 ) {
@@ -1141,7 +1039,7 @@ async fn verify(
             ids.iter().collect::<HashSet<_>>().len(),
             ids.len(),
             "a repeat in the history with {}",
-            sender.name
+            sender.username
         );
         for message in &history {
             let item = by_id
@@ -1164,7 +1062,7 @@ async fn verify(
             history.len(),
             expected,
             "the conversation with {} holds each of its sends once",
-            sender.name
+            sender.username
         );
         in_histories += history.len();
 
@@ -1184,7 +1082,7 @@ async fn verify(
         assert_eq!(
             own_ids, order_in_receivers,
             "{}'s stream is the conversation, in store order",
-            sender.name
+            sender.username
         );
     }
     assert_eq!(
@@ -1384,8 +1282,8 @@ async fn socketio_resume(mode: &str) {
     let test = format!("socketio_{mode}");
     let seed = seed(&test);
     let deployment = Deployment::one_instance().await;
-    let receiver = deployment.register(0, "receiver").await;
-    let sender = deployment.register(0, "sender").await;
+    let receiver = deployment.api(0).create_user("receiver").await;
+    let sender = deployment.api(0).create_user("sender").await;
     // Stored before the receiver ever connects; it starts from cursor 2.
     let offline = 6;
     for n in 0..offline {
@@ -1402,11 +1300,11 @@ async fn socketio_resume(mode: &str) {
     }
     let live = 80;
     let total = offline + live;
-    let user = |u: &User| json!({ "id": u.id, "token": u.token }).to_string();
+    let user = |u: &TestUser| json!({ "id": u.id, "token": u.token }).to_string();
     let run = tokio::process::Command::new("node")
         .args(["--input-type=module", "-e", SOCKETIO_RECEIVER])
         .current_dir(workspace_dir().join("tests/js"))
-        .env("CHAT_BASE_URL", deployment.url(0, ""))
+        .env("CHAT_BASE_URL", deployment.api(0).url(""))
         .env("CHAT_RECEIVER", user(&receiver))
         .env("CHAT_SENDER", user(&sender))
         .env("CHAT_MODE", mode)

@@ -2,28 +2,13 @@
 //! SQLite -> MongoDB -> PostgreSQL, then the users log in on PostgreSQL with their passwords
 //! and see their conversations exactly as before.
 
-use serde_json::{json, Value};
-use tests::{Backend, TestDatabase};
+use reqwest::StatusCode;
+use serde_json::json;
+use tests::{Backend, TestApp, TestDatabase};
 
-async fn start(db: &TestDatabase) -> String {
-    let port = tests::start_server(tests::test_settings(db)).await;
-    format!("http://127.0.0.1:{port}")
-}
-
-async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
-    let mut request = client.post(url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("request sent");
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.expect("JSON body")
-}
-
-async fn get(client: &reqwest::Client, url: String, token: &str) -> Value {
-    let response = client.get(url).bearer_auth(token).send().await.expect("request sent");
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.expect("JSON body")
+/// A server on `db`, which outlives it (the test moves the data on and removes it).
+async fn start(db: &TestDatabase) -> TestApp {
+    TestApp::start(tests::test_settings(db), None).await
 }
 
 async fn dump(db: &TestDatabase) -> Vec<u8> {
@@ -41,29 +26,26 @@ async fn load(db: &TestDatabase, dump: &[u8]) -> application::TransferStats {
 
 #[tokio::test]
 async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
-    let client = reqwest::Client::new();
     let source = TestDatabase::create(Backend::Sqlite).await;
-    let base = start(&source).await;
+    let app = start(&source).await;
 
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
     for (name, password) in [("Alice", "alice-password"), ("bob", "bob-password"), ("carol.c", "carol-password")] {
         let body = json!({ "fullName": format!("{name} Example"), "username": name, "password": password, "gender": "other" });
-        let registered = post(&client, format!("{base}/api/v1/user/register"), None, body).await;
-        tokens.push(registered["responseData"]["token"].as_str().unwrap().to_owned());
-        ids.push(registered["responseData"]["newUser"]["_id"].as_str().unwrap().to_owned());
+        let registered = app.register(&body).await;
+        let registered = registered.data(StatusCode::CREATED);
+        tokens.push(registered["token"].as_str().unwrap().to_owned());
+        ids.push(registered["newUser"]["_id"].as_str().unwrap().to_owned());
     }
     for i in 0..7 {
         let (from, to) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
-        let url = format!("{base}/api/v1/message/send/{}", ids[to]);
-        post(&client, url, Some(&tokens[from]), json!({ "message": format!("message {i} <b>&</b>") })).await;
+        app.send(&tokens[from], &ids[to], &format!("message {i} <b>&</b>")).await.data(StatusCode::CREATED);
     }
-    let url = format!("{base}/api/v1/message/send/{}", ids[0]);
-    post(&client, url, Some(&tokens[2]), json!({ "message": "hello from carol" })).await;
+    app.send(&tokens[2], &ids[0], "hello from carol").await.data(StatusCode::CREATED);
 
-    let history_url = |base: &str| format!("{base}/api/v1/message/get-messages/{}", ids[1]);
-    let before = get(&client, history_url(&base), &tokens[0]).await;
-    let conversations_before = get(&client, format!("{base}/api/v1/message/conversations"), &tokens[0]).await;
+    let before = app.get_messages(&tokens[0], &ids[1], &[]).await.data(StatusCode::OK).clone();
+    let conversations_before = app.conversations(&tokens[0]).await.data(StatusCode::OK).clone();
 
     let first = dump(&source).await;
     let middle = TestDatabase::create(Backend::Mongodb).await;
@@ -84,19 +66,14 @@ async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
     let again = load(&target, &first).await;
     assert_eq!((again.users, again.messages, again.skipped), (0, 0, 11));
 
-    let base = start(&target).await;
-    let login = post(
-        &client,
-        format!("{base}/api/v1/user/login"),
-        None,
-        json!({ "username": "alice", "password": "alice-password" }),
-    )
-    .await;
-    let token = login["responseData"]["token"].as_str().unwrap().to_owned();
-    assert_eq!(login["responseData"]["user"]["_id"], ids[0].as_str());
-    let after = get(&client, history_url(&base), &token).await;
+    let app = start(&target).await;
+    let login = app.login("alice", "alice-password").await;
+    let login = login.data(StatusCode::OK);
+    let token = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(login["user"]["_id"], ids[0].as_str());
+    let after = app.get_messages(&token, &ids[1], &[]).await.data(StatusCode::OK).clone();
     assert_eq!(after, before, "history is identical, ids, timestamps and order included");
-    let conversations_after = get(&client, format!("{base}/api/v1/message/conversations"), &token).await;
+    let conversations_after = app.conversations(&token).await.data(StatusCode::OK).clone();
     assert_eq!(conversations_after, conversations_before);
 
     source.remove().await;
@@ -116,7 +93,6 @@ fn user_line(id: &str, username: &str, hash: &str) -> String {
 
 #[tokio::test]
 async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fail() {
-    let client = reqwest::Client::new();
     let target = TestDatabase::create(Backend::Sqlite).await;
     // "password-1" at cost 4, the test configuration's cost, then the same at cost 31.
     let good = "$2b$04$zFv3MVfKoGdVaVhtiGcVhOGP/mEhIBa8FiFjfycMWcsuzsDy5LfyC";
@@ -164,17 +140,10 @@ async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fai
         .await
         .expect("insert");
 
-    let base = start(&target).await;
-    let login = |username: &str| {
-        client
-            .post(format!("{base}/api/v1/user/login"))
-            .json(&json!({ "username": username, "password": "password-1" }))
-            .send()
-    };
-    assert_eq!(login("kept").await.unwrap().status(), 200);
-    let refused = login("planted").await.unwrap();
-    assert_eq!(refused.status(), 401);
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["code"], "UNAUTHENTICATED");
+    let app = start(&target).await;
+    app.login("kept", "password-1").await.data(StatusCode::OK);
+    let refused = app.login("planted", "password-1").await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body["code"], "UNAUTHENTICATED");
     target.remove().await;
 }

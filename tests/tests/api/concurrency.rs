@@ -5,7 +5,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::helpers::{spawn_app, PASSWORD};
+use crate::helpers::spawn_app;
+use tests::PASSWORD;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_username_registered_twenty_times_at_once_is_created_once() {
@@ -114,7 +115,7 @@ async fn messages_sent_at_once_are_all_kept_in_a_consistent_order() {
 
     let mut announced = HashSet::new();
     for _ in 0..30 {
-        let event = socket.next_event("newMessage", crate::helpers::EVENT_TIMEOUT).await;
+        let event = socket.next_event("newMessage", tests::EVENT_TIMEOUT).await;
         announced.insert(event["_id"].as_str().unwrap().to_owned());
     }
     assert_eq!(announced, sent_ids, "each message announced once");

@@ -2,7 +2,8 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, PASSWORD};
+use crate::helpers::spawn_app;
+use tests::PASSWORD;
 
 #[tokio::test]
 async fn malformed_json_is_a_validation_error() {

@@ -7,10 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
-use crate::helpers::{
-    assert_timestamp, spawn_app, ApiResponse, TestApp, TestUser, WsClient, EVENT_TIMEOUT,
-    QUIET_PERIOD,
-};
+use crate::helpers::{assert_timestamp, spawn_app};
+use tests::{EVENT_TIMEOUT, QUIET_PERIOD, Reply, TestApp, TestUser, WsClient};
 
 /// `POST /api/v1/message/send/:receiver` with the key in the body (`body_key`, any JSON
 /// value, so that malformed ones can be sent) and/or the `Idempotency-Key` header.
@@ -21,7 +19,7 @@ pub async fn send_keyed(
     text: &str,
     body_key: Option<Value>,
     header: Option<&str>,
-) -> ApiResponse {
+) -> Reply {
     let mut body = json!({ "message": text });
     if let Some(key) = body_key {
         body["clientMessageId"] = key;
@@ -352,8 +350,8 @@ async fn retries_racing_the_first_send_store_one_message_and_announce_it_once() 
             })
         });
         let responses = futures_util::future::join_all(attempts).await;
-        let responses: Vec<ApiResponse> = responses.into_iter().map(|r| r.unwrap()).collect();
-        let created: Vec<&ApiResponse> = responses
+        let responses: Vec<Reply> = responses.into_iter().map(|r| r.unwrap()).collect();
+        let created: Vec<&Reply> = responses
             .iter()
             .filter(|r| r.status == StatusCode::CREATED)
             .collect();

@@ -7,12 +7,11 @@ use futures_util::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    spawn_app, ApiResponse, TestApp, TestUser, WsClient, EVENT_TIMEOUT, QUIET_PERIOD,
-};
+use crate::helpers::spawn_app;
+use tests::{EVENT_TIMEOUT, QUIET_PERIOD, Reply, TestApp, TestUser, WsClient};
 use crate::idempotency::{send_keyed, without_cursor};
 
-async fn sync(app: &TestApp, token: &str, query: &[(&str, &str)]) -> ApiResponse {
+async fn sync(app: &TestApp, token: &str, query: &[(&str, &str)]) -> Reply {
     app.execute(
         app.request(Method::GET, "/api/v1/message/sync", Some(token))
             .query(query),
@@ -28,7 +27,7 @@ struct Page {
 }
 
 #[track_caller]
-fn page(response: &ApiResponse) -> Page {
+fn page(response: &Reply) -> Page {
     let data = response.data(StatusCode::OK);
     let object = data
         .as_object()

@@ -1,7 +1,8 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_message, assert_timestamp, spawn_app, PASSWORD};
+use crate::helpers::{assert_message, assert_timestamp, spawn_app};
+use tests::PASSWORD;
 
 fn texts(conversation: &Value) -> Vec<String> {
     conversation["messages"]
@@ -285,7 +286,7 @@ async fn no_response_ever_carries_a_password_or_its_hash() {
     let mut socket = app.connect_ws(&bob.token).await;
     let sent = app.send(&token, &bob.id, "hi bob").await;
     sent.data(StatusCode::CREATED);
-    let event = socket.next_event("newMessage", crate::helpers::EVENT_TIMEOUT).await;
+    let event = socket.next_event("newMessage", tests::EVENT_TIMEOUT).await;
     app.record(&event.to_string());
     app.send(&bob.token, &ada_id, "hi ada").await.data(StatusCode::CREATED);
     app.other_users(&bob.token, &[]).await.data(StatusCode::OK);

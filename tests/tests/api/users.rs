@@ -6,9 +6,8 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    assert_user, parse_cookie, spawn_app, ApiResponse, JWT_SECRET, PASSWORD, TOKEN_TTL_SECS,
-};
+use crate::helpers::{TOKEN_TTL_SECS, assert_user, parse_cookie, spawn_app};
+use tests::{JWT_SECRET, PASSWORD, Reply};
 
 fn registration(username: &str) -> Value {
     json!({
@@ -20,7 +19,7 @@ fn registration(username: &str) -> Value {
 }
 
 #[track_caller]
-fn assert_token_cookie(response: &ApiResponse, token: &str) {
+fn assert_token_cookie(response: &Reply, token: &str) {
     let header = response.token_cookie();
     let (value, attributes) = parse_cookie(header);
     assert_eq!(value, token, "the cookie carries the token of the body: {header}");

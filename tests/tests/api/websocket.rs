@@ -1,10 +1,12 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{ids, spawn_app, WsRefused, EVENT_TIMEOUT, QUIET_PERIOD};
+use crate::helpers::spawn_app;
+use tests::ws::ids;
+use tests::{EVENT_TIMEOUT, QUIET_PERIOD, WsRefused};
 
 #[track_caller]
-fn assert_refused(result: Result<crate::helpers::WsClient, WsRefused>) -> WsRefused {
+fn assert_refused(result: Result<tests::WsClient, WsRefused>) -> WsRefused {
     match result {
         Ok(_) => panic!("the handshake must be refused"),
         Err(refused) => {

@@ -8,7 +8,7 @@ async fn login_via_proxy(api: &Api, forwarded: &str, username: &str, password: &
         .request(Method::POST, "/api/v1/user/login", None)
         .header("x-forwarded-for", forwarded)
         .json(&json!({ "username": username, "password": password }));
-    api.call(request).await
+    api.execute(request).await
 }
 
 fn behind_one_proxy(s: &mut Settings) {
@@ -90,7 +90,7 @@ async fn names_that_reorder_or_hide_text_are_refused_and_emoji_kept() {
         let api = api.clone();
         async move {
             let body = json!({ "fullName": full_name, "username": unique("name"), "password": PASSWORD });
-            api.post("/api/v1/user/register", &body, None).await
+            api.post_json("/api/v1/user/register", &body, None).await
         }
     };
     for spoof in ["Ada\u{202E}ecalevol", "\u{2067}Ada\u{2069}", "Ada\u{200B}", "\u{200D}", "\u{3164}"] {
@@ -111,11 +111,11 @@ async fn a_message_of_invisible_characters_only_is_refused() {
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
     for blank in ["\u{200B}", " \u{200B}\u{200D}\u{FEFF} ", "\u{202E}\u{2066}", "\u{E0041}\u{E0042}"] {
-        let reply = api.send(&alice, &bob, blank).await;
+        let reply = api.send(&alice.token, &bob.id, blank).await;
         reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
         assert_eq!(reply.body["field"], json!("message"), "{}", reply.text);
     }
     let family = "👩\u{200D}👩\u{200D}👧";
-    let reply = api.send(&alice, &bob, family).await;
+    let reply = api.send(&alice.token, &bob.id, family).await;
     assert_eq!(reply.data(StatusCode::CREATED)["message"], json!(family));
 }

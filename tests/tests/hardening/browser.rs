@@ -29,7 +29,7 @@ async fn responses_carry_the_security_headers() {
 }
 
 async fn preflight(api: &Api, origin: &str) -> Reply {
-    api.call(
+    api.execute(
         api.request(Method::OPTIONS, "/api/v1/user/login", None)
             .header("origin", origin)
             .header("access-control-request-method", "POST")
@@ -48,7 +48,7 @@ async fn cors_is_closed_unless_an_origin_is_configured() {
     );
     let reply = closed
         .api()
-        .call(
+        .execute(
             closed
                 .api()
                 .request(Method::GET, "/healthz", None)
@@ -73,7 +73,7 @@ async fn cors_is_closed_unless_an_origin_is_configured() {
         Some("true")
     );
     let reply = api
-        .call(
+        .execute(
             api.request(Method::GET, "/healthz", None)
                 .header("origin", "https://app.example"),
         )
@@ -121,7 +121,7 @@ async fn the_production_cookie_is_secure() {
         s.cookie.same_site = SameSite::None;
     })
     .await;
-    let reply = app.api().register(&unique("prod")).await;
+    let reply = app.api().register_user(&unique("prod")).await;
     reply.data(StatusCode::CREATED);
     let attributes = cookie_attributes(&token_cookie(&reply));
     for expected in ["secure", "httponly", "samesite=none", "path=/"] {
@@ -133,7 +133,7 @@ async fn the_production_cookie_is_secure() {
 
     // Cross-site cookies are Secure even if `cookie.secure` was forgotten.
     let app = spawn(|s| s.cookie.same_site = SameSite::None).await;
-    let reply = app.api().register(&unique("crosssite")).await;
+    let reply = app.api().register_user(&unique("crosssite")).await;
     let attributes = cookie_attributes(&token_cookie(&reply));
     assert!(attributes.iter().any(|a| a == "secure"), "{attributes:?}");
 

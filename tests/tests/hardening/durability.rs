@@ -3,7 +3,7 @@
 use super::*;
 
 async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
-    let mut process = Process::start(env).await;
+    let mut process = ServerProcess::start(env).await;
     let api = process.api();
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
@@ -68,7 +68,7 @@ async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
         acknowledged.len()
     );
 
-    let process = Process::start(env).await;
+    let process = ServerProcess::start(env).await;
     let api = process.api();
     let stored = api.all_message_ids(&alice, &bob).await;
     let missing: Vec<&String> = acknowledged

@@ -4,38 +4,36 @@ use super::*;
 
 const HANDSHAKE: &str = "/socket.io/?EIO=4&transport=polling";
 
-impl Api {
-    /// A polling handshake: the Engine.IO sid, or the refusal.
-    async fn engine_io_handshake(&self) -> Result<String, Reply> {
-        let reply = self.get(HANDSHAKE, None).await;
-        if reply.status != StatusCode::OK {
-            return Err(reply);
-        }
-        let open: Value = reply
-            .text
-            .strip_prefix('0')
-            .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_else(|| panic!("an open packet: {}", reply.text));
-        Ok(open["sid"].as_str().expect("sid").to_owned())
+/// A polling handshake: the Engine.IO sid, or the refusal.
+async fn engine_io_handshake(api: &Api) -> Result<String, Reply> {
+    let reply = api.get(HANDSHAKE, None).await;
+    if reply.status != StatusCode::OK {
+        return Err(reply);
     }
+    let open: Value = reply
+        .text
+        .strip_prefix('0')
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("an open packet: {}", reply.text));
+    Ok(open["sid"].as_str().expect("sid").to_owned())
+}
 
-    /// Posts Engine.IO packets to a polling session; the status.
-    async fn engine_io_post(&self, sid: &str, packets: &str) -> StatusCode {
-        let path = format!("{HANDSHAKE}&sid={sid}");
-        let request = self
-            .request(Method::POST, &path, None)
-            .body(packets.to_owned());
-        self.call(request).await.status
-    }
+/// Posts Engine.IO packets to a polling session; the status.
+async fn engine_io_post(api: &Api, sid: &str, packets: &str) -> StatusCode {
+    let path = format!("{HANDSHAKE}&sid={sid}");
+    let request = api
+        .request(Method::POST, &path, None)
+        .body(packets.to_owned());
+    api.execute(request).await.status
+}
 
-    /// Closes a polling session and waits until the server has let it go.
-    async fn engine_io_close(&self, sid: &str) {
-        assert_eq!(self.engine_io_post(sid, "1").await, StatusCode::OK);
-        let deadline = Instant::now() + WAIT;
-        while self.engine_io_post(sid, "6").await == StatusCode::OK {
-            assert!(Instant::now() < deadline, "the session outlived its close");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+/// Closes a polling session and waits until the server has let it go.
+async fn engine_io_close(api: &Api, sid: &str) {
+    assert_eq!(engine_io_post(api, sid, "1").await, StatusCode::OK);
+    let deadline = Instant::now() + WAIT;
+    while engine_io_post(api, sid, "6").await == StatusCode::OK {
+        assert!(Instant::now() < deadline, "the session outlived its close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -73,9 +71,9 @@ async fn engine_io_handshakes_past_the_per_address_cap_are_refused() {
     let api = app.api();
     let mut sids = Vec::new();
     for _ in 0..3 {
-        sids.push(api.engine_io_handshake().await.expect("under the cap"));
+        sids.push(engine_io_handshake(&api).await.expect("under the cap"));
     }
-    let reply = api.engine_io_handshake().await.expect_err("over the cap");
+    let reply = engine_io_handshake(&api).await.expect_err("over the cap");
     refused(
         &reply,
         StatusCode::TOO_MANY_REQUESTS,
@@ -96,8 +94,8 @@ async fn engine_io_handshakes_past_the_per_address_cap_are_refused() {
         ),
     }
     // A session that ends frees its place.
-    api.engine_io_close(&sids[0]).await;
-    api.engine_io_handshake().await.expect("a place was freed");
+    engine_io_close(&api, &sids[0]).await;
+    engine_io_handshake(&api).await.expect("a place was freed");
 }
 
 #[tokio::test]
@@ -109,11 +107,11 @@ async fn engine_io_handshakes_past_the_per_address_rate_are_refused() {
     .await;
     let api = app.api();
     for _ in 0..2 {
-        let sid = api.engine_io_handshake().await.expect("within the rate");
-        api.engine_io_close(&sid).await;
+        let sid = engine_io_handshake(&api).await.expect("within the rate");
+        engine_io_close(&api, &sid).await;
     }
     // No session is open: the handshakes themselves are counted.
-    let reply = api.engine_io_handshake().await.expect_err("over the rate");
+    let reply = engine_io_handshake(&api).await.expect_err("over the rate");
     refused(
         &reply,
         StatusCode::TOO_MANY_REQUESTS,
@@ -130,9 +128,9 @@ async fn engine_io_handshakes_past_the_instance_cap_are_refused() {
     .await;
     let api = app.api();
     for _ in 0..2 {
-        api.engine_io_handshake().await.expect("under the cap");
+        engine_io_handshake(&api).await.expect("under the cap");
     }
-    let reply = api.engine_io_handshake().await.expect_err("over the cap");
+    let reply = engine_io_handshake(&api).await.expect_err("over the cap");
     refused(
         &reply,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -144,10 +142,10 @@ async fn engine_io_handshakes_past_the_instance_cap_are_refused() {
 async fn an_engine_io_session_that_never_connects_is_closed_at_the_deadline_whatever_it_sends() {
     let app = spawn(|s| s.socketio.connect_timeout = 1).await;
     let api = app.api();
-    let sid = api.engine_io_handshake().await.expect("a session");
+    let sid = engine_io_handshake(&api).await.expect("a session");
     let started = Instant::now();
     // DISCONNECT used to restart the connect deadline, so this kept the session forever.
-    while api.engine_io_post(&sid, "41").await == StatusCode::OK {
+    while engine_io_post(&api, &sid, "41").await == StatusCode::OK {
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "still open after {:?}",

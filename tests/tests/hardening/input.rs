@@ -8,7 +8,7 @@ async fn a_body_over_the_limit_is_413() {
     let api = app.api();
     let body =
         json!({ "fullName": "x".repeat(4096), "username": unique("big"), "password": PASSWORD });
-    api.post("/api/v1/user/register", &body, None)
+    api.post_json("/api/v1/user/register", &body, None)
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     // Without a Content-Length (chunked), the limit holds as well.
@@ -36,7 +36,7 @@ async fn deeply_nested_json_is_400_and_the_server_keeps_answering() {
     let api = app.api();
     for path in ["/api/v1/user/register", "/api/v1/user/login"] {
         let reply = api
-            .call(
+            .execute(
                 api.request(Method::POST, path, None)
                     .header(CONTENT_TYPE, "application/json")
                     .body("[".repeat(10_000)),
@@ -45,7 +45,7 @@ async fn deeply_nested_json_is_400_and_the_server_keeps_answering() {
         reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
         let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
         let reply = api
-            .call(
+            .execute(
                 api.request(Method::POST, path, None)
                     .header(CONTENT_TYPE, "application/json")
                     .body(nested),
@@ -66,7 +66,7 @@ async fn a_huge_page_size_is_capped_at_200() {
         let (api, alice, bob) = (api.clone(), alice.clone(), bob.clone());
         tokio::spawn(async move {
             for i in 0..26 {
-                api.send(&alice, &bob, &format!("{task}-{i}"))
+                api.send(&alice.token, &bob.id, &format!("{task}-{i}"))
                     .await
                     .data(StatusCode::CREATED);
             }
@@ -93,13 +93,13 @@ async fn a_frame_over_the_size_limit_closes_the_socket_with_a_reason() {
     let app = spawn(|s| s.websocket.max_frame_bytes = 1024).await;
     let api = app.api();
     let user = api.create_user(&unique("big_frames")).await;
-    let mut ws = api.ws(&user.token).await;
+    let mut ws = api.connect_ws(&user.token).await;
     let frame = json!({ "event": "typing", "data": { "to": "x".repeat(4096), "isTyping": true } });
-    let _ = ws.send(Frame::text(frame.to_string())).await;
-    let (code, reason) = close_frame(&mut ws, WAIT).await;
+    let _ = ws.stream.send(Frame::text(frame.to_string())).await;
+    let (code, reason) = ws.close_frame(WAIT).await;
     assert_eq!(code, CloseCode::Size, "{reason}");
     assert!(!reason.is_empty(), "the close frame says why");
     // The server, and the same user's new sockets, are fine.
     api.get("/healthz", None).await.data(StatusCode::OK);
-    let _again = api.ws(&user.token).await;
+    let _again = api.connect_ws(&user.token).await;
 }

@@ -7,15 +7,15 @@ async fn passwords_tokens_and_hashes_never_reach_the_log() {
     let dir = TempDir::new("hardening");
     let storage = format!("sqlite://{}", dir.path().join("chat.db").display());
     let mut process =
-        Process::start(&[("CHAT__STORAGE__URL", &storage), ("RUST_LOG", "debug")]).await;
+        ServerProcess::start(&[("CHAT__STORAGE__URL", &storage), ("RUST_LOG", "debug")]).await;
     let api = process.api();
     let password = "Sup3r-Secret-Passw0rd!";
     let username = unique("logged");
 
     let reply = api
-        .post(
+        .post_json(
             "/api/v1/user/register",
-            &json!({ "fullName": "Logged User", "username": username, "password": password }),
+            &json!({ "fullName": "Logged TestUser", "username": username, "password": password }),
             None,
         )
         .await;
@@ -35,16 +35,16 @@ async fn passwords_tokens_and_hashes_never_reach_the_log() {
         .await
         .data(StatusCode::OK);
     let reply = api
-        .call(
+        .execute(
             api.client
                 .get(api.url("/api/v1/user/get-profile"))
                 .header("cookie", format!("token={token}")),
         )
         .await;
     reply.data(StatusCode::OK);
-    let mut ws = api.ws(&token).await;
-    let _ = ws.close(None).await;
-    api.call(api.request(Method::POST, "/api/v1/user/logout", Some(&token)))
+    let mut ws = api.connect_ws(&token).await;
+    let _ = ws.stream.close(None).await;
+    api.execute(api.request(Method::POST, "/api/v1/user/logout", Some(&token)))
         .await
         .data(StatusCode::OK);
     api.get("/api/v1/user/get-profile", Some(&token))

@@ -6,7 +6,7 @@ use super::*;
 const EVIL: &str = "https://evil.example";
 
 /// The status a `/ws` handshake with the user's cookie and `origin` (if any) is answered with.
-async fn ws_handshake_status(api: &Api, user: &User, origin: Option<&str>) -> u16 {
+async fn ws_handshake_status(api: &Api, user: &TestUser, origin: Option<&str>) -> u16 {
     let mut request = format!("ws://127.0.0.1:{}/ws", api.port)
         .into_client_request()
         .unwrap();
@@ -55,7 +55,7 @@ async fn socket_io_requests_from_a_foreign_origin_are_refused() {
             .header("origin", origin.to_owned())
     };
 
-    let refused = api.call(poll(EVIL)).await;
+    let refused = api.execute(poll(EVIL)).await;
     refused.error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let opened = poll(&own).send().await.unwrap();
     assert_eq!(opened.status(), StatusCode::OK, "the server's own page opens a session");
@@ -88,23 +88,23 @@ async fn a_cookie_authenticated_post_from_a_foreign_origin_is_refused() {
             .json(&json!({ "message": "sent by another site" }))
     };
 
-    api.call(send(EVIL)).await.error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    api.execute(send(EVIL)).await.error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // Login and registration too (login CSRF signs the victim into the attacker's account).
     let login = api
         .client
         .post(api.url("/api/v1/user/login"))
         .header("origin", EVIL)
         .json(&json!({ "username": alice.username, "password": PASSWORD }));
-    api.call(login).await.error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    api.execute(login).await.error(StatusCode::FORBIDDEN, "FORBIDDEN");
     assert!(api.all_message_ids(&alice, &bob).await.is_empty(), "nothing was stored");
 
     let own = format!("http://127.0.0.1:{}", api.port);
-    api.call(send(&own)).await.data(StatusCode::CREATED);
+    api.execute(send(&own)).await.data(StatusCode::CREATED);
     // Reads stay readable to anyone allowed by CORS; a foreign page can't read the answer.
     let read = api
         .request(Method::GET, "/api/v1/user/get-profile", Some(&alice.token))
         .header("origin", EVIL);
-    api.call(read).await.data(StatusCode::OK);
+    api.execute(read).await.data(StatusCode::OK);
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn bodies_an_html_form_can_send_are_refused() {
     let bob = api.create_user(&unique("bob")).await;
     let name = unique("formed");
     let registration =
-        json!({ "fullName": "Form User", "username": name, "password": PASSWORD }).to_string();
+        json!({ "fullName": "Form TestUser", "username": name, "password": PASSWORD }).to_string();
     let message = json!({ "message": "from a form" }).to_string();
 
     for content_type in [
@@ -131,7 +131,7 @@ async fn bodies_an_html_form_can_send_are_refused() {
         };
         let register = with_type(api.client.post(api.url("/api/v1/user/register")))
             .body(registration.clone());
-        api.call(register)
+        api.execute(register)
             .await
             .error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
         let send = with_type(api.request(
@@ -140,7 +140,7 @@ async fn bodies_an_html_form_can_send_are_refused() {
             Some(&alice.token),
         ))
         .body(message.clone());
-        api.call(send)
+        api.execute(send)
             .await
             .error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
     }
@@ -155,6 +155,6 @@ async fn bodies_an_html_form_can_send_are_refused() {
             .request(Method::POST, &format!("/api/v1/message/send/{}", bob.id), Some(&alice.token))
             .header(CONTENT_TYPE, content_type)
             .body(message.clone());
-        api.call(send).await.data(StatusCode::CREATED);
+        api.execute(send).await.data(StatusCode::CREATED);
     }
 }

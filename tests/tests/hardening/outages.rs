@@ -120,7 +120,7 @@ async fn outage_and_recovery(backend: Backend) {
         );
         url
     };
-    let app = spawn_with(backend, |s| {
+    let app = TestApp::spawn_with(backend, |s| {
         s.storage = match s.storage.clone() {
             StorageSettings::Postgres {
                 url,
@@ -148,7 +148,7 @@ async fn outage_and_recovery(backend: Backend) {
     let api = app.api();
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
-    api.send(&alice, &bob, "before")
+    api.send(&alice.token, &bob.id, "before")
         .await
         .data(StatusCode::CREATED);
     wait_ready(&api, StatusCode::OK, WAIT).await;
@@ -176,7 +176,7 @@ async fn outage_and_recovery(backend: Backend) {
             ),
         ] {
             let started = Instant::now();
-            let reply = api.call(request).await;
+            let reply = api.execute(request).await;
             let elapsed = started.elapsed();
             assert_eq!(
                 reply.status,
@@ -208,7 +208,7 @@ async fn outage_and_recovery(backend: Backend) {
         let recovered = wait_ready(&api, StatusCode::OK, Duration::from_secs(30)).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let reply = api.send(&alice, &bob, "after").await;
+            let reply = api.send(&alice.token, &bob.id, "after").await;
             if reply.status == StatusCode::CREATED {
                 break;
             }

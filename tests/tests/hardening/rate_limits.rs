@@ -51,7 +51,7 @@ async fn message_sends_are_rate_limited_per_user() {
 
     let sends = (0..8).map(|i| {
         let (api, alice, bob) = (api.clone(), alice.clone(), bob.clone());
-        tokio::spawn(async move { api.send(&alice, &bob, &format!("burst {i}")).await })
+        tokio::spawn(async move { api.send(&alice.token, &bob.id, &format!("burst {i}")).await })
     });
     let replies: Vec<Reply> = futures_util::future::join_all(sends)
         .await
@@ -72,7 +72,7 @@ async fn message_sends_are_rate_limited_per_user() {
         "the first sends pass"
     );
     // Bob has an allowance of his own.
-    api.send(&bob, &alice, "reply")
+    api.send(&bob.token, &alice.id, "reply")
         .await
         .data(StatusCode::CREATED);
 }
@@ -82,11 +82,11 @@ async fn socket_connects_are_rate_limited_per_user() {
     let app = spawn(|s| s.limits.requests.socket_connects_per_minute_per_user = 2).await;
     let api = app.api();
     let user = api.create_user(&unique("sockets")).await;
-    let _first = api.ws(&user.token).await;
-    let _second = api.ws(&user.token).await;
+    let _first = api.connect_ws(&user.token).await;
+    let _second = api.connect_ws(&user.token).await;
     match api.try_ws(&user.token).await {
-        Err(Some(status)) => assert_eq!(status, 429),
-        Err(None) => panic!("the handshake failed without a status"),
+        Err(WsRefused { status: Some(status), .. }) => assert_eq!(status, 429),
+        Err(_) => panic!("the handshake failed without a status"),
         Ok(_) => panic!("a third connect within the minute was accepted"),
     }
     // The refusal is the usual envelope for plain HTTP clients.
@@ -100,15 +100,15 @@ async fn a_socket_sending_too_many_frames_is_closed_with_a_policy_code() {
     let api = app.api();
     let user = api.create_user(&unique("chatty")).await;
     let other = api.create_user(&unique("quiet")).await;
-    let mut ws = api.ws(&user.token).await;
+    let mut ws = api.connect_ws(&user.token).await;
     let typing =
         json!({ "event": "typing", "data": { "to": other.id, "isTyping": true } }).to_string();
     for _ in 0..50 {
-        if ws.send(Frame::text(typing.clone())).await.is_err() {
+        if ws.stream.send(Frame::text(typing.clone())).await.is_err() {
             break;
         }
     }
-    let (code, reason) = close_frame(&mut ws, WAIT).await;
+    let (code, reason) = ws.close_frame(WAIT).await;
     assert_eq!(code, CloseCode::Policy, "{reason}");
     assert!(!reason.is_empty());
 }
@@ -118,18 +118,18 @@ async fn a_user_holds_at_most_the_allowed_sockets() {
     let app = spawn(|s| s.limits.sockets_per_user = 2).await;
     let api = app.api();
     let user = api.create_user(&unique("tabs")).await;
-    let _first = api.ws(&user.token).await;
-    let second = api.ws(&user.token).await;
+    let _first = api.connect_ws(&user.token).await;
+    let second = api.connect_ws(&user.token).await;
     let mut third = api
         .try_ws(&user.token)
         .await
         .expect("the handshake itself completes");
-    let (code, reason) = close_frame(&mut third, WAIT).await;
+    let (code, reason) = third.close_frame(WAIT).await;
     assert_eq!(code, CloseCode::Policy, "{reason}");
 
     // Another user is not affected, and a closed socket frees its place.
     let other = api.create_user(&unique("elsewhere")).await;
-    let _theirs = api.ws(&other.token).await;
+    let _theirs = api.connect_ws(&other.token).await;
     drop(second);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -137,7 +137,7 @@ async fn a_user_holds_at_most_the_allowed_sockets() {
             .try_ws(&user.token)
             .await
             .expect("the handshake completes");
-        match tokio::time::timeout(Duration::from_secs(2), again.next()).await {
+        match tokio::time::timeout(Duration::from_secs(2), again.stream.next()).await {
             Ok(Some(Ok(Frame::Text(_)))) => break,
             _ if Instant::now() < deadline => continue,
             other => panic!("the freed place was not given back: {other:?}"),

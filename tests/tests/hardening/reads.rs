@@ -20,9 +20,9 @@ fn conversation_ids(page: &Value) -> Vec<String> {
 /// walk does not end.
 async fn walk_conversations(
     api: &Api,
-    me: &User,
+    me: &TestUser,
     limit: u32,
-    between: impl Fn(usize) -> Vec<(User, User)>,
+    between: impl Fn(usize) -> Vec<(TestUser, TestUser)>,
 ) -> Vec<Vec<String>> {
     let mut pages = Vec::new();
     let mut cursor: Option<String> = None;
@@ -38,7 +38,7 @@ async fn walk_conversations(
             None => return pages,
         }
         for (from, to) in between(page) {
-            api.send(&from, &to, "meanwhile").await.data(StatusCode::CREATED);
+            api.send(&from.token, &to.id, "meanwhile").await.data(StatusCode::CREATED);
         }
     }
     panic!("the conversation list never ends");
@@ -52,7 +52,7 @@ async fn conversations_are_paged_by_cursor_each_once_while_messages_arrive() {
     let mut partners = Vec::new();
     for i in 0..7 {
         let partner = api.create_user(&unique(&format!("p{i}"))).await;
-        api.send(&partner, &me, "hi").await.data(StatusCode::CREATED);
+        api.send(&partner.token, &me.id, "hi").await.data(StatusCode::CREATED);
         partners.push(partner);
     }
     // Newest first.
@@ -88,7 +88,7 @@ async fn without_a_limit_the_first_page_holds_200_conversations_and_a_cursor() {
     let app = spawn(|_| {}).await;
     let api = app.api();
     let me = api.create_user(&unique("me")).await;
-    let partners: Vec<User> = futures_util::stream::iter(0..201)
+    let partners: Vec<TestUser> = futures_util::stream::iter(0..201)
         .map(|i| {
             let api = api.clone();
             async move { api.create_user(&unique(&format!("p{i}"))).await }
@@ -97,7 +97,7 @@ async fn without_a_limit_the_first_page_holds_200_conversations_and_a_cursor() {
         .collect()
         .await;
     for partner in &partners {
-        api.send(&me, partner, "hi").await.data(StatusCode::CREATED);
+        api.send(&me.token, &partner.id, "hi").await.data(StatusCode::CREATED);
     }
 
     let first = api.get(CONVERSATIONS, Some(&me.token)).await;
@@ -130,9 +130,9 @@ async fn a_forged_conversation_cursor_is_refused_and_a_foreign_one_reaches_only_
         api.create_user(&unique("carol")).await,
         api.create_user(&unique("dave")).await,
     );
-    api.send(&me, &bob, "hi").await.data(StatusCode::CREATED);
-    api.send(&carol, &dave, "hi").await.data(StatusCode::CREATED);
-    api.send(&carol, &bob, "hi").await.data(StatusCode::CREATED);
+    api.send(&me.token, &bob.id, "hi").await.data(StatusCode::CREATED);
+    api.send(&carol.token, &dave.id, "hi").await.data(StatusCode::CREATED);
+    api.send(&carol.token, &bob.id, "hi").await.data(StatusCode::CREATED);
 
     let bobs = api.get(&format!("{CONVERSATIONS}?limit=1"), Some(&bob.token)).await;
     let cursor = bobs.header("x-next-cursor").expect("bob has two").to_owned();

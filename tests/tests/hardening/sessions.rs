@@ -7,7 +7,7 @@ use super::*;
 const REVOKED_WITHIN: Duration = Duration::from_secs(1);
 
 async fn logout(api: &Api, token: &str) {
-    api.post("/api/v1/user/logout", &json!({}), Some(token))
+    api.post_json("/api/v1/user/logout", &json!({}), Some(token))
         .await
         .data(StatusCode::OK);
 }
@@ -78,21 +78,21 @@ async fn logout_closes_the_sockets_opened_with_the_token_and_only_those() {
         .as_str()
         .expect("token")
         .to_owned();
-    let mut ws = api.ws(&alice.token).await;
+    let mut ws = api.connect_ws(&alice.token).await;
     let mut sio = socketio(&api, &alice.token).await;
-    let mut kept = api.ws(&other_device).await;
+    let mut kept = api.connect_ws(&other_device).await;
 
     let started = Instant::now();
     logout(&api, &alice.token).await;
-    let (code, reason) = close_frame(&mut ws, REVOKED_WITHIN).await;
+    let (code, reason) = ws.close_frame(REVOKED_WITHIN).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("revoked"), "{reason}");
     let reason = socketio_ended(&mut sio, REVOKED_WITHIN.saturating_sub(started.elapsed())).await;
     assert!(reason.contains("revoked"), "{reason}");
 
     // The other device's token was not revoked: its socket still gets the user's messages.
-    api.send(&bob, &alice, "still here?").await.data(StatusCode::CREATED);
-    let message = next_event(&mut kept, "newMessage", WAIT).await;
+    api.send(&bob.token, &alice.id, "still here?").await.data(StatusCode::CREATED);
+    let message = kept.next_event("newMessage", WAIT).await;
     assert_eq!(message["message"], "still here?");
 }
 
@@ -101,10 +101,10 @@ async fn a_socket_ends_when_its_token_expires() {
     let app = spawn(|s| s.auth.token_ttl = 2).await;
     let api = app.api();
     let user = api.create_user(&unique("brief")).await;
-    let mut ws = api.ws(&user.token).await;
+    let mut ws = api.connect_ws(&user.token).await;
     let mut sio = socketio(&api, &user.token).await;
 
-    let (code, reason) = close_frame(&mut ws, Duration::from_secs(4)).await;
+    let (code, reason) = ws.close_frame(Duration::from_secs(4)).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("expired"), "{reason}");
     let reason = socketio_ended(&mut sio, Duration::from_secs(2)).await;
@@ -112,25 +112,22 @@ async fn a_socket_ends_when_its_token_expires() {
 }
 
 /// Two in-process instances on one PostgreSQL database and the test Redis.
-async fn cluster_of_two() -> (App, App) {
+async fn cluster_of_two() -> (TestApp, TestApp) {
     let database = TestDatabase::create(Backend::Postgres).await;
     let prefix = unique("sessions");
-    let start = |database: &TestDatabase| {
+    let settings = |database: &TestDatabase| {
         let mut settings = tests::test_settings(database);
         settings.fanout = server::settings::FanoutSettings::Redis {
             redis_url: SecretString::from(tests::cluster::system_redis_url()),
             prefix: prefix.clone(),
             presence_ttl: 15,
         };
-        async move {
-            let app = server::build(settings).await.expect("the server builds");
-            (app.port(), tokio::spawn(app.run_until_stopped()))
-        }
+        settings
     };
-    let (first_port, first_server) = start(&database).await;
-    let (second_port, second_server) = start(&database).await;
-    let first = App { port: first_port, client: http_client(), database: Some(database), server: first_server };
-    let second = App { port: second_port, client: http_client(), database: None, server: second_server };
+    let (first_settings, second_settings) = (settings(&database), settings(&database));
+    // The second instance shares the database, which goes with the first.
+    let first = TestApp::start(first_settings, Some(database)).await;
+    let second = TestApp::start(second_settings, None).await;
     for app in [&first, &second] {
         let deadline = Instant::now() + WAIT;
         while app.api().get("/readyz", None).await.status != StatusCode::OK {
@@ -145,12 +142,12 @@ async fn cluster_of_two() -> (App, App) {
 async fn a_logout_on_one_instance_closes_the_sockets_on_another() {
     let (first, second) = cluster_of_two().await;
     let user = first.api().create_user(&unique("roaming")).await;
-    let mut ws = second.api().ws(&user.token).await;
+    let mut ws = second.api().connect_ws(&user.token).await;
     let mut sio = socketio(&second.api(), &user.token).await;
 
     let started = Instant::now();
     logout(&first.api(), &user.token).await;
-    let (code, reason) = close_frame(&mut ws, REVOKED_WITHIN).await;
+    let (code, reason) = ws.close_frame(REVOKED_WITHIN).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("revoked"), "{reason}");
     let reason = socketio_ended(&mut sio, REVOKED_WITHIN.saturating_sub(started.elapsed())).await;
@@ -165,7 +162,7 @@ async fn a_user_flapping_online_and_offline_costs_idle_clients_a_bounded_number_
     let mut idle = Vec::new();
     for _ in 0..10 {
         let user = api.create_user(&unique("idle")).await;
-        idle.push(api.ws(&user.token).await);
+        idle.push(api.connect_ws(&user.token).await);
     }
     let flapper = api.create_user(&unique("flapper")).await;
     // The lists the idle clients' own arrivals caused go out within a window.
@@ -177,7 +174,7 @@ async fn a_user_flapping_online_and_offline_costs_idle_clients_a_bounded_number_
         .map(|(mut ws, count)| {
             let count = count.clone();
             tokio::spawn(async move {
-                while let Some(Ok(frame)) = ws.next().await {
+                while let Some(Ok(frame)) = ws.stream.next().await {
                     if let Frame::Text(text) = frame {
                         let value: Value = serde_json::from_str(text.as_str()).unwrap();
                         if value["event"] == "onlineUsers" {
@@ -199,7 +196,7 @@ async fn a_user_flapping_online_and_offline_costs_idle_clients_a_bounded_number_
     for _ in 0..cycles {
         let mut ws = api.try_ws(&flapper.token).await.expect("the handshake succeeds");
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _ = ws.close(None).await;
+        let _ = ws.stream.close(None).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let flapped = started.elapsed();
@@ -227,22 +224,22 @@ async fn typing_reaches_a_conversation_partner_but_not_a_stranger() {
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
     let stranger = api.create_user(&unique("stranger")).await;
-    api.send(&bob, &alice, "hello").await.data(StatusCode::CREATED);
-    let mut alice_ws = api.ws(&alice.token).await;
-    let mut bob_ws = api.ws(&bob.token).await;
-    let mut stranger_ws = api.ws(&stranger.token).await;
+    api.send(&bob.token, &alice.id, "hello").await.data(StatusCode::CREATED);
+    let mut alice_ws = api.connect_ws(&alice.token).await;
+    let mut bob_ws = api.connect_ws(&bob.token).await;
+    let mut stranger_ws = api.connect_ws(&stranger.token).await;
 
     let typing = json!({ "event": "typing", "data": { "to": alice.id, "isTyping": true } }).to_string();
     for _ in 0..5 {
-        stranger_ws.send(Frame::text(typing.clone())).await.unwrap();
+        stranger_ws.stream.send(Frame::text(typing.clone())).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    bob_ws.send(Frame::text(typing.clone())).await.unwrap();
+    bob_ws.stream.send(Frame::text(typing.clone())).await.unwrap();
 
-    let notice = next_event(&mut alice_ws, "typing", WAIT).await;
+    let notice = alice_ws.next_event("typing", WAIT).await;
     assert_eq!(notice["from"], json!(bob.id), "the first notice is the partner's: {notice}");
     // Nothing else follows: the stranger's notices were dropped, not delayed.
-    let more = tokio::time::timeout(Duration::from_millis(500), next_event(&mut alice_ws, "typing", WAIT)).await;
+    let more = tokio::time::timeout(Duration::from_millis(500), alice_ws.next_event("typing", WAIT)).await;
     assert!(more.is_err(), "another typing notice arrived: {more:?}");
 }
 
@@ -272,7 +269,7 @@ async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(format!("127.0.0.1:{}", api.port).parse().unwrap()).await.unwrap();
     let client_port = stream.local_addr().unwrap().port();
-    let (_ws, _) = tokio_tungstenite::client_async(api.ws_url(&stalled.token), MaybeTlsStream::Plain(stream))
+    let (_ws, _) = tokio_tungstenite::client_async(format!("{}?token={}", api.ws_url(), stalled.token), MaybeTlsStream::Plain(stream))
         .await
         .expect("the handshake succeeds");
     assert!(server_end_established(api.port, client_port));
@@ -280,7 +277,7 @@ async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
     // 20 kB a message: far more than every buffer and the queue hold, so it is evicted.
     let text = "\u{1F600}".repeat(5000);
     for _ in 0..60 {
-        api.send(&sender, &stalled, &text).await.data(StatusCode::CREATED);
+        api.send(&sender.token, &stalled.id, &text).await.data(StatusCode::CREATED);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while server_end_established(api.port, client_port) {

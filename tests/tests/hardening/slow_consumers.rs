@@ -11,7 +11,7 @@ async fn stalled_ws(api: &Api, token: &str) -> Ws {
         .connect(format!("127.0.0.1:{}", api.port).parse().unwrap())
         .await
         .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(api.ws_url(token), MaybeTlsStream::Plain(stream))
+    let (ws, _) = tokio_tungstenite::client_async(format!("{}?token={token}", api.ws_url()), MaybeTlsStream::Plain(stream))
         .await
         .expect("the handshake succeeds");
     ws
@@ -26,10 +26,10 @@ async fn a_stalled_socket_is_evicted_while_live_delivery_stays_fast() {
 
     let mut stalled = stalled_ws(&api, &stalled_user.token).await;
     // The stalled client reads nothing from here on (until the end of the test).
-    let mut live = api.ws(&live_user.token).await;
+    let mut live = api.connect_ws(&live_user.token).await;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<(Value, Instant)>();
     let reader = tokio::spawn(async move {
-        while let Some(Ok(frame)) = live.next().await {
+        while let Some(Ok(frame)) = live.stream.next().await {
             if let Frame::Text(text) = frame {
                 let value: Value = serde_json::from_str(text.as_str()).unwrap();
                 let _ = events_tx.send((value, Instant::now()));
@@ -50,7 +50,7 @@ async fn a_stalled_socket_is_evicted_while_live_delivery_stays_fast() {
             "{sent} messages sent and the stalled socket is still registered"
         );
         let started = Instant::now();
-        let reply = api.send(&live_user, &stalled_user, &text).await;
+        let reply = api.send(&live_user.token, &stalled_user.id, &text).await;
         let id = reply.data(StatusCode::CREATED)["_id"]
             .as_str()
             .unwrap()

@@ -76,7 +76,7 @@ async fn forged_and_expired_tokens_are_refused() {
         );
         reply.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
         assert!(
-            matches!(api.try_ws(&token).await, Err(Some(401))),
+            matches!(api.try_ws(&token).await, Err(WsRefused { status: Some(StatusCode::UNAUTHORIZED), .. })),
             "{what} opens a socket"
         );
     }
