@@ -70,10 +70,6 @@ impl ApiError {
         Self::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request body took too long to arrive")
     }
 
-    pub fn method_not_implemented() -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "NOT_IMPLEMENTED", "this request method is not supported")
-    }
-
     pub fn method_not_allowed() -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed")
     }

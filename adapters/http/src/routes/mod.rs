@@ -8,11 +8,10 @@ mod ws;
 use std::time::Instant;
 
 use actix_cors::Cors;
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::Method;
 use actix_web::middleware::{self, DefaultHeaders, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, Resource, ResponseError as _};
 
@@ -56,7 +55,6 @@ pub fn app(
         .wrap(middleware::from_fn(crate::origin::guard))
         .wrap(middleware::from_fn(access_log))
         .wrap(middleware::Condition::new(metrics, middleware::from_fn(crate::metrics::track)))
-        .wrap(middleware::from_fn(known_methods))
         .wrap(cors)
         .wrap(
             DefaultHeaders::new()
@@ -130,7 +128,8 @@ fn resource(path: &str, allow: &'static str) -> Resource {
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+    let method = crate::metrics::method_label(req.method());
+    ApiError::not_found(format!("no route for {method} {}", req.path())).error_response()
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -150,43 +149,14 @@ fn cors(origins: &[String]) -> Cors {
     )
 }
 
-/// The methods of HTTP itself (RFC 9110, and PATCH); an extension method is refused here,
-/// before a log line or a metric label is made of an arbitrary (and arbitrarily long) name.
-/// The standard ones go on to their route, which answers 405 with `Allow` where it must.
-fn known_method(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET
-            | Method::HEAD
-            | Method::POST
-            | Method::PUT
-            | Method::PATCH
-            | Method::DELETE
-            | Method::OPTIONS
-            | Method::TRACE
-            | Method::CONNECT
-    )
-}
-
-/// Middleware: answers a request with an extension method (`XQWE /healthz`) `501` at once,
-/// as RFC 9110 has it for a method the server does not recognize.
-async fn known_methods(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if !known_method(req.method()) {
-        return Ok(req.error_response(ApiError::method_not_implemented()).map_into_right_body());
-    }
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
-}
-
-/// One line per request. The query string is left out: it may carry a token.
+/// One line per request. The query string is left out: it may carry a token; a method that
+/// is not one of HTTP's own is logged as `OTHER` (clients choose it, of any length).
 async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = crate::metrics::method_label(req.method());
     let path = req.path().to_owned();
     let response = next.call(req).await;
     let status = match &response {
@@ -194,7 +164,7 @@ async fn access_log(
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
     tracing::info!(
-        method = %method,
+        method,
         path = %path,
         status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
