@@ -63,8 +63,13 @@ pub struct AppState {
 /// depend on them: it authenticates `/ws` handshakes (with the API's error answers) and
 /// leaves the rest to the transport.
 pub struct Transports {
-    /// Serves an authenticated `/ws` handshake: upgrades the request and runs the connection.
-    pub ws: Box<dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync>,
-    /// Mounts the `/socket.io/` endpoint, which answers every request under it itself.
-    pub socketio: Box<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+    pub ws: ServeWs,
+    pub socketio: MountSocketIo,
 }
+
+/// Serves an authenticated `/ws` handshake: upgrades the request and runs the connection.
+pub type ServeWs =
+    Box<dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync>;
+
+/// Mounts the `/socket.io/` endpoint, which answers every request under it itself.
+pub type MountSocketIo = Box<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
