@@ -81,10 +81,8 @@ impl RealtimeService {
 
     /// Relays a typing notice to the target's connections only, if the two share a
     /// conversation (at least one message between them): nobody can pester strangers.
-    /// Notices about oneself, to an id that is not one of ours, or that can't be checked
-    /// now (the store is down) are dropped.
-    pub async fn typing(&self, from: &UserId, to: &str, is_typing: bool) {
-        let Ok(to) = UserId::parse(to) else { return };
+    /// Notices about oneself, or that can't be checked now (the store is down), are dropped.
+    pub async fn typing(&self, from: &UserId, to: &UserId, is_typing: bool) {
         let Ok(pair) = ParticipantPair::new(from.clone(), to.clone()) else { return };
         match self.partners.share_conversation(&pair).await {
             Ok(true) => {}
@@ -95,7 +93,7 @@ impl RealtimeService {
             }
         }
         let event = Event::Typing { from: from.clone(), to: to.clone(), is_typing };
-        if let Err(error) = self.notifier.notify(&[to], &event).await {
+        if let Err(error) = self.notifier.notify(std::slice::from_ref(to), &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }
     }
@@ -378,7 +376,7 @@ mod tests {
         // Three notices, one lookup.
         let service = service_with(MockPresence::new(), notifier, conversations(true, 1));
         for _ in 0..3 {
-            service.typing(&from, to.as_str(), true).await;
+            service.typing(&from, &to, true).await;
         }
     }
 
@@ -390,7 +388,7 @@ mod tests {
         let service = service_with(MockPresence::new(), notifier, conversations(false, 3));
         let (me, stranger) = (UserId::generate(), UserId::generate());
         for _ in 0..3 {
-            service.typing(&me, stranger.as_str(), true).await;
+            service.typing(&me, &stranger, true).await;
         }
     }
 
@@ -403,16 +401,15 @@ mod tests {
         let mut notifier = MockNotifier::new();
         notifier.expect_notify().never();
         let service = service_with(MockPresence::new(), notifier, conversations);
-        service.typing(&UserId::generate(), UserId::generate().as_str(), true).await;
+        service.typing(&UserId::generate(), &UserId::generate(), true).await;
     }
 
     #[tokio::test]
-    async fn typing_to_oneself_or_nobody_is_dropped_without_a_lookup() {
+    async fn typing_to_oneself_is_dropped_without_a_lookup() {
         let me = UserId::generate();
         let mut notifier = MockNotifier::new();
         notifier.expect_notify().never();
         let service = service_with(MockPresence::new(), notifier, conversations(true, 0));
-        service.typing(&me, me.as_str(), true).await;
-        service.typing(&me, "not-an-id", true).await;
+        service.typing(&me, &me, true).await;
     }
 }

@@ -130,7 +130,11 @@ impl Hub {
             names::TYPING => {
                 let typing = serde_json::from_value::<TypingIn>(data)
                     .map_err(|_| InvalidEvent("typing needs data {\"to\": userId, \"isTyping\": bool}"))?;
-                self.realtime.typing(user, &typing.to, typing.is_typing).await;
+                // An id that is not one of ours names nobody: the notice goes nowhere, as one
+                // to a stranger does, without telling the client who exists.
+                if let Ok(to) = UserId::parse(&typing.to) {
+                    self.realtime.typing(user, &to, typing.is_typing).await;
+                }
                 Ok(())
             }
             _ => Ok(()),
