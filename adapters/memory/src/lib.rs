@@ -9,8 +9,8 @@
 //! for load.
 //!
 //! Each concern has its own state behind its own lock, taken for one synchronous step and
-//! never held across an `await`: users ([`users`]), conversations with their messages and
-//! streams, which a send changes together ([`chats`]), and revocations ([`revocations`]).
+//! never held across an `await`: users (`users`), conversations with their messages and
+//! streams, which a send changes together (`chats`), and revocations (`revocations`).
 //! One step under one lock is what makes a step atomic here, as a transaction is in a
 //! database: concurrent sends take stream positions one after the other, so streams have
 //! no holes, and racing sends with one client id store one message.
