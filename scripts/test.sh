@@ -23,3 +23,6 @@ for backend in postgres mongodb; do
   # --workspace keeps the feature selection, and so the build, of the run above.
   CHAT_TEST_BACKEND=$backend cargo test --workspace --test api --test sync
 done
+# The API suite on the in-memory reference store (single instance: no sync across instances).
+echo "== black-box API suite on memory"
+CHAT_TEST_BACKEND=memory cargo test --workspace --test api
