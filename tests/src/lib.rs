@@ -294,7 +294,7 @@ pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
 
 /// `scripts/install-test-deps.sh` (the Node packages of `tests/js`), once per test binary
 /// (the script itself is idempotent).
-pub fn install_node_packages() {
+fn install_node_packages() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let status = Command::new("bash")
@@ -303,6 +303,26 @@ pub fn install_node_packages() {
             .expect("bash runs scripts/install-test-deps.sh");
         assert!(status.success(), "scripts/install-test-deps.sh failed: {status}");
     });
+}
+
+/// Runs a Node client of the server (`command`: `node` with its script and environment),
+/// the Node packages of `tests/js` installed first, within a minute; fails with its output
+/// unless it exits successfully having printed the line `ok_line`. Returns its stdout.
+pub async fn run_node_client(mut command: tokio::process::Command, what: &str, ok_line: &str) -> String {
+    install_node_packages();
+    let run = command.kill_on_drop(true).output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+        .expect("node runs (Node 18+ must be installed)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.lines().any(|line| line == ok_line),
+        "{what} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
 }
 
 /// The HS256 secret of in-process test servers.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header;
 use serde_json::{json, Value};
-use tests::{install_node_packages, Api, Backend, TestApp, TestUser};
+use tests::{run_node_client, Api, Backend, TestApp, TestUser};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const ALLOWED_ORIGIN: &str = "http://localhost:5173";
@@ -64,28 +64,15 @@ impl Fixture {
 
     /// Runs one scenario of `tests/js/socketio.mjs` and fails with its output unless it passed.
     async fn run_client(&self, scenario: &str, mode: &str) {
-        install_node_packages();
         let users: Vec<Value> = self.users.iter().map(|u| json!({ "id": u.id, "token": u.token })).collect();
-        let script = tests::workspace_dir().join("tests/js/socketio.mjs");
-        let run = tokio::process::Command::new("node")
-            .arg(&script)
+        let mut node = tokio::process::Command::new("node");
+        node.arg(tests::workspace_dir().join("tests/js/socketio.mjs"))
             .args([scenario, mode])
             .env("CHAT_BASE_URL", self.base_url())
             .env("CHAT_USERS", Value::Array(users).to_string())
-            .env("CHAT_ALLOWED_ORIGIN", ALLOWED_ORIGIN)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .unwrap_or_else(|_| panic!("{scenario} ({mode}) did not finish within 60 s"))
-            .expect("node runs (Node 18+ must be installed)");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.lines().any(|l| l == format!("ok - {scenario} ({mode})")),
-            "socket.io-client scenario {scenario} ({mode}) failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            output.status
-        );
+            .env("CHAT_ALLOWED_ORIGIN", ALLOWED_ORIGIN);
+        let what = format!("socket.io-client scenario {scenario} ({mode})");
+        run_node_client(node, &what, &format!("ok - {scenario} ({mode})")).await;
     }
 
     /// A raw polling session: handshake (with `cookie` as the `token` cookie if given), then

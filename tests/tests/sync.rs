@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tests::cluster::{system_redis_url, Cluster, ClusterConfig};
-use tests::{install_node_packages, workspace_dir, Api, Backend, Reply, TestApp, TestUser};
+use tests::{run_node_client, workspace_dir, Api, Backend, Reply, TestApp, TestUser};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -1278,7 +1278,6 @@ process.exit(0);
 "#;
 
 async fn socketio_resume(mode: &str) {
-    install_node_packages();
     let test = format!("socketio_{mode}");
     let seed = seed(&test);
     let deployment = Deployment::one_instance().await;
@@ -1301,8 +1300,8 @@ async fn socketio_resume(mode: &str) {
     let live = 80;
     let total = offline + live;
     let user = |u: &TestUser| json!({ "id": u.id, "token": u.token }).to_string();
-    let run = tokio::process::Command::new("node")
-        .args(["--input-type=module", "-e", SOCKETIO_RECEIVER])
+    let mut node = tokio::process::Command::new("node");
+    node.args(["--input-type=module", "-e", SOCKETIO_RECEIVER])
         .current_dir(workspace_dir().join("tests/js"))
         .env("CHAT_BASE_URL", deployment.api(0).url(""))
         .env("CHAT_RECEIVER", user(&receiver))
@@ -1311,20 +1310,9 @@ async fn socketio_resume(mode: &str) {
         .env("CHAT_LIVE", live.to_string())
         .env("CHAT_TOTAL", total.to_string())
         .env("CHAT_SINCE", "2")
-        .env("CHAT_SEED", (seed as u32).to_string())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap_or_else(|_| panic!("the socket.io-client receiver did not finish within 60 s"))
-        .expect("node runs (Node 18+ must be installed)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.lines().any(|l| l == "ok"),
-        "the socket.io-client receiver ({mode}) failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+        .env("CHAT_SEED", (seed as u32).to_string());
+    let what = format!("the socket.io-client receiver ({mode})");
+    let stdout = run_node_client(node, &what, "ok").await;
     let result: Value = stdout
         .lines()
         .find_map(|l| l.strip_prefix("result "))

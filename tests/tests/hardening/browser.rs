@@ -94,18 +94,6 @@ async fn cors_is_closed_unless_an_origin_is_configured() {
     );
 }
 
-fn token_cookie(reply: &Reply) -> String {
-    let cookies: Vec<&str> = reply
-        .headers
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter(|c| c.starts_with("token="))
-        .collect();
-    assert_eq!(cookies.len(), 1, "{reply:?}");
-    cookies[0].to_owned()
-}
-
 fn cookie_attributes(cookie: &str) -> Vec<String> {
     cookie
         .split(';')
@@ -123,7 +111,7 @@ async fn the_production_cookie_is_secure() {
     .await;
     let reply = app.api().register_user(&unique("prod")).await;
     reply.data(StatusCode::CREATED);
-    let attributes = cookie_attributes(&token_cookie(&reply));
+    let attributes = cookie_attributes(reply.token_cookie());
     for expected in ["secure", "httponly", "samesite=none", "path=/"] {
         assert!(
             attributes.iter().any(|a| a == expected),
@@ -134,7 +122,7 @@ async fn the_production_cookie_is_secure() {
     // Cross-site cookies are Secure even if `cookie.secure` was forgotten.
     let app = spawn(|s| s.cookie.same_site = SameSite::None).await;
     let reply = app.api().register_user(&unique("crosssite")).await;
-    let attributes = cookie_attributes(&token_cookie(&reply));
+    let attributes = cookie_attributes(reply.token_cookie());
     assert!(attributes.iter().any(|a| a == "secure"), "{attributes:?}");
 
     // The production profile turns it on by itself.

@@ -34,19 +34,12 @@ async fn passwords_tokens_and_hashes_never_reach_the_log() {
     api.get("/api/v1/user/get-profile", Some(&token))
         .await
         .data(StatusCode::OK);
-    let reply = api
-        .execute(
-            api.client
-                .get(api.url("/api/v1/user/get-profile"))
-                .header("cookie", format!("token={token}")),
-        )
-        .await;
-    reply.data(StatusCode::OK);
-    let mut ws = api.connect_ws(&token).await;
-    let _ = ws.stream.close(None).await;
-    api.execute(api.request(Method::POST, "/api/v1/user/logout", Some(&token)))
+    api.get_with_cookie("/api/v1/user/get-profile", &token)
         .await
         .data(StatusCode::OK);
+    let mut ws = api.connect_ws(&token).await;
+    let _ = ws.stream.close(None).await;
+    api.logout(&token).await.data(StatusCode::OK);
     api.get("/api/v1/user/get-profile", Some(&token))
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");

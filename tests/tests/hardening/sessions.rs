@@ -6,12 +6,6 @@ use super::*;
 /// How soon a revocation must close the token's sockets.
 const REVOKED_WITHIN: Duration = Duration::from_secs(1);
 
-async fn logout(api: &Api, token: &str) {
-    api.post_json("/api/v1/user/logout", &json!({}), Some(token))
-        .await
-        .data(StatusCode::OK);
-}
-
 /// A Socket.IO socket over the WebSocket transport, joined to the main namespace.
 async fn socketio(api: &Api, token: &str) -> Ws {
     let url = format!(
@@ -83,7 +77,7 @@ async fn logout_closes_the_sockets_opened_with_the_token_and_only_those() {
     let mut kept = api.connect_ws(&other_device).await;
 
     let started = Instant::now();
-    logout(&api, &alice.token).await;
+    api.logout(&alice.token).await.data(StatusCode::OK);
     let (code, reason) = ws.close_frame(REVOKED_WITHIN).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("revoked"), "{reason}");
@@ -146,7 +140,7 @@ async fn a_logout_on_one_instance_closes_the_sockets_on_another() {
     let mut sio = socketio(&second.api(), &user.token).await;
 
     let started = Instant::now();
-    logout(&first.api(), &user.token).await;
+    first.logout(&user.token).await.data(StatusCode::OK);
     let (code, reason) = ws.close_frame(REVOKED_WITHIN).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("revoked"), "{reason}");
