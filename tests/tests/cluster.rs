@@ -188,7 +188,7 @@ async fn a_message_reaches_every_connection_of_both_users_exactly_once_and_nobod
     // an earlier one would have arrived too.
     for socket in [&mut alice_1, &mut bob_2, &mut bob_3] {
         message(socket, &reply).await;
-        assert_eq!(messages(&socket), [first.clone(), second.clone(), reply.clone()]);
+        assert_eq!(messages(socket), [first.clone(), second.clone(), reply.clone()]);
     }
 
     // Typing notices cross instances too, to the target only.
