@@ -138,6 +138,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     build_with_storage(settings, storage).await
 }
 
+/// How events, presence and revocations reach the other instances (or stay here).
+struct Fanout {
+    notifier: Arc<dyn Notifier>,
+    presence: Arc<dyn Presence>,
+    /// `None` for a single instance: every logout happens here.
+    revocation_feed: Option<Arc<dyn RevocationFeed>>,
+}
+
 pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Application> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secret = jwt_secret(&settings);
@@ -148,12 +156,12 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         ConnectionRegistry::new(settings.websocket.queue_capacity, settings.limits.sockets_per_user);
     let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
     // With local fan-out this instance is the only one: every logout happens here.
-    let (notifier, presence, revocation_feed): (
-        Arc<dyn Notifier>,
-        Arc<dyn Presence>,
-        Option<Arc<dyn RevocationFeed>>,
-    ) = match &settings.fanout {
-        FanoutSettings::Local {} => (registry.clone(), Arc::new(InMemoryPresence::new()), None),
+    let Fanout { notifier, presence, revocation_feed } = match &settings.fanout {
+        FanoutSettings::Local {} => Fanout {
+            notifier: registry.clone(),
+            presence: Arc::new(InMemoryPresence::new()),
+            revocation_feed: None,
+        },
         FanoutSettings::Redis { redis_url, prefix, presence_ttl } => {
             let fanout = chat_redis::RedisFanout::start(
                 chat_redis::FanoutOptions {
@@ -165,7 +173,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             )
             .context("invalid fanout settings")?;
             health.push(("fanout", fanout.clone()));
-            (fanout.clone(), fanout.clone(), Some(fanout))
+            Fanout { notifier: fanout.clone(), presence: fanout.clone(), revocation_feed: Some(fanout) }
         }
     };
     let metrics = Arc::new(chat_http::Metrics::new());
