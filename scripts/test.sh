@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test of the project: unit tests, the storage contract suite on SQLite,
+# Checks formatting and lints, then runs every test of the project: unit tests, the storage contract suite on SQLite,
 # PostgreSQL and MongoDB, and the black-box suites (API, sync stress) against the real server
 # on each backend.
 # Starts the services it needs first (see scripts/start-services.sh).
@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/start-services.sh
+
+# The gate first: formatting (rustfmt.toml) and lints (clippy's defaults plus the workspace's
+# own in Cargo.toml), warnings refused. Both fail in seconds to minutes, before any test runs.
+echo "== rustfmt"
+cargo fmt --all --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
 
 # Every target once, with one feature set; the black-box tests then run these executables
 # instead of building the server and the load generator again with another one (which would

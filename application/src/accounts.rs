@@ -119,13 +119,8 @@ impl AccountService {
     /// Takes the username and password as typed: any text may be a credential, and a name
     /// no account could have is answered like an unknown one, after the same time, so the
     /// edge has nothing to parse here.
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<(User, IssuedToken), AccountError> {
-        let password =
-            Password::for_login(password).map_err(|_| AccountError::InvalidCredentials)?;
+    pub async fn login(&self, username: &str, password: &str) -> Result<(User, IssuedToken), AccountError> {
+        let password = Password::for_login(password).map_err(|_| AccountError::InvalidCredentials)?;
         let user = match Username::parse(username) {
             Ok(name) => self.users.find_by_username(&name).await?,
             Err(_) => None,
@@ -164,10 +159,8 @@ impl AccountService {
     /// Accepts a token that is well signed, unexpired, not revoked and names a user that
     /// exists (answered from memory once the user was seen).
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AccountError> {
-        let claims = self
-            .tokens
-            .verify(token, self.clock.now())
-            .map_err(|_| AccountError::Unauthenticated)?;
+        let claims =
+            self.tokens.verify(token, self.clock.now()).map_err(|_| AccountError::Unauthenticated)?;
         if self.revocations.is_revoked(&claims.token_id).await? {
             return Err(AccountError::Unauthenticated);
         }
@@ -193,12 +186,8 @@ impl AccountService {
         after: Option<&Username>,
     ) -> Result<UserPage, AccountError> {
         let limit = paging::clamp(limit);
-        let query = UserQuery {
-            exclude: me.clone(),
-            search,
-            after_username: after.map(Username::normalized),
-            limit,
-        };
+        let query =
+            UserQuery { exclude: me.clone(), search, after_username: after.map(Username::normalized), limit };
         let users = self.users.list(&query).await?;
         let next_cursor = (users.len() == limit as usize)
             .then(|| users.last().map(|u| user_cursor::encode(&u.username)))
@@ -285,8 +274,7 @@ mod tests {
     use super::*;
     use crate::paging::InvalidCursor;
     use crate::ports::{
-        MockClock, MockPasswordHasher, MockRevokedTokenRepository, MockTokenService,
-        MockUserRepository,
+        MockClock, MockPasswordHasher, MockRevokedTokenRepository, MockTokenService, MockUserRepository,
     };
     use chrono::{TimeZone, Utc};
     use mockall::predicate::*;
@@ -421,9 +409,7 @@ mod tests {
     #[tokio::test]
     async fn register_reports_storage_outage_as_unavailable() {
         let mut m = Mocks::new();
-        m.users
-            .expect_find_by_username()
-            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        m.users.expect_find_by_username().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let err = m.service().register(registration()).await.unwrap_err();
         assert!(matches!(err, AccountError::Failed(ApplicationError::Unavailable(_))));
     }
@@ -461,9 +447,7 @@ mod tests {
     async fn login_against_an_unusable_stored_hash_is_refused_like_a_wrong_password() {
         let mut m = Mocks::new();
         m.users.expect_find_by_username().returning(|_| Ok(Some(user("alice"))));
-        m.hasher
-            .expect_verify()
-            .returning(|_, _| Err(HashError(anyhow::anyhow!("invalid hash"))));
+        m.hasher.expect_verify().returning(|_, _| Err(HashError(anyhow::anyhow!("invalid hash"))));
         m.tokens.expect_issue().never();
         let err = m.service().login("alice", "whatever-password").await.unwrap_err();
         assert!(matches!(err, AccountError::InvalidCredentials), "{err:?}");
@@ -474,11 +458,7 @@ mod tests {
         let mut m = Mocks::new();
         m.users.expect_find_by_username().returning(|_| Ok(None));
         m.hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("decoy".into())));
-        m.hasher
-            .expect_verify()
-            .withf(|_, h| h.as_str() == "decoy")
-            .times(2)
-            .returning(|_, _| Ok(true));
+        m.hasher.expect_verify().withf(|_, h| h.as_str() == "decoy").times(2).returning(|_, _| Ok(true));
         m.tokens.expect_issue().never();
         let service = m.service();
         for _ in 0..2 {
@@ -500,11 +480,7 @@ mod tests {
     async fn logout_revokes_the_token_until_it_expires() {
         let mut m = Mocks::new();
         let id = UserId::generate();
-        m.revoked
-            .expect_revoke()
-            .with(eq("jti-1"), eq(now()))
-            .times(1)
-            .returning(|_, _| Ok(()));
+        m.revoked.expect_revoke().with(eq("jti-1"), eq(now())).times(1).returning(|_, _| Ok(()));
         let session = Authenticated { claims: claims_for(&id) };
         m.service().logout(&session).await.unwrap();
     }
@@ -514,10 +490,7 @@ mod tests {
         let mut m = Mocks::new();
         let id = UserId::generate();
         let claims = claims_for(&id);
-        m.tokens
-            .expect_verify()
-            .with(eq("tok"), eq(now()))
-            .returning(move |_, _| Ok(claims.clone()));
+        m.tokens.expect_verify().with(eq("tok"), eq(now())).returning(move |_, _| Ok(claims.clone()));
         m.revoked.expect_is_revoked().with(eq("jti-1")).returning(|_| Ok(false));
         let found = id.clone();
         m.users
@@ -660,7 +633,9 @@ mod tests {
             m.users.expect_list().returning(move |q| {
                 let mut page: Vec<User> = stored
                     .iter()
-                    .filter(|u| q.after_username.as_deref().is_none_or(|a| u.username.normalized().as_str() > a))
+                    .filter(|u| {
+                        q.after_username.as_deref().is_none_or(|a| u.username.normalized().as_str() > a)
+                    })
                     .cloned()
                     .collect();
                 page.sort_by_key(|u| u.username.normalized());

@@ -4,16 +4,15 @@
 use std::sync::Arc;
 
 use domain::{
-    ClientMessageId, Conversation, Cursor, Message, MessageBody, MessageId, ParticipantPair,
-    UserId,
+    ClientMessageId, Conversation, Cursor, Message, MessageBody, MessageId, ParticipantPair, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
 use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
-    Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event,
-    MessageRepository, Notifier, RepoError, StreamItem, UserRepository,
+    Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event, MessageRepository,
+    Notifier, RepoError, StreamItem, UserRepository,
 };
 
 /// What a caller of the messaging use cases can act on.
@@ -131,7 +130,9 @@ impl MessagingService {
             }
         };
 
-        for (user, cursor) in [(receiver.clone(), stored.receiver_cursor), (sender.clone(), stored.sender_cursor)] {
+        for (user, cursor) in
+            [(receiver.clone(), stored.receiver_cursor), (sender.clone(), stored.sender_cursor)]
+        {
             let event = Event::NewMessage { message: stored.message.clone(), cursor };
             if let Err(error) = self.notifier.notify(&[user], &event).await {
                 tracing::warn!(error = %error, message_id = %stored.message.id, "new message stored but not announced");
@@ -179,7 +180,9 @@ impl MessagingService {
         // A conversation exists only between two users (users are never deleted), so only
         // a pair without one needs the other user looked up, for a 404.
         match self.conversations.page(&pair, before, paging::clamp(limit)).await? {
-            Some(page) => Ok(ConversationView { conversation: Some(page.conversation), messages: page.messages }),
+            Some(page) => {
+                Ok(ConversationView { conversation: Some(page.conversation), messages: page.messages })
+            }
             None if self.users.exists(other).await? => {
                 Ok(ConversationView { conversation: None, messages: Vec::new() })
             }
@@ -208,10 +211,8 @@ impl MessagingService {
         let mut conversations = self.conversations.page_for_user(me, after, limit + 1).await?;
         let more = conversations.len() > limit as usize;
         conversations.truncate(limit as usize);
-        let next_cursor = conversations
-            .last()
-            .filter(|_| more)
-            .map(|last| conversation_cursor::encode(&last.key()));
+        let next_cursor =
+            conversations.last().filter(|_| more).map(|last| conversation_cursor::encode(&last.key()));
         Ok(ConversationList { conversations, next_cursor })
     }
 
@@ -447,11 +448,8 @@ mod tests {
         m.users.expect_find_by_id().returning(|_| Ok(None));
         m.messages.expect_append().never();
         m.notifier.expect_notify().never();
-        let err = m
-            .service()
-            .send(&UserId::generate(), &UserId::generate(), body("hi"), None)
-            .await
-            .unwrap_err();
+        let err =
+            m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await.unwrap_err();
         assert!(matches!(err, MessagingError::UserNotFound));
     }
 
@@ -470,11 +468,8 @@ mod tests {
             .expect_append()
             .returning(|_, _| Err(RepoError::Unavailable(anyhow::anyhow!("disk gone"))));
         m.notifier.expect_notify().never();
-        let err = m
-            .service()
-            .send(&UserId::generate(), &UserId::generate(), body("hi"), None)
-            .await
-            .unwrap_err();
+        let err =
+            m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await.unwrap_err();
         assert!(matches!(err, MessagingError::Failed(ApplicationError::Unavailable(_))));
     }
 
@@ -483,10 +478,7 @@ mod tests {
         let mut m = Mocks::new();
         m.receiver_exists();
         m.messages.expect_append().returning(|_, msg| Ok(Appended::Created(stored(msg))));
-        m.notifier
-            .expect_notify()
-            .times(2)
-            .returning(|_, _| Err(NotifyError(anyhow::anyhow!("bus down"))));
+        m.notifier.expect_notify().times(2).returning(|_, _| Err(NotifyError(anyhow::anyhow!("bus down"))));
         let sent = m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await;
         assert!(sent.is_ok());
     }
@@ -503,7 +495,8 @@ mod tests {
             Ok(Appended::Created(stored(&joined)))
         });
         m.notifier.expect_notify().returning(|_, _| Ok(()));
-        let sent = m.service().send(&UserId::generate(), &UserId::generate(), body("again"), None).await.unwrap();
+        let sent =
+            m.service().send(&UserId::generate(), &UserId::generate(), body("again"), None).await.unwrap();
         assert_eq!(sent.message.conversation_id, expected);
     }
 
@@ -516,9 +509,7 @@ mod tests {
             .expect_stream()
             .withf(move |user, after, limit| *user == expected && *after == cursor(41) && *limit == 3)
             .returning(|user, _, _| {
-                Ok((42..=44)
-                    .map(|n| StreamItem { cursor: cursor(n), message: message_to(user) })
-                    .collect())
+                Ok((42..=44).map(|n| StreamItem { cursor: cursor(n), message: message_to(user) }).collect())
             });
         let page = m.service().sync(&me, cursor(41), Some(2)).await.unwrap();
         assert_eq!(page.items.iter().map(|i| i.cursor).collect::<Vec<_>>(), [cursor(42), cursor(43)]);
@@ -552,11 +543,7 @@ mod tests {
         let mut m = Mocks::new();
         m.receiver_exists();
         m.conversations.expect_page().returning(|_, _, _| Ok(None));
-        let view = m
-            .service()
-            .history(&UserId::generate(), &UserId::generate(), None, None)
-            .await
-            .unwrap();
+        let view = m.service().history(&UserId::generate(), &UserId::generate(), None, None).await.unwrap();
         assert_eq!(view, ConversationView { conversation: None, messages: vec![] });
     }
 
@@ -575,11 +562,7 @@ mod tests {
             .expect_page()
             .withf(move |p, b, limit| *p == pair && *b == Some(expected_before.clone()) && *limit == 200)
             .returning(move |_, _, _| Ok(Some(page.clone())));
-        let view = m
-            .service()
-            .history(&alice, &bob, Some(before), Some(5000))
-            .await
-            .unwrap();
+        let view = m.service().history(&alice, &bob, Some(before), Some(5000)).await.unwrap();
         assert_eq!(view.conversation, Some(conversation));
         assert_eq!(view.messages.len(), 1);
     }
@@ -589,11 +572,8 @@ mod tests {
         let mut m = Mocks::new();
         m.conversations.expect_page().returning(|_, _, _| Ok(None));
         m.users.expect_find_by_id().returning(|_| Ok(None));
-        let err = m
-            .service()
-            .history(&UserId::generate(), &UserId::generate(), None, None)
-            .await
-            .unwrap_err();
+        let err =
+            m.service().history(&UserId::generate(), &UserId::generate(), None, None).await.unwrap_err();
         assert!(matches!(err, MessagingError::UserNotFound));
     }
 
@@ -617,7 +597,9 @@ mod tests {
         let mut m = Mocks::new();
         m.conversations
             .expect_page_for_user()
-            .withf(move |u, after, limit| *u == expected && after.is_none() && *limit == paging::MAX_LIMIT + 1)
+            .withf(move |u, after, limit| {
+                *u == expected && after.is_none() && *limit == paging::MAX_LIMIT + 1
+            })
             .times(1)
             .returning(|u, _, _| Ok(vec![summary(u, 5, true), summary(u, 4, false)]));
         let list = m.service().conversations(&me, None, None).await.unwrap();
@@ -628,7 +610,11 @@ mod tests {
     #[tokio::test]
     async fn conversations_continue_after_the_cursor_of_the_last_one_listed() {
         let me = UserId::generate();
-        let first = vec![summary(&me, 1_700_000_000_123_000, true), summary(&me, 1_700_000_000_000_000, false), summary(&me, 9, true)];
+        let first = vec![
+            summary(&me, 1_700_000_000_123_000, true),
+            summary(&me, 1_700_000_000_000_000, false),
+            summary(&me, 9, true),
+        ];
         let last_key = first[1].key();
         let mut m = Mocks::new();
         let page = first.clone();

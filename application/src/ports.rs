@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Password,
-    PasswordHash, Timestamp, User, UserId, Username,
+    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Password, PasswordHash,
+    Timestamp, User, UserId, Username,
 };
 
 /// What a repository call can end in besides success.
@@ -392,9 +392,16 @@ impl Clock for SystemClock {
 pub enum Event {
     /// A new message, for one of its participants: `cursor` is its position in that
     /// participant's stream.
-    NewMessage { message: Message, cursor: Cursor },
+    NewMessage {
+        message: Message,
+        cursor: Cursor,
+    },
     OnlineUsers(Vec<UserId>),
-    Typing { from: UserId, to: UserId, is_typing: bool },
+    Typing {
+        from: UserId,
+        to: UserId,
+        is_typing: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

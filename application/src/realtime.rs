@@ -355,9 +355,10 @@ mod tests {
 
     fn conversations(shared: bool, lookups: usize) -> MockConversationRepository {
         let mut conversations = MockConversationRepository::new();
-        conversations.expect_find_by_participants().times(lookups).returning(move |pair| {
-            Ok(shared.then(|| Conversation::start(pair.clone(), chrono::Utc::now())))
-        });
+        conversations
+            .expect_find_by_participants()
+            .times(lookups)
+            .returning(move |pair| Ok(shared.then(|| Conversation::start(pair.clone(), chrono::Utc::now()))));
         conversations
     }
 
@@ -369,7 +370,8 @@ mod tests {
         notifier
             .expect_notify()
             .withf(move |users, e| {
-                users == [t.clone()] && *e == Event::Typing { from: f.clone(), to: t.clone(), is_typing: true }
+                users == [t.clone()]
+                    && *e == Event::Typing { from: f.clone(), to: t.clone(), is_typing: true }
             })
             .times(3)
             .returning(|_, _| Ok(()));

@@ -202,7 +202,10 @@ mod tests {
 
     /// A store holding `active`, answering `is_revoked` only for ids in `lookups` (any
     /// other lookup fails the test).
-    fn store(active: Vec<Revocation>, lookups: &'static [(&'static str, bool)]) -> MockRevokedTokenRepository {
+    fn store(
+        active: Vec<Revocation>,
+        lookups: &'static [(&'static str, bool)],
+    ) -> MockRevokedTokenRepository {
         let mut store = MockRevokedTokenRepository::new();
         store.expect_active().returning(move |_| Ok(active.clone()));
         store.expect_is_revoked().returning(move |id| {
@@ -237,7 +240,11 @@ mod tests {
     #[tokio::test]
     async fn a_revocation_made_here_holds_at_once_and_is_stored_first() {
         let mut store = store(Vec::new(), &[]);
-        store.expect_revoke().with(eq("t1"), eq(revocation("t1").expires_at)).times(1).returning(|_, _| Ok(()));
+        store
+            .expect_revoke()
+            .with(eq("t1"), eq(revocation("t1").expires_at))
+            .times(1)
+            .returning(|_, _| Ok(()));
         let revocations = Revocations::new(Arc::new(store), None);
         revocations.load(now()).await.unwrap();
         revocations.revoke(revocation("t1")).await.unwrap();
@@ -340,14 +347,17 @@ mod tests {
     async fn a_revocation_made_here_ends_the_sockets_of_the_token_after_storing_it() {
         let mut store = store(Vec::new(), &[]);
         store.expect_revoke().times(1).returning(|_, _| Ok(()));
-        let revocations = Revocations::ending_connections(Arc::new(store), None, Arc::new(connections(&[&["t1"]])));
+        let revocations =
+            Revocations::ending_connections(Arc::new(store), None, Arc::new(connections(&[&["t1"]])));
         revocations.revoke(revocation("t1")).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_revocation_that_failed_to_store_ends_nothing() {
         let mut store = store(Vec::new(), &[]);
-        store.expect_revoke().returning(|_, _| Err(crate::ports::RepoError::Unavailable(anyhow::anyhow!("down"))));
+        store
+            .expect_revoke()
+            .returning(|_, _| Err(crate::ports::RepoError::Unavailable(anyhow::anyhow!("down"))));
         let revocations = Revocations::ending_connections(Arc::new(store), None, Arc::new(connections(&[])));
         assert!(revocations.revoke(revocation("t1")).await.is_err());
     }
@@ -361,8 +371,11 @@ mod tests {
         let listed = active.clone();
         store.expect_active().returning(move |_| Ok(listed.lock().unwrap().clone()));
         let ended = connections(&[&["old"], &["elsewhere"], &["missed"]]);
-        let revocations =
-            Revocations::ending_connections(Arc::new(store), Some(Arc::new(feed(listener.clone()))), Arc::new(ended));
+        let revocations = Revocations::ending_connections(
+            Arc::new(store),
+            Some(Arc::new(feed(listener.clone()))),
+            Arc::new(ended),
+        );
         let listener = listener.lock().unwrap().clone().expect("registered with the feed");
         listener.feed_live();
         revocations.load(now()).await.unwrap();

@@ -155,11 +155,7 @@ mod tests {
         let user = UserId::generate();
         let expected = user.clone();
         let mut messages = MockMessageRepository::new();
-        messages
-            .expect_stream_head()
-            .withf(move |u| *u == expected)
-            .times(1)
-            .returning(|_| Ok(cursor(17)));
+        messages.expect_stream_head().withf(move |u| *u == expected).times(1).returning(|_| Ok(cursor(17)));
         messages.expect_stream().never();
         let follower = StreamFollower::start(Arc::new(messages), user, None).await.unwrap();
         assert_eq!(follower.last(), cursor(17));
@@ -180,15 +176,15 @@ mod tests {
         let mut messages = MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Ok(cursor(9)));
         let started = StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(10))).await;
-        assert!(matches!(started, Err(FollowError::Ahead { since, head }) if since == cursor(10) && head == cursor(9)));
+        assert!(
+            matches!(started, Err(FollowError::Ahead { since, head }) if since == cursor(10) && head == cursor(9))
+        );
     }
 
     #[tokio::test]
     async fn start_fails_when_the_head_cannot_be_read() {
         let mut messages = MockMessageRepository::new();
-        messages
-            .expect_stream_head()
-            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let started = StreamFollower::start(Arc::new(messages), UserId::generate(), None).await;
         assert!(matches!(started, Err(FollowError::Storage(RepoError::Unavailable(_)))));
     }
@@ -292,9 +288,7 @@ mod tests {
     async fn a_storage_failure_while_filling_is_reported() {
         let mut messages = MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        messages
-            .expect_stream()
-            .returning(|_, _, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        messages.expect_stream().returning(|_, _, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let mut follower =
             StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(1))).await.unwrap();
         let error = follower.admit(cursor(5)).await.unwrap_err();

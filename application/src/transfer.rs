@@ -123,11 +123,8 @@ impl TransferService {
 
         let mut seen = HashSet::new();
         for user in &user_ids {
-            let summaries = self
-                .conversations
-                .list_for_user(user)
-                .await
-                .map_err(storage("listing conversations"))?;
+            let summaries =
+                self.conversations.list_for_user(user).await.map_err(storage("listing conversations"))?;
             for summary in summaries {
                 let conversation = summary.conversation;
                 if !seen.insert(conversation.id.clone()) {
@@ -254,13 +251,11 @@ fn skip_conflict(
 mod tests {
     use super::*;
     use crate::ports::{
-        ConversationSummary, MockConversationRepository, MockMessageRepository,
-        MockUserRepository,
+        ConversationSummary, MockConversationRepository, MockMessageRepository, MockUserRepository,
     };
     use chrono::Utc;
     use domain::{
-        Avatar, ConversationId, FullName, MessageBody, MessageId, ParticipantPair, PasswordHash,
-        Username,
+        Avatar, ConversationId, FullName, MessageBody, MessageId, ParticipantPair, PasswordHash, Username,
     };
 
     /// Salt and hash of a bcrypt string, after `$2b$<cost>$`.
@@ -295,10 +290,8 @@ mod tests {
     #[tokio::test]
     async fn export_emits_every_user_each_conversation_once_and_all_messages() {
         let (alice, bob) = (user("alice"), user("bob"));
-        let conversation = Conversation::start(
-            ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap(),
-            Utc::now(),
-        );
+        let conversation =
+            Conversation::start(ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap(), Utc::now());
         let sent = message(&conversation.id, &alice, &bob);
 
         let mut users = MockUserRepository::new();
@@ -306,16 +299,10 @@ mod tests {
         users.expect_list().times(1).returning(move |_| Ok(listed.clone()));
         let mut conversations = MockConversationRepository::new();
         let summary = ConversationSummary { conversation: conversation.clone(), last_message: None };
-        conversations
-            .expect_list_for_user()
-            .times(2)
-            .returning(move |_| Ok(vec![summary.clone()]));
+        conversations.expect_list_for_user().times(2).returning(move |_| Ok(vec![summary.clone()]));
         let mut messages = MockMessageRepository::new();
         let page = vec![sent.clone()];
-        messages
-            .expect_list_by_conversation()
-            .times(1)
-            .returning(move |_, _, _| Ok(page.clone()));
+        messages.expect_list_by_conversation().times(1).returning(move |_, _, _| Ok(page.clone()));
 
         let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
         let mut records = Vec::new();
@@ -378,10 +365,8 @@ mod tests {
             Arc::new(MockMessageRepository::new()),
             10,
         );
-        let err = service
-            .import(Record::Conversation(imported), &mut TransferStats::default())
-            .await
-            .unwrap_err();
+        let err =
+            service.import(Record::Conversation(imported), &mut TransferStats::default()).await.unwrap_err();
         assert!(matches!(err, TransferError::ConversationClash { .. }));
     }
     #[tokio::test]
@@ -393,14 +378,16 @@ mod tests {
         conversations.expect_find_or_insert().never();
         let mut messages = MockMessageRepository::new();
         messages.expect_append().never();
-        let service =
-            TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
+        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
 
         let good = User { password_hash: PasswordHash::new(format!("$2y$12${HASH_BODY}")), ..user("good") };
         let malformed = User { password_hash: PasswordHash::new("not-a-hash".into()), ..user("malformed") };
-        let costly = User { password_hash: PasswordHash::new(format!("$2b$13${HASH_BODY}")), ..user("costly") };
+        let costly =
+            User { password_hash: PasswordHash::new(format!("$2b$13${HASH_BODY}")), ..user("costly") };
         let mut stats = TransferStats::default();
-        for record in [Record::User(good.clone()), Record::User(malformed.clone()), Record::User(costly.clone())] {
+        for record in
+            [Record::User(good.clone()), Record::User(malformed.clone()), Record::User(costly.clone())]
+        {
             service.import(record, &mut stats).await.unwrap();
         }
         let pair = ParticipantPair::new(good.id.clone(), malformed.id.clone()).unwrap();

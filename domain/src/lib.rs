@@ -12,11 +12,11 @@ pub mod text;
 mod user;
 
 pub use ids::{ConversationId, IdError, MessageId, UserId};
-pub use message::{Conversation, Message, MessageBody, MessageBodyError, ParticipantPair, PairError};
+pub use message::{Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair};
 pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError};
 pub use user::{
-    Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError,
-    PasswordHash, PasswordHashError, User, Username, UsernameError,
+    Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError, PasswordHash,
+    PasswordHashError, User, Username, UsernameError,
 };
 
 /// Instants are UTC everywhere in the domain.

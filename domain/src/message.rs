@@ -166,7 +166,14 @@ mod tests {
 
     #[test]
     fn bodies_without_a_visible_character_are_rejected() {
-        for raw in ["\u{200B}", " \u{200B}\u{200D}\u{FEFF} ", "\u{202E}\u{2066}", "\u{1}\u{7f}", "\u{E0041}", "\u{2800}\u{3164}"] {
+        for raw in [
+            "\u{200B}",
+            " \u{200B}\u{200D}\u{FEFF} ",
+            "\u{202E}\u{2066}",
+            "\u{1}\u{7f}",
+            "\u{E0041}",
+            "\u{2800}\u{3164}",
+        ] {
             assert_eq!(MessageBody::parse(raw), Err(MessageBodyError::Invisible), "{raw:?}");
         }
     }
@@ -180,7 +187,9 @@ mod tests {
 
     #[test]
     fn bodies_with_emoji_sequences_and_any_script_are_kept() {
-        for raw in ["👩\u{200D}👩\u{200D}👧", "❤\u{FE0F}", "\u{200F}שלום", "می\u{200C}خواهم", "日本語", "ok\u{200B}"] {
+        for raw in
+            ["👩\u{200D}👩\u{200D}👧", "❤\u{FE0F}", "\u{200F}שלום", "می\u{200C}خواهم", "日本語", "ok\u{200B}"]
+        {
             assert_eq!(MessageBody::parse(raw).map(String::from), Ok(raw.to_owned()), "{raw:?}");
         }
     }
@@ -193,10 +202,7 @@ mod tests {
     #[test]
     fn body_limit_counts_characters_after_trimming() {
         assert!(MessageBody::parse(&format!("  {}  ", "ü".repeat(5000))).is_ok());
-        assert_eq!(
-            MessageBody::parse(&"a".repeat(5001)),
-            Err(MessageBodyError::TooLong { max: 5000 })
-        );
+        assert_eq!(MessageBody::parse(&"a".repeat(5001)), Err(MessageBodyError::TooLong { max: 5000 }));
     }
 
     #[test]

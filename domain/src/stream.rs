@@ -30,7 +30,11 @@ impl Cursor {
     const MAX: u64 = i64::MAX as u64;
 
     pub fn new(position: u64) -> Result<Self, CursorError> {
-        if position <= Self::MAX { Ok(Self(position)) } else { Err(CursorError) }
+        if position <= Self::MAX {
+            Ok(Self(position))
+        } else {
+            Err(CursorError)
+        }
     }
 
     /// Parses a cursor a client handed back: only the canonical decimal spelling, so one
@@ -155,7 +159,9 @@ mod tests {
 
     #[test]
     fn cursor_spellings_other_than_the_canonical_one_are_refused() {
-        for raw in ["", "-1", "+1", "01", " 1", "1 ", "1.0", "0x1", "9223372036854775808", "99999999999999999999"] {
+        for raw in
+            ["", "-1", "+1", "01", " 1", "1 ", "1.0", "0x1", "9223372036854775808", "99999999999999999999"]
+        {
             assert_eq!(Cursor::parse(raw), Err(CursorError), "{raw:?}");
         }
         assert_eq!(Cursor::parse("0"), Ok(Cursor::START));
@@ -184,10 +190,7 @@ mod tests {
         assert_eq!(ClientMessageId::parse(""), Err(ClientMessageIdError::Empty));
         assert_eq!(ClientMessageId::parse("a b"), Err(ClientMessageIdError::Charset));
         assert_eq!(ClientMessageId::parse("é"), Err(ClientMessageIdError::Charset));
-        assert_eq!(
-            ClientMessageId::parse(&"k".repeat(256)),
-            Err(ClientMessageIdError::TooLong { max: 255 })
-        );
+        assert_eq!(ClientMessageId::parse(&"k".repeat(256)), Err(ClientMessageIdError::TooLong { max: 255 }));
         assert!(ClientMessageId::parse(&"k".repeat(255)).is_ok());
     }
 

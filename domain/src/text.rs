@@ -16,8 +16,8 @@ use std::ops::RangeInclusive;
 pub const JOINERS: &[RangeInclusive<char>] = &[
     '\u{180B}'..='\u{180D}', // Mongolian free variation selectors
     '\u{180F}'..='\u{180F}',
-    '\u{200C}'..='\u{200D}', // zero-width non-joiner and joiner
-    '\u{FE00}'..='\u{FE0F}', // variation selectors (emoji presentation)
+    '\u{200C}'..='\u{200D}',   // zero-width non-joiner and joiner
+    '\u{FE00}'..='\u{FE0F}',   // variation selectors (emoji presentation)
     '\u{E0100}'..='\u{E01EF}', // ideographic variation selectors
 ];
 
@@ -87,8 +87,21 @@ mod tests {
 
     #[test]
     fn space_controls_and_format_characters_are_not() {
-        for c in [' ', '\u{3000}', '\0', '\u{7}', '\u{85}', '\u{200B}', '\u{200D}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{E0041}', '\u{2800}', '\u{3164}']
-        {
+        for c in [
+            ' ',
+            '\u{3000}',
+            '\0',
+            '\u{7}',
+            '\u{85}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{FEFF}',
+            '\u{E0041}',
+            '\u{2800}',
+            '\u{3164}',
+        ] {
             assert!(!is_visible(c), "{c:?}");
         }
     }

@@ -28,10 +28,7 @@ impl Username {
     pub const MAX: usize = 32;
 
     pub fn parse(raw: &str) -> Result<Self, UsernameError> {
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
+        if !raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
             return Err(UsernameError::InvalidCharacter);
         }
         // All accepted characters are ASCII, so bytes are characters from here on.
@@ -201,10 +198,7 @@ impl Avatar {
             .strip_prefix("https://")
             .or_else(|| raw.strip_prefix("http://"))
             .ok_or(AvatarError::NotAUrl)?;
-        let host_ok = rest
-            .split(['/', '?', '#'])
-            .next()
-            .is_some_and(|host| !host.is_empty());
+        let host_ok = rest.split(['/', '?', '#']).next().is_some_and(|host| !host.is_empty());
         if !host_ok || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(AvatarError::NotAUrl);
         }
@@ -457,10 +451,7 @@ mod tests {
         assert_eq!(Password::parse("1234567"), Err(PasswordError::TooShort { min: 8 }));
         // 24 three-byte characters are 72 bytes: allowed; one more byte is not.
         assert!(Password::parse(&"€".repeat(24)).is_ok());
-        assert_eq!(
-            Password::parse(&format!("{}a", "€".repeat(24))),
-            Err(PasswordError::TooLong { max: 72 })
-        );
+        assert_eq!(Password::parse(&format!("{}a", "€".repeat(24))), Err(PasswordError::TooLong { max: 72 }));
     }
 
     #[test]
@@ -495,7 +486,11 @@ mod tests {
             format!("$2b$10${}!", &HASH_BODY[1..]),
             format!("$2b$10$${}", &HASH_BODY[1..]),
         ] {
-            assert_eq!(PasswordHash::new(raw.clone()).bcrypt_cost(), Err(PasswordHashError::NotBcrypt), "{raw}");
+            assert_eq!(
+                PasswordHash::new(raw.clone()).bcrypt_cost(),
+                Err(PasswordHashError::NotBcrypt),
+                "{raw}"
+            );
         }
         for cost in ["00", "03", "32", "99"] {
             let hash = PasswordHash::new(format!("$2b${cost}${HASH_BODY}"));

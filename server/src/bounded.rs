@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use application::ports::{
     Appended, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
-    MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem,
-    UserQuery, UserRepository,
+    MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem, UserQuery,
+    UserRepository,
 };
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Timestamp, User,
-    UserId, Username,
+    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Timestamp, User, UserId,
+    Username,
 };
 
 use crate::Storage;
@@ -108,8 +108,7 @@ impl MessageRepository for Bounded<dyn MessageRepository> {
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Vec<Message>> {
-        self.run("listing messages", self.inner.list_by_conversation(conversation, before, limit))
-            .await
+        self.run("listing messages", self.inner.list_by_conversation(conversation, before, limit)).await
     }
     async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
         self.run("reading a message stream", self.inner.stream(user, after, limit)).await

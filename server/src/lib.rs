@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use application::ports::{
-    Clock, ConversationRepository, HealthCheck, MessageRepository, Notifier, Presence,
-    RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
+    Clock, ConversationRepository, HealthCheck, MessageRepository, Notifier, Presence, RevocationFeed,
+    RevokedTokenRepository, SystemClock, UserRepository,
 };
 use application::{AccountService, MessagingService, RealtimeService, Revocations};
 use chat_realtime::{ConnectionRegistry, Hub, InMemoryPresence};
@@ -180,7 +180,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let notifier: Arc<dyn Notifier> = Arc::new(chat_http::CountingNotifier::new(notifier, metrics.clone()));
 
     // A revocation (here, from another instance, or found by a reload) ends the sockets of its token.
-    let revocations = Revocations::ending_connections(storage.revoked.clone(), revocation_feed, registry.clone());
+    let revocations =
+        Revocations::ending_connections(storage.revoked.clone(), revocation_feed, registry.clone());
     if let Err(error) = revocations.load(clock.now()).await {
         tracing::warn!(error = %error, "revocations not loaded yet; asking the store until they are");
     }

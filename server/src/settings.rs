@@ -250,9 +250,8 @@ impl Settings {
     /// Loads the layers for the environment named by `APP_ENV`/`CHAT_ENV`, from `config/`
     /// (or `CHAT_CONFIG_DIR`), and checks what can be checked before anything starts.
     pub fn load() -> anyhow::Result<Self> {
-        let dir = std::env::var_os("CHAT_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("config"));
+        let dir =
+            std::env::var_os("CHAT_CONFIG_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config"));
         Self::load_from(&dir, Environment::from_env()?)
     }
 
@@ -260,7 +259,9 @@ impl Settings {
         let layered = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::from(dir.join("default.toml")).required(false))
-            .add_source(config::File::from(dir.join(environment.as_str()).with_extension("toml")).required(false))
+            .add_source(
+                config::File::from(dir.join(environment.as_str()).with_extension("toml")).required(false),
+            )
             .add_source(
                 config::Environment::with_prefix("CHAT")
                     .prefix_separator("__")
@@ -271,9 +272,8 @@ impl Settings {
             )
             .build()
             .context("cannot read the configuration")?;
-        let mut settings: Settings = layered
-            .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut settings: Settings =
+            layered.try_deserialize().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.environment = environment;
         settings.validate()?;
         Ok(settings)

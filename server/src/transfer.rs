@@ -31,12 +31,7 @@ enum Line {
         updated_at: String,
     },
     #[serde(rename_all = "camelCase")]
-    Conversation {
-        id: String,
-        participants: [String; 2],
-        created_at: String,
-        updated_at: String,
-    },
+    Conversation { id: String, participants: [String; 2], created_at: String, updated_at: String },
     #[serde(rename_all = "camelCase")]
     Message {
         id: String,
@@ -120,20 +115,26 @@ impl TryFrom<Line> for Record {
                     updated_at: parse_time(&updated_at)?,
                 })
             }
-            Line::Message { id, conversation_id, sender_id, receiver_id, message, created_at, client_message_id } => {
-                Record::Message(Message {
-                    id: MessageId::parse(&id).context("message id")?,
-                    conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
-                    sender_id: UserId::parse(&sender_id).context("senderId")?,
-                    receiver_id: UserId::parse(&receiver_id).context("receiverId")?,
-                    body: MessageBody::stored(&message).context("message")?,
-                    created_at: parse_time(&created_at)?,
-                    client_id: client_message_id
-                        .map(|id| ClientMessageId::parse(&id))
-                        .transpose()
-                        .context("clientMessageId")?,
-                })
-            }
+            Line::Message {
+                id,
+                conversation_id,
+                sender_id,
+                receiver_id,
+                message,
+                created_at,
+                client_message_id,
+            } => Record::Message(Message {
+                id: MessageId::parse(&id).context("message id")?,
+                conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
+                sender_id: UserId::parse(&sender_id).context("senderId")?,
+                receiver_id: UserId::parse(&receiver_id).context("receiverId")?,
+                body: MessageBody::stored(&message).context("message")?,
+                created_at: parse_time(&created_at)?,
+                client_id: client_message_id
+                    .map(|id| ClientMessageId::parse(&id))
+                    .transpose()
+                    .context("clientMessageId")?,
+            }),
         })
     }
 }
@@ -182,10 +183,7 @@ pub async fn import(storage: &Storage, hash_cost: u32, input: impl BufRead) -> a
             Record::User(user) => Some(user.id.clone()),
             _ => None,
         };
-        service
-            .import(record, &mut stats)
-            .await
-            .with_context(|| format!("importing line {number}"))?;
+        service.import(record, &mut stats).await.with_context(|| format!("importing line {number}"))?;
         if let Some((id, rejected)) = user.and_then(|id| stats.rejected_users.get(&id).map(|r| (id, r))) {
             eprintln!("line {number}: user {id} ({}) not imported: {}", rejected.username, rejected.reason);
         }

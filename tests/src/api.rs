@@ -90,18 +90,13 @@ impl Reply {
 
     /// Every `Set-Cookie` header value.
     pub fn set_cookies(&self) -> Vec<&str> {
-        self.headers
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
+        self.headers.get_all(reqwest::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect()
     }
 
     /// The single `Set-Cookie` for `token`.
     #[track_caller]
     pub fn token_cookie(&self) -> &str {
-        let cookies: Vec<&str> =
-            self.set_cookies().into_iter().filter(|c| c.starts_with("token=")).collect();
+        let cookies: Vec<&str> = self.set_cookies().into_iter().filter(|c| c.starts_with("token=")).collect();
         assert_eq!(cookies.len(), 1, "expected one token cookie, got {cookies:?}");
         cookies[0]
     }
@@ -204,12 +199,8 @@ impl Api {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Reply {
-        self.post_json(
-            "/api/v1/user/login",
-            &json!({ "username": username, "password": password }),
-            None,
-        )
-        .await
+        self.post_json("/api/v1/user/login", &json!({ "username": username, "password": password }), None)
+            .await
     }
 
     pub async fn logout(&self, token: &str) -> Reply {
@@ -298,9 +289,7 @@ impl Api {
 
     /// A `/ws` connection with `?token=`, as soon as the handshake is done.
     pub async fn connect_ws_with_query(&self, token: &str) -> WsClient {
-        self.try_ws(token)
-            .await
-            .unwrap_or_else(|refused| panic!("the handshake failed: {}", refused.error))
+        self.try_ws(token).await.unwrap_or_else(|refused| panic!("the handshake failed: {}", refused.error))
     }
 
     /// A `/ws` handshake with `?token=`: the connection, or why it was refused.

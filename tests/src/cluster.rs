@@ -27,21 +27,16 @@ pub fn system_redis_url() -> String {
 
 /// Whether something answers Redis's `PING` at `redis_url` (`redis://host:port`).
 pub fn redis_answers(redis_url: &str) -> bool {
-    let address = redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/');
+    let address = redis_url.trim_start_matches("redis://").trim_end_matches('/');
     let Ok(addr) = address.parse() else {
         return false;
     };
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-    else {
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 /// One `server` process; killed when dropped, whatever the test's outcome.
@@ -122,7 +117,9 @@ impl Cluster {
             StorageSettings::Postgres { url, .. } | StorageSettings::Mongodb { url, .. } => {
                 url.expose_secret().to_owned()
             }
-            StorageSettings::Memory {} => panic!("a cluster shares one store; each memory store lives in one instance"),
+            StorageSettings::Memory {} => {
+                panic!("a cluster shares one store; each memory store lives in one instance")
+            }
         };
         let prefix = format!("{}-{}", config.prefix, uuid::Uuid::new_v4().simple());
         let logs = std::env::temp_dir().join(&prefix);
@@ -139,10 +136,7 @@ impl Cluster {
         ];
         let mut cluster = Self {
             instances: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(config.request_timeout)
-                .build()
-                .expect("an HTTP client"),
+            http: reqwest::Client::builder().timeout(config.request_timeout).build().expect("an HTTP client"),
             database: Some(database),
             logs,
         };
@@ -169,11 +163,7 @@ impl Cluster {
             }
             let instance = &mut self.instances[index];
             if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
-                panic!(
-                    "instance {} exited ({status}):\n{}",
-                    index + 1,
-                    instance.log_tail()
-                );
+                panic!("instance {} exited ({status}):\n{}", index + 1, instance.log_tail());
             }
             assert!(
                 Instant::now() < deadline,
@@ -262,9 +252,5 @@ fn spawn<'a>(
         .stderr(output)
         .spawn()
         .expect("the server binary starts");
-    Instance {
-        port,
-        child: Some(child),
-        log,
-    }
+    Instance { port, child: Some(child), log }
 }

@@ -174,8 +174,7 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A fresh folder, `chat_{label}_` and a unique suffix.
     pub fn new(label: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("chat_{label}_{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("chat_{label}_{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("creating a temporary folder");
         Self(dir)
     }
@@ -222,9 +221,7 @@ async fn mongodb_admin() -> mongodb::Client {
              or point CHAT_TEST_MONGODB_URL at a server"
         )
     };
-    let mut options = mongodb::options::ClientOptions::parse(&url)
-        .await
-        .unwrap_or_else(|e| unreachable(&e));
+    let mut options = mongodb::options::ClientOptions::parse(&url).await.unwrap_or_else(|e| unreachable(&e));
     options.server_selection_timeout = Some(std::time::Duration::from_secs(3));
     let client = mongodb::Client::with_options(options).unwrap_or_else(|e| unreachable(&e));
     if let Err(e) = client.database("admin").run_command(mongodb::bson::doc! { "ping": 1 }).await {
@@ -331,11 +328,9 @@ pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// The test profile's settings on `database`: a free port on 127.0.0.1, two workers, a fixed
 /// secret, cheap hashing, a quick stop. Suites adjust them in [`TestApp::spawn_with`].
 pub fn test_settings(database: &TestDatabase) -> server::Settings {
-    let mut settings = server::Settings::load_from(
-        &workspace_dir().join("config"),
-        server::settings::Environment::Test,
-    )
-    .expect("the test configuration loads");
+    let mut settings =
+        server::Settings::load_from(&workspace_dir().join("config"), server::settings::Environment::Test)
+            .expect("the test configuration loads");
     settings.storage = database.settings.clone();
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;

@@ -104,10 +104,8 @@ impl ServerProcess {
     /// SIGTERM: the graceful stop.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("the server is still running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
+        let status =
+            std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
         assert!(status.success());
     }
 
@@ -126,10 +124,7 @@ impl ServerProcess {
 /// The `port=…` field of the "listening" line (text or JSON, ANSI colour codes aside).
 fn port_in(line: &str) -> Option<u16> {
     let start = line.find("port")? + "port".len();
-    let digits: String = line[start..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String =
+        line[start..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
     digits.parse().ok().filter(|p| *p != 0)
 }

@@ -26,10 +26,7 @@ async fn run_to_exit(mut command: Command) -> Finished {
     match tokio::time::timeout(DEADLINE, child.wait_with_output()).await {
         Ok(output) => {
             let output = output.expect("the server's output is readable");
-            Finished {
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }
+            Finished { status: output.status, stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
         }
         Err(_) => panic!("the server kept running: it should have refused to start"),
     }
@@ -54,11 +51,7 @@ async fn an_unknown_storage_backend_is_a_one_line_error() {
     let dir = TempDir::new("binary");
     let command = server_command(
         dir.path(),
-        &[
-            ("APP_ENV", "test"),
-            ("CHAT__STORAGE__BACKEND", "cassandra"),
-            ("CHAT__SERVER__PORT", "0"),
-        ],
+        &[("APP_ENV", "test"), ("CHAT__STORAGE__BACKEND", "cassandra"), ("CHAT__SERVER__PORT", "0")],
     );
 
     let finished = run_to_exit(command).await;
@@ -70,11 +63,8 @@ async fn an_unknown_storage_backend_is_a_one_line_error() {
 async fn production_without_a_secret_refuses_to_start() {
     let dir = TempDir::new("binary");
     let storage = format!("sqlite://{}/chat.db", dir.path().display());
-    let common = [
-        ("APP_ENV", "production"),
-        ("CHAT__SERVER__PORT", "0"),
-        ("CHAT__STORAGE__URL", storage.as_str()),
-    ];
+    let common =
+        [("APP_ENV", "production"), ("CHAT__SERVER__PORT", "0"), ("CHAT__STORAGE__URL", storage.as_str())];
 
     let unset = run_to_exit(server_command(dir.path(), &common)).await;
     assert_one_line_error(&unset, "jwt_secret");
@@ -129,9 +119,8 @@ async fn port_and_storage_come_from_the_environment() {
 
 /// Registers Ada; returns her token.
 async fn register_ada(api: &Api) -> String {
-    let registered = api
-        .register(&json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD }))
-        .await;
+    let registered =
+        api.register(&json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD })).await;
     registered.body["responseData"]["token"].as_str().expect("a token").to_owned()
 }
 

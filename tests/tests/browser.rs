@@ -28,7 +28,8 @@ async fn the_page_and_its_assets_are_served_with_their_types_and_a_strict_policy
     assert_eq!(page.status, 200);
     assert_eq!(header_of(&page, header::CONTENT_TYPE), "text/html; charset=utf-8");
     let policy = header_of(&page, header::CONTENT_SECURITY_POLICY);
-    for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
+    for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"]
+    {
         assert!(policy.contains(directive), "{directive} missing from {policy}");
     }
     assert!(!policy.contains("unsafe-inline"), "{policy}");
@@ -36,13 +37,7 @@ async fn the_page_and_its_assets_are_served_with_their_types_and_a_strict_policy
     let etag = header_of(&page, header::ETAG);
     assert!(page.text.contains("<script src=\"/assets/app.js\" defer></script>"));
 
-    let revalidated = app
-        .client
-        .get(app.url("/"))
-        .header(header::IF_NONE_MATCH, &etag)
-        .send()
-        .await
-        .unwrap();
+    let revalidated = app.client.get(app.url("/")).header(header::IF_NONE_MATCH, &etag).send().await.unwrap();
     assert_eq!(revalidated.status(), 304);
 
     for (path, content_type) in [

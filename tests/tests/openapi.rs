@@ -150,12 +150,9 @@ async fn fuzz(server: &TestApp, config: &Path, token: &str, strings: Strings, op
         .await
         .unwrap_or_else(|_| panic!("Schemathesis ran longer than {RUN_LIMIT:?}: {shown}"))
         .expect("Schemathesis starts");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-    .replace(token, "<token>");
+    let report =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+            .replace(token, "<token>");
     println!("{report}");
     assert!(
         output.status.success(),
@@ -182,27 +179,11 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
     // Everything but logout, which would revoke the token the other operations run with.
     let all_but_logout = ["--exclude-operation-id", "logout"];
     fuzz(&server, &config, &me_token, Strings::Ascii, &all_but_logout).await;
-    fuzz(
-        &server,
-        &config,
-        &me_token,
-        Strings::Unicode,
-        &all_but_logout,
-    )
-    .await;
+    fuzz(&server, &config, &me_token, Strings::Unicode, &all_but_logout).await;
     // Logout on its own session: the first call revokes it, the rest are 401s.
-    let logout_token = server.login("fuzz_me", PASSWORD).await.data(StatusCode::OK)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    fuzz(
-        &server,
-        &config,
-        &logout_token,
-        Strings::Ascii,
-        &["--include-operation-id", "logout"],
-    )
-    .await;
+    let logout_token =
+        server.login("fuzz_me", PASSWORD).await.data(StatusCode::OK)["token"].as_str().unwrap().to_owned();
+    fuzz(&server, &config, &logout_token, Strings::Ascii, &["--include-operation-id", "logout"]).await;
 
     server.stop().await;
 }
@@ -210,36 +191,17 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
 #[tokio::test]
 async fn the_document_and_its_page_are_served_to_anyone() {
     let server = TestApp::spawn().await;
-    let response = server
-        .client
-        .get(server.url("/api-docs/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let response = server.client.get(server.url("/api-docs/openapi.json")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()[CONTENT_TYPE]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(response.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("application/json"));
     let document: Value = response.json().await.unwrap();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     assert!(document["paths"]["/api/v1/user/register"]["post"].is_object());
 
-    let page = server
-        .client
-        .get(server.url("/api-docs/"))
-        .send()
-        .await
-        .unwrap();
+    let page = server.client.get(server.url("/api-docs/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
-    let policy = page.headers()[CONTENT_SECURITY_POLICY]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        policy.contains("default-src 'none'") && policy.contains("frame-ancestors 'none'"),
-        "{policy}"
-    );
+    let policy = page.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
+    assert!(policy.contains("default-src 'none'") && policy.contains("frame-ancestors 'none'"), "{policy}");
     // Everything the page runs comes from this server: it works offline and the policy names
     // no other host.
     assert!(!policy.contains("http"), "{policy}");
@@ -256,12 +218,7 @@ async fn the_document_and_its_page_are_served_to_anyone() {
     assert!(script.bytes().await.unwrap().len() > 100_000, "the Redoc bundle itself");
 
     // The page's policy is its own: the API keeps none, the web client its stricter one.
-    let api = server
-        .client
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let api = server.client.get(server.url("/healthz")).send().await.unwrap();
     assert!(api.headers().get(CONTENT_SECURITY_POLICY).is_none());
     server.stop().await;
 }
@@ -274,17 +231,8 @@ async fn a_refused_method_names_the_allowed_ones() {
         (reqwest::Method::DELETE, "/api/v1/user/get-profile", "GET"),
         (reqwest::Method::PUT, "/api-docs/openapi.json", "GET"),
     ] {
-        let response = server
-            .client
-            .request(method.clone(), server.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path}"
-        );
+        let response = server.client.request(method.clone(), server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_eq!(response.headers()["allow"], allow, "{method} {path}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
@@ -299,10 +247,7 @@ async fn metrics_are_served_by_default_and_can_be_switched_off() {
     let response = on.client.get(on.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    assert!(
-        text.contains(r#"http_requests_total{method="GET",route="/healthz",status="200"} 1"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"http_requests_total{method="GET",route="/healthz",status="200"} 1"#), "{text}");
     on.stop().await;
 
     let off = TestApp::spawn_with(Backend::from_env(), |settings| settings.metrics.enabled = false).await;
@@ -319,12 +264,8 @@ async fn metrics_are_served_by_default_and_can_be_switched_off() {
 #[test]
 fn the_metrics_switch_is_a_setting_on_by_default() {
     let config = tests::workspace_dir().join("config");
-    let settings =
-        server::Settings::load_from(&config, server::settings::Environment::Development).unwrap();
+    let settings = server::Settings::load_from(&config, server::settings::Environment::Development).unwrap();
     assert!(settings.metrics.enabled, "metrics.enabled defaults to true");
     let defaults = std::fs::read_to_string(config.join("default.toml")).unwrap();
-    assert!(
-        defaults.contains("[metrics]"),
-        "config/default.toml documents the switch"
-    );
+    assert!(defaults.contains("[metrics]"), "config/default.toml documents the switch");
 }

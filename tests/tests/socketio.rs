@@ -114,12 +114,7 @@ impl Fixture {
     }
 }
 
-async fn poll_until(
-    api: &Api,
-    sid: &str,
-    wanted: impl Fn(&str) -> bool,
-    within: Duration,
-) -> Option<String> {
+async fn poll_until(api: &Api, sid: &str, wanted: impl Fn(&str) -> bool, within: Duration) -> Option<String> {
     let url = api.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
     let deadline = tokio::time::Instant::now() + within;
     let mut seen = Vec::new();
@@ -225,8 +220,7 @@ async fn engine_io_errors_have_its_codes_and_messages() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body, json!({ "code": code, "message": message }), "{method} {query}");
     }
-    let old =
-        server.client.get(server.url("/socket.io/?EIO=3&transport=polling")).send().await.unwrap();
+    let old = server.client.get(server.url("/socket.io/?EIO=3&transport=polling")).send().await.unwrap();
     assert_eq!(old.status(), 400);
     assert_eq!(old.json::<Value>().await.unwrap()["code"], 5);
     server.app.stop().await;
@@ -271,7 +265,8 @@ async fn a_bad_token_in_the_connect_packet_is_refused_with_connect_error() {
 #[tokio::test]
 async fn socket_connects_share_the_per_user_rate_limit() {
     let server =
-        Fixture::spawn_with(|settings| settings.limits.requests.socket_connects_per_minute_per_user = 2).await;
+        Fixture::spawn_with(|settings| settings.limits.requests.socket_connects_per_minute_per_user = 2)
+            .await;
     let alice = &server.users[0];
     for _ in 0..2 {
         let sid = server.raw_session(None, Some(&alice.token)).await;

@@ -14,8 +14,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use application::ports::{
-    Appended, ConversationKey, ConversationPage, ConversationSummary, RepoError, Revocation, SearchPrefix, StoredMessage,
-    StreamItem, UserQuery,
+    Appended, ConversationKey, ConversationPage, ConversationSummary, RepoError, Revocation, SearchPrefix,
+    StoredMessage, StreamItem, UserQuery,
 };
 use chrono::{DateTime, Duration, Utc};
 use domain::{
@@ -368,7 +368,9 @@ async fn user_list_pages_with_the_after_cursor_and_limit(storage: &Storage) {
     assert_eq!(storage.users.list(&nothing).await.unwrap(), []);
 }
 
-async fn user_list_search_matches_the_start_of_the_username_full_name_or_a_word_ignoring_case(storage: &Storage) {
+async fn user_list_search_matches_the_start_of_the_username_full_name_or_a_word_ignoring_case(
+    storage: &Storage,
+) {
     let me = user_with("searcher", "Sam Searcher");
     storage.users.insert(&me).await.unwrap();
     for (username, full_name) in [
@@ -411,7 +413,9 @@ async fn user_list_search_matches_the_start_of_the_username_full_name_or_a_word_
     assert_eq!(usernames(&found), ["bob"]);
 }
 
-async fn user_list_search_pages_are_full_when_one_user_matches_many_times_or_is_the_caller(storage: &Storage) {
+async fn user_list_search_pages_are_full_when_one_user_matches_many_times_or_is_the_caller(
+    storage: &Storage,
+) {
     // Matches by name words only; "aaa" matches with four of them, the caller sorts between.
     let me = user_with("aab", "Quill Quo");
     storage.users.insert(&me).await.unwrap();
@@ -608,7 +612,8 @@ async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(s
     let mut tied = [with_d.id.clone(), with_e.id.clone()];
     tied.sort_by(|x, y| y.cmp(x));
     let expected_ids =
-        [vec![with_f.id.clone(), with_g.id.clone(), with_c.id.clone(), with_b.id.clone()], tied.to_vec()].concat();
+        [vec![with_f.id.clone(), with_g.id.clone(), with_c.id.clone(), with_b.id.clone()], tied.to_vec()]
+            .concat();
     assert_eq!(listed.iter().map(|s| s.conversation.id.clone()).collect::<Vec<_>>(), expected_ids);
     let listed = &listed[2..];
 
@@ -698,10 +703,17 @@ async fn conversation_pages_for_user_walk_the_list_in_order_each_once(storage: &
     assert_eq!(whole.len(), 12);
     let keys: Vec<ConversationKey> = whole.iter().map(ConversationSummary::key).collect();
     assert!(keys.windows(2).all(|w| w[0] > w[1]), "strictly descending keys: {keys:#?}");
-    assert!(whole[..8].iter().all(|s| s.last_message.is_some()) && whole[8..].iter().all(|s| s.last_message.is_none()));
+    assert!(
+        whole[..8].iter().all(|s| s.last_message.is_some())
+            && whole[8..].iter().all(|s| s.last_message.is_none())
+    );
     assert_eq!(storage.conversations.list_for_user(&me.id).await.unwrap(), whole);
     for page in [1, 2, 3, 5, 11, 12, 13] {
-        assert_eq!(conversation_ids(&walk_conversations(storage, &me, page).await), conversation_ids(&whole), "pages of {page}");
+        assert_eq!(
+            conversation_ids(&walk_conversations(storage, &me, page).await),
+            conversation_ids(&whole),
+            "pages of {page}"
+        );
     }
     let after_last = storage.conversations.page_for_user(&me.id, keys.last().cloned(), 5).await.unwrap();
     assert_eq!(after_last, []);
@@ -723,14 +735,20 @@ async fn conversation_pages_for_user_stay_exact_while_messages_arrive(storage: &
     }
     // Newest first: partner5, partner4, ..., partner0.
     let first = storage.conversations.page_for_user(&me.id, None, 2).await.unwrap();
-    assert_eq!(first.iter().map(|s| s.last_message.as_ref().unwrap().sender_id.clone()).collect::<Vec<_>>(),
-        [partners[5].id.clone(), partners[4].id.clone()]);
+    assert_eq!(
+        first.iter().map(|s| s.last_message.as_ref().unwrap().sender_id.clone()).collect::<Vec<_>>(),
+        [partners[5].id.clone(), partners[4].id.clone()]
+    );
     // Both a conversation already listed and one not reached yet get a message.
     send_at(storage, &me, &partners[5], "again", t0 + Duration::seconds(60)).await;
     send_at(storage, &partners[1], &me, "again", t0 + Duration::seconds(61)).await;
     let mut walked = first.clone();
     loop {
-        let next = storage.conversations.page_for_user(&me.id, walked.last().map(ConversationSummary::key), 2).await.unwrap();
+        let next = storage
+            .conversations
+            .page_for_user(&me.id, walked.last().map(ConversationSummary::key), 2)
+            .await
+            .unwrap();
         if next.is_empty() {
             break;
         }
@@ -740,7 +758,10 @@ async fn conversation_pages_for_user_stay_exact_while_messages_arrive(storage: &
         walked.iter().map(|s| s.last_message.as_ref().unwrap().sender_id.clone()).collect();
     // Nothing twice; the one that moved to the front after the walk passed its place is
     // skipped, everything else is there in order.
-    assert_eq!(senders, [&partners[5], &partners[4], &partners[3], &partners[2], &partners[0]].map(|p| p.id.clone()));
+    assert_eq!(
+        senders,
+        [&partners[5], &partners[4], &partners[3], &partners[2], &partners[0]].map(|p| p.id.clone())
+    );
     let now_first = storage.conversations.page_for_user(&me.id, None, 2).await.unwrap();
     assert_eq!(now_first[0].last_message.as_ref().unwrap().sender_id, partners[1].id);
     assert_eq!(now_first[1].last_message.as_ref().unwrap().body.as_str(), "again");
@@ -800,7 +821,10 @@ async fn conversation_page_is_the_conversation_with_what_list_by_conversation_re
 
     // The same pages, spelled out.
     let whole = page(None, 50).await.unwrap();
-    assert_eq!(whole.conversation, Conversation { updated_at: t0 + Duration::seconds(5), ..conversation.clone() });
+    assert_eq!(
+        whole.conversation,
+        Conversation { updated_at: t0 + Duration::seconds(5), ..conversation.clone() }
+    );
     assert_eq!(whole.messages, sent);
     assert_eq!(page(None, 1).await.unwrap().messages, &sent[4..]);
     assert_eq!(bodies(&page(Some(sent[3].id.clone()), 2).await.unwrap().messages), ["m2", "m3"]);
@@ -1393,7 +1417,8 @@ async fn active_lists_every_unexpired_revocation_once(storage: &Storage) {
         active.sort_by(|x, y| x.token_id.cmp(&y.token_id));
         active
     };
-    let revocation = |token_id: &str, expires_at: Timestamp| Revocation { token_id: token_id.into(), expires_at };
+    let revocation =
+        |token_id: &str, expires_at: Timestamp| Revocation { token_id: token_id.into(), expires_at };
 
     let expected = [
         revocation("expires-now", now),

@@ -72,12 +72,7 @@ impl Rng {
 fn seed(test: &str) -> u64 {
     let seed = match std::env::var("CHAT_SYNC_SEED") {
         Ok(text) => text.parse().expect("CHAT_SYNC_SEED is a number"),
-        Err(_) => {
-            0x5EED_0000
-                ^ test
-                    .bytes()
-                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
-        }
+        Err(_) => 0x5EED_0000 ^ test.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
     };
     eprintln!("{test}: seed {seed} (CHAT_SYNC_SEED={seed} to replay)");
     seed
@@ -141,7 +136,9 @@ impl Deployment {
     /// A send with `key` as `clientMessageId`.
     async fn send(&self, instance: usize, from: &TestUser, to: &TestUser, text: &str, key: &str) -> Reply {
         let body = json!({ "message": text, "clientMessageId": key });
-        self.api(instance).post_json(&format!("/api/v1/message/send/{}", to.id), &body, Some(&from.token)).await
+        self.api(instance)
+            .post_json(&format!("/api/v1/message/send/{}", to.id), &body, Some(&from.token))
+            .await
     }
 
     /// One `GET /api/v1/message/sync` page's `responseData`.
@@ -154,13 +151,7 @@ impl Deployment {
         let reply = api
             .execute(api.request(Method::GET, "/api/v1/message/sync", Some(&user.token)).query(&query))
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "sync of {} since {since:?}: {}",
-            user.username,
-            reply.text
-        );
+        assert_eq!(reply.status, StatusCode::OK, "sync of {} since {since:?}: {}", user.username, reply.text);
         assert_eq!(reply.body["success"], true, "{}", reply.text);
         reply.body["responseData"].clone()
     }
@@ -171,15 +162,9 @@ impl Deployment {
         let mut since = None;
         loop {
             let page = self.sync(instance, user, since, limit).await;
-            let messages = page["messages"]
-                .as_array()
-                .unwrap_or_else(|| panic!("messages: {page}"));
+            let messages = page["messages"].as_array().unwrap_or_else(|| panic!("messages: {page}"));
             let next = cursor_of(&page["nextCursor"], "nextCursor");
-            assert!(
-                messages.len() <= limit as usize,
-                "a page above its limit: {}",
-                messages.len()
-            );
+            assert!(messages.len() <= limit as usize, "a page above its limit: {}", messages.len());
             for item in messages {
                 let cursor = cursor_of(&item["cursor"], "a sync item's cursor");
                 assert_eq!(
@@ -190,14 +175,8 @@ impl Deployment {
                 );
                 items.push(item.clone());
             }
-            assert_eq!(
-                next,
-                items.len() as u64,
-                "nextCursor is the last item's cursor: {page}"
-            );
-            let has_more = page["hasMore"]
-                .as_bool()
-                .unwrap_or_else(|| panic!("hasMore: {page}"));
+            assert_eq!(next, items.len() as u64, "nextCursor is the last item's cursor: {page}");
+            let has_more = page["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {page}"));
             if !has_more {
                 // The end really is the end.
                 let after = self.sync(instance, user, Some(next), limit).await;
@@ -220,10 +199,7 @@ impl Deployment {
             }
             let reply = self.api(instance).get_messages(&user.token, &other.id, &query).await;
             assert_eq!(reply.status, StatusCode::OK, "history: {}", reply.text);
-            let page = reply.body["responseData"]["messages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let page = reply.body["responseData"]["messages"].as_array().cloned().unwrap_or_default();
             if page.is_empty() {
                 return older_first;
             }
@@ -243,31 +219,22 @@ impl Deployment {
 }
 
 fn cursor_of(value: &Value, what: &str) -> u64 {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} must be a string: {value}"));
+    let text = value.as_str().unwrap_or_else(|| panic!("{what} must be a string: {value}"));
     assert!(
         !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
         "{what} must be decimal digits: {value}"
     );
-    text.parse()
-        .unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
+    text.parse().unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
 }
 
 fn without_cursor(item: &Value) -> Value {
     let mut message = item.clone();
-    message
-        .as_object_mut()
-        .expect("a message object")
-        .remove("cursor");
+    message.as_object_mut().expect("a message object").remove("cursor");
     message
 }
 
 fn id_of(message: &Value) -> String {
-    message["_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a message without _id: {message}"))
-        .to_owned()
+    message["_id"].as_str().unwrap_or_else(|| panic!("a message without _id: {message}")).to_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -348,9 +315,7 @@ async fn send_answered(
 ) -> (Reply, bool) {
     let mut unavailable = false;
     for attempt in 0..UNAVAILABLE_ATTEMPTS {
-        let reply = deployment
-            .send(instance + attempt, from, to, text, key)
-            .await;
+        let reply = deployment.send(instance + attempt, from, to, text, key).await;
         if reply.status != StatusCode::SERVICE_UNAVAILABLE {
             return (reply, unavailable);
         }
@@ -381,15 +346,11 @@ async fn run_sender(
         let text = format!("{} #{n} to {} [{key}]", me.username, to.username);
         let home = rng.below(instances as u64) as usize;
         let roll = rng.below(100);
-        let send =
-            |instance: usize| send_answered(&deployment, instance, &me, to, &text, &key, &counters);
+        let send = |instance: usize| send_answered(&deployment, instance, &me, to, &text, &key, &counters);
         let stored = if roll < plan.race_percent {
             let copies = 2 + rng.below(2) as usize;
             let replies = futures_util::future::join_all((0..copies).map(|c| send(home + c))).await;
-            let created = replies
-                .iter()
-                .filter(|(r, _)| r.status == StatusCode::CREATED)
-                .count();
+            let created = replies.iter().filter(|(r, _)| r.status == StatusCode::CREATED).count();
             let unavailable = replies.iter().any(|(_, unavailable)| *unavailable);
             // Exactly one 201, unless a copy was answered 503 and stored after its deadline.
             assert!(
@@ -411,38 +372,21 @@ async fn run_sender(
                 );
             }
             counters.raced_sends.fetch_add(1, Ordering::Relaxed);
-            counters
-                .racing_copies
-                .fetch_add(copies - 1, Ordering::Relaxed);
+            counters.racing_copies.fetch_add(copies - 1, Ordering::Relaxed);
             stored
         } else {
             let (reply, unavailable) = send(home).await;
             if unavailable && reply.status == StatusCode::OK {
                 // Stored by the attempt answered 503.
-                counters
-                    .stored_despite_unavailable
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.stored_despite_unavailable.fetch_add(1, Ordering::Relaxed);
             } else {
-                assert_eq!(
-                    reply.status,
-                    StatusCode::CREATED,
-                    "sending {key}: {}",
-                    reply.text
-                );
+                assert_eq!(reply.status, StatusCode::CREATED, "sending {key}: {}", reply.text);
             }
             let stored = reply.body["responseData"].clone();
             if roll < plan.race_percent + plan.late_retry_percent {
                 let (again, _) = send(home + 1).await;
-                assert_eq!(
-                    again.status,
-                    StatusCode::OK,
-                    "retrying {key} after it returned: {}",
-                    again.text
-                );
-                assert_eq!(
-                    again.body["responseData"], stored,
-                    "a retry of {key} returns the stored message"
-                );
+                assert_eq!(again.status, StatusCode::OK, "retrying {key} after it returned: {}", again.text);
+                assert_eq!(again.body["responseData"], stored, "a retry of {key} returns the stored message");
                 counters.late_retries.fetch_add(1, Ordering::Relaxed);
             }
             stored
@@ -451,13 +395,7 @@ async fn run_sender(
         assert_eq!(stored["receiverId"], to.id.as_str(), "{stored}");
         assert_eq!(stored["message"], text.as_str(), "{stored}");
         assert_eq!(stored["clientMessageId"], key.as_str(), "{stored}");
-        sent.push(Sent {
-            key,
-            from: me.id.clone(),
-            to: to.id.clone(),
-            text,
-            stored,
-        });
+        sent.push(Sent { key, from: me.id.clone(), to: to.id.clone(), text, stored });
         let pause = rng.between(0, plan.pause_ms);
         if pause > 0 {
             tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -476,19 +414,12 @@ struct Processed {
 
 impl Processed {
     fn new(user: TestUser) -> Self {
-        Self {
-            user,
-            last: 0,
-            events: Vec::new(),
-            ids: HashSet::new(),
-        }
+        Self { user, last: 0, events: Vec::new(), ids: HashSet::new() }
     }
 
     /// The first cursor processed (1 for a client that started from the beginning).
     fn first(&self) -> Option<u64> {
-        self.events
-            .first()
-            .map(|e| cursor_of(&e["cursor"], "a processed cursor"))
+        self.events.first().map(|e| cursor_of(&e["cursor"], "a processed cursor"))
     }
 
     /// Takes one message (an event's data or a sync item): it must be the next position.
@@ -502,21 +433,13 @@ impl Processed {
             panic!(
                 "{whence}: cursor {cursor} after {} ({}); recent: {recent:?}; item: {item}",
                 self.last,
-                if cursor <= self.last {
-                    "a repeat"
-                } else {
-                    "a gap"
-                }
+                if cursor <= self.last { "a repeat" } else { "a gap" }
             );
         }
         let id = id_of(item);
+        assert!(self.ids.insert(id.clone()), "{whence}: message {id} processed twice: {item}");
         assert!(
-            self.ids.insert(id.clone()),
-            "{whence}: message {id} processed twice: {item}"
-        );
-        assert!(
-            item["senderId"] == self.user.id.as_str()
-                || item["receiverId"] == self.user.id.as_str(),
+            item["senderId"] == self.user.id.as_str() || item["receiverId"] == self.user.id.as_str(),
             "{whence}: not a message of {}: {item}",
             self.user.username
         );
@@ -544,10 +467,7 @@ enum Leave {
 }
 
 /// A `/ws` connection to `url` within the timeout; `whence` names it in failures.
-async fn open_ws(
-    url: String,
-    whence: &str,
-) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
+async fn open_ws(url: String, whence: &str) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
     match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
         Err(_) => panic!("{whence}: the handshake timed out"),
         Ok(Err(error)) => panic!("{whence}: the handshake failed: {error}"),
@@ -566,10 +486,7 @@ async fn ws_session(
 ) {
     let since = processed.last;
     let url = deployment.ws_url(instance, &processed.user.token, since);
-    let whence = format!(
-        "/ws session {session} on instance {} since {since}",
-        instance + 1
-    );
+    let whence = format!("/ws session {session} on instance {} since {since}", instance + 1);
     let mut socket = open_ws(url, &whence).await;
     stats.ws_sessions += 1;
     let deadline = match leave {
@@ -612,10 +529,7 @@ async fn ws_session(
         if value["event"] != "newMessage" {
             continue;
         }
-        assert!(
-            quiet_until.is_none(),
-            "{whence}: a newMessage after catching up: {value}"
-        );
+        assert!(quiet_until.is_none(), "{whence}: a newMessage after catching up: {value}");
         processed.take(&value["data"], &whence);
         stats.events_by_ws += 1;
         if let Leave::CaughtUpTo(total) = leave {
@@ -657,11 +571,7 @@ async fn run_listener(
             None => format!("{}?token={}", deployment.api(instance).ws_url(), user.token),
             Some(since) => deployment.ws_url(instance, &user.token, since),
         };
-        let whence = format!(
-            "{}'s steady connection on instance {}",
-            user.username,
-            instance + 1
-        );
+        let whence = format!("{}'s steady connection on instance {}", user.username, instance + 1);
         let mut socket = open_ws(url, &whence).await;
         let mut quiet_until: Option<Instant> = None;
         let ended = loop {
@@ -670,8 +580,7 @@ async fn run_listener(
                 "{whence}: still at {} after {SCENARIO_LIMIT:?}",
                 processed.last
             );
-            if senders_done.load(Ordering::SeqCst) && processed.last == total.load(Ordering::SeqCst)
-            {
+            if senders_done.load(Ordering::SeqCst) && processed.last == total.load(Ordering::SeqCst) {
                 let until = *quiet_until.get_or_insert_with(|| Instant::now() + QUIET);
                 if Instant::now() >= until {
                     break false;
@@ -685,8 +594,7 @@ async fn run_listener(
             let Frame::Text(text) = frame else { continue };
             let value: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
             let data = &value["data"];
-            if value["event"] == "onlineUsers"
-                && data.as_array().is_some_and(|a| a.contains(&json!(user.id)))
+            if value["event"] == "onlineUsers" && data.as_array().is_some_and(|a| a.contains(&json!(user.id)))
             {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
@@ -695,10 +603,7 @@ async fn run_listener(
             if value["event"] != "newMessage" {
                 continue;
             }
-            assert!(
-                quiet_until.is_none(),
-                "{whence}: a newMessage after the last one: {value}"
-            );
+            assert!(quiet_until.is_none(), "{whence}: a newMessage after the last one: {value}");
             if !started {
                 // Without since: from wherever the stream stood when it connected.
                 let cursor = cursor_of(&data["cursor"], &format!("{whence}: the cursor"));
@@ -738,60 +643,28 @@ async fn run_receiver(
             let limit = rng.between(1, 40) as u32;
             let since = processed.last;
             let page = deployment.sync(instance, &me, Some(since), limit).await;
-            let whence = format!(
-                "sync read {round} on instance {} since {since}",
-                instance + 1
-            );
-            let items = page["messages"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{whence}: {page}"));
+            let whence = format!("sync read {round} on instance {} since {since}", instance + 1);
+            let items = page["messages"].as_array().unwrap_or_else(|| panic!("{whence}: {page}"));
             assert!(items.len() <= limit as usize, "{whence}: above the limit");
             for item in items {
                 processed.take(item, &whence);
             }
-            assert_eq!(
-                cursor_of(&page["nextCursor"], "nextCursor"),
-                processed.last,
-                "{whence}: {page}"
-            );
+            assert_eq!(cursor_of(&page["nextCursor"], "nextCursor"), processed.last, "{whence}: {page}");
             stats.sync_reads += 1;
             stats.items_by_sync += items.len();
         } else {
             let linger = Duration::from_millis(rng.between(10, 300));
-            ws_session(
-                &deployment,
-                instance,
-                &mut processed,
-                Leave::After(linger),
-                &mut stats,
-                round,
-            )
-            .await;
+            ws_session(&deployment, instance, &mut processed, Leave::After(linger), &mut stats, round).await;
         }
     }
     let total = total.load(Ordering::SeqCst);
     let instance = round % instances;
     round += 1;
-    ws_session(
-        &deployment,
-        instance,
-        &mut processed,
-        Leave::CaughtUpTo(total),
-        &mut stats,
-        round,
-    )
-    .await;
+    ws_session(&deployment, instance, &mut processed, Leave::CaughtUpTo(total), &mut stats, round).await;
     // And once more from the end, on the other instance: nothing.
     round += 1;
-    ws_session(
-        &deployment,
-        round % instances,
-        &mut processed,
-        Leave::CaughtUpTo(total),
-        &mut stats,
-        round,
-    )
-    .await;
+    ws_session(&deployment, round % instances, &mut processed, Leave::CaughtUpTo(total), &mut stats, round)
+        .await;
     (processed, stats)
 }
 
@@ -804,12 +677,7 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     let receiver = deployment.api(0).create_user("receiver").await;
     let mut senders = Vec::new();
     for i in 0..plan.senders {
-        senders.push(
-            deployment
-                .api(i % instances)
-                .create_user(&format!("sender{i}"))
-                .await,
-        );
+        senders.push(deployment.api(i % instances).create_user(&format!("sender{i}")).await);
     }
 
     let senders_done = Arc::new(AtomicBool::new(false));
@@ -819,9 +687,11 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     // sender's (its stream is its conversation with the receiver).
     let sender_total = Arc::new(AtomicU64::new(0));
     let mut listening = Vec::new();
-    let steady = (0..instances)
-        .map(|i| (i, receiver.clone(), total.clone()))
-        .chain([(1 % instances, senders[0].clone(), sender_total.clone())]);
+    let steady = (0..instances).map(|i| (i, receiver.clone(), total.clone())).chain([(
+        1 % instances,
+        senders[0].clone(),
+        sender_total.clone(),
+    )]);
     for (instance, user, target) in steady {
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         listening.push(tokio::spawn(run_listener(
@@ -832,10 +702,7 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
             senders_done.clone(),
             target,
         )));
-        tokio::time::timeout(TIMEOUT, is_ready)
-            .await
-            .expect("a steady connection is shown online")
-            .ok();
+        tokio::time::timeout(TIMEOUT, is_ready).await.expect("a steady connection is shown online").ok();
     }
     let receiving = tokio::spawn(run_receiver(
         deployment.clone(),
@@ -886,10 +753,7 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
     }
     let sending_took = started.elapsed();
     total.store(sent.len() as u64, Ordering::SeqCst);
-    let of_sender0 = sent
-        .iter()
-        .filter(|s| s.from == senders[0].id || s.to == senders[0].id)
-        .count();
+    let of_sender0 = sent.iter().filter(|s| s.from == senders[0].id || s.to == senders[0].id).count();
     sender_total.store(of_sender0 as u64, Ordering::SeqCst);
     senders_done.store(true, Ordering::SeqCst);
     let (processed, stats) = match tokio::time::timeout(SCENARIO_LIMIT, receiving).await {
@@ -930,10 +794,7 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
         stats.items_by_sync,
         listened.len(),
     );
-    assert!(
-        stats.ws_sessions >= 5,
-        "the scenario should resume many times: {stats:?}"
-    );
+    assert!(stats.ws_sessions >= 5, "the scenario should resume many times: {stats:?}");
 
     verify(&deployment, &receiver, &senders, &sent, &processed).await;
     for (steady, _) in &listened {
@@ -949,17 +810,9 @@ async fn stress(deployment: Deployment, plan: Plan, test: &str) {
             steady.user.username
         );
         for (got, stored) in steady.events.iter().zip(expected) {
-            assert_eq!(
-                got, stored,
-                "{}'s steady connection got what is stored",
-                steady.user.username
-            );
+            assert_eq!(got, stored, "{}'s steady connection got what is stored", steady.user.username);
         }
-        assert_eq!(
-            first, 1,
-            "{}'s steady connection was open before the first send",
-            steady.user.username
-        );
+        assert_eq!(first, 1, "{}'s steady connection was open before the first send", steady.user.username);
     }
     eprintln!("{test}: verified in {:?} overall", started.elapsed());
 
@@ -979,15 +832,8 @@ async fn verify(
     // What is stored, paged two ways (from different instances when there are several).
     let stream = deployment.whole_stream(0, receiver, 200).await;
     let stream_by_37 = deployment.whole_stream(1 % instances, receiver, 37).await;
-    assert!(
-        stream == stream_by_37,
-        "the stream is the same whatever the page size"
-    );
-    assert_eq!(
-        stream.len(),
-        sent.len(),
-        "one stored message per logical send"
-    );
+    assert!(stream == stream_by_37, "the stream is the same whatever the page size");
+    assert_eq!(stream.len(), sent.len(), "one stored message per logical send");
 
     // The receiver processed exactly that, in order.
     assert_eq!(
@@ -998,12 +844,7 @@ async fn verify(
         stream.len()
     );
     for (position, (got, stored)) in processed.events.iter().zip(&stream).enumerate() {
-        assert_eq!(
-            got,
-            stored,
-            "position {}: the event differs from the stored message",
-            position + 1
-        );
+        assert_eq!(got, stored, "position {}: the event differs from the stored message", position + 1);
     }
 
     // Each key once, as the first answer returned it.
@@ -1011,18 +852,10 @@ async fn verify(
     assert_eq!(by_key.len(), sent.len(), "the scenario's keys are unique");
     let mut keys_seen = HashSet::new();
     for item in &stream {
-        let key = item["clientMessageId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no clientMessageId: {item}"));
+        let key = item["clientMessageId"].as_str().unwrap_or_else(|| panic!("no clientMessageId: {item}"));
         assert!(keys_seen.insert(key.to_owned()), "key {key} stored twice");
-        let logical = by_key
-            .get(key)
-            .unwrap_or_else(|| panic!("a stored message nobody sent: {item}"));
-        assert_eq!(
-            without_cursor(item),
-            logical.stored,
-            "the stored message is what the send returned"
-        );
+        let logical = by_key.get(key).unwrap_or_else(|| panic!("a stored message nobody sent: {item}"));
+        assert_eq!(without_cursor(item), logical.stored, "the stored message is what the send returned");
         assert_eq!(item["senderId"], logical.from.as_str());
         assert_eq!(item["receiverId"], logical.to.as_str());
         assert_eq!(item["message"], logical.text.as_str());
@@ -1045,17 +878,12 @@ async fn verify(
             let item = by_id
                 .get(&id_of(message))
                 .unwrap_or_else(|| panic!("in the history but not in the stream: {message}"));
-            assert_eq!(
-                &without_cursor(item),
-                message,
-                "the history's copy equals the stream's"
-            );
+            assert_eq!(&without_cursor(item), message, "the history's copy equals the stream's");
         }
         let expected = sent
             .iter()
             .filter(|s| {
-                (s.from == sender.id && s.to == receiver.id)
-                    || (s.from == receiver.id && s.to == sender.id)
+                (s.from == sender.id && s.to == receiver.id) || (s.from == receiver.id && s.to == sender.id)
             })
             .count();
         assert_eq!(
@@ -1068,15 +896,11 @@ async fn verify(
 
         // The sender's own stream: exactly that conversation, numbered from 1, in the same
         // store order as in the receiver's stream.
-        let own = deployment
-            .whole_stream((i + 1) % instances, sender, 200)
-            .await;
+        let own = deployment.whole_stream((i + 1) % instances, sender, 200).await;
         let own_ids: Vec<String> = own.iter().map(id_of).collect();
         let order_in_receivers: Vec<String> = stream
             .iter()
-            .filter(|item| {
-                item["senderId"] == sender.id.as_str() || item["receiverId"] == sender.id.as_str()
-            })
+            .filter(|item| item["senderId"] == sender.id.as_str() || item["receiverId"] == sender.id.as_str())
             .map(id_of)
             .collect();
         assert_eq!(
@@ -1085,32 +909,16 @@ async fn verify(
             sender.username
         );
     }
-    assert_eq!(
-        in_histories,
-        stream.len(),
-        "every message of the stream is in one of the histories"
-    );
+    assert_eq!(in_histories, stream.len(), "every message of the stream is in one of the histories");
 }
 
 /// 540 messages over about 4 s: the receiver resumes some 25 times meanwhile.
-const ONE_INSTANCE: Plan = Plan {
-    senders: 6,
-    sends_each: 80,
-    replies: 60,
-    race_percent: 10,
-    late_retry_percent: 10,
-    pause_ms: 80,
-};
+const ONE_INSTANCE: Plan =
+    Plan { senders: 6, sends_each: 80, replies: 60, race_percent: 10, late_retry_percent: 10, pause_ms: 80 };
 
 /// 430 messages, retries racing across the two instances.
-const TWO_INSTANCES: Plan = Plan {
-    senders: 6,
-    sends_each: 65,
-    replies: 40,
-    race_percent: 12,
-    late_retry_percent: 10,
-    pause_ms: 80,
-};
+const TWO_INSTANCES: Plan =
+    Plan { senders: 6, sends_each: 65, replies: 40, race_percent: 12, late_retry_percent: 10, pause_ms: 80 };
 
 /// `plan` sized for `backend`: the MongoDB stand-in of the test machine (SecantusDB, see
 /// scripts/start-mongodb.sh) takes some 20 sends a second under this contention where the
@@ -1131,12 +939,7 @@ fn sized(plan: Plan, backend: Backend) -> Plan {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_instance_a_resuming_receiver_sees_every_message_once_in_order() {
     let deployment = Deployment::one_instance().await;
-    stress(
-        deployment,
-        sized(ONE_INSTANCE, Backend::from_env()),
-        "one_instance",
-    )
-    .await;
+    stress(deployment, sized(ONE_INSTANCE, Backend::from_env()), "one_instance").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1287,13 +1090,7 @@ async fn socketio_resume(mode: &str) {
     let offline = 6;
     for n in 0..offline {
         let reply = deployment
-            .send(
-                0,
-                &sender,
-                &receiver,
-                &format!("offline {n}"),
-                &format!("sio-offline-{n}"),
-            )
+            .send(0, &sender, &receiver, &format!("offline {n}"), &format!("sio-offline-{n}"))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     }
@@ -1326,19 +1123,10 @@ async fn socketio_resume(mode: &str) {
         .collect();
     let stream = deployment.whole_stream(0, &receiver, 200).await;
     assert_eq!(stream.len(), total, "stored once each");
-    let expected: Vec<(String, String)> = stream[2..]
-        .iter()
-        .map(|item| (item["cursor"].as_str().unwrap().to_owned(), id_of(item)))
-        .collect();
-    assert_eq!(
-        got, expected,
-        "from cursor 3 to the end, each once, in order"
-    );
-    eprintln!(
-        "{test}: {} messages processed over {} sessions",
-        got.len(),
-        result["sessions"]
-    );
+    let expected: Vec<(String, String)> =
+        stream[2..].iter().map(|item| (item["cursor"].as_str().unwrap().to_owned(), id_of(item))).collect();
+    assert_eq!(got, expected, "from cursor 3 to the end, each once, in order");
+    eprintln!("{test}: {} messages processed over {} sessions", got.len(), result["sessions"]);
     deployment.stop().await;
 }
 

@@ -31,7 +31,9 @@ async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
 
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
-    for (name, password) in [("Alice", "alice-password"), ("bob", "bob-password"), ("carol.c", "carol-password")] {
+    for (name, password) in
+        [("Alice", "alice-password"), ("bob", "bob-password"), ("carol.c", "carol-password")]
+    {
         let body = json!({ "fullName": format!("{name} Example"), "username": name, "password": password, "gender": "other" });
         let registered = app.register(&body).await;
         let registered = registered.data(StatusCode::CREATED);
@@ -113,11 +115,8 @@ async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fai
 
     let stats = load(&target, dump.as_bytes()).await;
     assert_eq!((stats.users, stats.messages, stats.rejected_with_users), (1, 0, 1));
-    let rejected: Vec<(String, String)> = stats
-        .rejected_users
-        .iter()
-        .map(|(id, user)| (id.to_string(), user.username.to_string()))
-        .collect();
+    let rejected: Vec<(String, String)> =
+        stats.rejected_users.iter().map(|(id, user)| (id.to_string(), user.username.to_string())).collect();
     let mut expected = vec![(ids[1].clone(), "malformed".to_owned()), (ids[2].clone(), "extreme".to_owned())];
     expected.sort();
     assert_eq!(rejected, expected);

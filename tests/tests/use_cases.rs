@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use application::ports::{Clock, Event, Notifier, NotifyError, SearchPrefix, SystemClock};
-use application::{
-    AccountError, AccountService, MessagingError, MessagingService, NewAccount, Revocations,
-};
+use application::{AccountError, AccountService, MessagingError, MessagingService, NewAccount, Revocations};
 use async_trait::async_trait;
 use chat_memory::MemoryStore;
 use domain::{ClientMessageId, Cursor, FullName, Message, MessageBody, Password, User, UserId, Username};
@@ -132,7 +130,8 @@ async fn a_registered_user_logs_in_in_any_case_and_lists_the_others() {
 
     let everyone = world.accounts.list_users(&alice.id, None, None, None).await.unwrap();
     assert_eq!(usernames(&everyone.users), ["bob", "carol"]);
-    let found = world.accounts.list_users(&alice.id, Some(SearchPrefix::new("DAN")), None, None).await.unwrap();
+    let found =
+        world.accounts.list_users(&alice.id, Some(SearchPrefix::new("DAN")), None, None).await.unwrap();
     assert_eq!(usernames(&found.users), ["carol"]);
     let first = world.accounts.list_users(&alice.id, None, Some(1), None).await.unwrap();
     assert_eq!(usernames(&first.users), ["bob"]);
@@ -179,7 +178,8 @@ async fn a_logged_out_token_no_longer_authenticates_but_a_new_login_does() {
 #[tokio::test]
 async fn sent_messages_read_the_same_in_the_history_the_sync_the_list_and_the_events() {
     let world = World::new();
-    let (ann, ben, cat) = (world.register("ann").await, world.register("ben").await, world.register("cat").await);
+    let (ann, ben, cat) =
+        (world.register("ann").await, world.register("ben").await, world.register("cat").await);
     let hi = world.send(&ann, &ben, "hi").await;
     let hello = world.send(&ben, &ann, "hello").await;
     world.send(&cat, &ben, "elsewhere").await;
@@ -205,8 +205,11 @@ async fn sent_messages_read_the_same_in_the_history_the_sync_the_list_and_the_ev
         assert!(told.contains(&(ben.id.clone(), body, item.cursor)), "{told:?}");
     }
     let anns = world.messaging.sync(&ann.id, Cursor::START, None).await.unwrap();
-    assert!(anns.items.iter().all(|item| told
-        .contains(&(ann.id.clone(), item.message.body.as_str().to_owned(), item.cursor))));
+    assert!(anns.items.iter().all(|item| told.contains(&(
+        ann.id.clone(),
+        item.message.body.as_str().to_owned(),
+        item.cursor
+    ))));
 
     // Ben's list: the newest conversation first, each with its last message.
     let list = world.messaging.conversations(&ben.id, None, None).await.unwrap();

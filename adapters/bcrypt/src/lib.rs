@@ -20,9 +20,8 @@ pub struct BcryptHasher {
 impl BcryptHasher {
     /// `cost` is bcrypt's work factor (4..=31); `None` concurrency means one per core.
     pub fn new(cost: u32, concurrency: Option<usize>) -> Self {
-        let concurrency = concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(usize::from).unwrap_or(1)
-        });
+        let concurrency =
+            concurrency.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
         Self { cost, slots: Arc::new(Semaphore::new(concurrency.max(1))) }
     }
 

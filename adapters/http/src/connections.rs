@@ -38,8 +38,11 @@ pub async fn body_deadline(
     let timeout = req.app_data::<web::Data<AppState>>().map(|state| state.settings.body_timeout);
     if let Some(timeout) = timeout.filter(|_| !is_upgrade(&req)) {
         let payload = req.take_payload();
-        let bounded: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
-            Box::pin(Deadline { inner: payload, timer: Box::pin(tokio::time::sleep(timeout)), expired: false });
+        let bounded: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(Deadline {
+            inner: payload,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            expired: false,
+        });
         req.set_payload(Payload::from(bounded));
     }
     next.call(req).await
@@ -77,7 +80,8 @@ impl Stream for Deadline {
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.expired = true;
-                let error = io::Error::new(io::ErrorKind::TimedOut, "the request body took too long to arrive");
+                let error =
+                    io::Error::new(io::ErrorKind::TimedOut, "the request body took too long to arrive");
                 Poll::Ready(Some(Err(PayloadError::Io(error))))
             }
             Poll::Pending => Poll::Pending,

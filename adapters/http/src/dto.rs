@@ -4,10 +4,10 @@
 
 use application::ports::ConversationSummary;
 use application::{ConversationView, SyncPage};
+use chat_realtime::wire::{timestamp, MessageDto};
 use domain::{User, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use chat_realtime::wire::{timestamp, MessageDto};
 
 use crate::openapi::fields;
 
@@ -41,9 +41,7 @@ pub struct Null;
 
 impl utoipa::PartialSchema for Null {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Null)
-            .into()
+        utoipa::openapi::schema::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Null).into()
     }
 }
 

@@ -186,14 +186,13 @@ impl From<ApplicationError> for ApiError {
 impl From<AccountError> for ApiError {
     fn from(error: AccountError) -> Self {
         match error {
-            AccountError::UsernameTaken => {
-                Self { field: Some("username"), ..Self::new(StatusCode::CONFLICT, "CONFLICT", "username is already taken") }
+            AccountError::UsernameTaken => Self {
+                field: Some("username"),
+                ..Self::new(StatusCode::CONFLICT, "CONFLICT", "username is already taken")
+            },
+            AccountError::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid username or password")
             }
-            AccountError::InvalidCredentials => Self::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "invalid username or password",
-            ),
             AccountError::Unauthenticated => Self::unauthenticated(),
             AccountError::Failed(error) => error.into(),
         }
@@ -204,18 +203,13 @@ impl From<MessagingError> for ApiError {
     fn from(error: MessagingError) -> Self {
         match error {
             MessagingError::UserNotFound => Self::not_found("user not found"),
-            MessagingError::SelfConversation => {
-                Self::validation("you cannot send messages to yourself")
+            MessagingError::SelfConversation => Self::validation("you cannot send messages to yourself"),
+            MessagingError::ClientIdReused => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", error.to_string())
             }
-            MessagingError::ClientIdReused => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                error.to_string(),
-            ),
-            MessagingError::BeyondStream => Self::invalid_field(
-                "since",
-                "is beyond the end of your message stream; sync from the start",
-            ),
+            MessagingError::BeyondStream => {
+                Self::invalid_field("since", "is beyond the end of your message stream; sync from the start")
+            }
             MessagingError::Failed(error) => error.into(),
         }
     }
@@ -270,11 +264,18 @@ mod tests {
     #[tokio::test]
     async fn the_shared_failures_answer_alike_from_every_use_case() {
         let down = || ApplicationError::Unavailable(anyhow::anyhow!("store down"));
-        for (status, body) in [answer(AccountError::Failed(down())).await, answer(MessagingError::Failed(down())).await] {
-            assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE")));
+        for (status, body) in
+            [answer(AccountError::Failed(down())).await, answer(MessagingError::Failed(down())).await]
+        {
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE"))
+            );
         }
         let bug = || ApplicationError::Unexpected(anyhow::anyhow!("secret detail"));
-        for (status, body) in [answer(AccountError::Failed(bug())).await, answer(MessagingError::Failed(bug())).await] {
+        for (status, body) in
+            [answer(AccountError::Failed(bug())).await, answer(MessagingError::Failed(bug())).await]
+        {
             assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
             assert_eq!(body["errMessage"], "internal server error");
         }

@@ -127,9 +127,10 @@ impl RateLimits {
         let Some(limit) = limit else { return Ok(()) };
         // Forget idle keys now and then so the maps stay small.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            for l in [&self.login_ip, &self.register_ip, &self.send_user, &self.search_user, &self.connect_user]
-                .into_iter()
-                .flatten()
+            for l in
+                [&self.login_ip, &self.register_ip, &self.send_user, &self.search_user, &self.connect_user]
+                    .into_iter()
+                    .flatten()
             {
                 l.limiter.retain_recent();
                 l.limiter.shrink_to_fit();

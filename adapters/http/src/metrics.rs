@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
 use actix_web::http::Method;
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use application::ports::{Event, Notifier, NotifyError};
 use async_trait::async_trait;
@@ -191,7 +191,10 @@ mod tests {
             metrics.observe(&method, "unmatched", 405, 0.001);
         }
         let text = metrics.render();
-        assert!(text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="405"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="405"} 3"#),
+            "{text}"
+        );
         assert!(!text.contains("XQWE") && !text.contains("BREW"));
     }
 }

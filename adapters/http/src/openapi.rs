@@ -83,18 +83,12 @@ pub struct ApiDoc;
 /// The document as JSON, built once.
 pub fn document() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
-    })
+    JSON.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes"))
 }
 
 /// `GET /api-docs/openapi.json`.
 pub async fn serve_document() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document())
+    HttpResponse::Ok().content_type("application/json").body(document())
 }
 
 /// Redoc's standalone bundle, served from the binary (its MIT license is beside it in
@@ -129,10 +123,7 @@ pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
 pub async fn serve_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            DOCS_CONTENT_SECURITY_POLICY,
-        ))
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOCS_CONTENT_SECURITY_POLICY))
         .body(DOCS_PAGE)
 }
 
@@ -184,9 +175,7 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some(
-                        "The `token` of register or login; wins over the cookie.",
-                    ))
+                    .description(Some("The `token` of register or login; wins over the cookie."))
                     .build(),
             ),
         );
@@ -230,10 +219,7 @@ pub const ERROR_CODES: &[&str] = &[
 ];
 
 fn error_code_any() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(ERROR_CODES.iter().copied()))
-        .into()
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(ERROR_CODES.iter().copied())).into()
 }
 
 /// The envelope with `code` narrowed to `code`.
@@ -244,12 +230,7 @@ fn error_body(code: &'static str) -> Schema {
         .required("success")
         .property("errMessage", ObjectBuilder::new().schema_type(Type::String))
         .required("errMessage")
-        .property(
-            "code",
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some([code])),
-        )
+        .property("code", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([code])))
         .required("code")
         .property("field", ObjectBuilder::new().schema_type(Type::String))
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
@@ -258,19 +239,14 @@ fn error_body(code: &'static str) -> Schema {
 
 /// An error answer with `code`; `retry_after` adds the `Retry-After` header.
 fn error_response(code: &'static str, description: &str, retry_after: bool) -> RefOr<Response> {
-    let mut response = ResponseBuilder::new().description(description).content(
-        "application/json",
-        ContentBuilder::new().schema(Some(error_body(code))).build(),
-    );
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", ContentBuilder::new().schema(Some(error_body(code))).build());
     if retry_after {
         response = response.header(
             "Retry-After",
             HeaderBuilder::new()
-                .schema(
-                    ObjectBuilder::new()
-                        .schema_type(Type::Integer)
-                        .minimum(Some(1)),
-                )
+                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
                 .description(Some("Seconds to wait before trying again"))
                 .build(),
         );
@@ -322,8 +298,7 @@ pub mod fields {
     use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
 
     /// Rust's `char::is_whitespace` (Unicode `White_Space`): what `str::trim` removes.
-    pub const WHITESPACE: &str =
-        r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+    pub const WHITESPACE: &str = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
     /// Rust's `char::is_control` (general category `Cc`).
     pub const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
 
@@ -370,29 +345,19 @@ pub mod fields {
         r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?\.",
         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
     );
-    pub const ID_OR_EMPTY: &str =
-        r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
+    pub const ID_OR_EMPTY: &str = r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
 
     /// White space around 1–`max` characters of `inner` that start and end with `edge`.
     fn trimmed(edge: &str, inner: &str, max: usize, optional: bool) -> String {
         let ws = WHITESPACE;
         let core = format!("{edge}(?:{inner}{{0,{}}}{edge})?", max - 2);
-        let core = if optional {
-            format!("(?:{core})?")
-        } else {
-            core
-        };
+        let core = if optional { format!("(?:{core})?") } else { core };
         format!("^[{ws}]*{core}[{ws}]*$")
     }
 
     pub fn message_pattern() -> String {
         let ws = WHITESPACE;
-        trimmed(
-            &format!(r"[^\x00{ws}]"),
-            r"[^\x00]",
-            domain::MessageBody::MAX,
-            false,
-        )
+        trimmed(&format!(r"[^\x00{ws}]"), r"[^\x00]", domain::MessageBody::MAX, false)
     }
 
     pub fn full_name_pattern() -> String {
@@ -417,9 +382,7 @@ pub mod fields {
         let host = format!("[^/?#{cc}{ws}]");
         let rest = format!("[^{cc}{ws}]");
         let (http, https) = (max - "http://".len() - 1, max - "https://".len() - 1);
-        format!(
-            "^[{ws}]*(?:http://{host}{rest}{{0,{http}}}|https://{host}{rest}{{0,{https}}})?[{ws}]*$"
-        )
+        format!("^[{ws}]*(?:http://{host}{rest}{{0,{http}}}|https://{host}{rest}{{0,{https}}})?[{ws}]*$")
     }
 
     fn string() -> ObjectBuilder {
@@ -427,24 +390,16 @@ pub mod fields {
     }
 
     pub fn always_true() -> Schema {
-        ObjectBuilder::new()
-            .schema_type(Type::Boolean)
-            .enum_values(Some([true]))
-            .into()
+        ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([true])).into()
     }
 
     pub fn always_false() -> Schema {
-        ObjectBuilder::new()
-            .schema_type(Type::Boolean)
-            .enum_values(Some([false]))
-            .into()
+        ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([false])).into()
     }
 
     pub fn username() -> Schema {
         string()
-            .description(Some(
-                "3–32 characters of `A-Z a-z 0-9 _ . -`, unique case-insensitively",
-            ))
+            .description(Some("3–32 characters of `A-Z a-z 0-9 _ . -`, unique case-insensitively"))
             .pattern(Some(USERNAME))
             .examples(["alice"])
             .into()
@@ -473,10 +428,7 @@ pub mod fields {
 
     pub fn gender_in() -> Schema {
         ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
-                Type::String,
-                Type::Null,
-            ]))
+            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
             .description(Some("`male`, `female` or `other`; empty or null for none"))
             .enum_values(Some([
                 serde_json::json!("male"),
@@ -490,10 +442,7 @@ pub mod fields {
 
     pub fn avatar() -> Schema {
         ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
-                Type::String,
-                Type::Null,
-            ]))
+            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
             .description(Some(
                 "An http(s) URL with a host, without white space or control characters, at \
                  most 2048 bytes once trimmed; empty or null for a generated default",
@@ -505,9 +454,7 @@ pub mod fields {
 
     /// Two patterns, as one can't both bound the length and require a visible character.
     pub fn message_text() -> Schema {
-        let length = string()
-            .pattern(Some(message_pattern()))
-            .max_length(Some(domain::MessageBody::MAX * 4));
+        let length = string().pattern(Some(message_pattern())).max_length(Some(domain::MessageBody::MAX * 4));
         AllOfBuilder::new()
             .description(Some(
                 "The text, stored exactly as sent: 1–5000 characters once white space around \
@@ -532,9 +479,7 @@ pub mod fields {
 
     pub fn user_cursor() -> Schema {
         string()
-            .description(Some(
-                "The `X-Next-Cursor` of the previous page; empty or absent for the first page",
-            ))
+            .description(Some("The `X-Next-Cursor` of the previous page; empty or absent for the first page"))
             .pattern(Some(USER_CURSOR))
             .into()
     }
@@ -574,9 +519,7 @@ pub mod fields {
 
     pub fn message_id_or_empty() -> Schema {
         string()
-            .description(Some(
-                "A message id: only older messages; empty or absent for the newest",
-            ))
+            .description(Some("A message id: only older messages; empty or absent for the newest"))
             .pattern(Some(ID_OR_EMPTY))
             .into()
     }
@@ -633,10 +576,7 @@ mod tests {
         ];
         let paths = doc["paths"].as_object().unwrap();
         for (path, method) in expected {
-            assert!(
-                paths[path][method].is_object(),
-                "{method} {path} is documented"
-            );
+            assert!(paths[path][method].is_object(), "{method} {path} is documented");
         }
         assert_eq!(
             paths.len(),
@@ -662,10 +602,7 @@ mod tests {
                     || !path.starts_with("/api/");
                 assert_eq!(secured, !public, "{method} {path}");
                 if secured {
-                    assert!(
-                        operation["responses"]["401"].is_object(),
-                        "{method} {path} documents 401"
-                    );
+                    assert!(operation["responses"]["401"].is_object(), "{method} {path} documents 401");
                 }
             }
         }
@@ -677,10 +614,7 @@ mod tests {
             for (method, operation) in item.as_object().unwrap() {
                 if operation.get("requestBody").is_some() {
                     for status in ["400", "413"] {
-                        assert!(
-                            operation["responses"][status].is_object(),
-                            "{method} {path} {status}"
-                        );
+                        assert!(operation["responses"][status].is_object(), "{method} {path} {status}");
                     }
                 }
             }
@@ -692,9 +626,7 @@ mod tests {
         let doc = doc();
         let responses = &doc["components"]["responses"];
         let code = |name: &str| {
-            responses[name]["content"]["application/json"]["schema"]["properties"]["code"]["enum"]
-                [0]
-            .clone()
+            responses[name]["content"]["application/json"]["schema"]["properties"]["code"]["enum"][0].clone()
         };
         assert_eq!(code("Validation"), "VALIDATION");
         assert_eq!(code("RateLimited"), "RATE_LIMITED");
@@ -709,16 +641,12 @@ mod tests {
 
         /// `pattern` compiled, once per pattern.
         fn regex(pattern: &str) -> regex::Regex {
-            static CACHE: std::sync::Mutex<Vec<(String, regex::Regex)>> =
-                std::sync::Mutex::new(Vec::new());
+            static CACHE: std::sync::Mutex<Vec<(String, regex::Regex)>> = std::sync::Mutex::new(Vec::new());
             let mut cache = CACHE.lock().unwrap();
             if let Some((_, compiled)) = cache.iter().find(|(p, _)| p == pattern) {
                 return compiled.clone();
             }
-            let compiled = regex::RegexBuilder::new(pattern)
-                .size_limit(1 << 26)
-                .build()
-                .unwrap();
+            let compiled = regex::RegexBuilder::new(pattern).size_limit(1 << 26).build().unwrap();
             cache.push((pattern.to_owned(), compiled.clone()));
             compiled
         }
@@ -752,20 +680,14 @@ mod tests {
             prop_oneof![
                 prop::collection::vec(piece.clone(), 0..12).prop_map(|c| c.into_iter().collect()),
                 (
-                    prop_oneof![
-                        Just("http://"),
-                        Just("https://"),
-                        Just(" https://"),
-                        Just("")
-                    ],
+                    prop_oneof![Just("http://"), Just("https://"), Just(" https://"), Just("")],
                     prop::collection::vec(piece.clone(), 0..12)
                 )
                     .prop_map(|(p, c)| format!("{p}{}", c.into_iter().collect::<String>())),
                 (1..max + 3, piece.clone())
                     .prop_map(|(n, c)| std::iter::repeat_n('x', n).chain([c]).collect()),
-                (1..max + 3, piece).prop_map(|(n, c)| std::iter::once(c)
-                    .chain(std::iter::repeat_n('x', n))
-                    .collect()),
+                (1..max + 3, piece)
+                    .prop_map(|(n, c)| std::iter::once(c).chain(std::iter::repeat_n('x', n)).collect()),
             ]
         }
 

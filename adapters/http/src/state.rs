@@ -68,8 +68,9 @@ pub struct Transports {
 }
 
 /// Serves an authenticated `/ws` handshake: upgrades the request and runs the connection.
-pub type ServeWs =
-    Box<dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync>;
+pub type ServeWs = Box<
+    dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync,
+>;
 
 /// Mounts the `/socket.io/` endpoint, which answers every request under it itself.
 pub type MountSocketIo = Box<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;

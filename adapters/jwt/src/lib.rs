@@ -32,9 +32,7 @@ impl JwtTokenService {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             // A TTL beyond chrono's range is a configuration mistake; cap it at 10 years.
-            ttl: Duration::from_std(ttl)
-                .unwrap_or(Duration::days(3650))
-                .min(Duration::days(3650)),
+            ttl: Duration::from_std(ttl).unwrap_or(Duration::days(3650)).min(Duration::days(3650)),
         }
     }
 }
@@ -120,7 +118,8 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_secret_is_invalid() {
-        let issued = service("one-secret-one-secret-one-secret").issue(&UserId::generate(), Utc::now()).unwrap();
+        let issued =
+            service("one-secret-one-secret-one-secret").issue(&UserId::generate(), Utc::now()).unwrap();
         let other = service("another-secret-another-secret-xx");
         assert_eq!(other.verify(&issued.token, Utc::now()), Err(TokenError::Invalid));
     }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use application::ports::{
-    Appended, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, MessageRepository,
-    RepoError, RepoResult, StoredMessage, StreamItem,
+    Appended, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary,
+    MessageRepository, RepoError, RepoResult, StoredMessage, StreamItem,
 };
 use async_trait::async_trait;
 use domain::{
@@ -73,7 +73,12 @@ impl Chats {
     }
 
     /// The user's conversations below `after` in [`ConversationKey`] order, the first `limit`.
-    fn page_for_user(&self, user: &UserId, after: Option<&ConversationKey>, limit: u32) -> Vec<ConversationSummary> {
+    fn page_for_user(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationKey>,
+        limit: u32,
+    ) -> Vec<ConversationSummary> {
         let mut mine: Vec<(ConversationKey, ConversationSummary)> = self
             .conversations
             .values()

@@ -115,10 +115,9 @@ impl From<&Conversation> for ConversationDoc {
 impl TryFrom<ConversationDoc> for Conversation {
     type Error = RepoError;
     fn try_from(doc: ConversationDoc) -> Result<Self, RepoError> {
-        let participants: [String; 2] = doc
-            .participants
-            .try_into()
-            .map_err(|p: Vec<String>| RepoError::corrupt("participants", format!("{} instead of 2", p.len())))?;
+        let participants: [String; 2] = doc.participants.try_into().map_err(|p: Vec<String>| {
+            RepoError::corrupt("participants", format!("{} instead of 2", p.len()))
+        })?;
         ConversationRecord {
             id: doc.id,
             participants,

@@ -67,8 +67,13 @@ impl MessageRepository for MongoStore {
         for _ in 0..DUPLICATE_KEY_ATTEMPTS {
             match self.append_once(conversation, message).await {
                 Ok(Placed { conversation_id, sender_position, receiver_position }) => {
-                    return StoredMessage::placed(message, &conversation_id, sender_position, receiver_position)
-                        .map(Appended::Created);
+                    return StoredMessage::placed(
+                        message,
+                        &conversation_id,
+                        sender_position,
+                        receiver_position,
+                    )
+                    .map(Appended::Created);
                 }
                 Err(error) if is_duplicate_key(&error) => {}
                 Err(error) => return Err(append_error(error)),
@@ -446,4 +451,3 @@ fn legacy_participants(message: &Document) -> Option<(&str, UserId, UserId)> {
     let receiver = UserId::parse(message.get_str("receiverId").ok()?).ok()?;
     (sender != receiver).then_some((id, sender, receiver))
 }
-

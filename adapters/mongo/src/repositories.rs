@@ -5,8 +5,9 @@
 //! read as an operator or a pattern.
 
 use application::ports::{
-    ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck, MessageRepository,
-    name_words, RepoError, RepoResult, Revocation, RevokedTokenRepository, SearchPrefix, UserQuery, UserRepository,
+    name_words, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
+    MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, SearchPrefix, UserQuery,
+    UserRepository,
 };
 use async_trait::async_trait;
 use domain::{Conversation, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username};
@@ -152,7 +153,8 @@ impl ConversationRepository for MongoStore {
         if let Some(after) = after {
             // Below the key, in key order; the bound on `updatedAt` alone is what the index
             // range is made of, the `$or` settles ties within one millisecond.
-            let (at, last) = (to_bson(after.updated_at), after.last_message.as_ref().map_or("", |m| m.as_str()));
+            let (at, last) =
+                (to_bson(after.updated_at), after.last_message.as_ref().map_or("", |m| m.as_str()));
             filter.insert("updatedAt", doc! { "$lte": at });
             filter.insert(
                 "$or",
@@ -206,7 +208,8 @@ fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
         Some(Bson::Array(messages)) => messages.into_iter().next(),
         _ => None,
     };
-    let conversation: ConversationDoc = bson::from_document(row).map_err(|e| RepoError::corrupt("conversation", e))?;
+    let conversation: ConversationDoc =
+        bson::from_document(row).map_err(|e| RepoError::corrupt("conversation", e))?;
     let last_message = last
         .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| RepoError::corrupt("message", e)))
         .transpose()?

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use application::ports::{Appended, MessageRepository};
+use chat_mongo::{MongoOptions, MongoStore};
 use domain::{
     Conversation, ConversationId, Cursor, Message, MessageBody, MessageId, ParticipantPair, UserId,
 };
-use chat_mongo::{MongoOptions, MongoStore};
 use mongodb::bson::{doc, Document};
 
 fn server_url() -> String {

@@ -40,7 +40,9 @@ pub fn stop_reason(error: &FollowError) -> &'static str {
 /// Logs why a connection stops following its stream, once for every transport.
 pub fn log_stop(error: &FollowError) {
     match error {
-        FollowError::Storage(error) => tracing::warn!(error = %error, "a connection's stream could not be read"),
+        FollowError::Storage(error) => {
+            tracing::warn!(error = %error, "a connection's stream could not be read")
+        }
         FollowError::Unreadable { announced } => {
             tracing::info!(%announced, "closing a connection that cannot follow its stream")
         }
@@ -181,9 +183,8 @@ mod tests {
     async fn the_replay_sends_what_follows_since_then_live_events_go_through() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(5));
-        let mut follow = Follow::start(stream(5, stored.clone()), user.clone(), Some(cursor(2)))
-            .await
-            .unwrap();
+        let mut follow =
+            Follow::start(stream(5, stored.clone()), user.clone(), Some(cursor(2))).await.unwrap();
         let replayed = replay_all(&mut follow).await;
         assert_eq!(cursors(&replayed), [3, 4, 5]);
         assert!(replayed.iter().all(|f| f.name == "newMessage" && f.data.contains("\"cursor\"")));
@@ -218,13 +219,13 @@ mod tests {
     async fn new_messages_taken_during_the_replay_are_not_sent_twice() {
         let user = UserId::generate();
         let stored = Arc::new(Mutex::new(2));
-        let mut follow = Follow::start(stream(0, stored.clone()), user.clone(), Some(cursor(0)))
-            .await
-            .unwrap();
+        let mut follow =
+            Follow::start(stream(0, stored.clone()), user.clone(), Some(cursor(0))).await.unwrap();
         // Announced while the replay is going on.
         *stored.lock().unwrap() = 3;
         assert!(follow.admit(live(&user, 3)).await.unwrap().is_empty());
-        let typing = Outbound::encode(&Event::Typing { from: UserId::generate(), to: user.clone(), is_typing: true });
+        let typing =
+            Outbound::encode(&Event::Typing { from: UserId::generate(), to: user.clone(), is_typing: true });
         assert_eq!(follow.admit(typing[0].clone()).await.unwrap(), typing, "other events pass at once");
         assert_eq!(cursors(&replay_all(&mut follow).await), [1, 2, 3]);
         assert!(follow.admit(live(&user, 3)).await.unwrap().is_empty());
@@ -246,9 +247,7 @@ mod tests {
         let user = UserId::generate();
         // The store answers short: position 5 was announced, only 2 are readable.
         let stored = Arc::new(Mutex::new(2));
-        let mut follow = Follow::start(stream(0, stored), user.clone(), Some(cursor(0)))
-            .await
-            .unwrap();
+        let mut follow = Follow::start(stream(0, stored), user.clone(), Some(cursor(0))).await.unwrap();
         assert!(follow.admit(live(&user, 5)).await.unwrap().is_empty());
         assert_eq!(cursors(&follow.replay().await.unwrap()), [1, 2]);
         assert!(matches!(follow.replay().await, Err(FollowError::Unreadable { .. })));
@@ -257,9 +256,7 @@ mod tests {
     #[tokio::test]
     async fn a_storage_failure_at_start_is_reported() {
         let mut messages = MockMessageRepository::new();
-        messages
-            .expect_stream_head()
-            .returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let stop = Follow::start(Arc::new(messages), UserId::generate(), None).await.err().unwrap();
         assert!(matches!(stop, FollowError::Storage(_)));
         assert_eq!(stop_reason(&stop), "server error: reconnect with since");

@@ -8,7 +8,11 @@ pub const COOKIE_NAME: &str = "token";
 /// The token a request carries: an `Authorization: Bearer` header first (explicit), then
 /// the [`COOKIE_NAME`] cookie, then a `token` query parameter for the endpoints that accept
 /// one (`None` for the others). Other schemes and empty values carry no token.
-pub fn presented_token(authorization: Option<&str>, cookie: Option<&str>, query: Option<&str>) -> Option<String> {
+pub fn presented_token(
+    authorization: Option<&str>,
+    cookie: Option<&str>,
+    query: Option<&str>,
+) -> Option<String> {
     let bearer = authorization.and_then(|value| {
         let (scheme, token) = value.trim().split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

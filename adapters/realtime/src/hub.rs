@@ -35,7 +35,10 @@ impl Handshake {
     pub fn new(session: &Authenticated, since: Option<Cursor>) -> Self {
         Self {
             user: session.user_id().clone(),
-            token: SessionToken { id: session.claims.token_id.clone(), expires_at: session.claims.expires_at },
+            token: SessionToken {
+                id: session.claims.token_id.clone(),
+                expires_at: session.claims.expires_at,
+            },
             since,
         }
     }
@@ -125,7 +128,12 @@ impl Hub {
 
     /// Handles one event a client of `user` sent, by name, on any transport. Unknown events
     /// are ignored, so clients can be newer than the server.
-    pub async fn client_event(&self, user: &UserId, name: &str, data: serde_json::Value) -> Result<(), InvalidEvent> {
+    pub async fn client_event(
+        &self,
+        user: &UserId,
+        name: &str,
+        data: serde_json::Value,
+    ) -> Result<(), InvalidEvent> {
         match name {
             names::TYPING => {
                 let typing = serde_json::from_value::<TypingIn>(data)

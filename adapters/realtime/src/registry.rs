@@ -495,11 +495,16 @@ mod tests {
 
     #[test]
     fn a_session_deadline_is_the_token_expiry() {
-        let expired = SessionToken { id: "t".into(), expires_at: chrono::Utc::now() - chrono::Duration::hours(1) };
+        let expired =
+            SessionToken { id: "t".into(), expires_at: chrono::Utc::now() - chrono::Duration::hours(1) };
         assert!(expired.deadline() <= Instant::now());
-        let later = SessionToken { id: "t".into(), expires_at: chrono::Utc::now() + chrono::Duration::seconds(60) };
+        let later =
+            SessionToken { id: "t".into(), expires_at: chrono::Utc::now() + chrono::Duration::seconds(60) };
         let left = later.deadline() - Instant::now();
-        assert!(left > std::time::Duration::from_secs(58) && left <= std::time::Duration::from_secs(60), "{left:?}");
+        assert!(
+            left > std::time::Duration::from_secs(58) && left <= std::time::Duration::from_secs(60),
+            "{left:?}"
+        );
     }
 
     #[tokio::test]
@@ -527,10 +532,7 @@ mod tests {
         let user = UserId::generate();
         let first = registry.register(&user, &token()).unwrap();
         let _second = registry.register(&user, &token()).unwrap();
-        assert_eq!(
-            registry.register(&user, &token()).err(),
-            Some(Refusal::TooManyConnections { max: 2 })
-        );
+        assert_eq!(registry.register(&user, &token()).err(), Some(Refusal::TooManyConnections { max: 2 }));
         assert!(registry.register(&UserId::generate(), &token()).is_ok(), "others are not affected");
         drop(first);
         assert!(registry.register(&user, &token()).is_ok(), "a closed connection frees its place");

@@ -10,9 +10,7 @@
 //! message from the store with the next event, or when they resume.
 
 use application::ports::Event;
-use domain::{
-    ClientMessageId, ConversationId, Cursor, Message, MessageBody, MessageId, Timestamp, UserId,
-};
+use domain::{ClientMessageId, ConversationId, Cursor, Message, MessageBody, MessageId, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
 const VERSION: u8 = 1;
@@ -208,7 +206,8 @@ mod tests {
             );
         }
         let m = Message { client_id: Some(ClientMessageId::parse("k").unwrap()), ..message() };
-        let with_id = encode("x", None, &new_message(m, 3)).replace(r#""clientId":"k""#, r#""clientId":"a b""#);
+        let with_id =
+            encode("x", None, &new_message(m, 3)).replace(r#""clientId":"k""#, r#""clientId":"a b""#);
         assert!(matches!(decode(with_id.as_bytes()), Err(DecodeError::Malformed(_))));
     }
 

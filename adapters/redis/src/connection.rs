@@ -66,7 +66,9 @@ pub(crate) async fn publish_with(
 }
 
 /// Runs a Redis call with [`OPERATION_TIMEOUT`].
-pub(crate) async fn timed<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+pub(crate) async fn timed<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> anyhow::Result<T> {
     match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
         Ok(result) => result.map_err(anyhow::Error::from),
         Err(_) => Err(anyhow!("Redis did not answer within {OPERATION_TIMEOUT:?}")),

@@ -263,7 +263,8 @@ mod tests {
         fanout.listen(recorder.clone());
         let shared = &fanout.shared;
         let elsewhere = revocation::encode("other", &revocation("t-1", chrono::Duration::hours(1))).unwrap();
-        let here = revocation::encode(&shared.instance, &revocation("t-2", chrono::Duration::hours(1))).unwrap();
+        let here =
+            revocation::encode(&shared.instance, &revocation("t-2", chrono::Duration::hours(1))).unwrap();
         shared.receive(&shared.keys.revocations, elsewhere.as_bytes());
         shared.receive(&shared.keys.revocations, here.as_bytes());
         shared.receive(&shared.keys.revocations, b"{\"v\":1}");

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{Revocation, RevocationFeed as _, RevocationListener};
+use chat_realtime::ConnectionRegistry;
 use chat_redis::{FanoutOptions, RedisFanout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use chat_realtime::ConnectionRegistry;
 
 /// How long a state change or an announcement may take to show up.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,7 +130,10 @@ async fn instances_hear_each_other_revocations_but_not_their_own() {
 
     let marker = revocation("marker");
     b.fanout.announce(&marker).await.unwrap();
-    assert_eq!(tokio::time::timeout(TIMEOUT, late.recv()).await.unwrap(), Some(Heard::Revoked(marker.clone())));
+    assert_eq!(
+        tokio::time::timeout(TIMEOUT, late.recv()).await.unwrap(),
+        Some(Heard::Revoked(marker.clone()))
+    );
     assert!(a.heard.try_recv().is_err(), "the replaced listener hears nothing more");
 
     // Nothing crosses deployments: one PUBLISH reaches every subscriber of the channel at
@@ -163,7 +166,16 @@ impl OwnRedis {
 
     fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

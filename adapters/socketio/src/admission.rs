@@ -165,7 +165,10 @@ mod tests {
         match rate.check(ip(1)) {
             // One handshake comes back every 20 s.
             Err(Refusal::HandshakeRate { retry_after }) => {
-                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(20), "{retry_after:?}")
+                assert!(
+                    retry_after > Duration::ZERO && retry_after <= Duration::from_secs(20),
+                    "{retry_after:?}"
+                )
             }
             other => panic!("expected a refusal, got {other:?}"),
         }

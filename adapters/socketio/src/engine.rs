@@ -327,13 +327,7 @@ mod tests {
             limits,
             ..EngineSettings::new(Duration::from_secs(25), Duration::from_secs(20), 1024, 16, 0)
         };
-        Engine::new(
-            settings,
-            Arc::new(accounts),
-            hub,
-            Box::new(|_| Ok(())),
-            |_| None,
-        )
+        Engine::new(settings, Arc::new(accounts), hub, Box::new(|_| Ok(())), |_| None)
     }
 
     fn open(engine: &Arc<Engine>, address: [u8; 4]) -> Result<Arc<SessionHandle>, Refusal> {
@@ -368,7 +362,8 @@ mod tests {
 
     #[tokio::test]
     async fn handshakes_past_the_instance_cap_are_refused() {
-        let limits = SessionLimits { max_sessions: 2, max_sessions_per_address: 2, ..SessionLimits::default() };
+        let limits =
+            SessionLimits { max_sessions: 2, max_sessions_per_address: 2, ..SessionLimits::default() };
         let engine = engine(limits);
         tokio::task::LocalSet::new()
             .run_until(async {

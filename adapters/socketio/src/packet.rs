@@ -280,7 +280,10 @@ mod tests {
 
     #[test]
     fn a_bare_connect_has_no_token() {
-        assert_eq!(decode_socket("0"), Ok(SocketPacket::Connect { namespace: "/", token: None, since: None }));
+        assert_eq!(
+            decode_socket("0"),
+            Ok(SocketPacket::Connect { namespace: "/", token: None, since: None })
+        );
     }
 
     #[test]
@@ -309,8 +312,13 @@ mod tests {
             assert_eq!(since(packet), None, "{packet}");
         }
         // Given, but not a cursor: cursors are canonical decimal strings.
-        let malformed =
-            [r#"0{"since":42}"#, r#"0{"since":"abc"}"#, r#"0{"since":"-1"}"#, r#"0{"since":"007"}"#, r#"0{"since":["1"]}"#];
+        let malformed = [
+            r#"0{"since":42}"#,
+            r#"0{"since":"abc"}"#,
+            r#"0{"since":"-1"}"#,
+            r#"0{"since":"007"}"#,
+            r#"0{"since":["1"]}"#,
+        ];
         for packet in malformed {
             assert_eq!(since(packet), Some(Err(CursorError)), "{packet}");
         }

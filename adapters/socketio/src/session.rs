@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::{AccountError, FollowError};
-use chat_realtime::{log_stop, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Refusal, Refused};
+use chat_realtime::{
+    log_stop, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Refusal, Refused,
+};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 

@@ -9,8 +9,8 @@ use actix_web::http::header::{AUTHORIZATION, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
-use futures_util::StreamExt as _;
 use chat_realtime::handshake::{presented_token, COOKIE_NAME};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::admission::{Address, Refusal};
@@ -77,7 +77,11 @@ fn refused(refusal: Refusal, connect_timeout: Duration) -> HttpResponse {
 /// What a WebSocket request carries: a new session, or the upgrade of a polling one.
 enum Carried {
     /// A handshake from the client `address`, with its `token` and `since`.
-    New { address: Address, token: Option<String>, since: SinceArg },
+    New {
+        address: Address,
+        token: Option<String>,
+        since: SinceArg,
+    },
     Upgrade(Arc<SessionHandle>),
 }
 

@@ -13,9 +13,7 @@ pub(crate) fn repo_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> R
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => {
-            RepoError::Unavailable(anyhow::Error::new(error).context(context))
-        }
+        | sqlx::Error::WorkerCrashed => RepoError::Unavailable(anyhow::Error::new(error).context(context)),
         _ => RepoError::Unexpected(anyhow::Error::new(error).context(context)),
     }
 }

@@ -28,10 +28,7 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(options: &PgOptions) -> anyhow::Result<Self> {
-        let connect: PgConnectOptions = options
-            .url
-            .parse()
-            .context("invalid PostgreSQL URL")?;
+        let connect: PgConnectOptions = options.url.parse().context("invalid PostgreSQL URL")?;
         let pool = PgPoolOptions::new()
             // No ping before every query: a broken connection fails its query (answered
             // "unavailable") and is dropped, which costs less than a round trip per query.
@@ -85,7 +82,11 @@ const APPEND: &str = "WITH conversation AS (\
 const CLIENT_ID_INDEX: &str = "messages_client_id";
 
 impl PgStore {
-    async fn append_new(&self, conversation: &Conversation, message: &Message) -> RepoResult<Option<StoredMessage>> {
+    async fn append_new(
+        &self,
+        conversation: &Conversation,
+        message: &Message,
+    ) -> RepoResult<Option<StoredMessage>> {
         let pair = &conversation.participants;
         let row: Result<(String, i64, i64), sqlx::Error> = sqlx::query_as(APPEND)
             .bind(conversation.id.as_str())

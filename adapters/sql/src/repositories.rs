@@ -13,7 +13,8 @@ pub(crate) const INSERT_USER: &str = "INSERT INTO users \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(crate) const INSERT_NAME_WORD: &str =
     "INSERT INTO user_name_words (word, username_lower, user_id) VALUES ($1, $2, $3)";
-pub(crate) const LIST_USERS: &str = "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
+pub(crate) const LIST_USERS: &str =
+    "SELECT id, username, full_name, gender, avatar, password_hash, created_at, updated_at \
     FROM users WHERE id <> $1 AND username_lower > $2 \
     ORDER BY username_lower LIMIT $3";
 /// One page of the users whose lower-cased username, or one of whose name words, lies in the
@@ -109,7 +110,8 @@ macro_rules! page_sql {
 }
 pub(crate) const PAGE: &str = page_sql!("");
 pub(crate) const PAGE_BEFORE: &str = page_sql!(" AND id < $4");
-pub(crate) const FIND_BY_CLIENT_ID: &str = "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
+pub(crate) const FIND_BY_CLIENT_ID: &str =
+    "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
     client_message_id, sender_position, receiver_position \
     FROM messages WHERE sender_id = $1 AND client_message_id = $2";
 pub(crate) const LIST_MESSAGES: &str = "SELECT * FROM (\

@@ -1,8 +1,8 @@
 //! Rows as the two engines return them, and their conversion into domain values.
 
 use application::ports::{
-    ConversationPage, ConversationRecord, ConversationSummary, MessageRecord, RepoError, StoredMessage, StreamItem,
-    UserRecord,
+    ConversationPage, ConversationRecord, ConversationSummary, MessageRecord, RepoError, StoredMessage,
+    StreamItem, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use domain::{Conversation, Message, User};
@@ -133,7 +133,8 @@ pub(crate) struct ConversationMessageRow {
 impl ConversationMessageRow {
     /// The conversation's columns, and the message if the row has one.
     fn split(self) -> Result<(ConversationRow, Option<Message>), RepoError> {
-        let message = match (self.m_id, self.m_sender_id, self.m_receiver_id, self.m_body, self.m_created_at) {
+        let message = match (self.m_id, self.m_sender_id, self.m_receiver_id, self.m_body, self.m_created_at)
+        {
             (Some(id), Some(sender_id), Some(receiver_id), Some(body), Some(created_at)) => {
                 Some(Message::try_from(MessageRecord {
                     id,

@@ -6,12 +6,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use application::ports::{RepoError, RepoResult, StoredMessage};
 use domain::{Conversation, Message, UserId};
-use sqlx::SqliteConnection;
 use sqlx::Connection as _;
+use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::repo_error;
@@ -217,7 +219,11 @@ async fn write_batches(pool: SqlitePool, mut jobs: mpsc::Receiver<AppendJob>) {
     }
 }
 
-async fn commit_batch(pool: &SqlitePool, known: &KnownConversations, batch: &[AppendJob]) -> Vec<AppendOutcome> {
+async fn commit_batch(
+    pool: &SqlitePool,
+    known: &KnownConversations,
+    batch: &[AppendJob],
+) -> Vec<AppendOutcome> {
     if batch.is_empty() {
         return Vec::new();
     }
@@ -257,7 +263,11 @@ async fn commit_all(
 
 /// Each send in its own savepoint of one transaction, so a send that is not stored as new
 /// is rolled back alone.
-async fn commit_each(pool: &SqlitePool, known: &KnownConversations, batch: &[AppendJob]) -> Vec<AppendOutcome> {
+async fn commit_each(
+    pool: &SqlitePool,
+    known: &KnownConversations,
+    batch: &[AppendJob],
+) -> Vec<AppendOutcome> {
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(error) => return fail_all(batch.len(), &repo_error("starting a send")(error)),

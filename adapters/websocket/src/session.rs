@@ -12,7 +12,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use application::FollowError;
 use chat_realtime::wire;
-use chat_realtime::{stop_reason, ConnectionGuard, Ended, Handshake, Hub, Live, Outbound, Refused, Refusal};
+use chat_realtime::{stop_reason, ConnectionGuard, Ended, Handshake, Hub, Live, Outbound, Refusal, Refused};
 use domain::UserId;
 use futures_util::StreamExt as _;
 use serde::Deserialize;

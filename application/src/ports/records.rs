@@ -7,8 +7,8 @@
 //! not convert is corrupt data ([`RepoError::corrupt`]), never a client's fault.
 
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody,
-    MessageId, ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
+    ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
 };
 
 use super::{RepoError, RepoResult, StoredMessage, StreamItem};
@@ -32,7 +32,11 @@ impl TryFrom<UserRecord> for User {
             id: UserId::parse(&record.id).map_err(|e| RepoError::corrupt("user id", e))?,
             username: Username::parse(&record.username).map_err(|e| RepoError::corrupt("username", e))?,
             full_name: FullName::stored(&record.full_name).map_err(|e| RepoError::corrupt("full name", e))?,
-            gender: record.gender.map(|g| g.parse()).transpose().map_err(|e| RepoError::corrupt("gender", e))?,
+            gender: record
+                .gender
+                .map(|g| g.parse())
+                .transpose()
+                .map_err(|e| RepoError::corrupt("gender", e))?,
             avatar: Avatar::parse(&record.avatar).map_err(|e| RepoError::corrupt("avatar", e))?,
             password_hash: PasswordHash::new(record.password_hash),
             created_at: record.created_at,
@@ -82,7 +86,8 @@ impl TryFrom<MessageRecord> for Message {
             id: MessageId::parse(&record.id).map_err(|e| RepoError::corrupt("message id", e))?,
             conversation_id: conversation_id(&record.conversation_id)?,
             sender_id: UserId::parse(&record.sender_id).map_err(|e| RepoError::corrupt("sender id", e))?,
-            receiver_id: UserId::parse(&record.receiver_id).map_err(|e| RepoError::corrupt("receiver id", e))?,
+            receiver_id: UserId::parse(&record.receiver_id)
+                .map_err(|e| RepoError::corrupt("receiver id", e))?,
             body: MessageBody::stored(&record.body).map_err(|e| RepoError::corrupt("message body", e))?,
             created_at: record.created_at,
             client_id: record
@@ -107,7 +112,11 @@ pub fn stored_cursor(position: i64) -> RepoResult<Cursor> {
 impl StoredMessage {
     /// A message read back with its stored positions in the sender's and the receiver's
     /// streams.
-    pub fn from_positions(message: Message, sender_position: i64, receiver_position: i64) -> RepoResult<Self> {
+    pub fn from_positions(
+        message: Message,
+        sender_position: i64,
+        receiver_position: i64,
+    ) -> RepoResult<Self> {
         Ok(Self {
             message,
             sender_cursor: stored_cursor(sender_position)?,
@@ -153,7 +162,8 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_parse_back_is_corrupt_data_naming_the_field() {
-        let error = Message::try_from(MessageRecord { sender_id: "not-an-id".into(), ..record() }).unwrap_err();
+        let error =
+            Message::try_from(MessageRecord { sender_id: "not-an-id".into(), ..record() }).unwrap_err();
         assert!(matches!(&error, RepoError::Unexpected(_)), "{error:?}");
         assert!(error.to_string().contains("stored sender id is invalid"), "{error}");
     }

@@ -145,7 +145,8 @@ impl Api {
         }
         // Only the ids are read (into borrowed strings), so that parsing a page costs the load
         // generator little next to the server it measures.
-        let page: Enveloped<HistoryPage> = serde_json::from_slice(&bytes).context("history body is not JSON")?;
+        let page: Enveloped<HistoryPage> =
+            serde_json::from_slice(&bytes).context("history body is not JSON")?;
         let ids = page.response_data.messages.iter().map(|m| m.id.to_string()).collect();
         Ok((status, ids))
     }

@@ -27,10 +27,7 @@ async fn one_username_registered_twenty_times_at_once_is_created_once() {
         let (app, barrier) = (app.clone(), barrier.clone());
         tokio::spawn(async move {
             barrier.wait().await;
-            app.register(
-                &json!({ "fullName": "Racer", "username": username, "password": PASSWORD }),
-            )
-            .await
+            app.register(&json!({ "fullName": "Racer", "username": username, "password": PASSWORD })).await
         })
     });
     let responses = futures_util::future::join_all(attempts).await;

@@ -12,17 +12,12 @@ async fn malformed_json_is_a_validation_error() {
     let bodies = ["{\"username\":", "not json at all", "{\"username\": \"ada\",}", "", "\u{0}"];
     for body in bodies {
         for path in ["/api/v1/user/register", "/api/v1/user/login"] {
-            let request =
-                app.client.post(app.url(path)).header(CONTENT_TYPE, "application/json").body(body);
+            let request = app.client.post(app.url(path)).header(CONTENT_TYPE, "application/json").body(body);
             let response = app.execute(request).await;
             response.error(StatusCode::BAD_REQUEST, "VALIDATION");
         }
         let request = app
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/message/send/{}", ada.id),
-                Some(&ada.token),
-            )
+            .request(reqwest::Method::POST, &format!("/api/v1/message/send/{}", ada.id), Some(&ada.token))
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         app.execute(request).await.error(StatusCode::BAD_REQUEST, "VALIDATION");
@@ -35,8 +30,7 @@ async fn a_body_without_a_json_content_type_is_415_and_nothing_is_done() {
     let body = json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD }).to_string();
 
     // What an HTML form on another site could send: never acted on (docs/SECURITY.md).
-    let response =
-        app.execute(app.client.post(app.url("/api/v1/user/register")).body(body.clone())).await;
+    let response = app.execute(app.client.post(app.url("/api/v1/user/register")).body(body.clone())).await;
     response.error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
 
     // The same body labelled as JSON registers: the name was still free.
@@ -51,8 +45,7 @@ async fn a_body_over_the_limit_is_413() {
     let bob = app.create_user("bob").await;
     let huge = "x".repeat(70 * 1024);
 
-    let register =
-        app.register(&json!({ "fullName": huge, "username": "big", "password": PASSWORD })).await;
+    let register = app.register(&json!({ "fullName": huge, "username": "big", "password": PASSWORD })).await;
     register.error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
 
     let send = app.send(&ada.token, &bob.id, &huge).await;
@@ -101,13 +94,9 @@ async fn odd_input_is_never_a_server_error() {
 
     // A NUL byte is text no storage backend takes as is: refused, not a server error.
     let bob = app.create_user("bob").await;
-    app.send(&ada.token, &bob.id, "nul \u{0} inside")
-        .await
-        .error(StatusCode::BAD_REQUEST, "VALIDATION");
+    app.send(&ada.token, &bob.id, "nul \u{0} inside").await.error(StatusCode::BAD_REQUEST, "VALIDATION");
     let nul_name = app
-        .register(
-            &json!({ "fullName": "Nul \u{0} Name", "username": "nul_name", "password": PASSWORD }),
-        )
+        .register(&json!({ "fullName": "Nul \u{0} Name", "username": "nul_name", "password": PASSWORD }))
         .await;
     nul_name.error(StatusCode::BAD_REQUEST, "VALIDATION");
     let nul_avatar = app
@@ -121,13 +110,10 @@ async fn odd_input_is_never_a_server_error() {
     nul_avatar.error(StatusCode::BAD_REQUEST, "VALIDATION");
 
     let nul_password = app
-        .register(
-            &json!({ "fullName": "Nul", "username": "nul_password", "password": "pass\u{0}word" }),
-        )
+        .register(&json!({ "fullName": "Nul", "username": "nul_password", "password": "pass\u{0}word" }))
         .await;
     assert!(
-        nul_password.status == StatusCode::CREATED
-            || nul_password.status == StatusCode::BAD_REQUEST,
+        nul_password.status == StatusCode::CREATED || nul_password.status == StatusCode::BAD_REQUEST,
         "{}",
         nul_password.text
     );
@@ -153,17 +139,9 @@ async fn error_bodies_carry_no_internals() {
     for response in responses {
         assert!(response.status.is_client_error(), "{}", response.text);
         let text = response.text.to_ascii_lowercase();
-        for internal in [
-            "sqlx",
-            "sqlite",
-            "postgres",
-            "select ",
-            "insert ",
-            "panicked",
-            "backtrace",
-            "src/",
-            ".rs:",
-        ] {
+        for internal in
+            ["sqlx", "sqlite", "postgres", "select ", "insert ", "panicked", "backtrace", "src/", ".rs:"]
+        {
             assert!(!text.contains(internal), "{internal:?} in {}", response.text);
         }
     }

@@ -25,13 +25,9 @@ async fn readyz_answers_200_when_storage_answers() {
 async fn an_unknown_route_is_a_404_envelope() {
     let app = spawn_app().await;
     let ada = app.create_user("ada").await;
-    for path in [
-        "/nope",
-        "/api/v1/user",
-        "/api/v1/user/unknown",
-        "/api/v2/user/get-profile",
-        "/api/v1/message/send",
-    ] {
+    for path in
+        ["/nope", "/api/v1/user", "/api/v1/user/unknown", "/api/v2/user/get-profile", "/api/v1/message/send"]
+    {
         let response = app.get(path, Some(&ada.token)).await;
         response.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
@@ -56,12 +52,7 @@ async fn a_wrong_method_is_a_405_envelope() {
     ];
     for (method, path) in cases {
         let response = app.execute(app.request(method.clone(), &path, Some(&ada.token))).await;
-        assert_eq!(
-            response.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path}: {}",
-            response.text
-        );
+        assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {}", response.text);
         response.error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
     }
 }

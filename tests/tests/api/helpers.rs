@@ -37,8 +37,7 @@ pub fn parse_cookie(header: &str) -> (String, Vec<(String, String)>) {
 pub fn assert_timestamp(value: &Value) {
     let text = value.as_str().unwrap_or_else(|| panic!("a timestamp must be a string: {value}"));
     assert!(text.ends_with('Z'), "not UTC: {text}");
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {text}"));
+    chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {text}"));
 }
 
 /// A public user object: exactly the documented fields.
@@ -62,8 +61,7 @@ pub fn assert_user(value: &Value, username: &str) {
 /// A message object: exactly the documented fields.
 #[track_caller]
 pub fn assert_message(value: &Value, from: &TestUser, to: &TestUser, text: &str) {
-    let object =
-        value.as_object().unwrap_or_else(|| panic!("a message must be an object: {value}"));
+    let object = value.as_object().unwrap_or_else(|| panic!("a message must be an object: {value}"));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
 use crate::helpers::{assert_timestamp, spawn_app};
-use tests::{EVENT_TIMEOUT, QUIET_PERIOD, Reply, TestApp, TestUser, WsClient};
+use tests::{Reply, TestApp, TestUser, WsClient, EVENT_TIMEOUT, QUIET_PERIOD};
 
 /// `POST /api/v1/message/send/:receiver` with the key in the body (`body_key`, any JSON
 /// value, so that malformed ones can be sent) and/or the `Idempotency-Key` header.
@@ -24,13 +24,8 @@ pub async fn send_keyed(
     if let Some(key) = body_key {
         body["clientMessageId"] = key;
     }
-    let mut request = app
-        .request(
-            Method::POST,
-            &format!("/api/v1/message/send/{receiver}"),
-            Some(&from.token),
-        )
-        .json(&body);
+    let mut request =
+        app.request(Method::POST, &format!("/api/v1/message/send/{receiver}"), Some(&from.token)).json(&body);
     if let Some(value) = header {
         request = request.header("Idempotency-Key", value);
     }
@@ -40,34 +35,16 @@ pub async fn send_keyed(
 /// A message sent with a client key: exactly the documented fields, `clientMessageId` included.
 #[track_caller]
 pub fn assert_keyed_message(value: &Value, from: &TestUser, to: &TestUser, text: &str, key: &str) {
-    let object = value
-        .as_object()
-        .unwrap_or_else(|| panic!("a message must be an object: {value}"));
+    let object = value.as_object().unwrap_or_else(|| panic!("a message must be an object: {value}"));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(
         keys,
-        [
-            "_id",
-            "clientMessageId",
-            "conversationId",
-            "createdAt",
-            "message",
-            "receiverId",
-            "senderId"
-        ],
+        ["_id", "clientMessageId", "conversationId", "createdAt", "message", "receiverId", "senderId"],
         "message fields: {value}"
     );
-    assert!(
-        value["_id"].as_str().is_some_and(|id| !id.is_empty()),
-        "{value}"
-    );
-    assert!(
-        value["conversationId"]
-            .as_str()
-            .is_some_and(|id| !id.is_empty()),
-        "{value}"
-    );
+    assert!(value["_id"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
+    assert!(value["conversationId"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert_eq!(value["senderId"], from.id.as_str(), "{value}");
     assert_eq!(value["receiverId"], to.id.as_str(), "{value}");
     assert_eq!(value["message"], text, "{value}");
@@ -79,9 +56,7 @@ pub fn assert_keyed_message(value: &Value, from: &TestUser, to: &TestUser, text:
 /// decimal digits: what is left must be the message as the REST API returned it.
 #[track_caller]
 pub fn without_cursor(event: &Value) -> Value {
-    let cursor = event["cursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string cursor: {event}"));
+    let cursor = event["cursor"].as_str().unwrap_or_else(|| panic!("no string cursor: {event}"));
     assert!(
         !cursor.is_empty() && cursor.bytes().all(|b| b.is_ascii_digit()),
         "a cursor is decimal digits: {event}"
@@ -93,21 +68,14 @@ pub fn without_cursor(event: &Value) -> Value {
 
 async fn history_len(app: &TestApp, user: &TestUser, other: &TestUser) -> usize {
     let history = app.get_messages(&user.token, &other.id, &[]).await;
-    history.data(StatusCode::OK)["messages"]
-        .as_array()
-        .expect("messages")
-        .len()
+    history.data(StatusCode::OK)["messages"].as_array().expect("messages").len()
 }
 
 /// Both users' sockets get `message` once, and nothing else within the quiet period.
 async fn announced_once(sockets: &mut [&mut WsClient], message: &Value) {
     for socket in sockets.iter_mut() {
         let event = socket.next_event("newMessage", EVENT_TIMEOUT).await;
-        assert_eq!(
-            without_cursor(&event),
-            *message,
-            "the event is the stored message"
-        );
+        assert_eq!(without_cursor(&event), *message, "the event is the stored message");
     }
     for socket in sockets.iter_mut() {
         socket.assert_no_event("newMessage", QUIET_PERIOD).await;
@@ -130,11 +98,7 @@ async fn a_retried_send_with_the_same_client_message_id_returns_the_first_messag
 
     for _ in 0..2 {
         let retry = send_keyed(&app, &ada, &bob.id, "hello once", Some(json!(key)), None).await;
-        assert_eq!(
-            retry.data(StatusCode::OK),
-            &first,
-            "a retry returns the stored message"
-        );
+        assert_eq!(retry.data(StatusCode::OK), &first, "a retry returns the stored message");
     }
     for socket in [&mut bob_socket, &mut ada_socket] {
         socket.assert_no_event("newMessage", QUIET_PERIOD).await;
@@ -147,10 +111,7 @@ async fn a_retried_send_with_the_same_client_message_id_returns_the_first_messag
     let again = app.send(&ada.token, &bob.id, "hello once").await;
     let again = again.data(StatusCode::CREATED).clone();
     assert_ne!(again["_id"], first["_id"]);
-    assert!(
-        again.get("clientMessageId").is_none(),
-        "no key, no clientMessageId: {again}"
-    );
+    assert!(again.get("clientMessageId").is_none(), "no key, no clientMessageId: {again}");
     assert_eq!(history_len(&app, &bob, &ada).await, 2);
 }
 
@@ -177,11 +138,7 @@ async fn the_idempotency_key_may_come_in_a_header_quoted_or_bare() {
     ];
     for (body_key, header) in retries {
         let retry = send_keyed(&app, &ada, &bob.id, "by header", body_key.clone(), header).await;
-        assert_eq!(
-            retry.data(StatusCode::OK),
-            &first,
-            "body {body_key:?}, header {header:?}"
-        );
+        assert_eq!(retry.data(StatusCode::OK), &first, "body {body_key:?}, header {header:?}");
     }
     bob_socket.assert_no_event("newMessage", QUIET_PERIOD).await;
     assert_eq!(history_len(&app, &ada, &bob).await, 1);
@@ -237,42 +194,24 @@ async fn a_malformed_key_or_a_header_that_disagrees_with_the_body_is_400() {
     let mut bob_socket = app.connect_ws(&bob.token).await;
 
     let too_long = "k".repeat(256);
-    let body_keys = [
-        json!(""),
-        json!("a b"),
-        json!("tab\there"),
-        json!("é"),
-        json!("line\n"),
-        json!(too_long),
-    ];
+    let body_keys =
+        [json!(""), json!("a b"), json!("tab\there"), json!("é"), json!("line\n"), json!(too_long)];
     for key in body_keys {
         let response = send_keyed(&app, &ada, &bob.id, "x", Some(key.clone()), None).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
-        assert_eq!(
-            response.body["field"], "clientMessageId",
-            "key {key}: {}",
-            response.text
-        );
+        assert_eq!(response.body["field"], "clientMessageId", "key {key}: {}", response.text);
     }
     let headers = ["", "\"\"", "a b", too_long.as_str()];
     for header in headers {
         let response = send_keyed(&app, &ada, &bob.id, "x", None, Some(header)).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
-        assert_eq!(
-            response.body["field"], "clientMessageId",
-            "header {header:?}: {}",
-            response.text
-        );
+        assert_eq!(response.body["field"], "clientMessageId", "header {header:?}: {}", response.text);
     }
     // Header and body both given and different.
     for header in ["k2", "\"k2\""] {
         let response = send_keyed(&app, &ada, &bob.id, "x", Some(json!("k1")), Some(header)).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
-        assert_eq!(
-            response.body["field"], "clientMessageId",
-            "header {header:?}: {}",
-            response.text
-        );
+        assert_eq!(response.body["field"], "clientMessageId", "header {header:?}: {}", response.text);
     }
     bob_socket.assert_no_event("newMessage", QUIET_PERIOD).await;
     assert_eq!(history_len(&app, &ada, &bob).await, 0, "nothing was stored");
@@ -285,13 +224,7 @@ async fn a_malformed_key_or_a_header_that_disagrees_with_the_body_is_400() {
     // The longest key: 255 visible ASCII characters, punctuation included.
     let longest: String = (0..255).map(|i| (b'!' + (i % 94) as u8) as char).collect();
     let response = send_keyed(&app, &ada, &bob.id, "long key", Some(json!(longest)), None).await;
-    assert_keyed_message(
-        response.data(StatusCode::CREATED),
-        &ada,
-        &bob,
-        "long key",
-        &longest,
-    );
+    assert_keyed_message(response.data(StatusCode::CREATED), &ada, &bob, "long key", &longest);
 }
 
 #[tokio::test]
@@ -313,10 +246,7 @@ async fn the_same_key_from_different_senders_means_different_messages() {
     assert_keyed_message(&from_cat, &cat, &bob, "same", "shared");
     assert_keyed_message(&from_bob, &bob, &ada, "reply", "shared");
     let ids = [&from_ada["_id"], &from_cat["_id"], &from_bob["_id"]];
-    assert!(
-        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
-        "{ids:?}"
-    );
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
     assert_eq!(history_len(&app, &bob, &ada).await, 2);
     assert_eq!(history_len(&app, &bob, &cat).await, 1);
     // And each is still its sender's.
@@ -341,25 +271,15 @@ async fn retries_racing_the_first_send_store_one_message_and_announce_it_once() 
             tokio::spawn(async move {
                 barrier.wait().await;
                 // Half by body, half by header.
-                let (body_key, header) = if i % 2 == 0 {
-                    (Some(json!(key)), None)
-                } else {
-                    (None, Some(key.as_str()))
-                };
+                let (body_key, header) =
+                    if i % 2 == 0 { (Some(json!(key)), None) } else { (None, Some(key.as_str())) };
                 send_keyed(&app, &ada, &bob.id, &text, body_key, header).await
             })
         });
         let responses = futures_util::future::join_all(attempts).await;
         let responses: Vec<Reply> = responses.into_iter().map(|r| r.unwrap()).collect();
-        let created: Vec<&Reply> = responses
-            .iter()
-            .filter(|r| r.status == StatusCode::CREATED)
-            .collect();
-        assert_eq!(
-            created.len(),
-            1,
-            "round {round}: exactly one 201: {responses:?}"
-        );
+        let created: Vec<&Reply> = responses.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+        assert_eq!(created.len(), 1, "round {round}: exactly one 201: {responses:?}");
         let stored = created[0].data(StatusCode::CREATED).clone();
         assert_keyed_message(&stored, &ada, &bob, &text, &key);
         for response in responses.iter().filter(|r| r.status != StatusCode::CREATED) {

@@ -8,15 +8,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::spawn_app;
-use tests::{EVENT_TIMEOUT, QUIET_PERIOD, Reply, TestApp, TestUser, WsClient};
 use crate::idempotency::{send_keyed, without_cursor};
+use tests::{Reply, TestApp, TestUser, WsClient, EVENT_TIMEOUT, QUIET_PERIOD};
 
 async fn sync(app: &TestApp, token: &str, query: &[(&str, &str)]) -> Reply {
-    app.execute(
-        app.request(Method::GET, "/api/v1/message/sync", Some(token))
-            .query(query),
-    )
-    .await
+    app.execute(app.request(Method::GET, "/api/v1/message/sync", Some(token)).query(query)).await
 }
 
 /// One sync page: its messages (with their cursors), `nextCursor` and `hasMore`.
@@ -29,40 +25,21 @@ struct Page {
 #[track_caller]
 fn page(response: &Reply) -> Page {
     let data = response.data(StatusCode::OK);
-    let object = data
-        .as_object()
-        .unwrap_or_else(|| panic!("a sync page is an object: {data}"));
+    let object = data.as_object().unwrap_or_else(|| panic!("a sync page is an object: {data}"));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(
-        keys,
-        ["hasMore", "messages", "nextCursor"],
-        "sync page fields: {data}"
-    );
-    let next = data["nextCursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("nextCursor: {data}"));
-    assert!(
-        !next.is_empty() && next.bytes().all(|b| b.is_ascii_digit()),
-        "{data}"
-    );
+    assert_eq!(keys, ["hasMore", "messages", "nextCursor"], "sync page fields: {data}");
+    let next = data["nextCursor"].as_str().unwrap_or_else(|| panic!("nextCursor: {data}"));
+    assert!(!next.is_empty() && next.bytes().all(|b| b.is_ascii_digit()), "{data}");
     Page {
-        messages: data["messages"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{data}"))
-            .clone(),
+        messages: data["messages"].as_array().unwrap_or_else(|| panic!("{data}")).clone(),
         next: next.to_owned(),
-        has_more: data["hasMore"]
-            .as_bool()
-            .unwrap_or_else(|| panic!("hasMore: {data}")),
+        has_more: data["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {data}")),
     }
 }
 
 fn cursors(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["cursor"].as_str().expect("a cursor").to_owned())
-        .collect()
+    messages.iter().map(|m| m["cursor"].as_str().expect("a cursor").to_owned()).collect()
 }
 
 /// `message` as a sync page or a `newMessage` event carries it at `cursor`.
@@ -100,11 +77,7 @@ async fn sync_pages_through_my_stream_in_order_from_the_start() {
     for query in [&[][..], &[("since", "")][..], &[("since", "0")][..]] {
         let all = page(&sync(&app, &bob.token, query).await);
         assert_eq!(all.messages, bob_stream, "query {query:?}");
-        assert_eq!(
-            (all.next.as_str(), all.has_more),
-            ("5", false),
-            "query {query:?}"
-        );
+        assert_eq!((all.next.as_str(), all.has_more), ("5", false), "query {query:?}");
     }
 
     // Two at a time.
@@ -119,11 +92,7 @@ async fn sync_pages_through_my_stream_in_order_from_the_start() {
         let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let current = page(&sync(&app, &bob.token, &query).await);
         assert!(current.messages.len() <= 2);
-        pages.push((
-            cursors(&current.messages),
-            current.next.clone(),
-            current.has_more,
-        ));
+        pages.push((cursors(&current.messages), current.next.clone(), current.has_more));
         seen.extend(current.messages);
         since = Some(current.next);
         if !current.has_more {
@@ -153,10 +122,7 @@ async fn sync_pages_through_my_stream_in_order_from_the_start() {
 
     // Every user has a stream of their own, numbered from 1.
     let ada_all = page(&sync(&app, &ada.token, &[]).await);
-    assert_eq!(
-        ada_all.messages,
-        [at(&m1, 1), at(&m2, 2), at(&m4, 3), at(&m6, 4)]
-    );
+    assert_eq!(ada_all.messages, [at(&m1, 1), at(&m2, 2), at(&m4, 3), at(&m6, 4)]);
     let cat_all = page(&sync(&app, &cat.token, &[]).await);
     assert_eq!(cat_all.messages, [at(&m3, 1), at(&m4, 2), at(&m5, 3)]);
     assert_eq!((cat_all.next.as_str(), cat_all.has_more), ("3", false));
@@ -180,18 +146,11 @@ async fn the_sync_limit_defaults_to_50_and_is_capped_at_200() {
         .buffer_unordered(6)
         .collect()
         .await;
-    let numbered = |from: u64, count: u64| {
-        (from..from + count)
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-    };
+    let numbered = |from: u64, count: u64| (from..from + count).map(|c| c.to_string()).collect::<Vec<_>>();
 
     let default_page = page(&sync(&app, &bob.token, &[]).await);
     assert_eq!(cursors(&default_page.messages), numbered(1, 50));
-    assert_eq!(
-        (default_page.next.as_str(), default_page.has_more),
-        ("50", true)
-    );
+    assert_eq!((default_page.next.as_str(), default_page.has_more), ("50", true));
 
     let capped = page(&sync(&app, &bob.token, &[("limit", "1000")]).await);
     assert_eq!(cursors(&capped.messages), numbered(1, 200));
@@ -200,18 +159,10 @@ async fn the_sync_limit_defaults_to_50_and_is_capped_at_200() {
     assert_eq!(cursors(&rest.messages), numbered(201, 5));
     assert_eq!((rest.next.as_str(), rest.has_more), ("205", false));
 
-    let ids: Vec<String> = capped
-        .messages
-        .iter()
-        .chain(&rest.messages)
-        .map(|m| m["_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids: Vec<String> =
+        capped.messages.iter().chain(&rest.messages).map(|m| m["_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 205);
-    assert_eq!(
-        ids.into_iter().collect::<HashSet<_>>(),
-        sent,
-        "every message once"
-    );
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), sent, "every message once");
 }
 
 #[tokio::test]
@@ -221,37 +172,19 @@ async fn sync_refuses_a_malformed_since_or_limit_and_an_anonymous_caller() {
     let bob = app.create_user("bob").await;
     app.send_ok(&ada, &bob, "hi").await;
 
-    for since in [
-        "abc",
-        "-1",
-        "1.5",
-        "0x1",
-        " 1",
-        "1a",
-        "9999999999999999999999999",
-    ] {
+    for since in ["abc", "-1", "1.5", "0x1", " 1", "1a", "9999999999999999999999999"] {
         let response = sync(&app, &bob.token, &[("since", since)]).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
-        assert_eq!(
-            response.body["field"], "since",
-            "since={since:?}: {}",
-            response.text
-        );
+        assert_eq!(response.body["field"], "since", "since={since:?}: {}", response.text);
     }
     for limit in ["ten", "-1"] {
         let response = sync(&app, &bob.token, &[("limit", limit)]).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
     }
-    app.get("/api/v1/message/sync", None)
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
-    sync(&app, "garbage", &[])
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    app.get("/api/v1/message/sync", None).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    sync(&app, "garbage", &[]).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     // The cookie works as everywhere else.
-    let by_cookie = app
-        .get_with_cookie("/api/v1/message/sync?since=0", &bob.token)
-        .await;
+    let by_cookie = app.get_with_cookie("/api/v1/message/sync?since=0", &bob.token).await;
     assert_eq!(page(&by_cookie).messages.len(), 1);
 }
 
@@ -270,28 +203,16 @@ async fn each_user_gets_a_new_message_at_their_own_position() {
 
     let sent = send_keyed(&app, &ada, &bob.id, "to bob", Some(json!("k")), None).await;
     let sent = sent.data(StatusCode::CREATED).clone();
-    assert_eq!(
-        bob_phone.next_event("newMessage", EVENT_TIMEOUT).await,
-        at(&sent, 3)
-    );
+    assert_eq!(bob_phone.next_event("newMessage", EVENT_TIMEOUT).await, at(&sent, 3));
     // The sender's own devices get the sender's position.
     for socket in [&mut ada_phone, &mut ada_laptop] {
-        assert_eq!(
-            socket.next_event("newMessage", EVENT_TIMEOUT).await,
-            at(&sent, 1)
-        );
+        assert_eq!(socket.next_event("newMessage", EVENT_TIMEOUT).await, at(&sent, 1));
     }
 
     let reply = app.send_ok(&bob, &ada, "reply").await;
-    assert_eq!(
-        bob_phone.next_event("newMessage", EVENT_TIMEOUT).await,
-        at(&reply, 4)
-    );
+    assert_eq!(bob_phone.next_event("newMessage", EVENT_TIMEOUT).await, at(&reply, 4));
     for socket in [&mut ada_phone, &mut ada_laptop] {
-        assert_eq!(
-            socket.next_event("newMessage", EVENT_TIMEOUT).await,
-            at(&reply, 2)
-        );
+        assert_eq!(socket.next_event("newMessage", EVENT_TIMEOUT).await, at(&reply, 2));
     }
     // The same positions as sync reports.
     let bob_sync = page(&sync(&app, &bob.token, &[("since", "2")]).await);
@@ -319,17 +240,10 @@ async fn a_ws_connection_with_since_replays_what_came_after_it_then_goes_live() 
         assert_eq!(event, at(message, i as u64 + 1), "replayed in order");
     }
     let live = app.send_ok(&ada, &bob, "live").await;
-    assert_eq!(
-        resumed.next_event("newMessage", EVENT_TIMEOUT).await,
-        at(&live, 6)
-    );
+    assert_eq!(resumed.next_event("newMessage", EVENT_TIMEOUT).await, at(&live, 6));
     resumed.assert_no_event("newMessage", QUIET_PERIOD).await;
     // It is an ordinary connection otherwise: it was shown who is online.
-    assert!(
-        resumed.received.iter().any(|f| f["event"] == "onlineUsers"),
-        "{:?}",
-        resumed.received
-    );
+    assert!(resumed.received.iter().any(|f| f["event"] == "onlineUsers"), "{:?}", resumed.received);
 
     // From the start: everything.
     let mut from_start = connect_since(&app, &bob, "0").await;
@@ -346,27 +260,13 @@ async fn a_ws_connection_with_since_replays_what_came_after_it_then_goes_live() 
         socket.assert_no_event("newMessage", QUIET_PERIOD).await;
     }
     let later = app.send_ok(&ada, &bob, "later").await;
-    for socket in [
-        &mut resumed,
-        &mut from_start,
-        &mut caught_up,
-        &mut plain,
-        &mut empty,
-    ] {
-        assert_eq!(
-            socket.next_event("newMessage", EVENT_TIMEOUT).await,
-            at(&later, 7)
-        );
+    for socket in [&mut resumed, &mut from_start, &mut caught_up, &mut plain, &mut empty] {
+        assert_eq!(socket.next_event("newMessage", EVENT_TIMEOUT).await, at(&later, 7));
     }
     // The sender's own device resumes its own stream.
     let mut ada_resumed = connect_since(&app, &ada, "6").await;
-    assert_eq!(
-        ada_resumed.next_event("newMessage", EVENT_TIMEOUT).await,
-        at(&later, 7)
-    );
-    ada_resumed
-        .assert_no_event("newMessage", QUIET_PERIOD)
-        .await;
+    assert_eq!(ada_resumed.next_event("newMessage", EVENT_TIMEOUT).await, at(&later, 7));
+    ada_resumed.assert_no_event("newMessage", QUIET_PERIOD).await;
     assert_eq!(without_cursor(&at(&later, 7)), later);
 }
 
@@ -374,23 +274,12 @@ async fn a_ws_connection_with_since_replays_what_came_after_it_then_goes_live() 
 async fn a_ws_handshake_with_a_malformed_since_is_refused_with_400() {
     let app = spawn_app().await;
     let bob = app.create_user("bob").await;
-    for since in [
-        "abc",
-        "-1",
-        "1.5",
-        "%201",
-        "0x10",
-        "9999999999999999999999999",
-    ] {
+    for since in ["abc", "-1", "1.5", "%201", "0x10", "9999999999999999999999999"] {
         let url = format!("{}?token={}&since={since}", app.ws_url(), bob.token);
         match app.try_connect_ws(&url).await {
             Ok(_) => panic!("since={since:?} was accepted"),
             Err(refused) => {
-                assert_eq!(
-                    refused.status,
-                    Some(StatusCode::BAD_REQUEST),
-                    "since={since:?}: {refused:?}"
-                );
+                assert_eq!(refused.status, Some(StatusCode::BAD_REQUEST), "since={since:?}: {refused:?}");
                 if let Some(body) = refused.body.filter(|b| !b.is_empty()) {
                     let body: Value = serde_json::from_str(&body).expect("a JSON error body");
                     assert_eq!(body["code"], "VALIDATION", "{body}");

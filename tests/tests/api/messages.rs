@@ -177,12 +177,10 @@ async fn the_history_is_oldest_first_and_pages_backwards() {
     let newest = app.get_messages(&ada.token, &bob.id, &[("limit", "3")]).await;
     assert_eq!(texts(newest.data(StatusCode::OK)), ["m5", "m6", "m7"]);
 
-    let before_m5 =
-        app.get_messages(&ada.token, &bob.id, &[("limit", "3"), ("before", ids[4])]).await;
+    let before_m5 = app.get_messages(&ada.token, &bob.id, &[("limit", "3"), ("before", ids[4])]).await;
     assert_eq!(texts(before_m5.data(StatusCode::OK)), ["m2", "m3", "m4"]);
 
-    let before_m2 =
-        app.get_messages(&ada.token, &bob.id, &[("limit", "3"), ("before", ids[1])]).await;
+    let before_m2 = app.get_messages(&ada.token, &bob.id, &[("limit", "3"), ("before", ids[1])]).await;
     assert_eq!(texts(before_m2.data(StatusCode::OK)), ["m1"]);
 
     let before_m1 = app.get_messages(&ada.token, &bob.id, &[("before", ids[0])]).await;

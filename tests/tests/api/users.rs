@@ -1,13 +1,13 @@
 use std::collections::HashSet;
 
-use futures_util::StreamExt as _;
 use chat_jwt::JwtTokenService;
+use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::helpers::{TOKEN_TTL_SECS, assert_user, parse_cookie, spawn_app};
-use tests::{JWT_SECRET, PASSWORD, Reply};
+use crate::helpers::{assert_user, parse_cookie, spawn_app, TOKEN_TTL_SECS};
+use tests::{Reply, JWT_SECRET, PASSWORD};
 
 fn registration(username: &str) -> Value {
     json!({
@@ -23,8 +23,7 @@ fn assert_token_cookie(response: &Reply, token: &str) {
     let header = response.token_cookie();
     let (value, attributes) = parse_cookie(header);
     assert_eq!(value, token, "the cookie carries the token of the body: {header}");
-    let attribute =
-        |name: &str| attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let attribute = |name: &str| attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     assert!(attribute("httponly").is_some(), "HttpOnly missing: {header}");
     assert_eq!(attribute("samesite"), Some("Lax"), "{header}");
     assert_eq!(attribute("path"), Some("/"), "{header}");
@@ -69,11 +68,7 @@ async fn register_trims_the_full_name_keeps_the_username_as_given_and_defaults_t
     assert!(user["gender"].is_null(), "no gender given: {user}");
     let avatar = user["avatar"].as_str().unwrap();
     let again = app.login("grace.h-1_", PASSWORD).await;
-    assert_eq!(
-        again.data(StatusCode::OK)["user"]["avatar"],
-        avatar,
-        "the default avatar is stable"
-    );
+    assert_eq!(again.data(StatusCode::OK)["user"]["avatar"], avatar, "the default avatar is stable");
 }
 
 #[tokio::test]
@@ -84,10 +79,7 @@ async fn register_keeps_a_given_avatar() {
 
     let response = app.register(&body).await;
 
-    assert_eq!(
-        response.data(StatusCode::CREATED)["newUser"]["avatar"],
-        "https://pics.example/ada.png"
-    );
+    assert_eq!(response.data(StatusCode::CREATED)["newUser"]["avatar"], "https://pics.example/ada.png");
 }
 
 #[tokio::test]
@@ -130,8 +122,7 @@ async fn register_refuses_fields_of_the_wrong_type() {
 async fn register_enforces_the_username_rules() {
     let app = spawn_app().await;
     let too_long = "a".repeat(33);
-    for username in ["ab", "", too_long.as_str(), "has space", "semi;colon", "ünïcode", "<script>"]
-    {
+    for username in ["ab", "", too_long.as_str(), "has space", "semi;colon", "ünïcode", "<script>"] {
         let response = app.register(&registration(username)).await;
         let message = response.error(StatusCode::BAD_REQUEST, "VALIDATION");
         assert!(message.contains("username"), "{username:?}: {message}");
@@ -310,10 +301,9 @@ async fn the_profile_is_mine_by_header_or_by_cookie() {
     let ada = app.create_user("ada").await;
     app.create_user("bob").await;
 
-    for response in [
-        app.profile(&ada.token).await,
-        app.get_with_cookie("/api/v1/user/get-profile", &ada.token).await,
-    ] {
+    for response in
+        [app.profile(&ada.token).await, app.get_with_cookie("/api/v1/user/get-profile", &ada.token).await]
+    {
         let user = response.data(StatusCode::OK);
         assert_user(user, "ada");
         assert_eq!(user["_id"], ada.id.as_str());
@@ -322,14 +312,8 @@ async fn the_profile_is_mine_by_header_or_by_cookie() {
 }
 
 /// A token signed with the server's secret for `user`, issued at `issued_at`.
-fn forged_token(
-    secret: &str,
-    user: &str,
-    issued_at: chrono::DateTime<chrono::Utc>,
-    ttl_secs: u64,
-) -> String {
-    let tokens =
-        JwtTokenService::new(&SecretString::from(secret), std::time::Duration::from_secs(ttl_secs));
+fn forged_token(secret: &str, user: &str, issued_at: chrono::DateTime<chrono::Utc>, ttl_secs: u64) -> String {
+    let tokens = JwtTokenService::new(&SecretString::from(secret), std::time::Duration::from_secs(ttl_secs));
     let user = domain::UserId::parse(user).expect("a user id of the server");
     application::ports::TokenService::issue(&tokens, &user, issued_at).unwrap().token
 }
@@ -380,26 +364,16 @@ async fn protected_routes_without_a_token_are_unauthenticated() {
     let requests = [
         app.get("/api/v1/user/get-profile", None).await,
         app.get("/api/v1/user/get-other-users", None).await,
-        app.post_json(
-            &format!("/api/v1/message/send/{}", bob.id),
-            &json!({ "message": "hi" }),
-            None,
-        )
-        .await,
+        app.post_json(&format!("/api/v1/message/send/{}", bob.id), &json!({ "message": "hi" }), None).await,
         app.get(&format!("/api/v1/message/get-messages/{}", bob.id), None).await,
         app.get("/api/v1/message/conversations", None).await,
-        app.execute(
-            app.client.get(app.url("/api/v1/user/get-profile")).header("Authorization", "Bearer "),
-        )
-        .await,
-        app.execute(
-            app.client
-                .get(app.url("/api/v1/user/get-profile"))
-                .header("Authorization", "Basic YWRhOnB3"),
-        )
-        .await,
-        app.execute(app.client.get(app.url("/api/v1/user/get-profile")).header("Cookie", "token="))
+        app.execute(app.client.get(app.url("/api/v1/user/get-profile")).header("Authorization", "Bearer "))
             .await,
+        app.execute(
+            app.client.get(app.url("/api/v1/user/get-profile")).header("Authorization", "Basic YWRhOnB3"),
+        )
+        .await,
+        app.execute(app.client.get(app.url("/api/v1/user/get-profile")).header("Cookie", "token=")).await,
     ];
     for response in requests {
         response.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
@@ -440,11 +414,9 @@ async fn other_users_can_be_searched_by_username_or_full_name() {
     for name in ["charlie", "Bob", "alice", "bobby", "rob_b"] {
         app.create_user(name).await;
     }
-    app.register(
-        &json!({ "fullName": "Bobbie Draper", "username": "draper", "password": PASSWORD }),
-    )
-    .await
-    .data(StatusCode::CREATED);
+    app.register(&json!({ "fullName": "Bobbie Draper", "username": "draper", "password": PASSWORD }))
+        .await
+        .data(StatusCode::CREATED);
 
     let found = app.other_users(&me.token, &[("search", "BOB")]).await;
     assert_eq!(usernames(found.data(StatusCode::OK)), ["Bob", "bobby", "draper"]);
@@ -519,9 +491,7 @@ async fn other_users_are_paged_with_a_limit_and_a_cursor() {
     let searched = app.other_users(&me.token, &[("search", "user00"), ("limit", "3")]).await;
     assert_eq!(usernames(searched.data(StatusCode::OK)), ["User000", "user001", "User002"]);
     let cursor = searched.header("x-next-cursor").expect("more matches follow").to_owned();
-    let next = app
-        .other_users(&me.token, &[("search", "user00"), ("limit", "3"), ("cursor", &cursor)])
-        .await;
+    let next = app.other_users(&me.token, &[("search", "user00"), ("limit", "3"), ("cursor", &cursor)]).await;
     assert_eq!(usernames(next.data(StatusCode::OK)), ["user003", "User004", "user005"]);
 }
 
@@ -529,12 +499,9 @@ async fn other_users_are_paged_with_a_limit_and_a_cursor() {
 async fn other_users_refuses_a_bad_limit_or_cursor() {
     let app = spawn_app().await;
     let me = app.create_user("mallory").await;
-    for query in [
-        [("limit", "abc")],
-        [("limit", "-1")],
-        [("cursor", "not a cursor!")],
-        [("search", &"x".repeat(500))],
-    ] {
+    for query in
+        [[("limit", "abc")], [("limit", "-1")], [("cursor", "not a cursor!")], [("search", &"x".repeat(500))]]
+    {
         let response = app.other_users(&me.token, &query).await;
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
     }

@@ -3,7 +3,7 @@ use serde_json::json;
 
 use crate::helpers::spawn_app;
 use tests::ws::ids;
-use tests::{EVENT_TIMEOUT, QUIET_PERIOD, WsRefused};
+use tests::{WsRefused, EVENT_TIMEOUT, QUIET_PERIOD};
 
 #[track_caller]
 fn assert_refused(result: Result<tests::WsClient, WsRefused>) -> WsRefused {
@@ -98,13 +98,10 @@ async fn everyone_hears_when_a_user_comes_online_and_goes_offline() {
     let mut ada_socket = app.connect_ws(&ada.token).await;
 
     let bob_phone = app.connect_ws(&bob.token).await;
-    let online = ada_socket
-        .next_event_matching("onlineUsers", |d| ids(d).contains(&bob.id), EVENT_TIMEOUT)
-        .await;
+    let online =
+        ada_socket.next_event_matching("onlineUsers", |d| ids(d).contains(&bob.id), EVENT_TIMEOUT).await;
     assert_eq!(ids(&online).len(), 2);
-    ada_socket
-        .next_event_matching("getOnlineUsers", |d| ids(d).contains(&bob.id), EVENT_TIMEOUT)
-        .await;
+    ada_socket.next_event_matching("getOnlineUsers", |d| ids(d).contains(&bob.id), EVENT_TIMEOUT).await;
 
     // Bob stays online while one of his connections is open.
     let bob_laptop = app.connect_ws(&bob.token).await;
@@ -112,9 +109,8 @@ async fn everyone_hears_when_a_user_comes_online_and_goes_offline() {
     ada_socket.assert_no_event("onlineUsers", QUIET_PERIOD).await;
 
     bob_laptop.close().await;
-    let online = ada_socket
-        .next_event_matching("onlineUsers", |d| !ids(d).contains(&bob.id), EVENT_TIMEOUT)
-        .await;
+    let online =
+        ada_socket.next_event_matching("onlineUsers", |d| !ids(d).contains(&bob.id), EVENT_TIMEOUT).await;
     assert_eq!(ids(&online), [ada.id.as_str()]);
 }
 
@@ -192,9 +188,7 @@ async fn typing_is_relayed_to_the_target_only() {
 
     // Typing to oneself or to nobody goes nowhere.
     ada_phone.emit("typing", json!({ "to": ada.id, "isTyping": true })).await;
-    ada_phone
-        .emit("typing", json!({ "to": "ffffffff-ffff-ffff-ffff-ffffffffffff", "isTyping": true }))
-        .await;
+    ada_phone.emit("typing", json!({ "to": "ffffffff-ffff-ffff-ffff-ffffffffffff", "isTyping": true })).await;
     ada_laptop.assert_no_event("typing", QUIET_PERIOD).await;
 }
 
@@ -271,9 +265,7 @@ async fn a_message_that_was_not_sent_is_never_announced() {
     let mut bob_socket = app.connect_ws(&bob.token).await;
 
     app.send(&ada.token, &bob.id, "   ").await.error(StatusCode::BAD_REQUEST, "VALIDATION");
-    app.send(&ada.token, &bob.id, &"x".repeat(5001))
-        .await
-        .error(StatusCode::BAD_REQUEST, "VALIDATION");
+    app.send(&ada.token, &bob.id, &"x".repeat(5001)).await.error(StatusCode::BAD_REQUEST, "VALIDATION");
     app.send(&ada.token, &ada.id, "me").await.error(StatusCode::BAD_REQUEST, "VALIDATION");
     app.send(&ada.token, "ffffffff-ffff-ffff-ffff-ffffffffffff", "x")
         .await
@@ -293,9 +285,7 @@ async fn a_frame_over_the_size_limit_closes_the_connection() {
     let ada = app.create_user("ada").await;
     let mut socket = app.connect_ws(&ada.token).await;
 
-    socket
-        .send_text(&format!("{{\"event\":\"typing\",\"data\":\"{}\"}}", "x".repeat(70_000)))
-        .await;
+    socket.send_text(&format!("{{\"event\":\"typing\",\"data\":\"{}\"}}", "x".repeat(70_000))).await;
 
     let closed = socket.expect_close(EVENT_TIMEOUT).await;
     assert!(closed, "the server closes a connection that sends a frame above the limit");

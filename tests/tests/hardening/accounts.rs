@@ -75,7 +75,8 @@ async fn an_empty_username_or_password_is_a_validation_error() {
     let app = spawn(|_| {}).await;
     let api = app.api();
     let user = api.create_user(&unique("empty")).await;
-    for (username, password, field) in [("", PASSWORD, "username"), (user.username.as_str(), "", "password")] {
+    for (username, password, field) in [("", PASSWORD, "username"), (user.username.as_str(), "", "password")]
+    {
         let reply = api.login(username, password).await;
         reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
         assert_eq!(reply.body["field"], json!(field), "{}", reply.text);
@@ -98,7 +99,8 @@ async fn names_that_reorder_or_hide_text_are_refused_and_emoji_kept() {
         reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
         assert_eq!(reply.body["field"], json!("fullName"), "{}", reply.text);
     }
-    for kept in ["👩\u{200D}👩\u{200D}👧 Family", "Zoë ❤\u{FE0F}", "می\u{200C}خواهم", "山田 太郎"] {
+    for kept in ["👩\u{200D}👩\u{200D}👧 Family", "Zoë ❤\u{FE0F}", "می\u{200C}خواهم", "山田 太郎"]
+    {
         let reply = register(kept).await;
         assert_eq!(reply.data(StatusCode::CREATED)["newUser"]["fullName"], json!(kept));
     }

@@ -12,13 +12,8 @@ async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
     let (enough_tx, mut enough_rx) = tokio::sync::mpsc::channel::<()>(1);
     let tasks: Vec<_> = (0..16)
         .map(|task| {
-            let (api, alice, bob, acknowledged, enough) = (
-                api.clone(),
-                alice.clone(),
-                bob.clone(),
-                acknowledged.clone(),
-                enough_tx.clone(),
-            );
+            let (api, alice, bob, acknowledged, enough) =
+                (api.clone(), alice.clone(), bob.clone(), acknowledged.clone(), enough_tx.clone());
             tokio::spawn(async move {
                 for i in 0..13 {
                     let request = api
@@ -38,10 +33,7 @@ async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
                     let Ok(body) = response.json::<Value>().await else {
                         return;
                     };
-                    let id = body["responseData"]["_id"]
-                        .as_str()
-                        .expect("_id")
-                        .to_owned();
+                    let id = body["responseData"]["_id"].as_str().expect("_id").to_owned();
                     let count = {
                         let mut acknowledged = acknowledged.lock().unwrap();
                         acknowledged.push(id);
@@ -62,19 +54,12 @@ async fn acknowledged_messages_survive_kill_9(env: &[(&str, &str)]) {
         task.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(
-        acknowledged.len() >= 150,
-        "only {} sends acknowledged",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() >= 150, "only {} sends acknowledged", acknowledged.len());
 
     let process = ServerProcess::start(env).await;
     let api = process.api();
     let stored = api.all_message_ids(&alice, &bob).await;
-    let missing: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(id))
-        .collect();
+    let missing: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged messages lost: {missing:?}",
@@ -97,9 +82,7 @@ async fn acknowledged_messages_survive_kill_9_on_sqlite() {
 #[tokio::test]
 async fn acknowledged_messages_survive_kill_9_on_postgres() {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let StorageSettings::Postgres { url, .. } = &database.settings else {
-        unreachable!()
-    };
+    let StorageSettings::Postgres { url, .. } = &database.settings else { unreachable!() };
     let url = secrecy::ExposeSecret::expose_secret(url).to_owned();
     acknowledged_messages_survive_kill_9(&[
         ("CHAT__STORAGE__BACKEND", "postgres"),

@@ -21,9 +21,7 @@ async fn engine_io_handshake(api: &Api) -> Result<String, Reply> {
 /// Posts Engine.IO packets to a polling session; the status.
 async fn engine_io_post(api: &Api, sid: &str, packets: &str) -> StatusCode {
     let path = format!("{HANDSHAKE}&sid={sid}");
-    let request = api
-        .request(Method::POST, &path, None)
-        .body(packets.to_owned());
+    let request = api.request(Method::POST, &path, None).body(packets.to_owned());
     api.execute(request).await.status
 }
 
@@ -41,12 +39,7 @@ async fn engine_io_close(api: &Api, sid: &str) {
 #[track_caller]
 fn refused(reply: &Reply, status: StatusCode, message: &str) {
     assert_eq!(reply.status, status, "body: {}", reply.text);
-    assert_eq!(
-        reply.body,
-        json!({ "code": 4, "message": message }),
-        "body: {}",
-        reply.text
-    );
+    assert_eq!(reply.body, json!({ "code": 4, "message": message }), "body: {}", reply.text);
     let retry: u64 = reply
         .header("retry-after")
         .and_then(|r| r.parse().ok())
@@ -74,24 +67,14 @@ async fn engine_io_handshakes_past_the_per_address_cap_are_refused() {
         sids.push(engine_io_handshake(&api).await.expect("under the cap"));
     }
     let reply = engine_io_handshake(&api).await.expect_err("over the cap");
-    refused(
-        &reply,
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many sessions from this address",
-    );
+    refused(&reply, StatusCode::TOO_MANY_REQUESTS, "Too many sessions from this address");
     // A WebSocket handshake opens a session too: refused before the protocol switch.
-    let url = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
-        app.port
-    );
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket", app.port);
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 429)
         }
-        other => panic!(
-            "expected a 429 to the WebSocket handshake, got {:?}",
-            other.map(|_| ())
-        ),
+        other => panic!("expected a 429 to the WebSocket handshake, got {:?}", other.map(|_| ())),
     }
     // A session that ends frees its place.
     engine_io_close(&api, &sids[0]).await;
@@ -112,11 +95,7 @@ async fn engine_io_handshakes_past_the_per_address_rate_are_refused() {
     }
     // No session is open: the handshakes themselves are counted.
     let reply = engine_io_handshake(&api).await.expect_err("over the rate");
-    refused(
-        &reply,
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many handshakes from this address",
-    );
+    refused(&reply, StatusCode::TOO_MANY_REQUESTS, "Too many handshakes from this address");
 }
 
 #[tokio::test]
@@ -131,11 +110,7 @@ async fn engine_io_handshakes_past_the_instance_cap_are_refused() {
         engine_io_handshake(&api).await.expect("under the cap");
     }
     let reply = engine_io_handshake(&api).await.expect_err("over the cap");
-    refused(
-        &reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Too many sessions on this server",
-    );
+    refused(&reply, StatusCode::SERVICE_UNAVAILABLE, "Too many sessions on this server");
 }
 
 #[tokio::test]
@@ -146,29 +121,11 @@ async fn an_engine_io_session_that_never_connects_is_closed_at_the_deadline_what
     let started = Instant::now();
     // DISCONNECT used to restart the connect deadline, so this kept the session forever.
     while engine_io_post(&api, &sid, "41").await == StatusCode::OK {
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "still open after {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(4), "still open after {:?}", started.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "closed after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}", started.elapsed());
     let reply = api.get(&format!("{HANDSHAKE}&sid={sid}"), None).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::BAD_REQUEST,
-        "body: {}",
-        reply.text
-    );
-    assert_eq!(
-        reply.body["code"],
-        json!(1),
-        "the session is gone: {}",
-        reply.text
-    );
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "body: {}", reply.text);
+    assert_eq!(reply.body["code"], json!(1), "the session is gone: {}", reply.text);
 }

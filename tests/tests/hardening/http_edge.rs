@@ -32,7 +32,8 @@ async fn made_up_methods_neither_reach_the_metrics_nor_grow_them() {
     let app = spawn(|_| {}).await;
     let api = app.api();
     let metrics = || async { api.get("/metrics", None).await.text };
-    let odd = |name: &str| api.client.request(Method::from_bytes(name.as_bytes()).unwrap(), api.url("/healthz"));
+    let odd =
+        |name: &str| api.client.request(Method::from_bytes(name.as_bytes()).unwrap(), api.url("/healthz"));
     // Every series the loop below can touch exists before the first count: one made-up
     // method, and a scrape (which counts itself after it is rendered).
     api.execute(odd("WARMUP")).await;
@@ -77,17 +78,23 @@ async fn the_token_of_a_user_that_does_not_exist_is_refused_on_every_route() {
         format!("/api/v1/message/get-messages/{bob_id}"),
     ];
     for path in gets {
-        api.get(&path, Some(&token))
-            .await
-            .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+        api.get(&path, Some(&token)).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     }
-    api.post_json(&format!("/api/v1/message/send/{bob_id}"), &json!({ "message": "from nobody" }), Some(&token))
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    api.post_json(
+        &format!("/api/v1/message/send/{bob_id}"),
+        &json!({ "message": "from nobody" }),
+        Some(&token),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     api.post_json("/api/v1/user/logout", &json!({}), Some(&token))
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
-    assert_eq!(api.try_ws(&token).await.err().and_then(|refused| refused.status), Some(StatusCode::UNAUTHORIZED), "the /ws handshake");
+    assert_eq!(
+        api.try_ws(&token).await.err().and_then(|refused| refused.status),
+        Some(StatusCode::UNAUTHORIZED),
+        "the /ws handshake"
+    );
     let conversations = api.get("/api/v1/message/conversations", Some(&bob.token)).await;
     assert_eq!(conversations.data(StatusCode::OK), &json!([]), "bob got no message from nobody");
 }

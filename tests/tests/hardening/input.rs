@@ -6,8 +6,7 @@ use super::*;
 async fn a_body_over_the_limit_is_413() {
     let app = spawn(|s| s.http.body_limit = 2048).await;
     let api = app.api();
-    let body =
-        json!({ "fullName": "x".repeat(4096), "username": unique("big"), "password": PASSWORD });
+    let body = json!({ "fullName": "x".repeat(4096), "username": unique("big"), "password": PASSWORD });
     api.post_json("/api/v1/user/register", &body, None)
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
@@ -46,9 +45,7 @@ async fn deeply_nested_json_is_400_and_the_server_keeps_answering() {
         let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
         let reply = api
             .execute(
-                api.request(Method::POST, path, None)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(nested),
+                api.request(Method::POST, path, None).header(CONTENT_TYPE, "application/json").body(nested),
             )
             .await;
         reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
@@ -66,25 +63,16 @@ async fn a_huge_page_size_is_capped_at_200() {
         let (api, alice, bob) = (api.clone(), alice.clone(), bob.clone());
         tokio::spawn(async move {
             for i in 0..26 {
-                api.send(&alice.token, &bob.id, &format!("{task}-{i}"))
-                    .await
-                    .data(StatusCode::CREATED);
+                api.send(&alice.token, &bob.id, &format!("{task}-{i}")).await.data(StatusCode::CREATED);
             }
         })
     });
     for send in futures_util::future::join_all(sends).await {
         send.unwrap();
     }
-    let reply = api
-        .get(
-            &format!("/api/v1/message/get-messages/{}?limit=100000", bob.id),
-            Some(&alice.token),
-        )
-        .await;
-    let messages = reply.data(StatusCode::OK)["messages"]
-        .as_array()
-        .expect("messages")
-        .len();
+    let reply =
+        api.get(&format!("/api/v1/message/get-messages/{}?limit=100000", bob.id), Some(&alice.token)).await;
+    let messages = reply.data(StatusCode::OK)["messages"].as_array().expect("messages").len();
     assert_eq!(messages, 200, "208 stored, limit=100000 asked");
 }
 

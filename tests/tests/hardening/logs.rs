@@ -6,8 +6,7 @@ use super::*;
 async fn passwords_tokens_and_hashes_never_reach_the_log() {
     let dir = TempDir::new("hardening");
     let storage = format!("sqlite://{}", dir.path().join("chat.db").display());
-    let mut process =
-        ServerProcess::start(&[("CHAT__STORAGE__URL", &storage), ("RUST_LOG", "debug")]).await;
+    let mut process = ServerProcess::start(&[("CHAT__STORAGE__URL", &storage), ("RUST_LOG", "debug")]).await;
     let api = process.api();
     let password = "Sup3r-Secret-Passw0rd!";
     let username = unique("logged");
@@ -19,24 +18,12 @@ async fn passwords_tokens_and_hashes_never_reach_the_log() {
             None,
         )
         .await;
-    let register_token = reply.data(StatusCode::CREATED)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let register_token = reply.data(StatusCode::CREATED)["token"].as_str().unwrap().to_owned();
     let reply = api.login(&username, password).await;
-    let token = reply.data(StatusCode::OK)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    api.login(&username, "a wrong password here")
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
-    api.get("/api/v1/user/get-profile", Some(&token))
-        .await
-        .data(StatusCode::OK);
-    api.get_with_cookie("/api/v1/user/get-profile", &token)
-        .await
-        .data(StatusCode::OK);
+    let token = reply.data(StatusCode::OK)["token"].as_str().unwrap().to_owned();
+    api.login(&username, "a wrong password here").await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    api.get("/api/v1/user/get-profile", Some(&token)).await.data(StatusCode::OK);
+    api.get_with_cookie("/api/v1/user/get-profile", &token).await.data(StatusCode::OK);
     let mut ws = api.connect_ws(&token).await;
     let _ = ws.stream.close(None).await;
     api.logout(&token).await.data(StatusCode::OK);
@@ -47,20 +34,13 @@ async fn passwords_tokens_and_hashes_never_reach_the_log() {
     // The requests were logged at all (the check below is not vacuous).
     let deadline = Instant::now() + WAIT;
     while !process.log().contains("/api/v1/user/logout") {
-        assert!(
-            Instant::now() < deadline,
-            "no access log line for logout:\n{}",
-            process.log()
-        );
+        assert!(Instant::now() < deadline, "no access log line for logout:\n{}", process.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     process.kill().await;
     let log = process.log();
     assert!(log.contains("DEBUG"), "debug logging was on");
-    assert!(
-        log.contains("/api/v1/user/get-profile"),
-        "requests are logged"
-    );
+    assert!(log.contains("/api/v1/user/get-profile"), "requests are logged");
     for (what, secret) in [
         ("the password", password),
         ("the wrong password", "a wrong password here"),

@@ -18,8 +18,7 @@ use server::settings::{Environment, SameSite, StorageSettings};
 use server::Settings;
 use tests::ws::Ws;
 use tests::{
-    Api, Backend, Reply, ServerProcess, TempDir, TestApp, TestDatabase, TestUser, WsRefused,
-    PASSWORD,
+    Api, Backend, Reply, ServerProcess, TempDir, TestApp, TestDatabase, TestUser, WsRefused, PASSWORD,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,20 +31,20 @@ use tokio_tungstenite::MaybeTlsStream;
 const SECRET: &str = tests::JWT_SECRET;
 const WAIT: Duration = Duration::from_secs(10);
 
-mod rate_limits;
-mod input;
-mod browser;
-mod tokens;
-mod logs;
-mod outages;
-mod durability;
-mod slow_consumers;
-mod sessions;
-mod engineio;
 mod accounts;
-mod reads;
-mod origins;
+mod browser;
+mod durability;
+mod engineio;
 mod http_edge;
+mod input;
+mod logs;
+mod origins;
+mod outages;
+mod rate_limits;
+mod reads;
+mod sessions;
+mod slow_consumers;
+mod tokens;
 
 /// A server over a fresh SQLite database with `adjust` applied to its settings: the
 /// defences under test don't depend on the store (the outage and durability tests name
@@ -65,8 +64,5 @@ fn sign(algorithm: jsonwebtoken::Algorithm, secret: &str, claims: &Value) -> Str
 }
 
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }

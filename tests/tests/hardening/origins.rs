@@ -7,9 +7,7 @@ const EVIL: &str = "https://evil.example";
 
 /// The status a `/ws` handshake with the user's cookie and `origin` (if any) is answered with.
 async fn ws_handshake_status(api: &Api, user: &TestUser, origin: Option<&str>) -> u16 {
-    let mut request = format!("ws://127.0.0.1:{}/ws", api.port)
-        .into_client_request()
-        .unwrap();
+    let mut request = format!("ws://127.0.0.1:{}/ws", api.port).into_client_request().unwrap();
     let headers = request.headers_mut();
     headers.insert("cookie", format!("token={}", user.token).parse().unwrap());
     if let Some(origin) = origin {
@@ -17,9 +15,7 @@ async fn ws_handshake_status(api: &Api, user: &TestUser, origin: Option<&str>) -
     }
     match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
         Ok(Ok((_, response))) => response.status().as_u16(),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            response.status().as_u16()
-        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => response.status().as_u16(),
         other => panic!("the handshake neither succeeded nor was refused: {other:?}"),
     }
 }
@@ -101,9 +97,8 @@ async fn a_cookie_authenticated_post_from_a_foreign_origin_is_refused() {
     let own = format!("http://127.0.0.1:{}", api.port);
     api.execute(send(&own)).await.data(StatusCode::CREATED);
     // Reads stay readable to anyone allowed by CORS; a foreign page can't read the answer.
-    let read = api
-        .request(Method::GET, "/api/v1/user/get-profile", Some(&alice.token))
-        .header("origin", EVIL);
+    let read =
+        api.request(Method::GET, "/api/v1/user/get-profile", Some(&alice.token)).header("origin", EVIL);
     api.execute(read).await.data(StatusCode::OK);
 }
 
@@ -129,24 +124,18 @@ async fn bodies_an_html_form_can_send_are_refused() {
             Some(value) => request.header(CONTENT_TYPE, value),
             None => request,
         };
-        let register = with_type(api.client.post(api.url("/api/v1/user/register")))
-            .body(registration.clone());
-        api.execute(register)
-            .await
-            .error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+        let register =
+            with_type(api.client.post(api.url("/api/v1/user/register"))).body(registration.clone());
+        api.execute(register).await.error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
         let send = with_type(api.request(
             Method::POST,
             &format!("/api/v1/message/send/{}", bob.id),
             Some(&alice.token),
         ))
         .body(message.clone());
-        api.execute(send)
-            .await
-            .error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+        api.execute(send).await.error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
     }
-    api.login(&name, PASSWORD)
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    api.login(&name, PASSWORD).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     assert!(api.all_message_ids(&alice, &bob).await.is_empty(), "nothing was stored");
 
     // JSON, with or without a charset or a +json type, is what the API takes.

@@ -58,12 +58,7 @@ impl Proxy {
             }
         })
         .abort_handle();
-        Self {
-            port,
-            link,
-            connections,
-            accept,
-        }
+        Self { port, link, connections, accept }
     }
 
     /// Closes every connection, proxied or held.
@@ -96,11 +91,7 @@ async fn wait_ready(api: &Api, status: StatusCode, timeout: Duration) -> Duratio
         if reply.status == status {
             return started.elapsed();
         }
-        assert!(
-            started.elapsed() < timeout,
-            "/readyz still {} after {timeout:?}",
-            reply.status
-        );
+        assert!(started.elapsed() < timeout, "/readyz still {} after {timeout:?}", reply.status);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -114,19 +105,12 @@ async fn outage_and_recovery(backend: Backend) {
     let proxy = Proxy::start(target).await;
     let proxied = |url: &str| {
         let url = url.replacen(target, &format!("127.0.0.1:{}", proxy.port), 1);
-        assert!(
-            url.contains(&proxy.port.to_string()),
-            "the URL names {target}: {url}"
-        );
+        assert!(url.contains(&proxy.port.to_string()), "the URL names {target}: {url}");
         url
     };
     let app = TestApp::spawn_with(backend, |s| {
         s.storage = match s.storage.clone() {
-            StorageSettings::Postgres {
-                url,
-                run_migrations,
-                ..
-            } => StorageSettings::Postgres {
+            StorageSettings::Postgres { url, run_migrations, .. } => StorageSettings::Postgres {
                 url: SecretString::from(proxied(secrecy::ExposeSecret::expose_secret(&url))),
                 max_connections: 4,
                 acquire_timeout_ms: 1000,
@@ -148,26 +132,17 @@ async fn outage_and_recovery(backend: Backend) {
     let api = app.api();
     let alice = api.create_user(&unique("alice")).await;
     let bob = api.create_user(&unique("bob")).await;
-    api.send(&alice.token, &bob.id, "before")
-        .await
-        .data(StatusCode::CREATED);
+    api.send(&alice.token, &bob.id, "before").await.data(StatusCode::CREATED);
     wait_ready(&api, StatusCode::OK, WAIT).await;
 
     for outage in [Link::Cut, Link::Stalled] {
         proxy.set(outage);
         for (what, request) in [
-            (
-                "get-profile",
-                api.request(Method::GET, "/api/v1/user/get-profile", Some(&alice.token)),
-            ),
+            ("get-profile", api.request(Method::GET, "/api/v1/user/get-profile", Some(&alice.token))),
             (
                 "send",
-                api.request(
-                    Method::POST,
-                    &format!("/api/v1/message/send/{}", bob.id),
-                    Some(&alice.token),
-                )
-                .json(&json!({ "message": "during" })),
+                api.request(Method::POST, &format!("/api/v1/message/send/{}", bob.id), Some(&alice.token))
+                    .json(&json!({ "message": "during" })),
             ),
             (
                 "login",
@@ -178,30 +153,15 @@ async fn outage_and_recovery(backend: Backend) {
             let started = Instant::now();
             let reply = api.execute(request).await;
             let elapsed = started.elapsed();
-            assert_eq!(
-                reply.status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{what} ({outage:?}): {reply:?}"
-            );
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what} ({outage:?}): {reply:?}");
             reply.error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
-            assert!(
-                elapsed < Duration::from_secs(3),
-                "{what} ({outage:?}) took {elapsed:?}"
-            );
+            assert!(elapsed < Duration::from_secs(3), "{what} ({outage:?}) took {elapsed:?}");
             assert!(reply.header("retry-after").is_some(), "{reply:?}");
         }
         let started = Instant::now();
         let reply = api.get("/readyz", None).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{outage:?}: {reply:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "/readyz took {:?}",
-            started.elapsed()
-        );
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{outage:?}: {reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "/readyz took {:?}", started.elapsed());
         api.get("/healthz", None).await.data(StatusCode::OK);
 
         proxy.set(Link::Open);
@@ -212,15 +172,10 @@ async fn outage_and_recovery(backend: Backend) {
             if reply.status == StatusCode::CREATED {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no recovery after {outage:?}: {reply:?}"
-            );
+            assert!(Instant::now() < deadline, "no recovery after {outage:?}: {reply:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        api.get("/api/v1/user/get-profile", Some(&alice.token))
-            .await
-            .data(StatusCode::OK);
+        api.get("/api/v1/user/get-profile", Some(&alice.token)).await.data(StatusCode::OK);
         eprintln!("{backend:?}: ready {recovered:?} after the {outage:?} link was restored");
     }
     let messages = api.all_message_ids(&alice, &bob).await;

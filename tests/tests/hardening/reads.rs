@@ -191,7 +191,13 @@ async fn user_searches_are_rate_limited_per_user_and_listing_is_not() {
     }
     // Another user has an allowance of their own; the prefix finds Alice.
     let found = api.get(&search("ALI"), Some(&bob.token)).await;
-    let names: Vec<&str> = found.data(StatusCode::OK).as_array().unwrap().iter().filter_map(|u| u["username"].as_str()).collect();
+    let names: Vec<&str> = found
+        .data(StatusCode::OK)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["username"].as_str())
+        .collect();
     assert_eq!(names, [alice.username.as_str()]);
     // The allowance comes back.
     tokio::time::sleep(Duration::from_millis(500)).await;

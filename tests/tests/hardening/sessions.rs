@@ -8,10 +8,7 @@ const REVOKED_WITHIN: Duration = Duration::from_secs(1);
 
 /// A Socket.IO socket over the WebSocket transport, joined to the main namespace.
 async fn socketio(api: &Api, token: &str) -> Ws {
-    let url = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}",
-        api.port
-    );
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", api.port);
     let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
         .await
         .expect("the handshake answers")
@@ -263,9 +260,12 @@ async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(format!("127.0.0.1:{}", api.port).parse().unwrap()).await.unwrap();
     let client_port = stream.local_addr().unwrap().port();
-    let (_ws, _) = tokio_tungstenite::client_async(format!("{}?token={}", api.ws_url(), stalled.token), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("the handshake succeeds");
+    let (_ws, _) = tokio_tungstenite::client_async(
+        format!("{}?token={}", api.ws_url(), stalled.token),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("the handshake succeeds");
     assert!(server_end_established(api.port, client_port));
 
     // 20 kB a message: far more than every buffer and the queue hold, so it is evicted.

@@ -7,13 +7,13 @@ use super::*;
 async fn stalled_ws(api: &Api, token: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(format!("127.0.0.1:{}", api.port).parse().unwrap())
-        .await
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("{}?token={token}", api.ws_url()), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("the handshake succeeds");
+    let stream = socket.connect(format!("127.0.0.1:{}", api.port).parse().unwrap()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("{}?token={token}", api.ws_url()),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("the handshake succeeds");
     ws
 }
 
@@ -45,16 +45,10 @@ async fn a_stalled_socket_is_evicted_while_live_delivery_stays_fast() {
     let mut evicted_at: Option<usize> = None;
     // Past the eviction, a few more sends show delivery to others is unaffected.
     while evicted_at.is_none_or(|at| sent < at + 20) {
-        assert!(
-            sent < 1500,
-            "{sent} messages sent and the stalled socket is still registered"
-        );
+        assert!(sent < 1500, "{sent} messages sent and the stalled socket is still registered");
         let started = Instant::now();
         let reply = api.send(&live_user.token, &stalled_user.id, &text).await;
-        let id = reply.data(StatusCode::CREATED)["_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = reply.data(StatusCode::CREATED)["_id"].as_str().unwrap().to_owned();
         sent += 1;
         let arrived = loop {
             match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
@@ -76,10 +70,7 @@ async fn a_stalled_socket_is_evicted_while_live_delivery_stays_fast() {
             }
         };
         let latency = arrived - started;
-        assert!(
-            latency < Duration::from_secs(1),
-            "message {sent} took {latency:?}"
-        );
+        assert!(latency < Duration::from_secs(1), "message {sent} took {latency:?}");
         worst = worst.max(latency);
     }
     reader.abort();
@@ -102,13 +93,7 @@ async fn a_stalled_socket_is_evicted_while_live_delivery_stays_fast() {
         }
     })
     .await;
-    assert!(
-        ended.is_ok(),
-        "the stalled socket was never closed ({received} frames read)"
-    );
-    assert!(
-        received < sent,
-        "the stalled socket got all {sent} messages: it was never evicted"
-    );
+    assert!(ended.is_ok(), "the stalled socket was never closed ({received} frames read)");
+    assert!(received < sent, "the stalled socket got all {sent} messages: it was never evicted");
     eprintln!("evicted after {evicted_at:?} of {sent} messages; worst live latency {worst:?}");
 }

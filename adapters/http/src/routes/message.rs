@@ -12,8 +12,8 @@ use crate::dto::{
 };
 use crate::error::ApiError;
 use crate::openapi::{
-    ForeignOrigin, IdempotencyKeyReused, NotFound, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unauthenticated, Unavailable,
-    Validation,
+    ForeignOrigin, IdempotencyKeyReused, NotFound, PayloadTooLarge, RateLimited, Unauthenticated,
+    Unavailable, UnsupportedMediaType, Validation,
 };
 use crate::state::AppState;
 
@@ -91,18 +91,14 @@ fn client_message_id<'a>(
                 .to_str()
                 .map_err(|_| ApiError::invalid_field("clientMessageId", "must be visible ASCII"))?
                 .trim();
-            let unquoted = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
+            let unquoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
             Some(unquoted)
         }
     };
     match (header, in_body) {
-        (Some(header), Some(body)) if header != body => Err(ApiError::invalid_field(
-            "clientMessageId",
-            "differs from the Idempotency-Key header",
-        )),
+        (Some(header), Some(body)) if header != body => {
+            Err(ApiError::invalid_field("clientMessageId", "differs from the Idempotency-Key header"))
+        }
         (header, body) => Ok(body.or(header)),
     }
 }
@@ -209,7 +205,8 @@ pub async fn conversations(
     if let Some(cursor) = &page.next_cursor {
         response.insert_header(("X-Next-Cursor", cursor.as_str()));
     }
-    let list: Vec<ConversationSummaryDto> = page.conversations.iter().map(ConversationSummaryDto::from).collect();
+    let list: Vec<ConversationSummaryDto> =
+        page.conversations.iter().map(ConversationSummaryDto::from).collect();
     Ok(response.json(Envelope::data(list)))
 }
 

@@ -68,16 +68,13 @@ pub fn app(
         .configure(|config| {
             // Off: `/metrics` is an unknown path (404) like any other.
             if metrics {
-                config.service(
-                    resource("/metrics", "GET").route(web::get().to(crate::metrics::render)),
-                );
+                config.service(resource("/metrics", "GET").route(web::get().to(crate::metrics::render)));
             }
         })
         .service(resource("/ws", "GET").route(web::get().to(ws::upgrade)))
         // The OpenAPI document of the routes below, and a page rendering it.
         .service(
-            resource("/api-docs/openapi.json", "GET")
-                .route(web::get().to(crate::openapi::serve_document)),
+            resource("/api-docs/openapi.json", "GET").route(web::get().to(crate::openapi::serve_document)),
         )
         .service(resource("/api-docs/", "GET").route(web::get().to(crate::openapi::serve_page)))
         .configure(crate::openapi::configure_assets)
@@ -97,9 +94,7 @@ pub fn app(
                         .service(resource("/login", "POST").route(web::post().to(user::login)))
                         .service(resource("/logout", "POST").route(web::post().to(user::logout)))
                         .service(resource("/get-profile", "GET").route(web::get().to(user::profile)))
-                        .service(
-                            resource("/get-other-users", "GET").route(web::get().to(user::other_users)),
-                        ),
+                        .service(resource("/get-other-users", "GET").route(web::get().to(user::other_users))),
                 )
                 .service(
                     web::scope("/message")
@@ -178,7 +173,9 @@ fn json_error(error: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
             ApiError::payload_too_large(limit)
         }
-        JsonPayloadError::Payload(e) if crate::connections::is_body_timeout(&e) => ApiError::request_timeout(),
+        JsonPayloadError::Payload(e) if crate::connections::is_body_timeout(&e) => {
+            ApiError::request_timeout()
+        }
         JsonPayloadError::Deserialize(e) => ApiError::validation(format!("invalid JSON body: {e}")),
         JsonPayloadError::ContentType => ApiError::unsupported_media_type(),
         _ => ApiError::validation("invalid JSON body"),

@@ -5,9 +5,14 @@ use domain::{Avatar, FullName, Password, Username};
 
 use super::required;
 use crate::auth::{token_cookie, CurrentUser};
-use crate::dto::{Envelope, LoggedInDto, LoginRequest, Null, RegisterRequest, RegisteredDto, UserDto, UsersQuery};
+use crate::dto::{
+    Envelope, LoggedInDto, LoginRequest, Null, RegisterRequest, RegisteredDto, UserDto, UsersQuery,
+};
 use crate::error::ApiError;
-use crate::openapi::{Conflict, ForeignOrigin, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unauthenticated, Unavailable, Validation};
+use crate::openapi::{
+    Conflict, ForeignOrigin, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable,
+    UnsupportedMediaType, Validation,
+};
 use crate::state::AppState;
 
 /// Creates an account and logs it in.
@@ -38,12 +43,12 @@ pub async fn register(
     state.limits.register(&req)?;
     let account = NewAccount::try_from(body.into_inner())?;
     let (user, token) = state.accounts.register(account).await?;
-    Ok(HttpResponse::Created()
-        .cookie(token_cookie(&state.settings.cookie, &token.token, false))
-        .json(Envelope::with_message(
+    Ok(HttpResponse::Created().cookie(token_cookie(&state.settings.cookie, &token.token, false)).json(
+        Envelope::with_message(
             "user registered",
             RegisteredDto { new_user: UserDto::from(&user), token: token.token },
-        )))
+        ),
+    ))
 }
 
 /// A registration as the sign-up form sends it, checked field by field in the form's
@@ -64,7 +69,13 @@ impl TryFrom<RegisterRequest> for NewAccount {
             username: Username::parse(username)?,
             password: Password::parse(password)?,
             gender: body.gender.as_deref().filter(|g| !g.is_empty()).map(str::parse).transpose()?,
-            avatar: body.avatar.as_deref().map(str::trim).filter(|a| !a.is_empty()).map(Avatar::parse).transpose()?,
+            avatar: body
+                .avatar
+                .as_deref()
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(Avatar::parse)
+                .transpose()?,
         })
     }
 }
@@ -105,12 +116,9 @@ pub async fn login(
         attempt.failed()?;
     }
     let (user, token) = outcome?;
-    Ok(HttpResponse::Ok()
-        .cookie(token_cookie(&state.settings.cookie, &token.token, false))
-        .json(Envelope::with_message(
-            "logged in",
-            LoggedInDto { user: UserDto::from(&user), token: token.token },
-        )))
+    Ok(HttpResponse::Ok().cookie(token_cookie(&state.settings.cookie, &token.token, false)).json(
+        Envelope::with_message("logged in", LoggedInDto { user: UserDto::from(&user), token: token.token }),
+    ))
 }
 
 /// Revokes the token (cookie or header alike) and clears the cookie.
@@ -228,14 +236,20 @@ mod tests {
         assert_eq!(account.username.as_str(), "Alice");
         assert_eq!(account.password.expose(), "correct horse");
         assert_eq!(account.gender, Some(Gender::Female));
-        assert_eq!(account.avatar.map(|a| a.as_str().to_owned()).as_deref(), Some("https://example.com/me.png"));
+        assert_eq!(
+            account.avatar.map(|a| a.as_str().to_owned()).as_deref(),
+            Some("https://example.com/me.png")
+        );
     }
 
     #[test]
     fn an_empty_gender_and_a_blank_avatar_are_left_to_the_defaults() {
-        let account =
-            NewAccount::try_from(RegisterRequest { gender: Some(String::new()), avatar: Some("  ".into()), ..form() })
-                .unwrap();
+        let account = NewAccount::try_from(RegisterRequest {
+            gender: Some(String::new()),
+            avatar: Some("  ".into()),
+            ..form()
+        })
+        .unwrap();
         assert_eq!((account.gender, account.avatar.is_none()), (None, true));
     }
 
@@ -244,7 +258,10 @@ mod tests {
         let cases = [
             (RegisterRequest { full_name: Some(" ".into()), ..form() }, "fullName"),
             (RegisterRequest { username: Some("a b".into()), ..form() }, "username"),
-            (RegisterRequest { password: Some("short".into()), confirm_password: None, ..form() }, "password"),
+            (
+                RegisterRequest { password: Some("short".into()), confirm_password: None, ..form() },
+                "password",
+            ),
             (RegisterRequest { gender: Some("robot".into()), ..form() }, "gender"),
             (RegisterRequest { avatar: Some("ftp://x".into()), ..form() }, "avatar"),
             (RegisterRequest { confirm_password: Some("other".into()), ..form() }, "confirmPassword"),
@@ -258,7 +275,8 @@ mod tests {
     fn missing_fields_are_reported_before_any_rule() {
         let no_password = RegisterRequest { full_name: Some(" ".into()), password: None, ..form() };
         assert_eq!(refusal(no_password), "VALIDATION password is required");
-        let mismatch = RegisterRequest { username: Some("a b".into()), confirm_password: Some("x".into()), ..form() };
+        let mismatch =
+            RegisterRequest { username: Some("a b".into()), confirm_password: Some("x".into()), ..form() };
         assert_eq!(refusal(mismatch), "VALIDATION confirmPassword does not match password");
     }
 }

@@ -48,8 +48,7 @@ const ASSETS: &[Asset] = &[
 /// Registers the page and its assets.
 pub fn configure(config: &mut web::ServiceConfig) {
     config.service(
-        resource(INDEX.path)
-            .route(readable().to(|req: HttpRequest| async move { serve(&req, &INDEX) })),
+        resource(INDEX.path).route(readable().to(|req: HttpRequest| async move { serve(&req, &INDEX) })),
     );
     for asset in ASSETS {
         config.service(
@@ -61,8 +60,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 /// A resource that answers other methods with the envelope rather than a bare 405.
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path)
-        .default_service(web::to(|| async { ApiError::method_not_allowed().error_response() }))
+    web::resource(path).default_service(web::to(|| async { ApiError::method_not_allowed().error_response() }))
 }
 
 /// GET, and HEAD (answered with the same headers and no body).
@@ -83,10 +81,7 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
     response
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-        ));
+        .insert_header((header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)));
     if fresh {
         response.finish()
     } else {
