@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use domain::UserId;
 
+use crate::found_once::FoundOnce;
 use crate::ports::{RepoResult, UserRepository};
 
 /// Looks users up through the repository and remembers those found. Ids not found are not
 /// remembered: the user may register a moment later, on this instance or another.
 pub(crate) struct KnownUsers {
     users: Arc<dyn UserRepository>,
-    found: moka::sync::Cache<UserId, ()>,
+    found: FoundOnce<UserId>,
 }
 
 impl KnownUsers {
@@ -19,19 +20,12 @@ impl KnownUsers {
     const CAPACITY: u64 = 100_000;
 
     pub(crate) fn new(users: Arc<dyn UserRepository>) -> Self {
-        Self { users, found: moka::sync::Cache::new(Self::CAPACITY) }
+        Self { users, found: FoundOnce::new(Self::CAPACITY) }
     }
 
     /// Whether `id` names a user.
     pub(crate) async fn exists(&self, id: &UserId) -> RepoResult<bool> {
-        if self.found.contains_key(id) {
-            return Ok(true);
-        }
-        let exists = self.users.find_by_id(id).await?.is_some();
-        if exists {
-            self.found.insert(id.clone(), ());
-        }
-        Ok(exists)
+        self.found.check(id, || async { Ok(self.users.find_by_id(id).await?.is_some()) }).await
     }
 }
 

@@ -9,6 +9,7 @@ pub mod accounts;
 mod error;
 #[cfg(test)]
 mod fixtures;
+mod found_once;
 mod known_users;
 pub mod messaging;
 pub mod paging;

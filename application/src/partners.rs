@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use domain::ParticipantPair;
 
+use crate::found_once::FoundOnce;
 use crate::ports::{ConversationRepository, RepoResult};
 
 /// Looks pairs up through the repository and remembers those that share a conversation
@@ -14,7 +15,7 @@ use crate::ports::{ConversationRepository, RepoResult};
 /// per-socket frame budget bounds (a notice aimed at random ids would cost as much anyway).
 pub(crate) struct Partners {
     conversations: Arc<dyn ConversationRepository>,
-    known: moka::sync::Cache<ParticipantPair, ()>,
+    known: FoundOnce<ParticipantPair>,
 }
 
 impl Partners {
@@ -22,19 +23,14 @@ impl Partners {
     const CAPACITY: u64 = 100_000;
 
     pub(crate) fn new(conversations: Arc<dyn ConversationRepository>) -> Self {
-        Self { conversations, known: moka::sync::Cache::new(Self::CAPACITY) }
+        Self { conversations, known: FoundOnce::new(Self::CAPACITY) }
     }
 
     /// Whether the pair has a conversation, that is at least one message between them.
     pub(crate) async fn share_conversation(&self, pair: &ParticipantPair) -> RepoResult<bool> {
-        if self.known.contains_key(pair) {
-            return Ok(true);
-        }
-        let share = self.conversations.find_by_participants(pair).await?.is_some();
-        if share {
-            self.known.insert(pair.clone(), ());
-        }
-        Ok(share)
+        self.known
+            .check(pair, || async { Ok(self.conversations.find_by_participants(pair).await?.is_some()) })
+            .await
     }
 }
 
