@@ -549,9 +549,19 @@ mod tests {
                     prop_assert_eq!(name.as_str(), raw.trim());
                     prop_assert!((1..=64).contains(&name.as_str().chars().count()));
                 }
-                Err(_) => {
-                    let n = raw.trim().chars().count();
-                    prop_assert!(n == 0 || n > 64);
+                // Only the length errors speak of the length; the visibility rules have
+                // their own properties below.
+                Err(FullNameError::Empty) => prop_assert_eq!(raw.trim().chars().count(), 0),
+                Err(FullNameError::TooLong { .. }) => prop_assert!(raw.trim().chars().count() > 64),
+                Err(FullNameError::ControlCharacter) => {
+                    prop_assert!(raw.trim().chars().any(char::is_control))
+                }
+                Err(FullNameError::InvisibleCharacter | FullNameError::InvisibleStart) => {
+                    let trimmed = raw.trim();
+                    prop_assert!(
+                        trimmed.chars().any(text::is_hidden)
+                            || trimmed.chars().next().is_some_and(|c| !text::is_visible(c))
+                    );
                 }
             }
         }
