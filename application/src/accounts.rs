@@ -88,7 +88,8 @@ impl AccountService {
 
     pub async fn register(&self, input: NewAccount) -> Result<(User, IssuedToken), AccountError> {
         let NewAccount { full_name, username, password, gender, avatar } = input;
-        let avatar = avatar.unwrap_or_else(|| Avatar::default_for(&username, gender));
+        let id = UserId::generate();
+        let avatar = avatar.unwrap_or_else(|| Avatar::default_for(&id));
 
         // Fail fast on a taken name before paying for a hash; the unique index still
         // decides races below.
@@ -98,7 +99,7 @@ impl AccountService {
         let password_hash = self.hasher.hash(&password).await?;
         let now = self.clock.now();
         let user = User {
-            id: UserId::generate(),
+            id,
             full_name,
             username,
             gender,
@@ -323,10 +324,11 @@ mod tests {
 
     fn user(name: &str) -> User {
         let username = Username::parse(name).unwrap();
+        let id = UserId::generate();
         User {
-            id: UserId::generate(),
+            avatar: Avatar::default_for(&id),
+            id,
             full_name: FullName::parse("Some One").unwrap(),
-            avatar: Avatar::default_for(&username, None),
             username,
             gender: None,
             password_hash: PasswordHash::new("stored-hash".into()),
@@ -361,7 +363,7 @@ mod tests {
                     && u.full_name.as_str() == "Alice Liddell"
                     && u.password_hash.as_str() == "hashed"
                     && u.gender == Some(Gender::Female)
-                    && u.avatar.as_str().contains("girl?username=Alice")
+                    && u.avatar == Avatar::default_for(&u.id)
                     && u.created_at == now()
             })
             .times(1)

@@ -8,7 +8,7 @@ pub(crate) fn user_with_id(id: &UserId, at: Timestamp) -> User {
     User {
         id: id.clone(),
         full_name: FullName::parse("Some One").unwrap(),
-        avatar: Avatar::default_for(&username, None),
+        avatar: Avatar::default_for(id),
         username,
         gender: None,
         password_hash: PasswordHash::new("h".into()),

@@ -114,15 +114,17 @@ impl MessagingService {
             id: MessageId::generate(),
             conversation_id: conversation.id.clone(),
             sender_id: sender.clone(),
-            receiver_id: receiver.clone(),
+            receiver_id: Some(receiver.clone()),
             body,
+            system: None,
+            seq: 0,
             created_at: now,
             client_id,
         };
         let stored = match self.messages.append(&conversation, &message).await? {
             Appended::Created(stored) => stored,
             Appended::Existing(earlier) => {
-                return if earlier.message.same_content(&message.receiver_id, &message.body) {
+                return if earlier.message.same_content(&message) {
                     Ok(Sent { message: earlier.message, created: false })
                 } else {
                     Err(MessagingError::ClientIdReused)

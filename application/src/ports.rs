@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Password, PasswordHash,
-    Timestamp, User, UserId, Username,
+    Chat, Conversation, ConversationId, Cursor, Group, Member, Message, MessageId, ParticipantPair, Password,
+    PasswordHash, Seq, SystemEvent, Timestamp, User, UserId, Username,
 };
 
 /// What a repository call can end in besides success.
@@ -32,8 +32,17 @@ impl RepoError {
 
 pub type RepoResult<T> = Result<T, RepoError>;
 
+mod groups;
 mod records;
-pub use records::{stored_cursor, ConversationRecord, MessageRecord, UserRecord};
+pub use groups::{
+    Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed,
+};
+#[cfg(any(test, feature = "mocks"))]
+pub use groups::MockGroupRepository;
+pub use records::{
+    stored_cursor, stored_seq, system_json, ConversationRecord, GroupRecord, MemberRecord, MessageRecord,
+    NoticeRecord, UserRecord,
+};
 
 /// Which users a listing returns: everyone but `exclude`, ordered by lower-cased username.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +124,21 @@ pub trait UserRepository: Send + Sync {
     async fn list(&self, query: &UserQuery) -> RepoResult<Vec<User>>;
 }
 
-/// A conversation with its most recent message, for the conversation list.
+/// A conversation with its most recent entry and the reader's membership (role and read
+/// position), for the conversation list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationSummary {
-    pub conversation: Conversation,
+    pub conversation: Chat,
     pub last_message: Option<Message>,
+    pub me: Member,
+}
+
+impl ConversationSummary {
+    /// Entries after my read position: exact, since every entry takes the next seq and my
+    /// own sends and changes move my read position past them.
+    pub fn unread(&self) -> u64 {
+        self.me.unread(self.conversation.last_seq())
+    }
 }
 
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -132,6 +151,12 @@ pub trait ConversationRepository: Send + Sync {
 
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>>;
 
+    /// The conversation (of either kind) with this id.
+    async fn find(&self, id: &ConversationId) -> RepoResult<Option<Chat>>;
+
+    /// `user`'s membership of the conversation (of either kind): `None` if not a member.
+    async fn member(&self, conversation: &ConversationId, user: &UserId) -> RepoResult<Option<Member>>;
+
     /// The pair's conversation with its newest `limit` messages with an id below `before`
     /// (all when `None`), oldest first; `None` while the pair has no conversation. The
     /// conversation and its messages are read together (one query where the store can),
@@ -143,9 +168,9 @@ pub trait ConversationRepository: Send + Sync {
         limit: u32,
     ) -> RepoResult<Option<ConversationPage>>;
 
-    /// Up to `limit` of the user's conversations with their last message, in
-    /// [`ConversationKey`] order (most recently updated first), after `after` (from the
-    /// first when `None`).
+    /// Up to `limit` of the conversations (of both kinds) the user is a member of, with
+    /// their last entry and the user's membership, in [`ConversationKey`] order (most
+    /// recently updated first), after `after` (from the first when `None`).
     async fn page_for_user(
         &self,
         user: &UserId,
@@ -187,9 +212,9 @@ impl ConversationSummary {
     /// with a smaller key.
     pub fn key(&self) -> ConversationKey {
         ConversationKey {
-            updated_at: self.conversation.updated_at,
+            updated_at: self.conversation.updated_at(),
             last_message: self.last_message.as_ref().map(|m| m.id.clone()),
-            id: self.conversation.id.clone(),
+            id: self.conversation.id().clone(),
         }
     }
 }
@@ -214,7 +239,7 @@ impl StoredMessage {
     pub fn cursor_for(&self, user: &UserId) -> Option<Cursor> {
         if user == &self.message.sender_id {
             Some(self.sender_cursor)
-        } else if user == &self.message.receiver_id {
+        } else if self.message.receiver_id.as_ref() == Some(user) {
             Some(self.receiver_cursor)
         } else {
             None
@@ -232,11 +257,68 @@ pub enum Appended {
     Existing(StoredMessage),
 }
 
-/// One message of a user's stream, at its position.
+/// What [`MessageRepository::append_to_group`] ended in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupAppended {
+    /// Stored at the group's next seq (in `message.seq`); `version` is the group's
+    /// membership version it was stored under: its members then are the ones who get it.
+    Created { message: Message, version: u64 },
+    /// The sender had already stored a message with the same client id: this one.
+    Existing(Message),
+    /// The sender is not a member of the group (any more): nothing was stored.
+    NotMember,
+}
+
+/// What [`MessageRepository::mark_read`] ended in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadMoved {
+    /// The read position moved forward to `seq`; a [`Notice::Read`] took `cursor` in the
+    /// reader's stream.
+    Moved { seq: Seq, cursor: Cursor },
+    /// The read position was already at or past the message: nothing changed.
+    NotAhead { seq: Seq },
+    /// No such message in the conversation (or not one the reader can see).
+    UnknownMessage,
+    /// The user is not a member of the conversation.
+    NotMember,
+}
+
+/// A user's stream also records what changed about their groups and their reads, so that a
+/// device that resumes from a cursor learns those changes in order too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The user became a member of `group` with the entry at `seq` (their first visible one).
+    Joined { group: ConversationId, seq: Seq },
+    /// The user stopped being a member of `group` with the entry at `seq` (their last visible
+    /// one).
+    Left { group: ConversationId, seq: Seq },
+    /// The user read `conversation` up to the entry `message_id` at `seq`.
+    Read { conversation: ConversationId, seq: Seq, message_id: MessageId },
+}
+
+/// What one position of a user's stream holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEntry {
+    /// A direct message the user sent or received.
+    Message(Message),
+    Notice(Notice),
+}
+
+/// One entry of a user's stream, at its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamItem {
     pub cursor: Cursor,
-    pub message: Message,
+    pub entry: StreamEntry,
+}
+
+impl StreamItem {
+    /// The direct message at this position, if it holds one.
+    pub fn message(&self) -> Option<&Message> {
+        match &self.entry {
+            StreamEntry::Message(message) => Some(message),
+            StreamEntry::Notice(_) => None,
+        }
+    }
 }
 
 /// The leading run of `items` (sorted by cursor) at consecutive positions right after
@@ -260,12 +342,15 @@ pub fn consecutive_after(after: Cursor, mut items: Vec<StreamItem>) -> Vec<Strea
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait MessageRepository: Send + Sync {
-    /// Stores `message` durably (when this returns `Ok`, it survives a crash), in one atomic
-    /// step with:
-    /// - its conversation: if the pair has none, `conversation` is stored and the message
-    ///   joins it; otherwise the message joins the pair's conversation (its
-    ///   `conversation_id` is replaced) and the conversation's `updated_at` moves forward to
-    ///   the message's `created_at`;
+    /// Stores the direct `message` durably (when this returns `Ok`, it survives a crash), in
+    /// one atomic step with:
+    /// - its conversation: if the pair has none, `conversation` is stored with both users as
+    ///   members (role `member`, joined at seq 1, nothing read) and the message joins it;
+    ///   otherwise the message joins the pair's conversation (its `conversation_id` is
+    ///   replaced) and the conversation's `updated_at` moves forward to the message's
+    ///   `created_at`;
+    /// - the conversation's next seq (in the returned message's `seq`, and the
+    ///   conversation's `last_seq`), and the sender's read position moved to it;
     /// - the next position in the sender's stream and in the receiver's stream. A position
     ///   becomes readable only after every earlier position of the same stream is readable
     ///   (a transaction that commits later never holds an earlier position), so streams
@@ -276,17 +361,48 @@ pub trait MessageRepository: Send + Sync {
     /// when both appends race). Returns `Conflict` if the message id exists.
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended>;
 
-    /// The newest `limit` messages of the conversation with an id below `before` (all when
-    /// `None`), returned oldest first.
+    /// Stores the group message `message` (its `conversation_id` names the group) at the
+    /// group's next seq, in one atomic step with: the group's `last_seq`, `updated_at` and
+    /// last message, and the sender's read position moved to it — if the sender is a member
+    /// at that moment ([`GroupAppended::NotMember`] otherwise). A position becomes readable
+    /// only after every earlier seq of the group is (as for streams). Client ids behave as
+    /// in [`append`](Self::append), across all conversations of the sender.
+    async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended>;
+
+    /// The newest `limit` entries of the conversation with an id below `before` (all when
+    /// `None`) and a seq at or above `from_seq`, returned oldest first.
     async fn list_by_conversation(
         &self,
         conversation: &ConversationId,
+        from_seq: Seq,
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Vec<Message>>;
 
-    /// Up to `limit` messages of `user`'s stream after position `after`, in stream order:
-    /// consecutive positions starting right after `after`.
+    /// Up to `limit` entries of the conversation with a seq after `after` and at most
+    /// `until` (no bound when `None`), in seq order: consecutive seqs from `after + 1` on
+    /// (a store stops before a hole rather than skip it).
+    async fn entries(
+        &self,
+        conversation: &ConversationId,
+        after: Seq,
+        until: Option<Seq>,
+        limit: u32,
+    ) -> RepoResult<Vec<Message>>;
+
+    /// Moves `user`'s read position in the conversation forward to the entry `up_to`, never
+    /// back (of two racing moves the higher one stays), and when it moved appends a
+    /// [`Notice::Read`] to the user's stream, in one atomic step.
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        up_to: &MessageId,
+    ) -> RepoResult<ReadMoved>;
+
+    /// Up to `limit` entries of `user`'s stream (direct messages and notices) after
+    /// position `after`, in stream order: consecutive positions starting right after
+    /// `after`.
     async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>>;
 
     /// The last position of `user`'s stream (`Cursor::START` while it is empty).
@@ -387,19 +503,53 @@ impl Clock for SystemClock {
     }
 }
 
+/// Where a `typing` event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypingTarget {
+    User(UserId),
+    Group(ConversationId),
+}
+
 /// A real-time event for users' open connections.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A new message, for one of its participants: `cursor` is its position in that
+    /// A new direct message, for one of its participants: `cursor` is its position in that
     /// participant's stream.
     NewMessage {
         message: Message,
         cursor: Cursor,
     },
+    /// A new entry of a group (a message or a system entry), for the members at membership
+    /// `version` (see [`Notifier::notify_group`]).
+    GroupMessage {
+        message: Message,
+        version: u64,
+    },
+    /// A notice appended to one user's stream at `cursor`.
+    Notice {
+        notice: Notice,
+        cursor: Cursor,
+    },
+    /// A group's name, members or roles changed (`change` says how); `version` is its new
+    /// membership version. Informational: the change is also an entry of the group.
+    ConversationUpdated {
+        group: Group,
+        version: u64,
+        member_count: u64,
+        change: SystemEvent,
+    },
+    /// `user` read `conversation` up to `up_to` (at `seq`): a read receipt for the other
+    /// members.
+    MessagesRead {
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+        up_to: MessageId,
+    },
     OnlineUsers(Vec<UserId>),
     Typing {
         from: UserId,
-        to: UserId,
+        to: TypingTarget,
         is_typing: bool,
     },
 }
@@ -416,6 +566,13 @@ pub struct NotifyError(#[source] pub anyhow::Error);
 pub trait Notifier: Send + Sync {
     /// To every connection of each of `users`.
     async fn notify(&self, users: &[UserId], event: &Event) -> Result<(), NotifyError>;
+
+    /// To every connection of the group's members — published once, whatever the group's
+    /// size: each instance delivers to its own connections of the members. For an event
+    /// that names a membership version ([`Event::GroupMessage`],
+    /// [`Event::ConversationUpdated`]) the members at that version or later; otherwise the
+    /// current ones.
+    async fn notify_group(&self, group: &ConversationId, event: &Event) -> Result<(), NotifyError>;
 
     /// To every connection of every user.
     async fn broadcast(&self, event: &Event) -> Result<(), NotifyError>;
@@ -482,15 +639,17 @@ mod tests {
     fn item(position: u64) -> StreamItem {
         StreamItem {
             cursor: Cursor::new(position).unwrap(),
-            message: Message {
+            entry: StreamEntry::Message(Message {
                 id: MessageId::generate(),
                 conversation_id: ConversationId::generate(),
                 sender_id: UserId::generate(),
-                receiver_id: UserId::generate(),
+                receiver_id: Some(UserId::generate()),
                 body: MessageBody::parse("hi").unwrap(),
+                system: None,
+                seq: 1,
                 created_at: Utc::now(),
                 client_id: None,
-            },
+            }),
         }
     }
 

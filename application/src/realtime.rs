@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::partners::Partners;
-use crate::ports::{ConversationRepository, Event, Notifier, Presence, RepoError};
+use crate::ports::{ConversationRepository, Event, Notifier, Presence, RepoError, TypingTarget};
 
 /// The shortest time between two broadcasts of the online list.
 pub const ANNOUNCE_WINDOW: Duration = Duration::from_millis(250);
@@ -92,7 +92,7 @@ impl RealtimeService {
                 return;
             }
         }
-        let event = Event::Typing { from: from.clone(), to: to.clone(), is_typing };
+        let event = Event::Typing { from: from.clone(), to: TypingTarget::User(to.clone()), is_typing };
         if let Err(error) = self.notifier.notify(std::slice::from_ref(to), &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use domain::{Conversation, Message, ParticipantPair, User, UserId, Username};
+use domain::{Chat, Conversation, Message, ParticipantPair, User, UserId, Username};
 
 use crate::ports::{
     Appended, ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
@@ -126,7 +126,10 @@ impl TransferService {
             let summaries =
                 self.conversations.list_for_user(user).await.map_err(storage("listing conversations"))?;
             for summary in summaries {
-                let conversation = summary.conversation;
+                // Groups are not carried by a dump yet: direct conversations only.
+                let Chat::Direct(conversation) = summary.conversation else {
+                    continue;
+                };
                 if !seen.insert(conversation.id.clone()) {
                     continue;
                 }
@@ -137,7 +140,7 @@ impl TransferService {
                 loop {
                     let page = self
                         .messages
-                        .list_by_conversation(&id, before.clone(), PAGE)
+                        .list_by_conversation(&id, 0, before.clone(), PAGE)
                         .await
                         .map_err(storage("listing messages"))?;
                     let full = page.len() == PAGE as usize;
@@ -164,7 +167,10 @@ impl TransferService {
         let with_rejected = match &record {
             Record::User(_) => false,
             Record::Conversation(c) => of_rejected([c.participants.first(), c.participants.second()]),
-            Record::Message(m) => of_rejected([&m.sender_id, &m.receiver_id]),
+            Record::Message(m) => match &m.receiver_id {
+                Some(receiver) => of_rejected([&m.sender_id, receiver]),
+                None => of_rejected([&m.sender_id, &m.sender_id]),
+            },
         };
         if with_rejected {
             stats.rejected_with_users += 1;
@@ -219,7 +225,10 @@ impl TransferService {
     }
 
     async fn append_imported(&self, message: &Message) -> Result<Appended, RepoError> {
-        let pair = ParticipantPair::new(message.sender_id.clone(), message.receiver_id.clone())
+        let receiver = message.receiver_id.clone().ok_or_else(|| {
+            RepoError::Unexpected(anyhow::anyhow!("message {}: a group message in a dump of direct ones", message.id))
+        })?;
+        let pair = ParticipantPair::new(message.sender_id.clone(), receiver)
             .map_err(|e| RepoError::Unexpected(anyhow::anyhow!("message {}: {e}", message.id)))?;
         // The conversation was imported before its messages; this stands in for it only if
         // the dump lacks it.
@@ -228,6 +237,7 @@ impl TransferService {
             participants: pair,
             created_at: message.created_at,
             updated_at: message.created_at,
+            last_seq: 0,
         };
         self.messages.append(&conversation, message).await
     }
@@ -263,10 +273,11 @@ mod tests {
 
     fn user(name: &str) -> User {
         let username = Username::parse(name).unwrap();
+        let id = UserId::generate();
         User {
-            id: UserId::generate(),
+            avatar: Avatar::default_for(&id),
+            id,
             full_name: FullName::parse(name).unwrap(),
-            avatar: Avatar::default_for(&username, None),
             username,
             gender: None,
             password_hash: PasswordHash::new(format!("$2b$04${HASH_BODY}")),

@@ -1,19 +1,21 @@
-//! The chat domain: entities (users, conversations, messages) and the validated value
+//! The chat domain: entities (users, direct and group conversations, messages) and the validated value
 //! types they are made of.
 //!
 //! Constructors validate, so a value that exists is a valid one. This crate does no IO and
 //! knows no runtime, database or web framework: it must not import tokio, actix, sqlx,
 //! mongodb or anything that talks to the outside world.
 
+mod group;
 mod ids;
 mod message;
 mod stream;
 pub mod text;
 mod user;
 
+pub use group::{Group, GroupName, GroupNameError, Member, Role, RoleError, Seq, SystemEvent};
 pub use ids::{ConversationId, IdError, MessageId, UserId};
-pub use message::{Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair};
-pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError};
+pub use message::{Chat, Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair};
+pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError, SyncCursor};
 pub use user::{
     Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError, PasswordHash,
     PasswordHashError, User, Username, UsernameError,

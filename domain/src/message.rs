@@ -1,8 +1,8 @@
-//! Conversations between two users and the messages in them.
+//! Direct conversations between two users, and the messages of every conversation.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{text, ClientMessageId, ConversationId, MessageId, Timestamp, UserId};
+use crate::{text, ClientMessageId, ConversationId, MessageId, Seq, SystemEvent, Timestamp, UserId};
 
 /// The text of a message: 1–5000 characters once trimmed, at least one of them visible (a
 /// message of zero-width or format characters looks empty), kept exactly as sent (no escaping:
@@ -112,38 +112,95 @@ impl ParticipantPair {
     }
 }
 
+/// A direct conversation: two users, both its members.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub id: ConversationId,
     pub participants: ParticipantPair,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The sequence number of its last message (0 while it has none).
+    pub last_seq: Seq,
 }
 
 impl Conversation {
     /// A conversation that starts now between the pair.
     pub fn start(participants: ParticipantPair, now: Timestamp) -> Self {
-        Self { id: ConversationId::generate(), participants, created_at: now, updated_at: now }
+        Self { id: ConversationId::generate(), participants, created_at: now, updated_at: now, last_seq: 0 }
     }
 }
 
+/// A conversation of either kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chat {
+    Direct(Conversation),
+    Group(crate::Group),
+}
+
+impl Chat {
+    pub fn id(&self) -> &ConversationId {
+        match self {
+            Chat::Direct(c) => &c.id,
+            Chat::Group(g) => &g.id,
+        }
+    }
+
+    pub fn updated_at(&self) -> Timestamp {
+        match self {
+            Chat::Direct(c) => c.updated_at,
+            Chat::Group(g) => g.updated_at,
+        }
+    }
+
+    pub fn last_seq(&self) -> Seq {
+        match self {
+            Chat::Direct(c) => c.last_seq,
+            Chat::Group(g) => g.last_seq,
+        }
+    }
+}
+
+/// An entry of a conversation: a message someone sent, or (in groups) a system entry that
+/// records a change of the group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub id: MessageId,
     pub conversation_id: ConversationId,
+    /// The author; of a system entry, the user who made the change.
     pub sender_id: UserId,
-    pub receiver_id: UserId,
+    /// The other user of a direct conversation; `None` in a group.
+    pub receiver_id: Option<UserId>,
+    /// The text; of a system entry, a sentence that says what changed.
     pub body: MessageBody,
+    /// `Some` for a system entry: what changed.
+    pub system: Option<SystemEvent>,
+    /// The entry's place in its conversation: 1, 2, 3, … in commit order. Assigned by the
+    /// store when the entry is appended (0 before).
+    pub seq: Seq,
     pub created_at: Timestamp,
     /// The sender's key for this message, when the send carried one.
     pub client_id: Option<ClientMessageId>,
 }
 
 impl Message {
-    /// Whether this message says `body` to `receiver`: what a retried send with the same
-    /// client message id must match.
-    pub fn same_content(&self, receiver: &UserId, body: &MessageBody) -> bool {
-        &self.receiver_id == receiver && &self.body == body
+    /// Whether this message says the same to the same conversation as `other`: what a
+    /// retried send with the same client message id must match.
+    pub fn same_content(&self, other: &Message) -> bool {
+        self.conversation_target() == other.conversation_target() && self.body == other.body
+    }
+
+    /// Where a send went: the receiver of a direct message, the group of a group message
+    /// (the conversation id of a direct message is only known once it is stored).
+    fn conversation_target(&self) -> (Option<&UserId>, Option<&ConversationId>) {
+        match &self.receiver_id {
+            Some(receiver) => (Some(receiver), None),
+            None => (None, Some(&self.conversation_id)),
+        }
+    }
+
+    /// Whether this is a message a user sent (not a system entry).
+    pub fn is_text(&self) -> bool {
+        self.system.is_none()
     }
 }
 

@@ -1,9 +1,12 @@
 //! Each user's message stream: every message the user sent or received, numbered in the
 //! order it was stored, so that a client can resume exactly where it stopped.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::{ConversationId, Seq};
 
 /// A position in one user's message stream: the n-th message stored for that user.
 ///
@@ -101,6 +104,70 @@ impl From<Cursor> for i64 {
     }
 }
 
+/// Where a client stands in everything it follows: its own stream (direct messages and the
+/// notices about its groups and reads) and, for each group it is a member of at that point of
+/// its stream, the last entry of the group it has had.
+///
+/// On the wire: the stream's cursor alone (`"42"`, the form every cursor had before groups
+/// existed, and still the form of a user in no group), or followed by one `~<group id>.<seq>`
+/// per group, in group id order (`"42~0190…-…-…-….7"`). Clients treat it as opaque.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct SyncCursor {
+    pub stream: Cursor,
+    pub groups: BTreeMap<ConversationId, Seq>,
+}
+
+impl SyncCursor {
+    /// Before everything.
+    pub const START: Self = Self { stream: Cursor::START, groups: BTreeMap::new() };
+
+    /// Longest text accepted: about 2,000 groups.
+    const MAX_TEXT: usize = 128 * 1024;
+
+    /// A cursor at `stream` in a user's stream who is in no group.
+    pub fn at(stream: Cursor) -> Self {
+        Self { stream, groups: BTreeMap::new() }
+    }
+
+    /// Parses a cursor a client handed back, canonical spelling only (groups in id order, each
+    /// once, numbers without leading zeros).
+    pub fn parse(raw: &str) -> Result<Self, CursorError> {
+        if raw.len() > Self::MAX_TEXT {
+            return Err(CursorError);
+        }
+        let mut parts = raw.split('~');
+        let stream = Cursor::parse(parts.next().unwrap_or_default())?;
+        let mut groups = BTreeMap::new();
+        let mut previous: Option<ConversationId> = None;
+        for part in parts {
+            let (id, seq) = part.rsplit_once('.').ok_or(CursorError)?;
+            let id = ConversationId::parse(id).map_err(|_| CursorError)?;
+            let seq = Cursor::parse(seq)?.position();
+            if previous.as_ref().is_some_and(|p| p >= &id) {
+                return Err(CursorError);
+            }
+            previous = Some(id.clone());
+            groups.insert(id, seq);
+        }
+        Ok(Self { stream, groups })
+    }
+
+    /// Absent or empty text is no cursor (see [`Cursor::parse_optional`]).
+    pub fn parse_optional(raw: Option<&str>) -> Result<Option<Self>, CursorError> {
+        raw.filter(|raw| !raw.is_empty()).map(Self::parse).transpose()
+    }
+}
+
+impl fmt::Display for SyncCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.stream)?;
+        for (group, seq) in &self.groups {
+            write!(f, "~{group}.{seq}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A sender's own key for one message, so that a retried send is stored once: the same key
 /// from the same sender always means the same message. 1–255 visible ASCII characters
 /// (a UUID is a good choice).
@@ -166,6 +233,34 @@ mod tests {
         }
         assert_eq!(Cursor::parse("0"), Ok(Cursor::START));
         assert_eq!(Cursor::parse("9223372036854775807").map(Cursor::position), Ok(i64::MAX as u64));
+    }
+
+    #[test]
+    fn a_sync_cursor_without_groups_is_a_plain_cursor() {
+        assert_eq!(SyncCursor::parse("42").unwrap(), SyncCursor::at(Cursor::new(42).unwrap()));
+        assert_eq!(SyncCursor::at(Cursor::new(42).unwrap()).to_string(), "42");
+        assert_eq!(SyncCursor::parse_optional(Some("")), Ok(None));
+    }
+
+    #[test]
+    fn a_sync_cursor_round_trips_with_its_groups_in_id_order() {
+        let (a, b) = (ConversationId::generate(), ConversationId::generate());
+        let cursor = SyncCursor { stream: Cursor::new(7).unwrap(), groups: [(a.clone(), 3), (b.clone(), 0)].into() };
+        let text = cursor.to_string();
+        assert_eq!(text, format!("7~{a}.3~{b}.0"));
+        assert_eq!(SyncCursor::parse(&text), Ok(cursor));
+        for raw in [
+            format!("7~{b}.0~{a}.3"),
+            format!("7~{a}.3~{a}.4"),
+            format!("7~{a}.03"),
+            format!("7~{a}"),
+            format!("7~{a}.-1"),
+            "7~nope.1".to_owned(),
+            "~".to_owned(),
+            format!("x~{a}.1"),
+        ] {
+            assert_eq!(SyncCursor::parse(&raw), Err(CursorError), "{raw:?}");
+        }
     }
 
     #[test]

@@ -173,7 +173,8 @@ impl FromStr for Gender {
     }
 }
 
-/// A picture URL (`http` or `https`), at most 2048 characters.
+/// A picture: an `http(s)` URL of the user's choosing, at most 2048 characters, or the
+/// server's own picture of a user (`/api/v1/user/<id>/avatar`, the default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Avatar(String);
@@ -188,7 +189,13 @@ pub enum AvatarError {
 
 impl Avatar {
     pub const MAX: usize = 2048;
+    /// Where the server serves the picture it draws for a user: `PREFIX <id> SUFFIX`.
+    const SERVED_PREFIX: &'static str = "/api/v1/user/";
+    const SERVED_SUFFIX: &'static str = "/avatar";
+    /// The outside service earlier versions made default avatars point at.
+    const FORMER_DEFAULT: &'static str = "https://avatar.iran.liara.run/";
 
+    /// A URL a user gives.
     pub fn parse(raw: &str) -> Result<Self, AvatarError> {
         let raw = raw.trim();
         if raw.len() > Self::MAX {
@@ -205,20 +212,30 @@ impl Avatar {
         Ok(Self(raw.to_owned()))
     }
 
-    /// The picture a user gets when they choose none: deterministic per username, in the
-    /// style of the original app (a boy/girl picture by gender, initials otherwise).
-    pub fn default_for(username: &Username, gender: Option<Gender>) -> Self {
-        let name = username.as_str();
-        let url = match gender {
-            Some(Gender::Male) => format!("https://avatar.iran.liara.run/public/boy?username={name}"),
-            Some(Gender::Female) => {
-                format!("https://avatar.iran.liara.run/public/girl?username={name}")
-            }
-            Some(Gender::Other) | None => {
-                format!("https://avatar.iran.liara.run/username?username={name}")
-            }
-        };
-        Self(url)
+    /// The picture a user gets when they choose none: the one the server draws for them
+    /// (initials on a colour of their id). It is on the server, so that showing a user list
+    /// tells no other site who is on it.
+    pub fn default_for(user: &UserId) -> Self {
+        Self(format!("{}{user}{}", Self::SERVED_PREFIX, Self::SERVED_SUFFIX))
+    }
+
+    /// The avatar to show for `owner`: as stored, except a default of earlier versions (a
+    /// URL of an outside service), which is shown as the server's own default instead.
+    pub fn shown_for(&self, owner: &UserId) -> Self {
+        if self.0.starts_with(Self::FORMER_DEFAULT) {
+            Self::default_for(owner)
+        } else {
+            self.clone()
+        }
+    }
+
+    /// An avatar read back from a store or a dump: a URL a user gave, or a default.
+    pub fn stored(raw: &str) -> Result<Self, AvatarError> {
+        let id = raw.strip_prefix(Self::SERVED_PREFIX).and_then(|rest| rest.strip_suffix(Self::SERVED_SUFFIX));
+        match id.map(UserId::parse) {
+            Some(Ok(id)) => Ok(Self::default_for(&id)),
+            _ => Self::parse(raw),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -229,7 +246,7 @@ impl Avatar {
 impl TryFrom<String> for Avatar {
     type Error = AvatarError;
     fn try_from(raw: String) -> Result<Self, Self::Error> {
-        Self::parse(&raw)
+        Self::stored(&raw)
     }
 }
 
@@ -515,12 +532,31 @@ mod tests {
     }
 
     #[test]
-    fn default_avatar_is_deterministic_per_username() {
-        let name = Username::parse("bob").unwrap();
-        let a = Avatar::default_for(&name, Some(Gender::Male));
-        assert_eq!(a, Avatar::default_for(&name, Some(Gender::Male)));
-        assert!(Avatar::parse(a.as_str()).is_ok());
-        assert_ne!(a, Avatar::default_for(&Username::parse("carol").unwrap(), Some(Gender::Male)));
+    fn default_avatar_is_the_servers_own_picture_of_the_user() {
+        let id = UserId::generate();
+        let avatar = Avatar::default_for(&id);
+        assert_eq!(avatar.as_str(), format!("/api/v1/user/{id}/avatar"));
+        assert_eq!(Avatar::stored(avatar.as_str()), Ok(avatar.clone()));
+        assert_ne!(avatar, Avatar::default_for(&UserId::generate()));
+    }
+
+    #[test]
+    fn a_user_gives_urls_and_only_stores_hold_the_servers_own_pictures() {
+        let own = Avatar::default_for(&UserId::generate());
+        assert_eq!(Avatar::parse(own.as_str()), Err(AvatarError::NotAUrl));
+        assert_eq!(Avatar::stored("https://example.com/a.png"), Avatar::parse("https://example.com/a.png"));
+        for raw in ["/api/v1/user/not-an-id/avatar", "/api/v1/user//avatar", "/avatar.png", "//evil.example/a"] {
+            assert_eq!(Avatar::stored(raw), Err(AvatarError::NotAUrl), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_former_outside_default_is_shown_as_the_servers_own_and_a_chosen_url_as_it_is() {
+        let id = UserId::generate();
+        let former = Avatar::parse("https://avatar.iran.liara.run/public/girl?username=alice").unwrap();
+        assert_eq!(former.shown_for(&id), Avatar::default_for(&id));
+        let chosen = Avatar::parse("https://example.com/me.png").unwrap();
+        assert_eq!(chosen.shown_for(&id), chosen);
     }
 
     proptest! {

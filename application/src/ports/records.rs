@@ -7,11 +7,11 @@
 //! not convert is corrupt data ([`RepoError::corrupt`]), never a client's fault.
 
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Message, MessageBody, MessageId,
-    ParticipantPair, PasswordHash, Timestamp, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Group, GroupName, Member, Message,
+    MessageBody, MessageId, ParticipantPair, PasswordHash, Seq, SystemEvent, Timestamp, User, UserId, Username,
 };
 
-use super::{RepoError, RepoResult, StoredMessage, StreamItem};
+use super::{Notice, RepoError, RepoResult, StoredMessage, StreamEntry, StreamItem};
 
 /// A stored user.
 pub struct UserRecord {
@@ -37,7 +37,7 @@ impl TryFrom<UserRecord> for User {
                 .map(|g| g.parse())
                 .transpose()
                 .map_err(|e| RepoError::corrupt("gender", e))?,
-            avatar: Avatar::parse(&record.avatar).map_err(|e| RepoError::corrupt("avatar", e))?,
+            avatar: Avatar::stored(&record.avatar).map_err(|e| RepoError::corrupt("avatar", e))?,
             password_hash: PasswordHash::new(record.password_hash),
             created_at: record.created_at,
             updated_at: record.updated_at,
@@ -45,12 +45,13 @@ impl TryFrom<UserRecord> for User {
     }
 }
 
-/// A stored conversation; the participants in any order.
+/// A stored direct conversation; the participants in any order.
 pub struct ConversationRecord {
     pub id: String,
     pub participants: [String; 2],
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    pub last_seq: i64,
 }
 
 impl TryFrom<ConversationRecord> for Conversation {
@@ -64,17 +65,75 @@ impl TryFrom<ConversationRecord> for Conversation {
             participants: ParticipantPair::new(a, b).map_err(|e| RepoError::corrupt("participants", e))?,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            last_seq: stored_seq(record.last_seq)?,
         })
     }
 }
 
-/// A stored message.
+/// A stored group.
+pub struct GroupRecord {
+    pub id: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_seq: i64,
+}
+
+impl TryFrom<GroupRecord> for Group {
+    type Error = RepoError;
+    fn try_from(record: GroupRecord) -> RepoResult<Self> {
+        Ok(Group {
+            id: conversation_id(&record.id)?,
+            name: GroupName::stored(&record.name).map_err(|e| RepoError::corrupt("group name", e))?,
+            created_by: UserId::parse(&record.created_by).map_err(|e| RepoError::corrupt("group creator", e))?,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            last_seq: stored_seq(record.last_seq)?,
+        })
+    }
+}
+
+/// A stored membership.
+pub struct MemberRecord {
+    pub user_id: String,
+    pub role: String,
+    pub joined_at: Timestamp,
+    pub joined_seq: i64,
+    pub read_seq: i64,
+    pub last_read_message_id: Option<String>,
+}
+
+impl TryFrom<MemberRecord> for Member {
+    type Error = RepoError;
+    fn try_from(record: MemberRecord) -> RepoResult<Self> {
+        Ok(Member {
+            user_id: UserId::parse(&record.user_id).map_err(|e| RepoError::corrupt("member id", e))?,
+            role: record.role.parse().map_err(|e| RepoError::corrupt("member role", e))?,
+            joined_at: record.joined_at,
+            joined_seq: stored_seq(record.joined_seq)?,
+            read_seq: stored_seq(record.read_seq)?,
+            last_read_message_id: record
+                .last_read_message_id
+                .as_deref()
+                .map(MessageId::parse)
+                .transpose()
+                .map_err(|e| RepoError::corrupt("last read message id", e))?,
+        })
+    }
+}
+
+/// A stored message or system entry.
 pub struct MessageRecord {
     pub id: String,
     pub conversation_id: String,
     pub sender_id: String,
-    pub receiver_id: String,
+    /// `None` in groups.
+    pub receiver_id: Option<String>,
     pub body: String,
+    /// A system entry's [`SystemEvent`] as JSON.
+    pub system: Option<String>,
+    pub seq: i64,
     pub created_at: Timestamp,
     pub client_id: Option<String>,
 }
@@ -86,9 +145,20 @@ impl TryFrom<MessageRecord> for Message {
             id: MessageId::parse(&record.id).map_err(|e| RepoError::corrupt("message id", e))?,
             conversation_id: conversation_id(&record.conversation_id)?,
             sender_id: UserId::parse(&record.sender_id).map_err(|e| RepoError::corrupt("sender id", e))?,
-            receiver_id: UserId::parse(&record.receiver_id)
+            receiver_id: record
+                .receiver_id
+                .as_deref()
+                .map(UserId::parse)
+                .transpose()
                 .map_err(|e| RepoError::corrupt("receiver id", e))?,
             body: MessageBody::stored(&record.body).map_err(|e| RepoError::corrupt("message body", e))?,
+            system: record
+                .system
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| RepoError::corrupt("system entry", e))?,
+            seq: stored_seq(record.seq)?,
             created_at: record.created_at,
             client_id: record
                 .client_id
@@ -107,6 +177,57 @@ fn conversation_id(stored: &str) -> RepoResult<ConversationId> {
 /// A stored stream position as a cursor.
 pub fn stored_cursor(position: i64) -> RepoResult<Cursor> {
     Cursor::try_from(position).map_err(|e| RepoError::corrupt("stream position", e))
+}
+
+/// A stored conversation sequence number.
+pub fn stored_seq(seq: i64) -> RepoResult<Seq> {
+    u64::try_from(seq).map_err(|e| RepoError::corrupt("sequence number", e))
+}
+
+/// A [`SystemEvent`] as stores keep it: JSON text.
+pub fn system_json(event: &SystemEvent) -> String {
+    serde_json::to_string(event).expect("a system event serializes")
+}
+
+/// A stored notice of a user's stream.
+pub struct NoticeRecord {
+    pub position: i64,
+    /// `joined`, `left` or `read`.
+    pub kind: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    /// Of a `read` notice.
+    pub message_id: Option<String>,
+}
+
+impl NoticeRecord {
+    /// The kind of `notice` as stored.
+    pub fn kind_of(notice: &Notice) -> &'static str {
+        match notice {
+            Notice::Joined { .. } => "joined",
+            Notice::Left { .. } => "left",
+            Notice::Read { .. } => "read",
+        }
+    }
+}
+
+impl TryFrom<NoticeRecord> for StreamItem {
+    type Error = RepoError;
+    fn try_from(record: NoticeRecord) -> RepoResult<Self> {
+        let conversation = conversation_id(&record.conversation_id)?;
+        let seq = stored_seq(record.seq)?;
+        let notice = match (record.kind.as_str(), record.message_id) {
+            ("joined", _) => Notice::Joined { group: conversation, seq },
+            ("left", _) => Notice::Left { group: conversation, seq },
+            ("read", Some(message_id)) => Notice::Read {
+                conversation,
+                seq,
+                message_id: MessageId::parse(&message_id).map_err(|e| RepoError::corrupt("read message id", e))?,
+            },
+            (kind, _) => return Err(RepoError::corrupt("notice", kind)),
+        };
+        Ok(StreamItem { cursor: stored_cursor(record.position)?, entry: StreamEntry::Notice(notice) })
+    }
 }
 
 impl StoredMessage {
@@ -138,9 +259,9 @@ impl StoredMessage {
 }
 
 impl StreamItem {
-    /// A message read back at its stored position in one user's stream.
+    /// A direct message read back at its stored position in one user's stream.
     pub fn at_position(position: i64, message: Message) -> RepoResult<Self> {
-        Ok(Self { cursor: stored_cursor(position)?, message })
+        Ok(Self { cursor: stored_cursor(position)?, entry: StreamEntry::Message(message) })
     }
 }
 
@@ -153,8 +274,10 @@ mod tests {
             id: MessageId::generate().as_str().to_owned(),
             conversation_id: ConversationId::generate().as_str().to_owned(),
             sender_id: UserId::generate().as_str().to_owned(),
-            receiver_id: UserId::generate().as_str().to_owned(),
+            receiver_id: Some(UserId::generate().as_str().to_owned()),
             body: "hi".into(),
+            system: None,
+            seq: 1,
             created_at: chrono::Utc::now(),
             client_id: None,
         }
