@@ -9,11 +9,12 @@
 //! for load.
 //!
 //! Each concern has its own state behind its own lock, taken for one synchronous step and
-//! never held across an `await`: users (`users`), conversations with their messages and
-//! streams, which a send changes together (`chats`), and revocations (`revocations`).
-//! One step under one lock is what makes a step atomic here, as a transaction is in a
-//! database: concurrent sends take stream positions one after the other, so streams have
-//! no holes, and racing sends with one client id store one message.
+//! never held across an `await`: users (`users`), conversations of both kinds with their
+//! members, entries and streams, which a send, a read or a group change moves together
+//! (`chats`), and revocations (`revocations`). One step under one lock is what makes a step
+//! atomic here, as a transaction is in a database: concurrent sends take stream positions
+//! and a conversation's seqs one after the other, so neither has holes, racing sends with
+//! one client id store one message, and a send after a member's removal finds them gone.
 //!
 //! This crate implements the application's ports; it must not know about HTTP, sockets or
 //! other stores.
