@@ -98,7 +98,7 @@ impl TryFrom<Line> for Record {
                     // Names and messages are taken under the rules they were made with.
                     full_name: FullName::stored(&full_name).context("fullName")?,
                     gender,
-                    avatar: Avatar::parse(&avatar).context("avatar")?,
+                    avatar: Avatar::stored(&avatar).context("avatar")?,
                     password_hash: PasswordHash::new(password_hash),
                     created_at: parse_time(&created_at)?,
                     updated_at: parse_time(&updated_at)?,

@@ -124,12 +124,13 @@ async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fai
     // A malformed hash that reached the store some other way: the login is refused, not a 500.
     let storage = server::open_storage(&target.settings).await.expect("store opens");
     let planted = domain::Username::parse("planted").unwrap();
+    let planted_id = domain::UserId::generate();
     storage
         .users
         .insert(&domain::User {
-            id: domain::UserId::generate(),
+            avatar: domain::Avatar::default_for(&planted_id),
+            id: planted_id,
             full_name: domain::FullName::parse("Planted").unwrap(),
-            avatar: domain::Avatar::default_for(&planted, None),
             username: planted,
             gender: None,
             password_hash: domain::PasswordHash::new("$2b$10$not-a-real-hash".into()),

@@ -83,7 +83,7 @@ impl From<&User> for UserDto {
             full_name: u.full_name.as_str().to_owned(),
             username: u.username.as_str().to_owned(),
             gender: u.gender.map(|g| g.as_str()),
-            avatar: u.avatar.as_str().to_owned(),
+            avatar: u.avatar.shown_for(&u.id).as_str().to_owned(),
             created_at: timestamp(&u.created_at),
             updated_at: timestamp(&u.updated_at),
         }

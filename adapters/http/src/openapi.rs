@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, RefOr};
 use utoipa::{Modify, OpenApi, ToResponse};
 
-use crate::routes::{health, message, user};
+use crate::routes::{avatar, health, message, user};
 
 /// The name of the security scheme of the `token` cookie.
 pub const COOKIE_AUTH: &str = "cookieAuth";
@@ -48,6 +48,7 @@ pub const BEARER_AUTH: &str = "bearerAuth";
         user::logout,
         user::profile,
         user::other_users,
+        avatar::avatar,
         message::send,
         message::history,
         message::conversations,

@@ -1,5 +1,6 @@
 //! The route table and the middleware around it.
 
+pub(crate) mod avatar;
 pub(crate) mod health;
 pub(crate) mod message;
 pub(crate) mod user;
@@ -94,7 +95,8 @@ pub fn app(
                         .service(resource("/login", "POST").route(web::post().to(user::login)))
                         .service(resource("/logout", "POST").route(web::post().to(user::logout)))
                         .service(resource("/get-profile", "GET").route(web::get().to(user::profile)))
-                        .service(resource("/get-other-users", "GET").route(web::get().to(user::other_users))),
+                        .service(resource("/get-other-users", "GET").route(web::get().to(user::other_users)))
+                        .service(resource("/{id}/avatar", "GET").route(web::get().to(avatar::avatar))),
                 )
                 .service(
                     web::scope("/message")

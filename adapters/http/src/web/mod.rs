@@ -1,5 +1,6 @@
-//! The built-in web client: a small single-page app served at `/`, its files compiled into
-//! the binary so that the server needs nothing beside it on disk.
+//! The built-in web client: a small single-page app served at `/` (and at `/chat/{id}`, the
+//! address of a conversation in it), its files compiled into the binary so that the server
+//! needs nothing beside it on disk.
 //!
 //! Mounted by [`crate::app`] only when `HttpSettings::web_client` is on; an API-only
 //! deployment turns it off and `/` then answers the 404 envelope like any unknown path.
@@ -9,8 +10,8 @@ use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError as _};
 
 use crate::error::ApiError;
 
-/// Forbids inline script and style, and any origin but ours except for avatar images, which
-/// are external https URLs.
+/// Forbids inline script and style, and any origin but ours except for avatar images a user
+/// chose, which are https URLs elsewhere (default avatars are the server's own).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
     style-src 'self'; img-src 'self' https: data:; connect-src 'self'; \
     frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
@@ -26,6 +27,10 @@ const INDEX: Asset = Asset {
     content_type: "text/html; charset=utf-8",
     body: include_bytes!("../../web/index.html"),
 };
+
+/// The page's own addresses besides `/`: each conversation has one, so that Back, reload and
+/// links work; the page reads the path itself.
+const PAGE_ROUTES: &[&str] = &["/chat/{id}"];
 
 const ASSETS: &[Asset] = &[
     Asset {
@@ -47,9 +52,11 @@ const ASSETS: &[Asset] = &[
 
 /// Registers the page and its assets.
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.service(
-        resource(INDEX.path).route(readable().to(|req: HttpRequest| async move { serve(&req, &INDEX) })),
-    );
+    for path in std::iter::once(INDEX.path).chain(PAGE_ROUTES.iter().copied()) {
+        config.service(
+            resource(path).route(readable().to(|req: HttpRequest| async move { serve(&req, &INDEX) })),
+        );
+    }
     for asset in ASSETS {
         config.service(
             resource(asset.path)
@@ -90,7 +97,7 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
 }
 
 /// A strong validator from the content: FNV-1a over the bytes, enough to tell builds apart.
-fn etag(body: &[u8]) -> String {
+pub(crate) fn etag(body: &[u8]) -> String {
     let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     });
