@@ -2585,16 +2585,10 @@ async fn page_for_user_lists_direct_conversations_and_groups_with_my_membership_
 }
 
 async fn members_preview_gives_each_groups_first_members_and_count_in_the_order_asked(storage: &Storage) {
-    let (ann, ben, cat) = (
-        &insert_user(storage, "ann").await,
-        &insert_user(storage, "ben").await,
-        &insert_user(storage, "cat").await,
-    );
-    let (dan, eve, fay) = (
-        &insert_user(storage, "dan").await,
-        &insert_user(storage, "eve").await,
-        &insert_user(storage, "fay").await,
-    );
+    // Ids are time-ordered: Eve and Fay, who join last, have the smallest ids.
+    let (eve, fay) = (&insert_user(storage, "eve").await, &insert_user(storage, "fay").await);
+    let (ann, ben) = (&insert_user(storage, "ann").await, &insert_user(storage, "ben").await);
+    let (cat, dan) = (&insert_user(storage, "cat").await, &insert_user(storage, "dan").await);
     let g1 = create_group(storage, ann, &[ben, cat, dan]).await.group.id;
     add_members(storage, &g1, ann, &[eve, fay]).await;
     let g2 = create_group(storage, ben, &[ann]).await.group.id;
@@ -2606,6 +2600,9 @@ async fn members_preview_gives_each_groups_first_members_and_count_in_the_order_
     };
     let (g1_members, g2_members) = (order(&g1).await, order(&g2).await);
     assert_eq!(g1_members.len(), 6);
+    let first_four: HashSet<&UserId> = [&ann.id, &ben.id, &cat.id, &dan.id].into_iter().collect();
+    assert_eq!(g1_members[..4].iter().collect::<HashSet<_>>(), first_four, "by joining order, not by id");
+    assert!(g1_members[..4].windows(2).all(|w| w[0] < w[1]) && g1_members[4] < g1_members[5], "ties by id");
     assert_eq!(g1_members[4..].iter().collect::<HashSet<_>>(), [&eve.id, &fay.id].into_iter().collect());
     let preview = |group: &ConversationId, members: &[UserId], count: u64| MembersPreview {
         group: group.clone(),
