@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the browser tests need, only what is missing: Chromium from Debian's
-# packages and the Node packages of tests/browser (from its lockfile). Safe to run again.
+# packages and the Node packages of tests/browser from its lockfile (playwright-core, and
+# axe-core for the accessibility scans). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
