@@ -151,6 +151,128 @@ impl Api {
         Ok((status, ids))
     }
 
+    /// Creates a group named `name` with `members` (the others; the caller becomes its owner);
+    /// the new conversation's id.
+    pub async fn create_group(&self, token: &str, name: &str, members: &[String]) -> anyhow::Result<String> {
+        let request = self
+            .authed(self.http.post(self.url("/api/v1/conversations")), token)
+            .json(&json!({ "name": name, "members": members }));
+        let (status, body) = self.answer(request).await?;
+        if !status.is_success() {
+            bail!("creating group {name:?} with {} members: HTTP {status}: {body}", members.len());
+        }
+        conversation_id(&body).with_context(|| format!("no conversation _id in the created group: {body}"))
+    }
+
+    /// Adds `users` to group `conversation`.
+    pub async fn add_members(&self, token: &str, conversation: &str, users: &[String]) -> anyhow::Result<()> {
+        let request = self
+            .authed(self.http.post(self.url(&format!("/api/v1/conversations/{conversation}/members"))), token)
+            .json(&json!({ "userIds": users }));
+        let (status, body) = self.answer(request).await?;
+        if !status.is_success() {
+            bail!("adding {} members to {conversation}: HTTP {status}: {body}", users.len());
+        }
+        Ok(())
+    }
+
+    /// Sends `text` into a conversation (group or direct) by its id; the stored message's id
+    /// on success.
+    pub async fn send_to_conversation(
+        &self,
+        token: &str,
+        conversation: &str,
+        text: &str,
+    ) -> anyhow::Result<(StatusCode, Option<String>)> {
+        let request = self
+            .authed(
+                self.http.post(self.url(&format!("/api/v1/conversations/{conversation}/messages"))),
+                token,
+            )
+            .json(&json!({ "message": text }));
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            return Ok((status, None));
+        }
+        let id = serde_json::from_slice::<Enveloped<Identified>>(&bytes)
+            .ok()
+            .map(|sent| sent.response_data.id.to_string());
+        Ok((status, id))
+    }
+
+    /// Sends `text` to user `to` (setup): the conversation's id; fails unless stored.
+    pub async fn send_in_conversation(&self, token: &str, to: &str, text: &str) -> anyhow::Result<String> {
+        let request = self
+            .authed(self.http.post(self.url(&format!("/api/v1/message/send/{to}"))), token)
+            .json(&json!({ "message": text }));
+        let (status, body) = self.answer(request).await?;
+        if !status.is_success() {
+            bail!("send to {to}: HTTP {status}: {body}");
+        }
+        body.get("responseData")
+            .and_then(|m| m.get("conversationId"))
+            .and_then(id_string)
+            .with_context(|| format!("no conversationId in the sent message: {body}"))
+    }
+
+    /// Marks `conversation` read up to the message `up_to` (inclusive).
+    pub async fn mark_read(&self, token: &str, conversation: &str, up_to: &str) -> anyhow::Result<()> {
+        let request = self
+            .authed(self.http.post(self.url(&format!("/api/v1/conversations/{conversation}/read"))), token)
+            .json(&json!({ "upTo": up_to }));
+        let (status, body) = self.answer(request).await?;
+        if !status.is_success() {
+            bail!("marking {conversation} read up to {up_to}: HTTP {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// One page of my conversation list: the status, the entries, and the cursor of the next
+    /// page (the `X-Next-Cursor` header) when more follow.
+    pub async fn conversations(
+        &self,
+        token: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Vec<ListedConversation>, Option<String>)> {
+        let mut request = self
+            .authed(self.http.get(self.url("/api/v1/message/conversations")), token)
+            .query(&[("limit", limit.to_string())]);
+        if let Some(cursor) = cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let next = response
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            return Ok((status, Vec::new(), None));
+        }
+        let page: Enveloped<Vec<ListedEntry>> =
+            serde_json::from_slice(&bytes).context("conversation list body is not the expected JSON")?;
+        let entries = page
+            .response_data
+            .into_iter()
+            .map(|e| ListedConversation { id: e.id.to_string(), unread: e.unread_count })
+            .collect();
+        Ok((status, entries, next))
+    }
+
+    /// The status and JSON body of a request (an empty or non-JSON body reads as `null`).
+    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Value)> {
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
     /// Registers `count` users named `{prefix}{index}`, a few at a time (setup, not timed).
     pub async fn register_many(
         &self,
@@ -201,6 +323,31 @@ struct Enveloped<T> {
 struct HistoryPage<'a> {
     #[serde(borrow)]
     messages: Vec<Identified<'a>>,
+}
+
+/// One entry of the conversation list as the load generator reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedConversation {
+    pub id: String,
+    /// `unreadCount`, when the server gives it.
+    pub unread: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ListedEntry<'a> {
+    #[serde(rename = "_id", borrow)]
+    id: IdRef<'a>,
+    #[serde(rename = "unreadCount", default)]
+    unread_count: Option<u64>,
+}
+
+/// The `_id` of a created conversation: the answer's own, or that of a `conversation` or
+/// `group` object inside it.
+fn conversation_id(body: &Value) -> Option<String> {
+    let data = body.get("responseData").unwrap_or(body);
+    [data, data.get("conversation").unwrap_or(&Value::Null), data.get("group").unwrap_or(&Value::Null)]
+        .into_iter()
+        .find_map(|v| v.get("_id").and_then(id_string))
 }
 
 /// Anything with an `_id`; every other field is skipped unread.
@@ -255,6 +402,31 @@ mod tests {
         let page: Enveloped<HistoryPage> = serde_json::from_slice(body).unwrap();
         let ids: Vec<String> = page.response_data.messages.iter().map(|m| m.id.to_string()).collect();
         assert_eq!(ids, ["m1", "m2"]);
+    }
+
+    #[test]
+    fn a_conversation_list_page_yields_ids_and_unread_counts() {
+        let body = br#"{"success":true,"responseData":[
+            {"_id":"g1","kind":"group","name":"x","members":["a","b"],"memberCount":2,"unreadCount":3,
+             "lastMessage":{"_id":"m","message":"hi"}},
+            {"_id":{"$oid":"d1"},"kind":"direct","participants":["a","c"],"unreadCount":0},
+            {"_id":"old","participants":["a","d"]}]}"#;
+        let page: Enveloped<Vec<ListedEntry>> = serde_json::from_slice(body).unwrap();
+        let entries: Vec<(String, Option<u64>)> =
+            page.response_data.iter().map(|e| (e.id.to_string(), e.unread_count)).collect();
+        assert_eq!(
+            entries,
+            [("g1".to_owned(), Some(3)), ("d1".to_owned(), Some(0)), ("old".to_owned(), None)]
+        );
+    }
+
+    #[test]
+    fn a_created_group_yields_its_id_wherever_the_answer_puts_it() {
+        let flat = json!({"success": true, "responseData": {"_id": "g1", "name": "x"}});
+        let nested = json!({"success": true, "responseData": {"conversation": {"_id": {"$oid": "g2"}}}});
+        assert_eq!(conversation_id(&flat).as_deref(), Some("g1"));
+        assert_eq!(conversation_id(&nested).as_deref(), Some("g2"));
+        assert_eq!(conversation_id(&json!({"success": true, "responseData": {}})), None);
     }
 
     #[test]

@@ -73,6 +73,12 @@ enum Scenario {
     Connect(scenarios::connect::ConnectArgs),
     /// The ceiling for logins: cores divided by the time of one bcrypt hash.
     BcryptBaseline(scenarios::login::BaselineArgs),
+    /// 1:1 sends/s and sends/s into a group of N members at the same concurrency; the ratio.
+    GroupSend(scenarios::group_send::GroupSendArgs),
+    /// A group of N members all online, messages at a fixed rate: per-delivery latency, losses.
+    GroupFanout(scenarios::group_fanout::GroupFanoutArgs),
+    /// Pages of a 10,000-conversation list: page and walk times, exact unread counts.
+    UnreadList(scenarios::unread_list::UnreadListArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +94,9 @@ fn main() -> anyhow::Result<()> {
             Scenario::Login(args) => scenarios::login::run(&target, args).await,
             Scenario::Connect(args) => scenarios::connect::run(&target, args).await,
             Scenario::BcryptBaseline(args) => scenarios::login::baseline(args).await,
+            Scenario::GroupSend(args) => scenarios::group_send::run(&target, args).await,
+            Scenario::GroupFanout(args) => scenarios::group_fanout::run(&target, args).await,
+            Scenario::UnreadList(args) => scenarios::unread_list::run(&target, args).await,
         }
     })?;
     report.print();

@@ -29,7 +29,8 @@ impl Latency {
         self.0.len()
     }
 
-    fn ms(&self, quantile: f64) -> f64 {
+    /// The latency at `quantile` (0.5, 0.99, …) in milliseconds; 0 when nothing was recorded.
+    pub fn ms(&self, quantile: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
         }

@@ -1,10 +1,14 @@
 //! One module per subcommand. `send` also holds the sender/receiver pair machinery that
-//! `connect` reuses for its live pairs.
+//! `connect` and `group-send` reuse; `groups` what the group scenarios share.
 
 pub mod connect;
+pub mod group_fanout;
+pub mod group_send;
+pub mod groups;
 pub mod history;
 pub mod login;
 pub mod send;
+pub mod unread_list;
 
 use std::time::Duration;
 

@@ -46,6 +46,7 @@ pub struct Pair {
 }
 
 /// How long and how fast one sending phase runs.
+#[derive(Clone, Copy)]
 pub struct Phase {
     pub duration: Duration,
     pub count: Option<u64>,
@@ -168,12 +169,6 @@ struct Received {
     out_of_order: u64,
 }
 
-struct Sent {
-    accepted: Vec<u64>,
-    failures: BTreeMap<String, u64>,
-    http: Latency,
-}
-
 /// Connects every receiver, runs the senders for the phase, waits for the deliveries.
 pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase) -> anyhow::Result<Outcome> {
     let run_tag = format!("{:08x}", rand::random::<u32>());
@@ -237,10 +232,7 @@ pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase
         }));
     }
 
-    let n = pairs.len() as u64;
-    let interval = phase.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(n as f64 / r));
     let started = Instant::now();
-    let deadline = started + phase.duration;
     let mut senders = Vec::new();
     for (index, pair) in pairs.iter().enumerate() {
         let api = api.clone();
@@ -248,55 +240,19 @@ pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase
         let to = pair.receiver.id.clone();
         let sent_at = sent_at[index].clone();
         let prefix = format!("{run_tag}:{index}:");
-        let quota = phase.count.map(|c| c / n + u64::from((index as u64) < c % n));
-        senders.push(tokio::spawn(async move {
-            let mut out = Sent { accepted: Vec::new(), failures: BTreeMap::new(), http: Latency::default() };
-            let mut ticker = interval.map(|every| {
-                // Spread the pairs over one interval so that paced sends don't come in bursts.
-                let first = tokio::time::Instant::from_std(started) + every.mul_f64(index as f64 / n as f64);
-                let mut ticker = tokio::time::interval_at(first, every);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                ticker
-            });
-            let mut seq = 0u64;
-            loop {
-                match quota {
-                    Some(quota) if seq >= quota => break,
-                    None if Instant::now() >= deadline => break,
-                    _ => {}
+        let pace = Pace::new(phase, index, pairs.len(), started);
+        senders.push(tokio::spawn(drive(pace, move |seq| {
+            let (api, token, to, sent_at) = (api.clone(), token.clone(), to.clone(), sent_at.clone());
+            let text = format!("{prefix}{seq} load test message");
+            async move {
+                sent_at.lock().expect("never poisoned: no panics while held").insert(seq, Instant::now());
+                let result = api.send(&token, &to, &text).await.map(|(status, _)| status);
+                if !matches!(result, Ok(status) if status.is_success()) {
+                    sent_at.lock().expect("never poisoned: no panics while held").remove(&seq);
                 }
-                if let Some(ticker) = ticker.as_mut() {
-                    ticker.tick().await;
-                    if quota.is_none() && Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                seq += 1;
-                let text = format!("{prefix}{seq} load test message");
-                let begun = Instant::now();
-                sent_at.lock().expect("never poisoned: no panics while held").insert(seq, begun);
-                let result = api.send(&token, &to, &text).await;
-                let elapsed = begun.elapsed();
-                match result {
-                    Ok((status, _)) if status.is_success() => {
-                        out.http.record(elapsed);
-                        out.accepted.push(seq);
-                    }
-                    other => {
-                        sent_at.lock().expect("never poisoned: no panics while held").remove(&seq);
-                        let key = match other {
-                            Ok((status, _)) => format!("http_{}", status.as_u16()),
-                            Err(error) if error.to_string().contains("timed out") => "timeout".into(),
-                            Err(_) => "transport_error".into(),
-                        };
-                        *out.failures.entry(key).or_default() += 1;
-                        // A refused send is not retried at once: back off a little.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                result
             }
-            out
-        }));
+        })));
     }
 
     let mut sent = Vec::new();
@@ -343,4 +299,105 @@ pub async fn run_pairs(api: &Api, target: &Target, pairs: &[Pair], phase: &Phase
         }
     }
     Ok(outcome)
+}
+
+/// When one of `n` sending tasks sends: closed loop (the next send when the last one is
+/// answered), or paced to its share of the phase's rate; until the deadline or its quota.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    index: usize,
+    n: usize,
+    started: Instant,
+    deadline: Instant,
+    interval: Option<Duration>,
+    quota: Option<u64>,
+}
+
+impl Pace {
+    pub fn new(phase: &Phase, index: usize, n: usize, started: Instant) -> Self {
+        let n = n.max(1);
+        let interval = phase.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(n as f64 / r));
+        let quota = phase.count.map(|c| c / n as u64 + u64::from((index as u64) < c % n as u64));
+        Self { index, n, started, deadline: started + phase.duration, interval, quota }
+    }
+}
+
+/// What one sending task did.
+pub struct Sent {
+    /// Sequence numbers (1, 2, …) of the sends answered 2xx.
+    pub accepted: Vec<u64>,
+    pub failures: BTreeMap<String, u64>,
+    pub http: Latency,
+}
+
+impl Sent {
+    /// Adds up the tasks' answers: accepted count, failures by kind, HTTP latency.
+    pub fn total(sent: &[Sent]) -> (u64, BTreeMap<String, u64>, Latency) {
+        let mut failures = BTreeMap::new();
+        let mut http = Latency::default();
+        for one in sent {
+            http.merge(&one.http);
+            for (key, count) in &one.failures {
+                *failures.entry(key.clone()).or_default() += count;
+            }
+        }
+        (sent.iter().map(|s| s.accepted.len() as u64).sum(), failures, http)
+    }
+}
+
+/// Runs one sending task: calls `send(seq)` for seq = 1, 2, … as `pace` says, timing each
+/// answer; a refused send is counted by kind and followed by a short back-off.
+pub async fn drive<F, Fut>(pace: Pace, mut send: F) -> Sent
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<reqwest::StatusCode>>,
+{
+    let mut out = Sent { accepted: Vec::new(), failures: BTreeMap::new(), http: Latency::default() };
+    let mut ticker = pace.interval.map(|every| {
+        // Spread the tasks over one interval so that paced sends don't come in bursts.
+        let first =
+            tokio::time::Instant::from_std(pace.started) + every.mul_f64(pace.index as f64 / pace.n as f64);
+        let mut ticker = tokio::time::interval_at(first, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker
+    });
+    let mut seq = 0u64;
+    loop {
+        match pace.quota {
+            Some(quota) if seq >= quota => break,
+            None if Instant::now() >= pace.deadline => break,
+            _ => {}
+        }
+        if let Some(ticker) = ticker.as_mut() {
+            ticker.tick().await;
+            if pace.quota.is_none() && Instant::now() >= pace.deadline {
+                break;
+            }
+        }
+        seq += 1;
+        let begun = Instant::now();
+        let result = send(seq).await;
+        let elapsed = begun.elapsed();
+        match result {
+            Ok(status) if status.is_success() => {
+                out.http.record(elapsed);
+                out.accepted.push(seq);
+            }
+            other => {
+                *out.failures.entry(failure_kind(other)).or_default() += 1;
+                // A refused send is not retried at once: back off a little.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    out
+}
+
+/// How a send failed, as counted in the report: `http_<status>`, `timeout` or `transport_error`.
+pub fn failure_kind(result: anyhow::Result<reqwest::StatusCode>) -> String {
+    match result {
+        Ok(status) => format!("http_{}", status.as_u16()),
+        Err(error) if error.to_string().contains("timed out") => "timeout".into(),
+        Err(_) => "transport_error".into(),
+    }
 }
