@@ -154,14 +154,17 @@
     },
   };
 
-  // Cursors are decimal strings that may outgrow a double: compare by length, then text.
+  // Whether cursor `a` is further along the stream than `b`. Decimal cursors (today's) may
+  // outgrow a double: compared by length, then text. Others are opaque: the one processed
+  // last is the newest, as the stream arrives in order.
   function cursorAfter(a, b) {
     if (b === null || b === undefined) return true;
+    if (!/^\d+$/.test(a) || !/^\d+$/.test(b)) return true;
     return a.length !== b.length ? a.length > b.length : a > b;
   }
 
   function advanceCursor(cursor) {
-    if (typeof cursor !== "string" || !/^\d+$/.test(cursor)) return;
+    if (typeof cursor !== "string" || !cursor) return;
     if (cursorAfter(cursor, state.cursor)) state.cursor = cursor;
     const stored = saved.get("cursor", null);
     if (cursorAfter(cursor, stored)) saved.set("cursor", cursor);
@@ -486,26 +489,30 @@
   function resolveUsers(ids) {
     const wanted = ids.filter((id) => id && state.me && id !== state.me._id && !state.users.has(id));
     if (!wanted.length) return Promise.resolve();
-    directory.queue = directory.queue.then(async () => {
-      let missing = wanted.filter((id) => !state.users.has(id));
-      if (!missing.length) return;
-      // One full pass at most: someone new may have joined since the last one ended.
-      if (directory.done) {
-        directory.done = false;
-        directory.cursor = null;
-      }
-      while (missing.length && !directory.done) {
-        const params = new URLSearchParams({ limit: String(DIRECTORY_PAGE_SIZE) });
-        if (directory.cursor) params.set("cursor", directory.cursor);
-        const { data, headers } = await api("GET", `/user/get-other-users?${params}`);
-        for (const user of data || []) remember(user);
-        directory.cursor = headers.get("X-Next-Cursor");
-        directory.done = !directory.cursor;
-        missing = missing.filter((id) => !state.users.has(id));
-      }
-      for (const id of wanted) paintConversation(id);
-      if (state.peer && wanted.includes(state.peer)) paintPeer();
-    }).catch((error) => console.warn("looking people up failed:", error.message));
+    directory.queue = directory.queue
+      .then(async () => {
+        // An earlier lookup may have found them meanwhile.
+        let missing = wanted.filter((id) => !state.users.has(id));
+        // One full pass at most: someone new may have joined since the last one ended.
+        if (missing.length && directory.done) {
+          directory.done = false;
+          directory.cursor = null;
+        }
+        while (missing.length && !directory.done) {
+          const params = new URLSearchParams({ limit: String(DIRECTORY_PAGE_SIZE) });
+          if (directory.cursor) params.set("cursor", directory.cursor);
+          const { data, headers } = await api("GET", `/user/get-other-users?${params}`);
+          for (const user of data || []) remember(user);
+          directory.cursor = headers.get("X-Next-Cursor");
+          directory.done = !directory.cursor;
+          missing = missing.filter((id) => !state.users.has(id));
+        }
+      })
+      .catch((error) => console.warn("looking people up failed:", error.message))
+      .then(() => {
+        for (const id of wanted) paintConversation(id);
+        if (state.peer && wanted.includes(state.peer)) paintPeer();
+      });
     return directory.queue;
   }
 
@@ -619,6 +626,7 @@
       const { data, headers } = await api("GET", `/message/conversations?${params}`);
       // Merged, not replaced: an event may have brought something newer meanwhile.
       for (const entry of data || []) {
+        if ((entry.kind && entry.kind !== "direct") || !Array.isArray(entry.participants)) continue;
         const peerId = entry.participants.find((id) => id !== state.me._id) || entry.participants[0];
         const known = state.conversations.get(peerId);
         const last = entry.lastMessage || null;
@@ -1302,8 +1310,10 @@
   // One message of my stream, live or caught up: the conversation list, the open chat,
   // unread state, the outbox and notifications follow from it. Safe to see twice.
   function ingest(message, { live }) {
-    if (!message || !state.me || !message._id) return;
+    if (!message || !state.me) return;
     if (message.cursor) advanceCursor(message.cursor);
+    // Only messages between two people are shown here (group conversations are not yet).
+    if (!message._id || !message.senderId || !message.receiverId) return;
     const mine = message.senderId === state.me._id;
     const peerId = peerOf(message);
     if (mine && message.clientMessageId && outbox().some((i) => i.key === message.clientMessageId)) {
