@@ -6,10 +6,13 @@
 //! difference.
 
 use application::ports::{
-    name_words, ConversationRecord, MessageRecord, RepoError, Revocation, StoredMessage, UserRecord,
+    name_words, system_json, ConversationRecord, GroupRecord, MemberRecord, MessageRecord, Notice,
+    NoticeRecord, RepoError, Revocation, StoredMessage, StreamItem, UserRecord,
 };
 use chrono::{DateTime, Utc};
-use domain::{Conversation, Message, Timestamp, User};
+use domain::{
+    Chat, Conversation, ConversationId, Group, Member, Message, Seq, SystemEvent, Timestamp, User, UserId,
+};
 use mongodb::bson;
 use serde::{Deserialize, Serialize};
 
@@ -80,35 +83,86 @@ impl TryFrom<UserDoc> for User {
     }
 }
 
+/// The `kind` of a direct conversation's document (also what a document without `kind`,
+/// stored before groups existed, is).
+pub(crate) const DIRECT: &str = "direct";
+/// The `kind` of a group's document.
+pub(crate) const GROUP: &str = "group";
+
+/// A conversation of either kind. A direct one has `participants` and `pairKey`; a group
+/// has `name`, `createdBy` and `membersVersion`. Both have `lastSeq`: the seq of their last
+/// entry, which every entry's transaction increments (and so locks the document).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConversationDoc {
     #[serde(rename = "_id")]
     pub id: String,
-    /// The pair in canonical order; a user's conversations are found through this array.
+    /// [`DIRECT`] or [`GROUP`]; missing on documents stored before groups, which are direct.
+    #[serde(default = "direct")]
+    pub kind: String,
+    /// The pair in canonical order; a user's direct conversations are found through this
+    /// array.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<String>,
-    /// [`ParticipantPair::key`], unique: one conversation per pair.
-    pub pair_key: String,
+    /// [`ParticipantPair::key`], unique among direct conversations: one per pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     pub created_at: bson::DateTime,
     pub updated_at: bson::DateTime,
-    /// The id of the newest message, `""` while there is none: with `updatedAt` and `_id`,
-    /// the order of a user's conversation list (`ConversationKey`), indexed. A send moves it
+    /// The id of the newest entry, `""` while there is none: with `updatedAt` and `_id`,
+    /// the order of a user's conversation list (`ConversationKey`). An entry moves it
     /// forward; missing only on conversations stored before, until the store's first start.
     #[serde(default)]
     pub last_message_id: String,
+    /// Missing only on conversations stored before sequences, until the store's first start.
+    #[serde(default)]
+    pub last_seq: i64,
+    /// A group's membership version: 1 at creation, one more with every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_version: Option<i64>,
 }
 
-impl From<&Conversation> for ConversationDoc {
-    fn from(conversation: &Conversation) -> Self {
-        let pair = &conversation.participants;
+fn direct() -> String {
+    DIRECT.to_owned()
+}
+
+impl ConversationDoc {
+    /// A group as `create` stores it: its first entry `created` at seq 1.
+    pub fn group(group: &Group, created: &Message) -> Self {
         Self {
-            id: conversation.id.as_str().to_owned(),
-            participants: vec![pair.first().as_str().to_owned(), pair.second().as_str().to_owned()],
-            pair_key: pair.key(),
-            created_at: to_bson(conversation.created_at),
-            updated_at: to_bson(conversation.updated_at),
-            last_message_id: String::new(),
+            id: group.id.as_str().to_owned(),
+            kind: GROUP.to_owned(),
+            participants: Vec::new(),
+            pair_key: None,
+            name: Some(group.name.as_str().to_owned()),
+            created_by: Some(group.created_by.as_str().to_owned()),
+            created_at: to_bson(group.created_at),
+            updated_at: to_bson(group.updated_at.max(created.created_at)),
+            last_message_id: created.id.as_str().to_owned(),
+            last_seq: 1,
+            members_version: Some(1),
         }
+    }
+
+    /// The fields a new direct conversation is stored with, for an upsert's `$setOnInsert`:
+    /// without those the upsert sets otherwise (its filter's `pairKey`; `updatedAt`,
+    /// `lastMessageId` and `lastSeq`, which a send moves).
+    pub fn direct_on_insert(conversation: &Conversation) -> bson::Document {
+        let pair = &conversation.participants;
+        bson::doc! {
+            "_id": conversation.id.as_str(),
+            "kind": DIRECT,
+            "participants": [pair.first().as_str(), pair.second().as_str()],
+            "createdAt": to_bson(conversation.created_at),
+        }
+    }
+
+    pub fn is_group(&self) -> bool {
+        self.kind == GROUP
     }
 }
 
@@ -123,6 +177,141 @@ impl TryFrom<ConversationDoc> for Conversation {
             participants,
             created_at: from_bson(doc.created_at)?,
             updated_at: from_bson(doc.updated_at)?,
+            last_seq: doc.last_seq,
+        }
+        .try_into()
+    }
+}
+
+impl TryFrom<ConversationDoc> for Group {
+    type Error = RepoError;
+    fn try_from(doc: ConversationDoc) -> Result<Self, RepoError> {
+        GroupRecord {
+            id: doc.id,
+            name: doc.name.ok_or_else(|| RepoError::corrupt("group name", "missing"))?,
+            created_by: doc.created_by.ok_or_else(|| RepoError::corrupt("group creator", "missing"))?,
+            created_at: from_bson(doc.created_at)?,
+            updated_at: from_bson(doc.updated_at)?,
+            last_seq: doc.last_seq,
+        }
+        .try_into()
+    }
+}
+
+impl TryFrom<ConversationDoc> for Chat {
+    type Error = RepoError;
+    fn try_from(doc: ConversationDoc) -> Result<Self, RepoError> {
+        if doc.is_group() {
+            Ok(Chat::Group(doc.try_into()?))
+        } else {
+            Ok(Chat::Direct(doc.try_into()?))
+        }
+    }
+}
+
+/// A group's membership version as stored.
+pub(crate) fn version(stored: Option<i64>) -> Result<u64, RepoError> {
+    stored
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| RepoError::corrupt("membership version", format!("{stored:?}")))
+}
+
+/// One user's membership of one conversation (of either kind), unique per pair of ids.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MemberDoc {
+    pub conversation_id: String,
+    pub user_id: String,
+    /// The conversation's kind, so that a user's groups are found without their direct
+    /// conversations.
+    pub kind: String,
+    pub role: String,
+    pub joined_at: bson::DateTime,
+    pub joined_seq: i64,
+    pub read_seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read_message_id: Option<String>,
+}
+
+impl MemberDoc {
+    pub fn new(conversation: &ConversationId, kind: &str, member: &Member) -> Self {
+        Self {
+            conversation_id: conversation.as_str().to_owned(),
+            user_id: member.user_id.as_str().to_owned(),
+            kind: kind.to_owned(),
+            role: member.role.as_str().to_owned(),
+            joined_at: to_bson(member.joined_at),
+            joined_seq: seq_to_i64(member.joined_seq),
+            read_seq: seq_to_i64(member.read_seq),
+            last_read_message_id: member.last_read_message_id.as_ref().map(|id| id.as_str().to_owned()),
+        }
+    }
+}
+
+impl TryFrom<MemberDoc> for Member {
+    type Error = RepoError;
+    fn try_from(doc: MemberDoc) -> Result<Self, RepoError> {
+        MemberRecord {
+            user_id: doc.user_id,
+            role: doc.role,
+            joined_at: from_bson(doc.joined_at)?,
+            joined_seq: doc.joined_seq,
+            read_seq: doc.read_seq,
+            last_read_message_id: doc.last_read_message_id,
+        }
+        .try_into()
+    }
+}
+
+/// A seq as stored: every seq a store hands out fits (it counts entries).
+pub(crate) fn seq_to_i64(seq: Seq) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A notice in one user's stream, unique per (user, position).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NoticeDoc {
+    pub user_id: String,
+    pub position: i64,
+    /// `joined`, `left` or `read` ([`NoticeRecord::kind_of`]).
+    pub kind: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    pub created_at: bson::DateTime,
+}
+
+impl NoticeDoc {
+    pub fn new(user: &UserId, position: i64, notice: &Notice) -> Self {
+        let (conversation, seq, message_id) = match notice {
+            Notice::Joined { group, seq } | Notice::Left { group, seq } => (group, *seq, None),
+            Notice::Read { conversation, seq, message_id } => {
+                (conversation, *seq, Some(message_id.as_str().to_owned()))
+            }
+        };
+        Self {
+            user_id: user.as_str().to_owned(),
+            position,
+            kind: NoticeRecord::kind_of(notice).to_owned(),
+            conversation_id: conversation.as_str().to_owned(),
+            seq: seq_to_i64(seq),
+            message_id,
+            created_at: bson::DateTime::now(),
+        }
+    }
+}
+
+impl TryFrom<NoticeDoc> for StreamItem {
+    type Error = RepoError;
+    fn try_from(doc: NoticeDoc) -> Result<Self, RepoError> {
+        NoticeRecord {
+            position: doc.position,
+            kind: doc.kind,
+            conversation_id: doc.conversation_id,
+            seq: doc.seq,
+            message_id: doc.message_id,
         }
         .try_into()
     }
@@ -136,17 +325,26 @@ pub(crate) struct MessageDoc {
     pub id: String,
     pub conversation_id: String,
     pub sender_id: String,
-    pub receiver_id: String,
+    /// `null` in groups.
+    #[serde(default)]
+    pub receiver_id: Option<String>,
     /// The body, named as in the original app's documents.
     pub message: String,
+    /// A system entry's [`SystemEvent`], as a subdocument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<bson::Document>,
+    /// The entry's place in its conversation. Every entry stored by this version has one;
+    /// documents written before sequences existed get theirs when the store connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
     pub created_at: bson::DateTime,
     /// The sender's idempotency key; absent when the send carried none (a unique partial
     /// index covers only the documents that have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
-    /// The message's positions in the sender's and the receiver's streams. Every message
-    /// stored by `append` has both; documents written before streams existed get them when
-    /// the store connects (see `messages::backfill_stream_positions`).
+    /// A direct message's positions in the sender's and the receiver's streams (a group
+    /// entry has none). Every direct message stored by `append` has both; documents written
+    /// before streams existed get them when the store connects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_position: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,37 +352,45 @@ pub(crate) struct MessageDoc {
 }
 
 impl MessageDoc {
-    /// `message` as stored by `append`: in conversation `conversation_id`, at the given
-    /// positions of both streams.
-    pub fn stored(
-        message: &Message,
-        conversation_id: &str,
-        sender_position: i64,
-        receiver_position: i64,
-    ) -> Self {
-        Self {
+    /// `message` as stored at `seq` of its conversation (`message.conversation_id`), with its
+    /// positions in both streams when it is a direct message.
+    pub fn stored(message: &Message, seq: Seq, positions: Option<(i64, i64)>) -> Result<Self, RepoError> {
+        let system =
+            message.system.as_ref().map(bson::to_document).transpose().map_err(|e| {
+                RepoError::Unexpected(anyhow::Error::new(e).context("encoding a system entry"))
+            })?;
+        Ok(Self {
             id: message.id.as_str().to_owned(),
-            conversation_id: conversation_id.to_owned(),
+            conversation_id: message.conversation_id.as_str().to_owned(),
             sender_id: message.sender_id.as_str().to_owned(),
-            receiver_id: message.receiver_id.as_str().to_owned(),
+            receiver_id: message.receiver_id.as_ref().map(|id| id.as_str().to_owned()),
             message: message.body.as_str().to_owned(),
+            system,
+            seq: Some(seq_to_i64(seq)),
             created_at: to_bson(message.created_at),
             client_message_id: message.client_id.as_ref().map(|id| id.as_str().to_owned()),
-            sender_position: Some(sender_position),
-            receiver_position: Some(receiver_position),
-        }
+            sender_position: positions.map(|(sender, _)| sender),
+            receiver_position: positions.map(|(_, receiver)| receiver),
+        })
     }
 }
 
 impl TryFrom<MessageDoc> for Message {
     type Error = RepoError;
     fn try_from(doc: MessageDoc) -> Result<Self, RepoError> {
+        let system = doc
+            .system
+            .map(bson::from_document::<SystemEvent>)
+            .transpose()
+            .map_err(|e| RepoError::corrupt("system entry", e))?;
         MessageRecord {
             id: doc.id,
             conversation_id: doc.conversation_id,
             sender_id: doc.sender_id,
             receiver_id: doc.receiver_id,
             body: doc.message,
+            system: system.as_ref().map(system_json),
+            seq: doc.seq.ok_or_else(|| RepoError::corrupt("sequence number", "missing"))?,
             created_at: from_bson(doc.created_at)?,
             client_id: doc.client_message_id,
         }
@@ -195,8 +401,12 @@ impl TryFrom<MessageDoc> for Message {
 impl TryFrom<MessageDoc> for StoredMessage {
     type Error = RepoError;
     fn try_from(mut doc: MessageDoc) -> Result<Self, RepoError> {
-        let sender_position = position(doc.sender_position.take())?;
-        let receiver_position = position(doc.receiver_position.take())?;
+        // A group entry has no stream positions: 0 for both, as the port says.
+        let (sender_position, receiver_position) = if doc.receiver_id.is_some() {
+            (position(doc.sender_position.take())?, position(doc.receiver_position.take())?)
+        } else {
+            (0, 0)
+        };
         StoredMessage::from_positions(doc.try_into()?, sender_position, receiver_position)
     }
 }

@@ -30,10 +30,23 @@ const TRANSIENT_CODES: [i32; 16] = [
 /// Labels the driver or server put on errors worth retrying.
 const TRANSIENT_LABELS: [&str; 3] = ["RetryableWriteError", "SystemOverloadedError", "RetryableError"];
 
+/// Something a transaction found that cannot be (a write of its own it cannot read back, a
+/// stored value out of range): carried through the driver as its custom error.
+#[derive(Debug)]
+pub(crate) struct Inconsistent(pub &'static str);
+
+impl Inconsistent {
+    pub(crate) fn error(what: &'static str) -> Error {
+        Error::custom(Inconsistent(what))
+    }
+}
+
 /// Classifies a driver error; `context` names the operation for the logs.
 pub(crate) fn repo_error(context: &'static str) -> impl FnOnce(Error) -> RepoError {
     move |error| {
-        if is_duplicate_key(&error) {
+        if let Some(Inconsistent(what)) = error.get_custom::<Inconsistent>() {
+            RepoError::Unexpected(anyhow::anyhow!("{context}: {what}"))
+        } else if is_duplicate_key(&error) {
             RepoError::Conflict
         } else if is_unavailable(&error) {
             RepoError::Unavailable(anyhow::Error::new(error).context(context))

@@ -4,26 +4,33 @@
 //! Every repository port is implemented with the behaviour of the SQL store: the same
 //! uniqueness rules, orderings and paging. The domain's string ids are stored as `_id`, so
 //! both stores hold the same ids. Uniqueness is left to unique indexes and creation races to
-//! upserts; a sent message is stored with its conversation and its positions in both users'
-//! streams in one multi-document transaction (see `messages`), which MongoDB offers on
-//! replica sets and sharded clusters only: `connect` refuses a standalone server. `bson` and
-//! driver types stay inside this crate.
+//! upserts; an entry of a conversation is stored with its conversation's next seq, the
+//! sender's read position and (direct messages) its positions in both users' streams in one
+//! multi-document transaction (see `messages` and `groups`), which MongoDB offers on replica
+//! sets and sharded clusters only: `connect` refuses a standalone server. `bson` and driver
+//! types stay inside this crate.
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
 mod documents;
 mod error;
+mod groups;
 mod messages;
+mod migrations;
 mod repositories;
+mod streams;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use mongodb::bson::{doc, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
-use mongodb::{Client, Collection, Database, IndexModel};
+use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
-use documents::{ConversationDoc, MessageDoc, RevokedTokenDoc, StreamHeadDoc, UserDoc};
+pub(crate) use error::Inconsistent;
+
+use documents::{ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, RevokedTokenDoc, StreamHeadDoc, UserDoc};
 
 /// The database used when the URL names none.
 pub const DEFAULT_DATABASE: &str = "chat";
@@ -43,15 +50,21 @@ pub struct MongoStore {
     pub(crate) users: Collection<UserDoc>,
     pub(crate) conversations: Collection<ConversationDoc>,
     pub(crate) messages: Collection<MessageDoc>,
+    /// Who is a member of which conversation (of both kinds), with their role and read
+    /// position: one document per (conversation, user).
+    pub(crate) members: Collection<MemberDoc>,
     /// Each user's last stream position, by user id.
     pub(crate) heads: Collection<StreamHeadDoc>,
+    /// The notices of users' streams (joined, left, read), by (user, position).
+    pub(crate) notices: Collection<NoticeDoc>,
     pub(crate) revoked: Collection<RevokedTokenDoc>,
 }
 
 impl MongoStore {
     /// Connects, checks that the server answers and offers transactions, creates the indexes
-    /// the ports rely on, gives messages stored before streams existed their positions, and
-    /// users and conversations stored before indexed reads their keys.
+    /// the ports rely on, gives messages stored before streams existed their positions, users
+    /// and conversations stored before indexed reads their keys, and conversations stored
+    /// before sequences their seqs and members (see `migrations`).
     pub async fn connect(options: &MongoOptions) -> anyhow::Result<Self> {
         // The driver's parse errors never echo the URL, which may hold a password.
         let mut client_options = ClientOptions::parse(&options.url).await.context("invalid MongoDB URL")?;
@@ -98,7 +111,9 @@ impl MongoStore {
             users: database.collection("users"),
             conversations: database.collection("conversations"),
             messages: database.collection("messages"),
+            members: database.collection("members"),
             heads: database.collection("streamHeads"),
+            notices: database.collection("notices"),
             revoked: database.collection("revoked_tokens"),
             database,
         };
@@ -111,6 +126,10 @@ impl MongoStore {
             .backfill_read_keys()
             .await
             .context("cannot give the users and conversations stored before indexed reads their keys")?;
+        store
+            .backfill_sequences()
+            .await
+            .context("cannot give the conversations stored before sequences their seqs and members")?;
         Ok(store)
     }
 
@@ -125,8 +144,15 @@ impl MongoStore {
             .await?;
         self.conversations
             .create_indexes([
-                // One conversation per pair: the key is the same for both orders of the pair.
-                index(doc! { "pairKey": 1 }, "pair_key", true),
+                // One direct conversation per pair: the key is the same for both orders of the
+                // pair. Partial, since groups have no pair; `kind` in the keys only so that it
+                // can be created while the unique index of earlier versions on `pairKey` alone
+                // (dropped below) still guards the pairs.
+                partial_unique(
+                    doc! { "pairKey": 1, "kind": 1 },
+                    "direct_pair",
+                    doc! { "pairKey": { "$exists": true } },
+                ),
                 // A user's conversations in list order (`ConversationKey`), from any cursor on.
                 index(
                     doc! { "participants": 1, "updatedAt": -1, "lastMessageId": -1, "_id": -1 },
@@ -135,15 +161,47 @@ impl MongoStore {
                 ),
             ])
             .await?;
-        // The list index of earlier versions, a prefix of the one above.
-        if let Err(error) = self.conversations.drop_index("participants_updated_at").await {
-            if !is_index_not_found(&error) {
-                return Err(error);
+        // Indexes of earlier versions: the list index, a prefix of the one above, and the
+        // pair index that covered every conversation (groups have no pair).
+        for name in ["participants_updated_at", "pair_key"] {
+            if let Err(error) = self.conversations.drop_index(name).await {
+                if !is_index_not_found(&error) {
+                    return Err(error);
+                }
             }
         }
+        self.members
+            .create_indexes([
+                index(doc! { "conversationId": 1, "userId": 1 }, "conversation_user", true),
+                // A conversation's members in joining order.
+                index(doc! { "conversationId": 1, "joinedSeq": 1, "userId": 1 }, "joining_order", false),
+                // A user's conversations of one kind.
+                index(doc! { "userId": 1, "kind": 1, "conversationId": 1 }, "user_conversations", false),
+            ])
+            .await?;
+        self.notices
+            .create_indexes([
+                // A position of a user's stream is taken once (by a notice or a message).
+                index(doc! { "userId": 1, "position": 1 }, "user_stream", true),
+                // A user's notices about one conversation, in stream order.
+                index(
+                    doc! { "userId": 1, "conversationId": 1, "position": 1 },
+                    "user_conversation_notices",
+                    false,
+                ),
+            ])
+            .await?;
         self.messages
             .create_indexes([
                 index(doc! { "conversationId": 1, "_id": 1 }, "conversation_history", false),
+                // Each entry takes the next seq of its conversation, once. Partial, so that
+                // documents stored before sequences (without one until the backfill reaches
+                // them) don't collide on a missing key.
+                partial_unique(
+                    doc! { "conversationId": 1, "seq": 1 },
+                    "conversation_seq",
+                    doc! { "seq": { "$exists": true } },
+                ),
                 // Each user's stream, one index per role: a position is taken once per user.
                 // Partial, so that messages stored before streams existed (without positions
                 // until the backfill reaches them) don't collide on a missing key.
@@ -180,6 +238,19 @@ impl MongoStore {
 
     pub(crate) fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Runs `steps` in a transaction of a session of its own and commits. The driver runs
+    /// the steps again from the start after a transient error (a write conflict with a
+    /// concurrent transaction, an election), with a growing pause, and retries a commit
+    /// whose outcome is unknown. Steps that end the transaction themselves (an abort when
+    /// they find nothing to do) are not committed.
+    pub(crate) async fn transaction<R, C, F>(&self, context: C, steps: F) -> mongodb::error::Result<R>
+    where
+        F: for<'b> FnMut(&'b mut ClientSession, &'b mut C) -> BoxFuture<'b, mongodb::error::Result<R>>,
+    {
+        let mut session = self.database.client().start_session().await?;
+        session.start_transaction().and_run(context, steps).await
     }
 }
 

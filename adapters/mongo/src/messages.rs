@@ -1,74 +1,82 @@
-//! The message repository on MongoDB: a send is one multi-document transaction, a user's
-//! stream is read through two indexes.
+//! The message repository on MongoDB: every entry is stored in one multi-document
+//! transaction with its conversation's next seq and the sender's read position; a direct
+//! message also takes the next position of both users' streams (see `streams`).
 //!
-//! # Why positions are gap-free for every reader
+//! # Why seqs are gap-free for every reader
 //!
-//! A send takes the next position of both users' streams by `$inc`-rementing their
-//! `streamHeads` documents inside its transaction. MongoDB lets only one open transaction
-//! write a document: a second one that writes the same head fails at once with a
-//! `WriteConflict` (labelled `TransientTransactionError`) and the driver runs it again from
-//! the start, on a fresh snapshot, after the first one ended. The same happens to a
-//! transaction whose snapshot predates a head write committed since. So the transaction
-//! that reads head `n` and writes `n + 1` commits after the one that wrote `n` committed:
-//! per user, positions are committed in position order, and a reader that sees position
-//! `p` can see every position below it.
-//!
-//! A stream read is two queries (the messages the user sent, and those they received), each
-//! through its own index, merged by position. They are not one snapshot: a send committing
-//! between them can show up in the second query while an earlier position that belongs to
-//! the first one was committed just too late for it. The merged list is therefore cut at
-//! its first hole; what is returned is always a run of consecutive positions right after
-//! the cursor, and the rest is read by the client's next call.
+//! An entry takes its conversation's next seq by `$inc`-rementing the conversation's
+//! `lastSeq` inside its transaction, which therefore writes the conversation's document:
+//! like a stream head (see `streams`), a second transaction that writes it before the first
+//! ended (or on a snapshot older than the first one's commit) fails with a write conflict
+//! and starts over. So seq `n + 1` of a conversation commits after seq `n`, and a reader
+//! that sees seq `s` sees every seq below it. A group send writes only the group's document,
+//! the sender's membership and the entry: what it costs does not grow with the group.
 
 use application::ports::{
-    stored_cursor, Appended, MessageRepository, RepoError, RepoResult, StoredMessage, StreamItem,
+    Appended, GroupAppended, MessageRepository, Notice, ReadMoved, RepoError, RepoResult, StoredMessage,
+    StreamItem,
 };
 use async_trait::async_trait;
-use domain::{Conversation, ConversationId, Cursor, Message, MessageId, UserId};
+use domain::{Conversation, ConversationId, Cursor, Message, MessageId, Seq, UserId};
 use futures_util::{FutureExt as _, TryStreamExt as _};
-use mongodb::bson::{self, doc, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::error::Error;
 use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
-use crate::documents::{position, to_bson, ConversationDoc, MessageDoc};
+use crate::documents::{
+    seq_to_i64, to_bson, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT, GROUP,
+};
 use crate::error::{is_duplicate_key, repo_error};
-use crate::MongoStore;
+use crate::{Inconsistent, MongoStore};
 
-/// How often an append starts over after a duplicate key that a new attempt gets past: a
+/// How often a send starts over after a duplicate key that a new attempt gets past: a
 /// pair's conversation inserted by a racing send, on a server that reports that as a
 /// duplicate key rather than a write conflict.
 const DUPLICATE_KEY_ATTEMPTS: usize = 3;
 
-/// Legacy messages positioned per round of the backfill.
-const BACKFILL_BATCH: i64 = 500;
-
-/// The `migrations` document that records a finished backfill.
-const BACKFILL_MARKER: &str = "messageStreamPositions";
-
-/// What an append's transaction stored.
+/// What a direct send's transaction stored.
 struct Placed {
     conversation_id: String,
+    seq: i64,
     sender_position: i64,
     receiver_position: i64,
 }
 
-/// A write of this very transaction could not be read back: never expected from a server.
-#[derive(Debug)]
-struct Vanished(&'static str);
+/// What a group send's transaction did.
+enum GroupPlaced {
+    Created { seq: i64, version: i64 },
+    NotMember,
+}
+
+/// What `mark_read`'s transaction did.
+enum ReadPlaced {
+    Moved(i64),
+    NotAhead,
+}
 
 #[async_trait]
 impl MessageRepository for MongoStore {
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
         // A retried send is found without writing anything.
         if let Some(earlier) = self.find_by_client_id(message).await? {
-            return Ok(Appended::Existing(earlier));
+            return Ok(Appended::Existing(earlier.try_into()?));
         }
+        let Some(receiver) = &message.receiver_id else {
+            return Err(RepoError::Unexpected(anyhow::anyhow!("a direct message without a receiver")));
+        };
         for _ in 0..DUPLICATE_KEY_ATTEMPTS {
-            match self.append_once(conversation, message).await {
-                Ok(Placed { conversation_id, sender_position, receiver_position }) => {
+            let placed = self
+                .transaction((self, conversation, message, receiver), |session, context| {
+                    let (store, conversation, message, receiver) = *context;
+                    async move { store.append_steps(session, conversation, message, receiver).await }.boxed()
+                })
+                .await;
+            match placed {
+                Ok(Placed { conversation_id, seq, sender_position, receiver_position }) => {
+                    let message = Message { seq: seq_from(seq)?, ..message.clone() };
                     return StoredMessage::placed(
-                        message,
+                        &message,
                         &conversation_id,
                         sender_position,
                         receiver_position,
@@ -76,13 +84,13 @@ impl MessageRepository for MongoStore {
                     .map(Appended::Created);
                 }
                 Err(error) if is_duplicate_key(&error) => {}
-                Err(error) => return Err(append_error(error)),
+                Err(error) => return Err(repo_error("storing a message")(error)),
             }
             // A unique index refused the message or its conversation; the transaction is
             // aborted, so nothing of it is stored. Which index decides the outcome:
             // - the sender's client id: a racing send with the same id committed first;
             if let Some(earlier) = self.find_by_client_id(message).await? {
-                return Ok(Appended::Existing(earlier));
+                return Ok(Appended::Existing(earlier.try_into()?));
             }
             // - the message id, or the candidate conversation's id taken by another pair;
             if self.message_id_taken(&message.id).await? || self.conversation_id_taken(conversation).await? {
@@ -95,9 +103,38 @@ impl MessageRepository for MongoStore {
         )))
     }
 
+    async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended> {
+        if let Some(earlier) = self.find_by_client_id(message).await? {
+            return Ok(GroupAppended::Existing(earlier.try_into()?));
+        }
+        let placed = self
+            .transaction((self, message), |session, context| {
+                let (store, message) = *context;
+                async move { store.append_to_group_steps(session, message).await }.boxed()
+            })
+            .await;
+        match placed {
+            Ok(GroupPlaced::Created { seq, version }) => Ok(GroupAppended::Created {
+                message: Message { seq: seq_from(seq)?, ..message.clone() },
+                version: crate::documents::version(Some(version))?,
+            }),
+            Ok(GroupPlaced::NotMember) => Ok(GroupAppended::NotMember),
+            Err(error) if is_duplicate_key(&error) => {
+                // Nothing was stored: a racing send with the same client id won, or the
+                // message id is taken.
+                match self.find_by_client_id(message).await? {
+                    Some(earlier) => Ok(GroupAppended::Existing(earlier.try_into()?)),
+                    None => Err(RepoError::Conflict),
+                }
+            }
+            Err(error) => Err(repo_error("storing a group message")(error)),
+        }
+    }
+
     async fn list_by_conversation(
         &self,
         conversation: &ConversationId,
+        from_seq: Seq,
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Vec<Message>> {
@@ -109,7 +146,12 @@ impl MessageRepository for MongoStore {
         if let Some(before) = &before {
             filter.insert("_id", doc! { "$lt": before.as_str() });
         }
-        // Newest first to take the page, then turned oldest first.
+        // Every seq is at least 1: a bound at or below it bounds nothing.
+        if from_seq > 1 {
+            filter.insert("seq", doc! { "$gte": seq_to_i64(from_seq) });
+        }
+        // Newest first to take the page (along `conversation_history`), then turned oldest
+        // first.
         let mut page = self
             .messages
             .find(filter)
@@ -124,23 +166,91 @@ impl MessageRepository for MongoStore {
         page.into_iter().map(Message::try_from).collect()
     }
 
-    async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
-        // The driver reads a limit of 0 as "no limit".
-        if limit == 0 {
+    async fn entries(
+        &self,
+        conversation: &ConversationId,
+        after: Seq,
+        until: Option<Seq>,
+        limit: u32,
+    ) -> RepoResult<Vec<Message>> {
+        if limit == 0 || until.is_some_and(|until| until <= after) {
             return Ok(Vec::new());
         }
-        let (sent, received) = futures_util::future::try_join(
-            self.stream_side(user, Role::Sender, after, limit),
-            self.stream_side(user, Role::Receiver, after, limit),
-        )
-        .await?;
-        let mut items = sent;
-        items.extend(received);
-        items.sort_by_key(|item| item.cursor);
-        items.truncate(limit as usize);
-        // The two reads are not one snapshot: a send committing between them can leave a
-        // hole, which the next read fills (see the module documentation).
-        Ok(application::ports::consecutive_after(after, items))
+        let mut range = doc! { "$gt": seq_to_i64(after) };
+        if let Some(until) = until {
+            range.insert("$lte", seq_to_i64(until));
+        }
+        let docs: Vec<MessageDoc> = self
+            .messages
+            .find(doc! { "conversationId": conversation.as_str(), "seq": range })
+            .sort(doc! { "seq": 1 })
+            .limit(i64::from(limit))
+            .await
+            .map_err(repo_error("reading a conversation's entries"))?
+            .try_collect()
+            .await
+            .map_err(repo_error("reading a conversation's entries"))?;
+        // Seqs commit in order, so there is no hole to stop at; a store that showed one
+        // would make a reader skip an entry, so the run is cut there all the same.
+        let mut entries = Vec::with_capacity(docs.len());
+        for (expected, doc) in (after + 1..).zip(docs) {
+            let entry = Message::try_from(doc)?;
+            if entry.seq != expected {
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        up_to: &MessageId,
+    ) -> RepoResult<ReadMoved> {
+        let Some(member) = self.find_member(conversation, user).await? else {
+            return Ok(ReadMoved::NotMember);
+        };
+        let entry = self
+            .messages
+            .clone_with_type::<Document>()
+            .find_one(doc! { "_id": up_to.as_str(), "conversationId": conversation.as_str() })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(repo_error("finding a read message"))?;
+        let Some(seq) = entry.and_then(|entry| entry.get_i64("seq").ok()) else {
+            return Ok(ReadMoved::UnknownMessage);
+        };
+        // Entries before the member joined are not theirs to read.
+        if seq < member.joined_seq {
+            return Ok(ReadMoved::UnknownMessage);
+        }
+        if seq <= member.read_seq {
+            return Ok(ReadMoved::NotAhead { seq: seq_from(member.read_seq)? });
+        }
+        let placed = self
+            .transaction((self, conversation, user, up_to, seq), |session, context| {
+                let (store, conversation, user, up_to, seq) = *context;
+                async move { store.mark_read_steps(session, conversation, user, up_to, seq).await }.boxed()
+            })
+            .await
+            .map_err(repo_error("moving a read position"))?;
+        match placed {
+            ReadPlaced::Moved(position) => Ok(ReadMoved::Moved {
+                seq: seq_from(seq)?,
+                cursor: Cursor::try_from(position).map_err(|e| RepoError::corrupt("stream position", e))?,
+            }),
+            // A racing read moved it as far or further, or the user just left.
+            ReadPlaced::NotAhead => match self.find_member(conversation, user).await? {
+                Some(member) => Ok(ReadMoved::NotAhead { seq: seq_from(member.read_seq)? }),
+                None => Ok(ReadMoved::NotMember),
+            },
+        }
+    }
+
+    async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
+        self.read_stream(user, after, limit).await
     }
 
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
@@ -149,158 +259,203 @@ impl MessageRepository for MongoStore {
             .find_one(doc! { "_id": user.as_str() })
             .await
             .map_err(repo_error("reading a stream head"))?;
-        head.map_or(Ok(Cursor::START), |head| stored_cursor(head.position))
+        head.map_or(Ok(Cursor::START), |head| application::ports::stored_cursor(head.position))
     }
 }
 
-/// Which side of a message a user is on, and so which of its positions is theirs.
-#[derive(Clone, Copy)]
-enum Role {
-    Sender,
-    Receiver,
-}
-
-impl Role {
-    fn fields(self) -> (&'static str, &'static str) {
-        match self {
-            Role::Sender => ("senderId", "senderPosition"),
-            Role::Receiver => ("receiverId", "receiverPosition"),
-        }
-    }
-}
-
-fn append_error(error: Error) -> RepoError {
-    match error.get_custom::<Vanished>() {
-        Some(Vanished(what)) => {
-            RepoError::Unexpected(anyhow::anyhow!("{what} vanished inside its own transaction"))
-        }
-        None => repo_error("storing a message")(error),
-    }
+/// A stored seq.
+fn seq_from(stored: i64) -> RepoResult<Seq> {
+    application::ports::stored_seq(stored)
 }
 
 impl MongoStore {
-    /// One transaction: the pair's conversation, both stream positions and the message. The
-    /// driver runs it again from the start after a transient error (a write conflict with a
-    /// concurrent send on a head or the conversation, an election) and retries a commit
-    /// whose outcome is unknown.
-    async fn append_once(&self, conversation: &Conversation, message: &Message) -> Result<Placed, Error> {
-        let mut session = self.database().client().start_session().await?;
-        session
-            .start_transaction()
-            .and_run((self, conversation, message), |session, context| {
-                let (store, conversation, message) = *context;
-                async move { store.append_steps(session, conversation, message).await }.boxed()
-            })
-            .await
-    }
-
     async fn append_steps(
         &self,
         session: &mut ClientSession,
         conversation: &Conversation,
         message: &Message,
+        receiver: &UserId,
     ) -> Result<Placed, Error> {
         // The heads first: they are what concurrent sends contend on, so a loser learns it
         // before doing any other work.
         let (sender_position, receiver_position) =
-            self.take_positions(session, &message.sender_id, &message.receiver_id).await?;
-        let conversation_id = self.join_conversation(session, conversation, message).await?;
-        let doc = MessageDoc::stored(message, &conversation_id, sender_position, receiver_position);
-        self.messages.insert_one(doc).session(&mut *session).await?;
-        Ok(Placed { conversation_id, sender_position, receiver_position })
-    }
-
-    /// Takes the next position of both users' streams, in the order of their ids.
-    async fn take_positions(
-        &self,
-        session: &mut ClientSession,
-        sender: &UserId,
-        receiver: &UserId,
-    ) -> Result<(i64, i64), Error> {
-        if sender <= receiver {
-            let s = self.next_position(session, sender).await?;
-            Ok((s, self.next_position(session, receiver).await?))
-        } else {
-            let r = self.next_position(session, receiver).await?;
-            Ok((self.next_position(session, sender).await?, r))
-        }
-    }
-
-    async fn next_position(&self, session: &mut ClientSession, user: &UserId) -> Result<i64, Error> {
-        let head = self
-            .heads
-            .find_one_and_update(doc! { "_id": user.as_str() }, doc! { "$inc": { "position": 1_i64 } })
+            self.take_positions(session, &message.sender_id, receiver).await?;
+        let (conversation_id, seq) = self.join_conversation(session, conversation, message).await?;
+        // The sender has read their own message. The members are stored with the
+        // conversation; upserts keep a send working on a conversation that lost them.
+        let joined = doc! { "kind": DIRECT, "role": "member", "joinedAt": to_bson(conversation.created_at), "joinedSeq": 1_i64 };
+        self.members
+            .update_one(
+                doc! { "conversationId": &conversation_id, "userId": message.sender_id.as_str() },
+                doc! {
+                    "$set": { "readSeq": seq, "lastReadMessageId": message.id.as_str() },
+                    "$setOnInsert": joined.clone(),
+                },
+            )
             .upsert(true)
-            .return_document(ReturnDocument::After)
             .session(&mut *session)
             .await?;
-        match head {
-            Some(head) => Ok(head.position),
-            // Servers return the document they upserted; read it back if one does not.
-            None => self
-                .heads
-                .find_one(doc! { "_id": user.as_str() })
+        if seq == 1 {
+            let mut unread = joined;
+            unread.insert("readSeq", 0_i64);
+            self.members
+                .update_one(
+                    doc! { "conversationId": &conversation_id, "userId": receiver.as_str() },
+                    doc! { "$setOnInsert": unread },
+                )
+                .upsert(true)
                 .session(&mut *session)
-                .await?
-                .map(|head| head.position)
-                .ok_or_else(|| Error::custom(Vanished("a stream head"))),
+                .await?;
         }
+        let mut doc = MessageDoc::stored(message, 0, Some((sender_position, receiver_position)))
+            .map_err(|_| Inconsistent::error("a message that does not encode"))?;
+        doc.conversation_id.clone_from(&conversation_id);
+        doc.seq = Some(seq);
+        self.messages.insert_one(doc).session(&mut *session).await?;
+        Ok(Placed { conversation_id, seq, sender_position, receiver_position })
     }
 
-    /// Stores `candidate` if the pair has no conversation, and moves the pair's
-    /// conversation's `updatedAt` forward to the message's date and its `lastMessageId` to
-    /// the message's id (never backwards); returns the pair's conversation id.
+    /// Stores `candidate` if the pair has no conversation, takes the pair's conversation's
+    /// next seq, and moves its `updatedAt` forward to the message's date and its
+    /// `lastMessageId` to the message's id (never backwards); returns the pair's conversation
+    /// id and the seq.
     async fn join_conversation(
         &self,
         session: &mut ClientSession,
         candidate: &Conversation,
         message: &Message,
-    ) -> Result<String, Error> {
-        let pair = &candidate.participants;
-        let mut fields = bson::to_document(&ConversationDoc::from(candidate)).map_err(Error::custom)?;
-        // The upsert copies the filter's equality into a new document, and `$max` sets the
-        // date and last message of a new one (a field may not be named by two operators).
-        fields.remove("pairKey");
-        fields.remove("updatedAt");
-        fields.remove("lastMessageId");
-        let filter = doc! { "pairKey": pair.key() };
+    ) -> Result<(String, i64), Error> {
+        let filter = doc! { "pairKey": candidate.participants.key() };
         let conversations = self.conversations.clone_with_type::<Document>();
+        // The upsert copies the filter's equality into a new document; `$inc` and `$max` set
+        // the seq, date and last message of a new one.
         let upserted = conversations
             .find_one_and_update(
                 filter.clone(),
                 doc! {
-                    "$setOnInsert": fields,
+                    "$setOnInsert": ConversationDoc::direct_on_insert(candidate),
+                    "$inc": { "lastSeq": 1_i64 },
                     "$max": { "updatedAt": to_bson(message.created_at), "lastMessageId": message.id.as_str() },
                 },
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "lastSeq": 1 })
             .session(&mut *session)
             .await?;
         let found = match upserted {
             Some(found) => Some(found),
             // Servers return the document they upserted; read it back if one does not.
             None => {
-                conversations.find_one(filter).projection(doc! { "_id": 1 }).session(&mut *session).await?
+                conversations
+                    .find_one(filter)
+                    .projection(doc! { "_id": 1, "lastSeq": 1 })
+                    .session(&mut *session)
+                    .await?
             }
         };
         found
             .as_ref()
-            .and_then(|found| found.get_str("_id").ok())
-            .map(str::to_owned)
-            .ok_or_else(|| Error::custom(Vanished("a conversation")))
+            .and_then(|found| Some((found.get_str("_id").ok()?.to_owned(), found.get_i64("lastSeq").ok()?)))
+            .ok_or_else(|| Inconsistent::error("a conversation vanished inside its own transaction"))
     }
 
-    /// The sender's message with the same client id as `message`, if there is one.
-    async fn find_by_client_id(&self, message: &Message) -> RepoResult<Option<StoredMessage>> {
+    async fn append_to_group_steps(
+        &self,
+        session: &mut ClientSession,
+        message: &Message,
+    ) -> Result<GroupPlaced, Error> {
+        let group = message.conversation_id.as_str();
+        // The group's document first: it is what concurrent sends contend on.
+        let moved = self
+            .conversations
+            .clone_with_type::<Document>()
+            .find_one_and_update(
+                doc! { "_id": group, "kind": GROUP },
+                doc! {
+                    "$inc": { "lastSeq": 1_i64 },
+                    "$max": { "updatedAt": to_bson(message.created_at), "lastMessageId": message.id.as_str() },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .projection(doc! { "lastSeq": 1, "membersVersion": 1 })
+            .session(&mut *session)
+            .await?;
+        let Some((seq, version)) = moved
+            .as_ref()
+            .and_then(|g| Some((g.get_i64("lastSeq").ok()?, g.get_i64("membersVersion").ok()?)))
+        else {
+            session.abort_transaction().await?;
+            return Ok(GroupPlaced::NotMember);
+        };
+        // The sender's membership, checked where it is written: a removal committed first
+        // deleted it (and one racing with this send conflicts on the group's document).
+        let read = self
+            .members
+            .update_one(
+                doc! { "conversationId": group, "userId": message.sender_id.as_str() },
+                doc! { "$set": { "readSeq": seq, "lastReadMessageId": message.id.as_str() } },
+            )
+            .session(&mut *session)
+            .await?;
+        if read.matched_count == 0 {
+            session.abort_transaction().await?;
+            return Ok(GroupPlaced::NotMember);
+        }
+        let doc = MessageDoc::stored(message, 0, None)
+            .map_err(|_| Inconsistent::error("a message that does not encode"))?;
+        self.messages.insert_one(MessageDoc { seq: Some(seq), ..doc }).session(&mut *session).await?;
+        Ok(GroupPlaced::Created { seq, version })
+    }
+
+    /// The reader's head first (the position is taken tentatively), then the membership,
+    /// moved only forward; nothing moved gives the position back.
+    async fn mark_read_steps(
+        &self,
+        session: &mut ClientSession,
+        conversation: &ConversationId,
+        user: &UserId,
+        up_to: &MessageId,
+        seq: i64,
+    ) -> Result<ReadPlaced, Error> {
+        let position = self.next_position(session, user).await?;
+        let moved = self
+            .members
+            .update_one(
+                doc! { "conversationId": conversation.as_str(), "userId": user.as_str(), "readSeq": { "$lt": seq } },
+                doc! { "$set": { "readSeq": seq, "lastReadMessageId": up_to.as_str() } },
+            )
+            .session(&mut *session)
+            .await?;
+        if moved.matched_count == 0 {
+            session.abort_transaction().await?;
+            return Ok(ReadPlaced::NotAhead);
+        }
+        let seq_u64 = u64::try_from(seq).map_err(|_| Inconsistent::error("a negative seq"))?;
+        let notice =
+            Notice::Read { conversation: conversation.clone(), seq: seq_u64, message_id: up_to.clone() };
+        self.notices.insert_one(NoticeDoc::new(user, position, &notice)).session(&mut *session).await?;
+        Ok(ReadPlaced::Moved(position))
+    }
+
+    pub(crate) async fn find_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> RepoResult<Option<MemberDoc>> {
+        self.members
+            .find_one(doc! { "conversationId": conversation.as_str(), "userId": user.as_str() })
+            .await
+            .map_err(repo_error("finding a member"))
+    }
+
+    /// The sender's entry with the same client id as `message`, if there is one.
+    async fn find_by_client_id(&self, message: &Message) -> RepoResult<Option<MessageDoc>> {
         let Some(client_id) = &message.client_id else { return Ok(None) };
         self.messages
             .find_one(doc! { "senderId": message.sender_id.as_str(), "clientMessageId": client_id.as_str() })
             .await
-            .map_err(repo_error("finding a message by client id"))?
-            .map(StoredMessage::try_from)
-            .transpose()
+            .map_err(repo_error("finding a message by client id"))
     }
 
     async fn message_id_taken(&self, id: &MessageId) -> RepoResult<bool> {
@@ -313,7 +468,7 @@ impl MongoStore {
         Ok(found > 0)
     }
 
-    /// Whether `candidate`'s id belongs to a conversation of another pair.
+    /// Whether `candidate`'s id belongs to another conversation than the pair's.
     async fn conversation_id_taken(&self, candidate: &Conversation) -> RepoResult<bool> {
         let found = self
             .conversations
@@ -326,128 +481,4 @@ impl MongoStore {
             .map_err(repo_error("looking a conversation id up"))?;
         Ok(found > 0)
     }
-
-    /// Up to `limit` of the messages `user` sent (or received) after position `after`, in
-    /// position order, through the role's stream index.
-    async fn stream_side(
-        &self,
-        user: &UserId,
-        role: Role,
-        after: Cursor,
-        limit: u32,
-    ) -> RepoResult<Vec<StreamItem>> {
-        let (user_field, position_field) = role.fields();
-        let mut filter = doc! { user_field: user.as_str() };
-        // `$exists` repeats the stream index's partial filter, so that every server's planner
-        // sees at once that the index applies.
-        filter.insert(position_field, doc! { "$exists": true, "$gt": i64::from(after) });
-        let docs: Vec<MessageDoc> = self
-            .messages
-            .find(filter)
-            .sort(doc! { position_field: 1 })
-            .limit(i64::from(limit))
-            .await
-            .map_err(repo_error("reading a message stream"))?
-            .try_collect()
-            .await
-            .map_err(repo_error("reading a message stream"))?;
-        docs.into_iter()
-            .map(|mut doc| {
-                let stored = match role {
-                    Role::Sender => doc.sender_position.take(),
-                    Role::Receiver => doc.receiver_position.take(),
-                };
-                StreamItem::at_position(position(stored)?, doc.try_into()?)
-            })
-            .collect()
-    }
-
-    /// Gives the messages stored before streams existed (the original app's, or this
-    /// server's before this version) their positions, in id (creation) order, each in a
-    /// transaction of its own exactly like a send takes them: after every position already
-    /// taken, so that no reader's cursor is ever passed by. Runs once per database: a
-    /// `migrations` document records that it finished. Two servers starting at once share
-    /// the work; each message is claimed by one of them only.
-    pub(crate) async fn backfill_stream_positions(&self) -> Result<(), Error> {
-        let migrations = self.database().collection::<Document>("migrations");
-        if migrations.find_one(doc! { "_id": BACKFILL_MARKER }).await?.is_some() {
-            return Ok(());
-        }
-        let legacy = self.messages.clone_with_type::<Document>();
-        let mut after: Option<String> = None;
-        loop {
-            // Only string ids: what every version of this server writes (and what `$gt` on
-            // the last one pages through).
-            let mut filter = doc! { "senderPosition": { "$exists": false }, "_id": { "$type": "string" } };
-            if let Some(after) = &after {
-                filter.insert("_id", doc! { "$type": "string", "$gt": after });
-            }
-            let batch: Vec<Document> = legacy
-                .find(filter)
-                .sort(doc! { "_id": 1 })
-                .projection(doc! { "_id": 1, "senderId": 1, "receiverId": 1 })
-                .limit(BACKFILL_BATCH)
-                .await?
-                .try_collect()
-                .await?;
-            let Some(last) = batch.last().and_then(|last| last.get_str("_id").ok()) else { break };
-            after = Some(last.to_owned());
-            for message in &batch {
-                // A document this store could not read anyway is left as it is: the store
-                // must still start.
-                let Some((id, sender, receiver)) = legacy_participants(message) else { continue };
-                let mut session = self.database().client().start_session().await?;
-                session
-                    .start_transaction()
-                    .and_run((self, id, &sender, &receiver), |session, context| {
-                        let (store, id, sender, receiver) = *context;
-                        async move { store.position_legacy(session, id, sender, receiver).await }.boxed()
-                    })
-                    .await?;
-            }
-        }
-        let done = migrations
-            .update_one(
-                doc! { "_id": BACKFILL_MARKER },
-                doc! { "$setOnInsert": { "completedAt": mongodb::bson::DateTime::now() } },
-            )
-            .upsert(true)
-            .await;
-        match done {
-            // Another server finished at the same time.
-            Err(error) if is_duplicate_key(&error) => Ok(()),
-            other => other.map(drop),
-        }
-    }
-
-    async fn position_legacy(
-        &self,
-        session: &mut ClientSession,
-        id: &str,
-        sender: &UserId,
-        receiver: &UserId,
-    ) -> Result<(), Error> {
-        let (sender_position, receiver_position) = self.take_positions(session, sender, receiver).await?;
-        let claimed = self
-            .messages
-            .update_one(
-                doc! { "_id": id, "senderPosition": { "$exists": false } },
-                doc! { "$set": { "senderPosition": sender_position, "receiverPosition": receiver_position } },
-            )
-            .session(&mut *session)
-            .await?;
-        if claimed.matched_count == 0 {
-            // Another server positioned it meanwhile: give the positions back.
-            session.abort_transaction().await?;
-        }
-        Ok(())
-    }
-}
-
-/// The id, sender and receiver of a legacy message document, if they are valid.
-fn legacy_participants(message: &Document) -> Option<(&str, UserId, UserId)> {
-    let id = message.get_str("_id").ok()?;
-    let sender = UserId::parse(message.get_str("senderId").ok()?).ok()?;
-    let receiver = UserId::parse(message.get_str("receiverId").ok()?).ok()?;
-    (sender != receiver).then_some((id, sender, receiver))
 }

@@ -4,18 +4,26 @@
 //! timestamps): client text only ever lands in a value position, never where it could be
 //! read as an operator or a pattern.
 
+use std::collections::HashMap;
+
 use application::ports::{
-    name_words, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
+    ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
     MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, SearchPrefix, UserQuery,
     UserRepository,
 };
 use async_trait::async_trait;
-use domain::{Conversation, Message, MessageId, ParticipantPair, Timestamp, User, UserId, Username};
-use futures_util::TryStreamExt as _;
+use domain::{
+    Chat, Conversation, ConversationId, Member, Message, MessageId, ParticipantPair, Role, Timestamp, User,
+    UserId, Username,
+};
+use futures_util::{FutureExt as _, TryStreamExt as _};
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
+use mongodb::ClientSession;
 
-use crate::documents::{to_bson, ConversationDoc, MessageDoc, RevokedTokenDoc, UserDoc};
+use crate::documents::{
+    to_bson, ConversationDoc, MemberDoc, MessageDoc, RevokedTokenDoc, UserDoc, DIRECT, GROUP,
+};
 use crate::error::repo_error;
 use crate::MongoStore;
 
@@ -85,32 +93,26 @@ impl UserRepository for MongoStore {
 #[async_trait]
 impl ConversationRepository for MongoStore {
     async fn find_or_insert(&self, candidate: &Conversation) -> RepoResult<Conversation> {
-        // Insert-if-absent on the unique pair key and read back whichever document won, in
-        // one round trip and without a transaction.
-        let pair = &candidate.participants;
-        let mut fields = bson::to_document(&ConversationDoc::from(candidate))
-            .map_err(|e| RepoError::Unexpected(anyhow::Error::new(e).context("encoding a conversation")))?;
-        // The upsert copies the filter's equality into the new document.
-        fields.remove("pairKey");
-        let upserted = self
-            .conversations
-            .find_one_and_update(doc! { "pairKey": pair.key() }, doc! { "$setOnInsert": fields })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
+        // Insert-if-absent on the unique pair key and read back whichever document won; a new
+        // conversation is stored with its two members, in one transaction.
+        let found = self
+            .transaction((self, candidate), |session, context| {
+                let (store, candidate) = *context;
+                async move { store.find_or_insert_steps(session, candidate).await }.boxed()
+            })
             .await;
-        match upserted {
+        match found {
             Ok(Some(found)) => found.try_into(),
-            // Two upserts of a new pair raced and this one lost on the unique index (servers
-            // before 4.2 don't retry that themselves), or the candidate's id is taken by
-            // another pair: the pair's conversation, if there is one now, is the answer.
+            // Two inserts of a new pair raced and this one lost on the unique index, or the
+            // candidate's id is taken by another conversation: the pair's conversation, if
+            // there is one now, is the answer.
             Err(error) if crate::error::is_duplicate_key(&error) => {
-                self.find_by_participants(pair).await?.ok_or(RepoError::Conflict)
+                self.find_by_participants(&candidate.participants).await?.ok_or(RepoError::Conflict)
             }
             Err(error) => Err(repo_error("inserting a conversation")(error)),
-            // MongoDB always returns the document of an upsert asked for the new version; a
-            // look-up makes this safe on wire-compatible servers that answer `null` to the
-            // loser of a race instead (SecantusDB does).
-            Ok(None) => self.find_by_participants(pair).await?.ok_or_else(|| {
+            // A look-up makes this safe on wire-compatible servers that answer `null` to an
+            // upsert that lost a race (SecantusDB does).
+            Ok(None) => self.find_by_participants(&candidate.participants).await?.ok_or_else(|| {
                 RepoError::Unexpected(anyhow::anyhow!("conversation vanished right after its upsert"))
             }),
         }
@@ -125,17 +127,30 @@ impl ConversationRepository for MongoStore {
             .transpose()
     }
 
+    async fn find(&self, id: &ConversationId) -> RepoResult<Option<Chat>> {
+        self.conversations
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(repo_error("finding a conversation"))?
+            .map(Chat::try_from)
+            .transpose()
+    }
+
+    async fn member(&self, conversation: &ConversationId, user: &UserId) -> RepoResult<Option<Member>> {
+        self.find_member(conversation, user).await?.map(Member::try_from).transpose()
+    }
+
     async fn page(
         &self,
         pair: &ParticipantPair,
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Option<ConversationPage>> {
-        // Two reads, each through its index (`pair_key`, then `conversation_history`), and not
-        // one snapshot: a message sent in between may be listed with the conversation's
+        // Two reads, each through its index (`direct_pair`, then `conversation_history`), and
+        // not one snapshot: a message sent in between may be listed with the conversation's
         // earlier `updatedAt`.
         let Some(conversation) = self.find_by_participants(pair).await? else { return Ok(None) };
-        let messages = self.list_by_conversation(&conversation.id, before, limit).await?;
+        let messages = self.list_by_conversation(&conversation.id, 0, before, limit).await?;
         Ok(Some(ConversationPage { conversation, messages }))
     }
 
@@ -149,21 +164,76 @@ impl ConversationRepository for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Direct conversations in list order along their index; groups through the user's
+        // memberships (a user has few groups next to their direct conversations, and a
+        // group's document carries no member list to index). The page is the first `limit`
+        // of both.
+        let (direct, groups) = futures_util::future::try_join(
+            self.direct_page(user, after.as_ref(), limit),
+            self.group_page(user, after.as_ref(), limit),
+        )
+        .await?;
+        let mut page = direct;
+        page.extend(groups);
+        page.sort_by_key(|summary| std::cmp::Reverse(summary.key()));
+        page.truncate(limit as usize);
+        Ok(page)
+    }
+}
+
+impl MongoStore {
+    async fn find_or_insert_steps(
+        &self,
+        session: &mut ClientSession,
+        candidate: &Conversation,
+    ) -> Result<Option<ConversationDoc>, mongodb::error::Error> {
+        let mut fields = ConversationDoc::direct_on_insert(candidate);
+        fields.insert("updatedAt", to_bson(candidate.updated_at));
+        fields.insert("lastMessageId", "");
+        fields.insert("lastSeq", 0_i64);
+        let found = self
+            .conversations
+            .find_one_and_update(
+                doc! { "pairKey": candidate.participants.key() },
+                doc! { "$setOnInsert": fields },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *session)
+            .await?;
+        if found.as_ref().is_some_and(|found| found.id == candidate.id.as_str()) {
+            // This transaction stored it (or an earlier call with the same candidate did).
+            for user in [candidate.participants.first(), candidate.participants.second()] {
+                let member = Member {
+                    read_seq: 0,
+                    ..Member::joining(user.clone(), Role::Member, candidate.created_at, 1)
+                };
+                let member = bson::to_document(&MemberDoc::new(&candidate.id, DIRECT, &member))
+                    .map_err(mongodb::error::Error::custom)?;
+                self.members
+                    .update_one(
+                        doc! { "conversationId": candidate.id.as_str(), "userId": user.as_str() },
+                        doc! { "$setOnInsert": member },
+                    )
+                    .upsert(true)
+                    .session(&mut *session)
+                    .await?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` of the user's direct conversations below `after`, in key order, with
+    /// their last message and the user's membership.
+    async fn direct_page(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationKey>,
+        limit: u32,
+    ) -> RepoResult<Vec<ConversationSummary>> {
         let mut filter = doc! { "participants": user.as_str() };
         if let Some(after) = after {
-            // Below the key, in key order; the bound on `updatedAt` alone is what the index
-            // range is made of, the `$or` settles ties within one millisecond.
-            let (at, last) =
-                (to_bson(after.updated_at), after.last_message.as_ref().map_or("", |m| m.as_str()));
-            filter.insert("updatedAt", doc! { "$lte": at });
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "updatedAt": { "$lt": at } },
-                    doc! { "updatedAt": at, "lastMessageId": { "$lt": last } },
-                    doc! { "updatedAt": at, "lastMessageId": last, "_id": { "$lt": after.id.as_str() } },
-                ],
-            );
+            filter.extend(below_key("", after));
         }
         let order = doc! { "updatedAt": -1, "lastMessageId": -1, "_id": -1 };
         let pipeline = [
@@ -178,8 +248,6 @@ impl ConversationRepository for MongoStore {
                 "foreignField": "_id",
                 "as": "lastMessage",
             } },
-            // A join need not keep the order; sorting the page again costs nothing.
-            doc! { "$sort": order },
         ];
         let rows: Vec<Document> = self
             .conversations
@@ -189,7 +257,93 @@ impl ConversationRepository for MongoStore {
             .try_collect()
             .await
             .map_err(repo_error("listing conversations"))?;
-        rows.into_iter().map(summary).collect()
+        let ids: Vec<&str> = rows.iter().filter_map(|row| row.get_str("_id").ok()).collect();
+        let mut mine: HashMap<String, MemberDoc> = self
+            .members
+            .find(doc! { "userId": user.as_str(), "conversationId": { "$in": ids } })
+            .await
+            .map_err(repo_error("listing memberships"))?
+            .map_ok(|member| (member.conversation_id.clone(), member))
+            .try_collect()
+            .await
+            .map_err(repo_error("listing memberships"))?;
+        rows.into_iter()
+            .filter_map(|mut row| {
+                let last = row.remove("lastMessage");
+                let me = mine.remove(row.get_str("_id").ok()?)?;
+                Some(summary(row, last, me))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` of the user's groups below `after`, in key order, with their last entry
+    /// and the user's membership.
+    async fn group_page(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationKey>,
+        limit: u32,
+    ) -> RepoResult<Vec<ConversationSummary>> {
+        let mut pipeline = vec![
+            // Along `user_conversations`.
+            doc! { "$match": { "userId": user.as_str(), "kind": GROUP } },
+            doc! { "$lookup": {
+                "from": self.conversations.name(),
+                "localField": "conversationId",
+                "foreignField": "_id",
+                "as": "conversation",
+            } },
+            doc! { "$unwind": "$conversation" },
+        ];
+        if let Some(after) = after {
+            pipeline.push(doc! { "$match": below_key("conversation.", after) });
+        }
+        pipeline.extend([
+            doc! { "$sort": { "conversation.updatedAt": -1, "conversation.lastMessageId": -1, "conversation._id": -1 } },
+            doc! { "$limit": i64::from(limit) },
+            doc! { "$lookup": {
+                "from": self.messages.name(),
+                "localField": "conversation.lastMessageId",
+                "foreignField": "_id",
+                "as": "lastMessage",
+            } },
+        ]);
+        let rows: Vec<Document> = self
+            .members
+            .aggregate(pipeline)
+            .await
+            .map_err(repo_error("listing groups"))?
+            .try_collect()
+            .await
+            .map_err(repo_error("listing groups"))?;
+        rows.into_iter()
+            .map(|mut row| {
+                let last = row.remove("lastMessage");
+                let conversation = match row.remove("conversation") {
+                    Some(Bson::Document(conversation)) => conversation,
+                    _ => return Err(RepoError::corrupt("group", "missing")),
+                };
+                let me: MemberDoc = bson::from_document(row).map_err(|e| RepoError::corrupt("member", e))?;
+                summary(conversation, last, me)
+            })
+            .collect()
+    }
+}
+
+/// The filter of the conversations below `after` in [`ConversationKey`] order, on the fields
+/// under `prefix`: the bound on `updatedAt` alone is what an index range is made of, the
+/// `$or` settles ties within one millisecond.
+fn below_key(prefix: &str, after: &ConversationKey) -> Document {
+    let (at, last) = (to_bson(after.updated_at), after.last_message.as_ref().map_or("", |m| m.as_str()));
+    let (updated, last_message, id) =
+        (format!("{prefix}updatedAt"), format!("{prefix}lastMessageId"), format!("{prefix}_id"));
+    doc! {
+        updated.clone(): { "$lte": at },
+        "$or": [
+            { updated.clone(): { "$lt": at } },
+            { updated.clone(): at, last_message.clone(): { "$lt": last } },
+            { updated: at, last_message: last, id: { "$lt": after.id.as_str() } },
+        ],
     }
 }
 
@@ -202,77 +356,21 @@ fn prefix_range(prefix: &SearchPrefix) -> Document {
     range
 }
 
-/// A conversation document with its `lastMessage` array (empty or one message).
-fn summary(mut row: Document) -> RepoResult<ConversationSummary> {
-    let last = match row.remove("lastMessage") {
+/// A conversation document with its `lastMessage` array (empty or one entry) and the
+/// user's membership.
+fn summary(conversation: Document, last: Option<Bson>, me: MemberDoc) -> RepoResult<ConversationSummary> {
+    let last = match last {
         Some(Bson::Array(messages)) => messages.into_iter().next(),
         _ => None,
     };
     let conversation: ConversationDoc =
-        bson::from_document(row).map_err(|e| RepoError::corrupt("conversation", e))?;
+        bson::from_document(conversation).map_err(|e| RepoError::corrupt("conversation", e))?;
     let last_message = last
         .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| RepoError::corrupt("message", e)))
         .transpose()?
         .map(Message::try_from)
         .transpose()?;
-    Ok(ConversationSummary { conversation: conversation.try_into()?, last_message })
-}
-
-/// The `migrations` document that records a finished [`MongoStore::backfill_read_keys`].
-const READ_KEYS_MARKER: &str = "indexedReads";
-
-impl MongoStore {
-    /// Gives users stored before searches went through `nameWords` their words, and
-    /// conversations stored before the list went through `lastMessageId` their last
-    /// message's id. Runs once per database: a `migrations` document records that it
-    /// finished. Safe next to sends and other servers doing the same: every write sets what
-    /// any of them would set, and `$max` never moves a last message back.
-    pub(crate) async fn backfill_read_keys(&self) -> mongodb::error::Result<()> {
-        let migrations = self.database().collection::<Document>("migrations");
-        if migrations.find_one(doc! { "_id": READ_KEYS_MARKER }).await?.is_some() {
-            return Ok(());
-        }
-        let users = self.users.clone_with_type::<Document>();
-        let mut legacy = users
-            .find(doc! { "nameWords": { "$exists": false } })
-            .projection(doc! { "_id": 1, "fullName": 1 })
-            .await?;
-        while let Some(user) = legacy.try_next().await? {
-            // A document this store could not read anyway is left as it is.
-            let (Ok(id), Ok(full_name)) = (user.get_str("_id"), user.get_str("fullName")) else { continue };
-            users
-                .update_one(doc! { "_id": id }, doc! { "$set": { "nameWords": name_words(full_name) } })
-                .await?;
-        }
-        let conversations = self.conversations.clone_with_type::<Document>();
-        let messages = self.messages.clone_with_type::<Document>();
-        let mut legacy = conversations
-            .find(doc! { "lastMessageId": { "$exists": false } })
-            .projection(doc! { "_id": 1 })
-            .await?;
-        while let Some(conversation) = legacy.try_next().await? {
-            let Ok(id) = conversation.get_str("_id") else { continue };
-            let last = messages
-                .find_one(doc! { "conversationId": id })
-                .sort(doc! { "_id": -1 })
-                .projection(doc! { "_id": 1 })
-                .await?;
-            let last = last.as_ref().and_then(|m| m.get_str("_id").ok()).unwrap_or("");
-            conversations.update_one(doc! { "_id": id }, doc! { "$max": { "lastMessageId": last } }).await?;
-        }
-        let done = migrations
-            .update_one(
-                doc! { "_id": READ_KEYS_MARKER },
-                doc! { "$setOnInsert": { "completedAt": bson::DateTime::now() } },
-            )
-            .upsert(true)
-            .await;
-        match done {
-            // Another server finished at the same time.
-            Err(error) if crate::error::is_duplicate_key(&error) => Ok(()),
-            other => other.map(drop),
-        }
-    }
+    Ok(ConversationSummary { conversation: conversation.try_into()?, last_message, me: me.try_into()? })
 }
 
 #[async_trait]
