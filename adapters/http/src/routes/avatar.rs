@@ -28,7 +28,8 @@ const PALETTE: [&str; 12] = [
     path = "/api/v1/user/{id}/avatar",
     tag = "user",
     operation_id = "getAvatar",
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, description = "The user's id: a UUID, lower-case and hyphenated \
+        (anything else is 400)", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     security(("bearerAuth" = []), ("cookieAuth" = [])),
     responses(
         (status = 200, description = "The picture: initials on a colour of the user's id",
