@@ -132,6 +132,8 @@ contract!(
     concurrent_group_sends_take_every_seq_once_and_a_reader_never_sees_a_hole,
     a_send_racing_a_removal_is_stored_before_it_or_refused,
     concurrent_sends_reads_and_group_changes_keep_every_stream_gap_free,
+    concurrent_changes_at_one_version_apply_exactly_one,
+    concurrent_direct_and_group_sends_with_one_client_id_store_one_message,
     revoke_twice_is_fine_and_the_token_is_revoked,
     is_revoked_of_an_unknown_token_is_false,
     purge_expired_removes_and_counts_only_expired_revocations,
@@ -2873,6 +2875,98 @@ async fn concurrent_sends_reads_and_group_changes_keep_every_stream_gap_free(sto
     for writer in &writers {
         let theirs = whole_stream(storage, writer, 50).await;
         assert_eq!(positions(&theirs), (1..=theirs.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+async fn concurrent_changes_at_one_version_apply_exactly_one(storage: &Storage) {
+    const RACERS: usize = 8;
+    for round in 0..3 {
+        let owner = insert_user(storage, &format!("owner{round}")).await;
+        let mut candidates = Vec::new();
+        for i in 0..RACERS {
+            candidates.push(insert_user(storage, &format!("candidate{round}x{i}")).await);
+        }
+        let created = create_group(storage, &owner, &[]).await;
+        let id = created.group.id.clone();
+        // Every admin decides on version 1 to add someone else: one wins, the rest must decide again.
+        let tasks: Vec<_> = candidates
+            .iter()
+            .map(|candidate| {
+                let groups = Arc::clone(&storage.groups);
+                let event = SystemEvent::Added { actor: owner.id.clone(), users: vec![candidate.id.clone()] };
+                let add = GroupChange {
+                    add: vec![(candidate.id.clone(), Role::Member)],
+                    ..change(1, system_entry(&id, &owner, event, now()))
+                };
+                let id = id.clone();
+                tokio::spawn(async move { (add.add[0].0.clone(), groups.change(&id, &add).await) })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match tokio::time::timeout(PATIENCE, task).await.expect("the changes finish").unwrap() {
+                (user, Ok(Changed::Applied { entry, version, notices })) => {
+                    winners.push((user, entry, version, notices))
+                }
+                (_, Ok(Changed::Stale)) => {}
+                (_, Err(error)) => panic!("round {round}: a racing change failed: {error:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let (user, entry, version, notices) = winners.pop().unwrap();
+        assert_eq!((entry.seq, version), (2, 2));
+        assert_eq!(notices, [Noticed { user: user.clone(), cursor: cursor(1), notice: joined(&id, 2) }]);
+        let state = group_state(storage, &id).await;
+        assert_eq!((state.version, state.group.last_seq), (2, 2));
+        let members: Vec<UserId> = state.members.iter().map(|m| m.user_id.clone()).collect();
+        assert_eq!(members, [owner.id.clone(), user.clone()]);
+        assert_eq!(all_entries(storage, &id).await, [created.entry, entry]);
+        for candidate in &candidates {
+            let expected = if candidate.id == user { cursor(1) } else { Cursor::START };
+            assert_eq!(head(storage, candidate).await, expected, "round {round}: only the winner's notice");
+        }
+    }
+}
+
+async fn concurrent_direct_and_group_sends_with_one_client_id_store_one_message(storage: &Storage) {
+    for round in 0..3 {
+        let a = insert_user(storage, &format!("sender{round}")).await;
+        let b = insert_user(storage, &format!("receiver{round}")).await;
+        let id = create_group(storage, &a, &[&b]).await.group.id;
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let messages = Arc::clone(&storage.messages);
+                let (candidate, mut direct) = draft(&a, &b, "only once", now());
+                direct.client_id = client_id("shared-key");
+                let mut to_group = group_draft(&id, &a, "only once", now());
+                to_group.client_id = client_id("shared-key");
+                tokio::spawn(async move {
+                    // (the stored message's id, whether this call stored it)
+                    if i % 2 == 0 {
+                        match messages.append(&candidate, &direct).await.expect("a direct send") {
+                            Appended::Created(stored) => (stored.message.id, true),
+                            Appended::Existing(earlier) => (earlier.message.id, false),
+                        }
+                    } else {
+                        match messages.append_to_group(&to_group).await.expect("a group send") {
+                            GroupAppended::Created { message, .. } => (message.id, true),
+                            GroupAppended::Existing(earlier) => (earlier.id, false),
+                            GroupAppended::NotMember => panic!("the sender is a member"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(tokio::time::timeout(PATIENCE, task).await.expect("the sends finish").unwrap());
+        }
+        let winners: Vec<&MessageId> =
+            results.iter().filter(|(_, stored)| *stored).map(|(id, _)| id).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert!(results.iter().all(|(id, _)| id == winners[0]), "round {round}: {results:?}");
+        let stored = history(storage, &a, &b).await.len() + all_entries(storage, &id).await.len() - 1;
+        assert_eq!(stored, 1, "round {round}: one message in all");
     }
 }
 
