@@ -98,16 +98,8 @@ impl AccountService {
         }
         let password_hash = self.hasher.hash(&password).await?;
         let now = self.clock.now();
-        let user = User {
-            id,
-            full_name,
-            username,
-            gender,
-            avatar,
-            password_hash,
-            created_at: now,
-            updated_at: now,
-        };
+        let user =
+            User { id, full_name, username, gender, avatar, password_hash, created_at: now, updated_at: now };
         match self.users.insert(&user).await {
             Ok(()) => {}
             Err(RepoError::Conflict) => return Err(AccountError::UsernameTaken),

@@ -10,6 +10,7 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 mod found_once;
+pub mod groups;
 mod known_users;
 pub mod messaging;
 pub mod paging;
@@ -22,8 +23,11 @@ pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
 pub use error::ApplicationError;
-pub use messaging::{ConversationView, MessagingError, MessagingService, Sent, SyncPage};
+pub use groups::{GroupError, GroupLimits, GroupService, GroupUpdate};
+pub use messaging::{
+    ConversationList, ConversationView, MarkedRead, MessagingError, MessagingService, Sent, SyncPage,
+};
 pub use realtime::RealtimeService;
 pub use revocations::Revocations;
-pub use stream::{Admission, FollowError, StreamFollower};
+pub use stream::{Admission, FollowError, StreamFollower, SyncEvent, SyncItem};
 pub use transfer::{Record, TransferError, TransferService, TransferStats};

@@ -1,19 +1,24 @@
-//! Messaging: send a message, read a conversation's history, list conversations, and
-//! catch up on one's message stream.
+//! Messaging: send a message (to a user, or to a conversation of either kind), read a
+//! conversation's history, mark it read, list conversations, and catch up on everything one
+//! follows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use domain::{
-    ClientMessageId, Conversation, Cursor, Message, MessageBody, MessageId, ParticipantPair, UserId,
+    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Message, MessageBody, MessageId,
+    ParticipantPair, Seq, SyncCursor, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
 use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
-    Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event, MessageRepository,
-    Notifier, RepoError, StreamItem, UserRepository,
+    Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event, GroupAppended,
+    GroupRepository, MembersPreview, MessageRepository, Notice, Notifier, ReadMoved, RepoError,
+    UserRepository,
 };
+use crate::stream::{FollowError, StreamReader, SyncItem};
 
 /// What a caller of the messaging use cases can act on.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +30,24 @@ pub enum MessagingError {
     /// A send reused a client message id of an earlier, different message.
     #[error("this client message id was already used for a different message")]
     ClientIdReused,
-    /// A sync from a cursor the user's stream never reached: one from another database,
-    /// which would hide every message up to it.
+    /// A sync from a cursor the user's stream (or one of its groups) never reached: one from
+    /// another database, which would hide every message up to it.
     #[error("the cursor is beyond the end of the message stream")]
     BeyondStream,
+    /// A sync cursor whose groups are not the user's groups at its position: no cursor this
+    /// user was handed.
+    #[error("is not a valid cursor")]
+    InvalidCursor,
+    /// No such conversation, or one the user never was a member of (the same answer, so
+    /// that conversations can't be probed).
+    #[error("conversation not found")]
+    ConversationNotFound,
+    /// The user was a member of the group and is not any more.
+    #[error("you are no longer a member of this conversation")]
+    NoLongerMember,
+    /// The message to mark read is not an entry of the conversation the user can see.
+    #[error("message not found in this conversation")]
+    MessageNotFound,
     #[error(transparent)]
     Failed(#[from] ApplicationError),
 }
@@ -51,28 +70,46 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// One page of a user's message stream.
+/// One page of everything a user follows (their stream and their groups).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncPage {
-    pub items: Vec<StreamItem>,
-    /// Where the next page starts: the last item's cursor, or the requested one when empty.
-    pub next: Cursor,
-    /// Whether more messages were already stored after this page.
+    pub items: Vec<SyncItem>,
+    /// Where the next page starts: the last item's cursor, or, when every stored item was
+    /// read, the cursor past the notices that followed it (the requested one when nothing
+    /// came).
+    pub next: SyncCursor,
+    /// Whether more was already stored after this page.
     pub has_more: bool,
+}
+
+/// Where a user's read position stands after [`MessagingService::mark_read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedRead {
+    /// Everything up to this seq is read.
+    pub seq: Seq,
+    /// The position of the read notice in the user's stream when the read position moved;
+    /// `None` when it was already there or further.
+    pub cursor: Option<Cursor>,
 }
 
 /// One page of my conversation list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
+    /// The first [`MEMBERS_PREVIEW`] members and the member count of each group of the page.
+    pub members: HashMap<ConversationId, MembersPreview>,
     /// Pass as `cursor` for the next page; `None` when no conversation follows.
     pub next_cursor: Option<String>,
 }
+
+/// How many members of each group the conversation list names.
+pub const MEMBERS_PREVIEW: u32 = 100;
 
 pub struct MessagingService {
     users: KnownUsers,
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
+    groups: Arc<dyn GroupRepository>,
     notifier: Arc<dyn Notifier>,
     clock: Arc<dyn Clock>,
 }
@@ -82,10 +119,11 @@ impl MessagingService {
         users: Arc<dyn UserRepository>,
         conversations: Arc<dyn ConversationRepository>,
         messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
         notifier: Arc<dyn Notifier>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { users: KnownUsers::new(users), conversations, messages, notifier, clock }
+        Self { users: KnownUsers::new(users), conversations, messages, groups, notifier, clock }
     }
 
     /// Stores the message, then announces it to the receiver's and the sender's connections,
@@ -123,50 +161,149 @@ impl MessagingService {
         };
         let stored = match self.messages.append(&conversation, &message).await? {
             Appended::Created(stored) => stored,
-            Appended::Existing(earlier) => {
-                return if earlier.message.same_content(&message) {
-                    Ok(Sent { message: earlier.message, created: false })
-                } else {
-                    Err(MessagingError::ClientIdReused)
-                };
-            }
+            Appended::Existing(earlier) => return retried(earlier.message, &message),
         };
 
         for (user, cursor) in
             [(receiver.clone(), stored.receiver_cursor), (sender.clone(), stored.sender_cursor)]
         {
             let event = Event::NewMessage { message: stored.message.clone(), cursor };
-            if let Err(error) = self.notifier.notify(&[user], &event).await {
-                tracing::warn!(error = %error, message_id = %stored.message.id, "new message stored but not announced");
-            }
+            self.announce(&[user], &event).await;
         }
         Ok(Sent { message: stored.message, created: true })
     }
 
-    /// The messages of my conversations stored after `since` ([`Cursor::START`]: from the
-    /// beginning), oldest first, at most `limit`.
+    /// Sends to a conversation of either kind: to the other user of a direct conversation
+    /// (as [`send`](Self::send)), or to a group I am a member of, announced once to its
+    /// members (mine included). Client ids behave as in `send`.
+    pub async fn send_to_conversation(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        body: MessageBody,
+        client_id: Option<ClientMessageId>,
+    ) -> Result<Sent, MessagingError> {
+        let group = match self.conversations.find(conversation).await? {
+            None => return Err(MessagingError::ConversationNotFound),
+            Some(Chat::Direct(direct)) => {
+                let pair = &direct.participants;
+                let other = match (pair.first(), pair.second()) {
+                    (first, second) if first == me => second,
+                    (first, second) if second == me => first,
+                    _ => return Err(MessagingError::ConversationNotFound),
+                };
+                return self.send(me, &other.clone(), body, client_id).await;
+            }
+            Some(Chat::Group(group)) => group,
+        };
+        let message = Message {
+            id: MessageId::generate(),
+            conversation_id: group.id,
+            sender_id: me.clone(),
+            receiver_id: None,
+            body,
+            system: None,
+            seq: 0,
+            created_at: self.clock.now(),
+            client_id,
+        };
+        match self.messages.append_to_group(&message).await? {
+            GroupAppended::Created { message, version } => {
+                let event = Event::GroupMessage { message: message.clone(), version };
+                if let Err(error) = self.notifier.notify_group(&message.conversation_id, &event).await {
+                    tracing::warn!(error = %error, message_id = %message.id, "group message stored but not announced");
+                }
+                Ok(Sent { message, created: true })
+            }
+            GroupAppended::Existing(earlier) => retried(earlier, &message),
+            GroupAppended::NotMember => Err(self.outsider(me, conversation).await?),
+        }
+    }
+
+    /// The newest `limit` entries before `before` of a conversation I am a member of, oldest
+    /// first: of a group, those from the entry that added me on.
+    pub async fn conversation_history(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        before: Option<MessageId>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Message>, MessagingError> {
+        let Some(member) = self.conversations.member(conversation, me).await? else {
+            return Err(self.outsider(me, conversation).await?);
+        };
+        let limit = paging::clamp(limit);
+        Ok(self.messages.list_by_conversation(conversation, member.joined_seq, before, limit).await?)
+    }
+
+    /// Moves my read position in the conversation forward to the entry `up_to` (never back).
+    /// When it moved, my other devices learn it through my stream, and the other members get
+    /// a read receipt.
+    pub async fn mark_read(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        up_to: &MessageId,
+    ) -> Result<MarkedRead, MessagingError> {
+        let (seq, cursor) = match self.messages.mark_read(conversation, me, up_to).await? {
+            ReadMoved::Moved { seq, cursor } => (seq, cursor),
+            ReadMoved::NotAhead { seq } => return Ok(MarkedRead { seq, cursor: None }),
+            ReadMoved::UnknownMessage => return Err(MessagingError::MessageNotFound),
+            ReadMoved::NotMember => return Err(self.outsider(me, conversation).await?),
+        };
+        let notice = Notice::Read { conversation: conversation.clone(), seq, message_id: up_to.clone() };
+        self.announce(std::slice::from_ref(me), &Event::Notice { notice, cursor }).await;
+        let receipt = Event::MessagesRead {
+            conversation: conversation.clone(),
+            user: me.clone(),
+            seq,
+            up_to: up_to.clone(),
+        };
+        match self.conversations.find(conversation).await {
+            Ok(Some(Chat::Direct(direct))) => {
+                let pair = &direct.participants;
+                let other = if pair.first() == me { pair.second() } else { pair.first() };
+                self.announce(std::slice::from_ref(other), &receipt).await;
+            }
+            Ok(Some(Chat::Group(_))) => {
+                if let Err(error) = self.notifier.notify_group(conversation, &receipt).await {
+                    tracing::warn!(error = %error, "read receipt not announced");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(error = %error, "read receipt not announced: conversation not read"),
+        }
+        Ok(MarkedRead { seq, cursor: Some(cursor) })
+    }
+
+    /// What I follow after `since` ([`SyncCursor::START`]: from the beginning), in order, at
+    /// most `limit` items (see [`crate::stream`] for the rules).
     pub async fn sync(
         &self,
         me: &UserId,
-        since: Cursor,
+        since: SyncCursor,
         limit: Option<u32>,
     ) -> Result<SyncPage, MessagingError> {
-        let page = self.stream_page(me, since, paging::clamp(limit)).await?;
-        // Nothing after `since`: make sure the stream ever got that far (cursors are per
-        // database, and one from elsewhere would hide every message up to it).
-        if page.items.is_empty() && since > self.messages.stream_head(me).await? {
-            return Err(MessagingError::BeyondStream);
-        }
-        Ok(page)
-    }
-
-    /// Up to `limit` messages of `me`'s stream after `after`, and whether more follow (live
-    /// connections read the stream through `StreamFollower`).
-    async fn stream_page(&self, me: &UserId, after: Cursor, limit: u32) -> Result<SyncPage, RepoError> {
-        let mut items = self.messages.stream(me, after, limit.saturating_add(1)).await?;
+        let limit = paging::clamp(limit);
+        let mut reader =
+            StreamReader::resume(self.messages.clone(), self.groups.clone(), me.clone(), Some(since))
+                .await
+                .map_err(|error| match error {
+                FollowError::Ahead { .. } | FollowError::GroupAhead { .. } => MessagingError::BeyondStream,
+                FollowError::InvalidCursor => MessagingError::InvalidCursor,
+                FollowError::Storage(error) => error.into(),
+                FollowError::Unreadable { .. } => {
+                    MessagingError::Failed(ApplicationError::Unexpected(anyhow::Error::new(error)))
+                }
+            })?;
+        // One more than asked, to tell whether more follow.
+        let mut items = reader.read(limit + 1).await?;
         let has_more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let next = items.last().map_or(after, |item| item.cursor);
+        let next = match items.last() {
+            Some(last) if has_more => last.cursor.clone(),
+            _ => reader.cursor().clone(),
+        };
         Ok(SyncPage { items, next, has_more })
     }
 
@@ -192,10 +329,11 @@ impl MessagingService {
         }
     }
 
-    /// My conversations with their last message, most recent first, `limit` at a time
-    /// (default and at most [`paging::MAX_LIMIT`], so that an old client that never pages
-    /// gets every conversation of a list of that size, as it always did) after `after` (a
-    /// decoded [`conversation_cursor`]).
+    /// My conversations (direct and groups) with their last entry, my read position and the
+    /// first members of each group, most recent first, `limit` at a time (default and at
+    /// most [`paging::MAX_LIMIT`], so that an old client that never pages gets every
+    /// conversation of a list of that size, as it always did) after `after` (a decoded
+    /// [`conversation_cursor`]).
     ///
     /// A walk from the first page never returns a conversation twice and always ends: each
     /// page holds only conversations whose [`ConversationKey`] is below the cursor, and keys
@@ -215,11 +353,52 @@ impl MessagingService {
         conversations.truncate(limit as usize);
         let next_cursor =
             conversations.last().filter(|_| more).map(|last| conversation_cursor::encode(&last.key()));
-        Ok(ConversationList { conversations, next_cursor })
+        let groups: Vec<ConversationId> = conversations
+            .iter()
+            .filter(|summary| matches!(summary.conversation, Chat::Group(_)))
+            .map(|summary| summary.conversation.id().clone())
+            .collect();
+        let members = if groups.is_empty() {
+            HashMap::new()
+        } else {
+            let previews = self.groups.members_preview(&groups, MEMBERS_PREVIEW).await?;
+            previews.into_iter().map(|preview| (preview.group.clone(), preview)).collect()
+        };
+        Ok(ConversationList { conversations, members, next_cursor })
     }
 
     fn pair_with(&self, me: &UserId, other: &UserId) -> Result<ParticipantPair, MessagingError> {
         ParticipantPair::new(me.clone(), other.clone()).map_err(|_| MessagingError::SelfConversation)
+    }
+
+    /// Why `me`, not a member of `conversation`, may not use it: they left or were removed
+    /// (403), or never were a member, or it does not exist (404, alike).
+    async fn outsider(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<MessagingError, RepoError> {
+        Ok(match self.groups.left_after(me, conversation, Cursor::START).await? {
+            Some(_) => MessagingError::NoLongerMember,
+            None => MessagingError::ConversationNotFound,
+        })
+    }
+
+    /// Best effort: a stored change is never undone because delivery failed.
+    async fn announce(&self, users: &[UserId], event: &Event) {
+        if let Err(error) = self.notifier.notify(users, event).await {
+            tracing::warn!(error = %error, "stored but not announced");
+        }
+    }
+}
+
+/// A send whose client id the sender used before for `earlier`: the same send again, or a
+/// reuse for something else.
+fn retried(earlier: Message, retry: &Message) -> Result<Sent, MessagingError> {
+    if earlier.same_content(retry) {
+        Ok(Sent { message: earlier, created: false })
+    } else {
+        Err(MessagingError::ClientIdReused)
     }
 }
 

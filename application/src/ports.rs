@@ -34,11 +34,9 @@ pub type RepoResult<T> = Result<T, RepoError>;
 
 mod groups;
 mod records;
-pub use groups::{
-    Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed,
-};
 #[cfg(any(test, feature = "mocks"))]
 pub use groups::MockGroupRepository;
+pub use groups::{Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed};
 pub use records::{
     stored_cursor, stored_seq, system_json, ConversationRecord, GroupRecord, MemberRecord, MessageRecord,
     NoticeRecord, UserRecord,

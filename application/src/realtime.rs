@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use domain::{ParticipantPair, UserId};
+use domain::{ConversationId, ParticipantPair, UserId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -94,6 +94,18 @@ impl RealtimeService {
         }
         let event = Event::Typing { from: from.clone(), to: TypingTarget::User(to.clone()), is_typing };
         if let Err(error) = self.notifier.notify(std::slice::from_ref(to), &event).await {
+            tracing::debug!(error = %error, "typing notice not delivered");
+        }
+    }
+}
+
+impl RealtimeService {
+    /// Relays a typing notice in a group to its members' connections (the sender's own are
+    /// left out by the delivery). The caller checks that `from` is a member: the edge does,
+    /// through the members it remembers, so that a notice costs no read of the store.
+    pub async fn typing_in_group(&self, from: &UserId, group: &ConversationId, is_typing: bool) {
+        let event = Event::Typing { from: from.clone(), to: TypingTarget::Group(group.clone()), is_typing };
+        if let Err(error) = self.notifier.notify_group(group, &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }
     }

@@ -1,22 +1,39 @@
-//! Following a user's message stream on one live connection: first what the client missed,
-//! then live events, in stream order, with no gap and no repeat.
+//! Following everything a user sees, in order, with no gap and no repeat: their own stream
+//! (direct messages, and notices about their groups and reads) and the entries of each group
+//! they are a member of, from the moment they joined to the moment they left.
 //!
-//! Live `newMessage` events travel outside the store (this instance's registry, or Redis
-//! from another instance), so they can arrive out of stream order, twice (replayed and
-//! live), or not at all (a bus outage). The follower keeps the last position the
-//! connection delivered: an event at the next position goes out as is, one at or before it
-//! is a repeat and is dropped, and one further ahead means events were overtaken or lost,
-//! so the positions in between are read from the store first. That read cannot come back
-//! short: an event is announced only after its message is stored, and a position is
-//! readable only once every earlier one is (see `MessageRepository::append`).
+//! Where a client stands is a [`SyncCursor`]: `P`, its position in its stream, and `V`, the
+//! last entry it has had of each group it is a member of at `P`. One reader moves it forward,
+//! for the HTTP sync and for every live connection alike ([`StreamReader`]):
+//! 1. for each group of `V` (in id order), the entries after `V[g]`, up to the end of the
+//!    membership when it has one;
+//! 2. then the stream after `P`: a direct message or a read notice is delivered; a `Joined`
+//!    notice adds its group to `V` (its entries are read by the next round, from the one that
+//!    added the user on); a `Left` notice first has the group read up to its last visible
+//!    entry, then takes the group out of `V`;
+//! 3. round after round, until the page is full or nothing is left.
+//!
+//! Every delivery carries the cursor as it stands right after it, so that a client that
+//! keeps the last one it processed resumes exactly there.
+//!
+//! Live events travel outside the store (this instance's registry, or Redis from another
+//! instance), so they can arrive out of order, twice, or not at all. A follower keeps one
+//! connection's cursor: an event right after it goes out as is, one at or before it is a
+//! repeat, and one further ahead means events were overtaken or lost, so what lies in between
+//! is read from the store first. That read cannot come back short: an event is announced only
+//! after its entry is stored, and an entry is readable only once every earlier one of the
+//! same stream or group is (see `MessageRepository::append` and `append_to_group`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use domain::{Cursor, UserId};
+use domain::{ConversationId, Cursor, Message, MessageId, Seq, SyncCursor, UserId};
 
-use crate::ports::{MessageRepository, RepoError, StreamItem};
+use crate::ports::{
+    Event, GroupRepository, MessageRepository, Notice, RepoError, RepoResult, StreamEntry, StreamItem,
+};
 
-/// Messages read from the store per round trip while catching up.
+/// Entries read from the store per round trip while catching up.
 const PAGE: u32 = 200;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,270 +45,401 @@ pub enum FollowError {
     /// messages up to it, so the client must start over from `Cursor::START`.
     #[error("since {since} is beyond the end of the stream ({head})")]
     Ahead { since: Cursor, head: Cursor },
+    /// The client resumes after an entry of a group that the group never reached: as for
+    /// [`FollowError::Ahead`], the client must start over.
+    #[error("since names seq {seq} of group {group}, beyond its last entry ({last_seq})")]
+    GroupAhead { group: ConversationId, seq: Seq, last_seq: Seq },
+    /// The cursor's groups are not the user's groups at its position in the stream (or a
+    /// group's seq lies before the user joined it): no cursor this user was ever handed.
+    #[error("since is not a valid cursor for this user")]
+    InvalidCursor,
     /// The store does not (yet) hold a position an event announced: a client should
     /// reconnect and resume from its last cursor.
     #[error("stream position {announced} was announced but is not readable")]
     Unreadable { announced: Cursor },
 }
 
-/// What to do with a live `newMessage` event at some position.
+/// What a delivery shows the user.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Admission {
-    /// Deliver it: it is the next position.
-    Deliver,
-    /// Already delivered: drop it.
-    Repeat,
-    /// Deliver these instead, in order: the missed run up to and including the event's own
-    /// message, and whatever the same read found stored after it (its events are repeats
-    /// then).
-    Fill(Vec<StreamItem>),
+pub enum SyncEvent {
+    /// A direct message, or an entry of a group (a message or a system entry).
+    Message(Message),
+    /// The user (on some device) read `conversation` up to the entry `up_to`, at `seq`.
+    Read { conversation: ConversationId, seq: Seq, up_to: MessageId },
 }
 
-/// One connection's position in its user's stream. It reads the stream through the message
-/// port alone: `stream` and `stream_head`.
-pub struct StreamFollower {
+/// One delivery, with the cursor as it stands right after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncItem {
+    pub cursor: SyncCursor,
+    pub event: SyncEvent,
+}
+
+/// What to do with a live event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// Deliver the event, as this item (with the connection's cursor right after it).
+    Deliver(SyncItem),
+    /// Already delivered: send nothing.
+    Repeat,
+    /// Deliver these instead, in order (possibly none): what was missed up to and including
+    /// the event's own entry, and whatever the same read found stored after it (their
+    /// events are repeats then). A `Joined` or `Left` notice is applied, not delivered: what
+    /// it fills is the group's entries it makes visible.
+    Fill(Vec<SyncItem>),
+    /// An entry of a group this connection does not see (the user is not, or no longer, a
+    /// member at that entry): send nothing.
+    Drop,
+    /// Not an event of the stream (online users, typing, read receipts of others, group
+    /// updates): send it as it is.
+    Pass,
+}
+
+/// What taking one stream item did.
+enum Took {
+    /// Consumed: these are its deliveries (none for a `Joined` notice).
+    Done(Vec<SyncItem>),
+    /// A `Left` notice whose group is not read up to its last entry yet and the budget ran
+    /// out: these were delivered, the notice is still to take.
+    Short(Vec<SyncItem>),
+}
+
+/// Reads forward from a [`SyncCursor`]: the one implementation of the reading rules (see the
+/// module's documentation), shared by the HTTP sync and the live followers.
+pub(crate) struct StreamReader {
     messages: Arc<dyn MessageRepository>,
+    groups: Arc<dyn GroupRepository>,
     user: UserId,
-    last: Cursor,
+    at: SyncCursor,
+    /// The last entry of the memberships in `at.groups` that have ended, once known. Only an
+    /// end is remembered: "still a member" may change at any moment.
+    ends: HashMap<ConversationId, Seq>,
+}
+
+impl StreamReader {
+    /// A reader for `user` after `since`, checked against the store: `P` no further than
+    /// the stream's head, the groups exactly those `user` is a member of at `P`, each seq
+    /// between the entry before the user joined and the group's last. Without `since`: at
+    /// the end of everything (the stream's head, each group at its last entry).
+    pub(crate) async fn resume(
+        messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
+        user: UserId,
+        since: Option<SyncCursor>,
+    ) -> Result<Self, FollowError> {
+        let head = messages.stream_head(&user).await?;
+        let at = match since {
+            None => {
+                let positions = groups.groups_at(&user, head).await?;
+                SyncCursor {
+                    stream: head,
+                    groups: positions.into_iter().map(|p| (p.group, p.last_seq)).collect(),
+                }
+            }
+            Some(since) => {
+                if since.stream > head {
+                    return Err(FollowError::Ahead { since: since.stream, head });
+                }
+                let positions = groups.groups_at(&user, since.stream).await?;
+                if positions.len() != since.groups.len() {
+                    return Err(FollowError::InvalidCursor);
+                }
+                for position in positions {
+                    let Some(&seq) = since.groups.get(&position.group) else {
+                        return Err(FollowError::InvalidCursor);
+                    };
+                    if seq > position.last_seq {
+                        return Err(FollowError::GroupAhead {
+                            group: position.group,
+                            seq,
+                            last_seq: position.last_seq,
+                        });
+                    }
+                    if seq.saturating_add(1) < position.joined_seq {
+                        return Err(FollowError::InvalidCursor);
+                    }
+                }
+                since
+            }
+        };
+        Ok(Self { messages, groups, user, at, ends: HashMap::new() })
+    }
+
+    pub(crate) fn cursor(&self) -> &SyncCursor {
+        &self.at
+    }
+
+    /// Up to `limit` deliveries after the cursor, moving it; fewer only when nothing more is
+    /// stored.
+    pub(crate) async fn read(&mut self, limit: u32) -> RepoResult<Vec<SyncItem>> {
+        let mut delivered = Vec::new();
+        loop {
+            let before = self.at.clone();
+            let groups: Vec<ConversationId> = self.at.groups.keys().cloned().collect();
+            for group in groups {
+                let budget = remaining(limit, &delivered);
+                if budget == 0 {
+                    return Ok(delivered);
+                }
+                delivered.extend(self.read_group(&group, budget).await?);
+            }
+            let budget = remaining(limit, &delivered);
+            if budget == 0 {
+                return Ok(delivered);
+            }
+            for item in self.messages.stream(&self.user, self.at.stream, budget).await? {
+                let budget = remaining(limit, &delivered);
+                if budget == 0 {
+                    return Ok(delivered);
+                }
+                match self.take(item, budget).await? {
+                    Took::Done(items) => delivered.extend(items),
+                    Took::Short(items) => {
+                        delivered.extend(items);
+                        break;
+                    }
+                }
+            }
+            if self.at == before {
+                return Ok(delivered);
+            }
+        }
+    }
+
+    /// Up to `limit` entries of `group` (one of the cursor's) after the cursor's seq, up to
+    /// the end of the membership, moving the cursor.
+    ///
+    /// The entries are read before the end is looked up: an entry read was stored before the
+    /// lookup, so if the user had been removed before it, the lookup sees the removal (it is
+    /// stored with the entry that records it), and no entry after a removal slips through.
+    async fn read_group(&mut self, group: &ConversationId, limit: u32) -> RepoResult<Vec<SyncItem>> {
+        let Some(&after) = self.at.groups.get(group) else { return Ok(Vec::new()) };
+        let known_end = self.ends.get(group).copied();
+        if known_end.is_some_and(|end| after >= end) {
+            return Ok(Vec::new());
+        }
+        let entries = self.messages.entries(group, after, known_end, limit).await?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let end = match known_end {
+            Some(end) => Some(end),
+            None => {
+                let end = self.groups.left_after(&self.user, group, self.at.stream).await?;
+                if let Some(end) = end {
+                    self.ends.insert(group.clone(), end);
+                }
+                end
+            }
+        };
+        let mut delivered = Vec::new();
+        let mut last = after;
+        for entry in entries {
+            // A store keeps to the run and the bound; a broken one must not make a client
+            // skip or see what it should not.
+            if entry.seq != last + 1 || end.is_some_and(|end| entry.seq > end) {
+                break;
+            }
+            last = entry.seq;
+            self.at.groups.insert(group.clone(), last);
+            delivered.push(SyncItem { cursor: self.at.clone(), event: SyncEvent::Message(entry) });
+        }
+        Ok(delivered)
+    }
+
+    /// Takes the stream item right after the cursor, delivering at most `budget` items.
+    async fn take(&mut self, item: StreamItem, budget: u32) -> RepoResult<Took> {
+        debug_assert_eq!(item.cursor, self.at.stream.next());
+        let delivered = match item.entry {
+            StreamEntry::Message(message) => {
+                self.at.stream = item.cursor;
+                vec![SyncItem { cursor: self.at.clone(), event: SyncEvent::Message(message) }]
+            }
+            StreamEntry::Notice(Notice::Read { conversation, seq, message_id }) => {
+                self.at.stream = item.cursor;
+                let event = SyncEvent::Read { conversation, seq, up_to: message_id };
+                vec![SyncItem { cursor: self.at.clone(), event }]
+            }
+            StreamEntry::Notice(Notice::Joined { group, seq }) => {
+                self.at.stream = item.cursor;
+                self.ends.remove(&group);
+                self.at.groups.insert(group, seq.saturating_sub(1));
+                Vec::new()
+            }
+            StreamEntry::Notice(Notice::Left { group, seq }) => {
+                let mut delivered = Vec::new();
+                if self.at.groups.contains_key(&group) {
+                    self.ends.insert(group.clone(), seq);
+                    delivered = self.read_group(&group, budget).await?;
+                    if self.at.groups.get(&group).is_some_and(|&had| had < seq) {
+                        if (delivered.len() as u64) < u64::from(budget) {
+                            // Entries up to the removal are stored before the notice is.
+                            return Err(RepoError::Unexpected(anyhow::anyhow!(
+                                "group {group} entries up to {seq} are not readable"
+                            )));
+                        }
+                        return Ok(Took::Short(delivered));
+                    }
+                    self.at.groups.remove(&group);
+                    self.ends.remove(&group);
+                }
+                self.at.stream = item.cursor;
+                delivered
+            }
+        };
+        Ok(Took::Done(delivered))
+    }
+
+    /// Takes the stream item right after the cursor whole (a `Left` notice may need
+    /// several reads of its group).
+    async fn take_whole(&mut self, item: StreamItem) -> RepoResult<Vec<SyncItem>> {
+        let mut delivered = Vec::new();
+        loop {
+            match self.take(item.clone(), PAGE).await? {
+                Took::Done(items) => {
+                    delivered.extend(items);
+                    return Ok(delivered);
+                }
+                Took::Short(items) => delivered.extend(items),
+            }
+        }
+    }
+
+    /// Reads `group` after the cursor until the store has nothing more for this user.
+    async fn read_group_whole(&mut self, group: &ConversationId) -> RepoResult<Vec<SyncItem>> {
+        let mut delivered = Vec::new();
+        loop {
+            let page = self.read_group(group, PAGE).await?;
+            if page.is_empty() {
+                return Ok(delivered);
+            }
+            delivered.extend(page);
+        }
+    }
+}
+
+fn remaining(limit: u32, delivered: &[SyncItem]) -> u32 {
+    limit.saturating_sub(u32::try_from(delivered.len()).unwrap_or(u32::MAX))
+}
+
+/// One connection's cursor, moved by what it delivers. It reads through the message and
+/// group ports alone.
+pub struct StreamFollower {
+    reader: StreamReader,
 }
 
 impl StreamFollower {
-    /// A follower for a connection of `user` resuming after `since`, or, without `since`,
-    /// starting with what is stored from now on. Call it **before** the connection is
-    /// registered for live events, then [`catch_up`](Self::catch_up) once it is: messages
-    /// stored in between are read then, and nothing falls in the seam.
+    /// A follower for a connection of `user` resuming after `since` (checked as a sync's
+    /// cursor is), or, without `since`, starting with what is stored from now on. Call it
+    /// **before** the connection is registered for live events, then
+    /// [`catch_up`](Self::catch_up) once it is: what is stored in between is read then, and
+    /// nothing falls in the seam.
     pub async fn start(
         messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
         user: UserId,
-        since: Option<Cursor>,
+        since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
-        let head = messages.stream_head(&user).await?;
-        let last = match since {
-            Some(since) if since > head => return Err(FollowError::Ahead { since, head }),
-            Some(since) => since,
-            None => head,
-        };
-        Ok(Self { messages, user, last })
+        Ok(Self { reader: StreamReader::resume(messages, groups, user, since).await? })
     }
 
-    /// The last position delivered (or the starting one).
-    pub fn last(&self) -> Cursor {
-        self.last
+    /// The cursor after the last delivery (or the starting one).
+    pub fn cursor(&self) -> &SyncCursor {
+        self.reader.cursor()
     }
 
-    /// The next page of stored messages the connection has not had; empty once caught up.
-    /// Call it until it returns an empty page, delivering each page in order.
-    pub async fn catch_up(&mut self) -> Result<Vec<StreamItem>, RepoError> {
-        let page = self.messages.stream(&self.user, self.last, PAGE).await?;
-        if let Some(item) = page.last() {
-            self.last = item.cursor;
+    /// The next page of what the connection has not had; empty once caught up. Call it until
+    /// it returns an empty page, delivering each page in order.
+    pub async fn catch_up(&mut self) -> Result<Vec<SyncItem>, RepoError> {
+        self.reader.read(PAGE).await
+    }
+
+    /// Decides about a live event; see [`Admission`].
+    pub async fn admit(&mut self, event: &Event) -> Result<Admission, FollowError> {
+        match event {
+            Event::NewMessage { message, cursor } => {
+                self.admit_at(*cursor, StreamEntry::Message(message.clone())).await
+            }
+            Event::Notice { notice, cursor } => {
+                self.admit_at(*cursor, StreamEntry::Notice(notice.clone())).await
+            }
+            Event::GroupMessage { message, .. } => Ok(self.admit_entry(message).await?),
+            Event::ConversationUpdated { .. }
+            | Event::MessagesRead { .. }
+            | Event::OnlineUsers(_)
+            | Event::Typing { .. } => Ok(Admission::Pass),
         }
-        Ok(page)
     }
 
-    /// Decides about a live event at `cursor`; see [`Admission`].
-    pub async fn admit(&mut self, cursor: Cursor) -> Result<Admission, FollowError> {
-        if cursor <= self.last {
+    /// An event at position `cursor` of the user's stream.
+    async fn admit_at(&mut self, cursor: Cursor, entry: StreamEntry) -> Result<Admission, FollowError> {
+        let at = self.reader.at.stream;
+        if cursor <= at {
             return Ok(Admission::Repeat);
         }
-        if cursor == self.last.next() {
-            self.last = cursor;
-            return Ok(Admission::Deliver);
+        if cursor == at.next() {
+            let item = StreamItem { cursor, entry };
+            return Ok(match &item.entry {
+                StreamEntry::Notice(Notice::Joined { group, .. }) => {
+                    let group = group.clone();
+                    self.reader.take_whole(item).await?;
+                    // What the notice makes visible: the group from the entry that added the user.
+                    Admission::Fill(self.reader.read_group_whole(&group).await?)
+                }
+                // The group's entries up to the user's last one.
+                StreamEntry::Notice(Notice::Left { .. }) => {
+                    Admission::Fill(self.reader.take_whole(item).await?)
+                }
+                StreamEntry::Message(_) | StreamEntry::Notice(Notice::Read { .. }) => {
+                    // One delivery: the event's.
+                    match <[SyncItem; 1]>::try_from(self.reader.take_whole(item).await?) {
+                        Ok([one]) => Admission::Deliver(one),
+                        Err(delivered) => Admission::Fill(delivered),
+                    }
+                }
+            });
         }
         let mut missed = Vec::new();
-        while self.last < cursor {
-            let page = self.catch_up().await?;
+        while self.reader.at.stream < cursor {
+            let page = self.reader.read(PAGE).await?;
             if page.is_empty() {
                 break;
             }
             missed.extend(page);
         }
-        if self.last < cursor {
+        if self.reader.at.stream < cursor {
             return Err(FollowError::Unreadable { announced: cursor });
         }
         Ok(Admission::Fill(missed))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ports::MockMessageRepository;
-    use chrono::{TimeZone, Utc};
-    use domain::{ConversationId, Message, MessageBody, MessageId};
-
-    fn cursor(n: u64) -> Cursor {
-        Cursor::new(n).unwrap()
-    }
-
-    fn item(user: &UserId, n: u64) -> StreamItem {
-        StreamItem {
-            cursor: cursor(n),
-            message: Message {
-                id: MessageId::generate(),
-                conversation_id: ConversationId::generate(),
-                sender_id: UserId::generate(),
-                receiver_id: user.clone(),
-                body: MessageBody::parse(&format!("message {n}")).unwrap(),
-                created_at: Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap(),
-                client_id: None,
-            },
-        }
-    }
-
-    /// A stream of `stored` messages: reads return consecutive positions, as the port says.
-    fn stored_up_to(messages: &mut MockMessageRepository, stored: u64) {
-        messages.expect_stream().returning(move |user, after, limit| {
-            Ok((after.position() + 1..=stored).take(limit as usize).map(|n| item(user, n)).collect())
-        });
-    }
-
-    fn positions(items: &[StreamItem]) -> Vec<u64> {
-        items.iter().map(|i| i.cursor.position()).collect()
-    }
-
-    #[tokio::test]
-    async fn start_without_since_begins_at_the_stream_head() {
-        let user = UserId::generate();
-        let expected = user.clone();
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().withf(move |u| *u == expected).times(1).returning(|_| Ok(cursor(17)));
-        messages.expect_stream().never();
-        let follower = StreamFollower::start(Arc::new(messages), user, None).await.unwrap();
-        assert_eq!(follower.last(), cursor(17));
-    }
-
-    #[tokio::test]
-    async fn start_with_since_begins_there() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().times(1).returning(|_| Ok(cursor(9)));
-        messages.expect_stream().never();
-        let follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(5))).await.unwrap();
-        assert_eq!(follower.last(), cursor(5));
-    }
-
-    #[tokio::test]
-    async fn start_beyond_the_stream_head_is_refused() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(9)));
-        let started = StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(10))).await;
-        assert!(
-            matches!(started, Err(FollowError::Ahead { since, head }) if since == cursor(10) && head == cursor(9))
-        );
-    }
-
-    #[tokio::test]
-    async fn start_fails_when_the_head_cannot_be_read() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
-        let started = StreamFollower::start(Arc::new(messages), UserId::generate(), None).await;
-        assert!(matches!(started, Err(FollowError::Storage(RepoError::Unavailable(_)))));
-    }
-
-    #[tokio::test]
-    async fn catch_up_pages_in_order_until_an_empty_page() {
-        let user = UserId::generate();
-        let expected = user.clone();
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        let stored = u64::from(PAGE) + 50;
-        let mut seq = mockall::Sequence::new();
-        for after in [3, 3 + u64::from(PAGE), stored] {
-            let user = expected.clone();
-            messages
-                .expect_stream()
-                .withf(move |u, a, limit| *u == user && *a == cursor(after) && *limit == PAGE)
-                .times(1)
-                .in_sequence(&mut seq)
-                .returning(move |user, after, limit| {
-                    Ok((after.position() + 1..=stored).take(limit as usize).map(|n| item(user, n)).collect())
-                });
-        }
-        let mut follower = StreamFollower::start(Arc::new(messages), user, Some(cursor(3))).await.unwrap();
-
-        let first = follower.catch_up().await.unwrap();
-        assert_eq!(positions(&first), (4..=3 + u64::from(PAGE)).collect::<Vec<_>>());
-        let second = follower.catch_up().await.unwrap();
-        assert_eq!(positions(&second), (4 + u64::from(PAGE)..=stored).collect::<Vec<_>>());
-        assert!(follower.catch_up().await.unwrap().is_empty());
-        assert_eq!(follower.last(), cursor(stored), "an empty page keeps the position");
-    }
-
-    #[tokio::test]
-    async fn the_next_position_is_delivered_as_is_without_reading() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        messages.expect_stream().never();
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
-        assert_eq!(follower.admit(cursor(9)).await.unwrap(), Admission::Deliver);
-        assert_eq!(follower.last(), cursor(9));
-        assert_eq!(follower.admit(cursor(10)).await.unwrap(), Admission::Deliver);
-    }
-
-    #[tokio::test]
-    async fn an_old_or_repeated_position_is_a_repeat() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        messages.expect_stream().never();
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
-        assert_eq!(follower.admit(cursor(8)).await.unwrap(), Admission::Repeat);
-        assert_eq!(follower.admit(cursor(2)).await.unwrap(), Admission::Repeat);
-        assert_eq!(follower.last(), cursor(8), "a repeat moves nothing");
-    }
-
-    #[tokio::test]
-    async fn a_position_ahead_fills_the_gap_with_the_stored_run() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        stored_up_to(&mut messages, 12);
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
-        let Admission::Fill(items) = follower.admit(cursor(11)).await.unwrap() else {
-            panic!("a gap is filled");
+    /// A new entry of a group.
+    async fn admit_entry(&mut self, entry: &Message) -> RepoResult<Admission> {
+        let group = &entry.conversation_id;
+        let Some(&had) = self.reader.at.groups.get(group) else {
+            // Not a member at the cursor: if the user joins, the notice brings the group.
+            return Ok(Admission::Drop);
         };
-        // Everything read is delivered, the event's own message last or later, none twice.
-        assert_eq!(positions(&items), [9, 10, 11, 12]);
-        assert_eq!(follower.last(), cursor(12));
-        assert_eq!(follower.admit(cursor(11)).await.unwrap(), Admission::Repeat);
-        assert_eq!(follower.admit(cursor(12)).await.unwrap(), Admission::Repeat);
-    }
-
-    #[tokio::test]
-    async fn a_gap_longer_than_a_page_is_filled_whole() {
-        let stored = 2 * u64::from(PAGE) + 7;
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        stored_up_to(&mut messages, stored);
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(0))).await.unwrap();
-        let Admission::Fill(items) = follower.admit(cursor(stored)).await.unwrap() else {
-            panic!("a gap is filled");
-        };
-        assert_eq!(positions(&items), (1..=stored).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn an_announced_position_the_store_does_not_hold_is_unreadable() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        stored_up_to(&mut messages, 10);
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(8))).await.unwrap();
-        let error = follower.admit(cursor(14)).await.unwrap_err();
-        assert!(matches!(error, FollowError::Unreadable { announced } if announced == cursor(14)), "{error}");
-    }
-
-    #[tokio::test]
-    async fn a_storage_failure_while_filling_is_reported() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(|_| Ok(cursor(1_000_000)));
-        messages.expect_stream().returning(|_, _, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
-        let mut follower =
-            StreamFollower::start(Arc::new(messages), UserId::generate(), Some(cursor(1))).await.unwrap();
-        let error = follower.admit(cursor(5)).await.unwrap_err();
-        assert!(matches!(error, FollowError::Storage(RepoError::Unavailable(_))));
+        if entry.seq <= had {
+            return Ok(Admission::Repeat);
+        }
+        let end = self.reader.ends.get(group).copied();
+        if entry.seq == had + 1 && end.is_none_or(|end| entry.seq <= end) {
+            self.reader.at.groups.insert(group.clone(), entry.seq);
+            return Ok(Admission::Deliver(SyncItem {
+                cursor: self.reader.at.clone(),
+                event: SyncEvent::Message(entry.clone()),
+            }));
+        }
+        let mut missed = Vec::new();
+        while self.reader.at.groups.get(group).is_some_and(|&had| had < entry.seq) {
+            let page = self.reader.read_group(group, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            missed.extend(page);
+        }
+        // Short of the entry: the membership ended before it.
+        Ok(if missed.is_empty() { Admission::Drop } else { Admission::Fill(missed) })
     }
 }

@@ -226,7 +226,10 @@ impl TransferService {
 
     async fn append_imported(&self, message: &Message) -> Result<Appended, RepoError> {
         let receiver = message.receiver_id.clone().ok_or_else(|| {
-            RepoError::Unexpected(anyhow::anyhow!("message {}: a group message in a dump of direct ones", message.id))
+            RepoError::Unexpected(anyhow::anyhow!(
+                "message {}: a group message in a dump of direct ones",
+                message.id
+            ))
         })?;
         let pair = ParticipantPair::new(message.sender_id.clone(), receiver)
             .map_err(|e| RepoError::Unexpected(anyhow::anyhow!("message {}: {e}", message.id)))?;

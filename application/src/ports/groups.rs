@@ -101,7 +101,8 @@ pub trait GroupRepository: Send + Sync {
 
     /// For each of `groups` (in that order), its first `limit` members by joining order and
     /// its member count.
-    async fn members_preview(&self, groups: &[ConversationId], limit: u32) -> RepoResult<Vec<MembersPreview>>;
+    async fn members_preview(&self, groups: &[ConversationId], limit: u32)
+        -> RepoResult<Vec<MembersPreview>>;
 
     /// The groups `user` is a member of at position `at` of their stream: those whose last
     /// [`Notice::Joined`] / [`Notice::Left`] at or before `at` is a `Joined`, by group id.
@@ -110,5 +111,10 @@ pub trait GroupRepository: Send + Sync {
     /// The seq of the first [`Notice::Left`] about `group` in `user`'s stream after
     /// position `after`: the last entry of the membership `user` had at `after`. `None`
     /// while that membership lasts.
-    async fn left_after(&self, user: &UserId, group: &ConversationId, after: Cursor) -> RepoResult<Option<Seq>>;
+    async fn left_after(
+        &self,
+        user: &UserId,
+        group: &ConversationId,
+        after: Cursor,
+    ) -> RepoResult<Option<Seq>>;
 }

@@ -7,8 +7,9 @@
 //! not convert is corrupt data ([`RepoError::corrupt`]), never a client's fault.
 
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Group, GroupName, Member, Message,
-    MessageBody, MessageId, ParticipantPair, PasswordHash, Seq, SystemEvent, Timestamp, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Group, GroupName, Member,
+    Message, MessageBody, MessageId, ParticipantPair, PasswordHash, Seq, SystemEvent, Timestamp, User,
+    UserId, Username,
 };
 
 use super::{Notice, RepoError, RepoResult, StoredMessage, StreamEntry, StreamItem};
@@ -86,7 +87,8 @@ impl TryFrom<GroupRecord> for Group {
         Ok(Group {
             id: conversation_id(&record.id)?,
             name: GroupName::stored(&record.name).map_err(|e| RepoError::corrupt("group name", e))?,
-            created_by: UserId::parse(&record.created_by).map_err(|e| RepoError::corrupt("group creator", e))?,
+            created_by: UserId::parse(&record.created_by)
+                .map_err(|e| RepoError::corrupt("group creator", e))?,
             created_at: record.created_at,
             updated_at: record.updated_at,
             last_seq: stored_seq(record.last_seq)?,
@@ -222,7 +224,8 @@ impl TryFrom<NoticeRecord> for StreamItem {
             ("read", Some(message_id)) => Notice::Read {
                 conversation,
                 seq,
-                message_id: MessageId::parse(&message_id).map_err(|e| RepoError::corrupt("read message id", e))?,
+                message_id: MessageId::parse(&message_id)
+                    .map_err(|e| RepoError::corrupt("read message id", e))?,
             },
             (kind, _) => return Err(RepoError::corrupt("notice", kind)),
         };
