@@ -222,11 +222,16 @@ await step("a slow send shows at once as pending, then as sent", async () => {
   await a.unroute("**/api/v1/message/send/**");
 });
 
-await step("a send that failed offline is retried by itself after the reconnect, once", async () => {
+await step("offline: a failed send is retried by itself after the reconnect, once; what came meanwhile is unread", async () => {
   await ctxA.setOffline(true);
   await a.locator("#connection-status", { hasText: /offline/i }).waitFor({ state: "visible" });
   await send(a, "Written on the train");
   await a.locator("#outbox li.failed", { hasText: "Written on the train" }).locator("button.retry").waitFor();
+  // Meanwhile someone writes in another chat.
+  const person55 = await run.apiClient();
+  await loginThroughApi(person55, "person55");
+  await sendThroughApi(person55, aliceUser._id, "Sent while you were offline");
+  await person55.dispose();
   await ctxA.setOffline(false);
   await a.locator("#connection-status").waitFor({ state: "hidden" });
   await waitForMessage(a, "Written on the train");
@@ -235,6 +240,14 @@ await step("a send that failed offline is retried by itself after the reconnect,
   await waitForMessage(b, "Written on the train");
   const stored = (await storedMessages(ctxA.request, bobUser._id)).filter((m) => m.message === "Written on the train");
   expect(stored.length === 1, `${stored.length} copies stored`);
+  const other = chatItem(a, "Person 55");
+  await other.locator(".unread", { hasText: "1" }).waitFor();
+  await other.locator(".preview", { hasText: "Sent while you were offline" }).waitFor();
+  await other.click();
+  await waitForMessage(a, "Sent while you were offline");
+  await chatItem(a, bob.fullName).click();
+  await waitForMessage(a, "Written on the train");
+  await a.waitForFunction(() => document.title === "Bob Chen · Chat");
 });
 
 await step("a new message while reading older ones: a pill, and the message waits below", async () => {
