@@ -8,6 +8,7 @@
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
 mod error;
+mod groups;
 mod postgres;
 mod repositories;
 mod rows;

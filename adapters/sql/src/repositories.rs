@@ -45,42 +45,95 @@ macro_rules! search_users_sql {
 }
 pub(crate) const SEARCH_USERS: &str = search_users_sql!(" AND username_lower < $5", " AND word < $5");
 pub(crate) const SEARCH_USERS_UNBOUNDED: &str = search_users_sql!("", "");
+/// The columns of an entry (`rows::MessageRow`).
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, seq, sender_id, receiver_id, body, system, created_at, client_message_id"
+    };
+}
+/// The columns of a conversation of either kind (`rows::ChatRow`).
+macro_rules! chat_columns {
+    () => {
+        "id, kind, participant_a, participant_b, name, created_by, created_at, updated_at, last_seq"
+    };
+}
+/// The columns of a membership (`rows::MemberRow`).
+macro_rules! member_columns {
+    () => {
+        "user_id, role, joined_at, joined_seq, read_seq, last_read_message_id"
+    };
+}
+
 pub(crate) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
-    (id, participant_a, participant_b, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+    (id, kind, participant_a, participant_b, created_at, updated_at, last_seq, members_version, member_count) \
+    VALUES ($1, 'direct', $2, $3, $4, $5, 0, 0, 2) \
     ON CONFLICT (participant_a, participant_b) DO NOTHING";
-pub(crate) const FIND_CONVERSATION: &str = "SELECT id, participant_a, participant_b, created_at, updated_at \
+/// Both users of the pair `($1, $2)` as members of its conversation, unless they are: joined
+/// at its first message, nothing read.
+pub(crate) const INSERT_DIRECT_MEMBERS: &str = "INSERT INTO members \
+    (conversation_id, user_id, kind, role, joined_at, joined_seq, read_seq) \
+    SELECT id, participant_a, 'direct', 'member', created_at, 1, 0 FROM conversations \
+        WHERE participant_a = $1 AND participant_b = $2 \
+    UNION ALL \
+    SELECT id, participant_b, 'direct', 'member', created_at, 1, 0 FROM conversations \
+        WHERE participant_a = $1 AND participant_b = $2 \
+    ON CONFLICT (conversation_id, user_id) DO NOTHING";
+pub(crate) const FIND_CONVERSATION: &str =
+    "SELECT id, participant_a, participant_b, created_at, updated_at, last_seq \
     FROM conversations WHERE participant_a = $1 AND participant_b = $2";
+pub(crate) const FIND_CHAT: &str = concat!("SELECT ", chat_columns!(), " FROM conversations WHERE id = $1");
+pub(crate) const FIND_MEMBER: &str =
+    concat!("SELECT ", member_columns!(), " FROM members WHERE conversation_id = $1 AND user_id = $2");
 /// One page of a user's conversations (see `ConversationRepository::page_for_user`) with
-/// their last messages: the first `$2` in key order of each side of the pair (`$1` as
-/// `participant_a`, then as `participant_b`), each read backwards along its index
+/// their last entries and the user's membership: the first `$2` in key order of each of
+/// three sides — the direct conversations with `$1` as `participant_a`, as `participant_b`,
+/// and `$1`'s groups —, merged and cut to `$2`, then joined with the user's member row and
+/// the last entry by their keys. The direct sides are read backwards along their indexes
 /// (`conversations_a_recent`, `conversations_b_recent`) from the cursor `($3, $4, $5)` on,
-/// merged and cut to `$2`, then joined with their last message by id. The first page gets a
-/// text without the cursor.
+/// as before groups existed; the groups through `members_user_groups`, which holds only
+/// group memberships, so that many direct conversations cost that side nothing. (A group's
+/// key lives on its row, which every send moves; keeping it on the member rows would make a
+/// send cost one write per member.) The first page gets a text without the cursor.
 macro_rules! conversations_sql {
-    ($after:literal) => {
+    ($after:literal, $group_after:literal) => {
         concat!(
-            "SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
-            m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, \
-            m.created_at AS m_created_at, m.client_message_id AS m_client_message_id \
+            "SELECT c.id, c.kind, c.participant_a, c.participant_b, c.name, c.created_by, c.created_at, \
+                c.updated_at, c.last_seq, \
+            me.user_id, me.role, me.joined_at, me.joined_seq, me.read_seq, me.last_read_message_id, \
+            m.id AS m_id, m.seq AS m_seq, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, \
+            m.body AS m_body, m.system AS m_system, m.created_at AS m_created_at, \
+            m.client_message_id AS m_client_message_id \
             FROM (\
-                SELECT * FROM (SELECT id, participant_a, participant_b, created_at, updated_at, last_message_id \
-                    FROM conversations WHERE participant_a = $1",
+                SELECT * FROM (SELECT ",
+            chat_columns!(),
+            ", last_message_id FROM conversations WHERE participant_a = $1",
             $after,
             " ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS a \
                 UNION ALL \
-                SELECT * FROM (SELECT id, participant_a, participant_b, created_at, updated_at, last_message_id \
-                    FROM conversations WHERE participant_b = $1",
+                SELECT * FROM (SELECT ",
+            chat_columns!(),
+            ", last_message_id FROM conversations WHERE participant_b = $1",
             $after,
             " ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS b \
+                UNION ALL \
+                SELECT * FROM (SELECT g.id, g.kind, g.participant_a, g.participant_b, g.name, g.created_by, \
+                    g.created_at, g.updated_at, g.last_seq, g.last_message_id \
+                    FROM members mine JOIN conversations g ON g.id = mine.conversation_id \
+                    WHERE mine.user_id = $1 AND mine.kind = 'group'",
+            $group_after,
+            " ORDER BY g.updated_at DESC, g.last_message_id DESC, g.id DESC LIMIT $2) AS grouped \
                 ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS c \
+            JOIN members me ON me.conversation_id = c.id AND me.user_id = $1 \
             LEFT JOIN messages m ON m.id = c.last_message_id \
             ORDER BY c.updated_at DESC, c.last_message_id DESC, c.id DESC"
         )
     };
 }
-pub(crate) const CONVERSATIONS: &str = conversations_sql!("");
-pub(crate) const CONVERSATIONS_AFTER: &str =
-    conversations_sql!(" AND (updated_at, last_message_id, id) < ($3, $4, $5)");
+pub(crate) const CONVERSATIONS: &str = conversations_sql!("", "");
+pub(crate) const CONVERSATIONS_AFTER: &str = conversations_sql!(
+    " AND (updated_at, last_message_id, id) < ($3, $4, $5)",
+    " AND (g.updated_at, g.last_message_id, g.id) < ($3, $4, $5)"
+);
 /// One history page in one statement (see `ConversationRepository::page`): the pair's
 /// conversation, found through `conversations_pair`, left-joined with its newest `$3`
 /// messages, taken newest first through `messages_conversation_id` and returned oldest
@@ -94,13 +147,14 @@ pub(crate) const CONVERSATIONS_AFTER: &str =
 macro_rules! page_sql {
     ($before:literal) => {
         concat!(
-            "WITH c AS (SELECT id, participant_a, participant_b, created_at, updated_at \
+            "WITH c AS (SELECT id, participant_a, participant_b, created_at, updated_at, last_seq \
                 FROM conversations WHERE participant_a = $1 AND participant_b = $2) \
-            SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, \
-            m.id AS m_id, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, m.body AS m_body, \
-            m.created_at AS m_created_at, m.client_message_id AS m_client_message_id \
+            SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, c.last_seq, \
+            m.id AS m_id, m.seq AS m_seq, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, \
+            m.body AS m_body, m.system AS m_system, m.created_at AS m_created_at, \
+            m.client_message_id AS m_client_message_id \
             FROM c LEFT JOIN (\
-                SELECT id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
+                SELECT id, seq, sender_id, receiver_id, body, system, created_at, client_message_id FROM messages \
                 WHERE conversation_id = (SELECT id FROM c)",
             $before,
             " ORDER BY id DESC LIMIT $3) AS m ON TRUE \
@@ -110,46 +164,106 @@ macro_rules! page_sql {
 }
 pub(crate) const PAGE: &str = page_sql!("");
 pub(crate) const PAGE_BEFORE: &str = page_sql!(" AND id < $4");
-pub(crate) const FIND_BY_CLIENT_ID: &str =
-    "SELECT id, conversation_id, sender_id, receiver_id, body, created_at, \
-    client_message_id, sender_position, receiver_position \
-    FROM messages WHERE sender_id = $1 AND client_message_id = $2";
-pub(crate) const LIST_MESSAGES: &str = "SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
-    WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
-pub(crate) const LIST_MESSAGES_BEFORE: &str = "SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id FROM messages \
-    WHERE conversation_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2) AS page ORDER BY id";
-/// The user's stream after a position: the messages they sent merged with those they
-/// received, each side read through its own index and cut to the limit before the merge.
+pub(crate) const FIND_BY_CLIENT_ID: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    ", sender_position, receiver_position FROM messages WHERE sender_id = $1 AND client_message_id = $2"
+);
+/// The newest `$2` entries of conversation `$1` (below the id `$4`, at or above the seq
+/// `$3`), oldest first, read backwards along `messages_conversation_id`. Without a seq bound
+/// (direct conversations, and group members since the start) the text has no seq term at all.
+macro_rules! history_sql {
+    ($from:literal, $before:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT ",
+            message_columns!(),
+            " FROM messages WHERE conversation_id = $1",
+            $from,
+            $before,
+            " ORDER BY id DESC LIMIT $2) AS page ORDER BY id"
+        )
+    };
+}
+pub(crate) const HISTORY: &str = history_sql!("", "");
+pub(crate) const HISTORY_BEFORE: &str = history_sql!("", " AND id < $4");
+pub(crate) const HISTORY_FROM: &str = history_sql!(" AND seq >= $3", "");
+pub(crate) const HISTORY_FROM_BEFORE: &str = history_sql!(" AND seq >= $3", " AND id < $4");
+/// Entries of conversation `$1` with a seq above `$2` (up to `$4`), the first `$3`, along
+/// `messages_conversation_seq`.
+pub(crate) const ENTRIES: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+);
+pub(crate) const ENTRIES_UNTIL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3"
+);
+/// The user's stream after a position: the direct messages they sent, those they received
+/// and their notices, each side read through its own index (`messages_sender_stream`,
+/// `messages_receiver_stream`, the notices' primary key) and cut to the limit before the
+/// merge (`rows::StreamRow`).
 pub(crate) const STREAM: &str = "SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, sender_position AS position \
+    SELECT sender_position AS position, NULL AS notice, id, conversation_id, seq, sender_id, receiver_id, body, \
+        created_at, client_message_id \
     FROM messages WHERE sender_id = $1 AND sender_position > $2 ORDER BY sender_position LIMIT $3) AS sent \
     UNION ALL SELECT * FROM (\
-    SELECT id, conversation_id, sender_id, receiver_id, body, created_at, client_message_id, receiver_position AS position \
+    SELECT receiver_position AS position, NULL AS notice, id, conversation_id, seq, sender_id, receiver_id, body, \
+        created_at, client_message_id \
     FROM messages WHERE receiver_id = $1 AND receiver_position > $2 ORDER BY receiver_position LIMIT $3) AS received \
+    UNION ALL SELECT * FROM (\
+    SELECT position, kind AS notice, message_id AS id, conversation_id, seq, NULL AS sender_id, NULL AS receiver_id, \
+        NULL AS body, created_at, NULL AS client_message_id \
+    FROM stream_notices WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT $3) AS noticed \
     ORDER BY position LIMIT $3";
+/// Where `$2` stands in conversation `$1` and where the entry `$3` is in it (null when it is
+/// not one of the conversation's).
+pub(crate) const READ_TARGET: &str = "SELECT m.joined_seq, m.read_seq, e.seq FROM members m \
+    LEFT JOIN messages e ON e.id = $3 AND e.conversation_id = m.conversation_id \
+    WHERE m.conversation_id = $1 AND m.user_id = $2";
+/// The next position of user `$1`'s stream, its head row locked until the transaction ends.
+pub(crate) const TAKE_POSITION: &str = "INSERT INTO stream_heads (user_id, position) VALUES ($1, 1) \
+    ON CONFLICT (user_id) DO UPDATE SET position = stream_heads.position + 1 RETURNING position";
+pub(crate) const MOVE_READ: &str = "UPDATE members SET read_seq = $3, last_read_message_id = $4 \
+    WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3";
+pub(crate) const READ_SEQ: &str = "SELECT read_seq FROM members WHERE conversation_id = $1 AND user_id = $2";
+pub(crate) const INSERT_READ_NOTICE: &str = "INSERT INTO stream_notices \
+    (user_id, position, kind, conversation_id, seq, message_id, created_at) \
+    VALUES ($1, $2, 'read', $3, $4, $5, $6)";
 pub(crate) const REVOKE_TOKEN: &str = "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) \
     ON CONFLICT (token_id) DO NOTHING";
+
+/// The leading run of `entries` (sorted by seq) at consecutive seqs right after `after`: a
+/// conversation has no holes, so on a store read in one snapshot this cuts nothing.
+pub(crate) fn consecutive_seqs(
+    after: domain::Seq,
+    mut entries: Vec<domain::Message>,
+) -> Vec<domain::Message> {
+    let run = entries.iter().zip(after + 1..).take_while(|(entry, seq)| entry.seq == *seq).count();
+    entries.truncate(run);
+    entries
+}
 
 macro_rules! impl_repositories {
     ($store:ty) => {
         const _: () = {
             use application::ports::{
-                name_words, Appended, ConversationKey, ConversationPage, ConversationRepository,
-                ConversationSummary, HealthCheck, MessageRepository, RepoError, RepoResult, Revocation,
-                RevokedTokenRepository, StoredMessage, StreamItem, UserQuery, UserRepository,
+                name_words, stored_cursor, stored_seq, Appended, ConversationKey, ConversationPage,
+                ConversationRepository, ConversationSummary, GroupAppended, HealthCheck, MessageRepository,
+                ReadMoved, RepoError, RepoResult, Revocation, RevokedTokenRepository, StoredMessage,
+                StreamItem, UserQuery, UserRepository,
             };
             use async_trait::async_trait;
             use domain::{
-                Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair,
-                Timestamp, User, UserId, Username,
+                Chat, Conversation, ConversationId, Cursor, Member, Message, MessageId, ParticipantPair,
+                Seq, Timestamp, User, UserId, Username,
             };
             use $crate::error::repo_error;
             use $crate::repositories::*;
             use $crate::rows::{
-                conversation_page, ConversationMessageRow, ConversationRow, MessageRow, StoredRow,
-                StreamRow, UserRow,
+                conversation_page, ChatRow, ConversationMessageRow, ConversationRow, MemberRow, MessageRow,
+                StoredRow, StreamRow, SummaryRow, UserRow,
             };
 
             #[async_trait]
@@ -243,21 +357,29 @@ macro_rules! impl_repositories {
             impl ConversationRepository for $store {
                 async fn find_or_insert(&self, candidate: &Conversation) -> RepoResult<Conversation> {
                     // Insert-if-absent, then read whichever row won: the unique pair index
-                    // settles a race between both users' first messages.
+                    // settles a race between both users' first messages. The members come
+                    // with the conversation, whichever insert stored it.
                     let pair = &candidate.participants;
+                    let context = "inserting a conversation";
+                    let mut tx = self.pool.begin().await.map_err(repo_error(context))?;
                     sqlx::query(INSERT_CONVERSATION)
                         .bind(candidate.id.as_str())
                         .bind(pair.first().as_str())
                         .bind(pair.second().as_str())
                         .bind(candidate.created_at)
                         .bind(candidate.updated_at)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await
-                        .map_err(repo_error("inserting a conversation"))?;
+                        .map_err(repo_error(context))?;
+                    sqlx::query(INSERT_DIRECT_MEMBERS)
+                        .bind(pair.first().as_str())
+                        .bind(pair.second().as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(repo_error("inserting a conversation's members"))?;
+                    tx.commit().await.map_err(repo_error(context))?;
                     self.find_by_participants(pair).await?.ok_or_else(|| {
-                        application::ports::RepoError::Unexpected(anyhow::anyhow!(
-                            "conversation vanished right after its insert"
-                        ))
+                        RepoError::Unexpected(anyhow::anyhow!("conversation vanished right after its insert"))
                     })
                 }
 
@@ -272,6 +394,31 @@ macro_rules! impl_repositories {
                         .await
                         .map_err(repo_error("finding a conversation"))?
                         .map(Conversation::try_from)
+                        .transpose()
+                }
+
+                async fn find(&self, id: &ConversationId) -> RepoResult<Option<Chat>> {
+                    sqlx::query_as::<_, ChatRow>(FIND_CHAT)
+                        .bind(id.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a conversation by id"))?
+                        .map(Chat::try_from)
+                        .transpose()
+                }
+
+                async fn member(
+                    &self,
+                    conversation: &ConversationId,
+                    user: &UserId,
+                ) -> RepoResult<Option<Member>> {
+                    sqlx::query_as::<_, MemberRow>(FIND_MEMBER)
+                        .bind(conversation.as_str())
+                        .bind(user.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error("finding a member"))?
+                        .map(Member::try_from)
                         .transpose()
                 }
 
@@ -306,10 +453,10 @@ macro_rules! impl_repositories {
                     limit: u32,
                 ) -> RepoResult<Vec<ConversationSummary>> {
                     let statement = match &after {
-                        None => sqlx::query_as::<_, ConversationMessageRow>(CONVERSATIONS)
+                        None => sqlx::query_as::<_, SummaryRow>(CONVERSATIONS)
                             .bind(user.as_str())
                             .bind(i64::from(limit)),
-                        Some(after) => sqlx::query_as::<_, ConversationMessageRow>(CONVERSATIONS_AFTER)
+                        Some(after) => sqlx::query_as::<_, SummaryRow>(CONVERSATIONS_AFTER)
                             .bind(user.as_str())
                             .bind(i64::from(limit))
                             .bind(after.updated_at)
@@ -346,21 +493,48 @@ macro_rules! impl_repositories {
                     }
                 }
 
+                async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended> {
+                    if let Some(earlier) = self.find_by_client_id(message).await? {
+                        return Ok(GroupAppended::Existing(earlier.message));
+                    }
+                    match self.append_group_new(message).await? {
+                        Some((message, version)) => Ok(GroupAppended::Created { message, version }),
+                        // Either a racing retry with the same client id committed first, or
+                        // the sender is no member (any more).
+                        None => Ok(match self.find_by_client_id(message).await? {
+                            Some(earlier) => GroupAppended::Existing(earlier.message),
+                            None => GroupAppended::NotMember,
+                        }),
+                    }
+                }
+
                 async fn list_by_conversation(
                     &self,
                     conversation: &ConversationId,
+                    from_seq: Seq,
                     before: Option<MessageId>,
                     limit: u32,
                 ) -> RepoResult<Vec<Message>> {
-                    let query = match &before {
-                        None => sqlx::query_as::<_, MessageRow>(LIST_MESSAGES)
-                            .bind(conversation.as_str())
-                            .bind(i64::from(limit)),
-                        Some(before) => sqlx::query_as::<_, MessageRow>(LIST_MESSAGES_BEFORE)
-                            .bind(conversation.as_str())
-                            .bind(i64::from(limit))
-                            .bind(before.as_str()),
+                    // Every entry has a seq of 1 or more: a bound at 1 bounds nothing.
+                    let from_seq = (from_seq > 1).then(|| i64::try_from(from_seq).unwrap_or(i64::MAX));
+                    let sql = match (from_seq, &before) {
+                        (None, None) => HISTORY,
+                        (None, Some(_)) => HISTORY_BEFORE,
+                        (Some(_), None) => HISTORY_FROM,
+                        (Some(_), Some(_)) => HISTORY_FROM_BEFORE,
                     };
+                    let mut query = sqlx::query_as::<_, MessageRow>(sql)
+                        .bind(conversation.as_str())
+                        .bind(i64::from(limit));
+                    // `$3` is the seq bound, `$4` the id bound; a text binds those it names.
+                    if let Some(from_seq) = from_seq {
+                        query = query.bind(from_seq);
+                    } else if before.is_some() {
+                        query = query.bind(0_i64);
+                    }
+                    if let Some(before) = &before {
+                        query = query.bind(before.as_str());
+                    }
                     query
                         .fetch_all(&self.pool)
                         .await
@@ -368,6 +542,109 @@ macro_rules! impl_repositories {
                         .into_iter()
                         .map(Message::try_from)
                         .collect()
+                }
+
+                async fn entries(
+                    &self,
+                    conversation: &ConversationId,
+                    after: Seq,
+                    until: Option<Seq>,
+                    limit: u32,
+                ) -> RepoResult<Vec<Message>> {
+                    let after_seq = i64::try_from(after).unwrap_or(i64::MAX);
+                    let query = match until {
+                        None => sqlx::query_as::<_, MessageRow>(ENTRIES),
+                        Some(_) => sqlx::query_as::<_, MessageRow>(ENTRIES_UNTIL),
+                    }
+                    .bind(conversation.as_str())
+                    .bind(after_seq)
+                    .bind(i64::from(limit));
+                    let query = match until {
+                        None => query,
+                        Some(until) => query.bind(i64::try_from(until).unwrap_or(i64::MAX)),
+                    };
+                    let entries = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("reading a conversation's entries"))?
+                        .into_iter()
+                        .map(Message::try_from)
+                        .collect::<RepoResult<Vec<_>>>()?;
+                    let read = entries.len();
+                    let run = consecutive_seqs(after, entries);
+                    if run.len() < read {
+                        // One statement, one snapshot: a hole here is a broken store.
+                        tracing::error!(conversation = %conversation, after, "conversation has a hole; reading stops before it");
+                    }
+                    Ok(run)
+                }
+
+                async fn mark_read(
+                    &self,
+                    conversation: &ConversationId,
+                    user: &UserId,
+                    up_to: &MessageId,
+                ) -> RepoResult<ReadMoved> {
+                    let context = "moving a read position";
+                    let target: Option<(i64, i64, Option<i64>)> = sqlx::query_as(READ_TARGET)
+                        .bind(conversation.as_str())
+                        .bind(user.as_str())
+                        .bind(up_to.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(repo_error(context))?;
+                    let Some((joined_seq, read_seq, entry_seq)) = target else {
+                        return Ok(ReadMoved::NotMember);
+                    };
+                    let Some(seq) = entry_seq.filter(|seq| *seq >= joined_seq) else {
+                        return Ok(ReadMoved::UnknownMessage);
+                    };
+                    if seq <= read_seq {
+                        return Ok(ReadMoved::NotAhead { seq: stored_seq(read_seq)? });
+                    }
+                    // The reader's head first, then their member row (the lock order of every
+                    // write, see src/groups.rs). Should the position not move after all (a
+                    // racing read went further, or the reader left), the transaction is rolled
+                    // back and the stream position with it.
+                    let mut tx = self.pool.begin().await.map_err(repo_error(context))?;
+                    let (position,): (i64,) = sqlx::query_as(TAKE_POSITION)
+                        .bind(user.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(repo_error(context))?;
+                    let moved = sqlx::query(MOVE_READ)
+                        .bind(conversation.as_str())
+                        .bind(user.as_str())
+                        .bind(seq)
+                        .bind(up_to.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(repo_error(context))?;
+                    if moved.rows_affected() == 0 {
+                        tx.rollback().await.map_err(repo_error(context))?;
+                        let now: Option<(i64,)> = sqlx::query_as(READ_SEQ)
+                            .bind(conversation.as_str())
+                            .bind(user.as_str())
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(repo_error(context))?;
+                        return Ok(match now {
+                            Some((read_seq,)) => ReadMoved::NotAhead { seq: stored_seq(read_seq)? },
+                            None => ReadMoved::NotMember,
+                        });
+                    }
+                    sqlx::query(INSERT_READ_NOTICE)
+                        .bind(user.as_str())
+                        .bind(position)
+                        .bind(conversation.as_str())
+                        .bind(seq)
+                        .bind(up_to.as_str())
+                        .bind(chrono::Utc::now())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(repo_error(context))?;
+                    tx.commit().await.map_err(repo_error(context))?;
+                    Ok(ReadMoved::Moved { seq: stored_seq(seq)?, cursor: stored_cursor(position)? })
                 }
 
                 async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
@@ -394,12 +671,12 @@ macro_rules! impl_repositories {
                         .fetch_optional(&self.pool)
                         .await
                         .map_err(repo_error("reading a stream head"))?;
-                    head.map_or(Ok(Cursor::START), |(position,)| application::ports::stored_cursor(position))
+                    head.map_or(Ok(Cursor::START), |(position,)| stored_cursor(position))
                 }
             }
 
             impl $store {
-                /// The sender's earlier message with the same client id, if any.
+                /// The sender's earlier entry with the same client id, if any.
                 async fn find_by_client_id(&self, message: &Message) -> RepoResult<Option<StoredMessage>> {
                     let Some(client_id) = &message.client_id else { return Ok(None) };
                     sqlx::query_as::<_, StoredRow>(FIND_BY_CLIENT_ID)
