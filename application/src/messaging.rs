@@ -454,12 +454,15 @@ pub mod conversation_cursor {
 mod tests {
     use super::*;
     use crate::paging::InvalidCursor;
+    use crate::fixtures::{timeline_ports, Timeline};
     use crate::ports::{
-        ConversationPage, MockClock, MockConversationRepository, MockMessageRepository, MockNotifier,
-        MockUserRepository, NotifyError, StoredMessage,
+        ConversationPage, MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository,
+        MockNotifier, MockUserRepository, NotifyError, StoredMessage,
     };
+    use crate::stream::SyncEvent;
     use chrono::{TimeZone, Utc};
-    use domain::{ConversationId, User};
+    use domain::{Group, GroupName, Member, Role, User};
+    use std::sync::Mutex;
 
     fn now() -> domain::Timestamp {
         Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
@@ -474,8 +477,10 @@ mod tests {
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),
-            receiver_id: user.clone(),
+            receiver_id: Some(user.clone()),
             body: MessageBody::parse("hi").unwrap(),
+            system: None,
+            seq: 1,
             created_at: now(),
             client_id: None,
         }
@@ -485,6 +490,7 @@ mod tests {
         users: MockUserRepository,
         conversations: MockConversationRepository,
         messages: MockMessageRepository,
+        groups: MockGroupRepository,
         notifier: MockNotifier,
     }
 
@@ -494,6 +500,7 @@ mod tests {
                 users: MockUserRepository::new(),
                 conversations: MockConversationRepository::new(),
                 messages: MockMessageRepository::new(),
+                groups: MockGroupRepository::new(),
                 notifier: MockNotifier::new(),
             }
         }
@@ -509,6 +516,7 @@ mod tests {
                 Arc::new(self.users),
                 Arc::new(self.conversations),
                 Arc::new(self.messages),
+                Arc::new(self.groups),
                 Arc::new(self.notifier),
                 Arc::new(clock),
             )
@@ -543,7 +551,7 @@ mod tests {
             .expect_append()
             .withf(move |conversation, msg| {
                 msg.sender_id == a
-                    && msg.receiver_id == b
+                    && msg.receiver_id.as_ref() == Some(&b)
                     && msg.body.as_str() == " hi "
                     && msg.conversation_id == conversation.id
                     && conversation.participants.contains(&a)
@@ -682,44 +690,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sync_reads_one_more_than_the_limit_to_tell_whether_more_follow() {
-        let me = UserId::generate();
-        let expected = me.clone();
-        let mut m = Mocks::new();
-        m.messages
-            .expect_stream()
-            .withf(move |user, after, limit| *user == expected && *after == cursor(41) && *limit == 3)
-            .returning(|user, _, _| {
-                Ok((42..=44).map(|n| StreamItem { cursor: cursor(n), message: message_to(user) }).collect())
-            });
-        let page = m.service().sync(&me, cursor(41), Some(2)).await.unwrap();
-        assert_eq!(page.items.iter().map(|i| i.cursor).collect::<Vec<_>>(), [cursor(42), cursor(43)]);
-        assert_eq!(page.next, cursor(43));
-        assert!(page.has_more);
-    }
-
-    #[tokio::test]
-    async fn sync_from_the_start_when_caught_up_keeps_the_cursor() {
-        let mut m = Mocks::new();
-        m.messages
-            .expect_stream()
-            .withf(|_, after, limit| *after == Cursor::START && *limit == paging::DEFAULT_LIMIT + 1)
-            .returning(|_, _, _| Ok(vec![]));
-        m.messages.expect_stream_head().returning(|_| Ok(Cursor::START));
-        let page = m.service().sync(&UserId::generate(), Cursor::START, None).await.unwrap();
-        assert_eq!(page, SyncPage { items: vec![], next: Cursor::START, has_more: false });
-    }
-
-    #[tokio::test]
-    async fn sync_beyond_the_end_of_the_stream_is_refused() {
-        let mut m = Mocks::new();
-        m.messages.expect_stream().returning(|_, _, _| Ok(vec![]));
-        m.messages.expect_stream_head().returning(|_| Ok(cursor(3)));
-        let err = m.service().sync(&UserId::generate(), cursor(4), None).await.unwrap_err();
-        assert!(matches!(err, MessagingError::BeyondStream));
-    }
-
-    #[tokio::test]
     async fn history_without_a_conversation_is_empty() {
         let mut m = Mocks::new();
         m.receiver_exists();
@@ -768,7 +738,8 @@ mod tests {
             created_at: at,
             ..message_to(me)
         });
-        ConversationSummary { conversation, last_message }
+        let me = Member::joining(me.clone(), Role::Member, at, 1);
+        ConversationSummary { conversation: Chat::Direct(conversation), last_message, me }
     }
 
     #[tokio::test]

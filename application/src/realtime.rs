@@ -383,7 +383,7 @@ mod tests {
             .expect_notify()
             .withf(move |users, e| {
                 users == [t.clone()]
-                    && *e == Event::Typing { from: f.clone(), to: t.clone(), is_typing: true }
+                    && *e == Event::Typing { from: f.clone(), to: TypingTarget::User(t.clone()), is_typing: true }
             })
             .times(3)
             .returning(|_, _| Ok(()));

@@ -443,3 +443,433 @@ impl StreamFollower {
         Ok(if missed.is_empty() { Admission::Drop } else { Admission::Fill(missed) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::fixtures::{timeline_ports, Timeline};
+    use crate::ports::{MockGroupRepository, MockMessageRepository};
+
+    fn cursor(n: u64) -> Cursor {
+        Cursor::new(n).unwrap()
+    }
+
+    fn shared(timeline: Timeline) -> Arc<Mutex<Timeline>> {
+        Arc::new(Mutex::new(timeline))
+    }
+
+    async fn follower(timeline: &Arc<Mutex<Timeline>>, since: Option<SyncCursor>) -> StreamFollower {
+        let (messages, groups) = timeline_ports(timeline);
+        let user = timeline.lock().unwrap().user.clone();
+        StreamFollower::start(Arc::new(messages), Arc::new(groups), user, since).await.unwrap()
+    }
+
+    async fn started(
+        timeline: &Arc<Mutex<Timeline>>,
+        since: Option<SyncCursor>,
+    ) -> Result<StreamFollower, FollowError> {
+        let (messages, groups) = timeline_ports(timeline);
+        let user = timeline.lock().unwrap().user.clone();
+        StreamFollower::start(Arc::new(messages), Arc::new(groups), user, since).await
+    }
+
+    async fn catch_up_all(follower: &mut StreamFollower) -> Vec<SyncItem> {
+        let mut all = Vec::new();
+        loop {
+            let page = follower.catch_up().await.unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
+    }
+
+    /// What each delivery shows, by source: direct messages and reads by stream position,
+    /// group entries by seq under their group.
+    fn shown(items: &[SyncItem]) -> BTreeMap<String, Vec<u64>> {
+        let mut shown: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for item in items {
+            let (source, n) = match &item.event {
+                SyncEvent::Message(m) if m.receiver_id.is_some() => {
+                    ("direct".to_owned(), item.cursor.stream.position())
+                }
+                SyncEvent::Message(m) => (m.conversation_id.to_string(), m.seq),
+                SyncEvent::Read { conversation, seq, .. } => (format!("read {conversation}"), *seq),
+            };
+            shown.entry(source).or_default().push(n);
+        }
+        shown
+    }
+
+    fn expected(pairs: &[(&str, &[u64])]) -> BTreeMap<String, Vec<u64>> {
+        pairs.iter().map(|(source, ns)| ((*source).to_owned(), ns.to_vec())).collect()
+    }
+
+    /// The history of the module's tests: B has entries before the user joins it, the user
+    /// leaves B and comes back, and reads A.
+    struct Story {
+        timeline: Arc<Mutex<Timeline>>,
+        a: ConversationId,
+        b: ConversationId,
+    }
+
+    fn story() -> Story {
+        let mut t = Timeline::new(&UserId::generate());
+        let (a, b) = (ConversationId::generate(), ConversationId::generate());
+        for body in ["b1", "b2", "b3"] {
+            t.post(&b, body);
+        }
+        t.direct("d1"); // 1
+        t.join(&a); // 2: A1
+        let a2 = t.post(&a, "a2");
+        t.join(&b); // 3: B4
+        t.post(&b, "b5");
+        t.direct("d2"); // 4
+        t.read(&a2); // 5
+        t.leave(&b); // 6: B6
+        t.post(&b, "b7"); // not for the user
+        t.post(&a, "a3");
+        t.join(&b); // 7: B8
+        t.post(&b, "b9");
+        Story { timeline: shared(t), a, b }
+    }
+
+    fn whole_story(s: &Story) -> BTreeMap<String, Vec<u64>> {
+        expected(&[
+            ("direct", &[1, 4]),
+            (s.a.as_str(), &[1, 2, 3]),
+            (s.b.as_str(), &[4, 5, 6, 8, 9]),
+            (&format!("read {}", s.a), &[2]),
+        ])
+    }
+
+    #[tokio::test]
+    async fn start_without_since_begins_at_the_end_of_everything() {
+        let s = story();
+        let mut follower = follower(&s.timeline, None).await;
+        let at = follower.cursor().clone();
+        assert_eq!(at.stream, cursor(7));
+        assert_eq!(at.groups, [(s.a.clone(), 3), (s.b.clone(), 9)].into());
+        assert!(follower.catch_up().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn catching_up_from_the_start_shows_each_membership_from_its_joining_to_its_end() {
+        let s = story();
+        let mut follower = follower(&s.timeline, Some(SyncCursor::START)).await;
+        let items = catch_up_all(&mut follower).await;
+        assert_eq!(shown(&items), whole_story(&s));
+        // The entry that removed the user is the last of that membership it sees.
+        assert!(items.iter().all(|i| !matches!(&i.event, SyncEvent::Message(m) if m.body.as_str() == "b7")));
+        assert_eq!(follower.cursor(), &SyncCursor { stream: cursor(7), groups: [(s.a, 3), (s.b, 9)].into() });
+    }
+
+    #[tokio::test]
+    async fn each_delivery_carries_a_cursor_that_resumes_right_after_it() {
+        let s = story();
+        let items = catch_up_all(&mut follower(&s.timeline, Some(SyncCursor::START)).await).await;
+        for (i, item) in items.iter().enumerate() {
+            let mut resumed = follower(&s.timeline, Some(item.cursor.clone())).await;
+            let rest = catch_up_all(&mut resumed).await;
+            assert_eq!(shown(&rest), shown(&items[i + 1..]), "after delivery {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_holds_at_most_its_size_and_paging_loses_nothing() {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.join(&group);
+        for n in 0..PAGE + 10 {
+            t.post(&group, &format!("g{n}"));
+            t.direct(&format!("d{n}"));
+        }
+        let timeline = shared(t);
+        let mut follower = follower(&timeline, Some(SyncCursor::START)).await;
+        let mut pages = Vec::new();
+        loop {
+            let page = follower.catch_up().await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            pages.push(page.len());
+            assert!(page.len() <= PAGE as usize);
+        }
+        assert_eq!(pages.iter().sum::<usize>(), 2 * (PAGE as usize + 10) + 1);
+        assert_eq!(pages[0], PAGE as usize);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_beyond_the_stream_or_a_group_is_refused() {
+        let s = story();
+        let ahead = started(&s.timeline, Some(SyncCursor::at(cursor(8)))).await;
+        assert!(
+            matches!(ahead, Err(FollowError::Ahead { since, head }) if since == cursor(8) && head == cursor(7))
+        );
+
+        let beyond = SyncCursor { stream: cursor(7), groups: [(s.a.clone(), 4), (s.b.clone(), 9)].into() };
+        let refused = started(&s.timeline, Some(beyond)).await;
+        assert!(
+            matches!(&refused, Err(FollowError::GroupAhead { group, seq: 4, last_seq: 3 }) if *group == s.a),
+            "{refused:?}",
+            refused = refused.as_ref().err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cursor_naming_other_groups_than_the_users_at_its_position_is_invalid() {
+        let s = story();
+        let (a, b) = (s.a.clone(), s.b.clone());
+        for since in [
+            // At 2 the user is in A only.
+            SyncCursor { stream: cursor(2), groups: [(a.clone(), 0), (b.clone(), 3)].into() },
+            SyncCursor::at(cursor(2)),
+            SyncCursor { stream: cursor(2), groups: [(ConversationId::generate(), 0)].into() },
+            // At 3 the user joined B at 4: 3 is the least seq.
+            SyncCursor { stream: cursor(3), groups: [(a.clone(), 1), (b.clone(), 2)].into() },
+            // At 6 the user left B.
+            SyncCursor { stream: cursor(6), groups: [(a.clone(), 1), (b.clone(), 6)].into() },
+        ] {
+            let refused = started(&s.timeline, Some(since.clone())).await;
+            assert!(matches!(refused, Err(FollowError::InvalidCursor)), "{since}");
+        }
+        for since in [
+            SyncCursor::at(cursor(1)),
+            SyncCursor { stream: cursor(3), groups: [(a.clone(), 0), (b.clone(), 3)].into() },
+            SyncCursor { stream: cursor(6), groups: [(a, 3)].into() },
+        ] {
+            assert!(started(&s.timeline, Some(since.clone())).await.is_ok(), "{since}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_at_start_is_reported() {
+        let mut messages = MockMessageRepository::new();
+        messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let started = StreamFollower::start(
+            Arc::new(messages),
+            Arc::new(MockGroupRepository::new()),
+            UserId::generate(),
+            None,
+        )
+        .await;
+        assert!(matches!(started, Err(FollowError::Storage(RepoError::Unavailable(_)))));
+    }
+
+    /// A user in no group, caught up at `at` of a stream of `stored` direct messages.
+    async fn direct_only(stored: u64, at: u64) -> (Arc<Mutex<Timeline>>, StreamFollower, Vec<Event>) {
+        let mut t = Timeline::new(&UserId::generate());
+        let mut events = Vec::new();
+        for n in 1..=stored {
+            let (cursor, message) = t.direct(&format!("d{n}"));
+            events.push(Event::NewMessage { message, cursor });
+        }
+        let timeline = shared(t);
+        let follower = follower(&timeline, Some(SyncCursor::at(cursor(at)))).await;
+        (timeline, follower, events)
+    }
+
+    #[tokio::test]
+    async fn the_next_direct_message_is_delivered_as_is_with_the_cursor_after_it() {
+        let (_, mut follower, events) = direct_only(10, 8).await;
+        let Admission::Deliver(item) = follower.admit(&events[8]).await.unwrap() else { panic!("delivered") };
+        assert_eq!(item.cursor, SyncCursor::at(cursor(9)));
+        assert!(matches!(&item.event, SyncEvent::Message(m) if m.body.as_str() == "d9"));
+        assert_eq!(follower.admit(&events[8]).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.admit(&events[2]).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.cursor().stream, cursor(9), "a repeat moves nothing");
+    }
+
+    #[tokio::test]
+    async fn a_direct_message_ahead_fills_the_gap_with_the_stored_run() {
+        let (_, mut follower, events) = direct_only(12, 8).await;
+        let Admission::Fill(items) = follower.admit(&events[10]).await.unwrap() else { panic!("filled") };
+        assert_eq!(shown(&items), expected(&[("direct", &[9, 10, 11, 12])]));
+        assert_eq!(follower.admit(&events[11]).await.unwrap(), Admission::Repeat);
+    }
+
+    #[tokio::test]
+    async fn an_announced_position_the_store_does_not_hold_is_unreadable() {
+        let (timeline, mut follower, _) = direct_only(10, 8).await;
+        let (message, _) = {
+            let mut t = Timeline::new(&timeline.lock().unwrap().user);
+            let (_, m) = t.direct("never stored");
+            (m, t)
+        };
+        let error = follower.admit(&Event::NewMessage { message, cursor: cursor(14) }).await.unwrap_err();
+        assert!(matches!(error, FollowError::Unreadable { announced } if announced == cursor(14)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_read_notice_is_delivered_and_other_events_pass() {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.join(&group);
+        let entry = t.post(&group, "hi");
+        let timeline = shared(t);
+        let mut follower = follower(&timeline, None).await;
+        let at = timeline.lock().unwrap().read(&entry);
+        let notice = Notice::Read { conversation: group.clone(), seq: 2, message_id: entry.id.clone() };
+        let Admission::Deliver(item) = follower.admit(&Event::Notice { notice, cursor: at }).await.unwrap()
+        else {
+            panic!("delivered")
+        };
+        assert_eq!(
+            item.event,
+            SyncEvent::Read { conversation: group.clone(), seq: 2, up_to: entry.id.clone() }
+        );
+        assert_eq!(item.cursor.stream, at);
+        let other =
+            Event::MessagesRead { conversation: group, user: UserId::generate(), seq: 2, up_to: entry.id };
+        assert_eq!(follower.admit(&other).await.unwrap(), Admission::Pass);
+        assert_eq!(follower.admit(&Event::OnlineUsers(vec![])).await.unwrap(), Admission::Pass);
+    }
+
+    /// A follower of a user who is a member of a group with `entries` entries (the first
+    /// added the user), caught up.
+    async fn in_group(entries: u64) -> (Arc<Mutex<Timeline>>, ConversationId, StreamFollower) {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.join(&group);
+        for n in 2..=entries {
+            t.post(&group, &format!("g{n}"));
+        }
+        let timeline = shared(t);
+        let follower = follower(&timeline, None).await;
+        (timeline, group, follower)
+    }
+
+    fn group_event(message: Message) -> Event {
+        Event::GroupMessage { message, version: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_group_entry_is_delivered_repeated_or_fills_its_gap() {
+        let (timeline, group, mut follower) = in_group(3).await;
+        let e4 = timeline.lock().unwrap().post(&group, "g4");
+        let Admission::Deliver(item) = follower.admit(&group_event(e4.clone())).await.unwrap() else {
+            panic!("delivered")
+        };
+        assert_eq!(item.cursor.groups[&group], 4);
+        assert_eq!(follower.admit(&group_event(e4)).await.unwrap(), Admission::Repeat);
+
+        let (_e5, _e6, e7) = {
+            let mut t = timeline.lock().unwrap();
+            (t.post(&group, "g5"), t.post(&group, "g6"), t.post(&group, "g7"))
+        };
+        let Admission::Fill(items) = follower.admit(&group_event(e7)).await.unwrap() else {
+            panic!("filled")
+        };
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[5, 6, 7])]));
+        assert_eq!(follower.cursor().groups[&group], 7);
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_a_group_the_user_is_not_in_is_dropped() {
+        let (timeline, _, mut follower) = in_group(1).await;
+        let stranger = timeline.lock().unwrap().post(&ConversationId::generate(), "not yours");
+        assert_eq!(follower.admit(&group_event(stranger)).await.unwrap(), Admission::Drop);
+    }
+
+    #[tokio::test]
+    async fn a_joined_notice_brings_the_group_from_the_entry_that_added_the_user() {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.post(&group, "before you");
+        let timeline = shared(t);
+        let mut follower = follower(&timeline, None).await;
+        // The group's event may come first: not a member yet at the cursor.
+        let (at, added) = timeline.lock().unwrap().join(&group);
+        assert_eq!(follower.admit(&group_event(added.clone())).await.unwrap(), Admission::Drop);
+        let joined = Event::Notice { notice: Notice::Joined { group: group.clone(), seq: 2 }, cursor: at };
+        let Admission::Fill(items) = follower.admit(&joined).await.unwrap() else { panic!("filled") };
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[2])]));
+        assert_eq!(items[0].cursor, SyncCursor { stream: at, groups: [(group.clone(), 2)].into() });
+        assert_eq!(follower.admit(&group_event(added)).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.admit(&joined).await.unwrap(), Admission::Repeat);
+    }
+
+    #[tokio::test]
+    async fn a_left_notice_delivers_the_group_up_to_the_removal_then_drops_it() {
+        let (timeline, group, mut follower) = in_group(2).await;
+        let (e3, (at, removed), after) = {
+            let mut t = timeline.lock().unwrap();
+            (t.post(&group, "g3"), t.leave(&group), t.post(&group, "after you"))
+        };
+        let left =
+            Event::Notice { notice: Notice::Left { group: group.clone(), seq: removed.seq }, cursor: at };
+        let Admission::Fill(items) = follower.admit(&left).await.unwrap() else { panic!("filled") };
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[3, 4])]));
+        assert_eq!(follower.cursor(), &SyncCursor::at(at));
+        for late in [e3, removed, after] {
+            assert_eq!(follower.admit(&group_event(late)).await.unwrap(), Admission::Drop);
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_after_a_removal_are_dropped_before_its_notice_arrives() {
+        let (timeline, group, mut follower) = in_group(2).await;
+        let (e3, removed, after, later) = {
+            let mut t = timeline.lock().unwrap();
+            let e3 = t.post(&group, "g3");
+            let (_, removed) = t.leave(&group);
+            (e3, removed, t.post(&group, "after you"), t.post(&group, "later"))
+        };
+        // 3 overtaken and lost: the gap is read, up to the removal only.
+        let Admission::Fill(items) = follower.admit(&group_event(after)).await.unwrap() else {
+            panic!("filled")
+        };
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[3, 4])]));
+        assert_eq!(follower.admit(&group_event(later)).await.unwrap(), Admission::Drop);
+        assert_eq!(follower.admit(&group_event(e3)).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.admit(&group_event(removed)).await.unwrap(), Admission::Repeat);
+    }
+
+    #[tokio::test]
+    async fn a_stream_gap_over_a_rejoin_fills_the_group_from_the_new_membership() {
+        let (timeline, group, mut follower) = in_group(1).await;
+        let (at, _) = {
+            let mut t = timeline.lock().unwrap();
+            t.leave(&group); // 2
+            t.post(&group, "while away"); // 3
+            t.join(&group); // 4
+            t.post(&group, "back"); // 5
+            t.direct("hello")
+        };
+        let (message, cursor) = {
+            let t = timeline.lock().unwrap();
+            let StreamEntry::Message(m) = t.stream.last().unwrap().clone() else { unreachable!() };
+            (m, at)
+        };
+        let Admission::Fill(items) = follower.admit(&Event::NewMessage { message, cursor }).await.unwrap()
+        else {
+            panic!("filled")
+        };
+        assert_eq!(shown(&items), expected(&[("direct", &[at.position()]), (group.as_str(), &[2, 4, 5])]));
+        assert_eq!(follower.cursor(), &SyncCursor { stream: at, groups: [(group, 5)].into() });
+    }
+
+    #[tokio::test]
+    async fn a_storage_failure_while_filling_is_reported() {
+        let mut messages = MockMessageRepository::new();
+        messages.expect_stream_head().returning(|_| Ok(Cursor::new(1_000).unwrap()));
+        messages.expect_stream().returning(|_, _, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let mut groups = MockGroupRepository::new();
+        groups.expect_groups_at().returning(|_, _| Ok(Vec::new()));
+        let user = UserId::generate();
+        let mut follower = StreamFollower::start(
+            Arc::new(messages),
+            Arc::new(groups),
+            user.clone(),
+            Some(SyncCursor::at(cursor(1))),
+        )
+        .await
+        .unwrap();
+        let (_, message) = Timeline::new(&user).direct("hi");
+        let error = follower.admit(&Event::NewMessage { message, cursor: cursor(5) }).await.unwrap_err();
+        assert!(matches!(error, FollowError::Storage(RepoError::Unavailable(_))));
+    }
+}

@@ -268,7 +268,8 @@ mod tests {
     };
     use chrono::Utc;
     use domain::{
-        Avatar, ConversationId, FullName, MessageBody, MessageId, ParticipantPair, PasswordHash, Username,
+        Avatar, ConversationId, FullName, Group, GroupName, Member, MessageBody, MessageId, ParticipantPair,
+        PasswordHash, Role, Username,
     };
 
     /// Salt and hash of a bcrypt string, after `$2b$<cost>$`.
@@ -294,8 +295,10 @@ mod tests {
             id: MessageId::generate(),
             conversation_id: conversation.clone(),
             sender_id: from.id.clone(),
-            receiver_id: to.id.clone(),
+            receiver_id: Some(to.id.clone()),
             body: MessageBody::parse("hello").unwrap(),
+            system: None,
+            seq: 1,
             created_at: Utc::now(),
             client_id: None,
         }
@@ -312,11 +315,37 @@ mod tests {
         let listed = vec![alice.clone(), bob.clone()];
         users.expect_list().times(1).returning(move |_| Ok(listed.clone()));
         let mut conversations = MockConversationRepository::new();
-        let summary = ConversationSummary { conversation: conversation.clone(), last_message: None };
-        conversations.expect_list_for_user().times(2).returning(move |_| Ok(vec![summary.clone()]));
+        let me = Member::joining(alice.id.clone(), Role::Member, Utc::now(), 1);
+        let summary = ConversationSummary {
+            conversation: Chat::Direct(conversation.clone()),
+            last_message: None,
+            me: me.clone(),
+        };
+        // Groups are not carried by a dump yet: skipped.
+        let group = ConversationSummary {
+            conversation: Chat::Group(Group {
+                id: ConversationId::generate(),
+                name: GroupName::parse("team").unwrap(),
+                created_by: alice.id.clone(),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+                last_seq: 1,
+            }),
+            last_message: None,
+            me,
+        };
+        conversations
+            .expect_list_for_user()
+            .times(2)
+            .returning(move |_| Ok(vec![group.clone(), summary.clone()]));
         let mut messages = MockMessageRepository::new();
         let page = vec![sent.clone()];
-        messages.expect_list_by_conversation().times(1).returning(move |_, _, _| Ok(page.clone()));
+        let direct = conversation.id.clone();
+        messages
+            .expect_list_by_conversation()
+            .withf(move |id, from_seq, _, _| *id == direct && *from_seq == 0)
+            .times(1)
+            .returning(move |_, _, _, _| Ok(page.clone()));
 
         let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
         let mut records = Vec::new();
