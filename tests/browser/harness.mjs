@@ -12,6 +12,14 @@ import { chromium, request } from "playwright-core";
 const STEP_TIMEOUT_MS = 10_000;
 export const PASSWORD = "correct horse battery";
 
+// A time zone where it is about noon now, so that no run crosses midnight: "Today" and
+// "Yesterday" mean the same from its first step to its last. (Etc/GMT-N is UTC+N.)
+const NOON_ZONE = (() => {
+  let shift = 12 - new Date().getUTCHours();
+  if (shift > 12) shift -= 24;
+  return shift === 0 ? "UTC" : `Etc/GMT${shift > 0 ? "-" : "+"}${Math.abs(shift)}`;
+})();
+
 export async function startRun({ wholeRunMs = 170_000 } = {}) {
   const [baseUrl, artifactDir] = process.argv.slice(2);
   if (!baseUrl || !artifactDir) {
@@ -60,13 +68,13 @@ class Run {
     this.failed = 0;
   }
 
-  // A browser profile of its own (cookies, storage), English, desktop-sized unless told.
+  // A browser profile of its own (cookies, storage), in English, desktop-sized unless told.
   async newContext(options = {}) {
     const context = await this.browser.newContext({
       baseURL: this.origin,
       viewport: { width: 1100, height: 680 },
       locale: "en-US",
-      timezoneId: "UTC",
+      timezoneId: NOON_ZONE,
       ...options,
     });
     // Only our origin: the page must not depend on (or tell anything to) another site.
