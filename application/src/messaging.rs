@@ -453,8 +453,8 @@ pub mod conversation_cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::InvalidCursor;
     use crate::fixtures::{timeline_ports, Timeline};
+    use crate::paging::InvalidCursor;
     use crate::ports::{
         ConversationPage, MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository,
         MockNotifier, MockUserRepository, NotifyError, StoredMessage,
@@ -790,6 +790,507 @@ mod tests {
         let rest = service.conversations(&me, Some(2), after).await.unwrap();
         assert!(rest.conversations.is_empty());
         assert_eq!(rest.next_cursor, None);
+    }
+
+    fn group(members: u64) -> Group {
+        Group {
+            id: ConversationId::generate(),
+            name: GroupName::parse("team").unwrap(),
+            created_by: UserId::generate(),
+            created_at: now(),
+            updated_at: now(),
+            last_seq: members,
+        }
+    }
+
+    fn direct(a: &UserId, b: &UserId) -> Conversation {
+        Conversation::start(ParticipantPair::new(a.clone(), b.clone()).unwrap(), now())
+    }
+
+    fn member(user: &UserId, joined_seq: u64) -> Member {
+        Member::joining(user.clone(), Role::Member, now(), joined_seq)
+    }
+
+    impl Mocks {
+        fn finds(&mut self, chat: Chat) {
+            self.conversations.expect_find().returning(move |_| Ok(Some(chat.clone())));
+        }
+
+        /// `me` left the conversation once (`true`) or never was in it.
+        fn left_before(&mut self, left: bool) {
+            self.groups.expect_left_after().returning(move |_, _, after| {
+                assert_eq!(after, Cursor::START, "any membership ever");
+                Ok(left.then_some(3))
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_group_stores_once_and_announces_once_to_its_members() {
+        let (me, group) = (UserId::generate(), group(3));
+        let (expected_sender, expected_group) = (me.clone(), group.id.clone());
+        let mut m = Mocks::new();
+        m.finds(Chat::Group(group.clone()));
+        let mut seq = mockall::Sequence::new();
+        m.messages
+            .expect_append_to_group()
+            .withf(move |msg| {
+                msg.conversation_id == expected_group
+                    && msg.sender_id == expected_sender
+                    && msg.receiver_id.is_none()
+                    && msg.system.is_none()
+                    && msg.client_id.as_ref().map(ClientMessageId::as_str) == Some("k")
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|msg| {
+                Ok(GroupAppended::Created { message: Message { seq: 4, ..msg.clone() }, version: 2 })
+            });
+        let id = group.id.clone();
+        m.notifier
+            .expect_notify_group()
+            .withf(move |g, event| {
+                *g == id && matches!(event, Event::GroupMessage { message, version: 2 } if message.seq == 4)
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        m.notifier.expect_notify().never();
+        let sent =
+            m.service().send_to_conversation(&me, &group.id, body("hi"), Some(key("k"))).await.unwrap();
+        assert!(sent.created);
+        assert_eq!(sent.message.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_retried_group_send_returns_the_first_message_and_a_reused_id_is_refused() {
+        let group = group(3);
+        for (same, expected_created) in [(true, Some(false)), (false, None)] {
+            let mut m = Mocks::new();
+            m.finds(Chat::Group(group.clone()));
+            m.messages.expect_append_to_group().returning(move |retry| {
+                let body = if same { retry.body.clone() } else { MessageBody::parse("other").unwrap() };
+                Ok(GroupAppended::Existing(Message {
+                    id: MessageId::generate(),
+                    body,
+                    seq: 2,
+                    ..retry.clone()
+                }))
+            });
+            m.notifier.expect_notify_group().never();
+            let sent = m
+                .service()
+                .send_to_conversation(&UserId::generate(), &group.id, body("hi"), Some(key("k")))
+                .await;
+            match expected_created {
+                Some(created) => assert_eq!(sent.unwrap().created, created),
+                None => assert!(matches!(sent, Err(MessagingError::ClientIdReused))),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_group_one_is_not_in_is_refused_as_gone_or_unknown() {
+        let group = group(3);
+        for (left, forbidden) in [(true, true), (false, false)] {
+            let mut m = Mocks::new();
+            m.finds(Chat::Group(group.clone()));
+            m.messages.expect_append_to_group().times(1).returning(|_| Ok(GroupAppended::NotMember));
+            m.left_before(left);
+            m.notifier.expect_notify_group().never();
+            let err =
+                m.service().send_to_conversation(&UserId::generate(), &group.id, body("hi"), None).await;
+            if forbidden {
+                assert!(matches!(err, Err(MessagingError::NoLongerMember)));
+            } else {
+                assert!(matches!(err, Err(MessagingError::ConversationNotFound)));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sending_to_an_unknown_conversation_is_not_found() {
+        let mut m = Mocks::new();
+        m.conversations.expect_find().returning(|_| Ok(None));
+        m.messages.expect_append_to_group().never();
+        m.messages.expect_append().never();
+        let err = m
+            .service()
+            .send_to_conversation(&UserId::generate(), &ConversationId::generate(), body("hi"), None)
+            .await;
+        assert!(matches!(err, Err(MessagingError::ConversationNotFound)));
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_direct_conversation_sends_to_the_other_user() {
+        let (me, other) = (UserId::generate(), UserId::generate());
+        let conversation = direct(&me, &other);
+        let mut m = Mocks::new();
+        m.finds(Chat::Direct(conversation.clone()));
+        m.receiver_exists();
+        let (a, b) = (me.clone(), other.clone());
+        m.messages
+            .expect_append()
+            .withf(move |_, msg| msg.sender_id == a && msg.receiver_id.as_ref() == Some(&b))
+            .times(1)
+            .returning(|_, msg| Ok(Appended::Created(stored(msg))));
+        m.notifier.expect_notify().times(2).returning(|_, _| Ok(()));
+        let sent = m.service().send_to_conversation(&me, &conversation.id, body("hi"), None).await.unwrap();
+        assert_eq!(sent.message.receiver_id, Some(other));
+    }
+
+    #[tokio::test]
+    async fn sending_to_someone_elses_direct_conversation_is_not_found() {
+        let conversation = direct(&UserId::generate(), &UserId::generate());
+        let mut m = Mocks::new();
+        m.finds(Chat::Direct(conversation.clone()));
+        m.messages.expect_append().never();
+        let err =
+            m.service().send_to_conversation(&UserId::generate(), &conversation.id, body("hi"), None).await;
+        assert!(matches!(err, Err(MessagingError::ConversationNotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_members_history_starts_at_the_entry_that_added_them() {
+        let (me, conversation) = (UserId::generate(), ConversationId::generate());
+        let mut m = Mocks::new();
+        m.conversations.expect_member().returning(|_, user| Ok(Some(member(user, 7))));
+        let (id, before) = (conversation.clone(), MessageId::generate());
+        let expected_before = before.clone();
+        m.messages
+            .expect_list_by_conversation()
+            .withf(move |c, from_seq, b, limit| {
+                *c == id
+                    && *from_seq == 7
+                    && b.as_ref() == Some(&expected_before)
+                    && *limit == paging::MAX_LIMIT
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(vec![]));
+        let page = m.service().conversation_history(&me, &conversation, Some(before), Some(10_000)).await;
+        assert_eq!(page.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn history_of_a_conversation_one_is_not_in_is_refused_as_gone_or_unknown() {
+        for left in [true, false] {
+            let mut m = Mocks::new();
+            m.conversations.expect_member().returning(|_, _| Ok(None));
+            m.left_before(left);
+            m.messages.expect_list_by_conversation().never();
+            let err = m
+                .service()
+                .conversation_history(&UserId::generate(), &ConversationId::generate(), None, None)
+                .await
+                .unwrap_err();
+            if left {
+                assert!(matches!(err, MessagingError::NoLongerMember));
+            } else {
+                assert!(matches!(err, MessagingError::ConversationNotFound));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_a_direct_conversation_tells_my_devices_through_my_stream_and_the_other_a_receipt() {
+        let (me, other) = (UserId::generate(), UserId::generate());
+        let conversation = direct(&me, &other);
+        let up_to = MessageId::generate();
+        let mut m = Mocks::new();
+        let (id, reader, message) = (conversation.id.clone(), me.clone(), up_to.clone());
+        m.messages
+            .expect_mark_read()
+            .withf(move |c, u, upto| *c == id && *u == reader && *upto == message)
+            .times(1)
+            .returning(|_, _, _| Ok(ReadMoved::Moved { seq: 5, cursor: Cursor::new(9).unwrap() }));
+        m.finds(Chat::Direct(conversation.clone()));
+        let mut seq = mockall::Sequence::new();
+        let (mine, id, read) = (me.clone(), conversation.id.clone(), up_to.clone());
+        m.notifier
+            .expect_notify()
+            .withf(move |users, event| {
+                users == [mine.clone()]
+                    && *event
+                        == Event::Notice {
+                            notice: Notice::Read {
+                                conversation: id.clone(),
+                                seq: 5,
+                                message_id: read.clone(),
+                            },
+                            cursor: Cursor::new(9).unwrap(),
+                        }
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        let (theirs, id, read, reader) = (other.clone(), conversation.id.clone(), up_to.clone(), me.clone());
+        m.notifier
+            .expect_notify()
+            .withf(move |users, event| {
+                users == [theirs.clone()]
+                    && *event
+                        == Event::MessagesRead {
+                            conversation: id.clone(),
+                            user: reader.clone(),
+                            seq: 5,
+                            up_to: read.clone(),
+                        }
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        m.notifier.expect_notify_group().never();
+        let marked = m.service().mark_read(&me, &conversation.id, &up_to).await.unwrap();
+        assert_eq!(marked, MarkedRead { seq: 5, cursor: Some(Cursor::new(9).unwrap()) });
+    }
+
+    #[tokio::test]
+    async fn reading_a_group_sends_the_receipt_to_its_members() {
+        let (me, group) = (UserId::generate(), group(4));
+        let mut m = Mocks::new();
+        m.messages
+            .expect_mark_read()
+            .returning(|_, _, _| Ok(ReadMoved::Moved { seq: 4, cursor: Cursor::new(2).unwrap() }));
+        m.finds(Chat::Group(group.clone()));
+        m.notifier.expect_notify().times(1).returning(|_, _| Ok(()));
+        let id = group.id.clone();
+        m.notifier
+            .expect_notify_group()
+            .withf(move |g, event| *g == id && matches!(event, Event::MessagesRead { seq: 4, .. }))
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let marked = m.service().mark_read(&me, &group.id, &MessageId::generate()).await.unwrap();
+        assert_eq!(marked.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_read_position_that_does_not_move_announces_nothing() {
+        let mut m = Mocks::new();
+        m.messages.expect_mark_read().returning(|_, _, _| Ok(ReadMoved::NotAhead { seq: 8 }));
+        m.conversations.expect_find().never();
+        m.notifier.expect_notify().never();
+        m.notifier.expect_notify_group().never();
+        let marked = m
+            .service()
+            .mark_read(&UserId::generate(), &ConversationId::generate(), &MessageId::generate())
+            .await
+            .unwrap();
+        assert_eq!(marked, MarkedRead { seq: 8, cursor: None });
+    }
+
+    #[tokio::test]
+    async fn reading_up_to_an_unknown_message_or_as_an_outsider_is_refused() {
+        let mut m = Mocks::new();
+        m.messages.expect_mark_read().returning(|_, _, _| Ok(ReadMoved::UnknownMessage));
+        m.notifier.expect_notify().never();
+        let err = m
+            .service()
+            .mark_read(&UserId::generate(), &ConversationId::generate(), &MessageId::generate())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::MessageNotFound));
+
+        for left in [true, false] {
+            let mut m = Mocks::new();
+            m.messages.expect_mark_read().returning(|_, _, _| Ok(ReadMoved::NotMember));
+            m.left_before(left);
+            m.notifier.expect_notify().never();
+            let err = m
+                .service()
+                .mark_read(&UserId::generate(), &ConversationId::generate(), &MessageId::generate())
+                .await
+                .unwrap_err();
+            assert_eq!(matches!(err, MessagingError::NoLongerMember), left, "{err}");
+            assert_eq!(matches!(err, MessagingError::ConversationNotFound), !left, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_conversation_list_previews_the_members_of_its_groups_in_one_call() {
+        let me = UserId::generate();
+        let (g1, g2) = (group(5), group(2));
+        let mut with_unread = member(&me, 1);
+        with_unread.read_seq = 2;
+        let page = vec![
+            ConversationSummary {
+                conversation: Chat::Group(g1.clone()),
+                last_message: None,
+                me: with_unread,
+            },
+            summary(&me, 5, true),
+            ConversationSummary {
+                conversation: Chat::Group(g2.clone()),
+                last_message: None,
+                me: member(&me, 1),
+            },
+        ];
+        let mut m = Mocks::new();
+        m.conversations.expect_page_for_user().returning(move |_, _, _| Ok(page.clone()));
+        let ids = vec![g1.id.clone(), g2.id.clone()];
+        m.groups
+            .expect_members_preview()
+            .withf(move |groups, limit| groups == ids.as_slice() && *limit == MEMBERS_PREVIEW)
+            .times(1)
+            .returning(|groups, _| {
+                Ok(groups
+                    .iter()
+                    .map(|g| MembersPreview { group: g.clone(), members: vec![UserId::generate()], count: 7 })
+                    .collect())
+            });
+        let list = m.service().conversations(&me, None, None).await.unwrap();
+        assert_eq!(list.conversations.len(), 3);
+        assert_eq!(list.conversations[0].unread(), 3);
+        assert_eq!(list.members.len(), 2);
+        assert_eq!(list.members[&g1.id].count, 7);
+    }
+
+    #[tokio::test]
+    async fn a_conversation_list_without_groups_previews_nothing() {
+        let me = UserId::generate();
+        let mut m = Mocks::new();
+        let page = vec![summary(&me, 5, true)];
+        m.conversations.expect_page_for_user().returning(move |_, _, _| Ok(page.clone()));
+        m.groups.expect_members_preview().never();
+        let list = m.service().conversations(&me, None, None).await.unwrap();
+        assert!(list.members.is_empty());
+    }
+
+    /// A service that reads `timeline` for sync.
+    fn sync_service(timeline: &Arc<Mutex<Timeline>>) -> MessagingService {
+        let (messages, groups) = timeline_ports(timeline);
+        Mocks { messages, groups, ..Mocks::new() }.service()
+    }
+
+    /// What each item shows: a body, or a read's seq.
+    fn texts(items: &[SyncItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|item| match &item.event {
+                SyncEvent::Message(m) => m.body.as_str().to_owned(),
+                SyncEvent::Read { seq, .. } => format!("read {seq}"),
+            })
+            .collect()
+    }
+
+    /// The user is in A from the start, joins B (after its first entry), is removed from B
+    /// and added again, with direct messages and a read in between.
+    fn membership_story() -> (Arc<Mutex<Timeline>>, Vec<&'static str>) {
+        let mut t = Timeline::new(&UserId::generate());
+        let (a, b) = (ConversationId::generate(), ConversationId::generate());
+        t.post(&b, "b before");
+        t.join(&a);
+        let a2 = t.post(&a, "a2");
+        t.direct("d1");
+        t.join(&b);
+        t.post(&b, "b3");
+        t.read(&a2);
+        t.leave(&b);
+        t.post(&b, "b while away");
+        t.post(&a, "a3");
+        t.join(&b);
+        t.post(&b, "b7");
+        t.direct("d2");
+        let all = vec![
+            "someone added you",
+            "a2",
+            "d1",
+            "someone added you",
+            "b3",
+            "read 2",
+            "someone removed you",
+            "a3",
+            "someone added you",
+            "b7",
+            "d2",
+        ];
+        (shared(t), all)
+    }
+
+    fn shared(timeline: Timeline) -> Arc<Mutex<Timeline>> {
+        Arc::new(Mutex::new(timeline))
+    }
+
+    #[tokio::test]
+    async fn sync_pages_through_joins_leaves_and_rejoins_losing_and_repeating_nothing() {
+        let (timeline, all) = membership_story();
+        let service = sync_service(&timeline);
+        let me = timeline.lock().unwrap().user.clone();
+        for limit in [1, 2, 3, 50] {
+            let mut since = SyncCursor::START;
+            let mut seen = Vec::new();
+            loop {
+                let page = service.sync(&me, since.clone(), Some(limit)).await.unwrap();
+                assert!(page.items.len() <= limit as usize);
+                seen.extend(page.items.iter().cloned());
+                if page.has_more {
+                    assert_eq!(Some(&page.next), page.items.last().map(|last| &last.cursor));
+                }
+                since = page.next;
+                if !page.has_more {
+                    break;
+                }
+            }
+            let mut shown = texts(&seen);
+            let mut expected: Vec<String> = all.iter().map(|s| (*s).to_owned()).collect();
+            // Groups and the stream interleave by round; each in its own order.
+            shown.sort();
+            expected.sort();
+            assert_eq!(shown, expected, "limit {limit}");
+            let head = timeline.lock().unwrap().head();
+            assert_eq!(since.stream, head, "limit {limit}");
+            let again = service.sync(&me, since, Some(limit)).await.unwrap();
+            assert!(again.items.is_empty() && !again.has_more);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_last_page_says_nothing_more_follows() {
+        let (timeline, all) = membership_story();
+        let me = timeline.lock().unwrap().user.clone();
+        let page =
+            sync_service(&timeline).sync(&me, SyncCursor::START, Some(all.len() as u32)).await.unwrap();
+        assert_eq!(page.items.len(), all.len());
+        assert!(!page.has_more);
+        let short =
+            sync_service(&timeline).sync(&me, SyncCursor::START, Some(all.len() as u32 - 1)).await.unwrap();
+        assert!(short.has_more);
+        assert_eq!(short.next, short.items.last().unwrap().cursor);
+    }
+
+    #[tokio::test]
+    async fn sync_from_an_old_numeric_cursor_of_a_user_without_groups_works_as_before() {
+        let mut t = Timeline::new(&UserId::generate());
+        for n in 1..=3 {
+            t.direct(&format!("d{n}"));
+        }
+        let timeline = shared(t);
+        let me = timeline.lock().unwrap().user.clone();
+        let page = sync_service(&timeline).sync(&me, SyncCursor::at(cursor(1)), None).await.unwrap();
+        assert_eq!(texts(&page.items), ["d2", "d3"]);
+        assert_eq!(page.items[0].cursor, SyncCursor::at(cursor(2)));
+        assert_eq!(page.next, SyncCursor::at(cursor(3)));
+        let caught_up = sync_service(&timeline).sync(&me, page.next.clone(), None).await.unwrap();
+        assert_eq!(caught_up, SyncPage { items: vec![], next: page.next, has_more: false });
+    }
+
+    #[tokio::test]
+    async fn sync_from_a_cursor_beyond_the_stream_or_a_group_or_not_the_users_is_refused() {
+        let (timeline, _) = membership_story();
+        let me = timeline.lock().unwrap().user.clone();
+        let service = sync_service(&timeline);
+        let head = timeline.lock().unwrap().head();
+        let err = service.sync(&me, SyncCursor::at(head.next()), None).await.unwrap_err();
+        assert!(matches!(err, MessagingError::BeyondStream), "{err}");
+
+        let groups = service.sync(&me, SyncCursor::START, None).await.unwrap().next.groups;
+        let beyond: std::collections::BTreeMap<_, _> =
+            groups.iter().map(|(g, s)| (g.clone(), s + 1)).collect();
+        let err = service.sync(&me, SyncCursor { stream: head, groups: beyond }, None).await.unwrap_err();
+        assert!(matches!(err, MessagingError::BeyondStream), "{err}");
+
+        // A plain cursor of a user who is in groups at it.
+        let err = service.sync(&me, SyncCursor::at(head), None).await.unwrap_err();
+        assert!(matches!(err, MessagingError::InvalidCursor), "{err}");
     }
 
     #[test]
