@@ -23,7 +23,7 @@ use mongodb::ClientSession;
 
 use crate::documents::{to_bson, version, ConversationDoc, MemberDoc, MessageDoc, GROUP};
 use crate::error::{is_duplicate_key, repo_error};
-use crate::{Inconsistent, MongoStore};
+use crate::{turns, Inconsistent, MongoStore};
 
 /// How often a change starts over after a duplicate key that a new attempt gets past: the
 /// stream head of a user who had none, inserted meanwhile by another transaction.
@@ -89,6 +89,7 @@ impl GroupRepository for MongoStore {
         if added.len() < change.add.len() {
             return Err(RepoError::Conflict);
         }
+        let _turn = self.turns.take(vec![turns::conversation(group.as_str())]).await;
         for _ in 0..DUPLICATE_KEY_ATTEMPTS {
             let applied = self
                 .transaction((self, group, change), |session, context| {

@@ -19,6 +19,7 @@ mod messages;
 mod migrations;
 mod repositories;
 mod streams;
+mod turns;
 
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub struct MongoStore {
     /// The notices of users' streams (joined, left, read), by (user, position).
     pub(crate) notices: Collection<NoticeDoc>,
     pub(crate) revoked: Collection<RevokedTokenDoc>,
+    /// This process's queues on hot documents (see `turns`).
+    pub(crate) turns: turns::Turns,
 }
 
 impl MongoStore {
@@ -115,6 +118,7 @@ impl MongoStore {
             heads: database.collection("streamHeads"),
             notices: database.collection("notices"),
             revoked: database.collection("revoked_tokens"),
+            turns: turns::Turns::default(),
             database,
         };
         store.create_indexes().await.context("cannot create the MongoDB indexes")?;

@@ -28,7 +28,7 @@ use crate::documents::{
     seq_to_i64, to_bson, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT, GROUP,
 };
 use crate::error::{is_duplicate_key, repo_error};
-use crate::{Inconsistent, MongoStore};
+use crate::{turns, Inconsistent, MongoStore};
 
 /// How often a send starts over after a duplicate key that a new attempt gets past: a
 /// pair's conversation inserted by a racing send, on a server that reports that as a
@@ -65,6 +65,11 @@ impl MessageRepository for MongoStore {
         let Some(receiver) = &message.receiver_id else {
             return Err(RepoError::Unexpected(anyhow::anyhow!("a direct message without a receiver")));
         };
+        // Both heads are what sends of both users contend on (the pair's conversation too).
+        let _turn = self
+            .turns
+            .take(vec![turns::head(message.sender_id.as_str()), turns::head(receiver.as_str())])
+            .await;
         for _ in 0..DUPLICATE_KEY_ATTEMPTS {
             let placed = self
                 .transaction((self, conversation, message, receiver), |session, context| {
@@ -107,6 +112,7 @@ impl MessageRepository for MongoStore {
         if let Some(earlier) = self.find_by_client_id(message).await? {
             return Ok(GroupAppended::Existing(earlier.try_into()?));
         }
+        let _turn = self.turns.take(vec![turns::conversation(message.conversation_id.as_str())]).await;
         let placed = self
             .transaction((self, message), |session, context| {
                 let (store, message) = *context;
@@ -229,6 +235,7 @@ impl MessageRepository for MongoStore {
         if seq <= member.read_seq {
             return Ok(ReadMoved::NotAhead { seq: seq_from(member.read_seq)? });
         }
+        let _turn = self.turns.take(vec![turns::head(user.as_str())]).await;
         let placed = self
             .transaction((self, conversation, user, up_to, seq), |session, context| {
                 let (store, conversation, user, up_to, seq) = *context;
