@@ -2,10 +2,12 @@
 //! (`crate::openapi`): the request schemas state exactly what the handlers accept, so that
 //! the schema-driven fuzz test (tests/tests/openapi.rs) can tell a wrong answer from a right one.
 
-use application::ports::ConversationSummary;
-use application::{ConversationView, SyncPage};
-use chat_realtime::wire::{timestamp, MessageDto};
-use domain::{User, UserId};
+pub mod conversations;
+
+use application::ports::{ConversationSummary, MembersPreview};
+use application::{ConversationView, SyncEvent, SyncPage};
+use chat_realtime::wire::{names, timestamp, ConversationReadDto, MessageDto};
+use domain::{Chat, User, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -152,29 +154,68 @@ impl ConversationDto {
     }
 }
 
-/// One of my conversations, with its last message.
+/// One of my conversations (direct or group), with its last entry and my read state.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(as = ConversationSummary)]
 pub struct ConversationSummaryDto {
     #[serde(rename = "_id")]
     pub id: String,
-    /// The two user ids.
-    #[schema(min_items = 2, max_items = 2)]
-    pub participants: [String; 2],
+    /// `direct` or `group`.
+    #[schema(schema_with = fields::conversation_kind)]
+    pub kind: &'static str,
+    /// Direct: the two user ids. Group: the same ids as `members` (for clients that know
+    /// direct conversations only).
+    #[schema(min_items = 1, max_items = 100)]
+    pub participants: Vec<String>,
+    /// Groups only: the group's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+    /// Groups only: the first 100 member ids, in joining order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, max_items = 100)]
+    pub members: Option<Vec<String>>,
+    pub member_count: u64,
+    /// `null` before the first entry.
     pub last_message: Option<MessageDto>,
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Entries after my read position.
+    pub unread_count: u64,
+    /// The message I have read up to; `null` before any.
+    pub last_read_message_id: Option<String>,
+    /// The `seq` of the last entry (0 before the first).
+    pub last_seq: u64,
 }
 
-impl From<&ConversationSummary> for ConversationSummaryDto {
-    fn from(s: &ConversationSummary) -> Self {
-        let c = &s.conversation;
+impl ConversationSummaryDto {
+    /// `preview`: a group's members (unused for a direct conversation).
+    pub fn new(s: &ConversationSummary, preview: Option<&MembersPreview>) -> Self {
+        let (kind, participants, name, members, member_count) = match &s.conversation {
+            Chat::Direct(c) => {
+                let pair = vec![c.participants.first().to_string(), c.participants.second().to_string()];
+                ("direct", pair, None, None, 2)
+            }
+            Chat::Group(g) => {
+                let ids: Vec<String> =
+                    preview.map(|p| p.members.iter().map(UserId::to_string).collect()).unwrap_or_default();
+                let count = preview.map_or(ids.len() as u64, |p| p.count);
+                ("group", ids.clone(), Some(g.name.to_string()), Some(ids), count)
+            }
+        };
         Self {
-            id: c.id.to_string(),
-            participants: [c.participants.first().to_string(), c.participants.second().to_string()],
+            id: s.conversation.id().to_string(),
+            kind,
+            participants,
+            name,
+            members,
+            member_count,
             last_message: s.last_message.as_ref().map(MessageDto::from),
-            updated_at: timestamp(&c.updated_at),
+            updated_at: timestamp(&s.conversation.updated_at()),
+            unread_count: s.unread(),
+            last_read_message_id: s.me.last_read_message_id.as_ref().map(ToString::to_string),
+            last_seq: s.conversation.last_seq(),
         }
     }
 }
@@ -272,34 +313,61 @@ pub struct HistoryQuery {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SyncQuery {
-    /// The last cursor the client processed (a `newMessage` event's or a previous page's
-    /// `nextCursor`); empty or absent: from the first message.
-    #[param(schema_with = fields::stream_cursor_or_empty)]
+    /// The last cursor the client processed (a `newMessage` or `conversationRead` event's, or
+    /// a previous page's `nextCursor`); empty or absent: from the start.
+    #[param(schema_with = fields::sync_cursor_or_empty)]
     pub since: Option<String>,
     /// Messages per page: default 50, at most 200 (larger values are capped, 0 counts as 1).
     #[param(schema_with = fields::page_limit)]
     pub limit: Option<u32>,
 }
 
-/// One page of the caller's message stream.
+/// One page of what the caller missed: the messages of their stream and groups, and the
+/// other deliveries of their stream (reads on their devices).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncPageDto {
-    /// Messages after `since`, oldest first, each with its `cursor`.
+    /// Messages (direct, group, system entries) after `since`, each with its `cursor`, oldest
+    /// first.
     pub messages: Vec<MessageDto>,
-    /// The cursor to sync from next: the last message's, or `since` when there is none.
+    /// The other deliveries after `since`, in stream order, each with its `cursor` in `data`.
+    pub events: Vec<SyncEventDto>,
+    /// The cursor to sync from next: the one after the last delivery, or `since` when there
+    /// is none.
     pub next_cursor: String,
-    /// Whether more messages were already stored after this page.
+    /// Whether more was already stored after this page.
     pub has_more: bool,
+}
+
+/// A delivery of the stream other than a message, as the real-time event of the same name.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SyncEvent)]
+pub struct SyncEventDto {
+    /// `conversationRead`: my read position in a conversation moved (on some device).
+    #[schema(value_type = String, example = "conversationRead")]
+    pub event: &'static str,
+    pub data: ConversationReadDto,
 }
 
 impl From<&SyncPage> for SyncPageDto {
     fn from(page: &SyncPage) -> Self {
-        Self {
-            messages: page.items.iter().map(|item| MessageDto::at(&item.message, item.cursor)).collect(),
-            next_cursor: page.next.to_string(),
-            has_more: page.has_more,
+        let (mut messages, mut events) = (Vec::new(), Vec::new());
+        for item in &page.items {
+            match &item.event {
+                SyncEvent::Message(message) => messages.push(MessageDto::at(message, &item.cursor)),
+                SyncEvent::Read { conversation, seq, up_to } => events.push(SyncEventDto {
+                    event: names::CONVERSATION_READ,
+                    data: ConversationReadDto {
+                        conversation_id: conversation.to_string(),
+                        up_to: up_to.to_string(),
+                        seq: *seq,
+                        cursor: Some(item.cursor.to_string()),
+                    },
+                }),
+            }
         }
+        Self { messages, events, next_cursor: page.next.to_string(), has_more: page.has_more }
     }
 }
 

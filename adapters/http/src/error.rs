@@ -5,10 +5,10 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use application::accounts::user_search::SearchError;
 use application::paging::InvalidCursor;
-use application::{AccountError, ApplicationError, MessagingError};
+use application::{AccountError, ApplicationError, GroupError, MessagingError};
 use domain::{
-    AvatarError, ClientMessageIdError, CursorError, FullNameError, GenderError, MessageBodyError,
-    PasswordError, UsernameError,
+    AvatarError, ClientMessageIdError, CursorError, FullNameError, GenderError, GroupNameError,
+    MessageBodyError, PasswordError, UserId, UsernameError,
 };
 use serde::Serialize;
 
@@ -21,6 +21,9 @@ pub struct ApiError {
     field: Option<&'static str>,
     /// Seconds before a retry can succeed, sent as `Retry-After`.
     retry_after: Option<u64>,
+    /// The users an error is about (unknown ones, ones listed twice, members already), for
+    /// clients that mark them in a form; the message names them too.
+    user_ids: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -31,11 +34,13 @@ struct ErrorBody<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_ids: Option<&'a [String]>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, retry_after: None }
+        Self { status, code, message: message.into(), field: None, retry_after: None, user_ids: None }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -52,6 +57,20 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    /// 404 naming users that don't exist (ids of no user, or text that is no id).
+    pub fn unknown_users(ids: Vec<String>) -> Self {
+        Self::not_found(format!("unknown users: {}", ids.join(", "))).about_users(ids)
+    }
+
+    /// The same error, naming `ids` in `userIds`.
+    fn about_users(self, ids: Vec<String>) -> Self {
+        Self { user_ids: Some(ids), ..self }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -139,6 +158,7 @@ impl ResponseError for ApiError {
             err_message: &self.message,
             code: self.code,
             field: self.field,
+            user_ids: self.user_ids.as_deref(),
         })
     }
 }
@@ -167,6 +187,7 @@ invalid_fields! {
     AvatarError => "avatar",
     MessageBodyError => "message",
     ClientMessageIdError => "clientMessageId",
+    GroupNameError => "name",
     // Stream cursors arrive as `since` wherever a client resumes.
     CursorError => "since",
     // Page cursors of the user and conversation lists arrive as `cursor`.
@@ -210,7 +231,44 @@ impl From<MessagingError> for ApiError {
             MessagingError::BeyondStream => {
                 Self::invalid_field("since", "is beyond the end of your message stream; sync from the start")
             }
+            MessagingError::InvalidCursor => Self::invalid_field("since", "is not a valid cursor"),
+            MessagingError::ConversationNotFound | MessagingError::MessageNotFound => {
+                Self::not_found(error.to_string())
+            }
+            MessagingError::NoLongerMember => Self::forbidden(error.to_string()),
             MessagingError::Failed(error) => error.into(),
+        }
+    }
+}
+
+impl From<GroupError> for ApiError {
+    fn from(error: GroupError) -> Self {
+        Self::from_group(error, "userIds")
+    }
+}
+
+impl ApiError {
+    /// A group use case's refusal; `list` is the request field that lists users (`members`
+    /// when creating, `userIds` when adding), which errors about the list name.
+    pub fn from_group(error: GroupError, list: &'static str) -> Self {
+        let ids = |users: &[UserId]| users.iter().map(UserId::to_string).collect::<Vec<_>>();
+        match error {
+            GroupError::NotFound | GroupError::NotAMember(_) => Self::not_found(error.to_string()),
+            GroupError::NoLongerMember | GroupError::NotAllowed => Self::forbidden(error.to_string()),
+            GroupError::UnknownUsers(ref users) => Self::unknown_users(ids(users)),
+            GroupError::DuplicateMembers(ref users) => {
+                let users = ids(users);
+                Self { field: Some(list), ..Self::validation(error.to_string()) }.about_users(users)
+            }
+            GroupError::AlreadyMembers(ref users) => {
+                let users = ids(users);
+                Self::conflict(error.to_string()).about_users(users)
+            }
+            GroupError::NoUsers | GroupError::TooManyMembers { .. } | GroupError::TooFewMembers { .. } => {
+                Self { field: Some(list), ..Self::validation(error.to_string()) }
+            }
+            GroupError::OwnerRole => Self::conflict(error.to_string()),
+            GroupError::Failed(error) => error.into(),
         }
     }
 }
@@ -259,6 +317,44 @@ mod tests {
         let (field, message) = invalid(MessagingError::BeyondStream).await;
         assert_eq!(field, "since");
         assert_eq!(message, "since is beyond the end of your message stream; sync from the start");
+    }
+
+    #[tokio::test]
+    async fn errors_about_users_name_them_in_the_message_and_in_user_ids() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let (status, body) = answer(GroupError::UnknownUsers(vec![a.clone(), b.clone()])).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("NOT_FOUND")));
+        assert_eq!(body["userIds"], serde_json::json!([a.as_str(), b.as_str()]));
+        assert_eq!(body["errMessage"], format!("unknown users: {a}, {b}"));
+        let (status, body) = answer(GroupError::AlreadyMembers(vec![a.clone()])).await;
+        assert_eq!((status, &body["userIds"]), (StatusCode::CONFLICT, &serde_json::json!([a.as_str()])));
+        let (status, body) =
+            answer(ApiError::from_group(GroupError::DuplicateMembers(vec![b.clone()]), "members")).await;
+        assert_eq!(
+            (status, &body["field"], &body["userIds"]),
+            (StatusCode::BAD_REQUEST, &serde_json::json!("members"), &serde_json::json!([b.as_str()]))
+        );
+        let (_, plain) = answer(ApiError::not_found("user not found")).await;
+        assert!(plain.get("userIds").is_none(), "{plain}");
+    }
+
+    #[tokio::test]
+    async fn group_refusals_tell_strangers_former_members_and_roles_apart() {
+        for (error, status) in [
+            (GroupError::NotFound, StatusCode::NOT_FOUND),
+            (GroupError::NoLongerMember, StatusCode::FORBIDDEN),
+            (GroupError::NotAllowed, StatusCode::FORBIDDEN),
+            (GroupError::NotAMember(UserId::generate()), StatusCode::NOT_FOUND),
+            (GroupError::OwnerRole, StatusCode::CONFLICT),
+            (GroupError::TooManyMembers { max: 3 }, StatusCode::BAD_REQUEST),
+        ] {
+            let shown = error.to_string();
+            let (answered, body) = answer(error).await;
+            assert_eq!(answered, status, "{shown}");
+            assert_eq!(body["errMessage"], shown);
+        }
+        let (_, body) = answer(GroupError::TooManyMembers { max: 3 }).await;
+        assert_eq!(body["field"], "userIds");
     }
 
     #[tokio::test]

@@ -13,9 +13,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
-use application::ports::{Event, Notifier, NotifyError};
+use application::ports::{Event, Notice, Notifier, NotifyError};
 use async_trait::async_trait;
-use domain::UserId;
+use domain::{ConversationId, UserId};
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -72,7 +72,11 @@ impl Metrics {
 
     fn event(&self, event: &Event, delivered: bool) {
         let name = match event {
-            Event::NewMessage { .. } => "newMessage",
+            Event::NewMessage { .. } | Event::GroupMessage { .. } => "newMessage",
+            Event::Notice { notice: Notice::Read { .. }, .. } => "conversationRead",
+            Event::Notice { .. } => "notice",
+            Event::ConversationUpdated { .. } => "conversationUpdated",
+            Event::MessagesRead { .. } => "messagesRead",
             Event::OnlineUsers(_) => "onlineUsers",
             Event::Typing { .. } => "typing",
         };
@@ -154,6 +158,12 @@ impl CountingNotifier {
 impl Notifier for CountingNotifier {
     async fn notify(&self, users: &[UserId], event: &Event) -> Result<(), NotifyError> {
         let result = self.inner.notify(users, event).await;
+        self.metrics.event(event, result.is_ok());
+        result
+    }
+
+    async fn notify_group(&self, group: &ConversationId, event: &Event) -> Result<(), NotifyError> {
+        let result = self.inner.notify_group(group, event).await;
         self.metrics.event(event, result.is_ok());
         result
     }

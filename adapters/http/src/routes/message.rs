@@ -1,8 +1,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use application::messaging::conversation_cursor;
-use application::MessagingError;
+use application::{Authenticated, MessagingError, Sent};
 use chat_realtime::wire::MessageDto;
-use domain::{ClientMessageId, Cursor, MessageBody, MessageId, UserId};
+use domain::{ClientMessageId, MessageBody, MessageId, SyncCursor, UserId};
 
 use super::required;
 use crate::auth::CurrentUser;
@@ -60,16 +60,40 @@ pub async fn send(
     request: HttpRequest,
     body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let (receiver, message) = outgoing(&state, &session, &request, &body, || path_user(&receiver))?;
+    let sent = state.messaging.send(session.user_id(), &receiver, message.body, message.client_id).await?;
+    Ok(sent_response(&sent))
+}
+
+/// A send's text and key, checked.
+pub(super) struct Outgoing {
+    pub body: MessageBody,
+    pub client_id: Option<ClientMessageId>,
+}
+
+/// What every send route checks, in this order: the text is there, the key's two spellings
+/// agree, the sender's allowance (spent by invalid sends too), where it goes (`target`), then
+/// the text's and the key's rules.
+pub(super) fn outgoing<T>(
+    state: &AppState,
+    session: &Authenticated,
+    request: &HttpRequest,
+    body: &SendRequest,
+    target: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<(T, Outgoing), ApiError> {
     let text = required(&body.message, "message")?;
-    let client_id = client_message_id(&request, body.client_message_id.as_deref())?;
-    // Counted before the values are checked, so that invalid sends spend the allowance too.
+    let client_id = client_message_id(request, body.client_message_id.as_deref())?;
     state.limits.send(session.user_id().as_str())?;
-    let receiver = path_user(&receiver)?;
-    let text = MessageBody::parse(text)?;
+    let target = target()?;
+    let body = MessageBody::parse(text)?;
     let client_id = client_id.map(ClientMessageId::parse).transpose()?;
-    let sent = state.messaging.send(session.user_id(), &receiver, text, client_id).await?;
+    Ok((target, Outgoing { body, client_id }))
+}
+
+/// 201 with the message stored now; 200 with the one stored first, for a retry.
+pub(super) fn sent_response(sent: &Sent) -> HttpResponse {
     let mut response = if sent.created { HttpResponse::Created() } else { HttpResponse::Ok() };
-    Ok(response.json(Envelope::data(MessageDto::from(&sent.message))))
+    response.json(Envelope::data(MessageDto::from(&sent.message)))
 }
 
 /// The user a path names: an id that is not one of ours names nobody, so it is the 404 of
@@ -103,12 +127,13 @@ fn client_message_id<'a>(
     }
 }
 
-/// The messages of my conversations stored after a cursor, oldest first: what a client
-/// missed while it was away. Keep the last cursor processed and sync from it: no message is
-/// missed, none comes twice.
+/// What I missed after a cursor, oldest first: the messages of my direct conversations and
+/// of my groups (from joining to leaving each), and my reads on other devices. Keep the last
+/// cursor processed and sync from it: nothing is missed, nothing comes twice.
 ///
-/// 400 for a malformed `since`, or one beyond the end of my stream (a cursor from another
-/// database).
+/// 400 for a malformed `since`, one that does not describe my stream (other groups than mine
+/// at its position, a seq before I joined), or one beyond the end of my stream or a group (a
+/// cursor from another database).
 #[utoipa::path(
     get,
     path = "/api/v1/message/sync",
@@ -117,7 +142,7 @@ fn client_message_id<'a>(
     params(SyncQuery),
     security(("bearerAuth" = []), ("cookieAuth" = [])),
     responses(
-        (status = 200, description = "The next page of my message stream", body = Envelope<SyncPageDto>),
+        (status = 200, description = "The next page of what I missed", body = Envelope<SyncPageDto>),
         (status = 400, response = Validation),
         (status = 401, response = Unauthenticated),
         (status = 503, response = Unavailable),
@@ -128,7 +153,7 @@ pub async fn sync(
     CurrentUser(session): CurrentUser,
     query: web::Query<SyncQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let since = Cursor::parse_optional(query.since.as_deref())?.unwrap_or(Cursor::START);
+    let since = SyncCursor::parse_optional(query.since.as_deref())?.unwrap_or(SyncCursor::START);
     let page = state.messaging.sync(session.user_id(), since, query.limit).await?;
     Ok(HttpResponse::Ok().json(Envelope::data(SyncPageDto::from(&page))))
 }
@@ -160,15 +185,20 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let me = session.user_id();
     let other = path_user(&other)?;
-    let before = query
+    let before = before(&query)?;
+    let view = state.messaging.history(me, &other, before, query.limit).await?;
+    Ok(HttpResponse::Ok().json(Envelope::data(ConversationDto::new(&view, me, &other))))
+}
+
+/// A history page's `before`: a message id, or nothing (empty counts as nothing).
+pub(super) fn before(query: &HistoryQuery) -> Result<Option<MessageId>, ApiError> {
+    query
         .before
         .as_deref()
         .filter(|b| !b.is_empty())
         .map(MessageId::parse)
         .transpose()
-        .map_err(|e| ApiError::invalid_field("before", e))?;
-    let view = state.messaging.history(me, &other, before, query.limit).await?;
-    Ok(HttpResponse::Ok().json(Envelope::data(ConversationDto::new(&view, me, &other))))
+        .map_err(|e| ApiError::invalid_field("before", e))
 }
 
 /// My conversations, most recently updated first, each with its last message, up to 200 a
@@ -205,8 +235,11 @@ pub async fn conversations(
     if let Some(cursor) = &page.next_cursor {
         response.insert_header(("X-Next-Cursor", cursor.as_str()));
     }
-    let list: Vec<ConversationSummaryDto> =
-        page.conversations.iter().map(ConversationSummaryDto::from).collect();
+    let list: Vec<ConversationSummaryDto> = page
+        .conversations
+        .iter()
+        .map(|summary| ConversationSummaryDto::new(summary, page.members.get(summary.conversation.id())))
+        .collect();
     Ok(response.json(Envelope::data(list)))
 }
 

@@ -1,6 +1,7 @@
 //! The route table and the middleware around it.
 
 pub(crate) mod avatar;
+pub(crate) mod conversations;
 pub(crate) mod health;
 pub(crate) mod message;
 pub(crate) mod user;
@@ -109,9 +110,31 @@ pub fn app(
                             resource("/conversations", "GET").route(web::get().to(message::conversations)),
                         )
                         .service(resource("/sync", "GET").route(web::get().to(message::sync))),
-                ),
+                )
+                .service(web::scope("/conversations").configure(conversation_routes)),
         )
         .default_service(web::to(not_found))
+}
+
+/// `/api/v1/conversations/…`: groups, and conversations of both kinds by id.
+fn conversation_routes(config: &mut web::ServiceConfig) {
+    use conversations as c;
+    config
+        .service(resource("", "POST").route(web::post().to(c::create)))
+        .service(
+            resource("/{id}", "GET, PATCH").route(web::get().to(c::get)).route(web::patch().to(c::rename)),
+        )
+        .service(resource("/{id}/members", "POST").route(web::post().to(c::add_members)))
+        .service(resource("/{id}/members/{user_id}", "DELETE").route(web::delete().to(c::remove_member)))
+        .service(resource("/{id}/members/{user_id}/role", "PUT").route(web::put().to(c::set_role)))
+        .service(resource("/{id}/owner", "POST").route(web::post().to(c::transfer_ownership)))
+        .service(resource("/{id}/leave", "POST").route(web::post().to(c::leave)))
+        .service(
+            resource("/{id}/messages", "GET, POST")
+                .route(web::get().to(c::history))
+                .route(web::post().to(c::send)),
+        )
+        .service(resource("/{id}/read", "POST").route(web::post().to(c::mark_read)));
 }
 
 /// A resource that answers methods other than `allow` (its routes' methods, comma-separated)
@@ -133,7 +156,7 @@ fn cors(origins: &[String]) -> Cors {
     // Closed by default: without configured origins, browsers on other origins get nothing.
     origins.iter().fold(
         Cors::default()
-            .allowed_methods(["GET", "POST", "OPTIONS"])
+            .allowed_methods(["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"])
             .allowed_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,

@@ -1,6 +1,6 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use chat_realtime::Handshake;
-use domain::Cursor;
+use domain::SyncCursor;
 use serde::Deserialize;
 
 use crate::auth::request_token;
@@ -29,7 +29,7 @@ pub async fn upgrade(
         .or_else(|| query.into_inner().token.filter(|t| !t.is_empty()))
         .ok_or_else(ApiError::unauthenticated)?;
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
-    let since = Cursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
+    let since = SyncCursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
     state.limits.socket_connect(session.user_id().as_str())?;
     (state.transports.ws)(&req, body, Handshake::new(&session, since))
 }
