@@ -2800,6 +2800,32 @@ async fn concurrent_sends_reads_and_group_changes_keep_every_stream_gap_free(sto
     for i in 0..WRITERS {
         writers.push(insert_user(storage, &format!("writer{i}")).await);
     }
+    // A reader follows the hub's stream while it grows, always after the last position it
+    // saw, until the writers are done and it has caught up.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (messages, hub_id, done) = (Arc::clone(&storage.messages), hub.id.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut seen: Vec<StreamItem> = Vec::new();
+            loop {
+                assert!(started.elapsed() < PATIENCE, "the reader is stuck at {} items", seen.len());
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let after = seen.last().map_or(Cursor::START, |item| item.cursor);
+                let page = messages.stream(&hub_id, after, 7).await.expect("reading the stream");
+                let expected: Vec<u64> =
+                    (after.position() + 1..=after.position() + page.len() as u64).collect();
+                assert_eq!(positions(&page), expected, "a stream read skipped a position");
+                if page.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                seen.extend(page);
+            }
+        })
+    };
     // Direct messages to the hub, groups created with and changed around the hub, and the
     // hub's reads, all at once: every one of them takes the hub's next position.
     let mut tasks = Vec::new();
@@ -2862,8 +2888,11 @@ async fn concurrent_sends_reads_and_group_changes_keep_every_stream_gap_free(sto
         moved += tokio::time::timeout(PATIENCE, task).await.expect("the writers finish").unwrap();
     }
     tokio::time::timeout(PATIENCE, changes).await.expect("the changes finish").unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = tokio::time::timeout(PATIENCE, reader).await.expect("the reader finishes").unwrap();
 
     let stream = whole_stream(storage, &hub, 9).await;
+    assert_eq!(seen, stream, "what the reader saw while the stream grew is the final stream");
     let expected_len = WRITERS * SENDS + 2 * GROUPS + moved;
     assert_eq!(positions(&stream), (1..=expected_len as u64).collect::<Vec<_>>());
     assert_eq!(head(storage, &hub).await, cursor(expected_len as u64));
