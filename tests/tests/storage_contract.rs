@@ -2735,7 +2735,8 @@ async fn a_send_racing_a_removal_is_stored_before_it_or_refused(storage: &Storag
                     if (stop_when_refused && refused) || (!stop_when_refused && j == 60) {
                         return results;
                     }
-                    tokio::task::yield_now().await;
+                    // Paced, so that a fast store does not run far ahead of the removal.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 assert!(!stop_when_refused, "5000 sends and no refusal");
                 results
