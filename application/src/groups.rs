@@ -580,3 +580,900 @@ fn applied(state: &GroupState, change: &GroupChange, entry: &Message, version: u
     }
     GroupState { group, members, version }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use chrono::{TimeZone, Utc};
+    use domain::{Chat, FullName, Seq, User};
+
+    use super::*;
+    use crate::messaging::{MessagingError, MessagingService};
+    use crate::ports::{
+        GroupAppended, MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository,
+        MockNotifier, MockUserRepository, Notice, NotifyError, ReadMoved,
+    };
+
+    fn now() -> domain::Timestamp {
+        Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
+    }
+
+    fn name(raw: &str) -> GroupName {
+        GroupName::parse(raw).unwrap()
+    }
+
+    /// Where an event went.
+    #[derive(Debug, Clone, PartialEq)]
+    enum To {
+        Group(ConversationId),
+        Users(Vec<UserId>),
+    }
+
+    /// A group store holding one group, and the users that exist, with their full names.
+    struct Store {
+        state: GroupState,
+        /// Former members (`left_after` finds their `Left` notice).
+        former: Vec<UserId>,
+        names: HashMap<UserId, String>,
+        /// Changes answered `Stale` before the next one applies (each moves the version, as
+        /// a change made meanwhile would).
+        stale: usize,
+        applied: Vec<GroupChange>,
+        created: Vec<(Group, Vec<Member>, Message)>,
+        announced: Vec<(To, Event)>,
+        /// Announcements fail (the change must not).
+        notifier_down: bool,
+        /// Members another change adds right before the next change comes (which is stale
+        /// then).
+        meanwhile: Vec<Member>,
+        /// Changes answered `Conflict` before the next one applies.
+        conflicts: usize,
+    }
+
+    /// The users of the group in the tests, in joining order.
+    struct Cast {
+        owner: UserId,
+        admin: UserId,
+        member: UserId,
+        other_admin: UserId,
+        other_member: UserId,
+        former: UserId,
+        stranger: UserId,
+        outsider: UserId,
+    }
+
+    fn cast() -> Cast {
+        Cast {
+            owner: UserId::generate(),
+            admin: UserId::generate(),
+            member: UserId::generate(),
+            other_admin: UserId::generate(),
+            other_member: UserId::generate(),
+            former: UserId::generate(),
+            stranger: UserId::generate(),
+            outsider: UserId::generate(),
+        }
+    }
+
+    fn member(user: &UserId, role: Role) -> Member {
+        Member { read_seq: 5, ..Member::joining(user.clone(), role, now(), 1) }
+    }
+
+    impl Store {
+        /// The group "team" at seq 5, version 3: Olive the owner, Ada and Abe admins, Mia and
+        /// Max members (joined in that order: Olive, Ada, Mia, Abe, Max); Flo left it; Stan
+        /// and Otto never were in it (both exist).
+        fn new(c: &Cast) -> Self {
+            let group = Group {
+                id: ConversationId::generate(),
+                name: name("team"),
+                created_by: c.owner.clone(),
+                created_at: now(),
+                updated_at: now(),
+                last_seq: 5,
+            };
+            let members = vec![
+                member(&c.owner, Role::Owner),
+                member(&c.admin, Role::Admin),
+                member(&c.member, Role::Member),
+                member(&c.other_admin, Role::Admin),
+                member(&c.other_member, Role::Member),
+            ];
+            let names = [
+                (&c.owner, "Olive"),
+                (&c.admin, "Ada"),
+                (&c.member, "Mia"),
+                (&c.other_admin, "Abe"),
+                (&c.other_member, "Max"),
+                (&c.former, "Flo"),
+                (&c.stranger, "Stan"),
+                (&c.outsider, "Otto"),
+            ]
+            .into_iter()
+            .map(|(id, name)| (id.clone(), name.to_owned()))
+            .collect();
+            Self {
+                state: GroupState { group, members, version: 3 },
+                former: vec![c.former.clone()],
+                names,
+                stale: 0,
+                applied: Vec::new(),
+                created: Vec::new(),
+                announced: Vec::new(),
+                notifier_down: false,
+                meanwhile: Vec::new(),
+                conflicts: 0,
+            }
+        }
+
+        fn id(&self) -> ConversationId {
+            self.state.group.id.clone()
+        }
+
+        /// What the store does with a change at the current version.
+        fn apply(&mut self, change: &GroupChange) -> crate::ports::RepoResult<Changed> {
+            if self.conflicts > 0 {
+                self.conflicts -= 1;
+                return Err(RepoError::Conflict);
+            }
+            if !self.meanwhile.is_empty() {
+                self.state.members.append(&mut self.meanwhile);
+                self.state.version += 1;
+                return Ok(Changed::Stale);
+            }
+            if self.stale > 0 {
+                self.stale -= 1;
+                self.state.version += 1;
+                return Ok(Changed::Stale);
+            }
+            if change.expected_version != self.state.version {
+                return Ok(Changed::Stale);
+            }
+            let seq = self.state.group.last_seq + 1;
+            let entry = Message { seq, ..change.entry.clone() };
+            self.state.group.last_seq = seq;
+            if let Some(name) = &change.rename {
+                self.state.group.name = name.clone();
+            }
+            self.state.members.retain(|m| !change.remove.contains(&m.user_id));
+            for (user, role) in &change.roles {
+                if let Some(m) = self.state.members.iter_mut().find(|m| &m.user_id == user) {
+                    m.role = *role;
+                }
+            }
+            let mut notices = Vec::new();
+            for (user, role) in &change.add {
+                self.state
+                    .members
+                    .push(Member { read_seq: seq - 1, ..Member::joining(user.clone(), *role, now(), seq) });
+                notices.push(Noticed {
+                    user: user.clone(),
+                    cursor: Cursor::new(40).unwrap(),
+                    notice: Notice::Joined { group: self.id(), seq },
+                });
+            }
+            for user in &change.remove {
+                self.former.push(user.clone());
+                notices.push(Noticed {
+                    user: user.clone(),
+                    cursor: Cursor::new(41).unwrap(),
+                    notice: Notice::Left { group: self.id(), seq },
+                });
+            }
+            self.state.version += 1;
+            self.applied.push(change.clone());
+            Ok(Changed::Applied { entry, version: self.state.version, notices })
+        }
+
+        fn is_member(&self, user: &UserId) -> bool {
+            self.state.member(user).is_some()
+        }
+    }
+
+    type Shared = Arc<Mutex<Store>>;
+
+    fn users(store: &Shared) -> MockUserRepository {
+        let mut users = MockUserRepository::new();
+        let s = store.clone();
+        users.expect_find_by_id().returning(move |id| {
+            let store = s.lock().unwrap();
+            Ok(store.names.get(id).map(|full_name| User {
+                full_name: FullName::parse(full_name).unwrap(),
+                ..crate::fixtures::user_with_id(id, now())
+            }))
+        });
+        users
+    }
+
+    fn group_port(store: &Shared) -> MockGroupRepository {
+        let mut groups = MockGroupRepository::new();
+        let s = store.clone();
+        groups.expect_state().returning(move |id| {
+            let store = s.lock().unwrap();
+            Ok((*id == store.id()).then(|| store.state.clone()))
+        });
+        let s = store.clone();
+        groups.expect_left_after().returning(move |user, id, after| {
+            assert_eq!(after, Cursor::START, "any membership ever");
+            let store = s.lock().unwrap();
+            Ok((*id == store.id() && store.former.contains(user)).then_some(2))
+        });
+        let s = store.clone();
+        groups.expect_change().returning(move |id, change| {
+            let mut store = s.lock().unwrap();
+            assert_eq!(*id, store.id());
+            store.apply(change)
+        });
+        let s = store.clone();
+        groups.expect_create().returning(move |group, members, created| {
+            let mut store = s.lock().unwrap();
+            store.created.push((group.clone(), members.to_vec(), created.clone()));
+            Ok(members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Noticed {
+                    user: m.user_id.clone(),
+                    cursor: Cursor::new(i as u64 + 10).unwrap(),
+                    notice: Notice::Joined { group: group.id.clone(), seq: 1 },
+                })
+                .collect())
+        });
+        groups
+    }
+
+    fn notifier(store: &Shared) -> MockNotifier {
+        let mut notifier = MockNotifier::new();
+        let s = store.clone();
+        notifier.expect_notify_group().returning(move |group, event| {
+            let mut store = s.lock().unwrap();
+            store.announced.push((To::Group(group.clone()), event.clone()));
+            if store.notifier_down {
+                return Err(NotifyError(anyhow::anyhow!("bus down")));
+            }
+            Ok(())
+        });
+        let s = store.clone();
+        notifier.expect_notify().returning(move |users, event| {
+            let mut store = s.lock().unwrap();
+            store.announced.push((To::Users(users.to_vec()), event.clone()));
+            if store.notifier_down {
+                return Err(NotifyError(anyhow::anyhow!("bus down")));
+            }
+            Ok(())
+        });
+        notifier
+    }
+
+    fn clock() -> Arc<MockClock> {
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(now);
+        Arc::new(clock)
+    }
+
+    fn service(store: &Shared, max_members: u32) -> GroupService {
+        GroupService::new(
+            Arc::new(users(store)),
+            Arc::new(group_port(store)),
+            Arc::new(notifier(store)),
+            clock(),
+            GroupLimits { max_members },
+        )
+    }
+
+    /// The messaging service over the same group: sends, history and reads as the store
+    /// answers them for members and others.
+    fn messaging(store: &Shared) -> MessagingService {
+        let mut conversations = MockConversationRepository::new();
+        let s = store.clone();
+        conversations.expect_find().returning(move |id| {
+            let store = s.lock().unwrap();
+            Ok((*id == store.id()).then(|| Chat::Group(store.state.group.clone())))
+        });
+        let s = store.clone();
+        conversations
+            .expect_member()
+            .returning(move |_, user| Ok(s.lock().unwrap().state.member(user).cloned()));
+        let mut messages = MockMessageRepository::new();
+        let s = store.clone();
+        messages.expect_append_to_group().returning(move |message| {
+            let store = s.lock().unwrap();
+            Ok(if store.is_member(&message.sender_id) {
+                GroupAppended::Created {
+                    message: Message { seq: 6, ..message.clone() },
+                    version: store.state.version,
+                }
+            } else {
+                GroupAppended::NotMember
+            })
+        });
+        messages.expect_list_by_conversation().returning(|_, _, _, _| Ok(Vec::new()));
+        let s = store.clone();
+        messages.expect_mark_read().returning(move |_, user, _| {
+            Ok(if s.lock().unwrap().is_member(user) {
+                ReadMoved::Moved { seq: 5, cursor: Cursor::new(3).unwrap() }
+            } else {
+                ReadMoved::NotMember
+            })
+        });
+        MessagingService::new(
+            Arc::new(users(store)),
+            Arc::new(conversations),
+            Arc::new(messages),
+            Arc::new(group_port(store)),
+            Arc::new(notifier(store)),
+            clock(),
+        )
+    }
+
+    fn world() -> (Cast, Shared) {
+        let cast = cast();
+        let store = Arc::new(Mutex::new(Store::new(&cast)));
+        (cast, store)
+    }
+
+    /// What an action ended in, for the permissions matrix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        Done,
+        NotFound,
+        Gone,
+        NotAllowed,
+    }
+
+    fn outcome_of<T>(result: Result<T, GroupError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Done,
+            Err(GroupError::NotFound) => Outcome::NotFound,
+            Err(GroupError::NoLongerMember) => Outcome::Gone,
+            Err(GroupError::NotAllowed) => Outcome::NotAllowed,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    fn outcome_of_messaging<T>(result: Result<T, MessagingError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Done,
+            Err(MessagingError::ConversationNotFound) => Outcome::NotFound,
+            Err(MessagingError::NoLongerMember) => Outcome::Gone,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    const ACTIONS: [&str; 12] = [
+        "create",
+        "get",
+        "add",
+        "remove",
+        "rename",
+        "set_role",
+        "transfer",
+        "leave",
+        "send",
+        "history",
+        "read",
+        "remove_admin",
+    ];
+
+    /// Runs `action` as `actor` on a fresh group; the targets are Max (a member), Abe (an
+    /// admin, for `remove_admin`), and Otto (a user outside, for `add`).
+    async fn run(action: &str, actor: fn(&Cast) -> UserId) -> Outcome {
+        let (c, store) = world();
+        let me = actor(&c);
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        match action {
+            "create" => outcome_of(groups.create(&me, name("new"), vec![c.outsider.clone()]).await),
+            "get" => outcome_of(groups.get(&me, &id).await),
+            "add" => outcome_of(groups.add_members(&me, &id, vec![c.outsider.clone()]).await),
+            "remove" => outcome_of(groups.remove_member(&me, &id, &c.other_member).await),
+            "remove_admin" => outcome_of(groups.remove_member(&me, &id, &c.other_admin).await),
+            "rename" => outcome_of(groups.rename(&me, &id, name("renamed")).await),
+            "set_role" => outcome_of(groups.set_role(&me, &id, &c.other_member, Role::Admin).await),
+            "transfer" => outcome_of(groups.transfer_ownership(&me, &id, &c.other_member).await),
+            "leave" => outcome_of(groups.leave(&me, &id).await),
+            "send" => outcome_of_messaging(
+                messaging(&store)
+                    .send_to_conversation(&me, &id, MessageBody::parse("hi").unwrap(), None)
+                    .await,
+            ),
+            "history" => {
+                outcome_of_messaging(messaging(&store).conversation_history(&me, &id, None, None).await)
+            }
+            "read" => {
+                outcome_of_messaging(messaging(&store).mark_read(&me, &id, &MessageId::generate()).await)
+            }
+            _ => unreachable!("{action}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_permissions_matrix() {
+        use Outcome::{Done, Gone, NotAllowed as No, NotFound as Unknown};
+        type Actor = fn(&Cast) -> UserId;
+        let actors: [(&str, Actor, [Outcome; 12]); 5] = [
+            // create get add remove rename set_role transfer leave send history read remove_admin
+            (
+                "owner",
+                |c| c.owner.clone(),
+                [Done, Done, Done, Done, Done, Done, Done, Done, Done, Done, Done, Done],
+            ),
+            (
+                "admin",
+                |c| c.admin.clone(),
+                [Done, Done, Done, Done, Done, No, No, Done, Done, Done, Done, No],
+            ),
+            ("member", |c| c.member.clone(), [Done, Done, No, No, No, No, No, Done, Done, Done, Done, No]),
+            (
+                "removed",
+                |c| c.former.clone(),
+                [Done, Gone, Gone, Gone, Gone, Gone, Gone, Gone, Gone, Gone, Gone, Gone],
+            ),
+            (
+                "stranger",
+                |c| c.stranger.clone(),
+                [
+                    Done, Unknown, Unknown, Unknown, Unknown, Unknown, Unknown, Unknown, Unknown, Unknown,
+                    Unknown, Unknown,
+                ],
+            ),
+        ];
+        for (who, actor, expected) in actors {
+            for (action, expected) in ACTIONS.iter().zip(expected) {
+                assert_eq!(run(action, actor).await, expected, "{who} {action}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_action_stores_and_announces_nothing() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        assert!(groups.add_members(&c.member, &id, vec![c.outsider.clone()]).await.is_err());
+        assert!(groups.rename(&c.stranger, &id, name("x")).await.is_err());
+        let store = store.lock().unwrap();
+        assert!(store.applied.is_empty() && store.announced.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_group_is_not_found() {
+        let (c, store) = world();
+        let err = service(&store, 1000).get(&c.owner, &ConversationId::generate()).await.unwrap_err();
+        assert!(matches!(err, GroupError::NotFound));
+    }
+
+    #[tokio::test]
+    async fn create_makes_me_the_owner_stores_the_first_entry_and_announces_the_group() {
+        let (c, store) = world();
+        let created = service(&store, 1000)
+            .create(&c.owner, name("Crew"), vec![c.admin.clone(), c.outsider.clone()])
+            .await
+            .unwrap();
+        let store = store.lock().unwrap();
+        let [(group, members, entry)] = store.created.as_slice() else { panic!("one group stored") };
+        assert_eq!((&group.name, &group.created_by, group.last_seq), (&name("Crew"), &c.owner, 1));
+        let roles: Vec<(&UserId, Role, Seq, Seq)> =
+            members.iter().map(|m| (&m.user_id, m.role, m.joined_seq, m.read_seq)).collect();
+        assert_eq!(
+            roles,
+            [
+                (&c.owner, Role::Owner, 1, 1),
+                (&c.admin, Role::Member, 1, 0),
+                (&c.outsider, Role::Member, 1, 0)
+            ]
+        );
+        assert_eq!(entry.seq, 1);
+        assert_eq!(entry.body.as_str(), "Olive created the group \u{201c}Crew\u{201d}");
+        assert_eq!(
+            entry.system,
+            Some(SystemEvent::Created {
+                actor: c.owner.clone(),
+                name: name("Crew"),
+                members: vec![c.owner.clone(), c.admin.clone(), c.outsider.clone()],
+            })
+        );
+        assert_eq!((entry.sender_id.clone(), entry.receiver_id.clone()), (c.owner.clone(), None));
+        assert_eq!(created, GroupState { group: group.clone(), members: members.clone(), version: 1 });
+
+        let kinds: Vec<(To, &str)> = store.announced.iter().map(|(to, e)| (to.clone(), kind(e))).collect();
+        let to_group = To::Group(group.id.clone());
+        assert_eq!(
+            kinds,
+            [
+                (to_group.clone(), "updated"),
+                (to_group, "entry"),
+                (To::Users(vec![c.owner.clone()]), "notice"),
+                (To::Users(vec![c.admin.clone()]), "notice"),
+                (To::Users(vec![c.outsider.clone()]), "notice"),
+            ]
+        );
+        assert!(matches!(
+            &store.announced[0].1,
+            Event::ConversationUpdated {
+                version: 1,
+                member_count: 3,
+                change: SystemEvent::Created { .. },
+                ..
+            }
+        ));
+    }
+
+    fn kind(event: &Event) -> &'static str {
+        match event {
+            Event::ConversationUpdated { .. } => "updated",
+            Event::GroupMessage { .. } => "entry",
+            Event::Notice { .. } => "notice",
+            _ => "other",
+        }
+    }
+
+    #[tokio::test]
+    async fn create_refuses_bad_member_lists_naming_the_offending_ids() {
+        let (c, store) = world();
+        let groups = service(&store, 3);
+        let unknown = UserId::generate();
+        let err =
+            groups.create(&c.owner, name("x"), vec![c.admin.clone(), c.admin.clone()]).await.unwrap_err();
+        assert!(matches!(err, GroupError::DuplicateMembers(ids) if ids == [c.admin.clone()]));
+        let err = groups.create(&c.owner, name("x"), vec![c.owner.clone()]).await.unwrap_err();
+        assert!(matches!(err, GroupError::DuplicateMembers(ids) if ids == [c.owner.clone()]));
+        let err = groups.create(&c.owner, name("x"), vec![]).await.unwrap_err();
+        assert!(matches!(err, GroupError::TooFewMembers { min: 2 }));
+        let three = vec![c.admin.clone(), c.member.clone(), c.outsider.clone()];
+        let err = groups.create(&c.owner, name("x"), three).await.unwrap_err();
+        assert!(matches!(err, GroupError::TooManyMembers { max: 3 }));
+        let err =
+            groups.create(&c.owner, name("x"), vec![unknown.clone(), c.admin.clone()]).await.unwrap_err();
+        assert!(matches!(&err, GroupError::UnknownUsers(ids) if *ids == [unknown.clone()]));
+        assert!(err.to_string().contains(unknown.as_str()), "{err}");
+        let store = store.lock().unwrap();
+        assert!(store.created.is_empty() && store.announced.is_empty());
+    }
+
+    #[tokio::test]
+    async fn adding_members_stores_one_change_and_announces_it_to_members_and_newcomers() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let newcomers: Vec<UserId> = (0..5).map(|_| UserId::generate()).collect();
+        for (n, user) in newcomers.iter().enumerate() {
+            store.lock().unwrap().names.insert(user.clone(), format!("New {n}"));
+        }
+        let update = service(&store, 1000).add_members(&c.admin, &id, newcomers.clone()).await.unwrap();
+        let entry = update.entry.expect("an entry");
+        assert_eq!(entry.seq, 6);
+        assert_eq!(entry.body.as_str(), "Ada added New 0, New 1, New 2 and 2 others");
+        assert_eq!(
+            entry.system,
+            Some(SystemEvent::Added { actor: c.admin.clone(), users: newcomers.clone() })
+        );
+        let store = store.lock().unwrap();
+        let [change] = store.applied.as_slice() else { panic!("one change") };
+        assert_eq!(change.expected_version, 3);
+        assert_eq!(change.add, newcomers.iter().map(|u| (u.clone(), Role::Member)).collect::<Vec<_>>());
+        assert!(change.remove.is_empty() && change.roles.is_empty() && change.rename.is_none());
+        // The state returned is the store's after the change.
+        assert_eq!(update.state.version, 4);
+        assert_eq!(update.state.group.last_seq, 6);
+        assert_eq!(update.state.members.len(), 10);
+        let newcomer = update.state.member(&newcomers[0]).unwrap();
+        assert_eq!((newcomer.joined_seq, newcomer.read_seq, newcomer.role), (6, 5, Role::Member));
+        assert_eq!(update.state.member(&c.admin).unwrap().read_seq, 6, "my own change is read");
+        let kinds: Vec<&str> = store.announced.iter().map(|(_, e)| kind(e)).collect();
+        assert_eq!(kinds, ["updated", "entry", "notice", "notice", "notice", "notice", "notice"]);
+        assert!(
+            matches!(&store.announced[1].1, Event::GroupMessage { message, version: 4 } if message.seq == 6)
+        );
+        assert!(matches!(
+            &store.announced[0].1,
+            Event::ConversationUpdated { member_count: 10, version: 4, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn adding_refuses_bad_lists_naming_the_offending_ids() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 6);
+        let unknown = UserId::generate();
+        let err = groups.add_members(&c.owner, &id, vec![]).await.unwrap_err();
+        assert!(matches!(err, GroupError::NoUsers));
+        let err = groups
+            .add_members(&c.owner, &id, vec![c.outsider.clone(), c.outsider.clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GroupError::DuplicateMembers(ids) if ids == [c.outsider.clone()]));
+        let err =
+            groups.add_members(&c.owner, &id, vec![c.outsider.clone(), c.member.clone()]).await.unwrap_err();
+        assert!(matches!(err, GroupError::AlreadyMembers(ids) if ids == [c.member.clone()]));
+        let err = groups
+            .add_members(&c.owner, &id, vec![c.outsider.clone(), c.stranger.clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GroupError::TooManyMembers { max: 6 }));
+        let err = groups.add_members(&c.owner, &id, vec![unknown.clone()]).await.unwrap_err();
+        assert!(matches!(err, GroupError::UnknownUsers(ids) if ids == [unknown.clone()]));
+        assert!(store.lock().unwrap().applied.is_empty());
+        // Up to the limit is fine.
+        assert!(groups.add_members(&c.owner, &id, vec![c.outsider.clone()]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn removing_a_member_tells_the_removed_user_too() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).remove_member(&c.admin, &id, &c.other_member).await.unwrap();
+        assert_eq!(update.entry.as_ref().unwrap().body.as_str(), "Ada removed Max");
+        assert!(update.state.member(&c.other_member).is_none());
+        let store = store.lock().unwrap();
+        assert_eq!(store.applied[0].remove, [c.other_member.clone()]);
+        let to: Vec<(To, &str)> = store.announced.iter().map(|(to, e)| (to.clone(), kind(e))).collect();
+        assert_eq!(
+            to,
+            [
+                (To::Group(id.clone()), "updated"),
+                (To::Users(vec![c.other_member.clone()]), "updated"),
+                (To::Group(id), "entry"),
+                (To::Users(vec![c.other_member.clone()]), "notice"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_removes_admins_and_nobody_removes_a_non_member() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        assert!(matches!(groups.remove_member(&c.admin, &id, &c.owner).await, Err(GroupError::NotAllowed)));
+        assert!(matches!(
+            groups.remove_member(&c.admin, &id, &c.other_admin).await,
+            Err(GroupError::NotAllowed)
+        ));
+        let err = groups.remove_member(&c.owner, &id, &c.outsider).await.unwrap_err();
+        assert!(matches!(err, GroupError::NotAMember(user) if user == c.outsider));
+        let removed = groups.remove_member(&c.owner, &id, &c.other_admin).await.unwrap();
+        assert!(removed.state.member(&c.other_admin).is_none());
+    }
+
+    #[tokio::test]
+    async fn removing_oneself_is_leaving() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).remove_member(&c.member, &id, &c.member).await.unwrap();
+        assert_eq!(
+            update.entry.unwrap().system,
+            Some(SystemEvent::Left { actor: c.member.clone(), new_owner: None })
+        );
+    }
+
+    #[tokio::test]
+    async fn renaming_records_the_new_name_and_the_same_name_changes_nothing() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        let same = groups.rename(&c.admin, &id, name("team")).await.unwrap();
+        assert_eq!(same.entry, None);
+        assert!(store.lock().unwrap().applied.is_empty() && store.lock().unwrap().announced.is_empty());
+        let update = groups.rename(&c.admin, &id, name("Crew")).await.unwrap();
+        assert_eq!(update.state.group.name, name("Crew"));
+        assert_eq!(update.entry.unwrap().body.as_str(), "Ada renamed the group to \u{201c}Crew\u{201d}");
+        assert_eq!(store.lock().unwrap().applied[0].rename, Some(name("Crew")));
+    }
+
+    #[tokio::test]
+    async fn the_owner_sets_roles_but_never_makes_or_unmakes_an_owner_that_way() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        let update = groups.set_role(&c.owner, &id, &c.member, Role::Admin).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive made Mia an admin");
+        assert_eq!(update.state.member(&c.member).unwrap().role, Role::Admin);
+        let update = groups.set_role(&c.owner, &id, &c.admin, Role::Member).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive made Ada a member");
+        assert_eq!(groups.set_role(&c.owner, &id, &c.admin, Role::Member).await.unwrap().entry, None);
+        assert!(matches!(
+            groups.set_role(&c.owner, &id, &c.member, Role::Owner).await,
+            Err(GroupError::OwnerRole)
+        ));
+        assert!(matches!(
+            groups.set_role(&c.owner, &id, &c.owner, Role::Admin).await,
+            Err(GroupError::OwnerRole)
+        ));
+        let err = groups.set_role(&c.owner, &id, &c.outsider, Role::Admin).await.unwrap_err();
+        assert!(matches!(err, GroupError::NotAMember(user) if user == c.outsider));
+        assert_eq!(store.lock().unwrap().applied.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn transferring_ownership_makes_the_old_owner_an_admin() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        let err = groups.transfer_ownership(&c.owner, &id, &c.outsider).await.unwrap_err();
+        assert!(matches!(err, GroupError::NotAMember(user) if user == c.outsider));
+        assert_eq!(groups.transfer_ownership(&c.owner, &id, &c.owner).await.unwrap().entry, None);
+        let update = groups.transfer_ownership(&c.owner, &id, &c.member).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive made Mia the owner");
+        assert_eq!(
+            store.lock().unwrap().applied[0].roles,
+            [(c.member.clone(), Role::Owner), (c.owner.clone(), Role::Admin)]
+        );
+        assert_eq!(update.state.member(&c.owner).unwrap().role, Role::Admin);
+        assert_eq!(update.state.member(&c.member).unwrap().role, Role::Owner);
+        // The old owner may not hand it over again.
+        assert!(matches!(
+            groups.transfer_ownership(&c.owner, &id, &c.admin).await,
+            Err(GroupError::NotAllowed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_owner_leaving_hands_over_to_the_oldest_admin() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).leave(&c.owner, &id).await.unwrap();
+        let entry = update.entry.unwrap();
+        assert_eq!(
+            entry.system,
+            Some(SystemEvent::Left { actor: c.owner.clone(), new_owner: Some(c.admin.clone()) })
+        );
+        assert_eq!(entry.body.as_str(), "Olive left; Ada is the owner now");
+        assert_eq!(update.state.member(&c.admin).unwrap().role, Role::Owner);
+        assert!(update.state.member(&c.owner).is_none());
+        let store = store.lock().unwrap();
+        assert_eq!(store.applied[0].remove, [c.owner.clone()]);
+        assert_eq!(store.applied[0].roles, [(c.admin.clone(), Role::Owner)]);
+    }
+
+    #[tokio::test]
+    async fn the_owner_leaving_a_group_without_admins_hands_over_to_the_oldest_member() {
+        let (c, store) = world();
+        {
+            let mut s = store.lock().unwrap();
+            s.state.members.retain(|m| m.role != Role::Admin);
+        }
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).leave(&c.owner, &id).await.unwrap();
+        assert_eq!(
+            update.entry.unwrap().system,
+            Some(SystemEvent::Left { actor: c.owner.clone(), new_owner: Some(c.member.clone()) })
+        );
+        assert_eq!(update.state.member(&c.member).unwrap().role, Role::Owner);
+    }
+
+    #[tokio::test]
+    async fn the_last_member_leaving_leaves_an_empty_group() {
+        let (c, store) = world();
+        store.lock().unwrap().state.members.retain(|m| m.user_id == c.owner);
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).leave(&c.owner, &id).await.unwrap();
+        assert!(update.state.members.is_empty());
+        assert_eq!(
+            update.entry.unwrap().system,
+            Some(SystemEvent::Left { actor: c.owner.clone(), new_owner: None })
+        );
+        assert!(store.lock().unwrap().applied[0].roles.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_leaving_changes_no_role() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let update = service(&store, 1000).leave(&c.admin, &id).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Ada left");
+        let store = store.lock().unwrap();
+        assert!(store.applied[0].roles.is_empty());
+        assert!(store
+            .announced
+            .iter()
+            .any(|(to, e)| *to == To::Users(vec![c.admin.clone()]) && kind(e) == "updated"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_change_is_decided_again_on_the_new_state() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        store.lock().unwrap().stale = RETRIES;
+        let update = service(&store, 1000).rename(&c.admin, &id, name("Crew")).await.unwrap();
+        let store = store.lock().unwrap();
+        let [change] = store.applied.as_slice() else { panic!("applied once") };
+        assert_eq!(change.expected_version, 3 + RETRIES as u64, "decided on the latest state");
+        assert_eq!(update.state.version, 4 + RETRIES as u64);
+        assert_eq!(store.announced.len(), 2, "announced once");
+    }
+
+    #[tokio::test]
+    async fn a_decision_made_again_sees_what_changed_meanwhile() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        // The first attempt loses to a change that added Otto.
+        store.lock().unwrap().meanwhile = vec![Member::joining(c.outsider.clone(), Role::Member, now(), 6)];
+        let err =
+            service(&store, 1000).add_members(&c.admin, &id, vec![c.outsider.clone()]).await.unwrap_err();
+        assert!(matches!(err, GroupError::AlreadyMembers(ids) if ids == [c.outsider.clone()]));
+        let store = store.lock().unwrap();
+        assert!(store.applied.is_empty() && store.announced.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_decided_again_like_a_stale_change() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        store.lock().unwrap().conflicts = 1;
+        let update =
+            service(&store, 1000).add_members(&c.admin, &id, vec![c.outsider.clone()]).await.unwrap();
+        assert!(update.state.member(&c.outsider).is_some());
+        assert_eq!(store.lock().unwrap().applied.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn system_entries_name_a_few_users_and_count_the_rest() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let groups = service(&store, 1000);
+        let two =
+            groups.add_members(&c.owner, &id, vec![c.outsider.clone(), c.stranger.clone()]).await.unwrap();
+        assert_eq!(two.entry.unwrap().body.as_str(), "Olive added Otto and Stan");
+        let four: Vec<UserId> = (0..4).map(|_| UserId::generate()).collect();
+        for (n, user) in four.iter().enumerate() {
+            store.lock().unwrap().names.insert(user.clone(), format!("N{n}"));
+        }
+        let update = groups.add_members(&c.owner, &id, four).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive added N0, N1, N2 and 1 other");
+    }
+
+    #[tokio::test]
+    async fn a_group_that_keeps_changing_is_unavailable_for_now() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        store.lock().unwrap().stale = RETRIES + 1;
+        let err = service(&store, 1000).rename(&c.admin, &id, name("Crew")).await.unwrap_err();
+        assert!(matches!(err, GroupError::Failed(ApplicationError::Unavailable(_))), "{err}");
+        let store = store.lock().unwrap();
+        assert!(store.applied.is_empty() && store.announced.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_announcement_does_not_fail_the_change() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        store.lock().unwrap().notifier_down = true;
+        assert!(service(&store, 1000).rename(&c.admin, &id, name("Crew")).await.is_ok());
+        assert_eq!(store.lock().unwrap().applied.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_the_store_fails_to_apply_is_not_announced() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        let mut groups = MockGroupRepository::new();
+        let s = store.clone();
+        groups.expect_state().returning(move |_| Ok(Some(s.lock().unwrap().state.clone())));
+        groups.expect_change().returning(|_, _| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+        let mut notifier = MockNotifier::new();
+        notifier.expect_notify_group().never();
+        notifier.expect_notify().never();
+        let service = GroupService::new(
+            Arc::new(users(&store)),
+            Arc::new(groups),
+            Arc::new(notifier),
+            clock(),
+            GroupLimits::default(),
+        );
+        let err = service.rename(&c.admin, &id, name("Crew")).await.unwrap_err();
+        assert!(matches!(err, GroupError::Failed(ApplicationError::Unavailable(_))));
+    }
+
+    #[test]
+    fn names_are_listed_as_a_sentence() {
+        assert_eq!(duplicates(&[]), Vec::<UserId>::new());
+        let a = UserId::generate();
+        let b = UserId::generate();
+        assert_eq!(duplicates(&[a.clone(), b.clone(), a.clone(), a.clone(), b.clone()]), [a, b]);
+        assert_eq!(GroupLimits::default().max_members, 1000);
+        assert!(
+            GroupLimits::MAX_MEMBERS_ALLOWED.contains(&2) && !GroupLimits::MAX_MEMBERS_ALLOWED.contains(&1)
+        );
+    }
+}
