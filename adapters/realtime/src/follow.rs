@@ -1,31 +1,38 @@
-//! A live connection's message stream, the same on every transport: what the connection
-//! replays when it opens, then what it makes of each event its registry queue hands it.
+//! A live connection's view of everything its user follows, the same on every transport:
+//! what the connection replays when it opens, then what it makes of each event its registry
+//! queue hands it.
 //!
 //! A transport session
 //! 1. calls [`Follow::start`] **before** registering the connection,
 //! 2. registers it, then, while [`Follow::replaying`], sends the frames of
 //!    [`Follow::replay`] (one page per call, in order),
-//! 3. and passes every [`Outbound`] taken from its queue through [`Follow::admit`], sending
-//!    the frames it returns, in order (none for a repeat; the stored run of messages when
-//!    live events were overtaken or lost).
+//! 3. and passes everything taken from its queue through [`Follow::admit`], sending the
+//!    frames it returns, in order (none for a repeat or for an entry of a group the user does
+//!    not see; the stored run of entries when live events were overtaken or lost).
+//!
+//! Every frame of the stream (`newMessage`, `conversationRead`) carries the connection's
+//! whole cursor as it stands right after it: see `application::StreamFollower`.
 //!
 //! On a [`FollowError`] the session closes the connection with a reason ([`stop_reason`]):
 //! the client reconnects with `since` set to the last cursor it processed and loses nothing.
 //!
-//! The queue must be read during the replay too (events other than `newMessage` go out at
-//! once), or a long replay would fill it and get the connection evicted. A `newMessage`
-//! taken from it meanwhile is held back rather than sent: it was stored before it was
+//! The queue must be read during the replay too (frames other than the stream's go out at
+//! once), or a long replay would fill it and get the connection evicted. An event of the
+//! stream taken from it meanwhile is held back rather than sent: it was stored before it was
 //! announced, so the replay, which reads on until the store has nothing more, reaches it;
-//! only the furthest one is kept, and checked once the replay ends, in case the store
-//! answered short.
+//! only the furthest one of the user's stream and of each group is kept, and checked once
+//! the replay ends, in case the store answered short.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use application::ports::{Event, MessageRepository, StreamItem};
+use application::ports::{Event, GroupRepository, MessageRepository};
+use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
-use domain::{Cursor, UserId};
+use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
 
-use crate::registry::Outbound;
+use crate::registry::{Outbound, Queued, Streamed};
+use crate::wire::{encode_item, with_cursor};
 
 /// What a connection is told when it cannot go on following its stream without a gap,
 /// and is closed: resume with `since`, or start over.
@@ -33,8 +40,16 @@ pub fn stop_reason(error: &FollowError) -> &'static str {
     match error {
         FollowError::Storage(_) => "server error: reconnect with since",
         FollowError::Unreadable { .. } => "resync: reconnect with since",
-        FollowError::Ahead { .. } => "since is beyond the end of your message stream: start over from 0",
+        FollowError::Ahead { .. } | FollowError::GroupAhead { .. } => {
+            "since is beyond the end of your message stream: start over from 0"
+        }
+        FollowError::InvalidCursor => "since is not a valid cursor: start over from 0",
     }
+}
+
+/// Whether the client must start over (from `0`) rather than resume with its cursor.
+pub fn starts_over(error: &FollowError) -> bool {
+    matches!(error, FollowError::Ahead { .. } | FollowError::GroupAhead { .. } | FollowError::InvalidCursor)
 }
 
 /// Logs why a connection stops following its stream, once for every transport.
@@ -46,7 +61,42 @@ pub fn log_stop(error: &FollowError) {
         FollowError::Unreadable { announced } => {
             tracing::info!(%announced, "closing a connection that cannot follow its stream")
         }
-        FollowError::Ahead { .. } => tracing::info!(error = %error, "refusing a resume beyond the stream"),
+        FollowError::Ahead { .. } | FollowError::GroupAhead { .. } | FollowError::InvalidCursor => {
+            tracing::info!(error = %error, "refusing a resume from a cursor the user cannot have")
+        }
+    }
+}
+
+/// Events of the stream taken from the queue during the replay: the furthest of the user's
+/// stream, and of each group.
+#[derive(Default)]
+struct Held {
+    stream: Option<(Cursor, Arc<Streamed>)>,
+    groups: BTreeMap<ConversationId, (Seq, Arc<Streamed>)>,
+}
+
+impl Held {
+    fn keep(&mut self, streamed: Arc<Streamed>) {
+        match &streamed.event {
+            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. }
+                if self.stream.as_ref().is_none_or(|(held, _)| cursor > held) =>
+            {
+                self.stream = Some((*cursor, streamed));
+            }
+            Event::GroupMessage { message, .. }
+                if self.groups.get(&message.conversation_id).is_none_or(|(held, _)| message.seq > *held) =>
+            {
+                self.groups.insert(message.conversation_id.clone(), (message.seq, streamed));
+            }
+            // Behind one held already; or not of the stream (never queued as such).
+            _ => {}
+        }
+    }
+
+    fn take(&mut self) -> Vec<Arc<Streamed>> {
+        let stream = self.stream.take().map(|(_, streamed)| streamed);
+        let groups = std::mem::take(&mut self.groups).into_values().map(|(_, streamed)| streamed);
+        stream.into_iter().chain(groups).collect()
     }
 }
 
@@ -54,121 +104,240 @@ pub fn log_stop(error: &FollowError) {
 pub struct Follow {
     follower: StreamFollower,
     replaying: bool,
-    /// The furthest `newMessage` taken from the queue during the replay.
-    held: Option<(Cursor, Outbound)>,
+    held: Held,
 }
 
 impl Follow {
-    /// Starts after `since`, or at the current end of `user`'s stream without it. Call it
-    /// before the connection is registered for live events.
+    /// Starts after `since` (checked against the store), or at the current end of
+    /// everything `user` follows without it. Call it before the connection is registered
+    /// for live events.
     pub async fn start(
         messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
         user: UserId,
-        since: Option<Cursor>,
+        since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
-        let follower = StreamFollower::start(messages, user, since).await?;
-        Ok(Self { follower, replaying: true, held: None })
+        let follower = StreamFollower::start(messages, groups, user, since).await?;
+        Ok(Self { follower, replaying: true, held: Held::default() })
     }
 
-    /// Whether stored messages may remain to replay: call [`Follow::replay`] again.
+    /// The cursor after the last frame of the stream (or the starting one).
+    pub fn cursor(&self) -> &SyncCursor {
+        self.follower.cursor()
+    }
+
+    /// Whether stored entries may remain to replay: call [`Follow::replay`] again.
     pub fn replaying(&self) -> bool {
         self.replaying
     }
 
-    /// The next page of stored messages the connection has not had, as `newMessage` frames.
-    /// Once the store has no more, the replay is over: what is returned then is at most the
-    /// outcome of the event held back meanwhile (see the module's documentation).
+    /// The next page of stored entries the connection has not had, as frames. Once the
+    /// store has no more, the replay is over: what is returned then is at most the outcome
+    /// of the events held back meanwhile (see the module's documentation).
     pub async fn replay(&mut self) -> Result<Vec<Outbound>, FollowError> {
         if !self.replaying {
             return Ok(Vec::new());
         }
         let page = self.follower.catch_up().await?;
         if !page.is_empty() {
-            return Ok(frames(page));
+            return Ok(frames(&page));
         }
         self.replaying = false;
-        match self.held.take() {
-            Some((cursor, outbound)) if cursor > self.follower.last() => self.live(cursor, outbound).await,
-            _ => Ok(Vec::new()),
+        let mut sent = Vec::new();
+        for streamed in self.held.take() {
+            sent.extend(self.live(&streamed).await?);
         }
+        Ok(sent)
     }
 
-    /// The frames to send for one event from the registry queue, in order: the event
-    /// itself, nothing (a repeat, or a message the replay will reach), or the stored run of
-    /// messages that ends with it.
-    pub async fn admit(&mut self, outbound: Outbound) -> Result<Vec<Outbound>, FollowError> {
-        let Some(cursor) = outbound.cursor else {
-            return Ok(vec![outbound]);
-        };
-        if self.replaying {
-            if self.held.as_ref().is_none_or(|(held, _)| cursor > *held) {
-                self.held = Some((cursor, outbound));
+    /// The frames to send for one item of the registry queue, in order: a frame as it is;
+    /// for an event of the stream, its frame with the connection's cursor, nothing (a
+    /// repeat, an entry the user does not see, a notice without a frame of its own, or an
+    /// event the replay will reach), or the stored run of entries that ends with it.
+    pub async fn admit(&mut self, queued: Queued) -> Result<Vec<Outbound>, FollowError> {
+        match queued {
+            Queued::Frame(frame) => Ok(vec![frame]),
+            Queued::Stream(streamed) if self.replaying => {
+                self.held.keep(streamed);
+                Ok(Vec::new())
             }
-            return Ok(Vec::new());
+            Queued::Stream(streamed) => self.live(&streamed).await,
         }
-        self.live(cursor, outbound).await
     }
 
-    async fn live(&mut self, cursor: Cursor, outbound: Outbound) -> Result<Vec<Outbound>, FollowError> {
-        Ok(match self.follower.admit(cursor).await? {
-            Admission::Deliver => vec![outbound],
-            Admission::Repeat => Vec::new(),
-            Admission::Fill(items) => frames(items),
+    async fn live(&mut self, streamed: &Streamed) -> Result<Vec<Outbound>, FollowError> {
+        Ok(match self.follower.admit(&streamed.event).await? {
+            Admission::Deliver(item) => match &streamed.frame {
+                // Encoded once for every connection: only the cursor is this one's.
+                Some(frame) => {
+                    let data = with_cursor(&frame.data, &item.cursor.to_string());
+                    vec![Outbound { name: frame.name, data: data.into() }]
+                }
+                None => frames(std::slice::from_ref(&item)),
+            },
+            Admission::Fill(items) => frames(&items),
+            Admission::Repeat | Admission::Drop => Vec::new(),
+            Admission::Pass => streamed.frame.iter().cloned().collect(),
         })
     }
 }
 
-/// Stored messages as the `newMessage` frames a live event would have carried.
-fn frames(items: Vec<StreamItem>) -> Vec<Outbound> {
+/// Deliveries of the stream as the frames a live event would have become.
+fn frames(items: &[SyncItem]) -> Vec<Outbound> {
     items
-        .into_iter()
-        .flat_map(|StreamItem { cursor, message }| Outbound::encode(&Event::NewMessage { message, cursor }))
+        .iter()
+        .map(|item| {
+            let (name, data) = encode_item(item);
+            Outbound { name, data: data.into() }
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use application::ports::{MockMessageRepository, RepoError};
-    use domain::{ConversationId, Message, MessageBody, MessageId};
-    use std::sync::Mutex;
+    use application::ports::{
+        Appended, Changed, ConversationRepository as _, GroupAppended, GroupChange, Notice, RepoError,
+    };
+    use chat_memory::MemoryStore;
+    use domain::{
+        Conversation, GroupName, Member, Message, MessageBody, MessageId, ParticipantPair, Role, SystemEvent,
+    };
 
-    fn cursor(n: u64) -> Cursor {
-        Cursor::new(n).unwrap()
+    /// The reference store, with helpers that write through the ports as the use cases do,
+    /// and return the event each write announces.
+    struct World {
+        store: Arc<MemoryStore>,
     }
 
-    fn message(user: &UserId, n: u64) -> Message {
+    fn text(body: &str) -> MessageBody {
+        MessageBody::parse(body).unwrap()
+    }
+
+    fn message(conversation: &ConversationId, from: &UserId, to: Option<&UserId>, body: &str) -> Message {
         Message {
             id: MessageId::generate(),
-            conversation_id: ConversationId::generate(),
-            sender_id: UserId::generate(),
-            receiver_id: user.clone(),
-            body: MessageBody::parse(&format!("m{n}")).unwrap(),
+            conversation_id: conversation.clone(),
+            sender_id: from.clone(),
+            receiver_id: to.cloned(),
+            body: text(body),
+            system: None,
+            seq: 0,
             created_at: chrono::Utc::now(),
             client_id: None,
         }
     }
 
-    /// A stream whose stored length is whatever `stored` holds at each read.
-    fn stream(head: u64, stored: Arc<Mutex<u64>>) -> Arc<dyn MessageRepository> {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().returning(move |_| Ok(cursor(head)));
-        messages.expect_stream().returning(move |user, after, limit| {
-            let stored = *stored.lock().unwrap();
-            Ok((after.position() + 1..=stored)
-                .take(limit as usize)
-                .map(|n| StreamItem { cursor: cursor(n), message: message(user, n) })
-                .collect())
-        });
-        Arc::new(messages)
+    impl World {
+        fn new() -> Self {
+            Self { store: Arc::new(MemoryStore::new()) }
+        }
+
+        async fn follow(&self, user: &UserId, since: Option<SyncCursor>) -> Result<Follow, FollowError> {
+            Follow::start(self.store.clone(), self.store.clone(), user.clone(), since).await
+        }
+
+        /// A direct message; the event for `reader`.
+        async fn direct(&self, from: &UserId, to: &UserId, reader: &UserId) -> Event {
+            let pair = ParticipantPair::new(from.clone(), to.clone()).unwrap();
+            let conversation = Conversation::start(pair, chrono::Utc::now());
+            let sent = message(&conversation.id, from, Some(to), "hi");
+            let Appended::Created(stored) = self.store.append(&conversation, &sent).await.unwrap() else {
+                panic!("stored");
+            };
+            let cursor = stored.cursor_for(reader).unwrap();
+            Event::NewMessage { message: stored.message, cursor }
+        }
+
+        /// A group of `members` created by the first; the notices of each member.
+        async fn group(&self, members: &[&UserId]) -> (ConversationId, Vec<Event>) {
+            let now = chrono::Utc::now();
+            let id = ConversationId::generate();
+            let name = GroupName::parse("Team").unwrap();
+            let group = domain::Group {
+                id: id.clone(),
+                name: name.clone(),
+                created_by: members[0].clone(),
+                created_at: now,
+                updated_at: now,
+                last_seq: 0,
+            };
+            let created = Message {
+                system: Some(SystemEvent::Created {
+                    actor: members[0].clone(),
+                    name,
+                    members: members.iter().map(|m| (*m).clone()).collect(),
+                }),
+                ..message(&id, members[0], None, "created")
+            };
+            let members: Vec<Member> = members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let role = if i == 0 { Role::Owner } else { Role::Member };
+                    Member::joining((*m).clone(), role, now, 1)
+                })
+                .collect();
+            let notices = self.store.create(&group, &members, &created).await.unwrap();
+            (id, notices.into_iter().map(|n| Event::Notice { notice: n.notice, cursor: n.cursor }).collect())
+        }
+
+        async fn send(&self, group: &ConversationId, from: &UserId) -> Event {
+            let GroupAppended::Created { message, version } =
+                self.store.append_to_group(&message(group, from, None, "hello")).await.unwrap()
+            else {
+                panic!("stored");
+            };
+            Event::GroupMessage { message, version }
+        }
+
+        /// `actor` removes `user` (or adds them): the entry's event and the user's notice.
+        async fn change(
+            &self,
+            group: &ConversationId,
+            actor: &UserId,
+            user: &UserId,
+            add: bool,
+        ) -> (Event, Event) {
+            let version = self.store.member_ids(group).await.unwrap().unwrap().1;
+            let users = vec![user.clone()];
+            let system = if add {
+                SystemEvent::Added { actor: actor.clone(), users: users.clone() }
+            } else {
+                SystemEvent::Removed { actor: actor.clone(), users: users.clone() }
+            };
+            let change = GroupChange {
+                expected_version: version,
+                entry: Message { system: Some(system), ..message(group, actor, None, "changed") },
+                rename: None,
+                add: if add { vec![(user.clone(), Role::Member)] } else { Vec::new() },
+                remove: if add { Vec::new() } else { users },
+                roles: Vec::new(),
+            };
+            let Changed::Applied { entry, version, notices } =
+                self.store.change(group, &change).await.unwrap()
+            else {
+                panic!("applied");
+            };
+            let notice = notices.into_iter().next().unwrap();
+            (
+                Event::GroupMessage { message: entry, version },
+                Event::Notice { notice: notice.notice, cursor: notice.cursor },
+            )
+        }
     }
 
-    fn live(user: &UserId, n: u64) -> Outbound {
-        Outbound::encode(&Event::NewMessage { message: message(user, n), cursor: cursor(n) }).remove(0)
+    /// What the registry would queue for one event (its first item).
+    fn queued(event: &Event) -> Queued {
+        Queued::encode(event).remove(0)
     }
 
-    fn cursors(frames: &[Outbound]) -> Vec<u64> {
-        frames.iter().map(|f| f.cursor.expect("a newMessage frame").position()).collect()
+    fn data(frames: &[Outbound]) -> Vec<serde_json::Value> {
+        frames.iter().map(|f| serde_json::from_str(&f.data).unwrap()).collect()
+    }
+
+    fn cursors(frames: &[Outbound]) -> Vec<String> {
+        data(frames).iter().map(|d| d["cursor"].as_str().expect("a cursor").to_owned()).collect()
     }
 
     async fn replay_all(follow: &mut Follow) -> Vec<Outbound> {
@@ -180,84 +349,172 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_replay_sends_what_follows_since_then_live_events_go_through() {
-        let user = UserId::generate();
-        let stored = Arc::new(Mutex::new(5));
-        let mut follow =
-            Follow::start(stream(5, stored.clone()), user.clone(), Some(cursor(2))).await.unwrap();
-        let replayed = replay_all(&mut follow).await;
-        assert_eq!(cursors(&replayed), [3, 4, 5]);
-        assert!(replayed.iter().all(|f| f.name == "newMessage" && f.data.contains("\"cursor\"")));
+    async fn the_replay_sends_what_follows_since_then_live_events_go_out_with_the_connections_cursor() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        world.direct(&friend, &me, &me).await;
+        world.direct(&me, &friend, &me).await;
+        let mut follow = world.follow(&me, Some(SyncCursor::at(Cursor::START.next()))).await.unwrap();
+        assert_eq!(cursors(&replay_all(&mut follow).await), ["2"]);
 
-        *stored.lock().unwrap() = 6;
-        let event = live(&user, 6);
-        assert_eq!(follow.admit(event.clone()).await.unwrap(), vec![event]);
-        assert!(follow.admit(live(&user, 6)).await.unwrap().is_empty(), "a repeat is dropped");
-        assert!(follow.admit(live(&user, 4)).await.unwrap().is_empty(), "so is an old one");
+        let live = world.direct(&friend, &me, &me).await;
+        let frames = follow.admit(queued(&live)).await.unwrap();
+        assert_eq!(frames[0].name, "newMessage");
+        assert_eq!(cursors(&frames), ["3"]);
+        assert!(follow.admit(queued(&live)).await.unwrap().is_empty(), "a repeat is dropped");
     }
 
     #[tokio::test]
-    async fn without_since_only_what_is_stored_from_now_on_is_sent() {
-        let user = UserId::generate();
-        // Stored between `start` (head 9) and the registration.
-        let stored = Arc::new(Mutex::new(10));
-        let mut follow = Follow::start(stream(9, stored), user.clone(), None).await.unwrap();
-        assert_eq!(cursors(&replay_all(&mut follow).await), [10]);
+    async fn a_group_entry_carries_the_whole_cursor_and_reaches_only_members() {
+        let world = World::new();
+        let (me, friend, stranger) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        let mut mine = world.follow(&me, None).await.unwrap();
+        let mut theirs = world.follow(&stranger, None).await.unwrap();
+        assert!(replay_all(&mut mine).await.is_empty() && replay_all(&mut theirs).await.is_empty());
+
+        let entry = world.send(&group, &friend).await;
+        let frames = mine.admit(queued(&entry)).await.unwrap();
+        assert_eq!(cursors(&frames), [format!("1~{group}.2")]);
+        assert_eq!(data(&frames)[0]["conversationId"], group.as_str());
+        assert!(data(&frames)[0]["receiverId"].is_null());
+        assert_eq!(mine.cursor().to_string(), format!("1~{group}.2"));
+        assert!(theirs.admit(queued(&entry)).await.unwrap().is_empty(), "not a member: dropped");
     }
 
     #[tokio::test]
-    async fn a_live_event_ahead_of_the_last_one_sent_brings_the_missed_ones_first() {
-        let user = UserId::generate();
-        let stored = Arc::new(Mutex::new(3));
-        let mut follow = Follow::start(stream(3, stored.clone()), user.clone(), None).await.unwrap();
-        assert!(replay_all(&mut follow).await.is_empty());
-        *stored.lock().unwrap() = 6;
-        assert_eq!(cursors(&follow.admit(live(&user, 6)).await.unwrap()), [4, 5, 6]);
-    }
-
-    #[tokio::test]
-    async fn new_messages_taken_during_the_replay_are_not_sent_twice() {
-        let user = UserId::generate();
-        let stored = Arc::new(Mutex::new(2));
-        let mut follow =
-            Follow::start(stream(0, stored.clone()), user.clone(), Some(cursor(0))).await.unwrap();
+    async fn events_taken_during_the_replay_are_held_and_not_sent_twice() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        let mut follow = world.follow(&me, Some(SyncCursor::START)).await.unwrap();
         // Announced while the replay is going on.
-        *stored.lock().unwrap() = 3;
-        assert!(follow.admit(live(&user, 3)).await.unwrap().is_empty());
-        let typing =
-            Outbound::encode(&Event::Typing { from: UserId::generate(), to: user.clone(), is_typing: true });
-        assert_eq!(follow.admit(typing[0].clone()).await.unwrap(), typing, "other events pass at once");
-        assert_eq!(cursors(&replay_all(&mut follow).await), [1, 2, 3]);
-        assert!(follow.admit(live(&user, 3)).await.unwrap().is_empty());
+        let entry = world.send(&group, &friend).await;
+        let direct = world.direct(&friend, &me, &me).await;
+        assert!(follow.admit(queued(&entry)).await.unwrap().is_empty());
+        assert!(follow.admit(queued(&direct)).await.unwrap().is_empty());
+        let typing = Event::Typing {
+            from: friend.clone(),
+            to: application::ports::TypingTarget::User(me.clone()),
+            is_typing: true,
+        };
+        let passed = follow.admit(queued(&typing)).await.unwrap();
+        assert_eq!(passed.len(), 1, "other frames pass at once");
+        assert_eq!(passed[0].name, "typing");
+
+        let replayed = data(&replay_all(&mut follow).await);
+        let kinds: Vec<&str> = replayed.iter().map(|d| d["message"].as_str().unwrap()).collect();
+        // The stream first (the notice of joining, then the direct message), then the group
+        // from its first entry on.
+        assert_eq!(kinds, ["hi", "created", "hello"]);
+        assert!(follow.admit(queued(&entry)).await.unwrap().is_empty());
+        assert!(follow.admit(queued(&direct)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_gets_the_removal_and_nothing_after_it() {
+        let world = World::new();
+        let (owner, me) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&owner, &me]).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        replay_all(&mut follow).await;
+
+        let (removal, left) = world.change(&group, &owner, &me, false).await;
+        // The entry goes to the members after the change, not to me: the notice brings it.
+        let frames = follow.admit(queued(&left)).await.unwrap();
+        let shown = data(&frames);
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!((shown[0]["kind"].as_str(), shown[0]["seq"].as_u64()), (Some("system"), Some(2)));
+        assert_eq!(shown[0]["cursor"], format!("1~{group}.2"), "resuming there takes the notice again");
+        assert_eq!(follow.cursor().to_string(), "2", "then the group is no longer in the cursor");
+        assert!(follow.admit(queued(&removal)).await.unwrap().is_empty());
+        let after = world.send(&group, &owner).await;
+        assert!(follow.admit(queued(&after)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_added_member_gets_the_group_from_the_entry_that_added_them() {
+        let world = World::new();
+        let (owner, other, me) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&owner, &other]).await;
+        world.send(&group, &owner).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        replay_all(&mut follow).await;
+
+        let (added, joined) = world.change(&group, &owner, &me, true).await;
+        // The entry may come first: before the notice, the group is not followed yet.
+        assert!(follow.admit(queued(&added)).await.unwrap().is_empty());
+        let frames = follow.admit(queued(&joined)).await.unwrap();
+        assert_eq!(cursors(&frames), [format!("1~{group}.3")]);
+        assert_eq!(data(&frames)[0]["system"]["action"], "added");
+        let next = world.send(&group, &other).await;
+        assert_eq!(cursors(&follow.admit(queued(&next)).await.unwrap()), [format!("1~{group}.4")]);
+    }
+
+    #[tokio::test]
+    async fn a_read_on_another_device_is_conversation_read_and_a_join_notice_alone_has_no_frame() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        let entry = world.send(&group, &friend).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        replay_all(&mut follow).await;
+        let Event::GroupMessage { message, .. } = &entry else { unreachable!() };
+        let application::ports::ReadMoved::Moved { seq, cursor } =
+            world.store.mark_read(&group, &me, &message.id).await.unwrap()
+        else {
+            panic!("moved");
+        };
+        let read = Event::Notice {
+            notice: Notice::Read { conversation: group.clone(), seq, message_id: message.id.clone() },
+            cursor,
+        };
+        let frames = follow.admit(queued(&read)).await.unwrap();
+        assert_eq!(frames[0].name, "conversationRead");
+        assert_eq!(cursors(&frames), [format!("2~{group}.2")]);
+        assert!(world.store.member(&group, &me).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cursor_the_user_cannot_have_is_refused_with_a_reason_to_start_over() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        // My stream has the notice of joining at 1: at 1 I am in the group.
+        let without_the_group =
+            world.follow(&me, Some(SyncCursor::at(Cursor::START.next()))).await.err().unwrap();
+        assert!(matches!(without_the_group, FollowError::InvalidCursor), "{without_the_group}");
+        assert!(starts_over(&without_the_group));
+        assert_eq!(stop_reason(&without_the_group), "since is not a valid cursor: start over from 0");
+        let beyond = world.follow(&me, Some(SyncCursor::at(Cursor::new(5).unwrap()))).await.err().unwrap();
+        assert!(starts_over(&beyond));
+        assert_eq!(stop_reason(&beyond), "since is beyond the end of your message stream: start over from 0");
+        let ok = SyncCursor { stream: Cursor::START.next(), groups: [(group, 0)].into() };
+        assert!(world.follow(&me, Some(ok)).await.is_ok());
     }
 
     #[tokio::test]
     async fn an_announced_message_the_store_does_not_hold_stops_the_connection() {
-        let user = UserId::generate();
-        let stored = Arc::new(Mutex::new(1));
-        let mut follow = Follow::start(stream(1, stored), user.clone(), None).await.unwrap();
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let mut follow = world.follow(&me, None).await.unwrap();
         replay_all(&mut follow).await;
-        let stop = follow.admit(live(&user, 4)).await.unwrap_err();
-        assert!(matches!(stop, FollowError::Unreadable { announced } if announced == cursor(4)));
+        let mut event = world.direct(&friend, &me, &me).await;
+        if let Event::NewMessage { cursor, .. } = &mut event {
+            *cursor = Cursor::new(4).unwrap();
+        }
+        let stop = follow.admit(queued(&event)).await.unwrap_err();
+        assert!(matches!(stop, FollowError::Unreadable { .. }), "{stop}");
         assert_eq!(stop_reason(&stop), "resync: reconnect with since");
-    }
-
-    #[tokio::test]
-    async fn an_event_held_during_the_replay_is_checked_when_it_ends() {
-        let user = UserId::generate();
-        // The store answers short: position 5 was announced, only 2 are readable.
-        let stored = Arc::new(Mutex::new(2));
-        let mut follow = Follow::start(stream(0, stored), user.clone(), Some(cursor(0))).await.unwrap();
-        assert!(follow.admit(live(&user, 5)).await.unwrap().is_empty());
-        assert_eq!(cursors(&follow.replay().await.unwrap()), [1, 2]);
-        assert!(matches!(follow.replay().await, Err(FollowError::Unreadable { .. })));
+        assert!(!starts_over(&stop));
     }
 
     #[tokio::test]
     async fn a_storage_failure_at_start_is_reported() {
-        let mut messages = MockMessageRepository::new();
+        let mut messages = application::ports::MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
-        let stop = Follow::start(Arc::new(messages), UserId::generate(), None).await.err().unwrap();
+        let groups = Arc::new(application::ports::MockGroupRepository::new());
+        let stop = Follow::start(Arc::new(messages), groups, UserId::generate(), None).await.err().unwrap();
         assert!(matches!(stop, FollowError::Storage(_)));
         assert_eq!(stop_reason(&stop), "server error: reconnect with since");
     }

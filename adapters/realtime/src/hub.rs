@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
-use application::ports::{Event, MessageRepository};
+use application::ports::{Event, GroupRepository, MessageRepository};
 use application::{Authenticated, FollowError, RealtimeService};
-use domain::{Cursor, UserId};
+use domain::{ConversationId, SyncCursor, UserId};
 use tokio::time::Instant;
 
+use crate::delivery::Delivery;
 use crate::follow::Follow;
 use crate::registry::{ConnectionGuard, ConnectionRegistry, Outbound, Receiver, Refusal, SessionToken};
 use crate::wire::{names, TypingIn};
@@ -28,11 +29,11 @@ pub struct Handshake {
     pub user: UserId,
     /// The connection ends when this token is revoked or expires.
     pub token: SessionToken,
-    pub since: Option<Cursor>,
+    pub since: Option<SyncCursor>,
 }
 
 impl Handshake {
-    pub fn new(session: &Authenticated, since: Option<Cursor>) -> Self {
+    pub fn new(session: &Authenticated, since: Option<SyncCursor>) -> Self {
         Self {
             user: session.user_id().clone(),
             token: SessionToken {
@@ -72,34 +73,36 @@ pub enum Refused {
 #[error("{0}")]
 pub struct InvalidEvent(pub &'static str);
 
-/// The live side of the core that every transport shares: the registry of this instance's
-/// connections, presence and typing ([`RealtimeService`]), and the message port the
-/// connections' streams are read from.
+/// The live side of the core that every transport shares: this instance's connections and
+/// the members of their groups ([`Delivery`]), presence and typing ([`RealtimeService`]),
+/// and the ports the connections' streams are read from.
 pub struct Hub {
-    registry: Arc<ConnectionRegistry>,
+    delivery: Arc<Delivery>,
     realtime: Arc<RealtimeService>,
     messages: Arc<dyn MessageRepository>,
+    groups: Arc<dyn GroupRepository>,
 }
 
 impl Hub {
     pub fn new(
-        registry: Arc<ConnectionRegistry>,
+        delivery: Arc<Delivery>,
         realtime: Arc<RealtimeService>,
         messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
     ) -> Arc<Self> {
-        Arc::new(Self { registry, realtime, messages })
+        Arc::new(Self { delivery, realtime, messages, groups })
     }
 
     pub fn registry(&self) -> &Arc<ConnectionRegistry> {
-        &self.registry
+        self.delivery.registry()
     }
 
     /// Starts following the stream, then registers the connection: in this order, whatever
     /// is stored from the start on reaches the replay, and nothing falls in the seam.
     pub async fn connect(&self, handshake: Handshake) -> Result<Live, Refused> {
         let Handshake { user, token, since } = handshake;
-        let follow = Follow::start(self.messages.clone(), user.clone(), since).await?;
-        let (guard, queue) = self.registry.register(&user, &token)?;
+        let follow = Follow::start(self.messages.clone(), self.groups.clone(), user.clone(), since).await?;
+        let (guard, queue) = self.registry().register(&user, &token)?;
         Ok(Live { guard, queue, follow, expiry: token.deadline() })
     }
 
@@ -136,16 +139,122 @@ impl Hub {
     ) -> Result<(), InvalidEvent> {
         match name {
             names::TYPING => {
-                let typing = serde_json::from_value::<TypingIn>(data)
-                    .map_err(|_| InvalidEvent("typing needs data {\"to\": userId, \"isTyping\": bool}"))?;
+                const EXPECTED: &str =
+                    "typing needs data {\"to\": userId} or {\"conversationId\": groupId}, with \"isTyping\": bool";
+                let typing = serde_json::from_value::<TypingIn>(data).map_err(|_| InvalidEvent(EXPECTED))?;
                 // An id that is not one of ours names nobody: the notice goes nowhere, as one
-                // to a stranger does, without telling the client who exists.
-                if let Ok(to) = UserId::parse(&typing.to) {
-                    self.realtime.typing(user, &to, typing.is_typing).await;
+                // to a stranger or a group of others does, without telling the client what
+                // exists.
+                match (typing.to, typing.conversation_id) {
+                    (Some(to), None) => {
+                        if let Ok(to) = UserId::parse(&to) {
+                            self.realtime.typing(user, &to, typing.is_typing).await;
+                        }
+                    }
+                    (None, Some(group)) => {
+                        if let Ok(group) = ConversationId::parse(&group) {
+                            self.group_typing(user, &group, typing.is_typing).await;
+                        }
+                    }
+                    _ => return Err(InvalidEvent(EXPECTED)),
                 }
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// Relays typing in a group to its other members, if `user` is one (asked of the
+    /// members this instance remembers: a notice costs no read of the store).
+    async fn group_typing(&self, user: &UserId, group: &ConversationId, is_typing: bool) {
+        match self.delivery.members().is_member(group, user).await {
+            Ok(true) => self.realtime.typing_in_group(user, group, is_typing).await,
+            Ok(false) => {}
+            Err(error) => tracing::debug!(error = %error, "typing notice dropped: membership not checked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::GroupMembers;
+    use application::ports::{
+        MockConversationRepository, MockGroupRepository, MockMessageRepository, MockNotifier, MockPresence,
+        TypingTarget,
+    };
+    use serde_json::json;
+
+    /// A hub whose group `group` has `members`, relaying through `notifier`.
+    fn hub(group: &ConversationId, members: Vec<UserId>, notifier: MockNotifier) -> Arc<Hub> {
+        let mut groups = MockGroupRepository::new();
+        let known = group.clone();
+        groups
+            .expect_member_ids()
+            .returning(move |asked| Ok((*asked == known).then(|| (members.clone(), 1))));
+        let groups: Arc<dyn GroupRepository> = Arc::new(groups);
+        let delivery = Delivery::new(ConnectionRegistry::new(4, 0), GroupMembers::new(groups.clone()));
+        let realtime = RealtimeService::new(
+            Arc::new(MockPresence::new()),
+            Arc::new(notifier),
+            Arc::new(MockConversationRepository::new()),
+        );
+        Hub::new(delivery, Arc::new(realtime), Arc::new(MockMessageRepository::new()), groups)
+    }
+
+    #[tokio::test]
+    async fn a_members_typing_goes_to_the_group() {
+        let (group, me) = (ConversationId::generate(), UserId::generate());
+        let mut notifier = MockNotifier::new();
+        let (g, from) = (group.clone(), me.clone());
+        notifier
+            .expect_notify_group()
+            .withf(move |to, event| {
+                *to == g
+                    && *event
+                        == Event::Typing {
+                            from: from.clone(),
+                            to: TypingTarget::Group(g.clone()),
+                            is_typing: true,
+                        }
+            })
+            .times(2)
+            .returning(|_, _| Ok(()));
+        let hub = hub(&group, vec![UserId::generate(), me.clone()], notifier);
+        for _ in 0..2 {
+            let data = json!({"conversationId": group.as_str(), "isTyping": true});
+            hub.client_event(&me, "typing", data).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn typing_in_a_group_of_others_or_an_unknown_one_goes_nowhere() {
+        let group = ConversationId::generate();
+        let mut notifier = MockNotifier::new();
+        notifier.expect_notify_group().never();
+        let hub = hub(&group, vec![UserId::generate()], notifier);
+        let me = UserId::generate();
+        for target in [group.to_string(), ConversationId::generate().to_string(), "not-an-id".into()] {
+            hub.client_event(&me, "typing", json!({"conversationId": target, "isTyping": true}))
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn typing_names_one_target_exactly() {
+        let group = ConversationId::generate();
+        let hub = hub(&group, Vec::new(), MockNotifier::new());
+        let me = UserId::generate();
+        for data in [
+            json!({"isTyping": true}),
+            json!({"to": UserId::generate().as_str(), "conversationId": group.as_str()}),
+            json!({"conversationId": 5}),
+            json!("typing"),
+        ] {
+            let refused = hub.client_event(&me, "typing", data.clone()).await.unwrap_err();
+            assert!(refused.0.contains("conversationId"), "{data}: {refused}");
+        }
+        assert_eq!(hub.client_event(&me, "somethingNewer", json!({})).await, Ok(()));
     }
 }

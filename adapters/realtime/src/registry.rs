@@ -6,41 +6,68 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use application::ports::{Event, Notifier, NotifyError, TokenConnections};
-use async_trait::async_trait;
-use domain::{Cursor, Timestamp, UserId};
+use application::ports::{Event, TokenConnections};
+use domain::{Timestamp, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::wire::encode_event;
+use crate::members::Members;
+use crate::wire::{encode_event, in_stream};
 
-/// One event, encoded once and shared by every connection it goes to. Each transport frames
-/// it its own way (`{"event":…}` for `/ws`, `42[…]` for Socket.IO).
+/// A frame for the client, encoded once and shared by every connection it goes to. Each
+/// transport frames it its own way (`{"event":…}` for `/ws`, `42[…]` for Socket.IO).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
     pub name: &'static str,
     pub data: Arc<str>,
-    /// For a `newMessage` event, the message's position in the stream of the user whose
-    /// connections it goes to: sessions pass it through their
-    /// [`StreamFollower`](application::StreamFollower) (see [`crate::follow`]).
-    pub cursor: Option<Cursor>,
 }
 
 impl Outbound {
-    /// The frames one event becomes, each payload serialized once.
+    /// The frames an event that is not part of a stream becomes (see [`Queued::encode`]).
     pub fn encode(event: &Event) -> Vec<Outbound> {
-        let cursor = match event {
-            Event::NewMessage { cursor, .. } => Some(*cursor),
-            _ => None,
-        };
-        encode_event(event)
-            .into_iter()
-            .map(|(name, data)| Outbound { name, data: data.into(), cursor })
-            .collect()
+        encode_event(event).into_iter().map(|(name, data)| Outbound { name, data: data.into() }).collect()
     }
 }
 
-pub type Receiver = mpsc::Receiver<Outbound>;
+/// What the registry queues for a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Queued {
+    /// A frame that goes out as it is.
+    Frame(Outbound),
+    /// An event of the connection's stream (a direct message, a group entry, a notice): the
+    /// session passes it through its [`Follow`](crate::Follow), which decides whether and
+    /// where it goes and gives its frame the connection's cursor.
+    Stream(Arc<Streamed>),
+}
+
+/// An event of a stream, with its frame encoded once without a cursor.
+#[derive(Debug, PartialEq)]
+pub struct Streamed {
+    pub event: Event,
+    /// `None` for a notice that has no frame of its own (joining or leaving a group).
+    pub frame: Option<Outbound>,
+}
+
+impl Queued {
+    /// What one event becomes in each queue it goes to, each payload serialized once.
+    pub fn encode(event: &Event) -> Vec<Queued> {
+        if !in_stream(event) {
+            return Outbound::encode(event).into_iter().map(Queued::Frame).collect();
+        }
+        let frame = Outbound::encode(event).into_iter().next();
+        vec![Queued::Stream(Arc::new(Streamed { event: event.clone(), frame }))]
+    }
+
+    /// The frame, if this is one.
+    pub fn frame(&self) -> Option<&Outbound> {
+        match self {
+            Queued::Frame(frame) => Some(frame),
+            Queued::Stream(_) => None,
+        }
+    }
+}
+
+pub type Receiver = mpsc::Receiver<Queued>;
 
 /// The token a connection was opened with: the connection ends when it is revoked (see
 /// [`TokenConnections`]) or expires (each session watches [`SessionToken::deadline`]).
@@ -93,7 +120,7 @@ const REMEMBER_REVOKED: Duration = Duration::from_secs(60);
 struct Connection {
     id: u64,
     token_id: String,
-    sender: mpsc::Sender<Outbound>,
+    sender: mpsc::Sender<Queued>,
 }
 
 /// The connections of this instance, by user.
@@ -232,38 +259,71 @@ impl ConnectionRegistry {
     }
 
     /// Queues `event` for every local connection of `users` (all users when `None`).
-    /// Returns how many connections it was queued for. A `newMessage` carries a cursor of
-    /// one user's stream: it goes to that one user.
+    /// Returns how many connections it was queued for. A direct `newMessage` or a notice
+    /// carries a position of one user's stream: it goes to that one user.
     pub fn deliver(&self, users: Option<&[UserId]>, event: &Event) -> usize {
-        let frames = Outbound::encode(event);
+        match users {
+            Some(users) => self.offer(event, |connections, offer| {
+                for user in users {
+                    for connection in connections.get(user).into_iter().flatten() {
+                        offer(user, connection);
+                    }
+                }
+            }),
+            None => self.offer(event, |connections, offer| {
+                for (user, list) in connections {
+                    for connection in list {
+                        offer(user, connection);
+                    }
+                }
+            }),
+        }
+    }
+
+    /// Queues a group's `event` for every local connection of its `members`, except those
+    /// of `except` (who read, or who is typing). Returns how many connections it was queued
+    /// for.
+    pub fn deliver_to_members(&self, members: &Members, except: Option<&UserId>, event: &Event) -> usize {
+        let wanted = |user: &UserId| members.contains(user) && except != Some(user);
+        self.offer(event, |connections, offer| {
+            // Whichever is smaller: a big group has few members on one instance, a small one
+            // is quicker to look up member by member.
+            if members.ids.len() < connections.len() {
+                for user in members.ids.iter().filter(|user| except != Some(*user)) {
+                    for connection in connections.get(user).into_iter().flatten() {
+                        offer(user, connection);
+                    }
+                }
+            } else {
+                for (user, list) in connections.iter().filter(|(user, _)| wanted(user)) {
+                    for connection in list {
+                        offer(user, connection);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Queues the encoded `event` for the connections `select` offers, under the read lock;
+    /// then ends those whose queue was full.
+    fn offer<F>(&self, event: &Event, select: F) -> usize
+    where
+        F: FnOnce(&HashMap<UserId, Vec<Connection>>, &mut dyn FnMut(&UserId, &Connection)),
+    {
+        let queued = Queued::encode(event);
         let mut stalled = Vec::new();
         let mut delivered = 0;
         {
             let connections = self.read();
             let mut offer = |user: &UserId, connection: &Connection| {
-                let all_queued = frames.iter().all(|frame| connection.sender.try_send(frame.clone()).is_ok());
+                let all_queued = queued.iter().all(|item| connection.sender.try_send(item.clone()).is_ok());
                 if all_queued {
                     delivered += 1;
                 } else if !connection.sender.is_closed() {
                     stalled.push((user.clone(), connection.id));
                 }
             };
-            match users {
-                Some(users) => {
-                    for user in users {
-                        for connection in connections.get(user).into_iter().flatten() {
-                            offer(user, connection);
-                        }
-                    }
-                }
-                None => {
-                    for (user, list) in connections.iter() {
-                        for connection in list {
-                            offer(user, connection);
-                        }
-                    }
-                }
-            }
+            select(&connections, &mut offer);
         }
         for (user, id) in stalled {
             tracing::info!(user = %user, connection = id, "closing a connection whose queue is full");
@@ -345,23 +405,11 @@ impl TokenConnections for ConnectionRegistry {
     }
 }
 
-/// The single-instance notifier: delivery to this instance's connections.
-#[async_trait]
-impl Notifier for ConnectionRegistry {
-    async fn notify(&self, users: &[UserId], event: &Event) -> Result<(), NotifyError> {
-        self.deliver(Some(users), event);
-        Ok(())
-    }
-
-    async fn broadcast(&self, event: &Event) -> Result<(), NotifyError> {
-        self.deliver(None, event);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use application::ports::TypingTarget;
+    use domain::{ConversationId, Cursor, Message, MessageBody, MessageId};
 
     fn token() -> SessionToken {
         token_with_id(UserId::generate().as_str())
@@ -372,7 +420,30 @@ mod tests {
     }
 
     fn typing(to: &UserId) -> Event {
-        Event::Typing { from: UserId::generate(), to: to.clone(), is_typing: true }
+        Event::Typing { from: UserId::generate(), to: TypingTarget::User(to.clone()), is_typing: true }
+    }
+
+    /// The name of the frame queued next.
+    fn next_name(rx: &mut Receiver) -> &'static str {
+        rx.try_recv().unwrap().frame().expect("a frame").name
+    }
+
+    fn message(receiver: Option<UserId>, conversation: ConversationId) -> Message {
+        Message {
+            id: MessageId::generate(),
+            conversation_id: conversation,
+            sender_id: UserId::generate(),
+            receiver_id: receiver,
+            body: MessageBody::parse("hi").unwrap(),
+            system: None,
+            seq: 1,
+            created_at: chrono::Utc::now(),
+            client_id: None,
+        }
+    }
+
+    fn members(ids: &[&UserId], version: u64) -> Members {
+        Members { ids: ids.iter().map(|id| (*id).clone()).collect(), version }
     }
 
     #[tokio::test]
@@ -383,36 +454,67 @@ mod tests {
         let (_g2, mut tab2) = registry.register(&alice, &token()).unwrap();
         let (_g3, mut other) = registry.register(&bob, &token()).unwrap();
 
-        registry.notify(std::slice::from_ref(&alice), &typing(&alice)).await.unwrap();
+        registry.deliver(Some(std::slice::from_ref(&alice)), &typing(&alice));
 
-        assert_eq!(tab1.try_recv().unwrap().name, "typing");
-        assert_eq!(tab2.try_recv().unwrap().name, "typing");
+        assert_eq!(next_name(&mut tab1), "typing");
+        assert_eq!(next_name(&mut tab2), "typing");
         assert!(other.try_recv().is_err());
     }
 
     #[tokio::test]
-    async fn a_new_message_goes_out_with_the_receivers_cursor() {
-        use domain::{ConversationId, Message, MessageBody, MessageId};
+    async fn a_stream_event_is_queued_whole_for_the_follower_with_its_frame_encoded_once() {
         let registry = ConnectionRegistry::new(8, 0);
         let user = UserId::generate();
-        let (_guard, mut rx) = registry.register(&user, &token()).unwrap();
-        let message = Message {
-            id: MessageId::generate(),
-            conversation_id: ConversationId::generate(),
-            sender_id: UserId::generate(),
-            receiver_id: user.clone(),
-            body: MessageBody::parse("hi").unwrap(),
-            created_at: chrono::Utc::now(),
-            client_id: None,
+        let (_g1, mut tab1) = registry.register(&user, &token()).unwrap();
+        let (_g2, mut tab2) = registry.register(&user, &token()).unwrap();
+        let event = Event::NewMessage {
+            message: message(Some(user.clone()), ConversationId::generate()),
+            cursor: Cursor::new(5).unwrap(),
         };
-        let cursor = Cursor::new(5).unwrap();
-        registry.notify(std::slice::from_ref(&user), &Event::NewMessage { message, cursor }).await.unwrap();
-        let outbound = rx.try_recv().unwrap();
-        assert_eq!((outbound.name, outbound.cursor), ("newMessage", Some(cursor)));
-        assert!(outbound.data.contains("\"cursor\":\"5\""), "{}", outbound.data);
+        assert_eq!(registry.deliver(Some(std::slice::from_ref(&user)), &event), 2);
+        let (Queued::Stream(first), Queued::Stream(second)) =
+            (tab1.try_recv().unwrap(), tab2.try_recv().unwrap())
+        else {
+            panic!("a stream event");
+        };
+        assert!(Arc::ptr_eq(&first, &second), "one encoding for every connection");
+        assert_eq!(first.event, event);
+        let frame = first.frame.as_ref().expect("a message has a frame");
+        assert_eq!(frame.name, "newMessage");
+        assert!(!frame.data.contains("cursor"), "each connection adds its own: {}", frame.data);
 
-        registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
-        assert_eq!(rx.try_recv().unwrap().cursor, None, "other events have none");
+        registry.deliver(Some(std::slice::from_ref(&user)), &typing(&user));
+        assert!(matches!(tab1.try_recv().unwrap(), Queued::Frame(_)), "other events are frames");
+    }
+
+    #[tokio::test]
+    async fn a_group_event_reaches_the_local_members_but_not_the_one_it_is_from() {
+        let registry = ConnectionRegistry::new(8, 0);
+        let (a, b, stranger) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let (_ga, mut at_a) = registry.register(&a, &token()).unwrap();
+        let (_gb, mut at_b) = registry.register(&b, &token()).unwrap();
+        let (_gb2, mut at_b2) = registry.register(&b, &token()).unwrap();
+        let (_gs, mut at_stranger) = registry.register(&stranger, &token()).unwrap();
+        let group = ConversationId::generate();
+        // Both ways of looking the members up: by member, and by connection.
+        for extra in [0, 10] {
+            let others: Vec<UserId> = (0..extra).map(|_| UserId::generate()).collect();
+            let mut ids: Vec<&UserId> = others.iter().collect();
+            ids.extend([&a, &b]);
+            let members = members(&ids, 3);
+            let entry = Event::GroupMessage { message: message(None, group.clone()), version: 3 };
+            assert_eq!(registry.deliver_to_members(&members, None, &entry), 3);
+            let typing =
+                Event::Typing { from: a.clone(), to: TypingTarget::Group(group.clone()), is_typing: true };
+            assert_eq!(registry.deliver_to_members(&members, Some(&a), &typing), 2);
+            assert!(matches!(at_a.try_recv().unwrap(), Queued::Stream(_)));
+            assert!(at_a.try_recv().is_err(), "not one's own typing");
+            for rx in [&mut at_b, &mut at_b2] {
+                assert!(matches!(rx.try_recv().unwrap(), Queued::Stream(_)));
+                assert_eq!(next_name(rx), "typing");
+            }
+            assert!(at_stranger.try_recv().is_err());
+        }
     }
 
     #[tokio::test]
@@ -420,10 +522,10 @@ mod tests {
         let registry = ConnectionRegistry::new(8, 0);
         let (_a, mut a) = registry.register(&UserId::generate(), &token()).unwrap();
         let (_b, mut b) = registry.register(&UserId::generate(), &token()).unwrap();
-        registry.broadcast(&Event::OnlineUsers(vec![])).await.unwrap();
+        registry.deliver(None, &Event::OnlineUsers(vec![]));
         for rx in [&mut a, &mut b] {
-            assert_eq!(rx.try_recv().unwrap().name, "onlineUsers");
-            assert_eq!(rx.try_recv().unwrap().name, "getOnlineUsers");
+            assert_eq!(next_name(rx), "onlineUsers");
+            assert_eq!(next_name(rx), "getOnlineUsers");
         }
     }
 
@@ -434,7 +536,7 @@ mod tests {
         let (slow_guard, mut slow) = registry.register(&user, &token()).unwrap();
         let (_fast_guard, mut fast) = registry.register(&user, &token()).unwrap();
         for _ in 0..3 {
-            registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
+            registry.deliver(Some(std::slice::from_ref(&user)), &typing(&user));
             // The live connection keeps reading.
             assert!(fast.try_recv().is_ok());
         }
@@ -453,7 +555,7 @@ mod tests {
         let (guard, _unread) = registry.register(&user, &token()).unwrap();
         let waiting = tokio::spawn(async move { guard.ended().await });
         for _ in 0..2 {
-            registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
+            registry.deliver(Some(std::slice::from_ref(&user)), &typing(&user));
         }
         tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
             .await
@@ -480,7 +582,7 @@ mod tests {
         let woken = tokio::time::timeout(std::time::Duration::from_secs(1), waiting).await;
         assert_eq!(woken.expect("a session blocked on its client is woken").unwrap(), Ended::Revoked);
         assert_eq!(registry.connection_count(), 1);
-        registry.notify(std::slice::from_ref(&user), &typing(&user)).await.unwrap();
+        registry.deliver(Some(std::slice::from_ref(&user)), &typing(&user));
         assert!(kept.try_recv().is_ok(), "the other device stays connected");
     }
 

@@ -1,27 +1,48 @@
 //! What instances say to each other on the bus channel: one JSON object per event.
 //!
-//! The shape is this crate's own (not the client wire format, not the domain's serde), and
-//! carries a version so that instances of two releases can share a bus during a rolling
-//! upgrade: a message of an unknown version is skipped, never misread.
+//! The shape is this crate's own (not the client wire format; the domain's serde only for a
+//! group's [`SystemEvent`], which stores keep in that form too), and carries a version so that
+//! instances of two releases can share a bus during a rolling upgrade: a message of an
+//! unknown version is skipped, never misread.
 //!
-//! Fields were added to `newMessage` within version 1 (`cursor`, `clientId`): older readers
-//! ignore them. A `newMessage` without a cursor (from an older release) cannot be placed in
-//! its reader's stream and is skipped with [`DecodeError::NoCursor`]; connections get that
-//! message from the store with the next event, or when they resume.
+//! Changes within version 1, each of which an older reader skips or ignores rather than
+//! misreads:
+//! - fields added to `newMessage` (`cursor`, `clientId`, `seq`): older readers ignore them. A
+//!   `newMessage` without a cursor (from an older release) cannot be placed in its reader's
+//!   stream and is skipped with [`DecodeError::NoCursor`]; connections get that message from
+//!   the store with the next event, or when they resume. One without `seq` shows seq 0.
+//! - events of groups and read state (`groupMessage`, `notice`, `conversationUpdated`,
+//!   `messagesRead`, `groupTyping`): an older reader does not know their `type` and skips
+//!   them as malformed.
+//! - recipients that are a group, `"to": {"group": id}`, published once whatever the group's
+//!   size (each instance finds the members among its own connections): an older reader
+//!   expects a list or `null` there and skips the message, so it can never take one for a
+//!   broadcast.
 
-use application::ports::Event;
-use domain::{ClientMessageId, ConversationId, Cursor, Message, MessageBody, MessageId, Timestamp, UserId};
+use application::ports::{Event, Notice, TypingTarget};
+use domain::{
+    ClientMessageId, ConversationId, Cursor, Group, GroupName, Message, MessageBody, MessageId, Seq,
+    SystemEvent, Timestamp, UserId,
+};
 use serde::{Deserialize, Serialize};
 
 const VERSION: u8 = 1;
+
+/// Whose connections get an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    Everyone,
+    Users(Vec<UserId>),
+    /// The group's members, as each instance knows them.
+    Group(ConversationId),
+}
 
 /// One event as it travels between instances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusMessage {
     /// The instance that published it; that instance has delivered it locally already.
     pub origin: String,
-    /// The users whose connections get it; `None` for everyone.
-    pub to: Option<Vec<UserId>>,
+    pub to: Recipients,
     pub event: Event,
 }
 
@@ -39,18 +60,29 @@ pub enum DecodeError {
 struct Envelope {
     v: u8,
     origin: String,
-    to: Option<Vec<UserId>>,
+    to: WireTo,
     event: WireEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WireTo {
+    /// `null` for everyone, or the users.
+    Users(Option<Vec<UserId>>),
+    Group {
+        group: ConversationId,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 enum WireEvent {
+    /// A direct message.
     NewMessage {
         id: MessageId,
         conversation_id: ConversationId,
         sender_id: UserId,
-        receiver_id: UserId,
+        receiver_id: Option<UserId>,
         body: MessageBody,
         created_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +90,43 @@ enum WireEvent {
         /// The message's position in the stream of the one user in `to`.
         #[serde(default)]
         cursor: Option<Cursor>,
+        #[serde(default)]
+        seq: Seq,
+    },
+    GroupMessage {
+        id: MessageId,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        body: MessageBody,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<SystemEvent>,
+        seq: Seq,
+        created_at: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<ClientMessageId>,
+        version: u64,
+    },
+    Notice {
+        notice: WireNotice,
+        /// The notice's position in the stream of the one user in `to`.
+        cursor: Cursor,
+    },
+    ConversationUpdated {
+        id: ConversationId,
+        name: GroupName,
+        created_by: UserId,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+        last_seq: Seq,
+        version: u64,
+        member_count: u64,
+        change: SystemEvent,
+    },
+    MessagesRead {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: Seq,
+        up_to: MessageId,
     },
     OnlineUsers {
         users: Vec<UserId>,
@@ -67,6 +136,19 @@ enum WireEvent {
         to: UserId,
         is_typing: bool,
     },
+    GroupTyping {
+        from: UserId,
+        group: ConversationId,
+        is_typing: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+enum WireNotice {
+    Joined { group: ConversationId, seq: Seq },
+    Left { group: ConversationId, seq: Seq },
+    Read { conversation_id: ConversationId, seq: Seq, message_id: MessageId },
 }
 
 impl From<&Event> for WireEvent {
@@ -81,9 +163,52 @@ impl From<&Event> for WireEvent {
                 created_at: m.created_at,
                 client_id: m.client_id,
                 cursor: Some(cursor),
+                seq: m.seq,
             },
+            Event::GroupMessage { message: m, version } => WireEvent::GroupMessage {
+                id: m.id,
+                conversation_id: m.conversation_id,
+                sender_id: m.sender_id,
+                body: m.body,
+                system: m.system,
+                seq: m.seq,
+                created_at: m.created_at,
+                client_id: m.client_id,
+                version,
+            },
+            Event::Notice { notice, cursor } => WireEvent::Notice {
+                notice: match notice {
+                    Notice::Joined { group, seq } => WireNotice::Joined { group, seq },
+                    Notice::Left { group, seq } => WireNotice::Left { group, seq },
+                    Notice::Read { conversation, seq, message_id } => {
+                        WireNotice::Read { conversation_id: conversation, seq, message_id }
+                    }
+                },
+                cursor,
+            },
+            Event::ConversationUpdated { group, version, member_count, change } => {
+                WireEvent::ConversationUpdated {
+                    id: group.id,
+                    name: group.name,
+                    created_by: group.created_by,
+                    created_at: group.created_at,
+                    updated_at: group.updated_at,
+                    last_seq: group.last_seq,
+                    version,
+                    member_count,
+                    change,
+                }
+            }
+            Event::MessagesRead { conversation, user, seq, up_to } => {
+                WireEvent::MessagesRead { conversation_id: conversation, user_id: user, seq, up_to }
+            }
             Event::OnlineUsers(users) => WireEvent::OnlineUsers { users },
-            Event::Typing { from, to, is_typing } => WireEvent::Typing { from, to, is_typing },
+            Event::Typing { from, to: TypingTarget::User(to), is_typing } => {
+                WireEvent::Typing { from, to, is_typing }
+            }
+            Event::Typing { from, to: TypingTarget::Group(group), is_typing } => {
+                WireEvent::GroupTyping { from, group, is_typing }
+            }
         }
     }
 }
@@ -101,24 +226,93 @@ impl TryFrom<WireEvent> for Event {
                 created_at,
                 client_id,
                 cursor,
+                seq,
             } => Event::NewMessage {
-                message: Message { id, conversation_id, sender_id, receiver_id, body, created_at, client_id },
+                message: Message {
+                    id,
+                    conversation_id,
+                    sender_id,
+                    receiver_id,
+                    body,
+                    system: None,
+                    seq,
+                    created_at,
+                    client_id,
+                },
                 cursor: cursor.ok_or(DecodeError::NoCursor)?,
             },
+            WireEvent::GroupMessage {
+                id,
+                conversation_id,
+                sender_id,
+                body,
+                system,
+                seq,
+                created_at,
+                client_id,
+                version,
+            } => Event::GroupMessage {
+                message: Message {
+                    id,
+                    conversation_id,
+                    sender_id,
+                    receiver_id: None,
+                    body,
+                    system,
+                    seq,
+                    created_at,
+                    client_id,
+                },
+                version,
+            },
+            WireEvent::Notice { notice, cursor } => Event::Notice {
+                notice: match notice {
+                    WireNotice::Joined { group, seq } => Notice::Joined { group, seq },
+                    WireNotice::Left { group, seq } => Notice::Left { group, seq },
+                    WireNotice::Read { conversation_id, seq, message_id } => {
+                        Notice::Read { conversation: conversation_id, seq, message_id }
+                    }
+                },
+                cursor,
+            },
+            WireEvent::ConversationUpdated {
+                id,
+                name,
+                created_by,
+                created_at,
+                updated_at,
+                last_seq,
+                version,
+                member_count,
+                change,
+            } => Event::ConversationUpdated {
+                group: Group { id, name, created_by, created_at, updated_at, last_seq },
+                version,
+                member_count,
+                change,
+            },
+            WireEvent::MessagesRead { conversation_id, user_id, seq, up_to } => {
+                Event::MessagesRead { conversation: conversation_id, user: user_id, seq, up_to }
+            }
             WireEvent::OnlineUsers { users } => Event::OnlineUsers(users),
-            WireEvent::Typing { from, to, is_typing } => Event::Typing { from, to, is_typing },
+            WireEvent::Typing { from, to, is_typing } => {
+                Event::Typing { from, to: TypingTarget::User(to), is_typing }
+            }
+            WireEvent::GroupTyping { from, group, is_typing } => {
+                Event::Typing { from, to: TypingTarget::Group(group), is_typing }
+            }
         })
     }
 }
 
-pub fn encode(origin: &str, to: Option<&[UserId]>, event: &Event) -> String {
-    let envelope = Envelope {
-        v: VERSION,
-        origin: origin.to_owned(),
-        to: to.map(<[UserId]>::to_vec),
-        event: WireEvent::from(event),
+pub fn encode(origin: &str, to: &Recipients, event: &Event) -> String {
+    let to = match to {
+        Recipients::Everyone => WireTo::Users(None),
+        Recipients::Users(users) => WireTo::Users(Some(users.clone())),
+        Recipients::Group(group) => WireTo::Group { group: group.clone() },
     };
-    // Strings, ids, a bool, a number and a timestamp: serializing them cannot fail.
+    let envelope = Envelope { v: VERSION, origin: origin.to_owned(), to, event: WireEvent::from(event) };
+    // Strings, ids, numbers, bools and timestamps: serializing them cannot fail.
     serde_json::to_string(&envelope).expect("bus messages serialize")
 }
 
@@ -138,21 +332,29 @@ pub fn decode(payload: &[u8]) -> Result<BusMessage, DecodeError> {
     }
     // Ids and bodies are checked again on the way in: a bus is an input like any other.
     let envelope: Envelope = serde_json::from_slice(payload)?;
-    Ok(BusMessage { origin: envelope.origin, to: envelope.to, event: envelope.event.try_into()? })
+    let to = match envelope.to {
+        WireTo::Users(None) => Recipients::Everyone,
+        WireTo::Users(Some(users)) => Recipients::Users(users),
+        WireTo::Group { group } => Recipients::Group(group),
+    };
+    Ok(BusMessage { origin: envelope.origin, to, event: envelope.event.try_into()? })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use domain::Role;
 
     fn message() -> Message {
         Message {
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),
-            receiver_id: UserId::generate(),
+            receiver_id: Some(UserId::generate()),
             body: MessageBody::parse("  <b>\"hé\"</b>\n").unwrap(),
+            system: None,
+            seq: 12,
             created_at: chrono::Utc.timestamp_nanos(1_767_323_045_123_456_789),
             client_id: None,
         }
@@ -162,32 +364,124 @@ mod tests {
         Event::NewMessage { message: m, cursor: Cursor::new(position).unwrap() }
     }
 
+    fn group() -> Group {
+        Group {
+            id: ConversationId::generate(),
+            name: GroupName::parse("Crew").unwrap(),
+            created_by: UserId::generate(),
+            created_at: chrono::Utc.timestamp_millis_opt(1_767_323_045_123).unwrap(),
+            updated_at: chrono::Utc.timestamp_millis_opt(1_767_323_046_456).unwrap(),
+            last_seq: 7,
+        }
+    }
+
+    fn round_trip(to: Recipients, event: Event) {
+        let decoded = decode(encode("i1", &to, &event).as_bytes()).unwrap();
+        assert_eq!(decoded, BusMessage { origin: "i1".into(), to, event });
+    }
+
     #[test]
     fn a_new_message_survives_the_round_trip_exactly() {
         let m = message();
-        let to = vec![m.receiver_id.clone()];
-        let event = new_message(m, 42);
-        let decoded = decode(encode("i1", Some(&to), &event).as_bytes()).unwrap();
-        assert_eq!(decoded, BusMessage { origin: "i1".into(), to: Some(to), event });
+        let to = vec![m.receiver_id.clone().unwrap()];
+        round_trip(Recipients::Users(to), new_message(m, 42));
+    }
+
+    #[test]
+    fn every_event_of_groups_and_read_state_survives_the_round_trip() {
+        let group = group();
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let to_group = || Recipients::Group(group.id.clone());
+        let entry = Message {
+            conversation_id: group.id.clone(),
+            receiver_id: None,
+            system: Some(SystemEvent::Added { actor: a.clone(), users: vec![b.clone()] }),
+            client_id: Some(ClientMessageId::parse("k").unwrap()),
+            ..message()
+        };
+        round_trip(to_group(), Event::GroupMessage { message: entry, version: 4 });
+        round_trip(
+            to_group(),
+            Event::GroupMessage { message: Message { receiver_id: None, ..message() }, version: 1 },
+        );
+        round_trip(
+            to_group(),
+            Event::ConversationUpdated {
+                group: group.clone(),
+                version: 5,
+                member_count: 3,
+                change: SystemEvent::RoleChanged { actor: a.clone(), user: b.clone(), role: Role::Admin },
+            },
+        );
+        round_trip(
+            to_group(),
+            Event::MessagesRead {
+                conversation: group.id.clone(),
+                user: a.clone(),
+                seq: 6,
+                up_to: MessageId::generate(),
+            },
+        );
+        round_trip(
+            to_group(),
+            Event::Typing { from: a.clone(), to: TypingTarget::Group(group.id.clone()), is_typing: true },
+        );
+        let cursor = Cursor::new(9).unwrap();
+        for notice in [
+            Notice::Joined { group: group.id.clone(), seq: 2 },
+            Notice::Left { group: group.id.clone(), seq: 3 },
+            Notice::Read { conversation: group.id.clone(), seq: 3, message_id: MessageId::generate() },
+        ] {
+            round_trip(Recipients::Users(vec![b.clone()]), Event::Notice { notice, cursor });
+        }
+    }
+
+    #[test]
+    fn a_group_event_names_the_group_once_and_no_member() {
+        let group = ConversationId::generate();
+        let event = Event::GroupMessage { message: Message { receiver_id: None, ..message() }, version: 2 };
+        let json: serde_json::Value =
+            serde_json::from_str(&encode("i1", &Recipients::Group(group.clone()), &event)).unwrap();
+        assert_eq!(json["to"], serde_json::json!({"group": group.as_str()}));
+        assert_eq!(json["event"]["type"], "groupMessage");
+        assert_eq!(json["event"]["version"], 2);
+    }
+
+    #[test]
+    fn a_group_message_is_no_broadcast_to_an_older_reader() {
+        // What a reader of the release before groups decoded: `to` a list of users or null.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OlderEnvelope {
+            v: u8,
+            origin: String,
+            to: Option<Vec<UserId>>,
+            event: serde_json::Value,
+        }
+        let payload =
+            encode("new", &Recipients::Group(ConversationId::generate()), &Event::OnlineUsers(Vec::new()));
+        assert!(serde_json::from_str::<OlderEnvelope>(&payload).is_err(), "skipped, never delivered to all");
     }
 
     #[test]
     fn the_cursor_and_client_id_travel_as_text() {
         let m = Message { client_id: Some(ClientMessageId::parse("k-1").unwrap()), ..message() };
         let event = new_message(m, i64::MAX as u64);
-        let payload = encode("i1", None, &event);
+        let payload = encode("i1", &Recipients::Everyone, &event);
         let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(json["event"]["cursor"], "9223372036854775807");
         assert_eq!(json["event"]["clientId"], "k-1");
+        assert_eq!(json["event"]["seq"], 12);
         assert_eq!(decode(payload.as_bytes()).unwrap().event, event);
         // Without a client id, the field is left out.
-        let payload = encode("i1", None, &new_message(message(), 1));
+        let payload = encode("i1", &Recipients::Everyone, &new_message(message(), 1));
         assert!(!payload.contains("clientId"), "{payload}");
     }
 
     #[test]
     fn a_new_message_from_an_older_release_without_a_cursor_is_skipped_clearly() {
-        let payload = encode("old", None, &new_message(message(), 3)).replace(r#","cursor":"3""#, "");
+        let payload =
+            encode("old", &Recipients::Everyone, &new_message(message(), 3)).replace(r#","cursor":"3""#, "");
         assert!(!payload.contains("cursor"), "{payload}");
         let error = decode(payload.as_bytes()).unwrap_err();
         assert!(matches!(error, DecodeError::NoCursor), "{error}");
@@ -195,8 +489,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_message_from_an_older_release_without_a_seq_is_still_delivered() {
+        let payload =
+            encode("old", &Recipients::Everyone, &new_message(message(), 3)).replace(r#","seq":12"#, "");
+        assert!(!payload.contains("seq"), "{payload}");
+        let Event::NewMessage { message, .. } = decode(payload.as_bytes()).unwrap().event else {
+            panic!("a new message");
+        };
+        assert_eq!(message.seq, 0);
+    }
+
+    #[test]
     fn an_invalid_cursor_or_client_id_is_refused() {
-        let payload = encode("x", None, &new_message(message(), 3));
+        let payload = encode("x", &Recipients::Everyone, &new_message(message(), 3));
         for bad in [r#""cursor":"-1""#, r#""cursor":"03""#, r#""cursor":3"#, r#""cursor":null"#] {
             let payload = payload.replace(r#""cursor":"3""#, bad);
             let decoded = decode(payload.as_bytes());
@@ -206,23 +511,29 @@ mod tests {
             );
         }
         let m = Message { client_id: Some(ClientMessageId::parse("k").unwrap()), ..message() };
-        let with_id =
-            encode("x", None, &new_message(m, 3)).replace(r#""clientId":"k""#, r#""clientId":"a b""#);
+        let with_id = encode("x", &Recipients::Everyone, &new_message(m, 3))
+            .replace(r#""clientId":"k""#, r#""clientId":"a b""#);
         assert!(matches!(decode(with_id.as_bytes()), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
     fn a_broadcast_has_no_recipients_list() {
         let event = Event::OnlineUsers(vec![UserId::generate(), UserId::generate()]);
-        let decoded = decode(encode("i2", None, &event).as_bytes()).unwrap();
-        assert_eq!(decoded.to, None);
+        let payload = encode("i2", &Recipients::Everyone, &event);
+        assert!(payload.contains(r#""to":null"#), "{payload}");
+        let decoded = decode(payload.as_bytes()).unwrap();
+        assert_eq!(decoded.to, Recipients::Everyone);
         assert_eq!(decoded.event, event);
     }
 
     #[test]
     fn typing_notices_round_trip() {
-        let event = Event::Typing { from: UserId::generate(), to: UserId::generate(), is_typing: false };
-        assert_eq!(decode(encode("i3", None, &event).as_bytes()).unwrap().event, event);
+        let event = Event::Typing {
+            from: UserId::generate(),
+            to: TypingTarget::User(UserId::generate()),
+            is_typing: false,
+        };
+        assert_eq!(decode(encode("i3", &Recipients::Everyone, &event).as_bytes()).unwrap().event, event);
     }
 
     #[test]
@@ -232,13 +543,28 @@ mod tests {
     }
 
     #[test]
-    fn invalid_ids_or_bodies_are_refused() {
+    fn invalid_ids_bodies_or_names_are_refused() {
         let bad_id = br#"{"v":1,"origin":"x","to":["not-an-id"],"event":{"type":"onlineUsers","users":[]}}"#;
         assert!(matches!(decode(bad_id), Err(DecodeError::Malformed(_))));
+        let bad_group =
+            br#"{"v":1,"origin":"x","to":{"group":"nope"},"event":{"type":"onlineUsers","users":[]}}"#;
+        assert!(matches!(decode(bad_group), Err(DecodeError::Malformed(_))));
         let m = message();
-        let empty_body = encode("x", None, &new_message(m.clone(), 1))
+        let empty_body = encode("x", &Recipients::Everyone, &new_message(m.clone(), 1))
             .replace(&serde_json::to_string(m.body.as_str()).unwrap(), "\"   \"");
         assert!(matches!(decode(empty_body.as_bytes()), Err(DecodeError::Malformed(_))));
+        let updated = Event::ConversationUpdated {
+            group: group(),
+            version: 2,
+            member_count: 2,
+            change: SystemEvent::Renamed {
+                actor: UserId::generate(),
+                name: GroupName::parse("Crew").unwrap(),
+            },
+        };
+        let bad_name =
+            encode("x", &Recipients::Everyone, &updated).replacen(r#""name":"Crew""#, r#""name":"""#, 1);
+        assert!(matches!(decode(bad_name.as_bytes()), Err(DecodeError::Malformed(_))));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Malformed(_))));
     }
 }

@@ -1,17 +1,34 @@
 //! Events across instances: delivered to this instance's connections at once, published on
 //! the events channel for the others, and delivered here when another instance publishes.
+//!
+//! A group's event is published once, naming the group: each instance finds the members
+//! among its own connections ([`chat_realtime::GroupMembers`]). Finding them may read the
+//! store (when a change named a newer membership), so what arrives for groups is handed to
+//! one task of its own, in arrival order, and a slow store holds up no other event.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use application::ports::{Event, Notifier, NotifyError};
 use async_trait::async_trait;
-use domain::UserId;
+use chat_realtime::Delivery;
+use domain::{ConversationId, UserId};
+use tokio::sync::mpsc;
 
+use crate::bus::{self, Recipients};
 use crate::connection::publish_with;
-use crate::{bus, RedisFanout, Shared};
+use crate::{RedisFanout, Shared};
+
+/// Group events received from other instances waiting for their members to be found; more
+/// are dropped (with a warning): connections get them from the store with the next event,
+/// or when they resume.
+pub(crate) const GROUP_BACKLOG: usize = 10_000;
+
+pub(crate) type GroupEvents = mpsc::Sender<(ConversationId, Event)>;
 
 impl Shared {
-    /// Delivers to this instance's connections. An online list goes out only if it differs
-    /// from the one they were shown last.
+    /// Delivers to this instance's connections of users (everyone when `None`). An online
+    /// list goes out only if it differs from the one they were shown last.
     pub(crate) fn deliver_local(&self, to: Option<&[UserId]>, event: &Event) {
         match (to, event) {
             (None, Event::OnlineUsers(users)) => {
@@ -19,16 +36,16 @@ impl Shared {
                 // the order they were decided in; delivery only queues, it never waits.
                 let mut book = self.presence.book();
                 if book.announce(users) {
-                    self.registry.deliver(None, event);
+                    self.delivery.to_users(None, event);
                 }
             }
             _ => {
-                self.registry.deliver(to, event);
+                self.delivery.to_users(to, event);
             }
         }
     }
 
-    async fn publish(&self, to: Option<&[UserId]>, event: &Event) -> anyhow::Result<()> {
+    async fn publish(&self, to: &Recipients, event: &Event) -> anyhow::Result<()> {
         // Failing fast while the bus is down keeps the sender's request from waiting on it.
         if !self.bus.up() {
             anyhow::bail!("the fan-out bus is down: delivered on this instance only");
@@ -42,8 +59,28 @@ impl Shared {
     pub(crate) fn receive_event(&self, payload: &[u8]) {
         match bus::decode(payload) {
             Ok(message) if message.origin == self.instance => {}
-            Ok(message) => self.deliver_local(message.to.as_deref(), &message.event),
+            Ok(message) => match message.to {
+                Recipients::Everyone => self.deliver_local(None, &message.event),
+                Recipients::Users(users) => self.deliver_local(Some(&users), &message.event),
+                Recipients::Group(group) => {
+                    if self.group_events.try_send((group, message.event)).is_err() {
+                        tracing::warn!("dropping a group event: too many waiting for their members");
+                    }
+                }
+            },
             Err(error) => tracing::warn!(error = %error, "skipping a bus message"),
+        }
+    }
+}
+
+/// Delivers the group events other instances publish, one after the other.
+pub(crate) async fn deliver_group_events(
+    delivery: Arc<Delivery>,
+    mut events: mpsc::Receiver<(ConversationId, Event)>,
+) {
+    while let Some((group, event)) = events.recv().await {
+        if let Err(error) = delivery.to_group(&group, &event).await {
+            tracing::warn!(error = %error, "a group event was not delivered here: members unknown");
         }
     }
 }
@@ -52,11 +89,20 @@ impl Shared {
 impl Notifier for RedisFanout {
     async fn notify(&self, users: &[UserId], event: &Event) -> Result<(), NotifyError> {
         self.shared.deliver_local(Some(users), event);
-        self.shared.publish(Some(users), event).await.map_err(NotifyError)
+        self.shared.publish(&Recipients::Users(users.to_vec()), event).await.map_err(NotifyError)
+    }
+
+    async fn notify_group(&self, group: &ConversationId, event: &Event) -> Result<(), NotifyError> {
+        // Published whether or not the members are known here: other instances find their own.
+        let local = self.shared.delivery.to_group(group, event).await;
+        self.shared.publish(&Recipients::Group(group.clone()), event).await.map_err(NotifyError)?;
+        local
+            .map(drop)
+            .map_err(|error| NotifyError(anyhow::Error::from(error).context("finding the members")))
     }
 
     async fn broadcast(&self, event: &Event) -> Result<(), NotifyError> {
         self.shared.deliver_local(None, event);
-        self.shared.publish(None, event).await.map_err(NotifyError)
+        self.shared.publish(&Recipients::Everyone, event).await.map_err(NotifyError)
     }
 }

@@ -4,9 +4,11 @@
 //! [`RedisFanout`] implements four ports:
 //! - `Notifier`: an event is delivered to this instance's own connections at once, then
 //!   published on one Redis channel; every other instance delivers what it receives to its
-//!   connections through the [`ConnectionRegistry`], whatever their transport. An instance
-//!   skips its own publications, so no connection gets an event twice, and all publishing
-//!   goes through one multiplexed connection, so events leave in the order they were sent.
+//!   connections through its [`Delivery`], whatever their transport. An instance skips its
+//!   own publications, so no connection gets an event twice, and all publishing goes
+//!   through one multiplexed connection, so events leave in the order they were sent. A
+//!   group's event is published once with the group's id, however many members it has:
+//!   each instance finds the members among its own connections.
 //! - `Presence`: each instance keeps its connection counts in memory and mirrors them into
 //!   a hash of its own (`{prefix}:presence:{instance}`) that expires unless refreshed. The
 //!   online list is this instance's users plus those in live instances' hashes, so a
@@ -33,7 +35,7 @@
 //! them all up); [`bus`], [`presence`] and [`revocation`] are their sans-IO codecs and
 //! bookkeeping.
 //!
-//! This crate sees the core through the ports only, and the clients through the registry
+//! This crate sees the core through the ports only, and the clients through the delivery
 //! of the realtime layer.
 
 mod bus;
@@ -52,7 +54,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use application::ports::{HealthCheck, RepoError, RepoResult};
 use async_trait::async_trait;
-use chat_realtime::ConnectionRegistry;
+use chat_realtime::Delivery;
 use tokio::task::JoinHandle;
 
 use connection::{timed, Commands};
@@ -122,15 +124,18 @@ struct Shared {
     bus: Bus,
     presence: PresenceSync,
     held_back: HeldBack,
-    /// This instance's connections, which events and online lists are delivered to.
-    registry: Arc<ConnectionRegistry>,
+    /// This instance's connections (and the members of their groups), which events and
+    /// online lists are delivered to.
+    delivery: Arc<Delivery>,
+    /// Group events from other instances, for the task that finds their members here.
+    group_events: events::GroupEvents,
 }
 
 impl RedisFanout {
     /// Checks the options and starts the subscription and the presence heartbeat in the
     /// background. Redis need not be up yet: until it is, this instance reports not ready.
     /// Must be called within a Tokio runtime.
-    pub fn start(options: FanoutOptions, registry: Arc<ConnectionRegistry>) -> anyhow::Result<Arc<Self>> {
+    pub fn start(options: FanoutOptions, delivery: Arc<Delivery>) -> anyhow::Result<Arc<Self>> {
         if options.prefix.is_empty() || options.prefix.chars().any(|c| c.is_whitespace()) {
             anyhow::bail!("the fan-out prefix must be non-empty and without white space");
         }
@@ -140,6 +145,7 @@ impl RedisFanout {
         // The URL may hold a password: say what is wrong without repeating it.
         let client = redis::Client::open(options.url.as_str())
             .map_err(|e| anyhow!("the Redis URL is not valid ({:?})", e.kind()))?;
+        let (group_events, waiting) = tokio::sync::mpsc::channel(events::GROUP_BACKLOG);
         let shared = Arc::new(Shared {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             keys: Keys::new(&options.prefix),
@@ -147,12 +153,14 @@ impl RedisFanout {
             bus: Bus::default(),
             presence: PresenceSync::new(options.presence_ttl),
             held_back: HeldBack::default(),
-            registry,
+            delivery: delivery.clone(),
+            group_events,
         });
         tracing::info!(instance = %shared.instance, prefix = %options.prefix, "fan-out through Redis");
         let tasks = vec![
             tokio::spawn(subscription::subscribe(shared.clone())),
             tokio::spawn(heartbeat::maintain(shared.clone())),
+            tokio::spawn(events::deliver_group_events(delivery, waiting)),
         ];
         Ok(Arc::new(Self { shared, tasks }))
     }
@@ -189,6 +197,7 @@ impl HealthCheck for RedisFanout {
 mod tests {
     use super::*;
     use application::ports::{Revocation, RevocationFeed as _, RevocationListener};
+    use chat_realtime::ConnectionRegistry;
     use std::sync::Mutex;
 
     #[test]
@@ -229,7 +238,13 @@ mod tests {
             prefix: "unit".into(),
             presence_ttl: Duration::from_secs(15),
         };
-        RedisFanout::start(options, ConnectionRegistry::new(4, 0)).unwrap()
+        RedisFanout::start(options, delivery(ConnectionRegistry::new(4, 0))).unwrap()
+    }
+
+    /// Delivery to `registry`, for groups that no test here asks about.
+    fn delivery(registry: Arc<ConnectionRegistry>) -> Arc<Delivery> {
+        let groups = Arc::new(application::ports::MockGroupRepository::new());
+        Delivery::new(registry, chat_realtime::GroupMembers::new(groups))
     }
 
     fn revocation(token_id: &str, expires_in: chrono::Duration) -> Revocation {
@@ -320,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_options_are_refused_at_start() {
-        let registry = ConnectionRegistry::new(4, 0);
+        let registry = delivery(ConnectionRegistry::new(4, 0));
         let options = |url: &str, prefix: &str, ttl: u64| FanoutOptions {
             url: url.into(),
             prefix: prefix.into(),

@@ -146,7 +146,7 @@ impl Shared {
         }
         let mut book = self.presence.book();
         if book.announce_if_unchanged(generation, &online) {
-            self.registry.deliver(None, &Event::OnlineUsers(online));
+            self.delivery.to_users(None, &Event::OnlineUsers(online));
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{Revocation, RevocationFeed as _, RevocationListener};
-use chat_realtime::ConnectionRegistry;
+use chat_realtime::{ConnectionRegistry, Delivery, GroupMembers};
 use chat_redis::{FanoutOptions, RedisFanout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -75,7 +75,9 @@ impl Instance {
             // Short, for a quick heartbeat (a third of this): it publishes what was held back.
             presence_ttl: Duration::from_secs(3),
         };
-        let fanout = RedisFanout::start(options, ConnectionRegistry::new(4, 0)).unwrap();
+        let groups = Arc::new(application::ports::MockGroupRepository::new());
+        let delivery = Delivery::new(ConnectionRegistry::new(4, 0), GroupMembers::new(groups));
+        let fanout = RedisFanout::start(options, delivery).unwrap();
         let (sender, heard) = unbounded_channel();
         let listener = Arc::new(Listener(sender));
         fanout.listen(listener.clone());

@@ -302,8 +302,9 @@ mod tests {
     /// the namespace, so they never reach the core.
     fn engine(limits: SessionLimits) -> Arc<Engine> {
         use application::ports::{
-            MockClock, MockConversationRepository, MockMessageRepository, MockNotifier, MockPasswordHasher,
-            MockPresence, MockRevokedTokenRepository, MockTokenService, MockUserRepository,
+            MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository, MockNotifier,
+            MockPasswordHasher, MockPresence, MockRevokedTokenRepository, MockTokenService,
+            MockUserRepository,
         };
         let revocations = application::Revocations::new(Arc::new(MockRevokedTokenRepository::new()), None);
         let accounts = AccountService::new(
@@ -318,11 +319,12 @@ mod tests {
             Arc::new(MockNotifier::new()),
             Arc::new(MockConversationRepository::new()),
         );
-        let hub = Hub::new(
+        let groups = Arc::new(MockGroupRepository::new());
+        let delivery = chat_realtime::Delivery::new(
             chat_realtime::ConnectionRegistry::new(8, 0),
-            Arc::new(realtime),
-            Arc::new(MockMessageRepository::new()),
+            chat_realtime::GroupMembers::new(groups.clone()),
         );
+        let hub = Hub::new(delivery, Arc::new(realtime), Arc::new(MockMessageRepository::new()), groups);
         let settings = EngineSettings {
             limits,
             ..EngineSettings::new(Duration::from_secs(25), Duration::from_secs(20), 1024, 16, 0)

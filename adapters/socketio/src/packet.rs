@@ -8,7 +8,7 @@
 //! Only what a JSON-only, single-namespace server needs is decoded; binary packets are
 //! recognised so they can be refused.
 
-use domain::{Cursor, CursorError};
+use domain::{CursorError, SyncCursor};
 use serde_json::Value;
 
 /// Joins packets in one HTTP long-polling body.
@@ -82,11 +82,12 @@ pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
 
 /// A cursor a client handed back: `None` when it gave none (absent, `null` or `""`), an
 /// error when what it gave is not a cursor.
-pub type SinceArg = Option<Result<Cursor, CursorError>>;
+pub type SinceArg = Option<Result<SyncCursor, CursorError>>;
 
-/// Reads a `since` given as text (a query parameter), by the rule every transport shares.
+/// Reads a `since` given as text (a query parameter, or `auth.since`), by the rule every
+/// transport shares (`/ws` too): [`SyncCursor::parse_optional`].
 pub fn since_text(raw: Option<&str>) -> SinceArg {
-    Cursor::parse_optional(raw).transpose()
+    SyncCursor::parse_optional(raw).transpose()
 }
 
 /// A Socket.IO packet as a client sends it.
@@ -252,6 +253,7 @@ pub fn event(name: &str, data: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::Cursor;
     use serde_json::json;
 
     #[test]
@@ -301,12 +303,16 @@ mod tests {
 
     #[test]
     fn a_connect_carries_where_the_stream_resumes() {
-        let since = |packet| match decode_socket(packet) {
+        let since = |packet: &str| match decode_socket(packet) {
             Ok(SocketPacket::Connect { since, .. }) => since,
             other => panic!("{packet}: {other:?}"),
         };
-        assert_eq!(since(r#"0{"token":"t","since":"42"}"#), Some(Ok(Cursor::new(42).unwrap())));
-        assert_eq!(since(r#"0{"since":"0"}"#), Some(Ok(Cursor::START)));
+        let at = |position| Some(Ok(SyncCursor::at(Cursor::new(position).unwrap())));
+        assert_eq!(since(r#"0{"token":"t","since":"42"}"#), at(42));
+        assert_eq!(since(r#"0{"since":"0"}"#), at(0));
+        let group = domain::ConversationId::generate();
+        let with_group = SyncCursor { stream: Cursor::new(3).unwrap(), groups: [(group.clone(), 9)].into() };
+        assert_eq!(since(&format!(r#"0{{"since":"3~{group}.9"}}"#)), Some(Ok(with_group)));
         // Not given.
         for packet in [r#"0{"token":"t"}"#, r#"0{"since":null}"#, r#"0{"since":""}"#] {
             assert_eq!(since(packet), None, "{packet}");
@@ -318,11 +324,12 @@ mod tests {
             r#"0{"since":"-1"}"#,
             r#"0{"since":"007"}"#,
             r#"0{"since":["1"]}"#,
+            r#"0{"since":"1~"}"#,
         ];
         for packet in malformed {
             assert_eq!(since(packet), Some(Err(CursorError)), "{packet}");
         }
-        assert_eq!(since_text(Some("7")), Some(Ok(Cursor::new(7).unwrap())));
+        assert_eq!(since_text(Some("7")), at(7));
         assert_eq!(since_text(Some("")), None);
         assert_eq!(since_text(Some("x")), Some(Err(CursorError)));
     }

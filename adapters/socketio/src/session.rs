@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use application::{AccountError, FollowError};
 use chat_realtime::{
-    log_stop, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Refusal, Refused,
+    log_stop, starts_over, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Queued,
+    Refusal, Refused,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -72,7 +73,7 @@ enum Step {
     /// Time to read the next page of the replay.
     Replay,
     /// An event from the registry queue; `None` once the queue is closed.
-    Event(Option<Outbound>),
+    Event(Option<Queued>),
     /// The registry dropped the socket: it fell too far behind, or its token was revoked.
     Ended(Ended),
 }
@@ -135,9 +136,9 @@ impl Session {
                         let frames = socket.live.follow.replay().await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
-                    Step::Event(Some(outbound)) => {
+                    Step::Event(Some(queued)) => {
                         let socket = self.socket.as_mut().expect("a step of a joined socket");
-                        let frames = socket.live.follow.admit(outbound).await.map_err(stopped)?;
+                        let frames = socket.live.follow.admit(queued).await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
                     Step::Event(None) => {
@@ -286,7 +287,7 @@ impl Session {
             Err(Refused::Stream(stop)) => {
                 log_stop(&stop);
                 return match stop {
-                    FollowError::Ahead { .. } => self.push(refuse(stop_reason(&stop))),
+                    _ if starts_over(&stop) => self.push(refuse(stop_reason(&stop))),
                     _ => self.push(refuse("Service unavailable, retry later")),
                 };
             }

@@ -20,7 +20,9 @@ use serde::Deserialize;
 /// The close code telling a client its stream must be resumed: reconnect with `since` set
 /// to the last cursor processed.
 pub const RESYNC_CLOSE_CODE: u16 = 4000;
-/// Close code when `since` lies beyond the end of the user's stream: start over from 0.
+/// Close code when `since` is no cursor the user can resume from (it lies beyond the end of
+/// their stream or of a group's entries, or names other groups than theirs at that point):
+/// start over from 0.
 pub const AHEAD_CLOSE_CODE: u16 = 4001;
 
 #[derive(Debug, Clone)]
@@ -195,8 +197,8 @@ fn stopped(stop: &FollowError) -> CloseReason {
     chat_realtime::log_stop(stop);
     let code = match stop {
         FollowError::Storage(_) => CloseCode::Error,
-        FollowError::Unreadable { .. } => CloseCode::Other(RESYNC_CLOSE_CODE),
-        FollowError::Ahead { .. } => CloseCode::Other(AHEAD_CLOSE_CODE),
+        _ if chat_realtime::starts_over(stop) => CloseCode::Other(AHEAD_CLOSE_CODE),
+        _ => CloseCode::Other(RESYNC_CLOSE_CODE),
     };
     CloseReason { code, description: Some(stop_reason(stop).into()) }
 }
