@@ -134,8 +134,9 @@ CREATE TABLE stream_notices (
     PRIMARY KEY (user_id, position),
     CHECK ((kind = 'read') = (message_id IS NOT NULL))
 ) WITHOUT ROWID;
--- A user's joining and leaving of one group, in stream order.
-CREATE INDEX stream_notices_membership ON stream_notices (user_id, conversation_id, position)
+-- A user's joinings and leavings, by group and in stream order; covering, so that reading them
+-- costs nothing per read notice.
+CREATE INDEX stream_notices_membership ON stream_notices (user_id, conversation_id, position, kind, seq)
     WHERE kind <> 'read';
 
 -- The trigger of migration 0004, for direct messages only (group entries are written with
