@@ -122,13 +122,6 @@ pub struct GroupService {
     limits: GroupLimits,
 }
 
-/// What a use case decided on a group's state.
-enum Decision {
-    Change(GroupChange),
-    /// Nothing to change: the state already is what was asked.
-    Nothing,
-}
-
 impl GroupService {
     pub fn new(
         users: Arc<dyn UserRepository>,
@@ -209,7 +202,7 @@ impl GroupService {
             if users.is_empty() {
                 return Err(GroupError::NoUsers);
             }
-            let duplicates = duplicates(&users);
+            let duplicates = duplicates(users);
             if !duplicates.is_empty() {
                 return Err(GroupError::DuplicateMembers(duplicates));
             }
@@ -223,7 +216,7 @@ impl GroupService {
             self.all_exist(users).await?;
             let body = format!("{} added {}", self.name_of(me).await?, self.names_of(users).await?);
             let event = SystemEvent::Added { actor: me.clone(), users: users.clone() };
-            Ok(Decision::Change(GroupChange {
+            Ok(Some(GroupChange {
                 add: users.iter().map(|u| (u.clone(), Role::Member)).collect(),
                 ..self.change_of(&state, me, body, event)
             }))
@@ -254,10 +247,7 @@ impl GroupService {
             }
             let body = format!("{} removed {}", self.name_of(me).await?, self.name_of(user).await?);
             let event = SystemEvent::Removed { actor: me.clone(), users: vec![user.clone()] };
-            Ok(Decision::Change(GroupChange {
-                remove: vec![user.clone()],
-                ..self.change_of(&state, me, body, event)
-            }))
+            Ok(Some(GroupChange { remove: vec![user.clone()], ..self.change_of(&state, me, body, event) }))
         })
         .await
     }
@@ -275,14 +265,11 @@ impl GroupService {
                 return Err(GroupError::NotAllowed);
             }
             if &state.group.name == name {
-                return Ok(Decision::Nothing);
+                return Ok(None);
             }
             let body = format!("{} renamed the group to \u{201c}{name}\u{201d}", self.name_of(me).await?);
             let event = SystemEvent::Renamed { actor: me.clone(), name: name.clone() };
-            Ok(Decision::Change(GroupChange {
-                rename: Some(name.clone()),
-                ..self.change_of(&state, me, body, event)
-            }))
+            Ok(Some(GroupChange { rename: Some(name.clone()), ..self.change_of(&state, me, body, event) }))
         })
         .await
     }
@@ -310,13 +297,13 @@ impl GroupService {
                 return Err(GroupError::OwnerRole);
             }
             if target.role == role {
-                return Ok(Decision::Nothing);
+                return Ok(None);
             }
             let article = if role == Role::Admin { "an" } else { "a" };
             let body =
                 format!("{} made {} {article} {role}", self.name_of(me).await?, self.name_of(user).await?);
             let event = SystemEvent::RoleChanged { actor: me.clone(), user: user.clone(), role };
-            Ok(Decision::Change(GroupChange {
+            Ok(Some(GroupChange {
                 roles: vec![(user.clone(), role)],
                 ..self.change_of(&state, me, body, event)
             }))
@@ -339,11 +326,11 @@ impl GroupService {
                 return Err(GroupError::NotAMember(to.clone()));
             }
             if to == me {
-                return Ok(Decision::Nothing);
+                return Ok(None);
             }
             let body = format!("{} made {} the owner", self.name_of(me).await?, self.name_of(to).await?);
             let event = SystemEvent::OwnershipTransferred { actor: me.clone(), user: to.clone() };
-            Ok(Decision::Change(GroupChange {
+            Ok(Some(GroupChange {
                 roles: vec![(to.clone(), Role::Owner), (me.clone(), Role::Admin)],
                 ..self.change_of(&state, me, body, event)
             }))
@@ -369,7 +356,7 @@ impl GroupService {
                 body.push_str(&format!("; {} is the owner now", self.name_of(owner).await?));
             }
             let event = SystemEvent::Left { actor: me.clone(), new_owner: new_owner.clone() };
-            Ok(Decision::Change(GroupChange {
+            Ok(Some(GroupChange {
                 remove: vec![me.clone()],
                 roles: new_owner.into_iter().map(|owner| (owner, Role::Owner)).collect(),
                 ..self.change_of(&state, me, body, event)
@@ -406,14 +393,14 @@ impl GroupService {
     ) -> Result<GroupUpdate, GroupError>
     where
         F: Fn(GroupState, Member) -> Fut,
-        Fut: std::future::Future<Output = Result<Decision, GroupError>>,
+        Fut: std::future::Future<Output = Result<Option<GroupChange>, GroupError>>,
     {
         for _ in 0..=RETRIES {
             let state = self.state(me, group).await?;
             let mine = state.member(me).cloned().ok_or(GroupError::NotFound)?;
-            let change = match decide(state.clone(), mine).await? {
-                Decision::Change(change) => change,
-                Decision::Nothing => return Ok(GroupUpdate { state, entry: None }),
+            // `None`: nothing to change, the state already is what was asked.
+            let Some(change) = decide(state.clone(), mine).await? else {
+                return Ok(GroupUpdate { state, entry: None });
             };
             match self.groups.change(group, &change).await {
                 Ok(Changed::Applied { entry, version, notices }) => {
@@ -1207,7 +1194,7 @@ mod tests {
         assert_eq!(update.entry.as_ref().unwrap().body.as_str(), "Ada removed Max");
         assert!(update.state.member(&c.other_member).is_none());
         let store = store.lock().unwrap();
-        assert_eq!(store.applied[0].remove, [c.other_member.clone()]);
+        assert_eq!(store.applied[0].remove, std::slice::from_ref(&c.other_member));
         let to: Vec<(To, &str)> = store.announced.iter().map(|(to, e)| (to.clone(), kind(e))).collect();
         assert_eq!(
             to,
@@ -1322,7 +1309,7 @@ mod tests {
         assert_eq!(update.state.member(&c.admin).unwrap().role, Role::Owner);
         assert!(update.state.member(&c.owner).is_none());
         let store = store.lock().unwrap();
-        assert_eq!(store.applied[0].remove, [c.owner.clone()]);
+        assert_eq!(store.applied[0].remove, std::slice::from_ref(&c.owner));
         assert_eq!(store.applied[0].roles, [(c.admin.clone(), Role::Owner)]);
     }
 

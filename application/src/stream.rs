@@ -77,6 +77,7 @@ pub struct SyncItem {
 
 /// What to do with a live event.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(clippy::large_enum_variant, reason = "answered once per event and consumed at once")]
 pub enum Admission {
     /// Deliver the event, as this item (with the connection's cursor right after it).
     Deliver(SyncItem),

@@ -48,6 +48,7 @@ pub struct Noticed {
 
 /// What [`GroupRepository::change`] ended in.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(clippy::large_enum_variant, reason = "answered once per change and consumed at once")]
 pub enum Changed {
     /// Stored: the entry with its seq, the group's new membership version, and the notices
     /// appended to the streams of the users who joined or left.
