@@ -165,16 +165,22 @@ impl GroupService {
             updated_at: now,
             last_seq: 1,
         };
-        let members: Vec<Member> = everyone
-            .iter()
-            .map(|user| {
-                let (role, read_seq) = if user == me { (Role::Owner, 1) } else { (Role::Member, 0) };
-                Member { read_seq, ..Member::joining(user.clone(), role, now, 1) }
-            })
-            .collect();
-        let event = SystemEvent::Created { actor: me.clone(), name: name.clone(), members: everyone };
+        let event = SystemEvent::Created { actor: me.clone(), name: name.clone(), members: everyone.clone() };
         let body = format!("{} created the group \u{201c}{name}\u{201d}", self.name_of(me).await?);
         let entry = Message { seq: 1, ..self.entry(&group.id, me, body, event) };
+        let members: Vec<Member> = everyone
+            .into_iter()
+            .map(|user| {
+                // My own entry is read; the others have it to read.
+                let mine = &user == me;
+                let (role, read_seq) = if mine { (Role::Owner, 1) } else { (Role::Member, 0) };
+                Member {
+                    read_seq,
+                    last_read_message_id: mine.then(|| entry.id.clone()),
+                    ..Member::joining(user, role, now, 1)
+                }
+            })
+            .collect();
         let notices = self.groups.create(&group, &members, &entry).await?;
         let state = GroupState { group, members, version: 1 };
         self.announce(&state, &entry, &[], &notices).await;
@@ -1051,6 +1057,8 @@ mod tests {
                 (&c.outsider, Role::Member, 1, 0)
             ]
         );
+        assert_eq!(members[0].last_read_message_id.as_ref(), Some(&entry.id), "my own entry is read");
+        assert_eq!(members[1].last_read_message_id, None);
         assert_eq!(entry.seq, 1);
         assert_eq!(entry.body.as_str(), "Olive created the group \u{201c}Crew\u{201d}");
         assert_eq!(
