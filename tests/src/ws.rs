@@ -151,6 +151,23 @@ impl WsClient {
         }
     }
 
+    /// The `data` of the first `count` `name` events of the connection, counting those
+    /// received already (while waiting for others): waits for the rest; panics after
+    /// `timeout`.
+    pub async fn first_events(&mut self, name: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.events(name).count() < count {
+            if self.next_frame(deadline).await.is_none() {
+                panic!(
+                    "{} of {count} {name:?} events within {timeout:?}; frames so far: {:?}",
+                    self.events(name).count(),
+                    self.received
+                );
+            }
+        }
+        self.events(name).take(count).cloned().collect()
+    }
+
     /// The `data` of every `name` event received so far, in order.
     pub fn events<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.received.iter().filter(move |frame| frame["event"] == name).map(|frame| &frame["data"])

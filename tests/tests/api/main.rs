@@ -10,3 +10,4 @@ mod message_stream;
 mod messages;
 mod users;
 mod websocket;
+mod ws_groups;
