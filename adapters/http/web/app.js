@@ -154,13 +154,15 @@
     },
   };
 
-  // Whether cursor `a` is further along the stream than `b`. Decimal cursors (today's) may
-  // outgrow a double: compared by length, then text. Others are opaque: the one processed
-  // last is the newest, as the stream arrives in order.
+  // Whether cursor `a` is further along the stream than `b`. Cursors are opaque, but today's
+  // start with the stream position in decimal (`42`, or `42~<group>.<seq>…` for a member of
+  // groups), which may outgrow a double: compared by length, then text. When that tells
+  // nothing, the one processed last is the newest, as the stream arrives in order.
   function cursorAfter(a, b) {
     if (b === null || b === undefined) return true;
-    if (!/^\d+$/.test(a) || !/^\d+$/.test(b)) return true;
-    return a.length !== b.length ? a.length > b.length : a > b;
+    const [pa, pb] = [a.split("~")[0], b.split("~")[0]];
+    if (!/^\d+$/.test(pa) || !/^\d+$/.test(pb) || pa === pb) return true;
+    return pa.length !== pb.length ? pa.length > pb.length : pa > pb;
   }
 
   function advanceCursor(cursor) {
