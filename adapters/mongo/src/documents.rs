@@ -141,7 +141,7 @@ impl ConversationDoc {
             name: Some(group.name.as_str().to_owned()),
             created_by: Some(group.created_by.as_str().to_owned()),
             created_at: to_bson(group.created_at),
-            updated_at: to_bson(group.updated_at.max(created.created_at)),
+            updated_at: to_bson(group.updated_at),
             last_message_id: created.id.as_str().to_owned(),
             last_seq: 1,
             members_version: Some(1),

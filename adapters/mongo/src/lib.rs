@@ -7,8 +7,10 @@
 //! upserts; an entry of a conversation is stored with its conversation's next seq, the
 //! sender's read position and (direct messages) its positions in both users' streams in one
 //! multi-document transaction (see `messages` and `groups`), which MongoDB offers on replica
-//! sets and sharded clusters only: `connect` refuses a standalone server. `bson` and driver
-//! types stay inside this crate.
+//! sets and sharded clusters only: `connect` refuses a standalone server. Transactions of one
+//! process that would write the same hot document (a group's, a user's stream head) take
+//! turns before they start (see `turns`) rather than collide. `bson` and driver types stay
+//! inside this crate.
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
