@@ -53,6 +53,16 @@ impl Notifier for Announced {
 }
 
 impl Announced {
+    /// Every event sent to users, with its recipients.
+    fn to_users(&self) -> Vec<(Vec<UserId>, Event)> {
+        self.0.lock().expect("no test panics while holding it").clone()
+    }
+
+    /// Every event sent to a group's members, with the group.
+    fn to_groups(&self) -> Vec<(ConversationId, Event)> {
+        self.1.lock().expect("no test panics while holding it").clone()
+    }
+
     /// The cursor each `newMessage` event carried, by recipient and message body.
     fn cursors(&self) -> Vec<(UserId, String, Cursor)> {
         let events = self.0.lock().expect("no test panics while holding it");
@@ -439,7 +449,7 @@ async fn unread_counts_follow_sends_and_reads_and_own_entries_never_count() {
     let (items, _) = world.sync_all(&ben, 50).await;
     assert!(items.iter().any(|i| matches!(&i.event, SyncEvent::Read { seq, up_to, .. }
         if *seq == two.seq && *up_to == two.id)));
-    let receipts = world.announced.1.lock().unwrap();
+    let receipts = world.announced.to_groups();
     assert!(receipts.iter().any(|(group, event)| group == &crew
         && matches!(event, Event::MessagesRead { user, seq, .. } if *user == ben.id && *seq == two.seq)));
 
@@ -469,10 +479,9 @@ async fn a_direct_conversation_is_used_by_its_id_like_a_group() {
     assert_eq!((world.unread(&ann, &conversation).await, world.unread(&ben, &conversation).await), (1, 0));
     world.messaging.mark_read(&ann.id, &conversation, &reply.message.id).await.unwrap();
     assert_eq!(world.unread(&ann, &conversation).await, 0);
-    let told = world.announced.0.lock().unwrap();
+    let told = world.announced.to_users();
     assert!(told.iter().any(|(users, event)| users == std::slice::from_ref(&ben.id)
         && matches!(event, Event::MessagesRead { user, .. } if *user == ann.id)));
-    drop(told);
 
     let outsider = world.messaging.conversation_history(&cat.id, &conversation, None, None).await;
     assert!(matches!(outsider, Err(MessagingError::ConversationNotFound)), "{outsider:?}");
