@@ -151,6 +151,18 @@ async function sendMessage(from, to, text) {
   return (await response.json()).responseData;
 }
 
+/** A call to the REST API as `user`; returns responseData after checking the status. */
+async function api(user, method, path, body, status = 200) {
+  const response = await fetch(`${BASE}/api/v1${path}`, {
+    method,
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${user.token}` },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await response.text();
+  assert(response.status === status, `${method} ${path} answered ${response.status}: ${text}`);
+  return JSON.parse(text).responseData;
+}
+
 const scenarios = {
   // The receiver's devices and the sender's other device get newMessage; a third user doesn't.
   async delivery() {
@@ -370,6 +382,77 @@ const scenarios = {
     }
     await sleep(QUIET_MS);
     for (const c of cases) assert(c.count("connect") === 0, "connected despite a bad since");
+  },
+
+  // A group: its entries reach every member's sockets (the sender's too) with each reader's
+  // whole cursor; typing reaches the other members; a removed member gets the removal and
+  // nothing after; reads go to one's own other sockets, receipts to the others; a resume
+  // with the composite cursor replays what was missed.
+  async groups() {
+    const [alice, bob, carol] = USERS;
+    const group = await api(alice, "POST", "/conversations", { name: "Team", members: [bob.id, carol.id] }, 201);
+    const gid = group._id;
+    const bobHere = client(bob);
+    const bobElsewhere = client(bob, {}, { mode: otherMode });
+    const aliceHere = client(alice);
+    const carolHere = client(carol);
+    const all = [bobHere, bobElsewhere, aliceHere, carolHere];
+    await Promise.all(all.map((c) => c.connected()));
+    await settled(bobHere);
+
+    const sent = await api(alice, "POST", `/conversations/${gid}/messages`, { message: "hello team" }, 201);
+    for (const c of all) {
+      const got = await c.waitFor("newMessage", (m) => m._id === sent._id);
+      assert(got.conversationId === gid && got.receiverId === null, `group fields ${JSON.stringify(got)}`);
+      assert(got.kind === "text" && got.seq === 2 && got.senderId === alice.id, `entry ${JSON.stringify(got)}`);
+      // Each user's stream holds the notice of joining: position 1, then the group at 2.
+      assert(got.cursor === `1~${gid}.2`, `cursor ${got.cursor}`);
+    }
+
+    // Typing in the group: the other members, not the typist's own socket.
+    carolHere.socket.emit("typing", { conversationId: gid, isTyping: true });
+    for (const c of [bobHere, bobElsewhere, aliceHere]) {
+      const typing = await c.waitFor("typing", (t) => t.from === carol.id);
+      assert(typing.conversationId === gid && typing.isTyping === true && !("to" in typing), JSON.stringify(typing));
+    }
+
+    // Bob reads on one socket: his other one is told, the others get a receipt.
+    const bobMark = bobElsewhere.mark();
+    await api(bob, "POST", `/conversations/${gid}/read`, { upTo: sent._id });
+    const read = await bobElsewhere.waitFor("conversationRead", (r) => r.conversationId === gid, { from: bobMark });
+    assert(read.upTo === sent._id && read.seq === 2 && read.cursor === `2~${gid}.2`, JSON.stringify(read));
+    for (const c of [aliceHere, carolHere]) {
+      const receipt = await c.waitFor("messagesRead", (r) => r.userId === bob.id);
+      assert(receipt.conversationId === gid && receipt.upTo === sent._id && receipt.seq === 2, JSON.stringify(receipt));
+    }
+
+    // Carol is removed: the removal is her last entry of the group.
+    await api(alice, "DELETE", `/conversations/${gid}/members/${carol.id}`);
+    const updated = await carolHere.waitFor("conversationUpdated");
+    assert(updated.change.action === "removed" && updated.change.userIds[0] === carol.id, JSON.stringify(updated));
+    assert(updated.conversation._id === gid && updated.conversation.memberCount === 2, JSON.stringify(updated));
+    const removal = await carolHere.waitFor("newMessage", (m) => m.kind === "system" && m.system.action === "removed");
+    assert(removal.seq === 3 && removal.receiverId === null, JSON.stringify(removal));
+    const carolMark = carolHere.mark();
+
+    // Bob goes away with his last cursor, and misses a message.
+    await bobHere.waitFor("newMessage", (m) => m.seq === 3);
+    const since = newMessages(bobHere).at(-1).cursor;
+    bobHere.close();
+    const missed = await api(alice, "POST", `/conversations/${gid}/messages`, { message: "missed" }, 201);
+    const back = client(bob, { auth: { token: bob.token, since } });
+    await back.connected();
+    const replayed = await back.waitFor("newMessage", (m) => m._id === missed._id);
+    // Bob's stream: joining, then his read; the group at the missed entry.
+    assert(replayed.cursor === `2~${gid}.4`, `cursor ${replayed.cursor}`);
+    await sleep(QUIET_MS);
+    assert(newMessages(back).length === 1, `replayed ${JSON.stringify(newMessages(back))}`);
+    assert(newMessages(carolHere, carolMark).length === 0, "the removed member got an entry after the removal");
+    assert(carolHere.count("typing", carolMark) === 0, "the removed member got typing");
+    // A cursor that is no cursor of bob's is refused: start over.
+    const wrong = client(bob, { auth: { token: bob.token, since: `0~${gid}.1` } });
+    const error = await wrong.waitFor("connect_error");
+    assert(error.message === "since is not a valid cursor: start over from 0", `message: ${error.message}`);
   },
 
   // Over several ping intervals (1 s in the test server) the client stays connected.

@@ -175,6 +175,9 @@ client_scenarios! {
     since_is_also_read_from_the_handshake_query_over_polling => "resume-query", "default";
     since_is_also_read_from_the_handshake_query_over_websocket => "resume-query", "websocket";
     a_malformed_since_is_refused_with_connect_error => "bad-since", "default";
+    group_entries_typing_reads_and_removals_reach_members_after_an_upgrade => "groups", "default";
+    group_entries_typing_reads_and_removals_reach_members_over_websocket => "groups", "websocket";
+    group_entries_typing_reads_and_removals_reach_members_over_long_polling => "groups", "polling";
 }
 
 #[tokio::test]
