@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{
-    Appended, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary, HealthCheck,
-    MessageRepository, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem, UserQuery,
-    UserRepository,
+    Appended, Changed, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary,
+    GroupAppended, GroupChange, GroupPosition, GroupRepository, GroupState, HealthCheck, MembersPreview,
+    MessageRepository, Noticed, ReadMoved, RepoError, RepoResult, Revocation, RevokedTokenRepository,
+    StreamItem, UserQuery, UserRepository,
 };
 use async_trait::async_trait;
 use domain::{
-    Conversation, ConversationId, Cursor, Message, MessageId, ParticipantPair, Timestamp, User, UserId,
-    Username,
+    Chat, Conversation, ConversationId, Cursor, Group, Member, Message, MessageId, ParticipantPair, Seq,
+    Timestamp, User, UserId, Username,
 };
 
 use crate::Storage;
@@ -50,6 +51,7 @@ pub fn bounded(storage: Storage, deadline: Duration) -> Storage {
         users: wrap(storage.users, deadline),
         conversations: wrap(storage.conversations, deadline),
         messages: wrap(storage.messages, deadline),
+        groups: wrap(storage.groups, deadline),
         revoked: wrap(storage.revoked, deadline),
         health: wrap(storage.health, deadline),
     }
@@ -79,6 +81,12 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
     async fn find_by_participants(&self, pair: &ParticipantPair) -> RepoResult<Option<Conversation>> {
         self.run("finding a conversation", self.inner.find_by_participants(pair)).await
     }
+    async fn find(&self, id: &ConversationId) -> RepoResult<Option<Chat>> {
+        self.run("finding a conversation", self.inner.find(id)).await
+    }
+    async fn member(&self, conversation: &ConversationId, user: &UserId) -> RepoResult<Option<Member>> {
+        self.run("finding a member", self.inner.member(conversation, user)).await
+    }
     async fn page(
         &self,
         pair: &ParticipantPair,
@@ -102,19 +110,75 @@ impl MessageRepository for Bounded<dyn MessageRepository> {
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
         self.run("storing a message", self.inner.append(conversation, message)).await
     }
+    async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended> {
+        self.run("storing a group message", self.inner.append_to_group(message)).await
+    }
     async fn list_by_conversation(
         &self,
         conversation: &ConversationId,
+        from_seq: Seq,
         before: Option<MessageId>,
         limit: u32,
     ) -> RepoResult<Vec<Message>> {
-        self.run("listing messages", self.inner.list_by_conversation(conversation, before, limit)).await
+        let listing = self.inner.list_by_conversation(conversation, from_seq, before, limit);
+        self.run("listing messages", listing).await
+    }
+    async fn entries(
+        &self,
+        conversation: &ConversationId,
+        after: Seq,
+        until: Option<Seq>,
+        limit: u32,
+    ) -> RepoResult<Vec<Message>> {
+        self.run("reading entries", self.inner.entries(conversation, after, until, limit)).await
+    }
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        up_to: &MessageId,
+    ) -> RepoResult<ReadMoved> {
+        self.run("marking read", self.inner.mark_read(conversation, user, up_to)).await
     }
     async fn stream(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
         self.run("reading a message stream", self.inner.stream(user, after, limit)).await
     }
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
         self.run("reading a stream head", self.inner.stream_head(user)).await
+    }
+}
+
+#[async_trait]
+impl GroupRepository for Bounded<dyn GroupRepository> {
+    async fn create(&self, group: &Group, members: &[Member], created: &Message) -> RepoResult<Vec<Noticed>> {
+        self.run("storing a group", self.inner.create(group, members, created)).await
+    }
+    async fn state(&self, group: &ConversationId) -> RepoResult<Option<GroupState>> {
+        self.run("reading a group", self.inner.state(group)).await
+    }
+    async fn member_ids(&self, group: &ConversationId) -> RepoResult<Option<(Vec<UserId>, u64)>> {
+        self.run("reading a group's members", self.inner.member_ids(group)).await
+    }
+    async fn change(&self, group: &ConversationId, change: &GroupChange) -> RepoResult<Changed> {
+        self.run("changing a group", self.inner.change(group, change)).await
+    }
+    async fn members_preview(
+        &self,
+        groups: &[ConversationId],
+        limit: u32,
+    ) -> RepoResult<Vec<MembersPreview>> {
+        self.run("reading groups' members", self.inner.members_preview(groups, limit)).await
+    }
+    async fn groups_at(&self, user: &UserId, at: Cursor) -> RepoResult<Vec<GroupPosition>> {
+        self.run("reading a user's groups", self.inner.groups_at(user, at)).await
+    }
+    async fn left_after(
+        &self,
+        user: &UserId,
+        group: &ConversationId,
+        after: Cursor,
+    ) -> RepoResult<Option<Seq>> {
+        self.run("reading a user's group notices", self.inner.left_after(user, group, after)).await
     }
 }
 

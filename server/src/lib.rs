@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use application::ports::{
-    Clock, ConversationRepository, HealthCheck, MessageRepository, Notifier, Presence, RevocationFeed,
-    RevokedTokenRepository, SystemClock, UserRepository,
+    Clock, ConversationRepository, GroupRepository, HealthCheck, MessageRepository, Notifier, Presence,
+    RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
 };
-use application::{AccountService, MessagingService, RealtimeService, Revocations};
-use chat_realtime::{ConnectionRegistry, Hub, InMemoryPresence};
+use application::{AccountService, GroupService, MessagingService, RealtimeService, Revocations};
+use chat_realtime::{ConnectionRegistry, Delivery, GroupMembers, Hub, InMemoryPresence};
 use chat_websocket::WsSettings;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,6 +30,7 @@ pub struct Storage {
     pub users: Arc<dyn UserRepository>,
     pub conversations: Arc<dyn ConversationRepository>,
     pub messages: Arc<dyn MessageRepository>,
+    pub groups: Arc<dyn GroupRepository>,
     pub revoked: Arc<dyn RevokedTokenRepository>,
     pub health: Arc<dyn HealthCheck>,
 }
@@ -40,6 +41,7 @@ impl Storage {
         S: UserRepository
             + ConversationRepository
             + MessageRepository
+            + GroupRepository
             + RevokedTokenRepository
             + HealthCheck
             + 'static,
@@ -48,6 +50,7 @@ impl Storage {
             users: store.clone(),
             conversations: store.clone(),
             messages: store.clone(),
+            groups: store.clone(),
             revoked: store.clone(),
             health: store,
         }
@@ -154,11 +157,13 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
 
     let registry =
         ConnectionRegistry::new(settings.websocket.queue_capacity, settings.limits.sockets_per_user);
+    // This instance's connections and the members of their groups: where every event lands.
+    let delivery = Delivery::new(registry.clone(), GroupMembers::new(storage.groups.clone()));
     let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
     // With local fan-out this instance is the only one: every logout happens here.
     let Fanout { notifier, presence, revocation_feed } = match &settings.fanout {
         FanoutSettings::Local {} => Fanout {
-            notifier: registry.clone(),
+            notifier: delivery.clone(),
             presence: Arc::new(InMemoryPresence::new()),
             revocation_feed: None,
         },
@@ -169,7 +174,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
                     prefix: prefix.clone(),
                     presence_ttl: Duration::from_secs(*presence_ttl),
                 },
-                registry.clone(),
+                delivery.clone(),
             )
             .context("invalid fanout settings")?;
             health.push(("fanout", fanout.clone()));
@@ -196,11 +201,19 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         storage.users.clone(),
         storage.conversations.clone(),
         storage.messages.clone(),
+        storage.groups.clone(),
         notifier.clone(),
         clock.clone(),
     ));
+    let groups = Arc::new(GroupService::new(
+        storage.users.clone(),
+        storage.groups.clone(),
+        notifier.clone(),
+        clock.clone(),
+        settings.groups.limits(),
+    ));
     let realtime = Arc::new(RealtimeService::new(presence, notifier, storage.conversations.clone()));
-    let hub = Hub::new(registry.clone(), realtime.clone(), storage.messages.clone());
+    let hub = Hub::new(delivery, realtime.clone(), storage.messages.clone(), storage.groups.clone());
 
     let limits = Arc::new(chat_http::RateLimits::new(&settings.limits.requests));
     let socketio_limits = limits.clone();
@@ -247,6 +260,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let state = actix_web::web::Data::new(chat_http::AppState {
         accounts,
         messaging,
+        groups,
         realtime,
         registry: registry.clone(),
         metrics,

@@ -60,6 +60,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub web: WebSettings,
     pub metrics: MetricsSettings,
+    pub groups: GroupSettings,
 }
 
 fn default_environment() -> Environment {
@@ -233,6 +234,19 @@ pub struct WebSettings {
     pub enabled: bool,
 }
 
+/// Group conversations.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroupSettings {
+    /// Members a group may have at most, its creator included.
+    pub max_members: u32,
+}
+
+impl GroupSettings {
+    pub fn limits(&self) -> application::GroupLimits {
+        application::GroupLimits { max_members: self.max_members }
+    }
+}
+
 /// Prometheus metrics at `/metrics`, unauthenticated: off answers 404.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
@@ -317,6 +331,15 @@ impl Settings {
         if self.http.body_limit < 1024 {
             anyhow::bail!("http.body_limit must be at least 1024 bytes");
         }
+        let allowed = application::GroupLimits::MAX_MEMBERS_ALLOWED;
+        if !allowed.contains(&self.groups.max_members) {
+            anyhow::bail!(
+                "groups.max_members must be between {} and {} (it is {})",
+                allowed.start(),
+                allowed.end(),
+                self.groups.max_members
+            );
+        }
         if let FanoutSettings::Redis { prefix, presence_ttl, .. } = &self.fanout {
             if prefix.is_empty() || prefix.chars().any(char::is_whitespace) {
                 anyhow::bail!("fanout.prefix must be non-empty and without white space");
@@ -357,6 +380,25 @@ mod tests {
         settings.limits.requests.trusted_proxies = 0;
         let error = settings.validate().unwrap_err();
         assert!(error.to_string().contains("limits.trusted_proxies"), "{error}");
+    }
+
+    #[test]
+    fn groups_hold_1000_members_by_default_and_between_2_and_10000_at_most() {
+        let mut settings = Settings::load_from(&dir(), Environment::Test).unwrap();
+        assert_eq!(settings.groups.max_members, 1000);
+        for allowed in [2, 10_000] {
+            settings.groups.max_members = allowed;
+            settings.validate().unwrap();
+        }
+        for refused in [0, 1, 10_001] {
+            settings.groups.max_members = refused;
+            let error = settings.validate().unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!("groups.max_members must be between 2 and 10000 (it is {refused})"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

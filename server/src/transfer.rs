@@ -78,7 +78,8 @@ impl From<Record> for Line {
                 id: m.id.into(),
                 conversation_id: m.conversation_id.into(),
                 sender_id: m.sender_id.into(),
-                receiver_id: m.receiver_id.into(),
+                // Dumps carry direct conversations only (see `TransferService::export`).
+                receiver_id: m.receiver_id.map(String::from).unwrap_or_default(),
                 message: m.body.into(),
                 created_at: time(&m.created_at),
                 client_message_id: m.client_id.map(Into::into),
@@ -113,6 +114,8 @@ impl TryFrom<Line> for Record {
                     )?,
                     created_at: parse_time(&created_at)?,
                     updated_at: parse_time(&updated_at)?,
+                    // The store numbers the imported messages.
+                    last_seq: 0,
                 })
             }
             Line::Message {
@@ -127,8 +130,10 @@ impl TryFrom<Line> for Record {
                 id: MessageId::parse(&id).context("message id")?,
                 conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
                 sender_id: UserId::parse(&sender_id).context("senderId")?,
-                receiver_id: UserId::parse(&receiver_id).context("receiverId")?,
+                receiver_id: Some(UserId::parse(&receiver_id).context("receiverId")?),
                 body: MessageBody::stored(&message).context("message")?,
+                system: None,
+                seq: 0,
                 created_at: parse_time(&created_at)?,
                 client_id: client_message_id
                     .map(|id| ClientMessageId::parse(&id))

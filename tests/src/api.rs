@@ -178,6 +178,11 @@ impl Api {
         self.execute(self.request(Method::POST, path, token).json(body)).await
     }
 
+    /// A `method` request with `body` as JSON.
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value, token: Option<&str>) -> Reply {
+        self.execute(self.request(method, path, token).json(body)).await
+    }
+
     /// A GET carrying the token as the `token` cookie instead of a header.
     pub async fn get_with_cookie(&self, path: &str, token: &str) -> Reply {
         self.execute(self.client.get(self.url(path)).header(COOKIE, format!("token={token}"))).await
@@ -235,6 +240,82 @@ impl Api {
 
     pub async fn conversations(&self, token: &str) -> Reply {
         self.get("/api/v1/message/conversations", Some(token)).await
+    }
+
+    pub async fn sync(&self, token: &str, query: &[(&str, &str)]) -> Reply {
+        self.execute(self.request(Method::GET, "/api/v1/message/sync", Some(token)).query(query)).await
+    }
+
+    /// Creates a group named `name` with the users `members` (ids) besides the caller.
+    pub async fn create_group(&self, token: &str, name: &str, members: &[&str]) -> Reply {
+        self.post_json("/api/v1/conversations", &json!({ "name": name, "members": members }), Some(token))
+            .await
+    }
+
+    pub async fn group(&self, token: &str, conversation: &str) -> Reply {
+        self.get(&format!("/api/v1/conversations/{conversation}"), Some(token)).await
+    }
+
+    pub async fn rename_group(&self, token: &str, conversation: &str, name: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}");
+        self.send_json(Method::PATCH, &path, &json!({ "name": name }), Some(token)).await
+    }
+
+    pub async fn add_members(&self, token: &str, conversation: &str, users: &[&str]) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/members");
+        self.post_json(&path, &json!({ "userIds": users }), Some(token)).await
+    }
+
+    pub async fn remove_member(&self, token: &str, conversation: &str, user: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/members/{user}");
+        self.execute(self.request(Method::DELETE, &path, Some(token))).await
+    }
+
+    pub async fn set_role(&self, token: &str, conversation: &str, user: &str, role: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/members/{user}/role");
+        self.send_json(Method::PUT, &path, &json!({ "role": role }), Some(token)).await
+    }
+
+    pub async fn transfer_ownership(&self, token: &str, conversation: &str, to: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/owner");
+        self.post_json(&path, &json!({ "userId": to }), Some(token)).await
+    }
+
+    pub async fn leave_group(&self, token: &str, conversation: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/leave");
+        self.execute(self.request(Method::POST, &path, Some(token))).await
+    }
+
+    /// Sends `text` to a conversation of either kind, by its id.
+    pub async fn post_message(&self, token: &str, conversation: &str, text: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/messages");
+        self.post_json(&path, &json!({ "message": text }), Some(token)).await
+    }
+
+    pub async fn conversation_messages(
+        &self,
+        token: &str,
+        conversation: &str,
+        query: &[(&str, &str)],
+    ) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/messages");
+        self.execute(self.request(Method::GET, &path, Some(token)).query(query)).await
+    }
+
+    pub async fn mark_read(&self, token: &str, conversation: &str, up_to: &str) -> Reply {
+        let path = format!("/api/v1/conversations/{conversation}/read");
+        self.post_json(&path, &json!({ "upTo": up_to }), Some(token)).await
+    }
+
+    /// Creates a group that must be accepted; returns it.
+    pub async fn create_group_ok(&self, owner: &TestUser, name: &str, members: &[&TestUser]) -> Value {
+        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        self.create_group(&owner.token, name, &ids).await.data(StatusCode::CREATED).clone()
+    }
+
+    /// Sends to a conversation by id; the message must be stored.
+    pub async fn post_message_ok(&self, from: &TestUser, conversation: &str, text: &str) -> Value {
+        self.post_message(&from.token, conversation, text).await.data(StatusCode::CREATED).clone()
     }
 
     /// Registers `username` with [`PASSWORD`]; the registration must succeed.

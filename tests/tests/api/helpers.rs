@@ -11,9 +11,15 @@ pub const TOKEN_TTL_SECS: u64 = 604_800;
 /// default token lifetime and no search limit (the suite searches in bursts; the limit has
 /// tests of its own in hardening).
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with `adjust` applied to its settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut server::Settings)) -> TestApp {
     TestApp::spawn_with(Backend::from_env(), |settings| {
         settings.auth.token_ttl = TOKEN_TTL_SECS;
         settings.limits.requests.searches_per_second_per_user = 0;
+        adjust(settings);
     })
     .await
 }
@@ -53,7 +59,9 @@ pub fn assert_user(value: &Value, username: &str) {
     );
     assert!(value["_id"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert_eq!(value["username"], username);
-    assert!(value["avatar"].as_str().is_some_and(|a| a.starts_with("http")), "{value}");
+    // A URL given at registration, or the server's own drawing of the user's initials.
+    let default = format!("/api/v1/user/{}/avatar", value["_id"].as_str().unwrap_or_default());
+    assert!(value["avatar"].as_str().is_some_and(|a| a.starts_with("http") || a == default), "{value}");
     assert_timestamp(&value["createdAt"]);
     assert_timestamp(&value["updatedAt"]);
 }
@@ -66,9 +74,11 @@ pub fn assert_message(value: &Value, from: &TestUser, to: &TestUser, text: &str)
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["_id", "conversationId", "createdAt", "message", "receiverId", "senderId"],
+        ["_id", "conversationId", "createdAt", "kind", "message", "receiverId", "senderId", "seq"],
         "message fields: {value}"
     );
+    assert_eq!(value["kind"], "text", "{value}");
+    assert!(value["seq"].as_u64().is_some_and(|seq| seq >= 1), "{value}");
     assert!(value["_id"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert!(value["conversationId"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert_eq!(value["senderId"], from.id.as_str());

@@ -40,9 +40,20 @@ pub fn assert_keyed_message(value: &Value, from: &TestUser, to: &TestUser, text:
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["_id", "clientMessageId", "conversationId", "createdAt", "message", "receiverId", "senderId"],
+        [
+            "_id",
+            "clientMessageId",
+            "conversationId",
+            "createdAt",
+            "kind",
+            "message",
+            "receiverId",
+            "senderId",
+            "seq"
+        ],
         "message fields: {value}"
     );
+    assert_eq!(value["kind"], "text", "{value}");
     assert!(value["_id"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert!(value["conversationId"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert_eq!(value["senderId"], from.id.as_str(), "{value}");

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod errors;
+mod groups;
 mod health;
 mod helpers;
 mod idempotency;

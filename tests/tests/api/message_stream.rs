@@ -28,7 +28,8 @@ fn page(response: &Reply) -> Page {
     let object = data.as_object().unwrap_or_else(|| panic!("a sync page is an object: {data}"));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["hasMore", "messages", "nextCursor"], "sync page fields: {data}");
+    assert_eq!(keys, ["events", "hasMore", "messages", "nextCursor"], "sync page fields: {data}");
+    assert_eq!(data["events"], json!([]), "no reads or group changes in these streams: {data}");
     let next = data["nextCursor"].as_str().unwrap_or_else(|| panic!("nextCursor: {data}"));
     assert!(!next.is_empty() && next.bytes().all(|b| b.is_ascii_digit()), "{data}");
     Page {
