@@ -97,8 +97,10 @@ const APPEND: &str = "WITH conversation AS (\
     FROM conversation \
     RETURNING conversation_id, seq, sender_position, receiver_position";
 
-/// A whole group send in one statement: lock the group's row (`FOR UPDATE`, which waits for
-/// a change or send holding it and then reads the row as that one left it), move the
+/// A whole group send in one statement: lock the group's row (`FOR NO KEY UPDATE`, the lock
+/// of an `UPDATE`, which waits for a change or send holding it and then reads the row as that
+/// one left it; not `FOR UPDATE`, which would also wait for — and deadlock with — a read
+/// whose notice names the group, holding the reader's member row), move the
 /// sender's read position to the next seq — which finds no row if the sender is no member,
 /// also when a change that removed them committed while this statement waited, since the
 /// `UPDATE` skips a row deleted meanwhile —, insert the message at that seq if the sender's
@@ -107,7 +109,7 @@ const APPEND: &str = "WITH conversation AS (\
 /// row, then the sender's member row (src/groups.rs).
 const GROUP_APPEND: &str = "WITH g AS (\
         SELECT id, last_seq + 1 AS seq, members_version FROM conversations \
-        WHERE id = $2 AND kind = 'group' FOR UPDATE), \
+        WHERE id = $2 AND kind = 'group' FOR NO KEY UPDATE), \
     sender AS (\
         UPDATE members SET read_seq = g.seq, last_read_message_id = $1 FROM g \
         WHERE members.conversation_id = g.id AND members.user_id = $3 \
