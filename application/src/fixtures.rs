@@ -34,11 +34,13 @@ pub(crate) struct Timeline {
     pub(crate) user: UserId,
     pub(crate) stream: Vec<StreamEntry>,
     pub(crate) entries: BTreeMap<ConversationId, Vec<Message>>,
+    /// How many times a group's entries were read.
+    pub(crate) entry_reads: usize,
 }
 
 impl Timeline {
     pub(crate) fn new(user: &UserId) -> Self {
-        Self { user: user.clone(), stream: Vec::new(), entries: BTreeMap::new() }
+        Self { user: user.clone(), stream: Vec::new(), entries: BTreeMap::new(), entry_reads: 0 }
     }
 
     /// A direct message to the user, at the stream's next position.
@@ -145,7 +147,8 @@ pub(crate) fn timeline_ports(
     });
     let t = timeline.clone();
     messages.expect_entries().returning(move |group, after, until, limit| {
-        let t = t.lock().unwrap();
+        let mut t = t.lock().unwrap();
+        t.entry_reads += 1;
         Ok(t.entries
             .get(group)
             .map(|entries| {

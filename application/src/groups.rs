@@ -189,8 +189,7 @@ impl GroupService {
 
     /// The group with its members, for a member.
     pub async fn get(&self, me: &UserId, group: &ConversationId) -> Result<GroupState, GroupError> {
-        let state = self.state(me, group).await?;
-        Ok(state)
+        self.state(me, group).await
     }
 
     /// Adds `users` as members (admins and the owner may).

@@ -1293,6 +1293,29 @@ mod tests {
         assert!(matches!(err, MessagingError::InvalidCursor), "{err}");
     }
 
+    #[tokio::test]
+    async fn a_sync_reads_no_group_that_had_nothing_new_when_it_began() {
+        let mut t = Timeline::new(&UserId::generate());
+        let groups: Vec<ConversationId> = (0..5).map(|_| ConversationId::generate()).collect();
+        for group in &groups {
+            t.join(group);
+            t.post(group, "old news");
+        }
+        let timeline = shared(t);
+        let me = timeline.lock().unwrap().user.clone();
+        let service = sync_service(&timeline);
+        let caught_up = service.sync(&me, SyncCursor::START, None).await.unwrap().next;
+        timeline.lock().unwrap().entry_reads = 0;
+        let page = service.sync(&me, caught_up.clone(), None).await.unwrap();
+        assert!(page.items.is_empty() && !page.has_more);
+        assert_eq!(timeline.lock().unwrap().entry_reads, 0);
+        // One group has news: only it is read.
+        timeline.lock().unwrap().post(&groups[2], "news");
+        let page = service.sync(&me, caught_up, None).await.unwrap();
+        assert_eq!(texts(&page.items), ["news"]);
+        assert_eq!(timeline.lock().unwrap().entry_reads, 1);
+    }
+
     #[test]
     fn a_forged_conversation_cursor_is_refused() {
         let id = ConversationId::generate();

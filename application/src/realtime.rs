@@ -383,7 +383,12 @@ mod tests {
             .expect_notify()
             .withf(move |users, e| {
                 users == [t.clone()]
-                    && *e == Event::Typing { from: f.clone(), to: TypingTarget::User(t.clone()), is_typing: true }
+                    && *e
+                        == Event::Typing {
+                            from: f.clone(),
+                            to: TypingTarget::User(t.clone()),
+                            is_typing: true,
+                        }
             })
             .times(3)
             .returning(|_, _| Ok(()));
@@ -425,5 +430,28 @@ mod tests {
         notifier.expect_notify().never();
         let service = service_with(MockPresence::new(), notifier, conversations(true, 0));
         service.typing(&me, &me, true).await;
+    }
+
+    #[tokio::test]
+    async fn typing_in_a_group_is_published_once_to_the_group_without_a_lookup() {
+        let (from, group) = (UserId::generate(), ConversationId::generate());
+        let mut notifier = MockNotifier::new();
+        let (f, g) = (from.clone(), group.clone());
+        notifier
+            .expect_notify_group()
+            .withf(move |to, e| {
+                *to == g
+                    && *e
+                        == Event::Typing {
+                            from: f.clone(),
+                            to: TypingTarget::Group(g.clone()),
+                            is_typing: false,
+                        }
+            })
+            .times(1)
+            .returning(|_, _| Ok(()));
+        notifier.expect_notify().never();
+        let service = service_with(MockPresence::new(), notifier, conversations(true, 0));
+        service.typing_in_group(&from, &group, false).await;
     }
 }
