@@ -343,3 +343,69 @@ async fn delivery_resumes_after_redis_restarts_without_restarting_any_instance()
 
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_spread_over_three_instances_gets_each_entry_once_on_every_socket_until_a_removal() {
+    let mut cluster = start_cluster(3, system_redis_url()).await;
+    let ada = cluster.api(0).create_user("ada").await;
+    let bob = cluster.api(1).create_user("bob").await;
+    let cat = cluster.api(2).create_user("cat").await;
+    let dan = cluster.api(0).create_user("dan").await;
+    let group = cluster.api(0).create_group_ok(&ada, "Spread", &[&bob, &cat]).await;
+    let group = group["_id"].as_str().expect("the group id").to_owned();
+    let mut ada_1 = connect(&cluster, 0, &ada).await;
+    let mut bob_2 = connect(&cluster, 1, &bob).await;
+    let mut bob_3 = connect(&cluster, 2, &bob).await;
+    let mut cat_1 = connect(&cluster, 0, &cat).await;
+    let mut cat_3 = connect(&cluster, 2, &cat).await;
+    let mut dan_1 = connect(&cluster, 0, &dan).await;
+
+    // Sent on two instances: every member socket, on every instance, gets each entry once,
+    // in the group's order, with the group in its cursor.
+    let mut sent = Vec::new();
+    for (index, from, text) in [(0, &ada, "one"), (2, &bob, "two"), (0, &ada, "three")] {
+        let message = cluster.api(index).post_message_ok(from, &group, text).await;
+        sent.push(message["_id"].as_str().expect("the message id").to_owned());
+    }
+    for socket in [&mut ada_1, &mut bob_2, &mut bob_3, &mut cat_1, &mut cat_3] {
+        let last = message(socket, &sent[2]).await;
+        assert!(last["cursor"].as_str().is_some_and(|c| c.ends_with(&format!("~{group}.4"))), "{last}");
+        assert_eq!(messages(socket), sent);
+    }
+
+    // Typing in the group crosses instances, to the other members.
+    cat_3.emit("typing", json!({ "conversationId": group, "isTyping": true })).await;
+    for socket in [&mut ada_1, &mut bob_2, &mut bob_3] {
+        let typing = socket.next_event_matching("typing", |data| data["from"] == cat.id, EVENT_TIMEOUT).await;
+        assert_eq!(typing["conversationId"], group.as_str());
+    }
+
+    // Bob is removed on a third instance: his sockets get the removal entry, then nothing.
+    cluster.api(1).remove_member(&ada.token, &group, &bob.id).await.data(StatusCode::OK);
+    for socket in [&mut bob_2, &mut bob_3, &mut ada_1, &mut cat_1, &mut cat_3] {
+        let removal = socket
+            .next_event_matching("newMessage", |data| data["system"]["action"] == "removed", EVENT_TIMEOUT)
+            .await;
+        assert_eq!(removal["system"]["userIds"], json!([bob.id]));
+    }
+    let after = cluster.api(2).post_message_ok(&cat, &group, "after bob").await;
+    let after = after["_id"].as_str().expect("the message id").to_owned();
+    cat_1.emit("typing", json!({ "conversationId": group, "isTyping": false })).await;
+    for socket in [&mut ada_1, &mut cat_1, &mut cat_3] {
+        message(socket, &after).await;
+        assert_eq!(messages(socket).len(), 5, "three, the removal and this one");
+    }
+    // (It may have come in while waiting for the message.)
+    if !ada_1.events("typing").any(|data| data["isTyping"] == false) {
+        ada_1.next_event_matching("typing", |data| data["isTyping"] == false, EVENT_TIMEOUT).await;
+    }
+    for socket in [&mut bob_2, &mut bob_3] {
+        socket.assert_no_event("newMessage", Duration::from_millis(500)).await;
+        assert_eq!(messages(socket).len(), 4, "the removal was the last");
+        assert_eq!(socket.events("typing").filter(|t| t["isTyping"] == false).count(), 0);
+    }
+    dan_1.assert_no_event("newMessage", Duration::from_millis(300)).await;
+    assert_eq!(dan_1.events("typing").count(), 0);
+
+    cluster.stop().await;
+}
