@@ -2,8 +2,9 @@
 # Benchmarks the chat server with bench/loadgen (see docs/BENCHMARKS.md).
 #
 #   scripts/bench.sh [--backend sqlite|postgres|mongodb] [--transport ws|socketio]
-#                    [--scenarios "startup baseline send history login connect pgbench"]
-#                    [--duration SECONDS] [--sockets K] [--rounds N] [--perf]
+#                    [--scenarios "startup baseline send history login connect pgbench
+#                                 group-send group-fanout unread-list"]
+#                    [--duration SECONDS] [--sockets K] [--rounds N] [--members N] [--perf]
 #
 # Builds release binaries, starts the server on a fresh database of the chosen backend
 # (SQLite in a temporary folder; a new PostgreSQL database on 127.0.0.1:5432 as user
@@ -16,6 +17,12 @@
 # --rounds times (3 by default), for PostgreSQL each send round right after its own pgbench
 # round; the summary quotes the median of each and the ratio of the medians.
 #
+# Groups: group-send alternates --rounds pairs of a 1:1 phase and a phase of sends into one
+# group of --members (1,000) at the same concurrency, in one run on the same users, and
+# quotes the median rates and their ratio; group-fanout holds every member of such a group
+# online (one socket each) while 20 messages/s go into it; unread-list walks a list of
+# 10,000 conversations, some unread, checking every unreadCount.
+#
 # Every loadgen JSON line goes to target/bench/<backend>-<transport>.jsonl, the human
 # output to the terminal. With --perf, `perf record` samples the server during the
 # unpaced send scenario (target/bench/perf-<backend>.data).
@@ -24,10 +31,11 @@ cd "$(dirname "$0")/.."
 
 BACKEND=sqlite
 TRANSPORT=ws
-SCENARIOS="startup baseline send history login connect pgbench"
+SCENARIOS="startup baseline send history login connect pgbench group-send group-fanout unread-list"
 DURATION=10
 SOCKETS=10000
 PAIRS=64
+MEMBERS=1000
 ROUNDS=3
 PERF=0
 PORT="${BENCH_PORT:-18080}"
@@ -41,8 +49,9 @@ while [ $# -gt 0 ]; do
     --sockets) SOCKETS="$2"; shift 2 ;;
     --pairs) PAIRS="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
+    --members) MEMBERS="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -121,6 +130,8 @@ export CHAT__LIMITS__SOCKET_FRAMES_PER_SECOND=0
 export CHAT__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
 export CHAT__LIMITS__SOCKETIO_SESSIONS_PER_IP=0
 export CHAT__LIMITS__SOCKETIO_HANDSHAKES_PER_MINUTE_PER_IP=0
+# Groups as large as the group scenarios make them.
+export CHAT__GROUPS__MAX_MEMBERS="$MEMBERS"
 export CHAT_CONFIG_DIR="$PWD/config"
 
 record() { # scenario output -> terminal, JSON line -> results
@@ -255,6 +266,25 @@ if has connect; then
     --server-pid "$SERVER_PID" | record
 fi
 
+GROUP_RATIOS=()
+if has group-send; then
+  echo "== group-send: $ROUNDS rounds of 1:1 then group ($MEMBERS members), $PAIRS concurrent senders"
+  "${LG[@]}" group-send --members "$MEMBERS" --concurrency "$PAIRS" --rounds "$ROUNDS" --duration "$DURATION" \
+    --server-pid "$SERVER_PID" | record
+  GROUP_RATIOS+=("$(last_field ratio_percent)")
+fi
+
+if has group-fanout; then
+  echo "== group-fanout: $MEMBERS members online, 20 messages/s"
+  "${LG[@]}" group-fanout --members "$MEMBERS" --rate 20 --duration "$((DURATION * 2))" \
+    --server-pid "$SERVER_PID" | record
+fi
+
+if has unread-list; then
+  echo "== unread-list: 10,000 conversations, pages of 200"
+  "${LG[@]}" unread-list --conversations 10000 --page 200 --walks 5 --server-pid "$SERVER_PID" | record
+fi
+
 summary() { # label values...
   local label="$1"; shift
   [ $# -gt 0 ] && echo "bench: $label rounds: $* -> median $(median "$@")"
@@ -264,6 +294,7 @@ summary "pgbench TPS" "${TPS_ROUNDS[@]}"
 summary "unpaced sends/s" "${SEND_ROUNDS[@]}"
 summary "history pages/s" "${HISTORY_ROUNDS[@]}"
 summary "login ratio to the bcrypt ceiling" "${LOGIN_ROUNDS[@]}"
+summary "group / 1:1 sends (% of the medians)" "${GROUP_RATIOS[@]}"
 if [ "${#TPS_ROUNDS[@]}" -gt 0 ] && [ "${#SEND_ROUNDS[@]}" -gt 0 ]; then
   RATIO="$(awk -v s="$(median "${SEND_ROUNDS[@]}")" -v t="$(median "${TPS_ROUNDS[@]}")" 'BEGIN { printf "%.1f", 100 * s / t }')"
   echo "bench: median sends/s = ${RATIO} % of median pgbench TPS"

@@ -209,6 +209,20 @@ impl Deliveries {
         }
     }
 
+    /// `{"latency": {…}, "delivered", "lost", …}`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "latency": self.latency.json(),
+            "delivered": self.delivered,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "unexpected": self.unexpected,
+            "sockets_lost": self.sockets_lost,
+            "silent_sockets": self.silent_sockets,
+        })
+    }
+
     /// Human lines and JSON fields (`delivery`, `delivered`, `lost`, …) of the report.
     pub fn add_to(&self, report: &mut crate::report::Report) {
         report
