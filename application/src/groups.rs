@@ -5,13 +5,13 @@
 //! Who may do what (a stranger, who never was a member, is told the group does not exist; a
 //! former member is told they are no longer one):
 //!
-//! | action                    | owner | admin                      | member |
-//! |---------------------------|-------|----------------------------|--------|
-//! | read it                   | yes   | yes                        | yes    |
-//! | add members, rename       | yes   | yes                        | no     |
-//! | remove a member           | yes   | members only, not admins   | no     |
-//! | change roles, hand over   | yes   | no                         | no     |
-//! | leave                     | yes (hands over ownership) | yes | yes    |
+//! | action                  | owner                  | admin                   | member |
+//! |-------------------------|------------------------|-------------------------|--------|
+//! | read it                 | yes                    | yes                     | yes    |
+//! | add members, rename     | yes                    | yes                     | no     |
+//! | remove a member         | anyone                 | members, not admins     | no     |
+//! | set roles, hand over    | yes                    | no                      | no     |
+//! | leave                   | yes, handing over      | yes                     | yes    |
 //!
 //! A change is stored only if the group's membership did not move since it was decided
 //! ([`Changed::Stale`] otherwise): then it is decided again on the new state, a few times at
