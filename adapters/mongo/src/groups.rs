@@ -363,8 +363,8 @@ impl MongoStore {
         if !change.add.is_empty() {
             // A user who is a member already is a duplicate key: nothing is applied.
             let docs = change.add.iter().map(|(user, role)| {
-                let joining = Member::joining(user.clone(), *role, entry.created_at, seq_from(seq));
-                MemberDoc::new(group, GROUP, &Member { read_seq: seq_from(seq).saturating_sub(1), ..joining })
+                let joining = Member::joining(user.clone(), *role, entry.created_at, written_seq(seq));
+                MemberDoc::new(group, GROUP, &Member { read_seq: written_seq(seq).saturating_sub(1), ..joining })
             });
             self.members.insert_many(docs).session(&mut *session).await?;
         }
@@ -385,7 +385,7 @@ impl MongoStore {
             )
             .session(&mut *session)
             .await?;
-        let at = seq_from(seq);
+        let at = written_seq(seq);
         let notices = change
             .add
             .iter()
@@ -443,6 +443,6 @@ impl MongoStore {
 }
 
 /// A seq this store wrote (never negative).
-fn seq_from(stored: i64) -> Seq {
+fn written_seq(stored: i64) -> Seq {
     u64::try_from(stored).unwrap_or(0)
 }
