@@ -363,8 +363,9 @@ impl MongoStore {
         if !change.add.is_empty() {
             // A user who is a member already is a duplicate key: nothing is applied.
             let docs = change.add.iter().map(|(user, role)| {
-                let joining = Member::joining(user.clone(), *role, entry.created_at, written_seq(seq));
-                MemberDoc::new(group, GROUP, &Member { read_seq: written_seq(seq).saturating_sub(1), ..joining })
+                let joined = written_seq(seq);
+                let joining = Member::joining(user.clone(), *role, entry.created_at, joined);
+                MemberDoc::new(group, GROUP, &Member { read_seq: joined.saturating_sub(1), ..joining })
             });
             self.members.insert_many(docs).session(&mut *session).await?;
         }
