@@ -180,19 +180,39 @@ impl Member {
 #[serde(tag = "action", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum SystemEvent {
     /// `actor` created the group with `members` (the actor included).
-    Created { actor: UserId, name: GroupName, members: Vec<UserId> },
-    Added { actor: UserId, users: Vec<UserId> },
-    Removed { actor: UserId, users: Vec<UserId> },
+    Created {
+        actor: UserId,
+        name: GroupName,
+        members: Vec<UserId>,
+    },
+    Added {
+        actor: UserId,
+        users: Vec<UserId>,
+    },
+    Removed {
+        actor: UserId,
+        users: Vec<UserId>,
+    },
     /// `actor` left; `new_owner` took over when the actor was the owner.
     Left {
         actor: UserId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         new_owner: Option<UserId>,
     },
-    Renamed { actor: UserId, name: GroupName },
-    RoleChanged { actor: UserId, user: UserId, role: Role },
+    Renamed {
+        actor: UserId,
+        name: GroupName,
+    },
+    RoleChanged {
+        actor: UserId,
+        user: UserId,
+        role: Role,
+    },
     /// The owner handed ownership to `user` and became an admin.
-    OwnershipTransferred { actor: UserId, user: UserId },
+    OwnershipTransferred {
+        actor: UserId,
+        user: UserId,
+    },
 }
 
 impl SystemEvent {

@@ -245,7 +245,8 @@ mod tests {
     #[test]
     fn a_sync_cursor_round_trips_with_its_groups_in_id_order() {
         let (a, b) = (ConversationId::generate(), ConversationId::generate());
-        let cursor = SyncCursor { stream: Cursor::new(7).unwrap(), groups: [(a.clone(), 3), (b.clone(), 0)].into() };
+        let cursor =
+            SyncCursor { stream: Cursor::new(7).unwrap(), groups: [(a.clone(), 3), (b.clone(), 0)].into() };
         let text = cursor.to_string();
         assert_eq!(text, format!("7~{a}.3~{b}.0"));
         assert_eq!(SyncCursor::parse(&text), Ok(cursor));

@@ -231,7 +231,8 @@ impl Avatar {
 
     /// An avatar read back from a store or a dump: a URL a user gave, or a default.
     pub fn stored(raw: &str) -> Result<Self, AvatarError> {
-        let id = raw.strip_prefix(Self::SERVED_PREFIX).and_then(|rest| rest.strip_suffix(Self::SERVED_SUFFIX));
+        let id =
+            raw.strip_prefix(Self::SERVED_PREFIX).and_then(|rest| rest.strip_suffix(Self::SERVED_SUFFIX));
         match id.map(UserId::parse) {
             Some(Ok(id)) => Ok(Self::default_for(&id)),
             _ => Self::parse(raw),
@@ -545,7 +546,9 @@ mod tests {
         let own = Avatar::default_for(&UserId::generate());
         assert_eq!(Avatar::parse(own.as_str()), Err(AvatarError::NotAUrl));
         assert_eq!(Avatar::stored("https://example.com/a.png"), Avatar::parse("https://example.com/a.png"));
-        for raw in ["/api/v1/user/not-an-id/avatar", "/api/v1/user//avatar", "/avatar.png", "//evil.example/a"] {
+        for raw in
+            ["/api/v1/user/not-an-id/avatar", "/api/v1/user//avatar", "/avatar.png", "//evil.example/a"]
+        {
             assert_eq!(Avatar::stored(raw), Err(AvatarError::NotAUrl), "{raw}");
         }
     }
