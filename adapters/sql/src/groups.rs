@@ -2,17 +2,20 @@
 //! streams — written once for both engines, like [`crate::repositories`].
 //!
 //! A group's entries take the next seq of the group, inside a transaction that holds the
-//! group's row locked from its first statement on (PostgreSQL: the row lock of the `UPDATE`
-//! or `SELECT … FOR UPDATE`; SQLite: its one writer), so that seq n+1 of a group commits after
-//! seq n and readers never see a later entry before an earlier one. A send locks that one row
-//! whatever the group's size.
+//! group's row locked from its first statement on (PostgreSQL: the row lock of an `UPDATE`,
+//! taken by a change's first `UPDATE` or a send's `SELECT … FOR NO KEY UPDATE`; SQLite: its
+//! one writer), so that seq n+1 of a group commits after seq n and readers never see a later
+//! entry before an earlier one. A send locks that one row whatever the group's size.
 //!
 //! Every write takes its locks in one order, so that no two wait on each other in a cycle:
 //! the conversation's row, then stream heads in ascending user id order, then member rows.
 //! A direct send locks its conversation, both heads (the pair's order) and the sender's member
 //! row; a group send the group and the sender's member row; a change the group, the heads of
 //! the users who join or leave, and member rows; a read the reader's head, then their member
-//! row (no conversation row).
+//! row (no conversation row). Rows that only name a conversation or a user (a notice, an
+//! entry, a member) take the weakest lock on it for their foreign key (`FOR KEY SHARE`), which
+//! none of these locks waits for: that is why the conversation's row is never locked
+//! `FOR UPDATE`.
 //!
 //! The few statements that take a list of ids differ per engine (PostgreSQL binds an array,
 //! SQLite a JSON array): each store provides them as `in_list`, `list`, `append_notices`,
