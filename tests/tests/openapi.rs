@@ -51,11 +51,15 @@ fn schemathesis() -> PathBuf {
 
 /// The Schemathesis configuration of the runs: which values to try for ids and cursors (real
 /// ones most of the time, so that the fuzzing reaches past "no such user").
-fn write_config(dir: &Path, peer_id: &str, message_id: &str) -> PathBuf {
+fn write_config(dir: &Path, peer_id: &str, message_id: &str, conversation_ids: [&str; 2]) -> PathBuf {
+    let [group_id, direct_id] = conversation_ids;
     let config = format!(
         r#"# Written by tests/tests/openapi.rs for one test.
 [dictionaries.peers]
 values = ["{peer_id}"]
+
+[dictionaries.conversations]
+values = ["{group_id}", "{direct_id}"]
 
 [dictionaries.messages]
 values = ["{message_id}"]
@@ -72,6 +76,8 @@ values = ["0", "1"]
 "query.before" = {{ dictionary = "messages", probability = 0.3 }}
 "query.cursor" = {{ dictionary = "cursors", probability = 0.3 }}
 "query.since" = {{ dictionary = "stream_cursors", probability = 0.5 }}
+"path.id" = {{ dictionary = "conversations", probability = 0.8 }}
+"path.userId" = {{ dictionary = "peers", probability = 0.8 }}
 
 # A send's key may travel in the body and in a header, which must then be equal (400
 # otherwise), and a key reused for another text is refused (422): answers to well-formed
@@ -86,6 +92,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 [[operations]]
 include-operation-id = "syncMessages"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401"]
+
+# Groups: what a well-formed request may meet depends on the group as it stands (the caller
+# listed among the members, a role that may not, members already, the owner's own role) and,
+# for sends, on keys as above.
+[[operations]]
+include-tag = "conversation"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422", "429"]
 "#
     );
     let path = dir.join("schemathesis.toml");
@@ -168,18 +181,22 @@ async fn the_server_keeps_the_contract_of_its_openapi_document() {
     let server = TestApp::spawn().await;
     let me = server.create_user("fuzz_me").await;
     let peer = server.create_user("fuzz_peer").await;
-    // A conversation to page through, and a real `before`.
+    // A conversation to page through, and a real `before`; a group of the two.
     let sent = server.send_ok(&me, &peer, "hello").await;
+    let group = server.create_group_ok(&me, "Fuzzers", &[&peer]).await;
     let (me_token, peer_id) = (me.token, peer.id);
     let message_id = sent["_id"].as_str().unwrap().to_owned();
+    let ids = [group["_id"].as_str().unwrap(), sent["conversationId"].as_str().unwrap()];
 
     let dir = TempDir::new("openapi");
-    let config = write_config(dir.path(), &peer_id, &message_id);
+    let config = write_config(dir.path(), &peer_id, &message_id, ids);
 
-    // Everything but logout, which would revoke the token the other operations run with.
-    let all_but_logout = ["--exclude-operation-id", "logout"];
+    // Everything but logout, which would revoke the token the other operations run with, and
+    // leaving the group, which would close it to the others; each runs on its own after.
+    let all_but_logout = ["--exclude-operation-id", "logout", "--exclude-operation-id", "leaveGroup"];
     fuzz(&server, &config, &me_token, Strings::Ascii, &all_but_logout).await;
     fuzz(&server, &config, &me_token, Strings::Unicode, &all_but_logout).await;
+    fuzz(&server, &config, &me_token, Strings::Ascii, &["--include-operation-id", "leaveGroup"]).await;
     // Logout on its own session: the first call revokes it, the rest are 401s.
     let logout_token =
         server.login("fuzz_me", PASSWORD).await.data(StatusCode::OK)["token"].as_str().unwrap().to_owned();
