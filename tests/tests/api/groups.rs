@@ -51,8 +51,15 @@ fn assert_group(value: &Value, name: &str) -> Vec<(String, String)> {
         .map(|m| {
             let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
             keys.sort_unstable();
-            assert_eq!(keys, ["joinedAt", "role", "userId"], "member fields: {m}");
+            assert_eq!(
+                keys,
+                ["joinedAt", "lastReadMessageId", "readSeq", "role", "userId"],
+                "member fields: {m}"
+            );
             assert_timestamp(&m["joinedAt"]);
+            let read = m["readSeq"].as_u64().unwrap_or_else(|| panic!("readSeq is a number: {m}"));
+            assert!(read <= value["lastSeq"].as_u64().unwrap(), "nobody reads past the end: {value}");
+            assert!(m["lastReadMessageId"].is_null() || m["lastReadMessageId"].is_string(), "{m}");
             (m["userId"].as_str().unwrap().to_owned(), m["role"].as_str().unwrap().to_owned())
         })
         .collect();
@@ -565,6 +572,11 @@ async fn unread_counts_and_read_positions_are_exact_on_every_device() {
         (&json!(gid), &json!(ids[1]), &json!(3))
     );
     assert_eq!(data["cursor"], synced["nextCursor"], "{synced}");
+    // The others see how far bob has read: "seen by".
+    let group = app.group(&ada.token, &gid).await;
+    let group = group.data(StatusCode::OK);
+    let seen = group["members"].as_array().unwrap().iter().find(|m| m["userId"] == json!(bob.id)).unwrap();
+    assert_eq!((&seen["readSeq"], &seen["lastReadMessageId"]), (&json!(3), &json!(ids[1])), "{group}");
 
     // Never backwards; an unknown or malformed message is refused.
     let back = app.mark_read(&bob_laptop, &gid, &ids[0]).await;

@@ -65,6 +65,11 @@ pub struct MemberDto {
     pub role: &'static str,
     #[schema(format = DateTime)]
     pub joined_at: String,
+    /// The member has read every entry up to this `seq` (what "seen by" is made of).
+    pub read_seq: u64,
+    /// The entry at `readSeq`, once the member has read up to one.
+    #[schema(nullable = true)]
+    pub last_read_message_id: Option<String>,
 }
 
 impl From<&Member> for MemberDto {
@@ -73,6 +78,8 @@ impl From<&Member> for MemberDto {
             user_id: member.user_id.to_string(),
             role: member.role.as_str(),
             joined_at: timestamp(&member.joined_at),
+            read_seq: member.read_seq,
+            last_read_message_id: member.last_read_message_id.as_ref().map(ToString::to_string),
         }
     }
 }
