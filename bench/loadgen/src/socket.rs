@@ -30,13 +30,35 @@ pub async fn connect(
     token: &str,
     timeout: Duration,
 ) -> anyhow::Result<Socket> {
-    tokio::time::timeout(timeout, open(ws_base, transport, token)).await.context("connecting timed out")?
+    resume(ws_base, transport, token, None, timeout).await
 }
 
-async fn open(ws_base: &str, transport: Transport, token: &str) -> anyhow::Result<Socket> {
+/// Like [`connect`], resuming after `since` (a cursor the server sent this user) when given.
+pub async fn resume(
+    ws_base: &str,
+    transport: Transport,
+    token: &str,
+    since: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Socket> {
+    tokio::time::timeout(timeout, open(ws_base, transport, token, since))
+        .await
+        .context("connecting timed out")?
+}
+
+async fn open(
+    ws_base: &str,
+    transport: Transport,
+    token: &str,
+    since: Option<&str>,
+) -> anyhow::Result<Socket> {
     match transport {
         Transport::Ws => {
-            let url = format!("{ws_base}/ws?token={token}");
+            // Cursors are digits, `~`, `.`, `-` and hex digits: nothing to escape in a query.
+            let url = match since {
+                Some(since) => format!("{ws_base}/ws?token={token}&since={since}"),
+                None => format!("{ws_base}/ws?token={token}"),
+            };
             let (stream, _) = tokio_tungstenite::connect_async(url).await.context("opening /ws")?;
             Ok(Socket { stream, transport })
         }
@@ -48,7 +70,11 @@ async fn open(ws_base: &str, transport: Transport, token: &str) -> anyhow::Resul
             if !open.starts_with('0') {
                 bail!("expected the Engine.IO open packet, got {open:?}");
             }
-            let connect = format!("40{}", serde_json::json!({ "token": token }));
+            let auth = match since {
+                Some(since) => serde_json::json!({ "token": token, "since": since }),
+                None => serde_json::json!({ "token": token }),
+            };
+            let connect = format!("40{auth}");
             stream.send(Message::text(connect)).await?;
             loop {
                 let packet = next_text(&mut stream).await?;

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::groups::{listen, run_tag, setup_group};
 use super::send::failure_kind;
 use crate::api::{run_prefix, Api};
-use crate::report::{round, rss_kib, Latency, Report};
+use crate::report::{load_average, round, rss_kib, Latency, Report};
 use crate::Target;
 
 /// The product's targets at 20 messages/s into 1,000 members.
@@ -78,6 +78,7 @@ pub async fn run(target: &Target, args: GroupFanoutArgs) -> anyhow::Result<Repor
     // Each member coming online is announced to the others; let that settle.
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
 
+    let load_before = load_average();
     let total = (args.rate * args.duration).round().max(1.0) as u32;
     let answers = Arc::new(Mutex::new(Answers::default()));
     let started = tokio::time::Instant::now();
@@ -159,6 +160,14 @@ pub async fn run(target: &Target, args: GroupFanoutArgs) -> anyhow::Result<Repor
             if met { "met" } else { "NOT met" }
         ))
         .field("target_met", met);
+    report
+        .line(format!(
+            "machine load (1 min) {} before the measurement, {} after",
+            load_before.map_or("?".into(), |l| l.to_string()),
+            load_average().map_or("?".into(), |l| l.to_string())
+        ))
+        .field("load_before", load_before)
+        .field("load_after", load_average());
     if let Some(rss) = rss_online {
         report
             .line(format!("server RSS with every member online {:.1} MiB", rss as f64 / 1024.0))

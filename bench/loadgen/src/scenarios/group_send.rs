@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::groups::{listen, run_tag, setup_group, Deliveries, Group};
 use super::send::{drive, run_pairs, setup_pairs, Outcome, Pace, Phase, Sent};
 use crate::api::{run_prefix, Api};
-use crate::report::{round, rss_kib, Latency, Report};
+use crate::report::{load_average, round, rss_kib, Latency, Report};
 use crate::Target;
 
 /// The product's target: a group send at least this share of a 1:1 send's rate.
@@ -96,6 +96,7 @@ pub async fn run(target: &Target, args: GroupSendArgs) -> anyhow::Result<Report>
         grace: Duration::from_secs_f64(args.grace),
     };
 
+    let load_before = load_average();
     let mut rounds = Vec::new();
     for index in 1..=args.rounds.max(1) {
         eprintln!("  round {index}: 1:1 phase, {concurrency} pairs");
@@ -177,6 +178,14 @@ pub async fn run(target: &Target, args: GroupSendArgs) -> anyhow::Result<Report>
         .field("group_sends_per_s", round(group_rate))
         .field("ratio_percent", round(ratio))
         .field("target_met", met);
+    report
+        .line(format!(
+            "machine load (1 min) {} before the measurement, {} after",
+            load_before.map_or("?".into(), |l| l.to_string()),
+            load_average().map_or("?".into(), |l| l.to_string())
+        ))
+        .field("load_before", load_before)
+        .field("load_after", load_average());
     if let Some(rss) = args.server_pid.and_then(rss_kib) {
         report.line(format!("server RSS {:.1} MiB", rss as f64 / 1024.0)).field("server_rss_kib", rss);
     }

@@ -6,8 +6,12 @@
 //! the tag and does nothing else while the run lasts (no JSON decoding, no shared lock), so a
 //! thousand sockets at tens of thousands of frames a second cost the load generator little;
 //! latencies, losses and duplicates are worked out once the sockets are closed.
+//!
+//! A socket the server closes (as too slow, or when it cannot go on without a gap) is opened
+//! again with `since` = the last cursor it received, as a client does: what it then never
+//! receives is lost for good. Closes and resumptions are counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +71,13 @@ pub fn parse_frame(text: &str, tag: &str) -> Option<(u32, Option<u64>)> {
     Some((number, field_u64(text, "\"seq\":")))
 }
 
+/// The `cursor` string of a frame's raw text, if any.
+pub fn frame_cursor(text: &str) -> Option<&str> {
+    const KEY: &str = "\"cursor\":\"";
+    let after = &text[text.find(KEY)? + KEY.len()..];
+    after.find('"').map(|end| &after[..end])
+}
+
 /// The unsigned number right after `key` (e.g. `"seq":`) in a JSON text, if any.
 fn field_u64(text: &str, key: &str) -> Option<u64> {
     let after = text[text.find(key)? + key.len()..].trim_start();
@@ -84,10 +95,24 @@ struct Arrival {
 
 /// Sockets of some members, each recording the tagged messages it receives.
 pub struct Listeners {
-    tasks: Vec<JoinHandle<(Vec<Arrival>, Ended)>>,
+    tasks: Vec<JoinHandle<Listened>>,
     stop: watch::Sender<bool>,
     arrived: Arc<AtomicU64>,
 }
+
+/// What one member's socket went through.
+struct Listened {
+    arrivals: Vec<Arrival>,
+    /// Why the server closed it, each time it did.
+    closes: Vec<String>,
+    /// Times it was opened again with `since`.
+    resumed: u64,
+    /// Whether it was still open at the end.
+    open_at_end: bool,
+}
+
+/// Times one socket is opened again after the server closed it.
+const MOST_RESUMES: u64 = 5;
 
 /// Connects one socket per user (`concurrency` handshakes at a time) and starts recording.
 pub async fn listen(
@@ -110,19 +135,48 @@ pub async fn listen(
     let arrived = Arc::new(AtomicU64::new(0));
     let tasks = sockets
         .into_iter()
-        .map(|socket| {
+        .zip(users)
+        .map(|(socket, user)| {
             let (stopped, arrived, tag) = (stopped.clone(), arrived.clone(), tag.to_owned());
+            let (ws_base, transport, token) = (ws_base.clone(), target.transport, user.token.clone());
             tokio::spawn(async move {
-                let mut arrivals = Vec::new();
-                let ended = socket
-                    .run_raw(stopped, &tag, |text| {
-                        if let Some((number, seq)) = parse_frame(text, &tag) {
-                            arrivals.push(Arrival { number, seq, at: Instant::now() });
-                            arrived.fetch_add(1, Ordering::Relaxed);
+                let mut listened =
+                    Listened { arrivals: Vec::new(), closes: Vec::new(), resumed: 0, open_at_end: false };
+                let mut cursor = String::new();
+                let mut socket = socket;
+                loop {
+                    let ended = socket
+                        .run_raw(stopped.clone(), &tag, |text| {
+                            if let Some((number, seq)) = parse_frame(text, &tag) {
+                                listened.arrivals.push(Arrival { number, seq, at: Instant::now() });
+                                arrived.fetch_add(1, Ordering::Relaxed);
+                                if let Some(at) = frame_cursor(text) {
+                                    cursor.clear();
+                                    cursor.push_str(at);
+                                }
+                            }
+                        })
+                        .await;
+                    let Ended::Lost(why) = ended else {
+                        listened.open_at_end = true;
+                        return listened;
+                    };
+                    listened.closes.push(why);
+                    if *stopped.borrow() || listened.resumed >= MOST_RESUMES {
+                        return listened;
+                    }
+                    let since = (!cursor.is_empty()).then_some(cursor.as_str());
+                    match socket::resume(&ws_base, transport, &token, since, timeout).await {
+                        Ok(again) => {
+                            listened.resumed += 1;
+                            socket = again;
                         }
-                    })
-                    .await;
-                (arrivals, ended)
+                        Err(error) => {
+                            listened.closes.push(format!("resuming failed: {error:#}"));
+                            return listened;
+                        }
+                    }
+                }
             })
         })
         .collect();
@@ -147,13 +201,19 @@ impl Listeners {
     pub async fn finish(self, accepted: &HashMap<u32, Instant>) -> anyhow::Result<Deliveries> {
         let _ = self.stop.send(true);
         let mut out = Deliveries::default();
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         for task in self.tasks {
-            let (arrivals, ended) = task.await?;
-            if let Ended::Lost(why) = ended {
-                eprintln!("  a listening socket ended early: {why}");
-                out.sockets_lost += 1;
+            let listened = task.await?;
+            for why in &listened.closes {
+                *reasons.entry(why.clone()).or_default() += 1;
             }
-            out.add_socket(&arrivals, accepted);
+            out.closed_by_server += listened.closes.len() as u64;
+            out.resumed += listened.resumed;
+            out.sockets_lost += u64::from(!listened.open_at_end);
+            out.add_socket(&listened.arrivals, accepted);
+        }
+        for (why, count) in reasons {
+            eprintln!("  {count} × a listening socket ended: {why}");
         }
         Ok(out)
     }
@@ -172,6 +232,10 @@ pub struct Deliveries {
     pub out_of_order: u64,
     /// Messages received whose send was not answered 2xx (e.g. timed out but stored).
     pub unexpected: u64,
+    /// Times the server closed a socket (each then resumed with `since`, at most 5 times).
+    pub closed_by_server: u64,
+    pub resumed: u64,
+    /// Sockets not open at the end (closed and not resumed).
     pub sockets_lost: u64,
     /// Sockets that received none of the accepted messages.
     pub silent_sockets: u64,
@@ -218,6 +282,8 @@ impl Deliveries {
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
             "unexpected": self.unexpected,
+            "closed_by_server": self.closed_by_server,
+            "resumed": self.resumed,
             "sockets_lost": self.sockets_lost,
             "silent_sockets": self.silent_sockets,
         })
@@ -228,12 +294,15 @@ impl Deliveries {
         report
             .line(format!("delivery latency       {}", self.latency.human()))
             .line(format!(
-                "delivered {}, lost {}, duplicated {}, out of order {}, unexpected {}, sockets lost {}, silent sockets {}",
+                "delivered {}, lost {}, duplicated {}, out of order {}, unexpected {}; sockets closed by the \
+                 server {} (resumed {}), lost {}, silent {}",
                 self.delivered,
                 self.lost,
                 self.duplicated,
                 self.out_of_order,
                 self.unexpected,
+                self.closed_by_server,
+                self.resumed,
                 self.sockets_lost,
                 self.silent_sockets
             ))
@@ -243,6 +312,8 @@ impl Deliveries {
             .field("duplicated", self.duplicated)
             .field("out_of_order", self.out_of_order)
             .field("unexpected", self.unexpected)
+            .field("closed_by_server", self.closed_by_server)
+            .field("resumed", self.resumed)
             .field("sockets_lost", self.sockets_lost)
             .field("silent_sockets", self.silent_sockets);
     }
@@ -259,6 +330,14 @@ mod tests {
         assert_eq!(parse_frame(frame, "#0badcafe:"), Some((17, Some(42))));
         let socketio = r##"42["newMessage",{"message":"#0badcafe:3 x","seq": 7}]"##;
         assert_eq!(parse_frame(socketio, "#0badcafe:"), Some((3, Some(7))));
+    }
+
+    #[test]
+    fn the_cursor_of_a_frame_is_read_as_sent() {
+        let frame =
+            r##"{"event":"newMessage","data":{"message":"#0badcafe:1 x","seq":4,"cursor":"3~01a2-b.4"}}"##;
+        assert_eq!(frame_cursor(frame), Some("3~01a2-b.4"));
+        assert_eq!(frame_cursor(r#"{"event":"newMessage","data":{}}"#), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use futures_util::stream::{self, StreamExt as _};
 use serde_json::json;
 
 use crate::api::{run_prefix, Api, ListedConversation, User};
-use crate::report::{round, rss_kib, Latency, Report};
+use crate::report::{load_average, round, rss_kib, Latency, Report};
 use crate::Target;
 
 /// The product's target for one page of the list.
@@ -267,6 +267,7 @@ pub async fn run(target: &Target, args: UnreadListArgs) -> anyhow::Result<Report
     let unread_conversations = expected.values().filter(|n| **n > 0).count() as u64;
     let unread_total: u64 = expected.values().sum();
 
+    let load_before = load_average();
     let limit = args.page.max(1);
     let most_pages = 2 * expected.len() / limit + 10;
     let mut page_latency = Latency::default();
@@ -343,6 +344,14 @@ pub async fn run(target: &Target, args: UnreadListArgs) -> anyhow::Result<Report
         .field("unread_exact", exact)
         .field("examples", json!(checks.iter().flat_map(|c| c.examples.clone()).take(5).collect::<Vec<_>>()))
         .field("target_met", met);
+    report
+        .line(format!(
+            "machine load (1 min) {} before the measurement, {} after",
+            load_before.map_or("?".into(), |l| l.to_string()),
+            load_average().map_or("?".into(), |l| l.to_string())
+        ))
+        .field("load_before", load_before)
+        .field("load_after", load_average());
     if let Some(rss) = args.server_pid.and_then(rss_kib) {
         report.line(format!("server RSS {:.1} MiB", rss as f64 / 1024.0)).field("server_rss_kib", rss);
     }
