@@ -453,7 +453,8 @@ await step("screenshots of the desktop and phone layouts", async () => {
   await chatItem(phone, "Jonas Weber").waitFor();
   await phone.waitForFunction(() => document.body.classList.contains("is-connected"));
   await sendThroughApi(lenaClient, maya._id, "Lunch today? The new place on the corner?");
-  await chatItem(phone, "Lena Fischer").locator(".unread", { hasText: "1" }).waitFor();
+  // Both of Lena's messages: neither was read, on any device (the count is the server's).
+  await chatItem(phone, "Lena Fischer").locator(".unread", { hasText: "2" }).waitFor();
   await lenaClient.dispose();
   const width = await phone.evaluate(() => document.documentElement.scrollWidth);
   expect(width <= 375, `the page is ${width} px wide on a 375 px screen`);

@@ -1,5 +1,6 @@
-//! The built-in web client: served with the right types and policy, absent when turned off,
-//! the server-drawn default avatars it shows, and the page used in headless Chromium
+//! The built-in web client: served with the right types and policy (at a person's and a
+//! group's address too), absent when turned off, the server-drawn default avatars it shows,
+//! and the page used in headless Chromium
 //! (`tests/browser/*.test.mjs` on `harness.mjs`, driven by playwright-core against Debian's
 //! Chromium, with axe-core for accessibility; `scripts/install-browser-deps.sh` installs them).
 
@@ -86,7 +87,11 @@ async fn a_conversation_has_an_address_that_serves_the_page() {
     assert_eq!(header_of(&page, header::CONTENT_TYPE), "text/html; charset=utf-8");
     assert!(page.text.contains("<script src=\"/assets/app.js\" defer></script>"));
     assert!(header_of(&page, header::CONTENT_SECURITY_POLICY).contains("script-src 'self'"));
+    let group = app.get("/group/0190a0b0-0000-7000-8000-000000000001", None).await;
+    assert_eq!(group.status, 200);
+    assert!(group.text.contains("<script src=\"/assets/app.js\" defer></script>"));
     assert_eq!(app.get("/chat/a/b", None).await.status, 404);
+    assert_eq!(app.get("/group/a/b", None).await.status, 404);
     app.stop().await;
 }
 
@@ -248,6 +253,12 @@ async fn two_people_chat_in_headless_chromium() {
         "no screenshot of the conversation in {}",
         artifacts.display()
     );
+}
+
+#[tokio::test]
+async fn three_people_chat_in_a_group_with_the_servers_read_state() {
+    let artifacts = run_scenario("groups").await;
+    assert!(artifacts.join("group.png").is_file(), "no screenshot of a group in {}", artifacts.display());
 }
 
 #[tokio::test]

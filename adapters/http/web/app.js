@@ -5,6 +5,7 @@
 (() => {
   const PAGE_SIZE = 30;
   const PEOPLE_PAGE_SIZE = 50;
+  const PICK_PAGE_SIZE = 20; // people offered to add to a group
   const DIRECTORY_PAGE_SIZE = 200; // the API's largest page, for looking names up
   const SYNC_PAGE_SIZE = 200;
   const TYPING_IDLE_MS = 2500;
@@ -12,9 +13,13 @@
   const RECONNECT_MIN_MS = 500;
   const RECONNECT_MAX_MS = 15000;
   const NEAR_BOTTOM_PX = 80;
+  const READ_DELAY_MS = 300; // a chat's reads reach the server at most this often
+  const SEEN_NAMES = 3; // "Seen by Alice, Bob, Carol"; more readers are counted instead
   const CHAT_PATH = /^\/chat\/([0-9a-f-]{36})$/;
+  const GROUP_PATH = /^\/group\/([0-9a-f-]{36})$/;
 
   const $ = (id) => document.getElementById(id);
+  const enc = encodeURIComponent;
 
   const el = {
     loading: $("loading"),
@@ -35,6 +40,7 @@
     enableNotifications: $("enable-notifications"),
     chatsPanel: $("chats-panel"),
     newChat: $("new-chat"),
+    newGroup: $("new-group"),
     conversationList: $("conversation-list"),
     conversationListEmpty: $("conversation-list-empty"),
     findPeople: $("find-people"),
@@ -45,6 +51,16 @@
     userList: $("user-list"),
     userListEmpty: $("user-list-empty"),
     moreUsers: $("more-users"),
+    newGroupPanel: $("new-group-panel"),
+    closeNewGroup: $("close-new-group"),
+    newGroupForm: $("new-group-form"),
+    newGroupName: $("new-group-name"),
+    newGroupSearch: $("new-group-search"),
+    newGroupChosen: $("new-group-chosen"),
+    newGroupPeople: $("new-group-people"),
+    newGroupPeopleEmpty: $("new-group-people-empty"),
+    moreGroupPeople: $("more-group-people"),
+    createGroup: $("create-group"),
     noConversation: $("no-conversation"),
     pane: $("conversation-pane"),
     back: $("back"),
@@ -52,6 +68,7 @@
     peerName: $("peer-name"),
     peerStatus: $("peer-status"),
     typing: $("typing"),
+    groupInfo: $("group-info"),
     scroller: $("messages-scroll"),
     historyStatus: $("history-status"),
     messages: $("messages"),
@@ -60,6 +77,25 @@
     composer: $("composer"),
     input: $("message-input"),
     composerError: $("composer-error"),
+    composerClosed: $("composer-closed"),
+    groupPanel: $("group-panel"),
+    closeGroupPanel: $("close-group-panel"),
+    renameForm: $("rename-form"),
+    groupName: $("group-name"),
+    groupNameError: $("group-name-error"),
+    groupNameText: $("group-name-text"),
+    membersHeading: $("members-heading"),
+    memberList: $("member-list"),
+    addMembers: $("add-members"),
+    addSearch: $("add-search"),
+    addResults: $("add-results"),
+    addResultsEmpty: $("add-results-empty"),
+    groupError: $("group-error"),
+    leaveGroup: $("leave-group"),
+    leaveConfirm: $("leave-confirm"),
+    leaveConfirmText: $("leave-confirm-text"),
+    leaveYes: $("leave-yes"),
+    leaveNo: $("leave-no"),
   };
 
   const state = {
@@ -67,28 +103,46 @@
     users: new Map(), // id -> user, everyone we have heard of
     online: new Set(),
     everOnline: new Set(), // seen online while connected: going offline then is a "last seen"
-    // The conversation list: peer id -> { peerId, last (message or null), updatedAt }.
+    // Every chat the page knows: key -> chat (see chatFor). The key of a direct chat is the
+    // other person's id, a group's is its conversation id (both are what the URL names).
     conversations: new Map(),
+    byConversationId: new Map(), // conversation id -> key
+    groups: new Map(), // group id -> { name, version, members: [{ userId, role, joinedAt }] }
+    receipts: new Map(), // conversation id -> Map(user id -> the seq they have read up to)
     conversationsCursor: null,
     people: { ids: [], next: null, search: "", token: 0 },
     cursor: null, // the last position of my message stream this tab has processed
-    peer: null, // the id of the person whose conversation is open
+    peer: null, // the key of the open chat
     messageIds: new Set(),
+    systemEntries: new Map(), // id -> the open chat's system entries, to word them again
     oldestId: null,
     hasOlder: false,
     loadingOlder: false,
     firstUnreadId: null, // where the "new" divider goes in the open conversation
-    conversationToken: 0, // bumps on every switch, so late answers for an old peer are dropped
-    drafts: new Map(), // peer id -> unsent text in the composer
+    conversationToken: 0, // bumps on every switch, so late answers for an old chat are dropped
+    drafts: new Map(), // chat key -> unsent text in the composer
     typingTimer: null,
     typingSent: false,
-    incomingTypingTimer: null,
+    typers: new Map(), // user id -> timer, for whoever is typing in the open chat
     inFlight: new Set(), // outbox keys being sent right now
-    notifications: new Map(), // peer id -> the desktop notification shown for it
+    notifications: new Map(), // chat key -> the desktop notification shown for it
   };
 
   // Other tabs of this browser learn about logins and logouts at once.
   const tabs = "BroadcastChannel" in window ? new BroadcastChannel("chat-session") : null;
+
+  // Runs `task` once, `ms` after the last call for the same key.
+  const timers = new Map();
+  function soon(key, ms, task) {
+    clearTimeout(timers.get(key));
+    timers.set(
+      key,
+      setTimeout(() => {
+        timers.delete(key);
+        task();
+      }, ms),
+    );
+  }
 
   // ---------------------------------------------------------------- API
 
@@ -101,11 +155,13 @@
     }
   }
 
-  async function api(method, path, body) {
+  // `keepalive`: the request outlives the page (a read told as the tab closes).
+  async function api(method, path, body, { keepalive = false } = {}) {
     let response;
     try {
       response = await fetch(`/api/v1${path}`, {
         method,
+        keepalive,
         credentials: "same-origin",
         headers: body === undefined ? { Accept: "application/json" } : { Accept: "application/json", "Content-Type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -129,10 +185,16 @@
     return { data: json.responseData, headers: response.headers };
   }
 
+  // A refusal that asking again will not change (not a lost connection, a timeout or a busy server).
+  function refused(error) {
+    return error.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429;
+  }
+
   // ---------------------------------------------------------------- what this browser keeps
 
-  // Per user, in localStorage: the stream cursor, read state, sends not yet confirmed and
-  // when people were last seen. Shared by the user's tabs; a private window keeps none.
+  // Per user, in localStorage: the stream cursor, sends not yet confirmed and when people
+  // were last seen. Shared by the user's tabs; a private window keeps none. Read state is
+  // the server's: every device shows the same.
   const saved = {
     key(name) {
       return `chat.v1.${state.me._id}.${name}`;
@@ -150,6 +212,13 @@
         localStorage.setItem(this.key(name), JSON.stringify(value));
       } catch {
         // Storage full or refused: this tab still works, it just forgets on reload.
+      }
+    },
+    remove(name) {
+      try {
+        localStorage.removeItem(this.key(name));
+      } catch {
+        // Nothing to forget.
       }
     },
   };
@@ -172,53 +241,10 @@
     if (cursorAfter(cursor, stored)) saved.set("cursor", cursor);
   }
 
-  // Read state per peer: { upTo: the newest message id read, unread: [ids of messages not read] }.
-  // Message ids sort by creation, so "read up to" also refuses ids that another tab read first.
-  function reads() {
-    return saved.get("reads", {});
-  }
-
-  function unreadIds(peerId) {
-    const entry = reads()[peerId];
-    return entry ? entry.unread : [];
-  }
-
-  function addUnread(peerId, messageId) {
-    const all = reads();
-    const entry = all[peerId] || { upTo: "", unread: [] };
-    if (messageId <= entry.upTo || entry.unread.includes(messageId)) return;
-    entry.unread.push(messageId);
-    entry.unread.sort();
-    all[peerId] = entry;
-    saved.set("reads", all);
-  }
-
-  function markRead(peerId, upTo) {
-    const all = reads();
-    const entry = all[peerId] || { upTo: "", unread: [] };
-    const limit = upTo || entry.unread[entry.unread.length - 1] || entry.upTo;
-    const before = entry.unread.length;
-    if (limit > entry.upTo) {
-      entry.upTo = limit;
-      entry.unread = entry.unread.filter((id) => id > entry.upTo);
-      all[peerId] = entry;
-      saved.set("reads", all);
-    }
-    if (before !== entry.unread.length) {
-      paintConversation(peerId);
-      paintTotals();
-    }
-    const note = state.notifications.get(peerId);
-    if (note) {
-      note.close();
-      state.notifications.delete(peerId);
-    }
-  }
-
   function lastSeenOf(id) {
     const times = [saved.get("lastSeen", {})[id]];
-    const conversation = state.conversations.get(id);
-    if (conversation && conversation.last && conversation.last.senderId === id) times.push(conversation.last.createdAt);
+    const chat = state.conversations.get(id);
+    if (chat && chat.last && chat.last.senderId === id) times.push(chat.last.createdAt);
     return times.filter(Boolean).sort().pop() || null;
   }
 
@@ -229,7 +255,6 @@
     for (const id of ids) all[id] = now;
     saved.set("lastSeen", all);
   }
-
   // ---------------------------------------------------------------- small DOM helpers
 
   function show(node, visible) {
@@ -282,9 +307,33 @@
     node.append(img);
   }
 
+  // A group has no picture: the initials of its name on a colour of its id.
+  function fillGroupAvatar(node, id, name) {
+    node.replaceChildren();
+    node.dataset.hue = String(colour(id));
+    node.classList.add("group-avatar");
+    const text = document.createElement("span");
+    text.className = "initials";
+    text.textContent = name ? initials({ fullName: name }) : "";
+    node.append(text);
+  }
+
   function nameOf(id) {
     const user = state.users.get(id);
     return user ? user.fullName : "…";
+  }
+
+  // The first word of a name, for the short places of a group (its list preview, typing,
+  // "Seen by"): "You" for me.
+  function firstName(id) {
+    if (state.me && id === state.me._id) return "You";
+    const user = state.users.get(id);
+    return user ? user.fullName.trim().split(/\s+/)[0] : "…";
+  }
+
+  // "Alice", "Alice and Bob", "Alice, Bob and Carol".
+  function listOf(names) {
+    return names.length > 1 ? `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}` : names.join("");
   }
 
   // ---------------------------------------------------------------- times
@@ -512,8 +561,13 @@
       })
       .catch((error) => console.warn("looking people up failed:", error.message))
       .then(() => {
-        for (const id of wanted) paintConversation(id);
-        if (state.peer && wanted.includes(state.peer)) paintPeer();
+        // Names show in the list (people, group previews), the open chat and its members.
+        paintAllConversations();
+        paintPeer();
+        repaintNames();
+        paintReceipts();
+        paintGroupPanel();
+        paintChosen();
       });
     return directory.queue;
   }
@@ -548,7 +602,7 @@
     button.append(avatar, names, presence);
     button.addEventListener("click", () => {
       closePeople();
-      openConversation(user._id, { from: "list" });
+      openConversation(user._id, { from: "list", kind: "direct" });
     });
     li.append(button);
     return li;
@@ -593,6 +647,7 @@
   }
 
   function openPeople() {
+    closeNewGroup();
     show(el.chatsPanel, false);
     show(el.peoplePanel, true);
     el.userListEmpty.textContent = "Nobody found.";
@@ -608,17 +663,100 @@
     show(el.chatsPanel, true);
   }
 
-  // ---------------------------------------------------------------- the conversation list
+  // ---------------------------------------------------------------- chats and read state
+
+  // A chat as the page knows it. Unread is the server's arithmetic: entries after my read
+  // position (`lastSeq - readSeq`); both only move forward, so whatever tells them (the
+  // list, an event, an answer) is merged by taking the larger, in any order, any number of
+  // times.
+  function chatFor(key, kind) {
+    let chat = state.conversations.get(key);
+    if (!chat) {
+      chat = {
+        key,
+        kind,
+        id: kind === "group" ? key : null, // the conversation id (direct: once known)
+        name: null, // groups
+        memberIds: [], // groups: the first members, from the list
+        memberCount: kind === "group" ? 0 : 2,
+        last: null, // the last entry
+        updatedAt: null,
+        listed: false, // seen in the server's list
+        lastSeq: 0,
+        readSeq: 0, // read up to here, here (the server is told shortly after)
+        readId: null, // the entry at readSeq, when this page moved it
+        readGuessed: false, // readSeq is a guess until the server's list says
+        serverReadSeq: 0, // what the server has confirmed
+        gone: null, // groups: "removed", "left", or "stranger" (never a member)
+        goneSeq: 0, // the entry that took me out
+      };
+      state.conversations.set(key, chat);
+      if (chat.id) state.byConversationId.set(chat.id, key);
+    }
+    return chat;
+  }
+
+  function learnConversationId(chat, id) {
+    if (!id || chat.id) return;
+    chat.id = id;
+    state.byConversationId.set(id, chat.key);
+  }
+
+  function openChat() {
+    return state.peer ? state.conversations.get(state.peer) || null : null;
+  }
+
+  function unreadOf(chat) {
+    return Math.max(0, chat.lastSeq - chat.readSeq);
+  }
+
+  function nameOfChat(chat) {
+    // (A group I am out of answers no questions: its name is unknown after a reload.)
+    if (chat.kind === "group") return chat.name || (chat.gone ? "Group" : "…");
+    return nameOf(chat.key);
+  }
+
+  // Whether `a` is a later entry of the same conversation than `b`.
+  function laterThan(a, b) {
+    if (!b) return true;
+    if (a.seq && b.seq) return a.seq > b.seq;
+    return a._id > b._id;
+  }
 
   function peerOf(message) {
     return message.senderId === state.me._id ? message.receiverId : message.senderId;
   }
 
-  function noteConversation(peerId, message) {
-    const existing = state.conversations.get(peerId);
-    if (existing && existing.last && existing.last._id >= message._id) return;
-    state.conversations.set(peerId, { peerId, last: message, updatedAt: message.createdAt });
-    renderConversations();
+  // Moves my read position here (and, with `confirmed`, as the server already has it).
+  function advanceRead(chat, seq, id, confirmed) {
+    let moved = false;
+    if (seq > chat.readSeq || (chat.readGuessed && confirmed)) {
+      // (A guess gives way to the server's word, also when that is further back.)
+      moved = seq !== chat.readSeq;
+      chat.readSeq = seq;
+      chat.readId = id || chat.readId;
+      chat.readGuessed = false;
+    }
+    if (confirmed && seq > chat.serverReadSeq) chat.serverReadSeq = seq;
+    if (moved && unreadOf(chat) === 0) closeNotification(chat.key);
+    return moved;
+  }
+
+  // An entry of a chat, from the stream or a page of history: the list's preview and counts.
+  function noteEntry(chat, message) {
+    learnConversationId(chat, message.conversationId);
+    if (!chat.listed && !chat.last && chat.lastSeq === 0 && (message.seq || 0) > 1) {
+      // A chat this page had not listed (further down the list than it read): count this
+      // entry until the server's list says how many are unread.
+      chat.readSeq = message.seq - 1;
+      chat.readGuessed = true;
+      soon("list", 500, () => loadConversations(false));
+    }
+    if (laterThan(message, chat.last)) {
+      chat.last = message;
+      chat.updatedAt = message.createdAt;
+    }
+    if ((message.seq || 0) > chat.lastSeq) chat.lastSeq = message.seq;
   }
 
   async function loadConversations(more) {
@@ -626,38 +764,73 @@
     if (more && state.conversationsCursor) params.set("cursor", state.conversationsCursor);
     try {
       const { data, headers } = await api("GET", `/message/conversations?${params}`);
+      if (!state.me) return;
       // Merged, not replaced: an event may have brought something newer meanwhile.
+      const names = [];
       for (const entry of data || []) {
-        if ((entry.kind && entry.kind !== "direct") || !Array.isArray(entry.participants)) continue;
-        const peerId = entry.participants.find((id) => id !== state.me._id) || entry.participants[0];
-        const known = state.conversations.get(peerId);
+        const group = entry.kind === "group";
+        let key = entry._id;
+        if (!group) {
+          if (!Array.isArray(entry.participants)) continue;
+          key = entry.participants.find((id) => id !== state.me._id) || entry.participants[0];
+          names.push(key);
+        }
+        const chat = chatFor(key, group ? "group" : "direct");
+        chat.listed = true;
+        learnConversationId(chat, entry._id);
         const last = entry.lastMessage || null;
-        if (known && known.last && last && known.last._id > last._id) continue;
-        state.conversations.set(peerId, { peerId, last, updatedAt: entry.updatedAt });
+        const lastSeq = Number(entry.lastSeq) || (last && last.seq) || 0;
+        if (group) {
+          if (entry.name) chat.name = entry.name;
+          if (Array.isArray(entry.members)) chat.memberIds = entry.members;
+          if (typeof entry.memberCount === "number") chat.memberCount = entry.memberCount;
+          // Listed, so a member: added again since the entry that took me out.
+          if (chat.gone && lastSeq >= chat.goneSeq) chat.gone = null;
+          if (last) names.push(last.senderId);
+        }
+        if (last && laterThan(last, chat.last)) chat.last = last;
+        if (!chat.updatedAt || (entry.updatedAt && entry.updatedAt > chat.updatedAt)) chat.updatedAt = entry.updatedAt;
+        if (lastSeq > chat.lastSeq) chat.lastSeq = lastSeq;
+        const readSeq = Math.max(0, lastSeq - (Number(entry.unreadCount) || 0));
+        advanceRead(chat, readSeq, entry.lastReadMessageId || null, true);
       }
       state.conversationsCursor = headers.get("X-Next-Cursor");
       renderConversations();
-      resolveUsers([...state.conversations.keys()]);
+      resolveUsers(names);
     } catch (error) {
       console.warn("loading the conversation list failed:", error.message);
     }
   }
 
+  // The chats the list shows: my groups (and those I just left or was removed from), and
+  // people I have a message with.
+  function listedChats() {
+    const shown = (c) => (c.kind === "group" ? c.gone !== "stranger" && Boolean(c.listed || c.last || c.name) : Boolean(c.last));
+    return [...state.conversations.values()].filter(shown);
+  }
+
   function sortedConversations() {
     const when = (c) => (c.last ? c.last.createdAt : c.updatedAt) || "";
-    return [...state.conversations.values()].sort((a, b) => {
+    return listedChats().sort((a, b) => {
       const order = when(b).localeCompare(when(a));
       if (order) return order;
       return (b.last ? b.last._id : "").localeCompare(a.last ? a.last._id : "");
     });
   }
 
-  function conversationItem(peerId) {
+  function chatButton(key) {
+    return el.conversationList.querySelector(`.chat-item[data-key="${CSS.escape(key)}"]`);
+  }
+
+  function conversationItem(chat) {
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "chat-item";
-    button.dataset.userId = peerId;
+    button.dataset.key = chat.key;
+    // Kept for what reads the entry by its kind (and the tests' keyboard check).
+    if (chat.kind === "group") button.dataset.groupId = chat.key;
+    else button.dataset.userId = chat.key;
     const avatar = document.createElement("span");
     avatar.className = "avatar";
     avatar.setAttribute("aria-hidden", "true");
@@ -679,7 +852,7 @@
     bottom.append(preview, badge);
     names.append(top, bottom);
     button.append(avatar, names);
-    button.addEventListener("click", () => openConversation(peerId, { from: "list" }));
+    button.addEventListener("click", () => openConversation(chat.key, { from: "list" }));
     li.append(button);
     return li;
   }
@@ -687,17 +860,17 @@
   function renderConversations() {
     if (!state.me) return;
     const existing = new Map();
-    for (const button of el.conversationList.querySelectorAll(".chat-item")) existing.set(button.dataset.userId, button.parentElement);
+    for (const button of el.conversationList.querySelectorAll(".chat-item")) existing.set(button.dataset.key, button.parentElement);
     const order = sortedConversations();
     let previous = null;
-    for (const conversation of order) {
-      let li = existing.get(conversation.peerId);
-      existing.delete(conversation.peerId);
-      if (!li) li = conversationItem(conversation.peerId);
+    for (const chat of order) {
+      let li = existing.get(chat.key);
+      existing.delete(chat.key);
+      if (!li) li = conversationItem(chat);
       const wanted = previous ? previous.nextElementSibling : el.conversationList.firstElementChild;
       if (wanted !== li) el.conversationList.insertBefore(li, wanted);
       previous = li;
-      paintConversation(conversation.peerId);
+      paintConversation(chat.key);
     }
     for (const li of existing.values()) li.remove();
     show(el.conversationListEmpty, order.length === 0);
@@ -705,26 +878,42 @@
     paintTotals();
   }
 
-  function paintConversation(peerId) {
-    const button = el.conversationList.querySelector(`.chat-item[data-user-id="${CSS.escape(peerId)}"]`);
-    const conversation = state.conversations.get(peerId);
-    if (!button || !conversation) return;
-    const user = state.users.get(peerId);
+  // The list's second line: the last entry, said short.
+  function previewOf(chat) {
+    const last = chat.last;
+    if (!last) return chat.kind === "group" && !chat.gone ? "No messages yet" : "";
+    if (last.kind === "system") return systemText(last);
+    const text = (last.message || "").replace(/\s+/g, " ");
+    if (last.senderId === state.me._id) return `You: ${text}`;
+    return chat.kind === "group" ? `${firstName(last.senderId)}: ${text}` : text;
+  }
+
+  function paintConversation(key) {
+    const button = chatButton(key);
+    const chat = state.conversations.get(key);
+    if (!button || !chat) return;
     const avatar = button.querySelector(".avatar");
-    const hasUser = Boolean(user);
-    if (avatar.dataset.filled !== String(hasUser)) {
-      fillAvatar(avatar, peerId, user);
-      const dot = document.createElement("span");
-      dot.className = "presence";
-      avatar.append(dot);
-      avatar.dataset.filled = String(hasUser);
+    if (chat.kind === "group") {
+      const mark = `group:${chat.name || ""}`;
+      if (avatar.dataset.filled !== mark) {
+        fillGroupAvatar(avatar, key, chat.name);
+        avatar.dataset.filled = mark;
+      }
+    } else {
+      const user = state.users.get(key);
+      const mark = `user:${Boolean(user)}`;
+      if (avatar.dataset.filled !== mark) {
+        fillAvatar(avatar, key, user);
+        const dot = document.createElement("span");
+        dot.className = "presence";
+        avatar.append(dot);
+        avatar.dataset.filled = mark;
+      }
     }
-    button.querySelector(".full-name").textContent = nameOf(peerId);
-    const last = conversation.last;
-    button.querySelector(".when").textContent = last ? shortWhen(last.createdAt) : "";
-    const mine = last && last.senderId === state.me._id;
-    button.querySelector(".preview").textContent = last ? `${mine ? "You: " : ""}${last.message.replace(/\s+/g, " ")}` : "";
-    const count = unreadIds(peerId).length;
+    button.querySelector(".full-name").textContent = nameOfChat(chat);
+    button.querySelector(".when").textContent = chat.last ? shortWhen(chat.last.createdAt) : "";
+    button.querySelector(".preview").textContent = previewOf(chat);
+    const count = unreadOf(chat);
     const badge = button.querySelector(".unread");
     const spoken = document.createElement("span");
     spoken.className = "visually-hidden";
@@ -732,13 +921,13 @@
     badge.replaceChildren(String(count), spoken);
     show(badge, count > 0);
     button.classList.toggle("has-unread", count > 0);
-    const online = state.online.has(peerId);
-    button.classList.toggle("online", online);
-    button.setAttribute("aria-current", String(state.peer === peerId));
+    button.classList.toggle("online", chat.kind === "direct" && state.online.has(key));
+    button.classList.toggle("gone", Boolean(chat.gone));
+    button.setAttribute("aria-current", String(state.peer === key));
   }
 
   function paintAllConversations() {
-    for (const peerId of state.conversations.keys()) paintConversation(peerId);
+    for (const key of state.conversations.keys()) paintConversation(key);
     paintTotals();
   }
 
@@ -746,8 +935,9 @@
   function paintTotals() {
     if (!state.me) return;
     let total = 0;
-    for (const entry of Object.values(reads())) total += entry.unread.length;
-    const base = state.peer ? `${nameOf(state.peer)} · Chat` : "Chat";
+    for (const chat of listedChats()) total += unreadOf(chat);
+    const chat = openChat();
+    const base = chat ? `${nameOfChat(chat)} · Chat` : "Chat";
     document.title = total ? `(${total}) ${base}` : base;
     el.favicon.href = total ? badgeIcon(total) : "/assets/icon.svg";
   }
@@ -762,6 +952,130 @@
       `<text x="46" y="25" text-anchor="middle" font-family="Arial, sans-serif" font-weight="700" ` +
       `font-size="${label.length > 2 ? 14 : 20}" fill="#fff">${label}</text></svg>`;
     return `data:image/svg+xml,${encodeURIComponent(svg)}`;
+  }
+
+  // Reads the open chat up to its newest entry on the page: here at once, on the server
+  // shortly after (so that every device counts the same). Only forward.
+  function markRead(key) {
+    const chat = state.conversations.get(key);
+    if (!chat) return;
+    if (chat.gone) {
+      // Out of the group: the server keeps no read position for me there any more.
+      if (advanceRead(chat, chat.lastSeq, null, true)) {
+        paintConversation(key);
+        paintTotals();
+      }
+      return;
+    }
+    const newest = newestShown();
+    if (!newest || !advanceRead(chat, newest.seq, newest.id, false)) return;
+    paintConversation(key);
+    paintTotals();
+    soon(`read:${key}`, READ_DELAY_MS, () => sendRead(chat));
+  }
+
+  async function sendRead(chat) {
+    if (!state.me || !chat.id || chat.gone || !chat.readId || chat.readSeq <= chat.serverReadSeq || chat.readSending) return;
+    const seq = chat.readSeq;
+    chat.readSending = true;
+    let again = false;
+    try {
+      const { data } = await api("POST", `/conversations/${enc(chat.id)}/read`, { upTo: chat.readId }, { keepalive: true });
+      if (advanceRead(chat, Math.max(seq, Number(data.seq) || 0), null, true)) paintConversation(chat.key);
+      again = chat.readSeq > chat.serverReadSeq; // read on while this one was under way
+    } catch (error) {
+      // Refused (out of the group meanwhile): nothing to tell. Offline or busy: told after
+      // the next connect (flushReads).
+      if (refused(error)) chat.serverReadSeq = Math.max(chat.serverReadSeq, seq);
+    } finally {
+      chat.readSending = false;
+    }
+    if (again) soon(`read:${chat.key}`, READ_DELAY_MS, () => sendRead(chat));
+  }
+
+  function unconfirmedReads() {
+    return [...state.conversations.values()].filter((chat) => chat.readSeq > chat.serverReadSeq && chat.readId && !chat.gone);
+  }
+
+  // After a connect: reads the server has not confirmed yet.
+  function flushReads() {
+    for (const chat of unconfirmedReads()) soon(`read:${chat.key}`, READ_DELAY_MS, () => sendRead(chat));
+  }
+
+  // Before logging out or leaving the page: the reads waiting for their moment go now.
+  function sendReadsNow() {
+    return Promise.all(
+      unconfirmedReads().map((chat) => {
+        clearTimeout(timers.get(`read:${chat.key}`));
+        timers.delete(`read:${chat.key}`);
+        return sendRead(chat);
+      }),
+    );
+  }
+
+  // `conversationRead`: my read position moved, on this device or another.
+  function onConversationRead(data) {
+    if (!data || !state.me) return;
+    if (data.cursor) advanceCursor(data.cursor);
+    const key = state.byConversationId.get(data.conversationId);
+    if (!key) {
+      soon("list", 500, () => loadConversations(false));
+      return;
+    }
+    const chat = state.conversations.get(key);
+    if (advanceRead(chat, Number(data.seq) || 0, data.upTo, true)) {
+      paintConversation(key);
+      paintTotals();
+    }
+  }
+
+  // ---------------------------------------------------------------- read receipts
+
+  // Someone read a conversation up to `seq`. Their own entries count too: whoever wrote
+  // has read everything before.
+  function noteReceipt(conversationId, userId, seq) {
+    if (!conversationId || !userId || !seq || (state.me && userId === state.me._id)) return false;
+    let readers = state.receipts.get(conversationId);
+    if (!readers) {
+      readers = new Map();
+      state.receipts.set(conversationId, readers);
+    }
+    if ((readers.get(userId) || 0) >= seq) return false;
+    readers.set(userId, seq);
+    return true;
+  }
+
+  // `messagesRead`: another member read up to `seq`.
+  function onMessagesRead(data) {
+    if (!data || !noteReceipt(data.conversationId, data.userId, Number(data.seq) || 0)) return;
+    const chat = openChat();
+    if (chat && chat.id === data.conversationId) paintReceipts();
+  }
+
+  // Under my last message: "Seen" (direct), "Seen by Alice, Bob" or "Seen by 4" (groups).
+  function paintReceipts() {
+    for (const node of el.messages.querySelectorAll(".receipt")) node.remove();
+    const chat = openChat();
+    if (!chat || !chat.id) return;
+    const mine = [...el.messages.querySelectorAll('.msg[data-mine="true"]:not(.system)')].pop();
+    const seq = mine ? Number(mine.dataset.seq) : 0;
+    const readers = state.receipts.get(chat.id);
+    if (!seq || !readers) return;
+    const seen = [...readers].filter(([, upTo]) => upTo >= seq).map(([id]) => id);
+    if (!seen.length) return;
+    const note = document.createElement("p");
+    note.className = "receipt";
+    if (chat.kind === "direct") {
+      const ticks = document.createElement("span");
+      ticks.className = "ticks";
+      ticks.setAttribute("aria-hidden", "true");
+      ticks.textContent = "✓✓";
+      note.append(ticks, " Seen");
+    } else {
+      note.textContent = seen.length <= SEEN_NAMES ? `Seen by ${seen.map(firstName).join(", ")}` : `Seen by ${seen.length}`;
+      note.title = `Seen by ${listOf(seen.map(nameOf))}`;
+    }
+    mine.append(note);
   }
 
   // ---------------------------------------------------------------- a conversation
@@ -806,24 +1120,111 @@
     return wrap;
   }
 
-  function messageItem(message) {
-    const mine = message.senderId === state.me._id;
-    const li = document.createElement("li");
-    li.className = `msg ${mine ? "mine" : "theirs"}`;
-    li.dataset.id = message._id;
-    const date = new Date(message.createdAt);
-    li.dataset.day = Number.isNaN(date.getTime()) ? "" : dayKey(date);
-    const wrap = bubble(message.message, mine);
+  function timeOf(iso) {
+    const date = new Date(iso);
     const time = document.createElement("time");
-    time.dateTime = message.createdAt;
+    time.dateTime = iso;
     time.textContent = Number.isNaN(date.getTime()) ? "" : clock(date);
     time.title = Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
-    wrap.querySelector(".meta").append(time);
+    return time;
+  }
+
+  function entryItem(message, className) {
+    const mine = message.senderId === state.me._id;
+    const li = document.createElement("li");
+    li.className = `msg ${className || (mine ? "mine" : "theirs")}`;
+    li.dataset.id = message._id;
+    li.dataset.seq = String(message.seq || 0);
+    li.dataset.sender = message.senderId;
+    li.dataset.mine = String(mine);
+    const date = new Date(message.createdAt);
+    li.dataset.day = Number.isNaN(date.getTime()) ? "" : dayKey(date);
+    return li;
+  }
+
+  function messageItem(message) {
+    if (message.kind === "system") return systemItem(message);
+    const mine = message.senderId === state.me._id;
+    const li = entryItem(message);
+    const wrap = bubble(message.message, mine);
+    wrap.querySelector(".meta").append(timeOf(message.createdAt));
+    if (!message.receiverId && !mine) {
+      // In a group, whose it is, above the text (once per run of one sender's messages).
+      const sender = document.createElement("span");
+      sender.className = "sender";
+      sender.dataset.hue = String(colour(message.senderId));
+      sender.setAttribute("aria-hidden", "true");
+      sender.textContent = nameOf(message.senderId);
+      wrap.prepend(sender);
+    }
     const who = document.createElement("span");
-    who.className = "visually-hidden";
+    who.className = "visually-hidden who";
     who.textContent = mine ? "You said: " : `${nameOf(message.senderId)} said: `;
     li.append(who, wrap);
     return li;
+  }
+
+  // A change of a group, as a centred line of its history.
+  function systemItem(message) {
+    state.systemEntries.set(message._id, message);
+    const li = entryItem(message, "system");
+    const line = document.createElement("p");
+    line.className = "system-text";
+    const text = document.createElement("span");
+    text.className = "what";
+    text.textContent = systemText(message);
+    line.append(text, " ", timeOf(message.createdAt));
+    li.append(line);
+    return li;
+  }
+
+  // The sentence of a system entry, said from my side ("Alice added you"); the server's own
+  // sentence while a name is not known yet.
+  function systemText(message) {
+    const change = message.system;
+    const me = state.me._id;
+    if (!change) return message.message;
+    const ids = [change.actorId, ...(change.userIds || []), change.userId, change.newOwnerId].filter(Boolean);
+    if (ids.some((id) => id !== me && !state.users.has(id))) return message.message;
+    const who = (id) => (id === me ? "you" : nameOf(id));
+    const Who = (id) => (id === me ? "You" : nameOf(id));
+    const actor = Who(change.actorId);
+    const people = listOf((change.userIds || []).map(who));
+    switch (change.action) {
+      case "created":
+        return `${actor} created the group “${change.name}”`;
+      case "added":
+        return `${actor} added ${people}`;
+      case "removed":
+        return `${actor} removed ${people}`;
+      case "left":
+        if (!change.newOwnerId) return `${actor} left`;
+        return `${actor} left; ${Who(change.newOwnerId)} ${change.newOwnerId === me ? "are" : "is"} the owner now`;
+      case "renamed":
+        return `${actor} renamed the group to “${change.name}”`;
+      case "roleChanged":
+        return `${actor} made ${who(change.userId)} ${change.role === "admin" ? "an admin" : "a member"}`;
+      case "ownershipTransferred":
+        return `${actor} made ${who(change.userId)} the owner`;
+      default:
+        return message.message;
+    }
+  }
+
+  // Names on the open chat's entries, once the lookup found them.
+  function repaintNames() {
+    for (const node of el.messages.querySelectorAll(".msg")) {
+      const id = node.dataset.sender;
+      if (node.classList.contains("system")) {
+        const message = state.systemEntries.get(node.dataset.id);
+        if (message) node.querySelector(".what").textContent = systemText(message);
+        continue;
+      }
+      const sender = node.querySelector(".sender");
+      if (sender) sender.textContent = nameOf(id);
+      const who = node.querySelector(".who");
+      if (who && node.dataset.mine !== "true") who.textContent = `${nameOf(id)} said: `;
+    }
   }
 
   function nearBottom() {
@@ -834,10 +1235,15 @@
     el.scroller.scrollTop = el.scroller.scrollHeight;
   }
 
-  // Inserts messages where their ids put them (ids sort by creation), skipping known ones.
+  // Inserts entries where their ids put them (ids sort by creation), skipping known ones.
   function placeMessages(messages) {
+    const chat = openChat();
     let added = 0;
     for (const message of messages) {
+      if (chat && message.senderId !== state.me._id) {
+        learnConversationId(chat, message.conversationId);
+        noteReceipt(chat.id, message.senderId, message.seq);
+      }
       if (state.messageIds.has(message._id)) continue;
       state.messageIds.add(message._id);
       const item = messageItem(message);
@@ -853,23 +1259,27 @@
     if (added) placeDividers();
     const first = el.messages.querySelector(".msg");
     state.oldestId = first ? first.dataset.id : null;
+    if (added) paintReceipts();
     return added;
   }
 
-  // Day dividers (Today, Yesterday, a date) wherever the day changes, and a "New messages"
-  // divider before the first unread one.
+  // Day dividers (Today, Yesterday, a date) wherever the day changes, a "New messages"
+  // divider before the first unread one, and in groups the sender's name over the first
+  // of each run of their messages.
   function placeDividers() {
     for (const node of el.messages.querySelectorAll(".divider")) node.remove();
     let day = null;
     let unreadPlaced = false;
+    let previousSender = null;
     for (const node of [...el.messages.children]) {
-      if (!unreadPlaced && state.firstUnreadId && node.dataset.id >= state.firstUnreadId && !node.classList.contains("mine")) {
+      if (!unreadPlaced && state.firstUnreadId && node.dataset.id >= state.firstUnreadId && node.dataset.mine !== "true") {
         const divider = document.createElement("li");
         divider.className = "divider unread-divider";
         divider.id = "unread-divider";
         divider.textContent = "New messages";
         el.messages.insertBefore(divider, node);
         unreadPlaced = true;
+        previousSender = null;
       }
       if (node.dataset.day && node.dataset.day !== day) {
         day = node.dataset.day;
@@ -878,44 +1288,103 @@
         divider.textContent = dayLabel(new Date(node.querySelector("time").dateTime));
         const before = node.previousElementSibling && node.previousElementSibling.classList.contains("unread-divider") ? node.previousElementSibling : node;
         el.messages.insertBefore(divider, before);
+        previousSender = null;
       }
+      const system = node.classList.contains("system");
+      node.classList.toggle("continued", !system && previousSender === node.dataset.sender);
+      previousSender = system ? null : node.dataset.sender;
     }
   }
 
   function updateHistoryStatus() {
+    const chat = openChat();
+    const group = chat && chat.kind === "group";
     if (state.loadingOlder) el.historyStatus.textContent = "Loading earlier messages…";
     else if (state.hasOlder) el.historyStatus.textContent = "";
-    else el.historyStatus.textContent = state.messageIds.size || el.outbox.children.length ? "This is the beginning of your conversation." : "No messages yet. Say hello!";
+    else if (state.messageIds.size || el.outbox.children.length) el.historyStatus.textContent = group ? "" : "This is the beginning of your conversation.";
+    else el.historyStatus.textContent = group ? "No messages yet." : "No messages yet. Say hello!";
   }
 
-  async function fetchPage(peerId, before) {
+  async function fetchPage(chat, before) {
     const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (before) params.set("before", before);
-    const { data } = await api("GET", `/message/get-messages/${encodeURIComponent(peerId)}?${params}`);
+    if (chat.kind === "group") {
+      const { data } = await api("GET", `/conversations/${enc(chat.key)}/messages?${params}`);
+      return data || [];
+    }
+    const { data } = await api("GET", `/message/get-messages/${enc(chat.key)}?${params}`);
+    learnConversationId(chat, data._id);
     return data.messages || [];
   }
 
+  // The header: who (or which group), their status, and what I can do there.
   function paintPeer() {
-    const peerId = state.peer;
-    if (!peerId) return;
-    const user = state.users.get(peerId);
-    el.peerName.textContent = nameOf(peerId);
-    if (el.peerAvatar.dataset.for !== `${peerId}:${Boolean(user)}`) {
-      fillAvatar(el.peerAvatar, peerId, user);
-      el.peerAvatar.dataset.for = `${peerId}:${Boolean(user)}`;
+    const chat = openChat();
+    if (!chat) return;
+    const key = chat.key;
+    el.peerName.textContent = nameOfChat(chat);
+    if (chat.kind === "group") {
+      const mark = `group:${key}:${chat.name || ""}`;
+      if (el.peerAvatar.dataset.for !== mark) {
+        el.peerAvatar.classList.remove("group-avatar");
+        fillGroupAvatar(el.peerAvatar, key, chat.name);
+        el.peerAvatar.dataset.for = mark;
+      }
+      el.peerStatus.textContent = groupStatus(chat);
+      el.peerStatus.classList.remove("online");
+      show(el.groupInfo, !chat.gone);
+      if (chat.gone) closeGroupPanel(false);
+    } else {
+      const user = state.users.get(key);
+      const mark = `user:${key}:${Boolean(user)}`;
+      if (el.peerAvatar.dataset.for !== mark) {
+        el.peerAvatar.classList.remove("group-avatar");
+        fillAvatar(el.peerAvatar, key, user);
+        el.peerAvatar.dataset.for = mark;
+      }
+      const online = state.online.has(key);
+      const seen = online ? null : lastSeenOf(key);
+      el.peerStatus.textContent = online ? "online" : seen ? lastSeenText(seen) : "offline";
+      el.peerStatus.classList.toggle("online", online);
+      show(el.groupInfo, false);
     }
-    const online = state.online.has(peerId);
-    const seen = online ? null : lastSeenOf(peerId);
-    el.peerStatus.textContent = online ? "online" : seen ? lastSeenText(seen) : "offline";
-    el.peerStatus.classList.toggle("online", online);
+    paintComposer(chat);
     paintTotals();
+  }
+
+  function groupStatus(chat) {
+    if (chat.gone === "stranger") return "";
+    if (chat.gone) return "You are no longer a member";
+    const details = state.groups.get(chat.key);
+    const count = details ? details.members.length : chat.memberCount;
+    if (!count) return "";
+    const online = details ? details.members.filter((m) => m.userId !== state.me._id && state.online.has(m.userId)).length : 0;
+    return `${count} members${online ? `, ${online} online` : ""}`;
+  }
+
+  // Out of a group, the composer gives way to a line saying why.
+  function paintComposer(chat) {
+    const closed = chat.kind === "group" && Boolean(chat.gone);
+    if (closed && !el.composer.hidden) stopTyping();
+    show(el.composer, !closed);
+    show(el.composerClosed, closed);
+    el.composerClosed.textContent =
+      chat.gone === "removed"
+        ? "You were removed from this group, so you can no longer send messages to it."
+        : chat.gone === "left"
+          ? "You left this group, so you can no longer send messages to it."
+          : "This group does not exist, or you are not a member of it.";
+    paintSkipLink();
   }
 
   function paintSkipLink() {
     show(el.skipLink, Boolean(state.me));
-    if (state.peer) {
+    if (state.peer && !el.composer.hidden) {
       el.skipLink.textContent = "Skip to the message box";
       el.skipLink.href = "#message-input";
+    } else if (state.peer) {
+      el.skipLink.textContent = "Skip to the messages";
+      el.skipLink.href = "#messages-scroll";
     } else {
       el.skipLink.textContent = "Skip to the chats";
       el.skipLink.href = "#conversation-list";
@@ -925,43 +1394,59 @@
   // With a mouse the composer takes the focus at once; on a touch screen that would open
   // the keyboard over the chat one came to read.
   function focusComposer() {
-    if (matchMedia("(pointer: fine)").matches) el.input.focus();
+    if (matchMedia("(pointer: fine)").matches && !el.composer.hidden) el.input.focus();
   }
 
-  // Opens a conversation. `from`: "list" (a click: Back returns to the list), "route" (the
-  // URL said so), "notification".
-  async function openConversation(id, { from } = {}) {
-    if (!state.me || id === state.me._id) return;
-    if (state.peer === id) {
+  function chatPath(chat) {
+    return chat.kind === "group" ? `/group/${chat.key}` : `/chat/${chat.key}`;
+  }
+
+  // What a path names: a chat with a person, a group, or nothing (the list).
+  function routeOf(pathname) {
+    const person = CHAT_PATH.exec(pathname);
+    if (person) return { key: person[1], kind: "direct" };
+    const group = GROUP_PATH.exec(pathname);
+    if (group) return { key: group[1], kind: "group" };
+    return null;
+  }
+
+  // Opens a chat. `from`: "list" (a click: Back returns to the list), "route" (the URL said
+  // so), "notification". `kind`: for a chat the page does not know yet.
+  async function openConversation(key, { from, kind } = {}) {
+    if (!state.me || key === state.me._id) return;
+    if (state.peer === key) {
       focusComposer();
       return;
     }
     saveDraft();
     stopTyping();
+    closeGroupPanel(false);
     const token = ++state.conversationToken;
     const wasOpen = Boolean(state.peer);
-    state.peer = id;
+    const chat = state.conversations.get(key) || chatFor(key, kind || "direct");
+    state.peer = key;
     state.messageIds = new Set();
+    state.systemEntries = new Map();
     state.oldestId = null;
     state.hasOlder = false;
     state.loadingOlder = false;
-    const unread = unreadIds(id);
-    state.firstUnreadId = unread.length ? unread[0] : null;
+    state.firstUnreadId = null;
+    const readSeq = chat.readSeq; // where "New messages" starts
 
-    const path = `/chat/${id}`;
+    const path = chatPath(chat);
     if (from === "list" || from === "notification") {
       // From one chat to another the entry is replaced: Back always leads to the list.
-      if (wasOpen && history.state && history.state.chat) history.replaceState({ chat: id }, "", path);
-      else if (location.pathname !== path) history.pushState({ chat: id }, "", path);
+      if (wasOpen && history.state && history.state.chat) history.replaceState({ chat: key }, "", path);
+      else if (location.pathname !== path) history.pushState({ chat: key }, "", path);
     }
 
     el.messages.replaceChildren();
     el.historyStatus.textContent = "Loading…";
-    hideIncomingTyping();
+    clearTypers();
     hidePill();
     el.composerError.textContent = "";
     el.input.removeAttribute("aria-invalid");
-    el.input.value = state.drafts.get(id) || "";
+    el.input.value = state.drafts.get(key) || "";
     autosize();
     renderOutbox();
     paintPeer();
@@ -971,11 +1456,14 @@
     paintAllConversations();
     paintSkipLink();
     focusComposer();
-    if (!state.users.has(id)) resolveUsers([id]);
+    if (chat.kind === "group") loadGroup(key);
+    else if (!state.users.has(key)) resolveUsers([key]);
 
     try {
-      const page = await fetchPage(id, null);
+      const page = await fetchPage(chat, null);
       if (token !== state.conversationToken) return;
+      const firstUnread = page.find((m) => (m.seq || 0) > readSeq && m.senderId !== state.me._id);
+      state.firstUnreadId = firstUnread ? firstUnread._id : null;
       placeMessages(page);
       state.hasOlder = page.length === PAGE_SIZE;
       updateHistoryStatus();
@@ -983,11 +1471,22 @@
       // With more unread than fit, start at the first unread message.
       const divider = $("unread-divider");
       if (divider && divider.offsetTop < el.scroller.scrollTop) el.scroller.scrollTop = divider.offsetTop - 8;
-      if (page.length) noteConversation(id, page[page.length - 1]);
-      markRead(id, page.length ? page[page.length - 1]._id : null);
+      if (page.length) {
+        noteEntry(chat, page[page.length - 1]);
+        renderConversations();
+      }
+      if (visible()) markRead(key);
       fillViewport(token);
     } catch (error) {
       if (token !== state.conversationToken) return;
+      if (chat.kind === "group" && (error.status === 403 || error.status === 404)) {
+        if (error.status === 403) markGone(chat, chat.gone || "removed", chat.lastSeq);
+        else chat.gone = "stranger";
+        el.historyStatus.textContent = "";
+        renderConversations();
+        paintPeer();
+        return;
+      }
       el.historyStatus.textContent =
         error.status === 404 ? "This person is not on the server." : `Could not load messages: ${error.message}`;
     }
@@ -1001,12 +1500,13 @@
   }
 
   async function loadOlder() {
-    if (!state.peer || !state.hasOlder || state.loadingOlder || !state.oldestId) return;
+    const chat = openChat();
+    if (!chat || !state.hasOlder || state.loadingOlder || !state.oldestId) return;
     const token = state.conversationToken;
     state.loadingOlder = true;
     updateHistoryStatus();
     try {
-      const page = await fetchPage(state.peer, state.oldestId);
+      const page = await fetchPage(chat, state.oldestId);
       if (token !== state.conversationToken) return;
       // Keep the message under the reader's eyes where it is while older ones go in above.
       const fromBottom = el.scroller.scrollHeight - el.scroller.scrollTop;
@@ -1024,10 +1524,11 @@
 
   // After a reconnect: whatever arrived meanwhile is in the newest page.
   async function reloadNewest() {
-    if (!state.peer) return;
+    const chat = openChat();
+    if (!chat || (chat.kind === "group" && chat.gone)) return;
     const token = state.conversationToken;
     try {
-      const page = await fetchPage(state.peer, null);
+      const page = await fetchPage(chat, null);
       if (token !== state.conversationToken) return;
       const stick = nearBottom();
       const overlaps = page.length < PAGE_SIZE || page.some((m) => state.messageIds.has(m._id));
@@ -1040,7 +1541,7 @@
       placeMessages(page);
       updateHistoryStatus();
       if (stick || !overlaps) scrollToBottom();
-      if (stick && visible() && page.length) markRead(state.peer, page[page.length - 1]._id);
+      if (stick && visible()) markRead(chat.key);
     } catch (error) {
       console.warn("reloading the conversation failed:", error.message);
     }
@@ -1054,9 +1555,11 @@
 
   // `refocus`: put the keyboard focus on the closed chat's entry in the list.
   function closeConversation(refocus) {
-    const peer = state.peer;
+    const key = state.peer;
     saveDraft();
     stopTyping();
+    closeGroupPanel(false);
+    clearTypers();
     state.conversationToken += 1;
     state.peer = null;
     state.firstUnreadId = null;
@@ -1066,8 +1569,8 @@
     el.chatView.classList.remove("show-conversation");
     paintAllConversations();
     paintSkipLink();
-    if (refocus && peer) {
-      const item = el.conversationList.querySelector(`.chat-item[data-user-id="${CSS.escape(peer)}"]`);
+    if (refocus && key) {
+      const item = chatButton(key);
       (item || el.newChat).focus();
     }
   }
@@ -1083,11 +1586,11 @@
     }
   }
 
-  // The URL names the screen: `/` the list, `/chat/<id>` a conversation.
+  // The URL names the screen: `/` the list, `/chat/<user id>` or `/group/<id>` a chat.
   function route() {
     if (!state.me) return;
-    const match = CHAT_PATH.exec(location.pathname);
-    if (match) openConversation(match[1], { from: "route" });
+    const target = routeOf(location.pathname);
+    if (target) openConversation(target.key, { from: "route", kind: target.kind });
     else if (state.peer) closeConversation(true);
   }
 
@@ -1105,13 +1608,501 @@
     if (el.scroller.scrollTop < 120) loadOlder();
     if (state.peer && nearBottom()) {
       hidePill();
-      if (visible()) markRead(state.peer, lastShownId());
+      if (visible()) markRead(state.peer);
     }
   }
 
-  function lastShownId() {
+  // The newest entry on the page: { id, seq }.
+  function newestShown() {
     const items = el.messages.querySelectorAll(".msg");
-    return items.length ? items[items.length - 1].dataset.id : null;
+    const last = items.length ? items[items.length - 1] : null;
+    return last && Number(last.dataset.seq) ? { id: last.dataset.id, seq: Number(last.dataset.seq) } : null;
+  }
+
+  // ---------------------------------------------------------------- groups
+
+  function roleOf(details, userId) {
+    const member = details && details.members.find((m) => m.userId === userId);
+    return member ? member.role : null;
+  }
+
+  // A group as `GET /conversations/:id` (and every change) answers it.
+  function setGroup(data) {
+    if (!data || !data._id || !state.me) return;
+    const known = state.groups.get(data._id);
+    if (known && known.version > data.version) return; // overtaken by a newer answer
+    const members = Array.isArray(data.members) ? data.members : [];
+    state.groups.set(data._id, { name: data.name, version: data.version, members });
+    const chat = chatFor(data._id, "group");
+    chat.name = data.name;
+    chat.memberCount = members.length;
+    chat.memberIds = members.map((m) => m.userId);
+    if (members.some((m) => m.userId === state.me._id)) {
+      if (chat.gone && (data.lastSeq || 0) >= chat.goneSeq) chat.gone = null;
+    }
+    // Where each member has read up to, when the server says.
+    for (const m of members) if (typeof m.readSeq === "number") noteReceipt(data._id, m.userId, m.readSeq);
+    resolveUsers(chat.memberIds);
+    renderConversations();
+    if (state.peer === data._id) {
+      paintPeer();
+      paintGroupPanel();
+      paintReceipts();
+      // Whoever became a member meanwhile is no longer offered.
+      if (!el.groupPanel.hidden && el.addResults.children.length) searchToAdd();
+    }
+  }
+
+  async function loadGroup(id) {
+    try {
+      const { data } = await api("GET", `/conversations/${enc(id)}`);
+      setGroup(data);
+    } catch (error) {
+      const chat = state.conversations.get(id);
+      if (!chat) return;
+      if (error.status === 403) markGone(chat, chat.gone || "removed", chat.lastSeq);
+      else if (error.status === 404) chat.gone = "stranger";
+      else return;
+      renderConversations();
+      if (state.peer === id) paintPeer();
+    }
+  }
+
+  // I am out of the group (removed, or I left): it stays on the page, read-only.
+  function markGone(chat, how, seq) {
+    chat.gone = how;
+    chat.goneSeq = Math.max(chat.goneSeq, seq || 0);
+    if (state.peer === chat.key) {
+      clearTypers();
+      paintPeer();
+    }
+  }
+
+  // A system entry: what changed, for the list, the header and the composer; the member
+  // list is read again.
+  function applyChange(chat, message) {
+    const change = message.system;
+    if (!change) return;
+    const me = state.me._id;
+    const ids = change.userIds || [];
+    if ((change.action === "created" || change.action === "renamed") && change.name) chat.name = change.name;
+    if (change.action === "removed" && ids.includes(me)) markGone(chat, "removed", message.seq);
+    else if (change.action === "left" && change.actorId === me) markGone(chat, "left", message.seq);
+    else if ((change.action === "added" || change.action === "created") && ids.includes(me) && (message.seq || 0) >= chat.goneSeq) {
+      chat.gone = null;
+    }
+    if (change.action === "added") chat.memberCount += ids.length;
+    if (change.action === "removed") chat.memberCount = Math.max(0, chat.memberCount - ids.length);
+    if (change.action === "left") chat.memberCount = Math.max(0, chat.memberCount - 1);
+    if (!chat.gone && (state.groups.has(chat.key) || state.peer === chat.key)) soon(`group:${chat.key}`, 150, () => loadGroup(chat.key));
+    if (state.peer === chat.key) paintPeer();
+  }
+
+  // `conversationUpdated`: a group's name, members or roles changed (its entry follows).
+  function onConversationUpdated(data) {
+    const group = data && data.conversation;
+    if (!group || !group._id || !state.me) return;
+    const chat = state.conversations.get(group._id);
+    if (!chat) return;
+    if (group.name) chat.name = group.name;
+    if (typeof group.memberCount === "number") chat.memberCount = group.memberCount;
+    const change = data.change || {};
+    const out = (change.action === "removed" && (change.userIds || []).includes(state.me._id)) || (change.action === "left" && change.actorId === state.me._id);
+    const details = state.groups.get(group._id);
+    if (!out && details && group.version > details.version) soon(`group:${chat.key}`, 150, () => loadGroup(chat.key));
+    paintConversation(chat.key);
+    if (state.peer === chat.key) paintPeer();
+  }
+
+  // ---------------------------------------------------------------- the group's panel
+
+  function openGroupPanel() {
+    const chat = openChat();
+    if (!chat || chat.kind !== "group" || chat.gone) return;
+    show(el.groupPanel, true);
+    el.pane.classList.add("with-panel");
+    el.groupInfo.setAttribute("aria-expanded", "true");
+    el.groupError.textContent = "";
+    el.groupNameError.textContent = "";
+    el.groupName.removeAttribute("aria-invalid");
+    el.addSearch.value = "";
+    el.addResults.replaceChildren();
+    show(el.addResultsEmpty, false);
+    hideLeaveConfirm();
+    paintGroupPanel();
+    loadGroup(chat.key);
+    el.closeGroupPanel.focus();
+  }
+
+  function closeGroupPanel(refocus) {
+    if (el.groupPanel.hidden) return;
+    show(el.groupPanel, false);
+    el.pane.classList.remove("with-panel");
+    el.groupInfo.setAttribute("aria-expanded", "false");
+    hideLeaveConfirm();
+    if (refocus && !el.groupInfo.hidden) el.groupInfo.focus();
+  }
+
+  function paintGroupPanel() {
+    const chat = openChat();
+    if (el.groupPanel.hidden || !chat || chat.kind !== "group") return;
+    const details = state.groups.get(chat.key);
+    const members = details ? details.members : [];
+    const me = state.me._id;
+    const myRole = roleOf(details, me);
+    const admin = myRole === "owner" || myRole === "admin";
+    show(el.renameForm, admin);
+    show(el.groupNameText, !admin);
+    el.groupNameText.textContent = nameOfChat(chat);
+    if (document.activeElement !== el.groupName) el.groupName.value = chat.name || "";
+    el.membersHeading.textContent = details ? `${members.length} ${members.length === 1 ? "member" : "members"}` : "Members";
+
+    // Rebuilt whole; the focus goes back to the same button (or the heading) afterwards.
+    const focused = document.activeElement && el.memberList.contains(document.activeElement) ? document.activeElement.dataset : null;
+    const focusKey = focused ? `${focused.action}:${focused.userId}` : null;
+    el.memberList.replaceChildren(...members.map((member) => memberItem(member, myRole)));
+    if (focusKey) {
+      const again = [...el.memberList.querySelectorAll("button")].find((b) => `${b.dataset.action}:${b.dataset.userId}` === focusKey);
+      (again || el.membersHeading).focus();
+    }
+    show(el.addMembers, admin);
+  }
+
+  const ROLE_NAMES = { owner: "Owner", admin: "Admin", member: "" };
+
+  function memberItem(member, myRole) {
+    const me = state.me._id;
+    const id = member.userId;
+    const user = state.users.get(id);
+    const li = document.createElement("li");
+    li.className = "member";
+    li.dataset.userId = id;
+    const avatar = document.createElement("span");
+    avatar.className = "avatar small";
+    avatar.setAttribute("aria-hidden", "true");
+    fillAvatar(avatar, id, user);
+    const names = document.createElement("span");
+    names.className = "names";
+    const full = document.createElement("span");
+    full.className = "full-name";
+    full.textContent = id === me ? `${nameOf(id)} (you)` : nameOf(id);
+    names.append(full);
+    if (ROLE_NAMES[member.role]) {
+      const role = document.createElement("span");
+      role.className = `role role-${member.role}`;
+      role.textContent = ROLE_NAMES[member.role];
+      names.append(role);
+    }
+    li.append(avatar, names);
+
+    const name = nameOf(id);
+    const actions = [];
+    if (id !== me && myRole === "owner") {
+      // (Each name starts with the button's text, for those who speak to their computer.)
+      if (member.role === "admin") actions.push(["member", "Make member", `Make member: ${name}, no longer an admin`]);
+      else actions.push(["admin", "Make admin", `Make admin: ${name}`]);
+      actions.push(["owner", "Make owner", `Make owner: ${name}; you become an admin`]);
+    }
+    if (id !== me && (myRole === "owner" || (myRole === "admin" && member.role === "member"))) {
+      actions.push(["remove", "Remove", `Remove ${name} from the group`]);
+    }
+    if (actions.length) {
+      const bar = document.createElement("span");
+      bar.className = "member-actions";
+      for (const [action, text, label] of actions) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = `ghost small${action === "remove" ? " danger-text" : ""}`;
+        button.dataset.action = action;
+        button.dataset.userId = id;
+        button.textContent = text;
+        button.setAttribute("aria-label", label);
+        button.addEventListener("click", () => memberAction(action, id, button));
+        bar.append(button);
+      }
+      li.append(bar);
+    }
+    return li;
+  }
+
+  // A change asked of the server; the answer is the group as it is afterwards.
+  async function changeGroup(request, button) {
+    const chat = openChat();
+    if (!chat || chat.kind !== "group") return null;
+    el.groupError.textContent = "";
+    if (button) button.disabled = true;
+    try {
+      const { data } = await request(`/conversations/${enc(chat.key)}`);
+      setGroup(data);
+      return data;
+    } catch (error) {
+      el.groupError.textContent = error.status === 0 ? "Cannot reach the server. Check your connection and try again." : sentence(error.message);
+      return null;
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+
+  function memberAction(action, userId, button) {
+    if (action === "remove") return changeGroup((path) => api("DELETE", `${path}/members/${enc(userId)}`), button);
+    if (action === "owner") return changeGroup((path) => api("POST", `${path}/owner`, { userId }), button);
+    return changeGroup((path) => api("PUT", `${path}/members/${enc(userId)}/role`, { role: action }), button);
+  }
+
+  async function rename(event) {
+    event.preventDefault();
+    el.groupNameError.textContent = "";
+    el.groupName.removeAttribute("aria-invalid");
+    const name = el.groupName.value.trim();
+    const chat = openChat();
+    if (!name) {
+      el.groupName.setAttribute("aria-invalid", "true");
+      el.groupNameError.textContent = "Give the group a name.";
+      el.groupName.focus();
+      return;
+    }
+    if (!chat || name === chat.name) return;
+    const done = await changeGroup((path) => api("PATCH", path, { name }), el.renameForm.querySelector("button"));
+    if (!done && el.groupError.textContent) {
+      el.groupName.setAttribute("aria-invalid", "true");
+      el.groupNameError.textContent = el.groupError.textContent;
+      el.groupError.textContent = "";
+    }
+  }
+
+  // People to add: a search of the directory, members left out.
+  const adding = { token: 0 };
+  async function searchToAdd() {
+    const chat = openChat();
+    const text = el.addSearch.value.trim();
+    const token = ++adding.token;
+    if (!chat || !text) {
+      el.addResults.replaceChildren();
+      show(el.addResultsEmpty, false);
+      return;
+    }
+    try {
+      const params = new URLSearchParams({ limit: String(PICK_PAGE_SIZE), search: text });
+      const { data } = await api("GET", `/user/get-other-users?${params}`);
+      if (token !== adding.token) return;
+      const details = state.groups.get(chat.key);
+      const members = new Set(details ? details.members.map((m) => m.userId) : []);
+      const users = (data || []).filter((u) => !members.has(u._id));
+      for (const user of users) remember(user);
+      el.addResults.replaceChildren(...users.map(addItem));
+      show(el.addResultsEmpty, users.length === 0);
+    } catch (error) {
+      if (token === adding.token) el.groupError.textContent = `Could not search: ${error.message}`;
+    }
+  }
+
+  function addItem(user) {
+    const li = document.createElement("li");
+    li.className = "member";
+    const avatar = document.createElement("span");
+    avatar.className = "avatar small";
+    avatar.setAttribute("aria-hidden", "true");
+    fillAvatar(avatar, user._id, user);
+    const names = document.createElement("span");
+    names.className = "names";
+    const full = document.createElement("span");
+    full.className = "full-name";
+    full.textContent = user.fullName;
+    const handle = document.createElement("span");
+    handle.className = "username muted";
+    handle.textContent = `@${user.username}`;
+    names.append(full, handle);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "ghost small";
+    button.textContent = "Add";
+    button.setAttribute("aria-label", `Add ${user.fullName} to the group`);
+    button.addEventListener("click", async () => {
+      const done = await changeGroup((path) => api("POST", `${path}/members`, { userIds: [user._id] }), button);
+      if (done) el.addSearch.focus();
+    });
+    li.append(avatar, names, button);
+    return li;
+  }
+
+  function hideLeaveConfirm() {
+    show(el.leaveConfirm, false);
+    show(el.leaveGroup, true);
+  }
+
+  function askToLeave() {
+    const chat = openChat();
+    if (!chat) return;
+    const details = state.groups.get(chat.key);
+    let text = "You will no longer get this group's messages.";
+    if (roleOf(details, state.me._id) === "owner" && details.members.length > 1) {
+      // The server hands ownership to the oldest admin, else the oldest member.
+      const others = details.members.filter((m) => m.userId !== state.me._id);
+      const next = others.find((m) => m.role === "admin") || others[0];
+      text = `You are the owner: ${nameOf(next.userId)} will become the owner. ${text}`;
+    }
+    el.leaveConfirmText.textContent = `Leave “${nameOfChat(chat)}”? ${text}`;
+    show(el.leaveGroup, false);
+    show(el.leaveConfirm, true);
+    el.leaveNo.focus();
+  }
+
+  async function leave() {
+    const chat = openChat();
+    if (!chat) return;
+    const data = await changeGroup((path) => api("POST", `${path}/leave`), el.leaveYes);
+    if (!data) return;
+    markGone(chat, "left", data.lastSeq);
+    closeGroupPanel(false);
+    renderConversations();
+    el.scroller.focus();
+  }
+
+  // ---------------------------------------------------------------- a new group
+
+  const newGroup = { chosen: new Map(), next: null, token: 0, ids: [] };
+
+  function openNewGroup() {
+    closePeople();
+    show(el.chatsPanel, false);
+    show(el.newGroupPanel, true);
+    el.newGroupForm.reset();
+    clearErrors(el.newGroupForm);
+    newGroup.chosen.clear();
+    paintChosen();
+    loadGroupPeople(false);
+    el.newGroupName.focus();
+  }
+
+  function closeNewGroup() {
+    if (el.newGroupPanel.hidden) return;
+    show(el.newGroupPanel, false);
+    show(el.chatsPanel, true);
+  }
+
+  async function loadGroupPeople(more) {
+    const token = ++newGroup.token;
+    const params = new URLSearchParams({ limit: String(PEOPLE_PAGE_SIZE) });
+    const search = el.newGroupSearch.value.trim();
+    if (search) params.set("search", search);
+    if (more && newGroup.next) params.set("cursor", newGroup.next);
+    try {
+      const { data, headers } = await api("GET", `/user/get-other-users?${params}`);
+      if (token !== newGroup.token) return;
+      const users = data || [];
+      for (const user of users) remember(user);
+      if (!more) {
+        newGroup.ids = [];
+        el.newGroupPeople.replaceChildren();
+      }
+      for (const user of users) {
+        newGroup.ids.push(user._id);
+        el.newGroupPeople.append(pickItem(user));
+      }
+      newGroup.next = headers.get("X-Next-Cursor");
+      show(el.moreGroupPeople, Boolean(newGroup.next));
+      el.newGroupPeopleEmpty.textContent = "Nobody found.";
+      show(el.newGroupPeopleEmpty, newGroup.ids.length === 0);
+    } catch (error) {
+      if (token !== newGroup.token) return;
+      el.newGroupPeopleEmpty.textContent = `Could not load people: ${error.message}`;
+      show(el.newGroupPeopleEmpty, true);
+    }
+  }
+
+  // A person to tick: a real checkbox, its label the name.
+  function pickItem(user) {
+    const li = document.createElement("li");
+    const label = document.createElement("label");
+    label.className = "pick";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = user._id;
+    box.checked = newGroup.chosen.has(user._id);
+    box.addEventListener("change", () => {
+      if (box.checked) newGroup.chosen.set(user._id, user);
+      else newGroup.chosen.delete(user._id);
+      $("new-group-members-error").textContent = "";
+      el.newGroupSearch.removeAttribute("aria-invalid");
+      paintChosen();
+    });
+    const avatar = document.createElement("span");
+    avatar.className = "avatar small";
+    avatar.setAttribute("aria-hidden", "true");
+    fillAvatar(avatar, user._id, user);
+    const names = document.createElement("span");
+    names.className = "names";
+    const full = document.createElement("span");
+    full.className = "full-name";
+    full.textContent = user.fullName;
+    const handle = document.createElement("span");
+    handle.className = "username muted";
+    handle.textContent = `@${user.username}`;
+    names.append(full, handle);
+    label.append(box, avatar, names);
+    li.append(label);
+    return li;
+  }
+
+  // The chosen people, each a button that takes them off again.
+  function paintChosen() {
+    if (el.newGroupPanel.hidden) return;
+    el.newGroupChosen.replaceChildren(
+      ...[...newGroup.chosen.values()].map((user) => {
+        const li = document.createElement("li");
+        const chip = document.createElement("button");
+        chip.type = "button";
+        chip.className = "chip";
+        const spoken = document.createElement("span");
+        spoken.className = "visually-hidden";
+        spoken.textContent = ": take off the new group";
+        const x = document.createElement("span");
+        x.setAttribute("aria-hidden", "true");
+        x.textContent = " ×";
+        chip.append(user.fullName, spoken, x);
+        chip.addEventListener("click", () => {
+          newGroup.chosen.delete(user._id);
+          const box = el.newGroupPeople.querySelector(`input[value="${CSS.escape(user._id)}"]`);
+          if (box) box.checked = false;
+          paintChosen();
+          el.newGroupSearch.focus();
+        });
+        li.append(chip);
+        return li;
+      }),
+    );
+    el.createGroup.textContent = newGroup.chosen.size ? `Create group (${newGroup.chosen.size + 1} people)` : "Create group";
+  }
+
+  async function createGroup(event) {
+    event.preventDefault();
+    const form = el.newGroupForm;
+    clearErrors(form);
+    const name = el.newGroupName.value.trim();
+    const problems = [];
+    if (!name) problems.push(["name", "Give the group a name"]);
+    if (!newGroup.chosen.size) problems.push(["members", "Choose at least one person"]);
+    if (problems.length) {
+      const inputs = problems.map(([field, message]) => flagField(form, "new-group", field, message));
+      inputs[0] && inputs[0].focus();
+      return;
+    }
+    el.createGroup.disabled = true;
+    try {
+      const { data } = await api("POST", "/conversations", { name, members: [...newGroup.chosen.keys()] });
+      const chat = chatFor(data._id, "group");
+      chat.listed = true;
+      chat.updatedAt = data.updatedAt;
+      chat.lastSeq = Math.max(chat.lastSeq, data.lastSeq || 0);
+      advanceRead(chat, data.lastSeq || 0, null, true); // its first entry is mine
+      setGroup(data);
+      closeNewGroup();
+      openConversation(data._id, { from: "list", kind: "group" });
+    } catch (error) {
+      showError(form, "new-group", error);
+    } finally {
+      el.createGroup.disabled = false;
+    }
   }
 
   // ---------------------------------------------------------------- sending
@@ -1127,7 +2118,8 @@
     return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
   }
 
-  // The outbox: sends not confirmed yet, kept across reloads: [{ key, to, text, at, failed, error }].
+  // The outbox: sends not confirmed yet, kept across reloads:
+  // [{ key, to (the chat's key), group (whether `to` is a group), text, at, failed, error }].
   function outbox() {
     return saved.get("outbox", []);
   }
@@ -1195,12 +2187,13 @@
   function send(event) {
     event.preventDefault();
     const peer = state.peer;
+    const chat = openChat();
     const text = el.input.value;
-    if (!peer || !text.trim()) return;
+    if (!peer || !chat || !text.trim() || (chat.kind === "group" && chat.gone)) return;
     el.composerError.textContent = "";
     el.input.removeAttribute("aria-invalid");
     stopTyping();
-    const item = { key: newKey(), to: peer, text, at: new Date().toISOString(), failed: false };
+    const item = { key: newKey(), to: peer, group: chat.kind === "group", text, at: new Date().toISOString(), failed: false };
     saveOutbox([...outbox(), item]);
     el.input.value = "";
     state.drafts.delete(peer);
@@ -1219,7 +2212,8 @@
     updateOutboxItem(key, { failed: false, error: null });
     if (item.to === state.peer) renderOutbox();
     try {
-      const { data } = await api("POST", `/message/send/${encodeURIComponent(item.to)}`, { message: item.text, clientMessageId: key });
+      const path = item.group ? `/conversations/${enc(item.to)}/messages` : `/message/send/${enc(item.to)}`;
+      const { data } = await api("POST", path, { message: item.text, clientMessageId: key });
       state.inFlight.delete(key);
       confirmSent(key, data);
     } catch (error) {
@@ -1258,8 +2252,13 @@
   // ---------------------------------------------------------------- typing
 
   function sendTyping(isTyping) {
-    if (!state.peer) return;
-    socketSend("typing", { to: state.peer, isTyping });
+    const chat = openChat();
+    if (!chat) return;
+    if (chat.kind === "group") {
+      if (!chat.gone) socketSend("typing", { conversationId: chat.key, isTyping });
+    } else {
+      socketSend("typing", { to: chat.key, isTyping });
+    }
   }
 
   function onComposerInput() {
@@ -1285,68 +2284,111 @@
     }
   }
 
-  function hideIncomingTyping() {
-    clearTimeout(state.incomingTypingTimer);
-    show(el.typing, false);
-    show(el.peerStatus, true);
-    el.typing.textContent = "";
+  function clearTypers() {
+    for (const timer of state.typers.values()) clearTimeout(timer);
+    state.typers.clear();
+    paintTyping();
   }
 
-  // "typing…" takes the place of the status line under the name, so it never covers a message.
-  function onTyping(data) {
-    if (!data || !state.peer || data.from !== state.peer) return;
-    if (data.isTyping) {
-      el.typing.textContent = `${nameOf(state.peer)} is typing…`;
-      show(el.peerStatus, false);
-      show(el.typing, true);
-      clearTimeout(state.incomingTypingTimer);
-      // A lost "stopped" event must not leave the indicator up for ever.
-      state.incomingTypingTimer = setTimeout(hideIncomingTyping, TYPING_SHOWN_MS);
-    } else {
-      hideIncomingTyping();
+  function stoppedTyping(userId) {
+    if (!state.typers.has(userId)) return;
+    clearTimeout(state.typers.get(userId));
+    state.typers.delete(userId);
+    paintTyping();
+  }
+
+  // "… is typing" takes the place of the status line under the name, so it never covers a
+  // message: "Bob Chen is typing…"; in a group "Alice is typing…", "Alice and Bob are
+  // typing…", "3 people are typing…".
+  function paintTyping() {
+    const chat = openChat();
+    const ids = [...state.typers.keys()];
+    if (!chat || !ids.length) {
+      show(el.typing, false);
+      show(el.peerStatus, true);
+      el.typing.textContent = "";
+      return;
     }
+    let text;
+    if (chat.kind === "direct") text = `${nameOf(chat.key)} is typing…`;
+    else if (ids.length === 1) text = `${firstName(ids[0])} is typing…`;
+    else if (ids.length === 2) text = `${listOf(ids.map(firstName))} are typing…`;
+    else text = `${ids.length} people are typing…`;
+    el.typing.textContent = text;
+    show(el.peerStatus, false);
+    show(el.typing, true);
+  }
+
+  function onTyping(data) {
+    const chat = openChat();
+    if (!data || !chat || !data.from || data.from === state.me._id) return;
+    const here = data.conversationId ? data.conversationId === chat.key && chat.kind === "group" : chat.kind === "direct" && data.from === chat.key;
+    if (!here) return;
+    if (!data.isTyping) {
+      stoppedTyping(data.from);
+      return;
+    }
+    clearTimeout(state.typers.get(data.from));
+    // A lost "stopped" event must not leave the indicator up for ever.
+    state.typers.set(
+      data.from,
+      setTimeout(() => stoppedTyping(data.from), TYPING_SHOWN_MS),
+    );
+    paintTyping();
   }
 
   // ---------------------------------------------------------------- messages from the server
 
-  // One message of my stream, live or caught up: the conversation list, the open chat,
-  // unread state, the outbox and notifications follow from it. Safe to see twice.
+  // One entry of my stream (a message, or a change of a group), live or caught up: the chat
+  // list, the open chat, unread counts, the outbox and notifications follow from it. Safe
+  // to see twice.
   function ingest(message, { live }) {
     if (!message || !state.me) return;
     if (message.cursor) advanceCursor(message.cursor);
-    // Only messages between two people are shown here (group conversations are not yet).
-    if (!message._id || !message.senderId || !message.receiverId) return;
+    if (!message._id || !message.senderId) return;
+    const group = !message.receiverId;
+    if (group && !message.conversationId) return;
+    const key = group ? message.conversationId : peerOf(message);
     const mine = message.senderId === state.me._id;
-    const peerId = peerOf(message);
+    const system = message.kind === "system";
     if (mine && message.clientMessageId && outbox().some((i) => i.key === message.clientMessageId)) {
       saveOutbox(outbox().filter((i) => i.key !== message.clientMessageId));
-      if (state.peer === peerId) renderOutbox();
+      if (state.peer === key) renderOutbox();
     }
-    noteConversation(peerId, message);
-    if (!state.users.has(peerId)) resolveUsers([peerId]);
+    const chat = state.conversations.get(key) || chatFor(key, group ? "group" : "direct");
+    noteEntry(chat, message);
+    // My own entries are read (the server moved my position with them).
+    if (mine) advanceRead(chat, message.seq || 0, message._id, true);
+    else noteReceipt(chat.id, message.senderId, message.seq);
+    if (system) applyChange(chat, message);
+    renderConversations();
+    if (group) {
+      const change = message.system || {};
+      resolveUsers([message.senderId, ...(change.userIds || []), change.userId, change.newOwnerId].filter(Boolean));
+      if (!chat.name) soon(`group:${key}`, 150, () => loadGroup(key));
+    } else if (!state.users.has(key)) {
+      resolveUsers([key]);
+    }
 
-    const open = state.peer === peerId;
+    const open = state.peer === key;
     let readNow = false;
     if (open) {
       const stick = nearBottom() || mine;
       if (!stick && !mine && !state.messageIds.has(message._id) && !state.firstUnreadId) state.firstUnreadId = message._id;
       placeMessages([message]);
       updateHistoryStatus();
-      if (!mine) hideIncomingTyping();
+      if (!mine) stoppedTyping(message.senderId);
       if (stick) scrollToBottom();
       else if (!mine) showPill();
       readNow = stick && visible();
     }
-    if (mine) {
-      // Answering a conversation reads it.
-      markRead(peerId, message._id);
-    } else if (readNow) {
-      markRead(peerId, message._id);
+    if (mine) return;
+    if (readNow) {
+      markRead(key);
     } else {
-      addUnread(peerId, message._id);
-      paintConversation(peerId);
+      paintConversation(key);
       paintTotals();
-      if (live) notify(peerId, message);
+      if (live && !system) notify(key, message);
     }
   }
 
@@ -1378,21 +2420,34 @@
     paintNotifyOffer();
   }
 
-  // Only while the tab is in the background, one per conversation (a newer one replaces it).
-  function notify(peerId, message) {
+  // Only while the tab is in the background, one per chat (a newer one replaces it).
+  function notify(key, message) {
     if (visible() || !("Notification" in window) || Notification.permission !== "granted") return;
-    const text = message.message.length > 140 ? `${message.message.slice(0, 139)}…` : message.message;
+    const chat = state.conversations.get(key);
+    const group = chat && chat.kind === "group";
+    let text = message.message.length > 140 ? `${message.message.slice(0, 139)}…` : message.message;
+    if (group) text = `${nameOf(message.senderId)}: ${text}`;
     try {
-      const note = new Notification(nameOf(peerId), { body: text, tag: `chat-${peerId}`, icon: ownAvatar(peerId) });
+      const title = group ? nameOfChat(chat) : nameOf(key);
+      const note = new Notification(title, { body: text, tag: `chat-${key}`, icon: group ? "/assets/icon.svg" : ownAvatar(key) });
       note.onclick = () => {
         window.focus();
         note.close();
         closePeople();
-        openConversation(peerId, { from: "notification" });
+        closeNewGroup();
+        openConversation(key, { from: "notification" });
       };
-      state.notifications.set(peerId, note);
+      state.notifications.set(key, note);
     } catch (error) {
       console.warn("notification failed:", error.message);
+    }
+  }
+
+  function closeNotification(key) {
+    const note = state.notifications.get(key);
+    if (note) {
+      note.close();
+      state.notifications.delete(key);
     }
   }
 
@@ -1407,37 +2462,43 @@
   }
 
   // Reads my stream from the last cursor this browser processed: what arrived while the page
-  // was closed, logged out or offline counts as unread. Without a cursor (the first start in
-  // this browser) it only finds where the stream ends: older messages are history, not news.
+  // was closed, logged out or offline updates the list and the open chat (unread counts are
+  // the server's; the list is read again after each connect). Without a cursor (the first
+  // start in this browser) there is nothing to catch up: the socket starts at the stream's
+  // end.
   async function catchUp() {
     let since = state.cursor || saved.get("cursor", null);
-    let baseline = since === null;
-    for (;;) {
-      const params = new URLSearchParams({ since: since || "", limit: String(SYNC_PAGE_SIZE) });
+    while (since !== null) {
+      const params = new URLSearchParams({ since, limit: String(SYNC_PAGE_SIZE) });
       let data;
       try {
         ({ data } = await api("GET", `/message/sync?${params}`));
       } catch (error) {
-        if (error.status === 400 && error.field === "since" && !baseline) {
-          // A cursor of another database (after a move): start over, without counting.
+        if (error.status === 400 && error.field === "since") {
+          // A cursor of another database (after a move), or one the server no longer
+          // takes: start over from the end.
           saved.set("cursor", null);
           state.cursor = null;
-          since = null;
-          baseline = true;
-          continue;
+          return;
         }
         throw error;
       }
-      for (const message of data.messages || []) {
-        if (baseline) advanceCursor(message.cursor);
-        else ingest(message, { live: false });
-      }
+      for (const message of data.messages || []) ingest(message, { live: false });
+      for (const item of data.events || []) streamEvent(item && item.event, item && item.data);
       if (data.nextCursor) advanceCursor(data.nextCursor);
-      // An empty stream read from its start: it begins at 0, and so does the news.
-      if (baseline && !state.cursor && !(data.messages || []).length) advanceCursor("0");
-      since = state.cursor;
       if (!data.hasMore) return;
+      since = state.cursor;
     }
+  }
+
+  // The socket's events (and the sync pages' `events`).
+  function streamEvent(name, data) {
+    if (name === "newMessage") ingest(data, { live: true });
+    else if (name === "conversationRead") onConversationRead(data);
+    else if (name === "messagesRead") onMessagesRead(data);
+    else if (name === "conversationUpdated") onConversationUpdated(data);
+    else if (name === "onlineUsers") onOnlineUsers(data);
+    else if (name === "typing") onTyping(data);
   }
 
   async function connect() {
@@ -1467,9 +2528,12 @@
       setStatus("");
       document.body.classList.add("is-connected");
       flushOutbox();
+      flushReads();
       if (reconnected) {
         loadConversations(false);
         reloadNewest();
+        const chat = openChat();
+        if (chat && chat.kind === "group" && !chat.gone) loadGroup(chat.key);
       }
     });
     ws.addEventListener("message", (event) => {
@@ -1480,9 +2544,7 @@
         return;
       }
       if (!frame || typeof frame.event !== "string") return;
-      if (frame.event === "newMessage") ingest(frame.data, { live: true });
-      else if (frame.event === "onlineUsers") onOnlineUsers(frame.data);
-      else if (frame.event === "typing") onTyping(frame.data);
+      streamEvent(frame.event, frame.data);
     });
     ws.addEventListener("close", (event) => {
       if (socket.ws !== ws) return;
@@ -1569,6 +2631,9 @@
     state.users.clear();
     remember(user);
     state.conversations.clear();
+    state.byConversationId.clear();
+    state.groups.clear();
+    state.receipts.clear();
     state.conversationsCursor = null;
     state.online = new Set();
     state.everOnline = new Set();
@@ -1579,8 +2644,10 @@
     // A new account's stream starts empty: everything from here on is news.
     state.cursor = registered ? "0" : saved.get("cursor", null);
     if (registered) saved.set("cursor", "0");
+    saved.remove("reads"); // kept by earlier versions of the page: read state is the server's now
     el.conversationList.replaceChildren();
     closePeople();
+    closeNewGroup();
     closeConversation();
     fillAvatar(el.meAvatar, user._id, user);
     el.meName.textContent = user.fullName;
@@ -1594,14 +2661,15 @@
     loadConversations(false);
     startSocket();
     // A chat's URL opened directly: put the list under it, so that Back leads there.
-    const match = CHAT_PATH.exec(location.pathname);
-    if (match) {
+    const target = routeOf(location.pathname);
+    if (target) {
       // (After a reload the entry is already ours, with the list under it.)
-      if (!(history.state && history.state.chat === match[1])) {
+      if (!(history.state && history.state.chat === target.key)) {
+        const path = location.pathname;
         history.replaceState(null, "", "/");
-        history.pushState({ chat: match[1] }, "", `/chat/${match[1]}`);
+        history.pushState({ chat: target.key }, "", path);
       }
-      openConversation(match[1], { from: "route" });
+      openConversation(target.key, { from: "route", kind: target.kind });
     } else {
       if (location.pathname !== "/") history.replaceState(null, "", "/");
       if (focus) el.newChat.focus();
@@ -1628,6 +2696,7 @@
   async function logout() {
     el.logout.disabled = true;
     stopTyping();
+    await sendReadsNow();
     try {
       await api("POST", "/user/logout");
     } catch {
@@ -1679,6 +2748,44 @@
   el.logout.addEventListener("click", logout);
   el.back.addEventListener("click", backToList);
   el.newChat.addEventListener("click", openPeople);
+  el.newGroup.addEventListener("click", openNewGroup);
+  el.closeNewGroup.addEventListener("click", () => {
+    closeNewGroup();
+    el.newGroup.focus();
+  });
+  el.newGroupForm.addEventListener("submit", createGroup);
+  el.newGroupName.addEventListener("input", () => {
+    $("new-group-name-error").textContent = "";
+    el.newGroupName.removeAttribute("aria-invalid");
+  });
+  el.moreGroupPeople.addEventListener("click", () => loadGroupPeople(true));
+  let pickTimer = null;
+  el.newGroupSearch.addEventListener("input", () => {
+    clearTimeout(pickTimer);
+    pickTimer = setTimeout(() => loadGroupPeople(false), 200);
+  });
+  // Enter in the search finds people; it does not create the group half-chosen.
+  el.newGroupSearch.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") event.preventDefault();
+  });
+
+  el.groupInfo.addEventListener("click", () => (el.groupPanel.hidden ? openGroupPanel() : closeGroupPanel(true)));
+  el.closeGroupPanel.addEventListener("click", () => closeGroupPanel(true));
+  el.renameForm.addEventListener("submit", rename);
+  let addTimer = null;
+  el.addSearch.addEventListener("input", () => {
+    clearTimeout(addTimer);
+    addTimer = setTimeout(searchToAdd, 200);
+  });
+  el.addSearch.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") event.preventDefault();
+  });
+  el.leaveGroup.addEventListener("click", askToLeave);
+  el.leaveNo.addEventListener("click", () => {
+    hideLeaveConfirm();
+    el.leaveGroup.focus();
+  });
+  el.leaveYes.addEventListener("click", leave);
   el.findPeople.addEventListener("click", openPeople);
   el.closePeople.addEventListener("click", () => {
     closePeople();
@@ -1702,8 +2809,8 @@
   el.newMessages.addEventListener("click", () => {
     scrollToBottom();
     hidePill();
-    if (state.peer) markRead(state.peer, lastShownId());
-    el.input.focus();
+    if (state.peer) markRead(state.peer);
+    focusComposer();
   });
 
   el.composer.addEventListener("submit", send);
@@ -1718,15 +2825,21 @@
 
   el.skipLink.addEventListener("click", (event) => {
     event.preventDefault();
-    if (state.peer) el.input.focus();
+    if (state.peer && !el.composer.hidden) el.input.focus();
+    else if (state.peer) el.scroller.focus();
     else (el.conversationList.querySelector("button") || el.newChat).focus();
   });
 
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || !state.me || event.defaultPrevented) return;
-    if (!el.peoplePanel.hidden) {
+    if (!el.groupPanel.hidden && state.peer) {
+      closeGroupPanel(true);
+    } else if (!el.peoplePanel.hidden) {
       closePeople();
       el.newChat.focus();
+    } else if (!el.newGroupPanel.hidden) {
+      closeNewGroup();
+      el.newGroup.focus();
     } else if (state.peer) {
       backToList();
     }
@@ -1735,12 +2848,16 @@
   window.addEventListener("popstate", route);
 
   document.addEventListener("visibilitychange", () => {
-    if (visible() && state.peer && nearBottom()) markRead(state.peer, lastShownId());
+    if (visible() && state.peer && nearBottom()) markRead(state.peer);
+    else if (!visible() && state.me) sendReadsNow();
+  });
+  window.addEventListener("pagehide", () => {
+    if (state.me) sendReadsNow();
   });
 
-  // Another tab read or received something: show the same counts here.
+  // Another tab queued or confirmed a send: show the same outbox here. (Reads reach the
+  // other tabs as `conversationRead`, like other devices.)
   window.addEventListener("storage", (event) => {
-    if (state.me && event.key === saved.key("reads")) paintAllConversations();
     if (state.me && event.key === saved.key("outbox") && state.peer) renderOutbox();
   });
 

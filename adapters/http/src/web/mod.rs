@@ -1,6 +1,6 @@
-//! The built-in web client: a small single-page app served at `/` (and at `/chat/{id}`, the
-//! address of a conversation in it), its files compiled into the binary so that the server
-//! needs nothing beside it on disk.
+//! The built-in web client: a small single-page app served at `/` (and at `/chat/{id}` and
+//! `/group/{id}`, the addresses of a chat with a person and of a group in it), its files
+//! compiled into the binary so that the server needs nothing beside it on disk.
 //!
 //! Mounted by [`crate::app`] only when `HttpSettings::web_client` is on; an API-only
 //! deployment turns it off and `/` then answers the 404 envelope like any unknown path.
@@ -28,9 +28,10 @@ const INDEX: Asset = Asset {
     body: include_bytes!("../../web/index.html"),
 };
 
-/// The page's own addresses besides `/`: each conversation has one, so that Back, reload and
-/// links work; the page reads the path itself.
-const PAGE_ROUTES: &[&str] = &["/chat/{id}"];
+/// The page's own addresses besides `/`: each conversation has one (a person's id for a
+/// direct chat, the conversation's id for a group), so that Back, reload and links work; the
+/// page reads the path itself.
+const PAGE_ROUTES: &[&str] = &["/chat/{id}", "/group/{id}"];
 
 const ASSETS: &[Asset] = &[
     Asset {
