@@ -1139,3 +1139,370 @@ async fn socketio_client_resuming_with_since_in_auth_over_websocket_sees_every_m
 async fn socketio_client_resuming_with_since_in_auth_after_polling_sees_every_message_once() {
     socketio_resume("default").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Groups: the receiver is added to and removed from groups while members post to them and
+// direct messages arrive, and keeps resuming with its composite cursor (`P~group.seq~…`).
+// It must see each group exactly from every entry that added it to the entry that removed
+// it, each entry once and in the group's order, and its direct messages once and in order.
+
+#[derive(Debug, Clone, Copy)]
+struct GroupPlan {
+    groups: usize,
+    /// Members besides the owner and the receiver: each posts to random groups.
+    posters: usize,
+    posts_each: usize,
+    /// Direct messages to the receiver, from random posters.
+    directs: usize,
+    /// Additions and removals of the receiver, in random groups.
+    toggles: usize,
+    pause_ms: u64,
+}
+
+/// 4 groups, ~160 entries and ~30 changes of membership, with direct messages between them.
+const GROUPS_PLAN: GroupPlan =
+    GroupPlan { groups: 4, posters: 3, posts_each: 40, directs: 30, toggles: 30, pause_ms: 40 };
+
+/// Where a `/ws` session or a sync read resumes: the last cursor processed, as text.
+struct GroupReader {
+    user: TestUser,
+    last: String,
+    /// Every item processed, in order.
+    items: Vec<Value>,
+    ids: HashSet<String>,
+}
+
+impl GroupReader {
+    /// Takes one item (a `newMessage`'s data or a sync page's message): never one twice; a
+    /// group entry's cursor names its group at its seq; cursors move forward.
+    fn take(&mut self, item: &Value, whence: &str) {
+        let id = id_of(item);
+        assert!(self.ids.insert(id.clone()), "{whence}: {id} processed twice: {item}");
+        let cursor = item["cursor"].as_str().unwrap_or_else(|| panic!("{whence}: no cursor: {item}"));
+        let (stream, groups) = parse_cursor(cursor);
+        let (last_stream, _) = parse_cursor(&self.last);
+        assert!(stream >= last_stream, "{whence}: the stream went back from {} to {cursor}", self.last);
+        if item["receiverId"].is_null() {
+            let group = item["conversationId"].as_str().unwrap();
+            assert_eq!(
+                groups.get(group),
+                item["seq"].as_u64().as_ref(),
+                "{whence}: cursor {cursor} of {item}"
+            );
+        } else {
+            assert_eq!(item["receiverId"], self.user.id.as_str(), "{whence}: not the receiver's: {item}");
+        }
+        self.last = cursor.to_owned();
+        self.items.push(item.clone());
+    }
+}
+
+/// A cursor's stream position and its groups' seqs.
+fn parse_cursor(text: &str) -> (u64, HashMap<String, u64>) {
+    let mut parts = text.split('~');
+    let stream = cursor_of(&json!(parts.next().unwrap_or_default()), "a cursor's stream position");
+    let groups = parts
+        .map(|part| {
+            let (group, seq) = part.rsplit_once('.').unwrap_or_else(|| panic!("a group part: {text}"));
+            (group.to_owned(), seq.parse().unwrap_or_else(|e| panic!("a seq in {text}: {e}")))
+        })
+        .collect();
+    (stream, groups)
+}
+
+/// One sync page after `since`: (messages, nextCursor, hasMore); no other events here.
+async fn group_sync(
+    deployment: &Deployment,
+    instance: usize,
+    user: &TestUser,
+    since: &str,
+    limit: u32,
+) -> (Vec<Value>, String, bool) {
+    let limit = limit.to_string();
+    let reply = deployment.api(instance).sync(&user.token, &[("since", since), ("limit", &limit)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "sync since {since}: {}", reply.text);
+    let page = &reply.body["responseData"];
+    assert_eq!(page["events"], json!([]), "nobody read anything: {page}");
+    let messages = page["messages"].as_array().unwrap_or_else(|| panic!("messages: {page}")).clone();
+    let next = page["nextCursor"].as_str().unwrap_or_else(|| panic!("nextCursor: {page}")).to_owned();
+    (messages, next, page["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {page}")))
+}
+
+/// One `/ws?since=` session of the receiver: until `linger` is over, or (with `until`) until
+/// it processed that many items in all, then `QUIET` more for nothing. Returns whether the
+/// server ended it.
+async fn group_session(
+    deployment: &Deployment,
+    instance: usize,
+    reader: &mut GroupReader,
+    linger: Duration,
+    until: Option<usize>,
+    session: usize,
+) -> bool {
+    let whence = format!("/ws session {session} on instance {} since {}", instance + 1, reader.last);
+    let url =
+        format!("{}?token={}&since={}", deployment.api(instance).ws_url(), reader.user.token, reader.last);
+    let mut socket = open_ws(url, &whence).await;
+    let mut deadline = Instant::now() + linger;
+    let mut caught_up = until.is_some_and(|until| until == reader.items.len());
+    if caught_up {
+        deadline = Instant::now() + QUIET;
+    }
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => {
+                assert!(
+                    until.is_none() || caught_up,
+                    "{whence}: {} of {until:?} items after {TIMEOUT:?}",
+                    reader.items.len()
+                );
+                return false;
+            }
+            Ok(Some(Ok(Frame::Close(Some(close))))) => {
+                let code = u16::from(close.code);
+                assert!(until.is_none() && code != 4001, "{whence}: closed with {code} {}", close.reason);
+                return true;
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(None)))) => {
+                assert!(until.is_none(), "{whence}: the connection ended while draining");
+                return true;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Frame::Text(text) = frame else { continue };
+        let value: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
+        if value["event"] != "newMessage" {
+            continue;
+        }
+        assert!(!caught_up, "{whence}: a newMessage after catching up: {value}");
+        reader.take(&value["data"], &whence);
+        if until.is_some_and(|until| until == reader.items.len()) {
+            caught_up = true;
+            deadline = Instant::now() + QUIET;
+        }
+    }
+}
+
+/// The entries of `group`, as its owner (a member all along) reads them: by id.
+async fn group_history(deployment: &Deployment, owner: &TestUser, group: &str) -> Vec<Value> {
+    let mut older_first: Vec<Value> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "200")];
+        if let Some(before) = &before {
+            query.push(("before", before));
+        }
+        let reply = deployment.api(0).conversation_messages(&owner.token, group, &query).await;
+        assert_eq!(reply.status, StatusCode::OK, "history of {group}: {}", reply.text);
+        let mut page = reply.body["responseData"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("a history page is a list: {}", reply.text));
+        if page.is_empty() {
+            return older_first;
+        }
+        before = Some(id_of(&page[0]));
+        page.append(&mut older_first);
+        older_first = page;
+    }
+}
+
+/// The ids of each conversation's items, in the order they came.
+fn by_conversation(items: &[Value]) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for item in items {
+        map.entry(item["conversationId"].as_str().unwrap().to_owned()).or_default().push(id_of(item));
+    }
+    map
+}
+
+async fn groups_stress(deployment: Deployment, plan: GroupPlan, test: &str) {
+    let mut rng = Rng(seed(test));
+    let deployment = Arc::new(deployment);
+    let instances = deployment.instances();
+    let owner = deployment.api(0).create_user("owner").await;
+    let receiver = deployment.api(0).create_user("receiver").await;
+    let mut posters = Vec::new();
+    for i in 0..plan.posters {
+        posters.push(deployment.api(i % instances).create_user(&format!("poster{i}")).await);
+    }
+    // The receiver is in the first half of the groups from the start.
+    let mut groups = Vec::new();
+    let mut member = Vec::new();
+    for g in 0..plan.groups {
+        let mut members: Vec<&TestUser> = posters.iter().collect();
+        let with_receiver = g < plan.groups / 2;
+        if with_receiver {
+            members.push(&receiver);
+        }
+        let group = deployment.api(g).create_group_ok(&owner, &format!("Group {g}"), &members).await;
+        groups.push(id_of(&group));
+        member.push(with_receiver);
+    }
+    let groups = Arc::new(groups);
+
+    let mut tasks = Vec::new();
+    for (i, poster) in posters.iter().enumerate() {
+        let (deployment, poster, groups, mut rng) =
+            (deployment.clone(), poster.clone(), groups.clone(), rng.fork());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..plan.posts_each {
+                let group = &groups[rng.below(groups.len() as u64) as usize];
+                let text = format!("{} #{n}", poster.username);
+                let reply = deployment.api(i + n).post_message(&poster.token, group, &text).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{text}: {}", reply.text);
+                tokio::time::sleep(Duration::from_millis(rng.between(0, plan.pause_ms))).await;
+            }
+        }));
+    }
+    {
+        let (deployment, posters, receiver, mut rng) =
+            (deployment.clone(), posters.clone(), receiver.clone(), rng.fork());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..plan.directs {
+                let from = &posters[rng.below(posters.len() as u64) as usize];
+                let reply = deployment.api(n).send(&from.token, &receiver.id, &format!("direct #{n}")).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+                tokio::time::sleep(Duration::from_millis(rng.between(0, plan.pause_ms * 3))).await;
+            }
+        }));
+    }
+    {
+        let (deployment, owner, receiver, groups, mut rng) =
+            (deployment.clone(), owner.clone(), receiver.clone(), groups.clone(), rng.fork());
+        let mut member = member.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..plan.toggles {
+                let g = rng.below(groups.len() as u64) as usize;
+                let api = deployment.api(n);
+                let reply = if member[g] {
+                    api.remove_member(&owner.token, &groups[g], &receiver.id).await
+                } else {
+                    api.add_members(&owner.token, &groups[g], &[&receiver.id]).await
+                };
+                assert_eq!(
+                    reply.status,
+                    StatusCode::OK,
+                    "toggling the receiver in group {g}: {}",
+                    reply.text
+                );
+                member[g] = !member[g];
+                tokio::time::sleep(Duration::from_millis(rng.between(0, plan.pause_ms * 4))).await;
+            }
+        }));
+    }
+
+    // The receiver, from before everything it was ever shown, until the others are done.
+    let mut reader =
+        GroupReader { user: receiver.clone(), last: "0".into(), items: Vec::new(), ids: HashSet::new() };
+    let (mut sessions, mut sync_reads, mut ended_by_server) = (0usize, 0usize, 0usize);
+    let writers = futures_util::future::join_all(tasks);
+    tokio::pin!(writers);
+    let started = Instant::now();
+    let outcomes = loop {
+        assert!(started.elapsed() < SCENARIO_LIMIT, "the writers did not finish within {SCENARIO_LIMIT:?}");
+        let instance = sessions % instances;
+        if rng.percent(15) {
+            let limit = rng.between(1, 30) as u32;
+            let whence = format!("sync read since {}", reader.last);
+            let (messages, next, _) = group_sync(&deployment, instance, &receiver, &reader.last, limit).await;
+            for item in &messages {
+                reader.take(item, &whence);
+            }
+            // A read may end on a notice (joining or leaving) that moved the cursor alone.
+            reader.last = next;
+            sync_reads += 1;
+        } else {
+            let linger = Duration::from_millis(rng.between(10, 300));
+            sessions += 1;
+            if group_session(&deployment, instance, &mut reader, linger, None, sessions).await {
+                ended_by_server += 1;
+            }
+        }
+        if let Some(outcomes) = futures_util::FutureExt::now_or_never(writers.as_mut()) {
+            break outcomes;
+        }
+    };
+    for outcome in outcomes {
+        if let Err(error) = outcome {
+            match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => panic!("a writer failed: {error}"),
+            }
+        }
+    }
+
+    // What is stored, read in one pass from the beginning; the receiver's last session
+    // drains up to its end.
+    let mut reference = Vec::new();
+    let mut since = "0".to_owned();
+    loop {
+        let (messages, next, has_more) = group_sync(&deployment, 0, &receiver, &since, 100).await;
+        reference.extend(messages);
+        since = next;
+        if !has_more {
+            break;
+        }
+    }
+    sessions += 1;
+    let total = Some(reference.len());
+    group_session(&deployment, sessions % instances, &mut reader, TIMEOUT, total, sessions).await;
+    eprintln!(
+        "{test}: {} items for the receiver over {sessions} /ws sessions ({ended_by_server} ended by the server) \
+         and {sync_reads} sync reads on {instances} instance(s)",
+        reader.items.len()
+    );
+
+    // The same items as one pass from the beginning, in the same order within each
+    // conversation (the order between conversations depends on where each resume fell).
+    let got = by_conversation(&reader.items);
+    assert_eq!(got, by_conversation(&reference), "the receiver's items, conversation by conversation");
+    assert_eq!(reader.items.len(), reference.len());
+
+    // And exactly what the memberships make visible: each group from every entry that added
+    // the receiver (or its first, for the groups it started in) to the entry that removed it.
+    for (g, group) in groups.iter().enumerate() {
+        // History pages go by id, which concurrent sends may take in another order than
+        // their seqs: the group's order is the seqs'.
+        let mut entries = group_history(&deployment, &owner, group).await;
+        entries.sort_by_key(|entry| entry["seq"].as_u64());
+        let mut inside = g < plan.groups / 2;
+        let mut expected = Vec::new();
+        for (n, entry) in entries.iter().enumerate() {
+            assert_eq!(entry["seq"], n as u64 + 1, "the history is the group's sequence: {entry}");
+            let about_receiver =
+                entry["system"]["userIds"].as_array().is_some_and(|ids| ids.contains(&json!(receiver.id)));
+            match entry["system"]["action"].as_str() {
+                Some("added") if about_receiver => inside = true,
+                _ => {}
+            }
+            if inside {
+                expected.push(id_of(entry));
+            }
+            if entry["system"]["action"] == "removed" && about_receiver {
+                inside = false;
+            }
+        }
+        assert_eq!(
+            got.get(group).cloned().unwrap_or_default(),
+            expected,
+            "group {g}: what the memberships show"
+        );
+    }
+    let directs = reference.iter().filter(|item| !item["receiverId"].is_null()).count();
+    assert_eq!(directs, plan.directs, "every direct message once");
+
+    let deployment = Arc::into_inner(deployment).expect("every task is done with the deployment");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_a_receiver_joining_and_leaving_groups_sees_each_membership_exactly() {
+    groups_stress(Deployment::one_instance().await, GROUPS_PLAN, "one_instance_groups").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_a_receiver_joining_and_leaving_groups_sees_each_membership_exactly() {
+    let deployment = Deployment::cluster(cluster_backend(), 2).await;
+    groups_stress(deployment, GROUPS_PLAN, "two_instances_groups").await;
+}
