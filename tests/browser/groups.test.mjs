@@ -273,6 +273,28 @@ await step("the owner hands over and leaves; the others see it", async () => {
   await b.locator("#peer-status", { hasText: "2 members" }).waitFor();
 });
 
+await step("on a phone: the group's address, its member panel over the whole screen, a clean accessibility scan", async () => {
+  const ctx = await run.newContext({ viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true });
+  await loginThroughApi(ctx.request, bob.username);
+  const phone = await run.openPage(ctx, "bob-phone", `/group/${groupId}`);
+  await phone.locator("#peer-name", { hasText: "Weekend at the lake" }).waitFor();
+  await waitForMessage(phone, "Carol, we will miss you");
+  await expectAccessible(phone, "a group on a phone");
+  await phone.click("#group-info");
+  await memberRow(phone, "Bob Chen (you)").locator(".role", { hasText: "Owner" }).waitFor();
+  const panel = await phone.locator("#group-panel").boundingBox();
+  expect(panel.x <= 0 && panel.width >= 375, `the panel is ${panel.width} px wide at ${panel.x}`);
+  const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+  expect(width <= 375, `the page is ${width} px wide on a 375 px screen`);
+  await expectAccessible(phone, "a group's member panel on a phone");
+  await phone.click("#close-group-panel");
+  await phone.click("#back");
+  await phone.locator("#conversation-list").waitFor({ state: "visible" });
+  expect(new URL(phone.url()).pathname === "/", `the back button led to ${phone.url()}`);
+  await ctx.close();
+  run.forget("bob-phone");
+});
+
 await step("a screenshot of a group with its member panel", async () => {
   const ctx = await run.newContext();
   await registerThroughApi(ctx.request, { fullName: "Maya Patel", username: "maya" });
