@@ -1,26 +1,59 @@
-//! Moving a deployment's data between stores: export every user, conversation and message
-//! through the ports, and import them into another store with ids, hashes and timestamps
-//! intact. Works between any two backends because it only speaks the ports.
+//! Moving a deployment's data between stores: export every user, conversation (direct and
+//! group), entry and membership through the ports, and import them into another store with
+//! ids, hashes, timestamps, seqs, roles and read positions intact. Works between any two
+//! backends because it only speaks the ports.
+//!
+//! A group is imported by replaying its history: its entries are stored again in seq order
+//! through the calls that stored them first ([`GroupRepository::create`] for the creation,
+//! [`GroupRepository::change`] for each system entry, [`MessageRepository::append_to_group`]
+//! for each message), so the target builds the members, roles, membership version and its
+//! users' stream notices by its own rules, and every entry gets the seq it had. Read
+//! positions follow ([`MessageRepository::mark_read`], for direct conversations too), and the
+//! group as stored is then compared with the dump: an import that would not reproduce a group
+//! stops with an error naming it.
 //!
 //! A dump is data from outside: a password hash that is no bcrypt hash, or one so costly
 //! that a login would tie up a core, is refused with its user, and so are that user's
-//! conversations and messages (they could not be stored without the user anyway).
+//! direct conversations and messages and every group that names the user (they could not be
+//! stored without the user anyway).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use domain::{Chat, Conversation, Message, ParticipantPair, User, UserId, Username};
+use domain::{
+    Chat, Conversation, ConversationId, Group, Member, Message, ParticipantPair, Role, Seq, SystemEvent,
+    User, UserId, Username,
+};
 
 use crate::ports::{
-    Appended, ConversationRepository, MessageRepository, RepoError, UserQuery, UserRepository,
+    Appended, Changed, ConversationRepository, GroupAppended, GroupChange, GroupRepository,
+    MessageRepository, ReadMoved, RepoError, UserQuery, UserRepository,
 };
 
 /// One exported record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     User(User),
+    /// A direct conversation; its messages and then its two members follow it.
     Conversation(Conversation),
+    /// A group; its entries (in seq order) and then its members follow it.
+    Group(ExportedGroup),
+    /// A direct message, or an entry of a group (`receiver_id` is `None`).
     Message(Message),
+    /// A member of a conversation of either kind, with their role and read position.
+    Member {
+        conversation: ConversationId,
+        member: Member,
+    },
+}
+
+/// A group as it stands, with its membership version and every user its members and history
+/// name — so that an import can refuse a group of a refused user before storing any of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedGroup {
+    pub group: Group,
+    pub version: u64,
+    pub users: BTreeSet<UserId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,19 +69,28 @@ pub enum TransferError {
     /// The target already holds a different conversation for the same pair of users.
     #[error("conversation {imported} clashes with existing conversation {existing} of the same users")]
     ConversationClash { imported: String, existing: String },
+    /// A conversation's records do not fit together, or do not fit what the target holds:
+    /// nothing more of the dump is imported.
+    #[error("conversation {conversation}: {problem}")]
+    Inconsistent { conversation: String, problem: String },
 }
 
-/// What an import did: records stored, records already present (skipped, so an import
-/// can be re-run after an interruption), and records refused.
+/// What an export wrote or an import did: records stored, records already present (skipped,
+/// so an import can be re-run after an interruption), and records refused.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TransferStats {
     pub users: u64,
+    /// Direct conversations.
     pub conversations: u64,
+    pub groups: u64,
+    /// Entries of both kinds: direct messages, group messages and system entries.
     pub messages: u64,
+    /// Memberships (of both kinds) with their read positions.
+    pub members: u64,
     pub skipped: u64,
     /// Users not imported, by id, with why.
     pub rejected_users: BTreeMap<UserId, RejectedUser>,
-    /// Conversations and messages not imported because one of their users was rejected.
+    /// Records not imported because one of their users was rejected.
     pub rejected_with_users: u64,
 }
 
@@ -63,6 +105,7 @@ pub struct TransferService {
     users: Arc<dyn UserRepository>,
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
+    groups: Arc<dyn GroupRepository>,
     /// The highest bcrypt cost an imported hash may have.
     max_hash_cost: u32,
 }
@@ -74,8 +117,15 @@ pub const HASH_COST_MARGIN: u32 = 2;
 
 const PAGE: u32 = 200;
 
+/// Where an export hands its records.
+pub type Sink<'a> = dyn FnMut(Record) -> anyhow::Result<()> + Send + 'a;
+
 fn storage(context: &'static str) -> impl FnOnce(RepoError) -> TransferError {
     move |source| TransferError::Storage { context, source }
+}
+
+fn inconsistent(conversation: &ConversationId, problem: impl Into<String>) -> TransferError {
+    TransferError::Inconsistent { conversation: conversation.to_string(), problem: problem.into() }
 }
 
 impl TransferService {
@@ -85,17 +135,22 @@ impl TransferService {
         users: Arc<dyn UserRepository>,
         conversations: Arc<dyn ConversationRepository>,
         messages: Arc<dyn MessageRepository>,
+        groups: Arc<dyn GroupRepository>,
         hash_cost: u32,
     ) -> Self {
-        Self { users, conversations, messages, max_hash_cost: hash_cost.saturating_add(HASH_COST_MARGIN) }
+        Self {
+            users,
+            conversations,
+            messages,
+            groups,
+            max_hash_cost: hash_cost.saturating_add(HASH_COST_MARGIN),
+        }
     }
 
-    /// Hands every record to `sink`: all users, then each conversation followed by its
-    /// messages (newest page first; order in the stream carries no meaning, ids do).
-    pub async fn export(
-        &self,
-        sink: &mut (dyn FnMut(Record) -> anyhow::Result<()> + Send),
-    ) -> Result<TransferStats, TransferError> {
+    /// Hands every record to `sink`: all users, then each conversation (direct or group,
+    /// each once) followed by its entries in seq order and then its members. A group no
+    /// one is a member of any more is not exported: no one can see it.
+    pub async fn export(&self, sink: &mut Sink<'_>) -> Result<TransferStats, TransferError> {
         let mut stats = TransferStats::default();
         let mut user_ids = Vec::new();
         let mut after_username = None;
@@ -126,90 +181,120 @@ impl TransferService {
             let summaries =
                 self.conversations.list_for_user(user).await.map_err(storage("listing conversations"))?;
             for summary in summaries {
-                // Groups are not carried by a dump yet: direct conversations only.
-                let Chat::Direct(conversation) = summary.conversation else {
-                    continue;
-                };
-                if !seen.insert(conversation.id.clone()) {
+                if !seen.insert(summary.conversation.id().clone()) {
                     continue;
                 }
-                let id = conversation.id.clone();
-                sink(Record::Conversation(conversation)).map_err(TransferError::Sink)?;
-                stats.conversations += 1;
-                let mut before = None;
-                loop {
-                    let page = self
-                        .messages
-                        .list_by_conversation(&id, 0, before.clone(), PAGE)
-                        .await
-                        .map_err(storage("listing messages"))?;
-                    let full = page.len() == PAGE as usize;
-                    before = page.first().map(|m| m.id.clone());
-                    for message in page {
-                        sink(Record::Message(message)).map_err(TransferError::Sink)?;
-                        stats.messages += 1;
-                    }
-                    if !full {
-                        break;
-                    }
+                match summary.conversation {
+                    Chat::Direct(conversation) => self.export_direct(conversation, sink, &mut stats).await?,
+                    Chat::Group(group) => self.export_group(&group.id, sink, &mut stats).await?,
                 }
             }
         }
         Ok(stats)
     }
 
-    /// Stores one record as it is. A record already present is counted as skipped; users must
-    /// come before their conversations, and conversations before their messages. A user with
-    /// an unusable password hash is not stored but listed in `stats.rejected_users`, and the
-    /// records of a rejected user are counted in `stats.rejected_with_users`.
-    pub async fn import(&self, record: Record, stats: &mut TransferStats) -> Result<(), TransferError> {
-        let of_rejected = |ids: [&UserId; 2]| ids.iter().any(|id| stats.rejected_users.contains_key(id));
-        let with_rejected = match &record {
-            Record::User(_) => false,
-            Record::Conversation(c) => of_rejected([c.participants.first(), c.participants.second()]),
-            Record::Message(m) => match &m.receiver_id {
-                Some(receiver) => of_rejected([&m.sender_id, receiver]),
-                None => of_rejected([&m.sender_id, &m.sender_id]),
-            },
-        };
-        if with_rejected {
-            stats.rejected_with_users += 1;
-            return Ok(());
+    async fn export_direct(
+        &self,
+        conversation: Conversation,
+        sink: &mut Sink<'_>,
+        stats: &mut TransferStats,
+    ) -> Result<(), TransferError> {
+        let (id, last_seq) = (conversation.id.clone(), conversation.last_seq);
+        let users = [conversation.participants.first().clone(), conversation.participants.second().clone()];
+        sink(Record::Conversation(conversation)).map_err(TransferError::Sink)?;
+        stats.conversations += 1;
+        self.each_entry(&id, last_seq, |entry| {
+            sink(Record::Message(entry)).map_err(TransferError::Sink)?;
+            stats.messages += 1;
+            Ok(())
+        })
+        .await?;
+        for user in users {
+            let member =
+                self.conversations.member(&id, &user).await.map_err(storage("reading a membership"))?;
+            if let Some(member) = member {
+                sink(Record::Member { conversation: id.clone(), member }).map_err(TransferError::Sink)?;
+                stats.members += 1;
+            }
         }
-        let stored = match record {
-            Record::User(user) => {
-                if let Err(reason) = self.check_hash(&user) {
-                    stats.rejected_users.insert(user.id, RejectedUser { username: user.username, reason });
-                    return Ok(());
-                }
-                let stored = self.users.insert(&user).await;
-                skip_conflict(stored, &mut stats.users, &mut stats.skipped, "importing a user")?;
-                return Ok(());
-            }
-            Record::Conversation(conversation) => {
-                let existing = self
-                    .conversations
-                    .find_or_insert(&conversation)
-                    .await
-                    .map_err(storage("importing a conversation"))?;
-                if existing.id != conversation.id {
-                    return Err(TransferError::ConversationClash {
-                        imported: conversation.id.to_string(),
-                        existing: existing.id.to_string(),
-                    });
-                }
-                stats.conversations += 1;
-                return Ok(());
-            }
-            // Each message takes the next position in both participants' streams of the
-            // target store, in import order: cursors are per store.
-            Record::Message(message) => match self.append_imported(&message).await {
-                Ok(Appended::Created(_)) => Ok(()),
-                Ok(Appended::Existing(_)) => Err(RepoError::Conflict),
-                Err(error) => Err(error),
-            },
+        Ok(())
+    }
+
+    async fn export_group(
+        &self,
+        id: &ConversationId,
+        sink: &mut Sink<'_>,
+        stats: &mut TransferStats,
+    ) -> Result<(), TransferError> {
+        // The group, its members and the seq its entries are read up to, as of one moment.
+        let Some(state) = self.groups.state(id).await.map_err(storage("reading a group"))? else {
+            return Ok(());
         };
-        skip_conflict(stored, &mut stats.messages, &mut stats.skipped, "importing a message")
+        let last_seq = state.group.last_seq;
+        let mut users: BTreeSet<UserId> = state.members.iter().map(|m| m.user_id.clone()).collect();
+        users.insert(state.group.created_by.clone());
+        self.each_entry(id, last_seq, |entry| {
+            users.insert(entry.sender_id);
+            users.extend(entry.system.as_ref().map(named_users).unwrap_or_default());
+            Ok(())
+        })
+        .await?;
+        sink(Record::Group(ExportedGroup { group: state.group, version: state.version, users }))
+            .map_err(TransferError::Sink)?;
+        stats.groups += 1;
+        self.each_entry(id, last_seq, |entry| {
+            sink(Record::Message(entry)).map_err(TransferError::Sink)?;
+            stats.messages += 1;
+            Ok(())
+        })
+        .await?;
+        let mut members = state.members;
+        members.sort_by(|x, y| (x.joined_seq, &x.user_id).cmp(&(y.joined_seq, &y.user_id)));
+        for member in members {
+            sink(Record::Member { conversation: id.clone(), member }).map_err(TransferError::Sink)?;
+            stats.members += 1;
+        }
+        Ok(())
+    }
+
+    /// Hands each entry of the conversation up to `last_seq` to `each`, in seq order.
+    async fn each_entry(
+        &self,
+        conversation: &ConversationId,
+        last_seq: Seq,
+        mut each: impl FnMut(Message) -> Result<(), TransferError> + Send,
+    ) -> Result<(), TransferError> {
+        let mut after = 0;
+        while after < last_seq {
+            let page = self
+                .messages
+                .entries(conversation, after, Some(last_seq), PAGE)
+                .await
+                .map_err(storage("listing entries"))?;
+            if page.is_empty() {
+                return Err(inconsistent(
+                    conversation,
+                    format!("its entries stop at seq {after} of {last_seq} in the source"),
+                ));
+            }
+            for entry in page {
+                after = entry.seq;
+                each(entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An import: hand it the records in dump order ([`Import::record`]), then
+    /// [`Import::finish`] it.
+    pub fn importer(&self) -> Import<'_> {
+        Import {
+            service: self,
+            stats: TransferStats::default(),
+            open: None,
+            unnumbered: Vec::new(),
+            refused: HashSet::new(),
+        }
     }
 
     /// Why `user`'s password hash can't be imported, if it can't.
@@ -223,16 +308,210 @@ impl TransferService {
         }
         Ok(())
     }
+}
 
-    async fn append_imported(&self, message: &Message) -> Result<Appended, RepoError> {
-        let receiver = message.receiver_id.clone().ok_or_else(|| {
-            RepoError::Unexpected(anyhow::anyhow!(
-                "message {}: a group message in a dump of direct ones",
-                message.id
-            ))
-        })?;
+/// Every user a system entry names.
+fn named_users(event: &SystemEvent) -> Vec<UserId> {
+    let mut users = vec![event.actor().clone()];
+    match event {
+        SystemEvent::Created { members, .. } => users.extend(members.iter().cloned()),
+        SystemEvent::Added { users: named, .. } | SystemEvent::Removed { users: named, .. } => {
+            users.extend(named.iter().cloned());
+        }
+        SystemEvent::Left { new_owner, .. } => users.extend(new_owner.iter().cloned()),
+        SystemEvent::RoleChanged { user, .. } | SystemEvent::OwnershipTransferred { user, .. } => {
+            users.push(user.clone());
+        }
+        SystemEvent::Renamed { .. } => {}
+    }
+    users
+}
+
+/// The change the system entry `entry` records, as the group use cases make it (new members
+/// join as members; a departing owner hands over to `new_owner`; a hand-over makes the old
+/// owner an admin); `None` for a group's creation, which [`GroupRepository::create`] stores.
+fn replayed_change(expected_version: u64, entry: &Message, event: &SystemEvent) -> Option<GroupChange> {
+    let mut change = GroupChange {
+        expected_version,
+        entry: entry.clone(),
+        rename: None,
+        add: Vec::new(),
+        remove: Vec::new(),
+        roles: Vec::new(),
+    };
+    match event {
+        SystemEvent::Created { .. } => return None,
+        SystemEvent::Added { users, .. } => {
+            change.add = users.iter().map(|user| (user.clone(), Role::Member)).collect();
+        }
+        SystemEvent::Removed { users, .. } => change.remove.clone_from(users),
+        SystemEvent::Left { actor, new_owner } => {
+            change.remove = vec![actor.clone()];
+            change.roles = new_owner.iter().map(|owner| (owner.clone(), Role::Owner)).collect();
+        }
+        SystemEvent::Renamed { name, .. } => change.rename = Some(name.clone()),
+        SystemEvent::RoleChanged { user, role, .. } => change.roles = vec![(user.clone(), *role)],
+        SystemEvent::OwnershipTransferred { actor, user } => {
+            change.roles = vec![(user.clone(), Role::Owner), (actor.clone(), Role::Admin)];
+        }
+    }
+    Some(change)
+}
+
+/// An import in progress: it takes the records in dump order. Users come before everything
+/// else; a direct conversation before its messages and its members; a group's entries (in seq
+/// order) and members right after the group.
+pub struct Import<'a> {
+    service: &'a TransferService,
+    stats: TransferStats,
+    /// The group whose entries and members are coming in.
+    open: Option<OpenGroup>,
+    /// Direct conversations refused with one of their users.
+    refused: HashSet<ConversationId>,
+    /// Direct messages of one conversation from a dump written before seqs, which listed
+    /// them a page at a time, newest page first: held (one conversation at a time) and stored
+    /// in id order when the conversation's records end.
+    unnumbered: Vec<Message>,
+}
+
+/// A group being imported.
+struct OpenGroup {
+    dumped: ExportedGroup,
+    /// Refused with one of its users: its records are counted, not stored.
+    refused: bool,
+    /// The group's last seq and membership version in the target, as the import moves them.
+    last_seq: Seq,
+    version: u64,
+    /// Whether this import stored entries of it: then the result is compared with the dump.
+    stored: bool,
+    /// The dumped members seen so far.
+    members: Vec<Member>,
+}
+
+impl Import<'_> {
+    /// What the import did so far.
+    pub fn stats(&self) -> &TransferStats {
+        &self.stats
+    }
+
+    /// Stores one record as it is. A record already present is counted as skipped. A user
+    /// with an unusable password hash is not stored but listed in `stats.rejected_users`, and
+    /// the records of a rejected user are counted in `stats.rejected_with_users`.
+    pub async fn record(&mut self, record: Record) -> Result<(), TransferError> {
+        let record = match record {
+            Record::Message(message) if message.seq == 0 && message.receiver_id.is_some() => {
+                let other = self.unnumbered.first().map(|m| &m.conversation_id);
+                if other.is_some_and(|other| *other != message.conversation_id) {
+                    self.store_unnumbered().await?;
+                }
+                self.close_group().await?;
+                self.unnumbered.push(message);
+                return Ok(());
+            }
+            record => record,
+        };
+        self.store_unnumbered().await?;
+        let open = self.open.as_ref().map(|open| &open.dumped.group.id);
+        let of_open = match &record {
+            Record::Message(m) => m.receiver_id.is_none() && Some(&m.conversation_id) == open,
+            Record::Member { conversation, .. } => Some(conversation) == open,
+            _ => false,
+        };
+        if !of_open {
+            self.close_group().await?;
+        }
+        match record {
+            Record::User(user) => self.user(user).await,
+            Record::Conversation(conversation) => self.conversation(conversation).await,
+            Record::Group(group) => self.group(group).await,
+            Record::Message(message) => match message.receiver_id.clone() {
+                None => self.group_entry(message).await,
+                Some(receiver) => self.direct_message(message, receiver).await,
+            },
+            Record::Member { member, .. } if of_open => self.group_member(member).await,
+            Record::Member { conversation, member } => self.direct_member(&conversation, member).await,
+        }
+    }
+
+    /// Ends the import (checking the last group): what it did.
+    pub async fn finish(mut self) -> Result<TransferStats, TransferError> {
+        self.store_unnumbered().await?;
+        self.close_group().await?;
+        Ok(self.stats)
+    }
+
+    /// Stores the messages of a conversation from a dump written before seqs, in id order
+    /// (the order they were sent in), so they get their seqs in that order; and, as for a
+    /// store upgraded in place, what was there before read positions counts as read.
+    async fn store_unnumbered(&mut self) -> Result<(), TransferError> {
+        let mut messages = std::mem::take(&mut self.unnumbered);
+        messages.sort_by(|x, y| x.id.cmp(&y.id));
+        let Some(last) = messages.last().cloned() else { return Ok(()) };
+        for message in messages {
+            let Some(receiver) = message.receiver_id.clone() else { continue };
+            self.direct_message(message, receiver).await?;
+        }
+        let users: Vec<&UserId> = [&last.sender_id].into_iter().chain(&last.receiver_id).collect();
+        if users.iter().any(|user| self.rejected(user)) {
+            return Ok(());
+        }
+        for user in users {
+            let moved = self.service.messages.mark_read(&last.conversation_id, user, &last.id).await;
+            // Not to be found in the conversation only if the pair's conversation in the
+            // target has another id than the dump's: the read state stays as the messages
+            // left it.
+            moved.map_err(storage("marking imported messages read"))?;
+        }
+        Ok(())
+    }
+
+    fn rejected(&self, user: &UserId) -> bool {
+        self.stats.rejected_users.contains_key(user)
+    }
+
+    async fn user(&mut self, user: User) -> Result<(), TransferError> {
+        if let Err(reason) = self.service.check_hash(&user) {
+            self.stats.rejected_users.insert(user.id, RejectedUser { username: user.username, reason });
+            return Ok(());
+        }
+        let stored = self.service.users.insert(&user).await;
+        skip_conflict(stored, &mut self.stats.users, &mut self.stats.skipped, "importing a user")
+    }
+
+    async fn conversation(&mut self, conversation: Conversation) -> Result<(), TransferError> {
+        if self.rejected(conversation.participants.first())
+            || self.rejected(conversation.participants.second())
+        {
+            self.refused.insert(conversation.id);
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
+        let existing = self
+            .service
+            .conversations
+            .find_or_insert(&conversation)
+            .await
+            .map_err(storage("importing a conversation"))?;
+        if existing.id != conversation.id {
+            return Err(TransferError::ConversationClash {
+                imported: conversation.id.to_string(),
+                existing: existing.id.to_string(),
+            });
+        }
+        self.stats.conversations += 1;
+        Ok(())
+    }
+
+    /// Each message takes the conversation's next seq — the one it had, when the target's
+    /// conversation holds nothing else — and the next position in both participants' streams
+    /// of the target store, in import order: cursors are per store.
+    async fn direct_message(&mut self, message: Message, receiver: UserId) -> Result<(), TransferError> {
+        if self.rejected(&message.sender_id) || self.rejected(&receiver) {
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
         let pair = ParticipantPair::new(message.sender_id.clone(), receiver)
-            .map_err(|e| RepoError::Unexpected(anyhow::anyhow!("message {}: {e}", message.id)))?;
+            .map_err(|e| inconsistent(&message.conversation_id, format!("message {}: {e}", message.id)))?;
         // The conversation was imported before its messages; this stands in for it only if
         // the dump lacks it.
         let conversation = Conversation {
@@ -242,7 +521,277 @@ impl TransferService {
             updated_at: message.created_at,
             last_seq: 0,
         };
-        self.messages.append(&conversation, message).await
+        let stored = match self.service.messages.append(&conversation, &message).await {
+            Ok(Appended::Created(_)) => Ok(()),
+            Ok(Appended::Existing(_)) => Err(RepoError::Conflict),
+            Err(error) => Err(error),
+        };
+        skip_conflict(stored, &mut self.stats.messages, &mut self.stats.skipped, "importing a message")
+    }
+
+    /// Moves the member's read position in the target to the entry they had read.
+    async fn direct_member(
+        &mut self,
+        conversation: &ConversationId,
+        member: Member,
+    ) -> Result<(), TransferError> {
+        if self.refused.contains(conversation) || self.rejected(&member.user_id) {
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
+        if let Some(up_to) = &member.last_read_message_id {
+            let moved = self
+                .service
+                .messages
+                .mark_read(conversation, &member.user_id, up_to)
+                .await
+                .map_err(storage("importing a read position"))?;
+            match moved {
+                ReadMoved::Moved { .. } | ReadMoved::NotAhead { .. } => {}
+                ReadMoved::NotMember => {
+                    return Err(inconsistent(conversation, format!("{} is no member of it", member.user_id)))
+                }
+                ReadMoved::UnknownMessage => {
+                    return Err(inconsistent(
+                        conversation,
+                        format!("{} read up to {up_to}, which it does not hold", member.user_id),
+                    ))
+                }
+            }
+        }
+        self.stats.members += 1;
+        Ok(())
+    }
+
+    async fn group(&mut self, dumped: ExportedGroup) -> Result<(), TransferError> {
+        let refused = std::iter::once(&dumped.group.created_by)
+            .chain(&dumped.users)
+            .any(|user| self.stats.rejected_users.contains_key(user));
+        let (last_seq, version) = if refused {
+            self.stats.rejected_with_users += 1;
+            (0, 0)
+        } else {
+            let state =
+                self.service.groups.state(&dumped.group.id).await.map_err(storage("reading a group"))?;
+            let (last_seq, version) = state.map_or((0, 0), |s| (s.group.last_seq, s.version));
+            if last_seq >= dumped.group.last_seq {
+                self.stats.skipped += 1;
+            } else {
+                self.stats.groups += 1;
+            }
+            (last_seq, version)
+        };
+        self.open =
+            Some(OpenGroup { dumped, refused, last_seq, version, stored: false, members: Vec::new() });
+        Ok(())
+    }
+
+    /// Stores the group's next entry the way it was stored first.
+    async fn group_entry(&mut self, entry: Message) -> Result<(), TransferError> {
+        let service = self.service;
+        let Some(open) = self.open.as_mut().filter(|open| open.dumped.group.id == entry.conversation_id)
+        else {
+            return Err(inconsistent(
+                &entry.conversation_id,
+                format!("entry {} comes without the group before it", entry.id),
+            ));
+        };
+        let id = &open.dumped.group.id;
+        if open.refused {
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
+        if entry.seq == 0 {
+            return Err(inconsistent(id, format!("entry {} has no seq", entry.id)));
+        }
+        if entry.seq <= open.last_seq {
+            // Stored by an earlier run of the import: the same entry, or a clash.
+            let stored = service
+                .messages
+                .entries(id, entry.seq - 1, Some(entry.seq), 1)
+                .await
+                .map_err(storage("reading a group's entries"))?;
+            if stored.first().map(|s| &s.id) != Some(&entry.id) {
+                return Err(inconsistent(
+                    id,
+                    format!("the target holds another entry than {} at seq {}", entry.id, entry.seq),
+                ));
+            }
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        if entry.seq != open.last_seq + 1 {
+            return Err(inconsistent(
+                id,
+                format!(
+                    "entry {} at seq {} follows seq {}: entries are missing",
+                    entry.id, entry.seq, open.last_seq
+                ),
+            ));
+        }
+        let (seq, version) = match (&entry.system, entry.seq) {
+            (Some(SystemEvent::Created { actor, name, members }), 1) => {
+                let group = Group {
+                    name: name.clone(),
+                    updated_at: open.dumped.group.created_at,
+                    last_seq: 1,
+                    ..open.dumped.group.clone()
+                };
+                let members: Vec<Member> = members
+                    .iter()
+                    .map(|user| {
+                        // As the group use cases make them: the creator owns the group and
+                        // has read its first entry. The first members joined when the group
+                        // was made (its entry is timed a moment later).
+                        let creator = user == actor;
+                        let role = if creator { Role::Owner } else { Role::Member };
+                        Member {
+                            read_seq: u64::from(creator),
+                            last_read_message_id: creator.then(|| entry.id.clone()),
+                            ..Member::joining(user.clone(), role, group.created_at, 1)
+                        }
+                    })
+                    .collect();
+                service.groups.create(&group, &members, &entry).await.map_err(|e| match e {
+                    RepoError::Conflict => {
+                        inconsistent(id, "the target holds a conversation or entry with its id")
+                    }
+                    source => TransferError::Storage { context: "importing a group", source },
+                })?;
+                (1, 1)
+            }
+            (Some(event), seq) if seq > 1 => {
+                let Some(change) = replayed_change(open.version, &entry, event) else {
+                    return Err(inconsistent(
+                        id,
+                        format!("entry {} creates it again at seq {seq}", entry.id),
+                    ));
+                };
+                let changed = service.groups.change(id, &change).await.map_err(|e| match e {
+                    RepoError::Conflict => inconsistent(
+                        id,
+                        format!("entry {} does not apply: a conflict in the target", entry.id),
+                    ),
+                    source => TransferError::Storage { context: "importing a group entry", source },
+                })?;
+                match changed {
+                    Changed::Applied { entry, version, .. } => (entry.seq, version),
+                    Changed::Stale => {
+                        return Err(inconsistent(id, "it changed in the target while being imported"))
+                    }
+                }
+            }
+            (None, seq) if seq > 1 => {
+                let appended = service.messages.append_to_group(&entry).await.map_err(|e| match e {
+                    RepoError::Conflict => {
+                        inconsistent(id, format!("the target holds another entry with the id {}", entry.id))
+                    }
+                    source => TransferError::Storage { context: "importing a group entry", source },
+                })?;
+                match appended {
+                    GroupAppended::Created { message, version } => (message.seq, version),
+                    GroupAppended::Existing(earlier) => {
+                        return Err(inconsistent(
+                            id,
+                            format!("entry {} reuses the client id of entry {}", entry.id, earlier.id),
+                        ))
+                    }
+                    GroupAppended::NotMember => {
+                        return Err(inconsistent(
+                            id,
+                            format!("{} sent entry {} at seq {seq} as no member", entry.sender_id, entry.id),
+                        ))
+                    }
+                }
+            }
+            _ => return Err(inconsistent(id, format!("entry {} at seq 1 is not its creation", entry.id))),
+        };
+        if seq != entry.seq {
+            return Err(inconsistent(
+                id,
+                format!("entry {} took seq {seq} instead of {}", entry.id, entry.seq),
+            ));
+        }
+        open.last_seq = seq;
+        open.version = version;
+        open.stored = true;
+        self.stats.messages += 1;
+        Ok(())
+    }
+
+    /// Moves the member's read position to the one in the dump; the membership itself came
+    /// with the entries, and is compared with the dump when the group ends.
+    async fn group_member(&mut self, member: Member) -> Result<(), TransferError> {
+        let service = self.service;
+        let Some(open) = self.open.as_mut() else { return Ok(()) };
+        let id = &open.dumped.group.id;
+        if open.refused {
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
+        if let Some(up_to) = &member.last_read_message_id {
+            let moved = service
+                .messages
+                .mark_read(id, &member.user_id, up_to)
+                .await
+                .map_err(storage("importing a read position"))?;
+            let applies = matches!(moved, ReadMoved::Moved { .. } | ReadMoved::NotAhead { .. });
+            if !applies && !open.stored {
+                // A group imported before, which has moved on since.
+                self.stats.skipped += 1;
+                return Ok(());
+            }
+            if !applies {
+                return Err(inconsistent(
+                    id,
+                    format!("{} cannot have read up to {up_to} ({moved:?})", member.user_id),
+                ));
+            }
+        }
+        open.members.push(member);
+        self.stats.members += 1;
+        Ok(())
+    }
+
+    /// Ends the open group's records: compares the group this import stored with the dump.
+    async fn close_group(&mut self) -> Result<(), TransferError> {
+        let Some(open) = self.open.take() else { return Ok(()) };
+        if open.refused || !open.stored {
+            return Ok(());
+        }
+        let dumped = &open.dumped;
+        let id = &dumped.group.id;
+        let Some(state) = self.service.groups.state(id).await.map_err(storage("reading a group"))? else {
+            return Err(inconsistent(id, "it is gone from the target"));
+        };
+        if state.group != dumped.group || state.version != dumped.version {
+            return Err(inconsistent(
+                id,
+                format!(
+                    "it was stored as {:?} at version {}, not as dumped: {:?} at version {}",
+                    state.group, state.version, dumped.group, dumped.version
+                ),
+            ));
+        }
+        let by_user = |members: Vec<Member>| -> BTreeMap<UserId, Member> {
+            members.into_iter().map(|m| (m.user_id.clone(), m)).collect()
+        };
+        let (stored, expected) = (by_user(state.members), by_user(open.members));
+        let differing: Vec<String> = stored
+            .keys()
+            .chain(expected.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|user| stored.get(*user) != expected.get(*user))
+            .map(ToString::to_string)
+            .collect();
+        if !differing.is_empty() {
+            return Err(inconsistent(
+                id,
+                format!("its history does not give these members as dumped: {}", differing.join(", ")),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -264,13 +813,11 @@ fn skip_conflict(
 mod tests {
     use super::*;
     use crate::ports::{
-        ConversationSummary, MockConversationRepository, MockMessageRepository, MockUserRepository,
+        ConversationSummary, GroupState, MockConversationRepository, MockGroupRepository,
+        MockMessageRepository, MockUserRepository, StoredMessage,
     };
     use chrono::Utc;
-    use domain::{
-        Avatar, ConversationId, FullName, Group, GroupName, Member, MessageBody, MessageId, ParticipantPair,
-        PasswordHash, Role, Username,
-    };
+    use domain::{Avatar, FullName, GroupName, MessageBody, MessageId, PasswordHash, Username};
 
     /// Salt and hash of a bcrypt string, after `$2b$<cost>$`.
     const HASH_BODY: &str = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
@@ -304,50 +851,130 @@ mod tests {
         }
     }
 
+    /// A group entry at `seq`: a system entry when `event` is given.
+    fn entry(group: &ConversationId, from: &UserId, seq: Seq, event: Option<SystemEvent>) -> Message {
+        Message {
+            id: MessageId::generate(),
+            conversation_id: group.clone(),
+            sender_id: from.clone(),
+            receiver_id: None,
+            body: MessageBody::parse("entry").unwrap(),
+            system: event,
+            seq,
+            created_at: Utc::now(),
+            client_id: None,
+        }
+    }
+
+    fn group(created_by: &UserId, last_seq: Seq) -> Group {
+        Group {
+            id: ConversationId::generate(),
+            name: GroupName::parse("team").unwrap(),
+            created_by: created_by.clone(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            last_seq,
+        }
+    }
+
+    fn service(
+        users: MockUserRepository,
+        conversations: MockConversationRepository,
+        messages: MockMessageRepository,
+        groups: MockGroupRepository,
+    ) -> TransferService {
+        TransferService::new(
+            Arc::new(users),
+            Arc::new(conversations),
+            Arc::new(messages),
+            Arc::new(groups),
+            10,
+        )
+    }
+
     #[tokio::test]
-    async fn export_emits_every_user_each_conversation_once_and_all_messages() {
-        let (alice, bob) = (user("alice"), user("bob"));
+    async fn export_emits_every_user_each_conversation_once_with_its_entries_in_seq_order_and_members() {
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
         let conversation =
             Conversation::start(ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap(), Utc::now());
+        let conversation = Conversation { last_seq: 1, ..conversation };
         let sent = message(&conversation.id, &alice, &bob);
+        let team = group(&alice.id, 2);
+        let created = entry(
+            &team.id,
+            &alice.id,
+            1,
+            Some(SystemEvent::Created {
+                actor: alice.id.clone(),
+                name: team.name.clone(),
+                members: vec![alice.id.clone(), bob.id.clone(), carol.id.clone()],
+            }),
+        );
+        let removed = entry(
+            &team.id,
+            &alice.id,
+            2,
+            Some(SystemEvent::Removed { actor: alice.id.clone(), users: vec![carol.id.clone()] }),
+        );
+        let owner = Member::joining(alice.id.clone(), Role::Owner, Utc::now(), 1);
+        let member = Member { read_seq: 0, ..Member::joining(bob.id.clone(), Role::Member, Utc::now(), 1) };
 
         let mut users = MockUserRepository::new();
         let listed = vec![alice.clone(), bob.clone()];
         users.expect_list().times(1).returning(move |_| Ok(listed.clone()));
         let mut conversations = MockConversationRepository::new();
-        let me = Member::joining(alice.id.clone(), Role::Member, Utc::now(), 1);
-        let summary = ConversationSummary {
-            conversation: Chat::Direct(conversation.clone()),
-            last_message: None,
-            me: me.clone(),
+        let summaries = vec![
+            ConversationSummary {
+                conversation: Chat::Group(team.clone()),
+                last_message: None,
+                me: owner.clone(),
+            },
+            ConversationSummary {
+                conversation: Chat::Direct(conversation.clone()),
+                last_message: None,
+                me: owner.clone(),
+            },
+        ];
+        conversations.expect_list_for_user().times(2).returning(move |_| Ok(summaries.clone()));
+        let direct_member = |user: &User| Member {
+            read_seq: 1,
+            ..Member::joining(user.id.clone(), Role::Member, Utc::now(), 1)
         };
-        // Groups are not carried by a dump yet: skipped.
-        let group = ConversationSummary {
-            conversation: Chat::Group(Group {
-                id: ConversationId::generate(),
-                name: GroupName::parse("team").unwrap(),
-                created_by: alice.id.clone(),
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-                last_seq: 1,
-            }),
-            last_message: None,
-            me,
-        };
+        let (alice_reads, bob_reads) = (direct_member(&alice), direct_member(&bob));
+        let read = [alice_reads.clone(), bob_reads.clone()];
         conversations
-            .expect_list_for_user()
+            .expect_member()
             .times(2)
-            .returning(move |_| Ok(vec![group.clone(), summary.clone()]));
+            .returning(move |_, user| Ok(read.iter().find(|m| &m.user_id == user).cloned()));
+        let mut groups = MockGroupRepository::new();
+        // Listed by both members: read once.
+        let state =
+            GroupState { group: team.clone(), members: vec![member.clone(), owner.clone()], version: 2 };
+        groups.expect_state().times(1).returning(move |_| Ok(Some(state.clone())));
         let mut messages = MockMessageRepository::new();
-        let page = vec![sent.clone()];
+        let direct_entries = vec![sent.clone()];
         let direct = conversation.id.clone();
         messages
-            .expect_list_by_conversation()
-            .withf(move |id, from_seq, _, _| *id == direct && *from_seq == 0)
+            .expect_entries()
+            .withf(move |id, after, until, _| *id == direct && *after == 0 && *until == Some(1))
             .times(1)
-            .returning(move |_, _, _, _| Ok(page.clone()));
+            .returning(move |_, _, _, _| Ok(direct_entries.clone()));
+        // Group entries in two pages: read once for the users they name, once to emit.
+        let (first, second) = (vec![created.clone()], vec![removed.clone()]);
+        let id = team.id.clone();
+        messages
+            .expect_entries()
+            .withf(move |group, after, until, _| *group == id && *after == 0 && *until == Some(2))
+            .times(2)
+            .returning(move |_, _, _, _| Ok(first.clone()));
+        let id = team.id.clone();
+        messages
+            .expect_entries()
+            .withf(move |group, after, until, _| *group == id && *after == 1 && *until == Some(2))
+            .times(2)
+            .returning(move |_, _, _, _| Ok(second.clone()));
 
-        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
+        let service = service(users, conversations, messages, groups);
         let mut records = Vec::new();
         let stats = service
             .export(&mut |r| {
@@ -356,14 +983,39 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(stats, TransferStats { users: 2, conversations: 1, messages: 1, ..Default::default() });
+        assert_eq!(
+            stats,
+            TransferStats {
+                users: 2,
+                conversations: 1,
+                groups: 1,
+                messages: 3,
+                members: 4,
+                ..Default::default()
+            }
+        );
+        let named: BTreeSet<UserId> = [&alice, &bob, &carol].iter().map(|u| u.id.clone()).collect();
         assert_eq!(
             records,
             vec![
                 Record::User(alice),
                 Record::User(bob),
-                Record::Conversation(conversation),
-                Record::Message(sent)
+                Record::Group(ExportedGroup { group: team.clone(), version: 2, users: named }),
+                Record::Message(created),
+                Record::Message(removed),
+                // Members in joining order (of one entry, by id).
+                Record::Member {
+                    conversation: team.id.clone(),
+                    member: if owner.user_id < member.user_id { owner.clone() } else { member.clone() }
+                },
+                Record::Member {
+                    conversation: team.id.clone(),
+                    member: if owner.user_id < member.user_id { member } else { owner }
+                },
+                Record::Conversation(conversation.clone()),
+                Record::Message(sent),
+                Record::Member { conversation: conversation.id.clone(), member: alice_reads },
+                Record::Member { conversation: conversation.id, member: bob_reads },
             ]
         );
     }
@@ -374,23 +1026,19 @@ mod tests {
         users.expect_insert().times(1).returning(|_| Err(RepoError::Conflict));
         let mut messages = MockMessageRepository::new();
         messages.expect_append().times(1).returning(|_, m| {
-            Ok(Appended::Created(crate::ports::StoredMessage {
+            Ok(Appended::Created(StoredMessage {
                 message: m.clone(),
                 sender_cursor: domain::Cursor::START.next(),
                 receiver_cursor: domain::Cursor::START.next(),
             }))
         });
-        let service = TransferService::new(
-            Arc::new(users),
-            Arc::new(MockConversationRepository::new()),
-            Arc::new(messages),
-            10,
-        );
+        let service = service(users, MockConversationRepository::new(), messages, MockGroupRepository::new());
         let (alice, bob) = (user("alice"), user("bob"));
-        let mut stats = TransferStats::default();
-        service.import(Record::User(alice.clone()), &mut stats).await.unwrap();
+        let mut import = service.importer();
+        import.record(Record::User(alice.clone())).await.unwrap();
         let m = message(&ConversationId::generate(), &alice, &bob);
-        service.import(Record::Message(m), &mut stats).await.unwrap();
+        import.record(Record::Message(m)).await.unwrap();
+        let stats = import.finish().await.unwrap();
         assert_eq!(stats, TransferStats { messages: 1, skipped: 1, ..Default::default() });
     }
 
@@ -402,16 +1050,16 @@ mod tests {
         let imported = Conversation::start(pair, Utc::now());
         let mut conversations = MockConversationRepository::new();
         conversations.expect_find_or_insert().returning(move |_| Ok(existing.clone()));
-        let service = TransferService::new(
-            Arc::new(MockUserRepository::new()),
-            Arc::new(conversations),
-            Arc::new(MockMessageRepository::new()),
-            10,
+        let service = service(
+            MockUserRepository::new(),
+            conversations,
+            MockMessageRepository::new(),
+            MockGroupRepository::new(),
         );
-        let err =
-            service.import(Record::Conversation(imported), &mut TransferStats::default()).await.unwrap_err();
+        let err = service.importer().record(Record::Conversation(imported)).await.unwrap_err();
         assert!(matches!(err, TransferError::ConversationClash { .. }));
     }
+
     #[tokio::test]
     async fn import_rejects_unusable_hashes_with_the_records_of_their_users() {
         let mut users = MockUserRepository::new();
@@ -421,26 +1069,53 @@ mod tests {
         conversations.expect_find_or_insert().never();
         let mut messages = MockMessageRepository::new();
         messages.expect_append().never();
-        let service = TransferService::new(Arc::new(users), Arc::new(conversations), Arc::new(messages), 10);
+        messages.expect_mark_read().never();
+        messages.expect_append_to_group().never();
+        let mut groups = MockGroupRepository::new();
+        groups.expect_state().never();
+        groups.expect_create().never();
+        let service = service(users, conversations, messages, groups);
 
         let good = User { password_hash: PasswordHash::new(format!("$2y$12${HASH_BODY}")), ..user("good") };
         let malformed = User { password_hash: PasswordHash::new("not-a-hash".into()), ..user("malformed") };
         let costly =
             User { password_hash: PasswordHash::new(format!("$2b$13${HASH_BODY}")), ..user("costly") };
-        let mut stats = TransferStats::default();
+        let mut import = service.importer();
         for record in
             [Record::User(good.clone()), Record::User(malformed.clone()), Record::User(costly.clone())]
         {
-            service.import(record, &mut stats).await.unwrap();
+            import.record(record).await.unwrap();
         }
         let pair = ParticipantPair::new(good.id.clone(), malformed.id.clone()).unwrap();
         let conversation = Conversation::start(pair, Utc::now());
-        service.import(Record::Conversation(conversation.clone()), &mut stats).await.unwrap();
+        import.record(Record::Conversation(conversation.clone())).await.unwrap();
         let m = message(&conversation.id, &good, &costly);
-        service.import(Record::Message(m), &mut stats).await.unwrap();
+        import.record(Record::Message(m)).await.unwrap();
+        // The good user's read position in the refused conversation goes with it.
+        let reads = Member::joining(good.id.clone(), Role::Member, Utc::now(), 1);
+        import.record(Record::Member { conversation: conversation.id.clone(), member: reads }).await.unwrap();
+        // A group that names a refused user (here as a former member) goes with all its records.
+        let team = group(&good.id, 2);
+        let users = [good.id.clone(), costly.id.clone()].into_iter().collect();
+        import.record(Record::Group(ExportedGroup { group: team.clone(), version: 2, users })).await.unwrap();
+        let created = entry(
+            &team.id,
+            &good.id,
+            1,
+            Some(SystemEvent::Created {
+                actor: good.id.clone(),
+                name: team.name.clone(),
+                members: vec![good.id.clone(), costly.id.clone()],
+            }),
+        );
+        import.record(Record::Message(created)).await.unwrap();
+        let owner = Member::joining(good.id.clone(), Role::Owner, Utc::now(), 1);
+        import.record(Record::Member { conversation: team.id.clone(), member: owner }).await.unwrap();
+        let stats = import.finish().await.unwrap();
 
         assert_eq!((stats.users, stats.conversations, stats.messages, stats.skipped), (1, 0, 0, 0));
-        assert_eq!(stats.rejected_with_users, 2);
+        assert_eq!((stats.groups, stats.members), (0, 0));
+        assert_eq!(stats.rejected_with_users, 6);
         let rejected: Vec<(&UserId, &str)> =
             stats.rejected_users.iter().map(|(id, r)| (id, r.username.as_str())).collect();
         let mut expected = vec![(&malformed.id, "malformed"), (&costly.id, "costly")];
@@ -448,5 +1123,162 @@ mod tests {
         assert_eq!(rejected, expected);
         assert!(stats.rejected_users[&malformed.id].reason.contains("not a bcrypt hash"));
         assert!(stats.rejected_users[&costly.id].reason.contains("cost 13, above 12"));
+    }
+
+    #[test]
+    fn system_entries_replay_as_the_changes_the_use_cases_made() {
+        let (owner, admin, member) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let group = ConversationId::generate();
+        let replay = |event: SystemEvent| {
+            let change = replayed_change(7, &entry(&group, &owner, 3, Some(event.clone())), &event).unwrap();
+            assert_eq!(change.expected_version, 7);
+            (change.rename, change.add, change.remove, change.roles)
+        };
+        let name = GroupName::parse("renamed").unwrap();
+        assert_eq!(
+            replay(SystemEvent::Added { actor: owner.clone(), users: vec![member.clone()] }),
+            (None, vec![(member.clone(), Role::Member)], vec![], vec![])
+        );
+        assert_eq!(
+            replay(SystemEvent::Removed { actor: owner.clone(), users: vec![member.clone()] }),
+            (None, vec![], vec![member.clone()], vec![])
+        );
+        assert_eq!(
+            replay(SystemEvent::Left { actor: owner.clone(), new_owner: Some(admin.clone()) }),
+            (None, vec![], vec![owner.clone()], vec![(admin.clone(), Role::Owner)])
+        );
+        assert_eq!(
+            replay(SystemEvent::Renamed { actor: owner.clone(), name: name.clone() }),
+            (Some(name), vec![], vec![], vec![])
+        );
+        assert_eq!(
+            replay(SystemEvent::RoleChanged {
+                actor: owner.clone(),
+                user: member.clone(),
+                role: Role::Admin
+            }),
+            (None, vec![], vec![], vec![(member.clone(), Role::Admin)])
+        );
+        assert_eq!(
+            replay(SystemEvent::OwnershipTransferred { actor: owner.clone(), user: admin.clone() }),
+            (None, vec![], vec![], vec![(admin, Role::Owner), (owner.clone(), Role::Admin)])
+        );
+        let created = SystemEvent::Created {
+            actor: owner.clone(),
+            name: GroupName::parse("x").unwrap(),
+            members: vec![],
+        };
+        assert_eq!(replayed_change(1, &entry(&group, &owner, 1, Some(created.clone())), &created), None);
+    }
+
+    /// An import of `alice`, who may own groups, into stores that know no group yet.
+    async fn import_with_groups(
+        groups: MockGroupRepository,
+        messages: MockMessageRepository,
+    ) -> (TransferService, User) {
+        let mut users = MockUserRepository::new();
+        users.expect_insert().returning(|_| Ok(()));
+        (service(users, MockConversationRepository::new(), messages, groups), user("alice"))
+    }
+
+    #[tokio::test]
+    async fn a_group_entry_out_of_place_or_after_a_gap_stops_the_import() {
+        let mut groups = MockGroupRepository::new();
+        groups.expect_state().returning(|_| Ok(None));
+        groups.expect_create().times(1).returning(|_, _, _| Ok(Vec::new()));
+        let (service, alice) = import_with_groups(groups, MockMessageRepository::new()).await;
+        let team = group(&alice.id, 3);
+
+        let mut import = service.importer();
+        import.record(Record::User(alice.clone())).await.unwrap();
+        let stray = entry(&team.id, &alice.id, 1, None);
+        let err = import.record(Record::Message(stray)).await.unwrap_err();
+        assert!(err.to_string().contains("without the group before it"), "{err}");
+
+        let users = [alice.id.clone()].into_iter().collect();
+        import.record(Record::Group(ExportedGroup { group: team.clone(), version: 1, users })).await.unwrap();
+        let not_created = entry(&team.id, &alice.id, 1, None);
+        let err = import.record(Record::Message(not_created)).await.unwrap_err();
+        assert!(err.to_string().contains("at seq 1 is not its creation"), "{err}");
+        let created = SystemEvent::Created {
+            actor: alice.id.clone(),
+            name: team.name.clone(),
+            members: vec![alice.id.clone()],
+        };
+        import.record(Record::Message(entry(&team.id, &alice.id, 1, Some(created)))).await.unwrap();
+        let after_gap = entry(&team.id, &alice.id, 3, None);
+        let err = import.record(Record::Message(after_gap)).await.unwrap_err();
+        assert!(err.to_string().contains("entries are missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_history_does_not_give_its_members_as_dumped_stops_the_import() {
+        let alice = user("alice");
+        let team = group(&alice.id, 2);
+        let owner = Member::joining(alice.id.clone(), Role::Owner, team.created_at, 1);
+        let bob = UserId::generate();
+        let mut groups = MockGroupRepository::new();
+        let mut calls = 0;
+        let stored = team.clone();
+        let (owner_now, bob_now) =
+            (owner.clone(), Member::joining(bob.clone(), Role::Member, team.created_at, 2));
+        groups.expect_state().times(2).returning(move |_| {
+            calls += 1;
+            // Unknown before the import; afterwards with bob as a member, not an admin.
+            Ok((calls > 1).then(|| GroupState {
+                group: stored.clone(),
+                members: vec![owner_now.clone(), bob_now.clone()],
+                version: 2,
+            }))
+        });
+        groups
+            .expect_create()
+            .withf(|group, members, created| {
+                group.last_seq == 1
+                    && members.len() == 1
+                    && members[0].role == Role::Owner
+                    && created.seq == 1
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(Vec::new()));
+        groups
+            .expect_change()
+            .withf(|_, change| change.expected_version == 1 && change.add.len() == 1)
+            .times(1)
+            .returning(|_, change| {
+                Ok(Changed::Applied {
+                    entry: Message { seq: 2, ..change.entry.clone() },
+                    version: 2,
+                    notices: vec![],
+                })
+            });
+        let mut messages = MockMessageRepository::new();
+        messages.expect_mark_read().returning(|_, _, _| Ok(ReadMoved::NotAhead { seq: 2 }));
+        let (service, _) = import_with_groups(groups, messages).await;
+
+        let mut import = service.importer();
+        import.record(Record::User(alice.clone())).await.unwrap();
+        let users = [alice.id.clone(), bob.clone()].into_iter().collect();
+        import.record(Record::Group(ExportedGroup { group: team.clone(), version: 2, users })).await.unwrap();
+        let created = SystemEvent::Created {
+            actor: alice.id.clone(),
+            name: team.name.clone(),
+            members: vec![alice.id.clone()],
+        };
+        let created = Message { created_at: team.created_at, ..entry(&team.id, &alice.id, 1, Some(created)) };
+        import.record(Record::Message(created)).await.unwrap();
+        let added = SystemEvent::Added { actor: alice.id.clone(), users: vec![bob.clone()] };
+        import.record(Record::Message(entry(&team.id, &alice.id, 2, Some(added)))).await.unwrap();
+        for member in [
+            owner,
+            Member { role: Role::Admin, ..Member::joining(bob.clone(), Role::Member, team.created_at, 2) },
+        ] {
+            import.record(Record::Member { conversation: team.id.clone(), member }).await.unwrap();
+        }
+        let err = import.finish().await.unwrap_err();
+        assert!(
+            matches!(&err, TransferError::Inconsistent { conversation, .. } if *conversation == team.id.to_string())
+        );
+        assert!(err.to_string().ends_with(&format!("does not give these members as dumped: {bob}")), "{err}");
     }
 }

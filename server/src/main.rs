@@ -12,8 +12,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: server [serve | export | import]\n\n\
   serve    run the chat server (default)\n\
-  export   write every user, conversation and message of the configured store to stdout\n\
-           as newline-delimited JSON\n\
+  export   write every user, conversation, group, message and read position of the\n\
+           configured store to stdout as newline-delimited JSON\n\
   import   read such a dump from stdin into the configured store (records already\n\
            present are skipped)\n\n\
 Configuration: config/default.toml, config/$APP_ENV.toml, CHAT__SECTION__KEY env vars,\n\
@@ -69,8 +69,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut out = BufWriter::new(std::io::stdout());
             let stats = server::transfer::export(&storage, &mut out).await?;
             eprintln!(
-                "exported {} users, {} conversations, {} messages",
-                stats.users, stats.conversations, stats.messages
+                "exported {} users, {} conversations, {} groups, {} messages, {} memberships",
+                stats.users, stats.conversations, stats.groups, stats.messages, stats.members
             );
         }
         Command::Import => {
@@ -78,11 +78,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let stdin = BufReader::new(std::io::stdin());
             let stats = server::transfer::import(&storage, settings.auth.bcrypt_cost, stdin).await?;
             eprintln!(
-                "imported {} users, {} conversations, {} messages ({} already present); \
-                 rejected {} users (listed above) and {} of their conversations and messages",
+                "imported {} users, {} conversations, {} groups, {} messages, {} memberships \
+                 ({} already present); rejected {} users (listed above) and {} of their records",
                 stats.users,
                 stats.conversations,
+                stats.groups,
                 stats.messages,
+                stats.members,
                 stats.skipped,
                 stats.rejected_users.len(),
                 stats.rejected_with_users

@@ -1,15 +1,22 @@
 //! `server export` / `server import`: the store's content as newline-delimited JSON, one
 //! record per line, the same whatever the backend, so data moves between backends intact
-//! (ids, password hashes, timestamps).
+//! (ids, password hashes, timestamps, seqs, roles, read positions).
+//!
+//! The lines, in order: every `user`; then each conversation — a `conversation` (direct) or a
+//! `group` — followed by its `message`s in seq order (a group's system entries among them)
+//! and then its `member`s. Dumps written before groups (no `group` or `member` lines, no
+//! `seq` on messages) import as before.
 
 use std::io::{BufRead, Write};
 
 use anyhow::Context as _;
+use application::transfer::ExportedGroup;
 use application::{Record, TransferService, TransferStats};
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, FullName, Gender, Message, MessageBody, MessageId,
-    ParticipantPair, PasswordHash, User, UserId, Username,
+    Avatar, ClientMessageId, Conversation, ConversationId, FullName, Gender, Group, GroupName, Member,
+    Message, MessageBody, MessageId, ParticipantPair, PasswordHash, Role, Seq, SystemEvent, User, UserId,
+    Username,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,16 +39,47 @@ enum Line {
     },
     #[serde(rename_all = "camelCase")]
     Conversation { id: String, participants: [String; 2], created_at: String, updated_at: String },
+    /// A group as it stands; `users` names everyone its members and history name.
+    #[serde(rename_all = "camelCase")]
+    Group {
+        id: String,
+        name: String,
+        created_by: String,
+        created_at: String,
+        updated_at: String,
+        last_seq: Seq,
+        version: u64,
+        users: Vec<String>,
+    },
+    /// A direct message, or a group's entry (no `receiverId`; `system` in system entries).
     #[serde(rename_all = "camelCase")]
     Message {
         id: String,
         conversation_id: String,
         sender_id: String,
-        receiver_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receiver_id: Option<String>,
         message: String,
         created_at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_message_id: Option<String>,
+        /// Absent in dumps from before seqs: the import numbers the messages in dump order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<SystemEvent>,
+    },
+    /// A member of a conversation of either kind, with their read position.
+    #[serde(rename_all = "camelCase")]
+    Member {
+        conversation_id: String,
+        user_id: String,
+        role: Role,
+        joined_at: String,
+        joined_seq: Seq,
+        read_seq: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_read_message_id: Option<String>,
     },
 }
 
@@ -74,15 +112,35 @@ impl From<Record> for Line {
                 created_at: time(&c.created_at),
                 updated_at: time(&c.updated_at),
             },
+            Record::Group(ExportedGroup { group, version, users }) => Line::Group {
+                id: group.id.into(),
+                name: group.name.into(),
+                created_by: group.created_by.into(),
+                created_at: time(&group.created_at),
+                updated_at: time(&group.updated_at),
+                last_seq: group.last_seq,
+                version,
+                users: users.into_iter().map(String::from).collect(),
+            },
             Record::Message(m) => Line::Message {
                 id: m.id.into(),
                 conversation_id: m.conversation_id.into(),
                 sender_id: m.sender_id.into(),
-                // Dumps carry direct conversations only (see `TransferService::export`).
-                receiver_id: m.receiver_id.map(String::from).unwrap_or_default(),
+                receiver_id: m.receiver_id.map(String::from),
                 message: m.body.into(),
                 created_at: time(&m.created_at),
                 client_message_id: m.client_id.map(Into::into),
+                seq: Some(m.seq),
+                system: m.system,
+            },
+            Record::Member { conversation, member } => Line::Member {
+                conversation_id: conversation.into(),
+                user_id: member.user_id.into(),
+                role: member.role,
+                joined_at: time(&member.joined_at),
+                joined_seq: member.joined_seq,
+                read_seq: member.read_seq,
+                last_read_message_id: member.last_read_message_id.map(String::from),
             },
         }
     }
@@ -118,6 +176,24 @@ impl TryFrom<Line> for Record {
                     last_seq: 0,
                 })
             }
+            Line::Group { id, name, created_by, created_at, updated_at, last_seq, version, users } => {
+                Record::Group(ExportedGroup {
+                    group: Group {
+                        id: ConversationId::parse(&id).context("group id")?,
+                        name: GroupName::stored(&name).context("name")?,
+                        created_by: UserId::parse(&created_by).context("createdBy")?,
+                        created_at: parse_time(&created_at)?,
+                        updated_at: parse_time(&updated_at)?,
+                        last_seq,
+                    },
+                    version,
+                    users: users
+                        .iter()
+                        .map(|u| UserId::parse(u))
+                        .collect::<Result<_, _>>()
+                        .context("users")?,
+                })
+            }
             Line::Message {
                 id,
                 conversation_id,
@@ -126,20 +202,53 @@ impl TryFrom<Line> for Record {
                 message,
                 created_at,
                 client_message_id,
-            } => Record::Message(Message {
-                id: MessageId::parse(&id).context("message id")?,
-                conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
-                sender_id: UserId::parse(&sender_id).context("senderId")?,
-                receiver_id: Some(UserId::parse(&receiver_id).context("receiverId")?),
-                body: MessageBody::stored(&message).context("message")?,
-                system: None,
-                seq: 0,
-                created_at: parse_time(&created_at)?,
-                client_id: client_message_id
-                    .map(|id| ClientMessageId::parse(&id))
-                    .transpose()
-                    .context("clientMessageId")?,
-            }),
+                seq,
+                system,
+            } => {
+                if receiver_id.is_none() && seq.is_none() {
+                    anyhow::bail!("a message needs a receiverId, or a seq as a group's entry");
+                }
+                if receiver_id.is_some() && system.is_some() {
+                    anyhow::bail!("a direct message is no system entry");
+                }
+                Record::Message(Message {
+                    id: MessageId::parse(&id).context("message id")?,
+                    conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
+                    sender_id: UserId::parse(&sender_id).context("senderId")?,
+                    receiver_id: receiver_id.map(|r| UserId::parse(&r)).transpose().context("receiverId")?,
+                    body: MessageBody::stored(&message).context("message")?,
+                    system,
+                    // 0: not known, in dumps from before seqs.
+                    seq: seq.unwrap_or(0),
+                    created_at: parse_time(&created_at)?,
+                    client_id: client_message_id
+                        .map(|id| ClientMessageId::parse(&id))
+                        .transpose()
+                        .context("clientMessageId")?,
+                })
+            }
+            Line::Member {
+                conversation_id,
+                user_id,
+                role,
+                joined_at,
+                joined_seq,
+                read_seq,
+                last_read_message_id,
+            } => Record::Member {
+                conversation: ConversationId::parse(&conversation_id).context("conversationId")?,
+                member: Member {
+                    user_id: UserId::parse(&user_id).context("userId")?,
+                    role,
+                    joined_at: parse_time(&joined_at)?,
+                    joined_seq,
+                    read_seq,
+                    last_read_message_id: last_read_message_id
+                        .map(|id| MessageId::parse(&id))
+                        .transpose()
+                        .context("lastReadMessageId")?,
+                },
+            },
         })
     }
 }
@@ -150,6 +259,7 @@ fn service(storage: &Storage, hash_cost: u32) -> TransferService {
         storage.users.clone(),
         storage.conversations.clone(),
         storage.messages.clone(),
+        storage.groups.clone(),
         hash_cost,
     )
 }
@@ -170,11 +280,11 @@ pub async fn export(storage: &Storage, out: &mut (dyn Write + Send)) -> anyhow::
 
 /// Reads a dump from `input` into `storage`. Records already present are skipped, so an
 /// interrupted import can be run again. Users whose password hash is no bcrypt hash or costs
-/// more than `hash_cost` (`auth.bcrypt_cost`) + 2 are refused with their conversations and
-/// messages: each is named on stderr, and all are in the returned stats.
+/// more than `hash_cost` (`auth.bcrypt_cost`) + 2 are refused with their conversations,
+/// messages and groups: each is named on stderr, and all are in the returned stats.
 pub async fn import(storage: &Storage, hash_cost: u32, input: impl BufRead) -> anyhow::Result<TransferStats> {
     let service = service(storage, hash_cost);
-    let mut stats = TransferStats::default();
+    let mut import = service.importer();
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
         let line = line.with_context(|| format!("reading line {number}"))?;
@@ -188,10 +298,11 @@ pub async fn import(storage: &Storage, hash_cost: u32, input: impl BufRead) -> a
             Record::User(user) => Some(user.id.clone()),
             _ => None,
         };
-        service.import(record, &mut stats).await.with_context(|| format!("importing line {number}"))?;
-        if let Some((id, rejected)) = user.and_then(|id| stats.rejected_users.get(&id).map(|r| (id, r))) {
+        import.record(record).await.with_context(|| format!("importing line {number}"))?;
+        let rejected = user.and_then(|id| import.stats().rejected_users.get(&id).map(|r| (id, r)));
+        if let Some((id, rejected)) = rejected {
             eprintln!("line {number}: user {id} ({}) not imported: {}", rejected.username, rejected.reason);
         }
     }
-    Ok(stats)
+    import.finish().await.context("importing the last group")
 }

@@ -1,9 +1,12 @@
 //! Export/import moves a deployment between backends without losing anything:
 //! SQLite -> MongoDB -> PostgreSQL, then the users log in on PostgreSQL with their passwords
-//! and see their conversations exactly as before.
+//! and see their conversations — direct ones and groups, with members, roles, system
+//! entries, seqs and read positions — exactly as before.
+
+use std::collections::BTreeSet;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use tests::{Backend, TestApp, TestDatabase};
 
 /// A server on `db`, which outlives it (the test moves the data on and removes it).
@@ -24,35 +27,126 @@ async fn load(db: &TestDatabase, dump: &[u8]) -> application::TransferStats {
     server::transfer::import(&storage, cost, dump).await.expect("import")
 }
 
+/// Everything `user` (a token and an id) sees: their conversation list (unread counts and read
+/// positions included), each listed conversation's history and, of groups, members and roles;
+/// the group `group` asked for directly (a former member is refused); and the ids of the
+/// messages a sync from the start delivers (cursors belong to one store: not compared).
+async fn view(app: &TestApp, token: &str, group: &str) -> Value {
+    let list = app.conversations(token).await.data(StatusCode::OK).clone();
+    let mut conversations = Vec::new();
+    for conversation in list.as_array().unwrap() {
+        let id = conversation["_id"].as_str().unwrap();
+        let history = app.conversation_messages(token, id, &[("limit", "100")]).await;
+        let detail = match conversation["kind"].as_str() {
+            Some("group") => app.group(token, id).await.data(StatusCode::OK).clone(),
+            _ => Value::Null,
+        };
+        conversations.push(json!({ "history": history.data(StatusCode::OK), "group": detail }));
+    }
+    let asked = app.group(token, group).await;
+    let mut synced = BTreeSet::new();
+    let mut since = String::new();
+    loop {
+        let page = app.sync(token, &[("since", &since), ("limit", "200")]).await.data(StatusCode::OK).clone();
+        synced.extend(page["messages"].as_array().unwrap().iter().map(|m| m["_id"].to_string()));
+        since = page["nextCursor"].as_str().unwrap().to_owned();
+        if page["hasMore"] != json!(true) {
+            break;
+        }
+    }
+    json!({
+        "list": list,
+        "conversations": conversations,
+        "group": { "status": asked.status.as_u16(), "body": asked.body },
+        "synced": synced,
+    })
+}
+
+/// The unread count of `conversation` in `user`'s list.
+fn unread(view: &Value, conversation: &str) -> u64 {
+    let list = view["list"].as_array().unwrap();
+    let listed = list.iter().find(|c| c["_id"] == conversation).unwrap_or_else(|| panic!("{view}"));
+    listed["unreadCount"].as_u64().unwrap()
+}
+
 #[tokio::test]
 async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
     let source = TestDatabase::create(Backend::Sqlite).await;
     let app = start(&source).await;
 
+    let users = [
+        ("Alice", "alice-password"),
+        ("bob", "bob-password"),
+        ("carol.c", "carol-password"),
+        ("dave", "dave-password"),
+    ];
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
-    for (name, password) in
-        [("Alice", "alice-password"), ("bob", "bob-password"), ("carol.c", "carol-password")]
-    {
+    for (name, password) in users {
         let body = json!({ "fullName": format!("{name} Example"), "username": name, "password": password, "gender": "other" });
         let registered = app.register(&body).await;
         let registered = registered.data(StatusCode::CREATED);
         tokens.push(registered["token"].as_str().unwrap().to_owned());
         ids.push(registered["newUser"]["_id"].as_str().unwrap().to_owned());
     }
+    let mut direct = Vec::new();
     for i in 0..7 {
         let (from, to) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
-        app.send(&tokens[from], &ids[to], &format!("message {i} <b>&</b>")).await.data(StatusCode::CREATED);
+        let sent = app.send(&tokens[from], &ids[to], &format!("message {i} <b>&</b>")).await;
+        direct.push(sent.data(StatusCode::CREATED).clone());
     }
     app.send(&tokens[2], &ids[0], "hello from carol").await.data(StatusCode::CREATED);
+    // Alice writes three more; Bob reads the first of them: two stay unread.
+    for i in 0..3 {
+        let sent = app.send(&tokens[0], &ids[1], &format!("later {i}")).await;
+        direct.push(sent.data(StatusCode::CREATED).clone());
+    }
+    let pair = direct[0]["conversationId"].as_str().unwrap().to_owned();
+    app.mark_read(&tokens[1], &pair, direct[7]["_id"].as_str().unwrap()).await.data(StatusCode::OK);
 
-    let before = app.get_messages(&tokens[0], &ids[1], &[]).await.data(StatusCode::OK).clone();
-    let conversations_before = app.conversations(&tokens[0]).await.data(StatusCode::OK).clone();
+    // A group with every kind of entry: creation, messages, a role change, a removal (Carol
+    // stays a former member), a rename and a hand-over of ownership; then reads.
+    let others = [ids[1].as_str(), ids[2].as_str(), ids[3].as_str()];
+    let created = app.create_group(&tokens[0], "Team", &others).await;
+    let group = created.data(StatusCode::CREATED)["_id"].as_str().unwrap().to_owned();
+    app.post_message(&tokens[0], &group, "hello team").await.data(StatusCode::CREATED);
+    app.post_message(&tokens[1], &group, "hi <i>all</i>").await.data(StatusCode::CREATED);
+    app.set_role(&tokens[0], &group, &ids[1], "admin").await.data(StatusCode::OK);
+    app.post_message(&tokens[2], &group, "carol here").await.data(StatusCode::CREATED);
+    app.remove_member(&tokens[1], &group, &ids[2]).await.data(StatusCode::OK);
+    app.rename_group(&tokens[0], &group, "Team two").await.data(StatusCode::OK);
+    let dave_says = app.post_message(&tokens[3], &group, "dave here").await;
+    let dave_says = dave_says.data(StatusCode::CREATED)["_id"].as_str().unwrap().to_owned();
+    app.transfer_ownership(&tokens[0], &group, &ids[1]).await.data(StatusCode::OK);
+    app.mark_read(&tokens[1], &group, &dave_says).await.data(StatusCode::OK);
+
+    let mut before = Vec::new();
+    for token in &tokens {
+        before.push(view(&app, token, &group).await);
+    }
+    // The test exercises what it means to: unread entries in both kinds, a former member.
+    assert_eq!((unread(&before[1], &pair), unread(&before[1], &group)), (2, 1));
+    assert_eq!((unread(&before[3], &group), unread(&before[0], &group)), (1, 0));
+    assert_eq!(before[2]["group"]["status"], 403);
+    let entries = before[1]["conversations"].as_array().unwrap().iter().find(|c| c["group"]["_id"] == group);
+    let entries = entries.unwrap()["history"].as_array().unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["system", "text", "text", "system", "text", "system", "system", "text", "system"],
+        "{entries:?}"
+    );
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<u64>>());
 
     let first = dump(&source).await;
     let middle = TestDatabase::create(Backend::Mongodb).await;
     let stats = load(&middle, &first).await;
-    assert_eq!((stats.users, stats.conversations, stats.messages), (3, 2, 8));
+    assert_eq!(
+        (stats.users, stats.conversations, stats.groups, stats.messages, stats.members),
+        (4, 2, 1, 20, 7),
+        "{stats:?}"
+    );
 
     let second = dump(&middle).await;
     let target = TestDatabase::create(Backend::Postgres).await;
@@ -66,20 +160,74 @@ async fn data_moves_from_sqlite_to_mongodb_to_postgres_intact() {
 
     // Importing again changes nothing.
     let again = load(&target, &first).await;
-    assert_eq!((again.users, again.messages, again.skipped), (0, 0, 11));
+    assert_eq!((again.users, again.messages, again.groups, again.skipped), (0, 0, 0, 4 + 11 + 1 + 9));
+    assert_eq!(dump(&target).await, first, "nothing changed");
 
     let app = start(&target).await;
-    let login = app.login("alice", "alice-password").await;
-    let login = login.data(StatusCode::OK);
-    let token = login["token"].as_str().unwrap().to_owned();
-    assert_eq!(login["user"]["_id"], ids[0].as_str());
-    let after = app.get_messages(&token, &ids[1], &[]).await.data(StatusCode::OK).clone();
-    assert_eq!(after, before, "history is identical, ids, timestamps and order included");
-    let conversations_after = app.conversations(&token).await.data(StatusCode::OK).clone();
-    assert_eq!(conversations_after, conversations_before);
+    for (index, (name, password)) in users.into_iter().enumerate() {
+        let login = app.login(&name.to_lowercase(), password).await;
+        let login = login.data(StatusCode::OK);
+        assert_eq!(login["user"]["_id"], ids[index].as_str());
+        let token = login["token"].as_str().unwrap();
+        let after = view(&app, token, &group).await;
+        assert_eq!(
+            after, before[index],
+            "{name} sees the same conversations, unread counts, histories (ids, seqs, timestamps, \
+             order), members and roles, and gets the same messages from a sync"
+        );
+    }
 
     source.remove().await;
     middle.remove().await;
+    target.remove().await;
+}
+
+/// A dump written before groups and read positions — no `group` or `member` lines, no `seq`
+/// on messages, messages a page at a time with the newest page first — still imports: the
+/// messages get their seqs in id order, and (as in a store upgraded in place) count as read.
+#[tokio::test]
+async fn a_dump_from_before_groups_still_imports() {
+    let target = TestDatabase::create(Backend::Sqlite).await;
+    let good = "$2b$04$zFv3MVfKoGdVaVhtiGcVhOGP/mEhIBa8FiFjfycMWcsuzsDy5LfyC";
+    let (alice, bob) = (domain::UserId::generate().to_string(), domain::UserId::generate().to_string());
+    let conversation = domain::ConversationId::generate().to_string();
+    let messages: Vec<String> = (0..3).map(|_| domain::MessageId::generate().to_string()).collect();
+    let line = |id: &str, at: &str| {
+        json!({
+            "type": "message", "id": id, "conversationId": conversation, "senderId": alice,
+            "receiverId": bob, "message": format!("at {at}"), "createdAt": at,
+        })
+        .to_string()
+    };
+    let dump = [
+        user_line(&alice, "alice", good),
+        user_line(&bob, "bob", good),
+        json!({
+            "type": "conversation", "id": conversation, "participants": [alice, bob],
+            "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:03Z",
+        })
+        .to_string(),
+        line(&messages[2], "2024-01-01T00:00:03Z"),
+        line(&messages[0], "2024-01-01T00:00:01Z"),
+        line(&messages[1], "2024-01-01T00:00:02Z"),
+    ]
+    .join("\n");
+    let stats = load(&target, dump.as_bytes()).await;
+    assert_eq!((stats.users, stats.conversations, stats.messages, stats.members), (2, 1, 3, 0));
+
+    let app = start(&target).await;
+    let login = app.login("bob", "password-1").await;
+    let token = login.data(StatusCode::OK)["token"].as_str().unwrap().to_owned();
+    let history = app.conversation_messages(&token, &conversation, &[]).await.data(StatusCode::OK).clone();
+    let listed: Vec<(&str, u64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["_id"].as_str().unwrap(), m["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, [(messages[0].as_str(), 1), (messages[1].as_str(), 2), (messages[2].as_str(), 3)]);
+    let list = app.conversations(&token).await.data(StatusCode::OK).clone();
+    assert_eq!((list[0]["unreadCount"].clone(), list[0]["lastSeq"].clone()), (json!(0), json!(3)), "{list}");
     target.remove().await;
 }
 
