@@ -285,7 +285,8 @@
 
   // The avatar: initials on a colour, covered by the picture once it loads. The picture is
   // the server's own unless the user chose one; a chosen one that fails falls back to it.
-  function fillAvatar(node, id, user) {
+  // `lazy`: only once scrolled near (a long member list).
+  function fillAvatar(node, id, user, { lazy = false } = {}) {
     node.replaceChildren();
     node.dataset.hue = String(colour(id));
     const text = document.createElement("span");
@@ -297,6 +298,7 @@
     const img = document.createElement("img");
     img.alt = "";
     img.decoding = "async";
+    if (lazy) img.loading = "lazy";
     img.referrerPolicy = "no-referrer";
     img.addEventListener("load", () => img.classList.add("loaded"));
     img.addEventListener("error", () => {
@@ -1780,7 +1782,7 @@
     const avatar = document.createElement("span");
     avatar.className = "avatar small";
     avatar.setAttribute("aria-hidden", "true");
-    fillAvatar(avatar, id, user);
+    fillAvatar(avatar, id, user, { lazy: true });
     const names = document.createElement("span");
     names.className = "names";
     const full = document.createElement("span");
