@@ -98,6 +98,8 @@ pub struct Listeners {
     tasks: Vec<JoinHandle<Listened>>,
     stop: watch::Sender<bool>,
     arrived: Arc<AtomicU64>,
+    /// Handshakes refused at the start and tried again.
+    retried: u64,
 }
 
 /// What one member's socket went through.
@@ -124,13 +126,36 @@ pub async fn listen(
 ) -> anyhow::Result<Listeners> {
     let timeout = Duration::from_secs_f64(target.timeout);
     let ws_base = api.ws_base();
+    let retried = AtomicU64::new(0);
     let sockets = stream::iter(users)
-        .map(|user| socket::connect(&ws_base, target.transport, &user.token, timeout))
+        .map(|user| {
+            let (ws_base, retried) = (&ws_base, &retried);
+            async move {
+                // Setup, not measured: a handshake refused while the server is busy (503 when
+                // the store is slow to answer) is tried again, as a client would.
+                let mut attempt = 0;
+                loop {
+                    match socket::connect(ws_base, target.transport, &user.token, timeout).await {
+                        Ok(socket) => return Ok(socket),
+                        Err(error) if attempt >= 5 => return Err(error),
+                        Err(_) => {
+                            attempt += 1;
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                    }
+                }
+            }
+        })
         .buffered(concurrency.max(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let retried = retried.into_inner();
+    if retried > 0 {
+        eprintln!("  {retried} socket handshakes were refused and tried again");
+    }
     let (stop, stopped) = watch::channel(false);
     let arrived = Arc::new(AtomicU64::new(0));
     let tasks = sockets
@@ -180,7 +205,7 @@ pub async fn listen(
             })
         })
         .collect();
-    Ok(Listeners { tasks, stop, arrived })
+    Ok(Listeners { tasks, stop, arrived, retried })
 }
 
 impl Listeners {
@@ -200,7 +225,7 @@ impl Listeners {
     /// → the moment its send began, for the sends answered 2xx).
     pub async fn finish(self, accepted: &HashMap<u32, Instant>) -> anyhow::Result<Deliveries> {
         let _ = self.stop.send(true);
-        let mut out = Deliveries::default();
+        let mut out = Deliveries { handshakes_retried: self.retried, ..Deliveries::default() };
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         for task in self.tasks {
             let listened = task.await?;
@@ -239,6 +264,8 @@ pub struct Deliveries {
     pub sockets_lost: u64,
     /// Sockets that received none of the accepted messages.
     pub silent_sockets: u64,
+    /// Handshakes refused while the sockets were opened (before sending), tried again.
+    pub handshakes_retried: u64,
 }
 
 impl Deliveries {
@@ -286,6 +313,7 @@ impl Deliveries {
             "resumed": self.resumed,
             "sockets_lost": self.sockets_lost,
             "silent_sockets": self.silent_sockets,
+            "handshakes_retried": self.handshakes_retried,
         })
     }
 
@@ -315,7 +343,8 @@ impl Deliveries {
             .field("closed_by_server", self.closed_by_server)
             .field("resumed", self.resumed)
             .field("sockets_lost", self.sockets_lost)
-            .field("silent_sockets", self.silent_sockets);
+            .field("silent_sockets", self.silent_sockets)
+            .field("handshakes_retried", self.handshakes_retried);
     }
 }
 
