@@ -1,5 +1,8 @@
 //! The PostgreSQL store, for deployments with several instances or larger data.
 
+mod group_sends;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +28,8 @@ pub struct PgOptions {
 
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    /// Group sends waiting for their group's writer (see [`group_sends`]).
+    group_sends: Arc<group_sends::GroupSends>,
 }
 
 impl PgStore {
@@ -45,7 +50,7 @@ impl PgStore {
                 .await
                 .context("cannot apply the PostgreSQL migrations")?;
         }
-        Ok(Self { pool })
+        Ok(Self { pool, group_sends: Arc::default() })
     }
 
     pub async fn close(&self) {
@@ -97,34 +102,6 @@ const APPEND: &str = "WITH conversation AS (\
     FROM conversation \
     RETURNING conversation_id, seq, sender_position, receiver_position";
 
-/// A whole group send in one statement: lock the group's row (`FOR NO KEY UPDATE`, the lock
-/// of an `UPDATE`, which waits for a change or send holding it and then reads the row as that
-/// one left it; not `FOR UPDATE`, which would also wait for — and deadlock with — a read
-/// whose notice names the group, holding the reader's member row), move the
-/// sender's read position to the next seq — which finds no row if the sender is no member,
-/// also when a change that removed them committed while this statement waited, since the
-/// `UPDATE` skips a row deleted meanwhile —, insert the message at that seq if the sender's
-/// row moved, and move the group's last seq, `updated_at` and last message to it. No row
-/// comes back, and nothing is written, when the sender is no member. Locks: the group's
-/// row, then the sender's member row (src/groups.rs).
-const GROUP_APPEND: &str = "WITH g AS (\
-        SELECT id, last_seq + 1 AS seq, members_version FROM conversations \
-        WHERE id = $2 AND kind = 'group' FOR NO KEY UPDATE), \
-    sender AS (\
-        UPDATE members SET read_seq = g.seq, last_read_message_id = $1 FROM g \
-        WHERE members.conversation_id = g.id AND members.user_id = $3 \
-        RETURNING g.seq, g.members_version), \
-    entry AS (\
-        INSERT INTO messages (id, conversation_id, seq, sender_id, body, created_at, client_message_id) \
-        SELECT $1, $2, seq, $3, $4, $5, $6 FROM sender \
-        RETURNING seq), \
-    moved AS (\
-        UPDATE conversations SET last_seq = entry.seq, \
-            updated_at = GREATEST(conversations.updated_at, $5), \
-            last_message_id = GREATEST(conversations.last_message_id, $1) \
-        FROM entry WHERE conversations.id = $2) \
-    SELECT seq, members_version FROM sender";
-
 /// The unique index of `(sender_id, client_message_id)` (migration 0002).
 const CLIENT_ID_INDEX: &str = "messages_client_id";
 
@@ -166,24 +143,7 @@ impl PgStore {
     /// group's membership version; `None`, with nothing written, when the sender is no member
     /// of the group or already stored a message with the same client id.
     async fn append_group_new(&self, message: &Message) -> RepoResult<Option<(Message, u64)>> {
-        let row: Result<Option<(i64, i64)>, sqlx::Error> = sqlx::query_as(GROUP_APPEND)
-            .bind(message.id.as_str())
-            .bind(message.conversation_id.as_str())
-            .bind(message.sender_id.as_str())
-            .bind(message.body.as_str())
-            .bind(message.created_at)
-            .bind(message.client_id.as_ref().map(|id| id.as_str()))
-            .fetch_optional(&self.pool)
-            .await;
-        match row {
-            Ok(Some((seq, version))) => Ok(Some((
-                Message { seq: stored_seq(seq)?, receiver_id: None, system: None, ..message.clone() },
-                stored_seq(version)?,
-            ))),
-            Ok(None) => Ok(None),
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some(CLIENT_ID_INDEX) => Ok(None),
-            Err(error) => Err(repo_error("storing a group message")(error)),
-        }
+        group_sends::append(&self.pool, &self.group_sends, message).await
     }
 
     /// `IN` a list bound as parameter `$n` (see [`PgStore::list`]).

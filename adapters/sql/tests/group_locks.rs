@@ -1,9 +1,9 @@
-//! The writes of one user and one group racing each other — group sends, reads of the group
-//! and of a direct conversation, direct sends, and membership changes — all end, none is
-//! refused for a deadlock, and every stream and the group's sequence stay gap-free. On
-//! PostgreSQL this holds the writes to their lock order (see `src/groups.rs`): a send that
-//! locked the group's row in a mode that also waits for a read's notice naming the group
-//! would deadlock with that read.
+//! The writes of two users and their group racing each other — group sends (several at a
+//! time), reads of the group and of their direct conversation, direct sends, and membership
+//! changes — all end, none is refused for a deadlock, and every stream and the group's
+//! sequence stay gap-free. On PostgreSQL this holds the writes to their lock order (see
+//! `src/groups.rs`): a send that locked the group's row in a mode that also waits for a read's
+//! notice naming the group would deadlock with that read.
 //!
 //! The PostgreSQL case needs a server at `CHAT_TEST_POSTGRES_URL` (by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), where it creates and drops a database.
@@ -141,15 +141,16 @@ async fn race(store: Arc<dyn Store>) {
     let direct = store.find_or_insert(&Conversation::start(pair.clone(), at)).await.unwrap().id;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let (store, group, member) = (store.clone(), group.id.clone(), member.clone());
-        async move {
+    // Both members send from two tasks each, so that sends queue up for the group.
+    for sender in [&member, &member, &owner, &owner] {
+        let (store, group, sender) = (store.clone(), group.id.clone(), sender.clone());
+        tasks.spawn(async move {
             for _ in 0..ROUNDS {
-                let sent = store.append_to_group(&entry(&group, &member, None)).await.expect("a group send");
+                let sent = store.append_to_group(&entry(&group, &sender, None)).await.expect("a group send");
                 assert!(matches!(sent, GroupAppended::Created { .. }), "{sent:?}");
             }
-        }
-    });
+        });
+    }
     tasks.spawn({
         let (store, owner, member) = (store.clone(), owner.clone(), member.clone());
         async move {
@@ -207,13 +208,140 @@ async fn sqlite_writes_of_one_user_and_group_racing_all_end_gap_free() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A burst of sends into one group, all at once, so that they queue up for the group's
+/// writer and are stored together: members' sends get consecutive seqs, a stranger's send and
+/// a repeated client id store nothing, and each sender's read position is their last send.
+async fn burst(store: Arc<dyn Store>) {
+    let owner = user(&*store, "owner").await;
+    let member = user(&*store, "member").await;
+    let stranger = user(&*store, "stranger").await;
+    let at = Utc::now().trunc_subsecs(3);
+    let group = Group {
+        id: ConversationId::generate(),
+        name: GroupName::parse("Burst").unwrap(),
+        created_by: owner.clone(),
+        created_at: at,
+        updated_at: at,
+        last_seq: 1,
+    };
+    let members = [
+        Member::joining(owner.clone(), Role::Owner, at, 1),
+        Member::joining(member.clone(), Role::Member, at, 1),
+    ];
+    let created = entry(
+        &group.id,
+        &owner,
+        Some(SystemEvent::Created {
+            actor: owner.clone(),
+            name: group.name.clone(),
+            members: vec![owner.clone(), member.clone()],
+        }),
+    );
+    store.create(&group, &members, &created).await.expect("creating the group");
+
+    let repeated = domain::ClientMessageId::parse("repeated-key").unwrap();
+    // First a burst the group's writer stores in one transaction, then one whose
+    // transaction fails on the repeated client id, so that its sends are stored one by one.
+    let mut expected = 1;
+    for with_repeats in [false, true] {
+        let mut sends = Vec::new();
+        for i in 0..60 {
+            let sender = match i % 3 {
+                0 => &owner,
+                1 => &member,
+                _ if i % 9 == 2 => &stranger,
+                _ => &member,
+            };
+            let mut message = entry(&group.id, sender, None);
+            if with_repeats && (i == 4 || i == 7) {
+                message.client_id = Some(repeated.clone());
+            }
+            sends.push(message);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, message) in sends.iter().cloned().enumerate() {
+            let store = store.clone();
+            tasks.spawn(async move { (i, store.append_to_group(&message).await.expect("a group send")) });
+        }
+        let mut outcomes = vec![None; sends.len()];
+        while let Some(done) = tasks.join_next().await {
+            let (i, outcome) = done.expect("a send");
+            outcomes[i] = Some(outcome);
+        }
+        let outcomes: Vec<GroupAppended> = outcomes.into_iter().map(Option::unwrap).collect();
+
+        let mut stored = 0;
+        let mut repeats = 0;
+        for (message, outcome) in sends.iter().zip(&outcomes) {
+            match outcome {
+                GroupAppended::Created { message: kept, .. } => {
+                    assert_ne!(message.sender_id, stranger, "a stranger's send is not stored");
+                    assert_eq!(kept.id, message.id);
+                    stored += 1;
+                }
+                GroupAppended::NotMember => assert_eq!(message.sender_id, stranger),
+                GroupAppended::Existing(first) => {
+                    assert_eq!(message.client_id.as_ref(), Some(&repeated));
+                    assert_ne!(first.id, message.id);
+                    repeats += 1;
+                }
+            }
+        }
+        assert_eq!(repeats, usize::from(with_repeats), "{outcomes:?}");
+        let strangers = sends.iter().filter(|m| m.sender_id == stranger).count();
+        assert_eq!(stored, sends.len() - strangers - repeats);
+        expected += stored;
+    }
+
+    let entries = store.entries(&group.id, 0, None, 100_000).await.unwrap();
+    assert_eq!(entries.len(), expected);
+    assert!(entries.iter().zip(1..).all(|(entry, seq)| entry.seq == seq), "seqs are consecutive");
+    let state = store.state(&group.id).await.unwrap().unwrap();
+    assert_eq!(state.group.last_seq, entries.len() as u64);
+    for sender in [&owner, &member] {
+        let last = entries.iter().rfind(|entry| &entry.sender_id == sender).unwrap();
+        assert_eq!(state.member(sender).unwrap().read_seq, last.seq, "{sender} has read their last send");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_burst_of_group_sends_is_stored_in_order() {
+    let dir = std::env::temp_dir().join(format!("chat_group_burst_{}", UserId::generate()));
+    let store = chat_sql::SqliteStore::connect(&chat_sql::SqliteOptions {
+        url: format!("sqlite://{}", dir.join("chat.db").display()),
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(30),
+        synchronous: chat_sql::Synchronous::Normal,
+    })
+    .await
+    .expect("opening the database");
+    let store = Arc::new(store);
+    burst(store.clone()).await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_writes_of_one_user_and_group_racing_all_end_gap_free() {
+    on_postgres("chat_group_locks", race).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_burst_of_group_sends_is_stored_in_order() {
+    on_postgres("chat_group_burst", burst).await;
+}
+
+/// Runs `test` on a store in a database of its own, dropped afterwards.
+async fn on_postgres<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use sqlx::postgres::PgPoolOptions;
 
     let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("chat_group_locks_{}", UserId::generate().as_str().replace('-', ""));
+    let name = format!("{prefix}_{}", UserId::generate().as_str().replace('-', ""));
     let admin =
         PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("reaching PostgreSQL");
     sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await.expect("creating a database");
@@ -231,7 +359,7 @@ async fn postgres_writes_of_one_user_and_group_racing_all_end_gap_free() {
         .await
         .expect("opening the database");
         let store = Arc::new(store);
-        race(store.clone()).await;
+        test(store.clone()).await;
         store.close().await;
     })
     .await;
