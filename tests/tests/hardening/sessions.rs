@@ -245,8 +245,10 @@ fn server_end_established(server_port: u16, client_port: u16) -> bool {
     })
 }
 
-#[tokio::test]
-async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
+/// A client with a 4 KiB receive buffer that never reads, on `path` (with `?token=`), having
+/// sent `join` (if any); 60 messages of 20 kB to it must make the server drop its end of the
+/// TCP connection within 10 s.
+async fn a_client_that_never_reads_is_dropped(path: &str, join: Option<&str>) {
     let app = spawn(|s| {
         s.websocket.queue_capacity = 8;
         s.http.write_timeout = 2;
@@ -260,12 +262,16 @@ async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(format!("127.0.0.1:{}", api.port).parse().unwrap()).await.unwrap();
     let client_port = stream.local_addr().unwrap().port();
-    let (_ws, _) = tokio_tungstenite::client_async(
-        format!("{}?token={}", api.ws_url(), stalled.token),
-        MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .expect("the handshake succeeds");
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let url = format!("ws://127.0.0.1:{}{path}{separator}token={}", api.port, stalled.token);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("the handshake succeeds");
+    if let Some(join) = join {
+        ws.send(Frame::text(join)).await.unwrap();
+        // The CONNECT is served within milliseconds; nothing is read to confirm it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(server_end_established(api.port, client_port));
 
     // 20 kB a message: far more than every buffer and the queue hold, so it is evicted.
@@ -277,8 +283,19 @@ async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
     while server_end_established(api.port, client_port) {
         assert!(
             Instant::now() < deadline,
-            "the server still holds the connection of a client that never reads"
+            "the server still holds the connection of a client that never reads ({path})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(ws);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_connection_once_evicted() {
+    a_client_that_never_reads_is_dropped("/ws", None).await;
+}
+
+#[tokio::test]
+async fn a_socket_io_client_that_never_reads_loses_its_connection_once_evicted() {
+    a_client_that_never_reads_is_dropped("/socket.io/?EIO=4&transport=websocket", Some("40")).await;
 }
