@@ -13,46 +13,22 @@ use crate::{text, ConversationId, MessageId, Timestamp, UserId};
 #[serde(try_from = "String", into = "String")]
 pub struct GroupName(String);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GroupNameError {
-    #[error("must not be empty")]
-    Empty,
-    #[error("must be at most {max} characters")]
-    TooLong { max: usize },
-    #[error("must not contain control characters")]
-    ControlCharacter,
-    #[error("must not contain invisible or text-direction characters")]
-    InvisibleCharacter,
-    #[error("must start with a visible character")]
-    InvisibleStart,
+text::name_error! {
+    /// Why a group's name is refused.
+    GroupNameError
 }
 
 impl GroupName {
     pub const MAX: usize = 100;
 
     pub fn parse(raw: &str) -> Result<Self, GroupNameError> {
-        let name = Self::stored(raw)?;
-        if name.0.chars().any(text::is_hidden) {
-            return Err(GroupNameError::InvisibleCharacter);
-        }
-        if name.0.chars().next().is_some_and(|c| !text::is_visible(c)) {
-            return Err(GroupNameError::InvisibleStart);
-        }
-        Ok(name)
+        Ok(Self(text::new_name(raw, Self::MAX)?.to_owned()))
     }
 
     /// A name read back from a store or a dump: trimmed, 1–100 characters, no control
     /// characters.
     pub fn stored(raw: &str) -> Result<Self, GroupNameError> {
-        let trimmed = raw.trim();
-        if trimmed.chars().any(char::is_control) {
-            return Err(GroupNameError::ControlCharacter);
-        }
-        match trimmed.chars().count() {
-            0 => Err(GroupNameError::Empty),
-            n if n > Self::MAX => Err(GroupNameError::TooLong { max: Self::MAX }),
-            _ => Ok(Self(trimmed.to_owned())),
-        }
+        Ok(Self(text::stored_name(raw, Self::MAX)?.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

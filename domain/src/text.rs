@@ -74,6 +74,80 @@ pub fn is_visible(c: char) -> bool {
     !c.is_whitespace() && !c.is_control() && !is_joiner(c) && !is_hidden(c)
 }
 
+/// What is wrong with a display name (a user's full name, a group's name). Each name type
+/// has an error of its own with these variants, so that an edge can tell which field it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameProblem {
+    Empty,
+    TooLong { max: usize },
+    ControlCharacter,
+    InvisibleCharacter,
+    InvisibleStart,
+}
+
+/// A display name as it was accepted when names were first checked (read back from a store
+/// or a dump): trimmed, 1 to `max` characters, no control characters.
+pub(crate) fn stored_name(raw: &str, max: usize) -> Result<&str, NameProblem> {
+    let trimmed = raw.trim();
+    if trimmed.chars().any(char::is_control) {
+        return Err(NameProblem::ControlCharacter);
+    }
+    match trimmed.chars().count() {
+        0 => Err(NameProblem::Empty),
+        n if n > max => Err(NameProblem::TooLong { max }),
+        _ => Ok(trimmed),
+    }
+}
+
+/// A display name given now: [`stored_name`]'s rules, no hidden characters, and a visible
+/// first character.
+pub(crate) fn new_name(raw: &str, max: usize) -> Result<&str, NameProblem> {
+    let name = stored_name(raw, max)?;
+    if name.chars().any(is_hidden) {
+        return Err(NameProblem::InvisibleCharacter);
+    }
+    // A joiner first would make a name of nothing but joiners possible.
+    if name.chars().next().is_some_and(|c| !is_visible(c)) {
+        return Err(NameProblem::InvisibleStart);
+    }
+    Ok(name)
+}
+
+/// Declares the error type of a display name, `$error`: the variants of [`NameProblem`],
+/// worded for clients (`"fullName must not be empty"`).
+macro_rules! name_error {
+    ($(#[$attr:meta])* $error:ident) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+        pub enum $error {
+            #[error("must not be empty")]
+            Empty,
+            #[error("must be at most {max} characters")]
+            TooLong { max: usize },
+            #[error("must not contain control characters")]
+            ControlCharacter,
+            #[error("must not contain invisible or text-direction characters")]
+            InvisibleCharacter,
+            #[error("must start with a visible character")]
+            InvisibleStart,
+        }
+
+        impl From<$crate::text::NameProblem> for $error {
+            fn from(problem: $crate::text::NameProblem) -> Self {
+                use $crate::text::NameProblem;
+                match problem {
+                    NameProblem::Empty => Self::Empty,
+                    NameProblem::TooLong { max } => Self::TooLong { max },
+                    NameProblem::ControlCharacter => Self::ControlCharacter,
+                    NameProblem::InvisibleCharacter => Self::InvisibleCharacter,
+                    NameProblem::InvisibleStart => Self::InvisibleStart,
+                }
+            }
+        }
+    };
+}
+pub(crate) use name_error;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,33 +76,16 @@ impl fmt::Display for Username {
 #[serde(try_from = "String", into = "String")]
 pub struct FullName(String);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FullNameError {
-    #[error("must not be empty")]
-    Empty,
-    #[error("must be at most {max} characters")]
-    TooLong { max: usize },
-    #[error("must not contain control characters")]
-    ControlCharacter,
-    #[error("must not contain invisible or text-direction characters")]
-    InvisibleCharacter,
-    #[error("must start with a visible character")]
-    InvisibleStart,
+text::name_error! {
+    /// Why a full name is refused.
+    FullNameError
 }
 
 impl FullName {
     pub const MAX: usize = 64;
 
     pub fn parse(raw: &str) -> Result<Self, FullNameError> {
-        let name = Self::stored(raw)?;
-        if name.0.chars().any(text::is_hidden) {
-            return Err(FullNameError::InvisibleCharacter);
-        }
-        // A joiner first would make a name of nothing but joiners possible.
-        if name.0.chars().next().is_some_and(|c| !text::is_visible(c)) {
-            return Err(FullNameError::InvisibleStart);
-        }
-        Ok(name)
+        Ok(Self(text::new_name(raw, Self::MAX)?.to_owned()))
     }
 
     /// A name accepted earlier (read from a store, or from a dump of one), checked by the
@@ -110,15 +93,7 @@ impl FullName {
     /// by the visibility rules of [`FullName::parse`], which came later: names kept from
     /// before stay readable and move between stores.
     pub fn stored(raw: &str) -> Result<Self, FullNameError> {
-        let trimmed = raw.trim();
-        if trimmed.chars().any(char::is_control) {
-            return Err(FullNameError::ControlCharacter);
-        }
-        match trimmed.chars().count() {
-            0 => Err(FullNameError::Empty),
-            n if n > Self::MAX => Err(FullNameError::TooLong { max: Self::MAX }),
-            _ => Ok(Self(trimmed.to_owned())),
-        }
+        Ok(Self(text::stored_name(raw, Self::MAX)?.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
