@@ -5,16 +5,25 @@
 //! knows no runtime, database or web framework: it must not import tokio, actix, sqlx,
 //! mongodb or anything that talks to the outside world.
 
+mod change;
 mod group;
 mod ids;
 mod message;
+mod reaction;
+mod reply;
 mod stream;
 pub mod text;
 mod user;
 
+pub use change::{
+    may_delete, Actor, Applied, Change, ChangeError, ChangeKind, Content, EditWindow, MessageChange,
+    MessageState, Tombstone,
+};
 pub use group::{Group, GroupName, GroupNameError, Member, Role, RoleError, Seq, SystemEvent};
 pub use ids::{ConversationId, IdError, MessageId, UserId};
 pub use message::{Chat, Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair};
+pub use reaction::{Emoji, EmojiError, ReactionError, ReactionView, Reactions};
+pub use reply::{check_reply_target, excerpt, QuoteText, ReplyError, ReplyQuote};
 pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError, SyncCursor};
 pub use user::{
     Avatar, AvatarError, FullName, FullNameError, Gender, GenderError, Password, PasswordError, PasswordHash,
