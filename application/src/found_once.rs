@@ -32,4 +32,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> FoundOnce<K> {
         }
         Ok(found)
     }
+
+    /// Whether `key` was found before.
+    pub(crate) fn known(&self, key: &K) -> bool {
+        self.found.contains_key(key)
+    }
+
+    /// Remembers that `key` was found (by a lookup of many keys at once).
+    pub(crate) fn remember(&self, key: K) {
+        self.found.insert(key, ());
+    }
 }

@@ -17,7 +17,7 @@
 //! ([`Changed::Stale`] otherwise): then it is decided again on the new state, a few times at
 //! most.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use domain::{
@@ -219,7 +219,8 @@ impl GroupService {
                 return Err(GroupError::TooManyMembers { max: self.limits.max_members });
             }
             self.all_exist(users).await?;
-            let body = format!("{} added {}", self.name_of(me).await?, self.names_of(users).await?);
+            let (mine, added) = self.me_and_names_of(me, users).await?;
+            let body = format!("{mine} added {added}");
             let event = SystemEvent::Added { actor: me.clone(), users: users.clone() };
             Ok(Some(GroupChange {
                 add: users.iter().map(|u| (u.clone(), Role::Member)).collect(),
@@ -250,7 +251,8 @@ impl GroupService {
             if target.role >= Role::Admin && mine.role != Role::Owner {
                 return Err(GroupError::NotAllowed);
             }
-            let body = format!("{} removed {}", self.name_of(me).await?, self.name_of(user).await?);
+            let [mine, removed] = self.names_each([me, user]).await?;
+            let body = format!("{mine} removed {removed}");
             let event = SystemEvent::Removed { actor: me.clone(), users: vec![user.clone()] };
             Ok(Some(GroupChange { remove: vec![user.clone()], ..self.change_of(&state, me, body, event) }))
         })
@@ -305,8 +307,8 @@ impl GroupService {
                 return Ok(None);
             }
             let article = if role == Role::Admin { "an" } else { "a" };
-            let body =
-                format!("{} made {} {article} {role}", self.name_of(me).await?, self.name_of(user).await?);
+            let [mine, theirs] = self.names_each([me, user]).await?;
+            let body = format!("{mine} made {theirs} {article} {role}");
             let event = SystemEvent::RoleChanged { actor: me.clone(), user: user.clone(), role };
             Ok(Some(GroupChange {
                 roles: vec![(user.clone(), role)],
@@ -333,7 +335,8 @@ impl GroupService {
             if to == me {
                 return Ok(None);
             }
-            let body = format!("{} made {} the owner", self.name_of(me).await?, self.name_of(to).await?);
+            let [mine, theirs] = self.names_each([me, to]).await?;
+            let body = format!("{mine} made {theirs} the owner");
             let event = SystemEvent::OwnershipTransferred { actor: me.clone(), user: to.clone() };
             Ok(Some(GroupChange {
                 roles: vec![(to.clone(), Role::Owner), (me.clone(), Role::Admin)],
@@ -356,10 +359,13 @@ impl GroupService {
                     .map(|m| m.user_id.clone()),
                 Role::Admin | Role::Member => None,
             };
-            let mut body = format!("{} left", self.name_of(me).await?);
-            if let Some(owner) = &new_owner {
-                body.push_str(&format!("; {} is the owner now", self.name_of(owner).await?));
-            }
+            let body = match &new_owner {
+                Some(owner) => {
+                    let [mine, theirs] = self.names_each([me, owner]).await?;
+                    format!("{mine} left; {theirs} is the owner now")
+                }
+                None => format!("{} left", self.name_of(me).await?),
+            };
             let event = SystemEvent::Left { actor: me.clone(), new_owner: new_owner.clone() };
             Ok(Some(GroupChange {
                 remove: vec![me.clone()],
@@ -450,14 +456,10 @@ impl GroupService {
         }
     }
 
-    /// `UnknownUsers` naming those of `users` that are no user.
+    /// `UnknownUsers` naming those of `users` that are no user: those not known already are
+    /// looked up in one call.
     async fn all_exist(&self, users: &[UserId]) -> Result<(), GroupError> {
-        let mut unknown = Vec::new();
-        for user in users {
-            if !self.known.exists(user).await? {
-                unknown.push(user.clone());
-            }
-        }
+        let unknown = self.known.unknown(users).await?;
         if unknown.is_empty() {
             Ok(())
         } else {
@@ -465,28 +467,47 @@ impl GroupService {
         }
     }
 
-    /// How a system entry names a user: their full name.
-    async fn name_of(&self, user: &UserId) -> Result<String, RepoError> {
-        Ok(match self.users.find_by_id(user).await? {
-            Some(user) => user.full_name.as_str().to_owned(),
-            None => "someone".to_owned(),
-        })
+    /// How a system entry names each of `users`: by full name ("someone" for an id that
+    /// names nobody), in their order, read in one call.
+    async fn full_names(&self, users: &[&UserId]) -> Result<Vec<String>, RepoError> {
+        let ids: Vec<UserId> = users.iter().map(|&id| id.clone()).collect();
+        let found: HashMap<UserId, String> = self
+            .users
+            .find_many(&ids)
+            .await?
+            .into_iter()
+            .map(|user| (user.id, user.full_name.as_str().to_owned()))
+            .collect();
+        Ok(ids.iter().map(|id| found.get(id).cloned().unwrap_or_else(|| "someone".to_owned())).collect())
     }
 
-    /// "A", "A and B", "A, B and C", "A, B, C and 2 others".
-    async fn names_of(&self, users: &[UserId]) -> Result<String, RepoError> {
-        let mut names = Vec::new();
-        for user in users.iter().take(NAMED) {
-            names.push(self.name_of(user).await?);
-        }
+    /// How a system entry names `user`.
+    async fn name_of(&self, user: &UserId) -> Result<String, RepoError> {
+        let [name] = self.names_each([user]).await?;
+        Ok(name)
+    }
+
+    /// How a system entry names each of two or more users, read in one call.
+    async fn names_each<const N: usize>(&self, users: [&UserId; N]) -> Result<[String; N], RepoError> {
+        let names = self.full_names(&users).await?;
+        Ok(names.try_into().expect("one name per user"))
+    }
+
+    /// `me`'s name and "A", "A and B", "A, B and C", "A, B, C and 2 others" for `users`,
+    /// read in one call.
+    async fn me_and_names_of(&self, me: &UserId, users: &[UserId]) -> Result<(String, String), RepoError> {
+        let named: Vec<&UserId> = std::iter::once(me).chain(users.iter().take(NAMED)).collect();
+        let mut names = self.full_names(&named).await?;
+        let mine = names.remove(0);
         let others = users.len().saturating_sub(NAMED);
-        Ok(match (names.split_last(), others) {
+        let listed = match (names.split_last(), others) {
             (None, _) => String::new(),
             (Some((last, [])), 0) => last.clone(),
             (Some((last, rest)), 0) => format!("{} and {last}", rest.join(", ")),
             (Some(_), 1) => format!("{} and 1 other", names.join(", ")),
             (Some(_), others) => format!("{} and {others} others", names.join(", ")),
-        })
+        };
+        Ok((mine, listed))
     }
 
     /// Tells the members (and the users removed) what changed, then the entry that records
@@ -622,6 +643,8 @@ mod tests {
         meanwhile: Vec<Member>,
         /// Changes answered `Conflict` before the next one applies.
         conflicts: usize,
+        /// How many ids each lookup of users asked for, in order.
+        lookups: Vec<usize>,
     }
 
     /// The users of the group in the tests, in joining order.
@@ -697,6 +720,7 @@ mod tests {
                 notifier_down: false,
                 meanwhile: Vec::new(),
                 conflicts: 0,
+                lookups: Vec::new(),
             }
         }
 
@@ -766,15 +790,23 @@ mod tests {
 
     type Shared = Arc<Mutex<Store>>;
 
+    /// The user `id` with the full name the store gives them, if any.
+    fn named(store: &Store, id: &UserId) -> Option<User> {
+        store.names.get(id).map(|full_name| User {
+            full_name: FullName::parse(full_name).unwrap(),
+            ..crate::fixtures::user_with_id(id, now())
+        })
+    }
+
     fn users(store: &Shared) -> MockUserRepository {
         let mut users = MockUserRepository::new();
         let s = store.clone();
-        users.expect_find_by_id().returning(move |id| {
-            let store = s.lock().unwrap();
-            Ok(store.names.get(id).map(|full_name| User {
-                full_name: FullName::parse(full_name).unwrap(),
-                ..crate::fixtures::user_with_id(id, now())
-            }))
+        users.expect_find_by_id().returning(move |id| Ok(named(&s.lock().unwrap(), id)));
+        let s = store.clone();
+        users.expect_find_many().returning(move |ids| {
+            let mut store = s.lock().unwrap();
+            store.lookups.push(ids.len());
+            Ok(ids.iter().filter_map(|id| named(&store, id)).collect())
         });
         users
     }
@@ -1399,6 +1431,43 @@ mod tests {
             service(&store, 1000).add_members(&c.admin, &id, vec![c.outsider.clone()]).await.unwrap();
         assert!(update.state.member(&c.outsider).is_some());
         assert_eq!(store.lock().unwrap().applied.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_group_is_checked_and_named_in_one_lookup_each_and_known_users_are_not_asked_again() {
+        let (c, store) = world();
+        let many: Vec<UserId> = (0..999).map(|_| UserId::generate()).collect();
+        for (n, user) in many.iter().enumerate() {
+            store.lock().unwrap().names.insert(user.clone(), format!("N{n}"));
+        }
+        let groups = service(&store, 1000);
+        let created = groups.create(&c.owner, name("Crowd"), many.clone()).await.unwrap();
+        assert_eq!(created.members.len(), 1000);
+        // The 999 ids in one call, then my name in another.
+        assert_eq!(std::mem::take(&mut store.lock().unwrap().lookups), [999, 1]);
+
+        // Into the test group: the crowd is known now, only the unknown id is asked; then
+        // the names of the actor and the first three, together.
+        let id = store.lock().unwrap().id();
+        let unknown = UserId::generate();
+        let mut users = many[..3].to_vec();
+        users.push(unknown.clone());
+        let err = groups.add_members(&c.owner, &id, users).await.unwrap_err();
+        assert!(matches!(err, GroupError::UnknownUsers(ids) if ids == [unknown]));
+        assert_eq!(std::mem::take(&mut store.lock().unwrap().lookups), [1]);
+        let update = groups.add_members(&c.owner, &id, many[..4].to_vec()).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive added N0, N1, N2 and 1 other");
+        assert_eq!(store.lock().unwrap().lookups, [4], "all known: only the 4 names read");
+    }
+
+    #[tokio::test]
+    async fn an_entry_names_someone_it_cannot_find_as_someone() {
+        let (c, store) = world();
+        let id = store.lock().unwrap().id();
+        store.lock().unwrap().names.remove(&c.member);
+        let update = service(&store, 1000).remove_member(&c.owner, &id, &c.member).await.unwrap();
+        assert_eq!(update.entry.unwrap().body.as_str(), "Olive removed someone");
+        assert_eq!(store.lock().unwrap().lookups, [2], "both names in one lookup");
     }
 
     #[tokio::test]

@@ -115,6 +115,11 @@ pub trait UserRepository: Send + Sync {
 
     async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>>;
 
+    /// The users among `ids` that exist, each once, in no particular order; ids that name
+    /// no user are left out. One round trip for the whole list (up to a group's largest
+    /// size), so that checking a thousand ids costs one query, not a thousand.
+    async fn find_many(&self, ids: &[UserId]) -> RepoResult<Vec<User>>;
+
     /// Looks a user up by username, case-insensitively.
     async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>>;
 

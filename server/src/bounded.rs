@@ -65,6 +65,9 @@ impl UserRepository for Bounded<dyn UserRepository> {
     async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>> {
         self.run("finding a user", self.inner.find_by_id(id)).await
     }
+    async fn find_many(&self, ids: &[UserId]) -> RepoResult<Vec<User>> {
+        self.run("finding users", self.inner.find_many(ids)).await
+    }
     async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
         self.run("finding a user", self.inner.find_by_username(username)).await
     }

@@ -73,6 +73,7 @@ async fn run(backend: tests::Backend, behaviour: for<'a> fn(&'a Storage) -> BoxF
 contract!(
     user_insert_then_find_by_id_round_trips_every_field,
     user_find_by_id_of_an_unknown_id_is_none,
+    user_find_many_returns_the_users_that_exist_each_once,
     names_and_messages_stored_under_earlier_rules_stay_readable,
     user_find_by_username_ignores_case,
     user_timestamps_keep_at_least_milliseconds,
@@ -301,6 +302,32 @@ async fn user_insert_then_find_by_id_round_trips_every_field(storage: &Storage) 
 async fn user_find_by_id_of_an_unknown_id_is_none(storage: &Storage) {
     insert_user(storage, "someone").await;
     assert_eq!(storage.users.find_by_id(&UserId::generate()).await.unwrap(), None);
+}
+
+async fn user_find_many_returns_the_users_that_exist_each_once(storage: &Storage) {
+    let mut users = Vec::new();
+    for n in 0..5 {
+        users.push(insert_user(storage, &format!("many{n}")).await);
+    }
+    // In no particular order: compared by id.
+    let sorted = |mut list: Vec<User>| {
+        list.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        list
+    };
+    assert_eq!(storage.users.find_many(&[]).await.unwrap(), Vec::<User>::new());
+    let unknown = UserId::generate();
+    // Every field of each user found, unknown ids left out, a repeated id answered once.
+    let asked =
+        [users[3].id.clone(), unknown.clone(), users[0].id.clone(), users[3].id.clone(), users[4].id.clone()];
+    let found = sorted(storage.users.find_many(&asked).await.unwrap());
+    assert_eq!(found, sorted(vec![users[0].clone(), users[3].clone(), users[4].clone()]));
+    assert_eq!(storage.users.find_many(&[unknown]).await.unwrap(), Vec::<User>::new());
+
+    // A list as long as the largest group, in one call.
+    let mut many: Vec<UserId> = (0..10_000).map(|_| UserId::generate()).collect();
+    many.extend(users.iter().map(|u| u.id.clone()));
+    let found = sorted(storage.users.find_many(&many).await.unwrap());
+    assert_eq!(found, sorted(users));
 }
 
 /// Rules for new names and messages tightened (no invisible or bidi characters in names, a

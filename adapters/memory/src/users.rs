@@ -1,6 +1,6 @@
 //! Users, by id and by lower-cased username.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use application::ports::{name_words, RepoError, RepoResult, SearchPrefix, UserQuery, UserRepository};
@@ -56,6 +56,12 @@ impl UserRepository for MemoryStore {
 
     async fn find_by_id(&self, id: &UserId) -> RepoResult<Option<User>> {
         Ok(lock(&self.users).by_id.get(id).cloned())
+    }
+
+    async fn find_many(&self, ids: &[UserId]) -> RepoResult<Vec<User>> {
+        let users = lock(&self.users);
+        let mut seen = HashSet::new();
+        Ok(ids.iter().filter(|id| seen.insert(*id)).filter_map(|id| users.by_id.get(id)).cloned().collect())
     }
 
     async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {

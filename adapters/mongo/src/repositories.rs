@@ -45,6 +45,23 @@ impl UserRepository for MongoStore {
             .transpose()
     }
 
+    async fn find_many(&self, ids: &[UserId]) -> RepoResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+        self.users
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(repo_error("finding users by id"))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(repo_error("finding users by id"))?
+            .into_iter()
+            .map(User::try_from)
+            .collect()
+    }
+
     async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
         self.users
             .find_one(doc! { "usernameLower": username.normalized() })

@@ -309,6 +309,24 @@ macro_rules! impl_repositories {
                         .transpose()
                 }
 
+                async fn find_many(&self, ids: &[UserId]) -> RepoResult<Vec<User>> {
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    // The whole list as one parameter (an array, a JSON array): one statement
+                    // text whatever its length, and no limit on the number of parameters.
+                    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id {}", <$store>::in_list(1));
+                    let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(<$store>::list(ids))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("finding users by id"))?
+                        .into_iter()
+                        .map(User::try_from)
+                        .collect()
+                }
+
                 async fn find_by_username(&self, username: &Username) -> RepoResult<Option<User>> {
                     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_lower = $1");
                     sqlx::query_as::<_, UserRow>(&sql)
