@@ -2,7 +2,6 @@
 //! (their initials on a colour of their id), so that showing a user list asks no other site
 //! for pictures and so tells it nobody's name.
 
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use application::AccountError;
 use domain::{User, UserId};
@@ -57,19 +56,9 @@ pub async fn avatar(
         Err(e) => return Err(e.into()),
     };
     let svg = picture(&user);
-    let etag = crate::web::etag(svg.as_bytes());
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
-    let mut response = if fresh { HttpResponse::NotModified() } else { HttpResponse::Ok() };
-    response
-        .insert_header((header::ETAG, etag))
-        // A name changes seldom: a day's copy is fine, and the validator makes it cheap after.
-        .insert_header((header::CACHE_CONTROL, "private, max-age=86400"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)));
-    Ok(if fresh { response.finish() } else { response.content_type("image/svg+xml").body(svg) })
+    // A name changes seldom: a day's copy is fine, and the validator makes it cheap after.
+    let cache_control = "private, max-age=86400";
+    Ok(crate::web::validated(&req, svg, "image/svg+xml", cache_control, CONTENT_SECURITY_POLICY))
 }
 
 /// The SVG of `user`'s initials on the colour of their id.

@@ -5,6 +5,7 @@
 //! Mounted by [`crate::app`] only when `HttpSettings::web_client` is on; an API-only
 //! deployment turns it off and `/` then answers the 404 envelope like any unknown path.
 
+use actix_web::body::MessageBody;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError as _};
 
@@ -79,7 +80,23 @@ fn readable() -> actix_web::Route {
 fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
     // The file names carry no version, so browsers keep copies but ask before each use; the
     // ETag makes that question a 304 without a body until the binary changes.
-    let etag = etag(asset.body);
+    validated(req, asset.body, asset.content_type, "no-cache", CONTENT_SECURITY_POLICY)
+}
+
+/// `body` with a strong validator of it (`ETag`), or a 304 without the body when the
+/// request's `If-None-Match` names that validator (or `*`); either way with `cache_control`
+/// and the content security policy `csp`.
+pub(crate) fn validated<B>(
+    req: &HttpRequest,
+    body: B,
+    content_type: &'static str,
+    cache_control: &'static str,
+    csp: &'static str,
+) -> HttpResponse
+where
+    B: AsRef<[u8]> + MessageBody + 'static,
+{
+    let etag = etag(body.as_ref());
     let fresh = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -88,17 +105,17 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
     let mut response = if fresh { HttpResponse::NotModified() } else { HttpResponse::Ok() };
     response
         .insert_header((header::ETAG, etag))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)));
+        .insert_header((header::CACHE_CONTROL, cache_control))
+        .insert_header((header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp)));
     if fresh {
         response.finish()
     } else {
-        response.content_type(asset.content_type).body(asset.body)
+        response.content_type(content_type).body(body)
     }
 }
 
 /// A strong validator from the content: FNV-1a over the bytes, enough to tell builds apart.
-pub(crate) fn etag(body: &[u8]) -> String {
+fn etag(body: &[u8]) -> String {
     let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     });
