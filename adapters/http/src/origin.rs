@@ -53,8 +53,17 @@ fn normalize(origin: &str) -> String {
 /// Requests that act as the user or open their live stream.
 fn guarded(req: &ServiceRequest) -> bool {
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let path = req.path();
-    !safe || path == "/ws" || path.starts_with("/socket.io")
+    // The path as the router matches it, percent-escapes decoded: `/%77s` reaches `/ws`.
+    let path = req.match_info().as_str();
+    !safe || path == "/ws" || path.starts_with("/socket.io") || is_websocket_upgrade(req)
+}
+
+/// Any WebSocket handshake, whatever its path: none is a request a foreign page may make.
+fn is_websocket_upgrade(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Middleware: refuses guarded requests from foreign origins before any handler (and any
@@ -103,6 +112,20 @@ mod tests {
         assert!(policy.permits("HTTPS://APP.EXAMPLE.COM", Some("api.example.com")));
         assert!(!policy.permits("http://app.example.com", Some("api.example.com")));
         assert!(!policy.permits("https://evil.example", Some("api.example.com")));
+    }
+
+    #[test]
+    fn socket_paths_are_guarded_however_they_are_escaped() {
+        use actix_web::test::TestRequest;
+        for uri in ["/ws", "/%77s", "/w%73?since=0", "/socket.io/?EIO=4", "/%73ocket.io/", "/socket%2Eio"] {
+            assert!(guarded(&TestRequest::get().uri(uri).to_srv_request()), "{uri}");
+        }
+        let upgrade = TestRequest::get().uri("/anywhere").insert_header((header::UPGRADE, "WebSocket"));
+        assert!(guarded(&upgrade.to_srv_request()), "a WebSocket handshake on any path");
+        for uri in ["/api/v1/user/get-profile", "/wsx", "/api-docs/"] {
+            assert!(!guarded(&TestRequest::get().uri(uri).to_srv_request()), "{uri}");
+        }
+        assert!(guarded(&TestRequest::post().uri("/api/v1/user/login").to_srv_request()));
     }
 
     #[test]

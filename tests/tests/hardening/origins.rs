@@ -7,7 +7,13 @@ const EVIL: &str = "https://evil.example";
 
 /// The status a `/ws` handshake with the user's cookie and `origin` (if any) is answered with.
 async fn ws_handshake_status(api: &Api, user: &TestUser, origin: Option<&str>) -> u16 {
-    let mut request = format!("ws://127.0.0.1:{}/ws", api.port).into_client_request().unwrap();
+    handshake_status(api, "/ws", user, origin).await
+}
+
+/// The status a WebSocket handshake on `path` with the user's cookie and `origin` (if any)
+/// is answered with.
+async fn handshake_status(api: &Api, path: &str, user: &TestUser, origin: Option<&str>) -> u16 {
+    let mut request = format!("ws://127.0.0.1:{}{path}", api.port).into_client_request().unwrap();
     let headers = request.headers_mut();
     headers.insert("cookie", format!("token={}", user.token).parse().unwrap());
     if let Some(origin) = origin {
@@ -68,6 +74,25 @@ async fn socket_io_requests_from_a_foreign_origin_are_refused() {
         }
         other => panic!("a foreign Socket.IO upgrade was not refused: {:?}", other.map(|(_, r)| r)),
     }
+}
+
+#[tokio::test]
+async fn socket_paths_written_with_escapes_are_refused_from_a_foreign_origin() {
+    let app = spawn(|_| {}).await;
+    let api = app.api();
+    let user = api.create_user(&unique("victim")).await;
+    // `%77` is `w`, `%73` is `s`: the router decodes them, so these reach the socket routes
+    // (a browser sends them as written).
+    for path in ["/%77s?since=0", "/w%73", "/%73ocket.io/?EIO=4&transport=websocket"] {
+        assert_eq!(handshake_status(&api, path, &user, Some(EVIL)).await, 403, "{path}");
+    }
+    assert_eq!(handshake_status(&api, "/%77s", &user, None).await, 101, "the same path, not a browser");
+    let poll = api
+        .client
+        .get(api.url("/%73ocket.io/?EIO=4&transport=polling"))
+        .header("cookie", format!("token={}", user.token))
+        .header("origin", EVIL);
+    api.execute(poll).await.error(StatusCode::FORBIDDEN, "FORBIDDEN");
 }
 
 #[tokio::test]
