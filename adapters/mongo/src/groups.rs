@@ -277,6 +277,25 @@ impl GroupRepository for MongoStore {
 }
 
 impl MongoStore {
+    /// Applies `update` to the group document `filter` finds, within `session`, and returns
+    /// its `lastSeq` and `membersVersion` as they are after it; `None` when none matched.
+    pub(crate) async fn move_group(
+        &self,
+        session: &mut ClientSession,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<(i64, i64)>, Error> {
+        let moved = self
+            .conversations
+            .clone_with_type::<Document>()
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .projection(doc! { "lastSeq": 1, "membersVersion": 1 })
+            .session(&mut *session)
+            .await?;
+        Ok(moved.and_then(|g| Some((g.get_i64("lastSeq").ok()?, g.get_i64("membersVersion").ok()?))))
+    }
+
     async fn create_steps(
         &self,
         session: &mut ClientSession,
@@ -324,21 +343,8 @@ impl MongoStore {
             update.insert("$set", doc! { "name": name.as_str() });
         }
         // The group's document first, checked and moved in one statement.
-        let moved = self
-            .conversations
-            .clone_with_type::<Document>()
-            .find_one_and_update(
-                doc! { "_id": group.as_str(), "kind": GROUP, "membersVersion": expected },
-                update,
-            )
-            .return_document(ReturnDocument::After)
-            .projection(doc! { "lastSeq": 1, "membersVersion": 1 })
-            .session(&mut *session)
-            .await?;
-        let Some((seq, version)) = moved
-            .as_ref()
-            .and_then(|g| Some((g.get_i64("lastSeq").ok()?, g.get_i64("membersVersion").ok()?)))
-        else {
+        let filter = doc! { "_id": group.as_str(), "kind": GROUP, "membersVersion": expected };
+        let Some((seq, version)) = self.move_group(session, filter, update).await? else {
             session.abort_transaction().await?;
             return Ok(Applied::Stale);
         };

@@ -374,23 +374,12 @@ impl MongoStore {
     ) -> Result<GroupPlaced, Error> {
         let group = message.conversation_id.as_str();
         // The group's document first: it is what concurrent sends contend on.
-        let moved = self
-            .conversations
-            .clone_with_type::<Document>()
-            .find_one_and_update(
-                doc! { "_id": group, "kind": GROUP },
-                doc! {
-                    "$inc": { "lastSeq": 1_i64 },
-                    "$max": { "updatedAt": to_bson(message.created_at), "lastMessageId": message.id.as_str() },
-                },
-            )
-            .return_document(ReturnDocument::After)
-            .projection(doc! { "lastSeq": 1, "membersVersion": 1 })
-            .session(&mut *session)
-            .await?;
-        let Some((seq, version)) = moved
-            .as_ref()
-            .and_then(|g| Some((g.get_i64("lastSeq").ok()?, g.get_i64("membersVersion").ok()?)))
+        let update = doc! {
+            "$inc": { "lastSeq": 1_i64 },
+            "$max": { "updatedAt": to_bson(message.created_at), "lastMessageId": message.id.as_str() },
+        };
+        let Some((seq, version)) =
+            self.move_group(session, doc! { "_id": group, "kind": GROUP }, update).await?
         else {
             session.abort_transaction().await?;
             return Ok(GroupPlaced::NotMember);
