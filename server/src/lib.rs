@@ -167,16 +167,33 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             presence: Arc::new(InMemoryPresence::new()),
             revocation_feed: None,
         },
-        FanoutSettings::Redis { redis_url, prefix, presence_ttl } => {
+        FanoutSettings::Redis { redis_url, redis_tls, sentinel, prefix, presence_ttl } => {
+            // An empty path (a variable set to "") is no path.
+            let file = |path: &Option<std::path::PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
             let fanout = chat_redis::RedisFanout::start(
                 chat_redis::FanoutOptions {
                     url: redis_url.expose_secret().to_owned(),
+                    tls: chat_redis::TlsFiles {
+                        ca_file: file(&redis_tls.ca_file),
+                        client_cert_file: file(&redis_tls.client_cert_file),
+                        client_key_file: file(&redis_tls.client_key_file),
+                    },
+                    sentinel: sentinel.as_ref().map(|s| chat_redis::SentinelOptions {
+                        master_name: s.master_name.clone(),
+                        addresses: s.addresses.clone(),
+                        username: s.username.clone().filter(|u| !u.is_empty()),
+                        password: s.password.as_ref().map(|p| p.expose_secret().to_owned()),
+                        tls: s.tls,
+                    }),
                     prefix: prefix.clone(),
                     presence_ttl: Duration::from_secs(*presence_ttl),
                 },
                 delivery.clone(),
             )
             .context("invalid fanout settings")?;
+            // A wrong CA, password or a Redis Cluster stops the start here, rather than
+            // leaving an instance that retries for ever and is never ready.
+            fanout.check_endpoint(Duration::from_secs(5)).await.context("invalid fanout settings")?;
             health.push(("fanout", fanout.clone()));
             Fanout { notifier: fanout.clone(), presence: fanout.clone(), revocation_feed: Some(fanout) }
         }

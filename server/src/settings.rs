@@ -211,15 +211,52 @@ pub struct WebSocketSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
+// Read once at start: the size of the unused variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum FanoutSettings {
     Local {},
     Redis {
+        /// `redis://` or `rediss://` (TLS), with the ACL user and password if any. Behind
+        /// Sentinel only its scheme, user, password and db are used.
         redis_url: SecretString,
+        /// The CA and client certificate of a `rediss://` connection.
+        #[serde(default)]
+        redis_tls: RedisTlsSettings,
+        /// Redis Sentinel; absent: `redis_url` names the one Redis.
+        #[serde(default)]
+        sentinel: Option<SentinelSettings>,
         /// Starts every Redis key and channel name of this deployment.
         prefix: String,
         /// Seconds a crashed instance's users stay online.
         presence_ttl: u64,
     },
+}
+
+/// PEM files for `rediss://`; an empty path counts as unset (an env variable set to "").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsSettings {
+    /// The CA that signed the Redis server's certificate; unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// With `client_key_file`, for a Redis that asks for client certificates.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// `host:port` of each sentinel (CHAT__FANOUT__SENTINEL__ADDRESSES: comma-separated).
+    pub addresses: Vec<String>,
+    /// The sentinels' own credentials, when they have any.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// The sentinels listen with TLS (trusting `fanout.redis_tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,7 +319,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("cors.allowed_origins"),
+                    .with_list_parse_key("cors.allowed_origins")
+                    .with_list_parse_key("fanout.sentinel.addresses"),
             )
             .build()
             .context("cannot read the configuration")?;
@@ -423,11 +461,39 @@ mod tests {
         let settings = Settings::load_from(&folder, Environment::Development);
         let _ = std::fs::remove_dir_all(&folder);
         match settings.unwrap().fanout {
-            FanoutSettings::Redis { prefix, presence_ttl, .. } => {
+            FanoutSettings::Redis { prefix, presence_ttl, redis_tls, sentinel, .. } => {
                 assert_eq!(prefix, "chat");
                 assert_eq!(presence_ttl, 15);
+                assert!(redis_tls.ca_file.is_none() && sentinel.is_none(), "{redis_tls:?} {sentinel:?}");
             }
             other => panic!("expected the Redis fan-out, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_files_and_sentinels_load_from_a_file() {
+        let folder = std::env::temp_dir().join(format!("chat-settings-sentinel-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("development.toml"),
+            "[fanout]\nbackend = \"redis\"\nredis_url = \"rediss://chat:pw@ignored:6379/0\"\n\
+             [fanout.redis_tls]\nca_file = \"/etc/chat/redis-ca.pem\"\n\
+             [fanout.sentinel]\nmaster_name = \"chat\"\naddresses = [\"s1:26379\", \"s2:26379\"]\n\
+             password = \"spw\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(&folder, Environment::Development);
+        let _ = std::fs::remove_dir_all(&folder);
+        match settings.unwrap().fanout {
+            FanoutSettings::Redis { redis_tls, sentinel: Some(sentinel), .. } => {
+                assert_eq!(redis_tls.ca_file, Some(PathBuf::from("/etc/chat/redis-ca.pem")));
+                assert_eq!(redis_tls.client_cert_file, None);
+                assert_eq!(sentinel.master_name, "chat");
+                assert_eq!(sentinel.addresses, ["s1:26379", "s2:26379"]);
+                assert_eq!(sentinel.password.map(|p| p.expose_secret().to_owned()), Some("spw".into()));
+                assert!(!sentinel.tls);
+            }
+            other => panic!("expected the Redis fan-out with Sentinel, got {other:?}"),
         }
     }
 }

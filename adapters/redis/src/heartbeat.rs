@@ -7,7 +7,7 @@ use crate::Shared;
 
 /// Connects the command connection, publishes the revocations held back, rewrites this
 /// instance's presence and sweeps every third of the presence expiry, and at once after a
-/// resubscription.
+/// resubscription or the loss of a command connection that follows the primary.
 pub(crate) async fn maintain(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.presence.ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -16,6 +16,7 @@ pub(crate) async fn maintain(shared: Arc<Shared>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.bus.resync.notified() => {}
+            _ = shared.redis.reconnect.notified() => {}
         }
         if let Err(error) = shared.redis.ensure().await {
             if !std::mem::replace(&mut reported, true) {

@@ -28,7 +28,9 @@
 //! with backoff; presence is rewritten and re-swept, and held-back revocations published,
 //! once the subscription is back.
 //!
-//! One file per concern, each with its own state: [`connection`] (the command connection),
+//! One file per concern, each with its own state: [`endpoint`] (where Redis is: one address,
+//! with TLS and ACL credentials if asked, or the primary Sentinel names), [`connection`] (the
+//! command connection),
 //! [`subscription`] (the bus channels and whether they are live), [`events`] (the
 //! `Notifier`), [`presence_sync`] (the `Presence` hash and sweep), [`revocation_feed`] (the
 //! `RevocationFeed` and the revocations held back) and [`heartbeat`] (the task that keeps
@@ -40,6 +42,7 @@
 
 mod bus;
 mod connection;
+mod endpoint;
 mod events;
 mod heartbeat;
 mod presence;
@@ -48,24 +51,31 @@ mod revocation;
 mod revocation_feed;
 mod subscription;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context as _};
 use application::ports::{HealthCheck, RepoError, RepoResult};
 use async_trait::async_trait;
 use chat_realtime::Delivery;
 use tokio::task::JoinHandle;
 
 use connection::{timed, Commands};
+use endpoint::Endpoint;
 use presence_sync::PresenceSync;
 use revocation_feed::HeldBack;
 use subscription::Bus;
 
 #[derive(Clone)]
 pub struct FanoutOptions {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Behind Sentinel,
+    /// its scheme, user, password and db apply to the primary; its host and port are unused.
     pub url: String,
+    /// The CA and client certificate of a `rediss://` connection.
+    pub tls: TlsFiles,
+    /// Ask these sentinels where the primary is, instead of using the URL's address.
+    pub sentinel: Option<SentinelOptions>,
     /// Starts every key and channel name, so that several deployments can share a Redis.
     pub prefix: String,
     /// How long an instance's users stay online after it stops refreshing them (a crash).
@@ -73,13 +83,49 @@ pub struct FanoutOptions {
     pub presence_ttl: Duration,
 }
 
+/// PEM files for TLS; all optional. Without a CA, the system's roots are trusted.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    /// With `client_key_file`, for servers that ask for a client certificate.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// Redis Sentinel: the primary of `master_name`, as the sentinels at `addresses` know it.
+#[derive(Clone)]
+pub struct SentinelOptions {
+    pub master_name: String,
+    /// `host:port` of each sentinel; the first that answers is asked.
+    pub addresses: Vec<String>,
+    /// The sentinels' own credentials (`requirepass`/ACL), when they have any.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sentinels listen with TLS (trusting [`TlsFiles`], as the primary does).
+    pub tls: bool,
+}
+
 impl std::fmt::Debug for FanoutOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password.
         f.debug_struct("FanoutOptions")
             .field("url", &"[redacted]")
+            .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SentinelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelOptions")
+            .field("master_name", &self.master_name)
+            .field("addresses", &self.addresses)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -121,6 +167,8 @@ struct Shared {
     instance: String,
     keys: Keys,
     redis: Commands,
+    /// The TLS files, to name the right one when a first contact fails.
+    tls: TlsFiles,
     bus: Bus,
     presence: PresenceSync,
     held_back: HeldBack,
@@ -142,14 +190,13 @@ impl RedisFanout {
         if options.presence_ttl < Duration::from_secs(1) {
             anyhow::bail!("the presence expiry must be at least one second");
         }
-        // The URL may hold a password: say what is wrong without repeating it.
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| anyhow!("the Redis URL is not valid ({:?})", e.kind()))?;
+        let endpoint = Endpoint::new(&options)?;
         let (group_events, waiting) = tokio::sync::mpsc::channel(events::GROUP_BACKLOG);
         let shared = Arc::new(Shared {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             keys: Keys::new(&options.prefix),
-            redis: Commands::new(client),
+            redis: Commands::new(endpoint),
+            tls: options.tls.clone(),
             bus: Bus::default(),
             presence: PresenceSync::new(options.presence_ttl),
             held_back: HeldBack::default(),
@@ -169,6 +216,48 @@ impl RedisFanout {
     pub fn instance(&self) -> &str {
         &self.shared.instance
     }
+
+    /// Makes a first contact with Redis, within `within`, to refuse now what retrying
+    /// cannot mend: a certificate not signed by the configured CA, a refused TLS handshake,
+    /// a wrong user or password, or a Redis Cluster (not supported: the presence writes are
+    /// transactions over keys that a cluster spreads over several nodes). A Redis that does
+    /// not answer is no error: the instance reports not ready until it does.
+    pub async fn check_endpoint(&self, within: Duration) -> anyhow::Result<()> {
+        let contact = async {
+            let client = self.shared.redis.endpoint().primary().await?;
+            let mut connection =
+                client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+            let info: redis::RedisResult<String> =
+                redis::cmd("INFO").arg("cluster").query_async(&mut connection).await;
+            anyhow::Ok(info)
+        };
+        match tokio::time::timeout(within, contact).await {
+            Err(_) => tracing::warn!("Redis did not answer at start; not ready until it does"),
+            Ok(Err(error)) => {
+                if let Some(problem) = endpoint::misconfiguration(&error, &self.shared.tls) {
+                    anyhow::bail!(problem);
+                }
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "Redis is unreachable at start; not ready until it answers"
+                );
+            }
+            Ok(Ok(Ok(info))) if cluster_enabled(&info) => anyhow::bail!(
+                "fanout.redis_url names a Redis Cluster node (cluster_enabled:1): Redis Cluster is \
+                 not supported; use one Redis, or Redis Sentinel (see docs/SCALING.md)"
+            ),
+            // Without the permission to run INFO, the check is skipped: see docs/SCALING.md.
+            Ok(Ok(Err(error))) => {
+                tracing::debug!(error = %error, "cannot tell whether Redis runs as a cluster")
+            }
+            Ok(Ok(Ok(_))) => {}
+        }
+        Ok(())
+    }
+}
+
+fn cluster_enabled(info: &str) -> bool {
+    info.lines().any(|line| line.trim() == "cluster_enabled:1")
 }
 
 impl Drop for RedisFanout {
@@ -235,6 +324,8 @@ mod tests {
     fn unreachable() -> Arc<RedisFanout> {
         let options = FanoutOptions {
             url: "redis://127.0.0.1:1".into(),
+            tls: TlsFiles::default(),
+            sentinel: None,
             prefix: "unit".into(),
             presence_ttl: Duration::from_secs(15),
         };
@@ -338,6 +429,8 @@ mod tests {
         let registry = delivery(ConnectionRegistry::new(4, 0));
         let options = |url: &str, prefix: &str, ttl: u64| FanoutOptions {
             url: url.into(),
+            tls: TlsFiles::default(),
+            sentinel: None,
             prefix: prefix.into(),
             presence_ttl: Duration::from_secs(ttl),
         };
@@ -345,5 +438,11 @@ mod tests {
         assert!(RedisFanout::start(options("redis://127.0.0.1:1", "a b", 15), registry.clone()).is_err());
         assert!(RedisFanout::start(options("redis://127.0.0.1:1", "chat", 0), registry.clone()).is_err());
         assert!(RedisFanout::start(options("http://x", "chat", 15), registry.clone()).is_err());
+    }
+
+    #[test]
+    fn a_cluster_node_says_so_in_its_info() {
+        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
     }
 }

@@ -108,6 +108,12 @@ pub(crate) async fn subscribe(shared: Arc<Shared>) {
                     }
                 };
                 shared.bus.set_subscribed(false);
+                if shared.redis.endpoint().follows_failover() {
+                    // A cut here is most often a failover (Sentinel closes the clients of a
+                    // demoted primary): the command connection asks the sentinels again too,
+                    // rather than publish where no instance listens any more.
+                    shared.redis.forget();
+                }
                 tracing::warn!(
                     error = format!("{why:#}"),
                     "lost the fan-out bus; delivering locally until it is back"
@@ -127,7 +133,9 @@ pub(crate) async fn subscribe(shared: Arc<Shared>) {
 async fn open_subscription(
     shared: &Shared,
 ) -> anyhow::Result<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
-    let pubsub = timed(shared.redis.client().get_async_pubsub()).await.context("connecting to Redis")?;
+    // Behind Sentinel, the primary as it is now: after a failover, the new one.
+    let client = shared.redis.endpoint().primary().await?;
+    let pubsub = timed(client.get_async_pubsub()).await.context("connecting to Redis")?;
     let (mut sink, stream) = pubsub.split();
     // One command for both channels: Redis runs it whole before answering, so once the first
     // confirmation is back, both channels are subscribed (the client drops the second one).

@@ -34,8 +34,13 @@ struct Instance {
 
 impl Instance {
     async fn start(prefix: &str, store: &Arc<MemoryStore>) -> Self {
-        let options =
-            FanoutOptions { url: redis_url(), prefix: prefix.into(), presence_ttl: Duration::from_secs(15) };
+        let options = FanoutOptions {
+            url: redis_url(),
+            tls: Default::default(),
+            sentinel: None,
+            prefix: prefix.into(),
+            presence_ttl: Duration::from_secs(15),
+        };
         let registry = ConnectionRegistry::new(64, 0);
         let delivery = Delivery::new(registry.clone(), GroupMembers::new(store.clone()));
         let fanout = RedisFanout::start(options, delivery).unwrap();

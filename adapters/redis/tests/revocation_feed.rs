@@ -71,6 +71,8 @@ impl Instance {
     fn start_at(url: &str, prefix: &str) -> Self {
         let options = FanoutOptions {
             url: url.into(),
+            tls: Default::default(),
+            sentinel: None,
             prefix: prefix.into(),
             // Short, for a quick heartbeat (a third of this): it publishes what was held back.
             presence_ttl: Duration::from_secs(3),
