@@ -112,6 +112,11 @@ impl Api {
         let request = self
             .authed(self.http.post(self.url(&format!("/api/v1/message/send/{to}"))), token)
             .json(&json!({ "message": text }));
+        self.sent(request).await
+    }
+
+    /// The answer to a send: its status, and the stored message's id on success.
+    async fn sent(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Option<String>)> {
         let response = request.send().await?;
         let status = response.status();
         let bytes = response.bytes().await?;
@@ -190,16 +195,7 @@ impl Api {
                 token,
             )
             .json(&json!({ "message": text }));
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if !status.is_success() {
-            return Ok((status, None));
-        }
-        let id = serde_json::from_slice::<Enveloped<Identified>>(&bytes)
-            .ok()
-            .map(|sent| sent.response_data.id.to_string());
-        Ok((status, id))
+        self.sent(request).await
     }
 
     /// Sends `text` to user `to` (setup): the conversation's id; fails unless stored.

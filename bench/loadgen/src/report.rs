@@ -86,6 +86,20 @@ impl Report {
         self
     }
 
+    /// The machine's load average (see [`load_average`]) `before` the measurement and now,
+    /// as a line and as the fields `load_before` and `load_after`.
+    pub fn machine_load(&mut self, before: Option<f64>) -> &mut Self {
+        let after = load_average();
+        let shown = |load: Option<f64>| load.map_or("?".into(), |l| l.to_string());
+        self.line(format!(
+            "machine load (1 min) {} before the measurement, {} after",
+            shown(before),
+            shown(after)
+        ))
+        .field("load_before", before)
+        .field("load_after", after)
+    }
+
     pub fn print(&self) {
         println!("== loadgen {}", self.scenario);
         for line in &self.lines {

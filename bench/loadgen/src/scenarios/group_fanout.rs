@@ -160,14 +160,7 @@ pub async fn run(target: &Target, args: GroupFanoutArgs) -> anyhow::Result<Repor
             if met { "met" } else { "NOT met" }
         ))
         .field("target_met", met);
-    report
-        .line(format!(
-            "machine load (1 min) {} before the measurement, {} after",
-            load_before.map_or("?".into(), |l| l.to_string()),
-            load_average().map_or("?".into(), |l| l.to_string())
-        ))
-        .field("load_before", load_before)
-        .field("load_after", load_average());
+    report.machine_load(load_before);
     if let Some(rss) = rss_online {
         report
             .line(format!("server RSS with every member online {:.1} MiB", rss as f64 / 1024.0))

@@ -178,14 +178,7 @@ pub async fn run(target: &Target, args: GroupSendArgs) -> anyhow::Result<Report>
         .field("group_sends_per_s", round(group_rate))
         .field("ratio_percent", round(ratio))
         .field("target_met", met);
-    report
-        .line(format!(
-            "machine load (1 min) {} before the measurement, {} after",
-            load_before.map_or("?".into(), |l| l.to_string()),
-            load_average().map_or("?".into(), |l| l.to_string())
-        ))
-        .field("load_before", load_before)
-        .field("load_after", load_average());
+    report.machine_load(load_before);
     if let Some(rss) = args.server_pid.and_then(rss_kib) {
         report.line(format!("server RSS {:.1} MiB", rss as f64 / 1024.0)).field("server_rss_kib", rss);
     }
