@@ -95,6 +95,19 @@ async fn the_token_of_a_user_that_does_not_exist_is_refused_on_every_route() {
         Some(StatusCode::UNAUTHORIZED),
         "the /ws handshake"
     );
+    // Socket.IO authenticates at CONNECT: refused with connect_error.
+    let url = format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}", api.port);
+    let (mut sio, _) = tokio_tungstenite::connect_async(url).await.expect("the Engine.IO handshake");
+    sio.send(Frame::text("40")).await.unwrap();
+    let refusal = loop {
+        match tokio::time::timeout(WAIT, sio.next()).await.expect("an answer to CONNECT") {
+            Some(Ok(Frame::Text(text))) if text.starts_with("44") => break text.to_string(),
+            Some(Ok(Frame::Text(text))) => assert!(!text.starts_with("40"), "CONNECT accepted: {text}"),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended without a connect_error: {other:?}"),
+        }
+    };
+    assert!(refusal.contains("token"), "{refusal}");
     let conversations = api.get("/api/v1/message/conversations", Some(&bob.token)).await;
     assert_eq!(conversations.data(StatusCode::OK), &json!([]), "bob got no message from nobody");
 }
