@@ -6,12 +6,13 @@
 
 mod common;
 
-use application::ports::{Appended, ConversationRepository, MessageRepository};
+use application::ports::{Appended, ConversationRepository, MessageRepository, StoredMessage};
 use domain::{
     Chat, Conversation, ConversationId, Cursor, Message, MessageBody, MessageId, ParticipantPair, UserId,
 };
 use mongodb::bson::{doc, Document};
 
+use chat_mongo::MongoStore;
 use common::Scratch;
 
 /// A message document as the original app (or this server before streams) stored it.
@@ -30,6 +31,27 @@ fn legacy(from: &UserId, to: &UserId, conversation: &ConversationId, body: &str)
 
 fn positions_and_ids(items: &[application::ports::StreamItem]) -> Vec<(u64, MessageId)> {
     items.iter().map(|item| (item.cursor.position(), item.message().expect("a message").id.clone())).collect()
+}
+
+/// Sends `text` from `from` to `to` as the server does now; the message as stored.
+async fn send(store: &MongoStore, from: &UserId, to: &UserId, text: &str) -> StoredMessage {
+    let pair = ParticipantPair::new(from.clone(), to.clone()).unwrap();
+    let candidate = Conversation::start(pair, chrono::Utc::now());
+    let message = Message {
+        id: MessageId::generate(),
+        conversation_id: candidate.id.clone(),
+        sender_id: from.clone(),
+        receiver_id: Some(to.clone()),
+        body: MessageBody::parse(text).unwrap(),
+        system: None,
+        seq: 0,
+        created_at: chrono::Utc::now(),
+        client_id: None,
+    };
+    let Appended::Created(stored) = store.append(&candidate, &message).await.unwrap() else {
+        panic!("a new message");
+    };
+    stored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,22 +92,7 @@ async fn messages_stored_before_streams_get_positions_in_id_order() {
     // New sends continue the streams, and connecting again changes nothing.
     drop(store);
     let store = scratch.connect().await;
-    let candidate =
-        Conversation::start(ParticipantPair::new(a.clone(), b.clone()).unwrap(), chrono::Utc::now());
-    let message = Message {
-        id: MessageId::generate(),
-        conversation_id: candidate.id.clone(),
-        sender_id: b.clone(),
-        receiver_id: Some(a.clone()),
-        body: MessageBody::parse("five").unwrap(),
-        system: None,
-        seq: 0,
-        created_at: chrono::Utc::now(),
-        client_id: None,
-    };
-    let Appended::Created(stored) = store.append(&candidate, &message).await.unwrap() else {
-        panic!("a new message");
-    };
+    let stored = send(&store, &b, &a, "five").await;
     assert_eq!((stored.sender_cursor.position(), stored.receiver_cursor.position()), (4, 5));
     assert_eq!(store.stream_head(&a).await.unwrap(), Cursor::new(5).unwrap());
 }
@@ -191,22 +198,7 @@ async fn conversations_stored_before_sequences_get_seqs_in_id_order_and_members_
     // changes nothing.
     drop(store);
     let store = scratch.connect().await;
-    let candidate =
-        Conversation::start(ParticipantPair::new(a.clone(), b.clone()).unwrap(), chrono::Utc::now());
-    let message = Message {
-        id: MessageId::generate(),
-        conversation_id: candidate.id.clone(),
-        sender_id: a.clone(),
-        receiver_id: Some(b.clone()),
-        body: MessageBody::parse("after").unwrap(),
-        system: None,
-        seq: 0,
-        created_at: chrono::Utc::now(),
-        client_id: None,
-    };
-    let Appended::Created(stored) = store.append(&candidate, &message).await.unwrap() else {
-        panic!("a new message");
-    };
+    let stored = send(&store, &a, &b, "after").await;
     assert_eq!(
         (stored.message.conversation_id.clone(), stored.message.seq),
         (conversation.clone(), count as u64 + 1)
