@@ -6,9 +6,9 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tests::process::server_command;
-use tests::{free_port, server_binary, Api, ServerProcess, TempDir, PASSWORD};
+use tests::{free_port, server_binary, ServerProcess, TempDir};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -117,20 +117,13 @@ async fn port_and_storage_come_from_the_environment() {
     assert!(server.wait_for_exit().await.success());
 }
 
-/// Registers Ada; returns her token.
-async fn register_ada(api: &Api) -> String {
-    let registered =
-        api.register(&json!({ "fullName": "Ada", "username": "ada", "password": PASSWORD })).await;
-    registered.body["responseData"]["token"].as_str().expect("a token").to_owned()
-}
-
 #[tokio::test]
 async fn sigterm_closes_websockets_and_exits_cleanly() {
     let dir = TempDir::new("binary");
     let port = free_port();
     let mut server = start(dir.path(), port, dir.path()).await;
     let api = server.api();
-    let token = register_ada(&api).await;
+    let token = api.create_user("ada").await.token;
     let mut socket = api.connect_ws_with_query(&token).await.stream;
     // Registered for events once the presence list has come in.
     let first = tokio::time::timeout(DEADLINE, socket.next()).await.expect("a first frame");
@@ -165,7 +158,7 @@ async fn a_logout_still_holds_after_a_restart() {
     let dir = TempDir::new("binary");
     let port = free_port();
     let mut server = start(dir.path(), port, dir.path()).await;
-    let token = register_ada(&server.api()).await;
+    let token = server.api().create_user("ada").await.token;
     let logout = server.api().logout(&token).await;
     assert_eq!(logout.status, 200);
     server.terminate();
