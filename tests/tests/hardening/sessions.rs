@@ -110,6 +110,8 @@ async fn cluster_of_two() -> (TestApp, TestApp) {
         let mut settings = tests::test_settings(database);
         settings.fanout = server::settings::FanoutSettings::Redis {
             redis_url: SecretString::from(tests::cluster::system_redis_url()),
+            redis_tls: Default::default(),
+            sentinel: None,
             prefix: prefix.clone(),
             presence_ttl: 15,
         };
