@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use domain::{
-    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Message, MessageBody, MessageId,
-    ParticipantPair, Seq, SyncCursor, UserId,
+    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Member, Message, MessageBody, MessageId,
+    ParticipantPair, Role, Seq, SyncCursor, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
@@ -90,6 +90,14 @@ pub struct MarkedRead {
     /// The position of the read notice in the user's stream when the read position moved;
     /// `None` when it was already there or further.
     pub cursor: Option<Cursor>,
+}
+
+/// A direct conversation as its members see it: both members with their read positions,
+/// in the pair's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectView {
+    pub conversation: Conversation,
+    pub members: [Member; 2],
 }
 
 /// One page of my conversation list.
@@ -274,6 +282,33 @@ impl MessagingService {
             Err(error) => tracing::warn!(error = %error, "read receipt not announced: conversation not read"),
         }
         Ok(MarkedRead { seq, cursor: Some(cursor) })
+    }
+
+    /// The direct conversation `conversation` with both members' read positions (where
+    /// "seen" comes from), for one of its two members; `None` when the id is a group's (see
+    /// `GroupService::get`). Anyone else is told it does not exist.
+    pub async fn direct_conversation(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Option<DirectView>, MessagingError> {
+        let direct = match self.conversations.find(conversation).await? {
+            Some(Chat::Direct(direct)) if direct.participants.contains(me) => direct,
+            Some(Chat::Group(_)) => return Ok(None),
+            Some(Chat::Direct(_)) | None => return Err(MessagingError::ConversationNotFound),
+        };
+        let pair = &direct.participants;
+        let first = self.conversations.member(&direct.id, pair.first()).await?;
+        let second = self.conversations.member(&direct.id, pair.second()).await?;
+        // Both members are stored with the conversation; one missing has read nothing.
+        let or_unread = |member: Option<Member>, user: &UserId| {
+            member.unwrap_or_else(|| Member {
+                read_seq: 0,
+                ..Member::joining(user.clone(), Role::Member, direct.created_at, 1)
+            })
+        };
+        let members = [or_unread(first, pair.first()), or_unread(second, pair.second())];
+        Ok(Some(DirectView { conversation: direct, members }))
     }
 
     /// What I follow after `since` ([`SyncCursor::START`]: from the beginning), in order, at
@@ -823,6 +858,72 @@ mod tests {
                 Ok(left.then_some(3))
             });
         }
+    }
+
+    #[tokio::test]
+    async fn a_direct_conversation_shows_both_members_read_positions_to_either_of_them() {
+        let (me, other) = (UserId::generate(), UserId::generate());
+        let direct = Conversation { last_seq: 4, ..direct(&me, &other) };
+        let read = MessageId::generate();
+        for viewer in [&me, &other] {
+            let mut m = Mocks::new();
+            m.finds(Chat::Direct(direct.clone()));
+            let (mine, read_id) = (me.clone(), read.clone());
+            m.conversations.expect_member().times(2).returning(move |_, user| {
+                Ok(Some(if *user == mine {
+                    Member { read_seq: 4, last_read_message_id: Some(read_id.clone()), ..member(user, 1) }
+                } else {
+                    Member { read_seq: 0, ..member(user, 1) }
+                }))
+            });
+            let view = m.service().direct_conversation(viewer, &direct.id).await.unwrap().unwrap();
+            assert_eq!(view.conversation, direct);
+            let pair = &direct.participants;
+            let seen: Vec<(&UserId, Seq, Option<&MessageId>)> = view
+                .members
+                .iter()
+                .map(|m| (&m.user_id, m.read_seq, m.last_read_message_id.as_ref()))
+                .collect();
+            let position = |user: &UserId| if *user == me { (4, Some(&read)) } else { (0, None) };
+            let expected: Vec<(&UserId, Seq, Option<&MessageId>)> = [pair.first(), pair.second()]
+                .into_iter()
+                .map(|user| (user, position(user).0, position(user).1))
+                .collect();
+            assert_eq!(seen, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_conversation_is_not_found_for_others_and_a_group_is_left_to_the_groups() {
+        let (a, b, stranger) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let direct = direct(&a, &b);
+        let mut m = Mocks::new();
+        m.finds(Chat::Direct(direct.clone()));
+        m.conversations.expect_member().never();
+        let err = m.service().direct_conversation(&stranger, &direct.id).await.unwrap_err();
+        assert!(matches!(err, MessagingError::ConversationNotFound));
+
+        let mut m = Mocks::new();
+        m.conversations.expect_find().returning(|_| Ok(None));
+        let err = m.service().direct_conversation(&a, &ConversationId::generate()).await.unwrap_err();
+        assert!(matches!(err, MessagingError::ConversationNotFound));
+
+        let group = group(3);
+        let mut m = Mocks::new();
+        m.finds(Chat::Group(group.clone()));
+        m.conversations.expect_member().never();
+        assert_eq!(m.service().direct_conversation(&a, &group.id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_direct_member_stored_without_a_read_position_has_read_nothing() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let direct = Conversation { last_seq: 2, ..direct(&a, &b) };
+        let mut m = Mocks::new();
+        m.finds(Chat::Direct(direct.clone()));
+        m.conversations.expect_member().returning(|_, _| Ok(None));
+        let view = m.service().direct_conversation(&a, &direct.id).await.unwrap().unwrap();
+        assert!(view.members.iter().all(|m| m.read_seq == 0 && m.last_read_message_id.is_none()));
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ pub const BEARER_AUTH: &str = "bearerAuth";
         user::logout,
         user::profile,
         user::other_users,
+        user::user,
         avatar::avatar,
         message::send,
         message::history,
@@ -600,6 +601,10 @@ pub mod fields {
     /// `kind` of a group.
     pub fn group_kind() -> Schema {
         string().enum_values(Some(["group"])).into()
+    }
+
+    pub fn direct_kind() -> Schema {
+        string().enum_values(Some(["direct"])).into()
     }
 
     /// `kind` of a conversation.

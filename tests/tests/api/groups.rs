@@ -409,9 +409,9 @@ async fn strangers_are_told_nothing_and_former_members_are_refused() {
         app.post_message(&ada.token, unknown, "hi").await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
         app.conversation_messages(&ada.token, unknown, &[]).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
-    // A direct conversation is not a group: group routes do not know it.
+    // A direct conversation is not a group: group routes do not know it (reading it by id
+    // works, see `a_direct_conversation_by_id_shows_both_read_positions_to_its_members_only`).
     let direct = app.send_ok(&ada, &bob, "psst").await["conversationId"].as_str().unwrap().to_owned();
-    app.group(&ada.token, &direct).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     app.rename_group(&ada.token, &direct, "Ours").await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     app.leave_group(&ada.token, &direct).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     // Unauthenticated: 401 before anything else.
@@ -779,4 +779,81 @@ async fn sync_delivers_a_group_from_joining_to_removal_and_again_after_rejoining
     let cat_stream = sync_all(&app, &cat, "", "50").await;
     assert_eq!(cat_stream.len(), 8, "cat was there all along: {cat_stream:?}");
     assert_eq!(cat_stream.last().unwrap(), &("g8".to_owned(), format!("1~{gid}.8")));
+}
+
+/// A direct conversation object: exactly the documented fields; returns its members as
+/// (user id, readSeq, lastReadMessageId).
+#[track_caller]
+fn assert_direct(value: &Value) -> Vec<(String, u64, Value)> {
+    let object = value.as_object().unwrap_or_else(|| panic!("a conversation must be an object: {value}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["_id", "createdAt", "kind", "lastSeq", "members", "participants", "updatedAt"],
+        "direct conversation fields: {value}"
+    );
+    assert_eq!(value["kind"], "direct", "{value}");
+    assert_timestamp(&value["createdAt"]);
+    assert_timestamp(&value["updatedAt"]);
+    let members: Vec<(String, u64, Value)> = value["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("members must be a list: {value}"))
+        .iter()
+        .map(|m| {
+            let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["lastReadMessageId", "readSeq", "userId"], "member fields: {m}");
+            (
+                m["userId"].as_str().unwrap().to_owned(),
+                m["readSeq"].as_u64().unwrap(),
+                m["lastReadMessageId"].clone(),
+            )
+        })
+        .collect();
+    let ids: Vec<&str> = members.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(json!(ids), value["participants"], "members in the order of participants: {value}");
+    members
+}
+
+#[tokio::test]
+async fn a_direct_conversation_by_id_shows_both_read_positions_to_its_members_only() {
+    let app = spawn_app().await;
+    let [ann, bob, eve] =
+        [app.create_user("ann").await, app.create_user("bob").await, app.create_user("eve").await];
+    let first = app.send_ok(&ann, &bob, "one").await;
+    let second = app.send_ok(&ann, &bob, "two").await;
+    let cid = first["conversationId"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/conversations/{cid}");
+    let position = |members: &[(String, u64, Value)], user: &TestUser| {
+        let (_, seq, id) = members.iter().find(|(id, _, _)| *id == user.id).expect("a member");
+        (*seq, id.clone())
+    };
+
+    // Sending read everything up to the message for the sender; bob has read nothing yet.
+    for viewer in [&ann, &bob] {
+        let reply = app.get(&path, Some(&viewer.token)).await;
+        let value = reply.data(StatusCode::OK);
+        assert_eq!((id(value), &value["lastSeq"]), (cid.clone(), &json!(2)), "{value}");
+        let members = assert_direct(value);
+        assert_eq!(position(&members, &ann), (2, second["_id"].clone()));
+        assert_eq!(position(&members, &bob), (0, Value::Null));
+    }
+
+    // Bob reads the first: both see where he stands (what "Seen" shows after a reload).
+    app.mark_read(&bob.token, &cid, first["_id"].as_str().unwrap()).await.data(StatusCode::OK);
+    for viewer in [&ann, &bob] {
+        let members = assert_direct(app.get(&path, Some(&viewer.token)).await.data(StatusCode::OK));
+        assert_eq!(position(&members, &bob), (1, first["_id"].clone()));
+    }
+
+    // Anyone else: as if it did not exist.
+    app.get(&path, Some(&eve.token)).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let reply = app.execute(app.request(Method::GET, &path, None)).await;
+    reply.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+
+    // A group answers in its own shape, unchanged.
+    let group = app.create_group_ok(&ann, "Pals", &[&bob]).await;
+    let reply = app.get(&format!("/api/v1/conversations/{}", id(&group)), Some(&bob.token)).await;
+    assert_group(reply.data(StatusCode::OK), "Pals");
 }

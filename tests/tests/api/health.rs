@@ -25,8 +25,9 @@ async fn readyz_answers_200_when_storage_answers() {
 async fn an_unknown_route_is_a_404_envelope() {
     let app = spawn_app().await;
     let ada = app.create_user("ada").await;
+    // (`/api/v1/user/<text>` is a user by id: text that is no id is a 400 there.)
     for path in
-        ["/nope", "/api/v1/user", "/api/v1/user/unknown", "/api/v2/user/get-profile", "/api/v1/message/send"]
+        ["/nope", "/api/v1/user", "/api/v1/user/a/b", "/api/v2/user/get-profile", "/api/v1/message/send"]
     {
         let response = app.get(path, Some(&ada.token)).await;
         response.error(StatusCode::NOT_FOUND, "NOT_FOUND");

@@ -1,6 +1,10 @@
 //! The server from the outside: real HTTP and WebSocket clients against a server on a free
 //! port, over a fresh database of the backend named by `CHAT_TEST_BACKEND`.
 
+// The spawned futures of the concurrency tests nest deeply enough to need more than the
+// default 128 to lay them out.
+#![recursion_limit = "256"]
+
 mod concurrency;
 mod errors;
 mod groups;

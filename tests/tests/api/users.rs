@@ -506,3 +506,33 @@ async fn other_users_refuses_a_bad_limit_or_cursor() {
         response.error(StatusCode::BAD_REQUEST, "VALIDATION");
     }
 }
+
+#[tokio::test]
+async fn a_user_is_found_by_id_as_the_user_list_shows_them() {
+    let app = spawn_app().await;
+    let me = app.create_user("myself").await;
+    let bob = app.create_user("Bob").await;
+
+    let listed = app.other_users(&me.token, &[]).await.data(StatusCode::OK)[0].clone();
+    let reply = app.get(&format!("/api/v1/user/{}", bob.id), Some(&me.token)).await;
+    let found = reply.data(StatusCode::OK);
+    assert_user(found, "Bob");
+    assert_eq!(found, &listed, "the same shape and values as in the user list");
+    // Myself too.
+    let reply = app.get(&format!("/api/v1/user/{}", me.id), Some(&me.token)).await;
+    assert_user(reply.data(StatusCode::OK), "myself");
+
+    // An id nobody has: 404; text that is no id: 400 naming the field.
+    let reply = app.get("/api/v1/user/0190b8a4-5c3e-7a00-8000-000000000000", Some(&me.token)).await;
+    reply.error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let reply = app.get("/api/v1/user/not-an-id", Some(&me.token)).await;
+    reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
+    assert_eq!(reply.body["field"], "id", "{}", reply.text);
+    // Named routes keep their meaning.
+    app.get("/api/v1/user/get-profile", Some(&me.token)).await.data(StatusCode::OK);
+    let reply = app.get("/api/v1/user/register", Some(&me.token)).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{}", reply.text);
+    // Unauthenticated: 401.
+    let reply = app.get(&format!("/api/v1/user/{}", bob.id), None).await;
+    reply.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+}

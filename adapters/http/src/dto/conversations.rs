@@ -1,6 +1,7 @@
 //! Bodies of the conversation routes (`/api/v1/conversations/…`): groups, their members, the
 //! unified send and history, and read positions.
 
+use application::messaging::DirectView;
 use application::ports::GroupState;
 use chat_realtime::wire::timestamp;
 use domain::{Member, Role};
@@ -82,6 +83,79 @@ impl From<&Member> for MemberDto {
             last_read_message_id: member.last_read_message_id.as_ref().map(ToString::to_string),
         }
     }
+}
+
+/// A direct conversation as its two members see it: both members and how far each has read
+/// (what "seen" is made of).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = DirectConversation)]
+pub struct DirectConversationDto {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Always `direct`.
+    #[schema(schema_with = fields::direct_kind)]
+    pub kind: &'static str,
+    /// The two user ids.
+    #[schema(min_items = 2, max_items = 2)]
+    pub participants: [String; 2],
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The time of the last message.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The `seq` of the last message (0 while there is none).
+    pub last_seq: u64,
+    /// Both members, in the order of `participants`.
+    #[schema(min_items = 2, max_items = 2)]
+    pub members: Vec<DirectMemberDto>,
+}
+
+impl From<&DirectView> for DirectConversationDto {
+    fn from(view: &DirectView) -> Self {
+        let c = &view.conversation;
+        Self {
+            id: c.id.to_string(),
+            kind: "direct",
+            participants: [c.participants.first().to_string(), c.participants.second().to_string()],
+            created_at: timestamp(&c.created_at),
+            updated_at: timestamp(&c.updated_at),
+            last_seq: c.last_seq,
+            members: view.members.iter().map(DirectMemberDto::from).collect(),
+        }
+    }
+}
+
+/// A member of a direct conversation.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = DirectMember)]
+pub struct DirectMemberDto {
+    pub user_id: String,
+    /// The member has read every message up to this `seq`.
+    pub read_seq: u64,
+    /// The message at `readSeq`, once the member has read up to one.
+    #[schema(nullable = true)]
+    pub last_read_message_id: Option<String>,
+}
+
+impl From<&Member> for DirectMemberDto {
+    fn from(member: &Member) -> Self {
+        Self {
+            user_id: member.user_id.to_string(),
+            read_seq: member.read_seq,
+            last_read_message_id: member.last_read_message_id.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// A conversation by id: a group (`kind` `group`) or a direct conversation (`direct`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = ConversationDetail)]
+pub enum ConversationDetailDto {
+    Group(GroupDto),
+    Direct(DirectConversationDto),
 }
 
 /// A member's role: the `owner` (one per group) changes roles and hands ownership over;

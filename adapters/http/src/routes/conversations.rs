@@ -10,8 +10,8 @@ use super::message::{before, outgoing, sent_response};
 use super::required;
 use crate::auth::CurrentUser;
 use crate::dto::conversations::{
-    assignable_role, AddMembersRequest, CreateGroupRequest, GroupDto, OwnerRequest, ReadRequest,
-    ReadStateDto, RenameRequest, RoleRequest,
+    assignable_role, AddMembersRequest, ConversationDetailDto, CreateGroupRequest, DirectConversationDto,
+    GroupDto, OwnerRequest, ReadRequest, ReadStateDto, RenameRequest, RoleRequest,
 };
 use crate::dto::{Envelope, HistoryQuery, SendRequest};
 use crate::error::ApiError;
@@ -97,18 +97,21 @@ pub async fn create(
     Ok(HttpResponse::Created().json(Envelope::data(GroupDto::from(&group))))
 }
 
-/// A group I am a member of, with its members.
+/// A conversation I am a member of: a group with its members and their roles, or a direct
+/// conversation with both members; each member with their read position.
 ///
-/// 404 for a group I never was a member of (or none); 403 for one I left or was removed from.
+/// 404 for a conversation I never was a member of (or none); 403 for a group I left or was
+/// removed from.
 #[utoipa::path(
     get,
     path = "/api/v1/conversations/{id}",
     tag = "conversation",
-    operation_id = "getGroup",
-    params(("id" = String, Path, description = "The group's id")),
+    operation_id = "getConversation",
+    params(("id" = String, Path, description = "The conversation's id")),
     security(("bearerAuth" = []), ("cookieAuth" = [])),
     responses(
-        (status = 200, description = "The group", body = Envelope<GroupDto>),
+        (status = 200, description = "The conversation: a group or a direct conversation (`kind`)",
+            body = Envelope<ConversationDetailDto>),
         (status = 401, response = Unauthenticated),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
@@ -120,9 +123,13 @@ pub async fn get(
     CurrentUser(session): CurrentUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = path_conversation(&id)?;
-    let group = state.groups.get(session.user_id(), &group).await?;
-    Ok(HttpResponse::Ok().json(Envelope::data(GroupDto::from(&group))))
+    let id = path_conversation(&id)?;
+    let me = session.user_id();
+    let conversation = match state.messaging.direct_conversation(me, &id).await? {
+        Some(direct) => ConversationDetailDto::Direct(DirectConversationDto::from(&direct)),
+        None => ConversationDetailDto::Group(GroupDto::from(&state.groups.get(me, &id).await?)),
+    };
+    Ok(HttpResponse::Ok().json(Envelope::data(conversation)))
 }
 
 /// Renames a group (owner and admins).

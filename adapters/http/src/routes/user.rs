@@ -1,7 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use application::accounts::{user_cursor, user_search};
 use application::{AccountError, NewAccount};
-use domain::{Avatar, FullName, Password, Username};
+use domain::{Avatar, FullName, Password, UserId, Username};
 
 use super::required;
 use crate::auth::{token_cookie, CurrentUser};
@@ -10,7 +10,7 @@ use crate::dto::{
 };
 use crate::error::ApiError;
 use crate::openapi::{
-    Conflict, ForeignOrigin, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable,
+    Conflict, ForeignOrigin, NotFound, PayloadTooLarge, RateLimited, Unauthenticated, Unavailable,
     UnsupportedMediaType, Validation,
 };
 use crate::state::AppState;
@@ -205,6 +205,38 @@ pub async fn other_users(
     }
     let users: Vec<UserDto> = page.users.iter().map(UserDto::from).collect();
     Ok(response.json(Envelope::data(users)))
+}
+
+/// Another user (or me) by id, as the user list shows them: how a client names someone it
+/// has not listed yet (a sender, a member of a group).
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/{id}",
+    tag = "user",
+    operation_id = "getUser",
+    params(("id" = String, Path, description = "The user's id: a UUID, lower-case and hyphenated \
+        (anything else is 400)", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "The user", body = Envelope<UserDto>),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub async fn user(
+    state: web::Data<AppState>,
+    _caller: CurrentUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = UserId::parse(&id).map_err(|e| ApiError::invalid_field("id", e))?;
+    match state.accounts.profile(&id).await {
+        Ok(user) => Ok(HttpResponse::Ok().json(Envelope::data(UserDto::from(&user)))),
+        // The caller's token was checked above: here it means that nobody has this id.
+        Err(AccountError::Unauthenticated) => Err(ApiError::not_found("user not found")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
