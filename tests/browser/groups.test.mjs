@@ -178,7 +178,7 @@ await step("seen by: Alice's last message names who read it", async () => {
   expect(/Carol Diaz/.test(title) && /Bob Chen/.test(title), `the full names: ${title}`);
 });
 
-await step("a direct chat: 'Seen' under my last message once the other reads it", async () => {
+await step("a direct chat: 'Seen' under my last message once the other reads it, and after a reload", async () => {
   await startChat(a, "bob");
   await a.locator("#peer-name", { hasText: bob.fullName }).waitFor();
   await send(a, "Call me later?");
@@ -187,6 +187,11 @@ await step("a direct chat: 'Seen' under my last message once the other reads it"
   expect((await a.locator("#messages .receipt").count()) === 0, "seen before Bob read it");
   await chatItem(b, alice.fullName).click();
   await waitForMessage(b, "Call me later?");
+  await a.locator("#messages li.msg.mine", { hasText: "Call me later?" }).locator(".receipt", { hasText: "Seen" }).waitFor();
+  // After a reload the server says how far Bob has read: "Seen" again, without a new receipt.
+  await a.reload();
+  await chatItem(a, bob.fullName).click();
+  await waitForMessage(a, "Call me later?");
   await a.locator("#messages li.msg.mine", { hasText: "Call me later?" }).locator(".receipt", { hasText: "Seen" }).waitFor();
 });
 

@@ -6,7 +6,6 @@
   const PAGE_SIZE = 30;
   const PEOPLE_PAGE_SIZE = 50;
   const PICK_PAGE_SIZE = 20; // people offered to add to a group
-  const DIRECTORY_PAGE_SIZE = 200; // the API's largest page, for looking names up
   const SYNC_PAGE_SIZE = 200;
   const TYPING_IDLE_MS = 2500;
   const TYPING_SHOWN_MS = 6000;
@@ -536,42 +535,39 @@
   }
 
   // Names for ids the page has not seen yet (a conversation list entry, a message from a
-  // stranger): the people directory is read in its largest pages until they are all found.
-  const directory = { cursor: null, done: false, queue: Promise.resolve() };
+  // stranger, a group's members): each is read by id, a few at a time.
+  const LOOKUPS_AT_ONCE = 6;
+  const lookups = new Map(); // id -> its lookup while it runs
 
-  function resolveUsers(ids) {
-    const wanted = ids.filter((id) => id && state.me && id !== state.me._id && !state.users.has(id));
-    if (!wanted.length) return Promise.resolve();
-    directory.queue = directory.queue
-      .then(async () => {
-        // An earlier lookup may have found them meanwhile.
-        let missing = wanted.filter((id) => !state.users.has(id));
-        // One full pass at most: someone new may have joined since the last one ended.
-        if (missing.length && directory.done) {
-          directory.done = false;
-          directory.cursor = null;
-        }
-        while (missing.length && !directory.done) {
-          const params = new URLSearchParams({ limit: String(DIRECTORY_PAGE_SIZE) });
-          if (directory.cursor) params.set("cursor", directory.cursor);
-          const { data, headers } = await api("GET", `/user/get-other-users?${params}`);
-          for (const user of data || []) remember(user);
-          directory.cursor = headers.get("X-Next-Cursor");
-          directory.done = !directory.cursor;
-          missing = missing.filter((id) => !state.users.has(id));
-        }
-      })
-      .catch((error) => console.warn("looking people up failed:", error.message))
-      .then(() => {
-        // Names show in the list (people, group previews), the open chat and its members.
-        paintAllConversations();
-        paintPeer();
-        repaintNames();
-        paintReceipts();
-        paintGroupPanel();
-        paintChosen();
-      });
-    return directory.queue;
+  function lookUp(id) {
+    if (!lookups.has(id)) {
+      const lookup = api("GET", `/user/${enc(id)}`)
+        .then(({ data }) => remember(data))
+        .catch((error) => {
+          // 404: nobody has this id; nothing to show but the id.
+          if (error.status !== 404) console.warn("looking someone up failed:", error.message);
+        })
+        .finally(() => lookups.delete(id));
+      lookups.set(id, lookup);
+    }
+    return lookups.get(id);
+  }
+
+  async function resolveUsers(ids) {
+    const wanted = [...new Set(ids.filter((id) => id && state.me && id !== state.me._id && !state.users.has(id)))];
+    if (!wanted.length) return;
+    let next = 0;
+    const worker = async () => {
+      while (next < wanted.length) await lookUp(wanted[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(LOOKUPS_AT_ONCE, wanted.length) }, worker));
+    // Names show in the list (people, group previews), the open chat and its members.
+    paintAllConversations();
+    paintPeer();
+    repaintNames();
+    paintReceipts();
+    paintGroupPanel();
+    paintChosen();
   }
 
   function personItem(user) {
@@ -1047,6 +1043,22 @@
     return true;
   }
 
+  // How far the other person has read in a chat with them, as the server has it: "Seen"
+  // right after a reload, before any new receipt comes.
+  async function loadDirectReads(chat, token) {
+    if (!chat.id) return;
+    try {
+      const { data } = await api("GET", `/conversations/${enc(chat.id)}`);
+      let moved = false;
+      for (const m of (data && data.members) || []) {
+        if (typeof m.readSeq === "number" && noteReceipt(data._id, m.userId, m.readSeq)) moved = true;
+      }
+      if (moved && token === state.conversationToken) paintReceipts();
+    } catch (error) {
+      console.warn("reading the conversation failed:", error.message);
+    }
+  }
+
   // `messagesRead`: another member read up to `seq`.
   function onMessagesRead(data) {
     if (!data || !noteReceipt(data.conversationId, data.userId, Number(data.seq) || 0)) return;
@@ -1478,6 +1490,7 @@
         renderConversations();
       }
       if (visible()) markRead(key);
+      if (chat.kind === "direct") loadDirectReads(chat, token);
       fillViewport(token);
     } catch (error) {
       if (token !== state.conversationToken) return;
@@ -2641,8 +2654,7 @@
     state.everOnline = new Set();
     state.drafts.clear();
     state.inFlight.clear();
-    directory.cursor = null;
-    directory.done = false;
+    lookups.clear();
     // A new account's stream starts empty: everything from here on is news.
     state.cursor = registered ? "0" : saved.get("cursor", null);
     if (registered) saved.set("cursor", "0");
