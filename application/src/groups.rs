@@ -456,6 +456,12 @@ impl GroupService {
         }
     }
 
+    /// Those of `users` that are no user, in their order: those not known already are looked
+    /// up in one call.
+    pub async fn unknown_users(&self, users: &[UserId]) -> Result<Vec<UserId>, GroupError> {
+        Ok(self.known.unknown(users).await?)
+    }
+
     /// `UnknownUsers` naming those of `users` that are no user: those not known already are
     /// looked up in one call.
     async fn all_exist(&self, users: &[UserId]) -> Result<(), GroupError> {

@@ -190,6 +190,9 @@ async fn a_group_needs_a_valid_name_and_known_distinct_members() {
     assert_eq!(named_ids(&reply, StatusCode::NOT_FOUND, "NOT_FOUND"), set(&[UNKNOWN_ID, other]));
     let reply = create(json!({ "name": "Team", "members": ["not-an-id", bob.id] })).await;
     assert_eq!(named_ids(&reply, StatusCode::NOT_FOUND, "NOT_FOUND"), set(&["not-an-id"]));
+    let reply =
+        create(json!({ "name": "Team", "members": ["not-an-id", UNKNOWN_ID, bob.id, UNKNOWN_ID] })).await;
+    assert_eq!(named_ids(&reply, StatusCode::NOT_FOUND, "NOT_FOUND"), set(&["not-an-id", UNKNOWN_ID]));
 
     // Nothing of all that was stored.
     assert_eq!(app.conversations(&ada.token).await.data(StatusCode::OK), &json!([]));
@@ -253,6 +256,8 @@ async fn admins_add_and_remove_members_and_bad_requests_change_nothing() {
     assert_eq!(named_ids(&reply, StatusCode::BAD_REQUEST, "VALIDATION"), set(&[&eve.id]));
     let reply = app.add_members(&ada.token, &gid, &[&eve.id, UNKNOWN_ID]).await;
     assert_eq!(named_ids(&reply, StatusCode::NOT_FOUND, "NOT_FOUND"), set(&[UNKNOWN_ID]));
+    let reply = app.add_members(&ada.token, &gid, &[UNKNOWN_ID, "x", &eve.id]).await;
+    assert_eq!(named_ids(&reply, StatusCode::NOT_FOUND, "NOT_FOUND"), set(&[UNKNOWN_ID, "x"]));
     for body in [json!({}), json!({ "userIds": [] }), json!({ "userIds": "x" }), json!({ "userIds": [3] })] {
         let path = format!("/api/v1/conversations/{gid}/members");
         let reply = app.post_json(&path, &body, Some(&ada.token)).await;

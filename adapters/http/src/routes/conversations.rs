@@ -31,26 +31,44 @@ fn path_member(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|_| ApiError::not_found("user is not a member of this group"))
 }
 
-/// A body's list of user ids, required and not empty. Text that is no user id names no user:
-/// 404 naming every such entry, as for ids of users that don't exist.
-fn user_ids(list: &Option<Vec<String>>, field: &'static str) -> Result<Vec<UserId>, ApiError> {
+/// A body's list of user ids, required and not empty: the well-formed ids, and the entries
+/// that are no user id (each once).
+fn user_ids(list: &Option<Vec<String>>, field: &'static str) -> Result<(Vec<UserId>, Vec<String>), ApiError> {
     let list = list.as_deref().ok_or_else(|| ApiError::invalid_field(field, "is required"))?;
     if list.is_empty() {
         return Err(ApiError::invalid_field(field, "must name at least one user"));
     }
     let mut ids = Vec::with_capacity(list.len());
-    let mut unknown: Vec<String> = Vec::new();
+    let mut malformed: Vec<String> = Vec::new();
     for raw in list {
         match UserId::parse(raw) {
             Ok(id) => ids.push(id),
-            Err(_) if !unknown.contains(raw) => unknown.push(raw.clone()),
+            Err(_) if !malformed.contains(raw) => malformed.push(raw.clone()),
             Err(_) => {}
         }
     }
-    if !unknown.is_empty() {
-        return Err(ApiError::unknown_users(unknown));
+    Ok((ids, malformed))
+}
+
+/// The users a body names, all of whom exist: else 404 naming every entry that is no user's,
+/// the text that is no user id with the ids of users that don't exist.
+async fn existing_users(
+    state: &AppState,
+    list: &Option<Vec<String>>,
+    field: &'static str,
+) -> Result<Vec<UserId>, ApiError> {
+    let (ids, mut unknown) = user_ids(list, field)?;
+    if unknown.is_empty() {
+        return Ok(ids);
     }
-    Ok(ids)
+    let missing = state.groups.unknown_users(&ids).await?;
+    for id in missing {
+        let id = id.to_string();
+        if !unknown.contains(&id) {
+            unknown.push(id);
+        }
+    }
+    Err(ApiError::unknown_users(unknown))
 }
 
 /// A change's answer: the group as it stands after it.
@@ -87,7 +105,7 @@ pub async fn create(
     body: web::Json<CreateGroupRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = required(&body.name, "name")?;
-    let members = user_ids(&body.members, "members")?;
+    let members = existing_users(&state, &body.members, "members").await?;
     let name = GroupName::parse(name)?;
     let group = state
         .groups
@@ -194,7 +212,7 @@ pub async fn add_members(
     body: web::Json<AddMembersRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let group = path_conversation(&id)?;
-    let users = user_ids(&body.user_ids, "userIds")?;
+    let users = existing_users(&state, &body.user_ids, "userIds").await?;
     Ok(group_answer(&state.groups.add_members(session.user_id(), &group, users).await?))
 }
 
@@ -457,13 +475,16 @@ mod tests {
     }
 
     #[test]
-    fn a_list_of_users_is_required_not_empty_and_its_malformed_ids_are_unknown_users() {
+    fn a_list_of_users_is_required_not_empty_and_its_malformed_ids_are_set_apart() {
         assert_eq!(user_ids(&None, "members").unwrap_err().to_string(), "VALIDATION members is required");
         let empty = user_ids(&Some(Vec::new()), "userIds").unwrap_err();
         assert_eq!(empty.to_string(), "VALIDATION userIds must name at least one user");
         let user = UserId::generate();
-        assert_eq!(user_ids(&Some(vec![user.to_string()]), "members").unwrap(), std::slice::from_ref(&user));
-        let error = user_ids(&Some(vec!["x".into(), user.to_string(), "y".into()]), "members").unwrap_err();
-        assert_eq!(error.to_string(), "NOT_FOUND unknown users: x, y");
+        assert_eq!(user_ids(&Some(vec![user.to_string()]), "members").unwrap(), (vec![user.clone()], vec![]));
+        let listed = vec!["x".into(), user.to_string(), "y".into(), "x".into()];
+        assert_eq!(
+            user_ids(&Some(listed), "members").unwrap(),
+            (vec![user], vec!["x".to_owned(), "y".to_owned()])
+        );
     }
 }
