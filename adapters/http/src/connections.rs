@@ -7,18 +7,20 @@
 //! stops answering everyone.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::http::header;
+use actix_web::http::{header, ConnectionType};
 use actix_web::middleware::Next;
 use actix_web::rt::net::TcpStream;
 use actix_web::web::{self, Bytes};
@@ -31,21 +33,64 @@ use crate::state::AppState;
 /// `body_timeout` of the request reaching the application; reading it fails after that, the
 /// request is answered (`408` for JSON routes) and the connection closed. WebSocket upgrades
 /// are exempt: their "body" is the socket, which keeps deadlines of its own.
+///
+/// A request answered before its body was read to the end (the deadline passed, or the route
+/// takes no body: a `405`, a refusal) has its connection closed after the answer. Left to
+/// itself, actix-http would go on reading, and discarding, a chunked body for as long as the
+/// client drips it; it closes instead when the body is still wanted by someone, so the
+/// answer holds on to it until it is sent.
 pub async fn body_deadline(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let timeout = req.app_data::<web::Data<AppState>>().map(|state| state.settings.body_timeout);
-    if let Some(timeout) = timeout.filter(|_| !is_upgrade(&req)) {
-        let payload = req.take_payload();
-        let bounded: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(Deadline {
-            inner: payload,
-            timer: Box::pin(tokio::time::sleep(timeout)),
-            expired: false,
-        });
-        req.set_payload(Payload::from(bounded));
+    let Some(timeout) = timeout.filter(|_| !is_upgrade(&req)) else {
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+    };
+    let has_body = has_body(&req);
+    let inner = Rc::new(RefCell::new(req.take_payload()));
+    let ended = Rc::new(Cell::new(false));
+    let bounded: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(Deadline {
+        inner: inner.clone(),
+        timer: Box::pin(tokio::time::sleep(timeout)),
+        expired: false,
+        ended: ended.clone(),
+    });
+    req.set_payload(Payload::from(bounded));
+    let mut response = next.call(req).await?;
+    if !has_body || ended.get() {
+        return Ok(response.map_into_left_body());
     }
-    next.call(req).await
+    response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+    Ok(response
+        .map_body(|_, body| EitherBody::right(Holding { body: body.boxed(), _payload: inner }.boxed())))
+}
+
+/// Whether the request announced a body: chunked, or a non-zero `Content-Length`.
+fn has_body(req: &ServiceRequest) -> bool {
+    let headers = req.headers();
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+    chunked || length
+}
+
+/// An answer that keeps the unread request body alive until it has been sent.
+struct Holding {
+    body: BoxBody,
+    _payload: Rc<RefCell<Payload>>,
+}
+
+impl MessageBody for Holding {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
 }
 
 fn is_upgrade(req: &ServiceRequest) -> bool {
@@ -62,9 +107,12 @@ pub fn is_body_timeout(error: &PayloadError) -> bool {
 
 /// A request body that fails with `TimedOut` once its timer has fired.
 struct Deadline {
-    inner: Payload,
+    /// Shared with [`body_deadline`], which hands it to an answer sent before the body ended.
+    inner: Rc<RefCell<Payload>>,
     timer: Pin<Box<tokio::time::Sleep>>,
     expired: bool,
+    /// Set once the body was read to its end.
+    ended: Rc<Cell<bool>>,
 }
 
 impl Stream for Deadline {
@@ -74,7 +122,11 @@ impl Stream for Deadline {
         if self.expired {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+        let polled = Pin::new(&mut *self.inner.borrow_mut()).poll_next(cx);
+        if let Poll::Ready(item) = polled {
+            if item.is_none() {
+                self.ended.set(true);
+            }
             return Poll::Ready(item);
         }
         match self.timer.as_mut().poll(cx) {
@@ -211,9 +263,10 @@ mod tests {
     async fn a_body_that_does_not_arrive_in_time_fails_with_a_timeout() {
         let (_sender, body) = actix_http::h1::Payload::create(false);
         let mut bounded = Deadline {
-            inner: Payload::from(body),
+            inner: Rc::new(RefCell::new(Payload::from(body))),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
             expired: false,
+            ended: Rc::default(),
         };
         let error = bounded.next().await.unwrap().unwrap_err();
         assert!(is_body_timeout(&error), "{error:?}");
@@ -226,9 +279,10 @@ mod tests {
         sender.feed_data(Bytes::from_static(b"{\"a\":1}"));
         sender.feed_eof();
         let mut bounded = Deadline {
-            inner: Payload::from(body),
+            inner: Rc::new(RefCell::new(Payload::from(body))),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
             expired: false,
+            ended: Rc::default(),
         };
         assert_eq!(bounded.next().await.unwrap().unwrap(), Bytes::from_static(b"{\"a\":1}"));
         assert!(bounded.next().await.is_none());

@@ -207,3 +207,41 @@ async fn connections_beyond_the_per_address_cap_are_closed_and_others_still_serv
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_chunked_body_dripped_slowly_is_cut_and_its_connection_closed_whether_read_or_not() {
+    let app = spawn(|s| s.http.body_timeout = 1).await;
+    let port = app.port;
+    // A route that reads its body (cut at the deadline), one that takes none (answered at
+    // once), and a Socket.IO poll of an unknown session (answered without reading it): each
+    // connection must end, though the client goes on sending chunks.
+    for (path, status) in [
+        ("/api/v1/user/register", "408"),
+        ("/healthz", "405"),
+        ("/socket.io/?EIO=4&transport=polling&sid=unknown", "400"),
+    ] {
+        let stream = connect_from("127.0.0.1", port).await;
+        let (mut reader, mut writer) = stream.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        // A one-byte chunk every 200 ms, for far longer than the test waits.
+        let drip = tokio::spawn(async move {
+            for _ in 0..100 {
+                if writer.write_all(b"1\r\n \r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(6), reader.read_to_end(&mut received)).await;
+        drip.abort();
+        let answer = String::from_utf8_lossy(&received);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {answer}");
+        assert!(closed.is_ok(), "{path}: the connection was still open after 6 s: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{path}: closed after {:?}", started.elapsed());
+    }
+}
