@@ -6,6 +6,7 @@
 //! or a transport: those are adapters' business.
 
 pub mod accounts;
+pub mod changes;
 mod error;
 #[cfg(test)]
 mod fixtures;
@@ -22,6 +23,7 @@ pub mod stream;
 pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
+pub use changes::{ChangeResult, MessageChangeError, MessageChangeService, MessageUpdated, Recipients};
 pub use error::ApplicationError;
 pub use groups::{GroupError, GroupLimits, GroupService, GroupUpdate};
 pub use messaging::{

@@ -32,8 +32,14 @@ impl RepoError {
 
 pub type RepoResult<T> = Result<T, RepoError>;
 
+mod changes;
 mod groups;
 mod records;
+#[cfg(any(test, feature = "mocks"))]
+pub use changes::MockMessageChangeRepository;
+pub use changes::{
+    ChangeOutcome, ChangeRequest, CurrentMessage, MessageChangeRepository, StoredChange, StreamPosition,
+};
 #[cfg(any(test, feature = "mocks"))]
 pub use groups::MockGroupRepository;
 pub use groups::{Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed};

@@ -1,0 +1,808 @@
+//! Changes to sent messages: edit, delete, react, take a reaction back — and the check a
+//! reply's target must pass.
+//!
+//! Each change is decided twice on purpose: first by [`MessageState::apply`] on the message as
+//! read, for early answers without taking any lock (a stranger's edit, a closed window, a
+//! deleted message), then by the store under the conversation's lock on the state there
+//! (`MessageChangeRepository::change`), which is what counts. So nothing is decided on a stale
+//! read, and the same request twice — one after the other or racing — is one change.
+
+use std::sync::Arc;
+
+use domain::{
+    check_reply_target, Actor, Change, ChangeError, ConversationId, EditWindow, Emoji, Member, MessageBody,
+    MessageChange, MessageId, ReplyError, ReplyQuote, UserId,
+};
+
+use crate::error::{embeds_application_error, ApplicationError};
+use crate::ports::{
+    ChangeOutcome, ChangeRequest, Clock, ConversationRepository, CurrentMessage, MessageChangeRepository,
+    RepoError, StoredChange, StreamPosition,
+};
+
+/// What a caller of the message-change use cases can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageChangeError {
+    /// No such conversation, or one the user is not a member of (any more): the same answer,
+    /// so that conversations can't be probed, and a removed member changes nothing.
+    #[error("conversation not found")]
+    ConversationNotFound,
+    /// The conversation has no such message, or not one the user can see (a group entry
+    /// from before they joined).
+    #[error("message not found in this conversation")]
+    MessageNotFound,
+    /// The change rules refuse: not the sender's to edit (`NotSender`) or delete
+    /// (`MayNotDelete`), a system entry (`SystemEntry`) — forbidden; the message is deleted
+    /// (`Deleted`) — a conflict; the edit window closed (`EditWindowClosed`) or one emoji
+    /// too many (`Reaction`) — a bad request.
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    /// A reply's target is not a message of the conversation the sender can reply to. An id
+    /// no message has is answered as [`ReplyError::OtherConversation`], so that ids of other
+    /// conversations' messages can't be told from ids nobody has.
+    #[error(transparent)]
+    InvalidReply(#[from] ReplyError),
+    #[error(transparent)]
+    Failed(#[from] ApplicationError),
+}
+
+embeds_application_error!(MessageChangeError: RepoError);
+
+/// Who is told about a change, and where it sits for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    /// Both users of a direct conversation, each at the change's position in their stream.
+    Direct(Vec<StreamPosition>),
+    /// The group's current members (the change takes no stream positions; it is the group's
+    /// entry at `change.seq`, which a member who joined later skips).
+    Group(ConversationId),
+}
+
+/// A change to announce as `messageUpdated`: the change entry, the message as it stands right
+/// after it (each recipient is shown its own reactions with [`domain::Reactions::view`]), and
+/// who gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageUpdated {
+    pub change: MessageChange,
+    pub current: CurrentMessage,
+    pub recipients: Recipients,
+}
+
+impl From<StoredChange> for MessageUpdated {
+    fn from(stored: StoredChange) -> Self {
+        // A direct message names its receiver; a group entry does not.
+        let recipients = match stored.current.message.receiver_id {
+            Some(_) => Recipients::Direct(stored.positions),
+            None => Recipients::Group(stored.change.conversation_id.clone()),
+        };
+        Self { change: stored.change, current: stored.current, recipients }
+    }
+}
+
+/// What a change request ended in. Either way the caller answers with the message as it
+/// stands ([`current`](Self::current)).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeResult {
+    /// The message changed: the caller publishes this update to its recipients, once. (The
+    /// store has it already: a device that missed the publication gets it from `sync`.)
+    Changed(MessageUpdated),
+    /// The message showed this change already: nothing was stored, nothing is to publish.
+    Unchanged(CurrentMessage),
+}
+
+impl ChangeResult {
+    pub fn current(&self) -> &CurrentMessage {
+        match self {
+            ChangeResult::Changed(update) => &update.current,
+            ChangeResult::Unchanged(current) => current,
+        }
+    }
+
+    /// The update to publish, if anything changed.
+    pub fn update(&self) -> Option<&MessageUpdated> {
+        match self {
+            ChangeResult::Changed(update) => Some(update),
+            ChangeResult::Unchanged(_) => None,
+        }
+    }
+}
+
+pub struct MessageChangeService {
+    conversations: Arc<dyn ConversationRepository>,
+    changes: Arc<dyn MessageChangeRepository>,
+    clock: Arc<dyn Clock>,
+    /// `messages.edit_window`.
+    window: EditWindow,
+}
+
+impl MessageChangeService {
+    pub fn new(
+        conversations: Arc<dyn ConversationRepository>,
+        changes: Arc<dyn MessageChangeRepository>,
+        clock: Arc<dyn Clock>,
+        window: EditWindow,
+    ) -> Self {
+        Self { conversations, changes, clock, window }
+    }
+
+    /// Replaces the text of my message, within the edit window. The same text again changes
+    /// nothing (also after the window closed).
+    pub async fn edit(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        body: MessageBody,
+    ) -> Result<ChangeResult, MessageChangeError> {
+        self.change(me, conversation, message, Change::Edit(body)).await
+    }
+
+    /// Deletes a message: my own, or in a group I am an admin or the owner of, anyone's. It
+    /// becomes a tombstone, without text or reactions. Deleting it again changes nothing.
+    pub async fn delete(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) -> Result<ChangeResult, MessageChangeError> {
+        self.change(me, conversation, message, Change::Delete).await
+    }
+
+    /// Adds my reaction with `emoji`; once per emoji, on a message that is not deleted.
+    pub async fn react(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        emoji: Emoji,
+    ) -> Result<ChangeResult, MessageChangeError> {
+        self.change(me, conversation, message, Change::React(emoji)).await
+    }
+
+    /// Takes my reaction with `emoji` back; without one (or on a deleted message) nothing
+    /// changes.
+    pub async fn unreact(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        emoji: Emoji,
+    ) -> Result<ChangeResult, MessageChangeError> {
+        self.change(me, conversation, message, Change::Unreact(emoji)).await
+    }
+
+    /// Whether I may send a reply to `target` in `conversation`, and if so the quote it
+    /// shows now. A read without a lock: a target deleted right after this check still gets
+    /// the reply, whose quote then says "deleted".
+    pub async fn reply_target(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        target: &MessageId,
+    ) -> Result<ReplyQuote, MessageChangeError> {
+        let member = self.member(me, conversation).await?;
+        let Some(current) = self.changes.find(target).await? else {
+            return Err(ReplyError::OtherConversation.into());
+        };
+        let content = &current.state.content;
+        check_reply_target(conversation, member.joined_seq, &current.message, content)?;
+        Ok(ReplyQuote::of(&current.message, content))
+    }
+
+    async fn change(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        change: Change,
+    ) -> Result<ChangeResult, MessageChangeError> {
+        let member = self.member(me, conversation).await?;
+        let current = match self.changes.find(message).await? {
+            Some(current)
+                if &current.message.conversation_id == conversation
+                    && current.message.seq >= member.joined_seq =>
+            {
+                current
+            }
+            _ => return Err(MessageChangeError::MessageNotFound),
+        };
+        let actor = Actor { user: me.clone(), role: member.role };
+        let at = self.clock.now();
+        // The early answer; the store decides again under the lock.
+        current.state.clone().apply(&actor, &change, self.window, at)?;
+        let request = ChangeRequest {
+            conversation: conversation.clone(),
+            message: message.clone(),
+            actor: me.clone(),
+            change,
+            at,
+            window: self.window,
+        };
+        match self.changes.change(&request).await? {
+            ChangeOutcome::Changed(stored) => Ok(ChangeResult::Changed(stored.into())),
+            ChangeOutcome::Unchanged(current) => Ok(ChangeResult::Unchanged(current)),
+            ChangeOutcome::NotMember => Err(MessageChangeError::ConversationNotFound),
+            ChangeOutcome::NotFound => Err(MessageChangeError::MessageNotFound),
+            ChangeOutcome::Refused(refused) => Err(refused.into()),
+        }
+    }
+
+    async fn member(&self, me: &UserId, conversation: &ConversationId) -> Result<Member, MessageChangeError> {
+        self.conversations.member(conversation, me).await?.ok_or(MessageChangeError::ConversationNotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use chrono::{TimeDelta, TimeZone, Utc};
+    use domain::{
+        Applied, ChangeKind, Content, Cursor, Message, MessageState, QuoteText, ReactionError, Reactions,
+        Role, Seq, SystemEvent, Timestamp,
+    };
+
+    use super::*;
+    use crate::ports::{MockClock, MockConversationRepository, MockMessageChangeRepository};
+
+    fn now() -> Timestamp {
+        Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
+    }
+
+    fn body(raw: &str) -> MessageBody {
+        MessageBody::parse(raw).unwrap()
+    }
+
+    fn emoji(raw: &str) -> Emoji {
+        Emoji::parse(raw).unwrap()
+    }
+
+    type Meanwhile = Box<dyn FnOnce(&mut Store) + Send>;
+
+    /// A store of messages and members that answers the port as its contract says (the
+    /// reference: it decides with `MessageState::apply` on the state it holds).
+    #[derive(Default)]
+    struct Store {
+        messages: Vec<CurrentMessage>,
+        members: Vec<(ConversationId, Member)>,
+        last_seq: HashMap<ConversationId, Seq>,
+        /// The last position of each user's stream.
+        heads: HashMap<UserId, u64>,
+        /// Every request the store was asked to apply.
+        requests: Vec<ChangeRequest>,
+        /// What other requests do between the use case's read and the next change.
+        meanwhile: Option<Meanwhile>,
+        /// Every call fails as an unreachable store does.
+        down: bool,
+    }
+
+    impl Store {
+        fn member(&self, conversation: &ConversationId, user: &UserId) -> Option<Member> {
+            self.members.iter().find(|(c, m)| c == conversation && &m.user_id == user).map(|(_, m)| m.clone())
+        }
+
+        fn message(&mut self, id: &MessageId) -> &mut CurrentMessage {
+            self.messages.iter_mut().find(|m| &m.message.id == id).unwrap()
+        }
+
+        fn position(&mut self, user: &UserId) -> StreamPosition {
+            let head = self.heads.entry(user.clone()).or_insert(0);
+            *head += 1;
+            StreamPosition { user: user.clone(), cursor: Cursor::new(*head).unwrap() }
+        }
+
+        fn change(&mut self, request: &ChangeRequest) -> ChangeOutcome {
+            self.requests.push(request.clone());
+            if let Some(meanwhile) = self.meanwhile.take() {
+                meanwhile(self);
+            }
+            let Some(member) = self.member(&request.conversation, &request.actor) else {
+                return ChangeOutcome::NotMember;
+            };
+            let Some(index) = self.messages.iter().position(|m| {
+                m.message.id == request.message
+                    && m.message.conversation_id == request.conversation
+                    && m.message.seq >= member.joined_seq
+            }) else {
+                return ChangeOutcome::NotFound;
+            };
+            let actor = Actor { user: request.actor.clone(), role: member.role };
+            let mut state = self.messages[index].state.clone();
+            let kind = match state.apply(&actor, &request.change, request.window, request.at) {
+                Err(refused) => return ChangeOutcome::Refused(refused),
+                Ok(Applied::Unchanged) => return ChangeOutcome::Unchanged(self.messages[index].clone()),
+                Ok(Applied::Changed(kind)) => kind,
+            };
+            let seq = self.last_seq.entry(request.conversation.clone()).or_insert(0);
+            *seq += 1;
+            state.version = *seq;
+            let change = MessageChange {
+                conversation_id: request.conversation.clone(),
+                message_id: request.message.clone(),
+                actor: request.actor.clone(),
+                kind,
+                at: request.at,
+                seq: *seq,
+            };
+            self.messages[index].state = state;
+            let current = self.messages[index].clone();
+            let positions = match &current.message.receiver_id {
+                Some(receiver) => vec![self.position(&current.message.sender_id), self.position(receiver)],
+                None => Vec::new(),
+            };
+            ChangeOutcome::Changed(StoredChange { change, current, positions })
+        }
+    }
+
+    struct World {
+        store: Arc<Mutex<Store>>,
+        window: EditWindow,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self { store: Arc::default(), window: EditWindow::default() }
+        }
+
+        fn join(&self, conversation: &ConversationId, user: &UserId, role: Role, joined_seq: Seq) {
+            let member = Member::joining(user.clone(), role, now(), joined_seq);
+            self.store.lock().unwrap().members.push((conversation.clone(), member));
+        }
+
+        fn remove(&self, conversation: &ConversationId, user: &UserId) {
+            self.store.lock().unwrap().members.retain(|(c, m)| !(c == conversation && &m.user_id == user));
+        }
+
+        /// A direct conversation between two new users.
+        fn direct(&self) -> (ConversationId, UserId, UserId) {
+            let (conversation, alice, bob) =
+                (ConversationId::generate(), UserId::generate(), UserId::generate());
+            self.join(&conversation, &alice, Role::Member, 1);
+            self.join(&conversation, &bob, Role::Member, 1);
+            (conversation, alice, bob)
+        }
+
+        /// Appends an entry to `conversation` at its next seq.
+        fn append(
+            &self,
+            conversation: &ConversationId,
+            sender: &UserId,
+            receiver: Option<&UserId>,
+            text: &str,
+            system: Option<SystemEvent>,
+            sent_at: Timestamp,
+        ) -> MessageId {
+            let mut store = self.store.lock().unwrap();
+            let seq = store.last_seq.entry(conversation.clone()).or_insert(0);
+            *seq += 1;
+            let message = Message {
+                id: MessageId::generate(),
+                conversation_id: conversation.clone(),
+                sender_id: sender.clone(),
+                receiver_id: receiver.cloned(),
+                body: body(text),
+                system,
+                seq: *seq,
+                created_at: sent_at,
+                client_id: None,
+            };
+            let state = MessageState::sent(&message);
+            let id = message.id.clone();
+            store.messages.push(CurrentMessage { message, state });
+            id
+        }
+
+        fn send(&self, conversation: &ConversationId, from: &UserId, to: &UserId) -> MessageId {
+            self.append(conversation, from, Some(to), "hello", None, now() - TimeDelta::hours(1))
+        }
+
+        fn post(&self, group: &ConversationId, from: &UserId) -> MessageId {
+            self.append(group, from, None, "hello", None, now() - TimeDelta::hours(1))
+        }
+
+        fn sent_at(&self, message: &MessageId, sent_at: Timestamp) {
+            let mut store = self.store.lock().unwrap();
+            let current = store.message(message);
+            current.message.created_at = sent_at;
+            current.state.sent_at = sent_at;
+        }
+
+        fn state(&self, message: &MessageId) -> MessageState {
+            self.store.lock().unwrap().message(message).state.clone()
+        }
+
+        fn meanwhile(&self, meanwhile: impl FnOnce(&mut Store) + Send + 'static) {
+            self.store.lock().unwrap().meanwhile = Some(Box::new(meanwhile));
+        }
+
+        /// How many changes the store was asked to apply.
+        fn requests(&self) -> usize {
+            self.store.lock().unwrap().requests.len()
+        }
+
+        fn service(&self) -> MessageChangeService {
+            let mut conversations = MockConversationRepository::new();
+            let store = self.store.clone();
+            conversations.expect_member().returning(move |conversation, user| {
+                let store = store.lock().unwrap();
+                if store.down {
+                    return Err(RepoError::Unavailable(anyhow::anyhow!("disk gone")));
+                }
+                Ok(store.member(conversation, user))
+            });
+            let mut changes = MockMessageChangeRepository::new();
+            let store = self.store.clone();
+            changes.expect_find().returning(move |id| {
+                Ok(store.lock().unwrap().messages.iter().find(|m| &m.message.id == id).cloned())
+            });
+            let store = self.store.clone();
+            changes.expect_change().returning(move |request| Ok(store.lock().unwrap().change(request)));
+            let mut clock = MockClock::new();
+            clock.expect_now().returning(now);
+            MessageChangeService::new(
+                Arc::new(conversations),
+                Arc::new(changes),
+                Arc::new(clock),
+                self.window,
+            )
+        }
+    }
+
+    /// A group with an owner, an admin and two members, all there from its first entry, and
+    /// a member who joined at seq 3 (after two messages).
+    struct Group {
+        id: ConversationId,
+        owner: UserId,
+        admin: UserId,
+        member: UserId,
+        other: UserId,
+        late: UserId,
+        /// The member's message at seq 1 and the other member's at seq 2.
+        early: [MessageId; 2],
+    }
+
+    impl World {
+        fn group(&self) -> Group {
+            let id = ConversationId::generate();
+            let [owner, admin, member, other, late] = std::array::from_fn(|_| UserId::generate());
+            for (user, role) in [(&owner, Role::Owner), (&admin, Role::Admin), (&member, Role::Member)] {
+                self.join(&id, user, role, 1);
+            }
+            self.join(&id, &other, Role::Member, 1);
+            let early = [self.post(&id, &member), self.post(&id, &other)];
+            self.join(&id, &late, Role::Member, 3);
+            let event = SystemEvent::Added { actor: owner.clone(), users: vec![late.clone()] };
+            self.append(&id, &owner, None, "Owner added Late", Some(event), now());
+            Group { id, owner, admin, member, other, late, early }
+        }
+    }
+
+    fn refused(result: Result<ChangeResult, MessageChangeError>) -> ChangeError {
+        match result {
+            Err(MessageChangeError::Refused(refused)) => refused,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn changed(result: Result<ChangeResult, MessageChangeError>) -> MessageUpdated {
+        match result {
+            Ok(ChangeResult::Changed(update)) => update,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn unchanged(result: Result<ChangeResult, MessageChangeError>) -> CurrentMessage {
+        match result {
+            Ok(ChangeResult::Unchanged(current)) => current,
+            other => panic!("expected no change, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sender_edits_and_both_users_of_a_direct_conversation_are_told_where_the_change_sits() {
+        let world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        let update = changed(world.service().edit(&alice, &conversation, &message, body("hello!")).await);
+        assert_eq!(update.change.kind, ChangeKind::Edited);
+        assert_eq!((update.change.seq, update.change.at), (2, now()));
+        assert_eq!(update.current.state.content.body(), Some(&body("hello!")));
+        assert_eq!(update.current.state.version, 2);
+        let cursor = Cursor::new(1).unwrap();
+        assert_eq!(
+            update.recipients,
+            Recipients::Direct(vec![
+                StreamPosition { user: alice.clone(), cursor },
+                StreamPosition { user: bob, cursor }
+            ])
+        );
+        let request = world.store.lock().unwrap().requests[0].clone();
+        assert_eq!((request.actor, request.at, request.window), (alice, now(), EditWindow::default()));
+    }
+
+    #[tokio::test]
+    async fn a_change_in_a_group_goes_to_the_group() {
+        let world = World::new();
+        let group = world.group();
+        let update =
+            changed(world.service().react(&group.admin, &group.id, &group.early[0], emoji("👍")).await);
+        assert_eq!(update.recipients, Recipients::Group(group.id.clone()));
+        assert_eq!(update.change.kind, ChangeKind::ReactionAdded { emoji: emoji("👍") });
+        assert_eq!(update.change.seq, 4);
+        assert_eq!(update.current.state.content, world.state(&group.early[0]).content);
+    }
+
+    #[tokio::test]
+    async fn nobody_but_the_sender_edits_and_the_store_is_not_asked() {
+        let world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        let service = world.service();
+        assert_eq!(
+            refused(service.edit(&bob, &conversation, &message, body("mine now")).await),
+            ChangeError::NotSender
+        );
+        let group = world.group();
+        for user in [&group.owner, &group.admin, &group.other] {
+            let result = service.edit(user, &group.id, &group.early[0], body("x")).await;
+            assert_eq!(refused(result), ChangeError::NotSender);
+        }
+        assert_eq!(world.requests(), 0);
+        assert_eq!(world.state(&message).content.body(), Some(&body("hello")));
+    }
+
+    #[tokio::test]
+    async fn an_edit_is_refused_once_the_window_closed_unless_the_window_is_forever() {
+        let mut world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        world.sent_at(&message, now() - TimeDelta::hours(24));
+        changed(world.service().edit(&alice, &conversation, &message, body("just in time")).await);
+
+        world.sent_at(&message, now() - TimeDelta::hours(25));
+        let late = world.service().edit(&alice, &conversation, &message, body("too late")).await;
+        let closed_at = now() - TimeDelta::hours(1);
+        assert_eq!(refused(late), ChangeError::EditWindowClosed { closed_at });
+        assert_eq!(world.requests(), 1);
+
+        world.window = EditWindow::from_secs(0);
+        world.sent_at(&message, now() - TimeDelta::days(1000));
+        let forever =
+            changed(world.service().edit(&alice, &conversation, &message, body("years later")).await);
+        assert_eq!(forever.current.state.content.body(), Some(&body("years later")));
+    }
+
+    #[tokio::test]
+    async fn the_same_edit_twice_is_one_change_and_one_update() {
+        let world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        let service = world.service();
+        let first = service.edit(&alice, &conversation, &message, body("fixed")).await.unwrap();
+        let again = service.edit(&alice, &conversation, &message, body("fixed")).await.unwrap();
+        assert!(first.update().is_some());
+        assert_eq!(again.update(), None);
+        assert_eq!(again.current(), first.current());
+        assert_eq!(world.store.lock().unwrap().last_seq[&conversation], 2);
+    }
+
+    #[tokio::test]
+    async fn the_sender_deletes_and_in_a_group_admins_and_the_owner_too() {
+        let world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        let service = world.service();
+        assert_eq!(refused(service.delete(&bob, &conversation, &message).await), ChangeError::MayNotDelete);
+        let update = changed(service.delete(&alice, &conversation, &message).await);
+        assert_eq!(update.change.kind, ChangeKind::Deleted);
+        assert!(matches!(&update.current.state.content, Content::Deleted(t) if t.deleted_by == alice));
+
+        let group = world.group();
+        let result = service.delete(&group.other, &group.id, &group.early[0]).await;
+        assert_eq!(refused(result), ChangeError::MayNotDelete);
+        changed(service.delete(&group.member, &group.id, &group.early[0]).await);
+        changed(service.delete(&group.admin, &group.id, &group.early[1]).await);
+        let owners = world.post(&group.id, &group.admin);
+        let update = changed(service.delete(&group.owner, &group.id, &owners).await);
+        assert!(matches!(&update.current.state.content, Content::Deleted(t) if t.deleted_by == group.owner));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_message_cannot_be_edited_or_reacted_to_and_deleting_or_unreacting_changes_nothing() {
+        let world = World::new();
+        let (conversation, alice, bob) = world.direct();
+        let message = world.send(&conversation, &alice, &bob);
+        let service = world.service();
+        service.react(&bob, &conversation, &message, emoji("👍")).await.unwrap();
+        service.delete(&alice, &conversation, &message).await.unwrap();
+        let requests = world.requests();
+        let edit = service.edit(&alice, &conversation, &message, body("back")).await;
+        assert_eq!(refused(edit), ChangeError::Deleted);
+        let react = service.react(&bob, &conversation, &message, emoji("🎉")).await;
+        assert_eq!(refused(react), ChangeError::Deleted);
+        assert_eq!(world.requests(), requests, "refused early");
+        let tombstone = unchanged(service.delete(&alice, &conversation, &message).await);
+        assert_eq!(tombstone.state.content.body(), None);
+        unchanged(service.unreact(&bob, &conversation, &message, emoji("👍")).await);
+        assert_eq!(world.store.lock().unwrap().last_seq[&conversation], 3);
+    }
+
+    #[tokio::test]
+    async fn the_same_reaction_twice_is_one_change_and_so_is_taking_it_back_twice() {
+        let world = World::new();
+        let group = world.group();
+        let service = world.service();
+        let (id, message, other) = (&group.id, &group.early[0], &group.other);
+        let thumbs = emoji("👍");
+        let first = service.react(other, id, message, thumbs.clone()).await.unwrap();
+        let again = service.react(other, id, message, emoji(":+1:")).await.unwrap();
+        assert!(first.update().is_some());
+        assert_eq!(again.update(), None);
+        let Content::Live { reactions, .. } = &again.current().state.content else { panic!("deleted") };
+        assert_eq!(reactions.users(&thumbs), Some(std::slice::from_ref(other)));
+
+        let removed = changed(service.unreact(other, id, message, thumbs.clone()).await);
+        assert_eq!(removed.change.kind, ChangeKind::ReactionRemoved { emoji: thumbs.clone() });
+        unchanged(service.unreact(other, id, message, thumbs).await);
+        assert_eq!(world.store.lock().unwrap().last_seq[id], 5, "two changes after the three entries");
+    }
+
+    #[tokio::test]
+    async fn system_entries_take_no_change() {
+        let world = World::new();
+        let group = world.group();
+        let service = world.service();
+        let entry = world.store.lock().unwrap().messages[2].message.id.clone();
+        for result in [
+            service.edit(&group.owner, &group.id, &entry, body("x")).await,
+            service.delete(&group.owner, &group.id, &entry).await,
+            service.react(&group.member, &group.id, &entry, emoji("👍")).await,
+            service.unreact(&group.member, &group.id, &entry, emoji("👍")).await,
+        ] {
+            assert_eq!(refused(result), ChangeError::SystemEntry);
+        }
+        assert_eq!(world.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_carries_at_most_twenty_distinct_emoji() {
+        let world = World::new();
+        let group = world.group();
+        let service = world.service();
+        let message = &group.early[0];
+        let all: Vec<Emoji> =
+            "😀😃😄😁😆😅🤣😂🙂🙃😉😊😇🥰😍🤩😘😗😚😙😋".chars().map(|c| emoji(&c.to_string())).collect();
+        assert_eq!(all.len(), Reactions::MAX_EMOJI + 1);
+        for e in &all[..Reactions::MAX_EMOJI] {
+            changed(service.react(&group.other, &group.id, message, e.clone()).await);
+        }
+        let too_many =
+            service.react(&group.member, &group.id, message, all[Reactions::MAX_EMOJI].clone()).await;
+        let max = Reactions::MAX_EMOJI;
+        assert_eq!(refused(too_many), ChangeError::Reaction(ReactionError::TooManyEmoji { max }));
+        assert_eq!(world.requests(), Reactions::MAX_EMOJI);
+        changed(service.react(&group.member, &group.id, message, all[0].clone()).await);
+    }
+
+    #[tokio::test]
+    async fn strangers_and_removed_members_are_told_the_conversation_does_not_exist() {
+        let world = World::new();
+        let group = world.group();
+        world.remove(&group.id, &group.other);
+        let service = world.service();
+        for user in [&UserId::generate(), &group.other] {
+            let result = service.react(user, &group.id, &group.early[0], emoji("👍")).await;
+            assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
+            let result = service.delete(user, &group.id, &group.early[1]).await;
+            assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
+        }
+        assert_eq!(world.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_of_another_conversation_an_unknown_one_or_one_from_before_joining_is_not_found() {
+        let world = World::new();
+        let group = world.group();
+        let (conversation, alice, bob) = world.direct();
+        let direct = world.send(&conversation, &alice, &bob);
+        let service = world.service();
+        for message in [&direct, &MessageId::generate()] {
+            let result = service.react(&group.member, &group.id, message, emoji("👍")).await;
+            assert!(matches!(result, Err(MessageChangeError::MessageNotFound)), "{result:?}");
+        }
+        let result = service.react(&group.late, &group.id, &group.early[0], emoji("👍")).await;
+        assert!(matches!(result, Err(MessageChangeError::MessageNotFound)), "{result:?}");
+        assert_eq!(world.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_changed_after_the_read_is_decided_on_the_state_under_the_lock() {
+        let world = World::new();
+        let group = world.group();
+        let service = world.service();
+        let (id, [first, second]) = (group.id.clone(), group.early.clone());
+
+        // Demoted between the read and the change: no longer allowed to delete.
+        let admin = group.admin.clone();
+        let demoted = id.clone();
+        world.meanwhile(move |store| {
+            let (_, member) =
+                store.members.iter_mut().find(|(c, m)| *c == demoted && m.user_id == admin).unwrap();
+            member.role = Role::Member;
+        });
+        assert_eq!(refused(service.delete(&group.admin, &id, &first).await), ChangeError::MayNotDelete);
+
+        // Deleted meanwhile: the edit meets a tombstone.
+        let deleted = first.clone();
+        world.meanwhile(move |store| {
+            let current = store.message(&deleted);
+            current.state.content =
+                Content::Deleted(domain::Tombstone { deleted_at: now(), deleted_by: UserId::generate() });
+        });
+        assert_eq!(refused(service.edit(&group.member, &id, &first, body("x")).await), ChangeError::Deleted);
+
+        // The same reaction from another device meanwhile: made already.
+        let (other, reacted) = (group.other.clone(), second.clone());
+        world.meanwhile(move |store| {
+            let current = store.message(&reacted);
+            let Content::Live { reactions, .. } = &mut current.state.content else { unreachable!() };
+            reactions.add(&other, &emoji("👍")).unwrap();
+        });
+        let current = unchanged(service.react(&group.other, &id, &second, emoji("👍")).await);
+        assert_eq!(current.state.content, world.state(&second).content);
+
+        // Removed meanwhile.
+        let (removed, from) = (group.member.clone(), id.clone());
+        world.meanwhile(move |store| store.members.retain(|(c, m)| !(*c == from && m.user_id == removed)));
+        let result = service.react(&group.member, &id, &second, emoji("🎉")).await;
+        assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
+        assert_eq!(world.store.lock().unwrap().last_seq[&id], 3, "nothing stored");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_a_failure_worth_a_retry() {
+        let world = World::new();
+        let group = world.group();
+        world.store.lock().unwrap().down = true;
+        let result = world.service().delete(&group.member, &group.id, &group.early[0]).await;
+        assert!(matches!(result, Err(MessageChangeError::Failed(ApplicationError::Unavailable(_)))));
+    }
+
+    #[tokio::test]
+    async fn a_reply_quotes_a_visible_message_of_the_same_conversation() {
+        let world = World::new();
+        let group = world.group();
+        let quote = world.service().reply_target(&group.other, &group.id, &group.early[0]).await.unwrap();
+        assert_eq!((&quote.message_id, &quote.sender_id), (&group.early[0], &group.member));
+        assert_eq!(quote.text, QuoteText::Excerpt { text: "hello".to_owned(), truncated: false });
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_another_conversation_a_deleted_message_a_system_entry_or_from_before_joining_is_refused(
+    ) {
+        let world = World::new();
+        let group = world.group();
+        let (conversation, alice, bob) = world.direct();
+        let direct = world.send(&conversation, &alice, &bob);
+        let entry = world.store.lock().unwrap().messages[2].message.id.clone();
+        let service = world.service();
+        service.delete(&group.member, &group.id, &group.early[0]).await.unwrap();
+        let cases = [
+            (&group.member, &direct, ReplyError::OtherConversation),
+            (&group.member, &MessageId::generate(), ReplyError::OtherConversation),
+            (&group.other, &group.early[0], ReplyError::Deleted),
+            (&group.member, &entry, ReplyError::SystemEntry),
+            (&group.late, &group.early[1], ReplyError::NotVisible),
+        ];
+        for (user, target, expected) in cases {
+            let result = service.reply_target(user, &group.id, target).await;
+            assert!(
+                matches!(&result, Err(MessageChangeError::InvalidReply(e)) if *e == expected),
+                "{result:?}"
+            );
+        }
+        let stranger = service.reply_target(&UserId::generate(), &group.id, &group.early[1]).await;
+        assert!(matches!(stranger, Err(MessageChangeError::ConversationNotFound)));
+    }
+}
