@@ -26,6 +26,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use domain::{ConversationId, Cursor, Message, MessageId, Seq, SyncCursor, UserId};
 
@@ -339,57 +342,268 @@ impl StreamReader {
     }
 }
 
+/// The position right before `cursor` (`0` before the first).
+fn before(cursor: Cursor) -> Cursor {
+    Cursor::new(cursor.position().saturating_sub(1)).unwrap_or(Cursor::START)
+}
+
 fn remaining(limit: u32, delivered: &[SyncItem]) -> u32 {
     limit.saturating_sub(u32::try_from(delivered.len()).unwrap_or(u32::MAX))
 }
 
+/// How long a follower started without `since` waits for the store to say where the user's
+/// stream and groups stand before it anchors on the events it hears instead.
+pub const ANCHOR_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long a follower anchored on events waits before it asks the store for the user's
+/// groups again.
+const ANCHOR_RETRY: Duration = Duration::from_secs(10);
+
 /// One connection's cursor, moved by what it delivers. It reads through the message and
 /// group ports alone.
+///
+/// A follower started without `since` asks the store nothing at the start: the connection
+/// opens whatever state the store is in. It is *unanchored* until it learns where it starts:
+/// - the first [`catch_up`](Self::catch_up) asks the store, within [`ANCHOR_DEADLINE`], for
+///   the stream's head and the user's groups at it, and starts there — or just before the
+///   first event of the stream (or of a group) heard meanwhile ([`heard`](Self::heard)), if
+///   that is earlier, so that an event announced after the connection was registered is not
+///   taken for one from before;
+/// - if the store does not answer in time, the follower anchors on the events themselves:
+///   the stream just before the earliest position heard, a group just before the earliest
+///   entry heard (a group's entries reach only its members' connections). Until the store
+///   names the user's groups (asked again at most every [`ANCHOR_RETRY`], and whenever an
+///   event needs the store anyway), the cursors delivered name only the groups heard from:
+///   resuming from one may be refused as not a valid cursor, and the client starts over —
+///   nothing is skipped silently.
+///
+/// The trade-off: the start is learned a moment after the connection is registered, not
+/// before. What is stored in between is delivered when its event is heard before the start
+/// is fixed (the start moves before it); an entry stored in between whose event is still on
+/// its way when the start is fixed is taken as one from before the connection, like
+/// everything stored before it. Anchored on events, that window is as long as events take
+/// to overtake each other on their way (milliseconds).
 pub struct StreamFollower {
     reader: StreamReader,
+    /// `None` once the cursor is complete: checked (a resume) or read from the store.
+    unanchored: Option<Unanchored>,
+    /// Groups heard from before the user's groups were known that turned out not to be
+    /// theirs at the cursor (entries heard before the notice of joining, or of a membership
+    /// that ended): the last entry of each already delivered or not for this connection.
+    heard: HashMap<ConversationId, Seq>,
+}
+
+/// What an unanchored follower knows.
+#[derive(Default)]
+struct Unanchored {
+    /// Whether `P` is fixed (from the first event of the stream taken live).
+    stream: bool,
+    /// When the store may be asked again; `None`: at the first occasion.
+    retry_at: Option<Instant>,
+    /// The earliest stream position heard while no start was fixed.
+    first_position: Option<Cursor>,
+    /// The earliest entry of each group heard while no start was fixed.
+    first_entries: HashMap<ConversationId, Seq>,
 }
 
 impl StreamFollower {
     /// A follower for a connection of `user` resuming after `since` (checked as a sync's
-    /// cursor is), or, without `since`, starting with what is stored from now on. Call it
-    /// **before** the connection is registered for live events, then
-    /// [`catch_up`](Self::catch_up) once it is: what is stored in between is read then, and
-    /// nothing falls in the seam.
+    /// cursor is), or, without `since`, starting with what is stored from now on, without a
+    /// word to the store (see the type's documentation). Call it **before** the connection
+    /// is registered for live events, then [`catch_up`](Self::catch_up) once it is: what is
+    /// stored in between is read then, and nothing falls in the seam.
     pub async fn start(
         messages: Arc<dyn MessageRepository>,
         groups: Arc<dyn GroupRepository>,
         user: UserId,
         since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
-        Ok(Self { reader: StreamReader::resume(messages, groups, user, since).await?.follow_live() })
+        let (reader, unanchored) = match since {
+            Some(since) => {
+                (StreamReader::resume(messages, groups, user, Some(since)).await?.follow_live(), None)
+            }
+            None => {
+                let reader = StreamReader {
+                    messages,
+                    groups,
+                    user,
+                    at: SyncCursor::START,
+                    ends: HashMap::new(),
+                    quiet_after: HashMap::new(),
+                };
+                (reader, Some(Unanchored::default()))
+            }
+        };
+        Ok(Self { reader, unanchored, heard: HashMap::new() })
     }
 
-    /// The cursor after the last delivery (or the starting one).
+    /// The cursor after the last delivery (or the starting one). Until an unanchored
+    /// follower has delivered something, it is not a cursor to resume from.
     pub fn cursor(&self) -> &SyncCursor {
         self.reader.cursor()
     }
 
+    /// Whether the follower still has to learn where it starts (started without `since`).
+    pub fn unanchored(&self) -> bool {
+        self.unanchored.is_some()
+    }
+
     /// The next page of what the connection has not had; empty once caught up. Call it until
-    /// it returns an empty page, delivering each page in order.
+    /// it returns an empty page, delivering each page in order. The first call of an
+    /// unanchored follower asks the store where to start; if the store cannot say within
+    /// [`ANCHOR_DEADLINE`], there is nothing to catch up with: the follower anchors on the
+    /// events it is given.
     pub async fn catch_up(&mut self) -> Result<Vec<SyncItem>, RepoError> {
+        if let Some(unanchored) = &self.unanchored {
+            // Anchored on events already: what they bring is all there is to have.
+            if unanchored.stream || unanchored.retry_at.is_some() {
+                return Ok(Vec::new());
+            }
+            if !self.anchor().await {
+                return Ok(Vec::new());
+            }
+        }
         self.reader.read(PAGE).await
+    }
+
+    /// Notes an event of the stream heard while the connection waits for its first
+    /// [`catch_up`](Self::catch_up), so that an unanchored follower starts no later than
+    /// just before it. Nothing for a follower that knows its start.
+    pub fn heard(&mut self, event: &Event) {
+        let Some(unanchored) = &mut self.unanchored else { return };
+        match event {
+            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. } if !unanchored.stream => {
+                let first = unanchored.first_position.get_or_insert(*cursor);
+                *first = (*first).min(*cursor);
+            }
+            Event::GroupMessage { message, .. } => {
+                let first =
+                    unanchored.first_entries.entry(message.conversation_id.clone()).or_insert(message.seq);
+                *first = (*first).min(message.seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks the store where an unanchored follower starts, within [`ANCHOR_DEADLINE`]:
+    /// `P` (the head, or just before the first position heard; as it is, once fixed) and
+    /// the user's groups at `P`. Whether it answered; if not, it is asked again at most
+    /// every [`ANCHOR_RETRY`].
+    async fn anchor(&mut self) -> bool {
+        let Some(unanchored) = &mut self.unanchored else { return true };
+        let reader = &self.reader;
+        let fixed = unanchored.stream.then_some(reader.at.stream);
+        let first = unanchored.first_position;
+        let read = async {
+            let at = match fixed {
+                Some(at) => at,
+                None => {
+                    let head = reader.messages.stream_head(&reader.user).await?;
+                    first.map_or(head, |first| head.min(before(first)))
+                }
+            };
+            Ok::<_, RepoError>((at, reader.groups.groups_at(&reader.user, at).await?))
+        };
+        let (at, positions) = match tokio::time::timeout(ANCHOR_DEADLINE, read).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "a connection starts without the store: anchored on its events");
+                unanchored.retry_at = Some(Instant::now() + ANCHOR_RETRY);
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!("the store did not answer in time: a connection is anchored on its events");
+                unanchored.retry_at = Some(Instant::now() + ANCHOR_RETRY);
+                return false;
+            }
+        };
+        let mut heard = std::mem::take(&mut self.reader.at.groups);
+        self.reader.at.stream = at;
+        for position in positions {
+            let seq = match heard.remove(&position.group) {
+                // Heard and followed since: as far as it got (an entry of this membership).
+                Some(had) if had.saturating_add(1) >= position.joined_seq => had,
+                _ => match unanchored.first_entries.get(&position.group) {
+                    Some(&first) => position.last_seq.min(first.saturating_sub(1)),
+                    None => position.last_seq,
+                },
+            };
+            self.reader.at.groups.insert(position.group, seq);
+        }
+        // Heard from, not the user's at `P`: a notice will say what they are.
+        self.heard.extend(heard);
+        self.reader.ends.clear();
+        self.unanchored = None;
+        true
+    }
+
+    /// Asks the store again when an unanchored follower may, or when `needed`.
+    async fn anchor_if_due(&mut self, needed: bool) -> bool {
+        let Some(unanchored) = &self.unanchored else { return true };
+        if needed || unanchored.retry_at.is_none_or(|at| Instant::now() >= at) {
+            return self.anchor().await;
+        }
+        false
     }
 
     /// Decides about a live event; see [`Admission`].
     pub async fn admit(&mut self, event: &Event) -> Result<Admission, FollowError> {
+        self.heard(event);
         match event {
             Event::NewMessage { message, cursor } => {
+                self.anchor_at(*cursor).await;
                 self.admit_at(*cursor, StreamEntry::Message(message.clone())).await
             }
             Event::Notice { notice, cursor } => {
+                self.anchor_at(*cursor).await;
                 self.admit_at(*cursor, StreamEntry::Notice(notice.clone())).await
             }
-            Event::GroupMessage { message, .. } => Ok(self.admit_entry(message).await?),
+            Event::GroupMessage { message, .. } => {
+                self.anchor_entry(message).await?;
+                Ok(self.admit_entry(message).await?)
+            }
             Event::ConversationUpdated { .. }
             | Event::MessagesRead { .. }
             | Event::OnlineUsers(_)
             | Event::Typing { .. } => Ok(Admission::Pass),
         }
+    }
+
+    /// Before an event at `cursor` of the stream: an unanchored follower fixes `P` just
+    /// before the first position it heard, then asks the store for the groups if it may.
+    async fn anchor_at(&mut self, cursor: Cursor) {
+        let Some(unanchored) = &mut self.unanchored else { return };
+        if !unanchored.stream {
+            let first = unanchored.first_position.map_or(cursor, |first| first.min(cursor));
+            self.reader.at.stream = before(first);
+            unanchored.stream = true;
+        }
+        self.anchor_if_due(false).await;
+    }
+
+    /// Before an entry of a group: an unanchored follower asks the store if it may (or
+    /// must: to read a gap, `P` has to be right), and otherwise follows the group from just
+    /// before the first entry heard, unless a notice already said what it is.
+    async fn anchor_entry(&mut self, entry: &Message) -> RepoResult<()> {
+        let Some(unanchored) = &self.unanchored else { return Ok(()) };
+        let group = &entry.conversation_id;
+        let had = self.reader.at.groups.get(group).copied();
+        let gap = had.is_some_and(|had| entry.seq > had + 1) && !unanchored.stream;
+        if self.anchor_if_due(gap).await {
+            return Ok(());
+        }
+        if gap {
+            return Err(RepoError::Unavailable(anyhow::anyhow!(
+                "the store cannot say where a connection of {} starts",
+                self.reader.user
+            )));
+        }
+        let Some(unanchored) = &self.unanchored else { return Ok(()) };
+        if had.is_none() && !self.heard.contains_key(group) {
+            let first = unanchored.first_entries.get(group).map_or(entry.seq, |&first| first.min(entry.seq));
+            self.reader.at.groups.insert(group.clone(), first.saturating_sub(1));
+        }
+        Ok(())
     }
 
     /// An event at position `cursor` of the user's stream.
@@ -401,14 +615,25 @@ impl StreamFollower {
         if cursor == at.next() {
             let item = StreamItem { cursor, entry };
             return Ok(match &item.entry {
-                StreamEntry::Notice(Notice::Joined { group, .. }) => {
-                    let group = group.clone();
+                StreamEntry::Notice(Notice::Joined { group, seq }) => {
+                    let (group, seq) = (group.clone(), *seq);
+                    // Entries heard before the notice (the user's groups not known yet).
+                    let had =
+                        self.reader.at.groups.get(&group).copied().or_else(|| self.heard.remove(&group));
                     self.reader.take_whole(item).await?;
+                    if let Some(had) = had.filter(|&had| had >= seq) {
+                        self.reader.at.groups.insert(group.clone(), had);
+                    }
                     // What the notice makes visible: the group from the entry that added the user.
                     Admission::Fill(self.reader.read_group_whole(&group).await?)
                 }
                 // The group's entries up to the user's last one.
-                StreamEntry::Notice(Notice::Left { .. }) => {
+                StreamEntry::Notice(Notice::Left { group, seq }) => {
+                    if self.unanchored.is_some() && !self.reader.at.groups.contains_key(group) {
+                        // A membership the follower never heard of ends: its entries are
+                        // not this connection's.
+                        self.heard.insert(group.clone(), *seq);
+                    }
                     Admission::Fill(self.reader.take_whole(item).await?)
                 }
                 StreamEntry::Message(_) | StreamEntry::Notice(Notice::Read { .. }) => {
@@ -468,6 +693,8 @@ impl StreamFollower {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
     use std::sync::Mutex;
 
     use super::*;
@@ -486,6 +713,15 @@ mod tests {
         let (messages, groups) = timeline_ports(timeline);
         let user = timeline.lock().unwrap().user.clone();
         StreamFollower::start(Arc::new(messages), Arc::new(groups), user, since).await.unwrap()
+    }
+
+    /// A follower started without `since` whose first catch-up found the store: at the end
+    /// of everything as it stands now.
+    async fn anchored(timeline: &Arc<Mutex<Timeline>>) -> StreamFollower {
+        let mut follower = follower(timeline, None).await;
+        assert!(catch_up_all(&mut follower).await.is_empty());
+        assert!(!follower.unanchored());
+        follower
     }
 
     async fn started(
@@ -568,9 +804,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn start_without_since_begins_at_the_end_of_everything() {
+    async fn start_without_since_catches_up_from_the_end_of_everything() {
         let s = story();
         let mut follower = follower(&s.timeline, None).await;
+        assert!(follower.unanchored());
+        assert!(follower.catch_up().await.unwrap().is_empty());
         let at = follower.cursor().clone();
         assert_eq!(at.stream, cursor(7));
         assert_eq!(at.groups, [(s.a.clone(), 3), (s.b.clone(), 9)].into());
@@ -676,14 +914,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_store_failure_at_start_is_reported() {
+    async fn a_store_failure_at_a_resume_is_reported() {
         let mut messages = MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let started = StreamFollower::start(
             Arc::new(messages),
             Arc::new(MockGroupRepository::new()),
             UserId::generate(),
-            None,
+            Some(SyncCursor::at(cursor(3))),
         )
         .await;
         assert!(matches!(started, Err(FollowError::Storage(RepoError::Unavailable(_)))));
@@ -737,7 +975,7 @@ mod tests {
         t.join(&group);
         let entry = t.post(&group, "hi");
         let timeline = shared(t);
-        let mut follower = follower(&timeline, None).await;
+        let mut follower = anchored(&timeline).await;
         let at = timeline.lock().unwrap().read(&entry);
         let notice = Notice::Read { conversation: group.clone(), seq: 2, message_id: entry.id.clone() };
         let Admission::Deliver(item) = follower.admit(&Event::Notice { notice, cursor: at }).await.unwrap()
@@ -765,7 +1003,7 @@ mod tests {
             t.post(&group, &format!("g{n}"));
         }
         let timeline = shared(t);
-        let follower = follower(&timeline, None).await;
+        let follower = anchored(&timeline).await;
         (timeline, group, follower)
     }
 
@@ -807,7 +1045,7 @@ mod tests {
         let group = ConversationId::generate();
         t.post(&group, "before you");
         let timeline = shared(t);
-        let mut follower = follower(&timeline, None).await;
+        let mut follower = anchored(&timeline).await;
         // The group's event may come first: not a member yet at the cursor.
         let (at, added) = timeline.lock().unwrap().join(&group);
         assert_eq!(follower.admit(&group_event(added.clone())).await.unwrap(), Admission::Drop);
@@ -894,5 +1132,258 @@ mod tests {
         let (_, message) = Timeline::new(&user).direct("hi");
         let error = follower.admit(&Event::NewMessage { message, cursor: cursor(5) }).await.unwrap_err();
         assert!(matches!(error, FollowError::Storage(RepoError::Unavailable(_))));
+    }
+
+    // A start without `since`: nothing asked of the store until the connection is open.
+
+    fn down() -> RepoError {
+        RepoError::Unavailable(anyhow::anyhow!("down"))
+    }
+
+    /// The answer of a mock's future, which is ready at once.
+    fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(answer) => answer,
+            std::task::Poll::Pending => panic!("a mock answers at once"),
+        }
+    }
+
+    /// A follower started without `since` over the ports of `timeline`, which fail while
+    /// `outage` is set.
+    async fn behind(timeline: &Arc<Mutex<Timeline>>, outage: &Arc<AtomicBool>) -> StreamFollower {
+        let (store, store_groups) = timeline_ports(timeline);
+        let (store, store_groups) = (Arc::new(store), Arc::new(store_groups));
+        let (mut messages, mut groups) = (MockMessageRepository::new(), MockGroupRepository::new());
+        let (up, s) = (outage.clone(), store.clone());
+        messages.expect_stream_head().returning(move |user| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(s.stream_head(user))
+        });
+        let (up, s) = (outage.clone(), store.clone());
+        messages.expect_stream().returning(move |user, after, limit| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(s.stream(user, after, limit))
+        });
+        let (up, s) = (outage.clone(), store);
+        messages.expect_entries().returning(move |group, after, until, limit| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(s.entries(group, after, until, limit))
+        });
+        let (up, g) = (outage.clone(), store_groups.clone());
+        groups.expect_groups_at().returning(move |user, at| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(g.groups_at(user, at))
+        });
+        let (up, g) = (outage.clone(), store_groups);
+        groups.expect_left_after().returning(move |user, group, after| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(g.left_after(user, group, after))
+        });
+        let user = timeline.lock().unwrap().user.clone();
+        StreamFollower::start(Arc::new(messages), Arc::new(groups), user, None).await.unwrap()
+    }
+
+    fn direct_event(timeline: &Arc<Mutex<Timeline>>, body: &str) -> Event {
+        let (cursor, message) = timeline.lock().unwrap().direct(body);
+        Event::NewMessage { message, cursor }
+    }
+
+    fn delivered(admission: Admission) -> SyncItem {
+        match admission {
+            Admission::Deliver(item) => item,
+            other => panic!("delivered: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_without_since_asks_the_store_nothing() {
+        // Any call to these mocks would fail the test.
+        let follower = StreamFollower::start(
+            Arc::new(MockMessageRepository::new()),
+            Arc::new(MockGroupRepository::new()),
+            UserId::generate(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(follower.unanchored());
+        assert_eq!(follower.cursor(), &SyncCursor::START);
+    }
+
+    #[tokio::test]
+    async fn events_heard_before_the_first_catch_up_are_read_from_the_earliest_in_order() {
+        let mut t = Timeline::new(&UserId::generate());
+        for n in 1..=3 {
+            t.direct(&format!("before {n}"));
+        }
+        let timeline = shared(t);
+        let mut follower = follower(&timeline, None).await;
+        // Stored after the connection was registered; announced out of order, and heard
+        // while it waits for its first catch-up.
+        let (d4, d5) = (direct_event(&timeline, "d4"), direct_event(&timeline, "d5"));
+        follower.heard(&d5);
+        follower.heard(&d4);
+        let items = catch_up_all(&mut follower).await;
+        assert_eq!(shown(&items), expected(&[("direct", &[4, 5])]));
+        assert_eq!(follower.admit(&d5).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.admit(&d4).await.unwrap(), Admission::Repeat);
+        let d6 = direct_event(&timeline, "d6");
+        assert_eq!(delivered(follower.admit(&d6).await.unwrap()).cursor, SyncCursor::at(cursor(6)));
+    }
+
+    #[tokio::test]
+    async fn with_the_store_down_live_events_are_delivered_from_the_first_heard() {
+        let outage = Arc::new(AtomicBool::new(true));
+        let mut t = Timeline::new(&UserId::generate());
+        t.direct("before");
+        let timeline = shared(t);
+        let mut follower = behind(&timeline, &outage).await;
+        let (d2, d3, d4) =
+            (direct_event(&timeline, "d2"), direct_event(&timeline, "d3"), direct_event(&timeline, "d4"));
+        // Heard out of order while the store was asked, then handed over in order.
+        follower.heard(&d3);
+        follower.heard(&d2);
+        assert!(follower.catch_up().await.unwrap().is_empty(), "the store does not answer");
+        assert!(follower.unanchored());
+        assert_eq!(delivered(follower.admit(&d2).await.unwrap()).cursor, SyncCursor::at(cursor(2)));
+        assert_eq!(delivered(follower.admit(&d3).await.unwrap()).cursor, SyncCursor::at(cursor(3)));
+        assert_eq!(follower.admit(&d2).await.unwrap(), Admission::Repeat);
+        assert_eq!(delivered(follower.admit(&d4).await.unwrap()).cursor, SyncCursor::at(cursor(4)));
+        // Nothing to catch up with: the events are all there is.
+        assert!(follower.catch_up().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_the_store_down_the_first_live_event_in_order_or_not_starts_the_stream() {
+        for out_of_order in [false, true] {
+            let outage = Arc::new(AtomicBool::new(true));
+            let timeline = shared(Timeline::new(&UserId::generate()));
+            let mut follower = behind(&timeline, &outage).await;
+            assert!(follower.catch_up().await.unwrap().is_empty());
+            let (d1, d2) = (direct_event(&timeline, "d1"), direct_event(&timeline, "d2"));
+            let (first, second) = if out_of_order { (d2, d1) } else { (d1, d2) };
+            let item = delivered(follower.admit(&first).await.unwrap());
+            let at = if out_of_order { 2 } else { 1 };
+            assert_eq!(item.cursor, SyncCursor::at(cursor(at)));
+            let after = follower.admit(&second).await.unwrap();
+            if out_of_order {
+                // Anchored just before the first event: one overtaken before it is taken for
+                // one from before the connection (the window the module documents).
+                assert_eq!(after, Admission::Repeat);
+            } else {
+                assert_eq!(delivered(after).cursor, SyncCursor::at(cursor(2)));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_the_store_down_a_gap_after_the_first_event_closes_with_a_storage_error() {
+        let outage = Arc::new(AtomicBool::new(true));
+        let timeline = shared(Timeline::new(&UserId::generate()));
+        let mut follower = behind(&timeline, &outage).await;
+        let d1 = direct_event(&timeline, "d1");
+        direct_event(&timeline, "d2 (lost on its way)");
+        let d3 = direct_event(&timeline, "d3");
+        delivered(follower.admit(&d1).await.unwrap());
+        let error = follower.admit(&d3).await.unwrap_err();
+        assert!(matches!(error, FollowError::Storage(RepoError::Unavailable(_))), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_store_down_groups_are_followed_from_their_first_entry_and_learned_once_it_is_back() {
+        let outage = Arc::new(AtomicBool::new(true));
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.join(&group); // 1: the group's first entry
+        let timeline = shared(t);
+        let mut follower = behind(&timeline, &outage).await;
+        assert!(follower.catch_up().await.unwrap().is_empty());
+
+        let e2 = timeline.lock().unwrap().post(&group, "g2");
+        let item = delivered(follower.admit(&group_event(e2.clone())).await.unwrap());
+        assert_eq!(item.cursor.groups, [(group.clone(), 2)].into());
+        assert_eq!(follower.admit(&group_event(e2)).await.unwrap(), Admission::Repeat);
+        let d2 = direct_event(&timeline, "d2");
+        let item = delivered(follower.admit(&d2).await.unwrap());
+        assert_eq!(item.cursor, SyncCursor { stream: cursor(2), groups: [(group.clone(), 2)].into() });
+        assert!(follower.unanchored(), "the groups are not known yet");
+        // A gap in a group needs the store: it says so, and the connection is closed.
+        let (_e3, e4) = {
+            let mut t = timeline.lock().unwrap();
+            (t.post(&group, "g3 (overtaken)"), t.post(&group, "g4"))
+        };
+        assert!(follower.admit(&group_event(e4.clone())).await.is_err());
+
+        // Back: asked again at the next event once due, and the cursor is complete.
+        outage.store(false, SeqCst);
+        tokio::time::advance(ANCHOR_RETRY).await;
+        let d3 = direct_event(&timeline, "d3");
+        let item = delivered(follower.admit(&d3).await.unwrap());
+        assert_eq!(item.cursor, SyncCursor { stream: cursor(3), groups: [(group.clone(), 2)].into() });
+        assert!(!follower.unanchored());
+        let Admission::Fill(items) = follower.admit(&group_event(e4.clone())).await.unwrap() else {
+            panic!("filled")
+        };
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[3, 4])]));
+        assert_eq!(follower.cursor(), &SyncCursor { stream: cursor(3), groups: [(group.clone(), 4)].into() });
+        assert_eq!(follower.admit(&group_event(e4)).await.unwrap(), Admission::Repeat);
+    }
+
+    #[tokio::test]
+    async fn with_the_store_down_an_entry_before_the_notice_of_joining_is_not_delivered_twice() {
+        let outage = Arc::new(AtomicBool::new(true));
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.post(&group, "before you");
+        let d1 = {
+            let (cursor, message) = t.direct("d1");
+            Event::NewMessage { message, cursor }
+        };
+        let timeline = shared(t);
+        let mut follower = behind(&timeline, &outage).await;
+        delivered(follower.admit(&d1).await.unwrap());
+        // The entry that added the user overtakes the notice: followed from it, and the
+        // notice then adds nothing.
+        let (at, added) = timeline.lock().unwrap().join(&group);
+        delivered(follower.admit(&group_event(added)).await.unwrap());
+        outage.store(false, SeqCst);
+        let joined = Event::Notice { notice: Notice::Joined { group: group.clone(), seq: 2 }, cursor: at };
+        let Admission::Fill(items) = follower.admit(&joined).await.unwrap() else { panic!("filled") };
+        assert!(items.is_empty(), "{items:?}");
+        assert_eq!(follower.cursor(), &SyncCursor { stream: at, groups: [(group, 2)].into() });
+    }
+
+    #[tokio::test]
+    async fn entries_heard_before_the_first_catch_up_start_their_group_before_the_earliest() {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        t.join(&group);
+        let timeline = shared(t);
+        let mut follower = follower(&timeline, None).await;
+        // Stored after the connection was registered, heard out of order before the store
+        // was asked.
+        let (e2, e3) = {
+            let mut t = timeline.lock().unwrap();
+            (t.post(&group, "g2"), t.post(&group, "g3"))
+        };
+        follower.heard(&group_event(e3.clone()));
+        follower.heard(&group_event(e2.clone()));
+        let items = catch_up_all(&mut follower).await;
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[2, 3])]));
+        assert_eq!(follower.admit(&group_event(e3)).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.admit(&group_event(e2)).await.unwrap(), Admission::Repeat);
+        assert_eq!(follower.cursor(), &SyncCursor { stream: cursor(1), groups: [(group, 3)].into() });
     }
 }

@@ -22,6 +22,17 @@
 //! announced, so the replay, which reads on until the store has nothing more, reaches it;
 //! only the furthest one of the user's stream and of each group is kept, and checked once
 //! the replay ends, in case the store answered short.
+//!
+//! A connection without `since` waits on nothing: [`Follow::start`] asks the store nothing,
+//! and the connection is registered at once. Its replay is where it learns its start: the
+//! store is asked, within `application::stream::ANCHOR_DEADLINE`, for the end of everything
+//! the user follows, and the events held back meanwhile make it start no later than just
+//! before the earliest of them. If the store does not answer, the replay is over at once and
+//! the connection follows the events themselves, from just before the first one of the
+//! stream (and of each group) it heard: live events go out while the store is slow or down.
+//! Held back then, every event is kept and handed over in order, since the store cannot fill
+//! a gap between them. See `application::StreamFollower` for what this start may miss and how
+//! its cursors are completed once the store answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,35 +79,41 @@ pub fn log_stop(error: &FollowError) {
 }
 
 /// Events of the stream taken from the queue during the replay: the furthest of the user's
-/// stream, and of each group.
+/// stream and of each group, or every one while the follower does not know its start yet.
 #[derive(Default)]
 struct Held {
-    stream: Option<(Cursor, Arc<Streamed>)>,
-    groups: BTreeMap<ConversationId, (Seq, Arc<Streamed>)>,
+    stream: BTreeMap<Cursor, Arc<Streamed>>,
+    groups: BTreeMap<ConversationId, BTreeMap<Seq, Arc<Streamed>>>,
 }
 
 impl Held {
-    fn keep(&mut self, streamed: Arc<Streamed>) {
+    /// Keeps `streamed`; with `every`, beside those kept already, else instead of them when
+    /// further.
+    fn keep(&mut self, streamed: Arc<Streamed>, every: bool) {
         match &streamed.event {
-            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. }
-                if self.stream.as_ref().is_none_or(|(held, _)| cursor > held) =>
-            {
-                self.stream = Some((*cursor, streamed));
+            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. } => {
+                self.stream.insert(*cursor, streamed.clone());
+                while !every && self.stream.len() > 1 {
+                    self.stream.pop_first();
+                }
             }
-            Event::GroupMessage { message, .. }
-                if self.groups.get(&message.conversation_id).is_none_or(|(held, _)| message.seq > *held) =>
-            {
-                self.groups.insert(message.conversation_id.clone(), (message.seq, streamed));
+            Event::GroupMessage { message, .. } => {
+                let group = self.groups.entry(message.conversation_id.clone()).or_default();
+                group.insert(message.seq, streamed.clone());
+                while !every && group.len() > 1 {
+                    group.pop_first();
+                }
             }
-            // Behind one held already; or not of the stream (never queued as such).
+            // Not of the stream (never queued as such).
             _ => {}
         }
     }
 
+    /// Every event kept, the stream's first, each source in order.
     fn take(&mut self) -> Vec<Arc<Streamed>> {
-        let stream = self.stream.take().map(|(_, streamed)| streamed);
-        let groups = std::mem::take(&mut self.groups).into_values().map(|(_, streamed)| streamed);
-        stream.into_iter().chain(groups).collect()
+        let stream = std::mem::take(&mut self.stream).into_values();
+        let groups = std::mem::take(&mut self.groups).into_values().flat_map(BTreeMap::into_values);
+        stream.chain(groups).collect()
     }
 }
 
@@ -108,9 +125,10 @@ pub struct Follow {
 }
 
 impl Follow {
-    /// Starts after `since` (checked against the store), or at the current end of
-    /// everything `user` follows without it. Call it before the connection is registered
-    /// for live events.
+    /// Starts after `since` (checked against the store), or, without it, with what is
+    /// stored from now on, asking the store nothing (the replay learns where that is; see
+    /// the module's documentation). Call it before the connection is registered for live
+    /// events.
     pub async fn start(
         messages: Arc<dyn MessageRepository>,
         groups: Arc<dyn GroupRepository>,
@@ -158,7 +176,8 @@ impl Follow {
         match queued {
             Queued::Frame(frame) => Ok(vec![frame]),
             Queued::Stream(streamed) if self.replaying => {
-                self.held.keep(streamed);
+                self.follower.heard(&streamed.event);
+                self.held.keep(streamed, self.follower.unanchored());
                 Ok(Vec::new())
             }
             Queued::Stream(streamed) => self.live(&streamed).await,
@@ -510,12 +529,69 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_storage_failure_at_start_is_reported() {
+    async fn a_storage_failure_at_a_resume_is_reported() {
         let mut messages = application::ports::MockMessageRepository::new();
         messages.expect_stream_head().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
         let groups = Arc::new(application::ports::MockGroupRepository::new());
-        let stop = Follow::start(Arc::new(messages), groups, UserId::generate(), None).await.err().unwrap();
+        let since = Some(SyncCursor::at(Cursor::new(3).unwrap()));
+        let stop = Follow::start(Arc::new(messages), groups, UserId::generate(), since).await.err().unwrap();
         assert!(matches!(stop, FollowError::Storage(_)));
         assert_eq!(stop_reason(&stop), "server error: reconnect with since");
+        assert!(!starts_over(&stop));
+    }
+
+    #[tokio::test]
+    async fn without_since_the_store_is_asked_nothing_at_the_start_and_live_events_go_out_while_it_is_down() {
+        let down = || RepoError::Unavailable(anyhow::anyhow!("down"));
+        let mut messages = application::ports::MockMessageRepository::new();
+        // Asked once, by the replay, after the connection is registered.
+        messages.expect_stream_head().times(1).returning(move |_| Err(down()));
+        let groups = Arc::new(application::ports::MockGroupRepository::new());
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let mut follow = Follow::start(Arc::new(messages), groups, me.clone(), None).await.unwrap();
+        let pair = ParticipantPair::new(friend.clone(), me.clone()).unwrap();
+        let conversation = Conversation::start(pair, chrono::Utc::now());
+        let event = |n: u64| Event::NewMessage {
+            message: message(&conversation.id, &friend, Some(&me), "hi"),
+            cursor: Cursor::new(n).unwrap(),
+        };
+        // Heard out of order while the store is asked.
+        assert!(follow.admit(queued(&event(6))).await.unwrap().is_empty());
+        assert!(follow.admit(queued(&event(5))).await.unwrap().is_empty());
+        let replayed = replay_all(&mut follow).await;
+        assert_eq!(cursors(&replayed), ["5", "6"], "held back, then handed over in order");
+        assert_eq!(cursors(&follow.admit(queued(&event(7))).await.unwrap()), ["7"]);
+        assert!(follow.admit(queued(&event(6))).await.unwrap().is_empty(), "a repeat is dropped");
+    }
+
+    #[tokio::test]
+    async fn without_since_the_replay_starts_before_the_earliest_event_heard_while_the_store_was_asked() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        world.direct(&friend, &me, &me).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        // Stored once the connection is registered, announced out of order.
+        let second = world.direct(&friend, &me, &me).await;
+        let third = world.direct(&me, &friend, &me).await;
+        assert!(follow.admit(queued(&third)).await.unwrap().is_empty());
+        assert!(follow.admit(queued(&second)).await.unwrap().is_empty());
+        assert_eq!(cursors(&replay_all(&mut follow).await), ["2", "3"]);
+        assert!(follow.admit(queued(&second)).await.unwrap().is_empty());
+        let fourth = world.direct(&friend, &me, &me).await;
+        assert_eq!(cursors(&follow.admit(queued(&fourth)).await.unwrap()), ["4"]);
+    }
+
+    #[tokio::test]
+    async fn without_since_a_connection_heard_from_nothing_starts_at_the_end_of_everything() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        world.send(&group, &friend).await;
+        world.direct(&friend, &me, &me).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        assert!(replay_all(&mut follow).await.is_empty());
+        assert_eq!(follow.cursor().to_string(), format!("2~{group}.2"));
+        let entry = world.send(&group, &friend).await;
+        assert_eq!(cursors(&follow.admit(queued(&entry)).await.unwrap()), [format!("2~{group}.3")]);
     }
 }
