@@ -676,6 +676,7 @@ mod tests {
             ("/api/v1/user/logout", "post"),
             ("/api/v1/user/get-profile", "get"),
             ("/api/v1/user/get-other-users", "get"),
+            ("/api/v1/user/{id}", "get"),
             ("/api/v1/user/{id}/avatar", "get"),
             ("/api/v1/message/send/{receiverId}", "post"),
             ("/api/v1/message/get-messages/{otherId}", "get"),
