@@ -107,17 +107,12 @@ async fn reads(store: Arc<dyn Store>, conversation: ConversationId, reader: User
     }
 }
 
-async fn race(store: Arc<dyn Store>) {
-    let owner = user(&*store, "owner").await;
-    let member = user(&*store, "member").await;
-    let mut others = Vec::new();
-    for i in 0..3 {
-        others.push(user(&*store, &format!("other{i}")).await);
-    }
+/// A group named `name` created by `owner` with `member` in it.
+async fn create_group(store: &dyn Store, name: &str, owner: &UserId, member: &UserId) -> Group {
     let at = Utc::now().trunc_subsecs(3);
     let group = Group {
         id: ConversationId::generate(),
-        name: GroupName::parse("Team").unwrap(),
+        name: GroupName::parse(name).unwrap(),
         created_by: owner.clone(),
         created_at: at,
         updated_at: at,
@@ -129,7 +124,7 @@ async fn race(store: Arc<dyn Store>) {
     ];
     let created = entry(
         &group.id,
-        &owner,
+        owner,
         Some(SystemEvent::Created {
             actor: owner.clone(),
             name: group.name.clone(),
@@ -137,8 +132,23 @@ async fn race(store: Arc<dyn Store>) {
         }),
     );
     store.create(&group, &members, &created).await.expect("creating the group");
+    group
+}
+
+async fn race(store: Arc<dyn Store>) {
+    let owner = user(&*store, "owner").await;
+    let member = user(&*store, "member").await;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        others.push(user(&*store, &format!("other{i}")).await);
+    }
+    let group = create_group(&*store, "Team", &owner, &member).await;
     let pair = ParticipantPair::new(owner.clone(), member.clone()).unwrap();
-    let direct = store.find_or_insert(&Conversation::start(pair.clone(), at)).await.unwrap().id;
+    let direct = store
+        .find_or_insert(&Conversation::start(pair.clone(), Utc::now().trunc_subsecs(3)))
+        .await
+        .unwrap()
+        .id;
 
     let mut tasks = tokio::task::JoinSet::new();
     // Both members send from two tasks each, so that sends queue up for the group.
@@ -215,29 +225,7 @@ async fn burst(store: Arc<dyn Store>) {
     let owner = user(&*store, "owner").await;
     let member = user(&*store, "member").await;
     let stranger = user(&*store, "stranger").await;
-    let at = Utc::now().trunc_subsecs(3);
-    let group = Group {
-        id: ConversationId::generate(),
-        name: GroupName::parse("Burst").unwrap(),
-        created_by: owner.clone(),
-        created_at: at,
-        updated_at: at,
-        last_seq: 1,
-    };
-    let members = [
-        Member::joining(owner.clone(), Role::Owner, at, 1),
-        Member::joining(member.clone(), Role::Member, at, 1),
-    ];
-    let created = entry(
-        &group.id,
-        &owner,
-        Some(SystemEvent::Created {
-            actor: owner.clone(),
-            name: group.name.clone(),
-            members: vec![owner.clone(), member.clone()],
-        }),
-    );
-    store.create(&group, &members, &created).await.expect("creating the group");
+    let group = create_group(&*store, "Burst", &owner, &member).await;
 
     let repeated = domain::ClientMessageId::parse("repeated-key").unwrap();
     // First a burst the group's writer stores in one transaction, then one whose
