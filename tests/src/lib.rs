@@ -325,6 +325,18 @@ pub async fn run_node_client(mut command: tokio::process::Command, what: &str, o
 /// The HS256 secret of in-process test servers.
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// The Redis fan-out on the Redis the tests share ([`cluster::system_redis_url`]), with key
+/// and channel names starting with `prefix`: instances given the same prefix form a cluster.
+pub fn shared_redis_fanout(prefix: &str) -> server::settings::FanoutSettings {
+    server::settings::FanoutSettings::Redis {
+        redis_url: SecretString::from(cluster::system_redis_url()),
+        redis_tls: Default::default(),
+        sentinel: None,
+        prefix: prefix.to_owned(),
+        presence_ttl: 15,
+    }
+}
+
 /// The test profile's settings on `database`: a free port on 127.0.0.1, two workers, a fixed
 /// secret, cheap hashing, a quick stop. Suites adjust them in [`TestApp::spawn_with`].
 pub fn test_settings(database: &TestDatabase) -> server::Settings {

@@ -89,13 +89,7 @@ async fn a_socket_without_since_goes_live_while_the_store_hangs_and_a_resume_is_
     let prefix = format!("connects{}", std::process::id());
     let settings = |proxied: bool| {
         let mut settings = tests::test_settings(&database);
-        settings.fanout = server::settings::FanoutSettings::Redis {
-            redis_url: SecretString::from(tests::cluster::system_redis_url()),
-            redis_tls: Default::default(),
-            sentinel: None,
-            prefix: prefix.clone(),
-            presence_ttl: 15,
-        };
+        settings.fanout = tests::shared_redis_fanout(&prefix);
         if proxied {
             let StorageSettings::Postgres { url, run_migrations, .. } = settings.storage.clone() else {
                 unreachable!("a PostgreSQL database")

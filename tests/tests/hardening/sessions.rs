@@ -108,13 +108,7 @@ async fn cluster_of_two() -> (TestApp, TestApp) {
     let prefix = unique("sessions");
     let settings = |database: &TestDatabase| {
         let mut settings = tests::test_settings(database);
-        settings.fanout = server::settings::FanoutSettings::Redis {
-            redis_url: SecretString::from(tests::cluster::system_redis_url()),
-            redis_tls: Default::default(),
-            sentinel: None,
-            prefix: prefix.clone(),
-            presence_ttl: 15,
-        };
+        settings.fanout = tests::shared_redis_fanout(&prefix);
         settings
     };
     let (first_settings, second_settings) = (settings(&database), settings(&database));
