@@ -362,27 +362,22 @@ const ANCHOR_RETRY: Duration = Duration::from_secs(10);
 /// One connection's cursor, moved by what it delivers. It reads through the message and
 /// group ports alone.
 ///
-/// A follower started without `since` asks the store nothing at the start: the connection
-/// opens whatever state the store is in. It is *unanchored* until it learns where it starts:
-/// - the first [`catch_up`](Self::catch_up) asks the store, within [`ANCHOR_DEADLINE`], for
-///   the stream's head and the user's groups at it, and starts there — or just before the
-///   first event of the stream (or of a group) heard meanwhile ([`heard`](Self::heard)), if
-///   that is earlier, so that an event announced after the connection was registered is not
-///   taken for one from before;
-/// - if the store does not answer in time, the follower anchors on the events themselves:
-///   the stream just before the earliest position heard, a group just before the earliest
-///   entry heard (a group's entries reach only its members' connections). Until the store
-///   names the user's groups (asked again at most every [`ANCHOR_RETRY`], and whenever an
-///   event needs the store anyway), the cursors delivered name only the groups heard from:
-///   resuming from one may be refused as not a valid cursor, and the client starts over —
-///   nothing is skipped silently.
+/// A follower started without `since` reads where the user's stream and groups stand before
+/// the connection is registered, as a resume does, but waits at most [`ANCHOR_DEADLINE`] for
+/// it: a slow or unreachable store delays a connection's registration by that much at most,
+/// and never refuses it. When the store cannot say in time, the follower is *unanchored*:
+/// it anchors on the events themselves — the stream just before the earliest position heard,
+/// a group just before the earliest entry heard (a group's entries reach only its members'
+/// connections). Until the store names the user's groups (asked again at most every
+/// [`ANCHOR_RETRY`], and whenever an event needs the store anyway), the cursors delivered
+/// name only the groups heard from: resuming from one may be refused as not a valid cursor,
+/// and the client starts over — nothing is skipped silently.
 ///
-/// The trade-off: the start is learned a moment after the connection is registered, not
-/// before. What is stored in between is delivered when its event is heard before the start
-/// is fixed (the start moves before it); an entry stored in between whose event is still on
-/// its way when the start is fixed is taken as one from before the connection, like
-/// everything stored before it. Anchored on events, that window is as long as events take
-/// to overtake each other on their way (milliseconds).
+/// The trade-off, only while the store cannot answer: the start is learned from the first
+/// event heard after the connection was registered, so an entry whose event is overtaken by
+/// that first one (n + 1 announced before n) is taken as one from before the connection —
+/// the window is as long as events take to overtake each other on their way (milliseconds).
+/// With a store that answers, the start is exact, as it was read before the registration.
 pub struct StreamFollower {
     reader: StreamReader,
     /// `None` once the cursor is complete: checked (a resume) or read from the store.
@@ -394,12 +389,11 @@ pub struct StreamFollower {
 }
 
 /// What an unanchored follower knows.
-#[derive(Default)]
 struct Unanchored {
     /// Whether `P` is fixed (from the first event of the stream taken live).
     stream: bool,
-    /// When the store may be asked again; `None`: at the first occasion.
-    retry_at: Option<Instant>,
+    /// When the store may be asked again.
+    retry_at: Instant,
     /// The earliest stream position heard while no start was fixed.
     first_position: Option<Cursor>,
     /// The earliest entry of each group heard while no start was fixed.
@@ -423,15 +417,39 @@ impl StreamFollower {
                 (StreamReader::resume(messages, groups, user, Some(since)).await?.follow_live(), None)
             }
             None => {
-                let reader = StreamReader {
-                    messages,
-                    groups,
-                    user,
-                    at: SyncCursor::START,
-                    ends: HashMap::new(),
-                    quiet_after: HashMap::new(),
-                };
-                (reader, Some(Unanchored::default()))
+                // Where the stream stands before the connection is registered: exact, as
+                // everything stored later reaches it. Only a store that cannot say in time
+                // leaves the connection to anchor on its events.
+                let read = StreamReader::resume(messages.clone(), groups.clone(), user.clone(), None);
+                match tokio::time::timeout(ANCHOR_DEADLINE, read).await {
+                    Ok(Ok(reader)) => (reader.follow_live(), None),
+                    outcome => {
+                        match outcome {
+                            Ok(Err(error)) => tracing::debug!(
+                                error = %error,
+                                "a connection starts without the store: anchored on its events"
+                            ),
+                            _ => tracing::debug!(
+                                "the store did not answer in time: a connection is anchored on its events"
+                            ),
+                        }
+                        let reader = StreamReader {
+                            messages,
+                            groups,
+                            user,
+                            at: SyncCursor::START,
+                            ends: HashMap::new(),
+                            quiet_after: HashMap::new(),
+                        };
+                        let unanchored = Unanchored {
+                            stream: false,
+                            retry_at: Instant::now() + ANCHOR_RETRY,
+                            first_position: None,
+                            first_entries: HashMap::new(),
+                        };
+                        (reader, Some(unanchored))
+                    }
+                }
             }
         };
         Ok(Self { reader, unanchored, heard: HashMap::new() })
@@ -449,19 +467,11 @@ impl StreamFollower {
     }
 
     /// The next page of what the connection has not had; empty once caught up. Call it until
-    /// it returns an empty page, delivering each page in order. The first call of an
-    /// unanchored follower asks the store where to start; if the store cannot say within
-    /// [`ANCHOR_DEADLINE`], there is nothing to catch up with: the follower anchors on the
-    /// events it is given.
+    /// it returns an empty page, delivering each page in order. An unanchored follower has
+    /// nothing to catch up with: what its events bring is all there is to have.
     pub async fn catch_up(&mut self) -> Result<Vec<SyncItem>, RepoError> {
-        if let Some(unanchored) = &self.unanchored {
-            // Anchored on events already: what they bring is all there is to have.
-            if unanchored.stream || unanchored.retry_at.is_some() {
-                return Ok(Vec::new());
-            }
-            if !self.anchor().await {
-                return Ok(Vec::new());
-            }
+        if self.unanchored.is_some() {
+            return Ok(Vec::new());
         }
         self.reader.read(PAGE).await
     }
@@ -508,12 +518,12 @@ impl StreamFollower {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 tracing::debug!(error = %error, "a connection starts without the store: anchored on its events");
-                unanchored.retry_at = Some(Instant::now() + ANCHOR_RETRY);
+                unanchored.retry_at = Instant::now() + ANCHOR_RETRY;
                 return false;
             }
             Err(_) => {
                 tracing::debug!("the store did not answer in time: a connection is anchored on its events");
-                unanchored.retry_at = Some(Instant::now() + ANCHOR_RETRY);
+                unanchored.retry_at = Instant::now() + ANCHOR_RETRY;
                 return false;
             }
         };
@@ -540,7 +550,7 @@ impl StreamFollower {
     /// Asks the store again when an unanchored follower may, or when `needed`.
     async fn anchor_if_due(&mut self, needed: bool) -> bool {
         let Some(unanchored) = &self.unanchored else { return true };
-        if needed || unanchored.retry_at.is_none_or(|at| Instant::now() >= at) {
+        if needed || Instant::now() >= unanchored.retry_at {
             return self.anchor().await;
         }
         false
@@ -807,7 +817,7 @@ mod tests {
     async fn start_without_since_catches_up_from_the_end_of_everything() {
         let s = story();
         let mut follower = follower(&s.timeline, None).await;
-        assert!(follower.unanchored());
+        assert!(!follower.unanchored(), "the store said where everything stands");
         assert!(follower.catch_up().await.unwrap().is_empty());
         let at = follower.cursor().clone();
         assert_eq!(at.stream, cursor(7));
@@ -1208,10 +1218,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_start_without_since_asks_the_store_nothing() {
-        // Any call to these mocks would fail the test.
-        let follower = StreamFollower::start(
-            Arc::new(MockMessageRepository::new()),
+    async fn a_start_without_since_whose_store_fails_is_unanchored_and_asks_nothing_more_at_once() {
+        let mut messages = MockMessageRepository::new();
+        messages.expect_stream_head().times(1).returning(|_| Err(down()));
+        // Any other call to these mocks would fail the test.
+        let mut follower = StreamFollower::start(
+            Arc::new(messages),
             Arc::new(MockGroupRepository::new()),
             UserId::generate(),
             None,
@@ -1220,6 +1232,21 @@ mod tests {
         .unwrap();
         assert!(follower.unanchored());
         assert_eq!(follower.cursor(), &SyncCursor::START);
+        assert!(follower.catch_up().await.unwrap().is_empty(), "its events are all there is");
+    }
+
+    #[tokio::test]
+    async fn a_message_stored_after_a_start_without_since_is_delivered_whenever_its_event_comes() {
+        let mut t = Timeline::new(&UserId::generate());
+        t.direct("before");
+        let timeline = shared(t);
+        // The start is read before the connection is registered: what is stored after it
+        // is the connection's, also when its event comes after a later read of the store.
+        let mut follower = follower(&timeline, None).await;
+        let d2 = direct_event(&timeline, "d2");
+        let items = catch_up_all(&mut follower).await;
+        assert_eq!(shown(&items), expected(&[("direct", &[2])]));
+        assert_eq!(follower.admit(&d2).await.unwrap(), Admission::Repeat);
     }
 
     #[tokio::test]
