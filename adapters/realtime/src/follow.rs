@@ -23,16 +23,16 @@
 //! only the furthest one of the user's stream and of each group is kept, and checked once
 //! the replay ends, in case the store answered short.
 //!
-//! A connection without `since` waits on nothing: [`Follow::start`] asks the store nothing,
-//! and the connection is registered at once. Its replay is where it learns its start: the
-//! store is asked, within `application::stream::ANCHOR_DEADLINE`, for the end of everything
-//! the user follows, and the events held back meanwhile make it start no later than just
-//! before the earliest of them. If the store does not answer, the replay is over at once and
-//! the connection follows the events themselves, from just before the first one of the
-//! stream (and of each group) it heard: live events go out while the store is slow or down.
-//! Held back then, every event is kept and handed over in order, since the store cannot fill
-//! a gap between them. See `application::StreamFollower` for what this start may miss and how
-//! its cursors are completed once the store answers.
+//! A connection without `since` waits on the store for at most
+//! `application::stream::ANCHOR_DEADLINE`: [`Follow::start`] reads where everything the user
+//! follows stands, before the connection is registered, so that everything stored after it
+//! reaches the connection. If the store does not answer in time, the connection is
+//! registered all the same, its replay is over at once, and it follows the events
+//! themselves, from just before the first one of the stream (and of each group) it heard:
+//! live events go out while the store is slow or down. Held back then, every event is kept
+//! and handed over in order, since the store cannot fill a gap between them. See
+//! `application::StreamFollower` for what this start may miss and how its cursors are
+//! completed once the store answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
