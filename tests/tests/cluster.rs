@@ -1,7 +1,8 @@
 //! Several `server` processes sharing one PostgreSQL database and one Redis, as behind a
 //! load balancer: events reach every connection of their users exactly once, whichever
 //! instance each connection is on; presence is cluster-wide and survives no crash; a
-//! revoked token is refused everywhere; delivery resumes after Redis restarts.
+//! revoked token is refused everywhere; delivery resumes after Redis restarts, and what was
+//! sent while Redis was down reaches every socket that stayed connected, once and in order.
 //!
 //! Needs PostgreSQL (`CHAT_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! a Redis (`CHAT_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; each test uses its own
@@ -406,6 +407,101 @@ async fn a_group_spread_over_three_instances_gets_each_entry_once_on_every_socke
     }
     dan_1.assert_no_event("newMessage", Duration::from_millis(300)).await;
     assert_eq!(dan_1.events("typing").count(), 0);
+
+    cluster.stop().await;
+}
+
+/// The ids of the `newMessage` events of `conversation` that `socket` received so far.
+fn messages_of(socket: &WsClient, conversation: &str) -> Vec<String> {
+    socket
+        .events("newMessage")
+        .filter(|data| data["conversationId"] == conversation)
+        .map(|data| data["_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The value of the metric `name` in instance `index`'s `/metrics`.
+async fn metric(cluster: &Cluster, index: usize, name: &str) -> f64 {
+    let text = cluster.http.get(cluster.instances[index].url("/metrics")).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
+    line.and_then(|line| line.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn every_socket_gets_what_was_sent_during_a_redis_outage_exactly_once_in_order_after_it() {
+    let mut redis = OwnRedis::start();
+    let mut cluster = start_cluster(3, redis.url()).await;
+    let ana = cluster.api(0).create_user("anna").await;
+    let bo = cluster.api(1).create_user("boris").await;
+    let cy = cluster.api(2).create_user("cyril").await;
+    let group = cluster.api(0).create_group_ok(&ana, "Steady", &[&bo, &cy]).await;
+    let group = group["_id"].as_str().expect("the group id").to_owned();
+    // Two devices of each receiver, on instances 2 and 3.
+    let mut sockets = [
+        connect(&cluster, 1, &bo).await,
+        connect(&cluster, 1, &bo).await,
+        connect(&cluster, 2, &cy).await,
+        connect(&cluster, 2, &cy).await,
+    ];
+    for index in 0..3 {
+        assert_eq!(metric(&cluster, index, "realtime_bus_up").await, 1.0);
+    }
+
+    // Ana, on instance 1, writes to each and to the group every 100 ms: 2 s with Redis up,
+    // 6 s without (accepted: the database is up), then none (only healing can deliver).
+    let api = cluster.api(0);
+    let (mut to_bo, mut to_cy, mut to_group) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut killed = false;
+    let mut number = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        tick.tick().await;
+        if !killed && started.elapsed() >= Duration::from_secs(2) {
+            redis.kill();
+            killed = true;
+        }
+        number += 1;
+        to_bo.push(send(&api, &ana, &bo, &format!("bo {number}")).await);
+        to_cy.push(send(&api, &ana, &cy, &format!("cy {number}")).await);
+        let entry = api.post_message_ok(&ana, &group, &format!("group {number}")).await;
+        to_group.push(entry["_id"].as_str().expect("the message id").to_owned());
+    }
+    assert!(number >= 40, "a steady rate: {number} rounds");
+    assert_eq!(metric(&cluster, 1, "realtime_bus_up").await, 0.0, "the bus is down on instance 2");
+
+    redis.restart();
+    let back = Instant::now();
+    // Within a few seconds of Redis returning, each socket holds every message exactly
+    // once, in the order sent: those of the outage were delivered by healing.
+    let direct = [(&bo, &to_bo), (&bo, &to_bo), (&cy, &to_cy), (&cy, &to_cy)];
+    for (socket, (receiver, sent)) in sockets.iter_mut().zip(direct) {
+        socket.first_events("newMessage", sent.len() + to_group.len(), Duration::from_secs(15)).await;
+        // A repeat would come right behind.
+        socket.assert_no_event("newMessage", Duration::from_millis(300)).await;
+        let of_group = messages_of(socket, &group);
+        let mut direct = messages(socket);
+        direct.retain(|id| !of_group.contains(id));
+        assert_eq!(&direct, sent, "every message to {} once, in order", receiver.username);
+        assert_eq!(of_group, to_group, "every group entry once, in order");
+    }
+    let healed_within = back.elapsed();
+    assert!(healed_within < Duration::from_secs(12), "healed {healed_within:?} after Redis returned");
+    for index in [1, 2] {
+        cluster.wait_readiness(index, true, Duration::from_secs(10)).await;
+        assert_eq!(metric(&cluster, index, "realtime_bus_up").await, 1.0);
+        assert_eq!(metric(&cluster, index, "realtime_healing_backlog").await, 0.0);
+        let healed = metric(&cluster, index, "realtime_healed_deliveries_total").await;
+        assert!(healed >= 2.0 * 40.0, "instance {} healed {healed} deliveries", index + 1);
+    }
+
+    // And live delivery goes on: the next message arrives once.
+    let after = send(&api, &ana, &bo, "after").await;
+    for socket in &mut sockets[..2] {
+        message(socket, &after).await;
+        assert_eq!(socket.events("newMessage").filter(|data| data["_id"] == after.as_str()).count(), 1);
+    }
 
     cluster.stop().await;
 }

@@ -1,5 +1,7 @@
 //! Prometheus metrics, served at `GET /metrics` in the text exposition format: requests and
-//! their latency per route, open real-time connections, and events handed to the notifier.
+//! their latency per route, open real-time connections, events handed to the notifier, and
+//! the healing of live delivery: whether the fan-out bus is up, how many connections wait to
+//! catch up from the store, and what catching up delivered.
 //!
 //! One [`Metrics`] per server (its own registry, so several servers in one process, as in
 //! the tests, don't share counters), built in the composition root and shared by every
@@ -15,9 +17,11 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use application::ports::{Event, Notice, Notifier, NotifyError};
 use async_trait::async_trait;
+use chat_realtime::Healing;
 use domain::{ConversationId, UserId};
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::state::AppState;
@@ -28,6 +32,10 @@ pub struct Metrics {
     latency: HistogramVec,
     connections: IntGauge,
     events: IntCounterVec,
+    bus_up: IntGauge,
+    healing_backlog: IntGauge,
+    healed: IntCounter,
+    healed_items: IntCounter,
 }
 
 impl Metrics {
@@ -51,16 +59,48 @@ impl Metrics {
             &["event", "outcome"],
         )
         .expect("a valid, constant metric definition");
+        let bus_up = IntGauge::new(
+            "realtime_bus_up",
+            "1 while the fan-out bus is subscribed (always 1 on a single instance), else 0",
+        )
+        .expect("a valid, constant metric definition");
+        let healing_backlog = IntGauge::new(
+            "realtime_healing_backlog",
+            "Connections waiting to catch up from the store, or catching up, after a bus outage",
+        )
+        .expect("a valid, constant metric definition");
+        let healed =
+            IntCounter::new("realtime_healed_connections_total", "Catch-ups from the store completed")
+                .expect("a valid, constant metric definition");
+        let healed_items = IntCounter::new(
+            "realtime_healed_deliveries_total",
+            "Messages and reads delivered by catching up from the store (lost on the bus)",
+        )
+        .expect("a valid, constant metric definition");
         let registry = Registry::new();
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(connections.clone()),
             Box::new(events.clone()),
+            Box::new(bus_up.clone()),
+            Box::new(healing_backlog.clone()),
+            Box::new(healed.clone()),
+            Box::new(healed_items.clone()),
         ] {
             registry.register(collector).expect("each metric is registered once");
         }
-        Self { registry, requests, latency, connections, events }
+        Self {
+            registry,
+            requests,
+            latency,
+            connections,
+            events,
+            bus_up,
+            healing_backlog,
+            healed,
+            healed_items,
+        }
     }
 
     fn observe(&self, method: &Method, route: &str, status: u16, seconds: f64) {
@@ -82,6 +122,15 @@ impl Metrics {
         };
         let outcome = if delivered { "delivered" } else { "dropped" };
         self.events.with_label_values(&[name, outcome]).inc();
+    }
+
+    /// Takes the instance's healing figures as they stand.
+    fn observe_healing(&self, healing: &Healing) {
+        self.bus_up.set(i64::from(healing.bus_up().unwrap_or(true)));
+        self.healing_backlog.set(healing.backlog() as i64);
+        // Counters only go up: each takes what it lacks of the registry's total.
+        self.healed.inc_by(healing.healed().saturating_sub(self.healed.get()));
+        self.healed_items.inc_by(healing.delivered().saturating_sub(self.healed_items.get()));
     }
 
     fn render(&self) -> String {
@@ -139,6 +188,7 @@ pub async fn track(
 /// `GET /metrics`.
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     state.metrics.connections.set(state.registry.connection_count() as i64);
+    state.metrics.observe_healing(state.registry.healing());
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 
@@ -191,6 +241,22 @@ mod tests {
         assert!(text.contains("http_request_duration_seconds_bucket"));
         assert!(text.contains(r#"realtime_events_total{event="onlineUsers",outcome="dropped"} 1"#));
         assert!(text.contains("realtime_open_connections 0"));
+    }
+
+    #[test]
+    fn the_healing_figures_are_the_instances() {
+        let metrics = Metrics::new();
+        let healing = Healing::new(1);
+        metrics.observe_healing(&healing);
+        assert!(metrics.render().contains("realtime_bus_up 1"), "no bus: nothing is missing");
+        healing.set_bus_up(false);
+        metrics.observe_healing(&healing);
+        metrics.observe_healing(&healing);
+        let text = metrics.render();
+        assert!(text.contains("realtime_bus_up 0"), "{text}");
+        assert!(text.contains("realtime_healing_backlog 0"), "{text}");
+        assert!(text.contains("realtime_healed_deliveries_total 0"), "{text}");
+        assert!(text.contains("realtime_healed_connections_total 0"), "{text}");
     }
 
     #[test]

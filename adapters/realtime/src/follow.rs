@@ -8,7 +8,9 @@
 //!    [`Follow::replay`] (one page per call, in order),
 //! 3. and passes everything taken from its queue through [`Follow::admit`], sending the
 //!    frames it returns, in order (none for a repeat or for an entry of a group the user does
-//!    not see; the stored run of entries when live events were overtaken or lost).
+//!    not see; the stored run of entries when live events were overtaken or lost; everything
+//!    stored after the cursor for a [`Queued::CatchUp`], queued when live events may have
+//!    been lost with nothing after them to tell: see [`ConnectionRegistry::heal`](crate::ConnectionRegistry::heal)).
 //!
 //! Every frame of the stream (`newMessage`, `conversationRead`) carries the connection's
 //! whole cursor as it stands right after it: see `application::StreamFollower`.
@@ -42,6 +44,7 @@ use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
 use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
 
+use crate::healing::Healing;
 use crate::registry::{Outbound, Queued, Streamed};
 use crate::wire::{encode_item, with_cursor};
 
@@ -181,7 +184,27 @@ impl Follow {
                 Ok(Vec::new())
             }
             Queued::Stream(streamed) => self.live(&streamed).await,
+            // The replay reads on until the store has nothing more anyway.
+            Queued::CatchUp(_) if self.replaying => Ok(Vec::new()),
+            Queued::CatchUp(catch_up) => self.catch_up(catch_up.healing()).await,
         }
+    }
+
+    /// Everything stored after the cursor, read under one of the instance's permits (so that
+    /// after an outage, connections read the store a few at a time): what live events lost
+    /// on their way would have brought. The events queued behind it are repeats then.
+    async fn catch_up(&mut self, healing: &Healing) -> Result<Vec<Outbound>, FollowError> {
+        let _reading = healing.reader().await;
+        let mut items = Vec::new();
+        loop {
+            let page = self.follower.catch_up().await?;
+            if page.is_empty() {
+                break;
+            }
+            items.extend(page);
+        }
+        healing.record(items.len());
+        Ok(frames(&items))
     }
 
     async fn live(&mut self, streamed: &Streamed) -> Result<Vec<Outbound>, FollowError> {
@@ -381,6 +404,38 @@ mod tests {
         assert_eq!(frames[0].name, "newMessage");
         assert_eq!(cursors(&frames), ["3"]);
         assert!(follow.admit(queued(&live)).await.unwrap().is_empty(), "a repeat is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_delivers_what_live_events_lost_once_in_order_and_counts_it() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+        let mut follow = world.follow(&me, None).await.unwrap();
+        assert!(replay_all(&mut follow).await.is_empty());
+        let first = world.direct(&friend, &me, &me).await;
+        assert_eq!(follow.admit(queued(&first)).await.unwrap().len(), 1);
+
+        // Lost on their way: a direct message and a group entry, then a repeat of the first.
+        let lost_direct = world.direct(&friend, &me, &me).await;
+        let lost_entry = world.send(&group, &friend).await;
+        let healing = Arc::new(Healing::new(1));
+        let catch_up = Queued::CatchUp(Arc::new(crate::CatchUp::new(healing.clone())));
+        assert_eq!(healing.backlog(), 1);
+        let frames = follow.admit(catch_up).await.unwrap();
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        // The group first, then the stream (the reader's order).
+        assert_eq!(cursors(&frames), [format!("2~{group}.2"), format!("3~{group}.2")]);
+        assert_eq!((healing.backlog(), healing.delivered(), healing.healed()), (0, 2, 1));
+
+        // The lost events arriving late are repeats; a second catch-up finds nothing.
+        for late in [&first, &lost_direct, &lost_entry] {
+            assert!(follow.admit(queued(late)).await.unwrap().is_empty());
+        }
+        let again = Queued::CatchUp(Arc::new(crate::CatchUp::new(healing.clone())));
+        assert!(follow.admit(again).await.unwrap().is_empty());
+        let next = world.direct(&friend, &me, &me).await;
+        assert_eq!(cursors(&follow.admit(queued(&next)).await.unwrap()), [format!("4~{group}.2")]);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use domain::{Timestamp, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::healing::{CatchUp, Healing};
 use crate::members::Members;
 use crate::wire::{encode_event, in_stream};
 
@@ -38,6 +39,9 @@ pub enum Queued {
     /// session passes it through its [`Follow`](crate::Follow), which decides whether and
     /// where it goes and gives its frame the connection's cursor.
     Stream(Arc<Streamed>),
+    /// Live events may have been lost on their way (see [`ConnectionRegistry::heal`]): the
+    /// follower reads the store after its cursor and sends what it had not had.
+    CatchUp(Arc<CatchUp>),
 }
 
 /// An event of a stream, with its frame encoded once without a cursor.
@@ -62,7 +66,7 @@ impl Queued {
     pub fn frame(&self) -> Option<&Outbound> {
         match self {
             Queued::Frame(frame) => Some(frame),
-            Queued::Stream(_) => None,
+            Queued::Stream(_) | Queued::CatchUp(_) => None,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct ConnectionRegistry {
     ending: tokio::sync::Notify,
     /// Token ids revoked lately, and when (see [`REMEMBER_REVOKED`]).
     revoked: Mutex<HashMap<String, std::time::Instant>>,
+    /// Catching connections up from the store (see [`ConnectionRegistry::heal`]).
+    healing: Arc<Healing>,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -213,7 +219,37 @@ impl ConnectionRegistry {
             ended: RwLock::new(HashMap::new()),
             ending: tokio::sync::Notify::new(),
             revoked: Mutex::new(HashMap::new()),
+            healing: Arc::new(Healing::default()),
         })
+    }
+
+    /// The instance's healing: its permits to read the store and its counters.
+    pub fn healing(&self) -> &Arc<Healing> {
+        &self.healing
+    }
+
+    /// Has every connection catch up from the store, behind what is queued for it already:
+    /// live events may have been lost (the fan-out bus was cut, or resubscribed). Returns how
+    /// many connections it was queued for; one whose queue is full is ended as too slow (its
+    /// client resumes from its cursor).
+    pub fn heal(&self) -> usize {
+        let mut stalled = Vec::new();
+        let mut queued = 0;
+        {
+            let connections = self.read();
+            for (user, list) in connections.iter() {
+                for connection in list {
+                    let item = Queued::CatchUp(Arc::new(CatchUp::new(self.healing.clone())));
+                    if connection.sender.try_send(item).is_ok() {
+                        queued += 1;
+                    } else if !connection.sender.is_closed() {
+                        stalled.push((user.clone(), connection.id));
+                    }
+                }
+            }
+        }
+        self.end_stalled(stalled);
+        queued
     }
 
     /// Adds a connection of `user` opened with `token`; events for them arrive on the
@@ -325,13 +361,18 @@ impl ConnectionRegistry {
             };
             select(&connections, &mut offer);
         }
+        self.end_stalled(stalled);
+        delivered
+    }
+
+    /// Ends the connections whose queue was full.
+    fn end_stalled(&self, stalled: Vec<(UserId, u64)>) {
         for (user, id) in stalled {
             tracing::info!(user = %user, connection = id, "closing a connection whose queue is full");
             self.ended_write().insert(id, Ended::TooSlow);
             self.remove(&user, id);
             self.ending.notify_waiters();
         }
-        delivered
     }
 
     fn remove(&self, user: &UserId, id: u64) {
@@ -515,6 +556,27 @@ mod tests {
             }
             assert!(at_stranger.try_recv().is_err());
         }
+    }
+
+    #[tokio::test]
+    async fn healing_queues_one_catch_up_per_connection_behind_what_is_queued() {
+        let registry = ConnectionRegistry::new(2, 0);
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let (_a1, mut tab1) = registry.register(&alice, &token()).unwrap();
+        let (_a2, mut tab2) = registry.register(&alice, &token()).unwrap();
+        let (full_guard, _full) = registry.register(&bob, &token()).unwrap();
+        registry.deliver(Some(std::slice::from_ref(&alice)), &typing(&alice));
+        registry.deliver(Some(std::slice::from_ref(&bob)), &typing(&bob));
+        registry.deliver(Some(std::slice::from_ref(&bob)), &typing(&bob));
+
+        assert_eq!(registry.heal(), 2);
+        assert_eq!(full_guard.end(), Ended::TooSlow, "no room to catch up: it resumes instead");
+        assert_eq!(registry.healing().backlog(), 2);
+        for rx in [&mut tab1, &mut tab2] {
+            assert_eq!(next_name(rx), "typing");
+            assert!(matches!(rx.try_recv().unwrap(), Queued::CatchUp(_)));
+        }
+        assert_eq!(registry.healing().backlog(), 0, "done once taken and dropped");
     }
 
     #[tokio::test]

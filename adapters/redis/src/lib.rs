@@ -25,8 +25,9 @@
 //!
 //! When Redis is unreachable, local delivery goes on, `notify` and `announce` return an
 //! error (the use cases log it and carry on), and both connections come back by themselves
-//! with backoff; presence is rewritten and re-swept, and held-back revocations published,
-//! once the subscription is back.
+//! with backoff; once the subscription is back, every local connection catches up from the
+//! store (what was published meanwhile never arrives: `ConnectionRegistry::heal`), presence
+//! is rewritten and re-swept, and held-back revocations published.
 //!
 //! One file per concern, each with its own state: [`endpoint`] (where Redis is: one address,
 //! with TLS and ACL credentials if asked, or the primary Sentinel names), [`connection`] (the
@@ -192,6 +193,7 @@ impl RedisFanout {
         }
         let endpoint = Endpoint::new(&options)?;
         let (group_events, waiting) = tokio::sync::mpsc::channel(events::GROUP_BACKLOG);
+        delivery.registry().healing().set_bus_up(false);
         let shared = Arc::new(Shared {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             keys: Keys::new(&options.prefix),

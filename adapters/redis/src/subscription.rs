@@ -76,8 +76,9 @@ impl Shared {
     }
 }
 
-/// Keeps a subscription to the bus channels, re-establishing it with backoff when lost, and
-/// tells the revocation listener each time it goes live or is lost.
+/// Keeps a subscription to the bus channels, re-establishing it with backoff when lost, tells
+/// the revocation listener each time it goes live or is lost, and has every local connection
+/// catch up from the store each time it goes live (see `ConnectionRegistry::heal`).
 pub(crate) async fn subscribe(shared: Arc<Shared>) {
     let (first_delay, max_delay) = RESUBSCRIBE_BACKOFF;
     let mut delay = first_delay;
@@ -88,7 +89,12 @@ pub(crate) async fn subscribe(shared: Arc<Shared>) {
                 delay = first_delay;
                 reported = false;
                 shared.bus.set_subscribed(true);
-                tracing::info!("subscribed to the fan-out bus");
+                shared.delivery.registry().healing().set_bus_up(true);
+                // Whatever was published while this instance was not subscribed (before its
+                // first subscription too) never reaches it: every connection here catches up
+                // from the store, behind what it has queued.
+                let healing = shared.delivery.registry().heal();
+                tracing::info!(healing, "subscribed to the fan-out bus");
                 shared.bus.resync.notify_one();
                 let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
                 ping.tick().await;
@@ -108,6 +114,7 @@ pub(crate) async fn subscribe(shared: Arc<Shared>) {
                     }
                 };
                 shared.bus.set_subscribed(false);
+                shared.delivery.registry().healing().set_bus_up(false);
                 if shared.redis.endpoint().follows_failover() {
                     // A cut here is most often a failover (Sentinel closes the clients of a
                     // demoted primary): the command connection asks the sentinels again too,

@@ -83,21 +83,27 @@ fn entry(group: &ConversationId, from: &UserId, system: Option<SystemEvent>) -> 
 }
 
 /// The group entry (by seq) or frame (by name) a connection got next, within the timeout.
+/// A catch-up (queued when the subscription goes live) is skipped: it carries no event.
 async fn next(rx: &mut Receiver) -> String {
-    let got = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("an event in time").expect("open");
-    match got {
-        Queued::Stream(streamed) => match &streamed.event {
-            Event::GroupMessage { message, .. } => format!("entry {}", message.seq),
-            other => format!("{other:?}"),
-        },
-        Queued::Frame(frame) => frame.name.to_owned(),
+    loop {
+        let got = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("an event in time").expect("open");
+        return match got {
+            Queued::Stream(streamed) => match &streamed.event {
+                Event::GroupMessage { message, .. } => format!("entry {}", message.seq),
+                other => format!("{other:?}"),
+            },
+            Queued::Frame(frame) => frame.name.to_owned(),
+            Queued::CatchUp(_) => continue,
+        };
     }
 }
 
 /// Nothing more arrives for a while (the bus keeps order: a marker sent after would be first).
 async fn nothing(rx: &mut Receiver) {
-    if let Ok(got) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
-        panic!("unexpected: {got:?}");
+    while let Ok(got) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        if !matches!(got, Some(Queued::CatchUp(_))) {
+            panic!("unexpected: {got:?}");
+        }
     }
 }
 

@@ -241,7 +241,7 @@ async fn received(rx: &mut Receiver, within: Duration) -> Option<u64> {
                 Event::NewMessage { message, .. } => return Some(message.seq),
                 _ => continue,
             },
-            Queued::Frame(_) => continue,
+            Queued::Frame(_) | Queued::CatchUp(_) => continue,
         }
     }
 }

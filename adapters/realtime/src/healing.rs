@@ -1,0 +1,145 @@
+//! Healing live delivery: bringing every connection of this instance up to date from the
+//! store when live events may have been lost on their way (the fan-out bus was cut, or
+//! resubscribed), with the number of connections reading the store at once bounded.
+//!
+//! [`ConnectionRegistry::heal`](crate::ConnectionRegistry::heal) queues a
+//! [`Queued::CatchUp`](crate::Queued::CatchUp) behind whatever each connection has queued;
+//! its [`Follow`](crate::Follow) then reads the store after its cursor (as its replay
+//! does), under one of the instance's permits, and sends what it had not had, in order. What
+//! it already had is not read again; the live events queued behind it are repeats then.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// How many connections of one instance read the store to heal at the same time, by
+/// default: after an outage, 10,000 connections queue for these few, not for the database.
+pub const HEALING_READERS: usize = 8;
+
+/// The state of the fan-out bus as the registry was told.
+const NO_BUS: u8 = 0;
+const BUS_DOWN: u8 = 1;
+const BUS_UP: u8 = 2;
+
+/// The instance's healing: the permits to read the store, and what an operator watches.
+#[derive(Debug)]
+pub struct Healing {
+    readers: Semaphore,
+    /// Connections with a catch-up queued or under way.
+    waiting: AtomicUsize,
+    /// Messages and reads delivered by catching up.
+    delivered: AtomicU64,
+    /// Catch-ups completed.
+    healed: AtomicU64,
+    bus: AtomicU8,
+}
+
+impl Healing {
+    pub fn new(readers: usize) -> Self {
+        Self {
+            readers: Semaphore::new(readers.max(1)),
+            waiting: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            healed: AtomicU64::new(0),
+            bus: AtomicU8::new(NO_BUS),
+        }
+    }
+
+    /// Connections waiting to catch up, or catching up.
+    pub fn backlog(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries (messages, reads) made by catching up, since the start.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Catch-ups completed since the start.
+    pub fn healed(&self) -> u64 {
+        self.healed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fan-out bus is live: `None` without one (a single instance).
+    pub fn bus_up(&self) -> Option<bool> {
+        match self.bus.load(Ordering::Relaxed) {
+            NO_BUS => None,
+            state => Some(state == BUS_UP),
+        }
+    }
+
+    /// Records the bus's state, for the metrics (the fan-out calls it).
+    pub fn set_bus_up(&self, up: bool) {
+        self.bus.store(if up { BUS_UP } else { BUS_DOWN }, Ordering::Relaxed);
+    }
+
+    /// Waits for a permit to read the store.
+    pub(crate) async fn reader(&self) -> SemaphorePermit<'_> {
+        // Never closed.
+        self.readers.acquire().await.expect("the healing permits are never closed")
+    }
+
+    pub(crate) fn record(&self, delivered: usize) {
+        self.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
+        self.healed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Default for Healing {
+    fn default() -> Self {
+        Self::new(HEALING_READERS)
+    }
+}
+
+/// One connection's pending catch-up: counted in the backlog from when it is queued until
+/// it is done or dropped (its connection closed first).
+#[derive(Debug)]
+pub struct CatchUp {
+    healing: Arc<Healing>,
+}
+
+impl CatchUp {
+    pub(crate) fn new(healing: Arc<Healing>) -> Self {
+        healing.waiting.fetch_add(1, Ordering::Relaxed);
+        Self { healing }
+    }
+
+    pub(crate) fn healing(&self) -> &Healing {
+        &self.healing
+    }
+}
+
+impl Drop for CatchUp {
+    fn drop(&mut self) {
+        self.healing.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Each is its own connection's.
+impl PartialEq for CatchUp {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catch_up_is_in_the_backlog_until_dropped() {
+        let healing = Arc::new(Healing::new(2));
+        let first = CatchUp::new(healing.clone());
+        let second = CatchUp::new(healing.clone());
+        assert_eq!(healing.backlog(), 2);
+        drop(first);
+        assert_eq!(healing.backlog(), 1);
+        second.healing().record(3);
+        drop(second);
+        assert_eq!((healing.backlog(), healing.delivered(), healing.healed()), (0, 3, 1));
+        assert_eq!(healing.bus_up(), None);
+        healing.set_bus_up(false);
+        assert_eq!(healing.bus_up(), Some(false));
+    }
+}
