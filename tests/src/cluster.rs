@@ -51,6 +51,11 @@ impl Instance {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: the instance gets no chance to clean up after itself.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -505,3 +505,89 @@ async fn every_socket_gets_what_was_sent_during_a_redis_outage_exactly_once_in_o
 
     cluster.stop().await;
 }
+
+/// Runs `redis-cli` against the test's Redis; its output.
+fn redis_cli(redis: &OwnRedis, args: &[&str]) -> String {
+    let port = redis.port.to_string();
+    let output = Command::new("redis-cli").args(["-p", &port]).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Cuts instance `index`'s subscription, and only it (`CLIENT KILL ID`): its connections
+/// are told from the others' by their local addresses (`ss`).
+fn cut_subscription(redis: &OwnRedis, cluster: &Cluster, index: usize) {
+    let pid = cluster.instances[index].pid().expect("the instance runs");
+    let filter = format!("( dport = :{} )", redis.port);
+    let sockets =
+        Command::new("ss").args(["-tnpH", "state", "established", &filter]).output().expect("ss runs");
+    let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
+    let own: Vec<&str> = sockets
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with("127.0.0.1:")))
+        .collect();
+    assert!(!own.is_empty(), "the connections of instance {} to Redis: {sockets}", index + 1);
+    let clients = redis_cli(redis, &["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let id = clients
+        .lines()
+        .find(|line| own.iter().any(|address| line.contains(&format!(" addr={address} "))))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|id| id.strip_prefix("id="))
+        .unwrap_or_else(|| panic!("the subscription of instance {} among {clients}", index + 1))
+        .to_owned();
+    assert_eq!(redis_cli(redis, &["CLIENT", "KILL", "ID", &id]).trim(), "1");
+}
+
+#[tokio::test]
+async fn what_an_instance_sends_while_its_own_subscription_is_cut_reaches_the_others_once() {
+    let redis = OwnRedis::start();
+    let mut cluster = start_cluster(3, redis.url()).await;
+    let ana = cluster.api(0).create_user("anna").await;
+    let bo = cluster.api(1).create_user("boris").await;
+    let cy = cluster.api(2).create_user("cyril").await;
+    let group = cluster.api(0).create_group_ok(&ana, "Cut", &[&bo, &cy]).await;
+    let group = group["_id"].as_str().expect("the group id").to_owned();
+    let mut sockets =
+        [connect(&cluster, 1, &bo).await, connect(&cluster, 1, &bo).await, connect(&cluster, 2, &cy).await];
+    let healed_before = metric(&cluster, 1, "realtime_healed_connections_total").await;
+
+    // Ana, on instance 1, writes every 50 ms for 1 s; then instance 1's subscription is cut,
+    // and she writes once more at once: until it is back (in 50 to 100 ms), instance 1
+    // publishes nothing, while the others stay subscribed. Nothing follows that would show
+    // the others a gap: only healing brings them the last round.
+    let api = cluster.api(0);
+    let (mut to_bo, mut to_cy, mut to_group) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let started = Instant::now();
+    let mut number = 0;
+    let mut cut = false;
+    while !cut {
+        tick.tick().await;
+        if started.elapsed() >= Duration::from_secs(1) {
+            cut_subscription(&redis, &cluster, 0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            cut = true;
+        }
+        number += 1;
+        to_bo.push(send(&api, &ana, &bo, &format!("bo {number}")).await);
+        to_cy.push(send(&api, &ana, &cy, &format!("cy {number}")).await);
+        let entry = api.post_message_ok(&ana, &group, &format!("group {number}")).await;
+        to_group.push(entry["_id"].as_str().expect("the message id").to_owned());
+    }
+
+    let direct = [(&bo, &to_bo), (&bo, &to_bo), (&cy, &to_cy)];
+    for (socket, (receiver, sent)) in sockets.iter_mut().zip(direct) {
+        socket.first_events("newMessage", sent.len() + to_group.len(), Duration::from_secs(10)).await;
+        socket.assert_no_event("newMessage", Duration::from_millis(300)).await;
+        let of_group = messages_of(socket, &group);
+        let mut direct = messages(socket);
+        direct.retain(|id| !of_group.contains(id));
+        assert_eq!(&direct, sent, "every message to {} once, in order", receiver.username);
+        assert_eq!(of_group, to_group, "every group entry once, in order");
+    }
+    // Instance 2 stayed subscribed: it healed because instance 1 asked.
+    let healed = metric(&cluster, 1, "realtime_healed_connections_total").await;
+    assert!(healed >= healed_before + 2.0, "instance 2 healed {healed} (before: {healed_before})");
+
+    cluster.stop().await;
+}

@@ -44,7 +44,7 @@ use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
 use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
 
-use crate::healing::Healing;
+use crate::healing::CatchUp;
 use crate::registry::{Outbound, Queued, Streamed};
 use crate::wire::{encode_item, with_cursor};
 
@@ -186,15 +186,15 @@ impl Follow {
             Queued::Stream(streamed) => self.live(&streamed).await,
             // The replay reads on until the store has nothing more anyway.
             Queued::CatchUp(_) if self.replaying => Ok(Vec::new()),
-            Queued::CatchUp(catch_up) => self.catch_up(catch_up.healing()).await,
+            Queued::CatchUp(catch_up) => self.catch_up(&catch_up).await,
         }
     }
 
     /// Everything stored after the cursor, read under one of the instance's permits (so that
     /// after an outage, connections read the store a few at a time): what live events lost
     /// on their way would have brought. The events queued behind it are repeats then.
-    async fn catch_up(&mut self, healing: &Healing) -> Result<Vec<Outbound>, FollowError> {
-        let _reading = healing.reader().await;
+    async fn catch_up(&mut self, catch_up: &CatchUp) -> Result<Vec<Outbound>, FollowError> {
+        let _reading = catch_up.start().await;
         let mut items = Vec::new();
         loop {
             let page = self.follower.catch_up().await?;
@@ -203,7 +203,7 @@ impl Follow {
             }
             items.extend(page);
         }
-        healing.record(items.len());
+        catch_up.healing().record(items.len());
         Ok(frames(&items))
     }
 
@@ -419,8 +419,9 @@ mod tests {
         // Lost on their way: a direct message and a group entry, then a repeat of the first.
         let lost_direct = world.direct(&friend, &me, &me).await;
         let lost_entry = world.send(&group, &friend).await;
-        let healing = Arc::new(Healing::new(1));
-        let catch_up = Queued::CatchUp(Arc::new(crate::CatchUp::new(healing.clone())));
+        let healing = Arc::new(crate::Healing::new(1));
+        let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let catch_up = Queued::CatchUp(Arc::new(CatchUp::queue(&healing, &pending).unwrap()));
         assert_eq!(healing.backlog(), 1);
         let frames = follow.admit(catch_up).await.unwrap();
         assert_eq!(frames.len(), 2, "{frames:?}");
@@ -432,7 +433,7 @@ mod tests {
         for late in [&first, &lost_direct, &lost_entry] {
             assert!(follow.admit(queued(late)).await.unwrap().is_empty());
         }
-        let again = Queued::CatchUp(Arc::new(crate::CatchUp::new(healing.clone())));
+        let again = Queued::CatchUp(Arc::new(CatchUp::queue(&healing, &pending).unwrap()));
         assert!(follow.admit(again).await.unwrap().is_empty());
         let next = world.direct(&friend, &me, &me).await;
         assert_eq!(cursors(&follow.admit(queued(&next)).await.unwrap()), [format!("4~{group}.2")]);

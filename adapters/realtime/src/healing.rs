@@ -8,7 +8,7 @@
 //! does), under one of the instance's permits, and sends what it had not had, in order. What
 //! it already had is not read again; the live events queued behind it are repeats then.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -97,12 +97,26 @@ impl Default for Healing {
 #[derive(Debug)]
 pub struct CatchUp {
     healing: Arc<Healing>,
+    /// The connection's mark that a catch-up is queued and has not started reading: while
+    /// it is set, another is not needed (it reads what any loss before it left behind).
+    pending: Arc<AtomicBool>,
 }
 
 impl CatchUp {
-    pub(crate) fn new(healing: Arc<Healing>) -> Self {
+    /// A catch-up for the connection whose mark is `pending`, unless one is pending already.
+    pub(crate) fn queue(healing: &Arc<Healing>, pending: &Arc<AtomicBool>) -> Option<Self> {
+        if pending.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         healing.waiting.fetch_add(1, Ordering::Relaxed);
-        Self { healing }
+        Some(Self { healing: healing.clone(), pending: pending.clone() })
+    }
+
+    /// Waits for a permit to read the store; from then on, a loss needs a catch-up of its own.
+    pub(crate) async fn start(&self) -> SemaphorePermit<'_> {
+        let permit = self.healing.reader().await;
+        self.pending.store(false, Ordering::Release);
+        permit
     }
 
     pub(crate) fn healing(&self) -> &Healing {
@@ -112,6 +126,8 @@ impl CatchUp {
 
 impl Drop for CatchUp {
     fn drop(&mut self) {
+        // Never started (its connection closed): nothing is pending any more either.
+        self.pending.store(false, Ordering::Release);
         self.healing.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -127,14 +143,21 @@ impl PartialEq for CatchUp {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_catch_up_is_in_the_backlog_until_dropped() {
+    #[tokio::test]
+    async fn a_catch_up_is_in_the_backlog_until_dropped_and_queued_once_until_it_starts() {
         let healing = Arc::new(Healing::new(2));
-        let first = CatchUp::new(healing.clone());
-        let second = CatchUp::new(healing.clone());
+        let (one, other) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let first = CatchUp::queue(&healing, &one).unwrap();
+        assert!(CatchUp::queue(&healing, &one).is_none(), "one is pending already");
+        let second = CatchUp::queue(&healing, &other).unwrap();
         assert_eq!(healing.backlog(), 2);
         drop(first);
         assert_eq!(healing.backlog(), 1);
+        let again = CatchUp::queue(&healing, &one).expect("the dropped one is not pending");
+        let _reading = again.start().await;
+        let _third = CatchUp::queue(&healing, &one).expect("started: a new loss needs another");
+        drop(_reading);
+        drop((again, _third));
         second.healing().record(3);
         drop(second);
         assert_eq!((healing.backlog(), healing.delivered(), healing.healed()), (0, 3, 1));

@@ -125,6 +125,8 @@ struct Connection {
     id: u64,
     token_id: String,
     sender: mpsc::Sender<Queued>,
+    /// A catch-up is queued for it and has not started reading (see [`CatchUp`]).
+    healing: Arc<AtomicBool>,
 }
 
 /// The connections of this instance, by user.
@@ -229,9 +231,10 @@ impl ConnectionRegistry {
     }
 
     /// Has every connection catch up from the store, behind what is queued for it already:
-    /// live events may have been lost (the fan-out bus was cut, or resubscribed). Returns how
-    /// many connections it was queued for; one whose queue is full is ended as too slow (its
-    /// client resumes from its cursor).
+    /// live events may have been lost (the fan-out bus was cut, or resubscribed). A
+    /// connection with a catch-up queued that has not started reading gets no second one.
+    /// Returns how many connections one was queued for; one whose queue is full is ended as
+    /// too slow (its client resumes from its cursor).
     pub fn heal(&self) -> usize {
         let mut stalled = Vec::new();
         let mut queued = 0;
@@ -239,8 +242,11 @@ impl ConnectionRegistry {
             let connections = self.read();
             for (user, list) in connections.iter() {
                 for connection in list {
-                    let item = Queued::CatchUp(Arc::new(CatchUp::new(self.healing.clone())));
-                    if connection.sender.try_send(item).is_ok() {
+                    let Some(catch_up) = CatchUp::queue(&self.healing, &connection.healing) else {
+                        // One is queued and has not started reading: it reads this loss too.
+                        continue;
+                    };
+                    if connection.sender.try_send(Queued::CatchUp(Arc::new(catch_up))).is_ok() {
                         queued += 1;
                     } else if !connection.sender.is_closed() {
                         stalled.push((user.clone(), connection.id));
@@ -277,7 +283,8 @@ impl ConnectionRegistry {
             if list.len() >= self.max_per_user {
                 return Err(Refusal::TooManyConnections { max: self.max_per_user });
             }
-            list.push(Connection { id, token_id: token.id.clone(), sender });
+            let healing = Arc::new(AtomicBool::new(false));
+            list.push(Connection { id, token_id: token.id.clone(), sender, healing });
         }
         let guard = ConnectionGuard { registry: Arc::clone(self), user: user.clone(), id };
         Ok((guard, receiver))
@@ -572,6 +579,7 @@ mod tests {
         assert_eq!(registry.heal(), 2);
         assert_eq!(full_guard.end(), Ended::TooSlow, "no room to catch up: it resumes instead");
         assert_eq!(registry.healing().backlog(), 2);
+        assert_eq!(registry.heal(), 0, "pending ones cover a second loss");
         for rx in [&mut tab1, &mut tab2] {
             assert_eq!(next_name(rx), "typing");
             assert!(matches!(rx.try_recv().unwrap(), Queued::CatchUp(_)));

@@ -136,6 +136,8 @@ impl std::fmt::Debug for SentinelOptions {
 struct Keys {
     channel: String,
     revocations: String,
+    /// Where an instance asks the others to have their connections catch up from the store.
+    heal: String,
     instances: String,
     presence_prefix: String,
 }
@@ -145,6 +147,7 @@ impl Keys {
         Self {
             channel: format!("{prefix}:events"),
             revocations: format!("{prefix}:revocations"),
+            heal: format!("{prefix}:heal"),
             instances: format!("{prefix}:instances"),
             presence_prefix: format!("{prefix}:presence:"),
         }
@@ -296,6 +299,7 @@ mod tests {
         let keys = Keys::new("chat-eu");
         assert_eq!(keys.channel, "chat-eu:events");
         assert_eq!(keys.revocations, "chat-eu:revocations");
+        assert_eq!(keys.heal, "chat-eu:heal");
         assert_eq!(keys.instances, "chat-eu:instances");
         assert_eq!(keys.presence("abc"), "chat-eu:presence:abc");
     }

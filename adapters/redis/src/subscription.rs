@@ -29,6 +29,10 @@ pub(crate) struct Bus {
     listener: Mutex<Option<Weak<dyn RevocationListener>>>,
     /// Wakes the heartbeat for a full rewrite and sweep (after a resubscription).
     pub(crate) resync: Notify,
+    /// Events of this instance may not have reached the others (it was not subscribed, so
+    /// it did not publish, or its command connection was lost): the heartbeat asks them to
+    /// have their connections catch up, once it can publish again.
+    pub(crate) heal_others: AtomicBool,
 }
 
 impl Bus {
@@ -70,6 +74,12 @@ impl Shared {
             self.receive_event(payload);
         } else if channel == self.keys.revocations {
             self.receive_revocation(payload);
+        } else if channel == self.keys.heal {
+            // Another instance's events may have been lost on their way here.
+            if payload != self.instance.as_bytes() {
+                let healing = self.delivery.registry().heal();
+                tracing::info!(healing, "another instance could not publish for a while: catching up");
+            }
         } else {
             tracing::warn!(channel, "skipping a message of an unexpected channel");
         }
@@ -115,6 +125,9 @@ pub(crate) async fn subscribe(shared: Arc<Shared>) {
                 };
                 shared.bus.set_subscribed(false);
                 shared.delivery.registry().healing().set_bus_up(false);
+                // Not subscribed, this instance publishes nothing: once back, it asks the
+                // others to catch up with what it stored meanwhile.
+                shared.bus.heal_others.store(true, Ordering::Release);
                 if shared.redis.endpoint().follows_failover() {
                     // A cut here is most often a failover (Sentinel closes the clients of a
                     // demoted primary): the command connection asks the sentinels again too,
@@ -144,9 +157,10 @@ async fn open_subscription(
     let client = shared.redis.endpoint().primary().await?;
     let pubsub = timed(client.get_async_pubsub()).await.context("connecting to Redis")?;
     let (mut sink, stream) = pubsub.split();
-    // One command for both channels: Redis runs it whole before answering, so once the first
-    // confirmation is back, both channels are subscribed (the client drops the second one).
-    let channels = [shared.keys.channel.as_str(), shared.keys.revocations.as_str()];
+    // One command for every channel: Redis runs it whole before answering, so once the first
+    // confirmation is back, all are subscribed (the client drops the others).
+    let channels =
+        [shared.keys.channel.as_str(), shared.keys.revocations.as_str(), shared.keys.heal.as_str()];
     timed(sink.subscribe(&channels)).await.context("subscribing")?;
     Ok((sink, stream))
 }
