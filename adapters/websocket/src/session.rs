@@ -90,7 +90,12 @@ async fn run(
 ) -> ConnectionGuard {
     let Live { guard, mut queue, mut follow, expiry } = live;
     let user = guard.user().clone();
-    let mut heartbeat = tokio::time::interval(settings.ping_interval);
+    // The first ping one interval after the connection opened, not at once: the first frames
+    // a client gets are the presence list and its stream.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut budget = chat_realtime::FrameBudget::new(settings.max_frames_per_second);
