@@ -420,6 +420,78 @@ fn messages_of(socket: &WsClient, conversation: &str) -> Vec<String> {
         .collect()
 }
 
+/// A Socket.IO connection (WebSocket transport) whose `newMessage` events a task of its own
+/// collects, answering the server's pings.
+struct SocketIo {
+    received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl SocketIo {
+    /// Connected to instance `index` as `user`, once shown an online list with `user` in it.
+    async fn connect(cluster: &Cluster, index: usize, user: &TestUser) -> Self {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        let port = cluster.instances[index].port;
+        let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&token={}", user.token);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("the upgrade succeeds");
+        ws.send(WsMessage::Text("40".into())).await.expect("the connect packet goes out");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (online, mut shown) = tokio::sync::mpsc::unbounded_channel();
+        let events = received.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(WsMessage::Text(text))) = ws.next().await {
+                if text.as_str() == "2" {
+                    let _ = ws.send(WsMessage::Text("3".into())).await;
+                    continue;
+                }
+                let Some(Ok(Value::Array(packet))) = text.strip_prefix("42").map(serde_json::from_str) else {
+                    continue;
+                };
+                match packet.first().and_then(Value::as_str) {
+                    Some("newMessage") => events.lock().unwrap().push(packet[1].clone()),
+                    Some("onlineUsers") => drop(online.send(packet[1].clone())),
+                    _ => {}
+                }
+            }
+        });
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let list = tokio::time::timeout_at(deadline, shown.recv()).await;
+            let list = list.expect("an online list in time").expect("the connection is open");
+            if online_ids(&list).contains(&user.id) {
+                return Self { received, reader };
+            }
+        }
+    }
+
+    /// The ids of the `newMessage` events received so far (those of `group`, or the others).
+    fn messages(&self, group: &str, of_group: bool) -> Vec<String> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .filter(|data| (data["conversationId"] == group) == of_group)
+            .map(|data| data["_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Waits until `count` `newMessage` events have arrived, then a moment more.
+    async fn wait_for(&self, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.received.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "{} of {count} messages", self.received.lock().unwrap().len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+impl Drop for SocketIo {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// The value of the metric `name` in instance `index`'s `/metrics`.
 async fn metric(cluster: &Cluster, index: usize, name: &str) -> f64 {
     let text = cluster.http.get(cluster.instances[index].url("/metrics")).send().await.unwrap();
@@ -437,13 +509,15 @@ async fn every_socket_gets_what_was_sent_during_a_redis_outage_exactly_once_in_o
     let cy = cluster.api(2).create_user("cyril").await;
     let group = cluster.api(0).create_group_ok(&ana, "Steady", &[&bo, &cy]).await;
     let group = group["_id"].as_str().expect("the group id").to_owned();
-    // Two devices of each receiver, on instances 2 and 3.
+    // Two devices of each receiver on /ws, on instances 2 and 3.
     let mut sockets = [
         connect(&cluster, 1, &bo).await,
         connect(&cluster, 1, &bo).await,
         connect(&cluster, 2, &cy).await,
         connect(&cluster, 2, &cy).await,
     ];
+    // And a third device of each, over Socket.IO.
+    let socketio = [SocketIo::connect(&cluster, 1, &bo).await, SocketIo::connect(&cluster, 2, &cy).await];
     for index in 0..3 {
         assert_eq!(metric(&cluster, index, "realtime_bus_up").await, 1.0);
     }
@@ -485,6 +559,11 @@ async fn every_socket_gets_what_was_sent_during_a_redis_outage_exactly_once_in_o
         direct.retain(|id| !of_group.contains(id));
         assert_eq!(&direct, sent, "every message to {} once, in order", receiver.username);
         assert_eq!(of_group, to_group, "every group entry once, in order");
+    }
+    for (socket, (receiver, sent)) in socketio.iter().zip([(&bo, &to_bo), (&cy, &to_cy)]) {
+        socket.wait_for(sent.len() + to_group.len(), Duration::from_secs(15)).await;
+        assert_eq!(&socket.messages(&group, false), sent, "over Socket.IO to {}", receiver.username);
+        assert_eq!(socket.messages(&group, true), to_group, "every group entry once, in order");
     }
     let healed_within = back.elapsed();
     assert!(healed_within < Duration::from_secs(12), "healed {healed_within:?} after Redis returned");
