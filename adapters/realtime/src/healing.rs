@@ -143,6 +143,32 @@ impl PartialEq for CatchUp {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_connections_read_at_once_than_the_instance_has_permits() {
+        let healing = Arc::new(Healing::new(3));
+        let (reading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let pending = Arc::new(AtomicBool::new(false));
+                let catch_up = CatchUp::queue(&healing, &pending).unwrap();
+                let (reading, most) = (reading.clone(), most.clone());
+                tokio::spawn(async move {
+                    let _permit = catch_up.start().await;
+                    let now = reading.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    reading.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        assert_eq!(healing.backlog(), 50);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        assert_eq!(healing.backlog(), 0);
+    }
+
     #[tokio::test]
     async fn a_catch_up_is_in_the_backlog_until_dropped_and_queued_once_until_it_starts() {
         let healing = Arc::new(Healing::new(2));
