@@ -29,7 +29,7 @@ pub use groups::{GroupError, GroupLimits, GroupService, GroupUpdate};
 pub use messaging::{
     ConversationList, ConversationView, MarkedRead, MessagingError, MessagingService, Sent, SyncPage,
 };
-pub use realtime::RealtimeService;
+pub use realtime::{Opened, RealtimeService};
 pub use revocations::Revocations;
 pub use stream::{Admission, FollowError, StreamFollower, SyncEvent, SyncItem};
 pub use transfer::{Record, TransferError, TransferService, TransferStats};

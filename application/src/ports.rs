@@ -512,6 +512,24 @@ impl Clock for SystemClock {
     }
 }
 
+/// What a client is told about presence once more users are online than the full list is
+/// sent for (see `RealtimeService`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceUpdate {
+    /// The current state of some users: `true` online.
+    Changes(Vec<(UserId, bool)>),
+    /// Which presence mode applies from now on.
+    Mode(PresenceMode),
+}
+
+/// How clients learn about presence: the whole online list on every change, or the changes of
+/// their conversation partners only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceMode {
+    FullList,
+    Scoped,
+}
+
 /// Where a `typing` event goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TypingTarget {
@@ -556,6 +574,8 @@ pub enum Event {
         up_to: MessageId,
     },
     OnlineUsers(Vec<UserId>),
+    /// Presence in the scoped mode: see [`PresenceUpdate`].
+    Presence(PresenceUpdate),
     Typing {
         from: UserId,
         to: TypingTarget,
@@ -637,6 +657,12 @@ pub trait Presence: Send + Sync {
 
     /// Every online user, in no particular order.
     async fn online(&self) -> RepoResult<Vec<UserId>>;
+
+    /// Those of `users` who are online, in no particular order.
+    async fn online_among(&self, users: &[UserId]) -> RepoResult<Vec<UserId>> {
+        let online: std::collections::HashSet<UserId> = self.online().await?.into_iter().collect();
+        Ok(users.iter().filter(|user| online.contains(*user)).cloned().collect())
+    }
 }
 
 #[cfg(test)]

@@ -1,37 +1,109 @@
 //! Real-time: presence of connections and typing notices. Transports (the native WebSocket,
 //! Socket.IO) call these when a connection opens, closes or sends an event.
 //!
-//! The online list goes to every connection whenever it changes, so its cost grows with the
-//! square of the connections: N clients coming online one by one would be N broadcasts of up
-//! to N ids to N connections. Changes are therefore announced by one background task, at
-//! most once per [`ANNOUNCE_WINDOW`], with the list current when the broadcast goes out (the
-//! last state is always sent, a window after the change at most); and one user's changes
-//! claim a broadcast at most once per [`CHURN_INTERVAL`], so a client flapping online and
-//! offline cannot keep everyone busy.
+//! Presence has two modes, chosen from the number of online users:
+//! - **full list** (up to `full_list_max` online, the original app's behaviour): the online
+//!   list goes to every connection whenever it changes. Its cost grows with the square of the
+//!   connections (N clients coming online one by one would be N broadcasts of up to N ids to
+//!   N connections), which is why it stops at a bound;
+//! - **scoped** (above it): a user's changes go only to those sharing a conversation with
+//!   them (direct partners and group co-members), as `presence` changes, and a new connection
+//!   is told which of its partners are online. Anyone else is asked for on demand
+//!   ([`RealtimeService::online_among`]).
+//!
+//! The mode goes to scoped once more than `full_list_max` users are online and back to the
+//! full list once at most [`full_list_floor`] are, so a count hovering at the bound does not
+//! flap; each switch is announced to every connection ([`PresenceUpdate::Mode`]), and a switch
+//! to scoped is preceded by one last full list, the baseline the changes then apply to.
+//!
+//! Changes are announced by one background task, at most once per [`ANNOUNCE_WINDOW`], with
+//! the state current when the announcement goes out (the last state is always sent, a window
+//! after the change at most); and one user's changes claim an announcement at most once per
+//! [`CHURN_INTERVAL`], so a client flapping online and offline cannot keep everyone busy. In
+//! the scoped mode one announcement is, per recipient, one frame of the changes of its direct
+//! partners and one per group with changes: N users coming online within a window cost
+//! O(N) frames when each has a bounded number of conversations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use domain::{ConversationId, ParticipantPair, UserId};
+use domain::{Chat, ConversationId, ParticipantPair, UserId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::partners::Partners;
-use crate::ports::{ConversationRepository, Event, Notifier, Presence, RepoError, TypingTarget};
+use crate::ports::{
+    ConversationRepository, Event, GroupRepository, Notifier, Presence, PresenceMode, PresenceUpdate,
+    RepoError, TypingTarget,
+};
 
-/// The shortest time between two broadcasts of the online list.
+/// The shortest time between two announcements of presence.
 pub const ANNOUNCE_WINDOW: Duration = Duration::from_millis(250);
-/// The shortest time between two broadcasts that changes of one user may claim; changes
-/// inside it are announced at its end (or with a broadcast others claimed earlier).
+/// The shortest time between two announcements that changes of one user may claim; changes
+/// inside it are announced at its end (or with an announcement others claimed earlier).
 pub const CHURN_INTERVAL: Duration = Duration::from_secs(1);
+/// Up to how many online users the full list is sent, unless configured otherwise.
+pub const FULL_LIST_MAX: usize = 1_000;
+/// A user's partners are found in their most recently updated conversations, this many.
+pub const PARTNER_CONVERSATIONS: u32 = 200;
+/// At most this many partners are looked up for a new connection's snapshot.
+pub const SNAPSHOT_PARTNERS: usize = 1_000;
+
+/// Once scoped, the mode goes back to the full list when at most this many users are online:
+/// four fifths of `full_list_max`.
+pub fn full_list_floor(full_list_max: usize) -> usize {
+    full_list_max / 5 * 4 + full_list_max % 5 * 4 / 5
+}
+
+/// The mode for `online` users, coming from `mode`.
+pub fn next_mode(mode: PresenceMode, online: usize, full_list_max: usize) -> PresenceMode {
+    match mode {
+        PresenceMode::FullList if online > full_list_max => PresenceMode::Scoped,
+        PresenceMode::Scoped if online <= full_list_floor(full_list_max) => PresenceMode::FullList,
+        unchanged => unchanged,
+    }
+}
+
+/// What a connection just opened is shown, for it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing for now: the user just came online, and the next full list, soon broadcast,
+    /// reaches this connection too.
+    Announced,
+    /// The full list: the user was online already.
+    OnlineList(Vec<UserId>),
+    /// The scoped mode applies: these of the user's partners are online.
+    Partners(Vec<UserId>),
+}
 
 pub struct RealtimeService {
+    shared: Arc<Shared>,
+    partners: Partners,
+    /// Where a new connection's group co-members are found, for its snapshot.
+    groups: Option<Arc<dyn GroupRepository>>,
+    announcer: tokio::task::JoinHandle<()>,
+}
+
+/// What the service and its announcing task share.
+struct Shared {
     presence: Arc<dyn Presence>,
     notifier: Arc<dyn Notifier>,
-    partners: Partners,
-    schedule: Arc<Schedule>,
-    announcer: tokio::task::JoinHandle<()>,
+    conversations: Arc<dyn ConversationRepository>,
+    schedule: Schedule,
+    full_list_max: AtomicUsize,
+    scoped: AtomicBool,
+}
+
+impl Shared {
+    fn mode(&self) -> PresenceMode {
+        if self.scoped.load(Ordering::Acquire) {
+            PresenceMode::Scoped
+        } else {
+            PresenceMode::FullList
+        }
+    }
 }
 
 impl Drop for RealtimeService {
@@ -41,42 +113,101 @@ impl Drop for RealtimeService {
 }
 
 impl RealtimeService {
-    /// Starts the task that announces the online list: must be called within a Tokio
-    /// runtime. Typing notices are relayed between users who share a conversation in
-    /// `conversations`.
+    /// Starts the task that announces presence: must be called within a Tokio runtime.
+    /// Typing notices are relayed, and presence scoped, between users who share a
+    /// conversation in `conversations`. The full list is sent up to [`FULL_LIST_MAX`]
+    /// online users; see [`scoped_above`](Self::scoped_above).
     pub fn new(
         presence: Arc<dyn Presence>,
         notifier: Arc<dyn Notifier>,
         conversations: Arc<dyn ConversationRepository>,
     ) -> Self {
-        let schedule = Arc::new(Schedule::default());
-        let announcer = tokio::spawn(announce(schedule.clone(), presence.clone(), notifier.clone()));
-        Self { presence, notifier, partners: Partners::new(conversations), schedule, announcer }
+        let shared = Arc::new(Shared {
+            presence,
+            notifier,
+            conversations: conversations.clone(),
+            schedule: Schedule::default(),
+            full_list_max: AtomicUsize::new(FULL_LIST_MAX),
+            scoped: AtomicBool::new(false),
+        });
+        let announcer = tokio::spawn(announce(shared.clone()));
+        Self { shared, partners: Partners::new(conversations), groups: None, announcer }
     }
 
-    /// Call once a connection is registered for delivery. When the user just came online,
-    /// everyone (this connection included) is told through a broadcast, within
-    /// [`ANNOUNCE_WINDOW`] or [`CHURN_INTERVAL`], and `None` is returned; otherwise the
-    /// current online list is returned for this connection alone.
-    pub async fn connection_opened(&self, user: &UserId) -> Result<Option<Vec<UserId>>, RepoError> {
-        if self.presence.connected(user).await? {
-            self.schedule.changed(user);
-            Ok(None)
-        } else {
-            Ok(Some(self.presence.online().await?))
+    /// Sends the full list up to `full_list_max` online users, and scopes presence above;
+    /// a new connection's snapshot includes its co-members in `groups`.
+    pub fn scoped_above(mut self, full_list_max: usize, groups: Arc<dyn GroupRepository>) -> Self {
+        self.shared.full_list_max.store(full_list_max, Ordering::Release);
+        self.groups = Some(groups);
+        self
+    }
+
+    /// The presence mode that applies now.
+    pub fn mode(&self) -> PresenceMode {
+        self.shared.mode()
+    }
+
+    /// Call once a connection is registered for delivery: says what it alone is shown. Its
+    /// user's coming online is announced within [`ANNOUNCE_WINDOW`] or [`CHURN_INTERVAL`].
+    pub async fn connection_opened(&self, user: &UserId) -> Result<Opened, RepoError> {
+        let first = self.shared.presence.connected(user).await?;
+        if first {
+            self.shared.schedule.changed(user);
+        }
+        match self.shared.mode() {
+            PresenceMode::Scoped => Ok(Opened::Partners(self.partners_online(user).await?)),
+            PresenceMode::FullList if first => Ok(Opened::Announced),
+            PresenceMode::FullList => Ok(Opened::OnlineList(self.shared.presence.online().await?)),
         }
     }
 
-    /// Call once per closed connection; tells everyone when the user went offline.
+    /// Call once per closed connection; announces the user going offline.
     pub async fn connection_closed(&self, user: &UserId) -> Result<(), RepoError> {
-        if self.presence.disconnected(user).await? {
-            self.schedule.changed(user);
+        if self.shared.presence.disconnected(user).await? {
+            self.shared.schedule.changed(user);
         }
         Ok(())
     }
 
     pub async fn online_users(&self) -> Result<Vec<UserId>, RepoError> {
-        self.presence.online().await
+        self.shared.presence.online().await
+    }
+
+    /// Which of `users` are online, in the order asked, each once.
+    pub async fn online_among(&self, users: &[UserId]) -> Result<Vec<UserId>, RepoError> {
+        let mut seen = HashSet::new();
+        let asked: Vec<UserId> = users.iter().filter(|user| seen.insert(*user)).cloned().collect();
+        let online: HashSet<UserId> = self.shared.presence.online_among(&asked).await?.into_iter().collect();
+        Ok(asked.into_iter().filter(|user| online.contains(user)).collect())
+    }
+
+    /// The user's partners who are online: the other side of their direct conversations and
+    /// the members of their groups, among their [`PARTNER_CONVERSATIONS`] most recent
+    /// conversations, [`SNAPSHOT_PARTNERS`] at most.
+    async fn partners_online(&self, user: &UserId) -> Result<Vec<UserId>, RepoError> {
+        let summaries = self.shared.conversations.page_for_user(user, None, PARTNER_CONVERSATIONS).await?;
+        let mut partners = BTreeSet::new();
+        for summary in summaries {
+            if partners.len() >= SNAPSHOT_PARTNERS {
+                break;
+            }
+            match summary.conversation {
+                Chat::Direct(conversation) => {
+                    partners.insert(other_side(&conversation.participants, user).clone());
+                }
+                Chat::Group(group) => {
+                    let Some(groups) = &self.groups else { continue };
+                    if let Some((members, _)) = groups.member_ids(&group.id).await? {
+                        let room = SNAPSHOT_PARTNERS.saturating_sub(partners.len());
+                        partners.extend(members.into_iter().filter(|member| member != user).take(room));
+                    }
+                }
+            }
+        }
+        let partners: Vec<UserId> = partners.into_iter().collect();
+        let mut online = self.shared.presence.online_among(&partners).await?;
+        online.sort();
+        Ok(online)
     }
 
     /// Relays a typing notice to the target's connections only, if the two share a
@@ -93,7 +224,7 @@ impl RealtimeService {
             }
         }
         let event = Event::Typing { from: from.clone(), to: TypingTarget::User(to.clone()), is_typing };
-        if let Err(error) = self.notifier.notify(std::slice::from_ref(to), &event).await {
+        if let Err(error) = self.shared.notifier.notify(std::slice::from_ref(to), &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }
     }
@@ -105,15 +236,23 @@ impl RealtimeService {
     /// through the members it remembers, so that a notice costs no read of the store.
     pub async fn typing_in_group(&self, from: &UserId, group: &ConversationId, is_typing: bool) {
         let event = Event::Typing { from: from.clone(), to: TypingTarget::Group(group.clone()), is_typing };
-        if let Err(error) = self.notifier.notify_group(group, &event).await {
+        if let Err(error) = self.shared.notifier.notify_group(group, &event).await {
             tracing::debug!(error = %error, "typing notice not delivered");
         }
     }
 }
 
-/// When the online list is due to go out next, shared by the callers that change presence
-/// and the announcing task. The lock is held for a few map operations, never across an
-/// await.
+fn other_side<'a>(pair: &'a ParticipantPair, user: &UserId) -> &'a UserId {
+    if pair.first() == user {
+        pair.second()
+    } else {
+        pair.first()
+    }
+}
+
+/// When presence is due to be announced next, and whose changed since the last
+/// announcement, shared by the callers that change presence and the announcing task. The
+/// lock is held for a few map operations, never across an await.
 #[derive(Default)]
 struct Schedule {
     state: Mutex<Due>,
@@ -125,10 +264,13 @@ struct Due {
     /// The earliest moment a change asks to be announced; `None`: nothing to announce.
     at: Option<Instant>,
     /// Per user who changed lately: until when their changes are paid for. A change before
-    /// this moment rides on the broadcast already due then; one within a [`CHURN_INTERVAL`]
-    /// after it claims the broadcast at the end of that interval; a later one claims a
-    /// broadcast now. Entries older than an interval are pruned at each broadcast.
-    paid_until: HashMap<UserId, Instant>,
+    /// this moment rides on the announcement already due then; one within a
+    /// [`CHURN_INTERVAL`] after it claims the announcement at the end of that interval; a
+    /// later one claims an announcement now. Entries older than an interval are pruned at
+    /// each announcement.
+    paid_until: std::collections::HashMap<UserId, Instant>,
+    /// Who changed since the last announcement.
+    changed: HashSet<UserId>,
 }
 
 impl Schedule {
@@ -149,13 +291,20 @@ impl Schedule {
             };
             state.paid_until.insert(user.clone(), at);
             state.at = Some(state.at.map_or(at, |due| due.min(at)));
+            state.changed.insert(user.clone());
         }
         self.wake.notify_one();
     }
 
-    /// Waits until a broadcast is due and at least [`ANNOUNCE_WINDOW`] has passed since
-    /// `last`, then marks everything announced (changes from now on wait for the next one).
-    async fn next(&self, last: Option<Instant>) {
+    /// Puts back changes an announcement could not carry: they ride on the next one.
+    fn keep(&self, users: Vec<UserId>) {
+        self.state().changed.extend(users);
+    }
+
+    /// Waits until an announcement is due and at least [`ANNOUNCE_WINDOW`] has passed since
+    /// `last`, then marks everything announced (changes from now on wait for the next one)
+    /// and returns who changed.
+    async fn next(&self, last: Option<Instant>) -> Vec<UserId> {
         loop {
             let due = self.state().at;
             let Some(due) = due else {
@@ -168,7 +317,7 @@ impl Schedule {
                 state.at = None;
                 let now = Instant::now();
                 state.paid_until.retain(|_, paid| *paid + CHURN_INTERVAL > now);
-                return;
+                return state.changed.drain().collect();
             }
             // An earlier change may come meanwhile: look again when one does.
             tokio::select! {
@@ -179,19 +328,99 @@ impl Schedule {
     }
 }
 
-/// The announcing task: broadcasts the online list as it is when each broadcast is due.
-async fn announce(schedule: Arc<Schedule>, presence: Arc<dyn Presence>, notifier: Arc<dyn Notifier>) {
+/// The announcing task: announces presence as it is when each announcement is due.
+async fn announce(shared: Arc<Shared>) {
     let mut last = None;
     loop {
-        schedule.next(last).await;
+        let changed = shared.schedule.next(last).await;
         last = Some(Instant::now());
-        match presence.online().await {
-            Ok(online) => {
-                if let Err(error) = notifier.broadcast(&Event::OnlineUsers(online)).await {
-                    tracing::warn!(error = %error, "online users not announced");
+        let online = match shared.presence.online().await {
+            Ok(online) => online,
+            Err(error) => {
+                tracing::warn!(error = %error, "presence not announced: presence unavailable");
+                shared.schedule.keep(changed);
+                continue;
+            }
+        };
+        let was = shared.mode();
+        let now = next_mode(was, online.len(), shared.full_list_max.load(Ordering::Acquire));
+        shared.scoped.store(now == PresenceMode::Scoped, Ordering::Release);
+        if was != now {
+            tracing::info!(online = online.len(), mode = ?now, "presence mode switched");
+        }
+        let result = match (was, now) {
+            (PresenceMode::FullList, PresenceMode::FullList) => {
+                broadcast(&shared, Event::OnlineUsers(online)).await
+            }
+            (PresenceMode::Scoped, PresenceMode::FullList) => {
+                let mode = Event::Presence(PresenceUpdate::Mode(PresenceMode::FullList));
+                match broadcast(&shared, mode).await {
+                    Ok(()) => broadcast(&shared, Event::OnlineUsers(online)).await,
+                    Err(error) => Err(error),
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "online users not announced: presence unavailable"),
+            // The last full list is the baseline the changes from now on apply to.
+            (PresenceMode::FullList, PresenceMode::Scoped) => {
+                match broadcast(&shared, Event::OnlineUsers(online)).await {
+                    Ok(()) => {
+                        broadcast(&shared, Event::Presence(PresenceUpdate::Mode(PresenceMode::Scoped))).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            (PresenceMode::Scoped, PresenceMode::Scoped) => {
+                announce_changes(&shared, changed, &online.into_iter().collect()).await;
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "presence not announced");
+        }
+    }
+}
+
+async fn broadcast(shared: &Shared, event: Event) -> Result<(), crate::ports::NotifyError> {
+    shared.notifier.broadcast(&event).await
+}
+
+/// Tells the online partners of each of `changed` their current state: one event per
+/// recipient for the changes of its direct partners, one per group for its members'.
+async fn announce_changes(shared: &Shared, changed: Vec<UserId>, online: &HashSet<UserId>) {
+    let mut direct: BTreeMap<UserId, Vec<(UserId, bool)>> = BTreeMap::new();
+    let mut groups: BTreeMap<ConversationId, Vec<(UserId, bool)>> = BTreeMap::new();
+    for user in changed {
+        let state = (user.clone(), online.contains(&user));
+        let summaries = match shared.conversations.page_for_user(&user, None, PARTNER_CONVERSATIONS).await {
+            Ok(summaries) => summaries,
+            Err(error) => {
+                tracing::warn!(error = %error, "a presence change not announced: partners unknown");
+                continue;
+            }
+        };
+        for summary in summaries {
+            match summary.conversation {
+                Chat::Direct(conversation) => {
+                    let partner = other_side(&conversation.participants, &user);
+                    if online.contains(partner) {
+                        direct.entry(partner.clone()).or_default().push(state.clone());
+                    }
+                }
+                Chat::Group(group) => groups.entry(group.id).or_default().push(state.clone()),
+            }
+        }
+    }
+    for (to, mut changes) in direct {
+        changes.sort();
+        let event = Event::Presence(PresenceUpdate::Changes(changes));
+        if let Err(error) = shared.notifier.notify(std::slice::from_ref(&to), &event).await {
+            tracing::debug!(error = %error, "presence changes not delivered");
+        }
+    }
+    for (group, mut changes) in groups {
+        changes.sort();
+        let event = Event::Presence(PresenceUpdate::Changes(changes));
+        if let Err(error) = shared.notifier.notify_group(&group, &event).await {
+            tracing::debug!(error = %error, "presence changes not delivered to a group");
         }
     }
 }
@@ -199,8 +428,10 @@ async fn announce(schedule: Arc<Schedule>, presence: Arc<dyn Presence>, notifier
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{MockConversationRepository, MockNotifier, MockPresence};
-    use domain::Conversation;
+    use crate::ports::{
+        ConversationSummary, MockConversationRepository, MockGroupRepository, MockNotifier, MockPresence,
+    };
+    use domain::{Conversation, Group, GroupName, Member, Role};
 
     fn service(presence: MockPresence, notifier: MockNotifier) -> RealtimeService {
         service_with(presence, notifier, MockConversationRepository::new())
@@ -258,7 +489,7 @@ mod tests {
         let (online, lists) = (Arc::default(), Arc::default());
         let service = service(presence(online), recorder(Arc::clone(&lists)));
         let user = UserId::generate();
-        assert_eq!(service.connection_opened(&user).await.unwrap(), None);
+        assert_eq!(service.connection_opened(&user).await.unwrap(), Opened::Announced);
         run_for(Duration::from_millis(1)).await;
         assert_eq!(*lists.lock().unwrap(), vec![vec![user]]);
     }
@@ -271,7 +502,7 @@ mod tests {
         notifier.expect_broadcast().never();
         let service = service(presence(online), notifier);
         let snapshot = service.connection_opened(&user).await.unwrap();
-        assert_eq!(snapshot, Some(vec![user]));
+        assert_eq!(snapshot, Opened::OnlineList(vec![user]));
         run_for(Duration::from_secs(2)).await;
     }
 
@@ -363,6 +594,249 @@ mod tests {
         service.connection_opened(&UserId::generate()).await.unwrap();
         run_for(Duration::from_secs(2)).await;
         assert_eq!(lists.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_mode_switches_above_the_bound_and_back_at_four_fifths_of_it() {
+        use PresenceMode::{FullList, Scoped};
+        assert_eq!(next_mode(FullList, 1_000, 1_000), FullList);
+        assert_eq!(next_mode(FullList, 1_001, 1_000), Scoped);
+        assert_eq!(next_mode(Scoped, 801, 1_000), Scoped, "no flapping around the bound");
+        assert_eq!(next_mode(Scoped, 800, 1_000), FullList);
+        assert_eq!(full_list_floor(2), 1);
+        assert_eq!(full_list_floor(0), 0);
+        assert!(full_list_floor(usize::MAX) < usize::MAX, "no overflow");
+    }
+
+    /// Who shares which conversation: direct pairs and groups.
+    #[derive(Default)]
+    struct World {
+        pairs: Vec<(UserId, UserId)>,
+        groups: Vec<(ConversationId, Vec<UserId>)>,
+    }
+
+    impl World {
+        fn conversations(world: Arc<World>) -> MockConversationRepository {
+            let mut conversations = MockConversationRepository::new();
+            conversations.expect_page_for_user().returning(move |user, _, _| {
+                let now = chrono::Utc::now();
+                let me = Member::joining(user.clone(), Role::Member, now, 1);
+                let direct = world.pairs.iter().filter(|(a, b)| a == user || b == user).map(|(a, b)| {
+                    let pair = ParticipantPair::new(a.clone(), b.clone()).unwrap();
+                    Chat::Direct(Conversation::start(pair, now))
+                });
+                let groups =
+                    world.groups.iter().filter(|(_, members)| members.contains(user)).map(|(id, _)| {
+                        Chat::Group(Group {
+                            id: id.clone(),
+                            name: GroupName::parse("g").unwrap(),
+                            created_by: user.clone(),
+                            created_at: now,
+                            updated_at: now,
+                            last_seq: 1,
+                        })
+                    });
+                Ok(direct
+                    .chain(groups)
+                    .map(|conversation| ConversationSummary {
+                        conversation,
+                        last_message: None,
+                        me: me.clone(),
+                    })
+                    .collect())
+            });
+            conversations
+        }
+
+        fn groups(world: Arc<World>) -> MockGroupRepository {
+            let mut groups = MockGroupRepository::new();
+            groups.expect_member_ids().returning(move |asked| {
+                Ok(world.groups.iter().find(|(id, _)| id == asked).map(|(_, members)| (members.clone(), 1)))
+            });
+            groups
+        }
+    }
+
+    /// What a notifier was asked to deliver, and to whom.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Sent {
+        Everyone(Event),
+        Users(Vec<UserId>, Event),
+        Group(ConversationId, Event),
+    }
+
+    fn sender(sent: Arc<Mutex<Vec<Sent>>>) -> MockNotifier {
+        let mut notifier = MockNotifier::new();
+        let all = sent.clone();
+        notifier.expect_broadcast().returning(move |event| {
+            all.lock().unwrap().push(Sent::Everyone(event.clone()));
+            Ok(())
+        });
+        let users = sent.clone();
+        notifier.expect_notify().returning(move |to, event| {
+            users.lock().unwrap().push(Sent::Users(to.to_vec(), event.clone()));
+            Ok(())
+        });
+        notifier.expect_notify_group().returning(move |group, event| {
+            sent.lock().unwrap().push(Sent::Group(group.clone(), event.clone()));
+            Ok(())
+        });
+        notifier
+    }
+
+    /// A presence of `online`, answering `online_among` as the adapters do.
+    fn presence_among(online: Arc<Mutex<Vec<UserId>>>) -> MockPresence {
+        let mut presence = presence(online.clone());
+        presence.expect_online_among().returning(move |users| {
+            let online = online.lock().unwrap();
+            Ok(users.iter().filter(|user| online.contains(user)).cloned().collect())
+        });
+        presence
+    }
+
+    fn scoped_service(
+        world: Arc<World>,
+        online: Arc<Mutex<Vec<UserId>>>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+    ) -> RealtimeService {
+        RealtimeService::new(
+            Arc::new(presence_among(online)),
+            Arc::new(sender(sent)),
+            Arc::new(World::conversations(world.clone())),
+        )
+        .scoped_above(2, Arc::new(World::groups(world)))
+    }
+
+    fn changes(event: &Event) -> &[(UserId, bool)] {
+        match event {
+            Event::Presence(PresenceUpdate::Changes(changes)) => changes,
+            other => panic!("not presence changes: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn above_the_bound_a_last_full_list_and_the_mode_go_out_then_changes_to_partners_only() {
+        let users: Vec<UserId> = (0..5).map(|_| UserId::generate()).collect();
+        let group = ConversationId::generate();
+        let world = Arc::new(World {
+            pairs: vec![(users[0].clone(), users[3].clone())],
+            groups: vec![(group.clone(), vec![users[1].clone(), users[3].clone()])],
+        });
+        let (online, sent) = (Arc::default(), Arc::<Mutex<Vec<Sent>>>::default());
+        let service = scoped_service(world, online, sent.clone());
+        for user in &users[..3] {
+            service.connection_opened(user).await.unwrap();
+        }
+        run_for(ANNOUNCE_WINDOW * 2).await;
+        assert_eq!(service.mode(), PresenceMode::Scoped);
+        let mut baseline = users[..3].to_vec();
+        baseline.sort();
+        let switched = std::mem::take(&mut *sent.lock().unwrap());
+        let Some(Sent::Everyone(Event::OnlineUsers(mut list))) = switched.iter().rev().nth(1).cloned() else {
+            panic!("{switched:?}")
+        };
+        list.sort();
+        assert_eq!(list, baseline, "the last full list is the baseline");
+        assert_eq!(
+            switched.last(),
+            Some(&Sent::Everyone(Event::Presence(PresenceUpdate::Mode(PresenceMode::Scoped))))
+        );
+
+        // users[3] shares a direct conversation with users[0] and a group with users[1].
+        assert_eq!(
+            service.connection_opened(&users[3]).await.unwrap(),
+            Opened::Partners({
+                let mut partners = vec![users[0].clone(), users[1].clone()];
+                partners.sort();
+                partners
+            })
+        );
+        // users[4] shares nothing: nobody is told.
+        assert_eq!(service.connection_opened(&users[4]).await.unwrap(), Opened::Partners(Vec::new()));
+        run_for(ANNOUNCE_WINDOW * 2).await;
+        let sent = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for delivery in &sent {
+            match delivery {
+                Sent::Users(to, event) => {
+                    assert_eq!(to, &[users[0].clone()]);
+                    assert_eq!(changes(event), [(users[3].clone(), true)]);
+                }
+                Sent::Group(to, event) => {
+                    assert_eq!(to, &group);
+                    assert_eq!(changes(event), [(users[3].clone(), true)]);
+                }
+                Sent::Everyone(event) => panic!("broadcast in the scoped mode: {event:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_at_the_floor_the_mode_and_a_full_list_go_out() {
+        let users: Vec<UserId> = (0..3).map(|_| UserId::generate()).collect();
+        let (online, sent) = (Arc::default(), Arc::<Mutex<Vec<Sent>>>::default());
+        let service = scoped_service(Arc::default(), online, sent.clone());
+        for user in &users {
+            service.connection_opened(user).await.unwrap();
+        }
+        run_for(ANNOUNCE_WINDOW * 2).await;
+        service.connection_closed(&users[0]).await.unwrap();
+        run_for(CHURN_INTERVAL * 2).await;
+        assert_eq!(service.mode(), PresenceMode::Scoped, "two online: above the floor of one");
+        sent.lock().unwrap().clear();
+        service.connection_closed(&users[1]).await.unwrap();
+        run_for(CHURN_INTERVAL * 2).await;
+        assert_eq!(service.mode(), PresenceMode::FullList);
+        assert_eq!(
+            *sent.lock().unwrap(),
+            vec![
+                Sent::Everyone(Event::Presence(PresenceUpdate::Mode(PresenceMode::FullList))),
+                Sent::Everyone(Event::OnlineUsers(vec![users[2].clone()])),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_users_connecting_within_a_second_cost_a_bounded_number_of_events_each() {
+        // 1,000 users in 500 pairs and 10 groups of 100, all connecting within a second, on
+        // a service already in the scoped mode.
+        let users: Vec<UserId> = (0..1_000).map(|_| UserId::generate()).collect();
+        let world = Arc::new(World {
+            pairs: users.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect(),
+            groups: users.chunks(100).map(|members| (ConversationId::generate(), members.to_vec())).collect(),
+        });
+        let (online, sent) = (Arc::default(), Arc::<Mutex<Vec<Sent>>>::default());
+        let service = scoped_service(world, online, sent.clone());
+        let early: Vec<UserId> = (0..3).map(|_| UserId::generate()).collect();
+        for user in &early {
+            service.connection_opened(user).await.unwrap();
+        }
+        run_for(ANNOUNCE_WINDOW * 2).await;
+        assert_eq!(service.mode(), PresenceMode::Scoped);
+        sent.lock().unwrap().clear();
+        for user in &users {
+            service.connection_opened(user).await.unwrap();
+            run_for(Duration::from_millis(1)).await;
+        }
+        run_for(ANNOUNCE_WINDOW * 4).await;
+        let sent = sent.lock().unwrap();
+        let windows = 1 + 1_000 / ANNOUNCE_WINDOW.as_millis() as usize + 1;
+        let direct = sent.iter().filter(|s| matches!(s, Sent::Users(..))).count();
+        let group = sent.iter().filter(|s| matches!(s, Sent::Group(..))).count();
+        // Each user gets at most one event of its partner per window, each group one per
+        // window: O(users), where a broadcast of each change would be O(users²).
+        assert!(direct <= 1_000, "{direct} direct events");
+        assert!(group <= 10 * windows, "{group} group events for {windows} windows");
+        let changes: usize = sent
+            .iter()
+            .map(|s| match s {
+                Sent::Users(_, e) | Sent::Group(_, e) => changes(e).len(),
+                Sent::Everyone(e) => panic!("broadcast: {e:?}"),
+            })
+            .sum();
+        // Each change once to its direct partner (when online by then) and once to its group.
+        assert!(changes <= 2_000, "{changes} changes");
+        assert!(changes >= 1_000 + 500, "{changes} changes");
     }
 
     fn conversations(shared: bool, lookups: usize) -> MockConversationRepository {

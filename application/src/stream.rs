@@ -575,6 +575,7 @@ impl StreamFollower {
             Event::ConversationUpdated { .. }
             | Event::MessagesRead { .. }
             | Event::OnlineUsers(_)
+            | Event::Presence(_)
             | Event::Typing { .. } => Ok(Admission::Pass),
         }
     }

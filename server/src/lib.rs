@@ -229,7 +229,10 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         clock.clone(),
         settings.groups.limits(),
     ));
-    let realtime = Arc::new(RealtimeService::new(presence, notifier, storage.conversations.clone()));
+    let realtime = Arc::new(
+        RealtimeService::new(presence, notifier, storage.conversations.clone())
+            .scoped_above(settings.presence.full_list_max, storage.groups.clone()),
+    );
     let hub = Hub::new(delivery, realtime.clone(), storage.messages.clone(), storage.groups.clone());
 
     let limits = Arc::new(chat_http::RateLimits::new(&settings.limits.requests));

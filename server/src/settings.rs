@@ -61,6 +61,8 @@ pub struct Settings {
     pub web: WebSettings,
     pub metrics: MetricsSettings,
     pub groups: GroupSettings,
+    #[serde(default)]
+    pub presence: PresenceSettings,
 }
 
 fn default_environment() -> Environment {
@@ -284,6 +286,21 @@ impl GroupSettings {
     }
 }
 
+/// How clients learn who is online (docs/API.md, Presence).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceSettings {
+    /// Up to this many online users every connection gets the whole online list on each
+    /// change; above it, only its conversation partners' changes (back to the full list at
+    /// four fifths of it).
+    pub full_list_max: usize,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self { full_list_max: application::realtime::FULL_LIST_MAX }
+    }
+}
+
 /// Prometheus metrics at `/metrics`, unauthenticated: off answers 404.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
@@ -418,6 +435,12 @@ mod tests {
         settings.limits.requests.trusted_proxies = 0;
         let error = settings.validate().unwrap_err();
         assert!(error.to_string().contains("limits.trusted_proxies"), "{error}");
+    }
+
+    #[test]
+    fn the_full_online_list_goes_out_up_to_1000_users_by_default() {
+        let settings = Settings::load_from(&dir(), Environment::Test).unwrap();
+        assert_eq!(settings.presence.full_list_max, 1000);
     }
 
     #[test]

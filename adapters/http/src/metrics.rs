@@ -118,6 +118,7 @@ impl Metrics {
             Event::ConversationUpdated { .. } => "conversationUpdated",
             Event::MessagesRead { .. } => "messagesRead",
             Event::OnlineUsers(_) => "onlineUsers",
+            Event::Presence(_) => "presence",
             Event::Typing { .. } => "typing",
         };
         let outcome = if delivered { "delivered" } else { "dropped" };

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use application::ports::{Event, GroupRepository, MessageRepository};
-use application::{Authenticated, FollowError, RealtimeService};
+use application::ports::{Event, GroupRepository, MessageRepository, PresenceMode, PresenceUpdate};
+use application::{Authenticated, FollowError, Opened, RealtimeService};
 use domain::{ConversationId, SyncCursor, UserId};
 use tokio::time::Instant;
 
@@ -106,13 +106,23 @@ impl Hub {
         Ok(Live { guard, queue, follow, expiry: token.deadline() })
     }
 
-    /// Presence for a connection just registered: the frames it alone gets (the online list,
-    /// when its user was already online; otherwise everyone, this connection included, is
-    /// told through the registry).
+    /// Presence for a connection just registered: the frames it alone gets. In the full-list
+    /// mode, the online list when its user was already online (otherwise everyone, this
+    /// connection included, is told through the registry); in the scoped mode, the mode and
+    /// which of its user's partners are online.
     pub async fn opened(&self, user: &UserId) -> Vec<Outbound> {
         match self.realtime.connection_opened(user).await {
-            Ok(Some(online)) => Outbound::encode(&Event::OnlineUsers(online)),
-            Ok(None) => Vec::new(),
+            Ok(Opened::OnlineList(online)) => Outbound::encode(&Event::OnlineUsers(online)),
+            Ok(Opened::Announced) => Vec::new(),
+            Ok(Opened::Partners(online)) => {
+                let mut frames =
+                    Outbound::encode(&Event::Presence(PresenceUpdate::Mode(PresenceMode::Scoped)));
+                if !online.is_empty() {
+                    let changes = online.into_iter().map(|partner| (partner, true)).collect();
+                    frames.extend(Outbound::encode(&Event::Presence(PresenceUpdate::Changes(changes))));
+                }
+                frames
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "presence unavailable for a new connection");
                 Vec::new()

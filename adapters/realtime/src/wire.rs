@@ -4,7 +4,7 @@
 //! which differs per connection: [`encode_event`] leaves it out, [`encode_at`] puts it in,
 //! and [`with_cursor`] adds it to a payload encoded once for every connection.
 
-use application::ports::{Event, Notice, TypingTarget};
+use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget};
 use application::stream::{SyncEvent, SyncItem};
 use chrono::SecondsFormat;
 use domain::{Group, Message, SyncCursor, SystemEvent, Timestamp, UserId};
@@ -236,6 +236,31 @@ pub struct TypingDto {
     pub is_typing: bool,
 }
 
+/// One user's state in a `presence` event (the scoped presence mode).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceDto {
+    pub user_id: String,
+    pub online: bool,
+}
+
+/// `presenceMode`: which presence mode applies from now on, `"full"` or `"scoped"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceModeDto {
+    pub mode: &'static str,
+}
+
+impl From<PresenceMode> for PresenceModeDto {
+    fn from(mode: PresenceMode) -> Self {
+        Self {
+            mode: match mode {
+                PresenceMode::FullList => "full",
+                PresenceMode::Scoped => "scoped",
+            },
+        }
+    }
+}
+
 /// The data of a client's `typing` event, on every transport: `to` a user, or a group's
 /// `conversationId`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -256,6 +281,10 @@ pub mod names {
     /// The original app's name for `onlineUsers`, kept for its clients.
     pub const GET_ONLINE_USERS: &str = "getOnlineUsers";
     pub const TYPING: &str = "typing";
+    /// Scoped presence: an array of `{userId, online}`.
+    pub const PRESENCE: &str = "presence";
+    /// `{"mode": "full" | "scoped"}`: the presence mode from now on.
+    pub const PRESENCE_MODE: &str = "presenceMode";
     pub const CONVERSATION_UPDATED: &str = "conversationUpdated";
     pub const CONVERSATION_READ: &str = "conversationRead";
     pub const MESSAGES_READ: &str = "messagesRead";
@@ -306,6 +335,16 @@ pub fn encode_event(event: &Event) -> Vec<(&'static str, String)> {
         Event::OnlineUsers(users) => {
             let payload = json(&users.iter().map(UserId::as_str).collect::<Vec<_>>());
             vec![(names::ONLINE_USERS, payload.clone()), (names::GET_ONLINE_USERS, payload)]
+        }
+        Event::Presence(PresenceUpdate::Changes(changes)) => {
+            let changes: Vec<PresenceDto> = changes
+                .iter()
+                .map(|(user, online)| PresenceDto { user_id: user.to_string(), online: *online })
+                .collect();
+            vec![(names::PRESENCE, json(&changes))]
+        }
+        Event::Presence(PresenceUpdate::Mode(mode)) => {
+            vec![(names::PRESENCE_MODE, json(&PresenceModeDto::from(*mode)))]
         }
         Event::Typing { from, to, is_typing } => {
             let (to, conversation_id) = match to {
@@ -572,6 +611,26 @@ mod tests {
             in_group,
             serde_json::json!({"from": from.as_str(), "conversationId": group.as_str(), "isTyping": false})
         );
+    }
+
+    #[test]
+    fn presence_changes_and_the_mode_have_frames_of_their_own() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let frames = encode_event(&Event::Presence(PresenceUpdate::Changes(vec![
+            (a.clone(), true),
+            (b.clone(), false),
+        ])));
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, "presence");
+        assert_eq!(
+            data(&frames),
+            serde_json::json!([{"userId": a.as_str(), "online": true}, {"userId": b.as_str(), "online": false}])
+        );
+        let mode = encode_event(&Event::Presence(PresenceUpdate::Mode(PresenceMode::Scoped)));
+        assert_eq!(mode[0].0, "presenceMode");
+        assert_eq!(data(&mode), serde_json::json!({"mode": "scoped"}));
+        let full = encode_event(&Event::Presence(PresenceUpdate::Mode(PresenceMode::FullList)));
+        assert_eq!(data(&full), serde_json::json!({"mode": "full"}));
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //!   size (each instance finds the members among its own connections): an older reader
 //!   expects a list or `null` there and skips the message, so it can never take one for a
 //!   broadcast.
+//! - scoped presence (`presence`, `presenceMode`): an older reader skips them as malformed, and
+//!   its connections keep the full list it sends.
 
-use application::ports::{Event, Notice, TypingTarget};
+use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget};
 use domain::{
     ClientMessageId, ConversationId, Cursor, Group, GroupName, Message, MessageBody, MessageId, Seq,
     SystemEvent, Timestamp, UserId,
@@ -131,6 +133,14 @@ enum WireEvent {
     OnlineUsers {
         users: Vec<UserId>,
     },
+    /// Scoped presence: the current state of some users.
+    Presence {
+        changes: Vec<WirePresence>,
+    },
+    /// The presence mode from now on: `full` or `scoped`.
+    PresenceMode {
+        mode: WireMode,
+    },
     Typing {
         from: UserId,
         to: UserId,
@@ -141,6 +151,20 @@ enum WireEvent {
         group: ConversationId,
         is_typing: bool,
     },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePresence {
+    user_id: UserId,
+    online: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum WireMode {
+    Full,
+    Scoped,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,6 +227,18 @@ impl From<&Event> for WireEvent {
                 WireEvent::MessagesRead { conversation_id: conversation, user_id: user, seq, up_to }
             }
             Event::OnlineUsers(users) => WireEvent::OnlineUsers { users },
+            Event::Presence(PresenceUpdate::Changes(changes)) => WireEvent::Presence {
+                changes: changes
+                    .into_iter()
+                    .map(|(user_id, online)| WirePresence { user_id, online })
+                    .collect(),
+            },
+            Event::Presence(PresenceUpdate::Mode(mode)) => WireEvent::PresenceMode {
+                mode: match mode {
+                    PresenceMode::FullList => WireMode::Full,
+                    PresenceMode::Scoped => WireMode::Scoped,
+                },
+            },
             Event::Typing { from, to: TypingTarget::User(to), is_typing } => {
                 WireEvent::Typing { from, to, is_typing }
             }
@@ -295,6 +331,13 @@ impl TryFrom<WireEvent> for Event {
                 Event::MessagesRead { conversation: conversation_id, user: user_id, seq, up_to }
             }
             WireEvent::OnlineUsers { users } => Event::OnlineUsers(users),
+            WireEvent::Presence { changes } => Event::Presence(PresenceUpdate::Changes(
+                changes.into_iter().map(|change| (change.user_id, change.online)).collect(),
+            )),
+            WireEvent::PresenceMode { mode } => Event::Presence(PresenceUpdate::Mode(match mode {
+                WireMode::Full => PresenceMode::FullList,
+                WireMode::Scoped => PresenceMode::Scoped,
+            })),
             WireEvent::Typing { from, to, is_typing } => {
                 Event::Typing { from, to: TypingTarget::User(to), is_typing }
             }
@@ -524,6 +567,20 @@ mod tests {
         let decoded = decode(payload.as_bytes()).unwrap();
         assert_eq!(decoded.to, Recipients::Everyone);
         assert_eq!(decoded.event, event);
+    }
+
+    #[test]
+    fn presence_changes_and_modes_round_trip() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let to = Recipients::Users(vec![b.clone()]);
+        for event in [
+            Event::Presence(PresenceUpdate::Changes(vec![(a.clone(), true), (b.clone(), false)])),
+            Event::Presence(PresenceUpdate::Mode(PresenceMode::Scoped)),
+            Event::Presence(PresenceUpdate::Mode(PresenceMode::FullList)),
+        ] {
+            let decoded = decode(encode("i1", &to, &event).as_bytes()).unwrap();
+            assert_eq!((decoded.to, decoded.event), (to.clone(), event));
+        }
     }
 
     #[test]

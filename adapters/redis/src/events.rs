@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use application::ports::{Event, Notifier, NotifyError};
+use application::ports::{Event, Notifier, NotifyError, PresenceMode, PresenceUpdate};
 use async_trait::async_trait;
 use chat_realtime::Delivery;
 use domain::{ConversationId, UserId};
@@ -28,9 +28,15 @@ pub(crate) type GroupEvents = mpsc::Sender<(ConversationId, Event)>;
 
 impl Shared {
     /// Delivers to this instance's connections of users (everyone when `None`). An online
-    /// list goes out only if it differs from the one they were shown last.
+    /// list goes out only if it differs from the one they were shown last; a presence mode
+    /// is noted, so that the sweep shows no list in the scoped mode.
     pub(crate) fn deliver_local(&self, to: Option<&[UserId]>, event: &Event) {
         match (to, event) {
+            (None, Event::Presence(PresenceUpdate::Mode(mode))) => {
+                let mut book = self.presence.book();
+                book.set_scoped(*mode == PresenceMode::Scoped);
+                self.delivery.to_users(None, event);
+            }
             (None, Event::OnlineUsers(users)) => {
                 // Deciding and delivering under one lock keeps the order lists are shown in
                 // the order they were decided in; delivery only queues, it never waits.

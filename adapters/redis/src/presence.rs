@@ -1,5 +1,6 @@
 //! Presence bookkeeping, free of IO: this instance's connection counts, what of them still
-//! has to reach Redis, and which online list this instance's connections were last shown.
+//! has to reach Redis, and which online list this instance's connections were last shown
+//! (none in the scoped presence mode, where they get changes of their partners instead).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -24,6 +25,7 @@ pub struct PresenceBook {
     rewrite: bool,
     announced: Option<BTreeSet<UserId>>,
     generation: u64,
+    scoped: bool,
 }
 
 impl PresenceBook {
@@ -103,6 +105,20 @@ impl PresenceBook {
         self.announced = Some(list);
         self.generation += 1;
         true
+    }
+
+    /// The presence mode this instance's connections were told. Either switch forgets the
+    /// list last shown: the next full list goes out whatever it is, to connections opened
+    /// in the scoped mode too.
+    pub fn set_scoped(&mut self, scoped: bool) {
+        self.scoped = scoped;
+        self.announced = None;
+        self.generation += 1;
+    }
+
+    /// Whether connections were told the scoped mode: no full list is shown by the sweep.
+    pub fn scoped(&self) -> bool {
+        self.scoped
     }
 
     /// Counts announcements, for [`announce_if_unchanged`](Self::announce_if_unchanged).
@@ -214,6 +230,22 @@ mod tests {
         assert!(book.announce(&[a.clone(), b.clone()]));
         assert!(!book.announce_if_unchanged(before, std::slice::from_ref(&a)));
         assert!(book.announce_if_unchanged(book.generation(), &[a]));
+    }
+
+    #[test]
+    fn a_mode_switch_forgets_the_list_shown_so_the_next_one_goes_out() {
+        let mut book = PresenceBook::new();
+        let user = UserId::generate();
+        let before = book.generation();
+        assert!(book.announce(std::slice::from_ref(&user)));
+        book.set_scoped(true);
+        assert!(book.scoped());
+        assert!(
+            !book.announce_if_unchanged(before + 1, std::slice::from_ref(&user)),
+            "a sweep that read before"
+        );
+        book.set_scoped(false);
+        assert!(book.announce(std::slice::from_ref(&user)), "the same list goes out again");
     }
 
     #[test]

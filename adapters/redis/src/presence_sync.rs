@@ -131,6 +131,47 @@ impl Shared {
         Ok((online, gone))
     }
 
+    /// Those of `users` online here or in another instance's hash: one `HMGET` per other
+    /// instance, however many users are asked about.
+    async fn online_among(&self, users: &[UserId]) -> anyhow::Result<Vec<UserId>> {
+        let (mut online, mut rest): (Vec<UserId>, Vec<UserId>) = {
+            let book = self.presence.book();
+            let local: std::collections::HashSet<&UserId> = book.local_users().collect();
+            users.iter().cloned().partition(|user| local.contains(user))
+        };
+        if rest.is_empty() {
+            return Ok(online);
+        }
+        let mut connection = self.redis.get()?;
+        let instances: Vec<String> =
+            timed(redis::cmd("SMEMBERS").arg(&self.keys.instances).query_async(&mut connection))
+                .await
+                .context("listing instances")?;
+        let others: Vec<String> = instances.into_iter().filter(|id| *id != self.instance).collect();
+        if others.is_empty() {
+            return Ok(online);
+        }
+        let mut pipe = redis::pipe();
+        for id in &others {
+            let hmget = pipe.cmd("HMGET").arg(self.keys.presence(id));
+            for user in &rest {
+                hmget.arg(user.as_str());
+            }
+        }
+        let counts: Vec<Vec<Option<String>>> =
+            timed(pipe.query_async(&mut connection)).await.context("reading presence")?;
+        let mut found = vec![false; rest.len()];
+        for per_instance in &counts {
+            for (seen, count) in found.iter_mut().zip(per_instance) {
+                *seen |= count.is_some();
+            }
+        }
+        let mut found = found.into_iter();
+        rest.retain(|_| found.next().unwrap_or(false));
+        online.append(&mut rest);
+        Ok(online)
+    }
+
     /// Compares the cluster's online list with the one last shown here and shows the new
     /// one if they differ: this is how a crashed instance's users go offline.
     pub(crate) async fn sweep(&self) -> anyhow::Result<()> {
@@ -145,7 +186,8 @@ impl Shared {
             }
         }
         let mut book = self.presence.book();
-        if book.announce_if_unchanged(generation, &online) {
+        // In the scoped mode connections get their partners' changes, never the whole list.
+        if !book.scoped() && book.announce_if_unchanged(generation, &online) {
             self.delivery.to_users(None, &Event::OnlineUsers(online));
         }
         Ok(())
@@ -171,5 +213,9 @@ impl Presence for RedisFanout {
 
     async fn online(&self) -> RepoResult<Vec<UserId>> {
         self.shared.cluster_view().await.map(|(online, _)| online).map_err(RepoError::Unavailable)
+    }
+
+    async fn online_among(&self, users: &[UserId]) -> RepoResult<Vec<UserId>> {
+        self.shared.online_among(users).await.map_err(RepoError::Unavailable)
     }
 }

@@ -97,6 +97,7 @@ pub fn app(
                         .service(resource("/logout", "POST").route(web::post().to(user::logout)))
                         .service(resource("/get-profile", "GET").route(web::get().to(user::profile)))
                         .service(resource("/get-other-users", "GET").route(web::get().to(user::other_users)))
+                        .service(resource("/online", "GET").route(web::get().to(user::online)))
                         .service(resource("/{id}/avatar", "GET").route(web::get().to(avatar::avatar)))
                         // After the named routes, which take their names first.
                         .service(resource("/{id}", "GET").route(web::get().to(user::user))),

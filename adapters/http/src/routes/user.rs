@@ -239,11 +239,75 @@ pub async fn user(
     }
 }
 
+/// How many ids one `GET /api/v1/user/online` may ask about.
+pub const ONLINE_IDS_MAX: usize = 200;
+
+#[derive(serde::Deserialize)]
+pub struct OnlineQuery {
+    /// Comma-separated user ids, 1 to [`ONLINE_IDS_MAX`].
+    pub ids: Option<String>,
+}
+
+/// The ids of an online query, each checked: 1 to [`ONLINE_IDS_MAX`], every one a user id.
+fn online_ids(ids: Option<&str>) -> Result<Vec<UserId>, ApiError> {
+    let ids = ids
+        .map(str::trim)
+        .filter(|ids| !ids.is_empty())
+        .ok_or_else(|| ApiError::invalid_field("ids", "is required: comma-separated user ids"))?;
+    let ids: Vec<&str> = ids.split(',').map(str::trim).collect();
+    if ids.len() > ONLINE_IDS_MAX {
+        return Err(ApiError::invalid_field("ids", format!("must name at most {ONLINE_IDS_MAX} users")));
+    }
+    ids.into_iter().map(|id| UserId::parse(id).map_err(|e| ApiError::invalid_field("ids", e))).collect()
+}
+
+/// Which of the given users are online: how a client learns the presence of users it shares
+/// no conversation with (in the scoped presence mode it gets its partners' changes only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/online",
+    tag = "user",
+    operation_id = "onlineUsers",
+    params(("ids" = String, Query, description = "Comma-separated user ids (UUIDs, lower-case and \
+        hyphenated), 1 to 200; an id asked twice is answered once. Missing, empty, malformed or \
+        more than 200: 400", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(,[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}){0,199}$")),
+    security(("bearerAuth" = []), ("cookieAuth" = [])),
+    responses(
+        (status = 200, description = "The ids asked about that are online, in the order asked",
+            body = Envelope<Vec<String>>),
+        (status = 400, response = Validation),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub async fn online(
+    state: web::Data<AppState>,
+    _caller: CurrentUser,
+    query: web::Query<OnlineQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ids = online_ids(query.ids.as_deref())?;
+    let online = state.realtime.online_among(&ids).await.map_err(application::ApplicationError::from)?;
+    let online: Vec<&str> = online.iter().map(UserId::as_str).collect();
+    Ok(HttpResponse::Ok().json(Envelope::data(online)))
+}
+
 #[cfg(test)]
 mod tests {
     use domain::Gender;
 
     use super::*;
+
+    #[test]
+    fn online_ids_are_one_to_two_hundred_user_ids() {
+        let ids: Vec<String> = (0..201).map(|_| UserId::generate().to_string()).collect();
+        assert_eq!(online_ids(Some(&ids[..200].join(","))).unwrap().len(), 200);
+        assert_eq!(online_ids(Some(&format!(" {} , {} ", ids[0], ids[1]))).unwrap().len(), 2);
+        for bad in [None, Some(""), Some(" "), Some("nope"), Some(&*format!("{},", ids[0]))] {
+            assert_eq!(online_ids(bad).unwrap_err().code(), "VALIDATION", "{bad:?}");
+        }
+        let too_many = online_ids(Some(&ids.join(","))).unwrap_err();
+        assert!(too_many.to_string().contains("at most 200"), "{too_many}");
+    }
 
     fn form() -> RegisterRequest {
         RegisterRequest {
