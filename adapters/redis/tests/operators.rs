@@ -357,6 +357,7 @@ fn acl_rules(prefix: &str) -> Vec<String> {
         "sadd",
         "smembers",
         "hkeys",
+        "hmget",
         "multi",
         "exec",
         "evalsha",
