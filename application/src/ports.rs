@@ -416,6 +416,26 @@ pub trait MessageRepository: Send + Sync {
 
     /// The last position of `user`'s stream (`Cursor::START` while it is empty).
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor>;
+
+    /// The last positions of the streams of `users` that are not empty, in no particular
+    /// order, read at once (one query for the whole list): a user left out has
+    /// `Cursor::START`. A user asked twice is answered at most once.
+    ///
+    /// The default asks [`MessageRepository::stream_head`] user by user; a store overrides it.
+    async fn stream_heads(&self, users: &[UserId]) -> RepoResult<Vec<(UserId, Cursor)>> {
+        let mut heads = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for user in users {
+            if !seen.insert(user) {
+                continue;
+            }
+            let head = self.stream_head(user).await?;
+            if head != Cursor::START {
+                heads.push((user.clone(), head));
+            }
+        }
+        Ok(heads)
+    }
 }
 
 /// A revoked token: its unique id (`jti`) and when it would have expired anyway.

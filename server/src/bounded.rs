@@ -149,6 +149,9 @@ impl MessageRepository for Bounded<dyn MessageRepository> {
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
         self.run("reading a stream head", self.inner.stream_head(user)).await
     }
+    async fn stream_heads(&self, users: &[UserId]) -> RepoResult<Vec<(UserId, Cursor)>> {
+        self.run("reading stream heads", self.inner.stream_heads(users)).await
+    }
 }
 
 #[async_trait]

@@ -107,6 +107,7 @@ contract!(
     stream_positions_start_at_one_and_are_consecutive_per_user_across_both_roles,
     stream_reads_after_a_cursor_in_order_with_a_limit,
     stream_of_a_user_without_messages_is_empty_at_start,
+    stream_heads_of_many_users_are_read_at_once_leaving_out_empty_streams,
     client_id_retry_returns_the_first_message_and_stores_nothing,
     client_id_of_another_sender_is_another_message,
     concurrent_appends_leave_every_stream_gap_free_and_complete,
@@ -1199,6 +1200,31 @@ async fn stream_of_a_user_without_messages_is_empty_at_start(storage: &Storage) 
         assert_eq!(storage.messages.stream(user, Cursor::START, 50).await.unwrap(), []);
         assert_eq!(storage.messages.stream_head(user).await.unwrap(), Cursor::START);
     }
+}
+
+async fn stream_heads_of_many_users_are_read_at_once_leaving_out_empty_streams(storage: &Storage) {
+    let (a, b, c, loner) = (
+        insert_user(storage, "ann").await,
+        insert_user(storage, "ben").await,
+        insert_user(storage, "cat").await,
+        insert_user(storage, "loner").await,
+    );
+    for i in 0..3 {
+        send(storage, &a, &b, &format!("ab{i}")).await;
+    }
+    send(storage, &c, &a, "ca").await;
+    let unknown = UserId::generate();
+    let asked = [a.id.clone(), b.id.clone(), loner.id.clone(), unknown, a.id.clone(), c.id.clone()];
+    let mut heads = storage.messages.stream_heads(&asked).await.unwrap();
+    heads.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+    let mut expected = vec![(a.id.clone(), cursor(4)), (b.id.clone(), cursor(3)), (c.id.clone(), cursor(1))];
+    expected.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+    assert_eq!(heads, expected, "each once, the empty and unknown ones left out");
+    for (user, head) in &heads {
+        assert_eq!(storage.messages.stream_head(user).await.unwrap(), *head);
+    }
+    assert_eq!(storage.messages.stream_heads(&[]).await.unwrap(), []);
+    assert_eq!(storage.messages.stream_heads(std::slice::from_ref(&loner.id)).await.unwrap(), []);
 }
 
 async fn client_id_retry_returns_the_first_message_and_stores_nothing(storage: &Storage) {

@@ -426,4 +426,14 @@ impl MessageRepository for MemoryStore {
     async fn stream_head(&self, user: &UserId) -> RepoResult<Cursor> {
         Ok(lock(&self.chats).stream_head(user))
     }
+
+    async fn stream_heads(&self, users: &[UserId]) -> RepoResult<Vec<(UserId, Cursor)>> {
+        let chats = lock(&self.chats);
+        let users: std::collections::HashSet<&UserId> = users.iter().collect();
+        Ok(users
+            .into_iter()
+            .map(|user| (user.clone(), chats.stream_head(user)))
+            .filter(|(_, head)| *head != Cursor::START)
+            .collect())
+    }
 }

@@ -691,6 +691,26 @@ macro_rules! impl_repositories {
                         .map_err(repo_error("reading a stream head"))?;
                     head.map_or(Ok(Cursor::START), |(position,)| stored_cursor(position))
                 }
+
+                async fn stream_heads(&self, users: &[UserId]) -> RepoResult<Vec<(UserId, Cursor)>> {
+                    if users.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    // The whole list as one parameter, as `find_many` does.
+                    let sql = format!(
+                        "SELECT user_id, position FROM stream_heads WHERE position > 0 AND user_id {}",
+                        <$store>::in_list(1)
+                    );
+                    let ids: Vec<String> = users.iter().map(|id| id.as_str().to_owned()).collect();
+                    let rows: Vec<(String, i64)> = sqlx::query_as(&sql)
+                        .bind(<$store>::list(ids))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(repo_error("reading stream heads"))?;
+                    rows.into_iter()
+                        .map(|(user, position)| Ok((crate::rows::stored_user_id(&user)?, stored_cursor(position)?)))
+                        .collect()
+                }
             }
 
             impl $store {
