@@ -2420,6 +2420,26 @@
     paintPeer();
   }
 
+  // Scoped presence (many users online): changes of the people I share a conversation with,
+  // each the current state of one user. A connection's first one names those online.
+  function onPresence(changes) {
+    if (!Array.isArray(changes)) return;
+    for (const change of changes) {
+      if (!change || typeof change.userId !== "string") continue;
+      if (change.online) {
+        state.online.add(change.userId);
+        state.everOnline.add(change.userId);
+      } else if (state.online.has(change.userId) || state.everOnline.has(change.userId)) {
+        noteLastSeen([change.userId]);
+        state.online.delete(change.userId);
+        state.everOnline.delete(change.userId);
+      }
+    }
+    for (const button of el.userList.querySelectorAll(".user")) paintPerson(button);
+    paintAllConversations();
+    paintPeer();
+  }
+
   // ---------------------------------------------------------------- desktop notifications
 
   function paintNotifyOffer() {
@@ -2513,6 +2533,7 @@
     else if (name === "messagesRead") onMessagesRead(data);
     else if (name === "conversationUpdated") onConversationUpdated(data);
     else if (name === "onlineUsers") onOnlineUsers(data);
+    else if (name === "presence") onPresence(data);
     else if (name === "typing") onTyping(data);
   }
 
