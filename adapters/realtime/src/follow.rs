@@ -44,7 +44,7 @@ use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
 use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
 
-use crate::healing::CatchUp;
+use crate::healing::{CatchUp, StreamPosition};
 use crate::registry::{Outbound, Queued, Streamed};
 use crate::wire::{encode_item, with_cursor};
 
@@ -125,6 +125,7 @@ pub struct Follow {
     follower: StreamFollower,
     replaying: bool,
     held: Held,
+    position: Option<StreamPosition>,
 }
 
 impl Follow {
@@ -139,12 +140,28 @@ impl Follow {
         since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
         let follower = StreamFollower::start(messages, groups, user, since).await?;
-        Ok(Self { follower, replaying: true, held: Held::default() })
+        Ok(Self { follower, replaying: true, held: Held::default(), position: None })
     }
 
     /// The cursor after the last frame of the stream (or the starting one).
     pub fn cursor(&self) -> &SyncCursor {
         self.follower.cursor()
+    }
+
+    /// Publishes, from now on, the last position of the user's stream sent to the client
+    /// in `position` (the registry's, from [`ConnectionGuard::position`](crate::ConnectionGuard::position)),
+    /// once the replay is over and while the follower knows where its stream stands: a
+    /// periodic check of the stream heads compares it with the store.
+    pub fn track(&mut self, position: StreamPosition) {
+        self.position = Some(position);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Some(position) = &self.position {
+            let known = !self.replaying && !self.follower.unanchored();
+            position.set(known.then(|| self.follower.cursor().stream));
+        }
     }
 
     /// Whether stored entries may remain to replay: call [`Follow::replay`] again.
@@ -156,6 +173,12 @@ impl Follow {
     /// store has no more, the replay is over: what is returned then is at most the outcome
     /// of the events held back meanwhile (see the module's documentation).
     pub async fn replay(&mut self) -> Result<Vec<Outbound>, FollowError> {
+        let frames = self.replay_page().await;
+        self.publish();
+        frames
+    }
+
+    async fn replay_page(&mut self) -> Result<Vec<Outbound>, FollowError> {
         if !self.replaying {
             return Ok(Vec::new());
         }
@@ -176,6 +199,12 @@ impl Follow {
     /// repeat, an entry the user does not see, a notice without a frame of its own, or an
     /// event the replay will reach), or the stored run of entries that ends with it.
     pub async fn admit(&mut self, queued: Queued) -> Result<Vec<Outbound>, FollowError> {
+        let frames = self.admit_one(queued).await;
+        self.publish();
+        frames
+    }
+
+    async fn admit_one(&mut self, queued: Queued) -> Result<Vec<Outbound>, FollowError> {
         match queued {
             Queued::Frame(frame) => Ok(vec![frame]),
             Queued::Stream(streamed) if self.replaying => {

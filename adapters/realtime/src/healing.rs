@@ -8,10 +8,18 @@
 //! does), under one of the instance's permits, and sends what it had not had, in order. What
 //! it already had is not read again; the live events queued behind it are repeats then.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use application::ports::MessageRepository;
+use domain::{Cursor, UserId};
+
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::ConnectionRegistry;
 
 /// How many connections of one instance read the store to heal at the same time, by
 /// default: after an outage, 10,000 connections queue for these few, not for the database.
@@ -33,6 +41,9 @@ pub struct Healing {
     /// Catch-ups completed.
     healed: AtomicU64,
     bus: AtomicU8,
+    /// Checks of the stream heads made, and catch-ups they queued.
+    checks: AtomicU64,
+    checked_behind: AtomicU64,
 }
 
 impl Healing {
@@ -43,6 +54,8 @@ impl Healing {
             delivered: AtomicU64::new(0),
             healed: AtomicU64::new(0),
             bus: AtomicU8::new(NO_BUS),
+            checks: AtomicU64::new(0),
+            checked_behind: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +80,21 @@ impl Healing {
             NO_BUS => None,
             state => Some(state == BUS_UP),
         }
+    }
+
+    /// Checks of the stream heads made since the start (see [`StreamCheck`]).
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
+    /// Catch-ups queued by the checks of the stream heads since the start.
+    pub fn healed_by_checks(&self) -> u64 {
+        self.checked_behind.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_check(&self, queued: usize) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.checked_behind.fetch_add(queued as u64, Ordering::Relaxed);
     }
 
     /// Records the bus's state, for the metrics (the fan-out calls it).
@@ -139,6 +167,100 @@ impl PartialEq for CatchUp {
     }
 }
 
+/// The last stream position a connection was sent, as its session publishes it for the
+/// registry (unknown while it replays or does not know where its stream stands).
+#[derive(Debug, Clone)]
+pub struct StreamPosition(Arc<AtomicU64>);
+
+impl StreamPosition {
+    const UNKNOWN: u64 = u64::MAX;
+
+    pub(crate) fn unknown() -> Self {
+        Self(Arc::new(AtomicU64::new(Self::UNKNOWN)))
+    }
+
+    pub(crate) fn set(&self, position: Option<Cursor>) {
+        let value = position.map_or(Self::UNKNOWN, Cursor::position);
+        self.0.store(value, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> Option<Cursor> {
+        match self.0.load(Ordering::Acquire) {
+            Self::UNKNOWN => None,
+            position => Cursor::new(position).ok(),
+        }
+    }
+}
+
+/// The periodic check of the stream heads, without its I/O: which heads a connection may be
+/// healed against. A head is trusted once it was already there one check earlier, so that
+/// what is still on its way through the bus is not read twice: a connection is healed only
+/// when it is behind a head seen at the previous check too.
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    previous: HashMap<UserId, Cursor>,
+}
+
+impl StreamCheck {
+    /// Takes the heads just read for the users checked; returns, for each of them, the
+    /// head a connection must have reached by now: the lower of this head and the one seen
+    /// at the previous check (none at a user's first check, or while their stream is empty).
+    pub fn settled(&mut self, heads: Vec<(UserId, Cursor)>) -> HashMap<UserId, Cursor> {
+        let mut settled = HashMap::new();
+        let mut now = HashMap::with_capacity(heads.len());
+        for (user, head) in heads {
+            if let Some(before) = self.previous.get(&user) {
+                settled.insert(user.clone(), (*before).min(head));
+            }
+            now.insert(user, head);
+        }
+        self.previous = now;
+        settled
+    }
+
+    /// Every `interval`, reads the stream heads of the users with a connection on this
+    /// instance, `STREAM_CHECK_BATCH` users per query, and has the connections behind a
+    /// settled head catch up (see [`ConnectionRegistry::heal_behind`]). Runs until dropped.
+    pub async fn run(
+        mut self,
+        registry: Arc<ConnectionRegistry>,
+        messages: Arc<dyn MessageRepository>,
+        interval: Duration,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let users = registry.users();
+            let mut heads = Vec::with_capacity(users.len());
+            let mut failed = false;
+            for batch in users.chunks(STREAM_CHECK_BATCH) {
+                match messages.stream_heads(batch).await {
+                    Ok(read) => heads.extend(read),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "the stream heads could not be read; checking again later");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                continue;
+            }
+            let healed = registry.heal_behind(&self.settled(heads));
+            if healed > 0 {
+                tracing::info!(
+                    connections = healed,
+                    "connections behind their stream head catch up from the store"
+                );
+            }
+        }
+    }
+}
+
+/// How many users' stream heads one query of the periodic check reads.
+pub const STREAM_CHECK_BATCH: usize = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +312,32 @@ mod tests {
         assert_eq!(healing.bus_up(), None);
         healing.set_bus_up(false);
         assert_eq!(healing.bus_up(), Some(false));
+    }
+
+    fn cursor(n: u64) -> Cursor {
+        Cursor::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_head_is_trusted_from_the_check_after_the_one_that_first_saw_it() {
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let mut check = StreamCheck::default();
+        assert!(check.settled(vec![(a.clone(), cursor(3))]).is_empty(), "first seen: may be on its way");
+        let settled = check.settled(vec![(a.clone(), cursor(5)), (b.clone(), cursor(2))]);
+        assert_eq!(settled, HashMap::from([(a.clone(), cursor(3))]), "the head one check old, b new");
+        let settled = check.settled(vec![(a.clone(), cursor(5)), (b.clone(), cursor(2))]);
+        assert_eq!(settled, HashMap::from([(a.clone(), cursor(5)), (b.clone(), cursor(2))]));
+        assert!(check.settled(vec![(b.clone(), cursor(4))]).contains_key(&b));
+        assert!(check.settled(vec![(a.clone(), cursor(6))]).is_empty(), "a was not checked last time");
+    }
+
+    #[test]
+    fn a_stream_position_is_unknown_until_set() {
+        let position = StreamPosition::unknown();
+        assert_eq!(position.get(), None);
+        position.set(Some(cursor(7)));
+        assert_eq!(position.clone().get(), Some(cursor(7)));
+        position.set(None);
+        assert_eq!(position.get(), None);
     }
 }

@@ -30,7 +30,7 @@ pub mod wire;
 pub use budget::FrameBudget;
 pub use delivery::Delivery;
 pub use follow::{log_stop, starts_over, stop_reason, Follow};
-pub use healing::{CatchUp, Healing, HEALING_READERS};
+pub use healing::{CatchUp, Healing, StreamCheck, StreamPosition, HEALING_READERS};
 pub use hub::{Handshake, Hub, InvalidEvent, Live, Refused};
 pub use members::{GroupMembers, Members};
 pub use presence::InMemoryPresence;

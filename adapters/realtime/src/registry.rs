@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use application::ports::{Event, TokenConnections};
-use domain::{Timestamp, UserId};
+use domain::{Cursor, Timestamp, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::healing::{CatchUp, Healing};
+use crate::healing::{CatchUp, Healing, StreamPosition};
 use crate::members::Members;
 use crate::wire::{encode_event, in_stream};
 
@@ -127,6 +127,8 @@ struct Connection {
     sender: mpsc::Sender<Queued>,
     /// A catch-up is queued for it and has not started reading (see [`CatchUp`]).
     healing: Arc<AtomicBool>,
+    /// The last position of its user's stream it was sent, as its session publishes it.
+    position: StreamPosition,
 }
 
 /// The connections of this instance, by user.
@@ -156,11 +158,18 @@ pub struct ConnectionGuard {
     registry: Arc<ConnectionRegistry>,
     user: UserId,
     id: u64,
+    position: StreamPosition,
 }
 
 impl ConnectionGuard {
     pub fn user(&self) -> &UserId {
         &self.user
+    }
+
+    /// Where the session publishes the last stream position it sent (see
+    /// [`Follow::track`](crate::Follow::track)), for the checks of the stream heads.
+    pub fn position(&self) -> StreamPosition {
+        self.position.clone()
     }
 
     /// Why the queue closed: the registry ended the connection ([`Ended::TooSlow`] or
@@ -258,6 +267,43 @@ impl ConnectionRegistry {
         queued
     }
 
+    /// The users with a connection on this instance.
+    pub fn users(&self) -> Vec<UserId> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Has the connections of the users of `heads` that were sent less of their stream than
+    /// its head catch up from the store (see [`ConnectionRegistry::heal`]): the head is where
+    /// a periodic check found it, and what a connection lacks below it was lost on its way.
+    /// A connection whose position is unknown (replaying, or not knowing where its stream
+    /// stands) is left alone. Returns how many connections one was queued for, and counts
+    /// the check in the healing metrics.
+    pub fn heal_behind(&self, heads: &HashMap<UserId, Cursor>) -> usize {
+        let mut stalled = Vec::new();
+        let mut queued = 0;
+        {
+            let connections = self.read();
+            for (user, head) in heads {
+                for connection in connections.get(user).into_iter().flatten() {
+                    if connection.position.get().is_none_or(|position| position >= *head) {
+                        continue;
+                    }
+                    let Some(catch_up) = CatchUp::queue(&self.healing, &connection.healing) else {
+                        continue;
+                    };
+                    if connection.sender.try_send(Queued::CatchUp(Arc::new(catch_up))).is_ok() {
+                        queued += 1;
+                    } else if !connection.sender.is_closed() {
+                        stalled.push((user.clone(), connection.id));
+                    }
+                }
+            }
+        }
+        self.end_stalled(stalled);
+        self.healing.record_check(queued);
+        queued
+    }
+
     /// Adds a connection of `user` opened with `token`; events for them arrive on the
     /// returned receiver until the guard is dropped. Refused once the server is shutting
     /// down, when the user already holds the most connections allowed, or when the token
@@ -272,6 +318,7 @@ impl ConnectionRegistry {
         }
         let (sender, receiver) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let position = StreamPosition::unknown();
         {
             // Checked under the connections lock, which `end_revoked` holds while it
             // records a revocation: a connection is either refused here or ended there.
@@ -284,9 +331,15 @@ impl ConnectionRegistry {
                 return Err(Refusal::TooManyConnections { max: self.max_per_user });
             }
             let healing = Arc::new(AtomicBool::new(false));
-            list.push(Connection { id, token_id: token.id.clone(), sender, healing });
+            list.push(Connection {
+                id,
+                token_id: token.id.clone(),
+                sender,
+                healing,
+                position: position.clone(),
+            });
         }
-        let guard = ConnectionGuard { registry: Arc::clone(self), user: user.clone(), id };
+        let guard = ConnectionGuard { registry: Arc::clone(self), user: user.clone(), id, position };
         Ok((guard, receiver))
     }
 
@@ -708,5 +761,28 @@ mod tests {
         assert!(registry.register(&UserId::generate(), &token()).is_ok(), "others are not affected");
         drop(first);
         assert!(registry.register(&user, &token()).is_ok(), "a closed connection frees its place");
+    }
+
+    #[test]
+    fn a_check_heals_only_the_connections_behind_their_users_head() {
+        let registry = ConnectionRegistry::new(8, 0);
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let at = |n: u64| Some(Cursor::new(n).unwrap());
+        let (behind, mut behind_rx) = registry.register(&a, &token()).unwrap();
+        let (level, mut level_rx) = registry.register(&a, &token()).unwrap();
+        let (_replaying, mut replaying_rx) = registry.register(&a, &token()).unwrap();
+        let (other, mut other_rx) = registry.register(&b, &token()).unwrap();
+        behind.position().set(at(4));
+        level.position().set(at(5));
+        other.position().set(at(1));
+        assert_eq!(registry.users().len(), 2);
+
+        let heads = HashMap::from([(a.clone(), Cursor::new(5).unwrap())]);
+        assert_eq!(registry.heal_behind(&heads), 1);
+        assert!(matches!(behind_rx.try_recv(), Ok(Queued::CatchUp(_))));
+        assert!(level_rx.try_recv().is_err(), "at the head");
+        assert!(replaying_rx.try_recv().is_err(), "position unknown");
+        assert!(other_rx.try_recv().is_err(), "b's head was not checked");
+        assert_eq!((registry.healing().checks(), registry.healing().healed_by_checks()), (1, 1));
     }
 }

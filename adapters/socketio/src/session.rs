@@ -282,7 +282,7 @@ impl Session {
             Some(Ok(since)) => Some(since),
             Some(Err(_)) => return self.push(refuse("since is not a valid cursor")),
         };
-        let live = match self.engine.hub.connect(Joining::new(&session, since)).await {
+        let mut live = match self.engine.hub.connect(Joining::new(&session, since)).await {
             Ok(live) => live,
             Err(Refused::Stream(stop)) => {
                 log_stop(&stop);
@@ -303,6 +303,7 @@ impl Session {
         let sid = random_id();
         // The reply goes out before anything the registry delivers to the new socket.
         self.push(packet::connect_ok(&sid))?;
+        live.follow.track(live.guard.position());
         self.socket = Some(Socket { live, sid, pending: VecDeque::new() });
         // Presence, as on `/ws`: a first connection is announced to everyone (this one
         // included, through the registry); another one gets the list for itself.

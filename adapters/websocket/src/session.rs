@@ -89,6 +89,7 @@ async fn run(
     settings: WsSettings,
 ) -> ConnectionGuard {
     let Live { guard, mut queue, mut follow, expiry } = live;
+    follow.track(guard.position());
     let user = guard.user().clone();
     // The first ping one interval after the connection opened, not at once: the first frames
     // a client gets are the presence list and its stream.
