@@ -161,13 +161,24 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let delivery = Delivery::new(registry.clone(), GroupMembers::new(storage.groups.clone()));
     let mut health: Vec<(&'static str, Arc<dyn HealthCheck>)> = vec![("storage", storage.health.clone())];
     // With local fan-out this instance is the only one: every logout happens here.
+    let mut stream_check = None;
     let Fanout { notifier, presence, revocation_feed } = match &settings.fanout {
         FanoutSettings::Local {} => Fanout {
             notifier: delivery.clone(),
             presence: Arc::new(InMemoryPresence::new()),
             revocation_feed: None,
         },
-        FanoutSettings::Redis { redis_url, redis_tls, sentinel, prefix, presence_ttl } => {
+        FanoutSettings::Redis {
+            redis_url,
+            redis_tls,
+            sentinel,
+            prefix,
+            presence_ttl,
+            stream_check_interval_ms,
+        } => {
+            // Live events lost on the bus without a trace: the periodic check of the heads.
+            stream_check =
+                (*stream_check_interval_ms > 0).then(|| Duration::from_millis(*stream_check_interval_ms));
             // An empty path (a variable set to "") is no path.
             let file = |path: &Option<std::path::PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
             let fanout = chat_redis::RedisFanout::start(
@@ -342,7 +353,21 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         "listening"
     );
 
-    let upkeep = tokio::spawn(keep_revocations(revocations, clock));
+    let check = stream_check.map(|interval| {
+        let check = chat_realtime::StreamCheck::default();
+        tokio::spawn(check.run(registry.clone(), storage.messages.clone(), interval))
+    });
+    let upkeep = tokio::spawn(async move {
+        // Stopped with the revocations' upkeep.
+        struct Abort(Option<tokio::task::JoinHandle<()>>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.take().inspect(tokio::task::JoinHandle::abort);
+            }
+        }
+        let _check = Abort(check);
+        keep_revocations(revocations, clock).await
+    });
     Ok(Application { port, server, registry, upkeep })
 }
 

@@ -231,7 +231,15 @@ pub enum FanoutSettings {
         prefix: String,
         /// Seconds a crashed instance's users stay online.
         presence_ttl: u64,
+        /// Milliseconds between two checks of the stream heads of this instance's users,
+        /// which heal the sockets behind them (0: no check).
+        #[serde(default = "default_stream_check_interval_ms")]
+        stream_check_interval_ms: u64,
     },
+}
+
+fn default_stream_check_interval_ms() -> u64 {
+    5000
 }
 
 /// PEM files for `rediss://`; an empty path counts as unset (an env variable set to "").

@@ -334,6 +334,7 @@ pub fn shared_redis_fanout(prefix: &str) -> server::settings::FanoutSettings {
         sentinel: None,
         prefix: prefix.to_owned(),
         presence_ttl: 15,
+        stream_check_interval_ms: 5000,
     }
 }
 
