@@ -683,6 +683,14 @@ pub trait Presence: Send + Sync {
         let online: std::collections::HashSet<UserId> = self.online().await?.into_iter().collect();
         Ok(users.iter().filter(|user| online.contains(*user)).cloned().collect())
     }
+
+    /// Takes the users who went offline without a connection closing here since the last
+    /// call: those of another instance that stopped (crashed), each reported by one instance
+    /// of the cluster only. None on a single instance. Asked in the scoped presence mode
+    /// only; an adapter may keep none while its connections are shown the full list.
+    async fn take_departed(&self) -> RepoResult<Vec<UserId>> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

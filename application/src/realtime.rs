@@ -50,6 +50,9 @@ pub const FULL_LIST_MAX: usize = 1_000;
 pub const PARTNER_CONVERSATIONS: u32 = 200;
 /// At most this many partners are looked up for a new connection's snapshot.
 pub const SNAPSHOT_PARTNERS: usize = 1_000;
+/// How often the presence is asked for users who went offline elsewhere without a
+/// connection closing (a crashed instance's), so that their partners are told too.
+pub const DEPARTED_POLL: Duration = Duration::from_secs(1);
 
 /// Once scoped, the mode goes back to the full list when at most this many users are online:
 /// four fifths of `full_list_max`.
@@ -84,6 +87,7 @@ pub struct RealtimeService {
     /// Where a new connection's group co-members are found, for its snapshot.
     groups: Option<Arc<dyn GroupRepository>>,
     announcer: tokio::task::JoinHandle<()>,
+    departures: tokio::task::JoinHandle<()>,
 }
 
 /// What the service and its announcing task share.
@@ -109,6 +113,7 @@ impl Shared {
 impl Drop for RealtimeService {
     fn drop(&mut self) {
         self.announcer.abort();
+        self.departures.abort();
     }
 }
 
@@ -131,7 +136,8 @@ impl RealtimeService {
             scoped: AtomicBool::new(false),
         });
         let announcer = tokio::spawn(announce(shared.clone()));
-        Self { shared, partners: Partners::new(conversations), groups: None, announcer }
+        let departures = tokio::spawn(departures(shared.clone()));
+        Self { shared, partners: Partners::new(conversations), groups: None, announcer, departures }
     }
 
     /// Sends the full list up to `full_list_max` online users, and scopes presence above;
@@ -375,6 +381,29 @@ async fn announce(shared: Arc<Shared>) {
         };
         if let Err(error) = result {
             tracing::warn!(error = %error, "presence not announced");
+        }
+    }
+}
+
+/// Announces, like a closed connection, the users the presence says went offline elsewhere
+/// without one (a crashed instance's), in the scoped mode: this is how their partners hear
+/// of it (in the full-list mode the list shows it).
+async fn departures(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(DEPARTED_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // In the full-list mode the list shows them gone.
+        if shared.mode() == PresenceMode::FullList {
+            continue;
+        }
+        match shared.presence.take_departed().await {
+            Ok(departed) => {
+                for user in &departed {
+                    shared.schedule.changed(user);
+                }
+            }
+            Err(error) => tracing::debug!(error = %error, "departed users not read"),
         }
     }
 }
@@ -769,6 +798,43 @@ mod tests {
                 Sent::Everyone(event) => panic!("broadcast in the scoped mode: {event:?}"),
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_who_departed_elsewhere_is_announced_offline_to_their_partners() {
+        let users: Vec<UserId> = (0..4).map(|_| UserId::generate()).collect();
+        let world = Arc::new(World { pairs: vec![(users[0].clone(), users[3].clone())], groups: Vec::new() });
+        let others = users.iter().filter(|user| **user != users[1]).cloned().collect();
+        let online = Arc::new(Mutex::new(others));
+        let sent = Arc::<Mutex<Vec<Sent>>>::default();
+        let mut presence = presence_among(online.clone());
+        let departed = Arc::new(Mutex::new(Vec::new()));
+        let taken = departed.clone();
+        presence.expect_take_departed().returning(move || Ok(std::mem::take(&mut *taken.lock().unwrap())));
+        let service = RealtimeService::new(
+            Arc::new(presence),
+            Arc::new(sender(sent.clone())),
+            Arc::new(World::conversations(world.clone())),
+        )
+        .scoped_above(2, Arc::new(World::groups(world)));
+        // Someone connecting here makes the service look at the four online: scoped.
+        service.connection_opened(&users[1]).await.unwrap();
+        run_for(ANNOUNCE_WINDOW * 2).await;
+        assert_eq!(service.mode(), PresenceMode::Scoped);
+        sent.lock().unwrap().clear();
+
+        // users[3] was on an instance that crashed: gone from the presence, no close here.
+        online.lock().unwrap().retain(|user| *user != users[3]);
+        departed.lock().unwrap().push(users[3].clone());
+        run_for(DEPARTED_POLL + ANNOUNCE_WINDOW * 2).await;
+        let sent = sent.lock().unwrap();
+        assert_eq!(
+            *sent,
+            vec![Sent::Users(
+                vec![users[0].clone()],
+                Event::Presence(PresenceUpdate::Changes(vec![(users[3].clone(), false)]))
+            )]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -355,3 +355,40 @@ async fn across_instances_changes_reach_partners_on_the_other_instance_exactly()
     assert_eq!(online(&two, &alice.token, &[&stranger.id, &bob.id]).await, [stranger.id.as_str()]);
     drop(stranger_ws);
 }
+
+#[tokio::test]
+async fn a_crashed_instance_users_go_offline_for_their_partners_in_the_scoped_mode() {
+    use tests::cluster::{system_redis_url, Cluster, ClusterConfig};
+    let secret = "presence-test-secret-of-at-least-32-bytes!";
+    let config = ClusterConfig {
+        backend: Backend::Postgres,
+        redis_url: system_redis_url(),
+        prefix: "presence-crash",
+        request_timeout: WAIT,
+        env: &[
+            ("CHAT__SERVER__WORKERS", "1"),
+            // Short, so that the crash shows within seconds.
+            ("CHAT__FANOUT__PRESENCE_TTL", "3"),
+            ("CHAT__PRESENCE__FULL_LIST_MAX", "2"),
+            ("CHAT__AUTH__JWT_SECRET", secret),
+            ("CHAT__AUTH__BCRYPT_COST", "4"),
+        ],
+    };
+    let mut cluster = Cluster::start(config, 2).await;
+    let (one, two) = (cluster.api(0), cluster.api(1));
+    let alice = one.create_user(&unique("alice")).await;
+    let bob = one.create_user(&unique("bob")).await;
+    one.send_ok(&bob, &alice, "hi").await;
+    let _crowd = crowd(&one).await;
+    let mut alice_ws = Watcher::connect(&one, &alice).await;
+    let _bob_ws = Watcher::connect(&two, &bob).await;
+    alice_ws.until("Bob online, from the other instance", |v| v.is_online(&bob)).await;
+
+    let crashed = Instant::now();
+    cluster.kill(1);
+    // Bob's instance stops refreshing its presence: gone within the expiry and a sweep, then
+    // announced like a close.
+    alice_ws.until("Bob offline once his instance is gone", |v| !v.is_online(&bob)).await;
+    println!("a crashed instance's user went offline for a partner after {:?}", crashed.elapsed());
+    cluster.stop().await;
+}

@@ -152,6 +152,13 @@ pub fn cluster_view<'a>(
     online.into_iter().collect()
 }
 
+/// The users of a stopped instance's hash (as last read) who are not `online` now: those who
+/// went offline with it. Unparseable ids are skipped.
+pub fn departed(users: Vec<String>, online: &[UserId]) -> Vec<UserId> {
+    let online: BTreeSet<&UserId> = online.iter().collect();
+    users.iter().filter_map(|raw| UserId::parse(raw).ok()).filter(|user| !online.contains(user)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +253,13 @@ mod tests {
         );
         book.set_scoped(false);
         assert!(book.announce(std::slice::from_ref(&user)), "the same list goes out again");
+    }
+
+    #[test]
+    fn a_stopped_instance_departs_with_its_users_not_online_elsewhere() {
+        let (gone, elsewhere) = (UserId::generate(), UserId::generate());
+        let users = vec![gone.to_string(), elsewhere.to_string(), "garbage".to_owned()];
+        assert_eq!(departed(users, std::slice::from_ref(&elsewhere)), vec![gone]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! into a hash of its own that expires unless refreshed, and the sweep that notices when
 //! another instance's hash is gone.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,6 +14,11 @@ use domain::UserId;
 use crate::connection::timed;
 use crate::presence::{self, Changes, PresenceBook};
 use crate::{RedisFanout, Shared};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each use is one insert, remove or take: a panic elsewhere leaves the value whole.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Removes an instance from the set of instances unless its presence hash still exists, in
 /// one step, so that an instance writing its hash at the same moment is never forgotten.
@@ -31,6 +37,11 @@ pub(crate) struct PresenceSync {
     /// How long this instance's hash lives unless refreshed.
     pub(crate) ttl: Duration,
     forget_if_gone: redis::Script,
+    /// The users last read in each other instance's hash: who went with it if it stops.
+    remote: Mutex<HashMap<String, Vec<String>>>,
+    /// Users of a stopped instance, offline now, that the core has not taken yet (scoped
+    /// presence mode only: in the full-list mode the sweep's list shows them gone).
+    departed: Mutex<Vec<UserId>>,
 }
 
 impl PresenceSync {
@@ -40,6 +51,8 @@ impl PresenceSync {
             writing: tokio::sync::Mutex::new(()),
             ttl,
             forget_if_gone: redis::Script::new(FORGET_IF_GONE),
+            remote: Mutex::default(),
+            departed: Mutex::default(),
         }
     }
 
@@ -126,6 +139,15 @@ impl Shared {
             .filter(|(_, users)| users.is_empty())
             .map(|(id, _)| id.clone())
             .collect();
+        {
+            // A hash read empty keeps its last users: they are who went with the instance.
+            let mut remote = lock(&self.presence.remote);
+            for (id, users) in others.iter().zip(&users) {
+                if !users.is_empty() {
+                    remote.insert(id.clone(), users.clone());
+                }
+            }
+        }
         let book = self.presence.book();
         let online = presence::cluster_view(book.local_users(), users.into_iter().flatten());
         Ok((online, gone))
@@ -181,8 +203,16 @@ impl Shared {
         for id in gone {
             let mut invocation = self.presence.forget_if_gone.key(&self.keys.instances);
             invocation.key(self.keys.presence(&id)).arg(&id);
-            if let Ok(1) = timed(invocation.invoke_async::<i64>(&mut connection)).await {
+            let forgotten = matches!(timed(invocation.invoke_async::<i64>(&mut connection)).await, Ok(1));
+            if forgotten {
                 tracing::info!(instance = %id, "an instance stopped refreshing its presence");
+            }
+            // Only the one instance that forgot it reports its users, so that their partners
+            // hear of it once.
+            let users = lock(&self.presence.remote).remove(&id).unwrap_or_default();
+            if forgotten && self.presence.book().scoped() {
+                let departed = presence::departed(users, &online);
+                lock(&self.presence.departed).extend(departed);
             }
         }
         let mut book = self.presence.book();
@@ -217,5 +247,9 @@ impl Presence for RedisFanout {
 
     async fn online_among(&self, users: &[UserId]) -> RepoResult<Vec<UserId>> {
         self.shared.online_among(users).await.map_err(RepoError::Unavailable)
+    }
+
+    async fn take_departed(&self) -> RepoResult<Vec<UserId>> {
+        Ok(std::mem::take(&mut *lock(&self.shared.presence.departed)))
     }
 }
