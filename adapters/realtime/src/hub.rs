@@ -252,6 +252,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn above_the_bound_a_new_connection_gets_the_mode_and_its_online_partners() {
+        use application::ports::{Appended, MessageRepository as _};
+        use domain::{Conversation, Message, MessageBody, MessageId, ParticipantPair};
+
+        let store = Arc::new(chat_memory::MemoryStore::new());
+        let (me, partner, stranger) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let pair = ParticipantPair::new(me.clone(), partner.clone()).unwrap();
+        let conversation = Conversation::start(pair, chrono::Utc::now());
+        let hello = Message {
+            id: MessageId::generate(),
+            conversation_id: conversation.id.clone(),
+            sender_id: partner.clone(),
+            receiver_id: Some(me.clone()),
+            body: MessageBody::parse("hi").unwrap(),
+            system: None,
+            seq: 0,
+            created_at: chrono::Utc::now(),
+            client_id: None,
+        };
+        let Appended::Created(_) = store.append(&conversation, &hello).await.unwrap() else {
+            panic!("stored")
+        };
+        let delivery = Delivery::new(ConnectionRegistry::new(4, 0), GroupMembers::new(store.clone()));
+        // Scoped as soon as anyone is online.
+        let realtime =
+            RealtimeService::new(Arc::new(crate::InMemoryPresence::new()), delivery.clone(), store.clone())
+                .scoped_above(0, store.clone());
+        let hub = Hub::new(delivery, Arc::new(realtime), store.clone(), store.clone());
+
+        assert!(hub.opened(&partner).await.is_empty(), "the full list is broadcast");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while hub.realtime.mode() != PresenceMode::Scoped {
+            assert!(Instant::now() < deadline, "the mode did not switch");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let frames = |frames: Vec<Outbound>| -> Vec<(&'static str, serde_json::Value)> {
+            frames.into_iter().map(|f| (f.name, serde_json::from_str(&f.data).unwrap())).collect()
+        };
+        assert_eq!(
+            frames(hub.opened(&me).await),
+            [
+                ("presenceMode", json!({"mode": "scoped"})),
+                ("presence", json!([{"userId": partner.as_str(), "online": true}])),
+            ]
+        );
+        assert_eq!(frames(hub.opened(&stranger).await), [("presenceMode", json!({"mode": "scoped"}))]);
+    }
+
+    #[tokio::test]
     async fn typing_names_one_target_exactly() {
         let group = ConversationId::generate();
         let hub = hub(&group, Vec::new(), MockNotifier::new());
