@@ -58,6 +58,13 @@ async fn a_message_whose_event_never_arrives_reaches_the_socket_once_through_the
     assert_eq!(healed["cursor"], "2");
     socket.assert_no_event("newMessage", Duration::from_millis(4 * INTERVAL_MS)).await;
     eprintln!("delivered by the check after {took:?}");
+    let metrics = other.get("/metrics", None).await.text;
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|line| line.split(' ').next() == Some(name));
+        line.and_then(|line| line.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(value("realtime_stream_checks_total") >= 1.0, "{metrics}");
+    assert_eq!(value("realtime_stream_check_healed_connections_total"), 1.0, "{metrics}");
 
     drop(socket);
     receiver.stop().await;

@@ -36,6 +36,8 @@ pub struct Metrics {
     healing_backlog: IntGauge,
     healed: IntCounter,
     healed_items: IntCounter,
+    stream_checks: IntCounter,
+    healed_by_checks: IntCounter,
 }
 
 impl Metrics {
@@ -77,6 +79,16 @@ impl Metrics {
             "Messages and reads delivered by catching up from the store (lost on the bus)",
         )
         .expect("a valid, constant metric definition");
+        let stream_checks = IntCounter::new(
+            "realtime_stream_checks_total",
+            "Periodic comparisons of the local connections' positions with their users' stream heads",
+        )
+        .expect("a valid, constant metric definition");
+        let healed_by_checks = IntCounter::new(
+            "realtime_stream_check_healed_connections_total",
+            "Connections found behind their stream's head by the periodic check and made to catch up",
+        )
+        .expect("a valid, constant metric definition");
         let registry = Registry::new();
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -87,6 +99,8 @@ impl Metrics {
             Box::new(healing_backlog.clone()),
             Box::new(healed.clone()),
             Box::new(healed_items.clone()),
+            Box::new(stream_checks.clone()),
+            Box::new(healed_by_checks.clone()),
         ] {
             registry.register(collector).expect("each metric is registered once");
         }
@@ -100,6 +114,8 @@ impl Metrics {
             healing_backlog,
             healed,
             healed_items,
+            stream_checks,
+            healed_by_checks,
         }
     }
 
@@ -132,6 +148,8 @@ impl Metrics {
         // Counters only go up: each takes what it lacks of the registry's total.
         self.healed.inc_by(healing.healed().saturating_sub(self.healed.get()));
         self.healed_items.inc_by(healing.delivered().saturating_sub(self.healed_items.get()));
+        self.stream_checks.inc_by(healing.checks().saturating_sub(self.stream_checks.get()));
+        self.healed_by_checks.inc_by(healing.healed_by_checks().saturating_sub(self.healed_by_checks.get()));
     }
 
     fn render(&self) -> String {
