@@ -35,8 +35,8 @@ use tokio::time::Instant;
 
 use crate::partners::Partners;
 use crate::ports::{
-    ConversationRepository, Event, GroupRepository, Notifier, Presence, PresenceMode, PresenceUpdate,
-    RepoError, TypingTarget,
+    ConversationRepository, ConversationSummary, Event, GroupRepository, Notifier, Presence, PresenceMode,
+    PresenceUpdate, RepoError, TypingTarget,
 };
 
 /// The shortest time between two announcements of presence.
@@ -48,6 +48,8 @@ pub const CHURN_INTERVAL: Duration = Duration::from_secs(1);
 pub const FULL_LIST_MAX: usize = 1_000;
 /// A user's partners are found in their most recently updated conversations, this many.
 pub const PARTNER_CONVERSATIONS: u32 = 200;
+/// How many users' conversations an announcement reads at the same time.
+const PARTNER_LOOKUPS: usize = 16;
 /// At most this many partners are looked up for a new connection's snapshot.
 pub const SNAPSHOT_PARTNERS: usize = 1_000;
 /// How often the presence is asked for users who went offline elsewhere without a
@@ -412,20 +414,40 @@ async fn broadcast(shared: &Shared, event: Event) -> Result<(), crate::ports::No
     shared.notifier.broadcast(&event).await
 }
 
+/// The conversations of each of `users`, read [`PARTNER_LOOKUPS`] at a time: a burst of
+/// connects is announced within a window or two, not one store read after the other. A user
+/// whose conversations cannot be read is left out (logged).
+async fn partners_of(shared: &Arc<Shared>, users: Vec<UserId>) -> Vec<(UserId, Vec<ConversationSummary>)> {
+    let mut found = Vec::with_capacity(users.len());
+    let mut lookups = tokio::task::JoinSet::new();
+    let mut users = users.into_iter();
+    loop {
+        while lookups.len() < PARTNER_LOOKUPS {
+            let Some(user) = users.next() else { break };
+            let shared = shared.clone();
+            lookups.spawn(async move {
+                let summaries = shared.conversations.page_for_user(&user, None, PARTNER_CONVERSATIONS).await;
+                (user, summaries)
+            });
+        }
+        match lookups.join_next().await {
+            None => return found,
+            Some(Ok((user, Ok(summaries)))) => found.push((user, summaries)),
+            Some(Ok((_, Err(error)))) => {
+                tracing::warn!(error = %error, "a presence change not announced: partners unknown")
+            }
+            Some(Err(error)) => tracing::warn!(error = %error, "a partner lookup failed"),
+        }
+    }
+}
+
 /// Tells the online partners of each of `changed` their current state: one event per
 /// recipient for the changes of its direct partners, one per group for its members'.
-async fn announce_changes(shared: &Shared, changed: Vec<UserId>, online: &HashSet<UserId>) {
+async fn announce_changes(shared: &Arc<Shared>, changed: Vec<UserId>, online: &HashSet<UserId>) {
     let mut direct: BTreeMap<UserId, Vec<(UserId, bool)>> = BTreeMap::new();
     let mut groups: BTreeMap<ConversationId, Vec<(UserId, bool)>> = BTreeMap::new();
-    for user in changed {
+    for (user, summaries) in partners_of(shared, changed).await {
         let state = (user.clone(), online.contains(&user));
-        let summaries = match shared.conversations.page_for_user(&user, None, PARTNER_CONVERSATIONS).await {
-            Ok(summaries) => summaries,
-            Err(error) => {
-                tracing::warn!(error = %error, "a presence change not announced: partners unknown");
-                continue;
-            }
-        };
         for summary in summaries {
             match summary.conversation {
                 Chat::Direct(conversation) => {
