@@ -392,3 +392,37 @@ async fn a_crashed_instance_users_go_offline_for_their_partners_in_the_scoped_mo
     println!("a crashed instance's user went offline for a partner after {:?}", crashed.elapsed());
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_socket_io_client_gets_the_same_presence_events() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let app = spawn(|s| s.presence.full_list_max = SMALL).await;
+    let api = app.api();
+    let (alice, bob) = (api.create_user(&unique("alice")).await, api.create_user(&unique("bob")).await);
+    api.send_ok(&bob, &alice, "hi").await;
+    let _crowd = crowd(&api).await;
+    let _bob_ws = Watcher::connect(&api, &bob).await;
+
+    let url =
+        format!("ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={}", api.port, alice.token);
+    let (mut sio, _) = tokio_tungstenite::connect_async(url).await.expect("the handshake succeeds");
+    sio.send(Frame::text("40")).await.unwrap();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while events.len() < 2 {
+        let frame = tokio::time::timeout_at(deadline, sio.next()).await.expect("presence within the wait");
+        let Some(Ok(Frame::Text(text))) = frame else { continue };
+        if let Some(event) = text.strip_prefix("42") {
+            let event: Value = serde_json::from_str(event).unwrap();
+            if event[0] == "presenceMode" || event[0] == "presence" {
+                events.push(event);
+            }
+        } else if text.as_str() == "2" {
+            sio.send(Frame::text("3")).await.unwrap();
+        }
+    }
+    assert_eq!(events[0], serde_json::json!(["presenceMode", {"mode": "scoped"}]));
+    assert_eq!(events[1], serde_json::json!(["presence", [{"userId": bob.id, "online": true}]]));
+}
