@@ -448,14 +448,15 @@ async fn behind_sentinel_delivery_follows_a_failover_without_a_restart_and_loses
     let (primary, replica) = (free_port(), free_port());
     let base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
     let (p, r) = (primary.to_string(), replica.to_string());
-    let mut args = vec!["--port", p.as_str()];
+    // The replica's first sync starts at once, not after the default 5 s gathering delay.
+    let mut args = vec!["--port", p.as_str(), "--repl-diskless-sync-delay", "0"];
     args.extend(base);
     scratch.redis_server(&args);
     let mut args = vec!["--port", r.as_str(), "--replicaof", "127.0.0.1", p.as_str()];
     args.extend(base);
     scratch.redis_server(&args);
     let mut replica_admin = admin(&format!("redis://127.0.0.1:{replica}")).await;
-    until("the replica is in sync", async || {
+    until_within(Duration::from_secs(60), "the replica is in sync", async || {
         let info: String = query(&mut replica_admin, &["INFO", "replication"]).await;
         info.contains("master_link_status:up")
     })
