@@ -9,13 +9,11 @@
 //! multi-document transaction (see `messages` and `groups`), which MongoDB offers on replica
 //! sets and sharded clusters only: `connect` refuses a standalone server. Transactions of one
 //! process that would write the same hot document (a group's, a user's stream head) take
-//! turns before they start (see `turns`) rather than collide, and the direct sends of one
-//! process that queue up are stored together by one transaction (see `direct_sends`).
-//! `bson` and driver types stay inside this crate.
+//! turns before they start (see `turns`) rather than collide. `bson` and driver types stay
+//! inside this crate.
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
-mod direct_sends;
 mod documents;
 mod error;
 mod groups;
@@ -25,7 +23,6 @@ mod repositories;
 mod streams;
 mod turns;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -51,8 +48,6 @@ pub struct MongoOptions {
     pub acquire_timeout: Duration,
 }
 
-/// Cheap to clone: every clone works on the same database, turns and direct sends' writer.
-#[derive(Clone)]
 pub struct MongoStore {
     database: Database,
     pub(crate) users: Collection<UserDoc>,
@@ -67,9 +62,7 @@ pub struct MongoStore {
     pub(crate) notices: Collection<NoticeDoc>,
     pub(crate) revoked: Collection<RevokedTokenDoc>,
     /// This process's queues on hot documents (see `turns`).
-    pub(crate) turns: Arc<turns::Turns>,
-    /// This process's direct sends waiting to be stored (see `direct_sends`).
-    pub(crate) direct_sends: Arc<direct_sends::DirectSends>,
+    pub(crate) turns: turns::Turns,
 }
 
 impl MongoStore {
@@ -127,8 +120,7 @@ impl MongoStore {
             heads: database.collection("streamHeads"),
             notices: database.collection("notices"),
             revoked: database.collection("revoked_tokens"),
-            turns: Arc::default(),
-            direct_sends: Arc::default(),
+            turns: turns::Turns::default(),
             database,
         };
         store.create_indexes().await.context("cannot create the MongoDB indexes")?;

@@ -13,7 +13,8 @@
 //! the sender's membership and the entry: what it costs does not grow with the group.
 
 use application::ports::{
-    Appended, GroupAppended, MessageRepository, Notice, ReadMoved, RepoError, RepoResult, StreamItem,
+    Appended, GroupAppended, MessageRepository, Notice, ReadMoved, RepoError, RepoResult, StoredMessage,
+    StreamItem,
 };
 use async_trait::async_trait;
 use domain::{Conversation, ConversationId, Cursor, Message, MessageId, Seq, UserId};
@@ -23,7 +24,6 @@ use mongodb::error::Error;
 use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
-use crate::direct_sends::Placed;
 use crate::documents::{
     seq_to_i64, to_bson, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT, GROUP,
 };
@@ -34,6 +34,14 @@ use crate::{turns, Inconsistent, MongoStore};
 /// pair's conversation inserted by a racing send, on a server that reports that as a
 /// duplicate key rather than a write conflict.
 const DUPLICATE_KEY_ATTEMPTS: usize = 3;
+
+/// What a direct send's transaction stored.
+struct Placed {
+    conversation_id: String,
+    seq: i64,
+    sender_position: i64,
+    receiver_position: i64,
+}
 
 /// What a group send's transaction did.
 enum GroupPlaced {
@@ -50,10 +58,54 @@ enum ReadPlaced {
 #[async_trait]
 impl MessageRepository for MongoStore {
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
+        // A retried send is found without writing anything.
+        if let Some(earlier) = self.find_by_client_id(message).await? {
+            return Ok(Appended::Existing(earlier.try_into()?));
+        }
         let Some(receiver) = &message.receiver_id else {
             return Err(RepoError::Unexpected(anyhow::anyhow!("a direct message without a receiver")));
         };
-        self.append_direct(conversation, message, receiver).await
+        // Both heads are what sends of both users contend on (the pair's conversation too).
+        let _turn = self
+            .turns
+            .take(vec![turns::head(message.sender_id.as_str()), turns::head(receiver.as_str())])
+            .await;
+        for _ in 0..DUPLICATE_KEY_ATTEMPTS {
+            let placed = self
+                .transaction((self, conversation, message, receiver), |session, context| {
+                    let (store, conversation, message, receiver) = *context;
+                    async move { store.append_steps(session, conversation, message, receiver).await }.boxed()
+                })
+                .await;
+            match placed {
+                Ok(Placed { conversation_id, seq, sender_position, receiver_position }) => {
+                    let message = Message { seq: seq_from(seq)?, ..message.clone() };
+                    return StoredMessage::placed(
+                        &message,
+                        &conversation_id,
+                        sender_position,
+                        receiver_position,
+                    )
+                    .map(Appended::Created);
+                }
+                Err(error) if is_duplicate_key(&error) => {}
+                Err(error) => return Err(repo_error("storing a message")(error)),
+            }
+            // A unique index refused the message or its conversation; the transaction is
+            // aborted, so nothing of it is stored. Which index decides the outcome:
+            // - the sender's client id: a racing send with the same id committed first;
+            if let Some(earlier) = self.find_by_client_id(message).await? {
+                return Ok(Appended::Existing(earlier.try_into()?));
+            }
+            // - the message id, or the candidate conversation's id taken by another pair;
+            if self.message_id_taken(&message.id).await? || self.conversation_id_taken(conversation).await? {
+                return Err(RepoError::Conflict);
+            }
+            // - otherwise a race a new attempt gets past (see `DUPLICATE_KEY_ATTEMPTS`).
+        }
+        Err(RepoError::Unexpected(anyhow::anyhow!(
+            "storing a message kept hitting a unique index that nothing stored explains"
+        )))
     }
 
     async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended> {
@@ -224,52 +276,6 @@ fn seq_from(stored: i64) -> RepoResult<Seq> {
 }
 
 impl MongoStore {
-    /// Stores one direct send in a transaction of its own (see `direct_sends` for sends that
-    /// queue up).
-    pub(crate) async fn append_alone(
-        &self,
-        conversation: &Conversation,
-        message: &Message,
-        receiver: &UserId,
-    ) -> RepoResult<Appended> {
-        // A retried send is found without writing anything.
-        if let Some(earlier) = self.find_by_client_id(message).await? {
-            return Ok(Appended::Existing(earlier.try_into()?));
-        }
-        // Both heads are what sends of both users contend on (the pair's conversation too).
-        let _turn = self
-            .turns
-            .take(vec![turns::head(message.sender_id.as_str()), turns::head(receiver.as_str())])
-            .await;
-        for _ in 0..DUPLICATE_KEY_ATTEMPTS {
-            let placed = self
-                .transaction((self, conversation, message, receiver), |session, context| {
-                    let (store, conversation, message, receiver) = *context;
-                    async move { store.append_steps(session, conversation, message, receiver).await }.boxed()
-                })
-                .await;
-            match placed {
-                Ok(placed) => return placed.stored(message),
-                Err(error) if is_duplicate_key(&error) => {}
-                Err(error) => return Err(repo_error("storing a message")(error)),
-            }
-            // A unique index refused the message or its conversation; the transaction is
-            // aborted, so nothing of it is stored. Which index decides the outcome:
-            // - the sender's client id: a racing send with the same id committed first;
-            if let Some(earlier) = self.find_by_client_id(message).await? {
-                return Ok(Appended::Existing(earlier.try_into()?));
-            }
-            // - the message id, or the candidate conversation's id taken by another pair;
-            if self.message_id_taken(&message.id).await? || self.conversation_id_taken(conversation).await? {
-                return Err(RepoError::Conflict);
-            }
-            // - otherwise a race a new attempt gets past (see `DUPLICATE_KEY_ATTEMPTS`).
-        }
-        Err(RepoError::Unexpected(anyhow::anyhow!(
-            "storing a message kept hitting a unique index that nothing stored explains"
-        )))
-    }
-
     async fn append_steps(
         &self,
         session: &mut ClientSession,

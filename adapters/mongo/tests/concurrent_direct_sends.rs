@@ -1,6 +1,5 @@
 //! Many direct sends at once across overlapping pairs (every user in several pairs), some
-//! retried with the same client id at the same time: they are stored together when they queue
-//! up, and still every user's stream is gap-free, each message in it once, in the order its
+//! retried with the same client id at the same time: every user's stream is gap-free, each message in it once, in the order its
 //! conversations' seqs were taken, and every retry answered with the message stored first.
 
 mod common;
