@@ -203,19 +203,7 @@ async fn race(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_writes_of_one_user_and_group_racing_all_end_gap_free() {
-    let dir = std::env::temp_dir().join(format!("chat_group_locks_{}", UserId::generate()));
-    let store = chat_sql::SqliteStore::connect(&chat_sql::SqliteOptions {
-        url: format!("sqlite://{}", dir.join("chat.db").display()),
-        max_connections: 8,
-        acquire_timeout: Duration::from_secs(30),
-        synchronous: chat_sql::Synchronous::Normal,
-    })
-    .await
-    .expect("opening the database");
-    let store = Arc::new(store);
-    race(store.clone()).await;
-    store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    on_sqlite("chat_group_locks", race).await;
 }
 
 /// A burst of sends into one group, all at once, so that they queue up for the group's
@@ -294,7 +282,16 @@ async fn burst(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_burst_of_group_sends_is_stored_in_order() {
-    let dir = std::env::temp_dir().join(format!("chat_group_burst_{}", UserId::generate()));
+    on_sqlite("chat_group_burst", burst).await;
+}
+
+/// Runs `test` on a store in a folder of its own, removed afterwards.
+async fn on_sqlite<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = std::env::temp_dir().join(format!("{prefix}_{}", UserId::generate()));
     let store = chat_sql::SqliteStore::connect(&chat_sql::SqliteOptions {
         url: format!("sqlite://{}", dir.join("chat.db").display()),
         max_connections: 8,
@@ -304,7 +301,7 @@ async fn sqlite_burst_of_group_sends_is_stored_in_order() {
     .await
     .expect("opening the database");
     let store = Arc::new(store);
-    burst(store.clone()).await;
+    test(store.clone()).await;
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
