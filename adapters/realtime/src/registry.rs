@@ -245,26 +245,7 @@ impl ConnectionRegistry {
     /// Returns how many connections one was queued for; one whose queue is full is ended as
     /// too slow (its client resumes from its cursor).
     pub fn heal(&self) -> usize {
-        let mut stalled = Vec::new();
-        let mut queued = 0;
-        {
-            let connections = self.read();
-            for (user, list) in connections.iter() {
-                for connection in list {
-                    let Some(catch_up) = CatchUp::queue(&self.healing, &connection.healing) else {
-                        // One is queued and has not started reading: it reads this loss too.
-                        continue;
-                    };
-                    if connection.sender.try_send(Queued::CatchUp(Arc::new(catch_up))).is_ok() {
-                        queued += 1;
-                    } else if !connection.sender.is_closed() {
-                        stalled.push((user.clone(), connection.id));
-                    }
-                }
-            }
-        }
-        self.end_stalled(stalled);
-        queued
+        self.catch_up_where(|_, _| true)
     }
 
     /// The users with a connection on this instance.
@@ -279,15 +260,23 @@ impl ConnectionRegistry {
     /// stands) is left alone. Returns how many connections one was queued for, and counts
     /// the check in the healing metrics.
     pub fn heal_behind(&self, heads: &HashMap<UserId, Cursor>) -> usize {
+        let queued = self.catch_up_where(|user, connection| {
+            heads.get(user).is_some_and(|head| connection.position.get().is_some_and(|at| at < *head))
+        });
+        self.healing.record_check(queued);
+        queued
+    }
+
+    /// Queues a catch-up for the connections `wanted` picks, except those with one queued
+    /// that has not started reading (it reads this loss too); ends as too slow those whose
+    /// queue is full. Returns how many it was queued for.
+    fn catch_up_where(&self, wanted: impl Fn(&UserId, &Connection) -> bool) -> usize {
         let mut stalled = Vec::new();
         let mut queued = 0;
         {
             let connections = self.read();
-            for (user, head) in heads {
-                for connection in connections.get(user).into_iter().flatten() {
-                    if connection.position.get().is_none_or(|position| position >= *head) {
-                        continue;
-                    }
+            for (user, list) in connections.iter() {
+                for connection in list.iter().filter(|connection| wanted(user, connection)) {
                     let Some(catch_up) = CatchUp::queue(&self.healing, &connection.healing) else {
                         continue;
                     };
@@ -300,7 +289,6 @@ impl ConnectionRegistry {
             }
         }
         self.end_stalled(stalled);
-        self.healing.record_check(queued);
         queued
     }
 
