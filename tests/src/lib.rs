@@ -338,6 +338,31 @@ pub fn shared_redis_fanout(prefix: &str) -> server::settings::FanoutSettings {
     }
 }
 
+/// Two in-process instances on one new PostgreSQL database and the shared Redis, with key
+/// and channel names starting with `prefix`, each with the test settings `adjust` changes;
+/// returned once both are ready.
+pub async fn two_instances(prefix: &str, adjust: impl Fn(&mut server::Settings)) -> (TestApp, TestApp) {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let settings = |database: &TestDatabase| {
+        let mut settings = test_settings(database);
+        settings.fanout = shared_redis_fanout(prefix);
+        adjust(&mut settings);
+        settings
+    };
+    let (first_settings, second_settings) = (settings(&database), settings(&database));
+    // The second instance shares the database, which goes with the first.
+    let first = TestApp::start(first_settings, Some(database)).await;
+    let second = TestApp::start(second_settings, None).await;
+    for app in [&first, &second] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.api().get("/readyz", None).await.status != reqwest::StatusCode::OK {
+            assert!(std::time::Instant::now() < deadline, "an instance is not ready (is Redis running?)");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    (first, second)
+}
+
 /// The test profile's settings on `database`: a free port on 127.0.0.1, two workers, a fixed
 /// secret, cheap hashing, a quick stop. Suites adjust them in [`TestApp::spawn_with`].
 pub fn test_settings(database: &TestDatabase) -> server::Settings {

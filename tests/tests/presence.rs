@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use server::Settings;
-use tests::{Api, Backend, TestApp, TestDatabase, TestUser, WsClient};
+use tests::{Api, Backend, TestApp, TestUser, WsClient};
 use tokio::time::Instant;
 
 /// How long a frame or a state change may take to show up.
@@ -305,25 +305,7 @@ async fn many_users_connecting_within_a_second_cost_each_socket_a_bounded_number
 
 /// Two in-process instances on one PostgreSQL database and the test Redis.
 async fn cluster_of_two() -> (TestApp, TestApp) {
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let prefix = unique("presence");
-    let settings = |database: &TestDatabase| {
-        let mut settings = tests::test_settings(database);
-        settings.fanout = tests::shared_redis_fanout(&prefix);
-        settings.presence.full_list_max = SMALL;
-        settings
-    };
-    let (first_settings, second_settings) = (settings(&database), settings(&database));
-    let first = TestApp::start(first_settings, Some(database)).await;
-    let second = TestApp::start(second_settings, None).await;
-    for app in [&first, &second] {
-        let deadline = Instant::now() + WAIT;
-        while app.api().get("/readyz", None).await.status != StatusCode::OK {
-            assert!(Instant::now() < deadline, "an instance is not ready (is Redis running?)");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (first, second)
+    tests::two_instances(&unique("presence"), |settings| settings.presence.full_list_max = SMALL).await
 }
 
 #[tokio::test]

@@ -104,25 +104,7 @@ async fn a_socket_ends_when_its_token_expires() {
 
 /// Two in-process instances on one PostgreSQL database and the test Redis.
 async fn cluster_of_two() -> (TestApp, TestApp) {
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let prefix = unique("sessions");
-    let settings = |database: &TestDatabase| {
-        let mut settings = tests::test_settings(database);
-        settings.fanout = tests::shared_redis_fanout(&prefix);
-        settings
-    };
-    let (first_settings, second_settings) = (settings(&database), settings(&database));
-    // The second instance shares the database, which goes with the first.
-    let first = TestApp::start(first_settings, Some(database)).await;
-    let second = TestApp::start(second_settings, None).await;
-    for app in [&first, &second] {
-        let deadline = Instant::now() + WAIT;
-        while app.api().get("/readyz", None).await.status != StatusCode::OK {
-            assert!(Instant::now() < deadline, "an instance is not ready (is Redis running?)");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (first, second)
+    tests::two_instances(&unique("sessions"), |_| {}).await
 }
 
 #[tokio::test]
