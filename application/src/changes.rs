@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use domain::{
-    check_reply_target, Actor, Change, ChangeError, ConversationId, EditWindow, Emoji, Member, MessageBody,
-    MessageChange, MessageId, ReplyError, ReplyQuote, UserId,
+    check_reply_target, Actor, Change, ChangeError, ConversationId, EditWindow, Emoji, Member, Message,
+    MessageBody, MessageId, ReplyError, ReplyQuote, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
 use crate::ports::{
-    ChangeOutcome, ChangeRequest, Clock, ConversationRepository, CurrentMessage, MessageChangeRepository,
-    RepoError, StoredChange, StreamPosition,
+    ChangeOutcome, ChangeRequest, Clock, ConversationRepository, Event, MessageChangeRepository, Notifier,
+    RepoError, StoredChange,
 };
 
 /// What a caller of the message-change use cases can act on.
@@ -48,61 +48,23 @@ pub enum MessageChangeError {
 
 embeds_application_error!(MessageChangeError: RepoError);
 
-/// Who is told about a change, and where it sits for them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recipients {
-    /// Both users of a direct conversation, each at the change's position in their stream.
-    Direct(Vec<StreamPosition>),
-    /// The group's current members (the change takes no stream positions; it is the group's
-    /// entry at `change.seq`, which a member who joined later skips).
-    Group(ConversationId),
-}
-
-/// A change to announce as `messageUpdated`: the change entry, the message as it stands right
-/// after it (each recipient is shown its own reactions with [`domain::Reactions::view`]), and
-/// who gets it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MessageUpdated {
-    pub change: MessageChange,
-    pub current: CurrentMessage,
-    pub recipients: Recipients,
-}
-
-impl From<StoredChange> for MessageUpdated {
-    fn from(stored: StoredChange) -> Self {
-        // A direct message names its receiver; a group entry does not.
-        let recipients = match stored.current.message.receiver_id {
-            Some(_) => Recipients::Direct(stored.positions),
-            None => Recipients::Group(stored.change.conversation_id.clone()),
-        };
-        Self { change: stored.change, current: stored.current, recipients }
-    }
-}
-
 /// What a change request ended in. Either way the caller answers with the message as it
-/// stands ([`current`](Self::current)).
+/// stands ([`message`](Self::message)).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeResult {
-    /// The message changed: the caller publishes this update to its recipients, once. (The
-    /// store has it already: a device that missed the publication gets it from `sync`.)
-    Changed(MessageUpdated),
-    /// The message showed this change already: nothing was stored, nothing is to publish.
-    Unchanged(CurrentMessage),
+    /// The message changed, and the change was announced to the conversation's members
+    /// (`messageUpdated`). A device that missed the announcement gets it from `sync`.
+    Changed(StoredChange),
+    /// The message showed this change already: nothing was stored or announced.
+    Unchanged(Message),
 }
 
 impl ChangeResult {
-    pub fn current(&self) -> &CurrentMessage {
+    /// The message as it stands after the request.
+    pub fn message(&self) -> &Message {
         match self {
-            ChangeResult::Changed(update) => &update.current,
-            ChangeResult::Unchanged(current) => current,
-        }
-    }
-
-    /// The update to publish, if anything changed.
-    pub fn update(&self) -> Option<&MessageUpdated> {
-        match self {
-            ChangeResult::Changed(update) => Some(update),
-            ChangeResult::Unchanged(_) => None,
+            ChangeResult::Changed(stored) => &stored.update.message,
+            ChangeResult::Unchanged(message) => message,
         }
     }
 }
@@ -110,6 +72,7 @@ impl ChangeResult {
 pub struct MessageChangeService {
     conversations: Arc<dyn ConversationRepository>,
     changes: Arc<dyn MessageChangeRepository>,
+    notifier: Arc<dyn Notifier>,
     clock: Arc<dyn Clock>,
     /// `messages.edit_window`.
     window: EditWindow,
@@ -119,10 +82,11 @@ impl MessageChangeService {
     pub fn new(
         conversations: Arc<dyn ConversationRepository>,
         changes: Arc<dyn MessageChangeRepository>,
+        notifier: Arc<dyn Notifier>,
         clock: Arc<dyn Clock>,
         window: EditWindow,
     ) -> Self {
-        Self { conversations, changes, clock, window }
+        Self { conversations, changes, notifier, clock, window }
     }
 
     /// Replaces the text of my message, within the edit window. The same text again changes
@@ -184,9 +148,9 @@ impl MessageChangeService {
         let Some(current) = self.changes.find(target).await? else {
             return Err(ReplyError::OtherConversation.into());
         };
-        let content = &current.state.content;
-        check_reply_target(conversation, member.joined_seq, &current.message, content)?;
-        Ok(ReplyQuote::of(&current.message, content))
+        let content = current.content();
+        check_reply_target(conversation, member.joined_seq, &current, &content)?;
+        Ok(ReplyQuote::of(&current, &content))
     }
 
     async fn change(
@@ -198,10 +162,7 @@ impl MessageChangeService {
     ) -> Result<ChangeResult, MessageChangeError> {
         let member = self.member(me, conversation).await?;
         let current = match self.changes.find(message).await? {
-            Some(current)
-                if &current.message.conversation_id == conversation
-                    && current.message.seq >= member.joined_seq =>
-            {
+            Some(current) if &current.conversation_id == conversation && current.seq >= member.joined_seq => {
                 current
             }
             _ => return Err(MessageChangeError::MessageNotFound),
@@ -209,7 +170,7 @@ impl MessageChangeService {
         let actor = Actor { user: me.clone(), role: member.role };
         let at = self.clock.now();
         // The early answer; the store decides again under the lock.
-        current.state.clone().apply(&actor, &change, self.window, at)?;
+        current.state().apply(&actor, &change, self.window, at)?;
         let request = ChangeRequest {
             conversation: conversation.clone(),
             message: message.clone(),
@@ -219,7 +180,10 @@ impl MessageChangeService {
             window: self.window,
         };
         match self.changes.change(&request).await? {
-            ChangeOutcome::Changed(stored) => Ok(ChangeResult::Changed(stored.into())),
+            ChangeOutcome::Changed(stored) => {
+                self.announce(&stored).await;
+                Ok(ChangeResult::Changed(stored))
+            }
             ChangeOutcome::Unchanged(current) => Ok(ChangeResult::Unchanged(current)),
             ChangeOutcome::NotMember => Err(MessageChangeError::ConversationNotFound),
             ChangeOutcome::NotFound => Err(MessageChangeError::MessageNotFound),
@@ -230,6 +194,27 @@ impl MessageChangeService {
     async fn member(&self, me: &UserId, conversation: &ConversationId) -> Result<Member, MessageChangeError> {
         self.conversations.member(conversation, me).await?.ok_or(MessageChangeError::ConversationNotFound)
     }
+
+    /// Tells the conversation's members about a stored change: each user of a direct
+    /// conversation at the change's position in their stream, a group's members at the
+    /// membership version it was stored under. Not told is not lost: the change is stored
+    /// and a device reads it with its next sync or catch-up.
+    async fn announce(&self, stored: &StoredChange) {
+        let update = &stored.update;
+        if update.message.receiver_id.is_none() {
+            let event = Event::GroupUpdated { update: update.clone(), version: stored.version };
+            if let Err(error) = self.notifier.notify_group(&update.change.conversation_id, &event).await {
+                tracing::warn!(error = %error, message_id = %update.message.id, "group message change stored but not announced");
+            }
+            return;
+        }
+        for position in &stored.positions {
+            let event = Event::MessageUpdated { update: update.clone(), cursor: position.cursor };
+            if let Err(error) = self.notifier.notify(std::slice::from_ref(&position.user), &event).await {
+                tracing::warn!(error = %error, message_id = %update.message.id, "message change stored but not announced");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,12 +224,15 @@ mod tests {
 
     use chrono::{TimeDelta, TimeZone, Utc};
     use domain::{
-        Applied, ChangeKind, Content, Cursor, Message, MessageState, QuoteText, ReactionError, Reactions,
-        Role, Seq, SystemEvent, Timestamp,
+        Applied, ChangeKind, Content, Cursor, Message, MessageChange, MessageState, QuoteText, ReactionError,
+        Reactions, Role, Seq, SystemEvent, Timestamp,
     };
 
     use super::*;
-    use crate::ports::{MockClock, MockConversationRepository, MockMessageChangeRepository};
+    use crate::ports::{
+        MockClock, MockConversationRepository, MockMessageChangeRepository, MockNotifier, StreamPosition,
+        Update,
+    };
 
     fn now() -> Timestamp {
         Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap()
@@ -259,6 +247,19 @@ mod tests {
     }
 
     type Meanwhile = Box<dyn FnOnce(&mut Store) + Send>;
+
+    /// A message as the store holds it: the entry, and its state now.
+    #[derive(Debug, Clone)]
+    struct CurrentMessage {
+        message: Message,
+        state: MessageState,
+    }
+
+    impl CurrentMessage {
+        fn read(&self) -> Message {
+            self.message.clone().with_state(self.state.clone())
+        }
+    }
 
     /// A store of messages and members that answers the port as its contract says (the
     /// reference: it decides with `MessageState::apply` on the state it holds).
@@ -275,6 +276,8 @@ mod tests {
         meanwhile: Option<Meanwhile>,
         /// Every call fails as an unreachable store does.
         down: bool,
+        /// What the service announced: to a user, or (`None`) to the message's group.
+        announced: Vec<(Option<UserId>, Event)>,
     }
 
     impl Store {
@@ -311,7 +314,7 @@ mod tests {
             let mut state = self.messages[index].state.clone();
             let kind = match state.apply(&actor, &request.change, request.window, request.at) {
                 Err(refused) => return ChangeOutcome::Refused(refused),
-                Ok(Applied::Unchanged) => return ChangeOutcome::Unchanged(self.messages[index].clone()),
+                Ok(Applied::Unchanged) => return ChangeOutcome::Unchanged(self.messages[index].read()),
                 Ok(Applied::Changed(kind)) => kind,
             };
             let seq = self.last_seq.entry(request.conversation.clone()).or_insert(0);
@@ -326,12 +329,13 @@ mod tests {
                 seq: *seq,
             };
             self.messages[index].state = state;
-            let current = self.messages[index].clone();
-            let positions = match &current.message.receiver_id {
-                Some(receiver) => vec![self.position(&current.message.sender_id), self.position(receiver)],
+            let message = self.messages[index].read();
+            let positions = match &message.receiver_id {
+                Some(receiver) => vec![self.position(&message.sender_id), self.position(receiver)],
                 None => Vec::new(),
             };
-            ChangeOutcome::Changed(StoredChange { change, current, positions })
+            let version = if positions.is_empty() { 7 } else { 0 };
+            ChangeOutcome::Changed(StoredChange { update: Update { change, message }, positions, version })
         }
     }
 
@@ -377,6 +381,8 @@ mod tests {
             let seq = store.last_seq.entry(conversation.clone()).or_insert(0);
             *seq += 1;
             let message = Message {
+                reply_to: None,
+                changed: None,
                 id: MessageId::generate(),
                 conversation_id: conversation.clone(),
                 sender_id: sender.clone(),
@@ -434,15 +440,34 @@ mod tests {
             let mut changes = MockMessageChangeRepository::new();
             let store = self.store.clone();
             changes.expect_find().returning(move |id| {
-                Ok(store.lock().unwrap().messages.iter().find(|m| &m.message.id == id).cloned())
+                Ok(store
+                    .lock()
+                    .unwrap()
+                    .messages
+                    .iter()
+                    .find(|m| &m.message.id == id)
+                    .map(CurrentMessage::read))
             });
             let store = self.store.clone();
             changes.expect_change().returning(move |request| Ok(store.lock().unwrap().change(request)));
+            let mut notifier = MockNotifier::new();
+            let store = self.store.clone();
+            notifier.expect_notify().returning(move |users, event| {
+                let mut store = store.lock().unwrap();
+                store.announced.extend(users.iter().map(|user| (Some(user.clone()), event.clone())));
+                Ok(())
+            });
+            let store = self.store.clone();
+            notifier.expect_notify_group().returning(move |_, event| {
+                store.lock().unwrap().announced.push((None, event.clone()));
+                Ok(())
+            });
             let mut clock = MockClock::new();
             clock.expect_now().returning(now);
             MessageChangeService::new(
                 Arc::new(conversations),
                 Arc::new(changes),
+                Arc::new(notifier),
                 Arc::new(clock),
                 self.window,
             )
@@ -485,14 +510,14 @@ mod tests {
         }
     }
 
-    fn changed(result: Result<ChangeResult, MessageChangeError>) -> MessageUpdated {
+    fn changed(result: Result<ChangeResult, MessageChangeError>) -> Update {
         match result {
-            Ok(ChangeResult::Changed(update)) => update,
+            Ok(ChangeResult::Changed(stored)) => stored.update,
             other => panic!("expected a change, got {other:?}"),
         }
     }
 
-    fn unchanged(result: Result<ChangeResult, MessageChangeError>) -> CurrentMessage {
+    fn unchanged(result: Result<ChangeResult, MessageChangeError>) -> Message {
         match result {
             Ok(ChangeResult::Unchanged(current)) => current,
             other => panic!("expected no change, got {other:?}"),
@@ -507,15 +532,14 @@ mod tests {
         let update = changed(world.service().edit(&alice, &conversation, &message, body("hello!")).await);
         assert_eq!(update.change.kind, ChangeKind::Edited);
         assert_eq!((update.change.seq, update.change.at), (2, now()));
-        assert_eq!(update.current.state.content.body(), Some(&body("hello!")));
-        assert_eq!(update.current.state.version, 2);
+        assert_eq!(update.message.text(), Some(&body("hello!")));
+        assert_eq!(update.message.version(), 2);
         let cursor = Cursor::new(1).unwrap();
+        let event = Event::MessageUpdated { update: update.clone(), cursor };
         assert_eq!(
-            update.recipients,
-            Recipients::Direct(vec![
-                StreamPosition { user: alice.clone(), cursor },
-                StreamPosition { user: bob, cursor }
-            ])
+            world.store.lock().unwrap().announced,
+            [(Some(alice.clone()), event.clone()), (Some(bob), event)],
+            "each at the change's position in their stream"
         );
         let request = world.store.lock().unwrap().requests[0].clone();
         assert_eq!((request.actor, request.at, request.window), (alice, now(), EditWindow::default()));
@@ -527,10 +551,11 @@ mod tests {
         let group = world.group();
         let update =
             changed(world.service().react(&group.admin, &group.id, &group.early[0], emoji("👍")).await);
-        assert_eq!(update.recipients, Recipients::Group(group.id.clone()));
+        let event = Event::GroupUpdated { update: update.clone(), version: 7 };
+        assert_eq!(world.store.lock().unwrap().announced, [(None, event)], "once, to the group");
         assert_eq!(update.change.kind, ChangeKind::ReactionAdded { emoji: emoji("👍") });
         assert_eq!(update.change.seq, 4);
-        assert_eq!(update.current.state.content, world.state(&group.early[0]).content);
+        assert_eq!(update.message.content(), world.state(&group.early[0]).content);
     }
 
     #[tokio::test]
@@ -570,7 +595,7 @@ mod tests {
         world.sent_at(&message, now() - TimeDelta::days(1000));
         let forever =
             changed(world.service().edit(&alice, &conversation, &message, body("years later")).await);
-        assert_eq!(forever.current.state.content.body(), Some(&body("years later")));
+        assert_eq!(forever.message.text(), Some(&body("years later")));
     }
 
     #[tokio::test]
@@ -581,10 +606,11 @@ mod tests {
         let service = world.service();
         let first = service.edit(&alice, &conversation, &message, body("fixed")).await.unwrap();
         let again = service.edit(&alice, &conversation, &message, body("fixed")).await.unwrap();
-        assert!(first.update().is_some());
-        assert_eq!(again.update(), None);
-        assert_eq!(again.current(), first.current());
+        assert!(matches!(first, ChangeResult::Changed(_)));
+        assert!(matches!(again, ChangeResult::Unchanged(_)));
+        assert_eq!(again.message(), first.message());
         assert_eq!(world.store.lock().unwrap().last_seq[&conversation], 2);
+        assert_eq!(world.store.lock().unwrap().announced.len(), 2, "one update, to both users");
     }
 
     #[tokio::test]
@@ -596,7 +622,8 @@ mod tests {
         assert_eq!(refused(service.delete(&bob, &conversation, &message).await), ChangeError::MayNotDelete);
         let update = changed(service.delete(&alice, &conversation, &message).await);
         assert_eq!(update.change.kind, ChangeKind::Deleted);
-        assert!(matches!(&update.current.state.content, Content::Deleted(t) if t.deleted_by == alice));
+        assert!(matches!(&update.message.content(), Content::Deleted(t) if t.deleted_by == alice));
+        assert_eq!(update.message.text(), None);
 
         let group = world.group();
         let result = service.delete(&group.other, &group.id, &group.early[0]).await;
@@ -605,7 +632,7 @@ mod tests {
         changed(service.delete(&group.admin, &group.id, &group.early[1]).await);
         let owners = world.post(&group.id, &group.admin);
         let update = changed(service.delete(&group.owner, &group.id, &owners).await);
-        assert!(matches!(&update.current.state.content, Content::Deleted(t) if t.deleted_by == group.owner));
+        assert!(matches!(&update.message.content(), Content::Deleted(t) if t.deleted_by == group.owner));
     }
 
     #[tokio::test]
@@ -623,7 +650,7 @@ mod tests {
         assert_eq!(refused(react), ChangeError::Deleted);
         assert_eq!(world.requests(), requests, "refused early");
         let tombstone = unchanged(service.delete(&alice, &conversation, &message).await);
-        assert_eq!(tombstone.state.content.body(), None);
+        assert_eq!(tombstone.text(), None);
         unchanged(service.unreact(&bob, &conversation, &message, emoji("👍")).await);
         assert_eq!(world.store.lock().unwrap().last_seq[&conversation], 3);
     }
@@ -637,9 +664,9 @@ mod tests {
         let thumbs = emoji("👍");
         let first = service.react(other, id, message, thumbs.clone()).await.unwrap();
         let again = service.react(other, id, message, emoji(":+1:")).await.unwrap();
-        assert!(first.update().is_some());
-        assert_eq!(again.update(), None);
-        let Content::Live { reactions, .. } = &again.current().state.content else { panic!("deleted") };
+        assert!(matches!(first, ChangeResult::Changed(_)));
+        assert!(matches!(again, ChangeResult::Unchanged(_)));
+        let Content::Live { reactions, .. } = &again.message().content() else { panic!("deleted") };
         assert_eq!(reactions.users(&thumbs), Some(std::slice::from_ref(other)));
 
         let removed = changed(service.unreact(other, id, message, thumbs.clone()).await);
@@ -750,7 +777,7 @@ mod tests {
             reactions.add(&other, &emoji("👍")).unwrap();
         });
         let current = unchanged(service.react(&group.other, &id, &second, emoji("👍")).await);
-        assert_eq!(current.state.content, world.state(&second).content);
+        assert_eq!(current.content(), world.state(&second).content);
 
         // Removed meanwhile.
         let (removed, from) = (group.member.clone(), id.clone());

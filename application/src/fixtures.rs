@@ -9,7 +9,7 @@ use domain::{
 };
 
 use crate::ports::{
-    GroupPosition, MockGroupRepository, MockMessageRepository, Notice, StreamEntry, StreamItem,
+    GroupEntry, GroupPosition, MockGroupRepository, MockMessageRepository, Notice, StreamEntry, StreamItem,
 };
 
 /// A user with the given id, created (and last updated) at `at`.
@@ -33,7 +33,7 @@ pub(crate) fn user_with_id(id: &UserId, at: Timestamp) -> User {
 pub(crate) struct Timeline {
     pub(crate) user: UserId,
     pub(crate) stream: Vec<StreamEntry>,
-    pub(crate) entries: BTreeMap<ConversationId, Vec<Message>>,
+    pub(crate) entries: BTreeMap<ConversationId, Vec<GroupEntry>>,
     /// How many times a group's entries were read.
     pub(crate) entry_reads: usize,
 }
@@ -46,6 +46,8 @@ impl Timeline {
     /// A direct message to the user, at the stream's next position.
     pub(crate) fn direct(&mut self, body: &str) -> (Cursor, Message) {
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),
@@ -103,6 +105,8 @@ impl Timeline {
     fn entry(&mut self, group: &ConversationId, body: &str, system: Option<SystemEvent>) -> Message {
         let entries = self.entries.entry(group.clone()).or_default();
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: group.clone(),
             sender_id: UserId::generate(),
@@ -113,7 +117,7 @@ impl Timeline {
             created_at: chrono::Utc::now(),
             client_id: None,
         };
-        entries.push(message.clone());
+        entries.push(GroupEntry::Message(message.clone()));
         message
     }
 
@@ -121,7 +125,7 @@ impl Timeline {
     fn notices(&self) -> impl Iterator<Item = (Cursor, &Notice)> {
         self.stream.iter().enumerate().filter_map(|(i, entry)| match entry {
             StreamEntry::Notice(notice) => Some((Cursor::new(i as u64 + 1).unwrap(), notice)),
-            StreamEntry::Message(_) => None,
+            StreamEntry::Message(_) | StreamEntry::Update(_) => None,
         })
     }
 }
@@ -154,7 +158,7 @@ pub(crate) fn timeline_ports(
             .map(|entries| {
                 entries
                     .iter()
-                    .filter(|e| e.seq > after && until.is_none_or(|until| e.seq <= until))
+                    .filter(|e| e.seq() > after && until.is_none_or(|until| e.seq() <= until))
                     .take(limit as usize)
                     .cloned()
                     .collect()

@@ -443,6 +443,8 @@ impl GroupService {
     /// A system entry of `group` by `me`, at the next seq (assigned by the store).
     fn entry(&self, group: &ConversationId, me: &UserId, body: String, event: SystemEvent) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: group.clone(),
             sender_id: me.clone(),

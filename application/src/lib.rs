@@ -23,7 +23,7 @@ pub mod stream;
 pub mod transfer;
 
 pub use accounts::{AccountError, AccountService, Authenticated, NewAccount, UserPage};
-pub use changes::{ChangeResult, MessageChangeError, MessageChangeService, MessageUpdated, Recipients};
+pub use changes::{ChangeResult, MessageChangeError, MessageChangeService};
 pub use error::ApplicationError;
 pub use groups::{GroupError, GroupLimits, GroupService, GroupUpdate};
 pub use messaging::{

@@ -157,6 +157,8 @@ impl MessagingService {
         let now = self.clock.now();
         let conversation = Conversation::start(pair, now);
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: conversation.id.clone(),
             sender_id: sender.clone(),
@@ -205,6 +207,8 @@ impl MessagingService {
             Some(Chat::Group(group)) => group,
         };
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: group.id,
             sender_id: me.clone(),
@@ -509,6 +513,8 @@ mod tests {
 
     fn message_to(user: &UserId) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),
@@ -1269,6 +1275,7 @@ mod tests {
             .map(|item| match &item.event {
                 SyncEvent::Message(m) => m.body.as_str().to_owned(),
                 SyncEvent::Read { seq, .. } => format!("read {seq}"),
+                SyncEvent::Updated(update) => format!("updated {}", update.change.seq),
             })
             .collect()
     }

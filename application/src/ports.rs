@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Chat, Conversation, ConversationId, Cursor, Group, Member, Message, MessageId, ParticipantPair, Password,
-    PasswordHash, Seq, SystemEvent, Timestamp, User, UserId, Username,
+    Chat, Conversation, ConversationId, Cursor, Group, Member, Message, MessageChange, MessageId,
+    ParticipantPair, Password, PasswordHash, Seq, SystemEvent, Timestamp, User, UserId, Username,
 };
 
 /// What a repository call can end in besides success.
@@ -37,9 +37,7 @@ mod groups;
 mod records;
 #[cfg(any(test, feature = "mocks"))]
 pub use changes::MockMessageChangeRepository;
-pub use changes::{
-    ChangeOutcome, ChangeRequest, CurrentMessage, MessageChangeRepository, StoredChange, StreamPosition,
-};
+pub use changes::{ChangeOutcome, ChangeRequest, MessageChangeRepository, StoredChange, StreamPosition};
 #[cfg(any(test, feature = "mocks"))]
 pub use groups::MockGroupRepository;
 pub use groups::{Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed};
@@ -305,11 +303,54 @@ pub enum Notice {
     Read { conversation: ConversationId, seq: Seq, message_id: MessageId },
 }
 
+/// A change entry of a conversation (an edit, a deletion, a reaction added or taken back) with
+/// the message it changed, as it stands when read: at least as new as the change (see
+/// docs/MESSAGE_CHANGES.md §1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub change: MessageChange,
+    pub message: Message,
+}
+
+/// What one seq of a group holds: an entry appended to it (a message or a system entry), or a
+/// change of one of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupEntry {
+    Message(Message),
+    Update(Update),
+}
+
+impl GroupEntry {
+    pub fn seq(&self) -> Seq {
+        match self {
+            GroupEntry::Message(message) => message.seq,
+            GroupEntry::Update(update) => update.change.seq,
+        }
+    }
+
+    pub fn conversation_id(&self) -> &ConversationId {
+        match self {
+            GroupEntry::Message(message) => &message.conversation_id,
+            GroupEntry::Update(update) => &update.change.conversation_id,
+        }
+    }
+
+    /// The message appended at this seq, if it holds one (not a change).
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            GroupEntry::Message(message) => Some(message),
+            GroupEntry::Update(_) => None,
+        }
+    }
+}
+
 /// What one position of a user's stream holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEntry {
     /// A direct message the user sent or received.
     Message(Message),
+    /// A change of a direct message the user sent or received.
+    Update(Update),
     Notice(Notice),
 }
 
@@ -325,7 +366,7 @@ impl StreamItem {
     pub fn message(&self) -> Option<&Message> {
         match &self.entry {
             StreamEntry::Message(message) => Some(message),
-            StreamEntry::Notice(_) => None,
+            StreamEntry::Update(_) | StreamEntry::Notice(_) => None,
         }
     }
 }
@@ -346,6 +387,14 @@ pub fn consecutive_after(after: Cursor, mut items: Vec<StreamItem>) -> Vec<Strea
         .count();
     items.truncate(run);
     items
+}
+
+/// The leading run of `entries` (sorted by seq) at consecutive seqs right after `after`: what
+/// a [`MessageRepository::entries`] may return (as [`consecutive_after`] for streams).
+pub fn consecutive_entries(after: Seq, mut entries: Vec<GroupEntry>) -> Vec<GroupEntry> {
+    let run = entries.iter().zip(after + 1..).take_while(|(entry, seq)| entry.seq() == *seq).count();
+    entries.truncate(run);
+    entries
 }
 
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -390,14 +439,15 @@ pub trait MessageRepository: Send + Sync {
 
     /// Up to `limit` entries of the conversation with a seq after `after` and at most
     /// `until` (no bound when `None`), in seq order: consecutive seqs from `after + 1` on
-    /// (a store stops before a hole rather than skip it).
+    /// (a store stops before a hole rather than skip it). Messages and change entries alike;
+    /// every message as it stands now.
     async fn entries(
         &self,
         conversation: &ConversationId,
         after: Seq,
         until: Option<Seq>,
         limit: u32,
-    ) -> RepoResult<Vec<Message>>;
+    ) -> RepoResult<Vec<GroupEntry>>;
 
     /// Moves `user`'s read position in the conversation forward to the entry `up_to`, never
     /// back (of two racing moves the higher one stays), and when it moved appends a
@@ -572,6 +622,18 @@ pub enum Event {
         message: Message,
         version: u64,
     },
+    /// A change of a direct message, for one of its participants: `cursor` is the change's
+    /// position in that participant's stream.
+    MessageUpdated {
+        update: Update,
+        cursor: Cursor,
+    },
+    /// A change of a group's message: the group's entry at `update.change.seq`, for the
+    /// members at membership `version`.
+    GroupUpdated {
+        update: Update,
+        version: u64,
+    },
     /// A notice appended to one user's stream at `cursor`.
     Notice {
         notice: Notice,
@@ -601,6 +663,27 @@ pub enum Event {
         to: TypingTarget,
         is_typing: bool,
     },
+}
+
+impl Event {
+    /// Where an event of a user's stream sits in it.
+    pub fn stream_position(&self) -> Option<Cursor> {
+        match self {
+            Event::NewMessage { cursor, .. }
+            | Event::MessageUpdated { cursor, .. }
+            | Event::Notice { cursor, .. } => Some(*cursor),
+            _ => None,
+        }
+    }
+
+    /// The group and seq of an event that is an entry of a group (a new entry or a change).
+    pub fn group_entry(&self) -> Option<(&ConversationId, Seq)> {
+        match self {
+            Event::GroupMessage { message, .. } => Some((&message.conversation_id, message.seq)),
+            Event::GroupUpdated { update, .. } => Some((&update.change.conversation_id, update.change.seq)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -703,6 +786,8 @@ mod tests {
         StreamItem {
             cursor: Cursor::new(position).unwrap(),
             entry: StreamEntry::Message(Message {
+                reply_to: None,
+                changed: None,
                 id: MessageId::generate(),
                 conversation_id: ConversationId::generate(),
                 sender_id: UserId::generate(),

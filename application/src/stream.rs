@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use domain::{ConversationId, Cursor, Message, MessageId, Seq, SyncCursor, UserId};
 
 use crate::ports::{
-    Event, GroupRepository, MessageRepository, Notice, RepoError, RepoResult, StreamEntry, StreamItem,
+    Event, GroupEntry, GroupRepository, MessageRepository, Notice, RepoError, RepoResult, StreamEntry,
+    StreamItem, Update,
 };
 
 /// Entries read from the store per round trip while catching up.
@@ -69,6 +70,9 @@ pub enum SyncEvent {
     Message(Message),
     /// The user (on some device) read `conversation` up to the entry `up_to`, at `seq`.
     Read { conversation: ConversationId, seq: Seq, up_to: MessageId },
+    /// A message the user sees was edited, deleted or reacted to: the change, and the
+    /// message as it stands (at least as new as the change).
+    Updated(Update),
 }
 
 /// One delivery, with the cursor as it stands right after it.
@@ -123,6 +127,9 @@ pub(crate) struct StreamReader {
     /// client makes anyway), so that a sync of a user in many quiet groups costs a few
     /// queries, not one per group. Empty for a live follower, which must read on past it.
     quiet_after: HashMap<ConversationId, Seq>,
+    /// The first entry each group of the cursor shows the user (their `joined_seq`), where
+    /// known: a change of a message from before it is passed over, not delivered.
+    joined: HashMap<ConversationId, Seq>,
 }
 
 impl StreamReader {
@@ -138,10 +145,12 @@ impl StreamReader {
     ) -> Result<Self, FollowError> {
         let head = messages.stream_head(&user).await?;
         let mut quiet_after = HashMap::new();
+        let mut joined = HashMap::new();
         let at = match since {
             None => {
                 let positions = groups.groups_at(&user, head).await?;
                 quiet_after.extend(positions.iter().map(|p| (p.group.clone(), p.last_seq)));
+                joined.extend(positions.iter().map(|p| (p.group.clone(), p.joined_seq)));
                 SyncCursor {
                     stream: head,
                     groups: positions.into_iter().map(|p| (p.group, p.last_seq)).collect(),
@@ -169,12 +178,13 @@ impl StreamReader {
                     if seq.saturating_add(1) < position.joined_seq {
                         return Err(FollowError::InvalidCursor);
                     }
+                    joined.insert(position.group.clone(), position.joined_seq);
                     quiet_after.insert(position.group, position.last_seq);
                 }
                 since
             }
         };
-        Ok(Self { messages, groups, user, at, ends: HashMap::new(), quiet_after })
+        Ok(Self { messages, groups, user, at, ends: HashMap::new(), quiet_after, joined })
     }
 
     /// Reads every group on to its current end, whatever it was when the reader resumed.
@@ -259,14 +269,28 @@ impl StreamReader {
         for entry in entries {
             // A store keeps to the run and the bound; a broken one must not make a client
             // skip or see what it should not.
-            if entry.seq != last + 1 || end.is_some_and(|end| entry.seq > end) {
+            if entry.seq() != last + 1 || end.is_some_and(|end| entry.seq() > end) {
                 break;
             }
-            last = entry.seq;
+            last = entry.seq();
             self.at.groups.insert(group.clone(), last);
-            delivered.push(SyncItem { cursor: self.at.clone(), event: SyncEvent::Message(entry) });
+            if let Some(event) = self.shown(group, entry) {
+                delivered.push(SyncItem { cursor: self.at.clone(), event });
+            }
         }
         Ok(delivered)
+    }
+
+    /// What an entry of `group` shows the user: nothing for a change of a message from
+    /// before they joined (the entry is passed over: the cursor moves past it all the same).
+    fn shown(&self, group: &ConversationId, entry: GroupEntry) -> Option<SyncEvent> {
+        match entry {
+            GroupEntry::Message(message) => Some(SyncEvent::Message(message)),
+            GroupEntry::Update(update) => {
+                let joined = self.joined.get(group).copied().unwrap_or(0);
+                (update.message.seq >= joined).then_some(SyncEvent::Updated(update))
+            }
+        }
     }
 
     /// Takes the stream item right after the cursor, delivering at most `budget` items.
@@ -277,6 +301,10 @@ impl StreamReader {
                 self.at.stream = item.cursor;
                 vec![SyncItem { cursor: self.at.clone(), event: SyncEvent::Message(message) }]
             }
+            StreamEntry::Update(update) => {
+                self.at.stream = item.cursor;
+                vec![SyncItem { cursor: self.at.clone(), event: SyncEvent::Updated(update) }]
+            }
             StreamEntry::Notice(Notice::Read { conversation, seq, message_id }) => {
                 self.at.stream = item.cursor;
                 let event = SyncEvent::Read { conversation, seq, up_to: message_id };
@@ -286,6 +314,7 @@ impl StreamReader {
                 self.at.stream = item.cursor;
                 self.ends.remove(&group);
                 self.quiet_after.remove(&group);
+                self.joined.insert(group.clone(), seq);
                 self.at.groups.insert(group, seq.saturating_sub(1));
                 Vec::new()
             }
@@ -306,6 +335,7 @@ impl StreamReader {
                     self.at.groups.remove(&group);
                     self.ends.remove(&group);
                     self.quiet_after.remove(&group);
+                    self.joined.remove(&group);
                 }
                 self.at.stream = item.cursor;
                 delivered
@@ -440,6 +470,7 @@ impl StreamFollower {
                             at: SyncCursor::START,
                             ends: HashMap::new(),
                             quiet_after: HashMap::new(),
+                            joined: HashMap::new(),
                         };
                         let unanchored = Unanchored {
                             stream: false,
@@ -459,6 +490,11 @@ impl StreamFollower {
     /// follower has delivered something, it is not a cursor to resume from.
     pub fn cursor(&self) -> &SyncCursor {
         self.reader.cursor()
+    }
+
+    /// Whose stream this is.
+    pub fn user(&self) -> &UserId {
+        &self.reader.user
     }
 
     /// Whether the follower still has to learn where it starts (started without `since`).
@@ -481,17 +517,13 @@ impl StreamFollower {
     /// just before it. Nothing for a follower that knows its start.
     pub fn heard(&mut self, event: &Event) {
         let Some(unanchored) = &mut self.unanchored else { return };
-        match event {
-            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. } if !unanchored.stream => {
-                let first = unanchored.first_position.get_or_insert(*cursor);
-                *first = (*first).min(*cursor);
-            }
-            Event::GroupMessage { message, .. } => {
-                let first =
-                    unanchored.first_entries.entry(message.conversation_id.clone()).or_insert(message.seq);
-                *first = (*first).min(message.seq);
-            }
-            _ => {}
+        if let Some(cursor) = event.stream_position().filter(|_| !unanchored.stream) {
+            let first = unanchored.first_position.get_or_insert(cursor);
+            *first = (*first).min(cursor);
+        }
+        if let Some((group, seq)) = event.group_entry() {
+            let first = unanchored.first_entries.entry(group.clone()).or_insert(seq);
+            *first = (*first).min(seq);
         }
     }
 
@@ -530,6 +562,7 @@ impl StreamFollower {
         let mut heard = std::mem::take(&mut self.reader.at.groups);
         self.reader.at.stream = at;
         for position in positions {
+            self.reader.joined.insert(position.group.clone(), position.joined_seq);
             let seq = match heard.remove(&position.group) {
                 // Heard and followed since: as far as it got (an entry of this membership).
                 Some(had) if had.saturating_add(1) >= position.joined_seq => had,
@@ -564,13 +597,23 @@ impl StreamFollower {
                 self.anchor_at(*cursor).await;
                 self.admit_at(*cursor, StreamEntry::Message(message.clone())).await
             }
+            Event::MessageUpdated { update, cursor } => {
+                self.anchor_at(*cursor).await;
+                self.admit_at(*cursor, StreamEntry::Update(update.clone())).await
+            }
             Event::Notice { notice, cursor } => {
                 self.anchor_at(*cursor).await;
                 self.admit_at(*cursor, StreamEntry::Notice(notice.clone())).await
             }
             Event::GroupMessage { message, .. } => {
-                self.anchor_entry(message).await?;
-                Ok(self.admit_entry(message).await?)
+                let entry = GroupEntry::Message(message.clone());
+                self.anchor_entry(&entry).await?;
+                Ok(self.admit_entry(entry).await?)
+            }
+            Event::GroupUpdated { update, .. } => {
+                let entry = GroupEntry::Update(update.clone());
+                self.anchor_entry(&entry).await?;
+                Ok(self.admit_entry(entry).await?)
             }
             Event::ConversationUpdated { .. }
             | Event::MessagesRead { .. }
@@ -595,11 +638,11 @@ impl StreamFollower {
     /// Before an entry of a group: an unanchored follower asks the store if it may (or
     /// must: to read a gap, `P` has to be right), and otherwise follows the group from just
     /// before the first entry heard, unless a notice already said what it is.
-    async fn anchor_entry(&mut self, entry: &Message) -> RepoResult<()> {
+    async fn anchor_entry(&mut self, entry: &GroupEntry) -> RepoResult<()> {
         let Some(unanchored) = &self.unanchored else { return Ok(()) };
-        let group = &entry.conversation_id;
+        let (group, seq) = (entry.conversation_id(), entry.seq());
         let had = self.reader.at.groups.get(group).copied();
-        let gap = had.is_some_and(|had| entry.seq > had + 1) && !unanchored.stream;
+        let gap = had.is_some_and(|had| seq > had + 1) && !unanchored.stream;
         if self.anchor_if_due(gap).await {
             return Ok(());
         }
@@ -611,7 +654,7 @@ impl StreamFollower {
         }
         let Some(unanchored) = &self.unanchored else { return Ok(()) };
         if had.is_none() && !self.heard.contains_key(group) {
-            let first = unanchored.first_entries.get(group).map_or(entry.seq, |&first| first.min(entry.seq));
+            let first = unanchored.first_entries.get(group).map_or(seq, |&first| first.min(seq));
             self.reader.at.groups.insert(group.clone(), first.saturating_sub(1));
         }
         Ok(())
@@ -647,7 +690,9 @@ impl StreamFollower {
                     }
                     Admission::Fill(self.reader.take_whole(item).await?)
                 }
-                StreamEntry::Message(_) | StreamEntry::Notice(Notice::Read { .. }) => {
+                StreamEntry::Message(_)
+                | StreamEntry::Update(_)
+                | StreamEntry::Notice(Notice::Read { .. }) => {
                     // One delivery: the event's.
                     match <[SyncItem; 1]>::try_from(self.reader.take_whole(item).await?) {
                         Ok([one]) => Admission::Deliver(one),
@@ -671,25 +716,26 @@ impl StreamFollower {
     }
 
     /// A new entry of a group.
-    async fn admit_entry(&mut self, entry: &Message) -> RepoResult<Admission> {
-        let group = &entry.conversation_id;
-        let Some(&had) = self.reader.at.groups.get(group) else {
+    async fn admit_entry(&mut self, entry: GroupEntry) -> RepoResult<Admission> {
+        let (group, seq) = (entry.conversation_id().clone(), entry.seq());
+        let Some(&had) = self.reader.at.groups.get(&group) else {
             // Not a member at the cursor: if the user joins, the notice brings the group.
             return Ok(Admission::Drop);
         };
-        if entry.seq <= had {
+        if seq <= had {
             return Ok(Admission::Repeat);
         }
-        let end = self.reader.ends.get(group).copied();
-        if entry.seq == had + 1 && end.is_none_or(|end| entry.seq <= end) {
-            self.reader.at.groups.insert(group.clone(), entry.seq);
-            return Ok(Admission::Deliver(SyncItem {
-                cursor: self.reader.at.clone(),
-                event: SyncEvent::Message(entry.clone()),
-            }));
+        let end = self.reader.ends.get(&group).copied();
+        if seq == had + 1 && end.is_none_or(|end| seq <= end) {
+            self.reader.at.groups.insert(group.clone(), seq);
+            return Ok(match self.reader.shown(&group, entry) {
+                Some(event) => Admission::Deliver(SyncItem { cursor: self.reader.at.clone(), event }),
+                None => Admission::Drop,
+            });
         }
+        let group = &group;
         let mut missed = Vec::new();
-        while self.reader.at.groups.get(group).is_some_and(|&had| had < entry.seq) {
+        while self.reader.at.groups.get(group).is_some_and(|&had| had < seq) {
             let page = self.reader.read_group(group, PAGE).await?;
             if page.is_empty() {
                 break;
@@ -766,6 +812,10 @@ mod tests {
                 }
                 SyncEvent::Message(m) => (m.conversation_id.to_string(), m.seq),
                 SyncEvent::Read { conversation, seq, .. } => (format!("read {conversation}"), *seq),
+                SyncEvent::Updated(u) if u.message.receiver_id.is_some() => {
+                    ("direct".to_owned(), item.cursor.stream.position())
+                }
+                SyncEvent::Updated(u) => (u.change.conversation_id.to_string(), u.change.seq),
             };
             shown.entry(source).or_default().push(n);
         }

@@ -103,7 +103,7 @@ impl ChangeKind {
 
 /// One stored change of a message: an entry of its conversation's sequence, after the
 /// message it changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageChange {
     pub conversation_id: ConversationId,
     pub message_id: MessageId,
@@ -116,14 +116,14 @@ pub struct MessageChange {
 
 /// What is left of a deleted message: who deleted it and when. No text and no reactions —
 /// not in history, sync, the conversation list or anywhere else.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     pub deleted_at: Timestamp,
     pub deleted_by: UserId,
 }
 
 /// What a message shows now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
     Live {
         body: MessageBody,
@@ -499,6 +499,8 @@ mod tests {
     fn a_sent_message_starts_unedited_without_reactions_at_its_own_seq() {
         let alice = UserId::generate();
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: alice.clone(),

@@ -21,7 +21,9 @@ pub use change::{
 };
 pub use group::{Group, GroupName, GroupNameError, Member, Role, RoleError, Seq, SystemEvent};
 pub use ids::{ConversationId, IdError, MessageId, UserId};
-pub use message::{Chat, Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair};
+pub use message::{
+    Changed, Chat, Conversation, Message, MessageBody, MessageBodyError, PairError, ParticipantPair,
+};
 pub use reaction::{Emoji, EmojiError, ReactionError, ReactionView, Reactions};
 pub use reply::{check_reply_target, excerpt, QuoteText, ReplyError, ReplyQuote};
 pub use stream::{ClientMessageId, ClientMessageIdError, Cursor, CursorError, SyncCursor};

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{text, ClientMessageId, ConversationId, MessageId, Seq, SystemEvent, Timestamp, UserId};
+use crate::{
+    text, ClientMessageId, Content, ConversationId, MessageId, MessageState, Reactions, ReplyQuote, Seq,
+    SystemEvent, Timestamp, UserId,
+};
 
 /// The text of a message: 1–5000 characters once trimmed, at least one of them visible (a
 /// message of zero-width or format characters looks empty), kept exactly as sent (no escaping:
@@ -58,6 +61,15 @@ impl MessageBody {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What stands in the `body` of a deleted message, whose text is not kept: never shown
+    /// (the text of a message is [`Message::text`]), and no text anyone sent.
+    pub fn withdrawn() -> Self {
+        Self(Self::WITHDRAWN.to_owned())
+    }
+
+    /// The stored text of a deleted message.
+    pub const WITHDRAWN: &'static str = "\u{2063}";
 }
 
 impl TryFrom<String> for MessageBody {
@@ -180,6 +192,22 @@ pub struct Message {
     pub created_at: Timestamp,
     /// The sender's key for this message, when the send carried one.
     pub client_id: Option<ClientMessageId>,
+    /// The earlier message of the conversation this one answers, with what it shows of it
+    /// as read (a quote follows edits and deletions of the original).
+    pub reply_to: Option<ReplyQuote>,
+    /// What became of the message after it was sent; `None` while it was never edited,
+    /// deleted or reacted to. `body` is the text as sent until then; once it is edited,
+    /// [`Message::text`] is what to show, and of a deleted message `body` is only
+    /// [`MessageBody::withdrawn`] (the text is not kept).
+    pub changed: Option<Box<Changed>>,
+}
+
+/// What a message shows after changes: its content now, and the seq of its last change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changed {
+    pub content: Content,
+    /// The seq of the change entry that made this state.
+    pub version: Seq,
 }
 
 impl Message {
@@ -201,6 +229,51 @@ impl Message {
     /// Whether this is a message a user sent (not a system entry).
     pub fn is_text(&self) -> bool {
         self.system.is_none()
+    }
+
+    /// What the message shows now: its text (edited or as sent), when it was edited, its
+    /// reactions — or its tombstone.
+    pub fn content(&self) -> Content {
+        match &self.changed {
+            Some(changed) => changed.content.clone(),
+            None => Content::Live { body: self.body.clone(), edited_at: None, reactions: Reactions::new() },
+        }
+    }
+
+    /// The text shown now; `None` once deleted.
+    pub fn text(&self) -> Option<&MessageBody> {
+        match &self.changed {
+            Some(changed) => changed.content.body(),
+            None => Some(&self.body),
+        }
+    }
+
+    /// The seq of its last change, its own seq if it never changed: of two copies of one
+    /// message, the one with the greater version is the newer.
+    pub fn version(&self) -> Seq {
+        self.changed.as_ref().map_or(self.seq, |changed| changed.version)
+    }
+
+    /// The message as the change rules see it.
+    pub fn state(&self) -> MessageState {
+        MessageState {
+            sender_id: self.sender_id.clone(),
+            sent_at: self.created_at,
+            system: !self.is_text(),
+            content: self.content(),
+            version: self.version(),
+        }
+    }
+
+    /// This message in `state` (after a change): its content and version, and `body` as
+    /// [`Message::changed`] says.
+    pub fn with_state(mut self, state: MessageState) -> Self {
+        self.body = match state.content.body() {
+            Some(body) => body.clone(),
+            None => MessageBody::withdrawn(),
+        };
+        self.changed = Some(Box::new(Changed { content: state.content, version: state.version }));
+        self
     }
 }
 

@@ -84,7 +84,7 @@ impl fmt::Display for Emoji {
 /// The reactions of one message: for each emoji (in the order it was first used), the users
 /// who reacted with it (in the order they did). A user reacts at most once with each emoji,
 /// and a message carries at most [`Reactions::MAX_EMOJI`] distinct emoji.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Reactions {
     by_emoji: Vec<(Emoji, Vec<UserId>)>,
 }

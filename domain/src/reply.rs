@@ -1,6 +1,7 @@
 //! Replies: a message may name an earlier message of the same conversation it answers, and
 //! is shown with a short quote of it.
 
+use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::{Content, ConversationId, Message, MessageId, Seq, UserId};
@@ -46,14 +47,14 @@ pub fn check_reply_target(
 /// What a reply shows of the message it answers: its author and the start of its text as it
 /// is now, or that it is deleted. Made when the reply is read, so it follows edits and
 /// deletions of the original.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyQuote {
     pub message_id: MessageId,
     pub sender_id: UserId,
     pub text: QuoteText,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuoteText {
     /// The first [`ReplyQuote::GRAPHEMES`] user-perceived characters of the text, trimmed;
     /// `truncated` when the text goes on.
@@ -100,6 +101,8 @@ mod tests {
 
     fn message(conversation: &ConversationId, seq: Seq, text: &str) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: conversation.clone(),
             sender_id: UserId::generate(),

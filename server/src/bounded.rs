@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::ports::{
-    Appended, Changed, ConversationKey, ConversationPage, ConversationRepository, ConversationSummary,
-    GroupAppended, GroupChange, GroupPosition, GroupRepository, GroupState, HealthCheck, MembersPreview,
-    MessageRepository, Noticed, ReadMoved, RepoError, RepoResult, Revocation, RevokedTokenRepository,
-    StreamItem, UserQuery, UserRepository,
+    Appended, ChangeOutcome, ChangeRequest, Changed, ConversationKey, ConversationPage,
+    ConversationRepository, ConversationSummary, GroupAppended, GroupChange, GroupEntry, GroupPosition,
+    GroupRepository, GroupState, HealthCheck, MembersPreview, MessageChangeRepository, MessageRepository,
+    Noticed, ReadMoved, RepoError, RepoResult, Revocation, RevokedTokenRepository, StreamItem, UserQuery,
+    UserRepository,
 };
 use async_trait::async_trait;
 use domain::{
@@ -109,6 +110,16 @@ impl ConversationRepository for Bounded<dyn ConversationRepository> {
 }
 
 #[async_trait]
+impl MessageChangeRepository for Bounded<dyn MessageChangeRepository> {
+    async fn find(&self, message: &MessageId) -> RepoResult<Option<Message>> {
+        self.run("reading a message", self.inner.find(message)).await
+    }
+    async fn change(&self, request: &ChangeRequest) -> RepoResult<ChangeOutcome> {
+        self.run("changing a message", self.inner.change(request)).await
+    }
+}
+
+#[async_trait]
 impl MessageRepository for Bounded<dyn MessageRepository> {
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
         self.run("storing a message", self.inner.append(conversation, message)).await
@@ -132,7 +143,7 @@ impl MessageRepository for Bounded<dyn MessageRepository> {
         after: Seq,
         until: Option<Seq>,
         limit: u32,
-    ) -> RepoResult<Vec<Message>> {
+    ) -> RepoResult<Vec<GroupEntry>> {
         self.run("reading entries", self.inner.entries(conversation, after, until, limit)).await
     }
     async fn mark_read(

@@ -212,6 +212,8 @@ impl TryFrom<Line> for Record {
                     anyhow::bail!("a direct message is no system entry");
                 }
                 Record::Message(Message {
+                    reply_to: None,
+                    changed: None,
                     id: MessageId::parse(&id).context("message id")?,
                     conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
                     sender_id: UserId::parse(&sender_id).context("senderId")?,
@@ -339,6 +341,8 @@ mod tests {
         });
         assert_eq!(round_trip(exported.clone()), exported);
         let entry = Record::Message(Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: group.clone(),
             sender_id: alice.clone(),

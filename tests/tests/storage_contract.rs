@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use application::ports::{
     Appended, Changed, ConversationKey, ConversationPage, ConversationSummary, GroupAppended, GroupChange,
-    GroupPosition, GroupState, MembersPreview, Notice, Noticed, ReadMoved, RepoError, Revocation,
+    GroupEntry, GroupPosition, GroupState, MembersPreview, Notice, Noticed, ReadMoved, RepoError, Revocation,
     SearchPrefix, StoredMessage, StreamEntry, StreamItem, UserQuery,
 };
 use chrono::{DateTime, Duration, Utc};
@@ -198,6 +198,8 @@ async fn conversation_between(storage: &Storage, a: &User, b: &User, at: Timesta
 fn draft(from: &User, to: &User, body: &str, at: Timestamp) -> (Conversation, Message) {
     let conversation = Conversation::start(pair(from, to), at);
     let message = Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: conversation.id.clone(),
         sender_id: from.id.clone(),
@@ -1456,6 +1458,8 @@ fn group_name(raw: &str) -> GroupName {
 /// A system entry of `group` by `actor`, as the group use cases build it: no seq yet.
 fn system_entry(group: &ConversationId, actor: &User, event: SystemEvent, at: Timestamp) -> Message {
     Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: group.clone(),
         sender_id: actor.id.clone(),
@@ -1472,6 +1476,8 @@ fn system_entry(group: &ConversationId, actor: &User, event: SystemEvent, at: Ti
 /// A message to `group`, as the messaging use case builds it: no receiver, no seq yet.
 fn group_draft(group: &ConversationId, from: &User, body: &str, at: Timestamp) -> Message {
     Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: group.clone(),
         sender_id: from.id.clone(),
@@ -1609,9 +1615,20 @@ async fn head(storage: &Storage, user: &User) -> Cursor {
     storage.messages.stream_head(&user.id).await.unwrap()
 }
 
+/// The messages among a conversation's entries (none of these tests change a message).
+fn messages_of(entries: Vec<GroupEntry>) -> Vec<Message> {
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            GroupEntry::Message(message) => message,
+            GroupEntry::Update(update) => panic!("unexpected change entry {update:?}"),
+        })
+        .collect()
+}
+
 /// Every entry of the conversation, by seq.
 async fn all_entries(storage: &Storage, conversation: &ConversationId) -> Vec<Message> {
-    storage.messages.entries(conversation, 0, None, 10_000).await.unwrap()
+    messages_of(storage.messages.entries(conversation, 0, None, 10_000).await.unwrap())
 }
 
 /// Members in joining order: by the seq they joined at, then (of those who joined together)
@@ -2172,19 +2189,25 @@ async fn entries_are_read_by_seq_after_one_and_up_to_another_with_a_limit(storag
         (0, None, 0, &[]),
     ];
     for (after, until, limit, expected) in cases {
-        let entries = storage.messages.entries(&id, after, until, limit).await.unwrap();
+        let entries = messages_of(storage.messages.entries(&id, after, until, limit).await.unwrap());
         assert_eq!(entries, expected, "after {after}, until {until:?}, limit {limit}");
     }
-    assert_eq!(storage.messages.entries(&ConversationId::generate(), 0, None, 50).await.unwrap(), []);
+    assert_eq!(
+        messages_of(storage.messages.entries(&ConversationId::generate(), 0, None, 50).await.unwrap()),
+        []
+    );
 
     // Direct conversations have seqs too.
     let first = send(storage, &ann, &ben, "d1").await;
     let second = send(storage, &ben, &ann, "d2").await;
     assert_eq!((first.seq, second.seq), (1, 2));
     let direct = &first.conversation_id;
-    assert_eq!(storage.messages.entries(direct, 0, None, 50).await.unwrap(), [first.clone(), second.clone()]);
-    assert_eq!(storage.messages.entries(direct, 1, None, 50).await.unwrap(), [second]);
-    assert_eq!(storage.messages.entries(direct, 0, Some(1), 50).await.unwrap(), [first]);
+    assert_eq!(
+        messages_of(storage.messages.entries(direct, 0, None, 50).await.unwrap()),
+        [first.clone(), second.clone()]
+    );
+    assert_eq!(messages_of(storage.messages.entries(direct, 1, None, 50).await.unwrap()), [second]);
+    assert_eq!(messages_of(storage.messages.entries(direct, 0, Some(1), 50).await.unwrap()), [first]);
 }
 
 async fn list_by_conversation_from_seq_leaves_out_the_entries_before_it(storage: &Storage) {
@@ -2706,7 +2729,8 @@ async fn concurrent_group_sends_take_every_seq_once_and_a_reader_never_sees_a_ho
         while seen.len() < TOTAL {
             assert!(started.elapsed() < PATIENCE, "the reader saw {} of {TOTAL} entries", seen.len());
             let after = seen.last().map_or(0, |m| m.seq);
-            let page = messages.entries(&reader_group, after, None, 7).await.expect("reading entries");
+            let page =
+                messages_of(messages.entries(&reader_group, after, None, 7).await.expect("reading entries"));
             assert!(page.len() <= 7);
             assert_eq!(seqs(&page), (after + 1..after + 1 + page.len() as u64).collect::<Vec<_>>(), "a hole");
             if page.is_empty() {
@@ -2735,7 +2759,8 @@ async fn concurrent_group_sends_take_every_seq_once_and_a_reader_never_sees_a_ho
                     assert_eq!(version, 1);
                     // Once stored, the entry is readable at its seq, and so is every seq before.
                     let after = message.seq.saturating_sub(4);
-                    let window = messages.entries(&id, after, Some(message.seq), 10).await.unwrap();
+                    let window =
+                        messages_of(messages.entries(&id, after, Some(message.seq), 10).await.unwrap());
                     assert_eq!(
                         seqs(&window),
                         (after + 1..=message.seq).collect::<Vec<_>>(),
@@ -2833,7 +2858,7 @@ async fn a_send_racing_a_removal_is_stored_before_it_or_refused(storage: &Storag
         );
         let until = storage.groups.left_after(&bob.id, &id, cursor(1)).await.unwrap();
         assert_eq!(until, Some(removed.seq));
-        let visible = storage.messages.entries(&id, 0, until, 10_000).await.unwrap();
+        let visible = messages_of(storage.messages.entries(&id, 0, until, 10_000).await.unwrap());
         assert_eq!(seqs(&visible), (1..=removed.seq).collect::<Vec<_>>(), "round {round}");
         assert_eq!(visible.last(), Some(&removed));
         let visible_bobs: Vec<Seq> =

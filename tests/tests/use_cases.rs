@@ -152,7 +152,7 @@ fn messages(items: &[SyncItem]) -> Vec<Message> {
         .iter()
         .filter_map(|item| match &item.event {
             SyncEvent::Message(message) => Some(message.clone()),
-            SyncEvent::Read { .. } => None,
+            SyncEvent::Read { .. } | SyncEvent::Updated(_) => None,
         })
         .collect()
 }

@@ -6,7 +6,7 @@ pub mod conversations;
 
 use application::ports::{ConversationSummary, MembersPreview};
 use application::{ConversationView, SyncEvent, SyncPage};
-use chat_realtime::wire::{names, timestamp, ConversationReadDto, MessageDto};
+use chat_realtime::wire::{names, timestamp, ConversationReadDto, MessageDto, MessageUpdatedDto};
 use domain::{Chat, User, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -134,7 +134,7 @@ pub struct ConversationDto {
 
 impl ConversationDto {
     pub fn new(view: &ConversationView, me: &UserId, other: &UserId) -> Self {
-        let messages = view.messages.iter().map(MessageDto::from).collect();
+        let messages = view.messages.iter().map(|m| MessageDto::seen_by(m, me)).collect();
         match &view.conversation {
             Some(c) => Self {
                 id: Some(c.id.to_string()),
@@ -211,7 +211,7 @@ impl ConversationSummaryDto {
             name,
             members,
             member_count,
-            last_message: s.last_message.as_ref().map(MessageDto::from),
+            last_message: s.last_message.as_ref().map(|m| MessageDto::seen_by(m, &s.me.user_id)),
             updated_at: timestamp(&s.conversation.updated_at()),
             unread_count: s.unread(),
             last_read_message_id: s.me.last_read_message_id.as_ref().map(ToString::to_string),
@@ -344,26 +344,44 @@ pub struct SyncPageDto {
 #[serde(deny_unknown_fields)]
 #[schema(as = SyncEvent)]
 pub struct SyncEventDto {
-    /// `conversationRead`: my read position in a conversation moved (on some device).
+    /// `conversationRead`: my read position in a conversation moved (on some device);
+    /// `messageUpdated`: a message was edited, deleted or reacted to.
     #[schema(value_type = String, example = "conversationRead")]
     pub event: &'static str,
-    pub data: ConversationReadDto,
+    pub data: SyncEventData,
 }
 
-impl From<&SyncPage> for SyncPageDto {
-    fn from(page: &SyncPage) -> Self {
+/// The data of a [`SyncEventDto`], as the real-time event of its name carries it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SyncEventData {
+    Read(ConversationReadDto),
+    Updated(Box<MessageUpdatedDto>),
+}
+
+impl SyncPageDto {
+    /// The page as `reader` sees it (whether they reacted).
+    pub fn new(page: &SyncPage, reader: &UserId) -> Self {
         let (mut messages, mut events) = (Vec::new(), Vec::new());
         for item in &page.items {
             match &item.event {
-                SyncEvent::Message(message) => messages.push(MessageDto::at(message, &item.cursor)),
+                SyncEvent::Message(message) => messages.push(MessageDto::at(message, reader, &item.cursor)),
                 SyncEvent::Read { conversation, seq, up_to } => events.push(SyncEventDto {
                     event: names::CONVERSATION_READ,
-                    data: ConversationReadDto {
+                    data: SyncEventData::Read(ConversationReadDto {
                         conversation_id: conversation.to_string(),
                         up_to: up_to.to_string(),
                         seq: *seq,
                         cursor: Some(item.cursor.to_string()),
-                    },
+                    }),
+                }),
+                SyncEvent::Updated(update) => events.push(SyncEventDto {
+                    event: names::MESSAGE_UPDATED,
+                    data: SyncEventData::Updated(Box::new(MessageUpdatedDto::at(
+                        update,
+                        reader,
+                        &item.cursor,
+                    ))),
                 }),
             }
         }

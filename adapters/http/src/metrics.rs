@@ -129,6 +129,7 @@ impl Metrics {
     fn event(&self, event: &Event, delivered: bool) {
         let name = match event {
             Event::NewMessage { .. } | Event::GroupMessage { .. } => "newMessage",
+            Event::MessageUpdated { .. } | Event::GroupUpdated { .. } => "messageUpdated",
             Event::Notice { notice: Notice::Read { .. }, .. } => "conversationRead",
             Event::Notice { .. } => "notice",
             Event::ConversationUpdated { .. } => "conversationUpdated",

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use application::ports::{
     consecutive_after, Appended, ConversationKey, ConversationPage, ConversationRepository,
-    ConversationSummary, GroupAppended, MessageRepository, Notice, ReadMoved, RepoError, RepoResult,
-    StoredMessage, StreamEntry, StreamItem,
+    ConversationSummary, GroupAppended, GroupEntry, MessageRepository, Notice, ReadMoved, RepoError,
+    RepoResult, StoredMessage, StreamEntry, StreamItem,
 };
 use async_trait::async_trait;
 use domain::{
@@ -406,8 +406,12 @@ impl MessageRepository for MemoryStore {
         after: Seq,
         until: Option<Seq>,
         limit: u32,
-    ) -> RepoResult<Vec<Message>> {
-        Ok(lock(&self.chats).entries_between(conversation, after, until, limit))
+    ) -> RepoResult<Vec<GroupEntry>> {
+        Ok(lock(&self.chats)
+            .entries_between(conversation, after, until, limit)
+            .into_iter()
+            .map(GroupEntry::Message)
+            .collect())
     }
 
     async fn mark_read(

@@ -384,6 +384,8 @@ impl TryFrom<MessageDoc> for Message {
             .transpose()
             .map_err(|e| RepoError::corrupt("system entry", e))?;
         MessageRecord {
+            reply_to: None,
+            changed: None,
             id: doc.id,
             conversation_id: doc.conversation_id,
             sender_id: doc.sender_id,

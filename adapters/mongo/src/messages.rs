@@ -13,8 +13,8 @@
 //! the sender's membership and the entry: what it costs does not grow with the group.
 
 use application::ports::{
-    Appended, GroupAppended, MessageRepository, Notice, ReadMoved, RepoError, RepoResult, StoredMessage,
-    StreamItem,
+    Appended, GroupAppended, GroupEntry, MessageRepository, Notice, ReadMoved, RepoError, RepoResult,
+    StoredMessage, StreamItem,
 };
 use async_trait::async_trait;
 use domain::{Conversation, ConversationId, Cursor, Message, MessageId, Seq, UserId};
@@ -178,7 +178,7 @@ impl MessageRepository for MongoStore {
         after: Seq,
         until: Option<Seq>,
         limit: u32,
-    ) -> RepoResult<Vec<Message>> {
+    ) -> RepoResult<Vec<GroupEntry>> {
         if limit == 0 || until.is_some_and(|until| until <= after) {
             return Ok(Vec::new());
         }
@@ -204,7 +204,7 @@ impl MessageRepository for MongoStore {
             if entry.seq != expected {
                 break;
             }
-            entries.push(entry);
+            entries.push(GroupEntry::Message(entry));
         }
         Ok(entries)
     }

@@ -26,6 +26,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 fn message(from: &UserId, to: &UserId, body: &str, client_id: Option<&str>) -> Message {
     Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: domain::ConversationId::generate(),
         sender_id: from.clone(),

@@ -25,6 +25,8 @@ const SENDS: usize = 32;
 
 fn message(conversation: &ConversationId, from: &UserId, to: Option<&UserId>, body: &str) -> Message {
     Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: conversation.clone(),
         sender_id: from.clone(),

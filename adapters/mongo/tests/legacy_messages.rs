@@ -38,6 +38,8 @@ async fn send(store: &MongoStore, from: &UserId, to: &UserId, text: &str) -> Sto
     let pair = ParticipantPair::new(from.clone(), to.clone()).unwrap();
     let candidate = Conversation::start(pair, chrono::Utc::now());
     let message = Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: candidate.id.clone(),
         sender_id: from.clone(),
@@ -177,7 +179,7 @@ async fn conversations_stored_before_sequences_get_seqs_in_id_order_and_members_
     assert_eq!(seqs, (1..=count as u64).collect::<Vec<_>>(), "seqs follow id order");
     assert_eq!(history.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids);
     let entries = store.entries(&conversation, 1_000, None, 50).await.unwrap();
-    assert_eq!(entries.first().map(|m| m.seq), Some(1_001));
+    assert_eq!(entries.first().map(|m| m.seq()), Some(1_001));
 
     let Some(Chat::Direct(direct)) = store.find(&conversation).await.unwrap() else {
         panic!("a direct chat")

@@ -95,6 +95,8 @@ mod tests {
 
     fn entry(group: &ConversationId, seq: u64) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: group.clone(),
             sender_id: UserId::generate(),

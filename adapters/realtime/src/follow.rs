@@ -39,7 +39,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use application::ports::{Event, GroupRepository, MessageRepository};
+use application::ports::{GroupRepository, MessageRepository};
 use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
 use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
@@ -93,22 +93,18 @@ impl Held {
     /// Keeps `streamed`; with `every`, beside those kept already, else instead of them when
     /// further.
     fn keep(&mut self, streamed: Arc<Streamed>, every: bool) {
-        match &streamed.event {
-            Event::NewMessage { cursor, .. } | Event::Notice { cursor, .. } => {
-                self.stream.insert(*cursor, streamed.clone());
-                while !every && self.stream.len() > 1 {
-                    self.stream.pop_first();
-                }
+        if let Some(cursor) = streamed.event.stream_position() {
+            self.stream.insert(cursor, streamed.clone());
+            while !every && self.stream.len() > 1 {
+                self.stream.pop_first();
             }
-            Event::GroupMessage { message, .. } => {
-                let group = self.groups.entry(message.conversation_id.clone()).or_default();
-                group.insert(message.seq, streamed.clone());
-                while !every && group.len() > 1 {
-                    group.pop_first();
-                }
+        }
+        if let Some((group, seq)) = streamed.event.group_entry() {
+            let group = self.groups.entry(group.clone()).or_default();
+            group.insert(seq, streamed.clone());
+            while !every && group.len() > 1 {
+                group.pop_first();
             }
-            // Not of the stream (never queued as such).
-            _ => {}
         }
     }
 
@@ -184,7 +180,7 @@ impl Follow {
         }
         let page = self.follower.catch_up().await?;
         if !page.is_empty() {
-            return Ok(frames(&page));
+            return Ok(frames(&page, self.follower.user()));
         }
         self.replaying = false;
         let mut sent = Vec::new();
@@ -233,7 +229,7 @@ impl Follow {
             items.extend(page);
         }
         catch_up.healing().record(items.len());
-        Ok(frames(&items))
+        Ok(frames(&items, self.follower.user()))
     }
 
     async fn live(&mut self, streamed: &Streamed) -> Result<Vec<Outbound>, FollowError> {
@@ -244,9 +240,9 @@ impl Follow {
                     let data = with_cursor(&frame.data, &item.cursor.to_string());
                     vec![Outbound { name: frame.name, data: data.into() }]
                 }
-                None => frames(std::slice::from_ref(&item)),
+                None => frames(std::slice::from_ref(&item), self.follower.user()),
             },
-            Admission::Fill(items) => frames(&items),
+            Admission::Fill(items) => frames(&items, self.follower.user()),
             Admission::Repeat | Admission::Drop => Vec::new(),
             Admission::Pass => streamed.frame.iter().cloned().collect(),
         })
@@ -254,11 +250,11 @@ impl Follow {
 }
 
 /// Deliveries of the stream as the frames a live event would have become.
-fn frames(items: &[SyncItem]) -> Vec<Outbound> {
+fn frames(items: &[SyncItem], reader: &UserId) -> Vec<Outbound> {
     items
         .iter()
         .map(|item| {
-            let (name, data) = encode_item(item);
+            let (name, data) = encode_item(item, reader);
             Outbound { name, data: data.into() }
         })
         .collect()
@@ -267,6 +263,7 @@ fn frames(items: &[SyncItem]) -> Vec<Outbound> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use application::ports::Event;
     use application::ports::{
         Appended, Changed, ConversationRepository as _, GroupAppended, GroupChange, Notice, RepoError,
     };
@@ -287,6 +284,8 @@ mod tests {
 
     fn message(conversation: &ConversationId, from: &UserId, to: Option<&UserId>, body: &str) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: conversation.clone(),
             sender_id: from.clone(),

@@ -261,6 +261,8 @@ mod tests {
         let pair = ParticipantPair::new(me.clone(), partner.clone()).unwrap();
         let conversation = Conversation::start(pair, chrono::Utc::now());
         let hello = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: conversation.id.clone(),
             sender_id: partner.clone(),

@@ -519,6 +519,8 @@ mod tests {
 
     fn message(receiver: Option<UserId>, conversation: ConversationId) -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: conversation,
             sender_id: UserId::generate(),

@@ -4,10 +4,12 @@
 //! which differs per connection: [`encode_event`] leaves it out, [`encode_at`] puts it in,
 //! and [`with_cursor`] adds it to a payload encoded once for every connection.
 
-use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget};
+use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget, Update};
 use application::stream::{SyncEvent, SyncItem};
 use chrono::SecondsFormat;
-use domain::{Group, Message, SyncCursor, SystemEvent, Timestamp, UserId};
+use domain::{
+    Content, Group, Message, QuoteText, ReactionView, ReplyQuote, SyncCursor, SystemEvent, Timestamp, UserId,
+};
 use serde::Serialize;
 
 /// RFC 3339, UTC, millisecond precision: what JavaScript's `Date.toISOString()` prints.
@@ -29,7 +31,8 @@ pub struct MessageDto {
     pub sender_id: String,
     /// The other user of a direct conversation; `null` in a group.
     pub receiver_id: Option<String>,
-    /// The text exactly as sent; of a system entry, a sentence saying what changed.
+    /// The text exactly as sent (or as last edited); of a system entry, a sentence saying
+    /// what changed; `""` once deleted.
     pub message: String,
     /// RFC 3339, UTC, millisecond precision.
     #[schema(format = DateTime)]
@@ -47,6 +50,30 @@ pub struct MessageDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub system: Option<ChangeDto>,
+    /// When the text was last edited; absent if never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
+    pub edited_at: Option<String>,
+    /// When the message was deleted; absent unless it is. A deleted message has no text
+    /// and no reactions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
+    pub deleted_at: Option<String>,
+    /// Who deleted it: the sender, or an admin or the owner of the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub deleted_by: Option<String>,
+    /// Each emoji reacted with, in the order first used: how many reacted, and whether the
+    /// reader did.
+    #[schema(value_type = Vec<ReactionDto>)]
+    pub reactions: Vec<ReactionView>,
+    /// The message this one answers, quoted as it stands now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reply_to: Option<QuoteDto>,
+    /// The seq of the message's last change (its `seq` if it never changed): of two copies of
+    /// one message, keep the one with the greater `version`.
+    pub version: u64,
     /// Where the reader stands in everything it follows once it has this message (in
     /// `newMessage` events and stream pages; absent elsewhere): hand the last one processed
     /// back as `since` to resume. Opaque text.
@@ -63,28 +90,146 @@ pub enum MessageKind {
     System,
 }
 
-impl MessageDto {
-    /// The message as its reader has it at `cursor`, as events and stream pages carry it.
-    pub fn at(message: &Message, cursor: &SyncCursor) -> Self {
-        Self { cursor: Some(cursor.to_string()), ..Self::from(message) }
+/// One emoji of a message's reactions as the reader sees it.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Reaction)]
+#[allow(dead_code, reason = "the schema of `ReactionView` as serialized")]
+pub struct ReactionDto {
+    /// The emoji, fully qualified (`👍`, `❤️`).
+    #[schema(example = "👍")]
+    emoji: String,
+    count: u64,
+    /// Whether the reader is one of those who reacted with it.
+    me: bool,
+}
+
+/// What a reply shows of the message it answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ReplyQuote)]
+pub struct QuoteDto {
+    pub message_id: String,
+    pub sender_id: String,
+    /// The first 100 characters (grapheme clusters) of its text now; absent once deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub text: Option<String>,
+    /// Whether its text goes on after `text`.
+    pub truncated: bool,
+    /// Whether it is deleted.
+    pub deleted: bool,
+}
+
+impl From<&ReplyQuote> for QuoteDto {
+    fn from(quote: &ReplyQuote) -> Self {
+        let (text, truncated, deleted) = match &quote.text {
+            QuoteText::Excerpt { text, truncated } => (Some(text.clone()), *truncated, false),
+            QuoteText::Deleted => (None, false, true),
+        };
+        Self {
+            message_id: quote.message_id.to_string(),
+            sender_id: quote.sender_id.to_string(),
+            text,
+            truncated,
+            deleted,
+        }
     }
 }
 
-/// Without a cursor, as REST responses about one conversation carry it.
-impl From<&Message> for MessageDto {
-    fn from(m: &Message) -> Self {
+impl MessageDto {
+    /// The message as `reader` sees it (whether they reacted), without a cursor: as REST
+    /// responses about one conversation carry it.
+    pub fn seen_by(m: &Message, reader: &UserId) -> Self {
+        let (message, edited_at, deleted_at, deleted_by, reactions) = match m.content() {
+            Content::Live { body, edited_at, reactions } => (
+                body.as_str().to_owned(),
+                edited_at.as_ref().map(timestamp),
+                None,
+                None,
+                reactions.view(reader),
+            ),
+            Content::Deleted(tombstone) => (
+                String::new(),
+                None,
+                Some(timestamp(&tombstone.deleted_at)),
+                Some(tombstone.deleted_by.to_string()),
+                Vec::new(),
+            ),
+        };
         Self {
             id: m.id.to_string(),
             conversation_id: m.conversation_id.to_string(),
             sender_id: m.sender_id.to_string(),
             receiver_id: m.receiver_id.as_ref().map(UserId::to_string),
-            message: m.body.as_str().to_owned(),
+            message,
             created_at: timestamp(&m.created_at),
             client_message_id: m.client_id.as_ref().map(|id| id.as_str().to_owned()),
             seq: m.seq,
             kind: if m.system.is_some() { MessageKind::System } else { MessageKind::Text },
             system: m.system.as_ref().map(ChangeDto::from),
+            edited_at,
+            deleted_at,
+            deleted_by,
+            reactions,
+            reply_to: m.reply_to.as_ref().map(QuoteDto::from),
+            version: m.version(),
             cursor: None,
+        }
+    }
+
+    /// The message as `reader` has it at `cursor`, as events and stream pages carry it.
+    pub fn at(message: &Message, reader: &UserId, cursor: &SyncCursor) -> Self {
+        Self { cursor: Some(cursor.to_string()), ..Self::seen_by(message, reader) }
+    }
+}
+
+/// `messageUpdated`: a message was edited, deleted, or reacted to.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = MessageUpdated)]
+pub struct MessageUpdatedDto {
+    /// The message as it stands (at least as new as the change).
+    pub message: MessageDto,
+    pub change: MessageChangeDto,
+    /// As in `newMessage`: where the reader stands once they have this event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub cursor: Option<String>,
+}
+
+/// What changed about a message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = MessageChange)]
+pub struct MessageChangeDto {
+    /// `edited`, `deleted`, `reactionAdded` or `reactionRemoved`.
+    #[schema(example = "reactionAdded")]
+    pub kind: &'static str,
+    /// Who made the change.
+    pub user_id: String,
+    /// Of a reaction change: the emoji.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub emoji: Option<String>,
+    /// The change's seq in its conversation (the message's `version` right after it).
+    pub seq: u64,
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
+impl MessageUpdatedDto {
+    pub fn at(update: &Update, reader: &UserId, cursor: &SyncCursor) -> Self {
+        let change = &update.change;
+        Self {
+            message: MessageDto::seen_by(&update.message, reader),
+            change: MessageChangeDto {
+                kind: change.kind.as_str(),
+                user_id: change.actor.to_string(),
+                emoji: change.kind.emoji().map(|emoji| emoji.as_str().to_owned()),
+                seq: change.seq,
+                at: timestamp(&change.at),
+            },
+            cursor: Some(cursor.to_string()),
         }
     }
 }
@@ -287,6 +432,8 @@ pub mod names {
     pub const PRESENCE_MODE: &str = "presenceMode";
     pub const CONVERSATION_UPDATED: &str = "conversationUpdated";
     pub const CONVERSATION_READ: &str = "conversationRead";
+    /// A message was edited, deleted or reacted to.
+    pub const MESSAGE_UPDATED: &str = "messageUpdated";
     pub const MESSAGES_READ: &str = "messagesRead";
 }
 
@@ -298,17 +445,27 @@ fn json<T: Serialize>(value: &T) -> String {
 /// Whether `event` belongs to its reader's stream: it is placed by the connection's
 /// follower, and its frame (if it has one) carries the reader's cursor.
 pub fn in_stream(event: &Event) -> bool {
-    matches!(event, Event::NewMessage { .. } | Event::GroupMessage { .. } | Event::Notice { .. })
+    matches!(
+        event,
+        Event::NewMessage { .. }
+            | Event::GroupMessage { .. }
+            | Event::MessageUpdated { .. }
+            | Event::GroupUpdated { .. }
+            | Event::Notice { .. }
+    )
 }
 
 /// The `(name, JSON payload)` frames one event becomes, payloads serialized once. Events of
 /// a stream ([`in_stream`]) are encoded without their cursor (see [`with_cursor`]); a
-/// notice of joining or leaving a group has no frame.
+/// notice of joining or leaving a group has no frame, and neither has a change of a message
+/// (what it shows differs per reader: see [`encode_item`]).
 pub fn encode_event(event: &Event) -> Vec<(&'static str, String)> {
     match event {
         Event::NewMessage { message, .. } | Event::GroupMessage { message, .. } => {
-            vec![(names::NEW_MESSAGE, json(&MessageDto::from(message)))]
+            // A new message has no reactions yet: it reads the same to every reader.
+            vec![(names::NEW_MESSAGE, json(&MessageDto::seen_by(message, &message.sender_id)))]
         }
+        Event::MessageUpdated { .. } | Event::GroupUpdated { .. } => Vec::new(),
         Event::Notice { notice: Notice::Read { conversation, seq, message_id }, .. } => vec![(
             names::CONVERSATION_READ,
             json(&ConversationReadDto {
@@ -365,11 +522,16 @@ pub fn encode_at(event: &Event, cursor: &SyncCursor) -> Vec<(&'static str, Strin
     encode_event(event).into_iter().map(|(name, data)| (name, with_cursor(&data, &text))).collect()
 }
 
-/// The frame of one delivery of a reader's stream (a replayed or filled-in entry, a read on
-/// another device), with the reader's cursor right after it.
-pub fn encode_item(item: &SyncItem) -> (&'static str, String) {
+/// The frame of one delivery of `reader`'s stream (a replayed or filled-in entry, a read on
+/// another device, a change of a message), with the reader's cursor right after it.
+pub fn encode_item(item: &SyncItem, reader: &UserId) -> (&'static str, String) {
     match &item.event {
-        SyncEvent::Message(message) => (names::NEW_MESSAGE, json(&MessageDto::at(message, &item.cursor))),
+        SyncEvent::Message(message) => {
+            (names::NEW_MESSAGE, json(&MessageDto::at(message, reader, &item.cursor)))
+        }
+        SyncEvent::Updated(update) => {
+            (names::MESSAGE_UPDATED, json(&MessageUpdatedDto::at(update, reader, &item.cursor)))
+        }
         SyncEvent::Read { conversation, seq, up_to } => (
             names::CONVERSATION_READ,
             json(&ConversationReadDto {
@@ -410,6 +572,8 @@ mod tests {
 
     fn message() -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),
@@ -483,11 +647,14 @@ mod tests {
     #[test]
     fn rest_responses_carry_no_cursor_unless_given_one() {
         let message = message();
-        let plain = serde_json::to_value(MessageDto::from(&message)).unwrap();
+        let reader = &message.sender_id;
+        let plain = serde_json::to_value(MessageDto::seen_by(&message, reader)).unwrap();
         assert!(plain.get("cursor").is_none());
-        assert_eq!(plain.as_object().unwrap().len(), 8, "{plain}");
-        let at =
-            serde_json::to_value(MessageDto::at(&message, &SyncCursor::at(Cursor::new(7).unwrap()))).unwrap();
+        assert_eq!(plain.as_object().unwrap().len(), 10, "{plain}");
+        assert_eq!(plain["reactions"], serde_json::json!([]));
+        assert_eq!(plain["version"], 3);
+        let cursor = SyncCursor::at(Cursor::new(7).unwrap());
+        let at = serde_json::to_value(MessageDto::at(&message, reader, &cursor)).unwrap();
         assert_eq!(at["cursor"], "7");
         assert_eq!(at["_id"], message.id.as_str());
     }

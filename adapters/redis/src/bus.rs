@@ -21,10 +21,10 @@
 //! - scoped presence (`presence`, `presenceMode`): an older reader skips them as malformed, and
 //!   its connections keep the full list it sends.
 
-use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget};
+use application::ports::{Event, Notice, PresenceMode, PresenceUpdate, TypingTarget, Update};
 use domain::{
-    ClientMessageId, ConversationId, Cursor, Group, GroupName, Message, MessageBody, MessageId, Seq,
-    SystemEvent, Timestamp, UserId,
+    Changed, ClientMessageId, ConversationId, Cursor, Group, GroupName, Message, MessageBody, MessageChange,
+    MessageId, ReplyQuote, Seq, SystemEvent, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,8 @@ pub enum DecodeError {
     Malformed(#[from] serde_json::Error),
     #[error("newMessage without a stream cursor (published by an older release)")]
     NoCursor,
+    #[error("a changed message's text breaks the rules of stored text")]
+    Body,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,6 +91,8 @@ enum WireEvent {
         created_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<ClientMessageId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ReplyQuote>,
         /// The message's position in the stream of the one user in `to`.
         #[serde(default)]
         cursor: Option<Cursor>,
@@ -106,6 +110,18 @@ enum WireEvent {
         created_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<ClientMessageId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ReplyQuote>,
+        version: u64,
+    },
+    /// A change of a direct message, at `cursor` in the stream of the one user in `to`.
+    MessageUpdated {
+        update: WireUpdate,
+        cursor: Cursor,
+    },
+    /// A change of a group's message: the group's entry at `update.change.seq`.
+    GroupUpdated {
+        update: WireUpdate,
         version: u64,
     },
     Notice {
@@ -167,6 +183,67 @@ enum WireMode {
     Scoped,
 }
 
+/// A change with the message as it stands after it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireUpdate {
+    change: MessageChange,
+    id: MessageId,
+    conversation_id: ConversationId,
+    sender_id: UserId,
+    receiver_id: Option<UserId>,
+    /// The text as sent, or of a deleted message the stand-in (see `Message::changed`): read
+    /// back under the rules of stored text.
+    body: String,
+    seq: Seq,
+    created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<ClientMessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<ReplyQuote>,
+    changed: Option<Changed>,
+}
+
+impl From<Update> for WireUpdate {
+    fn from(Update { change, message: m }: Update) -> Self {
+        Self {
+            change,
+            id: m.id,
+            conversation_id: m.conversation_id,
+            sender_id: m.sender_id,
+            receiver_id: m.receiver_id,
+            body: m.body.as_str().to_owned(),
+            seq: m.seq,
+            created_at: m.created_at,
+            client_id: m.client_id,
+            reply_to: m.reply_to,
+            changed: m.changed.map(|changed| *changed),
+        }
+    }
+}
+
+impl TryFrom<WireUpdate> for Update {
+    type Error = DecodeError;
+    fn try_from(u: WireUpdate) -> Result<Self, DecodeError> {
+        Ok(Update {
+            change: u.change,
+            message: Message {
+                id: u.id,
+                conversation_id: u.conversation_id,
+                sender_id: u.sender_id,
+                receiver_id: u.receiver_id,
+                body: MessageBody::stored(&u.body).map_err(|_| DecodeError::Body)?,
+                system: None,
+                seq: u.seq,
+                created_at: u.created_at,
+                client_id: u.client_id,
+                reply_to: u.reply_to,
+                changed: u.changed.map(Box::new),
+            },
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
 enum WireNotice {
@@ -186,6 +263,7 @@ impl From<&Event> for WireEvent {
                 body: m.body,
                 created_at: m.created_at,
                 client_id: m.client_id,
+                reply_to: m.reply_to,
                 cursor: Some(cursor),
                 seq: m.seq,
             },
@@ -198,8 +276,15 @@ impl From<&Event> for WireEvent {
                 seq: m.seq,
                 created_at: m.created_at,
                 client_id: m.client_id,
+                reply_to: m.reply_to,
                 version,
             },
+            Event::MessageUpdated { update, cursor } => {
+                WireEvent::MessageUpdated { update: update.into(), cursor }
+            }
+            Event::GroupUpdated { update, version } => {
+                WireEvent::GroupUpdated { update: update.into(), version }
+            }
             Event::Notice { notice, cursor } => WireEvent::Notice {
                 notice: match notice {
                     Notice::Joined { group, seq } => WireNotice::Joined { group, seq },
@@ -261,10 +346,13 @@ impl TryFrom<WireEvent> for Event {
                 body,
                 created_at,
                 client_id,
+                reply_to,
                 cursor,
                 seq,
             } => Event::NewMessage {
                 message: Message {
+                    reply_to,
+                    changed: None,
                     id,
                     conversation_id,
                     sender_id,
@@ -286,9 +374,12 @@ impl TryFrom<WireEvent> for Event {
                 seq,
                 created_at,
                 client_id,
+                reply_to,
                 version,
             } => Event::GroupMessage {
                 message: Message {
+                    reply_to,
+                    changed: None,
                     id,
                     conversation_id,
                     sender_id,
@@ -301,6 +392,12 @@ impl TryFrom<WireEvent> for Event {
                 },
                 version,
             },
+            WireEvent::MessageUpdated { update, cursor } => {
+                Event::MessageUpdated { update: update.try_into()?, cursor }
+            }
+            WireEvent::GroupUpdated { update, version } => {
+                Event::GroupUpdated { update: update.try_into()?, version }
+            }
             WireEvent::Notice { notice, cursor } => Event::Notice {
                 notice: match notice {
                     WireNotice::Joined { group, seq } => Notice::Joined { group, seq },
@@ -391,6 +488,8 @@ mod tests {
 
     fn message() -> Message {
         Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),

@@ -70,6 +70,8 @@ impl Instance {
 
 fn entry(group: &ConversationId, from: &UserId, system: Option<SystemEvent>) -> Message {
     Message {
+        reply_to: None,
+        changed: None,
         id: MessageId::generate(),
         conversation_id: group.clone(),
         sender_id: from.clone(),

@@ -218,6 +218,8 @@ impl Node {
     /// Publishes event number `n` for `to` (its message's seq is `n`).
     async fn send(&self, to: &UserId, n: u64) -> bool {
         let message = Message {
+            reply_to: None,
+            changed: None,
             id: MessageId::generate(),
             conversation_id: ConversationId::generate(),
             sender_id: UserId::generate(),

@@ -234,22 +234,11 @@ pub(crate) const INSERT_READ_NOTICE: &str = "INSERT INTO stream_notices \
 pub(crate) const REVOKE_TOKEN: &str = "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) \
     ON CONFLICT (token_id) DO NOTHING";
 
-/// The leading run of `entries` (sorted by seq) at consecutive seqs right after `after`: a
-/// conversation has no holes, so on a store read in one snapshot this cuts nothing.
-pub(crate) fn consecutive_seqs(
-    after: domain::Seq,
-    mut entries: Vec<domain::Message>,
-) -> Vec<domain::Message> {
-    let run = entries.iter().zip(after + 1..).take_while(|(entry, seq)| entry.seq == *seq).count();
-    entries.truncate(run);
-    entries
-}
-
 macro_rules! impl_repositories {
     ($store:ty) => {
         const _: () = {
             use application::ports::{
-                name_words, stored_cursor, stored_seq, Appended, ConversationKey, ConversationPage,
+                consecutive_entries, name_words, stored_cursor, GroupEntry, stored_seq, Appended, ConversationKey, ConversationPage,
                 ConversationRepository, ConversationSummary, GroupAppended, HealthCheck, MessageRepository,
                 ReadMoved, RepoError, RepoResult, Revocation, RevokedTokenRepository, StoredMessage,
                 StreamItem, UserQuery, UserRepository,
@@ -568,7 +557,7 @@ macro_rules! impl_repositories {
                     after: Seq,
                     until: Option<Seq>,
                     limit: u32,
-                ) -> RepoResult<Vec<Message>> {
+                ) -> RepoResult<Vec<GroupEntry>> {
                     let after_seq = i64::try_from(after).unwrap_or(i64::MAX);
                     let query = match until {
                         None => sqlx::query_as::<_, MessageRow>(ENTRIES),
@@ -586,10 +575,10 @@ macro_rules! impl_repositories {
                         .await
                         .map_err(repo_error("reading a conversation's entries"))?
                         .into_iter()
-                        .map(Message::try_from)
+                        .map(|row| Message::try_from(row).map(GroupEntry::Message))
                         .collect::<RepoResult<Vec<_>>>()?;
                     let read = entries.len();
-                    let run = consecutive_seqs(after, entries);
+                    let run = consecutive_entries(after, entries);
                     if run.len() < read {
                         // One statement, one snapshot: a hole here is a broken store.
                         tracing::error!(conversation = %conversation, after, "conversation has a hole; reading stops before it");

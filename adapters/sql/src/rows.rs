@@ -190,6 +190,8 @@ impl TryFrom<MessageRow> for Message {
     type Error = RepoError;
     fn try_from(row: MessageRow) -> Result<Self, RepoError> {
         MessageRecord {
+            reply_to: None,
+            changed: None,
             id: row.id,
             conversation_id: row.conversation_id,
             sender_id: row.sender_id,
@@ -259,6 +261,8 @@ impl TryFrom<StreamRow> for StreamItem {
             return Err(RepoError::corrupt("stream entry", "a message without its fields"));
         };
         let message = MessageRecord {
+            reply_to: None,
+            changed: None,
             id,
             conversation_id: row.conversation_id,
             sender_id,
@@ -293,6 +297,8 @@ impl JoinedMessageRow {
         match (self.m_id, self.m_seq, self.m_sender_id, self.m_body, self.m_created_at) {
             (Some(id), Some(seq), Some(sender_id), Some(body), Some(created_at)) => {
                 Some(Message::try_from(MessageRecord {
+                    reply_to: None,
+                    changed: None,
                     id,
                     conversation_id: conversation_id.to_owned(),
                     sender_id,

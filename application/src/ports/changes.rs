@@ -8,24 +8,10 @@
 
 use async_trait::async_trait;
 use domain::{
-    Change, ChangeError, ConversationId, Cursor, EditWindow, Message, MessageChange, MessageId, MessageState,
-    Timestamp, UserId,
+    Change, ChangeError, ConversationId, Cursor, EditWindow, Message, MessageId, Timestamp, UserId,
 };
 
-use super::RepoResult;
-
-/// A message with what it shows now: its text or tombstone, when it was edited, and every
-/// reaction with the users who made it (each viewer's `[{emoji, count, me}]` is
-/// [`domain::Reactions::view`] of it).
-///
-/// `message` is the entry as it was appended (id, conversation, sender, seq, time); of a
-/// changed message only `state` is current, and of a deleted one `message.body` is not to be
-/// shown to anyone.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CurrentMessage {
-    pub message: Message,
-    pub state: MessageState,
-}
+use super::{RepoResult, Update};
 
 /// One change a member asks for, decided at `at` with the edit window `window`.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,17 +31,19 @@ pub struct StreamPosition {
     pub cursor: Cursor,
 }
 
-/// A change as stored: the change entry, the message as it stands after it, and where the
-/// entry sits in users' streams.
+/// A change as stored: the change entry with the message as it stands after it, and where
+/// the entry sits in users' streams.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredChange {
-    /// The change entry, with the seq it took.
-    pub change: MessageChange,
-    /// The message right after the change: `state.version` is `change.seq`.
-    pub current: CurrentMessage,
+    /// The change entry, with the seq it took, and the message right after it (its
+    /// `version()` is the change's seq).
+    pub update: Update,
     /// In a direct conversation, the position the change took in each of the two users'
     /// streams; empty in a group (a group's entries take no stream positions).
     pub positions: Vec<StreamPosition>,
+    /// In a group, its membership version when the change was stored: its members then are
+    /// the ones told. 0 in a direct conversation.
+    pub version: u64,
 }
 
 /// What [`MessageChangeRepository::change`] ended in. Only `Changed` wrote anything.
@@ -66,7 +54,7 @@ pub enum ChangeOutcome {
     /// The message shows this change already (the same edit, reaction, deletion or taking
     /// back again, or a reaction taken back from a deleted message): nothing was stored, no
     /// seq or position was taken. The message as it stands.
-    Unchanged(CurrentMessage),
+    Unchanged(Message),
     /// The actor is not a member of the conversation (any more), or there is no such
     /// conversation.
     NotMember,
@@ -84,12 +72,12 @@ pub enum ChangeOutcome {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait MessageChangeRepository: Send + Sync {
-    /// The message with this id, in whichever conversation it is, as it stands now (see
-    /// [`CurrentMessage`]); `None` if no message has the id. A point read: no lock is taken,
+    /// The message with this id, in whichever conversation it is, as it stands now (its
+    /// `changed` read with it); `None` if no message has the id. A point read: no lock is taken,
     /// so the answer may be overtaken by a change committed right after it — good for
     /// answering refusals early and for checking a reply's target, never for deciding a
     /// change (that is [`change`](Self::change)'s job).
-    async fn find(&self, message: &MessageId) -> RepoResult<Option<CurrentMessage>>;
+    async fn find(&self, message: &MessageId) -> RepoResult<Option<Message>>;
 
     /// Applies `request` in one atomic step, holding the conversation's lock while it
     /// decides and writes — the lock a send to the conversation takes (in a direct

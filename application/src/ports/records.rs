@@ -7,12 +7,13 @@
 //! not convert is corrupt data ([`RepoError::corrupt`]), never a client's fault.
 
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, Cursor, FullName, Group, GroupName, Member,
-    Message, MessageBody, MessageId, ParticipantPair, PasswordHash, Seq, SystemEvent, Timestamp, User,
-    UserId, Username,
+    excerpt, Avatar, ChangeKind, Changed, ClientMessageId, Content, Conversation, ConversationId, Cursor,
+    Emoji, FullName, Group, GroupName, Member, Message, MessageBody, MessageChange, MessageId,
+    ParticipantPair, PasswordHash, QuoteText, Reactions, ReplyQuote, Seq, SystemEvent, Timestamp, Tombstone,
+    User, UserId, Username,
 };
 
-use super::{Notice, RepoError, RepoResult, StoredMessage, StreamEntry, StreamItem};
+use super::{Notice, RepoError, RepoResult, StoredMessage, StreamEntry, StreamItem, Update};
 
 /// A stored user.
 pub struct UserRecord {
@@ -138,11 +139,83 @@ pub struct MessageRecord {
     pub seq: i64,
     pub created_at: Timestamp,
     pub client_id: Option<String>,
+    /// The message it answers, read with it.
+    pub reply_to: Option<QuoteRecord>,
+    /// What became of it after it was sent; `None` while it never changed.
+    pub changed: Option<ChangedRecord>,
+}
+
+/// What a reply shows of the message it answers, as stored now.
+pub struct QuoteRecord {
+    pub message_id: String,
+    pub sender_id: String,
+    /// Its text now; ignored when `deleted`.
+    pub body: String,
+    pub deleted: bool,
+}
+
+/// The stored state of a changed message (its `body` is its text now).
+pub struct ChangedRecord {
+    /// The seq of its last change.
+    pub version: i64,
+    pub edited_at: Option<Timestamp>,
+    /// When and by whom it was deleted.
+    pub deleted: Option<(Timestamp, String)>,
+    /// Every reaction as `(emoji, user id)`, in the order they were made.
+    pub reactions: Vec<(String, String)>,
+}
+
+impl MessageRecord {
+    /// Whether this entry is a message whose stored state is more than its text as sent.
+    pub fn is_changed(version: i64, seq: i64) -> bool {
+        version > seq
+    }
+}
+
+fn quote(record: QuoteRecord) -> RepoResult<ReplyQuote> {
+    Ok(ReplyQuote {
+        message_id: MessageId::parse(&record.message_id).map_err(|e| RepoError::corrupt("reply id", e))?,
+        sender_id: UserId::parse(&record.sender_id).map_err(|e| RepoError::corrupt("reply sender id", e))?,
+        text: match record.deleted {
+            true => QuoteText::Deleted,
+            false => {
+                let (text, truncated) = excerpt(&record.body, ReplyQuote::GRAPHEMES);
+                QuoteText::Excerpt { text, truncated }
+            }
+        },
+    })
+}
+
+fn content(body: &MessageBody, record: ChangedRecord) -> RepoResult<Changed> {
+    let content = match record.deleted {
+        Some((deleted_at, deleted_by)) => Content::Deleted(Tombstone {
+            deleted_at,
+            deleted_by: UserId::parse(&deleted_by).map_err(|e| RepoError::corrupt("deleted by", e))?,
+        }),
+        None => Content::Live {
+            body: body.clone(),
+            edited_at: record.edited_at,
+            reactions: Reactions::from_stored(
+                record
+                    .reactions
+                    .into_iter()
+                    .map(|(emoji, user)| {
+                        Ok((
+                            Emoji::stored(&emoji).map_err(|e| RepoError::corrupt("reaction emoji", e))?,
+                            UserId::parse(&user).map_err(|e| RepoError::corrupt("reaction user", e))?,
+                        ))
+                    })
+                    .collect::<RepoResult<Vec<_>>>()?,
+            ),
+        },
+    };
+    Ok(Changed { content, version: stored_seq(record.version)? })
 }
 
 impl TryFrom<MessageRecord> for Message {
     type Error = RepoError;
     fn try_from(record: MessageRecord) -> RepoResult<Self> {
+        let body = MessageBody::stored(&record.body).map_err(|e| RepoError::corrupt("message body", e))?;
         Ok(Message {
             id: MessageId::parse(&record.id).map_err(|e| RepoError::corrupt("message id", e))?,
             conversation_id: conversation_id(&record.conversation_id)?,
@@ -153,7 +226,7 @@ impl TryFrom<MessageRecord> for Message {
                 .map(UserId::parse)
                 .transpose()
                 .map_err(|e| RepoError::corrupt("receiver id", e))?,
-            body: MessageBody::stored(&record.body).map_err(|e| RepoError::corrupt("message body", e))?,
+            body: body.clone(),
             system: record
                 .system
                 .as_deref()
@@ -168,6 +241,52 @@ impl TryFrom<MessageRecord> for Message {
                 .map(ClientMessageId::parse)
                 .transpose()
                 .map_err(|e| RepoError::corrupt("client message id", e))?,
+            reply_to: record.reply_to.map(quote).transpose()?,
+            changed: record.changed.map(|changed| content(&body, changed).map(Box::new)).transpose()?,
+        })
+    }
+}
+
+/// A stored change entry, with the message it changed as read with it.
+pub struct ChangeRecord {
+    pub conversation_id: String,
+    pub seq: i64,
+    pub message_id: String,
+    pub actor_id: String,
+    /// `edited`, `deleted`, `reactionAdded` or `reactionRemoved` ([`ChangeKind::as_str`]).
+    pub kind: String,
+    /// Of a reaction change.
+    pub emoji: Option<String>,
+    pub created_at: Timestamp,
+    pub message: MessageRecord,
+}
+
+impl TryFrom<ChangeRecord> for Update {
+    type Error = RepoError;
+    fn try_from(record: ChangeRecord) -> RepoResult<Self> {
+        let emoji = || -> RepoResult<Emoji> {
+            let raw =
+                record.emoji.as_deref().ok_or_else(|| RepoError::corrupt("reaction change", "no emoji"))?;
+            Emoji::stored(raw).map_err(|e| RepoError::corrupt("reaction emoji", e))
+        };
+        let kind = match record.kind.as_str() {
+            "edited" => ChangeKind::Edited,
+            "deleted" => ChangeKind::Deleted,
+            "reactionAdded" => ChangeKind::ReactionAdded { emoji: emoji()? },
+            "reactionRemoved" => ChangeKind::ReactionRemoved { emoji: emoji()? },
+            other => return Err(RepoError::corrupt("change kind", other)),
+        };
+        Ok(Update {
+            change: MessageChange {
+                conversation_id: conversation_id(&record.conversation_id)?,
+                message_id: MessageId::parse(&record.message_id)
+                    .map_err(|e| RepoError::corrupt("changed message id", e))?,
+                actor: UserId::parse(&record.actor_id).map_err(|e| RepoError::corrupt("change actor", e))?,
+                kind,
+                at: record.created_at,
+                seq: stored_seq(record.seq)?,
+            },
+            message: record.message.try_into()?,
         })
     }
 }
@@ -194,7 +313,8 @@ pub fn system_json(event: &SystemEvent) -> String {
 /// A stored notice of a user's stream.
 pub struct NoticeRecord {
     pub position: i64,
-    /// `joined`, `left` or `read`.
+    /// `joined`, `left`, `read` or `updated` (which is read as the change entry it names, with
+    /// [`ChangeRecord`]).
     pub kind: String,
     pub conversation_id: String,
     pub seq: i64,
@@ -211,6 +331,9 @@ impl NoticeRecord {
             Notice::Read { .. } => "read",
         }
     }
+
+    /// The kind of a notice that places a change of a direct message in a user's stream.
+    pub const UPDATED: &'static str = "updated";
 }
 
 impl TryFrom<NoticeRecord> for StreamItem {
@@ -283,6 +406,8 @@ mod tests {
             seq: 1,
             created_at: chrono::Utc::now(),
             client_id: None,
+            reply_to: None,
+            changed: None,
         }
     }
 

@@ -418,7 +418,8 @@ pub async fn history(
     let before = before(&query)?;
     let messages =
         state.messaging.conversation_history(session.user_id(), &conversation, before, query.limit).await?;
-    let page: Vec<MessageDto> = messages.iter().map(MessageDto::from).collect();
+    let me = session.user_id();
+    let page: Vec<MessageDto> = messages.iter().map(|m| MessageDto::seen_by(m, me)).collect();
     Ok(HttpResponse::Ok().json(Envelope::data(page)))
 }
 

@@ -93,7 +93,7 @@ pub(super) fn outgoing<T>(
 /// 201 with the message stored now; 200 with the one stored first, for a retry.
 pub(super) fn sent_response(sent: &Sent) -> HttpResponse {
     let mut response = if sent.created { HttpResponse::Created() } else { HttpResponse::Ok() };
-    response.json(Envelope::data(MessageDto::from(&sent.message)))
+    response.json(Envelope::data(MessageDto::seen_by(&sent.message, &sent.message.sender_id)))
 }
 
 /// The user a path names: an id that is not one of ours names nobody, so it is the 404 of
@@ -155,7 +155,7 @@ pub async fn sync(
 ) -> Result<HttpResponse, ApiError> {
     let since = SyncCursor::parse_optional(query.since.as_deref())?.unwrap_or(SyncCursor::START);
     let page = state.messaging.sync(session.user_id(), since, query.limit).await?;
-    Ok(HttpResponse::Ok().json(Envelope::data(SyncPageDto::from(&page))))
+    Ok(HttpResponse::Ok().json(Envelope::data(SyncPageDto::new(&page, session.user_id()))))
 }
 
 /// One page of my conversation with another user, oldest message first.
