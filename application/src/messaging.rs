@@ -780,7 +780,7 @@ mod tests {
             ..message_to(me)
         });
         let me = Member::joining(me.clone(), Role::Member, at, 1);
-        ConversationSummary { conversation: Chat::Direct(conversation), last_message, me }
+        ConversationSummary { conversation: Chat::Direct(conversation), last_message, me, unread: 0 }
     }
 
     #[tokio::test]
@@ -1223,12 +1223,14 @@ mod tests {
                 conversation: Chat::Group(g1.clone()),
                 last_message: None,
                 me: with_unread,
+                unread: 3,
             },
             summary(&me, 5, true),
             ConversationSummary {
                 conversation: Chat::Group(g2.clone()),
                 last_message: None,
                 me: member(&me, 1),
+                unread: 1,
             },
         ];
         let mut m = Mocks::new();

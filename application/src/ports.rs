@@ -136,15 +136,18 @@ pub trait UserRepository: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationSummary {
     pub conversation: Chat,
+    /// The last message or system entry, as it stands now (a tombstone once deleted).
     pub last_message: Option<Message>,
     pub me: Member,
+    /// Messages and system entries after my read position that are not deleted: changes
+    /// (edits, deletions, reactions) count for nothing, and deleting an unread message takes
+    /// it off (docs/MESSAGE_CHANGES.md §2). My own sends move my read position past them.
+    pub unread: u64,
 }
 
 impl ConversationSummary {
-    /// Entries after my read position: exact, since every entry takes the next seq and my
-    /// own sends and changes move my read position past them.
     pub fn unread(&self) -> u64 {
-        self.me.unread(self.conversation.last_seq())
+        self.unread
     }
 }
 

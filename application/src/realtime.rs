@@ -693,6 +693,7 @@ mod tests {
                         conversation,
                         last_message: None,
                         me: me.clone(),
+                        unread: 0,
                     })
                     .collect())
             });

@@ -939,11 +939,13 @@ mod tests {
                 conversation: Chat::Group(team.clone()),
                 last_message: None,
                 me: owner.clone(),
+                unread: 0,
             },
             ConversationSummary {
                 conversation: Chat::Direct(conversation.clone()),
                 last_message: None,
                 me: owner.clone(),
+                unread: 0,
             },
         ];
         conversations.expect_list_for_user().times(2).returning(move |_| Ok(summaries.clone()));

@@ -692,6 +692,7 @@ async fn conversation_list_for_user_is_most_recent_first_with_the_last_message(s
             }),
             last_message: Some(last_c),
             me: Member { read_seq: 0, ..Member::joining(me.id.clone(), Role::Member, t0, 1) },
+            unread: 1,
         }
     );
     assert_eq!(listed[1].last_message, Some(last_b));

@@ -195,7 +195,8 @@ impl Chats {
             .and_then(|ids| ids.keys().next_back())
             .and_then(|id| self.entries.get(id))
             .cloned();
-        ConversationSummary { conversation, last_message, me }
+        let unread = me.unread(conversation.last_seq());
+        ConversationSummary { conversation, last_message, me, unread }
     }
 
     /// The user's conversations below `after` in [`ConversationKey`] order, the first `limit`.

@@ -387,7 +387,10 @@ fn summary(conversation: Document, last: Option<Bson>, me: MemberDoc) -> RepoRes
         .transpose()?
         .map(Message::try_from)
         .transpose()?;
-    Ok(ConversationSummary { conversation: conversation.try_into()?, last_message, me: me.try_into()? })
+    let conversation: Chat = conversation.try_into()?;
+    let me: Member = me.try_into()?;
+    let unread = me.unread(conversation.last_seq());
+    Ok(ConversationSummary { conversation, last_message, me, unread })
 }
 
 #[async_trait]

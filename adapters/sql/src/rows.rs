@@ -341,11 +341,10 @@ impl TryFrom<SummaryRow> for ConversationSummary {
     type Error = RepoError;
     fn try_from(row: SummaryRow) -> Result<Self, RepoError> {
         let last_message = row.last.message(&row.conversation.id)?;
-        Ok(ConversationSummary {
-            conversation: row.conversation.try_into()?,
-            last_message,
-            me: row.me.try_into()?,
-        })
+        let conversation: Chat = row.conversation.try_into()?;
+        let me: Member = row.me.try_into()?;
+        let unread = me.unread(conversation.last_seq());
+        Ok(ConversationSummary { conversation, last_message, me, unread })
     }
 }
 
