@@ -6,12 +6,13 @@
 //! difference.
 
 use application::ports::{
-    name_words, system_json, ConversationRecord, GroupRecord, MemberRecord, MessageRecord, Notice,
-    NoticeRecord, RepoError, Revocation, StoredMessage, StreamItem, UserRecord,
+    name_words, system_json, ChangeRecord, ChangedRecord, ConversationRecord, GroupRecord, MemberRecord,
+    MessageRecord, Notice, NoticeRecord, QuoteRecord, RepoError, Revocation, StreamItem, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use domain::{
-    Chat, Conversation, ConversationId, Group, Member, Message, Seq, SystemEvent, Timestamp, User, UserId,
+    Chat, Conversation, ConversationId, Group, Member, Message, MessageChange, Seq, SystemEvent, Timestamp,
+    User, UserId,
 };
 use mongodb::bson;
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,7 @@ pub(crate) fn to_bson(at: Timestamp) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis())
 }
 
-fn from_bson(at: bson::DateTime) -> Result<Timestamp, RepoError> {
+pub(crate) fn from_bson(at: bson::DateTime) -> Result<Timestamp, RepoError> {
     DateTime::<Utc>::from_timestamp_millis(at.timestamp_millis())
         .ok_or_else(|| RepoError::corrupt("timestamp", "out of range"))
 }
@@ -274,7 +275,9 @@ pub(crate) fn seq_to_i64(seq: Seq) -> i64 {
 pub(crate) struct NoticeDoc {
     pub user_id: String,
     pub position: i64,
-    /// `joined`, `left` or `read` ([`NoticeRecord::kind_of`]).
+    /// `joined`, `left` or `read` ([`NoticeRecord::kind_of`]), or `updated`
+    /// ([`NoticeRecord::UPDATED`]: the change entry `<conversationId>:<seq>` of the direct
+    /// message `messageId`).
     pub kind: String,
     pub conversation_id: String,
     pub seq: i64,
@@ -301,6 +304,24 @@ impl NoticeDoc {
             created_at: bson::DateTime::now(),
         }
     }
+
+    /// The notice that places `change` (of a direct message) at `position` of `user`'s
+    /// stream.
+    pub fn updated(user: &UserId, position: i64, change: &MessageChange) -> Self {
+        Self {
+            user_id: user.as_str().to_owned(),
+            position,
+            kind: NoticeRecord::UPDATED.to_owned(),
+            conversation_id: change.conversation_id.as_str().to_owned(),
+            seq: seq_to_i64(change.seq),
+            message_id: Some(change.message_id.as_str().to_owned()),
+            created_at: bson::DateTime::now(),
+        }
+    }
+
+    pub fn is_updated(&self) -> bool {
+        self.kind == NoticeRecord::UPDATED
+    }
 }
 
 impl TryFrom<NoticeDoc> for StreamItem {
@@ -317,7 +338,7 @@ impl TryFrom<NoticeDoc> for StreamItem {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageDoc {
     /// UUIDv7 text: sorting by `_id` is sorting by creation.
@@ -328,7 +349,8 @@ pub(crate) struct MessageDoc {
     /// `null` in groups.
     #[serde(default)]
     pub receiver_id: Option<String>,
-    /// The body, named as in the original app's documents.
+    /// The body, named as in the original app's documents: the text now (the last edit's),
+    /// [`MessageBody::WITHDRAWN`](domain::MessageBody::WITHDRAWN) once deleted.
     pub message: String,
     /// A system entry's [`SystemEvent`], as a subdocument.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,11 +371,40 @@ pub(crate) struct MessageDoc {
     pub sender_position: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_position: Option<i64>,
+    /// The id of the message of the same conversation this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The seq of the message's last change; missing (as on every document stored before
+    /// changes existed) while it never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// When it was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<bson::DateTime>,
+    /// When and by whom it was deleted (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+    /// Its reactions in the order they were made; none on a deleted message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionDoc>,
+}
+
+/// One user's reaction with one emoji, an element of a message's `reactions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReactionDoc {
+    /// The fully-qualified emoji.
+    pub emoji: String,
+    pub user_id: String,
+    pub at: bson::DateTime,
 }
 
 impl MessageDoc {
     /// `message` as stored at `seq` of its conversation (`message.conversation_id`), with its
-    /// positions in both streams when it is a direct message.
+    /// positions in both streams when it is a direct message, and the id of the message it
+    /// answers. Stored as sent: a new entry has no changes.
     pub fn stored(message: &Message, seq: Seq, positions: Option<(i64, i64)>) -> Result<Self, RepoError> {
         let system =
             message.system.as_ref().map(bson::to_document).transpose().map_err(|e| {
@@ -371,45 +422,110 @@ impl MessageDoc {
             client_message_id: message.client_id.as_ref().map(|id| id.as_str().to_owned()),
             sender_position: positions.map(|(sender, _)| sender),
             receiver_position: positions.map(|(_, receiver)| receiver),
+            reply_to: message.reply_to.as_ref().map(|quote| quote.message_id.as_str().to_owned()),
+            version: None,
+            edited_at: None,
+            deleted_at: None,
+            deleted_by: None,
+            reactions: Vec::new(),
         })
     }
-}
 
-impl TryFrom<MessageDoc> for Message {
-    type Error = RepoError;
-    fn try_from(doc: MessageDoc) -> Result<Self, RepoError> {
-        let system = doc
+    /// The stored entry, as it stands now, with `quote`: what its reply shows of the
+    /// message it answers (`None` when it answers none, or the original is gone).
+    pub fn record(self, quote: Option<QuoteRecord>) -> Result<MessageRecord, RepoError> {
+        let system = self
             .system
             .map(bson::from_document::<SystemEvent>)
             .transpose()
             .map_err(|e| RepoError::corrupt("system entry", e))?;
-        MessageRecord {
-            reply_to: None,
-            changed: None,
-            id: doc.id,
-            conversation_id: doc.conversation_id,
-            sender_id: doc.sender_id,
-            receiver_id: doc.receiver_id,
-            body: doc.message,
+        let seq = self.seq.ok_or_else(|| RepoError::corrupt("sequence number", "missing"))?;
+        let changed = match self.version {
+            Some(version) if MessageRecord::is_changed(version, seq) => Some(ChangedRecord {
+                version,
+                edited_at: self.edited_at.map(from_bson).transpose()?,
+                deleted: match (self.deleted_at, self.deleted_by) {
+                    (Some(at), Some(by)) => Some((from_bson(at)?, by)),
+                    (None, _) => None,
+                    (Some(_), None) => return Err(RepoError::corrupt("deletion", "without its deleter")),
+                },
+                reactions: self.reactions.into_iter().map(|r| (r.emoji, r.user_id)).collect(),
+            }),
+            _ => None,
+        };
+        Ok(MessageRecord {
+            reply_to: quote,
+            changed,
+            id: self.id,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+            body: self.message,
             system: system.as_ref().map(system_json),
-            seq: doc.seq.ok_or_else(|| RepoError::corrupt("sequence number", "missing"))?,
-            created_at: from_bson(doc.created_at)?,
-            client_id: doc.client_message_id,
-        }
-        .try_into()
+            seq,
+            created_at: from_bson(self.created_at)?,
+            client_id: self.client_message_id,
+        })
     }
 }
 
-impl TryFrom<MessageDoc> for StoredMessage {
-    type Error = RepoError;
-    fn try_from(mut doc: MessageDoc) -> Result<Self, RepoError> {
-        // A group entry has no stream positions: 0 for both, as the port says.
-        let (sender_position, receiver_position) = if doc.receiver_id.is_some() {
-            (position(doc.sender_position.take())?, position(doc.receiver_position.take())?)
-        } else {
-            (0, 0)
-        };
-        StoredMessage::from_positions(doc.try_into()?, sender_position, receiver_position)
+/// A change entry of a conversation: an edit, a deletion, a reaction added or taken back, at
+/// the conversation's seq it took. `_id` is `<conversationId>:<seq>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ChangeDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub message_id: String,
+    /// The changed message's own seq: of a deletion, what the unread count of a member
+    /// who had not read up to it leaves out.
+    pub message_seq: i64,
+    pub actor_id: String,
+    /// [`ChangeKind::as_str`](domain::ChangeKind::as_str).
+    pub kind: String,
+    /// Of a reaction change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    pub created_at: bson::DateTime,
+}
+
+impl ChangeDoc {
+    /// The `_id` of the change entry at `seq` of `conversation`.
+    pub fn id_of(conversation: &str, seq: i64) -> String {
+        format!("{conversation}:{seq}")
+    }
+
+    /// `change` as stored, changing the message at `message_seq`.
+    pub fn new(change: &MessageChange, message_seq: i64) -> Self {
+        let conversation = change.conversation_id.as_str();
+        let seq = seq_to_i64(change.seq);
+        Self {
+            id: Self::id_of(conversation, seq),
+            conversation_id: conversation.to_owned(),
+            seq,
+            message_id: change.message_id.as_str().to_owned(),
+            message_seq,
+            actor_id: change.actor.as_str().to_owned(),
+            kind: change.kind.as_str().to_owned(),
+            emoji: change.kind.emoji().map(|emoji| emoji.as_str().to_owned()),
+            created_at: to_bson(change.at),
+        }
+    }
+
+    /// The stored change entry with `message`, the message it changed as read with it.
+    pub fn record(self, message: MessageRecord) -> Result<ChangeRecord, RepoError> {
+        Ok(ChangeRecord {
+            conversation_id: self.conversation_id,
+            seq: self.seq,
+            message_id: self.message_id,
+            actor_id: self.actor_id,
+            kind: self.kind,
+            emoji: self.emoji,
+            created_at: from_bson(self.created_at)?,
+            message,
+        })
     }
 }
 

@@ -14,11 +14,13 @@
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
+mod changes;
 mod documents;
 mod error;
 mod groups;
 mod messages;
 mod migrations;
+mod reading;
 mod repositories;
 mod streams;
 mod turns;
@@ -33,7 +35,9 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
 pub(crate) use error::Inconsistent;
 
-use documents::{ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, RevokedTokenDoc, StreamHeadDoc, UserDoc};
+use documents::{
+    ChangeDoc, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, RevokedTokenDoc, StreamHeadDoc, UserDoc,
+};
 
 /// The database used when the URL names none.
 pub const DEFAULT_DATABASE: &str = "chat";
@@ -53,12 +57,15 @@ pub struct MongoStore {
     pub(crate) users: Collection<UserDoc>,
     pub(crate) conversations: Collection<ConversationDoc>,
     pub(crate) messages: Collection<MessageDoc>,
+    /// The change entries of conversations (edits, deletions, reactions), by
+    /// `<conversationId>:<seq>`.
+    pub(crate) changes: Collection<ChangeDoc>,
     /// Who is a member of which conversation (of both kinds), with their role and read
     /// position: one document per (conversation, user).
     pub(crate) members: Collection<MemberDoc>,
     /// Each user's last stream position, by user id.
     pub(crate) heads: Collection<StreamHeadDoc>,
-    /// The notices of users' streams (joined, left, read), by (user, position).
+    /// The notices of users' streams (joined, left, read, updated), by (user, position).
     pub(crate) notices: Collection<NoticeDoc>,
     pub(crate) revoked: Collection<RevokedTokenDoc>,
     /// This process's queues on hot documents (see `turns`).
@@ -116,6 +123,7 @@ impl MongoStore {
             users: database.collection("users"),
             conversations: database.collection("conversations"),
             messages: database.collection("messages"),
+            changes: database.collection("messageChanges"),
             members: database.collection("members"),
             heads: database.collection("streamHeads"),
             notices: database.collection("notices"),
@@ -227,6 +235,13 @@ impl MongoStore {
                     "sender_client_id",
                     doc! { "clientMessageId": { "$exists": true } },
                 ),
+            ])
+            .await?;
+        self.changes
+            .create_indexes([
+                // A conversation's change entries by seq, each seq once (a change takes its
+                // conversation's next seq like a send).
+                index(doc! { "conversationId": 1, "seq": 1 }, reading::CHANGES_BY_SEQ, true),
             ])
             .await?;
         // A plain index rather than a TTL one: revocations are forgotten by `purge_expired`,

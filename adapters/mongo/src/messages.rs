@@ -12,22 +12,26 @@
 //! that sees seq `s` sees every seq below it. A group send writes only the group's document,
 //! the sender's membership and the entry: what it costs does not grow with the group.
 
+use std::collections::HashSet;
+
 use application::ports::{
-    Appended, GroupAppended, GroupEntry, MessageRepository, Notice, ReadMoved, RepoError, RepoResult,
-    StoredMessage, StreamItem,
+    consecutive_entries, Appended, GroupAppended, GroupEntry, MessageRepository, Notice, ReadMoved,
+    RepoError, RepoResult, StoredMessage, StreamItem,
 };
 use async_trait::async_trait;
 use domain::{Conversation, ConversationId, Cursor, Message, MessageId, Seq, UserId};
 use futures_util::{FutureExt as _, TryStreamExt as _};
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error;
-use mongodb::options::ReturnDocument;
+use mongodb::options::{Hint, ReturnDocument};
 use mongodb::ClientSession;
 
 use crate::documents::{
-    seq_to_i64, to_bson, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT, GROUP,
+    position, seq_to_i64, to_bson, ChangeDoc, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT,
+    GROUP,
 };
 use crate::error::{is_duplicate_key, repo_error};
+use crate::reading::CHANGES_BY_SEQ;
 use crate::{turns, Inconsistent, MongoStore};
 
 /// How often a send starts over after a duplicate key that a new attempt gets past: a
@@ -60,7 +64,7 @@ impl MessageRepository for MongoStore {
     async fn append(&self, conversation: &Conversation, message: &Message) -> RepoResult<Appended> {
         // A retried send is found without writing anything.
         if let Some(earlier) = self.find_by_client_id(message).await? {
-            return Ok(Appended::Existing(earlier.try_into()?));
+            return Ok(Appended::Existing(self.stored_message(earlier).await?));
         }
         let Some(receiver) = &message.receiver_id else {
             return Err(RepoError::Unexpected(anyhow::anyhow!("a direct message without a receiver")));
@@ -95,7 +99,7 @@ impl MessageRepository for MongoStore {
             // aborted, so nothing of it is stored. Which index decides the outcome:
             // - the sender's client id: a racing send with the same id committed first;
             if let Some(earlier) = self.find_by_client_id(message).await? {
-                return Ok(Appended::Existing(earlier.try_into()?));
+                return Ok(Appended::Existing(self.stored_message(earlier).await?));
             }
             // - the message id, or the candidate conversation's id taken by another pair;
             if self.message_id_taken(&message.id).await? || self.conversation_id_taken(conversation).await? {
@@ -110,7 +114,7 @@ impl MessageRepository for MongoStore {
 
     async fn append_to_group(&self, message: &Message) -> RepoResult<GroupAppended> {
         if let Some(earlier) = self.find_by_client_id(message).await? {
-            return Ok(GroupAppended::Existing(earlier.try_into()?));
+            return Ok(GroupAppended::Existing(self.current_one(earlier).await?));
         }
         let _turn = self.turns.take(vec![turns::conversation(message.conversation_id.as_str())]).await;
         let placed = self
@@ -129,7 +133,7 @@ impl MessageRepository for MongoStore {
                 // Nothing was stored: a racing send with the same client id won, or the
                 // message id is taken.
                 match self.find_by_client_id(message).await? {
-                    Some(earlier) => Ok(GroupAppended::Existing(earlier.try_into()?)),
+                    Some(earlier) => Ok(GroupAppended::Existing(self.current_one(earlier).await?)),
                     None => Err(RepoError::Conflict),
                 }
             }
@@ -169,7 +173,7 @@ impl MessageRepository for MongoStore {
             .await
             .map_err(repo_error("listing messages"))?;
         page.reverse();
-        page.into_iter().map(Message::try_from).collect()
+        self.current(page).await
     }
 
     async fn entries(
@@ -186,27 +190,73 @@ impl MessageRepository for MongoStore {
         if let Some(until) = until {
             range.insert("$lte", seq_to_i64(until));
         }
-        let docs: Vec<MessageDoc> = self
-            .messages
-            .find(doc! { "conversationId": conversation.as_str(), "seq": range })
-            .sort(doc! { "seq": 1 })
-            .limit(i64::from(limit))
-            .await
-            .map_err(repo_error("reading a conversation's entries"))?
-            .try_collect()
-            .await
-            .map_err(repo_error("reading a conversation's entries"))?;
+        let filter = doc! { "conversationId": conversation.as_str(), "seq": range };
+        // The first `limit` messages and the first `limit` change entries after `after`: the
+        // first `limit` entries are among them.
+        let (messages, changes) = futures_util::future::try_join(
+            async {
+                self.messages
+                    .find(filter.clone())
+                    .sort(doc! { "seq": 1 })
+                    .limit(i64::from(limit))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            },
+            async {
+                self.changes
+                    .find(filter.clone())
+                    .hint(Hint::Name(CHANGES_BY_SEQ.to_owned()))
+                    .sort(doc! { "seq": 1 })
+                    .limit(i64::from(limit))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            },
+        )
+        .await
+        .map_err(repo_error("reading a conversation's entries"))?;
+        let mut page: Vec<(i64, Read)> = messages
+            .into_iter()
+            .map(|doc| (doc.seq.unwrap_or(0), Read::Message(Box::new(doc))))
+            .chain(changes.into_iter().map(|change| (change.seq, Read::Change(change))))
+            .collect();
+        page.sort_by_key(|(seq, _)| *seq);
+        page.truncate(limit as usize);
+        // The messages the change entries changed, as they stand now, and every quote.
+        let changed: HashSet<&str> = page
+            .iter()
+            .filter_map(|(_, read)| match read {
+                Read::Change(change) => Some(change.message_id.as_str()),
+                Read::Message(_) => None,
+            })
+            .collect();
+        let changed = self.messages_by_id(changed).await?;
+        let quotes = self
+            .quotes(
+                page.iter()
+                    .filter_map(|(_, read)| match read {
+                        Read::Message(doc) => Some(&**doc),
+                        Read::Change(_) => None,
+                    })
+                    .chain(changed.values()),
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(page.len());
+        for (_, read) in page {
+            entries.push(match read {
+                Read::Message(doc) => GroupEntry::Message(quotes.message(*doc)?),
+                Read::Change(change) => {
+                    let Some(message) = changed.get(&change.message_id) else {
+                        return Err(RepoError::corrupt("change entry", "of a message that does not exist"));
+                    };
+                    GroupEntry::Update(quotes.update(change, message.clone())?)
+                }
+            });
+        }
         // Seqs commit in order, so there is no hole to stop at; a store that showed one
         // would make a reader skip an entry, so the run is cut there all the same.
-        let mut entries = Vec::with_capacity(docs.len());
-        for (expected, doc) in (after + 1..).zip(docs) {
-            let entry = Message::try_from(doc)?;
-            if entry.seq != expected {
-                break;
-            }
-            entries.push(GroupEntry::Message(entry));
-        }
-        Ok(entries)
+        Ok(consecutive_entries(after, entries))
     }
 
     async fn mark_read(
@@ -268,6 +318,12 @@ impl MessageRepository for MongoStore {
             .map_err(repo_error("reading a stream head"))?;
         head.map_or(Ok(Cursor::START), |head| application::ports::stored_cursor(head.position))
     }
+}
+
+/// An entry of a conversation as read: a message, or a change entry.
+enum Read {
+    Message(Box<MessageDoc>),
+    Change(ChangeDoc),
 }
 
 /// A stored seq.
@@ -443,6 +499,16 @@ impl MongoStore {
             .find_one(doc! { "conversationId": conversation.as_str(), "userId": user.as_str() })
             .await
             .map_err(repo_error("finding a member"))
+    }
+
+    /// A message with its positions in both streams, as it stands now. A group entry has no
+    /// stream positions: 0 for both, as the port says.
+    async fn stored_message(&self, doc: MessageDoc) -> RepoResult<StoredMessage> {
+        let (sender, receiver) = match doc.receiver_id {
+            Some(_) => (position(doc.sender_position)?, position(doc.receiver_position)?),
+            None => (0, 0),
+        };
+        StoredMessage::from_positions(self.current_one(doc).await?, sender, receiver)
     }
 
     /// The sender's entry with the same client id as `message`, if there is one.

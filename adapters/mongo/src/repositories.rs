@@ -22,7 +22,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
 use crate::documents::{
-    to_bson, ConversationDoc, MemberDoc, MessageDoc, RevokedTokenDoc, UserDoc, DIRECT, GROUP,
+    seq_to_i64, to_bson, ConversationDoc, MemberDoc, MessageDoc, RevokedTokenDoc, UserDoc, DIRECT, GROUP,
 };
 use crate::error::repo_error;
 use crate::MongoStore;
@@ -192,9 +192,29 @@ impl ConversationRepository for MongoStore {
         .await?;
         let mut page = direct;
         page.extend(groups);
-        page.sort_by_key(|summary| std::cmp::Reverse(summary.key()));
+        page.sort_by_key(|(summary, _)| std::cmp::Reverse(summary.key()));
         page.truncate(limit as usize);
-        Ok(page)
+        // The quotes of the last messages that are replies, and what does not count as
+        // unread, for the whole page at once.
+        let quotes = self.quotes(page.iter().filter_map(|(_, last)| last.as_ref())).await?;
+        let read: Vec<(String, i64)> = page
+            .iter()
+            .filter(|(summary, _)| summary.unread > 0)
+            .map(|(summary, _)| {
+                (summary.conversation.id().as_str().to_owned(), seq_to_i64(summary.me.read_seq))
+            })
+            .collect();
+        let not_unread = self.not_unread(&read).await?;
+        page.into_iter()
+            .map(|(mut summary, last)| {
+                if let Some(last) = last {
+                    summary.last_message = Some(quotes.message(last)?);
+                }
+                let off = not_unread.get(summary.conversation.id().as_str()).copied().unwrap_or(0);
+                summary.unread = summary.unread.saturating_sub(off);
+                Ok(summary)
+            })
+            .collect()
     }
 }
 
@@ -247,7 +267,7 @@ impl MongoStore {
         user: &UserId,
         after: Option<&ConversationKey>,
         limit: u32,
-    ) -> RepoResult<Vec<ConversationSummary>> {
+    ) -> RepoResult<Vec<Listed>> {
         let mut filter = doc! { "participants": user.as_str() };
         if let Some(after) = after {
             filter.extend(below_key("", after));
@@ -300,7 +320,7 @@ impl MongoStore {
         user: &UserId,
         after: Option<&ConversationKey>,
         limit: u32,
-    ) -> RepoResult<Vec<ConversationSummary>> {
+    ) -> RepoResult<Vec<Listed>> {
         let mut pipeline = vec![
             // Along `user_conversations`.
             doc! { "$match": { "userId": user.as_str(), "kind": GROUP } },
@@ -373,24 +393,29 @@ fn prefix_range(prefix: &SearchPrefix) -> Document {
     range
 }
 
+/// A conversation of a list page as read: its summary, with every entry after the read
+/// position as unread and the last message without the quote of the message it answers;
+/// and the last message's document when it answers one.
+type Listed = (ConversationSummary, Option<MessageDoc>);
+
 /// A conversation document with its `lastMessage` array (empty or one entry) and the
 /// user's membership.
-fn summary(conversation: Document, last: Option<Bson>, me: MemberDoc) -> RepoResult<ConversationSummary> {
+fn summary(conversation: Document, last: Option<Bson>, me: MemberDoc) -> RepoResult<Listed> {
     let last = match last {
         Some(Bson::Array(messages)) => messages.into_iter().next(),
         _ => None,
     };
     let conversation: ConversationDoc =
         bson::from_document(conversation).map_err(|e| RepoError::corrupt("conversation", e))?;
-    let last_message = last
+    let last = last
         .map(|m| bson::from_bson::<MessageDoc>(m).map_err(|e| RepoError::corrupt("message", e)))
-        .transpose()?
-        .map(Message::try_from)
         .transpose()?;
+    let last_message = last.clone().map(|doc| Message::try_from(doc.record(None)?)).transpose()?;
+    let reply = last.filter(|doc| doc.reply_to.is_some());
     let conversation: Chat = conversation.try_into()?;
     let me: Member = me.try_into()?;
     let unread = me.unread(conversation.last_seq());
-    Ok(ConversationSummary { conversation, last_message, me, unread })
+    Ok((ConversationSummary { conversation, last_message, me, unread }, reply))
 }
 
 #[async_trait]

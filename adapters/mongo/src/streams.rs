@@ -13,15 +13,19 @@
 //! in position order, and a reader that sees position `p` can see every position below it.
 //!
 //! A stream read is three queries (the direct messages the user sent, those they received,
-//! and their notices), each through its own index, merged by position. They are not one
+//! and their notices), each through its own index, merged by position; then the change
+//! entries the page's `updated` notices name, the messages they changed, and the quotes of
+//! the replies, one query each. They are not one
 //! snapshot: a transaction committing between them can show up in a later query while an
 //! earlier position that belongs to an earlier query was committed just too late for it.
 //! The merged list is therefore cut at its first hole; what is returned is always a run of
 //! consecutive positions right after the cursor, and the rest is read by the next call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use application::ports::{consecutive_after, Notice, Noticed, RepoResult, StreamItem};
+use application::ports::{
+    consecutive_after, stored_cursor, Notice, Noticed, RepoError, RepoResult, StreamEntry, StreamItem,
+};
 use domain::{Cursor, UserId};
 use futures_util::TryStreamExt as _;
 use mongodb::bson::doc;
@@ -29,7 +33,7 @@ use mongodb::error::Error;
 use mongodb::options::{Hint, ReturnDocument};
 use mongodb::ClientSession;
 
-use crate::documents::{position, MessageDoc, NoticeDoc, StreamHeadDoc};
+use crate::documents::{position, ChangeDoc, MessageDoc, NoticeDoc, StreamHeadDoc};
 use crate::error::repo_error;
 use crate::{Inconsistent, MongoStore};
 
@@ -176,23 +180,69 @@ impl MongoStore {
             self.stream_notices(user, after, limit),
         )
         .await?;
-        let mut items = sent;
-        items.extend(received);
-        items.extend(notices);
-        items.sort_by_key(|item| item.cursor);
-        items.truncate(limit as usize);
+        let mut page: Vec<(i64, Positioned)> = sent
+            .into_iter()
+            .chain(received)
+            .map(|(position, doc)| (position, Positioned::Message(Box::new(doc))))
+            .chain(notices.into_iter().map(|notice| (notice.position, Positioned::Notice(notice))))
+            .collect();
+        page.sort_by_key(|(position, _)| *position);
+        page.truncate(limit as usize);
+        // An `updated` notice is read as the change entry it names, with the message as it
+        // stands now.
+        let changes: HashSet<String> = page
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                Positioned::Notice(notice) if notice.is_updated() => {
+                    Some(ChangeDoc::id_of(&notice.conversation_id, notice.seq))
+                }
+                _ => None,
+            })
+            .collect();
+        let changes = self.changes_by_id(changes).await?;
+        let changed = self.messages_by_id(changes.values().map(|c| c.message_id.as_str()).collect()).await?;
+        let quotes = self
+            .quotes(
+                page.iter()
+                    .filter_map(|(_, entry)| match entry {
+                        Positioned::Message(doc) => Some(&**doc),
+                        Positioned::Notice(_) => None,
+                    })
+                    .chain(changed.values()),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(page.len());
+        for (position, entry) in page {
+            items.push(match entry {
+                Positioned::Message(doc) => StreamItem::at_position(position, quotes.message(*doc)?)?,
+                Positioned::Notice(notice) if notice.is_updated() => {
+                    let change = changes
+                        .get(&ChangeDoc::id_of(&notice.conversation_id, notice.seq))
+                        .ok_or_else(|| RepoError::corrupt("updated notice", "without its change entry"))?;
+                    let message = changed.get(&change.message_id).ok_or_else(|| {
+                        RepoError::corrupt("change entry", "of a message that does not exist")
+                    })?;
+                    StreamItem {
+                        cursor: stored_cursor(position)?,
+                        entry: StreamEntry::Update(quotes.update(change.clone(), message.clone())?),
+                    }
+                }
+                Positioned::Notice(notice) => StreamItem::try_from(notice)?,
+            });
+        }
         Ok(consecutive_after(after, items))
     }
 
     /// Up to `limit` of the direct messages `user` sent (or received) after position
-    /// `after`, in position order, through the side's stream index.
+    /// `after`, in position order, through the side's stream index, with the user's
+    /// position of each.
     async fn stream_side(
         &self,
         user: &UserId,
         side: Side,
         after: Cursor,
         limit: u32,
-    ) -> RepoResult<Vec<StreamItem>> {
+    ) -> RepoResult<Vec<(i64, MessageDoc)>> {
         let (user_field, position_field) = side.fields();
         let mut filter = doc! { user_field: user.as_str() };
         // `$exists` repeats the stream index's partial filter, so that the index answers
@@ -211,19 +261,18 @@ impl MongoStore {
             .await
             .map_err(repo_error("reading a message stream"))?;
         docs.into_iter()
-            .map(|mut doc| {
+            .map(|doc| {
                 let stored = match side {
-                    Side::Sender => doc.sender_position.take(),
-                    Side::Receiver => doc.receiver_position.take(),
+                    Side::Sender => doc.sender_position,
+                    Side::Receiver => doc.receiver_position,
                 };
-                StreamItem::at_position(position(stored)?, doc.try_into()?)
+                Ok((position(stored)?, doc))
             })
             .collect()
     }
 
-    async fn stream_notices(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<StreamItem>> {
-        let docs: Vec<NoticeDoc> = self
-            .notices
+    async fn stream_notices(&self, user: &UserId, after: Cursor, limit: u32) -> RepoResult<Vec<NoticeDoc>> {
+        self.notices
             .find(doc! { "userId": user.as_str(), "position": { "$gt": i64::from(after) } })
             .sort(doc! { "position": 1 })
             .limit(i64::from(limit))
@@ -231,7 +280,12 @@ impl MongoStore {
             .map_err(repo_error("reading a stream's notices"))?
             .try_collect()
             .await
-            .map_err(repo_error("reading a stream's notices"))?;
-        docs.into_iter().map(StreamItem::try_from).collect()
+            .map_err(repo_error("reading a stream's notices"))
     }
+}
+
+/// An entry of a user's stream as read: a direct message, or a notice.
+enum Positioned {
+    Message(Box<MessageDoc>),
+    Notice(NoticeDoc),
 }
