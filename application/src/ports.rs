@@ -42,8 +42,8 @@ pub use changes::{ChangeOutcome, ChangeRequest, MessageChangeRepository, StoredC
 pub use groups::MockGroupRepository;
 pub use groups::{Changed, GroupChange, GroupPosition, GroupRepository, GroupState, MembersPreview, Noticed};
 pub use records::{
-    stored_cursor, stored_seq, system_json, ConversationRecord, GroupRecord, MemberRecord, MessageRecord,
-    NoticeRecord, UserRecord,
+    stored_cursor, stored_seq, system_json, ChangeRecord, ChangedRecord, ConversationRecord, GroupRecord,
+    MemberRecord, MessageRecord, NoticeRecord, QuoteRecord, UserRecord,
 };
 
 /// Which users a listing returns: everyone but `exclude`, ordered by lower-cased username.

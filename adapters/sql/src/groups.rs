@@ -57,16 +57,16 @@ pub(crate) const MEMBER_IDS: &str = "SELECT c.members_version, m.user_id \
     WHERE c.id = $1 AND c.kind = 'group' ORDER BY m.joined_seq, m.user_id";
 /// For each group, `$1`'s last joining or leaving notice at or before position `$2`, kept
 /// if it is a joining, with the group's last seq; by group id. Read along
-/// `stream_notices_membership`, which holds no read notices (`+position` keeps SQLite from
+/// `stream_notices_membership`, which holds only joinings and leavings (`+position` keeps SQLite from
 /// reading the user's every notice along the primary key instead).
 pub(crate) const GROUPS_AT: &str = "SELECT n.conversation_id, n.seq, c.last_seq FROM (\
         SELECT conversation_id, kind, seq, \
             ROW_NUMBER() OVER (PARTITION BY conversation_id ORDER BY position DESC) AS latest \
-        FROM stream_notices WHERE user_id = $1 AND kind <> 'read' AND +position <= $2) AS n \
+        FROM stream_notices WHERE user_id = $1 AND kind IN ('joined', 'left') AND +position <= $2) AS n \
     JOIN conversations c ON c.id = n.conversation_id \
     WHERE n.latest = 1 AND n.kind = 'joined' ORDER BY n.conversation_id";
 pub(crate) const LEFT_AFTER: &str = "SELECT seq FROM stream_notices \
-    WHERE user_id = $1 AND conversation_id = $2 AND kind <> 'read' AND kind = 'left' AND position > $3 \
+    WHERE user_id = $1 AND conversation_id = $2 AND kind IN ('joined', 'left') AND kind = 'left' AND position > $3 \
     ORDER BY position LIMIT 1";
 
 /// What a user's stream gets when they join or leave a group.

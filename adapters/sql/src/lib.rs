@@ -10,6 +10,7 @@
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
+mod changes;
 mod error;
 mod groups;
 mod postgres;

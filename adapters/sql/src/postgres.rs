@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use application::ports::{stored_seq, RepoError, RepoResult, StoredMessage};
 use domain::{Conversation, ConversationId, Member, Message, Timestamp, UserId};
 
+use crate::changes::impl_changes;
 use crate::error::repo_error;
 use crate::groups::impl_groups;
 use crate::repositories::impl_repositories;
@@ -95,10 +96,11 @@ const APPEND: &str = "WITH conversation AS (\
         SELECT id, $8, 'direct', 'member', created_at, 1, 0 FROM conversation WHERE last_seq = 1 \
         ON CONFLICT (conversation_id, user_id) DO NOTHING) \
     INSERT INTO messages \
-        (id, conversation_id, seq, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position) \
+        (id, conversation_id, seq, sender_id, receiver_id, body, created_at, client_message_id, sender_position, receiver_position, \
+        reply_to) \
     SELECT $6, conversation.id, conversation.last_seq, $7, $8, $9, $5, $10, \
         (SELECT position FROM heads WHERE user_id = $7), \
-        (SELECT position FROM heads WHERE user_id = $8) \
+        (SELECT position FROM heads WHERE user_id = $8), $11 \
     FROM conversation \
     RETURNING conversation_id, seq, sender_position, receiver_position";
 
@@ -126,6 +128,7 @@ impl PgStore {
             .bind(receiver.as_str())
             .bind(message.body.as_str())
             .bind(message.client_id.as_ref().map(|id| id.as_str()))
+            .bind(message.reply_to.as_ref().map(|quote| quote.message_id.as_str()))
             .fetch_one(&self.pool)
             .await;
         match row {
@@ -246,3 +249,4 @@ impl PgStore {
 
 impl_repositories!(PgStore);
 impl_groups!(PgStore, sqlx::Postgres);
+impl_changes!(PgStore);

@@ -45,10 +45,31 @@ macro_rules! search_users_sql {
 }
 pub(crate) const SEARCH_USERS: &str = search_users_sql!(" AND username_lower < $5", " AND word < $5");
 pub(crate) const SEARCH_USERS_UNBOUNDED: &str = search_users_sql!("", "");
-/// The columns of an entry (`rows::MessageRow`).
+/// The columns of an entry as it stands now (`rows::MessageRow`): of `messages m`, left-joined
+/// with the message it answers as `messages r` (`LEFT JOIN messages r ON r.id = m.reply_to`).
 macro_rules! message_columns {
     () => {
-        "id, conversation_id, seq, sender_id, receiver_id, body, system, created_at, client_message_id"
+        "m.id, m.conversation_id, m.seq, m.sender_id, m.receiver_id, m.body, m.system, m.created_at, \
+        m.client_message_id, m.reply_to, r.sender_id AS reply_sender_id, r.body AS reply_body, \
+        r.deleted_at AS reply_deleted_at, m.version, m.edited_at, m.deleted_at, m.deleted_by, m.reactions"
+    };
+}
+/// The same columns `m_`-prefixed, for an entry joined to other rows (`rows::JoinedMessageRow`),
+/// without its conversation id.
+macro_rules! joined_message_columns {
+    () => {
+        "m.id AS m_id, m.seq AS m_seq, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, \
+        m.body AS m_body, m.system AS m_system, m.created_at AS m_created_at, \
+        m.client_message_id AS m_client_message_id, m.reply_to AS m_reply_to, \
+        r.sender_id AS m_reply_sender_id, r.body AS m_reply_body, r.deleted_at AS m_reply_deleted_at, \
+        m.version AS m_version, m.edited_at AS m_edited_at, m.deleted_at AS m_deleted_at, \
+        m.deleted_by AS m_deleted_by, m.reactions AS m_reactions"
+    };
+}
+/// The columns of the change entry `x` joined to a row (`rows::ChangeColumns`).
+macro_rules! change_columns {
+    () => {
+        "x.actor_id AS x_actor_id, x.kind AS x_kind, x.emoji AS x_emoji, x.created_at AS x_created_at"
     };
 }
 /// The columns of a conversation of either kind (`rows::ChatRow`).
@@ -94,15 +115,21 @@ pub(crate) const FIND_MEMBER: &str =
 /// group memberships, so that many direct conversations cost that side nothing. (A group's
 /// key lives on its row, which every send moves; keeping it on the member rows would make a
 /// send cost one write per member.) The first page gets a text without the cursor.
+/// `unread` counts the entries after the user's read position less the change entries and the
+/// deleted messages among them, each counted along its index (`message_changes`' primary key,
+/// `messages_deleted`) in the same statement.
 macro_rules! conversations_sql {
     ($after:literal, $group_after:literal) => {
         concat!(
             "SELECT c.id, c.kind, c.participant_a, c.participant_b, c.name, c.created_by, c.created_at, \
                 c.updated_at, c.last_seq, \
-            me.user_id, me.role, me.joined_at, me.joined_seq, me.read_seq, me.last_read_message_id, \
-            m.id AS m_id, m.seq AS m_seq, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, \
-            m.body AS m_body, m.system AS m_system, m.created_at AS m_created_at, \
-            m.client_message_id AS m_client_message_id \
+            me.user_id, me.role, me.joined_at, me.joined_seq, me.read_seq, me.last_read_message_id, ",
+            joined_message_columns!(),
+            ", c.last_seq - me.read_seq \
+                - (SELECT COUNT(*) FROM message_changes x \
+                    WHERE x.conversation_id = c.id AND x.seq > me.read_seq) \
+                - (SELECT COUNT(*) FROM messages d \
+                    WHERE d.conversation_id = c.id AND d.seq > me.read_seq AND d.deleted_at IS NOT NULL) AS unread \
             FROM (\
                 SELECT * FROM (SELECT ",
             chat_columns!(),
@@ -125,6 +152,7 @@ macro_rules! conversations_sql {
                 ORDER BY updated_at DESC, last_message_id DESC, id DESC LIMIT $2) AS c \
             JOIN members me ON me.conversation_id = c.id AND me.user_id = $1 \
             LEFT JOIN messages m ON m.id = c.last_message_id \
+            LEFT JOIN messages r ON r.id = m.reply_to \
             ORDER BY c.updated_at DESC, c.last_message_id DESC, c.id DESC"
         )
     };
@@ -149,15 +177,13 @@ macro_rules! page_sql {
         concat!(
             "WITH c AS (SELECT id, participant_a, participant_b, created_at, updated_at, last_seq \
                 FROM conversations WHERE participant_a = $1 AND participant_b = $2) \
-            SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, c.last_seq, \
-            m.id AS m_id, m.seq AS m_seq, m.sender_id AS m_sender_id, m.receiver_id AS m_receiver_id, \
-            m.body AS m_body, m.system AS m_system, m.created_at AS m_created_at, \
-            m.client_message_id AS m_client_message_id \
-            FROM c LEFT JOIN (\
-                SELECT id, seq, sender_id, receiver_id, body, system, created_at, client_message_id FROM messages \
-                WHERE conversation_id = (SELECT id FROM c)",
+            SELECT c.id, c.participant_a, c.participant_b, c.created_at, c.updated_at, c.last_seq, ",
+            joined_message_columns!(),
+            " FROM c LEFT JOIN (\
+                SELECT * FROM messages WHERE conversation_id = (SELECT id FROM c)",
             $before,
             " ORDER BY id DESC LIMIT $3) AS m ON TRUE \
+            LEFT JOIN messages r ON r.id = m.reply_to \
             ORDER BY m.id"
         )
     };
@@ -167,7 +193,8 @@ pub(crate) const PAGE_BEFORE: &str = page_sql!(" AND id < $4");
 pub(crate) const FIND_BY_CLIENT_ID: &str = concat!(
     "SELECT ",
     message_columns!(),
-    ", sender_position, receiver_position FROM messages WHERE sender_id = $1 AND client_message_id = $2"
+    ", m.sender_position, m.receiver_position FROM messages m LEFT JOIN messages r ON r.id = m.reply_to \
+    WHERE m.sender_id = $1 AND m.client_message_id = $2"
 );
 /// The newest `$2` entries of conversation `$1` (below the id `$4`, at or above the seq
 /// `$3`), oldest first, read backwards along `messages_conversation_id`. Without a seq bound
@@ -175,12 +202,12 @@ pub(crate) const FIND_BY_CLIENT_ID: &str = concat!(
 macro_rules! history_sql {
     ($from:literal, $before:literal) => {
         concat!(
-            "SELECT * FROM (SELECT ",
+            "SELECT ",
             message_columns!(),
-            " FROM messages WHERE conversation_id = $1",
+            " FROM (SELECT * FROM messages WHERE conversation_id = $1",
             $from,
             $before,
-            " ORDER BY id DESC LIMIT $2) AS page ORDER BY id"
+            " ORDER BY id DESC LIMIT $2) AS m LEFT JOIN messages r ON r.id = m.reply_to ORDER BY m.id"
         )
     };
 }
@@ -188,35 +215,67 @@ pub(crate) const HISTORY: &str = history_sql!("", "");
 pub(crate) const HISTORY_BEFORE: &str = history_sql!("", " AND id < $4");
 pub(crate) const HISTORY_FROM: &str = history_sql!(" AND seq >= $3", "");
 pub(crate) const HISTORY_FROM_BEFORE: &str = history_sql!(" AND seq >= $3", " AND id < $4");
-/// Entries of conversation `$1` with a seq above `$2` (up to `$4`), the first `$3`, along
-/// `messages_conversation_seq`.
-pub(crate) const ENTRIES: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-);
-pub(crate) const ENTRIES_UNTIL: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3"
-);
+/// Entries of conversation `$1` with a seq above `$2` (up to `$4`), the first `$3`: its
+/// messages (along `messages_conversation_seq`) and its change entries (along the primary key
+/// of `message_changes`), each side cut to the limit before the merge, with the message each
+/// names as it stands now (`rows::EntryRow`).
+macro_rules! entries_sql {
+    ($until:literal) => {
+        concat!(
+            "SELECT e.seq AS entry_seq, ",
+            change_columns!(),
+            ", ",
+            joined_message_columns!(),
+            " FROM (\
+                SELECT * FROM (SELECT seq, id AS message_id, 0 AS is_change FROM messages \
+                    WHERE conversation_id = $1 AND seq > $2",
+            $until,
+            " ORDER BY seq LIMIT $3) AS sent \
+                UNION ALL SELECT * FROM (SELECT seq, message_id, 1 AS is_change FROM message_changes \
+                    WHERE conversation_id = $1 AND seq > $2",
+            $until,
+            " ORDER BY seq LIMIT $3) AS changed \
+                ORDER BY seq LIMIT $3) AS e \
+            JOIN messages m ON m.id = e.message_id \
+            LEFT JOIN messages r ON r.id = m.reply_to \
+            LEFT JOIN message_changes x ON e.is_change = 1 AND x.conversation_id = $1 AND x.seq = e.seq \
+            ORDER BY e.seq"
+        )
+    };
+}
+pub(crate) const ENTRIES: &str = entries_sql!("");
+pub(crate) const ENTRIES_UNTIL: &str = entries_sql!(" AND seq <= $4");
 /// The user's stream after a position: the direct messages they sent, those they received
 /// and their notices, each side read through its own index (`messages_sender_stream`,
 /// `messages_receiver_stream`, the notices' primary key) and cut to the limit before the
-/// merge (`rows::StreamRow`).
-pub(crate) const STREAM: &str = "SELECT * FROM (\
-    SELECT sender_position AS position, NULL AS notice, id, conversation_id, seq, sender_id, receiver_id, body, \
-        created_at, client_message_id \
-    FROM messages WHERE sender_id = $1 AND sender_position > $2 ORDER BY sender_position LIMIT $3) AS sent \
+/// merge; then each message, and each `updated` notice's change entry and message, joined by
+/// key (`rows::StreamRow`).
+pub(crate) const STREAM: &str = concat!(
+    "SELECT s.position, s.notice, s.conversation_id, s.seq, s.message_id, ",
+    change_columns!(),
+    ", ",
+    joined_message_columns!(),
+    " FROM (SELECT * FROM (\
+        SELECT sender_position AS position, NULL AS notice, conversation_id, seq, id AS message_id \
+        FROM messages WHERE sender_id = $1 AND sender_position > $2 ORDER BY sender_position LIMIT $3) AS sent \
     UNION ALL SELECT * FROM (\
-    SELECT receiver_position AS position, NULL AS notice, id, conversation_id, seq, sender_id, receiver_id, body, \
-        created_at, client_message_id \
-    FROM messages WHERE receiver_id = $1 AND receiver_position > $2 ORDER BY receiver_position LIMIT $3) AS received \
+        SELECT receiver_position AS position, NULL AS notice, conversation_id, seq, id AS message_id \
+        FROM messages WHERE receiver_id = $1 AND receiver_position > $2 ORDER BY receiver_position LIMIT $3) AS received \
     UNION ALL SELECT * FROM (\
-    SELECT position, kind AS notice, message_id AS id, conversation_id, seq, NULL AS sender_id, NULL AS receiver_id, \
-        NULL AS body, created_at, NULL AS client_message_id \
-    FROM stream_notices WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT $3) AS noticed \
-    ORDER BY position LIMIT $3";
+        SELECT position, kind AS notice, conversation_id, seq, message_id \
+        FROM stream_notices WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT $3) AS noticed \
+    ORDER BY position LIMIT $3) AS s \
+    LEFT JOIN message_changes x ON s.notice = 'updated' AND x.conversation_id = s.conversation_id AND x.seq = s.seq \
+    LEFT JOIN messages m ON (s.notice IS NULL OR s.notice = 'updated') AND m.id = s.message_id \
+    LEFT JOIN messages r ON r.id = m.reply_to \
+    ORDER BY s.position"
+);
+/// A message as it stands now, by id.
+pub(crate) const FIND_MESSAGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m LEFT JOIN messages r ON r.id = m.reply_to WHERE m.id = $1"
+);
 /// Where `$2` stands in conversation `$1` and where the entry `$3` is in it (null when it is
 /// not one of the conversation's).
 pub(crate) const READ_TARGET: &str = "SELECT m.joined_seq, m.read_seq, e.seq FROM members m \
@@ -251,7 +310,7 @@ macro_rules! impl_repositories {
             use $crate::error::repo_error;
             use $crate::repositories::*;
             use $crate::rows::{
-                conversation_page, ChatRow, ConversationMessageRow, ConversationRow, MemberRow, MessageRow,
+                conversation_page, ChatRow, ConversationMessageRow, ConversationRow, EntryRow, MemberRow, MessageRow,
                 StoredRow, StreamRow, SummaryRow, UserRow,
             };
 
@@ -560,8 +619,8 @@ macro_rules! impl_repositories {
                 ) -> RepoResult<Vec<GroupEntry>> {
                     let after_seq = i64::try_from(after).unwrap_or(i64::MAX);
                     let query = match until {
-                        None => sqlx::query_as::<_, MessageRow>(ENTRIES),
-                        Some(_) => sqlx::query_as::<_, MessageRow>(ENTRIES_UNTIL),
+                        None => sqlx::query_as::<_, EntryRow>(ENTRIES),
+                        Some(_) => sqlx::query_as::<_, EntryRow>(ENTRIES_UNTIL),
                     }
                     .bind(conversation.as_str())
                     .bind(after_seq)
@@ -575,7 +634,7 @@ macro_rules! impl_repositories {
                         .await
                         .map_err(repo_error("reading a conversation's entries"))?
                         .into_iter()
-                        .map(|row| Message::try_from(row).map(GroupEntry::Message))
+                        .map(|row| row.entry(conversation.as_str()))
                         .collect::<RepoResult<Vec<_>>>()?;
                     let read = entries.len();
                     let run = consecutive_entries(after, entries);

@@ -1,8 +1,9 @@
 //! Rows as the two engines return them, and their conversion into domain values.
 
 use application::ports::{
-    ConversationPage, ConversationRecord, ConversationSummary, GroupRecord, MemberRecord, MessageRecord,
-    NoticeRecord, RepoError, StoredMessage, StreamItem, UserRecord,
+    stored_cursor, ChangeRecord, ChangedRecord, ConversationPage, ConversationRecord, ConversationSummary,
+    GroupEntry, GroupRecord, MemberRecord, MessageRecord, NoticeRecord, QuoteRecord, RepoError,
+    StoredMessage, StreamEntry, StreamItem, Update, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use domain::{Chat, Conversation, Member, Message, User, UserId};
@@ -172,7 +173,9 @@ pub(crate) struct StateRow {
     pub member: OptionalMemberRow,
 }
 
-/// An entry of a conversation (`MESSAGE_COLUMNS`).
+/// An entry of a conversation as it stands now (`message_columns!`): its columns, the
+/// message it answers (`reply_*`, null when none) and what became of it (null while it never
+/// changed).
 #[derive(sqlx::FromRow)]
 pub(crate) struct MessageRow {
     pub id: String,
@@ -184,25 +187,131 @@ pub(crate) struct MessageRow {
     pub system: Option<String>,
     pub created_at: DateTime<Utc>,
     pub client_message_id: Option<String>,
+    #[sqlx(flatten)]
+    pub now: CurrentColumns,
+}
+
+/// What a read of a message adds to its columns as sent: the message it answers, as it stands
+/// now, and its own changed state. Prefixed `m_` where a message is joined to other rows.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CurrentColumns {
+    pub reply_to: Option<String>,
+    pub reply_sender_id: Option<String>,
+    pub reply_body: Option<String>,
+    pub reply_deleted_at: Option<DateTime<Utc>>,
+    pub version: Option<i64>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted_by: Option<String>,
+    pub reactions: Option<String>,
+}
+
+impl CurrentColumns {
+    /// The quote of the message answered. A reply whose original is missing (never the case
+    /// for messages stored by this crate: messages are never removed) reads without its quote.
+    fn quote(&self) -> Option<QuoteRecord> {
+        match (&self.reply_to, &self.reply_sender_id, &self.reply_body) {
+            (Some(id), Some(sender), Some(body)) => Some(QuoteRecord {
+                message_id: id.clone(),
+                sender_id: sender.clone(),
+                body: body.clone(),
+                deleted: self.reply_deleted_at.is_some(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The message's changed state, `None` while it never changed.
+    fn changed(self) -> Result<Option<ChangedRecord>, RepoError> {
+        let Some(version) = self.version else { return Ok(None) };
+        let deleted = match (self.deleted_at, self.deleted_by) {
+            (Some(at), Some(by)) => Some((at, by)),
+            (None, None) => None,
+            _ => return Err(RepoError::corrupt("tombstone", "a deletion without its time or author")),
+        };
+        let reactions = match self.reactions.as_deref() {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| RepoError::corrupt("reactions", e))?,
+        };
+        Ok(Some(ChangedRecord { version, edited_at: self.edited_at, deleted, reactions }))
+    }
+
+    /// The record of the message with these columns.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        self,
+        id: String,
+        conversation_id: String,
+        seq: i64,
+        sender_id: String,
+        receiver_id: Option<String>,
+        body: String,
+        system: Option<String>,
+        created_at: DateTime<Utc>,
+        client_id: Option<String>,
+    ) -> Result<MessageRecord, RepoError> {
+        Ok(MessageRecord {
+            reply_to: self.quote(),
+            changed: self.changed()?,
+            id,
+            conversation_id,
+            sender_id,
+            receiver_id,
+            body,
+            system,
+            seq,
+            created_at,
+            client_id,
+        })
+    }
+}
+
+/// [`CurrentColumns`] of a joined message (`m_`-prefixed, all null when there is none).
+#[derive(sqlx::FromRow)]
+pub(crate) struct JoinedCurrentColumns {
+    pub m_reply_to: Option<String>,
+    pub m_reply_sender_id: Option<String>,
+    pub m_reply_body: Option<String>,
+    pub m_reply_deleted_at: Option<DateTime<Utc>>,
+    pub m_version: Option<i64>,
+    pub m_edited_at: Option<DateTime<Utc>>,
+    pub m_deleted_at: Option<DateTime<Utc>>,
+    pub m_deleted_by: Option<String>,
+    pub m_reactions: Option<String>,
+}
+
+impl From<JoinedCurrentColumns> for CurrentColumns {
+    fn from(c: JoinedCurrentColumns) -> Self {
+        Self {
+            reply_to: c.m_reply_to,
+            reply_sender_id: c.m_reply_sender_id,
+            reply_body: c.m_reply_body,
+            reply_deleted_at: c.m_reply_deleted_at,
+            version: c.m_version,
+            edited_at: c.m_edited_at,
+            deleted_at: c.m_deleted_at,
+            deleted_by: c.m_deleted_by,
+            reactions: c.m_reactions,
+        }
+    }
 }
 
 impl TryFrom<MessageRow> for Message {
     type Error = RepoError;
     fn try_from(row: MessageRow) -> Result<Self, RepoError> {
-        MessageRecord {
-            reply_to: None,
-            changed: None,
-            id: row.id,
-            conversation_id: row.conversation_id,
-            sender_id: row.sender_id,
-            receiver_id: row.receiver_id,
-            body: row.body,
-            system: row.system,
-            seq: row.seq,
-            created_at: row.created_at,
-            client_id: row.client_message_id,
-        }
-        .try_into()
+        row.now
+            .record(
+                row.id,
+                row.conversation_id,
+                row.seq,
+                row.sender_id,
+                row.receiver_id,
+                row.body,
+                row.system,
+                row.created_at,
+                row.client_message_id,
+            )?
+            .try_into()
     }
 }
 
@@ -229,51 +338,113 @@ impl TryFrom<StoredRow> for StoredMessage {
 }
 
 /// One position of a user's stream (`STREAM`): a direct message when `notice` is null,
-/// otherwise a notice of that kind (`id` is then the message read up to, of a `read` one).
+/// otherwise a notice of that kind (`message_id` is then the message read up to, of a `read`
+/// one, or the changed message, of an `updated` one, which comes with its change entry's
+/// columns). The message, of a message or an `updated` notice, in the `m_` columns.
 #[derive(sqlx::FromRow)]
 pub(crate) struct StreamRow {
     pub position: i64,
     pub notice: Option<String>,
-    pub id: Option<String>,
     pub conversation_id: String,
     pub seq: i64,
-    pub sender_id: Option<String>,
-    pub receiver_id: Option<String>,
-    pub body: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub client_message_id: Option<String>,
+    pub message_id: Option<String>,
+    #[sqlx(flatten)]
+    pub change: ChangeColumns,
+    #[sqlx(flatten)]
+    pub message: JoinedMessageRow,
+}
+
+/// The columns of a change entry joined to a row (`x_`-prefixed, all null when there is none).
+#[derive(sqlx::FromRow)]
+pub(crate) struct ChangeColumns {
+    pub x_actor_id: Option<String>,
+    pub x_kind: Option<String>,
+    pub x_emoji: Option<String>,
+    pub x_created_at: Option<DateTime<Utc>>,
+}
+
+impl ChangeColumns {
+    /// The update at `seq` of `conversation_id`, if the row has a change entry.
+    fn update(
+        self,
+        conversation_id: &str,
+        seq: i64,
+        message: JoinedMessageRow,
+    ) -> Result<Option<Update>, RepoError> {
+        let (Some(actor_id), Some(kind), Some(created_at)) =
+            (self.x_actor_id, self.x_kind, self.x_created_at)
+        else {
+            return Ok(None);
+        };
+        let Some(message) = message.record(conversation_id)? else {
+            return Err(RepoError::corrupt("change entry", "a change without its message"));
+        };
+        let record = ChangeRecord {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+            message_id: message.id.clone(),
+            actor_id,
+            kind,
+            emoji: self.x_emoji,
+            created_at,
+            message,
+        };
+        Update::try_from(record).map(Some)
+    }
 }
 
 impl TryFrom<StreamRow> for StreamItem {
     type Error = RepoError;
     fn try_from(row: StreamRow) -> Result<Self, RepoError> {
-        if let Some(kind) = row.notice {
-            return NoticeRecord {
+        match row.notice.as_deref() {
+            Some(NoticeRecord::UPDATED) => {
+                let Some(update) = row.change.update(&row.conversation_id, row.seq, row.message)? else {
+                    return Err(RepoError::corrupt("stream entry", "an updated notice without its change"));
+                };
+                Ok(StreamItem { cursor: stored_cursor(row.position)?, entry: StreamEntry::Update(update) })
+            }
+            Some(_) => NoticeRecord {
                 position: row.position,
-                kind,
+                kind: row.notice.unwrap_or_default(),
                 conversation_id: row.conversation_id,
                 seq: row.seq,
-                message_id: row.id,
+                message_id: row.message_id,
             }
-            .try_into();
+            .try_into(),
+            None => {
+                let Some(message) = row.message.message(&row.conversation_id)? else {
+                    return Err(RepoError::corrupt("stream entry", "a message without its fields"));
+                };
+                StreamItem::at_position(row.position, message)
+            }
         }
-        let (Some(id), Some(sender_id), Some(body)) = (row.id, row.sender_id, row.body) else {
-            return Err(RepoError::corrupt("stream entry", "a message without its fields"));
-        };
-        let message = MessageRecord {
-            reply_to: None,
-            changed: None,
-            id,
-            conversation_id: row.conversation_id,
-            sender_id,
-            receiver_id: row.receiver_id,
-            body,
-            system: None,
-            seq: row.seq,
-            created_at: row.created_at,
-            client_id: row.client_message_id,
-        };
-        StreamItem::at_position(row.position, message.try_into()?)
+    }
+}
+
+/// One entry of a conversation (`ENTRIES`): a message, or a change entry (its `x_` columns)
+/// with the message it changed; either way the message in the `m_` columns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EntryRow {
+    pub entry_seq: i64,
+    #[sqlx(flatten)]
+    pub change: ChangeColumns,
+    #[sqlx(flatten)]
+    pub message: JoinedMessageRow,
+}
+
+impl EntryRow {
+    /// The entry, of the conversation `conversation_id`.
+    pub fn entry(self, conversation_id: &str) -> Result<GroupEntry, RepoError> {
+        if self.change.x_kind.is_some() {
+            return match self.change.update(conversation_id, self.entry_seq, self.message)? {
+                Some(update) => Ok(GroupEntry::Update(update)),
+                None => Err(RepoError::corrupt("change entry", "a change without its fields")),
+            };
+        }
+        match self.message.message(conversation_id)? {
+            Some(message) => Ok(GroupEntry::Message(message)),
+            None => Err(RepoError::corrupt("conversation entry", "a message without its fields")),
+        }
     }
 }
 
@@ -289,30 +460,36 @@ pub(crate) struct JoinedMessageRow {
     pub m_system: Option<String>,
     pub m_created_at: Option<DateTime<Utc>>,
     pub m_client_message_id: Option<String>,
+    #[sqlx(flatten)]
+    pub now: JoinedCurrentColumns,
 }
 
 impl JoinedMessageRow {
-    /// The entry, of the conversation `conversation_id`, if the row has one.
-    fn message(self, conversation_id: &str) -> Result<Option<Message>, RepoError> {
+    /// The entry's record, of the conversation `conversation_id`, if the row has one.
+    fn record(self, conversation_id: &str) -> Result<Option<MessageRecord>, RepoError> {
         match (self.m_id, self.m_seq, self.m_sender_id, self.m_body, self.m_created_at) {
             (Some(id), Some(seq), Some(sender_id), Some(body), Some(created_at)) => {
-                Some(Message::try_from(MessageRecord {
-                    reply_to: None,
-                    changed: None,
-                    id,
-                    conversation_id: conversation_id.to_owned(),
-                    sender_id,
-                    receiver_id: self.m_receiver_id,
-                    body,
-                    system: self.m_system,
-                    seq,
-                    created_at,
-                    client_id: self.m_client_message_id,
-                }))
-                .transpose()
+                CurrentColumns::from(self.now)
+                    .record(
+                        id,
+                        conversation_id.to_owned(),
+                        seq,
+                        sender_id,
+                        self.m_receiver_id,
+                        body,
+                        self.m_system,
+                        created_at,
+                        self.m_client_message_id,
+                    )
+                    .map(Some)
             }
             _ => Ok(None),
         }
+    }
+
+    /// The entry, of the conversation `conversation_id`, if the row has one.
+    fn message(self, conversation_id: &str) -> Result<Option<Message>, RepoError> {
+        self.record(conversation_id)?.map(Message::try_from).transpose()
     }
 }
 
@@ -335,6 +512,8 @@ pub(crate) struct SummaryRow {
     pub me: MemberRow,
     #[sqlx(flatten)]
     pub last: JoinedMessageRow,
+    /// Entries after my read position that are neither change entries nor deleted messages.
+    pub unread: i64,
 }
 
 impl TryFrom<SummaryRow> for ConversationSummary {
@@ -343,7 +522,9 @@ impl TryFrom<SummaryRow> for ConversationSummary {
         let last_message = row.last.message(&row.conversation.id)?;
         let conversation: Chat = row.conversation.try_into()?;
         let me: Member = row.me.try_into()?;
-        let unread = me.unread(conversation.last_seq());
+        // Never below 0, whatever a racing change did between the counts (one snapshot:
+        // none can).
+        let unread = u64::try_from(row.unread).unwrap_or(0);
         Ok(ConversationSummary { conversation, last_message, me, unread })
     }
 }

@@ -16,6 +16,7 @@ use sqlx::Connection as _;
 use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::changes::impl_changes;
 use crate::error::repo_error;
 use crate::groups::impl_groups;
 use crate::repositories::{impl_repositories, INSERT_DIRECT_MEMBERS, MOVE_READ};
@@ -168,17 +169,17 @@ const UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
 /// No row comes back when the sender already stored a message with the same client id.
 const INSERT_MESSAGE: &str = "INSERT INTO messages \
     (id, conversation_id, seq, sender_id, receiver_id, body, created_at, client_message_id, sender_position, \
-        receiver_position) \
+        receiver_position, reply_to) \
     VALUES ($1, $2, (SELECT last_seq FROM conversations WHERE id = $2) + 1, $3, $4, $5, $6, $7, \
         COALESCE((SELECT position FROM stream_heads WHERE user_id = $3), 0) + 1, \
-        COALESCE((SELECT position FROM stream_heads WHERE user_id = $4), 0) + 1) \
+        COALESCE((SELECT position FROM stream_heads WHERE user_id = $4), 0) + 1, $8) \
     ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING \
     RETURNING seq, sender_position, receiver_position";
 /// Inserts a group message at the group's next seq if the sender is a member. No row comes
 /// back when they are not, or already stored a message with the same client id.
 const INSERT_GROUP_MESSAGE: &str = "INSERT INTO messages \
-    (id, conversation_id, seq, sender_id, body, created_at, client_message_id) \
-    SELECT $1, id, last_seq + 1, $3, $4, $5, $6 FROM conversations \
+    (id, conversation_id, seq, sender_id, body, created_at, client_message_id, reply_to) \
+    SELECT $1, id, last_seq + 1, $3, $4, $5, $6, $7 FROM conversations \
     WHERE id = $2 AND kind = 'group' \
         AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $2 AND user_id = $3) \
     ON CONFLICT (sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING \
@@ -272,6 +273,7 @@ async fn append_direct_in(
         .bind(message.body.as_str())
         .bind(message.created_at)
         .bind(message.client_id.as_ref().map(|id| id.as_str()))
+        .bind(message.reply_to.as_ref().map(|quote| quote.message_id.as_str()))
         .fetch_optional(&mut *connection)
         .await
         .map_err(repo_error("inserting a message"))?;
@@ -291,6 +293,7 @@ async fn append_group_in(connection: &mut SqliteConnection, message: &Message) -
         .bind(message.body.as_str())
         .bind(message.created_at)
         .bind(message.client_id.as_ref().map(|id| id.as_str()))
+        .bind(message.reply_to.as_ref().map(|quote| quote.message_id.as_str()))
         .fetch_optional(&mut *connection)
         .await
         .map_err(repo_error("inserting a group message"))?;
@@ -519,3 +522,4 @@ impl SqliteStore {
 
 impl_repositories!(SqliteStore);
 impl_groups!(SqliteStore, sqlx::Sqlite);
+impl_changes!(SqliteStore);

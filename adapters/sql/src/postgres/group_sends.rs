@@ -142,8 +142,8 @@ const GROUP_APPEND: &str = "WITH g AS (\
         WHERE members.conversation_id = g.id AND members.user_id = $3 \
         RETURNING g.seq, g.members_version), \
     entry AS (\
-        INSERT INTO messages (id, conversation_id, seq, sender_id, body, created_at, client_message_id) \
-        SELECT $1, $2, seq, $3, $4, $5, $6 FROM sender \
+        INSERT INTO messages (id, conversation_id, seq, sender_id, body, created_at, client_message_id, reply_to) \
+        SELECT $1, $2, seq, $3, $4, $5, $6, $7 FROM sender \
         RETURNING seq), \
     moved AS (\
         UPDATE conversations SET last_seq = entry.seq, \
@@ -160,6 +160,7 @@ async fn append_one(pool: &PgPool, message: &Message) -> GroupOutcome {
         .bind(message.body.as_str())
         .bind(message.created_at)
         .bind(message.client_id.as_ref().map(|id| id.as_str()))
+        .bind(message.reply_to.as_ref().map(|quote| quote.message_id.as_str()))
         .fetch_optional(pool)
         .await;
     match row {
@@ -175,18 +176,18 @@ const LOCK_GROUP: &str = "SELECT last_seq, members_version FROM conversations \
     WHERE id = $1 AND kind = 'group' FOR NO KEY UPDATE";
 /// The rest of a batch, with the group's row locked (`$7` its last seq): a new statement, so
 /// it reads the members as they are now, and no change can move them until the commit. The
-/// sends of members (`$2`… as arrays, in arrival order) take the next seqs in that order;
+/// sends of members (`$2`…`$6` and the messages they answer `$8`, as arrays, in arrival order) take the next seqs in that order;
 /// each sender's read position moves to their last one; the group to the last one. Returns
 /// the stored ones' ids and seqs.
 const GROUP_APPEND_MANY: &str = "WITH batch AS (\
-        SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) \
-            WITH ORDINALITY AS b (id, sender_id, body, created_at, client_message_id, ordinal)), \
+        SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $8::text[]) \
+            WITH ORDINALITY AS b (id, sender_id, body, created_at, client_message_id, reply_to, ordinal)), \
     accepted AS (\
         SELECT batch.*, $7::bigint + ROW_NUMBER() OVER (ORDER BY ordinal) AS seq FROM batch \
         WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = batch.sender_id)), \
     entries AS (\
-        INSERT INTO messages (id, conversation_id, seq, sender_id, body, created_at, client_message_id) \
-        SELECT id, $1, seq, sender_id, body, created_at, client_message_id FROM accepted \
+        INSERT INTO messages (id, conversation_id, seq, sender_id, body, created_at, client_message_id, reply_to) \
+        SELECT id, $1, seq, sender_id, body, created_at, client_message_id, reply_to FROM accepted \
         RETURNING id, seq, sender_id, created_at), \
     reads AS (\
         UPDATE members SET read_seq = last.seq, last_read_message_id = last.id \
@@ -224,7 +225,9 @@ async fn append_many(
     let bodies: Vec<&str> = messages.clone().map(|m| m.body.as_str()).collect();
     let created_at: Vec<domain::Timestamp> = messages.clone().map(|m| m.created_at).collect();
     let client_ids: Vec<Option<&str>> =
-        messages.map(|m| m.client_id.as_ref().map(|id| id.as_str())).collect();
+        messages.clone().map(|m| m.client_id.as_ref().map(|id| id.as_str())).collect();
+    let replies_to: Vec<Option<&str>> =
+        messages.map(|m| m.reply_to.as_ref().map(|quote| quote.message_id.as_str())).collect();
     let stored_rows: Vec<(String, i64)> = sqlx::query_as(GROUP_APPEND_MANY)
         .bind(group.as_str())
         .bind(&ids)
@@ -233,6 +236,7 @@ async fn append_many(
         .bind(&created_at)
         .bind(&client_ids)
         .bind(last_seq)
+        .bind(&replies_to)
         .fetch_all(&mut *tx)
         .await
         .map_err(repo_error(context))?;
