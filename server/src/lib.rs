@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use application::ports::{
-    Clock, ConversationRepository, GroupRepository, HealthCheck, MessageRepository, Notifier, Presence,
-    RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
+    Clock, ConversationRepository, GroupRepository, HealthCheck, MessageChangeRepository, MessageRepository,
+    Notifier, Presence, RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
 };
 use application::{AccountService, GroupService, MessagingService, RealtimeService, Revocations};
 use chat_realtime::{ConnectionRegistry, Delivery, GroupMembers, Hub, InMemoryPresence};
@@ -33,6 +33,9 @@ pub struct Storage {
     pub groups: Arc<dyn GroupRepository>,
     pub revoked: Arc<dyn RevokedTokenRepository>,
     pub health: Arc<dyn HealthCheck>,
+    /// Edits, deletions and reactions of stored messages; `None` on a backend that does not
+    /// store them yet.
+    pub changes: Option<Arc<dyn MessageChangeRepository>>,
 }
 
 impl Storage {
@@ -53,7 +56,14 @@ impl Storage {
             groups: store.clone(),
             revoked: store.clone(),
             health: store,
+            changes: None,
         }
+    }
+
+    /// With `store` as the store of message changes too.
+    fn with_changes(mut self, store: Arc<dyn MessageChangeRepository>) -> Self {
+        self.changes = Some(store);
+        self
     }
 }
 
@@ -96,7 +106,8 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 "storage.backend is \"memory\": nothing is kept when the server stops, and other \
                  instances do not see this one's data (for demos and tests)"
             );
-            Ok(Storage::from_store(Arc::new(chat_memory::MemoryStore::new())))
+            let store = Arc::new(chat_memory::MemoryStore::new());
+            Ok(Storage::from_store(store.clone()).with_changes(store))
         }
     }
 }

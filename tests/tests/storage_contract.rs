@@ -141,7 +141,24 @@ contract!(
     purge_expired_removes_and_counts_only_expired_revocations,
     active_lists_every_unexpired_revocation_once,
     health_ping_succeeds,
+    message_change_edit_takes_the_next_seq_and_both_streams_and_reads_back_everywhere,
+    message_change_in_a_group_takes_the_groups_next_seq_and_no_stream_position,
+    message_change_made_already_is_unchanged_and_takes_no_seq,
+    message_change_deletion_leaves_a_tombstone_without_text_or_reactions_in_every_read,
+    message_change_refusals_follow_the_rules_on_the_state_under_the_lock,
+    message_change_by_a_non_member_is_not_member_and_of_a_message_out_of_sight_not_found,
+    message_reply_quotes_the_original_as_it_stands_in_every_read,
+    conversation_unread_counts_messages_after_my_read_position_that_are_not_deleted,
+    entries_and_streams_merge_messages_and_change_entries_in_order,
+    message_reactions_of_fifty_users_at_once_are_each_stored_once,
+    message_identical_changes_racing_store_exactly_one,
+    message_reactions_keep_the_order_emoji_were_first_used,
 );
+
+/// Edits, deletions, reactions and replies.
+#[path = "storage_contract/changes.rs"]
+mod changes;
+use changes::*;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures

@@ -2,21 +2,22 @@
 //! state, because a send or a group change moves all of them in one step.
 //!
 //! Direct conversations are here; groups (creating, changing, the membership notices) are
-//! in `groups`.
+//! in `groups`; edits, deletions and reactions of messages in `changes`.
 
+mod changes;
 mod groups;
 
 use std::collections::{BTreeMap, HashMap};
 
 use application::ports::{
-    consecutive_after, Appended, ConversationKey, ConversationPage, ConversationRepository,
-    ConversationSummary, GroupAppended, GroupEntry, MessageRepository, Notice, ReadMoved, RepoError,
-    RepoResult, StoredMessage, StreamEntry, StreamItem,
+    consecutive_after, consecutive_entries, Appended, ConversationKey, ConversationPage,
+    ConversationRepository, ConversationSummary, GroupAppended, GroupEntry, MessageRepository, Notice,
+    ReadMoved, RepoError, RepoResult, StoredMessage, StreamEntry, StreamItem, Update,
 };
 use async_trait::async_trait;
 use domain::{
-    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Group, Member, Message, MessageId,
-    ParticipantPair, Role, Seq, UserId,
+    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Group, Member, Message, MessageChange,
+    MessageId, MessageState, ParticipantPair, ReplyQuote, Role, Seq, UserId,
 };
 
 use crate::{lock, MemoryStore};
@@ -29,13 +30,17 @@ pub(crate) struct Chats {
     groups: HashMap<ConversationId, GroupRow>,
     /// The members of each conversation (of both kinds), by user.
     members: HashMap<ConversationId, BTreeMap<UserId, Member>>,
+    /// Every message and system entry as it was appended (of a deleted one, without its text).
     entries: HashMap<MessageId, Message>,
+    /// The state of each message that changed since it was appended: its text, reactions or
+    /// tombstone now, and the seq of its last change.
+    states: HashMap<MessageId, MessageState>,
     /// The positions of each direct message in its sender's and its receiver's streams.
     positions: HashMap<MessageId, (Cursor, Cursor)>,
     /// Each conversation's entries by id (creation order), for history pages.
     by_id: HashMap<ConversationId, BTreeMap<MessageId, Seq>>,
     /// Each conversation's entries by seq: seq `n` is at index `n - 1`.
-    by_seq: HashMap<ConversationId, Vec<MessageId>>,
+    by_seq: HashMap<ConversationId, Vec<SeqEntry>>,
     /// Each user's stream: position `n` is at index `n - 1`.
     streams: HashMap<UserId, Vec<Slot>>,
     /// The entry each sender stored under each of their client ids.
@@ -48,9 +53,17 @@ struct GroupRow {
     version: u64,
 }
 
+/// What one seq of a conversation holds: a message appended at it, or a change of one.
+enum SeqEntry {
+    Message(MessageId),
+    Change(MessageChange),
+}
+
 /// What one position of a user's stream holds.
 enum Slot {
     Message(MessageId),
+    /// The change entry of a direct conversation at a seq.
+    Update(ConversationId, Seq),
     Notice(Notice),
 }
 
@@ -124,30 +137,72 @@ impl Chats {
             .rev()
             .filter(|(_, seq)| **seq >= from_seq)
             .take(limit as usize)
-            .filter_map(|(id, _)| self.entries.get(id))
-            .cloned()
+            .filter_map(|(id, _)| self.read(id))
             .collect();
         page.reverse();
         page
     }
 
-    /// Entries with a seq in `(after, until]`, the first `limit`, in seq order.
+    /// The message or system entry `id` as it stands now: its current text, reactions or
+    /// tombstone, and what it shows now of the message it replies to.
+    fn read(&self, id: &MessageId) -> Option<Message> {
+        let entry = self.entries.get(id)?;
+        let mut message = match self.states.get(id) {
+            Some(state) => entry.clone().with_state(state.clone()),
+            None => entry.clone(),
+        };
+        if let Some(quote) = &message.reply_to {
+            message.reply_to = Some(self.quote(quote));
+        }
+        Some(message)
+    }
+
+    /// The quote of the message `quote` names, as that message stands now.
+    fn quote(&self, quote: &ReplyQuote) -> ReplyQuote {
+        match self.entries.get(&quote.message_id) {
+            Some(original) => {
+                let content = match self.states.get(&original.id) {
+                    Some(state) => state.content.clone(),
+                    None => original.content(),
+                };
+                ReplyQuote::of(original, &content)
+            }
+            None => quote.clone(),
+        }
+    }
+
+    /// The change entry of `conversation` at `seq`, with its message as it stands now.
+    fn update(&self, conversation: &ConversationId, seq: Seq) -> Option<Update> {
+        let entry = self.by_seq.get(conversation)?.get(index(seq).checked_sub(1)?)?;
+        let SeqEntry::Change(change) = entry else { return None };
+        Some(Update { change: change.clone(), message: self.read(&change.message_id)? })
+    }
+
+    /// Entries (messages and changes) with a seq in `(after, until]`, the first `limit`, in
+    /// seq order.
     fn entries_between(
         &self,
         conversation: &ConversationId,
         after: Seq,
         until: Option<Seq>,
         limit: u32,
-    ) -> Vec<Message> {
-        let Some(ids) = self.by_seq.get(conversation) else { return Vec::new() };
-        let end = until.map_or(ids.len(), |until| ids.len().min(index(until)));
-        ids.get(index(after).min(end)..end)
+    ) -> Vec<GroupEntry> {
+        let Some(all) = self.by_seq.get(conversation) else { return Vec::new() };
+        let end = until.map_or(all.len(), |until| all.len().min(index(until)));
+        let entries = all
+            .get(index(after).min(end)..end)
             .unwrap_or_default()
             .iter()
             .take(limit as usize)
-            .filter_map(|id| self.entries.get(id))
-            .cloned()
-            .collect()
+            .filter_map(|entry| match entry {
+                SeqEntry::Message(id) => self.read(id).map(GroupEntry::Message),
+                SeqEntry::Change(change) => Some(GroupEntry::Update(Update {
+                    change: change.clone(),
+                    message: self.read(&change.message_id)?,
+                })),
+            })
+            .collect();
+        consecutive_entries(after, entries)
     }
 
     fn last_seq(&self, conversation: &ConversationId) -> Seq {
@@ -158,7 +213,7 @@ impl Chats {
     fn push_entry(&mut self, conversation: &ConversationId, entry: &Message) -> Message {
         let seq = self.last_seq(conversation) + 1;
         let entry = Message { conversation_id: conversation.clone(), seq, ..entry.clone() };
-        self.by_seq.entry(conversation.clone()).or_default().push(entry.id.clone());
+        self.by_seq.entry(conversation.clone()).or_default().push(SeqEntry::Message(entry.id.clone()));
         self.by_id.entry(conversation.clone()).or_default().insert(entry.id.clone(), seq);
         if let Some(client_id) = &entry.client_id {
             self.client_ids.insert((entry.sender_id.clone(), client_id.clone()), entry.id.clone());
@@ -193,10 +248,25 @@ impl Chats {
             .by_id
             .get(conversation.id())
             .and_then(|ids| ids.keys().next_back())
-            .and_then(|id| self.entries.get(id))
-            .cloned();
-        let unread = me.unread(conversation.last_seq());
+            .and_then(|id| self.read(id));
+        let unread = self.unread(conversation.id(), me.read_seq);
         ConversationSummary { conversation, last_message, me, unread }
+    }
+
+    /// The messages and system entries of the conversation after `read_seq` that are not
+    /// deleted: change entries count for nothing.
+    fn unread(&self, conversation: &ConversationId, read_seq: Seq) -> u64 {
+        let Some(all) = self.by_seq.get(conversation) else { return 0 };
+        let after = all.get(index(read_seq).min(all.len())..).unwrap_or_default();
+        after
+            .iter()
+            .filter(|entry| match entry {
+                SeqEntry::Message(id) => {
+                    self.states.get(id).is_none_or(|state| state.content.body().is_some())
+                }
+                SeqEntry::Change(_) => false,
+            })
+            .count() as u64
     }
 
     /// The user's conversations below `after` in [`ConversationKey`] order, the first `limit`.
@@ -252,11 +322,13 @@ impl Chats {
         Ok(Appended::Created(StoredMessage { message: entry, sender_cursor, receiver_cursor }))
     }
 
-    /// A stored entry with its stream positions (a group entry has none: `Cursor::START`).
+    /// A stored entry as it stands now, with its stream positions (a group entry has none:
+    /// `Cursor::START`).
     fn stored(&self, message: &Message) -> StoredMessage {
         let (sender_cursor, receiver_cursor) =
             self.positions.get(&message.id).copied().unwrap_or((Cursor::START, Cursor::START));
-        StoredMessage { message: message.clone(), sender_cursor, receiver_cursor }
+        let message = self.read(&message.id).unwrap_or_else(|| message.clone());
+        StoredMessage { message, sender_cursor, receiver_cursor }
     }
 
     /// The sender's earlier entry with the same client id, if any.
@@ -269,7 +341,7 @@ impl Chats {
     /// See `MessageRepository::append_to_group`.
     fn append_to_group(&mut self, message: &Message) -> RepoResult<GroupAppended> {
         if let Some(earlier) = self.find_by_client_id(message) {
-            return Ok(GroupAppended::Existing(earlier.clone()));
+            return Ok(GroupAppended::Existing(self.stored(earlier).message));
         }
         if self.entries.contains_key(&message.id) {
             return Err(RepoError::Conflict);
@@ -316,7 +388,8 @@ impl Chats {
             .take(limit as usize)
             .filter_map(|(index, slot)| {
                 let entry = match slot {
-                    Slot::Message(id) => StreamEntry::Message(self.entries.get(id)?.clone()),
+                    Slot::Message(id) => StreamEntry::Message(self.read(id)?),
+                    Slot::Update(conversation, seq) => StreamEntry::Update(self.update(conversation, *seq)?),
                     Slot::Notice(notice) => StreamEntry::Notice(notice.clone()),
                 };
                 Some(StreamItem { cursor: position(index + 1), entry })
@@ -408,11 +481,7 @@ impl MessageRepository for MemoryStore {
         until: Option<Seq>,
         limit: u32,
     ) -> RepoResult<Vec<GroupEntry>> {
-        Ok(lock(&self.chats)
-            .entries_between(conversation, after, until, limit)
-            .into_iter()
-            .map(GroupEntry::Message)
-            .collect())
+        Ok(lock(&self.chats).entries_between(conversation, after, until, limit))
     }
 
     async fn mark_read(
