@@ -81,7 +81,8 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 },
             })
             .await?;
-            Ok(Storage::from_store(Arc::new(store)))
+            let store = Arc::new(store);
+            Ok(Storage::from_store(store.clone()).with_changes(store))
         }
         StorageSettings::Postgres { url, max_connections, acquire_timeout_ms, run_migrations } => {
             let store = chat_sql::PgStore::connect(&chat_sql::PgOptions {
@@ -91,7 +92,8 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 run_migrations: *run_migrations,
             })
             .await?;
-            Ok(Storage::from_store(Arc::new(store)))
+            let store = Arc::new(store);
+            Ok(Storage::from_store(store.clone()).with_changes(store))
         }
         StorageSettings::Mongodb { url, acquire_timeout_ms } => {
             let store = chat_mongo::MongoStore::connect(&chat_mongo::MongoOptions {
@@ -99,7 +101,8 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
             })
             .await?;
-            Ok(Storage::from_store(Arc::new(store)))
+            let store = Arc::new(store);
+            Ok(Storage::from_store(store.clone()).with_changes(store))
         }
         StorageSettings::Memory {} => {
             tracing::warn!(
