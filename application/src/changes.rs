@@ -1,5 +1,4 @@
-//! Changes to sent messages: edit, delete, react, take a reaction back — and the check a
-//! reply's target must pass.
+//! Changes to sent messages: edit, delete, react, take a reaction back.
 //!
 //! Each change is decided twice on purpose: first by [`MessageState::apply`] on the message as
 //! read, for early answers without taking any lock (a stranger's edit, a closed window, a
@@ -10,23 +9,27 @@
 use std::sync::Arc;
 
 use domain::{
-    check_reply_target, Actor, Change, ChangeError, ConversationId, EditWindow, Emoji, Member, Message,
-    MessageBody, MessageId, ReplyError, ReplyQuote, UserId,
+    Actor, Change, ChangeError, ConversationId, Cursor, EditWindow, Emoji, Member, Message, MessageBody,
+    MessageId, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
 use crate::ports::{
-    ChangeOutcome, ChangeRequest, Clock, ConversationRepository, Event, MessageChangeRepository, Notifier,
-    RepoError, StoredChange,
+    ChangeOutcome, ChangeRequest, Clock, ConversationRepository, Event, GroupRepository,
+    MessageChangeRepository, Notifier, RepoError, StoredChange,
 };
 
 /// What a caller of the message-change use cases can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageChangeError {
-    /// No such conversation, or one the user is not a member of (any more): the same answer,
-    /// so that conversations can't be probed, and a removed member changes nothing.
+    /// No such conversation, or one the user never was a member of: the same answer, so that
+    /// conversations can't be probed.
     #[error("conversation not found")]
     ConversationNotFound,
+    /// The user was a member of the group and is not any more: they change nothing in it
+    /// (the answer a send to it gets too).
+    #[error("you are no longer a member of this conversation")]
+    NoLongerMember,
     /// The conversation has no such message, or not one the user can see (a group entry
     /// from before they joined).
     #[error("message not found in this conversation")]
@@ -37,11 +40,6 @@ pub enum MessageChangeError {
     /// too many (`Reaction`) — a bad request.
     #[error(transparent)]
     Refused(#[from] ChangeError),
-    /// A reply's target is not a message of the conversation the sender can reply to. An id
-    /// no message has is answered as [`ReplyError::OtherConversation`], so that ids of other
-    /// conversations' messages can't be told from ids nobody has.
-    #[error(transparent)]
-    InvalidReply(#[from] ReplyError),
     #[error(transparent)]
     Failed(#[from] ApplicationError),
 }
@@ -72,6 +70,7 @@ impl ChangeResult {
 pub struct MessageChangeService {
     conversations: Arc<dyn ConversationRepository>,
     changes: Arc<dyn MessageChangeRepository>,
+    groups: Arc<dyn GroupRepository>,
     notifier: Arc<dyn Notifier>,
     clock: Arc<dyn Clock>,
     /// `messages.edit_window`.
@@ -82,11 +81,12 @@ impl MessageChangeService {
     pub fn new(
         conversations: Arc<dyn ConversationRepository>,
         changes: Arc<dyn MessageChangeRepository>,
+        groups: Arc<dyn GroupRepository>,
         notifier: Arc<dyn Notifier>,
         clock: Arc<dyn Clock>,
         window: EditWindow,
     ) -> Self {
-        Self { conversations, changes, notifier, clock, window }
+        Self { conversations, changes, groups, notifier, clock, window }
     }
 
     /// Replaces the text of my message, within the edit window. The same text again changes
@@ -135,24 +135,6 @@ impl MessageChangeService {
         self.change(me, conversation, message, Change::Unreact(emoji)).await
     }
 
-    /// Whether I may send a reply to `target` in `conversation`, and if so the quote it
-    /// shows now. A read without a lock: a target deleted right after this check still gets
-    /// the reply, whose quote then says "deleted".
-    pub async fn reply_target(
-        &self,
-        me: &UserId,
-        conversation: &ConversationId,
-        target: &MessageId,
-    ) -> Result<ReplyQuote, MessageChangeError> {
-        let member = self.member(me, conversation).await?;
-        let Some(current) = self.changes.find(target).await? else {
-            return Err(ReplyError::OtherConversation.into());
-        };
-        let content = current.content();
-        check_reply_target(conversation, member.joined_seq, &current, &content)?;
-        Ok(ReplyQuote::of(&current, &content))
-    }
-
     async fn change(
         &self,
         me: &UserId,
@@ -185,14 +167,29 @@ impl MessageChangeService {
                 Ok(ChangeResult::Changed(stored))
             }
             ChangeOutcome::Unchanged(current) => Ok(ChangeResult::Unchanged(current)),
-            ChangeOutcome::NotMember => Err(MessageChangeError::ConversationNotFound),
+            ChangeOutcome::NotMember => Err(self.outsider(me, conversation).await?),
             ChangeOutcome::NotFound => Err(MessageChangeError::MessageNotFound),
             ChangeOutcome::Refused(refused) => Err(refused.into()),
         }
     }
 
     async fn member(&self, me: &UserId, conversation: &ConversationId) -> Result<Member, MessageChangeError> {
-        self.conversations.member(conversation, me).await?.ok_or(MessageChangeError::ConversationNotFound)
+        match self.conversations.member(conversation, me).await? {
+            Some(member) => Ok(member),
+            None => Err(self.outsider(me, conversation).await?),
+        }
+    }
+
+    /// Why someone who is not a member of `conversation` is refused: they were once, or never.
+    async fn outsider(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<MessageChangeError, RepoError> {
+        Ok(match self.groups.left_after(me, conversation, Cursor::START).await? {
+            Some(_) => MessageChangeError::NoLongerMember,
+            None => MessageChangeError::ConversationNotFound,
+        })
     }
 
     /// Tells the conversation's members about a stored change: each user of a direct
@@ -224,14 +221,14 @@ mod tests {
 
     use chrono::{TimeDelta, TimeZone, Utc};
     use domain::{
-        Applied, ChangeKind, Content, Cursor, Message, MessageChange, MessageState, QuoteText, ReactionError,
-        Reactions, Role, Seq, SystemEvent, Timestamp,
+        Applied, ChangeKind, Content, Cursor, Message, MessageChange, MessageState, ReactionError, Reactions,
+        Role, Seq, SystemEvent, Timestamp,
     };
 
     use super::*;
     use crate::ports::{
-        MockClock, MockConversationRepository, MockMessageChangeRepository, MockNotifier, StreamPosition,
-        Update,
+        MockClock, MockConversationRepository, MockGroupRepository, MockMessageChangeRepository,
+        MockNotifier, StreamPosition, Update,
     };
 
     fn now() -> Timestamp {
@@ -278,6 +275,8 @@ mod tests {
         down: bool,
         /// What the service announced: to a user, or (`None`) to the message's group.
         announced: Vec<(Option<UserId>, Event)>,
+        /// Members removed from a conversation.
+        removed: Vec<(ConversationId, UserId)>,
     }
 
     impl Store {
@@ -355,7 +354,9 @@ mod tests {
         }
 
         fn remove(&self, conversation: &ConversationId, user: &UserId) {
-            self.store.lock().unwrap().members.retain(|(c, m)| !(c == conversation && &m.user_id == user));
+            let mut store = self.store.lock().unwrap();
+            store.members.retain(|(c, m)| !(c == conversation && &m.user_id == user));
+            store.removed.push((conversation.clone(), user.clone()));
         }
 
         /// A direct conversation between two new users.
@@ -450,6 +451,13 @@ mod tests {
             });
             let store = self.store.clone();
             changes.expect_change().returning(move |request| Ok(store.lock().unwrap().change(request)));
+            let mut groups = MockGroupRepository::new();
+            let store = self.store.clone();
+            groups.expect_left_after().returning(move |user, conversation, _| {
+                let store = store.lock().unwrap();
+                let removed = store.removed.iter().any(|(c, u)| c == conversation && u == user);
+                Ok(removed.then_some(3))
+            });
             let mut notifier = MockNotifier::new();
             let store = self.store.clone();
             notifier.expect_notify().returning(move |users, event| {
@@ -467,6 +475,7 @@ mod tests {
             MessageChangeService::new(
                 Arc::new(conversations),
                 Arc::new(changes),
+                Arc::new(groups),
                 Arc::new(notifier),
                 Arc::new(clock),
                 self.window,
@@ -713,16 +722,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn strangers_and_removed_members_are_told_the_conversation_does_not_exist() {
+    async fn strangers_are_told_the_conversation_does_not_exist_and_removed_members_that_they_left_it() {
         let world = World::new();
         let group = world.group();
         world.remove(&group.id, &group.other);
         let service = world.service();
-        for user in [&UserId::generate(), &group.other] {
-            let result = service.react(user, &group.id, &group.early[0], emoji("👍")).await;
-            assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
-            let result = service.delete(user, &group.id, &group.early[1]).await;
-            assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
+        let stranger = UserId::generate();
+        for (user, left) in [(&stranger, false), (&group.other, true)] {
+            for result in [
+                service.react(user, &group.id, &group.early[0], emoji("👍")).await,
+                service.delete(user, &group.id, &group.early[1]).await,
+            ] {
+                match left {
+                    true => assert!(matches!(result, Err(MessageChangeError::NoLongerMember)), "{result:?}"),
+                    false => {
+                        assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}")
+                    }
+                }
+            }
         }
         assert_eq!(world.requests(), 0);
     }
@@ -781,9 +798,12 @@ mod tests {
 
         // Removed meanwhile.
         let (removed, from) = (group.member.clone(), id.clone());
-        world.meanwhile(move |store| store.members.retain(|(c, m)| !(*c == from && m.user_id == removed)));
+        world.meanwhile(move |store| {
+            store.members.retain(|(c, m)| !(*c == from && m.user_id == removed));
+            store.removed.push((from, removed));
+        });
         let result = service.react(&group.member, &id, &second, emoji("🎉")).await;
-        assert!(matches!(result, Err(MessageChangeError::ConversationNotFound)), "{result:?}");
+        assert!(matches!(result, Err(MessageChangeError::NoLongerMember)), "{result:?}");
         assert_eq!(world.store.lock().unwrap().last_seq[&id], 3, "nothing stored");
     }
 
@@ -794,42 +814,5 @@ mod tests {
         world.store.lock().unwrap().down = true;
         let result = world.service().delete(&group.member, &group.id, &group.early[0]).await;
         assert!(matches!(result, Err(MessageChangeError::Failed(ApplicationError::Unavailable(_)))));
-    }
-
-    #[tokio::test]
-    async fn a_reply_quotes_a_visible_message_of_the_same_conversation() {
-        let world = World::new();
-        let group = world.group();
-        let quote = world.service().reply_target(&group.other, &group.id, &group.early[0]).await.unwrap();
-        assert_eq!((&quote.message_id, &quote.sender_id), (&group.early[0], &group.member));
-        assert_eq!(quote.text, QuoteText::Excerpt { text: "hello".to_owned(), truncated: false });
-    }
-
-    #[tokio::test]
-    async fn a_reply_to_another_conversation_a_deleted_message_a_system_entry_or_from_before_joining_is_refused(
-    ) {
-        let world = World::new();
-        let group = world.group();
-        let (conversation, alice, bob) = world.direct();
-        let direct = world.send(&conversation, &alice, &bob);
-        let entry = world.store.lock().unwrap().messages[2].message.id.clone();
-        let service = world.service();
-        service.delete(&group.member, &group.id, &group.early[0]).await.unwrap();
-        let cases = [
-            (&group.member, &direct, ReplyError::OtherConversation),
-            (&group.member, &MessageId::generate(), ReplyError::OtherConversation),
-            (&group.other, &group.early[0], ReplyError::Deleted),
-            (&group.member, &entry, ReplyError::SystemEntry),
-            (&group.late, &group.early[1], ReplyError::NotVisible),
-        ];
-        for (user, target, expected) in cases {
-            let result = service.reply_target(user, &group.id, target).await;
-            assert!(
-                matches!(&result, Err(MessageChangeError::InvalidReply(e)) if *e == expected),
-                "{result:?}"
-            );
-        }
-        let stranger = service.reply_target(&UserId::generate(), &group.id, &group.early[1]).await;
-        assert!(matches!(stranger, Err(MessageChangeError::ConversationNotFound)));
     }
 }

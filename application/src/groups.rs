@@ -611,10 +611,11 @@ mod tests {
     use domain::{Chat, FullName, Seq, User};
 
     use super::*;
-    use crate::messaging::{MessagingError, MessagingService};
+    use crate::messaging::{MessagingError, MessagingService, MessagingStores};
     use crate::ports::{
-        GroupAppended, MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository,
-        MockNotifier, MockUserRepository, Notice, NotifyError, ReadMoved,
+        GroupAppended, MockClock, MockConversationRepository, MockGroupRepository,
+        MockMessageChangeRepository, MockMessageRepository, MockNotifier, MockUserRepository, Notice,
+        NotifyError, ReadMoved,
     };
 
     fn now() -> domain::Timestamp {
@@ -930,10 +931,13 @@ mod tests {
             })
         });
         MessagingService::new(
-            Arc::new(users(store)),
-            Arc::new(conversations),
-            Arc::new(messages),
-            Arc::new(group_port(store)),
+            MessagingStores {
+                users: Arc::new(users(store)),
+                conversations: Arc::new(conversations),
+                messages: Arc::new(messages),
+                changes: Arc::new(MockMessageChangeRepository::new()),
+                groups: Arc::new(group_port(store)),
+            },
             Arc::new(notifier(store)),
             clock(),
         )
@@ -1007,7 +1011,7 @@ mod tests {
             "leave" => outcome_of(groups.leave(&me, &id).await),
             "send" => outcome_of_messaging(
                 messaging(&store)
-                    .send_to_conversation(&me, &id, MessageBody::parse("hi").unwrap(), None)
+                    .send_to_conversation(&me, &id, MessageBody::parse("hi").unwrap(), None, None)
                     .await,
             ),
             "history" => {

@@ -27,7 +27,8 @@ pub use changes::{ChangeResult, MessageChangeError, MessageChangeService};
 pub use error::ApplicationError;
 pub use groups::{GroupError, GroupLimits, GroupService, GroupUpdate};
 pub use messaging::{
-    ConversationList, ConversationView, MarkedRead, MessagingError, MessagingService, Sent, SyncPage,
+    ConversationList, ConversationView, MarkedRead, MessagingError, MessagingService, MessagingStores, Sent,
+    SyncPage,
 };
 pub use realtime::{Opened, RealtimeService};
 pub use revocations::Revocations;

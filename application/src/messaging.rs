@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use domain::{
-    Chat, ClientMessageId, Conversation, ConversationId, Cursor, Member, Message, MessageBody, MessageId,
-    ParticipantPair, Role, Seq, SyncCursor, UserId,
+    check_reply_target, Chat, ClientMessageId, Conversation, ConversationId, Cursor, Member, Message,
+    MessageBody, MessageId, ParticipantPair, ReplyError, ReplyQuote, Role, Seq, SyncCursor, UserId,
 };
 
 use crate::error::{embeds_application_error, ApplicationError};
@@ -15,8 +15,8 @@ use crate::known_users::KnownUsers;
 use crate::paging;
 use crate::ports::{
     Appended, Clock, ConversationKey, ConversationRepository, ConversationSummary, Event, GroupAppended,
-    GroupRepository, MembersPreview, MessageRepository, Notice, Notifier, ReadMoved, RepoError,
-    UserRepository,
+    GroupRepository, MembersPreview, MessageChangeRepository, MessageRepository, Notice, Notifier, ReadMoved,
+    RepoError, UserRepository,
 };
 use crate::stream::{FollowError, StreamReader, SyncItem};
 
@@ -48,6 +48,11 @@ pub enum MessagingError {
     /// The message to mark read is not an entry of the conversation the user can see.
     #[error("message not found in this conversation")]
     MessageNotFound,
+    /// The message a send replies to is not one of the conversation the sender can reply
+    /// to. An id no message has is answered as [`ReplyError::OtherConversation`], so that
+    /// ids of other conversations' messages can't be told from ids nobody has.
+    #[error(transparent)]
+    InvalidReply(#[from] ReplyError),
     #[error(transparent)]
     Failed(#[from] ApplicationError),
 }
@@ -117,21 +122,26 @@ pub struct MessagingService {
     users: KnownUsers,
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
+    /// Reads the message a reply answers.
+    changes: Arc<dyn MessageChangeRepository>,
     groups: Arc<dyn GroupRepository>,
     notifier: Arc<dyn Notifier>,
     clock: Arc<dyn Clock>,
 }
 
+/// The ports [`MessagingService`] stores through.
+pub struct MessagingStores {
+    pub users: Arc<dyn UserRepository>,
+    pub conversations: Arc<dyn ConversationRepository>,
+    pub messages: Arc<dyn MessageRepository>,
+    pub changes: Arc<dyn MessageChangeRepository>,
+    pub groups: Arc<dyn GroupRepository>,
+}
+
 impl MessagingService {
-    pub fn new(
-        users: Arc<dyn UserRepository>,
-        conversations: Arc<dyn ConversationRepository>,
-        messages: Arc<dyn MessageRepository>,
-        groups: Arc<dyn GroupRepository>,
-        notifier: Arc<dyn Notifier>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self { users: KnownUsers::new(users), conversations, messages, groups, notifier, clock }
+    pub fn new(stores: MessagingStores, notifier: Arc<dyn Notifier>, clock: Arc<dyn Clock>) -> Self {
+        let MessagingStores { users, conversations, messages, changes, groups } = stores;
+        Self { users: KnownUsers::new(users), conversations, messages, changes, groups, notifier, clock }
     }
 
     /// Stores the message, then announces it to the receiver's and the sender's connections,
@@ -142,22 +152,35 @@ impl MessagingService {
     /// With a `client_id`, a retry of the same send (same sender, same id) returns the
     /// message stored first and announces nothing; reusing the id for a different receiver
     /// or text is refused.
+    ///
+    /// With `reply_to`, the message answers that earlier message of the pair's conversation
+    /// (not deleted, not a system entry).
     pub async fn send(
         &self,
         sender: &UserId,
         receiver: &UserId,
         body: MessageBody,
         client_id: Option<ClientMessageId>,
+        reply_to: Option<MessageId>,
     ) -> Result<Sent, MessagingError> {
         let pair = self.pair_with(sender, receiver)?;
         if !self.users.exists(receiver).await? {
             return Err(MessagingError::UserNotFound);
         }
+        let reply_to = match reply_to {
+            None => None,
+            Some(target) => {
+                // Only a conversation the pair has can hold the message answered.
+                let conversation = self.conversations.find_by_participants(&pair).await?;
+                let conversation = conversation.ok_or(ReplyError::OtherConversation)?;
+                Some(self.quote(&conversation.id, 1, &target).await?)
+            }
+        };
 
         let now = self.clock.now();
         let conversation = Conversation::start(pair, now);
         let message = Message {
-            reply_to: None,
+            reply_to,
             changed: None,
             id: MessageId::generate(),
             conversation_id: conversation.id.clone(),
@@ -192,6 +215,7 @@ impl MessagingService {
         conversation: &ConversationId,
         body: MessageBody,
         client_id: Option<ClientMessageId>,
+        reply_to: Option<MessageId>,
     ) -> Result<Sent, MessagingError> {
         let group = match self.conversations.find(conversation).await? {
             None => return Err(MessagingError::ConversationNotFound),
@@ -202,12 +226,22 @@ impl MessagingService {
                     (first, second) if second == me => first,
                     _ => return Err(MessagingError::ConversationNotFound),
                 };
-                return self.send(me, &other.clone(), body, client_id).await;
+                return self.send(me, &other.clone(), body, client_id, reply_to).await;
             }
             Some(Chat::Group(group)) => group,
         };
+        let reply_to = match reply_to {
+            None => None,
+            Some(target) => {
+                let member = self.conversations.member(conversation, me).await?;
+                match member {
+                    Some(member) => Some(self.quote(conversation, member.joined_seq, &target).await?),
+                    None => return Err(self.outsider(me, conversation).await?),
+                }
+            }
+        };
         let message = Message {
-            reply_to: None,
+            reply_to,
             changed: None,
             id: MessageId::generate(),
             conversation_id: group.id,
@@ -423,6 +457,22 @@ impl MessagingService {
         })
     }
 
+    /// The quote of `target` for a reply sent to `conversation` by a member who sees its
+    /// entries from seq `visible_from` on (1 in a direct conversation). A read without a
+    /// lock: a target deleted right after this check still gets the reply, whose quote then
+    /// says "deleted".
+    async fn quote(
+        &self,
+        conversation: &ConversationId,
+        visible_from: Seq,
+        target: &MessageId,
+    ) -> Result<ReplyQuote, MessagingError> {
+        let target = self.changes.find(target).await?.ok_or(ReplyError::OtherConversation)?;
+        let content = target.content();
+        check_reply_target(conversation, visible_from, &target, &content)?;
+        Ok(ReplyQuote::of(&target, &content))
+    }
+
     /// Best effort: a stored change is never undone because delivery failed.
     async fn announce(&self, users: &[UserId], event: &Event) {
         if let Err(error) = self.notifier.notify(users, event).await {
@@ -495,8 +545,9 @@ mod tests {
     use crate::fixtures::{timeline_ports, Timeline};
     use crate::paging::InvalidCursor;
     use crate::ports::{
-        ConversationPage, MockClock, MockConversationRepository, MockGroupRepository, MockMessageRepository,
-        MockNotifier, MockUserRepository, NotifyError, StoredMessage,
+        ConversationPage, MockClock, MockConversationRepository, MockGroupRepository,
+        MockMessageChangeRepository, MockMessageRepository, MockNotifier, MockUserRepository, NotifyError,
+        StoredMessage,
     };
     use crate::stream::SyncEvent;
     use chrono::{TimeZone, Utc};
@@ -531,6 +582,7 @@ mod tests {
         users: MockUserRepository,
         conversations: MockConversationRepository,
         messages: MockMessageRepository,
+        changes: MockMessageChangeRepository,
         groups: MockGroupRepository,
         notifier: MockNotifier,
     }
@@ -541,6 +593,7 @@ mod tests {
                 users: MockUserRepository::new(),
                 conversations: MockConversationRepository::new(),
                 messages: MockMessageRepository::new(),
+                changes: MockMessageChangeRepository::new(),
                 groups: MockGroupRepository::new(),
                 notifier: MockNotifier::new(),
             }
@@ -554,10 +607,13 @@ mod tests {
             let mut clock = MockClock::new();
             clock.expect_now().returning(now);
             MessagingService::new(
-                Arc::new(self.users),
-                Arc::new(self.conversations),
-                Arc::new(self.messages),
-                Arc::new(self.groups),
+                MessagingStores {
+                    users: Arc::new(self.users),
+                    conversations: Arc::new(self.conversations),
+                    messages: Arc::new(self.messages),
+                    changes: Arc::new(self.changes),
+                    groups: Arc::new(self.groups),
+                },
                 Arc::new(self.notifier),
                 Arc::new(clock),
             )
@@ -615,9 +671,118 @@ mod tests {
                 .returning(|_, _| Ok(()));
         }
 
-        let sent = m.service().send(&alice, &bob, body(" hi "), None).await.unwrap();
+        let sent = m.service().send(&alice, &bob, body(" hi "), None, None).await.unwrap();
         assert!(sent.created);
         assert_eq!(sent.message.created_at, now());
+    }
+
+    /// A message of `conversation` from `sender` at `seq`, as a store reads it.
+    fn earlier(conversation: &ConversationId, sender: &UserId, seq: Seq, text: &str) -> Message {
+        Message {
+            conversation_id: conversation.clone(),
+            sender_id: sender.clone(),
+            body: body(text),
+            seq,
+            ..message_to(&UserId::generate())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_stores_the_quote_of_a_message_of_the_pair_conversation() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let conversation =
+            Conversation::start(ParticipantPair::new(alice.clone(), bob.clone()).unwrap(), now());
+        let original = earlier(&conversation.id, &bob, 1, &"long ".repeat(40));
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        let pair_conversation = conversation.clone();
+        m.conversations.expect_find_by_participants().returning(move |_| Ok(Some(pair_conversation.clone())));
+        let found = original.clone();
+        m.changes.expect_find().returning(move |_| Ok(Some(found.clone())));
+        let id = original.id.clone();
+        m.messages
+            .expect_append()
+            .withf(move |_, msg| msg.reply_to.as_ref().is_some_and(|quote| quote.message_id == id))
+            .times(1)
+            .returning(|_, msg| Ok(Appended::Created(stored(msg))));
+        m.notifier.expect_notify().times(2).returning(|_, _| Ok(()));
+
+        let sent =
+            m.service().send(&alice, &bob, body("yes"), None, Some(original.id.clone())).await.unwrap();
+        let quote = sent.message.reply_to.expect("a quote");
+        assert_eq!(quote.sender_id, bob);
+        let domain::QuoteText::Excerpt { text, truncated } = quote.text else { panic!("not deleted") };
+        assert!(truncated);
+        assert_eq!(text.chars().count(), 99, "100 characters, the trailing space trimmed");
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_anything_but_a_live_message_of_the_conversation_is_refused_and_nothing_is_stored() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let conversation =
+            Conversation::start(ParticipantPair::new(alice.clone(), bob.clone()).unwrap(), now());
+        let elsewhere = earlier(&ConversationId::generate(), &alice, 1, "elsewhere");
+        let system = Message {
+            system: Some(domain::SystemEvent::Renamed {
+                actor: alice.clone(),
+                name: domain::GroupName::parse("x").unwrap(),
+            }),
+            ..earlier(&conversation.id, &alice, 2, "renamed")
+        };
+        let deleted = earlier(&conversation.id, &bob, 3, "gone").with_state(domain::MessageState {
+            content: domain::Content::Deleted(domain::Tombstone {
+                deleted_at: now(),
+                deleted_by: bob.clone(),
+            }),
+            version: 4,
+            ..earlier(&conversation.id, &bob, 3, "gone").state()
+        });
+        let cases = [
+            (None, ReplyError::OtherConversation),
+            (Some(elsewhere), ReplyError::OtherConversation),
+            (Some(system), ReplyError::SystemEntry),
+            (Some(deleted), ReplyError::Deleted),
+        ];
+        for (target, expected) in cases {
+            let mut m = Mocks::new();
+            m.receiver_exists();
+            let pair_conversation = conversation.clone();
+            m.conversations
+                .expect_find_by_participants()
+                .returning(move |_| Ok(Some(pair_conversation.clone())));
+            m.changes.expect_find().returning(move |_| Ok(target.clone()));
+            m.messages.expect_append().never();
+            m.notifier.expect_notify().never();
+            let result = m.service().send(&alice, &bob, body("hm"), None, Some(MessageId::generate())).await;
+            assert!(matches!(&result, Err(MessagingError::InvalidReply(e)) if *e == expected), "{result:?}");
+        }
+
+        // No conversation yet: nothing to reply to.
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        m.conversations.expect_find_by_participants().returning(|_| Ok(None));
+        m.messages.expect_append().never();
+        let result = m.service().send(&alice, &bob, body("hm"), None, Some(MessageId::generate())).await;
+        assert!(matches!(result, Err(MessagingError::InvalidReply(ReplyError::OtherConversation))));
+    }
+
+    #[tokio::test]
+    async fn a_group_reply_to_a_message_from_before_the_sender_joined_is_refused() {
+        let (me, other) = (UserId::generate(), UserId::generate());
+        let group = group(9);
+        let mut m = Mocks::new();
+        let found = Chat::Group(group.clone());
+        m.conversations.expect_find().returning(move |_| Ok(Some(found.clone())));
+        let joined = member(&me, 5);
+        m.conversations.expect_member().returning(move |_, _| Ok(Some(joined.clone())));
+        let before = earlier(&group.id, &other, 4, "before");
+        m.changes.expect_find().returning(move |_| Ok(Some(before.clone())));
+        m.messages.expect_append_to_group().never();
+        let result = m
+            .service()
+            .send_to_conversation(&me, &group.id, body("hm"), None, Some(MessageId::generate()))
+            .await;
+        assert!(matches!(result, Err(MessagingError::InvalidReply(ReplyError::NotVisible))), "{result:?}");
     }
 
     #[tokio::test]
@@ -632,7 +797,7 @@ mod tests {
         m.notifier.expect_notify().times(2).returning(|_, _| Ok(()));
         let sent = m
             .service()
-            .send(&UserId::generate(), &UserId::generate(), body("hi"), Some(key("key-1")))
+            .send(&UserId::generate(), &UserId::generate(), body("hi"), Some(key("key-1")), None)
             .await
             .unwrap();
         assert_eq!(sent.message.client_id.unwrap().as_str(), "key-1");
@@ -649,7 +814,7 @@ mod tests {
             Ok(Appended::Existing(stored(&first)))
         });
         m.notifier.expect_notify().never();
-        let sent = m.service().send(&alice, &bob, body("hi"), Some(key("key-1"))).await.unwrap();
+        let sent = m.service().send(&alice, &bob, body("hi"), Some(key("key-1")), None).await.unwrap();
         assert!(!sent.created);
         assert_eq!(sent.message.body.as_str(), "hi");
     }
@@ -666,7 +831,7 @@ mod tests {
         m.notifier.expect_notify().never();
         let err = m
             .service()
-            .send(&UserId::generate(), &UserId::generate(), body("hi"), Some(key("key-1")))
+            .send(&UserId::generate(), &UserId::generate(), body("hi"), Some(key("key-1")), None)
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::ClientIdReused));
@@ -678,15 +843,18 @@ mod tests {
         m.users.expect_find_by_id().returning(|_| Ok(None));
         m.messages.expect_append().never();
         m.notifier.expect_notify().never();
-        let err =
-            m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await.unwrap_err();
+        let err = m
+            .service()
+            .send(&UserId::generate(), &UserId::generate(), body("hi"), None, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, MessagingError::UserNotFound));
     }
 
     #[tokio::test]
     async fn send_to_oneself_is_refused() {
         let me = UserId::generate();
-        let err = Mocks::new().service().send(&me, &me, body("hi"), None).await.unwrap_err();
+        let err = Mocks::new().service().send(&me, &me, body("hi"), None, None).await.unwrap_err();
         assert!(matches!(err, MessagingError::SelfConversation));
     }
 
@@ -698,8 +866,11 @@ mod tests {
             .expect_append()
             .returning(|_, _| Err(RepoError::Unavailable(anyhow::anyhow!("disk gone"))));
         m.notifier.expect_notify().never();
-        let err =
-            m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await.unwrap_err();
+        let err = m
+            .service()
+            .send(&UserId::generate(), &UserId::generate(), body("hi"), None, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, MessagingError::Failed(ApplicationError::Unavailable(_))));
     }
 
@@ -709,7 +880,7 @@ mod tests {
         m.receiver_exists();
         m.messages.expect_append().returning(|_, msg| Ok(Appended::Created(stored(msg))));
         m.notifier.expect_notify().times(2).returning(|_, _| Err(NotifyError(anyhow::anyhow!("bus down"))));
-        let sent = m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None).await;
+        let sent = m.service().send(&UserId::generate(), &UserId::generate(), body("hi"), None, None).await;
         assert!(sent.is_ok());
     }
 
@@ -725,8 +896,11 @@ mod tests {
             Ok(Appended::Created(stored(&joined)))
         });
         m.notifier.expect_notify().returning(|_, _| Ok(()));
-        let sent =
-            m.service().send(&UserId::generate(), &UserId::generate(), body("again"), None).await.unwrap();
+        let sent = m
+            .service()
+            .send(&UserId::generate(), &UserId::generate(), body("again"), None, None)
+            .await
+            .unwrap();
         assert_eq!(sent.message.conversation_id, expected);
     }
 
@@ -964,7 +1138,7 @@ mod tests {
             .returning(|_, _| Ok(()));
         m.notifier.expect_notify().never();
         let sent =
-            m.service().send_to_conversation(&me, &group.id, body("hi"), Some(key("k"))).await.unwrap();
+            m.service().send_to_conversation(&me, &group.id, body("hi"), Some(key("k")), None).await.unwrap();
         assert!(sent.created);
         assert_eq!(sent.message.seq, 4);
     }
@@ -987,7 +1161,7 @@ mod tests {
             m.notifier.expect_notify_group().never();
             let sent = m
                 .service()
-                .send_to_conversation(&UserId::generate(), &group.id, body("hi"), Some(key("k")))
+                .send_to_conversation(&UserId::generate(), &group.id, body("hi"), Some(key("k")), None)
                 .await;
             match expected_created {
                 Some(created) => assert_eq!(sent.unwrap().created, created),
@@ -1005,8 +1179,10 @@ mod tests {
             m.messages.expect_append_to_group().times(1).returning(|_| Ok(GroupAppended::NotMember));
             m.left_before(left);
             m.notifier.expect_notify_group().never();
-            let err =
-                m.service().send_to_conversation(&UserId::generate(), &group.id, body("hi"), None).await;
+            let err = m
+                .service()
+                .send_to_conversation(&UserId::generate(), &group.id, body("hi"), None, None)
+                .await;
             if forbidden {
                 assert!(matches!(err, Err(MessagingError::NoLongerMember)));
             } else {
@@ -1023,7 +1199,7 @@ mod tests {
         m.messages.expect_append().never();
         let err = m
             .service()
-            .send_to_conversation(&UserId::generate(), &ConversationId::generate(), body("hi"), None)
+            .send_to_conversation(&UserId::generate(), &ConversationId::generate(), body("hi"), None, None)
             .await;
         assert!(matches!(err, Err(MessagingError::ConversationNotFound)));
     }
@@ -1042,7 +1218,8 @@ mod tests {
             .times(1)
             .returning(|_, msg| Ok(Appended::Created(stored(msg))));
         m.notifier.expect_notify().times(2).returning(|_, _| Ok(()));
-        let sent = m.service().send_to_conversation(&me, &conversation.id, body("hi"), None).await.unwrap();
+        let sent =
+            m.service().send_to_conversation(&me, &conversation.id, body("hi"), None, None).await.unwrap();
         assert_eq!(sent.message.receiver_id, Some(other));
     }
 
@@ -1052,8 +1229,10 @@ mod tests {
         let mut m = Mocks::new();
         m.finds(Chat::Direct(conversation.clone()));
         m.messages.expect_append().never();
-        let err =
-            m.service().send_to_conversation(&UserId::generate(), &conversation.id, body("hi"), None).await;
+        let err = m
+            .service()
+            .send_to_conversation(&UserId::generate(), &conversation.id, body("hi"), None, None)
+            .await;
         assert!(matches!(err, Err(MessagingError::ConversationNotFound)));
     }
 

@@ -55,7 +55,7 @@ pub fn bounded(storage: Storage, deadline: Duration) -> Storage {
         groups: wrap(storage.groups, deadline),
         revoked: wrap(storage.revoked, deadline),
         health: wrap(storage.health, deadline),
-        changes: storage.changes.map(|changes| wrap(changes, deadline) as Arc<dyn MessageChangeRepository>),
+        changes: wrap(storage.changes, deadline),
     }
 }
 

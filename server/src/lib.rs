@@ -16,7 +16,10 @@ use application::ports::{
     Clock, ConversationRepository, GroupRepository, HealthCheck, MessageChangeRepository, MessageRepository,
     Notifier, Presence, RevocationFeed, RevokedTokenRepository, SystemClock, UserRepository,
 };
-use application::{AccountService, GroupService, MessagingService, RealtimeService, Revocations};
+use application::{
+    AccountService, GroupService, MessageChangeService, MessagingService, MessagingStores, RealtimeService,
+    Revocations,
+};
 use chat_realtime::{ConnectionRegistry, Delivery, GroupMembers, Hub, InMemoryPresence};
 use chat_websocket::WsSettings;
 use secrecy::{ExposeSecret, SecretString};
@@ -33,9 +36,8 @@ pub struct Storage {
     pub groups: Arc<dyn GroupRepository>,
     pub revoked: Arc<dyn RevokedTokenRepository>,
     pub health: Arc<dyn HealthCheck>,
-    /// Edits, deletions and reactions of stored messages; `None` on a backend that does not
-    /// store them yet.
-    pub changes: Option<Arc<dyn MessageChangeRepository>>,
+    /// Edits, deletions and reactions of stored messages.
+    pub changes: Arc<dyn MessageChangeRepository>,
 }
 
 impl Storage {
@@ -47,6 +49,7 @@ impl Storage {
             + GroupRepository
             + RevokedTokenRepository
             + HealthCheck
+            + MessageChangeRepository
             + 'static,
     {
         Self {
@@ -55,15 +58,9 @@ impl Storage {
             messages: store.clone(),
             groups: store.clone(),
             revoked: store.clone(),
-            health: store,
-            changes: None,
+            health: store.clone(),
+            changes: store,
         }
-    }
-
-    /// With `store` as the store of message changes too.
-    fn with_changes(mut self, store: Arc<dyn MessageChangeRepository>) -> Self {
-        self.changes = Some(store);
-        self
     }
 }
 
@@ -81,8 +78,7 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 },
             })
             .await?;
-            let store = Arc::new(store);
-            Ok(Storage::from_store(store.clone()).with_changes(store))
+            Ok(Storage::from_store(Arc::new(store)))
         }
         StorageSettings::Postgres { url, max_connections, acquire_timeout_ms, run_migrations } => {
             let store = chat_sql::PgStore::connect(&chat_sql::PgOptions {
@@ -92,8 +88,7 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 run_migrations: *run_migrations,
             })
             .await?;
-            let store = Arc::new(store);
-            Ok(Storage::from_store(store.clone()).with_changes(store))
+            Ok(Storage::from_store(Arc::new(store)))
         }
         StorageSettings::Mongodb { url, acquire_timeout_ms } => {
             let store = chat_mongo::MongoStore::connect(&chat_mongo::MongoOptions {
@@ -101,16 +96,14 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
                 acquire_timeout: Duration::from_millis(*acquire_timeout_ms),
             })
             .await?;
-            let store = Arc::new(store);
-            Ok(Storage::from_store(store.clone()).with_changes(store))
+            Ok(Storage::from_store(Arc::new(store)))
         }
         StorageSettings::Memory {} => {
             tracing::warn!(
                 "storage.backend is \"memory\": nothing is kept when the server stops, and other \
                  instances do not see this one's data (for demos and tests)"
             );
-            let store = Arc::new(chat_memory::MemoryStore::new());
-            Ok(Storage::from_store(store.clone()).with_changes(store))
+            Ok(Storage::from_store(Arc::new(chat_memory::MemoryStore::new())))
         }
     }
 }
@@ -240,12 +233,23 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         clock.clone(),
     ));
     let messaging = Arc::new(MessagingService::new(
-        storage.users.clone(),
+        MessagingStores {
+            users: storage.users.clone(),
+            conversations: storage.conversations.clone(),
+            messages: storage.messages.clone(),
+            changes: storage.changes.clone(),
+            groups: storage.groups.clone(),
+        },
+        notifier.clone(),
+        clock.clone(),
+    ));
+    let changes = Arc::new(MessageChangeService::new(
         storage.conversations.clone(),
-        storage.messages.clone(),
+        storage.changes.clone(),
         storage.groups.clone(),
         notifier.clone(),
         clock.clone(),
+        settings.messages.edit_window(),
     ));
     let groups = Arc::new(GroupService::new(
         storage.users.clone(),
@@ -305,6 +309,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     let state = actix_web::web::Data::new(chat_http::AppState {
         accounts,
         messaging,
+        changes,
         groups,
         realtime,
         registry: registry.clone(),

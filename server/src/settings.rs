@@ -63,6 +63,8 @@ pub struct Settings {
     pub groups: GroupSettings,
     #[serde(default)]
     pub presence: PresenceSettings,
+    #[serde(default)]
+    pub messages: MessageSettings,
 }
 
 fn default_environment() -> Environment {
@@ -306,6 +308,25 @@ pub struct PresenceSettings {
 impl Default for PresenceSettings {
     fn default() -> Self {
         Self { full_list_max: application::realtime::FULL_LIST_MAX }
+    }
+}
+
+/// What may happen to messages after they were sent (docs/API.md, Message changes).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageSettings {
+    /// Seconds after sending during which its sender may edit a message; 0: forever.
+    pub edit_window: u64,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        Self { edit_window: domain::EditWindow::DEFAULT_SECS }
+    }
+}
+
+impl MessageSettings {
+    pub fn edit_window(&self) -> domain::EditWindow {
+        domain::EditWindow::from_secs(self.edit_window)
     }
 }
 

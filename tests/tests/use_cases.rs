@@ -11,7 +11,7 @@ use std::time::Duration;
 use application::ports::{Clock, Event, Notifier, NotifyError, SearchPrefix, SystemClock};
 use application::{
     AccountError, AccountService, GroupError, GroupLimits, GroupService, MessagingError, MessagingService,
-    NewAccount, Revocations, StreamFollower, SyncEvent, SyncItem,
+    MessagingStores, NewAccount, Revocations, StreamFollower, SyncEvent, SyncItem,
 };
 use async_trait::async_trait;
 use chat_memory::MemoryStore;
@@ -93,10 +93,13 @@ impl World {
             clock.clone(),
         );
         let messaging = MessagingService::new(
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store.clone(),
+            MessagingStores {
+                users: store.clone(),
+                conversations: store.clone(),
+                messages: store.clone(),
+                changes: store.clone(),
+                groups: store.clone(),
+            },
             announced.clone(),
             clock.clone(),
         );
@@ -122,7 +125,7 @@ impl World {
     }
 
     async fn send(&self, from: &User, to: &User, text: &str) -> Message {
-        let sent = self.messaging.send(&from.id, &to.id, body(text), None).await.expect("sending");
+        let sent = self.messaging.send(&from.id, &to.id, body(text), None, None).await.expect("sending");
         assert!(sent.created);
         sent.message
     }
@@ -271,12 +274,13 @@ async fn sent_messages_read_the_same_in_the_history_the_sync_the_list_and_the_ev
 async fn a_retried_send_is_stored_and_announced_once_and_its_key_is_not_reusable() {
     let world = World::new();
     let (ann, ben) = (world.register("ann").await, world.register("ben").await);
-    let first = world.messaging.send(&ann.id, &ben.id, body("once"), client_id("key-1")).await.unwrap();
-    let retry = world.messaging.send(&ann.id, &ben.id, body("once"), client_id("key-1")).await.unwrap();
+    let first = world.messaging.send(&ann.id, &ben.id, body("once"), client_id("key-1"), None).await.unwrap();
+    let retry = world.messaging.send(&ann.id, &ben.id, body("once"), client_id("key-1"), None).await.unwrap();
     assert!(first.created && !retry.created);
     assert_eq!(retry.message, first.message);
 
-    let reused = world.messaging.send(&ann.id, &ben.id, body("something else"), client_id("key-1")).await;
+    let reused =
+        world.messaging.send(&ann.id, &ben.id, body("something else"), client_id("key-1"), None).await;
     assert!(matches!(reused, Err(MessagingError::ClientIdReused)), "{reused:?}");
 
     let history = world.messaging.history(&ben.id, &ann.id, None, None).await.unwrap();
@@ -291,7 +295,7 @@ async fn unknown_users_and_cursors_beyond_the_stream_are_refused_and_leave_no_tr
     let (ann, ben) = (world.register("ann").await, world.register("ben").await);
     let stranger = UserId::generate();
 
-    let to_stranger = world.messaging.send(&ann.id, &stranger, body("hello?"), None).await;
+    let to_stranger = world.messaging.send(&ann.id, &stranger, body("hello?"), None, None).await;
     assert!(matches!(to_stranger, Err(MessagingError::UserNotFound)), "{to_stranger:?}");
     let with_stranger = world.messaging.history(&ann.id, &stranger, None, None).await;
     assert!(matches!(with_stranger, Err(MessagingError::UserNotFound)), "{with_stranger:?}");
@@ -317,8 +321,11 @@ impl World {
     }
 
     async fn post(&self, from: &User, group: &ConversationId, text: &str) -> Message {
-        let sent =
-            self.messaging.send_to_conversation(&from.id, group, body(text), None).await.expect("posting");
+        let sent = self
+            .messaging
+            .send_to_conversation(&from.id, group, body(text), None, None)
+            .await
+            .expect("posting");
         assert!(sent.created);
         sent.message
     }
@@ -367,7 +374,7 @@ async fn a_member_removed_and_added_again_sees_the_group_up_to_the_removal_and_f
     // Ben, removed, may not read or post; nor may a stranger, who is told there is no group.
     let gone = world.messaging.conversation_history(&ben.id, &crew, None, None).await;
     assert!(matches!(gone, Err(MessagingError::NoLongerMember)), "{gone:?}");
-    let gone = world.messaging.send_to_conversation(&ben.id, &crew, body("let me in"), None).await;
+    let gone = world.messaging.send_to_conversation(&ben.id, &crew, body("let me in"), None, None).await;
     assert!(matches!(gone, Err(MessagingError::NoLongerMember)), "{gone:?}");
     let dan = world.register("dan").await;
     assert!(matches!(world.groups.get(&dan.id, &crew).await, Err(GroupError::NotFound)));
@@ -472,7 +479,7 @@ async fn a_direct_conversation_is_used_by_its_id_like_a_group() {
     let hi = world.send(&ann, &ben, "hi").await;
     let conversation = hi.conversation_id.clone();
     let reply =
-        world.messaging.send_to_conversation(&ben.id, &conversation, body("hey"), None).await.unwrap();
+        world.messaging.send_to_conversation(&ben.id, &conversation, body("hey"), None, None).await.unwrap();
     assert_eq!(reply.message.receiver_id.as_ref(), Some(&ann.id));
     let history = world.messaging.conversation_history(&ann.id, &conversation, None, None).await.unwrap();
     assert_eq!(bodies(&history), ["hi", "hey"]);
@@ -485,7 +492,8 @@ async fn a_direct_conversation_is_used_by_its_id_like_a_group() {
 
     let outsider = world.messaging.conversation_history(&cat.id, &conversation, None, None).await;
     assert!(matches!(outsider, Err(MessagingError::ConversationNotFound)), "{outsider:?}");
-    let outsider = world.messaging.send_to_conversation(&cat.id, &conversation, body("psst"), None).await;
+    let outsider =
+        world.messaging.send_to_conversation(&cat.id, &conversation, body("psst"), None, None).await;
     assert!(matches!(outsider, Err(MessagingError::ConversationNotFound)), "{outsider:?}");
 }
 

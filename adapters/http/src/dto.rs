@@ -269,6 +269,11 @@ pub struct SendRequest {
     // Nullable: `null` is taken as no key.
     #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     pub client_message_id: Option<String>,
+    /// The id of an earlier message of the same conversation this one answers (not deleted,
+    /// not a system entry): the message then carries a quote of it.
+    #[serde(rename = "replyTo")]
+    #[schema(schema_with = fields::id)]
+    pub reply_to: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]

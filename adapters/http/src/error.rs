@@ -5,9 +5,9 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use application::accounts::user_search::SearchError;
 use application::paging::InvalidCursor;
-use application::{AccountError, ApplicationError, GroupError, MessagingError};
+use application::{AccountError, ApplicationError, GroupError, MessageChangeError, MessagingError};
 use domain::{
-    AvatarError, ClientMessageIdError, CursorError, FullNameError, GenderError, GroupNameError,
+    AvatarError, ChangeError, ClientMessageIdError, CursorError, FullNameError, GenderError, GroupNameError,
     MessageBodyError, PasswordError, UserId, UsernameError,
 };
 use serde::Serialize;
@@ -236,7 +236,28 @@ impl From<MessagingError> for ApiError {
                 Self::not_found(error.to_string())
             }
             MessagingError::NoLongerMember => Self::forbidden(error.to_string()),
+            MessagingError::InvalidReply(error) => Self::invalid_field("replyTo", error),
             MessagingError::Failed(error) => error.into(),
+        }
+    }
+}
+
+impl From<MessageChangeError> for ApiError {
+    fn from(error: MessageChangeError) -> Self {
+        match error {
+            MessageChangeError::ConversationNotFound | MessageChangeError::MessageNotFound => {
+                Self::not_found(error.to_string())
+            }
+            MessageChangeError::NoLongerMember => Self::forbidden(error.to_string()),
+            MessageChangeError::Refused(refused) => match refused {
+                ChangeError::NotSender | ChangeError::MayNotDelete | ChangeError::SystemEntry => {
+                    Self::forbidden(refused.to_string())
+                }
+                ChangeError::Deleted => Self::conflict(refused.to_string()),
+                ChangeError::EditWindowClosed { .. } => Self::validation(refused.to_string()),
+                ChangeError::Reaction(error) => Self::invalid_field("emoji", error),
+            },
+            MessageChangeError::Failed(error) => error.into(),
         }
     }
 }

@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, RefOr};
 use utoipa::{Modify, OpenApi, ToResponse};
 
-use crate::routes::{avatar, conversations, health, message, user};
+use crate::routes::{avatar, changes, conversations, health, message, user};
 
 /// The name of the security scheme of the `token` cookie.
 pub const COOKIE_AUTH: &str = "cookieAuth";
@@ -66,6 +66,10 @@ pub const BEARER_AUTH: &str = "bearerAuth";
         conversations::send,
         conversations::history,
         conversations::mark_read,
+        changes::edit,
+        changes::delete,
+        changes::react,
+        changes::unreact,
         health::healthz,
         health::readyz,
         metrics,
@@ -80,6 +84,7 @@ pub const BEARER_AUTH: &str = "bearerAuth";
             Forbidden,
             Conflict,
             GroupConflict,
+            MessageDeleted,
             PayloadTooLarge,
             UnsupportedMediaType,
             ForeignOrigin,
@@ -93,7 +98,7 @@ pub const BEARER_AUTH: &str = "bearerAuth";
         (name = "user", description = "Accounts and sessions"),
         (name = "message", description = "Messages and conversations"),
         (name = "conversation", description = "Groups, and conversations of both kinds by id: \
-            sending, history, read positions"),
+            sending, history, read positions, editing, deleting and reacting to messages"),
         (name = "operations", description = "Probes and metrics for operators"),
     ),
 )]
@@ -309,6 +314,7 @@ error_responses! {
     GroupConflict => "CONFLICT", false,
         "`CONFLICT`: users who are members already (named in `userIds`), or a change that would \
         leave the group without an owner";
+    MessageDeleted => "CONFLICT", false, "`CONFLICT`: the message is deleted";
     PayloadTooLarge => "PAYLOAD_TOO_LARGE", false,
         "`PAYLOAD_TOO_LARGE`: the body is larger than `http.body_limit`";
     UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE", false,
@@ -695,6 +701,10 @@ mod tests {
             ("/api/v1/conversations/{id}/messages", "get"),
             ("/api/v1/conversations/{id}/messages", "post"),
             ("/api/v1/conversations/{id}/read", "post"),
+            ("/api/v1/conversations/{id}/messages/{messageId}", "patch"),
+            ("/api/v1/conversations/{id}/messages/{messageId}", "delete"),
+            ("/api/v1/conversations/{id}/messages/{messageId}/reactions/{emoji}", "put"),
+            ("/api/v1/conversations/{id}/messages/{messageId}/reactions/{emoji}", "delete"),
             ("/healthz", "get"),
             ("/readyz", "get"),
             ("/metrics", "get"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use application::ports::HealthCheck;
-use application::{AccountService, GroupService, MessagingService, RealtimeService};
+use application::{AccountService, GroupService, MessageChangeService, MessagingService, RealtimeService};
 use chat_realtime::{ConnectionRegistry, Handshake};
 
 use crate::limits::RateLimits;
@@ -47,6 +47,7 @@ pub struct HttpSettings {
 pub struct AppState {
     pub accounts: Arc<AccountService>,
     pub messaging: Arc<MessagingService>,
+    pub changes: Arc<MessageChangeService>,
     pub groups: Arc<GroupService>,
     pub realtime: Arc<RealtimeService>,
     pub registry: Arc<ConnectionRegistry>,

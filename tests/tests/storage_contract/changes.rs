@@ -24,7 +24,7 @@ use super::*;
 
 /// The store's message changes.
 fn changes(storage: &Storage) -> Arc<dyn MessageChangeRepository> {
-    storage.changes.clone().expect("this backend stores message changes")
+    storage.changes.clone()
 }
 
 fn body(raw: &str) -> MessageBody {

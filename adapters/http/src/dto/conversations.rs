@@ -236,6 +236,14 @@ pub struct ReadRequest {
     pub up_to: Option<String>,
 }
 
+/// A message's new text.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = EditMessageRequest)]
+pub struct EditRequest {
+    #[schema(required = true, schema_with = fields::message_text)]
+    pub message: Option<String>,
+}
+
 /// The roles a member can be given (`owner` is handed over instead).
 pub fn assignable_role(raw: &str) -> Option<Role> {
     raw.parse().ok().filter(|role| *role != Role::Owner)

@@ -22,7 +22,7 @@ use crate::openapi::{
 use crate::state::AppState;
 
 /// The conversation a path names: an id that is not one of ours names none (404).
-fn path_conversation(raw: &str) -> Result<ConversationId, ApiError> {
+pub(super) fn path_conversation(raw: &str) -> Result<ConversationId, ApiError> {
     ConversationId::parse(raw).map_err(|_| ApiError::not_found("conversation not found"))
 }
 
@@ -384,7 +384,13 @@ pub async fn send(
     let (conversation, message) = outgoing(&state, &session, &request, &body, || path_conversation(&id))?;
     let sent = state
         .messaging
-        .send_to_conversation(session.user_id(), &conversation, message.body, message.client_id)
+        .send_to_conversation(
+            session.user_id(),
+            &conversation,
+            message.body,
+            message.client_id,
+            message.reply_to,
+        )
         .await?;
     Ok(sent_response(&sent))
 }

@@ -23,8 +23,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Sends a message; it is announced to the receiver's and my connections.
 ///
-/// 400 for a missing or invalid `message` and for a message to oneself; 404 when the
-/// receiver is no user.
+/// 400 for a missing or invalid `message`, for a message to oneself and for a `replyTo` that
+/// is not a message of our conversation; 404 when the receiver is no user.
 #[utoipa::path(
     post,
     path = "/api/v1/message/send/{receiverId}",
@@ -61,14 +61,18 @@ pub async fn send(
     body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (receiver, message) = outgoing(&state, &session, &request, &body, || path_user(&receiver))?;
-    let sent = state.messaging.send(session.user_id(), &receiver, message.body, message.client_id).await?;
+    let sent = state
+        .messaging
+        .send(session.user_id(), &receiver, message.body, message.client_id, message.reply_to)
+        .await?;
     Ok(sent_response(&sent))
 }
 
-/// A send's text and key, checked.
+/// A send's text, key and the message it answers, checked.
 pub(super) struct Outgoing {
     pub body: MessageBody,
     pub client_id: Option<ClientMessageId>,
+    pub reply_to: Option<MessageId>,
 }
 
 /// What every send route checks, in this order: the text is there, the key's two spellings
@@ -85,9 +89,16 @@ pub(super) fn outgoing<T>(
     let client_id = client_message_id(request, body.client_message_id.as_deref())?;
     state.limits.send(session.user_id().as_str())?;
     let target = target()?;
+    let reply_to = body
+        .reply_to
+        .as_deref()
+        .map(|raw| {
+            MessageId::parse(raw).map_err(|_| ApiError::invalid_field("replyTo", "is not a message id"))
+        })
+        .transpose()?;
     let body = MessageBody::parse(text)?;
     let client_id = client_id.map(ClientMessageId::parse).transpose()?;
-    Ok((target, Outgoing { body, client_id }))
+    Ok((target, Outgoing { body, client_id, reply_to }))
 }
 
 /// 201 with the message stored now; 200 with the one stored first, for a retry.

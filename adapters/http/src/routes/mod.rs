@@ -1,6 +1,7 @@
 //! The route table and the middleware around it.
 
 pub(crate) mod avatar;
+pub(crate) mod changes;
 pub(crate) mod conversations;
 pub(crate) mod health;
 pub(crate) mod message;
@@ -137,7 +138,17 @@ fn conversation_routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(c::history))
                 .route(web::post().to(c::send)),
         )
-        .service(resource("/{id}/read", "POST").route(web::post().to(c::mark_read)));
+        .service(resource("/{id}/read", "POST").route(web::post().to(c::mark_read)))
+        .service(
+            resource("/{id}/messages/{message_id}", "PATCH, DELETE")
+                .route(web::patch().to(changes::edit))
+                .route(web::delete().to(changes::delete)),
+        )
+        .service(
+            resource("/{id}/messages/{message_id}/reactions/{emoji}", "PUT, DELETE")
+                .route(web::put().to(changes::react))
+                .route(web::delete().to(changes::unreact)),
+        );
 }
 
 /// A resource that answers methods other than `allow` (its routes' methods, comma-separated)
