@@ -36,7 +36,7 @@ use mongodb::error::Error;
 use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
-use crate::documents::{to_bson, ChangeDoc, MessageDoc, NoticeDoc, ReactionDoc, GROUP};
+use crate::documents::{to_bson, ChangeDoc, MessageDoc, NoticeDoc, GROUP};
 use crate::error::{is_duplicate_key, repo_error};
 use crate::{turns, Inconsistent, MongoStore};
 
@@ -266,7 +266,6 @@ impl MongoStore {
 
 /// The update that gives the message document `state`, the state after `request` at `seq`.
 fn message_update(request: &ChangeRequest, state: &MessageState, seq: i64) -> Document {
-    let at = to_bson(request.at);
     match (&request.change, &state.content) {
         (_, Content::Deleted(tombstone)) => doc! {
             "$set": {
@@ -277,19 +276,15 @@ fn message_update(request: &ChangeRequest, state: &MessageState, seq: i64) -> Do
             },
             "$unset": { "reactions": "", "editedAt": "" },
         },
-        (Change::React(emoji), Content::Live { .. }) => {
-            let reaction = ReactionDoc {
-                emoji: emoji.as_str().to_owned(),
-                user_id: request.actor.as_str().to_owned(),
-                at,
-            };
-            doc! {
-                "$push": { "reactions": {
-                    "emoji": reaction.emoji, "userId": reaction.user_id, "at": reaction.at,
-                } },
-                "$set": { "version": seq },
-            }
-        }
+        // As a `ReactionDoc`: appended, so the array keeps the order reactions were made in.
+        (Change::React(emoji), Content::Live { .. }) => doc! {
+            "$push": { "reactions": {
+                "emoji": emoji.as_str(),
+                "userId": request.actor.as_str(),
+                "at": to_bson(request.at),
+            } },
+            "$set": { "version": seq },
+        },
         (Change::Unreact(emoji), Content::Live { .. }) => doc! {
             "$pull": { "reactions": { "emoji": emoji.as_str(), "userId": request.actor.as_str() } },
             "$set": { "version": seq },

@@ -141,7 +141,9 @@ impl MongoStore {
         }
         let ranges: Vec<Document> = read
             .iter()
-            .map(|(conversation, read_seq)| doc! { "conversationId": conversation, "seq": { "$gt": read_seq } })
+            .map(|(conversation, read_seq)| {
+                doc! { "conversationId": conversation, "seq": { "$gt": read_seq } }
+            })
             .collect();
         // One row per conversation for the changes that are no deletion (`d: 0`), one per
         // deletion (`d`: the deleted message's seq): few rows, whatever the number of changes.
