@@ -9,8 +9,10 @@
 //! multi-document transaction (see `messages` and `groups`), which MongoDB offers on replica
 //! sets and sharded clusters only: `connect` refuses a standalone server. Transactions of one
 //! process that would write the same hot document (a group's, a user's stream head) take
-//! turns before they start (see `turns`) rather than collide. `bson` and driver types stay
-//! inside this crate.
+//! turns before they start (see `turns`) rather than collide. A change of a message (an edit,
+//! a deletion, a reaction) is an entry of its conversation's sequence too, stored the same way
+//! (see `changes`); every read gives a message as it stands now, with the quote of the message
+//! it answers (see `reading`). `bson` and driver types stay inside this crate.
 //!
 //! This crate implements the application's ports; it must not know about HTTP or sockets.
 
@@ -240,7 +242,9 @@ impl MongoStore {
         self.changes
             .create_indexes([
                 // A conversation's change entries by seq, each seq once (a change takes its
-                // conversation's next seq like a send).
+                // conversation's next seq like a send). Also what unread counts read: a
+                // deletion's entry names the deleted message's seq, so deleted messages need
+                // no index of their own (see `reading::not_unread`).
                 index(doc! { "conversationId": 1, "seq": 1 }, reading::CHANGES_BY_SEQ, true),
             ])
             .await?;
