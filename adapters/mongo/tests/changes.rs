@@ -295,3 +295,45 @@ async fn fifty_members_reacting_at_once_all_count_and_a_repeated_reaction_counts
     let entries = store.entries(&group, 0, None, 500).await.unwrap();
     assert_eq!(entries.len(), 2 + MEMBERS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_racing_from_two_servers_are_each_stored_once_at_their_own_seq() {
+    const EACH: usize = 10;
+    let scratch = Scratch::new().await;
+    let stores = [Arc::new(scratch.connect().await), Arc::new(scratch.connect().await)];
+    let (a, b) = (UserId::generate(), UserId::generate());
+    let conversation = Conversation::start(ParticipantPair::new(a.clone(), b.clone()).unwrap(), now());
+    let hot = send(&stores[0], &conversation, &message(&conversation.id, &a, Some(&b), "pick one")).await;
+    // Each user reacts with EACH different emoji, half through each server: the two servers'
+    // transactions meet on the same documents (both heads, the conversation, the message).
+    let emoji: Vec<Emoji> = ["😀", "😂", "😍", "😎", "🤔", "😴", "🥳", "😇", "🙃", "😉"].map(emoji).to_vec();
+    let tasks: Vec<_> = (0..2 * EACH)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % 2]);
+            let user = if i < EACH { a.clone() } else { b.clone() };
+            let request = request(&conversation.id, &hot.id, &user, Change::React(emoji[i % EACH].clone()));
+            tokio::spawn(async move { MessageChangeRepository::change(&*store, &request).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut positions = Vec::new();
+    for task in tasks {
+        let stored = changed(task.await.unwrap().expect("no change fails"));
+        seqs.push(stored.update.change.seq);
+        positions.extend(stored.positions.iter().map(|p| (p.user.clone(), p.cursor.position())));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..2 + 2 * EACH as u64).collect::<Vec<_>>());
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 4 * EACH, "each change took its own position in both streams");
+    let now = MessageChangeRepository::find(&*stores[1], &hot.id).await.unwrap().unwrap();
+    for emoji in &emoji {
+        assert_eq!(reaction_count(&now, emoji), 2, "{emoji}");
+    }
+    // Both streams are gap-free: the message, then every change.
+    for user in [&a, &b] {
+        let stream = stores[0].stream(user, Cursor::START, 100).await.unwrap();
+        assert_eq!(stream.len(), 1 + 2 * EACH);
+    }
+}
