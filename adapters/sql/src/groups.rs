@@ -11,8 +11,9 @@
 //! the conversation's row, then stream heads in ascending user id order, then member rows.
 //! A direct send locks its conversation, both heads (the pair's order) and the sender's member
 //! row; a group send the group and the sender's member row; a change the group, the heads of
-//! the users who join or leave, and member rows; a read the reader's head, then their member
-//! row (no conversation row). Rows that only name a conversation or a user (a notice, an
+//! the users who join or leave, and member rows; a message change (src/changes.rs) its
+//! conversation's row, then in a direct conversation both heads (the pair's order), and no
+//! member row; a read the reader's head, then their member row (no conversation row). Rows that only name a conversation or a user (a notice, an
 //! entry, a member) take the weakest lock on it for their foreign key (`FOR KEY SHARE`), which
 //! none of these locks waits for: that is why the conversation's row is never locked
 //! `FOR UPDATE`.
