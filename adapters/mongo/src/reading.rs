@@ -128,21 +128,23 @@ impl MongoStore {
             .map_err(repo_error("reading change entries"))
     }
 
-    /// For each conversation of `read` (its id and a member's read seq), how many of its
-    /// entries after the read seq do not count as unread: its change entries, and its
-    /// deleted messages. One aggregate over the change entries after each read seq, along
-    /// their index: a deleted message has exactly one deletion entry, after the message, so
-    /// the deletions of messages after the read seq are among them (the entry names its
-    /// message's seq). Conversations without entries after the read seq are not asked about
-    /// and answered 0.
-    pub(crate) async fn not_unread(&self, read: &[(String, i64)]) -> RepoResult<HashMap<String, u64>> {
+    /// For each conversation of `read` (its id, a member's read seq and the conversation's
+    /// last seq as read with it), how many of its entries after the read seq (up to the last
+    /// seq) do not count as unread: its change entries, and its deleted messages. One
+    /// aggregate over the change entries of those ranges, along their index: a deleted
+    /// message has exactly one deletion entry, after the message, so the deletions of
+    /// messages after the read seq are among them (the entry names its message's seq).
+    /// Bounded by the last seq read, so that a change committed since the conversation was
+    /// read is not taken off entries that were counted without it. Conversations without
+    /// entries in the range are answered 0.
+    pub(crate) async fn not_unread(&self, read: &[(String, i64, i64)]) -> RepoResult<HashMap<String, u64>> {
         if read.is_empty() {
             return Ok(HashMap::new());
         }
         let ranges: Vec<Document> = read
             .iter()
-            .map(|(conversation, read_seq)| {
-                doc! { "conversationId": conversation, "seq": { "$gt": read_seq } }
+            .map(|(conversation, read_seq, last_seq)| {
+                doc! { "conversationId": conversation, "seq": { "$gt": read_seq, "$lte": last_seq } }
             })
             .collect();
         // One row per conversation for the changes that are no deletion (`d: 0`), one per
@@ -157,7 +159,7 @@ impl MongoStore {
                 "n": { "$sum": 1_i64 },
             } },
         ];
-        let read_seqs: HashMap<&str, i64> = read.iter().map(|(c, seq)| (c.as_str(), *seq)).collect();
+        let read_seqs: HashMap<&str, i64> = read.iter().map(|(c, seq, _)| (c.as_str(), *seq)).collect();
         let mut counts: HashMap<String, u64> = HashMap::new();
         let mut rows = self
             .changes

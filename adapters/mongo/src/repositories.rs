@@ -197,11 +197,13 @@ impl ConversationRepository for MongoStore {
         // The quotes of the last messages that are replies, and what does not count as
         // unread, for the whole page at once.
         let quotes = self.quotes(page.iter().filter_map(|(_, last)| last.as_ref())).await?;
-        let read: Vec<(String, i64)> = page
+        let read: Vec<(String, i64, i64)> = page
             .iter()
             .filter(|(summary, _)| summary.unread > 0)
             .map(|(summary, _)| {
-                (summary.conversation.id().as_str().to_owned(), seq_to_i64(summary.me.read_seq))
+                let conversation = &summary.conversation;
+                let (read_seq, last_seq) = (summary.me.read_seq, conversation.last_seq());
+                (conversation.id().as_str().to_owned(), seq_to_i64(read_seq), seq_to_i64(last_seq))
             })
             .collect();
         let not_unread = self.not_unread(&read).await?;
