@@ -10,6 +10,7 @@ use domain::{
 
 use crate::ports::{
     GroupEntry, GroupPosition, MockGroupRepository, MockMessageRepository, Notice, StreamEntry, StreamItem,
+    Update,
 };
 
 /// A user with the given id, created (and last updated) at `at`.
@@ -65,6 +66,33 @@ impl Timeline {
     /// A message someone sent to `group`, at its next seq.
     pub(crate) fn post(&mut self, group: &ConversationId, body: &str) -> Message {
         self.entry(group, body, None)
+    }
+
+    /// Someone reacts to `message` of `group` with a change entry at the group's next seq:
+    /// the change and the message as it stands after it.
+    pub(crate) fn react(&mut self, group: &ConversationId, message: &Message) -> Update {
+        let seq = self.last_seq(group) + 1;
+        let actor = UserId::generate();
+        let emoji = domain::Emoji::parse("👍").unwrap();
+        let mut state = message.state();
+        let actor_of = domain::Actor { user: actor.clone(), role: domain::Role::Member };
+        state
+            .apply(&actor_of, &domain::Change::React(emoji.clone()), Default::default(), chrono::Utc::now())
+            .unwrap();
+        state.version = seq;
+        let update = Update {
+            change: domain::MessageChange {
+                conversation_id: group.clone(),
+                message_id: message.id.clone(),
+                actor,
+                kind: domain::ChangeKind::ReactionAdded { emoji },
+                at: chrono::Utc::now(),
+                seq,
+            },
+            message: message.clone().with_state(state),
+        };
+        self.entries.entry(group.clone()).or_default().push(GroupEntry::Update(update.clone()));
+        update
     }
 
     /// The user joins `group` with a system entry at its next seq (and a `Joined` notice).

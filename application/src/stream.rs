@@ -1119,6 +1119,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changes_of_messages_from_before_joining_are_passed_over_and_later_ones_delivered() {
+        let mut t = Timeline::new(&UserId::generate());
+        let group = ConversationId::generate();
+        let before = t.post(&group, "before you"); // 1
+        t.join(&group); // 2
+        let mine = t.post(&group, "after"); // 3
+        t.react(&group, &before); // 4: not the user's to see
+        let seen = t.react(&group, &mine); // 5
+        let user = t.user.clone();
+        let timeline = shared(t);
+        let (messages, groups) = timeline_ports(&timeline);
+        let mut reader =
+            StreamReader::resume(Arc::new(messages), Arc::new(groups), user, Some(SyncCursor::START))
+                .await
+                .unwrap();
+        let items = reader.read(50).await.unwrap();
+        assert_eq!(shown(&items), expected(&[(group.as_str(), &[2, 3, 5])]));
+        assert!(matches!(&items[2].event, SyncEvent::Updated(update) if *update == seen));
+        assert_eq!(reader.cursor().groups[&group], 5, "past the change it passed over");
+
+        // Live: the same two changes, as events.
+        let (timeline, group, mut follower) = in_group(2).await;
+        let (old, newer) = {
+            let mut t = timeline.lock().unwrap();
+            let first = match &t.entries[&group][1] {
+                GroupEntry::Message(message) => message.clone(),
+                GroupEntry::Update(_) => unreachable!(),
+            };
+            let old = t.react(&group, &first);
+            let before_joining = Message { seq: 0, ..first };
+            let hidden = t.react(&group, &before_joining);
+            (old, hidden)
+        };
+        let event = |update: Update| Event::GroupUpdated { update, version: 1 };
+        let Admission::Deliver(item) = follower.admit(&event(old.clone())).await.unwrap() else {
+            panic!("delivered")
+        };
+        assert_eq!(item.event, SyncEvent::Updated(old.clone()));
+        assert_eq!(follower.admit(&event(newer)).await.unwrap(), Admission::Drop);
+        assert_eq!(follower.cursor().groups[&group], 4);
+        assert_eq!(follower.admit(&event(old)).await.unwrap(), Admission::Repeat);
+    }
+
+    #[tokio::test]
     async fn a_left_notice_delivers_the_group_up_to_the_removal_then_drops_it() {
         let (timeline, group, mut follower) = in_group(2).await;
         let (e3, (at, removed), after) = {

@@ -645,6 +645,63 @@ mod tests {
     }
 
     #[test]
+    fn a_change_is_shown_to_each_reader_with_their_own_reactions_and_a_tombstone_without_text() {
+        let (ann, ben) = (UserId::generate(), UserId::generate());
+        let thumbs = domain::Emoji::parse("👍").unwrap();
+        let m = message();
+        let reacted = domain::MessageState {
+            content: domain::Content::Live {
+                body: m.body.clone(),
+                edited_at: None,
+                reactions: domain::Reactions::from_stored([(thumbs.clone(), ann.clone())]),
+            },
+            version: 4,
+            ..m.state()
+        };
+        let change = domain::MessageChange {
+            conversation_id: m.conversation_id.clone(),
+            message_id: m.id.clone(),
+            actor: ann.clone(),
+            kind: domain::ChangeKind::ReactionAdded { emoji: thumbs },
+            at: m.created_at,
+            seq: 4,
+        };
+        let update = Update { change, message: m.clone().with_state(reacted) };
+        let event = Event::MessageUpdated { update: update.clone(), cursor: Cursor::new(5).unwrap() };
+        assert!(in_stream(&event));
+        assert!(encode_event(&event).is_empty(), "encoded per reader, not once for all");
+        let item =
+            SyncItem { cursor: SyncCursor::at(Cursor::new(5).unwrap()), event: SyncEvent::Updated(update) };
+        for (reader, me) in [(&ann, true), (&ben, false)] {
+            let (name, payload) = encode_item(&item, reader);
+            assert_eq!(name, "messageUpdated");
+            let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            assert_eq!(payload["cursor"], "5");
+            assert_eq!(payload["change"]["kind"], "reactionAdded");
+            assert_eq!(payload["change"]["emoji"], "👍");
+            assert_eq!(payload["message"]["version"], 4);
+            assert_eq!(
+                payload["message"]["reactions"],
+                serde_json::json!([{"emoji": "👍", "count": 1, "me": me}])
+            );
+        }
+
+        let tombstone = domain::MessageState {
+            content: domain::Content::Deleted(domain::Tombstone {
+                deleted_at: m.created_at,
+                deleted_by: ben.clone(),
+            }),
+            version: 6,
+            ..m.state()
+        };
+        let dto = serde_json::to_value(MessageDto::seen_by(&m.clone().with_state(tombstone), &ann)).unwrap();
+        assert_eq!(dto["message"], "");
+        assert_eq!(dto["reactions"], serde_json::json!([]));
+        assert_eq!(dto["deletedBy"], ben.as_str());
+        assert!(dto.get("editedAt").is_none());
+    }
+
+    #[test]
     fn rest_responses_carry_no_cursor_unless_given_one() {
         let message = message();
         let reader = &message.sender_id;

@@ -517,6 +517,53 @@ mod tests {
         }
     }
 
+    /// A change of `m` by someone, with `m` in `content` after it.
+    fn update(m: Message, kind: domain::ChangeKind, content: domain::Content) -> application::ports::Update {
+        let seq = m.seq + 3;
+        let change = MessageChange {
+            conversation_id: m.conversation_id.clone(),
+            message_id: m.id.clone(),
+            actor: UserId::generate(),
+            kind,
+            at: chrono::Utc.timestamp_millis_opt(1_767_323_047_000).unwrap(),
+            seq,
+        };
+        let state = domain::MessageState { content, version: seq, ..m.state() };
+        application::ports::Update { change, message: m.with_state(state) }
+    }
+
+    #[test]
+    fn changes_of_messages_survive_the_round_trip_with_reactions_replies_and_tombstones() {
+        let thumbs = domain::Emoji::parse("👍").unwrap();
+        let (ann, ben) = (UserId::generate(), UserId::generate());
+        let reactions =
+            domain::Reactions::from_stored([(thumbs.clone(), ann.clone()), (thumbs.clone(), ben)]);
+        let quote = ReplyQuote::of(&message(), &message().content());
+        let replying = Message { reply_to: Some(quote), ..message() };
+        let edited_at = chrono::Utc.timestamp_millis_opt(1_767_323_046_000).unwrap();
+        let live = domain::Content::Live {
+            body: MessageBody::parse("edited").unwrap(),
+            edited_at: Some(edited_at),
+            reactions,
+        };
+        let reacted = update(replying.clone(), domain::ChangeKind::ReactionAdded { emoji: thumbs }, live);
+        round_trip(
+            Recipients::Users(vec![ann.clone()]),
+            Event::MessageUpdated { update: reacted.clone(), cursor: Cursor::new(9).unwrap() },
+        );
+        let tombstone =
+            domain::Content::Deleted(domain::Tombstone { deleted_at: edited_at, deleted_by: ann });
+        let deleted =
+            update(Message { receiver_id: None, ..message() }, domain::ChangeKind::Deleted, tombstone);
+        let to_group = Recipients::Group(deleted.message.conversation_id.clone());
+        round_trip(to_group.clone(), Event::GroupUpdated { update: deleted.clone(), version: 3 });
+        assert_eq!(deleted.message.text(), None, "no text travels for a deleted message");
+        assert!(!encode("a", &to_group, &Event::GroupUpdated { update: deleted, version: 3 }).contains("hé"));
+        // A new message names the message it answers, too.
+        let reply = Message { reply_to: reacted.message.reply_to.clone(), ..message() };
+        round_trip(Recipients::Users(vec![UserId::generate()]), new_message(reply, 4));
+    }
+
     fn round_trip(to: Recipients, event: Event) {
         let decoded = decode(encode("i1", &to, &event).as_bytes()).unwrap();
         assert_eq!(decoded, BusMessage { origin: "i1".into(), to, event });
