@@ -153,6 +153,7 @@ contract!(
     message_reactions_of_fifty_users_at_once_are_each_stored_once,
     message_identical_changes_racing_store_exactly_one,
     message_reactions_keep_the_order_emoji_were_first_used,
+    concurrent_sends_and_changes_of_a_direct_conversation_leave_no_hole,
 );
 
 /// Edits, deletions, reactions and replies.

@@ -14,7 +14,8 @@ use domain::{
 };
 
 use application::ports::{
-    ChangeOutcome, ChangeRequest, MessageChangeRepository, StoredChange, StreamPosition, Update,
+    ChangeOutcome, ChangeRequest, MessageChangeRepository, MessageRepository, StoredChange, StreamPosition,
+    Update,
 };
 
 use super::*;
@@ -112,62 +113,50 @@ async fn change_checked(storage: &Storage, request: &ChangeRequest) -> ChangeOut
 
     let outcome = repo.change(request).await.expect("changing a message");
 
-    let decided = match (&member, &before) {
-        (None, _) => None,
+    let expected = match (&member, &before) {
+        (None, _) => ChangeOutcome::NotMember,
         (Some(member), Some(message))
             if message.conversation_id == request.conversation && message.seq >= member.joined_seq =>
         {
             let mut state = message.state();
             let actor = Actor { user: request.actor.clone(), role: member.role };
-            Some((state.apply(&actor, &request.change, request.window, request.at), state, message))
+            match state.apply(&actor, &request.change, request.window, request.at) {
+                Err(refused) => ChangeOutcome::Refused(refused),
+                Ok(Applied::Unchanged) => ChangeOutcome::Unchanged(message.clone()),
+                Ok(Applied::Changed(kind)) => {
+                    let conversation = conversation.as_ref().expect("a member's conversation exists");
+                    let seq = conversation.last_seq() + 1;
+                    state.version = seq;
+                    let change = MessageChange {
+                        conversation_id: request.conversation.clone(),
+                        message_id: request.message.clone(),
+                        actor: request.actor.clone(),
+                        kind,
+                        at: request.at,
+                        seq,
+                    };
+                    let message = message.clone().with_state(state);
+                    let positions = match &message.receiver_id {
+                        Some(receiver) => [&message.sender_id, receiver]
+                            .into_iter()
+                            .map(|user| {
+                                let at = users.iter().position(|u| u == user).expect("a participant");
+                                StreamPosition { user: user.clone(), cursor: heads[at].next() }
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let update = Update { change, message };
+                    ChangeOutcome::Changed(StoredChange { update, positions, version: group_version })
+                }
+            }
         }
-        (Some(_), _) => {
-            assert_eq!(outcome, ChangeOutcome::NotFound, "{request:?}");
-            None
-        }
+        (Some(_), _) => ChangeOutcome::NotFound,
     };
-    let stored = match decided {
-        None if member.is_none() => {
-            assert_eq!(outcome, ChangeOutcome::NotMember, "{request:?}");
-            None
-        }
-        None => None,
-        Some((Err(refused), _, _)) => {
-            assert_eq!(outcome, ChangeOutcome::Refused(refused), "{request:?}");
-            None
-        }
-        Some((Ok(Applied::Unchanged), _, message)) => {
-            assert_eq!(outcome, ChangeOutcome::Unchanged(message.clone()), "{request:?}");
-            None
-        }
-        Some((Ok(Applied::Changed(kind)), mut state, message)) => {
-            let conversation = conversation.as_ref().expect("a member's conversation exists");
-            let seq = conversation.last_seq() + 1;
-            state.version = seq;
-            let change = MessageChange {
-                conversation_id: request.conversation.clone(),
-                message_id: request.message.clone(),
-                actor: request.actor.clone(),
-                kind,
-                at: request.at,
-                seq,
-            };
-            let message = message.clone().with_state(state);
-            let positions = match &message.receiver_id {
-                Some(receiver) => [&message.sender_id, receiver]
-                    .into_iter()
-                    .map(|user| {
-                        let at = users.iter().position(|u| u == user).expect("a participant");
-                        StreamPosition { user: user.clone(), cursor: heads[at].next() }
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
-            let expected =
-                StoredChange { update: Update { change, message }, positions, version: group_version };
-            assert_eq!(outcome, ChangeOutcome::Changed(expected.clone()), "{request:?}");
-            Some(expected)
-        }
+    assert_eq!(outcome, expected, "{request:?}");
+    let stored = match expected {
+        ChangeOutcome::Changed(stored) => Some(stored),
+        _ => None,
     };
 
     // What the change took, and what it left alone.
@@ -877,6 +866,14 @@ pub(super) async fn entries_and_streams_merge_messages_and_change_entries_in_ord
 // ---------------------------------------------------------------------------------------------
 // Under concurrency
 
+/// Right after a change or a send is stored, its seq is readable, and so is every seq
+/// before it.
+async fn readable(messages: &dyn MessageRepository, conversation: &ConversationId, seq: Seq) {
+    let after = seq.saturating_sub(4);
+    let window = messages.entries(conversation, after, Some(seq), 10).await.unwrap();
+    assert_eq!(window.iter().map(GroupEntry::seq).collect::<Vec<_>>(), (after + 1..=seq).collect::<Vec<_>>());
+}
+
 pub(super) async fn message_reactions_of_fifty_users_at_once_are_each_stored_once(storage: &Storage) {
     const USERS: usize = 50;
     let owner = insert_user(storage, "owner").await;
@@ -893,7 +890,14 @@ pub(super) async fn message_reactions_of_fifty_users_at_once_are_each_stored_onc
         .map(|user| {
             let repo = changes(storage);
             let request = request(&message, user, Change::React(thumbs.clone()));
-            tokio::spawn(async move { repo.change(&request).await.expect("a reaction") })
+            let (messages, id) = (Arc::clone(&storage.messages), id.clone());
+            tokio::spawn(async move {
+                let outcome = repo.change(&request).await.expect("a reaction");
+                if let ChangeOutcome::Changed(stored) = &outcome {
+                    readable(messages.as_ref(), &id, stored.update.change.seq).await;
+                }
+                outcome
+            })
         })
         .collect();
     let mut seqs_taken = Vec::new();
@@ -999,4 +1003,115 @@ pub(super) async fn message_reactions_keep_the_order_emoji_were_first_used(stora
         expected(&[(party, &[&cat, &ben]), (heart, &[&cat, &ann]), (thumbs, &[&ben])]),
         "an edit keeps the reactions"
     );
+}
+
+pub(super) async fn concurrent_sends_and_changes_of_a_direct_conversation_leave_no_hole(storage: &Storage) {
+    const EARLIER: usize = 10;
+    const SENDS: usize = 15;
+    let (ann, ben) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let mut anns = Vec::new();
+    let mut bens = Vec::new();
+    for i in 0..EARLIER {
+        anns.push(send(storage, &ann, &ben, &format!("a{i}")).await);
+        bens.push(send(storage, &ben, &ann, &format!("b{i}")).await);
+    }
+    let id = anns[0].conversation_id.clone();
+    // Both send, Ben reacts to Ann's messages while she edits them, Ann reacts to Ben's.
+    let total = 2 * EARLIER + 2 * SENDS + 3 * EARLIER;
+
+    let messages = Arc::clone(&storage.messages);
+    let (reader_user, reader_conversation) = (ben.id.clone(), id.clone());
+    let reader = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (mut position, mut seq) = (0, 0);
+        while position < total as u64 || seq < total as u64 {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the reader saw {position} positions, {seq} seqs of {total}"
+            );
+            let page = messages.stream(&reader_user, cursor(position), 7).await.expect("reading the stream");
+            assert_eq!(positions(&page), (position + 1..=position + page.len() as u64).collect::<Vec<_>>());
+            position += page.len() as u64;
+            let entries =
+                messages.entries(&reader_conversation, seq, None, 7).await.expect("reading entries");
+            let seqs: Vec<Seq> = entries.iter().map(GroupEntry::seq).collect();
+            assert_eq!(seqs, (seq + 1..=seq + entries.len() as u64).collect::<Vec<_>>(), "a hole");
+            seq += entries.len() as u64;
+            if page.is_empty() && entries.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    });
+
+    let sender = |from: &User, to: &User| {
+        let (messages, from, to, id) = (Arc::clone(&storage.messages), from.clone(), to.clone(), id.clone());
+        tokio::spawn(async move {
+            for j in 0..SENDS {
+                let (candidate, message) =
+                    draft(&from, &to, &format!("{}-{j}", from.username.as_str()), now());
+                let stored = created(messages.append(&candidate, &message).await.expect("a send"));
+                readable(messages.as_ref(), &id, stored.message.seq).await;
+            }
+        })
+    };
+    let changer = |targets: &[Message], actor: &User, change: fn(&Message) -> Change| {
+        let (repo, messages, id) = (changes(storage), Arc::clone(&storage.messages), id.clone());
+        let requests: Vec<ChangeRequest> = targets.iter().map(|m| request(m, actor, change(m))).collect();
+        tokio::spawn(async move {
+            for request in requests {
+                let stored = stored(repo.change(&request).await.expect("a change"));
+                readable(messages.as_ref(), &id, stored.update.change.seq).await;
+                for position in &stored.positions {
+                    let at = messages
+                        .stream(&position.user, cursor(position.cursor.position() - 1), 1)
+                        .await
+                        .unwrap();
+                    assert!(
+                        matches!(&at[..], [StreamItem { entry: StreamEntry::Update(u), .. }] if u.change == stored.update.change)
+                    );
+                }
+            }
+        })
+    };
+    let tasks = [
+        sender(&ann, &ben),
+        sender(&ben, &ann),
+        changer(&anns, &ben, |_| Change::React(emoji("👍"))),
+        changer(&anns, &ann, |m| Change::Edit(body(&format!("{}, edited", m.body.as_str())))),
+        changer(&bens, &ann, |_| Change::React(emoji("🎉"))),
+    ];
+    for task in tasks {
+        tokio::time::timeout(PATIENCE, task).await.expect("the writers finish").unwrap();
+    }
+    tokio::time::timeout(PATIENCE, reader).await.expect("the reader finishes").unwrap();
+
+    assert_eq!(chat(storage, &id).await.last_seq(), total as u64);
+    for user in [&ann, &ben] {
+        let stream = stream_of(storage, &user.id, 50).await;
+        assert_eq!(positions(&stream), (1..=total as u64).collect::<Vec<_>>());
+        let seqs: Vec<Seq> = stream
+            .iter()
+            .map(|item| match &item.entry {
+                StreamEntry::Message(m) => m.seq,
+                StreamEntry::Update(u) => u.change.seq,
+                StreamEntry::Notice(n) => panic!("unexpected notice {n:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "one conversation: its seqs in stream order"
+        );
+    }
+    for (i, message) in anns.iter().enumerate() {
+        let now = every_read(storage, &message.id).await;
+        assert_eq!(now.text(), Some(&body(&format!("a{i}, edited"))));
+        assert_eq!(reactions_of(&now), [(emoji("👍").as_str().to_owned(), vec![ben.id.clone()])]);
+    }
+    for message in &bens {
+        assert_eq!(
+            reactions_of(&find(storage, &message.id).await),
+            [(emoji("🎉").as_str().to_owned(), vec![ann.id.clone()])]
+        );
+    }
 }
