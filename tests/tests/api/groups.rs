@@ -436,7 +436,18 @@ async fn messages_go_to_groups_and_direct_conversations_by_id() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["_id", "conversationId", "createdAt", "kind", "message", "receiverId", "senderId", "seq"],
+        [
+            "_id",
+            "conversationId",
+            "createdAt",
+            "kind",
+            "message",
+            "reactions",
+            "receiverId",
+            "senderId",
+            "seq",
+            "version"
+        ],
         "{sent}"
     );
     assert_eq!(

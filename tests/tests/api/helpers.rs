@@ -74,10 +74,23 @@ pub fn assert_message(value: &Value, from: &TestUser, to: &TestUser, text: &str)
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["_id", "conversationId", "createdAt", "kind", "message", "receiverId", "senderId", "seq"],
+        [
+            "_id",
+            "conversationId",
+            "createdAt",
+            "kind",
+            "message",
+            "reactions",
+            "receiverId",
+            "senderId",
+            "seq",
+            "version"
+        ],
         "message fields: {value}"
     );
     assert_eq!(value["kind"], "text", "{value}");
+    assert_eq!(value["reactions"], serde_json::json!([]), "{value}");
+    assert_eq!(value["version"], value["seq"], "a message never changed: {value}");
     assert!(value["seq"].as_u64().is_some_and(|seq| seq >= 1), "{value}");
     assert!(value["_id"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
     assert!(value["conversationId"].as_str().is_some_and(|id| !id.is_empty()), "{value}");
