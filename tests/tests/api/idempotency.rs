@@ -47,9 +47,11 @@ pub fn assert_keyed_message(value: &Value, from: &TestUser, to: &TestUser, text:
             "createdAt",
             "kind",
             "message",
+            "reactions",
             "receiverId",
             "senderId",
-            "seq"
+            "seq",
+            "version"
         ],
         "message fields: {value}"
     );
