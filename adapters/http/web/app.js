@@ -16,6 +16,9 @@
   const SEEN_NAMES = 3; // "Seen by Alice, Bob, Carol"; more readers are counted instead
   const CHAT_PATH = /^\/chat\/([0-9a-f-]{36})$/;
   const GROUP_PATH = /^\/group\/([0-9a-f-]{36})$/;
+  // The emoji offered in a message's actions (fully qualified, as the server gives them back).
+  const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
+  const QUOTE_LENGTH = 100; // characters of the original a reply shows, as the server cuts them
 
   const $ = (id) => document.getElementById(id);
   const enc = encodeURIComponent;
@@ -74,6 +77,10 @@
     outbox: $("outbox"),
     newMessages: $("new-messages"),
     composer: $("composer"),
+    replyBar: $("reply-bar"),
+    replyWho: $("reply-who"),
+    replyQuote: $("reply-quote"),
+    replyCancel: $("reply-cancel"),
     input: $("message-input"),
     composerError: $("composer-error"),
     composerClosed: $("composer-closed"),
@@ -112,7 +119,11 @@
     people: { ids: [], next: null, search: "", token: 0 },
     cursor: null, // the last position of my message stream this tab has processed
     peer: null, // the key of the open chat
-    messageIds: new Set(),
+    messageIds: new Map(), // id -> the open chat's messages as last known (the highest version)
+    menuFor: null, // the message whose actions are open
+    confirmDelete: null, // the message whose deletion waits for a "Delete" again
+    editing: null, // { id, text }: the message being edited, and the text so far
+    replyTo: null, // { messageId, senderId, text }: what the next send answers
     systemEntries: new Map(), // id -> the open chat's system entries, to word them again
     oldestId: null,
     hasOlder: false,
@@ -687,6 +698,9 @@
         serverReadSeq: 0, // what the server has confirmed
         gone: null, // groups: "removed", "left", or "stranger" (never a member)
         goneSeq: 0, // the entry that took me out
+        // Seqs after my read position that are no message to read: changes of messages (they
+        // take seqs too) and messages deleted before I read them. Unread leaves them out.
+        uncounted: new Set(),
       };
       state.conversations.set(key, chat);
       if (chat.id) state.byConversationId.set(chat.id, key);
@@ -705,7 +719,15 @@
   }
 
   function unreadOf(chat) {
-    return Math.max(0, chat.lastSeq - chat.readSeq);
+    let skipped = 0;
+    for (const seq of chat.uncounted) if (seq > chat.readSeq && seq <= chat.lastSeq) skipped += 1;
+    return Math.max(0, chat.lastSeq - chat.readSeq - skipped);
+  }
+
+  // A seq of the chat that is no message to read (see `uncounted`).
+  function skipSeq(chat, seq) {
+    if (seq > chat.readSeq) chat.uncounted.add(seq);
+    if (seq > chat.lastSeq) chat.lastSeq = seq;
   }
 
   function nameOfChat(chat) {
@@ -734,6 +756,7 @@
       chat.readSeq = seq;
       chat.readId = id || chat.readId;
       chat.readGuessed = false;
+      for (const skipped of chat.uncounted) if (skipped <= seq) chat.uncounted.delete(skipped);
     }
     if (confirmed && seq > chat.serverReadSeq) chat.serverReadSeq = seq;
     if (moved && unreadOf(chat) === 0) closeNotification(chat.key);
@@ -791,6 +814,8 @@
         if (lastSeq > chat.lastSeq) chat.lastSeq = lastSeq;
         const readSeq = Math.max(0, lastSeq - (Number(entry.unreadCount) || 0));
         advanceRead(chat, readSeq, entry.lastReadMessageId || null, true);
+        // Taken as the list has it: its count already leaves out what is no message.
+        if (chat.readSeq === readSeq) for (const seq of chat.uncounted) if (seq <= lastSeq) chat.uncounted.delete(seq);
       }
       state.conversationsCursor = headers.get("X-Next-Cursor");
       renderConversations();
@@ -881,7 +906,7 @@
     const last = chat.last;
     if (!last) return chat.kind === "group" && !chat.gone ? "No messages yet" : "";
     if (last.kind === "system") return systemText(last);
-    const text = (last.message || "").replace(/\s+/g, " ");
+    const text = last.deletedAt ? "Message deleted" : (last.message || "").replace(/\s+/g, " ");
     if (last.senderId === state.me._id) return `You: ${text}`;
     return chat.kind === "group" ? `${firstName(last.senderId)}: ${text}` : text;
   }
@@ -1159,9 +1184,28 @@
   function messageItem(message) {
     if (message.kind === "system") return systemItem(message);
     const mine = message.senderId === state.me._id;
+    const gone = Boolean(message.deletedAt);
     const li = entryItem(message);
-    const wrap = bubble(message.message, mine);
-    wrap.querySelector(".meta").append(timeOf(message.createdAt));
+    li.dataset.version = String(message.version || message.seq || 0);
+    li.classList.toggle("deleted", gone);
+    const wrap = bubble(gone ? "" : message.message, mine);
+    const meta = wrap.querySelector(".meta");
+    if (gone) {
+      const text = wrap.querySelector(".text");
+      text.classList.add("deleted-text");
+      text.textContent = "Message deleted";
+    } else {
+      if (message.replyTo) wrap.prepend(quoteNode(message.replyTo, true));
+      if (message.editedAt) {
+        const edited = document.createElement("span");
+        edited.className = "edited";
+        edited.textContent = "edited";
+        const at = new Date(message.editedAt);
+        if (!Number.isNaN(at.getTime())) edited.title = `Edited ${at.toLocaleString()}`;
+        meta.append(edited);
+      }
+    }
+    meta.append(timeOf(message.createdAt));
     if (!message.receiverId && !mine) {
       // In a group, whose it is, above the text (once per run of one sender's messages).
       const sender = document.createElement("span");
@@ -1174,8 +1218,221 @@
     const who = document.createElement("span");
     who.className = "visually-hidden who";
     who.textContent = mine ? "You said: " : `${nameOf(message.senderId)} said: `;
-    li.append(who, wrap);
+    const line = document.createElement("div");
+    line.className = "msg-line";
+    line.append(wrap);
+    const open = canChange();
+    if (!gone && open) line.append(moreButton(message));
+    li.append(who, line);
+    if (!gone && Array.isArray(message.reactions) && message.reactions.length) li.append(reactionsOf(message, open));
+    if (!gone && open && state.menuFor === message._id) li.append(menuOf(message));
+    if (!gone && open && state.editing && state.editing.id === message._id) {
+      wrap.querySelector(".text").replaceWith(editForm(message));
+    }
     return li;
+  }
+
+  // Whether the open chat takes changes (not a group I am out of).
+  function canChange() {
+    const chat = openChat();
+    return Boolean(chat) && !(chat.kind === "group" && chat.gone);
+  }
+
+  // What a reply shows of the message it answers. `live`: a button that goes to it.
+  function quoteNode(quote, live) {
+    const node = document.createElement(live ? "button" : "div");
+    node.className = "quote";
+    node.dataset.replyTo = quote.messageId;
+    if (live) node.dataset.action = "quote";
+    node.dataset.sender = quote.senderId;
+    const spoken = document.createElement("span");
+    spoken.className = "visually-hidden";
+    spoken.textContent = "In reply to ";
+    const who = document.createElement("span");
+    who.className = "quote-who";
+    who.textContent = quote.senderId === state.me._id ? "You" : nameOf(quote.senderId);
+    const text = document.createElement("span");
+    text.className = "quote-text";
+    if (quote.deleted) {
+      text.classList.add("deleted-text");
+      text.textContent = "Message deleted";
+    } else {
+      text.textContent = `${(quote.text || "").replace(/\s+/g, " ")}${quote.truncated ? "…" : ""}`;
+    }
+    node.append(spoken, who, text);
+    if (live) {
+      node.type = "button";
+      node.title = "Show the original message";
+      node.addEventListener("click", () => goToMessage(quote.messageId));
+    }
+    return node;
+  }
+
+  function moreButton(message) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "msg-more";
+    button.dataset.action = "more";
+    button.setAttribute("aria-label", "Message actions");
+    button.setAttribute("aria-expanded", String(state.menuFor === message._id));
+    button.setAttribute("aria-controls", `actions-${message._id}`);
+    const dots = document.createElement("span");
+    dots.setAttribute("aria-hidden", "true");
+    dots.textContent = "⋯";
+    button.append(dots);
+    button.addEventListener("click", () => toggleMenu(message._id));
+    return button;
+  }
+
+  // The reactions under a message: one chip per emoji with its count, pressed when mine.
+  function reactionsOf(message, open) {
+    const list = document.createElement("ul");
+    list.className = "reactions";
+    list.setAttribute("aria-label", "Reactions");
+    for (const reaction of message.reactions) {
+      const li = document.createElement("li");
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "reaction";
+      chip.dataset.action = "reaction";
+      chip.dataset.emoji = reaction.emoji;
+      chip.disabled = !open;
+      chip.setAttribute("aria-pressed", String(Boolean(reaction.me)));
+      const who = reaction.count === 1 ? "1 reaction" : `${reaction.count} reactions`;
+      chip.setAttribute("aria-label", `${reaction.emoji} ${who}${reaction.me ? ", yours among them" : ""}`);
+      chip.title = reaction.me ? "Take your reaction back" : `React with ${reaction.emoji}`;
+      const emoji = document.createElement("span");
+      emoji.className = "emoji";
+      emoji.textContent = reaction.emoji;
+      const count = document.createElement("span");
+      count.className = "count";
+      count.textContent = String(reaction.count);
+      chip.append(emoji, count);
+      chip.addEventListener("click", () => toggleReaction(message._id, reaction.emoji));
+      li.append(chip);
+      list.append(li);
+    }
+    return list;
+  }
+
+  // Whether I may delete a message: my own, or anyone's in a group I manage.
+  function canDelete(message) {
+    if (message.senderId === state.me._id) return true;
+    const chat = openChat();
+    if (!chat || chat.kind !== "group") return false;
+    const role = roleOf(state.groups.get(chat.key), state.me._id);
+    return role === "owner" || role === "admin";
+  }
+
+  // A message's actions: react with one of the common emoji, reply, edit, delete.
+  function menuOf(message) {
+    const mine = message.senderId === state.me._id;
+    const menu = document.createElement("div");
+    menu.className = "msg-menu";
+    menu.id = `actions-${message._id}`;
+    menu.setAttribute("role", "group");
+    menu.setAttribute("aria-label", "Message actions");
+    const action = (name, text, label, run, extra = "") => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `ghost small${extra}`;
+      button.dataset.action = name;
+      button.textContent = text;
+      if (label) button.setAttribute("aria-label", label);
+      button.addEventListener("click", run);
+      return button;
+    };
+    if (state.confirmDelete === message._id) {
+      const ask = document.createElement("span");
+      ask.className = "confirm-text";
+      ask.textContent = mine ? "Delete this message for everyone?" : `Delete ${nameOf(message.senderId)}'s message for everyone?`;
+      menu.append(
+        ask,
+        action("delete-yes", "Delete", null, () => deleteMessage(message._id), " danger-text"),
+        action("delete-no", "Cancel", null, () => {
+          state.confirmDelete = null;
+          repaintMessage(message._id, "delete");
+        }),
+      );
+      return menu;
+    }
+    const picker = document.createElement("span");
+    picker.className = "picker";
+    const mineOf = new Set((message.reactions || []).filter((r) => r.me).map((r) => r.emoji));
+    for (const emoji of REACTIONS) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "react-choice";
+      button.dataset.action = "react";
+      button.dataset.emoji = emoji;
+      button.textContent = emoji;
+      button.setAttribute("aria-pressed", String(mineOf.has(emoji)));
+      button.setAttribute("aria-label", `React with ${emoji}`);
+      button.addEventListener("click", () => {
+        closeMenu(true);
+        toggleReaction(message._id, emoji);
+      });
+      picker.append(button);
+    }
+    menu.append(picker, action("reply", "Reply", null, () => startReply(message._id)));
+    if (mine) menu.append(action("edit", "Edit", null, () => startEdit(message._id)));
+    if (canDelete(message)) {
+      menu.append(
+        action("delete", "Delete", null, () => {
+          state.confirmDelete = message._id;
+          repaintMessage(message._id, "delete-no");
+        }, " danger-text"),
+      );
+    }
+    return menu;
+  }
+
+  // The text of my message, editable in its place: Enter saves, Shift+Enter is a new line,
+  // Escape gives up.
+  function editForm(message) {
+    const form = document.createElement("form");
+    form.className = "edit-form";
+    form.noValidate = true;
+    const label = document.createElement("label");
+    label.className = "visually-hidden";
+    label.htmlFor = `edit-${message._id}`;
+    label.textContent = "Edit your message";
+    const input = document.createElement("textarea");
+    input.id = `edit-${message._id}`;
+    input.rows = 2;
+    input.maxLength = 5000;
+    input.dataset.action = "edit-text";
+    input.value = state.editing.text;
+    input.addEventListener("input", () => {
+      if (state.editing && state.editing.id === message._id) state.editing.text = input.value;
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        cancelEdit();
+      }
+    });
+    const buttons = document.createElement("span");
+    buttons.className = "edit-buttons";
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.className = "ghost small";
+    save.textContent = "Save";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "ghost small";
+    cancel.textContent = "Cancel";
+    cancel.addEventListener("click", cancelEdit);
+    buttons.append(save, cancel);
+    form.append(label, input, buttons);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      saveEdit(message._id, input.value, save);
+    });
+    return form;
   }
 
   // A change of a group, as a centred line of its history.
@@ -1238,7 +1495,11 @@
       if (sender) sender.textContent = nameOf(id);
       const who = node.querySelector(".who");
       if (who && node.dataset.mine !== "true") who.textContent = `${nameOf(id)} said: `;
+      const quoted = node.querySelector(".quote-who");
+      const quote = node.querySelector(".quote");
+      if (quoted && quote.dataset.sender !== state.me._id) quoted.textContent = nameOf(quote.dataset.sender);
     }
+    if (state.replyTo) paintReplyBar();
   }
 
   function nearBottom() {
@@ -1258,8 +1519,13 @@
         learnConversationId(chat, message.conversationId);
         noteReceipt(chat.id, message.senderId, message.seq);
       }
-      if (state.messageIds.has(message._id)) continue;
-      state.messageIds.add(message._id);
+      const known = state.messageIds.get(message._id);
+      if (known) {
+        // Seen before: a later state of it (a page racing an event) replaces the earlier.
+        if (newer(message, known)) applyMessage(message);
+        continue;
+      }
+      state.messageIds.set(message._id, message);
       const item = messageItem(message);
       let next = null;
       for (let node = el.messages.lastElementChild; node; node = node.previousElementSibling) {
@@ -1308,6 +1574,271 @@
       node.classList.toggle("continued", !system && previousSender === node.dataset.sender);
       previousSender = system ? null : node.dataset.sender;
     }
+  }
+
+  // ---------------------------------------------------------------- changing messages
+
+  function messageNode(id) {
+    return el.messages.querySelector(`li.msg[data-id="${CSS.escape(id)}"]`);
+  }
+
+  // Whether copy `a` of a message is a later state than copy `b` (`version`: the seq of its
+  // last change).
+  function newer(a, b) {
+    const version = (m) => Number(m.version) || Number(m.seq) || 0;
+    return version(a) > version(b);
+  }
+
+  // Draws a message of the open chat again from what is known of it. The focus stays on the
+  // same control (`focus`: the control to focus instead, by its data-action).
+  function repaintMessage(id, focus) {
+    const old = messageNode(id);
+    const message = state.messageIds.get(id);
+    if (!old || !message) return null;
+    const active = document.activeElement;
+    const hadFocus = Boolean(active && old.contains(active));
+    let action = focus || null;
+    let emoji = null;
+    if (!action && hadFocus && active.dataset) {
+      action = active.dataset.action || null;
+      emoji = active.dataset.emoji || null;
+    }
+    const item = messageItem(message);
+    item.classList.toggle("continued", old.classList.contains("continued"));
+    item.classList.toggle("highlight", old.classList.contains("highlight"));
+    const receipt = old.querySelector(":scope > .receipt");
+    if (receipt) item.append(receipt);
+    old.replaceWith(item);
+    if (action || hadFocus) {
+      const selector = emoji ? `[data-action="${action}"][data-emoji="${CSS.escape(emoji)}"]` : `[data-action="${action}"]`;
+      const target = (action && item.querySelector(selector)) || item.querySelector('[data-action="more"]');
+      if (target) target.focus();
+      else {
+        item.tabIndex = -1;
+        item.focus();
+      }
+    }
+    return item;
+  }
+
+  function toggleMenu(id) {
+    if (state.menuFor === id) {
+      closeMenu(true);
+      return;
+    }
+    const previous = state.menuFor;
+    state.menuFor = id;
+    state.confirmDelete = null;
+    if (previous) repaintMessage(previous);
+    const item = repaintMessage(id, "react");
+    const menu = item && item.querySelector(".msg-menu");
+    if (menu) menu.scrollIntoView({ block: "nearest" });
+  }
+
+  function closeMenu(refocus) {
+    const id = state.menuFor;
+    if (!id) return;
+    state.menuFor = null;
+    state.confirmDelete = null;
+    repaintMessage(id, refocus ? "more" : null);
+  }
+
+  function showChangeError(what, error) {
+    el.composerError.textContent =
+      error.status === 0 ? "Cannot reach the server. Check your connection and try again." : `Could not ${what}. ${sentence(error.message)}`;
+  }
+
+  // Asks the server for a change of a message; its answer is the message as it stands.
+  async function changeMessage(what, method, message, suffix, body) {
+    el.composerError.textContent = "";
+    try {
+      const { data } = await api(method, `/conversations/${enc(message.conversationId)}/messages/${enc(message._id)}${suffix}`, body);
+      applyMessage(data);
+      return data;
+    } catch (error) {
+      showChangeError(what, error);
+      return null;
+    }
+  }
+
+  async function toggleReaction(id, emoji) {
+    const message = state.messageIds.get(id);
+    if (!message || message.deletedAt) return;
+    const mine = (message.reactions || []).some((r) => r.emoji === emoji && r.me);
+    await changeMessage(mine ? "take the reaction back" : "react", mine ? "DELETE" : "PUT", message, `/reactions/${enc(emoji)}`);
+  }
+
+  async function deleteMessage(id) {
+    const message = state.messageIds.get(id);
+    if (!message) return;
+    const done = await changeMessage("delete the message", "DELETE", message, "");
+    state.confirmDelete = null;
+    state.menuFor = null;
+    repaintMessage(id, done ? null : "more");
+  }
+
+  function startEdit(id) {
+    const message = state.messageIds.get(id);
+    if (!message || message.deletedAt) return;
+    if (state.editing && state.editing.id !== id) {
+      const previous = state.editing.id;
+      state.editing = null;
+      repaintMessage(previous);
+    }
+    state.menuFor = null;
+    state.confirmDelete = null;
+    state.editing = { id, text: message.message };
+    el.composerError.textContent = "";
+    const item = repaintMessage(id, "edit-text");
+    const input = item && item.querySelector("textarea");
+    if (input) input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  function cancelEdit() {
+    if (!state.editing) return;
+    const id = state.editing.id;
+    state.editing = null;
+    el.composerError.textContent = "";
+    repaintMessage(id, "more");
+  }
+
+  async function saveEdit(id, text, button) {
+    const message = state.messageIds.get(id);
+    if (!message) return;
+    if (!text.trim()) {
+      showChangeError("save the edit", { status: 400, message: "A message cannot be empty: delete it instead" });
+      return;
+    }
+    if (text === message.message) {
+      cancelEdit();
+      return;
+    }
+    button.disabled = true;
+    const done = await changeMessage("save the edit", "PATCH", message, "", { message: text });
+    if (done && state.editing && state.editing.id === id) {
+      state.editing = null;
+      repaintMessage(id, "more");
+    } else if (button.isConnected) {
+      button.disabled = false;
+    }
+  }
+
+  function graphemes(text) {
+    if (typeof Intl !== "undefined" && Intl.Segmenter) return [...new Intl.Segmenter().segment(text)].map((s) => s.segment);
+    return [...text];
+  }
+
+  // The start of a text as a quote shows it (the server cuts at the same length).
+  function excerpt(text) {
+    const parts = graphemes(String(text || ""));
+    return { text: parts.slice(0, QUOTE_LENGTH).join(""), truncated: parts.length > QUOTE_LENGTH };
+  }
+
+  function startReply(id) {
+    const message = state.messageIds.get(id);
+    if (!message || message.deletedAt) return;
+    state.replyTo = { messageId: id, senderId: message.senderId, text: message.message };
+    state.menuFor = null;
+    state.confirmDelete = null;
+    repaintMessage(id);
+    paintReplyBar();
+    el.input.focus();
+  }
+
+  function cancelReply(refocus) {
+    if (!state.replyTo) return;
+    state.replyTo = null;
+    paintReplyBar();
+    if (refocus) el.input.focus();
+  }
+
+  // Over the message box: what the next send answers, with a button to give up.
+  function paintReplyBar() {
+    const reply = state.replyTo;
+    show(el.replyBar, Boolean(reply));
+    if (!reply) return;
+    el.replyWho.textContent = reply.senderId === state.me._id ? "Replying to yourself:" : `Replying to ${nameOf(reply.senderId)}:`;
+    const cut = excerpt(reply.text.replace(/\s+/g, " "));
+    el.replyQuote.textContent = `${cut.text}${cut.truncated ? "…" : ""}`;
+  }
+
+  // A reply's quote was clicked: to the original, loading earlier pages until it is there.
+  async function goToMessage(id) {
+    const token = state.conversationToken;
+    let node = messageNode(id);
+    for (let pages = 0; !node && state.hasOlder && pages < 20 && token === state.conversationToken; pages++) {
+      await loadOlder();
+      node = messageNode(id);
+    }
+    if (token !== state.conversationToken) return;
+    if (!node) {
+      el.composerError.textContent = "The original message is not in this chat's history any more.";
+      return;
+    }
+    const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+    node.scrollIntoView({ block: "center", behavior: smooth ? "smooth" : "auto" });
+    node.classList.add("highlight");
+    setTimeout(() => node.classList.remove("highlight"), 2000);
+    node.tabIndex = -1;
+    node.focus({ preventScroll: true });
+  }
+
+  // A later state of a message (the answer to a change, `messageUpdated`, a page of
+  // history): the open chat, the quotes of its replies and the list's preview follow it.
+  function applyMessage(message) {
+    if (!message || !message._id || !state.me) return;
+    const group = !message.receiverId;
+    const key = group ? message.conversationId : peerOf(message);
+    const chat = state.conversations.get(key);
+    if (chat && chat.last && chat.last._id === message._id && newer(message, chat.last)) {
+      chat.last = message;
+      paintConversation(key);
+    }
+    const known = state.messageIds.get(message._id);
+    if (state.peer !== key || !known || !newer(message, known)) return;
+    state.messageIds.set(message._id, message);
+    if (message.deletedAt) {
+      if (state.editing && state.editing.id === message._id) state.editing = null;
+      if (state.menuFor === message._id) state.menuFor = null;
+      if (state.replyTo && state.replyTo.messageId === message._id) cancelReply(false);
+    }
+    repaintMessage(message._id);
+    refreshQuotes(message);
+  }
+
+  // The replies to `original` quote it as it stands now (the server tells no reply of it).
+  function refreshQuotes(original) {
+    const cut = excerpt(original.message);
+    const quote = original.deletedAt ? { text: undefined, truncated: false, deleted: true } : { ...cut, deleted: false };
+    for (const [id, message] of state.messageIds) {
+      if (!message.replyTo || message.replyTo.messageId !== original._id) continue;
+      state.messageIds.set(id, { ...message, replyTo: { ...message.replyTo, ...quote } });
+      repaintMessage(id);
+    }
+    if (state.replyTo && state.replyTo.messageId === original._id && !original.deletedAt) {
+      state.replyTo.text = original.message;
+      paintReplyBar();
+    }
+  }
+
+  // `messageUpdated`: a message was edited, deleted or reacted to (live or caught up).
+  function onMessageUpdated(data) {
+    if (!data || !state.me) return;
+    if (data.cursor) advanceCursor(data.cursor);
+    const message = data.message;
+    if (!message || !message._id || !message.senderId || !message.conversationId) return;
+    const key = message.receiverId ? peerOf(message) : message.conversationId;
+    const chat = state.conversations.get(key);
+    if (chat) {
+      learnConversationId(chat, message.conversationId);
+      // The change took a seq, and a message deleted before I read it is none to read.
+      const change = data.change || {};
+      if (Number(change.seq)) skipSeq(chat, Number(change.seq));
+      if (change.kind === "deleted" && message.senderId !== state.me._id && message.seq) skipSeq(chat, message.seq);
+      paintConversation(key);
+      paintTotals();
+    }
+    applyMessage(message);
   }
 
   function updateHistoryStatus() {
@@ -1439,7 +1970,8 @@
     const wasOpen = Boolean(state.peer);
     const chat = state.conversations.get(key) || chatFor(key, kind || "direct");
     state.peer = key;
-    state.messageIds = new Set();
+    state.messageIds = new Map();
+    forgetChanges();
     state.systemEntries = new Map();
     state.oldestId = null;
     state.hasOlder = false;
@@ -1549,7 +2081,7 @@
       const overlaps = page.length < PAGE_SIZE || page.some((m) => state.messageIds.has(m._id));
       if (!overlaps) {
         // More was missed than one page holds: start again from the newest page.
-        state.messageIds = new Set();
+        state.messageIds = new Map();
         el.messages.replaceChildren();
         state.hasOlder = true;
       }
@@ -1560,6 +2092,15 @@
     } catch (error) {
       console.warn("reloading the conversation failed:", error.message);
     }
+  }
+
+  // Leaving a chat: its open actions, edit and reply go with it.
+  function forgetChanges() {
+    state.menuFor = null;
+    state.confirmDelete = null;
+    state.editing = null;
+    state.replyTo = null;
+    paintReplyBar();
   }
 
   function saveDraft() {
@@ -1578,6 +2119,7 @@
     state.conversationToken += 1;
     state.peer = null;
     state.firstUnreadId = null;
+    forgetChanges();
     hidePill();
     show(el.pane, false);
     show(el.noConversation, true);
@@ -2166,6 +2708,10 @@
     li.className = `msg mine ${sending ? "pending" : "failed"}`;
     li.dataset.key = item.key;
     const wrap = bubble(item.text, true);
+    if (item.replyTo) {
+      const cut = excerpt(item.replyTo.text);
+      wrap.prepend(quoteNode({ messageId: item.replyTo.messageId, senderId: item.replyTo.senderId, text: cut.text, truncated: cut.truncated, deleted: false }, false));
+    }
     const meta = wrap.querySelector(".meta");
     const label = document.createElement("span");
     label.className = "send-state";
@@ -2209,6 +2755,8 @@
     el.input.removeAttribute("aria-invalid");
     stopTyping();
     const item = { key: newKey(), to: peer, group: chat.kind === "group", text, at: new Date().toISOString(), failed: false };
+    if (state.replyTo) item.replyTo = { messageId: state.replyTo.messageId, senderId: state.replyTo.senderId, text: state.replyTo.text };
+    cancelReply(false);
     saveOutbox([...outbox(), item]);
     el.input.value = "";
     state.drafts.delete(peer);
@@ -2228,7 +2776,9 @@
     if (item.to === state.peer) renderOutbox();
     try {
       const path = item.group ? `/conversations/${enc(item.to)}/messages` : `/message/send/${enc(item.to)}`;
-      const { data } = await api("POST", path, { message: item.text, clientMessageId: key });
+      const body = { message: item.text, clientMessageId: key };
+      if (item.replyTo) body.replyTo = item.replyTo.messageId;
+      const { data } = await api("POST", path, body);
       state.inFlight.delete(key);
       confirmSent(key, data);
     } catch (error) {
@@ -2532,6 +3082,7 @@
     else if (name === "conversationRead") onConversationRead(data);
     else if (name === "messagesRead") onMessagesRead(data);
     else if (name === "conversationUpdated") onConversationUpdated(data);
+    else if (name === "messageUpdated") onMessageUpdated(data);
     else if (name === "onlineUsers") onOnlineUsers(data);
     else if (name === "presence") onPresence(data);
     else if (name === "typing") onTyping(data);
@@ -2855,7 +3406,18 @@
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       el.composer.requestSubmit();
+    } else if (event.key === "Escape" && state.replyTo) {
+      event.preventDefault();
+      cancelReply(true);
     }
+  });
+  el.replyCancel.addEventListener("click", () => cancelReply(true));
+
+  // A click anywhere but on the message closes its actions.
+  document.addEventListener("click", (event) => {
+    if (!state.menuFor) return;
+    const item = event.target instanceof Element ? event.target.closest("li.msg") : null;
+    if (!item || item.dataset.id !== state.menuFor) closeMenu(false);
   });
 
   el.skipLink.addEventListener("click", (event) => {
@@ -2867,7 +3429,13 @@
 
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || !state.me || event.defaultPrevented) return;
-    if (!el.groupPanel.hidden && state.peer) {
+    if (state.menuFor) {
+      closeMenu(true);
+    } else if (state.editing) {
+      cancelEdit();
+    } else if (state.replyTo && !el.composer.hidden) {
+      cancelReply(true);
+    } else if (!el.groupPanel.hidden && state.peer) {
       closeGroupPanel(true);
     } else if (!el.peoplePanel.hidden) {
       closePeople();
