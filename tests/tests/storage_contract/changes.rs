@@ -1003,6 +1003,16 @@ pub(super) async fn message_reactions_keep_the_order_emoji_were_first_used(stora
         expected(&[(party, &[&cat, &ben]), (heart, &[&cat, &ann]), (thumbs, &[&ben])]),
         "an edit keeps the reactions"
     );
+    let other = group_send(storage, &id, &ben, "order").await;
+    stored(ask(storage, &other, &cat, Change::React(emoji(party))).await);
+    stored(ask(storage, &other, &ann, Change::React(emoji(thumbs))).await);
+    stored(ask(storage, &other, &ben, Change::React(emoji(party))).await);
+    stored(ask(storage, &other, &cat, Change::Unreact(emoji(party))).await);
+    assert_eq!(
+        reactions_of(&every_read(storage, &other.id).await),
+        expected(&[(party, &[&ben]), (thumbs, &[&ann])]),
+        "an emoji keeps its place while someone still uses it"
+    );
 }
 
 pub(super) async fn concurrent_sends_and_changes_of_a_direct_conversation_leave_no_hole(storage: &Storage) {
