@@ -198,6 +198,63 @@ impl Api {
         self.sent(request).await
     }
 
+    /// Adds (`add`) or takes back my reaction `emoji` to `message` of `conversation`: the
+    /// status (200 whether or not it changed anything).
+    pub async fn react(
+        &self,
+        token: &str,
+        conversation: &str,
+        message: &str,
+        emoji: &str,
+        add: bool,
+    ) -> anyhow::Result<StatusCode> {
+        let url = self.url(&format!(
+            "/api/v1/conversations/{conversation}/messages/{message}/reactions/{}",
+            percent_encoded(emoji)
+        ));
+        let request = if add { self.http.put(url) } else { self.http.delete(url) };
+        let response = self.authed(request, token).send().await?;
+        let status = response.status();
+        response.bytes().await?;
+        Ok(status)
+    }
+
+    /// Replaces the text of my `message` of `conversation`: the status.
+    pub async fn edit(
+        &self,
+        token: &str,
+        conversation: &str,
+        message: &str,
+        text: &str,
+    ) -> anyhow::Result<StatusCode> {
+        let url = self.url(&format!("/api/v1/conversations/{conversation}/messages/{message}"));
+        let response =
+            self.authed(self.http.patch(url), token).json(&json!({ "message": text })).send().await?;
+        let status = response.status();
+        response.bytes().await?;
+        Ok(status)
+    }
+
+    /// The messages of `conversation` before the message `before` (at most `limit`, oldest
+    /// first), whole.
+    pub async fn conversation_page(
+        &self,
+        token: &str,
+        conversation: &str,
+        before: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Value>> {
+        let url = format!("/api/v1/conversations/{conversation}/messages?limit={limit}&before={before}");
+        let (status, body) = self.answer(self.authed(self.http.get(self.url(&url)), token)).await?;
+        if !status.is_success() {
+            bail!("history of {conversation} before {before}: HTTP {status}: {body}");
+        }
+        match body.get("responseData") {
+            Some(Value::Array(messages)) => Ok(messages.clone()),
+            _ => bail!("a history page of {conversation} is not a list: {body}"),
+        }
+    }
+
     /// Sends `text` to user `to` (setup): the conversation's id; fails unless stored.
     pub async fn send_in_conversation(&self, token: &str, to: &str, text: &str) -> anyhow::Result<String> {
         let request = self
@@ -381,6 +438,12 @@ fn id_string(value: &Value) -> Option<String> {
     }
 }
 
+/// `text` as a URL path segment: every byte percent-encoded (an emoji is several bytes of
+/// UTF-8).
+pub fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
 /// A short prefix that keeps this run's usernames apart from earlier runs'.
 pub fn run_prefix(scenario: &str) -> String {
     let tag: u32 = rand::random::<u32>() % 1_000_000;
@@ -423,6 +486,12 @@ mod tests {
         assert_eq!(conversation_id(&flat).as_deref(), Some("g1"));
         assert_eq!(conversation_id(&nested).as_deref(), Some("g2"));
         assert_eq!(conversation_id(&json!({"success": true, "responseData": {}})), None);
+    }
+
+    #[test]
+    fn an_emoji_is_percent_encoded_byte_by_byte() {
+        assert_eq!(percent_encoded("👍"), "%F0%9F%91%8D");
+        assert_eq!(percent_encoded("❤️"), "%E2%9D%A4%EF%B8%8F");
     }
 
     #[test]

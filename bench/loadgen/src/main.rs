@@ -79,6 +79,9 @@ enum Scenario {
     GroupFanout(scenarios::group_fanout::GroupFanoutArgs),
     /// Pages of a 10,000-conversation list: page and walk times, exact unread counts.
     UnreadList(scenarios::unread_list::UnreadListArgs),
+    /// N members of one group: reactions/s on one hot message, edits/s and sends/s, the
+    /// ratios, and the hot message's exact reaction count.
+    Changes(scenarios::changes::ChangesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::GroupSend(args) => scenarios::group_send::run(&target, args).await,
             Scenario::GroupFanout(args) => scenarios::group_fanout::run(&target, args).await,
             Scenario::UnreadList(args) => scenarios::unread_list::run(&target, args).await,
+            Scenario::Changes(args) => scenarios::changes::run(&target, args).await,
         }
     })?;
     report.print();

@@ -1,6 +1,7 @@
 //! One module per subcommand. `send` also holds the sender/receiver pair machinery that
 //! `connect` and `group-send` reuse; `groups` what the group scenarios share.
 
+pub mod changes;
 pub mod connect;
 pub mod group_fanout;
 pub mod group_send;
