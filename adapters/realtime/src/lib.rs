@@ -24,6 +24,7 @@ mod healing;
 mod hub;
 mod members;
 mod presence;
+mod queue;
 mod registry;
 pub mod wire;
 

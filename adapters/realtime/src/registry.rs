@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use application::ports::{Event, TokenConnections};
 use domain::{Cursor, Timestamp, UserId};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::healing::{CatchUp, Healing, StreamPosition};
@@ -71,7 +70,7 @@ impl Queued {
     }
 }
 
-pub type Receiver = mpsc::Receiver<Queued>;
+pub type Receiver = crate::queue::Receiver<Queued>;
 
 /// The token a connection was opened with: the connection ends when it is revoked (see
 /// [`TokenConnections`]) or expires (each session watches [`SessionToken::deadline`]).
@@ -124,7 +123,7 @@ const REMEMBER_REVOKED: Duration = Duration::from_secs(60);
 struct Connection {
     id: u64,
     token_id: String,
-    sender: mpsc::Sender<Queued>,
+    sender: crate::queue::QueueSender<Queued>,
     /// A catch-up is queued for it and has not started reading (see [`CatchUp`]).
     healing: Arc<AtomicBool>,
     /// The last position of its user's stream it was sent, as its session publishes it.
@@ -304,7 +303,7 @@ impl ConnectionRegistry {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Refusal::ShuttingDown);
         }
-        let (sender, receiver) = mpsc::channel(self.queue_capacity);
+        let (sender, receiver) = crate::queue::queue(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let position = StreamPosition::unknown();
         {
