@@ -268,3 +268,11 @@ async fn the_client_stores_each_message_once_keeps_unread_and_works_on_a_phone()
         assert!(artifacts.join(shot).is_file(), "no {shot} in {}", artifacts.display());
     }
 }
+
+#[tokio::test]
+async fn messages_are_edited_deleted_reacted_to_and_answered_live_in_headless_chromium() {
+    let artifacts = run_scenario("changes").await;
+    for shot in ["desktop.png", "phone-chat.png"] {
+        assert!(artifacts.join(shot).is_file(), "no {shot} in {}", artifacts.display());
+    }
+}
