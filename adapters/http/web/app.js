@@ -1778,7 +1778,10 @@
     const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
     node.scrollIntoView({ block: "center", behavior: smooth ? "smooth" : "auto" });
     node.classList.add("highlight");
-    setTimeout(() => node.classList.remove("highlight"), 2000);
+    setTimeout(() => {
+      const shown = messageNode(id); // (drawn again meanwhile, if it changed)
+      if (shown) shown.classList.remove("highlight");
+    }, 2000);
     node.tabIndex = -1;
     node.focus({ preventScroll: true });
   }
