@@ -4,12 +4,13 @@
 //! open packet `0{...}`, our `40{"token":...}` connect, the server's `40{...}` reply,
 //! pings `2` answered with `3`, and events as `42["name",data]`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -33,6 +34,21 @@ pub async fn connect(
     resume(ws_base, transport, token, None, timeout).await
 }
 
+/// Like [`connect`], from the loopback address `source` (e.g. 127.0.0.2): each source
+/// address has its own range of ephemeral ports, so a run can hold more sockets than one
+/// address has ports.
+pub async fn connect_from(
+    ws_base: &str,
+    transport: Transport,
+    token: &str,
+    timeout: Duration,
+    source: IpAddr,
+) -> anyhow::Result<Socket> {
+    tokio::time::timeout(timeout, open(ws_base, transport, token, None, Some(source)))
+        .await
+        .context("connecting timed out")?
+}
+
 /// Like [`connect`], resuming after `since` (a cursor the server sent this user) when given.
 pub async fn resume(
     ws_base: &str,
@@ -41,7 +57,7 @@ pub async fn resume(
     since: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<Socket> {
-    tokio::time::timeout(timeout, open(ws_base, transport, token, since))
+    tokio::time::timeout(timeout, open(ws_base, transport, token, since, None))
         .await
         .context("connecting timed out")?
 }
@@ -51,6 +67,7 @@ async fn open(
     transport: Transport,
     token: &str,
     since: Option<&str>,
+    source: Option<IpAddr>,
 ) -> anyhow::Result<Socket> {
     match transport {
         Transport::Ws => {
@@ -59,13 +76,12 @@ async fn open(
                 Some(since) => format!("{ws_base}/ws?token={token}&since={since}"),
                 None => format!("{ws_base}/ws?token={token}"),
             };
-            let (stream, _) = tokio_tungstenite::connect_async(url).await.context("opening /ws")?;
+            let (stream, _) = handshake(url, source).await.context("opening /ws")?;
             Ok(Socket { stream, transport })
         }
         Transport::Socketio => {
             let url = format!("{ws_base}/socket.io/?EIO=4&transport=websocket");
-            let (mut stream, _) =
-                tokio_tungstenite::connect_async(url).await.context("opening /socket.io/")?;
+            let (mut stream, _) = handshake(url, source).await.context("opening /socket.io/")?;
             let open = next_text(&mut stream).await?;
             if !open.starts_with('0') {
                 bail!("expected the Engine.IO open packet, got {open:?}");
@@ -92,6 +108,26 @@ async fn open(
             Ok(Socket { stream, transport })
         }
     }
+}
+
+/// The WebSocket handshake with `url`, over a TCP connection from `source` when given.
+async fn handshake(
+    url: String,
+    source: Option<IpAddr>,
+) -> anyhow::Result<(Stream, tokio_tungstenite::tungstenite::handshake::client::Response)> {
+    let Some(source) = source else {
+        return Ok(tokio_tungstenite::connect_async(url).await?);
+    };
+    let authority = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default();
+    let server = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("resolving {authority}"))?
+        .find(|address| address.is_ipv4() == source.is_ipv4())
+        .with_context(|| format!("{authority} has no address of the family of {source}"))?;
+    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding to {source}"))?;
+    let tcp = socket.connect(server).await.with_context(|| format!("connecting from {source}"))?;
+    Ok(tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?)
 }
 
 async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {

@@ -5,6 +5,7 @@
 //! Spreading the sockets over fewer users than sockets matters: each user coming online is
 //! announced to every open socket (`onlineUsers`), so K distinct users cost O(K²) frames.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ pub struct ConnectArgs {
     /// Seconds to wait after the last connection before reading the RSS.
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
+    /// Loopback source addresses the idle sockets are spread over, round-robin: 127.0.0.1,
+    /// 127.0.0.2, … Each has its own ephemeral ports (about 28,000 here), so 100,000 sockets
+    /// need at least 4.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_addresses: u8,
     /// Server process id, to read its RSS from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -74,10 +80,11 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
         let slot = slots.clone().acquire_owned().await?;
         let token = users[i % users.len()].token.clone();
         let (ws_base, transport) = (ws_base.clone(), target.transport);
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(args.source_addresses)) as u8));
         let (opened, failed, dropped, stopped) =
             (opened.clone(), failed.clone(), dropped.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
-            let socket = socket::connect(&ws_base, transport, &token, timeout).await;
+            let socket = socket::connect_from(&ws_base, transport, &token, timeout, source).await;
             match socket {
                 Ok(socket) => {
                     opened.fetch_add(1, Ordering::Relaxed);
@@ -121,16 +128,18 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
     let mut report = Report::new("connect");
     report
         .line(format!(
-            "transport {}: {open} of {} sockets open ({} users) in {connect_secs:.2} s = {per_second:.0} connections/s, {} failed",
+            "transport {}: {open} of {} sockets open ({} users, from {} source addresses) in {connect_secs:.2} s = {per_second:.0} connections/s, {} failed",
             target.transport.name(),
             args.sockets,
             users.len(),
+            args.source_addresses,
             failed.load(Ordering::Relaxed)
         ))
         .line(format!("still open after the live phase: {still_open}"))
         .field("transport", target.transport.name())
         .field("sockets", args.sockets as u64)
         .field("users", users.len() as u64)
+        .field("source_addresses", u64::from(args.source_addresses))
         .field("opened", open)
         .field("failed", failed.load(Ordering::Relaxed))
         .field("still_open", still_open)
