@@ -152,6 +152,7 @@ contract!(
     entries_and_streams_merge_messages_and_change_entries_in_order,
     message_reactions_of_fifty_users_at_once_are_each_stored_once,
     message_identical_changes_racing_store_exactly_one,
+    message_different_edits_racing_end_on_the_text_of_the_last_one_stored,
     message_reactions_keep_the_order_emoji_were_first_used,
     concurrent_sends_and_changes_of_a_direct_conversation_leave_no_hole,
 );

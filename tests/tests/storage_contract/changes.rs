@@ -1125,3 +1125,43 @@ pub(super) async fn concurrent_sends_and_changes_of_a_direct_conversation_leave_
         );
     }
 }
+
+pub(super) async fn message_different_edits_racing_end_on_the_text_of_the_last_one_stored(storage: &Storage) {
+    const RACERS: usize = 10;
+    let (ann, ben) = (insert_user(storage, "ann").await, insert_user(storage, "ben").await);
+    let message = send(storage, &ann, &ben, "hello").await;
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let text = if i % 2 == 0 { "left" } else { "right" };
+            let (repo, request) = (changes(storage), request(&message, &ann, Change::Edit(body(text))));
+            tokio::spawn(async move { (text, repo.change(&request).await.expect("an edit")) })
+        })
+        .collect();
+    let mut stored_edits = Vec::new();
+    for task in tasks {
+        let (text, outcome) = tokio::time::timeout(PATIENCE, task).await.expect("the edits finish").unwrap();
+        match outcome {
+            ChangeOutcome::Changed(stored) => {
+                assert_eq!(stored.update.message.text(), Some(&body(text)), "the state right after it");
+                stored_edits.push(stored);
+            }
+            ChangeOutcome::Unchanged(current) => {
+                assert_eq!(current.text(), Some(&body(text)), "made already")
+            }
+            other => panic!("an edit ended in {other:?}"),
+        }
+    }
+    stored_edits.sort_by_key(|stored| stored.update.change.seq);
+    let seqs: Vec<Seq> = stored_edits.iter().map(|stored| stored.update.change.seq).collect();
+    assert_eq!(seqs, (2..2 + stored_edits.len() as u64).collect::<Vec<_>>());
+    for pair in stored_edits.windows(2) {
+        assert_ne!(
+            pair[0].update.message.text(),
+            pair[1].update.message.text(),
+            "each stored edit changed the text"
+        );
+    }
+    let last = stored_edits.last().expect("at least one edit is stored");
+    assert_eq!(every_read(storage, &message.id).await, last.update.message, "the later seq wins");
+    assert_eq!(head(storage, &ben).await, cursor(1 + stored_edits.len() as u64));
+}
