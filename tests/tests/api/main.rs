@@ -5,6 +5,7 @@
 // default 128 to lay them out.
 #![recursion_limit = "256"]
 
+mod changes;
 mod concurrency;
 mod errors;
 mod groups;
