@@ -221,6 +221,11 @@ impl Drop for Slot {
 pub fn connection_budget(wanted: usize, reserve: usize) -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let budget = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(reserve).max(1);
+    tracing::info!(
+        open_files_limit = limit,
+        connections = wanted.min(budget),
+        "open files limit, raised to its hard limit where allowed"
+    );
     if budget < wanted {
         tracing::warn!(
             open_files_limit = limit,
