@@ -6,31 +6,46 @@
 //! A group is imported by replaying its history: its entries are stored again in seq order
 //! through the calls that stored them first ([`GroupRepository::create`] for the creation,
 //! [`GroupRepository::change`] for each system entry, [`MessageRepository::append_to_group`]
-//! for each message), so the target builds the members, roles, membership version and its
-//! users' stream notices by its own rules, and every entry gets the seq it had. Read
-//! positions follow ([`MessageRepository::mark_read`], for direct conversations too), and the
-//! group as stored is then compared with the dump: an import that would not reproduce a group
-//! stops with an error naming it.
+//! for each message, [`MessageChangeRepository::change`] for each change entry), so the target
+//! builds the members, roles, membership version and its users' stream notices by its own
+//! rules, and every entry gets the seq it had. Read positions follow
+//! ([`MessageRepository::mark_read`], for direct conversations too), and the group as stored is
+//! then compared with the dump: an import that would not reproduce a group stops with an error
+//! naming it.
+//!
+//! Message changes move the same way, in direct conversations and groups: every change entry
+//! (an edit, a deletion, a reaction added or taken back) is exported at its seq and replayed
+//! at it by its actor at its time, so reactions, `editedAt`, tombstones and unread counts come
+//! out as they were. Earlier texts are not kept (docs/MESSAGE_CHANGES.md §5), so an edited
+//! message is stored with a stand-in text that each edit but its last replaces with another,
+//! and its last edit puts back its current text; a deleted message is stored with a stand-in
+//! that its deletion replays away. A message names the message it replies to by id. An export
+//! reads a conversation's change entries before its messages, to know which edit is a message's
+//! last; a change made while an export runs may be missing from it (export a quiet store).
 //!
 //! A dump is data from outside: a password hash that is no bcrypt hash, or one so costly
 //! that a login would tie up a core, is refused with its user, and so are that user's
 //! direct conversations and messages and every group that names the user (they could not be
 //! stored without the user anyway).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use domain::{
-    Chat, Conversation, ConversationId, Group, Member, Message, ParticipantPair, Role, Seq, SystemEvent,
-    User, UserId, Username,
+    Change, ChangeKind, Chat, Conversation, ConversationId, EditWindow, Group, Member, Message, MessageBody,
+    MessageChange, MessageId, ParticipantPair, QuoteText, ReplyQuote, Role, Seq, SystemEvent, User, UserId,
+    Username,
 };
 
 use crate::ports::{
-    Appended, Changed, ConversationRepository, GroupAppended, GroupChange, GroupEntry, GroupRepository,
-    MessageRepository, ReadMoved, RepoError, UserQuery, UserRepository,
+    Appended, ChangeOutcome, ChangeRequest, Changed, ConversationRepository, GroupAppended, GroupChange,
+    GroupEntry, GroupRepository, MessageChangeRepository, MessageRepository, ReadMoved, RepoError, UserQuery,
+    UserRepository,
 };
 
 /// One exported record.
+// Records pass one at a time, from the store to a line: a large variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     User(User),
@@ -39,12 +54,38 @@ pub enum Record {
     /// A group; its entries (in seq order) and then its members follow it.
     Group(ExportedGroup),
     /// A direct message, or an entry of a group (`receiver_id` is `None`).
-    Message(Message),
+    Message(ExportedMessage),
+    /// A change entry of a conversation of either kind, at its seq among the entries.
+    Change(MessageChange),
     /// A member of a conversation of either kind, with their role and read position.
     Member {
         conversation: ConversationId,
         member: Member,
     },
+}
+
+/// A message or system entry as it stands, with what an import needs to store it so that
+/// the change entries after it apply as they did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedMessage {
+    /// The entry with its current text in `body` ([`MessageBody::withdrawn`] once deleted),
+    /// and neither `reply_to` nor `changed`: the reply is named below, and what became of the
+    /// message is in the change entries that follow it.
+    pub message: Message,
+    /// The message it replies to.
+    pub reply_to: Option<MessageId>,
+    /// Deleted by one of the dump's change entries: its text is gone.
+    pub deleted: bool,
+    /// The seq of its last edit among the dump's change entries, when it has one and is not
+    /// deleted: that edit gives it its current text back.
+    pub last_edit: Option<Seq>,
+}
+
+impl ExportedMessage {
+    /// A message that no change entry of the dump edits or deletes.
+    pub fn unchanged(message: Message) -> Self {
+        Self { message, reply_to: None, deleted: false, last_edit: None }
+    }
 }
 
 /// A group as it stands, with its membership version and every user its members and history
@@ -83,8 +124,11 @@ pub struct TransferStats {
     /// Direct conversations.
     pub conversations: u64,
     pub groups: u64,
-    /// Entries of both kinds: direct messages, group messages and system entries.
+    /// Entries of every kind: direct messages, group messages, system entries and change
+    /// entries.
     pub messages: u64,
+    /// Of those, change entries (edits, deletions, reactions added and taken back).
+    pub changes: u64,
     /// Memberships (of both kinds) with their read positions.
     pub members: u64,
     pub skipped: u64,
@@ -106,6 +150,7 @@ pub struct TransferService {
     conversations: Arc<dyn ConversationRepository>,
     messages: Arc<dyn MessageRepository>,
     groups: Arc<dyn GroupRepository>,
+    changes: Arc<dyn MessageChangeRepository>,
     /// The highest bcrypt cost an imported hash may have.
     max_hash_cost: u32,
 }
@@ -136,6 +181,7 @@ impl TransferService {
         conversations: Arc<dyn ConversationRepository>,
         messages: Arc<dyn MessageRepository>,
         groups: Arc<dyn GroupRepository>,
+        changes: Arc<dyn MessageChangeRepository>,
         hash_cost: u32,
     ) -> Self {
         Self {
@@ -143,12 +189,14 @@ impl TransferService {
             conversations,
             messages,
             groups,
+            changes,
             max_hash_cost: hash_cost.saturating_add(HASH_COST_MARGIN),
         }
     }
 
     /// Hands every record to `sink`: all users, then each conversation (direct or group,
-    /// each once) followed by its entries in seq order and then its members. A group no
+    /// each once) followed by its entries (messages, system entries and change entries) in
+    /// seq order and then its members. A group no
     /// one is a member of any more is not exported: no one can see it.
     pub async fn export(&self, sink: &mut Sink<'_>) -> Result<TransferStats, TransferError> {
         let mut stats = TransferStats::default();
@@ -201,14 +249,15 @@ impl TransferService {
     ) -> Result<(), TransferError> {
         let (id, last_seq) = (conversation.id.clone(), conversation.last_seq);
         let users = [conversation.participants.first().clone(), conversation.participants.second().clone()];
-        sink(Record::Conversation(conversation)).map_err(TransferError::Sink)?;
-        stats.conversations += 1;
+        let mut fates = Fates::default();
         self.each_entry(&id, last_seq, |entry| {
-            sink(Record::Message(entry)).map_err(TransferError::Sink)?;
-            stats.messages += 1;
+            fates.note(&entry);
             Ok(())
         })
         .await?;
+        sink(Record::Conversation(conversation)).map_err(TransferError::Sink)?;
+        stats.conversations += 1;
+        self.each_entry(&id, last_seq, |entry| emit(entry, &fates, sink, stats)).await?;
         for user in users {
             let member =
                 self.conversations.member(&id, &user).await.map_err(storage("reading a membership"))?;
@@ -233,21 +282,25 @@ impl TransferService {
         let last_seq = state.group.last_seq;
         let mut users: BTreeSet<UserId> = state.members.iter().map(|m| m.user_id.clone()).collect();
         users.insert(state.group.created_by.clone());
+        let mut fates = Fates::default();
         self.each_entry(id, last_seq, |entry| {
-            users.insert(entry.sender_id);
-            users.extend(entry.system.as_ref().map(named_users).unwrap_or_default());
+            fates.note(&entry);
+            match entry {
+                GroupEntry::Message(message) => {
+                    users.extend(message.system.as_ref().map(named_users).unwrap_or_default());
+                    users.insert(message.sender_id);
+                }
+                GroupEntry::Update(update) => {
+                    users.insert(update.change.actor);
+                }
+            }
             Ok(())
         })
         .await?;
         sink(Record::Group(ExportedGroup { group: state.group, version: state.version, users }))
             .map_err(TransferError::Sink)?;
         stats.groups += 1;
-        self.each_entry(id, last_seq, |entry| {
-            sink(Record::Message(entry)).map_err(TransferError::Sink)?;
-            stats.messages += 1;
-            Ok(())
-        })
-        .await?;
+        self.each_entry(id, last_seq, |entry| emit(entry, &fates, sink, stats)).await?;
         let mut members = state.members;
         members.sort_by(|x, y| (x.joined_seq, &x.user_id).cmp(&(y.joined_seq, &y.user_id)));
         for member in members {
@@ -257,12 +310,13 @@ impl TransferService {
         Ok(())
     }
 
-    /// Hands each entry of the conversation up to `last_seq` to `each`, in seq order.
+    /// Hands each entry (message or change) of the conversation up to `last_seq` to `each`,
+    /// in seq order.
     async fn each_entry(
         &self,
         conversation: &ConversationId,
         last_seq: Seq,
-        mut each: impl FnMut(Message) -> Result<(), TransferError> + Send,
+        mut each: impl FnMut(GroupEntry) -> Result<(), TransferError> + Send,
     ) -> Result<(), TransferError> {
         let mut after = 0;
         while after < last_seq {
@@ -279,10 +333,7 @@ impl TransferService {
             }
             for entry in page {
                 after = entry.seq();
-                // PENDING(transfer of changes): change entries are not exported yet.
-                if let GroupEntry::Message(message) = entry {
-                    each(message)?;
-                }
+                each(entry)?;
             }
         }
         Ok(())
@@ -297,6 +348,8 @@ impl TransferService {
             open: None,
             unnumbered: Vec::new(),
             refused: HashSet::new(),
+            direct: None,
+            waiting: HashMap::new(),
         }
     }
 
@@ -328,6 +381,57 @@ fn named_users(event: &SystemEvent) -> Vec<UserId> {
         SystemEvent::Renamed { .. } => {}
     }
     users
+}
+
+/// What an import must know of a conversation's change entries when it stores a message:
+/// which edit is the message's last (the one that gives it its current text back).
+#[derive(Default)]
+struct Fates {
+    last_edit: HashMap<MessageId, Seq>,
+}
+
+impl Fates {
+    fn note(&mut self, entry: &GroupEntry) {
+        if let GroupEntry::Update(update) = entry {
+            if update.change.kind == ChangeKind::Edited {
+                self.last_edit.insert(update.change.message_id.clone(), update.change.seq);
+            }
+        }
+    }
+
+    /// The message `message` (as it stands now) as the dump gives it.
+    fn exported(&self, message: Message) -> ExportedMessage {
+        // A deletion cannot be undone, so a message deleted now was deleted by one of the
+        // dump's change entries — or, in a store changed while it was exported, after them:
+        // its text is gone either way, and the import says its deletion is missing.
+        let deleted = message.text().is_none();
+        let body = message.text().cloned().unwrap_or_else(MessageBody::withdrawn);
+        ExportedMessage {
+            reply_to: message.reply_to.as_ref().map(|quote| quote.message_id.clone()),
+            last_edit: self.last_edit.get(&message.id).copied().filter(|_| !deleted),
+            deleted,
+            message: Message { body, reply_to: None, changed: None, ..message },
+        }
+    }
+}
+
+/// Hands the entry to `sink` as its record.
+fn emit(
+    entry: GroupEntry,
+    fates: &Fates,
+    sink: &mut Sink<'_>,
+    stats: &mut TransferStats,
+) -> Result<(), TransferError> {
+    let record = match entry {
+        GroupEntry::Message(message) => Record::Message(fates.exported(message)),
+        GroupEntry::Update(update) => {
+            stats.changes += 1;
+            Record::Change(update.change)
+        }
+    };
+    sink(record).map_err(TransferError::Sink)?;
+    stats.messages += 1;
+    Ok(())
 }
 
 /// The change the system entry `entry` records, as the group use cases make it (new members
@@ -375,6 +479,48 @@ pub struct Import<'a> {
     /// them a page at a time, newest page first: held (one conversation at a time) and stored
     /// in id order when the conversation's records end.
     unnumbered: Vec<Message>,
+    /// The direct conversation whose messages and changes are coming in.
+    direct: Option<ConversationId>,
+    /// Messages of the conversation coming in that were stored with a stand-in text, until
+    /// the change entry that gives them their text back or deletes them.
+    waiting: HashMap<MessageId, Waiting>,
+}
+
+/// A message stored with a stand-in text, waiting for its change entries.
+struct Waiting {
+    conversation: ConversationId,
+    /// Its edits so far in the dump.
+    edits: u64,
+    end: WaitingFor,
+}
+
+enum WaitingFor {
+    /// Its last edit, at this seq, which puts back this text.
+    LastEdit {
+        seq: Seq,
+        text: MessageBody,
+    },
+    Deletion,
+}
+
+/// The text a message is stored with until its change entries give it its text back or
+/// delete it, after `edits` edits: never a text anyone sent (nor one a sender could send: it
+/// has no visible character), and different from the one before, so that each replayed edit
+/// is a change and takes its seq.
+fn stand_in(edits: u64) -> MessageBody {
+    let text = MessageBody::WITHDRAWN.repeat(if edits.is_multiple_of(2) { 1 } else { 2 });
+    // One or two invisible separators: 1–5000 characters, no NUL.
+    MessageBody::stored(&text).expect("a stand-in is a stored text")
+}
+
+/// The quote a message is stored with to name the message it replies to: the stores keep only
+/// its `message_id`, and make the sender and text shown of the original when they read it.
+fn reply_naming(original: MessageId, replying: &Message) -> ReplyQuote {
+    ReplyQuote {
+        message_id: original,
+        sender_id: replying.sender_id.clone(),
+        text: QuoteText::Excerpt { text: String::new(), truncated: false },
+    }
 }
 
 /// A group being imported.
@@ -402,7 +548,9 @@ impl Import<'_> {
     /// the records of a rejected user are counted in `stats.rejected_with_users`.
     pub async fn record(&mut self, record: Record) -> Result<(), TransferError> {
         let record = match record {
-            Record::Message(message) if message.seq == 0 && message.receiver_id.is_some() => {
+            Record::Message(ExportedMessage { message, .. })
+                if message.seq == 0 && message.receiver_id.is_some() =>
+            {
                 let other = self.unnumbered.first().map(|m| &m.conversation_id);
                 if other.is_some_and(|other| *other != message.conversation_id) {
                     self.store_unnumbered().await?;
@@ -416,21 +564,26 @@ impl Import<'_> {
         self.store_unnumbered().await?;
         let open = self.open.as_ref().map(|open| &open.dumped.group.id);
         let of_open = match &record {
-            Record::Message(m) => m.receiver_id.is_none() && Some(&m.conversation_id) == open,
+            Record::Message(m) => m.message.receiver_id.is_none() && Some(&m.message.conversation_id) == open,
+            Record::Change(change) => Some(&change.conversation_id) == open,
             Record::Member { conversation, .. } => Some(conversation) == open,
             _ => false,
         };
         if !of_open {
             self.close_group().await?;
         }
+        if matches!(record, Record::User(_) | Record::Conversation(_) | Record::Group(_)) {
+            self.check_waiting()?;
+        }
         match record {
             Record::User(user) => self.user(user).await,
             Record::Conversation(conversation) => self.conversation(conversation).await,
             Record::Group(group) => self.group(group).await,
-            Record::Message(message) => match message.receiver_id.clone() {
+            Record::Message(message) => match message.message.receiver_id.clone() {
                 None => self.group_entry(message).await,
                 Some(receiver) => self.direct_message(message, receiver).await,
             },
+            Record::Change(change) => self.change(change, of_open).await,
             Record::Member { member, .. } if of_open => self.group_member(member).await,
             Record::Member { conversation, member } => self.direct_member(&conversation, member).await,
         }
@@ -440,6 +593,7 @@ impl Import<'_> {
     pub async fn finish(mut self) -> Result<TransferStats, TransferError> {
         self.store_unnumbered().await?;
         self.close_group().await?;
+        self.check_waiting()?;
         Ok(self.stats)
     }
 
@@ -452,7 +606,7 @@ impl Import<'_> {
         let Some(last) = messages.last().cloned() else { return Ok(()) };
         for message in messages {
             let Some(receiver) = message.receiver_id.clone() else { continue };
-            self.direct_message(message, receiver).await?;
+            self.direct_message(ExportedMessage::unchanged(message), receiver).await?;
         }
         let users: Vec<&UserId> = [&last.sender_id].into_iter().chain(&last.receiver_id).collect();
         if users.iter().any(|user| self.rejected(user)) {
@@ -501,6 +655,7 @@ impl Import<'_> {
                 existing: existing.id.to_string(),
             });
         }
+        self.direct = Some(conversation.id);
         self.stats.conversations += 1;
         Ok(())
     }
@@ -508,11 +663,17 @@ impl Import<'_> {
     /// Each message takes the conversation's next seq — the one it had, when the target's
     /// conversation holds nothing else — and the next position in both participants' streams
     /// of the target store, in import order: cursors are per store.
-    async fn direct_message(&mut self, message: Message, receiver: UserId) -> Result<(), TransferError> {
-        if self.rejected(&message.sender_id) || self.rejected(&receiver) {
+    async fn direct_message(
+        &mut self,
+        message: ExportedMessage,
+        receiver: UserId,
+    ) -> Result<(), TransferError> {
+        if self.rejected(&message.message.sender_id) || self.rejected(&receiver) {
             self.stats.rejected_with_users += 1;
             return Ok(());
         }
+        let message = self.stored_form(message);
+        self.direct = Some(message.conversation_id.clone());
         let pair = ParticipantPair::new(message.sender_id.clone(), receiver)
             .map_err(|e| inconsistent(&message.conversation_id, format!("message {}: {e}", message.id)))?;
         // The conversation was imported before its messages; this stands in for it only if
@@ -590,20 +751,26 @@ impl Import<'_> {
     }
 
     /// Stores the group's next entry the way it was stored first.
-    async fn group_entry(&mut self, entry: Message) -> Result<(), TransferError> {
+    async fn group_entry(&mut self, entry: ExportedMessage) -> Result<(), TransferError> {
         let service = self.service;
-        let Some(open) = self.open.as_mut().filter(|open| open.dumped.group.id == entry.conversation_id)
-        else {
-            return Err(inconsistent(
-                &entry.conversation_id,
-                format!("entry {} comes without the group before it", entry.id),
-            ));
-        };
-        let id = &open.dumped.group.id;
-        if open.refused {
-            self.stats.rejected_with_users += 1;
-            return Ok(());
+        let conversation = &entry.message.conversation_id;
+        match &self.open {
+            Some(open) if open.dumped.group.id == *conversation => {
+                if open.refused {
+                    self.stats.rejected_with_users += 1;
+                    return Ok(());
+                }
+            }
+            _ => {
+                return Err(inconsistent(
+                    conversation,
+                    format!("entry {} comes without the group before it", entry.message.id),
+                ))
+            }
         }
+        let entry = self.stored_form(entry);
+        let Some(open) = self.open.as_mut() else { return Ok(()) };
+        let id = &open.dumped.group.id;
         if entry.seq == 0 {
             return Err(inconsistent(id, format!("entry {} has no seq", entry.id)));
         }
@@ -726,6 +893,186 @@ impl Import<'_> {
         Ok(())
     }
 
+    /// The message to store for `exported`: with the message it replies to, and with a
+    /// stand-in text when change entries of the dump edit or delete it (it then waits for
+    /// them).
+    fn stored_form(&mut self, exported: ExportedMessage) -> Message {
+        let ExportedMessage { mut message, reply_to, deleted, last_edit } = exported;
+        message.reply_to = reply_to.map(|original| reply_naming(original, &message));
+        let end = match (deleted, last_edit) {
+            (true, _) => Some(WaitingFor::Deletion),
+            (false, Some(seq)) => Some(WaitingFor::LastEdit { seq, text: message.body.clone() }),
+            (false, None) => None,
+        };
+        if let Some(end) = end {
+            message.body = stand_in(0);
+            let waiting = Waiting { conversation: message.conversation_id.clone(), edits: 0, end };
+            self.waiting.insert(message.id.clone(), waiting);
+        }
+        message
+    }
+
+    /// Ends the records of a conversation: every message stored with a stand-in has had the
+    /// change entry that gives it its text back or deletes it.
+    fn check_waiting(&mut self) -> Result<(), TransferError> {
+        let Some((id, waiting)) = self.waiting.iter().next() else { return Ok(()) };
+        let problem = match &waiting.end {
+            WaitingFor::LastEdit { seq, .. } => format!("message {id} has no edit at seq {seq}"),
+            WaitingFor::Deletion => format!("message {id} is deleted, and the dump has no deletion of it"),
+        };
+        Err(inconsistent(&waiting.conversation, problem))
+    }
+
+    /// The change to ask for to replay `change` (counting an edit of a waiting message even
+    /// when it is stored already, so that the stand-ins come out the same in a re-run).
+    fn replayed(&mut self, change: &MessageChange) -> Result<Change, TransferError> {
+        let message = &change.message_id;
+        let waiting = self.waiting.get_mut(message);
+        let unexpected = |what: &str| {
+            inconsistent(
+                &change.conversation_id,
+                format!("the change at seq {} {what} message {message}", change.seq),
+            )
+        };
+        Ok(match (&change.kind, waiting) {
+            (ChangeKind::ReactionAdded { emoji }, _) => Change::React(emoji.clone()),
+            (ChangeKind::ReactionRemoved { emoji }, _) => Change::Unreact(emoji.clone()),
+            (ChangeKind::Deleted, Some(Waiting { end: WaitingFor::Deletion, .. })) => {
+                self.waiting.remove(message);
+                Change::Delete
+            }
+            (ChangeKind::Deleted, _) => return Err(unexpected("deletes the undeleted")),
+            (ChangeKind::Edited, None) => return Err(unexpected("edits the unedited")),
+            (ChangeKind::Edited, Some(waiting)) => {
+                waiting.edits += 1;
+                match &waiting.end {
+                    WaitingFor::LastEdit { seq, text } if *seq == change.seq => {
+                        let text = text.clone();
+                        self.waiting.remove(message);
+                        Change::Edit(text)
+                    }
+                    _ => Change::Edit(stand_in(waiting.edits)),
+                }
+            }
+        })
+    }
+
+    /// The entry the target holds at `seq` of the conversation, if any.
+    async fn stored_at(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<GroupEntry>, TransferError> {
+        let stored = self
+            .service
+            .messages
+            .entries(conversation, seq - 1, Some(seq), 1)
+            .await
+            .map_err(storage("reading a conversation's entries"))?;
+        Ok(stored.into_iter().next().filter(|entry| entry.seq() == seq))
+    }
+
+    /// Replays the change entry of the open group (`in_group`) or of the direct conversation
+    /// coming in: its actor makes the change again at its time, and it must take its seq. One
+    /// the target holds already (an earlier run of the import) is skipped.
+    async fn change(&mut self, change: MessageChange, in_group: bool) -> Result<(), TransferError> {
+        let id = change.conversation_id.clone();
+        let refused = match &self.open {
+            Some(open) if in_group => open.refused,
+            _ if self.refused.contains(&id) => true,
+            _ if self.direct.as_ref() == Some(&id) => false,
+            _ => {
+                return Err(inconsistent(
+                    &id,
+                    format!("the change at seq {} comes without its conversation before it", change.seq),
+                ))
+            }
+        };
+        if refused || self.rejected(&change.actor) {
+            self.stats.rejected_with_users += 1;
+            return Ok(());
+        }
+        if change.seq == 0 {
+            return Err(inconsistent(&id, format!("a change of message {} has no seq", change.message_id)));
+        }
+        let requested = self.replayed(&change)?;
+        let stored_up_to = self.open.as_ref().filter(|_| in_group).map(|open| open.last_seq);
+        let present = match stored_up_to {
+            Some(last) if change.seq > last + 1 => {
+                return Err(inconsistent(
+                    &id,
+                    format!("the change at seq {} follows seq {last}: entries are missing", change.seq),
+                ))
+            }
+            Some(last) if change.seq == last + 1 => None,
+            // Stored by an earlier run of the import: the same change, or a clash.
+            _ => self.stored_at(&id, change.seq).await?,
+        };
+        if let Some(present) = present {
+            let same = match &present {
+                GroupEntry::Update(update) => {
+                    update.change.message_id == change.message_id && update.change.kind == change.kind
+                }
+                GroupEntry::Message(_) => false,
+            };
+            if !same {
+                return Err(inconsistent(
+                    &id,
+                    format!("the target holds another entry than the change at seq {}", change.seq),
+                ));
+            }
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        if stored_up_to.is_some_and(|last| change.seq <= last) {
+            return Err(inconsistent(&id, format!("the target holds no entry at seq {}", change.seq)));
+        }
+        let request = ChangeRequest {
+            conversation: id.clone(),
+            message: change.message_id.clone(),
+            actor: change.actor.clone(),
+            change: requested,
+            at: change.at,
+            window: EditWindow::forever(),
+        };
+        let outcome = self.service.changes.change(&request).await.map_err(storage("importing a change"))?;
+        let (seq, message) = (change.seq, &change.message_id);
+        let stored = match outcome {
+            ChangeOutcome::Changed(stored) => stored.update.change.seq,
+            ChangeOutcome::Unchanged(_) => {
+                return Err(inconsistent(
+                    &id,
+                    format!("the change at seq {seq} leaves message {message} as it was"),
+                ))
+            }
+            ChangeOutcome::NotMember => {
+                return Err(inconsistent(
+                    &id,
+                    format!("{} changed message {message} at seq {seq} as no member", change.actor),
+                ))
+            }
+            ChangeOutcome::NotFound => {
+                return Err(inconsistent(&id, format!("the change at seq {seq} finds no message {message}")))
+            }
+            ChangeOutcome::Refused(why) => {
+                return Err(inconsistent(
+                    &id,
+                    format!("the change at seq {seq} of message {message} is refused: {why}"),
+                ))
+            }
+        };
+        if stored != seq {
+            return Err(inconsistent(&id, format!("the change at seq {seq} took seq {stored}")));
+        }
+        if let Some(open) = self.open.as_mut().filter(|_| in_group) {
+            open.last_seq = seq;
+            open.stored = true;
+        }
+        self.stats.messages += 1;
+        self.stats.changes += 1;
+        Ok(())
+    }
+
     /// Moves the member's read position to the one in the dump; the membership itself came
     /// with the entries, and is compared with the dump when the group ends.
     async fn group_member(&mut self, member: Member) -> Result<(), TransferError> {
@@ -821,10 +1168,16 @@ mod tests {
     use super::*;
     use crate::ports::{
         ConversationSummary, GroupState, MockConversationRepository, MockGroupRepository,
-        MockMessageRepository, MockUserRepository, StoredMessage,
+        MockMessageChangeRepository, MockMessageRepository, MockUserRepository, StoredChange, StoredMessage,
+        Update,
     };
     use chrono::Utc;
-    use domain::{Avatar, FullName, GroupName, MessageBody, MessageId, PasswordHash, Username};
+    use domain::{
+        Avatar, Content, Emoji, FullName, GroupName, MessageState, PasswordHash, Reactions, Timestamp,
+        Tombstone, Username,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
 
     /// Salt and hash of a bcrypt string, after `$2b$<cost>$`.
     const HASH_BODY: &str = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
@@ -894,11 +1247,22 @@ mod tests {
         messages: MockMessageRepository,
         groups: MockGroupRepository,
     ) -> TransferService {
+        with_changes(users, conversations, messages, groups, MockMessageChangeRepository::new())
+    }
+
+    fn with_changes(
+        users: MockUserRepository,
+        conversations: MockConversationRepository,
+        messages: MockMessageRepository,
+        groups: MockGroupRepository,
+        changes: MockMessageChangeRepository,
+    ) -> TransferService {
         TransferService::new(
             Arc::new(users),
             Arc::new(conversations),
             Arc::new(messages),
             Arc::new(groups),
+            Arc::new(changes),
             10,
         )
     }
@@ -967,12 +1331,14 @@ mod tests {
         let mut messages = MockMessageRepository::new();
         let direct_entries = vec![GroupEntry::Message(sent.clone())];
         let direct = conversation.id.clone();
+        // Read once for the edits it holds, once to emit.
         messages
             .expect_entries()
             .withf(move |id, after, until, _| *id == direct && *after == 0 && *until == Some(1))
-            .times(1)
+            .times(2)
             .returning(move |_, _, _, _| Ok(direct_entries.clone()));
-        // Group entries in two pages: read once for the users they name, once to emit.
+        // Group entries in two pages: read once for the users they name and the edits they
+        // hold, once to emit.
         let (first, second) =
             (vec![GroupEntry::Message(created.clone())], vec![GroupEntry::Message(removed.clone())]);
         let id = team.id.clone();
@@ -1015,8 +1381,8 @@ mod tests {
                 Record::User(alice),
                 Record::User(bob),
                 Record::Group(ExportedGroup { group: team.clone(), version: 2, users: named }),
-                Record::Message(created),
-                Record::Message(removed),
+                Record::Message(ExportedMessage::unchanged(created)),
+                Record::Message(ExportedMessage::unchanged(removed)),
                 // Members in joining order (of one entry, by id).
                 Record::Member {
                     conversation: team.id.clone(),
@@ -1027,7 +1393,7 @@ mod tests {
                     member: if owner.user_id < member.user_id { member } else { owner }
                 },
                 Record::Conversation(conversation.clone()),
-                Record::Message(sent),
+                Record::Message(ExportedMessage::unchanged(sent)),
                 Record::Member { conversation: conversation.id.clone(), member: alice_reads },
                 Record::Member { conversation: conversation.id, member: bob_reads },
             ]
@@ -1051,7 +1417,7 @@ mod tests {
         let mut import = service.importer();
         import.record(Record::User(alice.clone())).await.unwrap();
         let m = message(&ConversationId::generate(), &alice, &bob);
-        import.record(Record::Message(m)).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(m))).await.unwrap();
         let stats = import.finish().await.unwrap();
         assert_eq!(stats, TransferStats { messages: 1, skipped: 1, ..Default::default() });
     }
@@ -1104,7 +1470,7 @@ mod tests {
         let conversation = Conversation::start(pair, Utc::now());
         import.record(Record::Conversation(conversation.clone())).await.unwrap();
         let m = message(&conversation.id, &good, &costly);
-        import.record(Record::Message(m)).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(m))).await.unwrap();
         // The good user's read position in the refused conversation goes with it.
         let reads = Member::joining(good.id.clone(), Role::Member, Utc::now(), 1);
         import.record(Record::Member { conversation: conversation.id.clone(), member: reads }).await.unwrap();
@@ -1122,7 +1488,7 @@ mod tests {
                 members: vec![good.id.clone(), costly.id.clone()],
             }),
         );
-        import.record(Record::Message(created)).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(created))).await.unwrap();
         let owner = Member::joining(good.id.clone(), Role::Owner, Utc::now(), 1);
         import.record(Record::Member { conversation: team.id.clone(), member: owner }).await.unwrap();
         let stats = import.finish().await.unwrap();
@@ -1206,22 +1572,25 @@ mod tests {
         let mut import = service.importer();
         import.record(Record::User(alice.clone())).await.unwrap();
         let stray = entry(&team.id, &alice.id, 1, None);
-        let err = import.record(Record::Message(stray)).await.unwrap_err();
+        let err = import.record(Record::Message(ExportedMessage::unchanged(stray))).await.unwrap_err();
         assert!(err.to_string().contains("without the group before it"), "{err}");
 
         let users = [alice.id.clone()].into_iter().collect();
         import.record(Record::Group(ExportedGroup { group: team.clone(), version: 1, users })).await.unwrap();
         let not_created = entry(&team.id, &alice.id, 1, None);
-        let err = import.record(Record::Message(not_created)).await.unwrap_err();
+        let err = import.record(Record::Message(ExportedMessage::unchanged(not_created))).await.unwrap_err();
         assert!(err.to_string().contains("at seq 1 is not its creation"), "{err}");
         let created = SystemEvent::Created {
             actor: alice.id.clone(),
             name: team.name.clone(),
             members: vec![alice.id.clone()],
         };
-        import.record(Record::Message(entry(&team.id, &alice.id, 1, Some(created)))).await.unwrap();
+        import
+            .record(Record::Message(ExportedMessage::unchanged(entry(&team.id, &alice.id, 1, Some(created)))))
+            .await
+            .unwrap();
         let after_gap = entry(&team.id, &alice.id, 3, None);
-        let err = import.record(Record::Message(after_gap)).await.unwrap_err();
+        let err = import.record(Record::Message(ExportedMessage::unchanged(after_gap))).await.unwrap_err();
         assert!(err.to_string().contains("entries are missing"), "{err}");
     }
 
@@ -1280,9 +1649,12 @@ mod tests {
             members: vec![alice.id.clone()],
         };
         let created = Message { created_at: team.created_at, ..entry(&team.id, &alice.id, 1, Some(created)) };
-        import.record(Record::Message(created)).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(created))).await.unwrap();
         let added = SystemEvent::Added { actor: alice.id.clone(), users: vec![bob.clone()] };
-        import.record(Record::Message(entry(&team.id, &alice.id, 2, Some(added)))).await.unwrap();
+        import
+            .record(Record::Message(ExportedMessage::unchanged(entry(&team.id, &alice.id, 2, Some(added)))))
+            .await
+            .unwrap();
         for member in [
             owner,
             Member { role: Role::Admin, ..Member::joining(bob.clone(), Role::Member, team.created_at, 2) },
@@ -1294,5 +1666,370 @@ mod tests {
             matches!(&err, TransferError::Inconsistent { conversation, .. } if *conversation == team.id.to_string())
         );
         assert!(err.to_string().ends_with(&format!("does not give these members as dumped: {bob}")), "{err}");
+    }
+
+    /// The change entry of `message` at `seq`, with the message as the store reads it.
+    fn update(message: &Message, actor: &UserId, kind: ChangeKind, seq: Seq) -> GroupEntry {
+        let change = MessageChange {
+            conversation_id: message.conversation_id.clone(),
+            message_id: message.id.clone(),
+            actor: actor.clone(),
+            kind,
+            at: Utc::now(),
+            seq,
+        };
+        GroupEntry::Update(Update { change, message: message.clone() })
+    }
+
+    fn stored_change(request: &ChangeRequest, seq: Seq) -> ChangeOutcome {
+        let change = MessageChange {
+            conversation_id: request.conversation.clone(),
+            message_id: request.message.clone(),
+            actor: request.actor.clone(),
+            kind: ChangeKind::Deleted,
+            at: request.at,
+            seq,
+        };
+        let message = entry(&request.conversation, &request.actor, 1, None);
+        ChangeOutcome::Changed(StoredChange {
+            update: Update { change, message },
+            positions: vec![],
+            version: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn export_gives_change_entries_at_their_seqs_and_messages_as_they_stand() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let conversation =
+            Conversation::start(ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap(), Utc::now());
+        let conversation = Conversation { last_seq: 7, ..conversation };
+        let first = message(&conversation.id, &alice, &bob);
+        // Read as it stands: its current text, the quote of the message it answers, edited.
+        let current = MessageBody::parse("the text now").unwrap();
+        let state = MessageState {
+            content: Content::Live {
+                body: current.clone(),
+                edited_at: Some(Utc::now()),
+                reactions: Reactions::new(),
+            },
+            version: 6,
+            ..first.state()
+        };
+        let reply = Message {
+            seq: 2,
+            reply_to: Some(ReplyQuote::of(&first, &first.content())),
+            ..message(&conversation.id, &alice, &bob)
+        }
+        .with_state(state);
+        let tombstone = Tombstone { deleted_at: Utc::now(), deleted_by: bob.id.clone() };
+        let deleted = Message { seq: 3, ..message(&conversation.id, &bob, &alice) };
+        let state = MessageState { content: Content::Deleted(tombstone), version: 7, ..deleted.state() };
+        let deleted = deleted.with_state(state);
+        let thumbs = Emoji::parse("👍").unwrap();
+        let entries = vec![
+            GroupEntry::Message(first.clone()),
+            GroupEntry::Message(reply.clone()),
+            GroupEntry::Message(deleted.clone()),
+            update(&reply, &alice.id, ChangeKind::Edited, 4),
+            update(&first, &bob.id, ChangeKind::ReactionAdded { emoji: thumbs.clone() }, 5),
+            update(&reply, &alice.id, ChangeKind::Edited, 6),
+            update(&deleted, &bob.id, ChangeKind::Deleted, 7),
+        ];
+        let changes: Vec<MessageChange> = entries[3..]
+            .iter()
+            .map(|e| match e {
+                GroupEntry::Update(u) => u.change.clone(),
+                GroupEntry::Message(_) => unreachable!("changes only"),
+            })
+            .collect();
+
+        let mut users = MockUserRepository::new();
+        let listed = vec![alice.clone()];
+        users.expect_list().returning(move |_| Ok(listed.clone()));
+        let mut conversations = MockConversationRepository::new();
+        let summary = ConversationSummary {
+            conversation: Chat::Direct(conversation.clone()),
+            last_message: None,
+            me: Member::joining(alice.id.clone(), Role::Member, Utc::now(), 1),
+            unread: 0,
+        };
+        conversations.expect_list_for_user().returning(move |_| Ok(vec![summary.clone()]));
+        conversations.expect_member().returning(|_, _| Ok(None));
+        let mut messages = MockMessageRepository::new();
+        messages
+            .expect_entries()
+            .withf(|_, after, until, _| *after == 0 && *until == Some(7))
+            .times(2)
+            .returning(move |_, _, _, _| Ok(entries.clone()));
+        let service = service(users, conversations, messages, MockGroupRepository::new());
+        let mut records = Vec::new();
+        let stats = service
+            .export(&mut |r| {
+                records.push(r);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!((stats.messages, stats.changes), (7, 4));
+
+        let plain = |message: &Message, body: MessageBody| Message {
+            body,
+            reply_to: None,
+            changed: None,
+            ..message.clone()
+        };
+        let mut expected = vec![
+            Record::User(alice.clone()),
+            Record::Conversation(conversation),
+            Record::Message(ExportedMessage::unchanged(first.clone())),
+            Record::Message(ExportedMessage {
+                message: plain(&reply, current),
+                reply_to: Some(first.id.clone()),
+                deleted: false,
+                last_edit: Some(6),
+            }),
+            Record::Message(ExportedMessage {
+                message: plain(&deleted, MessageBody::withdrawn()),
+                reply_to: None,
+                deleted: true,
+                last_edit: None,
+            }),
+        ];
+        expected.extend(changes.into_iter().map(Record::Change));
+        assert_eq!(records, expected);
+    }
+
+    type Kept<T> = Arc<Mutex<Vec<T>>>;
+
+    /// A direct import into an empty store, where each entry takes the next seq, that keeps
+    /// the messages it stores and the changes it asks for.
+    fn recording_import() -> (TransferService, Kept<Message>, Kept<ChangeRequest>) {
+        let last_seq = Arc::new(AtomicU64::new(0));
+        let (appended, requested) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let mut conversations = MockConversationRepository::new();
+        conversations.expect_find_or_insert().returning(|c| Ok(c.clone()));
+        let mut messages = MockMessageRepository::new();
+        let (seqs, kept) = (last_seq.clone(), appended.clone());
+        messages.expect_append().returning(move |_, m| {
+            let message = Message { seq: seqs.fetch_add(1, Ordering::SeqCst) + 1, ..m.clone() };
+            kept.lock().unwrap().push(message.clone());
+            Ok(Appended::Created(StoredMessage {
+                message,
+                sender_cursor: domain::Cursor::START.next(),
+                receiver_cursor: domain::Cursor::START.next(),
+            }))
+        });
+        // Nothing stored before this import.
+        messages.expect_entries().returning(|_, _, _, _| Ok(Vec::new()));
+        let mut changes = MockMessageChangeRepository::new();
+        let kept = requested.clone();
+        changes.expect_change().returning(move |request| {
+            kept.lock().unwrap().push(request.clone());
+            Ok(stored_change(request, last_seq.fetch_add(1, Ordering::SeqCst) + 1))
+        });
+        let mut users = MockUserRepository::new();
+        users.expect_insert().returning(|_| Ok(()));
+        let service = with_changes(users, conversations, messages, MockGroupRepository::new(), changes);
+        (service, appended, requested)
+    }
+
+    #[tokio::test]
+    async fn import_stores_changed_messages_with_stand_ins_and_replays_every_change_at_its_seq() {
+        let (service, appended, requested) = recording_import();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let pair = ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap();
+        let conversation = Conversation::start(pair, Utc::now());
+        let first = message(&conversation.id, &alice, &bob);
+        let current = MessageBody::parse("the text now").unwrap();
+        let edited = Message { seq: 2, body: current.clone(), ..message(&conversation.id, &alice, &bob) };
+        let deleted =
+            Message { seq: 3, body: MessageBody::withdrawn(), ..message(&conversation.id, &bob, &alice) };
+        let thumbs = Emoji::parse("👍").unwrap();
+        let change = |message: &Message, actor: &User, kind: ChangeKind, seq: Seq| {
+            let GroupEntry::Update(update) = update(message, &actor.id, kind, seq) else { unreachable!() };
+            update.change
+        };
+        let changes = [
+            change(&edited, &alice, ChangeKind::Edited, 4),
+            change(&first, &bob, ChangeKind::ReactionAdded { emoji: thumbs.clone() }, 5),
+            change(&deleted, &bob, ChangeKind::Edited, 6),
+            change(&edited, &alice, ChangeKind::Edited, 7),
+            change(&first, &bob, ChangeKind::ReactionRemoved { emoji: thumbs.clone() }, 8),
+            change(&edited, &alice, ChangeKind::Edited, 9),
+            change(&deleted, &bob, ChangeKind::Deleted, 10),
+        ];
+
+        let mut import = service.importer();
+        for u in [&alice, &bob] {
+            import.record(Record::User(u.clone())).await.unwrap();
+        }
+        import.record(Record::Conversation(conversation.clone())).await.unwrap();
+        let dumped = [
+            ExportedMessage::unchanged(first.clone()),
+            ExportedMessage {
+                message: edited.clone(),
+                reply_to: Some(first.id.clone()),
+                deleted: false,
+                last_edit: Some(9),
+            },
+            ExportedMessage { message: deleted.clone(), reply_to: None, deleted: true, last_edit: None },
+        ];
+        for record in
+            dumped.into_iter().map(Record::Message).chain(changes.iter().cloned().map(Record::Change))
+        {
+            import.record(record).await.unwrap();
+        }
+        let stats = import.finish().await.unwrap();
+        assert_eq!((stats.messages, stats.changes, stats.skipped), (10, 7, 0));
+
+        let appended = appended.lock().unwrap().clone();
+        let stored: Vec<(&MessageId, &str, Option<&MessageId>)> = appended
+            .iter()
+            .map(|m| (&m.id, m.body.as_str(), m.reply_to.as_ref().map(|q| &q.message_id)))
+            .collect();
+        let (one, two) = (MessageBody::WITHDRAWN.to_owned(), MessageBody::WITHDRAWN.repeat(2));
+        assert_eq!(
+            stored,
+            [
+                (&first.id, "hello", None),
+                // Stand-ins until their changes come; the reply names what it answers.
+                (&edited.id, one.as_str(), Some(&first.id)),
+                (&deleted.id, one.as_str(), None),
+            ]
+        );
+        let requested = requested.lock().unwrap().clone();
+        let asked: Vec<(&MessageId, &UserId, Change, Timestamp, EditWindow)> =
+            requested.iter().map(|r| (&r.message, &r.actor, r.change.clone(), r.at, r.window)).collect();
+        let body = |text: &str| Change::Edit(MessageBody::stored(text).unwrap());
+        let expected: Vec<(&MessageId, &UserId, Change, Timestamp, EditWindow)> = changes
+            .iter()
+            .zip([
+                // Each edit but the last takes a stand-in unlike the text before it; the
+                // last gives the message its current text.
+                body(&two),
+                Change::React(thumbs.clone()),
+                body(&two),
+                body(&one),
+                Change::Unreact(thumbs),
+                Change::Edit(current),
+                Change::Delete,
+            ])
+            .map(|(c, change)| (&c.message_id, &c.actor, change, c.at, EditWindow::forever()))
+            .collect();
+        assert_eq!(asked, expected);
+    }
+
+    #[tokio::test]
+    async fn a_change_that_takes_another_seq_or_a_missing_last_edit_stops_the_import() {
+        let (service, _, _) = recording_import();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let pair = ParticipantPair::new(alice.id.clone(), bob.id.clone()).unwrap();
+        let conversation = Conversation::start(pair, Utc::now());
+        let first = message(&conversation.id, &alice, &bob);
+        let mut import = service.importer();
+        import.record(Record::Conversation(conversation.clone())).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(first.clone()))).await.unwrap();
+        let GroupEntry::Update(deletion) = update(&first, &bob.id, ChangeKind::Deleted, 3) else {
+            unreachable!()
+        };
+        // A deletion of a message the dump gives as not deleted.
+        let err = import.record(Record::Change(deletion.change)).await.unwrap_err();
+        assert!(
+            matches!(&err, TransferError::Inconsistent { conversation: c, .. } if *c == conversation.id.to_string()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("deletes the undeleted"), "{err}");
+
+        let (service, _, _) = recording_import();
+        let mut import = service.importer();
+        import.record(Record::Conversation(conversation.clone())).await.unwrap();
+        let edited = ExportedMessage { last_edit: Some(2), ..ExportedMessage::unchanged(first.clone()) };
+        import.record(Record::Message(edited)).await.unwrap();
+        let GroupEntry::Update(reacted) =
+            update(&first, &bob.id, ChangeKind::ReactionAdded { emoji: Emoji::parse("🎉").unwrap() }, 3)
+        else {
+            unreachable!()
+        };
+        let err = import.record(Record::Change(reacted.change)).await.unwrap_err();
+        assert!(err.to_string().contains("the change at seq 3 took seq 2"), "{err}");
+
+        let (service, _, _) = recording_import();
+        let mut import = service.importer();
+        import.record(Record::Conversation(conversation.clone())).await.unwrap();
+        let edited = ExportedMessage { last_edit: Some(2), ..ExportedMessage::unchanged(first) };
+        import.record(Record::Message(edited)).await.unwrap();
+        let err = import.finish().await.unwrap_err();
+        assert!(err.to_string().ends_with("has no edit at seq 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_rerun_skips_the_changes_stored_and_replays_the_rest_with_the_same_stand_ins() {
+        let alice = user("alice");
+        let team = group(&alice.id, 5);
+        let owner = Member::joining(alice.id.clone(), Role::Owner, team.created_at, 1);
+        let created = SystemEvent::Created {
+            actor: alice.id.clone(),
+            name: team.name.clone(),
+            members: vec![alice.id.clone()],
+        };
+        let created = entry(&team.id, &alice.id, 1, Some(created));
+        let said = entry(&team.id, &alice.id, 2, None);
+        let edits: Vec<GroupEntry> =
+            (3..=5).map(|seq| update(&said, &alice.id, ChangeKind::Edited, seq)).collect();
+        // An earlier run stored up to the first edit.
+        let mut groups = MockGroupRepository::new();
+        let mut reads = 0;
+        let (stored, members) = (team.clone(), vec![owner.clone()]);
+        groups.expect_state().times(2).returning(move |_| {
+            reads += 1;
+            let last_seq = if reads == 1 { 3 } else { 5 };
+            let group = Group { last_seq, ..stored.clone() };
+            Ok(Some(GroupState { group, members: members.clone(), version: 1 }))
+        });
+        let mut messages = MockMessageRepository::new();
+        let held =
+            [GroupEntry::Message(created.clone()), GroupEntry::Message(said.clone()), edits[0].clone()];
+        messages
+            .expect_entries()
+            .times(3)
+            .returning(move |_, after, _, _| Ok(vec![held[after as usize].clone()]));
+        let mut changes = MockMessageChangeRepository::new();
+        let text = MessageBody::parse("the text now").unwrap();
+        // The second edit takes the stand-in it took in the first run (after the message's
+        // and the first edit's), the last one the current text.
+        let stand_in = MessageBody::stored(MessageBody::WITHDRAWN).unwrap();
+        let mut sequence = mockall::Sequence::new();
+        for (change, seq) in [(Change::Edit(stand_in), 4), (Change::Edit(text.clone()), 5)] {
+            changes
+                .expect_change()
+                .withf(move |request| request.change == change)
+                .times(1)
+                .in_sequence(&mut sequence)
+                .returning(move |request| Ok(stored_change(request, seq)));
+        }
+        let mut users = MockUserRepository::new();
+        users.expect_insert().returning(|_| Err(RepoError::Conflict));
+        let service = with_changes(users, MockConversationRepository::new(), messages, groups, changes);
+
+        let mut import = service.importer();
+        import.record(Record::User(alice.clone())).await.unwrap();
+        let users = [alice.id.clone()].into_iter().collect();
+        import.record(Record::Group(ExportedGroup { group: team.clone(), version: 1, users })).await.unwrap();
+        import.record(Record::Message(ExportedMessage::unchanged(created))).await.unwrap();
+        let said = ExportedMessage {
+            message: Message { body: text, ..said },
+            reply_to: None,
+            deleted: false,
+            last_edit: Some(5),
+        };
+        import.record(Record::Message(said)).await.unwrap();
+        for change in edits {
+            let GroupEntry::Update(update) = change else { unreachable!() };
+            import.record(Record::Change(update.change)).await.unwrap();
+        }
+        import.record(Record::Member { conversation: team.id.clone(), member: owner }).await.unwrap();
+        let stats = import.finish().await.unwrap();
+        assert_eq!((stats.messages, stats.changes, stats.skipped), (2, 2, 1 + 3));
     }
 }

@@ -3,20 +3,24 @@
 //! (ids, password hashes, timestamps, seqs, roles, read positions).
 //!
 //! The lines, in order: every `user`; then each conversation — a `conversation` (direct) or a
-//! `group` — followed by its `message`s in seq order (a group's system entries among them)
-//! and then its `member`s. Dumps written before groups (no `group` or `member` lines, no
-//! `seq` on messages) import as before.
+//! `group` — followed by its entries in seq order — `message`s (a group's system entries among
+//! them) and `change`s (edits, deletions, reactions added and taken back) — and then its
+//! `member`s. A message carries its current text, or `deleted` and no text; `replyTo` names the
+//! message it answers; `lastEditSeq` the seq of its last edit, which gives it that text back on
+//! import (earlier texts are not kept). Dumps written before groups (no `group` or `member`
+//! lines, no `seq` on messages) or before message changes (no `change` lines) import as
+//! before.
 
 use std::io::{BufRead, Write};
 
 use anyhow::Context as _;
-use application::transfer::ExportedGroup;
+use application::transfer::{ExportedGroup, ExportedMessage};
 use application::{Record, TransferService, TransferStats};
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{
-    Avatar, ClientMessageId, Conversation, ConversationId, FullName, Gender, Group, GroupName, Member,
-    Message, MessageBody, MessageId, ParticipantPair, PasswordHash, Role, Seq, SystemEvent, User, UserId,
-    Username,
+    Avatar, ChangeKind, ClientMessageId, Conversation, ConversationId, Emoji, FullName, Gender, Group,
+    GroupName, Member, Message, MessageBody, MessageChange, MessageId, ParticipantPair, PasswordHash, Role,
+    Seq, SystemEvent, User, UserId, Username,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +63,16 @@ enum Line {
         sender_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receiver_id: Option<String>,
-        message: String,
+        /// The text as it stands; none once deleted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// The seq of its last edit (a `change` line further on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_edit_seq: Option<Seq>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
         created_at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_message_id: Option<String>,
@@ -68,6 +81,19 @@ enum Line {
         seq: Option<Seq>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         system: Option<SystemEvent>,
+    },
+    /// A change entry of a conversation of either kind: `kind` is `edited`, `deleted`,
+    /// `reactionAdded` or `reactionRemoved`, the last two with their `emoji`.
+    #[serde(rename_all = "camelCase")]
+    Change {
+        conversation_id: String,
+        seq: Seq,
+        message_id: String,
+        actor_id: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        emoji: Option<String>,
+        at: String,
     },
     /// A member of a conversation of either kind, with their read position.
     #[serde(rename_all = "camelCase")]
@@ -122,16 +148,29 @@ impl From<Record> for Line {
                 version,
                 users: users.into_iter().map(String::from).collect(),
             },
-            Record::Message(m) => Line::Message {
+            Record::Message(ExportedMessage { message: m, reply_to, deleted, last_edit }) => Line::Message {
                 id: m.id.into(),
                 conversation_id: m.conversation_id.into(),
                 sender_id: m.sender_id.into(),
                 receiver_id: m.receiver_id.map(String::from),
-                message: m.body.into(),
+                // Of a deleted message, `body` holds only a stand-in: no text is written.
+                message: (!deleted).then(|| m.body.into()),
+                deleted,
+                last_edit_seq: last_edit,
+                reply_to: reply_to.map(String::from),
                 created_at: time(&m.created_at),
                 client_message_id: m.client_id.map(Into::into),
                 seq: Some(m.seq),
                 system: m.system,
+            },
+            Record::Change(c) => Line::Change {
+                conversation_id: c.conversation_id.into(),
+                seq: c.seq,
+                message_id: c.message_id.into(),
+                actor_id: c.actor.into(),
+                kind: c.kind.as_str().to_owned(),
+                emoji: c.kind.emoji().map(|emoji| emoji.as_str().to_owned()),
+                at: time(&c.at),
             },
             Record::Member { conversation, member } => Line::Member {
                 conversation_id: conversation.into(),
@@ -200,6 +239,9 @@ impl TryFrom<Line> for Record {
                 sender_id,
                 receiver_id,
                 message,
+                deleted,
+                last_edit_seq,
+                reply_to,
                 created_at,
                 client_message_id,
                 seq,
@@ -211,22 +253,69 @@ impl TryFrom<Line> for Record {
                 if receiver_id.is_some() && system.is_some() {
                     anyhow::bail!("a direct message is no system entry");
                 }
-                Record::Message(Message {
-                    reply_to: None,
-                    changed: None,
-                    id: MessageId::parse(&id).context("message id")?,
+                let body = match (message, deleted) {
+                    (Some(text), false) => MessageBody::stored(&text).context("message")?,
+                    (None, true) => MessageBody::withdrawn(),
+                    (Some(_), true) => anyhow::bail!("a deleted message has no text"),
+                    (None, false) => anyhow::bail!("a message needs its text, or to be deleted"),
+                };
+                if deleted && last_edit_seq.is_some() {
+                    anyhow::bail!("a deleted message has no edit to give its text back");
+                }
+                if (deleted || last_edit_seq.is_some() || reply_to.is_some()) && seq.is_none() {
+                    anyhow::bail!("a changed or replying message needs its seq");
+                }
+                Record::Message(ExportedMessage {
+                    message: Message {
+                        reply_to: None,
+                        changed: None,
+                        id: MessageId::parse(&id).context("message id")?,
+                        conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
+                        sender_id: UserId::parse(&sender_id).context("senderId")?,
+                        receiver_id: receiver_id
+                            .map(|r| UserId::parse(&r))
+                            .transpose()
+                            .context("receiverId")?,
+                        body,
+                        system,
+                        // 0: not known, in dumps from before seqs.
+                        seq: seq.unwrap_or(0),
+                        created_at: parse_time(&created_at)?,
+                        client_id: client_message_id
+                            .map(|id| ClientMessageId::parse(&id))
+                            .transpose()
+                            .context("clientMessageId")?,
+                    },
+                    reply_to: reply_to.map(|id| MessageId::parse(&id)).transpose().context("replyTo")?,
+                    deleted,
+                    last_edit: last_edit_seq,
+                })
+            }
+            Line::Change { conversation_id, seq, message_id, actor_id, kind, emoji, at } => {
+                let emoji = emoji.map(|e| Emoji::stored(&e)).transpose().context("emoji")?;
+                let kind = match (kind.as_str(), emoji) {
+                    ("edited", None) => ChangeKind::Edited,
+                    ("deleted", None) => ChangeKind::Deleted,
+                    ("reactionAdded", Some(emoji)) => ChangeKind::ReactionAdded { emoji },
+                    ("reactionRemoved", Some(emoji)) => ChangeKind::ReactionRemoved { emoji },
+                    ("edited" | "deleted", Some(_)) => anyhow::bail!("an {kind:?} change has no emoji"),
+                    ("reactionAdded" | "reactionRemoved", None) => {
+                        anyhow::bail!("a {kind:?} change needs its emoji")
+                    }
+                    _ => anyhow::bail!(
+                        "unknown change kind {kind:?}: edited, deleted, reactionAdded or reactionRemoved"
+                    ),
+                };
+                if seq == 0 {
+                    anyhow::bail!("a change needs its seq");
+                }
+                Record::Change(MessageChange {
                     conversation_id: ConversationId::parse(&conversation_id).context("conversationId")?,
-                    sender_id: UserId::parse(&sender_id).context("senderId")?,
-                    receiver_id: receiver_id.map(|r| UserId::parse(&r)).transpose().context("receiverId")?,
-                    body: MessageBody::stored(&message).context("message")?,
-                    system,
-                    // 0: not known, in dumps from before seqs.
-                    seq: seq.unwrap_or(0),
-                    created_at: parse_time(&created_at)?,
-                    client_id: client_message_id
-                        .map(|id| ClientMessageId::parse(&id))
-                        .transpose()
-                        .context("clientMessageId")?,
+                    message_id: MessageId::parse(&message_id).context("messageId")?,
+                    actor: UserId::parse(&actor_id).context("actorId")?,
+                    kind,
+                    at: parse_time(&at)?,
+                    seq,
                 })
             }
             Line::Member {
@@ -262,6 +351,7 @@ fn service(storage: &Storage, hash_cost: u32) -> TransferService {
         storage.conversations.clone(),
         storage.messages.clone(),
         storage.groups.clone(),
+        storage.changes.clone(),
         hash_cost,
     )
 }
@@ -340,7 +430,7 @@ mod tests {
             users: [alice.clone(), bob.clone()].into_iter().collect(),
         });
         assert_eq!(round_trip(exported.clone()), exported);
-        let entry = Record::Message(Message {
+        let entry = Record::Message(ExportedMessage::unchanged(Message {
             reply_to: None,
             changed: None,
             id: MessageId::generate(),
@@ -352,7 +442,7 @@ mod tests {
             seq: 2,
             created_at: at,
             client_id: None,
-        });
+        }));
         assert_eq!(round_trip(entry.clone()), entry);
         let member = Record::Member {
             conversation: group,
@@ -367,7 +457,7 @@ mod tests {
             "receiverId": bob.to_string(), "message": "hi", "createdAt": "2024-01-01T00:00:00Z",
         }))
         .unwrap();
-        let Record::Message(old) = old else { panic!("a message: {old:?}") };
+        let Record::Message(ExportedMessage { message: old, .. }) = old else { panic!("a message: {old:?}") };
         assert_eq!((old.receiver_id, old.seq, old.system), (Some(bob), 0, None));
     }
 
@@ -392,5 +482,114 @@ mod tests {
         let error = line(direct).unwrap_err();
         assert!(error.to_string().contains("no system entry"), "{error}");
         assert!(line(serde_json::json!({ "seq": 3, "system": system })).is_ok());
+    }
+
+    #[test]
+    fn changes_and_changed_messages_read_back_as_written() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let conversation = ConversationId::generate();
+        let at = parse_time("2024-05-01T10:00:00.123456Z").unwrap();
+        let message = |seq: Seq, text: &str| Message {
+            reply_to: None,
+            changed: None,
+            id: MessageId::generate(),
+            conversation_id: conversation.clone(),
+            sender_id: alice.clone(),
+            receiver_id: Some(bob.clone()),
+            body: MessageBody::parse(text).unwrap(),
+            system: None,
+            seq,
+            created_at: at,
+            client_id: None,
+        };
+        let first = message(1, "first");
+        let edited = Record::Message(ExportedMessage {
+            reply_to: Some(first.id.clone()),
+            deleted: false,
+            last_edit: Some(4),
+            message: message(2, "the text as it stands"),
+        });
+        assert_eq!(round_trip(edited.clone()), edited);
+        let deleted = Record::Message(ExportedMessage {
+            reply_to: None,
+            deleted: true,
+            last_edit: None,
+            message: Message { body: MessageBody::withdrawn(), ..message(3, "x") },
+        });
+        assert_eq!(round_trip(deleted.clone()), deleted);
+        // No text at all for a deleted message: not even the stand-in its body holds.
+        let line = serde_json::to_value(Line::from(deleted)).unwrap();
+        assert_eq!((line.get("message"), &line["deleted"]), (None, &serde_json::json!(true)), "{line}");
+        assert!(!line.to_string().contains(MessageBody::WITHDRAWN), "{line}");
+
+        let emoji = Emoji::parse("👍").unwrap();
+        for kind in [
+            ChangeKind::Edited,
+            ChangeKind::Deleted,
+            ChangeKind::ReactionAdded { emoji: emoji.clone() },
+            ChangeKind::ReactionRemoved { emoji: emoji.clone() },
+        ] {
+            let change = Record::Change(MessageChange {
+                conversation_id: conversation.clone(),
+                message_id: first.id.clone(),
+                actor: bob.clone(),
+                kind: kind.clone(),
+                at,
+                seq: 5,
+            });
+            assert_eq!(round_trip(change.clone()), change);
+            let line = serde_json::to_value(Line::from(change)).unwrap();
+            assert_eq!(
+                (&line["type"], &line["kind"]),
+                (&serde_json::json!("change"), &serde_json::json!(kind.as_str()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_or_changed_message_line_that_does_not_add_up_is_refused() {
+        let id = || serde_json::json!(MessageId::generate().to_string());
+        let message = |extra: serde_json::Value| {
+            let mut line = serde_json::json!({
+                "type": "message", "id": id(), "conversationId": ConversationId::generate().to_string(),
+                "senderId": UserId::generate().to_string(), "receiverId": UserId::generate().to_string(),
+                "createdAt": "2024-01-01T00:00:00Z", "seq": 2,
+            });
+            line.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            record(line).map_err(|e| e.to_string())
+        };
+        assert!(message(serde_json::json!({ "message": "hi", "replyTo": id() })).is_ok());
+        assert!(message(serde_json::json!({ "deleted": true })).is_ok());
+        let refused = [
+            (serde_json::json!({}), "needs its text"),
+            (serde_json::json!({ "message": "hi", "deleted": true }), "has no text"),
+            (serde_json::json!({ "deleted": true, "lastEditSeq": 3 }), "no edit"),
+            (serde_json::json!({ "message": "hi", "replyTo": "nope" }), "replyTo"),
+        ];
+        for (extra, expected) in refused {
+            let error = message(extra.clone()).unwrap_err();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
+
+        let change = |kind: &str, emoji: Option<&str>, seq: Seq| {
+            record(serde_json::json!({
+                "type": "change", "conversationId": ConversationId::generate().to_string(), "seq": seq,
+                "messageId": id(), "actorId": UserId::generate().to_string(), "kind": kind,
+                "emoji": emoji, "at": "2024-01-01T00:00:00Z",
+            }))
+            .map_err(|e| e.to_string())
+        };
+        assert!(change("reactionAdded", Some("👍"), 3).is_ok());
+        let refused = [
+            (change("reactionAdded", None, 3), "needs its emoji"),
+            (change("edited", Some("👍"), 3), "has no emoji"),
+            (change("reactionRemoved", Some("not an emoji"), 3), "emoji"),
+            (change("renamed", None, 3), "unknown change kind"),
+            (change("deleted", None, 0), "needs its seq"),
+        ];
+        for (result, expected) in refused {
+            let error = result.unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }
