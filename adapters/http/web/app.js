@@ -991,7 +991,9 @@
       return;
     }
     const newest = newestShown();
-    if (!newest || !advanceRead(chat, newest.seq, newest.id, false)) return;
+    // The open chat shows its newest entries: what follows the newest one shown (up to the
+    // chat's last seq) are changes of messages, read with it.
+    if (!newest || !advanceRead(chat, Math.max(newest.seq, chat.lastSeq), newest.id, false)) return;
     paintConversation(key);
     paintTotals();
     soon(`read:${key}`, READ_DELAY_MS, () => sendRead(chat));
