@@ -1,13 +1,14 @@
 //! Export/import moves a deployment between backends without losing anything:
 //! SQLite -> MongoDB -> PostgreSQL, then the users log in on PostgreSQL with their passwords
 //! and see their conversations — direct ones and groups, with members, roles, system
-//! entries, seqs and read positions — exactly as before.
+//! entries, seqs and read positions — exactly as before; and messages keep their edits,
+//! deletions, reactions and replies.
 
 use std::collections::BTreeSet;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tests::{Backend, TestApp, TestDatabase};
+use tests::{Backend, TestApp, TestDatabase, TestUser};
 
 /// A server on `db`, which outlives it (the test moves the data on and removes it).
 async fn start(db: &TestDatabase) -> TestApp {
@@ -306,5 +307,230 @@ async fn unusable_password_hashes_are_refused_on_import_and_never_make_login_fai
     let refused = app.login("planted", "password-1").await;
     assert_eq!(refused.status, 401);
     assert_eq!(refused.body["code"], "UNAUTHENTICATED");
+    target.remove().await;
+}
+
+/// Sends `text` to the conversation `conversation` as a reply to `original`; returns the message.
+async fn reply(app: &TestApp, from: &TestUser, conversation: &str, text: &str, original: &Value) -> Value {
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    let body = json!({ "message": text, "replyTo": original["_id"] });
+    app.post_json(&path, &body, Some(&from.token)).await.data(StatusCode::CREATED).clone()
+}
+
+fn message_path(message: &Value) -> String {
+    let (conversation, id) = (message["conversationId"].as_str().unwrap(), message["_id"].as_str().unwrap());
+    format!("/api/v1/conversations/{conversation}/messages/{id}")
+}
+
+async fn edit(app: &TestApp, user: &TestUser, message: &Value, text: &str) {
+    let body = json!({ "message": text });
+    app.send_json(Method::PATCH, &message_path(message), &body, Some(&user.token)).await.data(StatusCode::OK);
+}
+
+async fn delete(app: &TestApp, user: &TestUser, message: &Value) {
+    let request = app.request(Method::DELETE, &message_path(message), Some(&user.token));
+    app.execute(request).await.data(StatusCode::OK);
+}
+
+/// Adds (`add`) or takes back `user`'s reaction `emoji` (a single code point: no encoding
+/// beyond UTF-8 percent-escapes, which the client does).
+async fn react(app: &TestApp, user: &TestUser, message: &Value, emoji: &str, add: bool) {
+    let path = format!("{}/reactions/{emoji}", message_path(message));
+    let method = if add { Method::PUT } else { Method::DELETE };
+    app.execute(app.request(method, &path, Some(&user.token))).await.data(StatusCode::OK);
+}
+
+/// Drops every `cursor` (cursors belong to one store).
+fn without_cursors(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            fields.remove("cursor");
+            fields.values_mut().for_each(without_cursors);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_cursors),
+        _ => {}
+    }
+}
+
+/// What `user` sees of messages and their changes: the conversation list (unread counts and
+/// last messages), each conversation's whole history, and what a sync from the start delivers
+/// — messages and `messageUpdated` events, ordered by conversation and seq (streams are
+/// numbered anew by an import, so the order across conversations may differ), without cursors.
+async fn changes_view(app: &TestApp, user: &TestUser) -> Value {
+    let list = app.conversations(&user.token).await.data(StatusCode::OK).clone();
+    let mut histories = Vec::new();
+    for conversation in list.as_array().unwrap() {
+        let id = conversation["_id"].as_str().unwrap();
+        let history = app.conversation_messages(&user.token, id, &[("limit", "100")]).await;
+        histories.push(history.data(StatusCode::OK).clone());
+    }
+    let mut delivered = Vec::new();
+    let mut since = String::new();
+    loop {
+        let page =
+            app.sync(&user.token, &[("since", &since), ("limit", "200")]).await.data(StatusCode::OK).clone();
+        for message in page["messages"].as_array().unwrap() {
+            let key = (message["conversationId"].to_string(), message["seq"].as_u64().unwrap());
+            delivered.push((key, json!({ "message": message })));
+        }
+        for event in page["events"].as_array().unwrap().iter().filter(|e| e["event"] == "messageUpdated") {
+            let data = &event["data"];
+            let key =
+                (data["message"]["conversationId"].to_string(), data["change"]["seq"].as_u64().unwrap());
+            delivered.push((key, json!({ "updated": data })));
+        }
+        since = page["nextCursor"].as_str().unwrap().to_owned();
+        if page["hasMore"] != json!(true) {
+            break;
+        }
+    }
+    delivered.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut view = json!({
+        "list": list,
+        "histories": histories,
+        "synced": delivered.into_iter().map(|(_, item)| item).collect::<Vec<Value>>(),
+    });
+    without_cursors(&mut view);
+    view
+}
+
+/// Edits (one message twice, another before it is deleted), deletions (by the sender and, in
+/// a group, by its owner), reactions added and taken back, and replies move from SQLite to
+/// PostgreSQL with their seqs: every user sees the same histories, conversation list (unread
+/// counts, last messages) and sync from the start, and a dump of the target equals the dump
+/// of the source. An import cut off in the middle of a message's edits runs again to the same
+/// end.
+#[tokio::test]
+async fn message_changes_move_from_sqlite_to_postgres_intact() {
+    let source = TestDatabase::create(Backend::Sqlite).await;
+    let app = start(&source).await;
+    let (alice, bob, carol) =
+        (app.create_user("alice").await, app.create_user("bob").await, app.create_user("carol").await);
+    let (thumbs, party, smile) = ("👍", "🎉", "😀");
+
+    // A direct conversation.
+    let d1 = app.send_ok(&alice, &bob, "hello bob").await;
+    let pair = d1["conversationId"].as_str().unwrap().to_owned();
+    let d2 = reply(&app, &bob, &pair, "hi alice", &d1).await;
+    edit(&app, &alice, &d1, "hello bob!").await;
+    react(&app, &bob, &d1, thumbs, true).await;
+    edit(&app, &alice, &d1, "hello, bob").await;
+    react(&app, &alice, &d2, party, true).await;
+    react(&app, &alice, &d2, party, false).await;
+    react(&app, &alice, &d2, smile, true).await;
+    let d3 = app.send_ok(&alice, &bob, "oops").await;
+    delete(&app, &alice, &d3).await;
+    let d4 = app.send_ok(&alice, &bob, "edited, then deleted").await;
+    edit(&app, &alice, &d4, "edited once").await;
+    delete(&app, &alice, &d4).await;
+    app.mark_read(&bob.token, &pair, d1["_id"].as_str().unwrap()).await.data(StatusCode::OK);
+    reply(&app, &alice, &pair, "a reply to a reply", &d2).await;
+    // The last entry is a change.
+    react(&app, &bob, &d2, thumbs, true).await;
+
+    // A group.
+    let group = app.create_group_ok(&alice, "Team", &[&bob, &carol]).await;
+    let group = group["_id"].as_str().unwrap().to_owned();
+    let g1 = app.post_message_ok(&alice, &group, "team hello").await;
+    let g2 = reply(&app, &bob, &group, "hello to you", &g1).await;
+    react(&app, &carol, &g1, party, true).await;
+    react(&app, &bob, &g1, party, true).await;
+    react(&app, &carol, &g1, party, false).await;
+    react(&app, &carol, &g2, smile, true).await;
+    edit(&app, &alice, &g1, "team hello!").await;
+    let g3 = app.post_message_ok(&carol, &group, "carol's to delete").await;
+    delete(&app, &alice, &g3).await;
+    let g4 = app.post_message_ok(&bob, &group, "bob edits").await;
+    edit(&app, &bob, &g4, "bob edited").await;
+    // Carol leaves a former member, her reaction kept.
+    app.remove_member(&alice.token, &group, &carol.id).await.data(StatusCode::OK);
+    app.mark_read(&bob.token, &group, g2["_id"].as_str().unwrap()).await.data(StatusCode::OK);
+    react(&app, &alice, &g4, thumbs, true).await;
+
+    let users = [&alice, &bob, &carol];
+    let mut before = Vec::new();
+    for user in users {
+        before.push(changes_view(&app, user).await);
+    }
+    // The test exercises what it means to: changed messages in both kinds, unread counts.
+    let history = |view: &Value, conversation: &str| {
+        let at = view["list"].as_array().unwrap().iter().position(|c| c["_id"] == conversation).unwrap();
+        view["histories"][at].as_array().unwrap().clone()
+    };
+    let direct = history(&before[1], &pair);
+    let shown: Vec<(u64, &str, bool, bool)> = direct
+        .iter()
+        .map(|m| {
+            let (text, edited) = (m["message"].as_str().unwrap(), m.get("editedAt").is_some());
+            (m["seq"].as_u64().unwrap(), text, edited, m.get("deletedAt").is_some())
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (1, "hello, bob", true, false),
+            (2, "hi alice", false, false),
+            (9, "", false, true),
+            // A tombstone keeps no editedAt.
+            (11, "", false, true),
+            (14, "a reply to a reply", false, false),
+        ],
+        "{direct:?}"
+    );
+    assert_eq!(direct[1]["replyTo"]["messageId"], d1["_id"]);
+    assert_eq!(
+        direct[1]["reactions"],
+        json!([{ "emoji": smile, "count": 1, "me": false }, { "emoji": thumbs, "count": 1, "me": true }])
+    );
+    let team = history(&before[0], &group);
+    let edited = team.iter().find(|m| m["_id"] == g4["_id"]).unwrap();
+    assert_eq!(
+        (edited["message"].as_str(), &edited["seq"], &edited["version"]),
+        (Some("bob edited"), &json!(11), &json!(14))
+    );
+    let listed = |view: &Value, conversation: &str| {
+        view["list"].as_array().unwrap().iter().find(|c| c["_id"] == conversation).unwrap().clone()
+    };
+    assert_eq!(listed(&before[1], &pair)["unreadCount"], 1);
+    assert_eq!(listed(&before[1], &pair)["lastSeq"], 15);
+
+    let dumped = dump(&source).await;
+    let text = String::from_utf8(dumped.clone()).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains(r#""type":"change""#)).count(), 10 + 8, "{text}");
+    assert!(!text.contains(domain::MessageBody::WITHDRAWN), "no stand-in text in the dump");
+
+    let target = TestDatabase::create(Backend::Postgres).await;
+    // An import cut off between the first and the last edit of a message, then run again.
+    let lines: Vec<&str> = text.lines().collect();
+    let direct_line =
+        lines.iter().position(|l| l.contains(r#""type":"conversation""#)).expect("a direct one");
+    let first_edit = direct_line
+        + lines[direct_line..].iter().position(|l| l.contains(r#""kind":"edited""#)).expect("an edit line");
+    let changes_in =
+        |lines: &[&str]| lines.iter().filter(|l| l.contains(r#""type":"change""#)).count() as u64;
+    let storage = server::open_storage(&target.settings).await.expect("store opens");
+    let cost = tests::test_settings(&target).auth.bcrypt_cost;
+    let cut = lines[..=first_edit].join("\n");
+    let error = server::transfer::import(&storage, cost, cut.as_bytes()).await.unwrap_err();
+    let error = format!("{error:#}");
+    assert!(error.contains(&pair) && error.contains("has no edit at seq"), "{error}");
+    let stats = load(&target, &dumped).await;
+    assert_eq!(stats.changes, changes_in(&lines) - changes_in(&lines[..=first_edit]), "{stats:?}");
+    assert_eq!(dump(&target).await, dumped, "a dump of the target equals the dump of the source");
+
+    let app = start(&target).await;
+    for (index, user) in users.into_iter().enumerate() {
+        let login = app.login(&user.username, &user.password).await;
+        let token = login.data(StatusCode::OK)["token"].as_str().unwrap().to_owned();
+        let user = TestUser { token, ..user.clone() };
+        assert_eq!(
+            changes_view(&app, &user).await,
+            before[index],
+            "{} sees the same messages in the same state (text, editedAt, deletedAt, reactions, \
+             replyTo, version) at the same seqs, in history, the conversation list and sync",
+            user.username
+        );
+    }
+    source.remove().await;
     target.remove().await;
 }
