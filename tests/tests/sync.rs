@@ -1506,3 +1506,1112 @@ async fn two_instances_a_receiver_joining_and_leaving_groups_sees_each_membershi
     let deployment = Deployment::cluster(cluster_backend(), 2).await;
     groups_stress(deployment, GROUPS_PLAN, "two_instances_groups").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Message changes: while members send, reply, edit, delete and react (adding and taking back,
+// several users on one message, sometimes the same reaction twice at once) in direct
+// conversations and a group, each user has a device that stays connected, one that keeps
+// going offline and coming back (from its last cursor, over /ws or sync pages), and at the
+// end a new one that syncs from the beginning. Every device must process every entry of its
+// user's stream once and in order, and end with exactly the state of the history pages:
+// text or tombstone, `editedAt`, reactions with `me` for its user, reply quotes.
+
+/// The emoji reacted with: fully qualified, as the server stores and sends them.
+const EMOJIS: [&str; 4] = ["👍", "❤️", "😂", "🎉"];
+
+#[derive(Debug, Clone, Copy)]
+struct ChangesPlan {
+    /// Operations of each of the four users: sends (some replies), edits, deletions and
+    /// reactions.
+    ops_each: usize,
+    /// Percentage of reaction additions sent twice at the same moment.
+    race_percent: u64,
+    /// Upper bound of the random pause between two operations of one user, in milliseconds.
+    pause_ms: u64,
+}
+
+/// Four users, three direct conversations and a group of all four: ~200 entries.
+const CHANGES_PLAN: ChangesPlan = ChangesPlan { ops_each: 45, race_percent: 10, pause_ms: 100 };
+
+/// `plan` sized for `backend`: the MongoDB stand-in gets fewer operations (see [`sized`]).
+fn changes_sized(plan: ChangesPlan, backend: Backend) -> ChangesPlan {
+    match backend {
+        Backend::Mongodb => ChangesPlan { ops_each: plan.ops_each * 6 / 10, pause_ms: 10, ..plan },
+        Backend::Sqlite | Backend::Postgres | Backend::Memory => plan,
+    }
+}
+
+/// A conversation of the scenario: its id, its members (indexes of the users) and the
+/// message everybody reacts to.
+#[derive(Debug, Clone)]
+struct Conv {
+    id: String,
+    members: Vec<usize>,
+    hot: String,
+}
+
+/// A message some user sent during the scenario.
+#[derive(Debug, Clone)]
+struct Known {
+    id: String,
+    conv: usize,
+    sender: usize,
+    text: String,
+    reply_to: Option<String>,
+}
+
+/// A change the server answered as made (not a no-op): what the stream must carry once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Made {
+    message: String,
+    kind: &'static str,
+    user: String,
+    emoji: Option<String>,
+}
+
+/// What the writers did, as the answers told them.
+#[derive(Debug, Default)]
+struct Ledger {
+    messages: Vec<Known>,
+    /// Messages some answer showed deleted.
+    deleted: HashSet<String>,
+    /// Per conversation, the changes made.
+    made: HashMap<usize, Vec<Made>>,
+    /// Answers that cannot tell whether they made the change (a retry after a 503 on a
+    /// message deleted meanwhile): the stream may hold up to this many changes more.
+    uncertain: usize,
+    /// The last edit of each message: its text and the `editedAt` it was answered with.
+    edits: HashMap<String, (String, Value)>,
+    /// The reactions each user holds at the end: (message, emoji).
+    reactions: HashMap<usize, HashSet<(String, String)>>,
+    /// Refusals the scenario expects: changes and replies to messages deleted meanwhile.
+    refused_deleted: usize,
+    raced_reactions: usize,
+    sends: usize,
+    replies: usize,
+}
+
+/// `text` percent-encoded whole, as a path segment.
+fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// The quote a reply shows of `original` (a message as history gives it): the start of its
+/// text (all scenario texts are ASCII: a character is a grapheme) or that it is deleted.
+fn quote_of(original: &Value) -> Value {
+    let id = original["_id"].clone();
+    let sender = original["senderId"].clone();
+    if original.get("deletedAt").is_some() {
+        return json!({ "messageId": id, "senderId": sender, "truncated": false, "deleted": true });
+    }
+    let text = original["message"].as_str().unwrap_or_else(|| panic!("a message without text: {original}"));
+    let trimmed = text.trim();
+    let (excerpt, truncated) = match trimmed.char_indices().nth(100) {
+        Some((end, _)) => (trimmed[..end].trim_end(), true),
+        None => (trimmed, false),
+    };
+    json!({ "messageId": id, "senderId": sender, "text": excerpt, "truncated": truncated, "deleted": false })
+}
+
+/// A cursor's parts (stream position, then each group's seq) summed: it grows with each
+/// delivery and orders the deliveries of one page.
+fn cursor_weight(text: &str) -> u64 {
+    let (stream, groups) = parse_cursor(text);
+    stream + groups.values().sum::<u64>()
+}
+
+/// Whether cursor `next` is `last` or after it: no part goes back, none is dropped.
+fn cursor_not_before(next: &str, last: &str) -> bool {
+    let (next_stream, next_groups) = parse_cursor(next);
+    let (last_stream, last_groups) = parse_cursor(last);
+    next_stream >= last_stream
+        && last_groups.iter().all(|(group, seq)| next_groups.get(group).is_some_and(|next| next >= seq))
+}
+
+/// A device of a user: its last cursor, what it processed, and its copy of every message.
+struct Device {
+    user: TestUser,
+    name: String,
+    last: String,
+    /// Each sequence's deliveries (`stream`, or a group's id), in the order processed: its
+    /// place in the sequence, and what it was (never the message's state, which depends on
+    /// when it was read).
+    lanes: std::collections::BTreeMap<String, Vec<(u64, String)>>,
+    deliveries: usize,
+    state: HashMap<String, Value>,
+    /// Live copies ignored because the device had a newer one.
+    stale: usize,
+}
+
+impl Device {
+    fn new(user: &TestUser, name: &str) -> Self {
+        Self {
+            user: user.clone(),
+            name: format!("{}'s {name} device", user.username),
+            last: "0".into(),
+            lanes: Default::default(),
+            deliveries: 0,
+            state: HashMap::new(),
+            stale: 0,
+        }
+    }
+
+    /// Moves to `cursor`, the cursor of an entry of `conversation` at `seq`: it must take
+    /// the next place of its sequence (the user's stream, or the group's seqs); notices that
+    /// are not delivered may move the stream along with it, nothing goes back.
+    fn advance(&mut self, cursor: &Value, conversation: &Value, seq: &Value, what: String, whence: &str) {
+        let cursor = cursor.as_str().unwrap_or_else(|| panic!("{}: {whence}: no cursor: {what}", self.name));
+        assert!(
+            cursor_not_before(cursor, &self.last) && cursor != self.last,
+            "{}: {whence}: cursor {cursor} after {}: a repeat or a step back ({what})",
+            self.name,
+            self.last
+        );
+        let (stream, groups) = parse_cursor(cursor);
+        let (last_stream, last_groups) = parse_cursor(&self.last);
+        let conversation =
+            conversation.as_str().unwrap_or_else(|| panic!("{}: no conversation: {what}", self.name));
+        let (lane, place) = match groups.get(conversation) {
+            Some(place) => {
+                assert_eq!(
+                    Some(*place),
+                    seq.as_u64(),
+                    "{}: {whence}: the cursor names the seq: {what}",
+                    self.name
+                );
+                assert_eq!(
+                    place - 1,
+                    last_groups.get(conversation).copied().unwrap_or(0),
+                    "{}: {whence}: group entries come one after the other ({cursor} after {}): {what}",
+                    self.name,
+                    self.last
+                );
+                (conversation.to_owned(), *place)
+            }
+            None => {
+                assert!(
+                    stream > last_stream,
+                    "{}: {whence}: {cursor} after {}: {what}",
+                    self.name,
+                    self.last
+                );
+                ("stream".to_owned(), stream)
+            }
+        };
+        for (group, seq) in &groups {
+            assert!(
+                group == &lane || last_groups.get(group).is_none_or(|last| last == seq),
+                "{}: {whence}: one delivery moved group {group} too ({cursor} after {})",
+                self.name,
+                self.last
+            );
+        }
+        self.last = cursor.to_owned();
+        self.lanes.entry(lane).or_default().push((place, what));
+        self.deliveries += 1;
+    }
+
+    /// A `newMessage` (or a sync page's message).
+    fn take_message(&mut self, item: &Value, whence: &str) {
+        let id = id_of(item);
+        self.advance(&item["cursor"], &item["conversationId"], &item["seq"], format!("message {id}"), whence);
+        self.keep(without_cursor(item));
+    }
+
+    /// A `messageUpdated`'s data (or a sync page's event of that name).
+    fn take_update(&mut self, data: &Value, whence: &str) {
+        let message = &data["message"];
+        let change = &data["change"];
+        let what = format!(
+            "update {} {} by {} {} at {}",
+            id_of(message),
+            change["kind"],
+            change["userId"],
+            change["emoji"],
+            change["seq"]
+        );
+        assert!(
+            message["version"].as_u64() >= change["seq"].as_u64(),
+            "{}: {whence}: a state older than its change: {data}",
+            self.name
+        );
+        self.advance(&data["cursor"], &message["conversationId"], &change["seq"], what, whence);
+        self.keep(message.clone());
+    }
+
+    /// Keeps the copy with the greater `version`; a new state of a message refreshes the
+    /// quotes of the replies to it, as a client does.
+    fn keep(&mut self, message: Value) {
+        let id = id_of(&message);
+        let version = |m: &Value| m["version"].as_u64().unwrap_or_else(|| panic!("no version: {m}"));
+        if let Some(held) = self.state.get(&id) {
+            if version(held) > version(&message) {
+                self.stale += 1;
+                return;
+            }
+        }
+        let quote = quote_of(&message);
+        for reply in self.state.values_mut() {
+            if reply["replyTo"]["messageId"] == id.as_str() {
+                reply["replyTo"] = quote.clone();
+            }
+        }
+        self.state.insert(id, message);
+    }
+
+    /// One sync page after the last cursor: its messages and events, in cursor order.
+    /// Returns whether more is stored.
+    async fn sync_page(&mut self, api: &Api, limit: u32, whence: &str) -> bool {
+        let limit_text = limit.to_string();
+        let reply =
+            api.sync(&self.user.token, &[("since", self.last.as_str()), ("limit", &limit_text)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}: sync since {}: {}", self.name, self.last, reply.text);
+        let page = &reply.body["responseData"];
+        let messages = page["messages"].as_array().unwrap_or_else(|| panic!("messages: {page}"));
+        let events = page["events"].as_array().unwrap_or_else(|| panic!("events: {page}"));
+        assert!(
+            messages.len() + events.len() <= limit as usize,
+            "{}: a page above its limit: {page}",
+            self.name
+        );
+        let mut items: Vec<(u64, bool, &Value)> = messages
+            .iter()
+            .map(|m| (cursor_weight(m["cursor"].as_str().unwrap_or("")), true, m))
+            .chain(events.iter().map(|e| {
+                assert_eq!(e["event"], "messageUpdated", "{}: nobody read anything: {e}", self.name);
+                (cursor_weight(e["data"]["cursor"].as_str().unwrap_or("")), false, &e["data"])
+            }))
+            .collect();
+        items.sort_by_key(|(weight, _, _)| *weight);
+        for (_, is_message, item) in items {
+            if is_message {
+                self.take_message(item, whence);
+            } else {
+                self.take_update(item, whence);
+            }
+        }
+        let next = page["nextCursor"].as_str().unwrap_or_else(|| panic!("nextCursor: {page}"));
+        assert!(
+            cursor_not_before(next, &self.last),
+            "{}: nextCursor {next} is not the last item's cursor {} or past notices after it",
+            self.name,
+            self.last
+        );
+        self.last = next.to_owned();
+        page["hasMore"].as_bool().unwrap_or_else(|| panic!("hasMore: {page}"))
+    }
+
+    /// Sync pages of `limit` from the last cursor to the end.
+    async fn sync_to_end(&mut self, api: &Api, limit: u32) {
+        let mut pages = 0;
+        while self.sync_page(api, limit, &format!("sync to the end, page {pages}")).await {
+            pages += 1;
+        }
+    }
+
+    /// Processes one `/ws` frame; returns whether it was a delivery.
+    fn take_frame(&mut self, text: &str, whence: &str) -> bool {
+        let value: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{whence}: not JSON ({e}): {text}"));
+        match value["event"].as_str() {
+            Some("newMessage") => self.take_message(&value["data"], whence),
+            Some("messageUpdated") => self.take_update(&value["data"], whence),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// Why a `/ws` session of a device ended.
+enum SessionEnd {
+    /// It stayed as long as it meant to.
+    Stayed,
+    /// The server closed it.
+    Closed,
+}
+
+/// A `/ws?since=<last>` session: until `until` (or, once `target` says where the stream
+/// ends, until the device is there and `QUIET` has passed with nothing more).
+async fn changes_session(
+    api: &Api,
+    device: &mut Device,
+    until: Option<Instant>,
+    target: &tokio::sync::watch::Receiver<Option<String>>,
+    whence: &str,
+) -> SessionEnd {
+    let url = format!("{}?token={}&since={}", api.ws_url(), device.user.token, device.last);
+    let mut socket = open_ws(url, whence).await;
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        if let Some(end) = target.borrow().clone() {
+            if device.last == end {
+                let quiet = *quiet_until.get_or_insert_with(|| Instant::now() + QUIET);
+                if Instant::now() >= quiet {
+                    return SessionEnd::Stayed;
+                }
+            }
+        }
+        if until.is_some_and(|until| Instant::now() >= until) {
+            return SessionEnd::Stayed;
+        }
+        let frame = match tokio::time::timeout(Duration::from_millis(50), socket.next()).await {
+            Err(_) => continue,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(_)))) => return SessionEnd::Closed,
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Frame::Text(text) = frame else { continue };
+        if device.take_frame(text.as_str(), whence) {
+            assert!(quiet_until.is_none(), "{}: {whence}: a delivery after the end: {text}", device.name);
+        }
+    }
+}
+
+/// The device that stays connected: from cursor 0 before the writers start, live from
+/// then on (resuming from its last cursor if the server closes it), until it is at the end
+/// `target` names.
+async fn live_device(
+    deployment: Arc<Deployment>,
+    instance: usize,
+    mut device: Device,
+    target: tokio::sync::watch::Receiver<Option<String>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> (Device, usize) {
+    let deadline = Instant::now() + SCENARIO_LIMIT * 2;
+    let mut resumed = 0;
+    let mut ready = Some(ready);
+    loop {
+        let api = deployment.api(instance);
+        let whence = format!("live session {resumed} since {}", device.last);
+        let url = format!("{}?token={}&since={}", api.ws_url(), device.user.token, device.last);
+        let mut socket = open_ws(url, &whence).await;
+        if let Some(ready) = ready.take() {
+            // Registered once the handshake is answered; the presence list comes after.
+            let _ = ready.send(());
+        }
+        let mut quiet_until: Option<Instant> = None;
+        let closed = loop {
+            assert!(Instant::now() < deadline, "{}: still at {} at the deadline", device.name, device.last);
+            if let Some(end) = target.borrow().clone() {
+                if device.last == end {
+                    let quiet = *quiet_until.get_or_insert_with(|| Instant::now() + QUIET);
+                    if Instant::now() >= quiet {
+                        break false;
+                    }
+                }
+            }
+            let frame = match tokio::time::timeout(Duration::from_millis(50), socket.next()).await {
+                Err(_) => continue,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(_)))) => break true,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Frame::Text(text) = frame else { continue };
+            if device.take_frame(text.as_str(), &whence) {
+                assert!(quiet_until.is_none(), "{}: a delivery after the end: {text}", device.name);
+            }
+        };
+        if !closed {
+            return (device, resumed);
+        }
+        resumed += 1;
+    }
+}
+
+/// The device that keeps going offline: pauses, short `/ws` sessions and sync pages, each
+/// from its last cursor, until the writers are done; then it syncs from its last cursor to
+/// the end.
+async fn roaming_device(
+    deployment: Arc<Deployment>,
+    mut device: Device,
+    mut rng: Rng,
+    writers_done: Arc<AtomicBool>,
+    target: tokio::sync::watch::Receiver<Option<String>>,
+) -> (Device, ReceiverStats) {
+    let mut stats = ReceiverStats::default();
+    let mut round = 0usize;
+    while !writers_done.load(Ordering::SeqCst) {
+        round += 1;
+        let api = deployment.api(round);
+        match rng.below(10) {
+            0..=3 => tokio::time::sleep(Duration::from_millis(rng.between(50, 400))).await,
+            4..=5 => {
+                let limit = rng.between(1, 40) as u32;
+                let whence = format!("sync read {round} since {}", device.last);
+                device.sync_page(api, limit, &whence).await;
+                stats.sync_reads += 1;
+            }
+            _ => {
+                let whence = format!("/ws session {round} since {}", device.last);
+                let until = Instant::now() + Duration::from_millis(rng.between(10, 300));
+                stats.ws_sessions += 1;
+                if let SessionEnd::Closed =
+                    changes_session(api, &mut device, Some(until), &target, &whence).await
+                {
+                    stats.ended_by_server += 1;
+                }
+            }
+        }
+    }
+    device.sync_to_end(deployment.api(round + 1), rng.between(5, 60) as u32).await;
+    (device, stats)
+}
+
+/// Waits for a task, passing its panic on.
+async fn joined<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    match tokio::time::timeout(SCENARIO_LIMIT, task).await {
+        Err(_) => panic!("{what} did not finish within {SCENARIO_LIMIT:?}"),
+        Ok(Err(error)) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(error) => panic!("{what} failed: {error}"),
+        },
+        Ok(Ok(outcome)) => outcome,
+    }
+}
+
+/// A change request, tried again while it is answered 503 (the store took longer than its
+/// deadline; the change may be stored all the same, and trying it again changes nothing
+/// more): the first other answer, and whether a 503 came before it.
+async fn change_request(
+    deployment: &Deployment,
+    instance: usize,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    token: &str,
+) -> (Reply, bool) {
+    let mut unavailable = false;
+    for attempt in 0..UNAVAILABLE_ATTEMPTS {
+        let api = deployment.api(instance + attempt);
+        let mut request = api.request(method.clone(), path, Some(token));
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let reply = api.execute(request).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return (reply, unavailable);
+        }
+        unavailable = true;
+        tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1))).await;
+    }
+    panic!("{method} {path}: 503 {UNAVAILABLE_ATTEMPTS} times in a row");
+}
+
+/// The reaction `emoji` of `message` (an answered message) as its reader sees it.
+fn reaction<'m>(message: &'m Value, emoji: &str) -> Option<&'m Value> {
+    message["reactions"].as_array()?.iter().find(|r| r["emoji"] == emoji)
+}
+
+/// One user's operations: sends (40% of them replies), edits of their messages, deletions
+/// (their own; the owner's also of others' group messages) and reactions, each checked
+/// against its answer and written down in the ledger.
+#[allow(clippy::too_many_arguments)]
+async fn changes_writer(
+    deployment: Arc<Deployment>,
+    me: usize,
+    users: Arc<Vec<TestUser>>,
+    convs: Arc<Vec<Conv>>,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
+    plan: ChangesPlan,
+    mut rng: Rng,
+) {
+    let user = &users[me];
+    let mine_convs: Vec<usize> = (0..convs.len()).filter(|c| convs[*c].members.contains(&me)).collect();
+    let mut reactions: HashSet<(String, String)> = HashSet::new();
+    let group = convs.len() - 1;
+    for n in 0..plan.ops_each {
+        let instance = me + n;
+        let c = mine_convs[rng.below(mine_convs.len() as u64) as usize];
+        let conv = &convs[c];
+        let base = format!("/api/v1/conversations/{}/messages", conv.id);
+        // The live messages of this conversation, and those of mine.
+        let (live, own): (Vec<Known>, Vec<Known>) = {
+            let ledger = ledger.lock().unwrap();
+            let live: Vec<Known> = ledger
+                .messages
+                .iter()
+                .filter(|m| m.conv == c && !ledger.deleted.contains(&m.id))
+                .cloned()
+                .collect();
+            let own = live.iter().filter(|m| m.sender == me).cloned().collect();
+            (live, own)
+        };
+        let roll = rng.below(100);
+        if roll < 25 || (roll < 45 && own.is_empty()) {
+            // A send; 40% answer a message of the conversation.
+            let reply_to = (rng.percent(40) && !live.is_empty())
+                .then(|| live[rng.below(live.len() as u64) as usize].id.clone());
+            let text = format!("{} #{n} in {c}", user.username);
+            let mut body = json!({ "message": text });
+            if let Some(target) = &reply_to {
+                body["replyTo"] = json!(target);
+            }
+            let api = deployment.api(instance);
+            let reply = api.post_json(&base, &body, Some(&user.token)).await;
+            let mut ledger = ledger.lock().unwrap();
+            if reply.status == StatusCode::BAD_REQUEST && reply_to.is_some() {
+                // The message replied to was deleted meanwhile.
+                ledger.deleted.insert(reply_to.clone().unwrap());
+                ledger.refused_deleted += 1;
+                continue;
+            }
+            assert_eq!(reply.status, StatusCode::CREATED, "{} sending {text}: {}", user.username, reply.text);
+            let stored = &reply.body["responseData"];
+            assert_eq!(stored["message"], text.as_str());
+            assert_eq!(stored["reactions"], json!([]));
+            assert_eq!(stored["version"], stored["seq"], "a new message's version is its seq: {stored}");
+            match &reply_to {
+                Some(target) => assert_eq!(stored["replyTo"]["messageId"], target.as_str(), "{stored}"),
+                None => assert!(stored.get("replyTo").is_none(), "{stored}"),
+            }
+            ledger.sends += 1;
+            ledger.replies += usize::from(reply_to.is_some());
+            ledger.messages.push(Known { id: id_of(stored), conv: c, sender: me, text, reply_to });
+        } else if roll < 40 && !own.is_empty() {
+            // An edit of one of my messages; every fifth one long enough to be quoted cut.
+            let target = &own[rng.below(own.len() as u64) as usize];
+            let mut text = format!("{} edit {n} of {}", user.username, &target.id[target.id.len() - 6..]);
+            if n % 5 == 0 {
+                text.push_str(&" and on".repeat(16));
+            }
+            let path = format!("{base}/{}", target.id);
+            let (reply, _) = change_request(
+                &deployment,
+                instance,
+                Method::PATCH,
+                &path,
+                Some(json!({ "message": text })),
+                &user.token,
+            )
+            .await;
+            let mut ledger = ledger.lock().unwrap();
+            if reply.status == StatusCode::CONFLICT {
+                ledger.deleted.insert(target.id.clone());
+                ledger.refused_deleted += 1;
+                continue;
+            }
+            assert_eq!(reply.status, StatusCode::OK, "{} editing: {}", user.username, reply.text);
+            let stored = &reply.body["responseData"];
+            assert_eq!(stored["message"], text.as_str(), "{stored}");
+            let edited_at = stored["editedAt"].clone();
+            assert!(edited_at.is_string(), "an edited message has editedAt: {stored}");
+            ledger.edits.insert(target.id.clone(), (text, edited_at));
+            let made =
+                Made { message: target.id.clone(), kind: "edited", user: user.id.clone(), emoji: None };
+            ledger.made.entry(c).or_default().push(made);
+        } else if roll < 45 {
+            // A deletion: mine, or as the owner anyone's in the group; never a hot message.
+            let candidates: Vec<&Known> = live
+                .iter()
+                .filter(|m| m.id != conv.hot && (m.sender == me || (me == 0 && c == group)))
+                .collect();
+            let Some(target) = candidates.get(rng.below(candidates.len().max(1) as u64) as usize) else {
+                continue;
+            };
+            let path = format!("{base}/{}", target.id);
+            let (reply, _) =
+                change_request(&deployment, instance, Method::DELETE, &path, None, &user.token).await;
+            assert_eq!(reply.status, StatusCode::OK, "{} deleting: {}", user.username, reply.text);
+            let stored = &reply.body["responseData"];
+            assert!(stored["deletedAt"].is_string(), "{stored}");
+            assert_eq!(stored["message"], "", "{stored}");
+            assert_eq!(stored["reactions"], json!([]), "{stored}");
+            let mut ledger = ledger.lock().unwrap();
+            ledger.deleted.insert(target.id.clone());
+            // Deleted by someone else first: nothing changed.
+            if stored["deletedBy"] == user.id.as_str() {
+                let made =
+                    Made { message: target.id.clone(), kind: "deleted", user: user.id.clone(), emoji: None };
+                ledger.made.entry(c).or_default().push(made);
+            }
+        } else {
+            // A reaction taken back or added: mostly on the hot message.
+            let target = if rng.percent(60) || live.is_empty() {
+                conv.hot.clone()
+            } else {
+                live[rng.below(live.len() as u64) as usize].id.clone()
+            };
+            let emoji = EMOJIS[rng.below(EMOJIS.len() as u64) as usize];
+            let path = format!("{base}/{target}/reactions/{}", percent_encoded(emoji));
+            let key = (target.clone(), emoji.to_owned());
+            let adding = !reactions.contains(&key);
+            let method = if adding { Method::PUT } else { Method::DELETE };
+            let copies = if adding && rng.percent(plan.race_percent) { 2 } else { 1 };
+            let answers = futures_util::future::join_all((0..copies).map(|k| {
+                change_request(&deployment, instance + k, method.clone(), &path, None, &user.token)
+            }))
+            .await;
+            let mut ledger = ledger.lock().unwrap();
+            ledger.raced_reactions += usize::from(copies > 1);
+            let unavailable = answers.iter().any(|(_, unavailable)| *unavailable);
+            let (reply, _) = &answers[0];
+            for (other, _) in &answers {
+                assert_eq!(other.status, reply.status, "racing copies of one reaction: {answers:#?}");
+            }
+            if adding && reply.status == StatusCode::CONFLICT {
+                ledger.deleted.insert(target.clone());
+                ledger.refused_deleted += 1;
+                // A first try answered 503 may have added it before the deletion.
+                ledger.uncertain += usize::from(unavailable);
+                continue;
+            }
+            assert_eq!(reply.status, StatusCode::OK, "{} {method} {emoji}: {}", user.username, reply.text);
+            let stored = &reply.body["responseData"];
+            let made = Made {
+                message: target.clone(),
+                kind: if adding { "reactionAdded" } else { "reactionRemoved" },
+                user: user.id.clone(),
+                emoji: Some(emoji.to_owned()),
+            };
+            if stored["deletedAt"].is_string() {
+                // Taking a reaction back from a deleted message changes nothing (unless a
+                // first try answered 503 took it back before the deletion).
+                assert!(!adding, "{stored}");
+                ledger.deleted.insert(target.clone());
+                ledger.uncertain += usize::from(unavailable);
+                reactions.remove(&key);
+                continue;
+            }
+            let view = reaction(stored, emoji);
+            if adding {
+                assert_eq!(view.map(|r| &r["me"]), Some(&json!(true)), "my reaction {emoji}: {stored}");
+                reactions.insert(key);
+            } else {
+                assert!(view.is_none_or(|r| r["me"] == false), "my reaction {emoji} is gone: {stored}");
+                reactions.remove(&key);
+            }
+            ledger.made.entry(c).or_default().push(made);
+        }
+        drop(live);
+        tokio::time::sleep(Duration::from_millis(rng.between(0, plan.pause_ms))).await;
+    }
+    ledger.lock().unwrap().reactions.insert(me, reactions);
+}
+
+/// `device` processed exactly what `reference` did: each sequence (the user's stream, each
+/// group) entry by entry, in the same order. (How the sequences interleave depends on where
+/// each read or resume fell.)
+fn assert_same_deliveries(device: &Device, reference: &Device) {
+    let lanes = |d: &Device| d.lanes.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(lanes(device), lanes(reference), "{}: the sequences it got", device.name);
+    for (lane, expected) in &reference.lanes {
+        let got = &device.lanes[lane];
+        if let Some(n) = (0..got.len().max(expected.len())).find(|n| got.get(*n) != expected.get(*n)) {
+            panic!(
+                "{}: {lane}: {} deliveries where {} has {}; the first difference, number {}: {:?} where {:?}",
+                device.name,
+                got.len(),
+                reference.name,
+                expected.len(),
+                n + 1,
+                got.get(n),
+                expected.get(n)
+            );
+        }
+    }
+    assert_eq!(device.deliveries, reference.deliveries, "{}: deliveries in all", device.name);
+}
+
+/// `user`'s view of every message of `conv`, through history pages: by id.
+async fn conversation_state(deployment: &Deployment, user: &TestUser, conv: &str) -> HashMap<String, Value> {
+    let mut state = HashMap::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "50")];
+        if let Some(before) = &before {
+            query.push(("before", before));
+        }
+        let reply = deployment.api(0).conversation_messages(&user.token, conv, &query).await;
+        assert_eq!(reply.status, StatusCode::OK, "history of {conv}: {}", reply.text);
+        let page = reply.body["responseData"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("a history page is a list: {}", reply.text));
+        let Some(oldest) = page.first() else {
+            return state;
+        };
+        before = Some(id_of(oldest));
+        for message in page {
+            assert!(message.get("cursor").is_none(), "history has no cursors: {message}");
+            let previous = state.insert(id_of(&message), message);
+            assert!(previous.is_none(), "a message twice in the history of {conv}: {previous:?}");
+        }
+    }
+}
+
+/// A device's copy of the messages of `conv`.
+fn device_conversation(device: &Device, conv: &str) -> HashMap<String, Value> {
+    device
+        .state
+        .iter()
+        .filter(|(_, m)| m["conversationId"] == conv)
+        .map(|(id, m)| (id.clone(), m.clone()))
+        .collect()
+}
+
+/// Asserts `device` holds exactly `history`, message by message.
+fn assert_converged(device: &Device, conv: &str, history: &HashMap<String, Value>) {
+    let held = device_conversation(device, conv);
+    let mut ids: Vec<&String> = history.keys().chain(held.keys()).collect();
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let (mine, theirs) = (held.get(id), history.get(id));
+        if mine == theirs {
+            continue;
+        }
+        // The fields that differ, each side's, and the versions.
+        let fields = |m: Option<&Value>| m.and_then(Value::as_object).cloned().unwrap_or_default();
+        let (mine_fields, their_fields) = (fields(mine), fields(theirs));
+        let differing: Vec<String> = mine_fields
+            .keys()
+            .chain(their_fields.keys())
+            .filter(|key| mine_fields.get(*key) != their_fields.get(*key))
+            .map(|key| {
+                format!("{key}: {:?} where history has {:?}", mine_fields.get(key), their_fields.get(key))
+            })
+            .collect();
+        panic!(
+            "{}: message {id} of {conv} (version {:?} held, {:?} in history) differs from history: {differing:#?}",
+            device.name,
+            mine.map(|m| &m["version"]),
+            theirs.map(|m| &m["version"])
+        );
+    }
+}
+
+async fn changes_stress(deployment: Deployment, plan: ChangesPlan, test: &str) {
+    let started = Instant::now();
+    let mut rng = Rng(seed(test));
+    let deployment = Arc::new(deployment);
+    let instances = deployment.instances();
+    let mut users = Vec::new();
+    for (i, name) in ["owner", "ada", "bob", "cyd"].iter().enumerate() {
+        users.push(deployment.api(i).create_user(name).await);
+    }
+    // Three direct conversations and a group of all four (last), each with its hot message.
+    let mut convs = Vec::new();
+    let mut ledger = Ledger::default();
+    for (a, b) in [(0usize, 1usize), (1, 2), (3, 0)] {
+        let text = format!("hot {} to {}", users[a].username, users[b].username);
+        let stored = deployment.api(a).send_ok(&users[a], &users[b], &text).await;
+        let id = stored["conversationId"].as_str().expect("conversationId").to_owned();
+        convs.push(Conv { id, members: vec![a, b], hot: id_of(&stored) });
+        ledger.messages.push(Known {
+            id: id_of(&stored),
+            conv: convs.len() - 1,
+            sender: a,
+            text,
+            reply_to: None,
+        });
+    }
+    let group =
+        deployment.api(0).create_group_ok(&users[0], "Changes", &[&users[1], &users[2], &users[3]]).await;
+    let group = id_of(&group);
+    let hot = deployment.api(0).post_message_ok(&users[0], &group, "hot in the group").await;
+    convs.push(Conv { id: group, members: vec![0, 1, 2, 3], hot: id_of(&hot) });
+    ledger.messages.push(Known {
+        id: id_of(&hot),
+        conv: convs.len() - 1,
+        sender: 0,
+        text: "hot in the group".into(),
+        reply_to: None,
+    });
+    ledger.sends = ledger.messages.len();
+    let (users, convs, ledger) = (Arc::new(users), Arc::new(convs), Arc::new(std::sync::Mutex::new(ledger)));
+
+    // The devices: one live and one roaming per user, all from the beginning.
+    let writers_done = Arc::new(AtomicBool::new(false));
+    let mut targets = Vec::new();
+    let (mut lives, mut roamings) = (Vec::new(), Vec::new());
+    for (i, user) in users.iter().enumerate() {
+        let (target, watching) = tokio::sync::watch::channel(None);
+        targets.push(target);
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let device = Device::new(user, "live");
+        lives.push(tokio::spawn(live_device(deployment.clone(), i, device, watching.clone(), ready)));
+        tokio::time::timeout(TIMEOUT, is_ready).await.expect("a live device connects").ok();
+        let device = Device::new(user, "roaming");
+        roamings.push(tokio::spawn(roaming_device(
+            deployment.clone(),
+            device,
+            rng.fork(),
+            writers_done.clone(),
+            watching,
+        )));
+    }
+
+    let writers: Vec<_> = (0..users.len())
+        .map(|me| {
+            tokio::spawn(changes_writer(
+                deployment.clone(),
+                me,
+                users.clone(),
+                convs.clone(),
+                ledger.clone(),
+                plan,
+                rng.fork(),
+            ))
+        })
+        .collect();
+    for writer in writers {
+        joined(writer, "a writer").await;
+    }
+    let writing_took = started.elapsed();
+    writers_done.store(true, Ordering::SeqCst);
+
+    // Each user's stream as a new device reads it from the beginning, by pages of 200 and
+    // of 37 (the same), and by pages of random sizes; the live devices wait for its end.
+    let mut references = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let mut reference = Device::new(user, "new (pages of 200)");
+        reference.sync_to_end(deployment.api(i), 200).await;
+        let mut by_37 = Device::new(user, "new (pages of 37)");
+        by_37.sync_to_end(deployment.api(i + 1), 37).await;
+        assert_same_deliveries(&by_37, &reference);
+        assert_eq!(by_37.state, reference.state, "{}: the same state whatever the page size", user.username);
+        targets[i].send_replace(Some(reference.last.clone()));
+        references.push(reference);
+    }
+    let mut devices: Vec<Vec<Device>> = Vec::new();
+    let (mut resumes, mut stale) = (0, 0);
+    let mut roaming_stats = ReceiverStats::default();
+    for (i, (live, roaming)) in lives.into_iter().zip(roamings).enumerate() {
+        let (live, resumed) = joined(live, "a live device").await;
+        let (roaming, stats) = joined(roaming, "a roaming device").await;
+        resumes += resumed;
+        stale += live.stale + roaming.stale;
+        roaming_stats.ws_sessions += stats.ws_sessions;
+        roaming_stats.sync_reads += stats.sync_reads;
+        roaming_stats.ended_by_server += stats.ended_by_server;
+        let mut fresh = Device::new(&users[i], "new (random pages)");
+        let mut page_rng = rng.fork();
+        let mut page = 0;
+        while fresh.sync_page(deployment.api(i + page), page_rng.between(1, 50) as u32, "random pages").await
+        {
+            page += 1;
+        }
+        devices.push(vec![live, roaming, fresh]);
+    }
+    let ledger = Arc::into_inner(ledger).expect("the writers are done").into_inner().unwrap();
+
+    // The stream: every device processed exactly its user's stream, each entry once, in order.
+    for (i, reference) in references.iter().enumerate() {
+        for device in &devices[i] {
+            assert_same_deliveries(device, reference);
+            assert_eq!(device.last, reference.last, "{}: at the end of the stream", device.name);
+        }
+    }
+
+    // Each conversation's sequence holds its messages and changes, each seq once; the stream
+    // of each member carries exactly the changes answered as made.
+    let users_ref = &users;
+    let mut total_changes = 0;
+    for (c, conv) in convs.iter().enumerate() {
+        let member = conv.members[0];
+        let mut seqs: Vec<u64> = Vec::new();
+        let mut updates: Vec<Made> = Vec::new();
+        // The member's stream once more, whole, for each entry's seq and change.
+        let mut since = "0".to_owned();
+        loop {
+            let reply = deployment
+                .api(c)
+                .sync(&users_ref[member].token, &[("since", &since), ("limit", "200")])
+                .await;
+            let page = reply.data(StatusCode::OK).clone();
+            for message in page["messages"].as_array().unwrap() {
+                if message["conversationId"] == conv.id.as_str() {
+                    seqs.push(message["seq"].as_u64().unwrap());
+                }
+            }
+            for event in page["events"].as_array().unwrap() {
+                let data = &event["data"];
+                if data["message"]["conversationId"] == conv.id.as_str() {
+                    seqs.push(data["change"]["seq"].as_u64().unwrap());
+                    updates.push(Made {
+                        message: id_of(&data["message"]),
+                        kind: match data["change"]["kind"].as_str().unwrap() {
+                            "edited" => "edited",
+                            "deleted" => "deleted",
+                            "reactionAdded" => "reactionAdded",
+                            "reactionRemoved" => "reactionRemoved",
+                            other => panic!("an unknown change kind {other}: {data}"),
+                        },
+                        user: data["change"]["userId"].as_str().unwrap().to_owned(),
+                        emoji: data["change"]["emoji"].as_str().map(str::to_owned),
+                    });
+                }
+            }
+            since = page["nextCursor"].as_str().unwrap().to_owned();
+            if page["hasMore"] == false {
+                break;
+            }
+        }
+        let after = deployment.api(0).sync(&users_ref[member].token, &[("since", &since)]).await;
+        assert_eq!(after.data(StatusCode::OK)["messages"], json!([]), "the end of the stream");
+        seqs.sort_unstable();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "conversation {c}: messages and changes take seqs 1, 2, 3…, each once");
+        let mut made = ledger.made.get(&c).cloned().unwrap_or_default();
+        made.sort();
+        updates.sort();
+        if ledger.uncertain == 0 {
+            assert_eq!(updates, made, "conversation {c}: the changes in the stream are the changes made");
+        } else {
+            assert!(updates.len() >= made.len() && updates.len() <= made.len() + ledger.uncertain);
+        }
+        total_changes += updates.len();
+        // The other members' streams carry the same changes of this conversation.
+        for &other in &conv.members {
+            let theirs = references[other]
+                .lanes
+                .values()
+                .flatten()
+                .filter(|(_, what)| {
+                    let mut words = what.split(' ');
+                    words.next() == Some("update")
+                        && words
+                            .next()
+                            .is_some_and(|id| ledger.messages.iter().any(|m| m.id == id && m.conv == c))
+                })
+                .count();
+            assert_eq!(theirs, updates.len(), "conversation {c}: {}'s stream", users_ref[other].username);
+        }
+    }
+
+    // Every device ends with the state of the history, as its user sees it; and the history
+    // is what the answers said.
+    let final_reactions: HashMap<(String, String), Vec<usize>> = {
+        let mut map: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (user, held) in &ledger.reactions {
+            for key in held {
+                if !ledger.deleted.contains(&key.0) {
+                    map.entry(key.clone()).or_default().push(*user);
+                }
+            }
+        }
+        map
+    };
+    let mut hot_counts = Vec::new();
+    for (c, conv) in convs.iter().enumerate() {
+        let mut first_history: Option<HashMap<String, Value>> = None;
+        for &member in &conv.members {
+            let user = &users[member];
+            let history = conversation_state(&deployment, user, &conv.id).await;
+            for device in devices[member].iter().chain([&references[member]]) {
+                assert_converged(device, &conv.id, &history);
+            }
+            let known: Vec<&Known> = ledger.messages.iter().filter(|m| m.conv == c).collect();
+            let system = history.values().filter(|m| m["kind"] == "system").count();
+            assert_eq!(system, usize::from(c == convs.len() - 1), "conversation {c}: its system entries");
+            assert_eq!(history.len(), known.len() + system, "conversation {c}: every message sent, once");
+            for message in known {
+                let stored = history
+                    .get(&message.id)
+                    .unwrap_or_else(|| panic!("{} is not in the history", message.id));
+                if ledger.deleted.contains(&message.id) {
+                    assert!(stored["deletedAt"].is_string(), "a deleted message is a tombstone: {stored}");
+                    assert_eq!(stored["message"], "", "{stored}");
+                    assert_eq!(stored["reactions"], json!([]), "{stored}");
+                    assert!(stored.get("editedAt").is_none(), "{stored}");
+                } else {
+                    assert!(stored.get("deletedAt").is_none(), "{stored}");
+                    match ledger.edits.get(&message.id) {
+                        Some((text, edited_at)) => {
+                            assert_eq!(stored["message"], text.as_str(), "the last edit: {stored}");
+                            assert_eq!(&stored["editedAt"], edited_at, "the last edit's time: {stored}");
+                        }
+                        None => {
+                            assert_eq!(stored["message"], message.text.as_str(), "{stored}");
+                            assert!(stored.get("editedAt").is_none(), "never edited: {stored}");
+                        }
+                    }
+                    let mut got: Vec<(String, u64, bool)> = stored["reactions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| {
+                            (
+                                r["emoji"].as_str().unwrap().to_owned(),
+                                r["count"].as_u64().unwrap(),
+                                r["me"] == true,
+                            )
+                        })
+                        .collect();
+                    got.sort();
+                    let mut expected: Vec<(String, u64, bool)> = EMOJIS
+                        .iter()
+                        .filter_map(|emoji| {
+                            let who = final_reactions.get(&(message.id.clone(), (*emoji).to_owned()))?;
+                            Some(((*emoji).to_owned(), who.len() as u64, who.contains(&member)))
+                        })
+                        .collect();
+                    expected.sort();
+                    assert_eq!(
+                        got, expected,
+                        "{}'s view of the reactions of {}: {stored}",
+                        user.username, message.id
+                    );
+                    if message.id == conv.hot && member == conv.members[0] {
+                        hot_counts.push(got.iter().map(|(_, count, _)| count).sum::<u64>());
+                    }
+                }
+                match &message.reply_to {
+                    Some(target) => {
+                        let original =
+                            history.get(target).expect("a reply's original is in the conversation");
+                        assert_eq!(
+                            stored["replyTo"],
+                            quote_of(original),
+                            "the quote of {target} as it is now"
+                        );
+                    }
+                    None => assert!(stored.get("replyTo").is_none(), "{stored}"),
+                }
+            }
+            // The same messages for every member, but for `me`.
+            let without_me = |state: &HashMap<String, Value>| -> HashMap<String, Value> {
+                state
+                    .iter()
+                    .map(|(id, m)| {
+                        let mut m = m.clone();
+                        for r in m["reactions"].as_array_mut().unwrap() {
+                            r.as_object_mut().unwrap().remove("me");
+                        }
+                        (id.clone(), m)
+                    })
+                    .collect()
+            };
+            match &first_history {
+                None => first_history = Some(without_me(&history)),
+                Some(first) => {
+                    assert!(first == &without_me(&history), "conversation {c}: the same for every member")
+                }
+            }
+        }
+    }
+    let deliveries: usize = references.iter().map(|r| r.deliveries).sum();
+    eprintln!(
+        "{test}: {} sends ({} replies), {total_changes} changes ({} reactions raced, {} refused on deleted \
+         messages, {} uncertain) in {writing_took:?} on {instances} instance(s); reactions on the hot messages: \
+         {hot_counts:?}; {deliveries} deliveries per device set; roaming devices: {} /ws sessions ({} ended by the \
+         server), {} sync reads; live devices resumed {resumes} times; {stale} older copies ignored",
+        ledger.sends,
+        ledger.replies,
+        ledger.raced_reactions,
+        ledger.refused_deleted,
+        ledger.uncertain,
+        roaming_stats.ws_sessions,
+        roaming_stats.ended_by_server,
+        roaming_stats.sync_reads,
+    );
+    assert!(total_changes >= plan.ops_each, "the scenario made changes: {total_changes}");
+    assert!(roaming_stats.ws_sessions >= 4, "the roaming devices came back many times: {roaming_stats:?}");
+    let deployment = Arc::into_inner(deployment).expect("every task is done with the deployment");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_edits_deletions_and_reactions_reach_every_device_once_and_converge_on_history() {
+    let deployment = Deployment::one_instance().await;
+    changes_stress(deployment, changes_sized(CHANGES_PLAN, Backend::from_env()), "one_instance_changes")
+        .await;
+}
