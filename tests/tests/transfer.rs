@@ -397,8 +397,8 @@ async fn changes_view(app: &TestApp, user: &TestUser) -> Value {
 /// Edits (one message twice, another before it is deleted), deletions (by the sender and, in
 /// a group, by its owner), reactions added and taken back, and replies move from SQLite to
 /// PostgreSQL with their seqs: every user sees the same histories, conversation list (unread
-/// counts, last messages) and sync from the start, and a dump of the target equals the dump
-/// of the source. An import cut off in the middle of a message's edits runs again to the same
+/// counts, last messages) and sync from the start, and a dump of the target (and of MongoDB
+/// after the same import) equals the dump of the source. An import cut off in the middle of a message's edits runs again to the same
 /// end.
 #[tokio::test]
 async fn message_changes_move_from_sqlite_to_postgres_intact() {
@@ -517,6 +517,11 @@ async fn message_changes_move_from_sqlite_to_postgres_intact() {
     let stats = load(&target, &dumped).await;
     assert_eq!(stats.changes, changes_in(&lines) - changes_in(&lines[..=first_edit]), "{stats:?}");
     assert_eq!(dump(&target).await, dumped, "a dump of the target equals the dump of the source");
+    // MongoDB replays the same history to the same dump.
+    let mongo = TestDatabase::create(Backend::Mongodb).await;
+    load(&mongo, &dumped).await;
+    assert_eq!(dump(&mongo).await, dumped, "a dump of MongoDB equals the dump of the source");
+    mongo.remove().await;
 
     let app = start(&target).await;
     for (index, user) in users.into_iter().enumerate() {
