@@ -17,8 +17,9 @@
 //! transaction, which gives the seq and the positions back.
 //!
 //! Reactions live on the message document (`reactions: [{emoji, userId, at}]`, in the order
-//! they were made): the change reads them with the message it decides on and writes them with
-//! it, one document for both. Changes of one process queue on the same turns as sends (see
+//! the message's state lists them: each emoji where it was first used, its users in the order
+//! they reacted): the change reads them with the message it decides on and writes the array
+//! the decided state lists, one document for both. Changes of one process queue on the same turns as sends (see
 //! `turns`), so 50 users reacting at once take the lock one after the other rather than retry.
 
 use application::ports::{
@@ -237,7 +238,10 @@ impl MongoStore {
         let message_seq = before.seq.unwrap_or(0);
         self.changes.insert_one(ChangeDoc::new(&change, message_seq)).session(&mut *session).await?;
         self.messages
-            .update_one(doc! { "_id": request.message.as_str() }, message_update(request, &state, seq))
+            .update_one(
+                doc! { "_id": request.message.as_str() },
+                message_update(request, &before, &state, seq),
+            )
             .session(&mut *session)
             .await?;
 
@@ -264,8 +268,8 @@ impl MongoStore {
     }
 }
 
-/// The update that gives the message document `state`, the state after `request` at `seq`.
-fn message_update(request: &ChangeRequest, state: &MessageState, seq: i64) -> Document {
+/// The update that gives the message document `before` the state after `request` at `seq`.
+fn message_update(request: &ChangeRequest, before: &MessageDoc, state: &MessageState, seq: i64) -> Document {
     match (&request.change, &state.content) {
         (_, Content::Deleted(tombstone)) => doc! {
             "$set": {
@@ -276,19 +280,26 @@ fn message_update(request: &ChangeRequest, state: &MessageState, seq: i64) -> Do
             },
             "$unset": { "reactions": "", "editedAt": "" },
         },
-        // As a `ReactionDoc`: appended, so the array keeps the order reactions were made in.
-        (Change::React(emoji), Content::Live { .. }) => doc! {
-            "$push": { "reactions": {
-                "emoji": emoji.as_str(),
-                "userId": request.actor.as_str(),
-                "at": to_bson(request.at),
-            } },
-            "$set": { "version": seq },
-        },
-        (Change::Unreact(emoji), Content::Live { .. }) => doc! {
-            "$pull": { "reactions": { "emoji": emoji.as_str(), "userId": request.actor.as_str() } },
-            "$set": { "version": seq },
-        },
+        // The whole array, in the order the new state lists the reactions (each emoji where it
+        // was first used, kept while anyone still reacts with it; its users in the order they
+        // reacted): read back, it groups into exactly that state. Each reaction keeps its time.
+        (Change::React(_) | Change::Unreact(_), Content::Live { reactions, .. }) => {
+            let made_at = |emoji: &str, user: &str| {
+                before
+                    .reactions
+                    .iter()
+                    .find(|r| r.emoji == emoji && r.user_id == user)
+                    .map_or_else(|| to_bson(request.at), |r| r.at)
+            };
+            let array: Vec<Bson> = reactions
+                .iter()
+                .flat_map(|(emoji, users)| users.iter().map(move |user| (emoji.as_str(), user.as_str())))
+                .map(|(emoji, user)| {
+                    Bson::Document(doc! { "emoji": emoji, "userId": user, "at": made_at(emoji, user) })
+                })
+                .collect();
+            doc! { "$set": { "reactions": array, "version": seq } }
+        }
         (_, Content::Live { body, edited_at, .. }) => {
             let mut set = doc! { "message": body.as_str(), "version": seq };
             if let Some(edited_at) = edited_at {

@@ -386,7 +386,8 @@ pub(crate) struct MessageDoc {
     pub deleted_at: Option<bson::DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_by: Option<String>,
-    /// Its reactions in the order they were made; none on a deleted message.
+    /// Its reactions in the order its state lists them (see `changes`); none on a deleted
+    /// message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionDoc>,
 }
