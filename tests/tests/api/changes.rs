@@ -1005,6 +1005,111 @@ async fn a_removed_member_does_not_see_edits_or_reactions_made_after_the_removal
     }
 }
 
+#[tokio::test]
+async fn history_pages_and_read_positions_count_messages_not_changes() {
+    let app = spawn_app().await;
+    let ada = app.create_user("ada").await;
+    let bob = app.create_user("bob").await;
+    let m1 = app.send_ok(&ada, &bob, "one").await;
+    let m2 = app.send_ok(&ada, &bob, "two").await;
+    let m3 = app.send_ok(&ada, &bob, "three").await;
+    for emoji in &EMOJI[..4] {
+        react(&app, &bob, &m1, emoji).await.data(StatusCode::OK);
+    }
+    edit(&app, &ada, &m3, "three!").await.data(StatusCode::OK);
+    delete(&app, &ada, &m2).await.data(StatusCode::OK);
+    let direct = conversation(&m1);
+
+    // Pages hold messages (the tombstone too), never change entries.
+    let ids = |page: &Value| -> Vec<String> {
+        page.as_array().unwrap().iter().map(|m| str_of(m, "_id").to_owned()).collect()
+    };
+    let newest = app.conversation_messages(&bob.token, direct, &[("limit", "2")]).await;
+    assert_eq!(ids(newest.data(StatusCode::OK)), [id(&m2), id(&m3)]);
+    let older = app.conversation_messages(&bob.token, direct, &[("limit", "2"), ("before", id(&m2))]).await;
+    assert_eq!(ids(older.data(StatusCode::OK)), [id(&m1)]);
+    let by_user = app.get_messages(&bob.token, &ada.id, &[("limit", "2")]).await;
+    assert_eq!(ids(&by_user.data(StatusCode::OK)["messages"]), [id(&m2), id(&m3)]);
+
+    // A deleted message is still a place to read up to.
+    let read = app.mark_read(&bob.token, direct, id(&m2)).await;
+    assert_eq!(read.data(StatusCode::OK)["seq"], m2["seq"]);
+    assert_eq!(unread(&app, &bob, direct).await, 1);
+
+    // The same text as before the deletion is no edit of a tombstone either; a reply without a
+    // quote is a plain message.
+    edit(&app, &ada, &m2, "two").await.error(StatusCode::CONFLICT, "CONFLICT");
+    let body = json!({ "message": "no quote", "replyTo": null });
+    let plain = app.post_json(&format!("/api/v1/message/send/{}", bob.id), &body, Some(&ada.token)).await;
+    assert!(plain.data(StatusCode::CREATED).get("replyTo").is_none(), "{}", plain.text);
+    for bad in [json!(42), json!(""), json!({ "id": id(&m1) })] {
+        let body = json!({ "message": "odd quote", "replyTo": bad });
+        let reply = app.post_json(&format!("/api/v1/message/send/{}", bob.id), &body, Some(&ada.token)).await;
+        reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
+    }
+}
+
+#[tokio::test]
+async fn skin_tones_flags_sequences_and_keycaps_are_each_one_emoji() {
+    let app = spawn_app().await;
+    let ada = app.create_user("ada").await;
+    let bob = app.create_user("bob").await;
+    let sent = app.send_ok(&ada, &bob, "every kind").await;
+    // As sent, and as stored: fully qualified.
+    let cases = [
+        ("👍🏽", "👍🏽"),
+        ("🇫🇷", "🇫🇷"),
+        ("👩\u{200d}💻", "👩\u{200d}💻"),
+        ("1\u{fe0f}\u{20e3}", "1\u{fe0f}\u{20e3}"),
+        ("1\u{20e3}", "1\u{fe0f}\u{20e3}"),
+        ("\u{263a}", "\u{263a}\u{fe0f}"),
+    ];
+    for (sent_as, stored) in cases {
+        let answer = react(&app, &bob, &sent, sent_as).await;
+        let reactions = answer.data(StatusCode::OK)["reactions"].clone();
+        let mine = reactions.as_array().unwrap().iter().find(|r| r["emoji"] == stored);
+        assert_eq!(
+            mine,
+            Some(&json!({ "emoji": stored, "count": 1, "me": true })),
+            "{sent_as:?}: {reactions}"
+        );
+    }
+    let now = in_history(&app, &ada, Some(&bob), &sent).await;
+    let mut stored: Vec<&str> = cases.iter().map(|(_, stored)| *stored).collect();
+    stored.dedup();
+    let expected: Vec<Value> =
+        stored.iter().map(|e| json!({ "emoji": e, "count": 1, "me": false })).collect();
+    assert_eq!(now["reactions"], Value::Array(expected), "the two keycap spellings are one reaction");
+}
+
+#[tokio::test]
+async fn two_different_edits_racing_end_on_the_later_one_everywhere() {
+    let app = spawn_app().await;
+    let ada = app.create_user("ada").await;
+    let bob = app.create_user("bob").await;
+    let mut ada_ws = app.connect_ws(&ada.token).await;
+    let mut bob_ws = app.connect_ws(&bob.token).await;
+    let sent = app.send_ok(&ada, &bob, "draft").await;
+    for round in 0..5 {
+        let texts = [format!("first {round}"), format!("second {round}")];
+        let (one, two) = tokio::join!(edit(&app, &ada, &sent, &texts[0]), edit(&app, &ada, &sent, &texts[1]));
+        let (one, two) = (one.data(StatusCode::OK).clone(), two.data(StatusCode::OK).clone());
+        let later = if one["version"].as_u64() > two["version"].as_u64() { &one } else { &two };
+        let stored = in_history(&app, &bob, Some(&ada), &sent).await;
+        assert_eq!(stored["message"], later["message"], "round {round}: the later edit wins");
+        assert_eq!(stored["version"], later["version"]);
+        for socket in [&mut ada_ws, &mut bob_ws] {
+            let events = socket.first_events("messageUpdated", 2 * (round + 1), EVENT_TIMEOUT).await;
+            let last_two = &events[2 * round..];
+            assert!(
+                last_two[0]["change"]["seq"].as_u64() < last_two[1]["change"]["seq"].as_u64(),
+                "{last_two:?}"
+            );
+            assert_eq!(last_two[1]["message"], stored, "round {round}: devices end where history is");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Events
 // ---------------------------------------------------------------------------------------
