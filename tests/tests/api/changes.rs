@@ -846,6 +846,38 @@ async fn reactions_and_edits_do_not_count_as_unread_and_deleting_an_unread_messa
 }
 
 #[tokio::test]
+async fn deleting_a_message_from_before_a_member_joined_leaves_their_unread_count_alone() {
+    let app = spawn_app().await;
+    let ada = app.create_user("ada").await;
+    let bob = app.create_user("bob").await;
+    let cat = app.create_user("cat").await;
+    let group = group_of(&app, &ada, &[&bob]).await;
+    let mut early = Vec::new();
+    for i in 0..3 {
+        early.push(app.post_message_ok(&bob, &group, &format!("early {i}")).await);
+    }
+    app.add_members(&ada.token, &group, &[&cat.id]).await.data(StatusCode::OK);
+    let joined = unread(&app, &cat, &group).await;
+    for message in &early {
+        delete(&app, &ada, message).await.data(StatusCode::OK);
+    }
+    assert_eq!(unread(&app, &cat, &group).await, joined, "none of them was cat's to read");
+
+    let later = app.post_message_ok(&bob, &group, "later").await;
+    let another = app.post_message_ok(&bob, &group, "another").await;
+    assert_eq!(unread(&app, &cat, &group).await, joined + 2);
+    delete(&app, &bob, &later).await.data(StatusCode::OK);
+    assert_eq!(unread(&app, &cat, &group).await, joined + 1);
+    // Read up to the last: nothing unread, and deleting it now changes nothing.
+    app.mark_read(&cat.token, &group, id(&another)).await.data(StatusCode::OK);
+    assert_eq!(unread(&app, &cat, &group).await, 0);
+    delete(&app, &ada, &another).await.data(StatusCode::OK);
+    assert_eq!(unread(&app, &cat, &group).await, 0);
+    // Bob's own messages never were unread to him, deleted or not.
+    assert_eq!(unread(&app, &bob, &group).await, 0);
+}
+
+#[tokio::test]
 async fn a_change_does_not_move_a_conversation_in_the_list() {
     let app = spawn_app().await;
     let ada = app.create_user("ada").await;
