@@ -103,3 +103,27 @@ async fn loadgen_group_scenarios_count_exactly() {
     assert!(listed["unread_total"].as_u64() > Some(0), "{listed}");
     app.stop().await;
 }
+
+/// The message-changes scenario at a tiny scale: every phase gets answers, none fails, and
+/// the hot message's reactions count exactly the users whose last answer left theirs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_changes_counts_the_hot_messages_reactions_exactly() {
+    let app = TestApp::spawn().await;
+    let report =
+        loadgen(&app.base_url(), "ws", "changes --users 6 --emojis 2 --own 2 --duration 0.5 --rounds 2")
+            .await;
+    app.stop().await;
+    assert_eq!(report["scenario"], "changes", "{report}");
+    assert_eq!(report["users"], 6, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    for round in report["rounds"].as_array().expect("rounds") {
+        for phase in ["sends", "reactions", "edits"] {
+            assert!(round[phase]["accepted"].as_u64() > Some(0), "{phase}: {report}");
+        }
+    }
+    assert_eq!(report["hot_reactions_exact"], true, "{report}");
+    assert_eq!(report["hot_reactions"], report["hot_reactions_expected"], "{report}");
+    let counted: u64 =
+        report["hot_reactions"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
+    assert!(counted <= 6, "at most one reaction per user: {report}");
+}
