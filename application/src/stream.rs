@@ -274,7 +274,7 @@ impl StreamReader {
             }
             last = entry.seq();
             self.at.groups.insert(group.clone(), last);
-            if let Some(event) = self.shown(group, entry) {
+            if let Some(event) = self.shown(group, entry, end) {
                 delivered.push(SyncItem { cursor: self.at.clone(), event });
             }
         }
@@ -282,13 +282,19 @@ impl StreamReader {
     }
 
     /// What an entry of `group` shows the user: nothing for a change of a message from
-    /// before they joined (the entry is passed over: the cursor moves past it all the same).
-    fn shown(&self, group: &ConversationId, entry: GroupEntry) -> Option<SyncEvent> {
+    /// before they joined (the entry is passed over: the cursor moves past it all the same);
+    /// when their membership ended with the entry at `end`, messages as they were seen until
+    /// then ([`Message::as_seen_until`]).
+    fn shown(&self, group: &ConversationId, entry: GroupEntry, end: Option<Seq>) -> Option<SyncEvent> {
+        let seen = |message: Message| match end {
+            Some(end) => message.as_seen_until(end),
+            None => message,
+        };
         match entry {
-            GroupEntry::Message(message) => Some(SyncEvent::Message(message)),
-            GroupEntry::Update(update) => {
+            GroupEntry::Message(message) => Some(SyncEvent::Message(seen(message))),
+            GroupEntry::Update(Update { change, message }) => {
                 let joined = self.joined.get(group).copied().unwrap_or(0);
-                (update.message.seq >= joined).then_some(SyncEvent::Updated(update))
+                (message.seq >= joined).then(|| SyncEvent::Updated(Update { change, message: seen(message) }))
             }
         }
     }
@@ -728,7 +734,7 @@ impl StreamFollower {
         let end = self.reader.ends.get(&group).copied();
         if seq == had + 1 && end.is_none_or(|end| seq <= end) {
             self.reader.at.groups.insert(group.clone(), seq);
-            return Ok(match self.reader.shown(&group, entry) {
+            return Ok(match self.reader.shown(&group, entry, end) {
                 Some(event) => Admission::Deliver(SyncItem { cursor: self.reader.at.clone(), event }),
                 None => Admission::Drop,
             });

@@ -254,6 +254,30 @@ impl Message {
         self.changed.as_ref().map_or(self.seq, |changed| changed.version)
     }
 
+    /// The message as shown to a former member of its group whose membership ended with the
+    /// entry at `end`: as it is when it did not change after that; otherwise withheld — without
+    /// its text and reactions, since what it showed at `end` is not kept and what changed later
+    /// is not theirs to see — and with its own seq as `version`, so that a device that had it
+    /// keeps its copy.
+    pub fn as_seen_until(self, end: Seq) -> Self {
+        if self.version() <= end {
+            return self;
+        }
+        let content =
+            Content::Live { body: MessageBody::withdrawn(), edited_at: None, reactions: Reactions::new() };
+        Self {
+            body: MessageBody::withdrawn(),
+            changed: Some(Box::new(Changed { content, version: self.seq })),
+            ..self
+        }
+    }
+
+    /// Whether this is a message withheld from a former member (see [`Message::as_seen_until`]).
+    pub fn is_withheld(&self) -> bool {
+        matches!(&self.changed, Some(changed) if matches!(&changed.content,
+            Content::Live { body, .. } if body.as_str() == MessageBody::WITHDRAWN))
+    }
+
     /// The message as the change rules see it.
     pub fn state(&self) -> MessageState {
         MessageState {
@@ -281,6 +305,42 @@ impl Message {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_former_member_sees_a_message_changed_after_they_left_withheld_and_no_newer_than_its_seq() {
+        let sent = Message {
+            id: MessageId::generate(),
+            conversation_id: ConversationId::generate(),
+            sender_id: UserId::generate(),
+            receiver_id: None,
+            body: MessageBody::parse("hello").unwrap(),
+            system: None,
+            seq: 3,
+            created_at: chrono::Utc::now(),
+            client_id: None,
+            reply_to: None,
+            changed: None,
+        };
+        let edited_at = chrono::Utc::now();
+        let edited = |version| Message {
+            changed: Some(Box::new(Changed {
+                content: Content::Live {
+                    body: MessageBody::parse("hello!").unwrap(),
+                    edited_at: Some(edited_at),
+                    reactions: Reactions::new(),
+                },
+                version,
+            })),
+            ..sent.clone()
+        };
+        assert_eq!(sent.clone().as_seen_until(3), sent, "never changed");
+        assert_eq!(edited(5).as_seen_until(5), edited(5), "changed while a member");
+        let withheld = edited(6).as_seen_until(5);
+        assert!(withheld.is_withheld() && !edited(6).is_withheld() && !sent.is_withheld());
+        assert_eq!(withheld.version(), 3);
+        assert!(withheld.text().is_some_and(|text| text.as_str() == MessageBody::WITHDRAWN));
+        assert!(matches!(withheld.content(), Content::Live { reactions, .. } if reactions.is_empty()));
+    }
 
     #[test]
     fn body_is_stored_exactly_as_sent() {

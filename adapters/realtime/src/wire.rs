@@ -74,6 +74,12 @@ pub struct MessageDto {
     /// The seq of the message's last change (its `seq` if it never changed): of two copies of
     /// one message, keep the one with the greater `version`.
     pub version: u64,
+    /// `true` for a message of a group I was removed from that changed after my removal: it is
+    /// shown without its text and reactions (and with its own `seq` as `version`, so that a
+    /// device that had it keeps its copy). Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(nullable = false)]
+    pub withheld: bool,
     /// Where the reader stands in everything it follows once it has this message (in
     /// `newMessage` events and stream pages; absent elsewhere): hand the last one processed
     /// back as `since` to resume. Opaque text.
@@ -141,6 +147,7 @@ impl MessageDto {
     /// responses about one conversation carry it.
     pub fn seen_by(m: &Message, reader: &UserId) -> Self {
         let (message, edited_at, deleted_at, deleted_by, reactions) = match m.content() {
+            Content::Live { .. } if m.is_withheld() => (String::new(), None, None, None, Vec::new()),
             Content::Live { body, edited_at, reactions } => (
                 body.as_str().to_owned(),
                 edited_at.as_ref().map(timestamp),
@@ -173,6 +180,7 @@ impl MessageDto {
             reactions,
             reply_to: m.reply_to.as_ref().map(QuoteDto::from),
             version: m.version(),
+            withheld: m.is_withheld(),
             cursor: None,
         }
     }
