@@ -8,9 +8,8 @@
 //! mounts the route on an actix-web `App`.
 //!
 //! This crate reaches the core only through `AccountService` (the handshake's token) and the
-//! `Hub`; it must not import storage, the HTTP adapter or the other transport's endpoint (the
-//! client address rule for the per-address limits is passed in: [`ClientAddress`]). Its
-//! WebSocket transport speaks through the WebSocket framing of `chat_websocket::frames`.
+//! `Hub`; it must not import storage, the HTTP adapter or the other transport (the client
+//! address rule for the per-address limits is passed in: [`ClientAddress`]).
 
 mod admission;
 mod engine;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix_web::http::header::{AUTHORIZATION, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use chat_realtime::handshake::{presented_token, COOKIE_NAME};
-use chat_websocket::frames::{self, CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
@@ -183,14 +183,14 @@ async fn post(engine: &Engine, handle: &SessionHandle, mut body: web::Payload) -
 }
 
 /// The WebSocket transport: a new session or the upgrade of a polling one. The connection
-/// runs on this worker (its frames are not `Send`).
+/// runs on this worker (actix-ws's stream is not `Send`).
 fn websocket(req: &HttpRequest, body: web::Payload, engine: &Arc<Engine>, carried: Carried) -> HttpResponse {
     if let Carried::Upgrade(handle) = &carried {
         if handle.upgraded.load(Ordering::Acquire) || handle.upgrading.swap(true, Ordering::AcqRel) {
             return EngineError::BadRequest.response();
         }
     }
-    let (response, session, stream) = match frames::handle(req, body) {
+    let (response, session, stream) = match actix_ws::handle(req, body) {
         Ok(parts) => parts,
         Err(_) => {
             if let Carried::Upgrade(handle) = &carried {

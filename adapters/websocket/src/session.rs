@@ -1,6 +1,6 @@
 //! The native WebSocket endpoint: JSON text frames `{"event": name, "data": payload}`.
 //!
-//! Each connection is one task on the actix worker that accepted it (its frames are
+//! Each connection is one task on the actix worker that accepted it (actix-ws's stream is
 //! not `Send`), running one `select!` over the client's frames, its own event queue, the
 //! replay of its message stream, a heartbeat tick and its token's expiry. A revoked token
 //! ends it through the registry (see [`chat_realtime::Ended`]).
@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::frames::{CloseCode, CloseReason, Message, MessageStream, Session};
 use actix_web::{HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use application::FollowError;
 use chat_realtime::wire;
 use chat_realtime::{stop_reason, ConnectionGuard, Ended, Handshake, Hub, Live, Outbound, Refusal, Refused};
@@ -55,7 +55,7 @@ pub fn serve(
     hub: Arc<Hub>,
     settings: WsSettings,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = crate::frames::handle(req, body)?;
+    let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
     actix_web::rt::spawn(async move {
         let live = match hub.connect(handshake).await {
