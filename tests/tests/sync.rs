@@ -2615,3 +2615,10 @@ async fn one_instance_edits_deletions_and_reactions_reach_every_device_once_and_
     changes_stress(deployment, changes_sized(CHANGES_PLAN, Backend::from_env()), "one_instance_changes")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_edits_deletions_and_reactions_reach_every_device_once_and_converge_on_history() {
+    let backend = cluster_backend();
+    let deployment = Deployment::cluster(backend, 2).await;
+    changes_stress(deployment, changes_sized(CHANGES_PLAN, backend), "two_instances_changes").await;
+}
