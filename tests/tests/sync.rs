@@ -13,6 +13,9 @@
 //!   on the backend of `CHAT_TEST_BACKEND` too (SQLite included: see [`cluster_backend`]).
 //! - `socketio_*`: the published `socket.io-client` (Node, `tests/js`) as the resuming
 //!   receiver.
+//! - `*_edits_deletions_and_reactions_*`: message changes (edits, deletions, reactions,
+//!   replies) among four users while their devices stay live, roam offline and back, or
+//!   start from 0; every device must end on exactly the history's state.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
