@@ -4,7 +4,7 @@
 //! twice changes nothing the second time (200 with the same message, no announcement).
 
 use actix_web::{web, HttpResponse};
-use application::ChangeResult;
+use application::{Authenticated, ChangeResult};
 use chat_realtime::wire::MessageDto;
 use domain::{ConversationId, Emoji, MessageBody, MessageId, UserId};
 
@@ -156,12 +156,7 @@ pub async fn react(
     CurrentUser(session): CurrentUser,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (conversation, message) = path_message(&path.0, &path.1)?;
-    let emoji = path_emoji(&path.2)?;
-    state.limits.send(session.user_id().as_str())?;
-    let me = session.user_id();
-    let result = state.changes.react(me, &conversation, &message, emoji).await?;
-    Ok(changed(&result, me))
+    reaction(&state, &session, &path, Reaction::Add).await
 }
 
 /// Takes my reaction with an emoji back; without one (or on a deleted message) nothing
@@ -195,10 +190,28 @@ pub async fn unreact(
     CurrentUser(session): CurrentUser,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    reaction(&state, &session, &path, Reaction::TakeBack).await
+}
+
+enum Reaction {
+    Add,
+    TakeBack,
+}
+
+/// Adds or takes back my reaction with the emoji of `path` (conversation, message, emoji).
+async fn reaction(
+    state: &AppState,
+    session: &Authenticated,
+    path: &(String, String, String),
+    what: Reaction,
+) -> Result<HttpResponse, ApiError> {
     let (conversation, message) = path_message(&path.0, &path.1)?;
     let emoji = path_emoji(&path.2)?;
     state.limits.send(session.user_id().as_str())?;
     let me = session.user_id();
-    let result = state.changes.unreact(me, &conversation, &message, emoji).await?;
+    let result = match what {
+        Reaction::Add => state.changes.react(me, &conversation, &message, emoji).await?,
+        Reaction::TakeBack => state.changes.unreact(me, &conversation, &message, emoji).await?,
+    };
     Ok(changed(&result, me))
 }
