@@ -192,10 +192,11 @@ impl MessagingService {
             created_at: now,
             client_id,
         };
-        let stored = match self.messages.append(&conversation, &message).await? {
+        let mut stored = match self.messages.append(&conversation, &message).await? {
             Appended::Created(stored) => stored,
             Appended::Existing(earlier) => return retried(earlier.message, &message),
         };
+        self.requote(&mut stored.message).await;
 
         for (user, cursor) in
             [(receiver.clone(), stored.receiver_cursor), (sender.clone(), stored.sender_cursor)]
@@ -254,7 +255,8 @@ impl MessagingService {
             client_id,
         };
         match self.messages.append_to_group(&message).await? {
-            GroupAppended::Created { message, version } => {
+            GroupAppended::Created { mut message, version } => {
+                self.requote(&mut message).await;
                 let event = Event::GroupMessage { message: message.clone(), version };
                 if let Err(error) = self.notifier.notify_group(&message.conversation_id, &event).await {
                     tracing::warn!(error = %error, message_id = %message.id, "group message stored but not announced");
@@ -471,6 +473,23 @@ impl MessagingService {
         let content = target.content();
         check_reply_target(conversation, visible_from, &target, &content)?;
         Ok(ReplyQuote::of(&target, &content))
+    }
+
+    /// Quotes the message a just stored reply answers as it is now. The quote taken before
+    /// the send may be older than the reply's place in the conversation: an edit of the
+    /// original can take a seq between the two, and a device that applied that edit before
+    /// the reply came would keep the older text. Read after the reply is stored, the quote is
+    /// at least as new as the reply's seq; later changes of the original follow it anyway.
+    /// Best effort: when the read fails, the earlier quote stays.
+    async fn requote(&self, reply: &mut Message) {
+        let Some(quote) = &reply.reply_to else { return };
+        match self.changes.find(&quote.message_id).await {
+            Ok(Some(original)) => reply.reply_to = Some(ReplyQuote::of(&original, &original.content())),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, message_id = %reply.id, "reply sent with the quote read before it")
+            }
+        }
     }
 
     /// Best effort: a stored change is never undone because delivery failed.
@@ -714,6 +733,52 @@ mod tests {
         let domain::QuoteText::Excerpt { text, truncated } = quote.text else { panic!("not deleted") };
         assert!(truncated);
         assert_eq!(text.chars().count(), 99, "100 characters, the trailing space trimmed");
+    }
+
+    #[tokio::test]
+    async fn a_reply_announces_the_original_as_it_is_once_the_reply_is_stored() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let conversation =
+            Conversation::start(ParticipantPair::new(alice.clone(), bob.clone()).unwrap(), now());
+        let original = earlier(&conversation.id, &bob, 1, "first words");
+        // Edited at seq 2, after the reply's check read it and before the reply took seq 3.
+        let edited = original.clone().with_state(domain::MessageState {
+            content: domain::Content::Live {
+                body: body("second words"),
+                edited_at: Some(now()),
+                reactions: Default::default(),
+            },
+            version: 2,
+            ..original.state()
+        });
+        let mut m = Mocks::new();
+        m.receiver_exists();
+        let pair_conversation = conversation.clone();
+        m.conversations.expect_find_by_participants().returning(move |_| Ok(Some(pair_conversation.clone())));
+        let mut reads = mockall::Sequence::new();
+        let before = original.clone();
+        m.changes.expect_find().times(1).in_sequence(&mut reads).returning(move |_| Ok(Some(before.clone())));
+        m.changes.expect_find().times(1).in_sequence(&mut reads).returning(move |_| Ok(Some(edited.clone())));
+        m.messages.expect_append().times(1).returning(|_, msg| Ok(Appended::Created(stored(msg))));
+        m.notifier
+            .expect_notify()
+            .withf(|_, event| {
+                matches!(event, Event::NewMessage { message, .. }
+                    if message.reply_to.as_ref().is_some_and(|quote| quote_text(quote) == "second words"))
+            })
+            .times(2)
+            .returning(|_, _| Ok(()));
+
+        let sent =
+            m.service().send(&alice, &bob, body("yes"), None, Some(original.id.clone())).await.unwrap();
+        assert_eq!(quote_text(sent.message.reply_to.as_ref().expect("a quote")), "second words");
+    }
+
+    fn quote_text(quote: &ReplyQuote) -> &str {
+        match &quote.text {
+            domain::QuoteText::Excerpt { text, .. } => text,
+            domain::QuoteText::Deleted => "",
+        }
     }
 
     #[tokio::test]
