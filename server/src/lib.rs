@@ -299,7 +299,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     // The HTTP adapter authenticates `/ws` handshakes and mounts both endpoints here.
     let transports = chat_http::Transports {
         ws: Box::new(move |req, body, handshake| {
-            chat_websocket::serve(req, body, handshake, hub.clone(), ws_settings.clone())
+            Box::pin(chat_websocket::serve(req, body, handshake, hub.clone(), ws_settings.clone()))
         }),
         socketio: Box::new(move |config| {
             config.service(chat_socketio::service(socketio.clone()));

@@ -127,12 +127,13 @@ async fn a_socket_without_since_goes_live_while_the_store_hangs_and_a_resume_is_
     let reply = cut.get("/api/v1/user/get-profile", Some(&bob.token)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "the store hangs: {reply:?}");
 
-    // Without since: open and registered while every store read hangs. Its first frames
-    // may wait for the store's answer on where the stream stands, up to its deadline.
+    // Without since: open and registered while every store read hangs. The upgrade is
+    // answered once the server knows where the stream starts, or after the store's deadline
+    // for saying so (one second): then the socket anchors on its events.
     let started = Instant::now();
     let mut socket = cut.connect_ws_with_query(&bob.token).await;
     let handshake = started.elapsed();
-    assert!(handshake < Duration::from_millis(500), "the handshake took {handshake:?}");
+    assert!(handshake < Duration::from_millis(2500), "the handshake took {handshake:?}");
     socket.next_event("onlineUsers", EVENT_TIMEOUT).await;
     let opened = started.elapsed();
     assert!(opened < Duration::from_secs(3), "opened in {opened:?}");

@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use application::ports::HealthCheck;
 use application::{AccountService, GroupService, MessageChangeService, MessagingService, RealtimeService};
 use chat_realtime::{ConnectionRegistry, Handshake};
+use futures_util::future::LocalBoxFuture;
 
 use crate::limits::RateLimits;
 
@@ -71,7 +72,13 @@ pub struct Transports {
 
 /// Serves an authenticated `/ws` handshake: upgrades the request and runs the connection.
 pub type ServeWs = Box<
-    dyn Fn(&HttpRequest, web::Payload, Handshake) -> Result<HttpResponse, actix_web::Error> + Send + Sync,
+    dyn Fn(
+            HttpRequest,
+            web::Payload,
+            Handshake,
+        ) -> LocalBoxFuture<'static, Result<HttpResponse, actix_web::Error>>
+        + Send
+        + Sync,
 >;
 
 /// Mounts the `/socket.io/` endpoint, which answers every request under it itself.

@@ -3121,7 +3121,9 @@
       document.body.classList.add("is-connected");
       flushOutbox();
       flushReads();
-      if (reconnected) {
+      // Without a cursor the socket carries what is stored from its opening on: what came
+      // between the first reads and now is read again, as after a reconnect.
+      if (reconnected || !since) {
         loadConversations(false);
         reloadNewest();
         const chat = openChat();

@@ -48,17 +48,23 @@ struct Incoming {
 
 /// Upgrades the request and serves the connection in the background: the stored messages
 /// of the user's stream after `since` first, then live events.
-pub fn serve(
-    req: &HttpRequest,
+///
+/// The connection starts following its stream, and is registered for live events, before
+/// the upgrade is answered: without `since`, everything stored after the client saw the
+/// socket open reaches it (a store that cannot say where the stream stands delays the
+/// answer by `application::stream::ANCHOR_DEADLINE` at most, see `StreamFollower`).
+pub async fn serve(
+    req: HttpRequest,
     body: actix_web::web::Payload,
     handshake: Handshake,
     hub: Arc<Hub>,
     settings: WsSettings,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
+    let live = hub.connect(handshake).await;
     actix_web::rt::spawn(async move {
-        let live = match hub.connect(handshake).await {
+        let live = match live {
             Ok(live) => live,
             Err(Refused::Stream(stop)) => return close_now(session, stopped(&stop)).await,
             Err(Refused::Registry(refusal)) => {

@@ -31,5 +31,5 @@ pub async fn upgrade(
     let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
     let since = SyncCursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
     state.limits.socket_connect(session.user_id().as_str())?;
-    (state.transports.ws)(&req, body, Handshake::new(&session, since))
+    (state.transports.ws)(req, body, Handshake::new(&session, since)).await
 }
