@@ -2,11 +2,14 @@
 //! load balancer: events reach every connection of their users exactly once, whichever
 //! instance each connection is on; presence is cluster-wide and survives no crash; a
 //! revoked token is refused everywhere; delivery resumes after Redis restarts, and what was
-//! sent while Redis was down reaches every socket that stayed connected, once and in order.
+//! sent while Redis was down reaches every socket that stayed connected, once and in order;
+//! behind Redis Sentinel, delivery follows a failover and loses nothing.
 //!
 //! Needs PostgreSQL (`CHAT_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! a Redis (`CHAT_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; each test uses its own
-//! key prefix) and `redis-server` on the PATH (the restart test runs its own on a free port).
+//! key prefix), and `redis-server`, `redis-cli` and `ss` on the PATH (the restart, outage and
+//! Sentinel tests run their own Redis on free ports: one, or a primary, a replica and three
+//! sentinels).
 //! The server binary is built with `cargo build -p server` unless `CHAT_SERVER_BIN` names one.
 
 use std::collections::BTreeSet;
@@ -85,18 +88,25 @@ impl Drop for OwnRedis {
 /// `size` instances on one fresh PostgreSQL database and the Redis at `redis_url`, with
 /// this suite's settings, each ready (storage and bus) when this returns.
 async fn start_cluster(size: usize, redis_url: String) -> Cluster {
+    start_cluster_with(size, redis_url, &[]).await
+}
+
+/// [`start_cluster`], with `extra` settings on top of the suite's.
+async fn start_cluster_with(size: usize, redis_url: String, extra: &[(&str, &str)]) -> Cluster {
     let presence_ttl = PRESENCE_TTL.to_string();
+    let mut env = vec![
+        ("CHAT__SERVER__WORKERS", "1"),
+        ("CHAT__FANOUT__PRESENCE_TTL", presence_ttl.as_str()),
+        ("CHAT__AUTH__JWT_SECRET", SECRET),
+        ("CHAT__LOG__LEVEL", "info"),
+    ];
+    env.extend_from_slice(extra);
     let config = ClusterConfig {
         backend: Backend::Postgres,
         redis_url,
         prefix: "chat-test",
         request_timeout: EVENT_TIMEOUT,
-        env: &[
-            ("CHAT__SERVER__WORKERS", "1"),
-            ("CHAT__FANOUT__PRESENCE_TTL", &presence_ttl),
-            ("CHAT__AUTH__JWT_SECRET", SECRET),
-            ("CHAT__LOG__LEVEL", "info"),
-        ],
+        env: &env,
     };
     Cluster::start(config, size).await
 }
@@ -585,28 +595,36 @@ async fn every_socket_gets_what_was_sent_during_a_redis_outage_exactly_once_in_o
     cluster.stop().await;
 }
 
-/// Runs `redis-cli` against the test's Redis; its output.
-fn redis_cli(redis: &OwnRedis, args: &[&str]) -> String {
-    let port = redis.port.to_string();
+/// Runs `redis-cli` against the Redis (or sentinel) on `port`; its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
     let output = Command::new("redis-cli").args(["-p", &port]).args(args).output().expect("redis-cli runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The local addresses of instance `index`'s open connections to the Redis on `port`
+/// (`ss`), and what `ss` listed.
+fn connections_to(cluster: &Cluster, index: usize, port: u16) -> (Vec<String>, String) {
+    let pid = cluster.instances[index].pid().expect("the instance runs");
+    let filter = format!("( dport = :{port} )");
+    let sockets =
+        Command::new("ss").args(["-tnpH", "state", "established", &filter]).output().expect("ss runs");
+    let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
+    let own = sockets
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with("127.0.0.1:")))
+        .map(str::to_owned)
+        .collect();
+    (own, sockets)
 }
 
 /// Cuts instance `index`'s subscription, and only it (`CLIENT KILL ID`): its connections
 /// are told from the others' by their local addresses (`ss`).
 fn cut_subscription(redis: &OwnRedis, cluster: &Cluster, index: usize) {
-    let pid = cluster.instances[index].pid().expect("the instance runs");
-    let filter = format!("( dport = :{} )", redis.port);
-    let sockets =
-        Command::new("ss").args(["-tnpH", "state", "established", &filter]).output().expect("ss runs");
-    let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
-    let own: Vec<&str> = sockets
-        .lines()
-        .filter(|line| line.contains(&format!("pid={pid},")))
-        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with("127.0.0.1:")))
-        .collect();
+    let (own, sockets) = connections_to(cluster, index, redis.port);
     assert!(!own.is_empty(), "the connections of instance {} to Redis: {sockets}", index + 1);
-    let clients = redis_cli(redis, &["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let clients = redis_cli(redis.port, &["CLIENT", "LIST", "TYPE", "pubsub"]);
     let id = clients
         .lines()
         .find(|line| own.iter().any(|address| line.contains(&format!(" addr={address} "))))
@@ -614,7 +632,7 @@ fn cut_subscription(redis: &OwnRedis, cluster: &Cluster, index: usize) {
         .and_then(|id| id.strip_prefix("id="))
         .unwrap_or_else(|| panic!("the subscription of instance {} among {clients}", index + 1))
         .to_owned();
-    assert_eq!(redis_cli(redis, &["CLIENT", "KILL", "ID", &id]).trim(), "1");
+    assert_eq!(redis_cli(redis.port, &["CLIENT", "KILL", "ID", &id]).trim(), "1");
 }
 
 #[tokio::test]
@@ -667,6 +685,402 @@ async fn what_an_instance_sends_while_its_own_subscription_is_cut_reaches_the_ot
     // Instance 2 stayed subscribed: it healed because instance 1 asked.
     let healed = metric(&cluster, 1, "realtime_healed_connections_total").await;
     assert!(healed >= healed_before + 2.0, "instance 2 healed {healed} (before: {healed_before})");
+
+    cluster.stop().await;
+}
+
+/// A primary, its replica and three sentinels that watch them as [`Sentinels::NAME`]:
+/// `redis-server` processes of this test's own on free ports, in a folder of their own;
+/// killed when dropped, and the folder removed (kept after a failure, for their logs).
+struct Sentinels {
+    dir: std::path::PathBuf,
+    primary: u16,
+    replica: u16,
+    sentinels: Vec<u16>,
+    children: Vec<Child>,
+}
+
+impl Sentinels {
+    /// The name the sentinels monitor the primary under.
+    const NAME: &str = "chat";
+
+    /// All five running, the replica in sync and known to every sentinel.
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("chat-sentinel-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a folder for the test's Redis");
+        let (primary, replica) = (free_port(), free_port());
+        let mut redis = Self {
+            dir,
+            primary,
+            replica,
+            sentinels: (0..3).map(|_| free_port()).collect(),
+            children: Vec::new(),
+        };
+        let base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        let (p, r) = (primary.to_string(), replica.to_string());
+        // The replica's first sync starts at once, not after the default 5 s gathering delay.
+        redis.spawn("primary", &[&["--port", &p, "--repl-diskless-sync-delay", "0"][..], &base].concat());
+        redis.spawn("replica", &[&["--port", &r, "--replicaof", "127.0.0.1", &p][..], &base].concat());
+        until_now("the replica is in sync", START_TIMEOUT, || {
+            redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        for (number, port) in redis.sentinels.clone().into_iter().enumerate() {
+            let conf = redis.dir.join(format!("sentinel-{number}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+                name = Self::NAME
+            );
+            std::fs::write(&conf, text).expect("a sentinel's configuration");
+            redis.spawn(&format!("sentinel-{number}"), &[conf.to_str().expect("a UTF-8 path"), "--sentinel"]);
+        }
+        for port in redis.sentinels.clone() {
+            until_now("a sentinel answers", START_TIMEOUT, || {
+                redis_answers(&format!("redis://127.0.0.1:{port}"))
+            });
+            // Sentinel looks at the old primary, once failed over, every 10 s (`info-period`)
+            // and demotes it four `publish-period`s (8 s) after it saw it report its role: a
+            // second and half a second here, so that it is demoted, and closes its clients,
+            // about two seconds after the failover rather than up to twenty.
+            let tuned =
+                redis_cli(port, &["SENTINEL", "DEBUG", "info-period", "1000", "publish-period", "500"]);
+            assert_eq!(tuned.trim(), "OK", "SENTINEL DEBUG on the sentinel at {port}");
+            until_now("the sentinel knows the replica, in sync", START_TIMEOUT, || {
+                let replicas = redis_cli(port, &["SENTINEL", "REPLICAS", Self::NAME]);
+                let lines: Vec<&str> = replicas.lines().collect();
+                lines.windows(2).any(|pair| pair == ["flags", "slave"])
+                    && lines.windows(2).any(|pair| pair == ["master-link-status", "ok"])
+            });
+        }
+        redis
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("a log file");
+        let child = Command::new("redis-server")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a second handle on the log"))
+            .stderr(log)
+            .spawn()
+            .expect("redis-server is installed and on the PATH");
+        self.children.push(child);
+    }
+
+    /// `host:port` of each sentinel, comma-separated (`CHAT__FANOUT__SENTINEL__ADDRESSES`).
+    fn addresses(&self) -> String {
+        self.sentinels.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The port of the primary the sentinel on `sentinel` names.
+    fn named_primary(sentinel: u16) -> Option<u16> {
+        let address = redis_cli(sentinel, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::NAME]);
+        address.lines().nth(1).and_then(|port| port.trim().parse().ok())
+    }
+
+    /// What the Redis on `port` answers to `ROLE`: `master` or `slave`.
+    fn role(port: u16) -> String {
+        redis_cli(port, &["ROLE"]).lines().next().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("the test's Redis and sentinel logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `check` (a blocking one, for setting up) every 20 ms until it holds, up to `within`.
+fn until_now(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, up to `within`; how long that took.
+async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Where a sender writes: to a user, or to a group, by id.
+#[derive(Clone, Debug)]
+enum To {
+    User(String),
+    Group(String),
+}
+
+/// A message a sender had accepted (`201`): to which of its targets, its id, and when it
+/// was sent.
+struct Accepted {
+    to: usize,
+    id: String,
+    at: Instant,
+}
+
+/// One message from `from` to each of `targets`, through `api`, numbered `round`: what was
+/// accepted (a refusal is counted in `refused`, by status).
+async fn send_round(
+    api: &Api,
+    from: &TestUser,
+    targets: &[To],
+    round: usize,
+    accepted: &mut Vec<Accepted>,
+    refused: &mut Vec<StatusCode>,
+) {
+    for (to, target) in targets.iter().enumerate() {
+        let at = Instant::now();
+        let text = format!("{} {round} to {to}", from.username);
+        let reply = match target {
+            To::User(id) => api.send(&from.token, id, &text).await,
+            To::Group(id) => api.post_message(&from.token, id, &text).await,
+        };
+        if reply.status == StatusCode::CREATED {
+            let id = reply.data(StatusCode::CREATED)["_id"].as_str().expect("the message id").to_owned();
+            accepted.push(Accepted { to, id, at });
+        } else {
+            refused.push(reply.status);
+        }
+    }
+}
+
+/// `from` writes to each of `targets` through `api` every `every` until `stop` is set.
+fn spawn_sender(
+    api: Api,
+    from: TestUser,
+    targets: Vec<To>,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Accepted>, Vec<StatusCode>)> {
+    tokio::spawn(async move {
+        let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            round += 1;
+            send_round(&api, &from, &targets, round, &mut accepted, &mut refused).await;
+        }
+        (accepted, refused)
+    })
+}
+
+/// Waits until `socket` has `expected.len()` `newMessage` events (or fails at `deadline`,
+/// naming what is missing), then a moment more for any repeat; then asserts that they are
+/// `expected`, each once, in the order of each list (one list per sender and conversation).
+async fn assert_received_once_in_order(
+    socket: &mut WsClient,
+    device: &str,
+    expected: &[(&str, Vec<&Accepted>)],
+    deadline: Instant,
+    failover_at: Instant,
+) {
+    let count = expected.iter().map(|(_, list)| list.len()).sum();
+    let within = deadline.saturating_duration_since(Instant::now());
+    let waited =
+        tokio::time::timeout(within, socket.first_events("newMessage", count, EVENT_TIMEOUT * 3)).await;
+    if waited.is_err() {
+        let received: BTreeSet<String> = messages(socket).into_iter().collect();
+        let missing: Vec<String> = expected
+            .iter()
+            .flat_map(|(what, list)| list.iter().map(move |sent| (what, sent)))
+            .filter(|(_, sent)| !received.contains(&sent.id))
+            .map(|(what, sent)| {
+                let at = sent.at.checked_duration_since(failover_at).map_or_else(
+                    || format!("{:?} before", failover_at - sent.at),
+                    |after| format!("{after:?} after"),
+                );
+                format!("{what} sent {at} the failover began")
+            })
+            .collect();
+        panic!(
+            "{device} has {} of {count} messages in time; missing {}: {missing:?}",
+            received.len(),
+            missing.len()
+        );
+    }
+    // A repeat would come right behind.
+    socket.assert_no_event("newMessage", Duration::from_millis(300)).await;
+    let received = messages(socket);
+    assert_eq!(received.len(), count, "{device}: every message once, nothing else");
+    for (what, list) in expected {
+        let ids: Vec<&str> = list.iter().map(|sent| sent.id.as_str()).collect();
+        let got: Vec<&str> = received.iter().map(String::as_str).filter(|id| ids.contains(id)).collect();
+        assert_eq!(got, ids, "{device}: every message {what} once, in the order sent");
+    }
+}
+
+/// What a device of receiver `receiver` (0: Boris, 1: Cyril) is to get of what Ana
+/// (`sent[0]`) and Daniel (`sent[1]`) sent: one list per sender and conversation.
+fn expected_for(sent: &[Vec<Accepted>], receiver: usize) -> Vec<(&'static str, Vec<&Accepted>)> {
+    let of = |sender: usize, to: usize| sent[sender].iter().filter(|s| s.to == to).collect();
+    vec![
+        ("from anna to the receiver", of(0, receiver)),
+        ("from daniel to the receiver", of(1, receiver)),
+        ("from anna to the group", of(0, 2)),
+        ("from daniel to the group", of(1, 2)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_every_socket_gets_every_message_once_in_order_across_a_failover() {
+    let redis = Sentinels::start();
+    let addresses = redis.addresses();
+    // The URL's host and port are not used behind Sentinel: the instances ask the sentinels.
+    let sentinel_env = [
+        ("CHAT__FANOUT__SENTINEL__MASTER_NAME", Sentinels::NAME),
+        ("CHAT__FANOUT__SENTINEL__ADDRESSES", addresses.as_str()),
+    ];
+    let primary_url = format!("redis://127.0.0.1:{}", redis.primary);
+    let mut cluster = start_cluster_with(3, primary_url, &sentinel_env).await;
+    let ana = cluster.api(0).create_user("anna").await;
+    let dan = cluster.api(0).create_user("daniel").await;
+    let bo = cluster.api(1).create_user("boris").await;
+    let cy = cluster.api(2).create_user("cyril").await;
+    let group = cluster.api(0).create_group_ok(&ana, "Failover", &[&dan, &bo, &cy]).await;
+    let group = group["_id"].as_str().expect("the group id").to_owned();
+    // Two devices of each receiver, on instances 2 and 3.
+    let mut sockets = [
+        connect(&cluster, 1, &bo).await,
+        connect(&cluster, 1, &bo).await,
+        connect(&cluster, 2, &cy).await,
+        connect(&cluster, 2, &cy).await,
+    ];
+    let mut healed_before = Vec::new();
+    for index in 0..3 {
+        assert_eq!(
+            metric(&cluster, index, "realtime_bus_up").await,
+            1.0,
+            "instance {} is subscribed",
+            index + 1
+        );
+        healed_before.push(metric(&cluster, index, "realtime_healed_connections_total").await);
+    }
+
+    // Ana and Daniel, on instance 1, each write to Boris, to Cyril and to the group every
+    // 150 ms: before the failover, through it, and for 2 s after every instance is back.
+    let targets = vec![To::User(bo.id.clone()), To::User(cy.id.clone()), To::Group(group.clone())];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let every = Duration::from_millis(150);
+    let senders: Vec<_> = [&ana, &dan]
+        .into_iter()
+        .map(|from| spawn_sender(cluster.api(0), from.clone(), targets.clone(), every, stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let failover_at = Instant::now();
+    let sentinel = redis.sentinels[0];
+    until("a sentinel starts the failover", Duration::from_secs(10), || {
+        redis_cli(sentinel, &["SENTINEL", "FAILOVER", Sentinels::NAME]).trim() == "OK"
+    })
+    .await;
+    let named_within =
+        until("the three sentinels name the replica as primary", Duration::from_secs(15), || {
+            redis.sentinels.iter().all(|&sentinel| Sentinels::named_primary(sentinel) == Some(redis.replica))
+        })
+        .await;
+    // Demoted, the old primary closes its clients: the instances ask the sentinels again.
+    until("the old primary is demoted to a replica", Duration::from_secs(20), || {
+        Sentinels::role(redis.primary) == "slave"
+    })
+    .await;
+    for index in 0..3 {
+        cluster.wait_readiness(index, true, Duration::from_secs(15)).await;
+    }
+    until("every instance is connected to the new primary, none to the old", Duration::from_secs(10), || {
+        (0..3).all(|index| {
+            !connections_to(&cluster, index, redis.replica).0.is_empty()
+                && connections_to(&cluster, index, redis.primary).0.is_empty()
+        })
+    })
+    .await;
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for sender in senders {
+        let (accepted, refused) = sender.await.expect("a sender ran to its end");
+        assert!(refused.is_empty(), "the database stayed up, yet sends were refused: {refused:?}");
+        sent.push(accepted);
+    }
+    let during =
+        |list: &Vec<Accepted>| list.iter().filter(|s| s.at >= failover_at && s.at <= settled).count();
+    let after = |list: &Vec<Accepted>| list.iter().filter(|s| s.at > settled).count();
+    for (from, list) in [&ana, &dan].iter().zip(&sent) {
+        // Two rounds at least in each, however loaded the machine.
+        assert!(during(list) >= 2 * 3, "{} sent through the failover: {}", from.username, during(list));
+        assert!(after(list) >= 2 * 3, "{} sent after it: {}", from.username, after(list));
+    }
+
+    // Within seconds of the instances being back, each socket holds every accepted message
+    // exactly once, in each sender's order: those lost on the bus in the switchover came by
+    // healing.
+    let delivered_by = settled + Duration::from_secs(8);
+    let devices =
+        ["boris's first device", "boris's second device", "cyril's first device", "cyril's second device"];
+    for (number, socket) in sockets.iter_mut().enumerate() {
+        let expected = expected_for(&sent, number / 2);
+        assert_received_once_in_order(socket, devices[number], &expected, delivered_by, failover_at).await;
+    }
+    let complete_after = settled.elapsed();
+    let mut healed = Vec::new();
+    for (index, connections_before) in healed_before.into_iter().enumerate() {
+        let instance = index + 1;
+        let bus_up = metric(&cluster, index, "realtime_bus_up").await;
+        assert_eq!(bus_up, 1.0, "instance {instance} is subscribed");
+        let connections = metric(&cluster, index, "realtime_healed_connections_total").await;
+        healed.push(metric(&cluster, index, "realtime_healed_deliveries_total").await);
+        if index > 0 {
+            assert_eq!(metric(&cluster, index, "realtime_healing_backlog").await, 0.0);
+            // Its subscription came back on the new primary, and its two sockets caught up.
+            assert!(
+                connections >= connections_before + 2.0,
+                "instance {instance}'s sockets caught up after the failover: {connections} (before: {connections_before})"
+            );
+        }
+    }
+
+    // After the failover, delivery is live: more rounds arrive once, in order, and nothing
+    // more is healed.
+    let (mut live, mut refused) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        send_round(&cluster.api(0), &ana, &targets, 1000 + round, &mut live, &mut refused).await;
+    }
+    assert!(refused.is_empty(), "{refused:?}");
+    sent[0].extend(live);
+    for (number, socket) in sockets.iter_mut().enumerate() {
+        let expected = expected_for(&sent, number / 2);
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        assert_received_once_in_order(socket, devices[number], &expected, deadline, failover_at).await;
+    }
+    for (index, before) in healed.iter().enumerate().skip(1) {
+        let now = metric(&cluster, index, "realtime_healed_deliveries_total").await;
+        assert_eq!(now, *before, "instance {} delivered the last rounds live, healing none", index + 1);
+    }
+    println!(
+        "sent {} messages ({} through the failover); the sentinels named the new primary after {named_within:?}, \
+         the instances were back on it after {:?}; every socket complete {complete_after:?} after that; \
+         healed deliveries per instance {healed:?}",
+        sent.iter().map(Vec::len).sum::<usize>(),
+        sent.iter().map(during).sum::<usize>(),
+        settled - failover_at,
+    );
 
     cluster.stop().await;
 }
