@@ -127,3 +127,108 @@ async fn loadgen_changes_counts_the_hot_messages_reactions_exactly() {
         report["hot_reactions"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
     assert!(counted <= 6, "at most one reaction per user: {report}");
 }
+
+/// A `redis-server` of the test's own on a free port, started as a daemon so that the load
+/// generator can stop it and start it again by shell commands; shut down when dropped.
+struct DaemonRedis {
+    port: u16,
+    start: String,
+}
+
+impl DaemonRedis {
+    fn start(folder: &Path) -> Self {
+        let port = tests::free_port();
+        let start = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+             --pidfile {folder}/redis.pid --logfile {folder}/redis.log \
+             && until redis-cli -p {port} ping >/dev/null 2>&1; do sleep 0.02; done",
+            folder = folder.display()
+        );
+        let redis = Self { port, start };
+        let started = std::process::Command::new("sh")
+            .args(["-c", &format!("timeout 10 sh -c \"{}\"", redis.start.replace('"', "\\\""))])
+            .status()
+            .expect("sh runs");
+        assert!(started.success(), "redis-server and redis-cli are installed and start");
+        redis
+    }
+
+    fn stop_command(&self) -> String {
+        format!("redis-cli -p {} shutdown nosave", self.port)
+    }
+}
+
+impl Drop for DaemonRedis {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh").args(["-c", &self.stop_command()]).output();
+    }
+}
+
+/// The outage scenario at a tiny scale: two instances on one PostgreSQL database and the
+/// test's own Redis, the sockets on one, the messages sent through the other, Redis stopped
+/// for 3 s: every accepted message reaches every socket exactly once, every socket caught up
+/// from the store once the instance was subscribed again, and the store reads are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_outage_heals_every_socket_exactly_once() {
+    let folder = tests::TempDir::new("loadgen-outage");
+    let redis = DaemonRedis::start(folder.path());
+    let database = tests::TestDatabase::create(tests::Backend::Postgres).await;
+    let prefix = format!("outage{}", tests::free_port());
+    let settings = |database: &tests::TestDatabase| {
+        let mut settings = tests::test_settings(database);
+        let mut fanout = tests::shared_redis_fanout(&prefix);
+        if let server::settings::FanoutSettings::Redis { redis_url, .. } = &mut fanout {
+            *redis_url = secrecy::SecretString::from(format!("redis://127.0.0.1:{}", redis.port));
+        }
+        settings.fanout = fanout;
+        settings
+    };
+    let (sockets_settings, senders_settings) = (settings(&database), settings(&database));
+    let sockets = TestApp::start(sockets_settings, Some(database)).await;
+    let senders = TestApp::start(senders_settings, None).await;
+
+    let args = format!(
+        "outage --sockets 12 --devices 2 --senders 2 --rate 20 --before 1 --outage 3 --after 1 \
+         --grace 20 --settle 0.5 --send-url {}",
+        senders.base_url()
+    );
+    let mut command: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+    command.extend([
+        "--redis-stop-cmd".into(),
+        redis.stop_command(),
+        "--redis-start-cmd".into(),
+        redis.start.clone(),
+    ]);
+    let run = tokio::process::Command::new(loadgen_binary())
+        .args(["--url", &sockets.base_url(), "--setup-concurrency", "2"])
+        .args(&command)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("loadgen finishes within a minute")
+        .expect("loadgen runs");
+    senders.stop().await;
+    sockets.stop().await;
+    drop(redis);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen {args} failed:\n{stdout}");
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("loadgen prints a JSON line");
+    let report: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+
+    assert_eq!(report["scenario"], "outage", "{report}");
+    assert_eq!(report["failed_sockets"], 0, "{report}");
+    let accepted = report["accepted"].as_u64().expect("accepted is a count");
+    assert!(report["outage_accepted"].as_u64() > Some(0), "sends during the outage are accepted: {report}");
+    assert_eq!(report["expected"].as_u64(), Some(2 * accepted), "{report}");
+    for count in ["lost", "duplicated", "unexpected", "sockets_lost"] {
+        assert_eq!(report[count], 0, "{count}: {report}");
+    }
+    assert!(report["bus_down_seen_s"].is_number() && report["bus_up_seen_s"].is_number(), "{report}");
+    let healing = &report["healing"];
+    let healed = healing["realtime_healed_connections_total"].as_u64().expect("a count");
+    assert!(healed >= 12, "every socket catches up once the bus is back: {report}");
+    let reads = healing["realtime_healing_store_reads_total"].as_u64().expect("a count");
+    assert!(reads >= healed, "each catch-up reads the store at least once: {report}");
+}

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `GET /metrics` in the text exposition format: requests and
 //! their latency per route, open real-time connections, events handed to the notifier, and
 //! the healing of live delivery: whether the fan-out bus is up, how many connections wait to
-//! catch up from the store, and what catching up delivered.
+//! catch up from the store, and what catching up delivered and cost in store queries.
 //!
 //! One [`Metrics`] per server (its own registry, so several servers in one process, as in
 //! the tests, don't share counters), built in the composition root and shared by every
@@ -38,6 +38,7 @@ pub struct Metrics {
     healed_items: IntCounter,
     stream_checks: IntCounter,
     healed_by_checks: IntCounter,
+    healing_reads: IntCounter,
 }
 
 impl Metrics {
@@ -89,6 +90,11 @@ impl Metrics {
             "Connections found behind their stream's head by the periodic check and made to catch up",
         )
         .expect("a valid, constant metric definition");
+        let healing_reads = IntCounter::new(
+            "realtime_healing_store_reads_total",
+            "Store queries made to heal: by catch-ups, and by the periodic check (one per batch of stream heads)",
+        )
+        .expect("a valid, constant metric definition");
         let registry = Registry::new();
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -101,6 +107,7 @@ impl Metrics {
             Box::new(healed_items.clone()),
             Box::new(stream_checks.clone()),
             Box::new(healed_by_checks.clone()),
+            Box::new(healing_reads.clone()),
         ] {
             registry.register(collector).expect("each metric is registered once");
         }
@@ -116,6 +123,7 @@ impl Metrics {
             healed_items,
             stream_checks,
             healed_by_checks,
+            healing_reads,
         }
     }
 
@@ -151,6 +159,7 @@ impl Metrics {
         self.healed_items.inc_by(healing.delivered().saturating_sub(self.healed_items.get()));
         self.stream_checks.inc_by(healing.checks().saturating_sub(self.stream_checks.get()));
         self.healed_by_checks.inc_by(healing.healed_by_checks().saturating_sub(self.healed_by_checks.get()));
+        self.healing_reads.inc_by(healing.store_reads().saturating_sub(self.healing_reads.get()));
     }
 
     fn render(&self) -> String {
@@ -277,6 +286,7 @@ mod tests {
         assert!(text.contains("realtime_healing_backlog 0"), "{text}");
         assert!(text.contains("realtime_healed_deliveries_total 0"), "{text}");
         assert!(text.contains("realtime_healed_connections_total 0"), "{text}");
+        assert!(text.contains("realtime_healing_store_reads_total 0"), "{text}");
     }
 
     #[test]

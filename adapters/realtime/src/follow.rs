@@ -48,6 +48,8 @@ use crate::healing::{CatchUp, StreamPosition};
 use crate::registry::{Outbound, Queued, Streamed};
 use crate::wire::{encode_item, with_cursor};
 
+mod reads;
+
 /// What a connection is told when it cannot go on following its stream without a gap,
 /// and is closed: resume with `since`, or start over.
 pub fn stop_reason(error: &FollowError) -> &'static str {
@@ -122,6 +124,8 @@ pub struct Follow {
     replaying: bool,
     held: Held,
     position: Option<StreamPosition>,
+    /// The follower's queries to the store, counted for the healing figures.
+    reads: reads::Reads,
 }
 
 impl Follow {
@@ -135,8 +139,10 @@ impl Follow {
         user: UserId,
         since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
-        let follower = StreamFollower::start(messages, groups, user, since).await?;
-        Ok(Self { follower, replaying: true, held: Held::default(), position: None })
+        let reads = reads::Reads::default();
+        let follower =
+            StreamFollower::start(reads.messages(messages), reads.groups(groups), user, since).await?;
+        Ok(Self { follower, replaying: true, held: Held::default(), position: None, reads })
     }
 
     /// The cursor after the last frame of the stream (or the starting one).
@@ -220,16 +226,24 @@ impl Follow {
     /// on their way would have brought. The events queued behind it are repeats then.
     async fn catch_up(&mut self, catch_up: &CatchUp) -> Result<Vec<Outbound>, FollowError> {
         let _reading = catch_up.start().await;
+        let before = self.reads.count();
+        let read = self.read_on().await;
+        catch_up.healing().record_reads(self.reads.count() - before);
+        let items = read?;
+        catch_up.healing().record(items.len());
+        Ok(frames(&items, self.follower.user()))
+    }
+
+    /// Every page the store has after the cursor.
+    async fn read_on(&mut self) -> Result<Vec<SyncItem>, FollowError> {
         let mut items = Vec::new();
         loop {
             let page = self.follower.catch_up().await?;
             if page.is_empty() {
-                break;
+                return Ok(items);
             }
             items.extend(page);
         }
-        catch_up.healing().record(items.len());
-        Ok(frames(&items, self.follower.user()))
     }
 
     async fn live(&mut self, streamed: &Streamed) -> Result<Vec<Outbound>, FollowError> {
@@ -456,6 +470,8 @@ mod tests {
         // The group first, then the stream (the reader's order).
         assert_eq!(cursors(&frames), [format!("2~{group}.2"), format!("3~{group}.2")]);
         assert_eq!((healing.backlog(), healing.delivered(), healing.healed()), (0, 2, 1));
+        let reads = healing.store_reads();
+        assert!(reads >= 2, "the group's entries and the stream: {reads}");
 
         // The lost events arriving late are repeats; a second catch-up finds nothing.
         for late in [&first, &lost_direct, &lost_entry] {
@@ -463,6 +479,7 @@ mod tests {
         }
         let again = Queued::CatchUp(Arc::new(CatchUp::queue(&healing, &pending).unwrap()));
         assert!(follow.admit(again).await.unwrap().is_empty());
+        assert_eq!(healing.store_reads() - reads, 2, "one query for the group, one for the stream");
         let next = world.direct(&friend, &me, &me).await;
         assert_eq!(cursors(&follow.admit(queued(&next)).await.unwrap()), [format!("4~{group}.2")]);
     }

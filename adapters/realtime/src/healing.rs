@@ -44,6 +44,8 @@ pub struct Healing {
     /// Checks of the stream heads made, and catch-ups they queued.
     checks: AtomicU64,
     checked_behind: AtomicU64,
+    /// Queries to the store made by catch-ups and by the checks of the stream heads.
+    store_reads: AtomicU64,
 }
 
 impl Healing {
@@ -56,6 +58,7 @@ impl Healing {
             bus: AtomicU8::new(NO_BUS),
             checks: AtomicU64::new(0),
             checked_behind: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
         }
     }
 
@@ -90,6 +93,16 @@ impl Healing {
     /// Catch-ups queued by the checks of the stream heads since the start.
     pub fn healed_by_checks(&self) -> u64 {
         self.checked_behind.load(Ordering::Relaxed)
+    }
+
+    /// Queries to the store made to heal since the start: every query of a catch-up, every
+    /// batch of stream heads read by a check.
+    pub fn store_reads(&self) -> u64 {
+        self.store_reads.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_reads(&self, queries: u64) {
+        self.store_reads.fetch_add(queries, Ordering::Relaxed);
     }
 
     pub(crate) fn record_check(&self, queued: usize) {
@@ -235,6 +248,7 @@ impl StreamCheck {
             let mut heads = Vec::with_capacity(users.len());
             let mut failed = false;
             for batch in users.chunks(STREAM_CHECK_BATCH) {
+                registry.healing().record_reads(1);
                 match messages.stream_heads(batch).await {
                     Ok(read) => heads.extend(read),
                     Err(error) => {

@@ -56,6 +56,16 @@ impl Api {
         matches!(self.http.get(self.url("/readyz")).send().await, Ok(r) if r.status().is_success())
     }
 
+    /// The server's `/metrics` (Prometheus text), which it serves when they are enabled.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self.http.get(self.url("/metrics")).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET /metrics answered {status} (are the metrics enabled?)");
+        }
+        Ok(response.text().await?)
+    }
+
     /// Registers `username`, or logs in when it exists already.
     pub async fn register(&self, username: &str, password: &str) -> anyhow::Result<User> {
         let body = json!({

@@ -82,6 +82,9 @@ enum Scenario {
     /// N members of one group: reactions/s on one hot message, edits/s and sends/s, the
     /// ratios, and the hot message's exact reaction count.
     Changes(scenarios::changes::ChangesArgs),
+    /// K sockets on one instance, a steady send rate, Redis stopped for a while: the time to
+    /// heal every socket once it is back, losses and duplicates, and the healing's store reads.
+    Outage(scenarios::outage::OutageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::GroupFanout(args) => scenarios::group_fanout::run(&target, args).await,
             Scenario::UnreadList(args) => scenarios::unread_list::run(&target, args).await,
             Scenario::Changes(args) => scenarios::changes::run(&target, args).await,
+            Scenario::Outage(args) => scenarios::outage::run(&target, args).await,
         }
     })?;
     report.print();
@@ -110,7 +114,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The load generator only ever talks to this machine.
-fn check_loopback(url: &str) -> anyhow::Result<()> {
+pub fn check_loopback(url: &str) -> anyhow::Result<()> {
     let rest = url.strip_prefix("http://").context("--url must start with http:// (loopback only)")?;
     let authority = rest.split('/').next().unwrap_or_default();
     let host = match authority.strip_prefix('[') {

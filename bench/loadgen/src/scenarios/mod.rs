@@ -8,6 +8,7 @@ pub mod group_send;
 pub mod groups;
 pub mod history;
 pub mod login;
+pub mod outage;
 pub mod send;
 pub mod unread_list;
 
