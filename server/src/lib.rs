@@ -262,7 +262,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         RealtimeService::new(presence, notifier, storage.conversations.clone())
             .scoped_above(settings.presence.full_list_max, storage.groups.clone()),
     );
-    let hub = Hub::new(delivery, realtime.clone(), storage.messages.clone(), storage.groups.clone());
+    let hub = Hub::new(delivery.clone(), realtime.clone(), storage.messages.clone(), storage.groups.clone());
 
     let limits = Arc::new(chat_http::RateLimits::new(&settings.limits.requests));
     let socketio_limits = limits.clone();
@@ -376,6 +376,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         let check = chat_realtime::StreamCheck::default();
         tokio::spawn(check.run(registry.clone(), storage.messages.clone(), interval))
     });
+    // Group entries not delivered here for want of their members: caught up from the store.
+    let owed = tokio::spawn(delivery.clone().keep_settling());
     let upkeep = tokio::spawn(async move {
         // Stopped with the revocations' upkeep.
         struct Abort(Option<tokio::task::JoinHandle<()>>);
@@ -385,6 +387,7 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
             }
         }
         let _check = Abort(check);
+        let _owed = Abort(Some(owed));
         keep_revocations(revocations, clock).await
     });
     Ok(Application { port, server, registry, upkeep })

@@ -247,6 +247,12 @@ impl ConnectionRegistry {
         self.catch_up_where(|_, _| true)
     }
 
+    /// Has the connections of `members` catch up from the store, as [`heal`](Self::heal)
+    /// does for all: an event of their group may not have reached them.
+    pub fn heal_members(&self, members: &Members) -> usize {
+        self.catch_up_where(|user, _| members.contains(user))
+    }
+
     /// The users with a connection on this instance.
     pub fn users(&self) -> Vec<UserId> {
         self.read().keys().cloned().collect()

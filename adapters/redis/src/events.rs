@@ -20,8 +20,8 @@ use crate::connection::publish_with;
 use crate::{RedisFanout, Shared};
 
 /// Group events received from other instances waiting for their members to be found; more
-/// are dropped (with a warning): connections get them from the store with the next event,
-/// or when they resume.
+/// are dropped (with a warning), and the group's members' connections catch up from the
+/// store instead (`Delivery::owe`).
 pub(crate) const GROUP_BACKLOG: usize = 10_000;
 
 pub(crate) type GroupEvents = mpsc::Sender<(ConversationId, Event)>;
@@ -69,8 +69,11 @@ impl Shared {
                 Recipients::Everyone => self.deliver_local(None, &message.event),
                 Recipients::Users(users) => self.deliver_local(Some(&users), &message.event),
                 Recipients::Group(group) => {
-                    if self.group_events.try_send((group, message.event)).is_err() {
+                    if let Err(refused) = self.group_events.try_send((group, message.event)) {
+                        let (group, event) = refused.into_inner();
                         tracing::warn!("dropping a group event: too many waiting for their members");
+                        // Its members' connections catch up from the store instead.
+                        self.delivery.owe(&group, &event);
                     }
                 }
             },
