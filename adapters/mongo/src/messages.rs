@@ -27,8 +27,8 @@ use mongodb::options::{Hint, ReturnDocument};
 use mongodb::ClientSession;
 
 use crate::documents::{
-    position, seq_to_i64, to_bson, ChangeDoc, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc, DIRECT,
-    GROUP,
+    position, seq_to_i64, to_bson, ChangeDoc, ConversationDoc, MemberDoc, MessageDoc, NoticeDoc,
+    StreamHeadDoc, DIRECT, GROUP,
 };
 use crate::error::{is_duplicate_key, repo_error};
 use crate::reading::CHANGES_BY_SEQ;
@@ -317,6 +317,28 @@ impl MessageRepository for MongoStore {
             .await
             .map_err(repo_error("reading a stream head"))?;
         head.map_or(Ok(Cursor::START), |head| application::ports::stored_cursor(head.position))
+    }
+
+    async fn stream_heads(&self, users: &[UserId]) -> RepoResult<Vec<(UserId, Cursor)>> {
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let heads: Vec<StreamHeadDoc> = self
+            .heads
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(repo_error("reading stream heads"))?
+            .try_collect()
+            .await
+            .map_err(repo_error("reading stream heads"))?;
+        heads
+            .into_iter()
+            .filter(|head| head.position > 0)
+            .map(|head| {
+                let position = application::ports::stored_cursor(head.position)?;
+                let user = UserId::parse(&head.user_id)
+                    .map_err(|e| RepoError::corrupt("stream head's user id", e))?;
+                Ok((user, position))
+            })
+            .collect()
     }
 }
 
