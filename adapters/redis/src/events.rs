@@ -51,7 +51,18 @@ impl Shared {
         }
     }
 
+    /// Publishes `event` for the other instances. When it cannot, they are asked to catch
+    /// their connections up from the store as soon as this instance can reach Redis again
+    /// (`Bus::heal_others`): what it stored meanwhile reaches them then.
     async fn publish(&self, to: &Recipients, event: &Event) -> anyhow::Result<()> {
+        let published = self.try_publish(to, event).await;
+        if published.is_err() {
+            self.bus.heal_others.store(true, std::sync::atomic::Ordering::Release);
+        }
+        published
+    }
+
+    async fn try_publish(&self, to: &Recipients, event: &Event) -> anyhow::Result<()> {
         // Failing fast while the bus is down keeps the sender's request from waiting on it.
         if !self.bus.up() {
             anyhow::bail!("the fan-out bus is down: delivered on this instance only");
