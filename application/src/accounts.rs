@@ -13,6 +13,10 @@ use crate::ports::{
 };
 use crate::revocations::Revocations;
 
+/// How long a socket's handshake waits for the store to say whether its user exists (see
+/// [`AccountService::authenticate_connection`]).
+pub const CONNECTION_LOOKUP_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a caller of the account use cases can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -152,15 +156,41 @@ impl AccountService {
     /// Accepts a token that is well signed, unexpired, not revoked and names a user that
     /// exists (answered from memory once the user was seen).
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AccountError> {
+        let claims = self.unrevoked(token).await?;
+        if !self.known.exists(&claims.user_id).await? {
+            return Err(AccountError::Unauthenticated);
+        }
+        Ok(Authenticated { claims })
+    }
+
+    /// As [`authenticate`](Self::authenticate), for the handshake of a socket, which does not
+    /// wait on a store that cannot answer: when whether the token's user exists cannot be read
+    /// within [`CONNECTION_LOOKUP_DEADLINE`], the token's signature vouches for them (tokens
+    /// are issued to registered users only, and users are never deleted). A revoked token is
+    /// refused all the same, and a user the store says does not exist.
+    pub async fn authenticate_connection(&self, token: &str) -> Result<Authenticated, AccountError> {
+        let claims = self.unrevoked(token).await?;
+        match tokio::time::timeout(CONNECTION_LOOKUP_DEADLINE, self.known.exists(&claims.user_id)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(AccountError::Unauthenticated),
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "a socket's user taken on the token's word: the store cannot say");
+            }
+            Err(_) => {
+                tracing::debug!("a socket's user taken on the token's word: the store did not answer in time")
+            }
+        }
+        Ok(Authenticated { claims })
+    }
+
+    /// The claims of a token that is well signed, unexpired and not revoked.
+    async fn unrevoked(&self, token: &str) -> Result<TokenClaims, AccountError> {
         let claims =
             self.tokens.verify(token, self.clock.now()).map_err(|_| AccountError::Unauthenticated)?;
         if self.revocations.is_revoked(&claims.token_id).await? {
             return Err(AccountError::Unauthenticated);
         }
-        if !self.known.exists(&claims.user_id).await? {
-            return Err(AccountError::Unauthenticated);
-        }
-        Ok(Authenticated { claims })
+        Ok(claims)
     }
 
     pub async fn profile(&self, user: &UserId) -> Result<User, AccountError> {
@@ -528,6 +558,38 @@ mod tests {
         m.revoked.expect_is_revoked().never();
         let err = m.service().authenticate("garbage").await.unwrap_err();
         assert!(matches!(err, AccountError::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_not_kept_waiting_by_a_store_that_cannot_say_whether_its_user_exists() {
+        let claims = claims_for(&UserId::generate());
+        let service = |users: MockUserRepository, revoked: bool| {
+            let mut m = Mocks::new();
+            let claims = claims.clone();
+            m.tokens.expect_verify().returning(move |_, _| Ok(claims.clone()));
+            m.revoked.expect_is_revoked().returning(move |_| Ok(revoked));
+            m.users = users;
+            m.service()
+        };
+        let unavailable = || {
+            let mut users = MockUserRepository::new();
+            users.expect_find_by_id().returning(|_| Err(RepoError::Unavailable(anyhow::anyhow!("down"))));
+            users
+        };
+
+        // The store cannot answer: the token's word is taken for a socket, not for a request.
+        let accepted = service(unavailable(), false).authenticate_connection("tok").await.unwrap();
+        assert_eq!(accepted.user_id(), &claims.user_id);
+        let refused = service(unavailable(), false).authenticate("tok").await.unwrap_err();
+        assert!(!matches!(refused, AccountError::Unauthenticated), "{refused:?}");
+
+        // A revoked token, or a user the store says does not exist, is refused all the same.
+        let refused = service(unavailable(), true).authenticate_connection("tok").await.unwrap_err();
+        assert!(matches!(refused, AccountError::Unauthenticated));
+        let mut missing = MockUserRepository::new();
+        missing.expect_find_by_id().returning(|_| Ok(None));
+        let refused = service(missing, false).authenticate_connection("tok").await.unwrap_err();
+        assert!(matches!(refused, AccountError::Unauthenticated));
     }
 
     #[tokio::test]

@@ -114,6 +114,8 @@ async fn a_socket_without_since_goes_live_while_the_store_hangs_and_a_resume_is_
     let (api, cut) = (direct.api(), proxied.api());
     let alice = api.create_user("alice").await;
     let bob = api.create_user("bob").await;
+    // Never seen by the second instance.
+    let carol = api.create_user("carol").await;
     api.send_ok(&alice, &bob, "before").await;
     // The handshake checks the token against users the instance has seen (from memory
     // once seen): bob has been seen there before the store hangs.
@@ -146,6 +148,22 @@ async fn a_socket_without_since_goes_live_while_the_store_hangs_and_a_resume_is_
     let live = socket.next_event("newMessage", EVENT_TIMEOUT).await;
     assert_eq!((&live["_id"], &live["cursor"]), (&next["_id"], &serde_json::json!("3")));
     eprintln!("handshake in {handshake:?}, first frame after {opened:?} with the store hanging");
+
+    // A user the instance has never seen: the store cannot say whether they exist, and the
+    // token's signature vouches for them (tokens go to registered users, who are never
+    // deleted). A request with the same token still needs the store.
+    let reply = cut.get("/api/v1/user/get-profile", Some(&carol.token)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "the store hangs: {reply:?}");
+    let started = Instant::now();
+    let mut unseen = cut.connect_ws_with_query(&carol.token).await;
+    let handshake = started.elapsed();
+    assert!(handshake < Duration::from_millis(3000), "the handshake took {handshake:?}");
+    unseen.next_event("onlineUsers", EVENT_TIMEOUT).await;
+    let sent = api.send_ok(&alice, &carol, "to someone new here").await;
+    let live = unseen.next_event("newMessage", EVENT_TIMEOUT).await;
+    assert_eq!(live["_id"], sent["_id"], "{live}");
+    eprintln!("an unseen user's handshake in {handshake:?} with the store hanging");
+    drop(unseen);
 
     // With since: the backlog cannot be read, and the client is told to reconnect with it.
     let url = format!("{}?token={}&since=2", cut.ws_url(), bob.token);

@@ -265,7 +265,7 @@ impl Session {
             return self
                 .push(refuse("Authentication required: pass auth.token, a token cookie or a Bearer header"));
         };
-        let session = match self.engine.accounts.authenticate(&token).await {
+        let session = match self.engine.accounts.authenticate_connection(&token).await {
             Ok(session) => session,
             Err(AccountError::Unauthenticated) => return self.push(refuse("Invalid or expired token")),
             Err(error) => {

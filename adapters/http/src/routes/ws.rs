@@ -28,7 +28,7 @@ pub async fn upgrade(
     let token = request_token(&req)
         .or_else(|| query.into_inner().token.filter(|t| !t.is_empty()))
         .ok_or_else(ApiError::unauthenticated)?;
-    let session = state.accounts.authenticate(&token).await.map_err(ApiError::from)?;
+    let session = state.accounts.authenticate_connection(&token).await.map_err(ApiError::from)?;
     let since = SyncCursor::parse_optional(resume.since.as_deref()).map_err(ApiError::from)?;
     state.limits.socket_connect(session.user_id().as_str())?;
     (state.transports.ws)(req, body, Handshake::new(&session, since)).await
