@@ -286,7 +286,11 @@ pub async fn run(target: &Target, args: OutageArgs) -> anyhow::Result<Report> {
     let expected = accepted * args.devices as u64;
     let deadline = sent_by + Duration::from_secs_f64(args.grace);
     while Instant::now() < deadline {
-        let drained = lock(&watched).backlog_now == 0;
+        // The bus seen back (when it was seen down), and nobody waiting to catch up.
+        let drained = {
+            let watched = lock(&watched);
+            watched.backlog_now == 0 && (watched.down_at.is_none() || watched.up_at.is_some())
+        };
         if arrived.load(Ordering::Relaxed) >= expected && drained {
             break;
         }
