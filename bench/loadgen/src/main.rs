@@ -85,6 +85,9 @@ enum Scenario {
     /// K sockets on one instance, a steady send rate, Redis stopped for a while: the time to
     /// heal every socket once it is back, losses and duplicates, and the healing's store reads.
     Outage(scenarios::outage::OutageArgs),
+    /// N distinct users connect within a second, one socket each: every frame they receive
+    /// (by event) and the server's CPU time, in whichever presence mode the server is in.
+    PresenceStorm(scenarios::presence_storm::PresenceStormArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::UnreadList(args) => scenarios::unread_list::run(&target, args).await,
             Scenario::Changes(args) => scenarios::changes::run(&target, args).await,
             Scenario::Outage(args) => scenarios::outage::run(&target, args).await,
+            Scenario::PresenceStorm(args) => scenarios::presence_storm::run(&target, args).await,
         }
     })?;
     report.print();

@@ -9,6 +9,7 @@ pub mod groups;
 pub mod history;
 pub mod login;
 pub mod outage;
+pub mod presence_storm;
 pub mod send;
 pub mod unread_list;
 
