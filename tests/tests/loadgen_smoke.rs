@@ -232,3 +232,36 @@ async fn loadgen_outage_heals_every_socket_exactly_once() {
     let reads = healing["realtime_healing_store_reads_total"].as_u64().expect("a count");
     assert!(reads >= healed, "each catch-up reads the store at least once: {report}");
 }
+
+/// The presence storm at a tiny scale, in each presence mode: 6 users in a ring (2 partners
+/// each) connect within half a second; every socket opens, and every client view ends with
+/// its partners online (and, with the full list, all 6 users listed). The scoped run's bound
+/// of 2 online users makes the server switch mode during the storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_presence_storm_ends_with_every_view_complete_in_both_modes() {
+    for (full_list_max, scoped) in [(1000, false), (2, true)] {
+        let app =
+            TestApp::spawn_with(tests::Backend::Sqlite, |s| s.presence.full_list_max = full_list_max).await;
+        let report = loadgen(
+            &app.base_url(),
+            "ws",
+            "presence-storm --users 6 --ring 1 --spread 0.5 --quiet 1.5 --max-wait 20",
+        )
+        .await;
+        app.stop().await;
+        assert_eq!(report["scenario"], "presence-storm", "{report}");
+        assert_eq!(report["opened"], 6, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        assert_eq!(report["quiet"], true, "{report}");
+        assert_eq!(report["complete_views"], 6, "{report}");
+        assert!(report["online_users_frames"].as_u64() > Some(0), "{report}");
+        assert!(report["server_cpu_s"].is_number(), "the server's pid is found by its port: {report}");
+        if scoped {
+            assert!(report["presence_mode_frames"].as_u64() >= Some(6), "{report}");
+            assert!(report["presence_frames"].as_u64() > Some(0), "{report}");
+        } else {
+            assert_eq!(report["presence_mode_frames"], 0, "{report}");
+            assert_eq!(report["presence_frames"], 0, "{report}");
+        }
+    }
+}
