@@ -19,9 +19,17 @@ fn loadgen_binary() -> &'static Path {
 /// Runs `loadgen` with `args` (a scenario and its options, separated by spaces) against
 /// `url`; its JSON line.
 async fn loadgen(url: &str, transport: &str, args: &str) -> Value {
+    let args: Vec<String> =
+        ["--transport", transport].into_iter().chain(args.split_whitespace()).map(str::to_owned).collect();
+    loadgen_with(url, &args).await
+}
+
+/// Runs the load generator against `url` with `args` (global options, then a scenario and
+/// its options); its JSON line.
+async fn loadgen_with(url: &str, args: &[String]) -> Value {
     let run = tokio::process::Command::new(loadgen_binary())
-        .args(["--url", url, "--transport", transport, "--setup-concurrency", "2"])
-        .args(args.split_whitespace())
+        .args(["--url", url, "--setup-concurrency", "2"])
+        .args(args)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .output();
@@ -30,7 +38,7 @@ async fn loadgen(url: &str, transport: &str, args: &str) -> Value {
         .expect("loadgen finishes within a minute")
         .expect("loadgen runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "loadgen {args} failed:\n{stdout}");
+    assert!(output.status.success(), "loadgen {} failed:\n{stdout}", args.join(" "));
     let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("loadgen prints a JSON line");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
@@ -199,23 +207,10 @@ async fn loadgen_outage_heals_every_socket_exactly_once() {
         "--redis-start-cmd".into(),
         redis.start.clone(),
     ]);
-    let run = tokio::process::Command::new(loadgen_binary())
-        .args(["--url", &sockets.base_url(), "--setup-concurrency", "2"])
-        .args(&command)
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("loadgen finishes within a minute")
-        .expect("loadgen runs");
+    let report = loadgen_with(&sockets.base_url(), &command).await;
     senders.stop().await;
     sockets.stop().await;
     drop(redis);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "loadgen {args} failed:\n{stdout}");
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("loadgen prints a JSON line");
-    let report: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
 
     assert_eq!(report["scenario"], "outage", "{report}");
     assert_eq!(report["failed_sockets"], 0, "{report}");
