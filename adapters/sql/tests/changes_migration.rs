@@ -7,6 +7,8 @@
 //! The PostgreSQL case needs a server at `CHAT_TEST_POSTGRES_URL` (by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), where it creates and drops a database.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -295,17 +297,7 @@ async fn sqlite_data_from_before_changes_reads_back_unchanged_and_takes_changes(
 async fn postgres_data_from_before_changes_reads_back_unchanged_and_takes_changes() {
     use sqlx::postgres::PgPoolOptions;
 
-    let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("chat_changes_migration_{}", UserId::generate().as_str().replace('-', ""));
-    let admin =
-        PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("reaching PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await.expect("creating a database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("CHAT_TEST_POSTGRES_URL names no database: {admin_url}"),
-    };
-    let outcome = tokio::spawn(async move {
+    common::in_scratch_postgres("chat_changes_migration", |url| async move {
         let before = Before::new();
         let pool =
             PgPoolOptions::new().max_connections(1).connect(&url).await.expect("opening the old database");
@@ -325,9 +317,4 @@ async fn postgres_data_from_before_changes_reads_back_unchanged_and_takes_change
         store.close().await;
     })
     .await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&admin).await;
-    admin.close().await;
-    if let Err(error) = outcome {
-        std::panic::resume_unwind(error.into_panic());
-    }
 }

@@ -6,6 +6,8 @@
 //! The PostgreSQL case needs a server at `CHAT_TEST_POSTGRES_URL` (by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), where it creates and drops a database.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -276,17 +278,7 @@ async fn sqlite_data_from_before_groups_gets_seqs_members_and_read_positions() {
 async fn postgres_data_from_before_groups_gets_seqs_members_and_read_positions() {
     use sqlx::postgres::PgPoolOptions;
 
-    let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("chat_groups_migration_{}", UserId::generate().as_str().replace('-', ""));
-    let admin =
-        PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("reaching PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await.expect("creating a database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("CHAT_TEST_POSTGRES_URL names no database: {admin_url}"),
-    };
-    let outcome = catching(async move {
+    common::in_scratch_postgres("chat_groups_migration", |url| async move {
         let before = Before::new();
         let pool =
             PgPoolOptions::new().max_connections(1).connect(&url).await.expect("opening the old database");
@@ -306,19 +298,4 @@ async fn postgres_data_from_before_groups_gets_seqs_members_and_read_positions()
         store.close().await;
     })
     .await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&admin).await;
-    admin.close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `future` to its end, catching a panic so that the database is dropped either way.
-async fn catching<F: std::future::Future<Output = ()> + Send + 'static>(
-    future: F,
-) -> Result<(), Box<dyn std::any::Any + Send>> {
-    tokio::spawn(future).await.map_err(|error| match error.try_into_panic() {
-        Ok(panic) => panic,
-        Err(error) => Box::new(error.to_string()),
-    })
 }

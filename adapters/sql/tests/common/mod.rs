@@ -1,6 +1,9 @@
 //! What the SQL stores' own test suites share: a store of each engine in a database of its
 //! own, removed afterwards, seen through every port the tests use.
 
+// Each suite uses the part it needs.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,19 +59,7 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    use sqlx::postgres::PgPoolOptions;
-
-    let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("{prefix}_{}", UserId::generate().as_str().replace('-', ""));
-    let admin =
-        PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("reaching PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await.expect("creating a database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("CHAT_TEST_POSTGRES_URL names no database: {admin_url}"),
-    };
-    let outcome = tokio::spawn(async move {
+    in_scratch_postgres(prefix, |url| async move {
         let store = chat_sql::PgStore::connect(&chat_sql::PgOptions {
             url,
             max_connections: 8,
@@ -82,6 +73,28 @@ where
         store.close().await;
     })
     .await;
+}
+
+/// Runs `test` with the URL of an empty PostgreSQL database of its own, named after
+/// `prefix`, and drops the database afterwards, also when `test` panics.
+pub async fn in_scratch_postgres<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use sqlx::postgres::PgPoolOptions;
+
+    let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("{prefix}_{}", UserId::generate().as_str().replace('-', ""));
+    let admin =
+        PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("reaching PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await.expect("creating a database");
+    let url = match admin_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("CHAT_TEST_POSTGRES_URL names no database: {admin_url}"),
+    };
+    let outcome = tokio::spawn(async move { test(url).await }).await;
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&admin).await;
     admin.close().await;
     if let Err(error) = outcome {
