@@ -112,6 +112,9 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<Storage>
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
+    /// Sockets upgraded to WebSockets, served apart from the server's HTTP connections.
+    sockets: chat_http::UpgradedSockets,
+    shutdown_timeout: Duration,
     registry: Arc<ConnectionRegistry>,
     upkeep: tokio::task::JoinHandle<()>,
 }
@@ -126,10 +129,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let registry = self.registry.clone();
+        let (sockets, within) = (self.sockets.clone(), self.shutdown_timeout);
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
             registry.shut_down();
+            if !sockets.drain(within).await {
+                tracing::warn!("sockets still open after server.shutdown_timeout; closing them");
+            }
             handle.stop(true).await;
         });
         let result = self.server.await;
@@ -351,19 +358,17 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
     } else {
         settings.server.max_connections_per_address
     };
-    let connections = Arc::new(chat_http::ConnectionLimiter::new(per_address));
-    let write_timeout = Duration::from_secs(settings.http.write_timeout);
-    let server = actix_web::HttpServer::new(move || chat_http::app(state.clone()))
-        .on_connect(move |connection, extensions| {
-            connections.on_connect(connection, extensions);
-            chat_http::set_write_deadline(connection, write_timeout);
-        })
-        .workers(workers)
-        // actix counts per worker; accepting pauses at the cap and resumes below it.
-        .max_connections(max_connections.div_ceil(workers))
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout);
-    let server = server.listen(listener)?.run();
+    let chat_http::Listening { server, sockets } = chat_http::serve(
+        listener,
+        chat_http::ServerSettings {
+            workers,
+            max_connections,
+            max_connections_per_address: per_address,
+            write_timeout: Duration::from_secs(settings.http.write_timeout),
+            shutdown_timeout: settings.server.shutdown_timeout,
+        },
+        state,
+    )?;
     tracing::info!(
         address = %address,
         port,
@@ -390,7 +395,8 @@ pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow:
         let _owed = Abort(Some(owed));
         keep_revocations(revocations, clock).await
     });
-    Ok(Application { port, server, registry, upkeep })
+    let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout);
+    Ok(Application { port, server, sockets, shutdown_timeout, registry, upkeep })
 }
 
 fn jwt_secret(settings: &Settings) -> SecretString {

@@ -141,75 +141,108 @@ impl Stream for Deadline {
     }
 }
 
-/// Counts open TCP connections per client address and closes those over the cap as they
-/// are accepted. Shared by every worker; hooked in with `HttpServer::on_connect`.
+/// Counts open TCP connections, in all and per client address, and closes those over either
+/// cap as they are accepted. Shared by every worker; hooked in with `on_connect`.
+///
+/// actix-server counts the connections its HTTP/1 dispatcher serves; a socket upgraded to a
+/// WebSocket leaves the dispatcher (`crate::upgraded`), so the total is kept here.
 #[derive(Debug)]
 pub struct ConnectionLimiter {
+    total: usize,
     per_address: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: Arc<Mutex<Open>>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    /// Only when there is a cap per address.
+    by_address: HashMap<IpAddr, usize>,
 }
 
 impl ConnectionLimiter {
-    /// `per_address` connections at most from one address; 0 switches the cap off.
-    pub fn new(per_address: usize) -> Self {
-        Self { per_address, open: Arc::default() }
+    /// `total` connections at most, `per_address` at most from one address (0: no cap per
+    /// address).
+    pub fn new(total: usize, per_address: usize) -> Self {
+        Self { total, per_address, open: Arc::default() }
     }
 
-    /// For `HttpServer::on_connect`: counts the new connection (the count drops when the
-    /// connection ends) or, over the cap, shuts it down before a byte of it is read.
+    /// For `on_connect`: counts the new connection (the count drops when the connection
+    /// ends) or, over a cap, shuts it down before a byte of it is read.
     pub fn on_connect(&self, connection: &dyn Any, extensions: &mut Extensions) {
-        if self.per_address == 0 {
-            return;
-        }
         let Some(stream) = connection.downcast_ref::<TcpStream>() else { return };
-        let Ok(peer) = stream.peer_addr() else { return };
-        match self.admit(peer.ip()) {
+        let address = stream.peer_addr().map(|peer| peer.ip()).ok();
+        match self.admit(address) {
             Some(slot) => {
                 extensions.insert(slot);
             }
             None => {
-                tracing::debug!(address = %peer.ip(), "connection refused: too many open from this address");
+                tracing::debug!(address = ?address, "connection refused: too many open");
                 // Shutting the socket down makes the connection's first read end at once.
                 let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
             }
         }
     }
 
-    fn counts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
-        // Every change is one increment or decrement: a panic elsewhere leaves the map whole.
+    fn counts(&self) -> MutexGuard<'_, Open> {
+        // Every change is one increment or decrement: a panic elsewhere leaves the counts whole.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for one more connection from `address`, or `None` at the cap.
-    fn admit(&self, address: IpAddr) -> Option<Slot> {
-        let mut counts = self.counts();
-        let open = counts.entry(address).or_insert(0);
-        if *open >= self.per_address {
+    /// A slot for one more connection from `address`, or `None` at a cap.
+    fn admit(&self, address: Option<IpAddr>) -> Option<Slot> {
+        let mut open = self.counts();
+        if open.total >= self.total {
             return None;
         }
-        *open += 1;
+        let address = address.filter(|_| self.per_address > 0);
+        if let Some(address) = address {
+            let from = open.by_address.entry(address).or_insert(0);
+            if *from >= self.per_address {
+                return None;
+            }
+            *from += 1;
+        }
+        open.total += 1;
         Some(Slot { address, open: self.open.clone() })
+    }
+
+    /// One more slot for a connection already admitted, whatever the caps: for the task that
+    /// takes an upgraded connection over, before the dispatcher lets go of the first one.
+    pub(crate) fn hold(&self, address: Option<IpAddr>) -> Slot {
+        let mut open = self.counts();
+        let address = address.filter(|_| self.per_address > 0);
+        if let Some(address) = address {
+            *open.by_address.entry(address).or_insert(0) += 1;
+        }
+        open.total += 1;
+        Slot { address, open: self.open.clone() }
     }
 
     #[cfg(test)]
     fn open_from(&self, address: IpAddr) -> usize {
-        self.counts().get(&address).copied().unwrap_or(0)
+        self.counts().by_address.get(&address).copied().unwrap_or(0)
     }
 }
 
-/// One counted connection; dropped with the connection's extensions when it closes.
-struct Slot {
-    address: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+/// One counted connection; dropped with the connection's extensions when it closes (or with
+/// the task serving it once upgraded).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    address: Option<IpAddr>,
+    open: Arc<Mutex<Open>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(open) = counts.get_mut(&self.address) {
-            *open -= 1;
-            if *open == 0 {
-                counts.remove(&self.address);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total -= 1;
+        if let Some(address) = self.address {
+            if let Some(from) = open.by_address.get_mut(&address) {
+                *from -= 1;
+                if *from == 0 {
+                    open.by_address.remove(&address);
+                }
             }
         }
     }
@@ -245,23 +278,48 @@ mod tests {
 
     #[test]
     fn connections_over_the_cap_are_refused_until_one_closes() {
-        let limiter = ConnectionLimiter::new(2);
+        let limiter = ConnectionLimiter::new(100, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = limiter.admit(a).unwrap();
-        let _second = limiter.admit(a).unwrap();
-        assert!(limiter.admit(a).is_none(), "a third from one address");
-        assert!(limiter.admit(b).is_some(), "another address is counted apart");
+        let first = limiter.admit(Some(a)).unwrap();
+        let _second = limiter.admit(Some(a)).unwrap();
+        assert!(limiter.admit(Some(a)).is_none(), "a third from one address");
+        assert!(limiter.admit(Some(b)).is_some(), "another address is counted apart");
         drop(first);
         assert_eq!(limiter.open_from(a), 1);
-        assert!(limiter.admit(a).is_some());
+        assert!(limiter.admit(Some(a)).is_some());
+    }
+
+    #[test]
+    fn connections_over_the_total_are_refused_from_any_address() {
+        let limiter = ConnectionLimiter::new(2, 0);
+        let first = limiter.admit(Some("10.0.0.1".parse().unwrap())).unwrap();
+        let _second = limiter.admit(Some("10.0.0.2".parse().unwrap())).unwrap();
+        assert!(limiter.admit(Some("10.0.0.3".parse().unwrap())).is_none());
+        drop(first);
+        assert!(limiter.admit(None).is_some());
+    }
+
+    #[test]
+    fn a_held_slot_keeps_an_upgraded_connection_counted_after_its_first_closes() {
+        let limiter = ConnectionLimiter::new(2, 1);
+        let address: IpAddr = "10.0.0.1".parse().unwrap();
+        let accepted = limiter.admit(Some(address)).unwrap();
+        let upgraded = limiter.hold(Some(address));
+        drop(accepted);
+        assert_eq!(limiter.open_from(address), 1);
+        assert!(limiter.admit(Some(address)).is_none(), "the upgraded socket still counts");
+        drop(upgraded);
+        assert_eq!(limiter.counts().total, 0);
     }
 
     #[test]
     fn closed_connections_leave_no_entry_behind() {
-        let limiter = ConnectionLimiter::new(1);
+        let limiter = ConnectionLimiter::new(10, 1);
         let address: IpAddr = "10.0.0.1".parse().unwrap();
-        drop(limiter.admit(address));
-        assert!(limiter.counts().is_empty());
+        drop(limiter.admit(Some(address)));
+        let open = limiter.counts();
+        assert!(open.by_address.is_empty());
+        assert_eq!(open.total, 0);
     }
 
     #[tokio::test(start_paused = true)]

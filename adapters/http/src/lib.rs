@@ -16,7 +16,9 @@ pub mod metrics;
 pub mod openapi;
 mod origin;
 mod routes;
+mod server;
 mod state;
+mod upgraded;
 mod web;
 mod write_deadline;
 
@@ -25,5 +27,6 @@ pub use error::ApiError;
 pub use limits::{client_ip, LimitSettings, RateLimits};
 pub use metrics::{CountingNotifier, Metrics};
 pub use routes::app;
+pub use server::{serve, Listening, ServerSettings, UpgradedSockets};
 pub use state::{AppState, CookieSettings, HttpSettings, SameSite, Transports};
 pub use write_deadline::set_write_deadline;
