@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tests::process::server_command;
 use tests::{free_port, server_binary, ServerProcess, TempDir};
@@ -151,6 +151,57 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     let _ = socket.close(None).await;
     let status = server.wait_for_exit().await;
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// The next text frame, within the deadline.
+async fn next_text(socket: &mut tests::ws::Ws) -> String {
+    loop {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.expect("a frame within the deadline") {
+            Some(Ok(Frame::Text(text))) => return text.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_socket_io_websockets_and_exits_within_the_shutdown_timeout() {
+    let dir = TempDir::new("binary");
+    let port = free_port();
+    let mut server = start(dir.path(), port, dir.path()).await;
+    let token = server.api().create_user("ada").await.token;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the Engine.IO handshake");
+    let open = next_text(&mut socket).await;
+    assert!(open.starts_with('0'), "{open}");
+    socket.send(Frame::text(format!(r#"40{{"token":"{token}"}}"#))).await.unwrap();
+    let connected = next_text(&mut socket).await;
+    assert!(connected.starts_with("40"), "{connected}");
+
+    let stopping = Instant::now();
+    server.terminate();
+
+    // Engine.IO's close packet, then the close frame (docs/SOCKETIO.md).
+    let mut packets = Vec::new();
+    let close = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Frame::Close(frame))) => return Some(frame),
+                Some(Ok(Frame::Text(text))) => packets.push(text.to_string()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends within the deadline");
+    assert!(close.is_some(), "a close frame, not a dropped connection; packets before: {packets:?}");
+    assert_eq!(packets.last().map(String::as_str), Some("1"), "Engine.IO's close packet first: {packets:?}");
+    let _ = socket.close(None).await;
+    let status = server.wait_for_exit().await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // CHAT__SERVER__SHUTDOWN_TIMEOUT is 2 s: nothing was left to wait for.
+    assert!(stopping.elapsed() < Duration::from_secs(2), "exited after {:?}", stopping.elapsed());
 }
 
 #[tokio::test]

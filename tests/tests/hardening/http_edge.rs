@@ -3,7 +3,7 @@
 use super::*;
 
 /// Sends `head` (and nothing else yet) on a fresh connection from `source`.
-async fn connect_from(source: &str, port: u16) -> TcpStream {
+pub(super) async fn connect_from(source: &str, port: u16) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     socket
@@ -14,7 +14,7 @@ async fn connect_from(source: &str, port: u16) -> TcpStream {
 
 /// Everything the server sends until it closes the connection, or `None` if it is still
 /// open after `within`.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+pub(super) async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;

@@ -45,6 +45,7 @@ mod reads;
 mod sessions;
 mod slow_consumers;
 mod tokens;
+mod upgrades;
 
 /// A server over a fresh SQLite database with `adjust` applied to its settings: the
 /// defences under test don't depend on the store (the outage and durability tests name
