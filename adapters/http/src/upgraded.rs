@@ -50,7 +50,7 @@ pub(crate) async fn serve<S, B>(
     app: Rc<S>,
     req: Request,
     io: TcpStream,
-    mut codec: Codec,
+    codec: Codec,
     buffers: (BytesMut, BytesMut),
     slot: Slot,
 ) where
@@ -58,7 +58,27 @@ pub(crate) async fn serve<S, B>(
     S::Response: Into<Response<B>>,
     B: MessageBody + 'static,
 {
-    let (leftover, mut out) = buffers;
+    // The handshake's future (the App's, middleware and all) is boxed, so that the task
+    // keeps only the relay's few words once the socket is open.
+    if let Some(upgraded) = Box::pin(answer(app, req, io, codec, buffers, slot)).await {
+        upgraded.await;
+    }
+}
+
+/// Answers the upgrade request; the relay of the socket when the answer is `101`.
+async fn answer<S, B>(
+    app: Rc<S>,
+    req: Request,
+    io: TcpStream,
+    mut codec: Codec,
+    (leftover, mut out): (BytesMut, BytesMut),
+    slot: Slot,
+) -> Option<Upgraded>
+where
+    S: Service<Request, Error = actix_web::Error>,
+    S::Response: Into<Response<B>>,
+    B: MessageBody + 'static,
+{
     let inbound = Rc::new(RefCell::new(Inbound::default()));
     if !leftover.is_empty() {
         inbound.borrow_mut().push(leftover.freeze());
@@ -71,24 +91,20 @@ pub(crate) async fn serve<S, B>(
         Err(error) => Response::from(error),
     };
     let (mut head, body) = response.into_parts();
-    let upgraded = head.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if !upgraded {
-        head.head_mut().set_connection_type(ConnectionType::Close);
+    if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+        codec.encode(Message::Item((head, BodySize::Stream)), &mut out).ok()?;
+        let io = write(io, &out).await.ok()?;
+        return Some(Upgraded { io, body, unsent: Bytes::new(), inbound, reading: true, _slot: slot });
     }
-    let answered = async {
-        if upgraded {
-            codec.encode(Message::Item((head, BodySize::Stream)), &mut out)?;
-            write(io, &out).await.map(|io| Some((io, body)))
-        } else {
-            let size = body.size();
-            codec.encode(Message::Item((head, size)), &mut out)?;
-            refusal(&mut codec, body, &mut out).await?;
-            write(io, &out).await?.shutdown().await.map(|()| None)
-        }
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let refused = async {
+        let size = body.size();
+        codec.encode(Message::Item((head, size)), &mut out)?;
+        refusal(&mut codec, body, &mut out).await?;
+        write(io, &out).await?.shutdown().await
     };
-    let Ok(Some((io, body))) = answered.await else { return };
-    drop(out);
-    Upgraded { io, body, unsent: Bytes::new(), inbound, reading: true, _slot: slot }.await;
+    let _ = refused.await;
+    None
 }
 
 async fn write(mut io: TcpStream, bytes: &[u8]) -> io::Result<TcpStream> {
