@@ -76,8 +76,10 @@ pub async fn serve(
                 return close_now(session, reason).await;
             }
         };
+        // Every await below that is not waiting on the client is boxed: an idle socket's
+        // task then holds only the loop's own state, not the largest of those futures.
         let guard = run(session, stream, live, &hub, settings).await;
-        hub.closed(guard).await;
+        Box::pin(hub.closed(guard)).await;
     });
     Ok(response)
 }
@@ -107,8 +109,8 @@ async fn run(
     let mut last_heard = Instant::now();
     let mut budget = chat_realtime::FrameBudget::new(settings.max_frames_per_second);
 
-    let presence = hub.opened(&user).await;
-    let close = match send_all(&mut session, &guard, presence, settings.ping_timeout).await {
+    let presence = Box::pin(hub.opened(&user)).await;
+    let close = match Box::pin(send_all(&mut session, &guard, presence, settings.ping_timeout)).await {
         Err(close) => close,
         Ok(()) => loop {
             tokio::select! {
@@ -119,7 +121,7 @@ async fn run(
                     }
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(reply) = handle_text(&text, &user, hub).await {
+                            if let Some(reply) = Box::pin(handle_text(&text, &user, hub)).await {
                                 if session.text(reply).await.is_err() { break None; }
                             }
                         }
@@ -146,16 +148,16 @@ async fn run(
                 // One page of the replay per turn, so the client's frames and the queue are
                 // served in between.
                 () = std::future::ready(()), if follow.replaying() => {
-                    let sent = match follow.replay().await {
-                        Ok(frames) => send_all(&mut session, &guard, frames, settings.ping_timeout).await,
+                    let sent = match Box::pin(follow.replay()).await {
+                        Ok(frames) => Box::pin(send_all(&mut session, &guard, frames, settings.ping_timeout)).await,
                         Err(stop) => Err(Some(stopped(&stop))),
                     };
                     if let Err(close) = sent { break close; }
                 }
                 outbound = queue.recv() => match outbound {
                     Some(outbound) => {
-                        let sent = match follow.admit(outbound).await {
-                            Ok(frames) => send_all(&mut session, &guard, frames, settings.ping_timeout).await,
+                        let sent = match Box::pin(follow.admit(outbound)).await {
+                            Ok(frames) => Box::pin(send_all(&mut session, &guard, frames, settings.ping_timeout)).await,
                             Err(stop) => Err(Some(stopped(&stop))),
                         };
                         if let Err(close) = sent { break close; }
