@@ -96,12 +96,14 @@ pub(crate) async fn run(
         handshake,
         outbox,
     };
+    // Every await below that is not waiting on the client or the queue is boxed: an idle
+    // session's task then holds only the loop's own state, not the largest of those futures.
     let reason = session.serve(&mut inbound).await;
     tracing::debug!(reason, "socket.io session ended");
     session.engine.remove(&sid);
     // Tells a pending poll, or the WebSocket, that the session is over.
     let _ = session.outbox.try_send(packet::CLOSE.to_owned());
-    session.leave().await;
+    Box::pin(session.leave()).await;
 }
 
 impl Session {
@@ -122,7 +124,7 @@ impl Session {
                         if !self.budget.take(std::time::Instant::now()) {
                             return Err("too many packets per second");
                         }
-                        self.on_packet(&text).await?
+                        Box::pin(self.on_packet(&text)).await?
                     }
                     Some(Inbound::Probe) => self.push(packet::NOOP.to_owned())?,
                     Some(Inbound::Closed(reason)) => return Err(reason),
@@ -133,12 +135,12 @@ impl Session {
                     Step::OutboxClosed => return Err("transport gone"),
                     Step::Replay => {
                         let socket = self.socket.as_mut().expect("a step of a joined socket");
-                        let frames = socket.live.follow.replay().await.map_err(stopped)?;
+                        let frames = Box::pin(socket.live.follow.replay()).await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
                     Step::Event(Some(queued)) => {
                         let socket = self.socket.as_mut().expect("a step of a joined socket");
-                        let frames = socket.live.follow.admit(queued).await.map_err(stopped)?;
+                        let frames = Box::pin(socket.live.follow.admit(queued)).await.map_err(stopped)?;
                         socket.pending.extend(frames);
                     }
                     Step::Event(None) => {

@@ -224,19 +224,21 @@ async fn carry(
 ) {
     let timeout = engine.settings.upgrade_timeout;
     if upgrade {
-        let probed = tokio::time::timeout(timeout, probe(&mut session, &mut stream, &handle)).await;
+        // Boxed, as the waits below: the task then holds only the loop's state for as long as
+        // the socket stays open.
+        let probed = Box::pin(tokio::time::timeout(timeout, probe(&mut session, &mut stream, &handle))).await;
         if !matches!(probed, Ok(true)) {
             // The session goes on over polling.
             handle.upgrading.store(false, Ordering::Release);
-            let _ = tokio::time::timeout(timeout, session.close(None)).await;
+            let _ = Box::pin(tokio::time::timeout(timeout, session.close(None))).await;
             return;
         }
         handle.upgraded.store(true, Ordering::Release);
     }
     // The pending poll, if any, was released by the probe's noop and returns at once.
-    let Ok(mut outbox) = tokio::time::timeout(timeout, handle.outbox.lock()).await else {
+    let Ok(mut outbox) = Box::pin(tokio::time::timeout(timeout, handle.outbox.lock())).await else {
         let _ = handle.inbound.try_send(Inbound::Closed("upgrade stalled"));
-        let _ = tokio::time::timeout(timeout, session.close(None)).await;
+        let _ = Box::pin(tokio::time::timeout(timeout, session.close(None))).await;
         return;
     };
 
@@ -288,7 +290,7 @@ async fn carry(
     };
     if let Some(reason) = close {
         // A client that doesn't read may never take the close frame either.
-        let _ = tokio::time::timeout(timeout, session.close(Some(reason))).await;
+        let _ = Box::pin(tokio::time::timeout(timeout, session.close(Some(reason)))).await;
     }
 }
 
