@@ -46,22 +46,27 @@ const MAX_REFUSAL: usize = 64 * 1024;
 /// `buffers` are the dispatcher's: what the client sent after the request head (its first
 /// frames, when it did not wait for the answer), and what the dispatcher had still to write.
 /// `slot` keeps the connection counted against the caps.
-pub(crate) async fn serve<S, B>(
+pub(crate) fn serve<S, B>(
     app: Rc<S>,
     req: Request,
     io: TcpStream,
     codec: Codec,
     buffers: (BytesMut, BytesMut),
     slot: Slot,
-) where
-    S: Service<Request, Error = actix_web::Error>,
+) -> impl Future<Output = ()>
+where
+    S: Service<Request, Error = actix_web::Error> + 'static,
     S::Response: Into<Response<B>>,
     B: MessageBody + 'static,
 {
-    // The handshake's future (the App's, middleware and all) is boxed, so that the task
-    // keeps only the relay's few words once the socket is open.
-    if let Some(upgraded) = Box::pin(answer(app, req, io, codec, buffers, slot)).await {
-        upgraded.await;
+    // The handshake's future (the App's, middleware and all) is boxed, and is all the task
+    // captures (an `async fn` would keep its arguments for its whole life): once the socket
+    // is open, the task holds only the relay's few words.
+    let answered = Box::pin(answer(app, req, io, codec, buffers, slot));
+    async move {
+        if let Some(upgraded) = answered.await {
+            upgraded.await;
+        }
     }
 }
 

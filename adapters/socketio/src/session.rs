@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,13 +79,15 @@ enum Step {
     Ended(Ended),
 }
 
-pub(crate) async fn run(
+/// The session's task. A plain function returning the loop, so the task holds the session
+/// once (an `async fn` would also keep the arguments it was built from).
+pub(crate) fn run(
     engine: Arc<Engine>,
     sid: String,
     handshake: Handshake,
-    mut inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Inbound>,
     outbox: mpsc::Sender<String>,
-) {
+) -> impl Future<Output = ()> {
     let now = Instant::now();
     let mut session = Session {
         next_ping: now + engine.settings.ping_interval,
@@ -98,12 +101,15 @@ pub(crate) async fn run(
     };
     // Every await below that is not waiting on the client or the queue is boxed: an idle
     // session's task then holds only the loop's own state, not the largest of those futures.
-    let reason = session.serve(&mut inbound).await;
-    tracing::debug!(reason, "socket.io session ended");
-    session.engine.remove(&sid);
-    // Tells a pending poll, or the WebSocket, that the session is over.
-    let _ = session.outbox.try_send(packet::CLOSE.to_owned());
-    Box::pin(session.leave()).await;
+    async move {
+        let mut inbound = inbound;
+        let reason = session.serve(&mut inbound).await;
+        tracing::debug!(reason, "socket.io session ended");
+        session.engine.remove(&sid);
+        // Tells a pending poll, or the WebSocket, that the session is over.
+        let _ = session.outbox.try_send(packet::CLOSE.to_owned());
+        Box::pin(session.leave()).await;
+    }
 }
 
 impl Session {

@@ -5,6 +5,7 @@
 //! replay of its message stream, a heartbeat tick and its token's expiry. A revoked token
 //! ends it through the registry (see [`chat_realtime::Ended`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,40 +63,40 @@ pub async fn serve(
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
-    let live = hub.connect(handshake).await;
-    actix_web::rt::spawn(async move {
-        let live = match live {
-            Ok(live) => live,
-            Err(Refused::Stream(stop)) => return close_now(session, stopped(&stop)).await,
-            Err(Refused::Registry(refusal)) => {
-                let reason = match refusal {
-                    Refusal::ShuttingDown => ended(Ended::ShuttingDown),
-                    Refusal::TooManyConnections { .. } => policy(refusal.to_string()),
-                    Refusal::Revoked => ended(Ended::Revoked),
-                };
-                return close_now(session, reason).await;
-            }
-        };
-        // Every await below that is not waiting on the client is boxed: an idle socket's
-        // task then holds only the loop's own state, not the largest of those futures.
-        let guard = run(session, stream, live, &hub, settings).await;
-        Box::pin(hub.closed(guard)).await;
-    });
+    match hub.connect(handshake).await {
+        Ok(live) => actix_web::rt::spawn(run(session, stream, live, hub, settings)),
+        Err(refused) => actix_web::rt::spawn(close_now(session, refusal(refused))),
+    };
     Ok(response)
+}
+
+/// Why a connection the hub refused is closed.
+fn refusal(refused: Refused) -> CloseReason {
+    match refused {
+        Refused::Stream(stop) => stopped(&stop),
+        Refused::Registry(Refusal::ShuttingDown) => ended(Ended::ShuttingDown),
+        Refused::Registry(refusal @ Refusal::TooManyConnections { .. }) => policy(refusal.to_string()),
+        Refused::Registry(Refusal::Revoked) => ended(Ended::Revoked),
+    }
 }
 
 async fn close_now(session: Session, reason: CloseReason) {
     let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
 }
 
-/// Serves the connection until it ends; returns it for [`Hub::closed`].
-async fn run(
+/// Serves the connection until it ends, then tells the hub.
+///
+/// A plain function returning the task: the connection's state is taken apart here, and the
+/// task holds each part once (an `async fn` would also keep the arguments it was given).
+/// Every await in the task that is not waiting on the client or the queue is boxed, so an
+/// idle socket's task holds only the loop's own state.
+fn run(
     mut session: Session,
     mut stream: MessageStream,
     live: Live,
-    hub: &Hub,
+    hub: Arc<Hub>,
     settings: WsSettings,
-) -> ConnectionGuard {
+) -> impl Future<Output = ()> {
     let Live { guard, mut queue, mut follow, expiry } = live;
     follow.track(guard.position());
     let user = guard.user().clone();
@@ -108,77 +109,78 @@ async fn run(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut budget = chat_realtime::FrameBudget::new(settings.max_frames_per_second);
-
-    let presence = Box::pin(hub.opened(&user)).await;
-    let close = match Box::pin(send_all(&mut session, &guard, presence, settings.ping_timeout)).await {
-        Err(close) => close,
-        Ok(()) => loop {
-            tokio::select! {
-                incoming = stream.next() => {
-                    last_heard = Instant::now();
-                    if !budget.take(last_heard) {
-                        break Some(policy("too many frames per second".into()));
-                    }
-                    match incoming {
-                        Some(Ok(Message::Text(text))) => {
-                            if let Some(reply) = Box::pin(handle_text(&text, &user, hub)).await {
-                                if session.text(reply).await.is_err() { break None; }
+    async move {
+        let presence = Box::pin(hub.opened(&user)).await;
+        let close = match Box::pin(send_all(&mut session, &guard, presence, settings.ping_timeout)).await {
+            Err(close) => close,
+            Ok(()) => loop {
+                tokio::select! {
+                    incoming = stream.next() => {
+                        last_heard = Instant::now();
+                        if !budget.take(last_heard) {
+                            break Some(policy("too many frames per second".into()));
+                        }
+                        match incoming {
+                            Some(Ok(Message::Text(text))) => {
+                                if let Some(reply) = Box::pin(handle_text(&text, &user, &hub)).await {
+                                    if session.text(reply).await.is_err() { break None; }
+                                }
+                            }
+                            Some(Ok(Message::Ping(bytes))) => {
+                                if session.pong(&bytes).await.is_err() { break None; }
+                            }
+                            Some(Ok(Message::Pong(_) | Message::Nop)) => {}
+                            Some(Ok(Message::Binary(_) | Message::Continuation(_))) => {
+                                break Some(CloseReason {
+                                    code: CloseCode::Unsupported,
+                                    description: Some("only JSON text frames are accepted".into()),
+                                });
+                            }
+                            Some(Ok(Message::Close(_))) | None => break None,
+                            Some(Err(error)) => {
+                                tracing::debug!(error = %error, "websocket protocol error");
+                                break Some(CloseReason {
+                                    code: CloseCode::Size,
+                                    description: Some("frame too large or malformed".into()),
+                                });
                             }
                         }
-                        Some(Ok(Message::Ping(bytes))) => {
-                            if session.pong(&bytes).await.is_err() { break None; }
-                        }
-                        Some(Ok(Message::Pong(_) | Message::Nop)) => {}
-                        Some(Ok(Message::Binary(_) | Message::Continuation(_))) => {
-                            break Some(CloseReason {
-                                code: CloseCode::Unsupported,
-                                description: Some("only JSON text frames are accepted".into()),
-                            });
-                        }
-                        Some(Ok(Message::Close(_))) | None => break None,
-                        Some(Err(error)) => {
-                            tracing::debug!(error = %error, "websocket protocol error");
-                            break Some(CloseReason {
-                                code: CloseCode::Size,
-                                description: Some("frame too large or malformed".into()),
-                            });
-                        }
                     }
-                }
-                // One page of the replay per turn, so the client's frames and the queue are
-                // served in between.
-                () = std::future::ready(()), if follow.replaying() => {
-                    let sent = match Box::pin(follow.replay()).await {
-                        Ok(frames) => Box::pin(send_all(&mut session, &guard, frames, settings.ping_timeout)).await,
-                        Err(stop) => Err(Some(stopped(&stop))),
-                    };
-                    if let Err(close) = sent { break close; }
-                }
-                outbound = queue.recv() => match outbound {
-                    Some(outbound) => {
-                        let sent = match Box::pin(follow.admit(outbound)).await {
+                    // One page of the replay per turn, so the client's frames and the queue are
+                    // served in between.
+                    () = std::future::ready(()), if follow.replaying() => {
+                        let sent = match Box::pin(follow.replay()).await {
                             Ok(frames) => Box::pin(send_all(&mut session, &guard, frames, settings.ping_timeout)).await,
                             Err(stop) => Err(Some(stopped(&stop))),
                         };
                         if let Err(close) = sent { break close; }
                     }
-                    None => break Some(ended(guard.end())),
-                },
-                () = tokio::time::sleep_until(expiry) => break Some(ended(Ended::Expired)),
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > settings.ping_timeout {
-                        break Some(policy("heartbeat timeout".into()));
+                    outbound = queue.recv() => match outbound {
+                        Some(outbound) => {
+                            let sent = match Box::pin(follow.admit(outbound)).await {
+                                Ok(frames) => Box::pin(send_all(&mut session, &guard, frames, settings.ping_timeout)).await,
+                                Err(stop) => Err(Some(stopped(&stop))),
+                            };
+                            if let Err(close) = sent { break close; }
+                        }
+                        None => break Some(ended(guard.end())),
+                    },
+                    () = tokio::time::sleep_until(expiry) => break Some(ended(Ended::Expired)),
+                    _ = heartbeat.tick() => {
+                        if last_heard.elapsed() > settings.ping_timeout {
+                            break Some(policy("heartbeat timeout".into()));
+                        }
+                        if session.ping(b"").await.is_err() { break None; }
                     }
-                    if session.ping(b"").await.is_err() { break None; }
                 }
-            }
-        },
-    };
-    if let Some(reason) = close {
-        // A client that doesn't read may never take the close frame either.
-        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
+            },
+        };
+        if let Some(reason) = close {
+            // A client that doesn't read may never take the close frame either.
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
+        }
+        Box::pin(hub.closed(guard)).await;
     }
-    guard
 }
 
 /// Sends `frames` in order. `Err(None)`: the connection is gone; `Err(Some(_))`: close it.
