@@ -35,6 +35,7 @@ pub use healing::{CatchUp, Healing, StreamCheck, StreamPosition, HEALING_READERS
 pub use hub::{Handshake, Hub, InvalidEvent, Live, Refused};
 pub use members::{GroupMembers, Members};
 pub use presence::InMemoryPresence;
+pub use queue::{queue, QueueSender, Receiver as QueueReceiver, TryRecvError, TrySendError};
 pub use registry::{
     ConnectionGuard, ConnectionRegistry, Ended, Outbound, Queued, Receiver, Refusal, SessionToken, Streamed,
 };

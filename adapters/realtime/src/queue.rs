@@ -36,6 +36,8 @@ struct State<T> {
     items: VecDeque<T>,
     /// The receiver waiting for an item.
     waker: Option<Waker>,
+    /// The sender waiting for room ([`QueueSender::room`]).
+    sender_waker: Option<Waker>,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -60,6 +62,7 @@ pub fn queue<T>(capacity: usize) -> (QueueSender<T>, Receiver<T>) {
         state: Mutex::new(State {
             items: VecDeque::new(),
             waker: None,
+            sender_waker: None,
             sender_gone: false,
             receiver_gone: false,
         }),
@@ -90,6 +93,26 @@ impl<T> QueueSender<T> {
             waker.wake();
         }
         Ok(())
+    }
+
+    /// Waits until `n` more items fit; `Err(Closed)` once the receiver is gone. Cancel safe:
+    /// it reserves nothing, so the room is the sender's only while no one else sends.
+    pub async fn room(&self, n: usize) -> Result<(), TrySendError> {
+        poll_fn(|cx| {
+            let mut state = self.shared.state();
+            if state.receiver_gone {
+                return Poll::Ready(Err(TrySendError::Closed));
+            }
+            if state.items.len() + n <= self.shared.capacity {
+                return Poll::Ready(Ok(()));
+            }
+            match &mut state.sender_waker {
+                Some(waker) => waker.clone_from(cx.waker()),
+                none => *none = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether the receiver is gone.
@@ -155,14 +178,21 @@ impl<T> Drop for Receiver<T> {
         // What waits will never be read; the sender may outlive this end.
         state.items = VecDeque::new();
         state.waker = None;
+        if let Some(waker) = state.sender_waker.take() {
+            waker.wake();
+        }
     }
 }
 
 /// Pops the first item, freeing the buffer a burst left once the queue is empty.
+/// A sender waiting for room is woken.
 fn take<T>(state: &mut State<T>) -> Option<T> {
     let item = state.items.pop_front()?;
     if state.items.is_empty() && state.items.capacity() > KEPT_SLOTS {
         state.items = VecDeque::new();
+    }
+    if let Some(waker) = state.sender_waker.take() {
+        waker.wake();
     }
     Some(item)
 }
@@ -181,6 +211,23 @@ mod tests {
         tx.try_send(3).unwrap();
         assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(2), Ok(3)));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_is_woken_when_enough_was_read() {
+        let (tx, mut rx) = queue(3);
+        for i in 0..3 {
+            tx.try_send(i).unwrap();
+        }
+        let mut room = std::pin::pin!(tx.room(2));
+        let pending = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(pending, room.as_mut()).await.is_err(), "the queue is full");
+        assert_eq!(rx.recv().await, Some(0));
+        assert!(tokio::time::timeout(pending, room.as_mut()).await.is_err(), "room for one only");
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(room.await, Ok(()));
+        drop(rx);
+        assert_eq!(tx.room(1).await, Err(TrySendError::Closed));
     }
 
     #[tokio::test]

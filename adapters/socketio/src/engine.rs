@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use application::AccountService;
-use chat_realtime::Hub;
+use chat_realtime::{Hub, QueueReceiver};
 use tokio::sync::mpsc;
 
 use crate::admission::{Address, HandshakeRate, Occupancy, Refusal, SessionLimits};
@@ -85,7 +85,7 @@ pub(crate) enum Inbound {
 
 /// The packets queued for the client, with the one a full polling response left over.
 pub(crate) struct Outbox {
-    queue: mpsc::Receiver<String>,
+    queue: QueueReceiver<String>,
     held: Option<String>,
 }
 
@@ -206,7 +206,7 @@ impl Engine {
         self.sessions().occupancy.admit(address, &self.settings.limits)?;
         let sid = random_id();
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
-        let (outbox, outbox_rx) = mpsc::channel(self.settings.queue_capacity);
+        let (outbox, outbox_rx) = chat_realtime::queue(self.settings.queue_capacity);
         let upgrades: &[&str] = match transport {
             Transport::Polling => &["websocket"],
             Transport::WebSocket => &[],
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn outbox(packets: &[&str]) -> Outbox {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = chat_realtime::queue(16);
         for p in packets {
             tx.try_send((*p).to_owned()).unwrap();
         }
@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_outbox_ends_polling() {
-        let (tx, rx) = mpsc::channel::<String>(1);
+        let (tx, rx) = chat_realtime::queue::<String>(1);
         drop(tx);
         let mut outbox = Outbox { queue: rx, held: None };
         assert_eq!(outbox.next_batch(10).await, None);

@@ -11,12 +11,11 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use application::{AccountError, FollowError};
 use chat_realtime::{
-    log_stop, starts_over, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound, Queued,
-    Refusal, Refused,
+    log_stop, starts_over, stop_reason, Ended, FrameBudget, Handshake as Joining, Live, Outbound,
+    QueueSender, Queued, Refusal, Refused, TrySendError,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -57,12 +56,21 @@ struct Socket {
 struct Session {
     engine: Arc<Engine>,
     handshake: Handshake,
-    outbox: mpsc::Sender<String>,
+    outbox: QueueSender<String>,
     socket: Option<Socket>,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
     connect_deadline: Instant,
     budget: FrameBudget,
+}
+
+/// What a session's deadline is for.
+#[derive(Clone, Copy)]
+enum Due {
+    Expiry,
+    Join,
+    Pong,
+    Ping,
 }
 
 /// What the socket did or is ready for next.
@@ -86,7 +94,7 @@ pub(crate) fn run(
     sid: String,
     handshake: Handshake,
     inbound: mpsc::Receiver<Inbound>,
-    outbox: mpsc::Sender<String>,
+    outbox: QueueSender<String>,
 ) -> impl Future<Output = ()> {
     let now = Instant::now();
     let mut session = Session {
@@ -122,8 +130,7 @@ impl Session {
 
     async fn serve_packets(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> Result<Infallible, Reason> {
         loop {
-            let far = Instant::now() + Duration::from_secs(3600);
-            let expiry = self.socket.as_ref().map(|s| s.live.expiry);
+            let timer = self.next_deadline();
             tokio::select! {
                 message = inbound.recv() => match message {
                     Some(Inbound::Packet(text)) => {
@@ -155,21 +162,34 @@ impl Session {
                     }
                     Step::Ended(why) => return Err(self.ended(why)),
                 },
-                _ = sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
-                    return Err(self.ended(Ended::Expired));
-                }
-                _ = sleep_until(self.next_ping), if self.pong_deadline.is_none() => {
-                    self.push(packet::PING.to_owned())?;
-                    self.pong_deadline = Some(Instant::now() + self.engine.settings.ping_timeout);
-                }
-                _ = sleep_until(self.pong_deadline.unwrap_or(far)), if self.pong_deadline.is_some() => {
-                    return Err("heartbeat timeout");
-                }
-                _ = sleep_until(self.connect_deadline), if self.socket.is_none() => {
-                    return Err("no namespace joined in time");
-                }
+                // One timer for the session's next deadline (each timer is a few hundred bytes
+                // held for the socket's life).
+                _ = sleep_until(timer.0) => match timer.1 {
+                    Due::Expiry => return Err(self.ended(Ended::Expired)),
+                    Due::Join => return Err("no namespace joined in time"),
+                    Due::Pong => return Err("heartbeat timeout"),
+                    Due::Ping => {
+                        self.push(packet::PING.to_owned())?;
+                        self.pong_deadline = Some(Instant::now() + self.engine.settings.ping_timeout);
+                    }
+                },
             }
         }
+    }
+
+    /// When the session must act next, and what is due then: the token's expiry, joining the
+    /// namespace, the client's pong, or the next ping.
+    fn next_deadline(&self) -> (Instant, Due) {
+        let heartbeat = match self.pong_deadline {
+            Some(at) => (at, Due::Pong),
+            None => (self.next_ping, Due::Ping),
+        };
+        let join = self.socket.is_none().then_some((self.connect_deadline, Due::Join));
+        let expiry = self.socket.as_ref().map(|socket| (socket.live.expiry, Due::Expiry));
+        [join, expiry]
+            .into_iter()
+            .flatten()
+            .fold(heartbeat, |next, other| if other.0 < next.0 { other } else { next })
     }
 
     /// The server ends the socket: a revoked or expired token is told why and disconnected
@@ -194,8 +214,8 @@ impl Session {
     /// Queues a packet for the client; a full queue means the client stopped reading.
     fn push(&self, packet: String) -> Result<(), Reason> {
         self.outbox.try_send(packet).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => "too slow: packets were not read in time",
-            mpsc::error::TrySendError::Closed(_) => "transport gone",
+            TrySendError::Full => "too slow: packets were not read in time",
+            TrySendError::Closed => "transport gone",
         })
     }
 
@@ -334,7 +354,7 @@ impl Session {
 /// complete or leave nothing behind (a frame is taken from `pending` only once its place is
 /// reserved). The steps that read the store (a replay page, an admission that fills a gap)
 /// are only announced here and run by the caller to the end.
-async fn next_step(socket: &mut Option<Socket>, outbox: &mpsc::Sender<String>) -> Step {
+async fn next_step(socket: &mut Option<Socket>, outbox: &QueueSender<String>) -> Step {
     let Some(Socket { live, pending, .. }) = socket else { return std::future::pending().await };
     let replaying = live.follow.replaying();
     if replaying && pending.is_empty() {
@@ -344,13 +364,14 @@ async fn next_step(socket: &mut Option<Socket>, outbox: &mpsc::Sender<String>) -
     let read_queue = replaying || pending.is_empty();
     let send = !pending.is_empty();
     tokio::select! {
-        room = outbox.reserve_many(OUTBOX_HEADROOM + 1), if send => match room {
-            Ok(mut room) => {
-                if let (Some(place), Some(Outbound { name, data, .. })) = (room.next(), pending.pop_front()) {
-                    place.send(packet::event(name, &data));
+        // Only this session sends into the outbox: the room it waited for is still there.
+        room = outbox.room(OUTBOX_HEADROOM + 1), if send => match room {
+            Ok(()) => match pending.pop_front() {
+                Some(Outbound { name, data, .. }) if outbox.try_send(packet::event(name, &data)).is_err() => {
+                    Step::OutboxClosed
                 }
-                Step::Sent
-            }
+                _ => Step::Sent,
+            },
             Err(_) => Step::OutboxClosed,
         },
         event = live.queue.recv(), if read_queue => Step::Event(event),

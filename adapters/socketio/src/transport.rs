@@ -246,31 +246,31 @@ async fn carry(
         tokio::select! {
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    if handle.inbound.send(Inbound::Packet(text.to_string())).await.is_err() {
+                    if Box::pin(handle.inbound.send(Inbound::Packet(text.to_string()))).await.is_err() {
                         break Some(CloseReason { code: CloseCode::Normal, description: None });
                     }
                 }
                 Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                    if Box::pin(session.pong(&bytes)).await.is_err() {
+                        let _ = Box::pin(handle.inbound.send(Inbound::Closed("transport closed"))).await;
                         break None;
                     }
                 }
                 Some(Ok(Message::Pong(_) | Message::Nop)) => {}
                 Some(Ok(Message::Binary(_) | Message::Continuation(_))) => {
-                    let _ = handle.inbound.send(Inbound::Closed("binary frame")).await;
+                    let _ = Box::pin(handle.inbound.send(Inbound::Closed("binary frame"))).await;
                     break Some(CloseReason {
                         code: CloseCode::Unsupported,
                         description: Some("binary data is not supported".into()),
                     });
                 }
                 Some(Ok(Message::Close(_))) | None => {
-                    let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                    let _ = Box::pin(handle.inbound.send(Inbound::Closed("transport closed"))).await;
                     break None;
                 }
                 Some(Err(error)) => {
                     tracing::debug!(error = %error, "socket.io websocket protocol error");
-                    let _ = handle.inbound.send(Inbound::Closed("websocket protocol error")).await;
+                    let _ = Box::pin(handle.inbound.send(Inbound::Closed("websocket protocol error"))).await;
                     break Some(CloseReason {
                         code: CloseCode::Size,
                         description: Some("frame too large or malformed".into()),
@@ -279,8 +279,8 @@ async fn carry(
             },
             packet = outbox.next() => match packet {
                 Some(packet) => {
-                    if session.text(packet).await.is_err() {
-                        let _ = handle.inbound.send(Inbound::Closed("transport closed")).await;
+                    if Box::pin(session.text(packet)).await.is_err() {
+                        let _ = Box::pin(handle.inbound.send(Inbound::Closed("transport closed"))).await;
                         break None;
                     }
                 }
