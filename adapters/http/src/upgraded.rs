@@ -6,8 +6,9 @@
 //! sits idle for hours that is three quarters of what it costs. Here the upgrade request still
 //! goes through the whole `App` (middleware, authentication, the handler and actix-ws), but the
 //! connection is then driven by [`Upgraded`]: a small task that holds no buffer while the
-//! socket is idle. It reads only when the socket is readable, into a chunk handed straight to
-//! the handler's payload, and writes the frames the handler's body yields as they come.
+//! socket is idle. It reads only when the socket is readable, into the worker's scratch buffer,
+//! handing the handler a copy of exactly what was read, and writes the frames the handler's
+//! body yields as they come.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -30,14 +31,20 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use crate::connections::Slot;
 
-/// What one read takes from the socket at most; the chunk is given back once the handler has
-/// decoded it.
-const READ_CHUNK: usize = 4096;
+/// What one read takes from the socket at most, into the worker's scratch buffer; the handler
+/// gets a copy of exactly what was read.
+const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read but not yet taken by the handler above which reading pauses.
 const MAX_UNREAD: usize = 64 * 1024;
 /// The largest answer other than `101 Switching Protocols` to an upgrade request (a refusal
 /// carries an error envelope of a few hundred bytes).
 const MAX_REFUSAL: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a worker's upgraded sockets read into (each task runs on one worker, and a read
+    /// never waits), so that no socket keeps a read buffer of its own.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// Serves one upgrade request: asks `app` for the answer, writes it, and when it is
 /// `101 Switching Protocols` relays bytes between the socket and the handler until either ends.
@@ -231,10 +238,13 @@ impl Upgraded {
                 Poll::Pending => return,
                 Poll::Ready(Err(error)) => self.stop_reading(Some(error)),
                 Poll::Ready(Ok(())) => {
-                    let mut chunk = BytesMut::with_capacity(READ_CHUNK);
-                    match self.io.try_read_buf(&mut chunk) {
-                        Ok(0) => self.stop_reading(None),
-                        Ok(_) => self.inbound.borrow_mut().push(chunk.freeze()),
+                    let read = SCRATCH.with_borrow_mut(|scratch| {
+                        let n = self.io.try_read(scratch)?;
+                        Ok::<_, io::Error>(Bytes::copy_from_slice(&scratch[..n]))
+                    });
+                    match read {
+                        Ok(chunk) if chunk.is_empty() => self.stop_reading(None),
+                        Ok(chunk) => self.inbound.borrow_mut().push(chunk),
                         Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                         Err(error) => self.stop_reading(Some(error)),
                     }
