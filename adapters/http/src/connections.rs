@@ -147,7 +147,7 @@ impl Stream for Deadline {
 /// actix-server counts the connections its HTTP/1 dispatcher serves; a socket upgraded to a
 /// WebSocket leaves the dispatcher (`crate::upgraded`), so the total is kept here.
 #[derive(Debug)]
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     total: usize,
     per_address: usize,
     open: Arc<Mutex<Open>>,
@@ -163,13 +163,13 @@ struct Open {
 impl ConnectionLimiter {
     /// `total` connections at most, `per_address` at most from one address (0: no cap per
     /// address).
-    pub fn new(total: usize, per_address: usize) -> Self {
+    pub(crate) fn new(total: usize, per_address: usize) -> Self {
         Self { total, per_address, open: Arc::default() }
     }
 
     /// For `on_connect`: counts the new connection (the count drops when the connection
     /// ends) or, over a cap, shuts it down before a byte of it is read.
-    pub fn on_connect(&self, connection: &dyn Any, extensions: &mut Extensions) {
+    pub(crate) fn on_connect(&self, connection: &dyn Any, extensions: &mut Extensions) {
         let Some(stream) = connection.downcast_ref::<TcpStream>() else { return };
         let address = stream.peer_addr().map(|peer| peer.ip()).ok();
         match self.admit(address) {

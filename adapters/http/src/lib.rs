@@ -22,11 +22,10 @@ mod upgraded;
 mod web;
 mod write_deadline;
 
-pub use connections::{connection_budget, ConnectionLimiter};
+pub use connections::connection_budget;
 pub use error::ApiError;
 pub use limits::{client_ip, LimitSettings, RateLimits};
 pub use metrics::{CountingNotifier, Metrics};
 pub use routes::app;
 pub use server::{serve, Listening, ServerSettings, UpgradedSockets};
 pub use state::{AppState, CookieSettings, HttpSettings, SameSite, Transports};
-pub use write_deadline::set_write_deadline;

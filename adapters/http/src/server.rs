@@ -114,7 +114,7 @@ pub fn serve(
                 .local_addr(address)
                 .on_connect_ext(move |io: &TcpStream, extensions| {
                     limiter.on_connect(io, extensions);
-                    crate::set_write_deadline(io, write_timeout);
+                    crate::write_deadline::set_write_deadline(io, write_timeout);
                 })
                 // Idle keep-alive connections close when a graceful stop begins.
                 .graceful_shutdown_signal(move || {

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use actix_web::rt::net::TcpStream;
 
-/// For `HttpServer::on_connect`: gives the accepted `connection` a write deadline of
+/// For the listener's `on_connect`: gives the accepted `connection` a write deadline of
 /// `timeout`. Connections other than TCP ones (none today) are left alone.
-pub fn set_write_deadline(connection: &dyn Any, timeout: Duration) {
+pub(crate) fn set_write_deadline(connection: &dyn Any, timeout: Duration) {
     let Some(stream) = connection.downcast_ref::<TcpStream>() else { return };
     set(stream, timeout);
 }

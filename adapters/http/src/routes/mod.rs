@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::origin::OriginPolicy;
 use crate::state::AppState;
 
-/// The whole HTTP application over `state`, ready for `HttpServer::new`.
+/// The whole HTTP application over `state`, as the listener ([`crate::serve`]) runs it.
 pub fn app(
     state: web::Data<AppState>,
 ) -> App<
