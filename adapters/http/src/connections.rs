@@ -192,26 +192,23 @@ impl ConnectionLimiter {
     /// A slot for one more connection from `address`, or `None` at a cap.
     fn admit(&self, address: Option<IpAddr>) -> Option<Slot> {
         let mut open = self.counts();
-        if open.total >= self.total {
+        let address = address.filter(|_| self.per_address > 0);
+        let from = address.map_or(0, |address| open.by_address.get(&address).copied().unwrap_or(0));
+        if open.total >= self.total || (address.is_some() && from >= self.per_address) {
             return None;
         }
-        let address = address.filter(|_| self.per_address > 0);
-        if let Some(address) = address {
-            let from = open.by_address.entry(address).or_insert(0);
-            if *from >= self.per_address {
-                return None;
-            }
-            *from += 1;
-        }
-        open.total += 1;
-        Some(Slot { address, open: self.open.clone() })
+        Some(self.count(&mut open, address))
     }
 
     /// One more slot for a connection already admitted, whatever the caps: for the task that
     /// takes an upgraded connection over, before the dispatcher lets go of the first one.
     pub(crate) fn hold(&self, address: Option<IpAddr>) -> Slot {
-        let mut open = self.counts();
         let address = address.filter(|_| self.per_address > 0);
+        self.count(&mut self.counts(), address)
+    }
+
+    /// Counts one more connection (from `address`, when addresses are counted).
+    fn count(&self, open: &mut Open, address: Option<IpAddr>) -> Slot {
         if let Some(address) = address {
             *open.by_address.entry(address).or_insert(0) += 1;
         }

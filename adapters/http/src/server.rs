@@ -83,6 +83,8 @@ pub fn serve(
             let upgrade = {
                 let (state, limiter, tracker) = (state.clone(), limiter.clone(), tracker.clone());
                 fn_factory(move || {
+                    // Upgrade requests get the worker's second instance of the app: the
+                    // dispatcher hands them over whole, with their connection.
                     let app = crate::app(state.clone()).into_factory();
                     let (limiter, tracker) = (limiter.clone(), tracker.clone());
                     async move {

@@ -106,10 +106,7 @@ impl<T> QueueSender<T> {
             if state.items.len() + n <= self.shared.capacity {
                 return Poll::Ready(Ok(()));
             }
-            match &mut state.sender_waker {
-                Some(waker) => waker.clone_from(cx.waker()),
-                none => *none = Some(cx.waker().clone()),
-            }
+            register(&mut state.sender_waker, cx.waker());
             Poll::Pending
         })
         .await
@@ -151,10 +148,7 @@ impl<T> Receiver<T> {
             if state.sender_gone {
                 return Poll::Ready(None);
             }
-            match &mut state.waker {
-                Some(waker) => waker.clone_from(cx.waker()),
-                none => *none = Some(cx.waker().clone()),
-            }
+            register(&mut state.waker, cx.waker());
             Poll::Pending
         })
         .await
@@ -185,6 +179,14 @@ impl<T> Drop for Receiver<T> {
 }
 
 /// Pops the first item, freeing the buffer a burst left once the queue is empty.
+/// Keeps `waker` as the one to wake (reusing the slot's allocation when it can).
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(kept) => kept.clone_from(waker),
+        none => *none = Some(waker.clone()),
+    }
+}
+
 /// A sender waiting for room is woken.
 fn take<T>(state: &mut State<T>) -> Option<T> {
     let item = state.items.pop_front()?;
