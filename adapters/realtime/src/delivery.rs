@@ -92,7 +92,7 @@ impl Delivery {
         queued
     }
 
-    /// Runs [`settle_owed`](Self::settle_owed) every [`OWED_RETRY`] until dropped.
+    /// Runs [`settle_owed`](Self::settle_owed) every `OWED_RETRY` until dropped.
     pub async fn keep_settling(self: Arc<Self>) {
         let mut tick = tokio::time::interval(OWED_RETRY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

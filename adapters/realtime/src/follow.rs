@@ -3,9 +3,10 @@
 //! queue hands it.
 //!
 //! A transport session
-//! 1. calls [`Follow::start`] **before** registering the connection,
-//! 2. registers it, then, while [`Follow::replaying`], sends the frames of
-//!    [`Follow::replay`] (one page per call, in order),
+//! 1. takes the registry's [`mark`](crate::ConnectionRegistry::mark), then calls
+//!    [`Follow::start`] **before** registering the connection,
+//! 2. registers it and calls [`Follow::registered`], then, while [`Follow::replaying`],
+//!    sends the frames of [`Follow::replay`] (one page per call, in order),
 //! 3. and passes everything taken from its queue through [`Follow::admit`], sending the
 //!    frames it returns, in order (none for a repeat or for an entry of a group the user does
 //!    not see; the stored run of entries when live events were overtaken or lost; everything
@@ -35,6 +36,13 @@
 //! and handed over in order, since the store cannot fill a gap between them. See
 //! `application::StreamFollower` for what this start may miss and how its cursors are
 //! completed once the store answers.
+//!
+//! When the store answered, the replay of such a connection only has to read what was
+//! stored between that read and the registration, and whatever of it was announced after
+//! the registration reaches the connection live anyway. So the registry counts the events
+//! of the streams it dispatches ([`ConnectionRegistry::mark`]), and when none that concerns
+//! the connection went out in between, [`Follow::registered`] ends the replay without
+//! asking the store: a connection without `since` costs the store one read less.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,8 +52,9 @@ use application::stream::SyncItem;
 use application::{Admission, FollowError, StreamFollower};
 use domain::{ConversationId, Cursor, Seq, SyncCursor, UserId};
 
+use crate::dispatched::DispatchMark;
 use crate::healing::{CatchUp, StreamPosition};
-use crate::registry::{Outbound, Queued, Streamed};
+use crate::registry::{ConnectionRegistry, Outbound, Queued, Streamed};
 use crate::wire::{encode_item, with_cursor};
 
 mod reads;
@@ -121,6 +130,8 @@ impl Held {
 /// One connection's [`StreamFollower`] and where its replay stands.
 pub struct Follow {
     follower: StreamFollower,
+    /// Started without `since`: at the end of everything, when the store answered.
+    at_the_end: bool,
     replaying: bool,
     held: Held,
     position: Option<StreamPosition>,
@@ -130,9 +141,8 @@ pub struct Follow {
 
 impl Follow {
     /// Starts after `since` (checked against the store), or, without it, with what is
-    /// stored from now on, asking the store nothing (the replay learns where that is; see
-    /// the module's documentation). Call it before the connection is registered for live
-    /// events.
+    /// stored from now on (where that is, read within the deadline; see the module's
+    /// documentation). Call it before the connection is registered for live events.
     pub async fn start(
         messages: Arc<dyn MessageRepository>,
         groups: Arc<dyn GroupRepository>,
@@ -140,9 +150,26 @@ impl Follow {
         since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
         let reads = reads::Reads::default();
+        let at_the_end = since.is_none();
         let follower =
             StreamFollower::start(reads.messages(messages), reads.groups(groups), user, since).await?;
-        Ok(Self { follower, replaying: true, held: Held::default(), position: None, reads })
+        Ok(Self { follower, at_the_end, replaying: true, held: Held::default(), position: None, reads })
+    }
+
+    /// Once the connection is registered: ends the replay at once when the follower started
+    /// at the end of everything and `registry` dispatched nothing that concerns it since
+    /// `mark`, taken before [`Follow::start`] (see [`ConnectionRegistry::quiet_since`]):
+    /// whatever was stored after the start then reaches the connection live, and the replay
+    /// would only ask the store to hear that there is nothing.
+    pub fn registered(&mut self, registry: &ConnectionRegistry, mark: &DispatchMark) {
+        let in_groups = !self.follower.cursor().groups.is_empty();
+        if self.at_the_end
+            && self.replaying
+            && !self.follower.unanchored()
+            && registry.quiet_since(mark, in_groups)
+        {
+            self.replaying = false;
+        }
     }
 
     /// The cursor after the last frame of the stream (or the starting one).
@@ -446,6 +473,82 @@ mod tests {
         assert_eq!(frames[0].name, "newMessage");
         assert_eq!(cursors(&frames), ["3"]);
         assert!(follow.admit(queued(&live)).await.unwrap().is_empty(), "a repeat is dropped");
+    }
+
+    /// A connection of `user` opened without `since` as the hub opens it: the registry's
+    /// mark, the start, then `seam` (what happens before the registration), then the
+    /// registration.
+    async fn connect<F: std::future::Future<Output = ()>>(
+        world: &World,
+        registry: &Arc<ConnectionRegistry>,
+        user: &UserId,
+        seam: impl FnOnce() -> F,
+    ) -> Follow {
+        let mark = registry.mark(user);
+        let mut follow = world.follow(user, None).await.unwrap();
+        seam().await;
+        follow.registered(registry, &mark);
+        follow
+    }
+
+    #[tokio::test]
+    async fn a_start_at_the_end_skips_its_replay_when_nothing_was_dispatched_before_the_registration() {
+        let world = World::new();
+        let registry = ConnectionRegistry::new(8, 0);
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        world.direct(&friend, &me, &me).await;
+        let (group, _) = world.group(&[&friend, &me]).await;
+        let stored = std::sync::Mutex::new(Vec::new());
+        // Stored between the start and the registration, dispatched after it: heard live.
+        let mut follow = connect(&world, &registry, &me, || async {
+            let direct = world.direct(&friend, &me, &me).await;
+            let entry = world.send(&group, &friend).await;
+            stored.lock().unwrap().extend([direct, entry]);
+        })
+        .await;
+        assert!(!follow.replaying(), "nothing to replay");
+        let reads = follow.reads.count();
+        for event in stored.into_inner().unwrap() {
+            assert_eq!(follow.admit(queued(&event)).await.unwrap().len(), 1, "delivered live");
+        }
+        assert_eq!(follow.reads.count(), reads, "without a word to the store");
+    }
+
+    #[tokio::test]
+    async fn what_was_dispatched_before_the_registration_is_replayed() {
+        let world = World::new();
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        let (group, _) = world.group(&[&friend, &me]).await;
+
+        let registry = ConnectionRegistry::new(8, 0);
+        let mut follow = connect(&world, &registry, &me, || async {
+            let direct = world.direct(&friend, &me, &me).await;
+            registry.deliver(Some(std::slice::from_ref(&me)), &direct);
+        })
+        .await;
+        assert!(follow.replaying());
+        assert_eq!(data(&replay_all(&mut follow).await).len(), 1, "the direct message");
+
+        let registry = ConnectionRegistry::new(8, 0);
+        let mut follow = connect(&world, &registry, &me, || async {
+            let entry = world.send(&group, &friend).await;
+            registry.deliver(None, &entry);
+        })
+        .await;
+        assert!(follow.replaying(), "a member may miss a group's entry");
+        assert_eq!(data(&replay_all(&mut follow).await).len(), 1, "the group's entry");
+    }
+
+    #[tokio::test]
+    async fn a_resume_replays_whatever_was_dispatched() {
+        let world = World::new();
+        let registry = ConnectionRegistry::new(8, 0);
+        let (me, friend) = (UserId::generate(), UserId::generate());
+        world.direct(&friend, &me, &me).await;
+        let mark = registry.mark(&me);
+        let mut follow = world.follow(&me, Some(SyncCursor::START)).await.unwrap();
+        follow.registered(&registry, &mark);
+        assert_eq!(data(&replay_all(&mut follow).await).len(), 1, "what came after the cursor");
     }
 
     #[tokio::test]

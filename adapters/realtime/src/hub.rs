@@ -98,11 +98,16 @@ impl Hub {
     }
 
     /// Starts following the stream, then registers the connection: in this order, whatever
-    /// is stored from the start on reaches the replay, and nothing falls in the seam.
+    /// is stored from the start on reaches the replay, and nothing falls in the seam. A
+    /// connection that starts at the end of everything skips its replay when nothing that
+    /// concerns it was dispatched in between (see [`Follow::registered`]).
     pub async fn connect(&self, handshake: Handshake) -> Result<Live, Refused> {
         let Handshake { user, token, since } = handshake;
-        let follow = Follow::start(self.messages.clone(), self.groups.clone(), user.clone(), since).await?;
+        let mark = self.registry().mark(&user);
+        let mut follow =
+            Follow::start(self.messages.clone(), self.groups.clone(), user.clone(), since).await?;
         let (guard, queue) = self.registry().register(&user, &token)?;
+        follow.registered(self.registry(), &mark);
         Ok(Live { guard, queue, follow, expiry: token.deadline() })
     }
 

@@ -18,6 +18,7 @@
 
 mod budget;
 mod delivery;
+mod dispatched;
 pub mod follow;
 pub mod handshake;
 mod healing;
@@ -30,6 +31,7 @@ pub mod wire;
 
 pub use budget::FrameBudget;
 pub use delivery::Delivery;
+pub use dispatched::DispatchMark;
 pub use follow::{log_stop, starts_over, stop_reason, Follow};
 pub use healing::{CatchUp, Healing, StreamCheck, StreamPosition, HEALING_READERS};
 pub use hub::{Handshake, Hub, InvalidEvent, Live, Refused};

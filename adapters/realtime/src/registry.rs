@@ -10,6 +10,7 @@ use application::ports::{Event, TokenConnections};
 use domain::{Cursor, Timestamp, UserId};
 use tokio::time::Instant;
 
+use crate::dispatched::{DispatchMark, Dispatched};
 use crate::healing::{CatchUp, Healing, StreamPosition};
 use crate::members::Members;
 use crate::wire::{encode_event, in_stream};
@@ -150,6 +151,8 @@ pub struct ConnectionRegistry {
     revoked: Mutex<HashMap<String, std::time::Instant>>,
     /// Catching connections up from the store (see [`ConnectionRegistry::heal`]).
     healing: Arc<Healing>,
+    /// The events of the streams dispatched (see [`ConnectionRegistry::mark`]).
+    dispatched: Dispatched,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -230,6 +233,7 @@ impl ConnectionRegistry {
             ending: tokio::sync::Notify::new(),
             revoked: Mutex::new(HashMap::new()),
             healing: Arc::new(Healing::default()),
+            dispatched: Dispatched::default(),
         })
     }
 
@@ -297,6 +301,21 @@ impl ConnectionRegistry {
         queued
     }
 
+    /// Marks where the dispatch of the streams that concern `user` stands: take it before a
+    /// connection reads where its streams stand, and after registering it, ask
+    /// [`quiet_since`](Self::quiet_since) whether its replay may have anything to read.
+    pub fn mark(&self, user: &UserId) -> DispatchMark {
+        self.dispatched.mark(user)
+    }
+
+    /// Whether no event of `mark`'s user's stream (nor, when the connection follows groups,
+    /// of any group) was dispatched since `mark` was taken: then whatever was stored after
+    /// the connection read where its streams stand reaches it live, and its replay has
+    /// nothing to read. It may say no when nothing concerned the user (users share counters).
+    pub fn quiet_since(&self, mark: &DispatchMark, in_groups: bool) -> bool {
+        self.dispatched.quiet_since(mark, in_groups)
+    }
+
     /// Adds a connection of `user` opened with `token`; events for them arrive on the
     /// returned receiver until the guard is dropped. Refused once the server is shutting
     /// down, when the user already holds the most connections allowed, or when the token
@@ -351,6 +370,7 @@ impl ConnectionRegistry {
     /// Returns how many connections it was queued for. A direct `newMessage` or a notice
     /// carries a position of one user's stream: it goes to that one user.
     pub fn deliver(&self, users: Option<&[UserId]>, event: &Event) -> usize {
+        self.dispatched.count(users, event);
         match users {
             Some(users) => self.offer(event, |connections, offer| {
                 for user in users {
@@ -374,6 +394,7 @@ impl ConnectionRegistry {
     /// for.
     pub fn deliver_to_members(&self, members: &Members, except: Option<&UserId>, event: &Event) -> usize {
         let wanted = |user: &UserId| members.contains(user) && except != Some(user);
+        self.dispatched.count(None, event);
         self.offer(event, |connections, offer| {
             // Whichever is smaller: a big group has few members on one instance, a small one
             // is quicker to look up member by member.
@@ -611,6 +632,33 @@ mod tests {
             }
             assert!(at_stranger.try_recv().is_err());
         }
+    }
+
+    #[test]
+    fn a_mark_tells_whether_anything_of_the_users_streams_was_dispatched_since() {
+        let registry = ConnectionRegistry::new(8, 0);
+        let user = UserId::generate();
+        let direct = Event::NewMessage {
+            message: message(Some(user.clone()), ConversationId::generate()),
+            cursor: Cursor::new(1).unwrap(),
+        };
+        let entry = Event::GroupMessage { message: message(None, ConversationId::generate()), version: 1 };
+
+        let mark = registry.mark(&user);
+        registry.deliver(Some(std::slice::from_ref(&user)), &typing(&user));
+        assert!(registry.quiet_since(&mark, true), "not an event of a stream");
+
+        registry.deliver_to_members(&members(&[&UserId::generate()], 1), None, &entry);
+        assert!(registry.quiet_since(&mark, false), "a user in no group is not concerned");
+        assert!(!registry.quiet_since(&mark, true), "a member may be: any group's entry counts");
+
+        let mark = registry.mark(&user);
+        assert_eq!(
+            registry.deliver(Some(std::slice::from_ref(&user)), &direct),
+            0,
+            "counted with no connection"
+        );
+        assert!(!registry.quiet_since(&mark, false), "an event of the user's stream counts");
     }
 
     #[tokio::test]
