@@ -1,6 +1,7 @@
 //! `connect`: opens K idle sockets spread over U users (connections/s), reads the server's
-//! RSS before and after (KiB per connection), then measures delivery on a few live pairs
-//! while every idle socket stays open.
+//! RSS before and after (KiB per connection) and the CPU time the server and the load
+//! generator spent connecting, then measures delivery on a few live pairs while every idle
+//! socket stays open.
 //!
 //! Spreading the sockets over fewer users than sockets matters: each user coming online is
 //! announced to every open socket (`onlineUsers`), so K distinct users cost O(K²) frames.
@@ -15,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::send::{run_pairs, setup_pairs, Phase};
 use crate::api::{run_prefix, Api};
-use crate::report::{round, rss_kib, Report};
+use crate::report::{cpu_seconds, round, rss_kib, Report};
 use crate::socket::{self, Ended};
 use crate::Target;
 
@@ -47,7 +48,7 @@ pub struct ConnectArgs {
     /// need at least 4.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub source_addresses: u8,
-    /// Server process id, to read its RSS from /proc.
+    /// Server process id, to read its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -74,6 +75,9 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let timeout = Duration::from_secs_f64(target.timeout);
     let ws_base = api.ws_base();
+    // CPU seconds of the server and of this load generator, which share the machine.
+    let cpu = || (args.server_pid.and_then(cpu_seconds), cpu_seconds(std::process::id()));
+    let cpu_before = cpu();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.sockets);
     for i in 0..args.sockets {
@@ -106,6 +110,7 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
     // Every attempt has a timeout, so this ends.
     let _ = slots.acquire_many(args.concurrency.max(1) as u32).await?;
     let connect_secs = started.elapsed().as_secs_f64();
+    let cpu_after = cpu();
     let open = opened.load(Ordering::Relaxed);
     let per_second = open as f64 / connect_secs;
 
@@ -156,6 +161,18 @@ pub async fn run(target: &Target, args: ConnectArgs) -> anyhow::Result<Report> {
             .field("server_rss_before_kib", before)
             .field("server_rss_after_kib", after)
             .field("rss_per_connection_kib", round(per_connection));
+    }
+    let per_connect =
+        |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1000.0 / open.max(1) as f64);
+    if let Some(server) = per_connect(cpu_before.0, cpu_after.0) {
+        report
+            .line(format!("server CPU while connecting: {server:.3} ms per connection"))
+            .field("server_cpu_ms_per_connection", round(server));
+    }
+    if let Some(own) = per_connect(cpu_before.1, cpu_after.1) {
+        report
+            .line(format!("load generator CPU while connecting: {own:.3} ms per connection"))
+            .field("loadgen_cpu_ms_per_connection", round(own));
     }
     report.line(format!("live pairs: {} at {}/s while the idle sockets are open", pairs.len(), args.rate));
     live.add_to(&mut report);

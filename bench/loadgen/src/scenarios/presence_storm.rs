@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::{run_prefix, Api, User};
-use crate::report::{load_average, round, Latency, Report};
+use crate::report::{cpu_seconds, load_average, round, Latency, Report};
 use crate::socket::{self, Ended};
 use crate::{Target, Transport};
 
@@ -347,28 +347,6 @@ pub async fn run(target: &Target, args: PresenceStormArgs) -> anyhow::Result<Rep
 fn partners_of(users: &[User], i: usize, ring: usize) -> Vec<String> {
     let n = users.len();
     (1..=ring).flat_map(|k| [users[(i + k) % n].id.clone(), users[(i + n - k) % n].id.clone()]).collect()
-}
-
-/// User plus system CPU seconds of process `pid` so far, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3, the state;
-    // utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / clock_ticks() as f64)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it can't be asked).
-fn clock_ticks() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|ticks| *ticks > 0)
-        .unwrap_or(100)
 }
 
 /// The process listening on the TCP port of `url`, found through /proc/net/tcp{,6} and the
