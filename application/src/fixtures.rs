@@ -44,6 +44,23 @@ impl Timeline {
         Self { user: user.clone(), stream: Vec::new(), entries: BTreeMap::new(), entry_reads: 0 }
     }
 
+    /// The user's groups at `at`: those whose last membership notice up to it is a join.
+    fn groups_at(&self, at: Cursor) -> Vec<GroupPosition> {
+        let mut last: BTreeMap<ConversationId, Option<Seq>> = BTreeMap::new();
+        for (_, notice) in self.notices().filter(|(cursor, _)| *cursor <= at) {
+            match notice {
+                Notice::Joined { group, seq } => last.insert(group.clone(), Some(*seq)),
+                Notice::Left { group, .. } => last.insert(group.clone(), None),
+                Notice::Read { .. } => None,
+            };
+        }
+        last.into_iter()
+            .filter_map(|(group, joined)| {
+                joined.map(|joined_seq| GroupPosition { last_seq: self.last_seq(&group), group, joined_seq })
+            })
+            .collect()
+    }
+
     /// A direct message to the user, at the stream's next position.
     pub(crate) fn direct(&mut self, body: &str) -> (Cursor, Message) {
         let message = Message {
@@ -194,22 +211,11 @@ pub(crate) fn timeline_ports(
             .unwrap_or_default())
     });
     let t = timeline.clone();
-    groups.expect_groups_at().returning(move |_, at| {
+    groups.expect_groups_at().returning(move |_, at| Ok(t.lock().unwrap().groups_at(at)));
+    let t = timeline.clone();
+    groups.expect_groups_at_head().returning(move |_| {
         let t = t.lock().unwrap();
-        let mut last: BTreeMap<ConversationId, Option<Seq>> = BTreeMap::new();
-        for (_, notice) in t.notices().filter(|(cursor, _)| *cursor <= at) {
-            match notice {
-                Notice::Joined { group, seq } => last.insert(group.clone(), Some(*seq)),
-                Notice::Left { group, .. } => last.insert(group.clone(), None),
-                Notice::Read { .. } => None,
-            };
-        }
-        Ok(last
-            .into_iter()
-            .filter_map(|(group, joined)| {
-                joined.map(|joined_seq| GroupPosition { last_seq: t.last_seq(&group), group, joined_seq })
-            })
-            .collect())
+        Ok((t.head(), t.groups_at(t.head())))
     });
     let t = timeline.clone();
     groups.expect_left_after().returning(move |_, group, after| {

@@ -143,12 +143,11 @@ impl StreamReader {
         user: UserId,
         since: Option<SyncCursor>,
     ) -> Result<Self, FollowError> {
-        let head = messages.stream_head(&user).await?;
         let mut quiet_after = HashMap::new();
         let mut joined = HashMap::new();
         let at = match since {
             None => {
-                let positions = groups.groups_at(&user, head).await?;
+                let (head, positions) = groups.groups_at_head(&user).await?;
                 quiet_after.extend(positions.iter().map(|p| (p.group.clone(), p.last_seq)));
                 joined.extend(positions.iter().map(|p| (p.group.clone(), p.joined_seq)));
                 SyncCursor {
@@ -157,6 +156,7 @@ impl StreamReader {
                 }
             }
             Some(since) => {
+                let head = messages.stream_head(&user).await?;
                 if since.stream > head {
                     return Err(FollowError::Ahead { since: since.stream, head });
                 }
@@ -1295,6 +1295,13 @@ mod tests {
             }
             ready(g.groups_at(user, at))
         });
+        let (up, g) = (outage.clone(), store_groups.clone());
+        groups.expect_groups_at_head().returning(move |user| {
+            if up.load(SeqCst) {
+                return Err(down());
+            }
+            ready(g.groups_at_head(user))
+        });
         let (up, g) = (outage.clone(), store_groups);
         groups.expect_left_after().returning(move |user, group, after| {
             if up.load(SeqCst) {
@@ -1320,12 +1327,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_start_without_since_whose_store_fails_is_unanchored_and_asks_nothing_more_at_once() {
-        let mut messages = MockMessageRepository::new();
-        messages.expect_stream_head().times(1).returning(|_| Err(down()));
+        let mut groups = MockGroupRepository::new();
+        groups.expect_groups_at_head().times(1).returning(|_| Err(down()));
         // Any other call to these mocks would fail the test.
         let mut follower = StreamFollower::start(
-            Arc::new(messages),
-            Arc::new(MockGroupRepository::new()),
+            Arc::new(MockMessageRepository::new()),
+            Arc::new(groups),
             UserId::generate(),
             None,
         )

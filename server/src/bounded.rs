@@ -190,6 +190,9 @@ impl GroupRepository for Bounded<dyn GroupRepository> {
     async fn groups_at(&self, user: &UserId, at: Cursor) -> RepoResult<Vec<GroupPosition>> {
         self.run("reading a user's groups", self.inner.groups_at(user, at)).await
     }
+    async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)> {
+        self.run("reading where a user's stream and groups stand", self.inner.groups_at_head(user)).await
+    }
     async fn left_after(
         &self,
         user: &UserId,

@@ -2522,6 +2522,19 @@ async fn groups_at_and_left_after_follow_joining_leaving_and_joining_again(stora
         storage.groups.groups_at(&ann.id, head(storage, &ann).await).await.unwrap(),
         [position(&g1, 1)]
     );
+
+    // Where a connection starting now stands: the head and the groups there, read at once.
+    let at_head = |user: &User| {
+        let user = user.id.clone();
+        async move { storage.groups.groups_at_head(&user).await.unwrap() }
+    };
+    assert_eq!(at_head(&bob).await, (cursor(7), vec![position(&g1, 4)]));
+    assert_eq!(at_head(&ann).await, (head(storage, &ann).await, vec![position(&g1, 1)]));
+    assert_eq!(at_head(&cat).await, (head(storage, &cat).await, vec![position(&g2, 1)]));
+    let dan = insert_user(storage, "dan").await;
+    assert_eq!(at_head(&dan).await, (Cursor::START, vec![]), "an empty stream");
+    send(storage, &cat, &dan, "hi").await;
+    assert_eq!(at_head(&dan).await, (cursor(1), vec![]), "in no group");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -193,6 +193,12 @@ impl GroupRepository for MongoStore {
             .collect())
     }
 
+    async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)> {
+        // Two reads: the groups are those of the notices at or before the head read first.
+        let head = application::ports::MessageRepository::stream_head(self, user).await?;
+        Ok((head, self.groups_at(user, head).await?))
+    }
+
     async fn groups_at(&self, user: &UserId, at: Cursor) -> RepoResult<Vec<GroupPosition>> {
         // Each group's last membership notice at or before `at`, along
         // `user_conversation_notices`; the groups where it is a `joined`.

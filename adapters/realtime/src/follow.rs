@@ -745,14 +745,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_since_the_store_is_asked_nothing_at_the_start_and_live_events_go_out_while_it_is_down() {
+    async fn without_since_a_store_that_fails_at_the_start_leaves_live_events_going_out() {
         let down = || RepoError::Unavailable(anyhow::anyhow!("down"));
-        let mut messages = application::ports::MockMessageRepository::new();
-        // Asked once, by the replay, after the connection is registered.
-        messages.expect_stream_head().times(1).returning(move |_| Err(down()));
-        let groups = Arc::new(application::ports::MockGroupRepository::new());
+        let messages = Arc::new(application::ports::MockMessageRepository::new());
+        let mut groups = application::ports::MockGroupRepository::new();
+        // Asked once, at the start; the replay asks nothing.
+        groups.expect_groups_at_head().times(1).returning(move |_| Err(down()));
         let (me, friend) = (UserId::generate(), UserId::generate());
-        let mut follow = Follow::start(Arc::new(messages), groups, me.clone(), None).await.unwrap();
+        let mut follow = Follow::start(messages, Arc::new(groups), me.clone(), None).await.unwrap();
         let pair = ParticipantPair::new(friend.clone(), me.clone()).unwrap();
         let conversation = Conversation::start(pair, chrono::Utc::now());
         let event = |n: u64| Event::NewMessage {

@@ -66,9 +66,36 @@ pub(crate) const GROUPS_AT: &str = "SELECT n.conversation_id, n.seq, c.last_seq 
         FROM stream_notices WHERE user_id = $1 AND kind IN ('joined', 'left') AND +position <= $2) AS n \
     JOIN conversations c ON c.id = n.conversation_id \
     WHERE n.latest = 1 AND n.kind = 'joined' ORDER BY n.conversation_id";
+/// [`GROUPS_AT`] the head of the user's stream, with the head, in one statement (one
+/// snapshot: every notice is at or before the head then). One row without a group when the
+/// user is in none; the head is NULL while the stream is empty.
+pub(crate) const GROUPS_AT_HEAD: &str = "SELECT h.position, g.conversation_id, g.seq, g.last_seq FROM \
+    (SELECT (SELECT position FROM stream_heads WHERE user_id = $1) AS position) AS h LEFT JOIN (\
+        SELECT n.conversation_id, n.seq, c.last_seq FROM (\
+            SELECT conversation_id, kind, seq, \
+                ROW_NUMBER() OVER (PARTITION BY conversation_id ORDER BY position DESC) AS latest \
+            FROM stream_notices WHERE user_id = $1 AND kind IN ('joined', 'left')) AS n \
+        JOIN conversations c ON c.id = n.conversation_id \
+        WHERE n.latest = 1 AND n.kind = 'joined') AS g ON TRUE \
+    ORDER BY g.conversation_id";
 pub(crate) const LEFT_AFTER: &str = "SELECT seq FROM stream_notices \
     WHERE user_id = $1 AND conversation_id = $2 AND kind IN ('joined', 'left') AND kind = 'left' AND position > $3 \
     ORDER BY position LIMIT 1";
+
+/// A row of [`GROUPS_AT`] or [`GROUPS_AT_HEAD`]: a group, the entry the user joined at, the
+/// group's last entry.
+pub(crate) fn group_position(
+    group: &str,
+    joined_seq: i64,
+    last_seq: i64,
+) -> application::ports::RepoResult<application::ports::GroupPosition> {
+    use application::ports::{stored_seq, GroupPosition, RepoError};
+    Ok(GroupPosition {
+        group: domain::ConversationId::parse(group).map_err(|e| RepoError::corrupt("conversation id", e))?,
+        joined_seq: stored_seq(joined_seq)?,
+        last_seq: stored_seq(last_seq)?,
+    })
+}
 
 /// What a user's stream gets when they join or leave a group.
 pub(crate) const JOINED: &str = "joined";
@@ -342,15 +369,27 @@ macro_rules! impl_groups {
                         .await
                         .map_err(repo_error("reading a user's groups"))?;
                     rows.into_iter()
-                        .map(|(group, joined_seq, last_seq)| {
-                            Ok(GroupPosition {
-                                group: ConversationId::parse(&group)
-                                    .map_err(|e| RepoError::corrupt("conversation id", e))?,
-                                joined_seq: stored_seq(joined_seq)?,
-                                last_seq: stored_seq(last_seq)?,
-                            })
-                        })
+                        .map(|(group, joined_seq, last_seq)| group_position(&group, joined_seq, last_seq))
                         .collect()
+                }
+
+                async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)> {
+                    let rows: Vec<(Option<i64>, Option<String>, Option<i64>, Option<i64>)> =
+                        sqlx::query_as(GROUPS_AT_HEAD)
+                            .bind(user.as_str())
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(repo_error("reading where a user's stream and groups stand"))?;
+                    let head = match rows.first() {
+                        Some((Some(position), ..)) => stored_cursor(*position)?,
+                        _ => Cursor::START,
+                    };
+                    let groups = rows
+                        .into_iter()
+                        .filter_map(|(_, group, joined_seq, last_seq)| Some((group?, joined_seq?, last_seq?)))
+                        .map(|(group, joined_seq, last_seq)| group_position(&group, joined_seq, last_seq))
+                        .collect::<RepoResult<_>>()?;
+                    Ok((head, groups))
                 }
 
                 async fn left_after(

@@ -109,6 +109,12 @@ pub trait GroupRepository: Send + Sync {
     /// [`Notice::Joined`] / [`Notice::Left`] at or before `at` is a `Joined`, by group id.
     async fn groups_at(&self, user: &UserId, at: Cursor) -> RepoResult<Vec<GroupPosition>>;
 
+    /// Where `user`'s stream stands now (its last position, `Cursor::START` while empty),
+    /// and their groups there, as [`groups_at`](Self::groups_at) that position: where a
+    /// connection starting now stands. Read at once where the store can (one query, one
+    /// snapshot): every connect asks it.
+    async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)>;
+
     /// The seq of the first [`Notice::Left`] about `group` in `user`'s stream after
     /// position `after`: the last entry of the membership `user` had at `after`. `None`
     /// while that membership lasts.

@@ -204,6 +204,12 @@ impl GroupRepository for MemoryStore {
         Ok(lock(&self.chats).groups_at(user, at))
     }
 
+    async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)> {
+        let chats = lock(&self.chats);
+        let head = chats.stream_head(user);
+        Ok((head, chats.groups_at(user, head)))
+    }
+
     async fn left_after(
         &self,
         user: &UserId,

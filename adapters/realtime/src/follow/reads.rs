@@ -139,6 +139,11 @@ impl GroupRepository for Groups {
         self.inner.groups_at(user, at).await
     }
 
+    async fn groups_at_head(&self, user: &UserId) -> RepoResult<(Cursor, Vec<GroupPosition>)> {
+        self.reads.add();
+        self.inner.groups_at_head(user).await
+    }
+
     async fn left_after(
         &self,
         user: &UserId,
