@@ -540,7 +540,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_resume_replays_whatever_was_dispatched() {
+    async fn a_resume_replays_even_when_nothing_was_dispatched() {
         let world = World::new();
         let registry = ConnectionRegistry::new(8, 0);
         let (me, friend) = (UserId::generate(), UserId::generate());
