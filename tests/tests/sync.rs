@@ -953,6 +953,84 @@ async fn two_instances_a_resuming_receiver_sees_every_message_once_in_order() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Connections opened without `since` while messages arrive.
+
+/// How many connections open, one after another, while the sender sends.
+const FRESH_CONNECTIONS: usize = 60;
+/// How many more messages are sent once every connection is open.
+const FRESH_TAIL: u64 = 5;
+
+/// Opens connections of one receiver without `since`, alternating between the instances,
+/// while a sender keeps sending to it, then has FRESH_TAIL more messages sent. Each
+/// connection must start no later than the message in flight when it opened, and get every
+/// message from there on at consecutive cursors, each once, up to the last, whether its
+/// replay read the store or was skipped. (One instance only: the fan-out between instances
+/// reaches the same registry, and two processes sharing one SQLite file make this slow.)
+async fn fresh_connections(deployment: Deployment) {
+    let deployment = Arc::new(deployment);
+    let sender = deployment.api(0).create_user("fresh_sender").await;
+    let receiver = deployment.api(0).create_user("fresh_receiver").await;
+    // Sends answered so far, and how many to send in all (open-ended until every
+    // connection is open).
+    let (answered, until) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(u64::MAX)));
+    let sending = tokio::spawn({
+        let (deployment, answered, until) = (deployment.clone(), answered.clone(), until.clone());
+        let (sender, receiver) = (sender.clone(), receiver.clone());
+        async move {
+            let counters = Counters::default();
+            let mut n = 0;
+            while n < until.load(Ordering::SeqCst) {
+                let key = format!("fresh-{n}");
+                let (reply, _) =
+                    send_answered(&deployment, n as usize, &sender, &receiver, &key, &key, &counters).await;
+                assert!(reply.status.is_success(), "sending {key}: {}", reply.text);
+                n += 1;
+                answered.store(n, Ordering::SeqCst);
+            }
+            n
+        }
+    });
+    let mut connections = Vec::with_capacity(FRESH_CONNECTIONS);
+    for i in 0..FRESH_CONNECTIONS {
+        let url = format!("{}?token={}", deployment.api(i).ws_url(), receiver.token);
+        let socket = open_ws(url, &format!("fresh connection {i}")).await;
+        connections.push((socket, answered.load(Ordering::SeqCst)));
+    }
+    until.store(answered.load(Ordering::SeqCst) + FRESH_TAIL, Ordering::SeqCst);
+    let total = sending.await.expect("the sender");
+    eprintln!("{FRESH_CONNECTIONS} connections opened while {total} messages were sent");
+    for (i, (mut socket, answered_before)) in connections.into_iter().enumerate() {
+        let whence = format!("fresh connection {i} on instance {}", i % deployment.instances() + 1);
+        let mut cursors: Vec<u64> = Vec::new();
+        while cursors.last() != Some(&total) {
+            let frame = match tokio::time::timeout(TIMEOUT, socket.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                other => panic!("{whence}: ended at {:?} of {total}: {other:?}", cursors.last()),
+            };
+            let Frame::Text(text) = frame else { continue };
+            let value: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
+            if value["event"] == "newMessage" {
+                cursors.push(cursor_of(&value["data"]["cursor"], &format!("{whence}: the cursor")));
+            }
+        }
+        let first = cursors[0];
+        // The one send in flight when the connection opened may have been stored before.
+        assert!(
+            first <= answered_before + 2,
+            "{whence}: opened after {answered_before} messages, first got {first}"
+        );
+        let expected: Vec<u64> = (first..=total).collect();
+        assert_eq!(cursors, expected, "{whence}: consecutive, each once");
+    }
+    Arc::into_inner(deployment).expect("the only owner").stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_connections_opened_while_messages_arrive_get_everything_after_they_opened() {
+    fresh_connections(Deployment::one_instance().await).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // The published socket.io-client as the resuming receiver: `auth: {token, since}`.
 
 /// Run with `node --input-type=module` in `tests/js` (where socket.io-client is installed).
